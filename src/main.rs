@@ -1,1 +1,53 @@
-fn main(){}
+//! `callsign`: the command-line front end of the Callsign voice mesh.
+//!
+//! This binary parses arguments, reads and writes files the user names, and prints results.
+//! Protocol and key logic live in the library crates; nothing here is reused by them.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod passphrase;
+
+/// Decentralised push-to-talk voice for squads and orgs.
+#[derive(Parser, Debug)]
+#[command(name = "callsign", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create and inspect identity key files.
+    #[command(subcommand)]
+    Keys(commands::keys::KeysCommand),
+    /// Create and inspect invite tickets.
+    #[command(subcommand)]
+    Ticket(commands::ticket::TicketCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keys(cmd) => commands::keys::run(cmd),
+        Command::Ticket(cmd) => commands::ticket::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -23,7 +23,10 @@ impl SigningContext {
         assert!(bytes.len() > prefix.len() + 3, "signing context too short");
         let mut i = 0;
         while i < prefix.len() {
-            assert!(bytes[i] == prefix[i], "signing context must start with callsign/");
+            assert!(
+                bytes[i] == prefix[i],
+                "signing context must start with callsign/"
+            );
             i += 1;
         }
         // Find the last '/' and require `v<digits>` after it.
@@ -32,11 +35,17 @@ impl SigningContext {
             slash -= 1;
         }
         assert!(slash > prefix.len(), "signing context needs a purpose");
-        assert!(bytes[slash + 1] == b'v', "signing context must end in /v<N>");
+        assert!(
+            bytes[slash + 1] == b'v',
+            "signing context must end in /v<N>"
+        );
         assert!(slash + 2 < bytes.len(), "signing context must end in /v<N>");
         let mut j = slash + 2;
         while j < bytes.len() {
-            assert!(bytes[j].is_ascii_digit(), "signing context must end in /v<N>");
+            assert!(
+                bytes[j].is_ascii_digit(),
+                "signing context must end in /v<N>"
+            );
             j += 1;
         }
         Self(context)

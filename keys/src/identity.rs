@@ -52,7 +52,11 @@ impl Signature {
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature({})", data_encoding::HEXLOWER.encode(&self.0[..8]))
+        write!(
+            f,
+            "Signature({})",
+            data_encoding::HEXLOWER.encode(&self.0[..8])
+        )
     }
 }
 
@@ -80,31 +84,37 @@ impl<'de> Deserialize<'de> for Signature {
 
 /// The public half of an [`Identity`]: verifies signatures, names a peer.
 ///
-/// An org is also named by one of these: its root key.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdentityKey(ed25519::PublicKey);
+/// An org is also named by one of these: its root key. Held as the 32 compressed bytes (checked
+/// to be a valid point on construction) so it is small and `Copy`, fit for map keys.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentityKey([u8; 32]);
 
 impl IdentityKey {
     /// Parses a compressed ed25519 public key.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SignatureError> {
-        ed25519::PublicKey::try_from_bytes(bytes)
-            .map(Self)
-            .map_err(|_| SignatureError::BadPublicKey)
+        let key =
+            ed25519::PublicKey::try_from_bytes(bytes).map_err(|_| SignatureError::BadPublicKey)?;
+        Ok(Self(key.to_bytes()))
     }
 
     /// The compressed key bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.0
+    }
+
+    fn to_ed25519(self) -> ed25519::PublicKey {
+        // Validated on construction, so this cannot fail.
+        ed25519::PublicKey::try_from_bytes(&self.0).expect("IdentityKey holds a valid point")
     }
 
     /// The libp2p peer id of this key.
     pub fn peer_id(&self) -> PeerId {
-        libp2p_identity::PublicKey::from(self.0.clone()).to_peer_id()
+        self.to_libp2p().to_peer_id()
     }
 
     /// The key in libp2p's form, for transports and behaviours.
     pub fn to_libp2p(&self) -> libp2p_identity::PublicKey {
-        libp2p_identity::PublicKey::from(self.0.clone())
+        libp2p_identity::PublicKey::from(self.to_ed25519())
     }
 
     /// Checks that `signature` was made by this key over `message` under `context`.
@@ -114,7 +124,10 @@ impl IdentityKey {
         message: &[u8],
         signature: &Signature,
     ) -> Result<(), SignatureError> {
-        if self.0.verify(&context.framed(message), &signature.0) {
+        if self
+            .to_ed25519()
+            .verify(&context.framed(message), &signature.0)
+        {
             Ok(())
         } else {
             Err(SignatureError::Invalid { context })
@@ -149,7 +162,7 @@ impl FromStr for IdentityKey {
         let key = libp2p_identity::PublicKey::try_decode_protobuf(peer_id.as_ref().digest())
             .map_err(|_| SignatureError::BadPublicKey)?;
         key.try_into_ed25519()
-            .map(Self)
+            .map(|k| Self(k.to_bytes()))
             .map_err(|_| SignatureError::BadPublicKey)
     }
 }
@@ -210,7 +223,7 @@ impl Identity {
 
     /// The public key.
     pub fn public(&self) -> IdentityKey {
-        IdentityKey(self.keypair.public())
+        IdentityKey(self.keypair.public().to_bytes())
     }
 
     /// The libp2p peer id.
@@ -280,7 +293,10 @@ mod tests {
         let id = identity(3);
         let sig = id.sign(CHARTER_OP, b"hello");
         assert!(id.public().verify(CHARTER_OP, b"hellp", &sig).is_err());
-        assert!(identity(4).public().verify(CHARTER_OP, b"hello", &sig).is_err());
+        assert!(identity(4)
+            .public()
+            .verify(CHARTER_OP, b"hello", &sig)
+            .is_err());
     }
 
     #[test]

@@ -143,7 +143,11 @@ impl KdfParams {
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 
-    fn derive_key(&self, passphrase: &[u8], salt: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+    fn derive_key(
+        &self,
+        passphrase: &[u8],
+        salt: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
         let mut key = Zeroizing::new([0u8; 32]);
         self.argon2()?
             .hash_password_into(passphrase, salt, key.as_mut())

@@ -100,7 +100,9 @@ fn every_flipped_byte_is_detected_before_decryption() {
                 damaged[at] ^= bit;
                 match KeyFile::parse(&damaged) {
                     Ok(_) => panic!("flip at {at} went unnoticed"),
-                    Err(KeyFileError::WrongPassphrase) => panic!("flip at {at} looked like a bad passphrase"),
+                    Err(KeyFileError::WrongPassphrase) => {
+                        panic!("flip at {at} looked like a bad passphrase")
+                    }
                     Err(_) => {}
                 }
             }
@@ -167,7 +169,11 @@ fn save_is_private_and_refuses_to_overwrite() {
         other.save(&path, false),
         Err(KeyFileError::AlreadyExists(_))
     ));
-    assert_eq!(std::fs::read(&path).unwrap(), bytes, "refused save changed the file");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "refused save changed the file"
+    );
 
     other.save(&path, true).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), other.as_bytes());

@@ -77,10 +77,7 @@ fn every_single_character_typo_is_caught() {
     for at in TICKET_PREFIX.len()..text.len() {
         let original = text.as_bytes()[at] as char;
         // One substitution per position keeps the test fast; the checksum is position-agnostic.
-        let replacement = alphabet
-            .chars()
-            .find(|&c| c != original)
-            .unwrap();
+        let replacement = alphabet.chars().find(|&c| c != original).unwrap();
         let mut typo = text.clone();
         typo.replace_range(at..at + 1, &replacement.to_string());
         let err = Ticket::decode(&typo).unwrap_err();
@@ -171,9 +168,8 @@ fn forged_grant_signature_is_refused() {
     // A grant signed by someone else, claiming to be from the root, fails too.
     let impostor = identity(9);
     let mut grant =
-        InviteGrant::issue(&impostor, ticket.org.clone(), "pilot", 1_900_000_000, [1; 16])
-            .unwrap();
-    grant.issuer = ticket.org.clone();
+        InviteGrant::issue(&impostor, ticket.org, "pilot", 1_900_000_000, [1; 16]).unwrap();
+    grant.issuer = ticket.org;
     let forged = Ticket {
         grant: Some(grant),
         ..ticket
@@ -200,7 +196,7 @@ fn grant_for_another_org_is_refused() {
 fn limits_are_enforced() {
     let org = identity(4).public();
     let too_many = Ticket {
-        org: org.clone(),
+        org,
         bootstrap: vec!["/ip4/192.0.2.1/udp/1/quic-v1".parse().unwrap(); MAX_BOOTSTRAP_ADDRS + 1],
         grant: None,
     };

@@ -1,0 +1,17 @@
+# The two quick-start commands (see README.md), plus their parts.
+.PHONY: demo test setup lint unit
+
+demo: setup
+	bash scripts/demo
+
+test: setup lint unit
+
+setup:
+	bash scripts/setup
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	cargo test --workspace --locked
