@@ -8,6 +8,16 @@
 //! - [`KeyFile`]: the versioned, checksummed, optionally passphrase-encrypted key file;
 //! - [`Ticket`] and [`InviteGrant`]: the copy-pastable invite.
 //!
+//! ```
+//! use callsign_keys::{context, Identity};
+//!
+//! let alice = Identity::generate(&mut rand::rngs::OsRng);
+//! let signature = alice.sign(context::CHARTER_OP, b"add channel Flight");
+//! assert!(alice.public().verify(context::CHARTER_OP, b"add channel Flight", &signature).is_ok());
+//! // The same signature means nothing under another purpose.
+//! assert!(alice.public().verify(context::INVITE_GRANT, b"add channel Flight", &signature).is_err());
+//! ```
+//!
 //! It must not: touch the network, read the wall clock (callers pass times in), or know about
 //! charters, channels or audio. Every parser here is fed untrusted bytes and must return an
 //! error, never panic.

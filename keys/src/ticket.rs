@@ -8,6 +8,21 @@
 //!
 //! Decoding accepts either letter case and surrounding whitespace, and checks, in order: prefix,
 //! alphabet, checksum, version, body structure, multiaddrs, and the grant's signature.
+//!
+//! ```
+//! use callsign_keys::{Identity, InviteGrant, Ticket};
+//!
+//! let root = Identity::generate(&mut rand::rngs::OsRng);
+//! let grant = InviteGrant::issue(&root, root.public(), "pilot", 1_900_000_000, [0; 16])?;
+//! let ticket = Ticket {
+//!     org: root.public(),
+//!     bootstrap: vec!["/ip4/203.0.113.5/udp/4433/quic-v1".parse()?],
+//!     grant: Some(grant),
+//! };
+//! let text = ticket.encode()?;
+//! assert_eq!(Ticket::decode(&text)?, ticket);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 
