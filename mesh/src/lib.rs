@@ -1,0 +1,15 @@
+//! Callsign's protocol core, sans-IO.
+//!
+//! This crate owns the logic every node must agree on: today the org charter (signed op-DAG,
+//! fold into channels/roles/ACLs, anti-entropy sync, the op log format); later presence,
+//! topology, floor control, voice packets and the E2EE key schedule.
+//!
+//! It must not: open sockets, spawn threads or tasks, read the wall clock, or iterate a std
+//! `HashMap`/`HashSet` where the order could change a decision. Every entry point takes `now`
+//! (and randomness comes from a seeded RNG), so the simulator replays runs exactly. The only I/O
+//! is the charter log file ([`charter::log`]), blocking `std::fs`, called by the runtime.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod charter;
