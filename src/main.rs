@@ -26,6 +26,8 @@ enum Command {
     /// Create and inspect invite tickets.
     #[command(subcommand)]
     Ticket(commands::ticket::TicketCommand),
+    /// Create and edit org charters: channels, roles, members, relays, presets.
+    Org(commands::org::OrgArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keys(cmd) => commands::keys::run(cmd),
         Command::Ticket(cmd) => commands::ticket::run(cmd),
+        Command::Org(args) => commands::org::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

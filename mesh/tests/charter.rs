@@ -21,9 +21,21 @@ fn org() -> (Identity, Charter) {
     (root, charter)
 }
 
-fn add_channel(c: &mut Charter, who: &Identity, parent: Option<&str>, name: &str) -> Result<Op, EditError> {
+fn add_channel(
+    c: &mut Charter,
+    who: &Identity,
+    parent: Option<&str>,
+    name: &str,
+) -> Result<Op, EditError> {
     let parent = parent.map(|p| c.state().find(p).unwrap());
-    c.edit(who, OpBody::AddChannel { parent, name: name.into() }, 0)
+    c.edit(
+        who,
+        OpBody::AddChannel {
+            parent,
+            name: name.into(),
+        },
+        0,
+    )
 }
 
 fn member(c: &mut Charter, root: &Identity, peer: IdentityKey, roles: &[&str]) {
@@ -44,7 +56,10 @@ fn role(c: &mut Charter, root: &Identity, name: &str, perms: Permissions) {
         root,
         OpBody::PutRole {
             name: name.into(),
-            role: Role { perms, priority: Priority::NORMAL },
+            role: Role {
+                perms,
+                priority: Priority::NORMAL,
+            },
         },
         0,
     )
@@ -63,15 +78,38 @@ fn clone_replica(from: &Charter) -> Charter {
 #[test]
 fn channel_tree_acl_inheritance_and_listeners() {
     let (root, mut c) = org();
-    role(&mut c, &root, "pilot", Permissions::LISTEN.union(Permissions::SPEAK));
+    role(
+        &mut c,
+        &root,
+        "pilot",
+        Permissions::LISTEN.union(Permissions::SPEAK),
+    );
     role(&mut c, &root, "recruit", Permissions::LISTEN);
     add_channel(&mut c, &root, None, "Command").unwrap();
     add_channel(&mut c, &root, Some("/Command"), "Flight").unwrap();
     let command = c.state().find("/Command").unwrap();
     let flight = c.state().find("/Command/Flight").unwrap();
     // Pilots may not even listen on Command; the override is inherited by Flight unless reset.
-    c.edit(&root, OpBody::SetChannelAcl { channel: command, role: "pilot".into(), perms: Some(Permissions::NONE) }, 0).unwrap();
-    c.edit(&root, OpBody::SetChannelAcl { channel: flight, role: "pilot".into(), perms: Some(Permissions::LISTEN.union(Permissions::SPEAK)) }, 0).unwrap();
+    c.edit(
+        &root,
+        OpBody::SetChannelAcl {
+            channel: command,
+            role: "pilot".into(),
+            perms: Some(Permissions::NONE),
+        },
+        0,
+    )
+    .unwrap();
+    c.edit(
+        &root,
+        OpBody::SetChannelAcl {
+            channel: flight,
+            role: "pilot".into(),
+            perms: Some(Permissions::LISTEN.union(Permissions::SPEAK)),
+        },
+        0,
+    )
+    .unwrap();
     let pilot = id(10).public();
     let recruit = id(11).public();
     member(&mut c, &root, pilot, &["pilot"]);
@@ -91,11 +129,27 @@ fn channel_tree_acl_inheritance_and_listeners() {
 #[test]
 fn forged_signature_is_rejected() {
     let (root, mut c) = org();
-    let mut op = Op::sign(&root, c.org(), c.heads(), 0, OpBody::AddChannel { parent: None, name: "A".into() });
-    op.body = OpBody::AddChannel { parent: None, name: "B".into() };
+    let mut op = Op::sign(
+        &root,
+        c.org(),
+        c.heads(),
+        0,
+        OpBody::AddChannel {
+            parent: None,
+            name: "A".into(),
+        },
+    );
+    op.body = OpBody::AddChannel {
+        parent: None,
+        name: "B".into(),
+    };
     let report = c.ingest(vec![op.encode()]);
     assert_eq!(report.rejected.len(), 1);
-    assert!(report.rejected[0].1.contains("signature"), "{:?}", report.rejected);
+    assert!(
+        report.rejected[0].1.contains("signature"),
+        "{:?}",
+        report.rejected
+    );
     assert!(c.state().find("/B").is_none());
     assert_eq!(c.stats().rejected, 1);
 }
@@ -103,7 +157,16 @@ fn forged_signature_is_rejected() {
 #[test]
 fn wrong_signing_context_is_rejected() {
     let (root, mut c) = org();
-    let good = Op::sign(&root, c.org(), c.heads(), 0, OpBody::AddChannel { parent: None, name: "A".into() });
+    let good = Op::sign(
+        &root,
+        c.org(),
+        c.heads(),
+        0,
+        OpBody::AddChannel {
+            parent: None,
+            name: "A".into(),
+        },
+    );
     // Re-sign the same content under another purpose's context.
     let content_sig = root.sign(context::INVITE_GRANT, &good.encode());
     let mut forged = good.clone();
@@ -118,12 +181,24 @@ fn non_admin_op_is_rejected_with_reason() {
     let (root, mut c) = org();
     let mallory = id(66);
     member(&mut c, &root, mallory.public(), &[]);
-    let op = Op::sign(&mallory, c.org(), c.heads(), 0, OpBody::GrantAdmin { peer: mallory.public() });
+    let op = Op::sign(
+        &mallory,
+        c.org(),
+        c.heads(),
+        0,
+        OpBody::GrantAdmin {
+            peer: mallory.public(),
+        },
+    );
     let report = c.ingest(vec![op.encode()]);
     assert_eq!(report.rejected.len(), 1, "{report:?}");
-    assert!(report.rejected[0].1.contains("not an admin"), "{:?}", report.rejected);
+    assert!(
+        report.rejected[0].1.contains("not an admin"),
+        "{:?}",
+        report.rejected
+    );
     assert!(!c.state().is_admin(&mallory.public()));
-    assert!(!c.dag().contains(&op.hash()));
+    assert!(matches!(c.outcome(&op.hash()), Some(Outcome::Rejected(_))));
     // Local edits get the same verdict.
     assert!(matches!(
         add_channel(&mut c, &mallory, None, "X"),
@@ -135,20 +210,45 @@ fn non_admin_op_is_rejected_with_reason() {
 fn revoked_admin_after_revocation_is_rejected_and_concurrent_ops_are_void() {
     let (root, mut c) = org();
     let alice = id(2);
-    c.edit(&root, OpBody::GrantAdmin { peer: alice.public() }, 0).unwrap();
+    c.edit(
+        &root,
+        OpBody::GrantAdmin {
+            peer: alice.public(),
+        },
+        0,
+    )
+    .unwrap();
     // Fork: alice edits on a copy while root revokes her concurrently.
     let mut alice_view = clone_replica(&c);
     let concurrent = add_channel(&mut alice_view, &alice, None, "Concurrent").unwrap();
-    c.edit(&root, OpBody::RevokeAdmin { peer: alice.public() }, 0).unwrap();
+    c.edit(
+        &root,
+        OpBody::RevokeAdmin {
+            peer: alice.public(),
+        },
+        0,
+    )
+    .unwrap();
 
     // Her concurrent op is valid in its causal past but void: revocation wins.
     let report = c.ingest(vec![concurrent.encode()]);
     assert!(report.rejected.is_empty());
-    assert!(matches!(c.outcome(&concurrent.hash()), Some(Outcome::Skipped(r)) if r.contains("revoked")));
+    assert!(
+        matches!(c.outcome(&concurrent.hash()), Some(Outcome::Skipped(r)) if r.contains("revoked"))
+    );
     assert!(c.state().find("/Concurrent").is_none());
 
     // An op made after seeing the revocation is rejected outright.
-    let after = Op::sign(&alice, c.org(), c.heads(), 0, OpBody::AddChannel { parent: None, name: "After".into() });
+    let after = Op::sign(
+        &alice,
+        c.org(),
+        c.heads(),
+        0,
+        OpBody::AddChannel {
+            parent: None,
+            name: "After".into(),
+        },
+    );
     let report = c.ingest(vec![after.encode()]);
     assert_eq!(report.rejected.len(), 1);
     assert!(report.rejected[0].1.contains("not an admin"));
@@ -164,8 +264,18 @@ fn concurrent_grant_does_not_authorise() {
     let bob = id(3);
     let base = clone_replica(&c);
     // Bob signs an op on the old heads, while root grants him admin on another branch.
-    let bobs = Op::sign(&bob, c.org(), base.heads(), 0, OpBody::AddChannel { parent: None, name: "Bob".into() });
-    c.edit(&root, OpBody::GrantAdmin { peer: bob.public() }, 0).unwrap();
+    let bobs = Op::sign(
+        &bob,
+        c.org(),
+        base.heads(),
+        0,
+        OpBody::AddChannel {
+            parent: None,
+            name: "Bob".into(),
+        },
+    );
+    c.edit(&root, OpBody::GrantAdmin { peer: bob.public() }, 0)
+        .unwrap();
     let report = c.ingest(vec![bobs.encode()]);
     assert_eq!(report.rejected.len(), 1, "{report:?}");
 }
@@ -174,7 +284,14 @@ fn concurrent_grant_does_not_authorise() {
 fn two_admins_editing_concurrently_keep_both_edits() {
     let (root, mut c) = org();
     let alice = id(2);
-    c.edit(&root, OpBody::GrantAdmin { peer: alice.public() }, 0).unwrap();
+    c.edit(
+        &root,
+        OpBody::GrantAdmin {
+            peer: alice.public(),
+        },
+        0,
+    )
+    .unwrap();
     let mut other = clone_replica(&c);
     add_channel(&mut c, &root, None, "Ground").unwrap();
     add_channel(&mut other, &alice, None, "Logistics").unwrap();
@@ -194,21 +311,43 @@ fn manage_permission_delegates_a_subtree() {
     role(&mut c, &root, "lead", Permissions::LISTEN);
     add_channel(&mut c, &root, None, "Flight").unwrap();
     let flight = c.state().find("/Flight").unwrap();
-    c.edit(&root, OpBody::SetChannelAcl { channel: flight, role: "lead".into(), perms: Some(Permissions::ALL) }, 0).unwrap();
+    c.edit(
+        &root,
+        OpBody::SetChannelAcl {
+            channel: flight,
+            role: "lead".into(),
+            perms: Some(Permissions::ALL),
+        },
+        0,
+    )
+    .unwrap();
     let lead = id(4);
     member(&mut c, &root, lead.public(), &["lead"]);
     add_channel(&mut c, &lead, Some("/Flight"), "Alpha").unwrap();
-    assert!(matches!(add_channel(&mut c, &lead, None, "Rogue"), Err(EditError::Rejected(_))));
+    assert!(matches!(
+        add_channel(&mut c, &lead, None, "Rogue"),
+        Err(EditError::Rejected(_))
+    ));
 }
 
 #[test]
 fn unknown_parent_beyond_the_pending_bound_is_rejected() {
     let (root, c) = org();
-    let mut fresh = Charter::with_limits(c.org(), ReplicaLimits { max_pending: 2, ..Default::default() });
+    let mut fresh = Charter::with_limits(
+        c.org(),
+        ReplicaLimits {
+            max_pending: 2,
+            ..Default::default()
+        },
+    );
     let mut source = clone_replica(&c);
     let mut ops = Vec::new();
     for i in 0..3 {
-        ops.push(add_channel(&mut source, &root, None, &format!("c{i}")).unwrap().encode());
+        ops.push(
+            add_channel(&mut source, &root, None, &format!("c{i}"))
+                .unwrap()
+                .encode(),
+        );
     }
     // Deliver the children without the genesis: two wait, the third overflows.
     let report = fresh.ingest(ops.clone());
@@ -227,11 +366,21 @@ fn duplicate_names_and_cycles_are_skipped_not_lost() {
     let (root, mut c) = org();
     add_channel(&mut c, &root, None, "A").unwrap();
     add_channel(&mut c, &root, Some("/A"), "B").unwrap();
-    assert!(matches!(add_channel(&mut c, &root, None, "A"), Err(EditError::NoEffect(_))));
+    assert!(matches!(
+        add_channel(&mut c, &root, None, "A"),
+        Err(EditError::NoEffect(_))
+    ));
     let a = c.state().find("/A").unwrap();
     let b = c.state().find("/A/B").unwrap();
     assert!(matches!(
-        c.edit(&root, OpBody::MoveChannel { channel: a, parent: Some(b) }, 0),
+        c.edit(
+            &root,
+            OpBody::MoveChannel {
+                channel: a,
+                parent: Some(b)
+            },
+            0
+        ),
         Err(EditError::NoEffect(_))
     ));
 }
@@ -245,7 +394,8 @@ fn log_round_trip_and_repairs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("org.log");
     let mut log = OpLog::create(&path, c.org()).unwrap();
-    log.append(c.dag().iter().map(|o| o.encoded.as_slice())).unwrap();
+    log.append(c.dag().iter().map(|o| o.encoded.as_slice()))
+        .unwrap();
     drop(log);
     let full = std::fs::read(&path).unwrap();
 
@@ -264,7 +414,8 @@ fn log_round_trip_and_repairs() {
     assert!(repair.saved_to.exists());
     // After repair the log appends cleanly and reopens without complaint.
     let mut log = loaded.log;
-    log.append([c.dag().iter().last().unwrap().encoded.as_slice()]).unwrap();
+    log.append([c.dag().iter().last().unwrap().encoded.as_slice()])
+        .unwrap();
     drop(log);
     let loaded = OpLog::open(&path).unwrap();
     assert!(loaded.repair.is_none());
@@ -279,7 +430,10 @@ fn log_round_trip_and_repairs() {
     let repair = loaded.repair.unwrap();
     assert!(loaded.ops.len() < 6);
     assert!(!repair.reason.is_empty());
-    assert_eq!(std::fs::read(&repair.saved_to).unwrap(), damaged[damaged.len() - repair.dropped_bytes as usize..]);
+    assert_eq!(
+        std::fs::read(&repair.saved_to).unwrap(),
+        damaged[damaged.len() - repair.dropped_bytes as usize..]
+    );
 
     // A damaged header is an error, not a guess.
     let mut bad = full.clone();
@@ -289,7 +443,11 @@ fn log_round_trip_and_repairs() {
     bad[..8].copy_from_slice(b"CSIGNLOG");
     bad[8] = 9;
     std::fs::write(&path, &bad).unwrap();
-    assert!(OpLog::open(&path).err().unwrap().to_string().contains("version 9"));
+    assert!(OpLog::open(&path)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("version 9"));
 }
 
 #[test]
@@ -321,7 +479,10 @@ fn sync_brings_a_fresh_node_up_in_one_round_trip() {
         exchanges += 1;
     }
     assert!(exchanges <= 3, "{exchanges}");
-    assert_eq!(a.charter().state().state_hash(), b.charter().state().state_hash());
+    assert_eq!(
+        a.charter().state().state_hash(),
+        b.charter().state().state_hash()
+    );
     assert_eq!(b.charter().len(), 201);
     assert!(b.poll_timeout().unwrap() > now + Duration::from_secs(10));
 }
@@ -332,5 +493,8 @@ fn sync_refuses_malformed_messages() {
     assert!(SyncMessage::decode(&[]).is_err());
     assert!(SyncMessage::decode(&[9, 0]).is_err());
     assert!(SyncMessage::decode(&[1, 200, 200, 200]).is_err());
-    let _ = Member { name: String::new(), roles: vec![] };
+    let _ = Member {
+        name: String::new(),
+        roles: vec![],
+    };
 }

@@ -1,6 +1,7 @@
 //! One module per `callsign` subcommand group.
 
 pub mod keys;
+pub mod org;
 pub mod ticket;
 
 use std::path::PathBuf;

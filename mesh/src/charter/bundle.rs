@@ -47,7 +47,8 @@ pub fn compress_ops<'a>(ops: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
 
 /// Decompresses a payload into ops (wire form), refusing more than `max` decompressed bytes.
 pub fn decompress_ops(payload: &[u8], max: usize) -> Result<Vec<Vec<u8>>, BundleError> {
-    let raw = zstd::bulk::decompress(payload, max).map_err(|e| BundleError::Compression(e.to_string()))?;
+    let raw = zstd::bulk::decompress(payload, max)
+        .map_err(|e| BundleError::Compression(e.to_string()))?;
     let mut ops = Vec::new();
     let mut rest = &raw[..];
     while !rest.is_empty() {

@@ -95,7 +95,10 @@ impl OpDag {
     /// Removes the given ops and all their descendants; returns the hashes removed.
     pub fn remove_with_descendants(&mut self, roots: &[OpHash]) -> Vec<OpHash> {
         let mut doomed = vec![false; self.ops.len()];
-        let mut stack: Vec<u32> = roots.iter().filter_map(|h| self.index.get(h).copied()).collect();
+        let mut stack: Vec<u32> = roots
+            .iter()
+            .filter_map(|h| self.index.get(h).copied())
+            .collect();
         while let Some(i) = stack.pop() {
             if !std::mem::replace(&mut doomed[i as usize], true) {
                 stack.extend(self.ops[i as usize].children.iter().copied());
@@ -145,7 +148,10 @@ impl OpDag {
     /// index, together with the ops in insertion order; used by sync to compute differences.
     pub fn ancestry(&self, from: &[OpHash]) -> Vec<bool> {
         let mut seen = vec![false; self.ops.len()];
-        let mut stack: Vec<u32> = from.iter().filter_map(|h| self.index.get(h).copied()).collect();
+        let mut stack: Vec<u32> = from
+            .iter()
+            .filter_map(|h| self.index.get(h).copied())
+            .collect();
         while let Some(i) = stack.pop() {
             if !std::mem::replace(&mut seen[i as usize], true) {
                 stack.extend(self.ops[i as usize].parents.iter().copied());

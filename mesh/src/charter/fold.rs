@@ -80,7 +80,9 @@ impl<V> History<V> {
         let mut seen: Vec<u32> = Vec::new();
         let mut best: Option<&(u32, OpHash, Option<V>)> = None;
         for entry in self.entries.iter().rev().filter(|e| visible(e.0)) {
-            let overwritten = seen.iter().any(|&later| ancestry.is_ancestor(entry.0, later));
+            let overwritten = seen
+                .iter()
+                .any(|&later| ancestry.is_ancestor(entry.0, later));
             seen.push(entry.0);
             if !overwritten && best.is_none_or(|b| entry.1 > b.1) {
                 best = Some(entry);
@@ -148,14 +150,19 @@ impl Pass<'_> {
         };
         let mut perms = Permissions::NONE;
         for role_name in &member.roles {
-            let Some(role) = self.roles.get(role_name).and_then(|h| h.at(self.ancestry, at)) else {
+            let Some(role) = self
+                .roles
+                .get(role_name)
+                .and_then(|h| h.at(self.ancestry, at))
+            else {
                 continue;
             };
             let mut here = Some(channel);
             let mut found = None;
             for _ in 0..MAX_DEPTH {
                 let Some(id) = here else { break };
-                let Some(node) = self.channels.get(&id).and_then(|h| h.at(self.ancestry, at)) else {
+                let Some(node) = self.channels.get(&id).and_then(|h| h.at(self.ancestry, at))
+                else {
                     return Permissions::NONE;
                 };
                 if let Some(p) = self
@@ -196,7 +203,11 @@ impl Pass<'_> {
         let mut here = Some(channel);
         for _ in 0..MAX_DEPTH {
             let Some(id) = here else { return true };
-            match self.channels.get(&id).and_then(|h| h.current(self.ancestry)) {
+            match self
+                .channels
+                .get(&id)
+                .and_then(|h| h.current(self.ancestry))
+            {
                 Some(node) => here = node.parent,
                 None => return false,
             }
@@ -227,7 +238,11 @@ impl Pass<'_> {
             if id == root {
                 return true;
             }
-            here = self.channels.get(&id).and_then(|h| h.current(self.ancestry)).and_then(|n| n.parent);
+            here = self
+                .channels
+                .get(&id)
+                .and_then(|h| h.current(self.ancestry))
+                .and_then(|n| n.parent);
         }
         true
     }
@@ -271,7 +286,10 @@ impl Pass<'_> {
                 if parent.is_some_and(|p| self.is_in_subtree(p, *channel)) {
                     return skip("move would put the channel inside itself");
                 }
-                let name = self.channels[channel].current(self.ancestry).map(|n| n.name.clone()).unwrap_or_default();
+                let name = self.channels[channel]
+                    .current(self.ancestry)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default();
                 if self.name_taken(*parent, &name, Some(*channel)) {
                     return skip(format!("a channel named {name:?} already exists there"));
                 }
@@ -287,7 +305,9 @@ impl Pass<'_> {
                 check_name("channel", name).or_else(reject)?;
                 self.require_manage(author, Some(*channel), pos)?;
                 self.require_alive(Some(*channel))?;
-                let parent = self.channels[channel].current(self.ancestry).and_then(|n| n.parent);
+                let parent = self.channels[channel]
+                    .current(self.ancestry)
+                    .and_then(|n| n.parent);
                 if self.name_taken(parent, name, Some(*channel)) {
                     return skip(format!("a channel named {name:?} already exists there"));
                 }
@@ -334,7 +354,10 @@ impl Pass<'_> {
                     return reject("unknown permission bits");
                 }
                 self.require_admin(author, pos)?;
-                self.roles.entry(name.clone()).or_default().set(at, Some(role.clone()));
+                self.roles
+                    .entry(name.clone())
+                    .or_default()
+                    .set(at, Some(role.clone()));
             }
             OpBody::RemoveRole { name } => {
                 self.require_admin(author, pos)?;
@@ -405,7 +428,10 @@ impl Pass<'_> {
                 };
                 for ch in preset.channels.iter().filter(|c| c.parent.is_none()) {
                     if self.name_taken(*parent, &ch.name, None) {
-                        return skip(format!("a channel named {:?} already exists there", ch.name));
+                        return skip(format!(
+                            "a channel named {:?} already exists there",
+                            ch.name
+                        ));
                     }
                 }
                 let mut ids = Vec::with_capacity(preset.channels.len());
@@ -421,7 +447,10 @@ impl Pass<'_> {
                         continue;
                     }
                     for (role, perms) in &ch.acl {
-                        self.acl.entry((id, role.clone())).or_default().set(at, Some(*perms));
+                        self.acl
+                            .entry((id, role.clone()))
+                            .or_default()
+                            .set(at, Some(*perms));
                     }
                     self.policies.insert(id, ch.policy.clone());
                     ids.push(id);
@@ -487,7 +516,8 @@ impl Pass<'_> {
             }
         }
         for ((id, role), h) in &self.acl {
-            if let (Some(ch), Some(perms)) = (state.channels.get_mut(id), h.current(self.ancestry)) {
+            if let (Some(ch), Some(perms)) = (state.channels.get_mut(id), h.current(self.ancestry))
+            {
                 ch.acl.insert(role.clone(), *perms);
             }
         }

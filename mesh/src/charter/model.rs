@@ -107,7 +107,9 @@ impl fmt::Display for Permissions {
 }
 
 /// Floor priority, as in MCPTT: who may pre-empt whom on half-duplex channels.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize,
+)]
 pub struct Priority(u8);
 
 impl Priority {

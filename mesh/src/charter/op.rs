@@ -263,8 +263,8 @@ impl Op {
         if bytes[0] != OP_VERSION {
             return Err(OpDecodeError::Version(bytes[0]));
         }
-        let op: Op =
-            postcard::from_bytes(&bytes[1..]).map_err(|e| OpDecodeError::Malformed(e.to_string()))?;
+        let op: Op = postcard::from_bytes(&bytes[1..])
+            .map_err(|e| OpDecodeError::Malformed(e.to_string()))?;
         if op.encode() != bytes {
             return Err(OpDecodeError::NonCanonical);
         }

@@ -75,6 +75,8 @@ pub struct Charter {
     // parent → pending children waiting for it.
     waiting: BTreeMap<OpHash, Vec<OpHash>>,
     rejected: BTreeSet<OpHash>,
+    // Peers named as admin or member by some held or pending op (see `author_is_known`).
+    named: BTreeSet<IdentityKey>,
     fold: Fold,
     stats: ReplicaStats,
 }
@@ -96,6 +98,7 @@ impl Charter {
             pending: BTreeMap::new(),
             waiting: BTreeMap::new(),
             rejected: BTreeSet::new(),
+            named: BTreeSet::new(),
             stats: ReplicaStats::default(),
         }
     }
@@ -163,19 +166,24 @@ impl Charter {
         let op = Op::sign(author, self.org, self.heads(), now_ms, body);
         let hash = op.hash();
         let report = self.ingest_ops(vec![op.clone()]);
-        if let Some((_, reason)) = report.rejected.first() {
-            return Err(EditError::Rejected(reason.clone()));
+        let error = match self.fold.outcomes.get(&hash) {
+            Some(Outcome::Applied) => return Ok(op),
+            Some(Outcome::Skipped(reason)) => EditError::NoEffect(reason.clone()),
+            Some(Outcome::Rejected(reason)) => EditError::Rejected(reason.clone()),
+            None => EditError::Rejected(
+                report
+                    .rejected
+                    .first()
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_else(|| "edit was not applied".into()),
+            ),
+        };
+        // Nobody else has seen it: take it back so it never reaches a peer.
+        if self.dag.contains(&hash) {
+            self.dag.remove_with_descendants(&[hash]);
+            self.refold();
         }
-        match self.fold.outcomes.get(&hash) {
-            Some(Outcome::Applied) => Ok(op),
-            Some(Outcome::Skipped(reason)) => {
-                let reason = reason.clone();
-                self.dag.remove_with_descendants(&[hash]);
-                self.refold();
-                Err(EditError::NoEffect(reason))
-            }
-            _ => Err(EditError::Rejected("edit was not applied".into())),
-        }
+        Err(error)
     }
 
     /// Ingests ops in wire form (from a peer or the log).
@@ -207,7 +215,11 @@ impl Charter {
         self.ingest_decoded(decoded, report)
     }
 
-    fn ingest_decoded(&mut self, ops: Vec<(Op, Vec<u8>)>, mut report: IngestReport) -> IngestReport {
+    fn ingest_decoded(
+        &mut self,
+        ops: Vec<(Op, Vec<u8>)>,
+        mut report: IngestReport,
+    ) -> IngestReport {
         for (op, encoded) in ops {
             let hash = op.hash();
             if self.knows(&hash) {
@@ -219,12 +231,18 @@ impl Charter {
                 self.note_rejection(&mut report, Some(hash), "op belongs to another org".into());
                 continue;
             }
-            if let Some(p) = op.parents.iter().find(|p| self.rejected.contains(p)) {
-                self.note_rejection(&mut report, Some(hash), format!("parent {p:?} was rejected"));
+            if !self.author_is_known(&op) {
+                // Not remembered: the op naming the author may simply not have arrived yet.
+                self.stats.rejected += 1;
+                report.rejected.push((
+                    Some(hash),
+                    "author is not named by any op of the org".into(),
+                ));
                 continue;
             }
             let missing: BTreeSet<OpHash> = self.dag.missing_parents(&op).into_iter().collect();
             if missing.is_empty() {
+                self.note_named(&op);
                 self.insert_and_release(op, hash, encoded, &mut report);
             } else if self.pending.len() >= self.limits.max_pending {
                 // Not remembered as rejected: the op may be valid and must be accepted when it
@@ -240,6 +258,7 @@ impl Charter {
                 for p in &missing {
                     self.waiting.entry(*p).or_default().push(hash);
                 }
+                self.note_named(&op);
                 self.pending.insert(
                     hash,
                     PendingOp {
@@ -252,32 +271,16 @@ impl Charter {
         }
         if !report.added.is_empty() {
             self.refold();
-            // Rejection is decided by each op's causal past, which is complete now. Only ops new
-            // in this call are removed: older ones were valid when their own causal past was.
-            let new: BTreeSet<OpHash> = report.added.iter().copied().collect();
-            let doomed: Vec<(OpHash, String)> = self
-                .fold
-                .outcomes
-                .iter()
-                .filter(|(h, _)| new.contains(h))
-                .filter_map(|(h, o)| match o {
-                    Outcome::Rejected(reason) => Some((*h, reason.clone())),
-                    _ => None,
-                })
-                .collect();
-            if !doomed.is_empty() {
-                let roots: Vec<OpHash> = doomed.iter().map(|(h, _)| *h).collect();
-                let removed = self.dag.remove_with_descendants(&roots);
-                for (hash, reason) in doomed {
-                    self.note_rejection(&mut report, Some(hash), reason);
+            // Ops the fold rejects stay in the DAG without effect: whether an op is valid can
+            // change when a concurrent revocation arrives, so dropping it here but keeping it
+            // elsewhere would leave replicas with different op sets. Keeping every signed op
+            // of a known author is what makes the sets, and so the states, converge.
+            for hash in &report.added {
+                if let Some(Outcome::Rejected(reason)) = self.fold.outcomes.get(hash) {
+                    tracing::debug!(?hash, %reason, "charter op has no effect");
+                    self.stats.rejected += 1;
+                    report.rejected.push((Some(*hash), reason.clone()));
                 }
-                for hash in &removed {
-                    if !roots.contains(hash) {
-                        self.note_rejection(&mut report, Some(*hash), "descends from a rejected op".into());
-                    }
-                }
-                report.added.retain(|h| !removed.contains(h));
-                self.refold();
             }
         }
         report.missing = self
@@ -289,7 +292,25 @@ impl Charter {
         report
     }
 
-    fn insert_and_release(&mut self, op: Op, hash: OpHash, encoded: Vec<u8>, report: &mut IngestReport) {
+    /// Whether the op set names the author as admin or member (or it is the root). This only
+    /// keeps strangers from filling the DAG; authority itself is the fold's business.
+    fn author_is_known(&self, op: &Op) -> bool {
+        op.author == self.org || self.named.contains(&op.author)
+    }
+
+    fn note_named(&mut self, op: &Op) {
+        if let OpBody::GrantAdmin { peer } | OpBody::PutMember { peer, .. } = &op.body {
+            self.named.insert(*peer);
+        }
+    }
+
+    fn insert_and_release(
+        &mut self,
+        op: Op,
+        hash: OpHash,
+        encoded: Vec<u8>,
+        report: &mut IngestReport,
+    ) {
         let mut ready = vec![(op, hash, encoded)];
         while let Some((op, hash, encoded)) = ready.pop() {
             if self.dag.insert(op, hash, encoded) {
@@ -319,7 +340,9 @@ impl Charter {
         report.rejected.push((hash, reason));
     }
 
-    fn refold(&mut self) {
+    /// Recomputes the state from the DAG: the fold that runs after every ingest. Public for
+    /// benchmarks and diagnostics.
+    pub fn refold(&mut self) {
         self.fold = fold(self.org, &self.dag.topological_order());
     }
 }

@@ -6,7 +6,9 @@ use callsign_keys::IdentityKey;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::model::{ChannelId, ChannelPolicy, Member, Permissions, Preset, Priority, RelayInfo, Role};
+use super::model::{
+    ChannelId, ChannelPolicy, Member, Permissions, Preset, Priority, RelayInfo, Role,
+};
 
 /// One channel as folded.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize)]

@@ -96,8 +96,8 @@ impl SyncMessage {
         if bytes[0] != SYNC_VERSION {
             return Err(SyncDecodeError::Version(bytes[0]));
         }
-        let msg: Self =
-            postcard::from_bytes(&bytes[1..]).map_err(|e| SyncDecodeError::Malformed(e.to_string()))?;
+        let msg: Self = postcard::from_bytes(&bytes[1..])
+            .map_err(|e| SyncDecodeError::Malformed(e.to_string()))?;
         let too_many = match &msg {
             Self::Heads { heads, .. } => heads.len() > MAX_HASHES,
             Self::Want { want, have, .. } => want.len() > MAX_HASHES || have.len() > MAX_HASHES,
@@ -276,7 +276,11 @@ impl<P: Ord + Clone> CharterSync<P> {
         }
         match msg {
             SyncMessage::Heads { heads, .. } => {
-                let unknown: Vec<OpHash> = heads.iter().filter(|h| !self.charter.knows(h)).copied().collect();
+                let unknown: Vec<OpHash> = heads
+                    .iter()
+                    .filter(|h| !self.charter.knows(h))
+                    .copied()
+                    .collect();
                 if !unknown.is_empty() {
                     self.outbox.push_back((
                         peer.clone(),
@@ -289,7 +293,10 @@ impl<P: Ord + Clone> CharterSync<P> {
                 }
                 if heads != self.charter.heads() {
                     // Whatever they lack of ours, without waiting for them to ask.
-                    let known: Vec<OpHash> = heads.into_iter().filter(|h| self.charter.dag().contains(h)).collect();
+                    let known: Vec<OpHash> = heads
+                        .into_iter()
+                        .filter(|h| self.charter.dag().contains(h))
+                        .collect();
                     self.send_difference(&peer, &self.charter.heads(), &known);
                 }
             }
@@ -335,7 +342,10 @@ impl<P: Ord + Clone> CharterSync<P> {
                 data: compress_ops(ops.iter().map(Vec::as_slice)),
             }
         } else {
-            SyncMessage::Ops { org: self.org(), ops }
+            SyncMessage::Ops {
+                org: self.org(),
+                ops,
+            }
         };
         self.outbox.push_back((peer.clone(), msg));
     }

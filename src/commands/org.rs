@@ -1,0 +1,708 @@
+//! `callsign org`: create and edit the local replica of an org charter.
+//!
+//! Each org's charter lives in `<data dir>/orgs/<org peer id>.log`; edits are signed with the
+//! local identity, applied, and fsynced to the log before the command reports success.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use callsign_keys::{Identity, IdentityKey, InviteGrant, Multiaddr, Ticket};
+use callsign_mesh::charter::bundle::{decode_bundle, encode_bundle};
+use callsign_mesh::charter::log::OpLog;
+use callsign_mesh::charter::{
+    ChannelId, ChannelPolicy, Charter, CharterState, FloorMode, OpBody, Permissions, Preset,
+    PresetChannel, Priority, RelayInfo, Role,
+};
+use clap::{Args, Subcommand};
+use rand::RngCore;
+use serde::Serialize;
+
+/// Options shared by every `org` command.
+#[derive(Args, Debug)]
+pub struct OrgArgs {
+    /// The org (its root peer id); may be omitted when only one org is stored.
+    #[arg(long, global = true)]
+    pub org: Option<String>,
+    /// Where charters are stored [default: the platform data dir, e.g. ~/.local/share/callsign]
+    #[arg(long, global = true, env = "CALLSIGN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Identity key that signs edits [default: the platform config dir]
+    #[arg(long, global = true, env = "CALLSIGN_KEY")]
+    pub key: Option<PathBuf>,
+    /// Passphrase for an encrypted key, read from this environment variable.
+    #[arg(long, global = true, value_name = "VAR")]
+    pub passphrase_env: Option<String>,
+    #[command(subcommand)]
+    pub command: OrgCommand,
+}
+
+/// Org commands.
+#[derive(Subcommand, Debug)]
+pub enum OrgCommand {
+    /// Found a new org with the local identity as its root.
+    Create {
+        /// Display name.
+        name: String,
+    },
+    /// Show the channel tree, roles, members, relays and presets.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Channel commands.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
+    /// Role commands.
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Member commands.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Admin commands.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Rented relay commands.
+    #[command(subcommand)]
+    Relay(RelayCommand),
+    /// Operation preset commands.
+    #[command(subcommand)]
+    Preset(PresetCommand),
+    /// Make an invite ticket granting a role.
+    Invite {
+        /// Role the invitee gets.
+        #[arg(long)]
+        role: String,
+        /// How long the invite is valid.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        expires: Duration,
+        /// Bootstrap address to include (repeatable).
+        #[arg(long = "addr", value_name = "MULTIADDR")]
+        addrs: Vec<Multiaddr>,
+    },
+    /// Write every op of the charter to a compressed bundle file.
+    Export {
+        /// Output file.
+        file: PathBuf,
+    },
+    /// Verify and merge a bundle file into the local charter (creating it if new).
+    Import {
+        /// Input file.
+        file: PathBuf,
+    },
+}
+
+/// `org channel`.
+#[derive(Subcommand, Debug)]
+pub enum ChannelCommand {
+    /// Add a channel, e.g. `/Command/Flight`; its parent must exist.
+    Add {
+        /// Channel path.
+        path: String,
+        /// Roles that may speak (and listen) here.
+        #[arg(long, num_args = 1..)]
+        speak: Vec<String>,
+        /// Roles that may listen here.
+        #[arg(long, num_args = 1..)]
+        listen: Vec<String>,
+        /// One talker at a time, by priority.
+        #[arg(long)]
+        half_duplex: bool,
+    },
+    /// Remove a channel and its subtree.
+    Remove {
+        /// Channel path.
+        path: String,
+    },
+}
+
+/// `org role`.
+#[derive(Subcommand, Debug)]
+pub enum RoleCommand {
+    /// Add or update a role.
+    Add {
+        /// Role name.
+        name: String,
+        /// Permissions everywhere unless a channel overrides: listen,speak,whisper,manage.
+        #[arg(long, default_value = "listen")]
+        perm: String,
+        /// Floor priority 0 (none) to 4 (emergency).
+        #[arg(long, default_value_t = 2)]
+        priority: u8,
+    },
+}
+
+/// `org member`.
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Add or update a member.
+    Add {
+        /// The member's peer id.
+        peer_id: String,
+        /// Roles (repeatable).
+        #[arg(long = "role", num_args = 1..)]
+        roles: Vec<String>,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a member.
+    Remove {
+        /// The member's peer id.
+        peer_id: String,
+    },
+}
+
+/// `org admin`.
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Make a peer an admin.
+    Grant {
+        /// Peer id.
+        peer_id: String,
+    },
+    /// Revoke a peer's admin rights.
+    Revoke {
+        /// Peer id.
+        peer_id: String,
+    },
+}
+
+/// `org relay`.
+#[derive(Subcommand, Debug)]
+pub enum RelayCommand {
+    /// Register a rented relay.
+    Add {
+        /// The relay's peer id.
+        peer_id: String,
+        /// Its address (repeatable).
+        #[arg(long = "addr", value_name = "MULTIADDR", required = true)]
+        addrs: Vec<Multiaddr>,
+        /// Subscribers it serves.
+        #[arg(long, default_value_t = 200)]
+        capacity: u32,
+    },
+}
+
+/// `org preset`.
+#[derive(Subcommand, Debug)]
+pub enum PresetCommand {
+    /// Capture an existing channel subtree (names, ACLs, policies) as a preset.
+    Define {
+        /// Preset name.
+        name: String,
+        /// Root of the subtree to capture.
+        #[arg(long)]
+        from: String,
+    },
+    /// Stamp out a preset's channels.
+    Apply {
+        /// Preset name.
+        name: String,
+        /// Parent channel path [default: top level]
+        #[arg(long)]
+        under: Option<String>,
+    },
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(dir) => Ok(dir),
+        None => Ok(
+            directories::ProjectDirs::from("org", "Callsign", "callsign")
+                .context("cannot find a home directory; pass --data-dir")?
+                .data_dir()
+                .to_path_buf(),
+        ),
+    }
+}
+
+/// A charter replica with its log.
+struct OrgStore {
+    charter: Charter,
+    log: OpLog,
+}
+
+impl OrgStore {
+    fn path(dir: &Path, org: &IdentityKey) -> PathBuf {
+        dir.join("orgs").join(format!("{org}.log"))
+    }
+
+    fn open(path: &Path) -> Result<Self> {
+        let loaded = OpLog::open(path)
+            .with_context(|| format!("cannot open charter log {}", path.display()))?;
+        if let Some(repair) = &loaded.repair {
+            eprintln!(
+                "warning: {}: {}; cut {} bytes (saved to {}); kept {} ops. Sync restores the rest.",
+                path.display(),
+                repair.reason,
+                repair.dropped_bytes,
+                repair.saved_to.display(),
+                repair.kept_records
+            );
+        }
+        let mut charter = Charter::new(loaded.log.org());
+        let report = charter.ingest(loaded.ops);
+        if !report.missing.is_empty() {
+            eprintln!(
+                "warning: {} ops in the log wait for missing history",
+                charter.pending_len()
+            );
+        }
+        Ok(Self {
+            charter,
+            log: loaded.log,
+        })
+    }
+
+    /// Finds the store for `--org`, or the only one.
+    fn select(dir: &Path, org: Option<&str>) -> Result<Self> {
+        if let Some(org) = org {
+            let key: IdentityKey = org
+                .parse()
+                .map_err(|_| anyhow!("{org:?} is not an ed25519 peer id"))?;
+            let path = Self::path(dir, &key);
+            if !path.exists() {
+                bail!("no charter for org {org} in {}", dir.display());
+            }
+            return Self::open(&path);
+        }
+        let orgs_dir = dir.join("orgs");
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&orgs_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        logs.sort();
+        match logs.len() {
+            0 => bail!(
+                "no org yet in {}: run `callsign org create NAME` or `callsign org import FILE`",
+                dir.display()
+            ),
+            1 => Self::open(&logs[0]),
+            n => bail!(
+                "{n} orgs stored in {}; choose one with --org PEER_ID",
+                orgs_dir.display()
+            ),
+        }
+    }
+
+    fn edit(&mut self, author: &Identity, body: OpBody) -> Result<()> {
+        let op = self.charter.edit(author, body, unix_ms())?;
+        self.log
+            .append([op.encode().as_slice()])
+            .context("cannot write charter log")?;
+        Ok(())
+    }
+}
+
+fn identity(args: &OrgArgs) -> Result<Identity> {
+    let path = super::key_path(args.key.clone())?;
+    let (keys, _) = super::keys::unlock(&path, args.passphrase_env.as_deref())?;
+    Ok(keys.identity)
+}
+
+fn channel(state: &CharterState, path: &str) -> Result<ChannelId> {
+    state.find(path).ok_or_else(|| anyhow!("no channel {path}"))
+}
+
+fn parent_and_name(path: &str) -> Result<(Option<&str>, &str)> {
+    let trimmed = path.trim_end_matches('/');
+    match trimmed.rsplit_once('/') {
+        Some((parent, name)) if !name.is_empty() => {
+            Ok(((!parent.is_empty()).then_some(parent), name))
+        }
+        None if !trimmed.is_empty() => Ok((None, trimmed)),
+        _ => bail!("{path:?} is not a channel path like /Command/Flight"),
+    }
+}
+
+fn peer(text: &str) -> Result<IdentityKey> {
+    text.parse()
+        .map_err(|_| anyhow!("{text:?} is not an ed25519 peer id"))
+}
+
+pub fn run(args: OrgArgs) -> Result<()> {
+    let dir = data_dir(args.data_dir.clone())?;
+    if let OrgCommand::Create { name } = &args.command {
+        let root = identity(&args)?;
+        let path = OrgStore::path(&dir, &root.public());
+        let (charter, op) = Charter::create(&root, name, unix_ms())?;
+        let mut log = OpLog::create(&path, charter.org()).context("cannot create org")?;
+        log.append([op.encode().as_slice()])?;
+        println!("created org {name:?}: {}", charter.org());
+        println!("charter: {}", path.display());
+        return Ok(());
+    }
+    if let OrgCommand::Import { file } = &args.command {
+        return import(&dir, file);
+    }
+    let mut store = OrgStore::select(&dir, args.org.as_deref())?;
+    match &args.command {
+        OrgCommand::Create { .. } | OrgCommand::Import { .. } => unreachable!("handled above"),
+        OrgCommand::Show { json } => show(store.charter.state(), *json)?,
+        OrgCommand::Export { file } => {
+            let bundle = encode_bundle(
+                &store.charter.org(),
+                store.charter.dag().iter().map(|o| o.encoded.as_slice()),
+            );
+            std::fs::write(file, &bundle)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            println!(
+                "exported {} ops ({} bytes) to {}",
+                store.charter.len(),
+                bundle.len(),
+                file.display()
+            );
+        }
+        OrgCommand::Invite {
+            role,
+            expires,
+            addrs,
+        } => {
+            let me = identity(&args)?;
+            if !store.charter.state().roles.contains_key(role) {
+                bail!("the org has no role {role:?}");
+            }
+            if !store.charter.state().is_admin(&me.public()) {
+                bail!("only admins can invite");
+            }
+            let mut nonce = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut nonce);
+            let expires_at = unix_ms() / 1000 + expires.as_secs();
+            let org = store.charter.org();
+            let grant = InviteGrant::issue(&me, org, role.clone(), expires_at, nonce)?;
+            let ticket = Ticket {
+                org,
+                bootstrap: addrs.clone(),
+                grant: Some(grant),
+            };
+            println!("{}", ticket.encode()?);
+        }
+        command => {
+            let me = identity(&args)?;
+            let body = edit_body(store.charter.state(), command)?;
+            let extra = channel_acl_edits(command);
+            store.edit(&me, body)?;
+            if let Some((path, acl, floor)) = extra {
+                let id = channel(store.charter.state(), path)?;
+                for (role, perms) in acl {
+                    store.edit(
+                        &me,
+                        OpBody::SetChannelAcl {
+                            channel: id,
+                            role,
+                            perms: Some(perms),
+                        },
+                    )?;
+                }
+                if floor {
+                    store.edit(
+                        &me,
+                        OpBody::SetChannelPolicy {
+                            channel: id,
+                            policy: ChannelPolicy {
+                                floor: FloorMode::HalfDuplex,
+                                ..Default::default()
+                            },
+                        },
+                    )?;
+                }
+            }
+            println!("ok ({} ops)", store.charter.len());
+        }
+    }
+    Ok(())
+}
+
+/// The ACL and floor edits that follow `channel add`.
+fn channel_acl_edits(command: &OrgCommand) -> Option<(&str, BTreeMap<String, Permissions>, bool)> {
+    let OrgCommand::Channel(ChannelCommand::Add {
+        path,
+        speak,
+        listen,
+        half_duplex,
+    }) = command
+    else {
+        return None;
+    };
+    let mut acl = BTreeMap::new();
+    for role in listen {
+        acl.insert(role.clone(), Permissions::LISTEN);
+    }
+    for role in speak {
+        acl.insert(role.clone(), Permissions::LISTEN.union(Permissions::SPEAK));
+    }
+    Some((path, acl, *half_duplex))
+}
+
+fn edit_body(state: &CharterState, command: &OrgCommand) -> Result<OpBody> {
+    Ok(match command {
+        OrgCommand::Channel(ChannelCommand::Add { path, .. }) => {
+            let (parent, name) = parent_and_name(path)?;
+            let parent = parent.map(|p| channel(state, p)).transpose()?;
+            OpBody::AddChannel {
+                parent,
+                name: name.to_string(),
+            }
+        }
+        OrgCommand::Channel(ChannelCommand::Remove { path }) => OpBody::RemoveChannel {
+            channel: channel(state, path)?,
+        },
+        OrgCommand::Role(RoleCommand::Add {
+            name,
+            perm,
+            priority,
+        }) => OpBody::PutRole {
+            name: name.clone(),
+            role: Role {
+                perms: Permissions::parse_list(perm).map_err(|e| anyhow!(e))?,
+                priority: Priority::new(*priority)
+                    .ok_or_else(|| anyhow!("priority must be 0 to 4"))?,
+            },
+        },
+        OrgCommand::Member(MemberCommand::Add {
+            peer_id,
+            roles,
+            name,
+        }) => {
+            let mut roles = roles.clone();
+            roles.sort();
+            roles.dedup();
+            for role in &roles {
+                if !state.roles.contains_key(role) {
+                    bail!("the org has no role {role:?}");
+                }
+            }
+            OpBody::PutMember {
+                peer: peer(peer_id)?,
+                name: name.clone().unwrap_or_else(|| {
+                    peer_id
+                        .chars()
+                        .rev()
+                        .take(6)
+                        .collect::<String>()
+                        .chars()
+                        .rev()
+                        .collect()
+                }),
+                roles,
+            }
+        }
+        OrgCommand::Member(MemberCommand::Remove { peer_id }) => OpBody::RemoveMember {
+            peer: peer(peer_id)?,
+        },
+        OrgCommand::Admin(AdminCommand::Grant { peer_id }) => OpBody::GrantAdmin {
+            peer: peer(peer_id)?,
+        },
+        OrgCommand::Admin(AdminCommand::Revoke { peer_id }) => OpBody::RevokeAdmin {
+            peer: peer(peer_id)?,
+        },
+        OrgCommand::Relay(RelayCommand::Add {
+            peer_id,
+            addrs,
+            capacity,
+        }) => OpBody::PutRelay {
+            peer: peer(peer_id)?,
+            info: RelayInfo {
+                addrs: addrs.iter().map(|a| a.to_vec()).collect(),
+                capacity: *capacity,
+            },
+        },
+        OrgCommand::Preset(PresetCommand::Define { name, from }) => OpBody::DefinePreset {
+            name: name.clone(),
+            preset: capture_preset(state, channel(state, from)?),
+        },
+        OrgCommand::Preset(PresetCommand::Apply { name, under }) => {
+            if !state.presets.contains_key(name) {
+                bail!("no preset {name:?}");
+            }
+            OpBody::ApplyPreset {
+                name: name.clone(),
+                parent: under.as_deref().map(|p| channel(state, p)).transpose()?,
+            }
+        }
+        _ => unreachable!("not an edit"),
+    })
+}
+
+/// The subtree at `root` as a preset, parents before children.
+fn capture_preset(state: &CharterState, root: ChannelId) -> Preset {
+    let mut channels = Vec::new();
+    let mut queue = vec![(root, None)];
+    while let Some((id, parent)) = queue.pop() {
+        let ch = &state.channels[&id];
+        let index = channels.len() as u16;
+        channels.push(PresetChannel {
+            name: ch.name.clone(),
+            parent,
+            acl: ch.acl.clone(),
+            policy: ch.policy.clone(),
+        });
+        for child in state.children(Some(id)).into_iter().rev() {
+            queue.push((child, Some(index)));
+        }
+    }
+    Preset { channels }
+}
+
+fn import(dir: &Path, file: &Path) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (org, ops) =
+        decode_bundle(&bytes).with_context(|| format!("cannot import {}", file.display()))?;
+    let path = OrgStore::path(dir, &org);
+    let mut store = if path.exists() {
+        OrgStore::open(&path)?
+    } else {
+        OrgStore {
+            charter: Charter::new(org),
+            log: OpLog::create(&path, org)?,
+        }
+    };
+    let offered = ops.len();
+    let report = store.charter.ingest(ops);
+    let added: Vec<&[u8]> = report
+        .added
+        .iter()
+        .filter_map(|h| store.charter.dag().get(h).map(|o| o.encoded.as_slice()))
+        .collect();
+    store.log.append(added)?;
+    println!(
+        "imported {} of {offered} ops into org {org} ({} already known, {} rejected, {} waiting for history)",
+        report.added.len(),
+        report.duplicates,
+        report.rejected.len(),
+        store.charter.pending_len()
+    );
+    for (hash, reason) in report.rejected.iter().take(10) {
+        match hash {
+            Some(h) => eprintln!("  rejected {h:?}: {reason}"),
+            None => eprintln!("  rejected: {reason}"),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ChannelView {
+    path: String,
+    id: String,
+    floor: &'static str,
+    mesh_threshold: u8,
+    acl: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct OrgView {
+    org: String,
+    name: String,
+    admins: Vec<String>,
+    roles: BTreeMap<String, (String, u8)>,
+    channels: Vec<ChannelView>,
+    members: Vec<(String, String, Vec<String>)>,
+    relays: Vec<(String, u32)>,
+    presets: Vec<String>,
+}
+
+fn show(state: &CharterState, json: bool) -> Result<()> {
+    let mut channels = Vec::new();
+    let mut stack: Vec<ChannelId> = state.children(None).into_iter().rev().collect();
+    while let Some(id) = stack.pop() {
+        let ch = &state.channels[&id];
+        channels.push(ChannelView {
+            path: state.path(id).unwrap_or_default(),
+            id: id.to_string(),
+            floor: match ch.policy.floor {
+                FloorMode::Open => "open",
+                FloorMode::HalfDuplex => "half-duplex",
+            },
+            mesh_threshold: ch.policy.mesh_threshold,
+            acl: ch
+                .acl
+                .iter()
+                .map(|(r, p)| (r.clone(), p.to_string()))
+                .collect(),
+        });
+        stack.extend(state.children(Some(id)).into_iter().rev());
+    }
+    let view = OrgView {
+        org: state.org.to_string(),
+        name: state.name.clone(),
+        admins: std::iter::once(state.org)
+            .chain(state.admins.iter().copied())
+            .map(|k| k.to_string())
+            .collect(),
+        roles: state
+            .roles
+            .iter()
+            .map(|(n, r)| (n.clone(), (r.perms.to_string(), r.priority.level())))
+            .collect(),
+        channels,
+        members: state
+            .members
+            .iter()
+            .map(|(k, m)| (m.name.clone(), k.to_string(), m.roles.clone()))
+            .collect(),
+        relays: state
+            .relays
+            .iter()
+            .map(|(k, r)| (k.to_string(), r.capacity))
+            .collect(),
+        presets: state.presets.keys().cloned().collect(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    println!("org {:?} ({})", view.name, view.org);
+    println!("admins: {}", view.admins.join(", "));
+    println!("roles:");
+    for (name, (perms, prio)) in &view.roles {
+        println!("  {name}: {perms} (priority {prio})");
+    }
+    println!("channels:");
+    for ch in &view.channels {
+        let depth = ch.path.matches('/').count();
+        let acl: Vec<String> = ch.acl.iter().map(|(r, p)| format!("{r}={p}")).collect();
+        println!(
+            "  {}{}{}{}",
+            "  ".repeat(depth - 1),
+            ch.path.rsplit('/').next().unwrap_or_default(),
+            if ch.floor == "half-duplex" {
+                " [half-duplex]"
+            } else {
+                ""
+            },
+            if acl.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", acl.join(", "))
+            }
+        );
+    }
+    println!("members:");
+    for (name, peer, roles) in &view.members {
+        println!("  {name} {peer} [{}]", roles.join(", "));
+    }
+    if !view.relays.is_empty() {
+        println!("relays:");
+        for (peer, capacity) in &view.relays {
+            println!("  {peer} (capacity {capacity})");
+        }
+    }
+    if !view.presets.is_empty() {
+        println!("presets: {}", view.presets.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! End-to-end tests of `callsign org`: a charter built, shown, exported, imported and repaired.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn callsign(dir: &Path, key: &str) -> Command {
+    let mut cmd = Command::cargo_bin("callsign").unwrap();
+    cmd.env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("CALLSIGN_DATA_DIR", dir.join("data"))
+        .env("CALLSIGN_KEY", dir.join(key));
+    cmd
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn peer_id(dir: &Path, key: &str) -> String {
+    let v: Value =
+        serde_json::from_str(&ok(callsign(dir, key).args(["keys", "new", "--json"]))).unwrap();
+    v["peer_id"].as_str().unwrap().to_string()
+}
+
+fn build_org(dir: &Path) -> String {
+    peer_id(dir, "root.key");
+    ok(callsign(dir, "root.key").args(["org", "create", "Star Wing"]));
+    ok(callsign(dir, "root.key").args([
+        "org",
+        "role",
+        "add",
+        "officer",
+        "--perm",
+        "listen,speak,manage",
+        "--priority",
+        "3",
+    ]));
+    ok(callsign(dir, "root.key").args(["org", "role", "add", "pilot", "--perm", "listen"]));
+    ok(callsign(dir, "root.key").args([
+        "org",
+        "channel",
+        "add",
+        "/Command",
+        "--speak",
+        "officer",
+        "--half-duplex",
+    ]));
+    ok(callsign(dir, "root.key").args([
+        "org",
+        "channel",
+        "add",
+        "/Command/Flight",
+        "--speak",
+        "pilot",
+        "officer",
+    ]));
+    let pilot = peer_id(dir, "pilot.key");
+    ok(callsign(dir, "root.key").args([
+        "org", "member", "add", &pilot, "--role", "pilot", "--name", "Maverick",
+    ]));
+    pilot
+}
+
+#[test]
+fn build_show_export_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let pilot = build_org(dir.path());
+    let show: Value = serde_json::from_str(&ok(
+        callsign(dir.path(), "root.key").args(["org", "show", "--json"])
+    ))
+    .unwrap();
+    assert_eq!(show["name"], "Star Wing");
+    let paths: Vec<&str> = show["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/Command", "/Command/Flight"]);
+    assert_eq!(show["channels"][0]["floor"], "half-duplex");
+    assert_eq!(show["channels"][1]["acl"]["pilot"], "listen,speak");
+    assert_eq!(show["members"][0][1], pilot.as_str());
+
+    let bundle = dir.path().join("org.bundle");
+    ok(callsign(dir.path(), "root.key")
+        .args(["org", "export"])
+        .arg(&bundle));
+    let other = tempfile::tempdir().unwrap();
+    let out = ok(callsign(other.path(), "x.key")
+        .args(["org", "import"])
+        .arg(&bundle));
+    assert!(out.contains("imported 10 of 10"), "{out}");
+    let again: Value = serde_json::from_str(&ok(
+        callsign(other.path(), "x.key").args(["org", "show", "--json"])
+    ))
+    .unwrap();
+    assert_eq!(again, show);
+    // Importing twice adds nothing.
+    let out = ok(callsign(other.path(), "x.key")
+        .args(["org", "import"])
+        .arg(&bundle));
+    assert!(
+        out.contains("imported 0 of 10") && out.contains("10 already known"),
+        "{out}"
+    );
+}
+
+#[test]
+fn non_admin_edit_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    build_org(dir.path());
+    let out = callsign(dir.path(), "pilot.key")
+        .args(["org", "channel", "add", "/Rogue"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not an admin"), "{stderr}");
+}
+
+#[test]
+fn corrupt_bundle_and_damaged_log() {
+    let dir = tempfile::tempdir().unwrap();
+    build_org(dir.path());
+    let bundle = dir.path().join("org.bundle");
+    ok(callsign(dir.path(), "root.key")
+        .args(["org", "export"])
+        .arg(&bundle));
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    std::fs::write(&bundle, &bytes).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let out = callsign(other.path(), "x.key")
+        .args(["org", "import"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: cannot import"));
+
+    // Tear the log's last record: the tool warns, keeps the rest, and still works.
+    let orgs = dir.path().join("data/orgs");
+    let log = std::fs::read_dir(&orgs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let full = std::fs::read(&log).unwrap();
+    std::fs::write(&log, &full[..full.len() - 5]).unwrap();
+    let out = callsign(dir.path(), "root.key")
+        .args(["org", "show", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("torn"),
+        "{stderr}"
+    );
+    let show: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        show["members"].as_array().unwrap().is_empty(),
+        "the torn member op is gone"
+    );
+}
