@@ -94,16 +94,7 @@ impl OpDag {
 
     /// Removes the given ops and all their descendants; returns the hashes removed.
     pub fn remove_with_descendants(&mut self, roots: &[OpHash]) -> Vec<OpHash> {
-        let mut doomed = vec![false; self.ops.len()];
-        let mut stack: Vec<u32> = roots
-            .iter()
-            .filter_map(|h| self.index.get(h).copied())
-            .collect();
-        while let Some(i) = stack.pop() {
-            if !std::mem::replace(&mut doomed[i as usize], true) {
-                stack.extend(self.ops[i as usize].children.iter().copied());
-            }
-        }
+        let doomed = self.closure(roots, |o| &o.children);
         let old = std::mem::take(&mut self.ops);
         let mut removed = Vec::new();
         *self = Self::default();
@@ -145,8 +136,13 @@ impl OpDag {
     }
 
     /// Every op in the causal past of `from` (inclusive), as a membership vector by insertion
-    /// index, together with the ops in insertion order; used by sync to compute differences.
+    /// index; used by sync to compute differences.
     pub fn ancestry(&self, from: &[OpHash]) -> Vec<bool> {
+        self.closure(from, |o| &o.parents)
+    }
+
+    /// The ops reachable from `from` (inclusive) along `edges`, by insertion index.
+    fn closure(&self, from: &[OpHash], edges: impl Fn(&DagOp) -> &Vec<u32>) -> Vec<bool> {
         let mut seen = vec![false; self.ops.len()];
         let mut stack: Vec<u32> = from
             .iter()
@@ -154,7 +150,7 @@ impl OpDag {
             .collect();
         while let Some(i) = stack.pop() {
             if !std::mem::replace(&mut seen[i as usize], true) {
-                stack.extend(self.ops[i as usize].parents.iter().copied());
+                stack.extend(edges(&self.ops[i as usize]).iter().copied());
             }
         }
         seen

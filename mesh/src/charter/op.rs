@@ -25,6 +25,11 @@ pub const MAX_PARENTS: usize = 16;
 pub struct OpHash(pub [u8; 32]);
 
 impl OpHash {
+    /// The hash of an op's wire form.
+    pub fn of_encoded(encoded: &[u8]) -> Self {
+        Self(Sha256::digest(encoded).into())
+    }
+
     /// The first 8 bytes as an integer, used to derive ids.
     pub fn prefix_u64(&self) -> u64 {
         let mut b = [0u8; 8];
@@ -252,7 +257,7 @@ impl Op {
 
     /// The content hash.
     pub fn hash(&self) -> OpHash {
-        OpHash(Sha256::digest(self.encode()).into())
+        OpHash::of_encoded(&self.encode())
     }
 
     /// Decodes and checks canonical form and signature.

@@ -221,7 +221,8 @@ impl Charter {
         mut report: IngestReport,
     ) -> IngestReport {
         for (op, encoded) in ops {
-            let hash = op.hash();
+            // The wire form is at hand: hash it rather than re-encoding the op.
+            let hash = OpHash::of_encoded(&encoded);
             if self.knows(&hash) {
                 report.duplicates += 1;
                 self.stats.duplicates += 1;
