@@ -1,0 +1,185 @@
+//! The capture chain: device-rate samples in, gated 48 kHz frames ready for the encoder out.
+//!
+//! resample (rubato) → high-pass → noise suppression + VAD (nnnoiseless, 10 ms sub-frames) →
+//! optional AGC → gate (push-to-talk, or voice activation with a hangover so word endings are
+//! not clipped).
+
+use super::dsp::{Agc, Biquad};
+use super::resample::StreamResampler;
+use super::{AudioError, FrameDuration, SAMPLE_RATE};
+use nnnoiseless::DenoiseState;
+use std::time::Duration;
+
+/// nnnoiseless works on 10 ms at 48 kHz and expects 16-bit-scaled samples.
+const DENOISE_FRAME: usize = DenoiseState::FRAME_SIZE;
+const I16_SCALE: f32 = 32_767.0;
+
+/// When the capture chain opens the gate.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum GateMode {
+    /// Transmit while PTT is held.
+    PushToTalk,
+    /// Transmit while the VAD's speech probability is above `threshold`, and for `hangover`
+    /// after it drops.
+    VoiceActivation { threshold: f32, hangover: Duration },
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CaptureConfig {
+    pub device_rate: u32,
+    pub frame: FrameDuration,
+    /// `None` disables the high-pass filter.
+    pub high_pass_hz: Option<f32>,
+    pub noise_suppression: bool,
+    pub agc: bool,
+    pub gate: GateMode,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            device_rate: SAMPLE_RATE,
+            frame: FrameDuration::Ms20,
+            high_pass_hz: Some(80.0),
+            noise_suppression: true,
+            agc: false,
+            gate: GateMode::PushToTalk,
+        }
+    }
+}
+
+/// One processed frame.
+#[derive(Debug)]
+pub struct CapturedFrame<'a> {
+    pub samples: &'a [f32],
+    /// Highest VAD speech probability over the frame, 0–1.
+    pub speech_probability: f32,
+    /// The gate is open: encode and send this frame.
+    pub transmit: bool,
+}
+
+/// See the module documentation.
+pub struct CaptureChain {
+    config: CaptureConfig,
+    resampler: Option<StreamResampler>,
+    resampled: Vec<f32>,
+    high_pass: Option<Biquad>,
+    denoise: Box<DenoiseState<'static>>,
+    sub_in: [f32; DENOISE_FRAME],
+    sub_out: [f32; DENOISE_FRAME],
+    frame: Vec<f32>,
+    frame_speech: f32,
+    agc: Agc,
+    ptt: bool,
+    hangover_left: usize,
+}
+
+impl CaptureChain {
+    pub fn new(config: CaptureConfig) -> Result<Self, AudioError> {
+        let resampler = if config.device_rate == SAMPLE_RATE {
+            None
+        } else {
+            Some(StreamResampler::new(config.device_rate, SAMPLE_RATE)?)
+        };
+        let high_pass = config
+            .high_pass_hz
+            .map(|hz| Biquad::high_pass(hz, SAMPLE_RATE as f32));
+        Ok(Self {
+            resampler,
+            resampled: Vec::with_capacity(SAMPLE_RATE as usize / 10),
+            high_pass,
+            denoise: DenoiseState::new(),
+            sub_in: [0.0; DENOISE_FRAME],
+            sub_out: [0.0; DENOISE_FRAME],
+            frame: Vec::with_capacity(config.frame.samples()),
+            frame_speech: 0.0,
+            agc: Agc::default(),
+            ptt: false,
+            hangover_left: 0,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &CaptureConfig {
+        &self.config
+    }
+
+    pub fn set_ptt(&mut self, pressed: bool) {
+        self.ptt = pressed;
+    }
+
+    pub fn set_gate(&mut self, gate: GateMode) {
+        self.config.gate = gate;
+        self.hangover_left = 0;
+    }
+
+    /// Feeds device-rate mono samples; `on_frame` runs for every completed 48 kHz frame.
+    pub fn push(
+        &mut self,
+        device_samples: &[f32],
+        mut on_frame: impl FnMut(CapturedFrame<'_>),
+    ) -> Result<(), AudioError> {
+        let mut start = 0;
+        match &mut self.resampler {
+            Some(resampler) => resampler.process(device_samples, &mut self.resampled)?,
+            None => self.resampled.extend_from_slice(device_samples),
+        }
+        while self.resampled.len() - start >= DENOISE_FRAME {
+            self.sub_in
+                .copy_from_slice(&self.resampled[start..start + DENOISE_FRAME]);
+            start += DENOISE_FRAME;
+            self.process_sub_frame(&mut on_frame);
+        }
+        self.resampled.drain(..start);
+        Ok(())
+    }
+
+    fn process_sub_frame(&mut self, on_frame: &mut impl FnMut(CapturedFrame<'_>)) {
+        if let Some(filter) = &mut self.high_pass {
+            filter.process(&mut self.sub_in);
+        }
+        for s in &mut self.sub_in {
+            *s *= I16_SCALE;
+        }
+        let speech = self.denoise.process_frame(&mut self.sub_out, &self.sub_in);
+        let processed = if self.config.noise_suppression {
+            &self.sub_out
+        } else {
+            &self.sub_in
+        };
+        self.frame
+            .extend(processed.iter().map(|s| (s / I16_SCALE).clamp(-1.0, 1.0)));
+        self.frame_speech = self.frame_speech.max(speech);
+        if self.frame.len() < self.config.frame.samples() {
+            return;
+        }
+        let speech = std::mem::take(&mut self.frame_speech);
+        let transmit = match self.config.gate {
+            GateMode::PushToTalk => self.ptt,
+            GateMode::VoiceActivation {
+                threshold,
+                hangover,
+            } => {
+                if speech >= threshold {
+                    self.hangover_left =
+                        (hangover.as_millis() as usize).div_ceil(self.config.frame.millis() as usize);
+                    true
+                } else if self.hangover_left > 0 {
+                    self.hangover_left -= 1;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if self.config.agc {
+            self.agc.process(&mut self.frame, speech >= 0.5);
+        }
+        on_frame(CapturedFrame {
+            samples: &self.frame,
+            speech_probability: speech,
+            transmit,
+        });
+        self.frame.clear();
+    }
+}
