@@ -26,6 +26,9 @@ enum Command {
     /// Create and inspect invite tickets.
     #[command(subcommand)]
     Ticket(commands::ticket::TicketCommand),
+    /// Sound devices, and the voice path run offline on WAV files.
+    #[command(subcommand)]
+    Audio(commands::audio::AudioCommand),
     /// Create and edit org charters: channels, roles, members, relays, presets.
     Org(commands::org::OrgArgs),
 }
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => commands::keys::run(cmd),
         Command::Ticket(cmd) => commands::ticket::run(cmd),
         Command::Org(args) => commands::org::run(args),
+        Command::Audio(cmd) => commands::audio::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

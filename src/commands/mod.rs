@@ -1,5 +1,6 @@
 //! One module per `callsign` subcommand group.
 
+pub mod audio;
 pub mod keys;
 pub mod org;
 pub mod ticket;

@@ -32,12 +32,23 @@ impl Default for EncoderConfig {
             fec: true,
             dtx: false,
             complexity: 9,
-            fec_min_loss_pct: 5,
+            fec_min_loss_pct: 1,
         }
     }
 }
 
 impl EncoderConfig {
+    /// Below 32 kb/s with FEC on, audio is kept wideband (8 kHz, SILK-only): in hybrid
+    /// super-/fullband mode the SILK layer gets too few bits and libopus silently drops LBRR
+    /// at low expected loss, so FEC would be on in name only. Above that, fullband.
+    pub fn max_bandwidth(&self) -> opus::Bandwidth {
+        if self.fec && self.bitrate < 32_000 {
+            opus::Bandwidth::Wideband
+        } else {
+            opus::Bandwidth::Fullband
+        }
+    }
+
     pub fn validate(&self) -> Result<(), AudioError> {
         if !(6_000..=64_000).contains(&self.bitrate) {
             return Err(AudioError::Bitrate(self.bitrate));
@@ -64,6 +75,7 @@ impl VoiceEncoder {
         inner.set_inband_fec(config.fec)?;
         inner.set_dtx(config.dtx)?;
         inner.set_complexity(i32::from(config.complexity))?;
+        inner.set_max_bandwidth(config.max_bandwidth())?;
         let mut encoder = Self {
             inner,
             config,

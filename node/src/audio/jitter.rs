@@ -59,6 +59,8 @@ pub struct IncomingFrame<'a> {
     pub timestamp: u32,
     /// Last frame of a transmission (PTT released).
     pub end: bool,
+    /// The sender's encoder had in-band FEC on, so this packet carries the previous frame.
+    pub fec: bool,
     pub payload: &'a [u8],
 }
 
@@ -82,8 +84,8 @@ pub enum Playout<'a> {
     Idle,
     /// Decode this packet.
     Frame(&'a [u8]),
-    /// The frame is missing. `next` is the following packet when it is here (recover from its
-    /// FEC); `None` means conceal.
+    /// The frame is missing. `next` is the following packet when it is here and carries FEC
+    /// (recover from it); `None` means conceal.
     Missing { next: Option<&'a [u8]> },
 }
 
@@ -118,6 +120,7 @@ struct Slot {
     seq: Option<i64>,
     timestamp: u32,
     end: bool,
+    fec: bool,
     arrival: Option<Instant>,
     payload: Vec<u8>,
 }
@@ -154,6 +157,7 @@ impl JitterBuffer {
                 seq: None,
                 timestamp: 0,
                 end: false,
+                fec: false,
                 arrival: None,
                 payload: Vec::with_capacity(MAX_PACKET),
             })
@@ -274,6 +278,7 @@ impl JitterBuffer {
         slot.seq = Some(seq);
         slot.timestamp = frame.timestamp;
         slot.end = frame.end;
+        slot.fec = frame.fec;
         slot.arrival = Some(now);
         slot.payload.clear();
         slot.payload.extend_from_slice(frame.payload);
@@ -386,7 +391,8 @@ impl JitterBuffer {
             self.next += 1;
             self.mode = Mode::Playing { dry_since: None };
             let following = &self.slots[Self::slot_index(self.next)];
-            let next = (following.seq == Some(self.next)).then_some(&following.payload[..]);
+            let next = (following.seq == Some(self.next) && following.fec)
+                .then_some(&following.payload[..]);
             return Playout::Missing { next };
         }
         let dry_since = dry_since.unwrap_or(now);

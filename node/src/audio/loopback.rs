@@ -39,6 +39,7 @@ struct InFlight {
     seq: u16,
     timestamp: u32,
     end: bool,
+    fec: bool,
     payload: Vec<u8>,
 }
 
@@ -91,6 +92,7 @@ pub fn run_loopback(
                     seq: k as u16,
                     timestamp: (k * frame_len) as u32,
                     end: k + 1 == frames,
+                    fec: config.encoder.fec,
                     payload: packet[..len].to_vec(),
                 });
             }
@@ -128,6 +130,7 @@ pub fn run_loopback(
                     seq: p.seq,
                     timestamp: p.timestamp,
                     end: p.end,
+                    fec: p.fec,
                     payload: &p.payload,
                 },
                 clock.at(p.arrival),

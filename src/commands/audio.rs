@@ -1,0 +1,218 @@
+//! `callsign audio`: list sound devices; run a file through the voice path offline.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use callsign_node::audio::codec::EncoderConfig;
+use callsign_node::audio::impairment::ImpairmentConfig;
+use callsign_node::audio::jitter::JitterConfig;
+use callsign_node::audio::loopback::{run_loopback, LoopbackConfig};
+use callsign_node::audio::wav::{read_wav, WavSink};
+use callsign_node::audio::FrameDuration;
+use clap::{Args, Subcommand};
+
+/// Audio commands.
+#[derive(Subcommand, Debug)]
+pub enum AudioCommand {
+    /// List input and output devices.
+    Devices(DevicesArgs),
+    /// Encode a WAV file, pass it through simulated loss/jitter, the jitter buffer and the
+    /// decoder, and write what a listener would hear.
+    Loopback(LoopbackArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DevicesArgs {
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LoopbackArgs {
+    /// Input WAV (any rate, any channel count; converted to 48 kHz mono).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output WAV (48 kHz mono, 16-bit).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Random loss: a fraction (0.05) or a percentage (5%).
+    #[arg(long, default_value = "0", value_parser = parse_probability)]
+    pub loss: f64,
+    /// Gilbert–Elliott burst loss "P,R": chance per packet of entering / leaving the lossy state.
+    #[arg(long, value_name = "P,R", value_parser = parse_burst)]
+    pub burst_loss: Option<(f64, f64)>,
+    /// Jitter: standard deviation of the one-way delay, in milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub jitter_ms: f64,
+    /// Base one-way latency in milliseconds.
+    #[arg(long, default_value_t = 40.0)]
+    pub latency_ms: f64,
+    /// Chance that a packet is held back behind later ones: fraction or percentage.
+    #[arg(long, default_value = "0", value_parser = parse_probability)]
+    pub reorder: f64,
+    /// Opus bitrate in bits per second (6000–64000).
+    #[arg(long, default_value_t = 24_000)]
+    pub bitrate: u32,
+    /// Frame size in milliseconds: 10, 20, 40 or 60.
+    #[arg(long, default_value_t = 20, value_parser = parse_frame)]
+    pub frame_ms: u32,
+    /// Turn Opus in-band FEC off (on by default).
+    #[arg(long)]
+    pub no_fec: bool,
+    /// Discontinuous transmission: near-silent frames shrink to a few bytes.
+    #[arg(long)]
+    pub dtx: bool,
+    /// Encoder complexity 0–10.
+    #[arg(long, default_value_t = 9)]
+    pub complexity: u8,
+    /// Seed of the impairment model; the same seed gives the same output bytes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the stats as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_probability(text: &str) -> Result<f64, String> {
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(percent) => (percent, 100.0),
+        None => (text, 1.0),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    let p = value / scale;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!(
+            "{text:?} is outside 0–1; write a fraction (0.05) or a percentage (5%)"
+        ));
+    }
+    Ok(p)
+}
+
+fn parse_burst(text: &str) -> Result<(f64, f64), String> {
+    let (p, r) = text
+        .split_once(',')
+        .ok_or_else(|| format!("{text:?}: expected P,R, e.g. 0.02,0.3"))?;
+    let (p, r) = (parse_probability(p)?, parse_probability(r)?);
+    if r == 0.0 {
+        return Err("R must be above 0, or the loss burst never ends".into());
+    }
+    Ok((p, r))
+}
+
+fn parse_frame(text: &str) -> Result<u32, String> {
+    let ms: u32 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    FrameDuration::from_ms(ms)
+        .map(|_| ms)
+        .ok_or_else(|| format!("{ms} ms: frames are 10, 20, 40 or 60 ms"))
+}
+
+pub fn run(cmd: AudioCommand) -> Result<()> {
+    match cmd {
+        AudioCommand::Devices(args) => devices(args),
+        AudioCommand::Loopback(args) => loopback(args),
+    }
+}
+
+#[cfg(feature = "device-audio")]
+fn devices(args: DevicesArgs) -> Result<()> {
+    let (host, devices) = callsign_node::audio::device::list_devices()
+        .context("no sound system available (no ALSA devices, or running headless)")?;
+    if args.json {
+        let report = serde_json::json!({ "host": host, "devices": devices });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if devices.is_empty() {
+        println!("{host}: no audio devices (no sound card or sound server on this machine)");
+        println!("headless use still works: `callsign audio loopback` and WAV input/output");
+        return Ok(());
+    }
+    println!("{host}:");
+    for d in &devices {
+        let format = match (d.sample_rate, d.channels) {
+            (Some(rate), Some(ch)) => format!("{rate} Hz, {ch} ch"),
+            _ => "format unavailable".into(),
+        };
+        println!(
+            "  {:6} {}{} ({format})",
+            if d.input { "input" } else { "output" },
+            d.name,
+            if d.is_default { " [default]" } else { "" },
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "device-audio"))]
+fn devices(_args: DevicesArgs) -> Result<()> {
+    bail!("this build has no device audio (rebuild with the `device-audio` feature); WAV input and output still work")
+}
+
+fn loopback(args: LoopbackArgs) -> Result<()> {
+    let frame = FrameDuration::from_ms(args.frame_ms).context("frame size")?;
+    if !args.jitter_ms.is_finite() || args.jitter_ms < 0.0 || args.jitter_ms > 1000.0 {
+        bail!("--jitter-ms must be between 0 and 1000");
+    }
+    if !args.latency_ms.is_finite() || args.latency_ms < 0.0 || args.latency_ms > 5000.0 {
+        bail!("--latency-ms must be between 0 and 5000");
+    }
+    let input = read_wav(&args.input)
+        .with_context(|| format!("cannot read input {}", args.input.display()))?;
+    let config = LoopbackConfig {
+        encoder: EncoderConfig {
+            bitrate: args.bitrate,
+            frame,
+            fec: !args.no_fec,
+            dtx: args.dtx,
+            complexity: args.complexity,
+            ..EncoderConfig::default()
+        },
+        jitter: JitterConfig {
+            frame,
+            ..JitterConfig::default()
+        },
+        impairment: ImpairmentConfig {
+            latency: Duration::from_secs_f64(args.latency_ms / 1e3),
+            jitter: Duration::from_secs_f64(args.jitter_ms / 1e3),
+            loss: args.loss,
+            burst: args.burst_loss,
+            reorder: args.reorder,
+        },
+        seed: args.seed,
+    };
+    let (output, report) = run_loopback(&input, &config).context("loopback failed")?;
+    let mut sink = WavSink::create(&args.output, 1)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    sink.write(&output)?;
+    sink.finish()
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let r = &report.receiver;
+    println!("frames               {}", report.frames);
+    println!(
+        "lost in network      {} ({:.1}%)",
+        report.lost_in_network,
+        100.0 * report.lost_in_network as f64 / report.frames.max(1) as f64
+    );
+    println!("decoded              {}", r.decoded);
+    println!("recovered by FEC     {}", r.recovered_fec);
+    println!("concealed            {}", r.concealed);
+    println!("late                 {}", r.jitter.late);
+    println!("duplicates           {}", r.jitter.duplicates);
+    println!("jitter target        {:.1} ms", r.jitter.target_delay_ms);
+    println!("mean playout delay   {:.1} ms", report.mean_playout_delay_ms);
+    println!(
+        "bitrate              {:.1} kb/s",
+        report.bytes_sent as f64 * 8.0 / (report.frames.max(1) as f64 * frame.millis() as f64)
+    );
+    Ok(())
+}
