@@ -17,7 +17,11 @@ struct Collected {
 }
 
 fn run(chain: &mut CaptureChain, input: &[f32], block: usize) -> Collected {
-    let mut c = Collected { samples: Vec::new(), transmit: Vec::new(), speech: Vec::new() };
+    let mut c = Collected {
+        samples: Vec::new(),
+        transmit: Vec::new(),
+        speech: Vec::new(),
+    };
     for chunk in input.chunks(block) {
         chain
             .push(chunk, |f| {
@@ -36,7 +40,10 @@ fn chain_frame() -> usize {
 }
 
 fn voice_activation() -> GateMode {
-    GateMode::VoiceActivation { threshold: 0.6, hangover: Duration::from_millis(200) }
+    GateMode::VoiceActivation {
+        threshold: 0.6,
+        hangover: Duration::from_millis(200),
+    }
 }
 
 #[test]
@@ -53,11 +60,21 @@ fn a_44k1_device_yields_48k_frames_at_the_same_pitch() {
         .map(|i| 0.5 * (std::f32::consts::TAU * 1000.0 * i as f32 / 44_100.0).sin())
         .collect();
     let out = run(&mut chain, &input, 441 + 7);
-    assert!((45..=50).contains(&out.transmit.len()), "{} frames", out.transmit.len());
+    assert!(
+        (45..=50).contains(&out.transmit.len()),
+        "{} frames",
+        out.transmit.len()
+    );
     // Count rising zero crossings over the steady middle: 1000 Hz at 48 kHz is 1 per 48 samples.
     let middle = &out.samples[4800..43_200];
-    let crossings = middle.windows(2).filter(|w| w[0] < 0.0 && w[1] >= 0.0).count();
-    assert!((795..=805).contains(&crossings), "{crossings} crossings in 0.8 s");
+    let crossings = middle
+        .windows(2)
+        .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
+        .count();
+    assert!(
+        (795..=805).contains(&crossings),
+        "{crossings} crossings in 0.8 s"
+    );
 }
 
 #[test]
@@ -73,23 +90,38 @@ fn push_to_talk_gates_on_the_key() {
 
 #[test]
 fn voice_activation_opens_on_speech_and_stays_shut_on_noise() {
-    let mut chain = CaptureChain::new(CaptureConfig { gate: voice_activation(), ..CaptureConfig::default() }).unwrap();
+    let mut chain = CaptureChain::new(CaptureConfig {
+        gate: voice_activation(),
+        ..CaptureConfig::default()
+    })
+    .unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let noise: Vec<f32> = (0..96_000).map(|_| rng.gen_range(-0.01..0.01)).collect();
     let quiet = run(&mut chain, &noise, 960);
     let open_on_noise = quiet.transmit.iter().filter(|t| **t).count();
-    assert!(open_on_noise <= 2, "gate opened {open_on_noise} times on noise");
+    assert!(
+        open_on_noise <= 2,
+        "gate opened {open_on_noise} times on noise"
+    );
 
     let speech = speech();
     let talk = run(&mut chain, &speech, 960);
     let open = talk.transmit.iter().filter(|t| **t).count();
-    assert!(open * 2 > talk.transmit.len(), "gate open on only {open}/{} speech frames", talk.transmit.len());
+    assert!(
+        open * 2 > talk.transmit.len(),
+        "gate open on only {open}/{} speech frames",
+        talk.transmit.len()
+    );
     assert!(talk.speech.iter().cloned().fold(0.0, f32::max) > 0.9);
 }
 
 #[test]
 fn high_pass_removes_dc_and_rumble() {
-    let mut chain = CaptureChain::new(CaptureConfig { noise_suppression: false, ..CaptureConfig::default() }).unwrap();
+    let mut chain = CaptureChain::new(CaptureConfig {
+        noise_suppression: false,
+        ..CaptureConfig::default()
+    })
+    .unwrap();
     let mut rumble = vec![0.0; 48_000];
     Tone::new(20.0, 0.3).fill(&mut rumble);
     let input: Vec<f32> = rumble.iter().map(|s| s + 0.2).collect();
@@ -104,7 +136,11 @@ fn high_pass_removes_dc_and_rumble() {
 fn noise_suppression_lowers_steady_noise() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     let noise: Vec<f32> = (0..96_000).map(|_| rng.gen_range(-0.05..0.05)).collect();
-    let mut plain = CaptureChain::new(CaptureConfig { noise_suppression: false, ..CaptureConfig::default() }).unwrap();
+    let mut plain = CaptureChain::new(CaptureConfig {
+        noise_suppression: false,
+        ..CaptureConfig::default()
+    })
+    .unwrap();
     let mut suppressed = CaptureChain::new(CaptureConfig::default()).unwrap();
     let a = run(&mut plain, &noise, 960);
     let b = run(&mut suppressed, &noise, 960);

@@ -2,7 +2,9 @@
 
 mod common;
 
-use callsign_node::audio::codec::{DecodeKind, EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET};
+use callsign_node::audio::codec::{
+    DecodeKind, EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET,
+};
 use callsign_node::audio::{AudioError, FrameDuration};
 use common::*;
 use proptest::prelude::*;
@@ -118,7 +120,10 @@ fn long_gap_fades_to_silence() {
     assert_eq!(kinds[9], DecodeKind::Silence);
     assert!(out.iter().all(|s| *s == 0.0));
     // A real packet after the gap decodes normally again.
-    assert_eq!(decoder.decode(&packets[70], &mut out).unwrap(), DecodeKind::Normal);
+    assert_eq!(
+        decoder.decode(&packets[70], &mut out).unwrap(),
+        DecodeKind::Normal
+    );
 }
 
 #[test]
@@ -128,13 +133,19 @@ fn encoder_rejects_bad_settings_and_frames() {
             bitrate,
             ..EncoderConfig::default()
         };
-        assert!(matches!(VoiceEncoder::new(config), Err(AudioError::Bitrate(_))));
+        assert!(matches!(
+            VoiceEncoder::new(config),
+            Err(AudioError::Bitrate(_))
+        ));
     }
     let config = EncoderConfig {
         complexity: 11,
         ..EncoderConfig::default()
     };
-    assert!(matches!(VoiceEncoder::new(config), Err(AudioError::Complexity(11))));
+    assert!(matches!(
+        VoiceEncoder::new(config),
+        Err(AudioError::Complexity(11))
+    ));
     let mut encoder = VoiceEncoder::new(EncoderConfig::default()).unwrap();
     let mut out = [0u8; MAX_PACKET];
     assert!(matches!(

@@ -35,10 +35,7 @@ pub fn best_alignment(reference: &[f32], degraded: &[f32], max_lag: usize) -> (f
 
 /// Energy of the difference between two equal-length signals.
 pub fn error_energy(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(x - y).powi(2))
-        .sum()
+    a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum()
 }
 
 pub fn energy(a: &[f32]) -> f64 {

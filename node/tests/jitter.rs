@@ -83,7 +83,11 @@ fn run(
     played
 }
 
-fn on_time(seqs: impl IntoIterator<Item = u16>, first: u16, latency: Duration) -> Vec<(u16, Duration)> {
+fn on_time(
+    seqs: impl IntoIterator<Item = u16>,
+    first: u16,
+    latency: Duration,
+) -> Vec<(u16, Duration)> {
     seqs.into_iter()
         .map(|s| (s, FRAME * u32::from(s.wrapping_sub(first)) + latency))
         .collect()
@@ -109,8 +113,14 @@ fn drops_duplicates_and_counts_them() {
     let mut buffer = JitterBuffer::new(config());
     let t0 = Instant::now();
     let p = payload(0);
-    assert_eq!(buffer.push(frame(0, 0, false, &p), t0), PushOutcome::Buffered);
-    assert_eq!(buffer.push(frame(0, 0, false, &p), t0), PushOutcome::Duplicate);
+    assert_eq!(
+        buffer.push(frame(0, 0, false, &p), t0),
+        PushOutcome::Buffered
+    );
+    assert_eq!(
+        buffer.push(frame(0, 0, false, &p), t0),
+        PushOutcome::Duplicate
+    );
     let mut arrivals = on_time(0..10, 0, Duration::from_millis(5));
     arrivals.extend(on_time(0..10, 0, Duration::from_millis(6)));
     let played = run(&mut buffer, t0, 0, &arrivals, 30);
@@ -153,16 +163,34 @@ fn two_lost_frames_conceal_then_recover() {
 fn a_sender_restart_resets_the_sequence() {
     let mut buffer = JitterBuffer::new(config());
     let t0 = Instant::now();
-    let played = run(&mut buffer, t0, 40_000, &on_time(40_000..40_010, 40_000, Duration::from_millis(5)), 20);
+    let played = run(
+        &mut buffer,
+        t0,
+        40_000,
+        &on_time(40_000..40_010, 40_000, Duration::from_millis(5)),
+        20,
+    );
     let expected: Vec<Out> = (40_000..40_010).map(Out::Frame).collect();
     assert_eq!(played[..10], expected[..]);
     // The end marker never came: the dry buffer conceals until the spurt times out.
-    assert!(played[10..].iter().all(|o| *o == Out::Conceal), "{played:?}");
+    assert!(
+        played[10..].iter().all(|o| *o == Out::Conceal),
+        "{played:?}"
+    );
     // The sender restarts: a fresh random sequence number, timestamps from zero.
     let t1 = t0 + Duration::from_secs(5);
     let p = payload(7);
-    assert_eq!(buffer.push(frame(7, 0, false, &p), t1), PushOutcome::Restarted);
-    let played = run(&mut buffer, t1, 7, &on_time(8..15, 7, Duration::from_millis(5)), 20);
+    assert_eq!(
+        buffer.push(frame(7, 0, false, &p), t1),
+        PushOutcome::Restarted
+    );
+    let played = run(
+        &mut buffer,
+        t1,
+        7,
+        &on_time(8..15, 7, Duration::from_millis(5)),
+        20,
+    );
     let expected: Vec<Out> = (7..15).map(Out::Frame).collect();
     assert_eq!(played[..8], expected[..], "{played:?}");
     assert_eq!(buffer.stats().restarts, 1);
@@ -173,7 +201,13 @@ fn sequence_numbers_wrap() {
     let mut buffer = JitterBuffer::new(config());
     let t0 = Instant::now();
     let seqs: Vec<u16> = (0..20u16).map(|i| 65_530u16.wrapping_add(i)).collect();
-    let played = run(&mut buffer, t0, 65_530, &on_time(seqs.clone(), 65_530, Duration::from_millis(5)), 40);
+    let played = run(
+        &mut buffer,
+        t0,
+        65_530,
+        &on_time(seqs.clone(), 65_530, Duration::from_millis(5)),
+        40,
+    );
     let expected: Vec<Out> = seqs.into_iter().map(Out::Frame).collect();
     assert_eq!(played[..20], expected[..]);
     assert_eq!(buffer.stats().restarts, 0);
@@ -185,14 +219,24 @@ fn the_end_marker_ends_the_spurt_and_the_next_spurt_plays() {
     let t0 = Instant::now();
     for seq in 0..5u16 {
         let p = payload(seq);
-        buffer.push(frame(seq, u32::from(seq) * TS_STEP, seq == 4, &p), t0 + FRAME * u32::from(seq));
+        buffer.push(
+            frame(seq, u32::from(seq) * TS_STEP, seq == 4, &p),
+            t0 + FRAME * u32::from(seq),
+        );
     }
     let mut outs = Vec::new();
     for k in 0..12u32 {
         outs.push(pop(&mut buffer, t0 + FRAME * k + Duration::from_millis(10)));
     }
     let frames: Vec<_> = outs.iter().filter(|o| **o != Out::Idle).collect();
-    assert_eq!(frames, (0..5).map(Out::Frame).collect::<Vec<_>>().iter().collect::<Vec<_>>());
+    assert_eq!(
+        frames,
+        (0..5)
+            .map(Out::Frame)
+            .collect::<Vec<_>>()
+            .iter()
+            .collect::<Vec<_>>()
+    );
     assert!(!buffer.is_active(), "no concealment after an explicit end");
 }
 
@@ -208,7 +252,10 @@ fn delay_grows_with_jitter_and_stays_within_bounds() {
             let seq = base + i;
             let p = payload(seq);
             let ts = (u32::from(seq) * TS_STEP).wrapping_add(u32::from(spurt) * 48_000);
-            calm.push(frame(seq, ts, i == 49, &p), t0 + start + FRAME * u32::from(i));
+            calm.push(
+                frame(seq, ts, i == 49, &p),
+                t0 + start + FRAME * u32::from(i),
+            );
             calm.pop(t0 + start + FRAME * u32::from(i) + Duration::from_millis(1));
         }
     }
@@ -225,7 +272,9 @@ fn delay_grows_with_jitter_and_stays_within_bounds() {
             let seq = base + i;
             let p = payload(seq);
             let ts = (u32::from(seq) * TS_STEP).wrapping_add(u32::from(spurt) * 48_000);
-            let at = start + FRAME * u32::from(i) + Duration::from_millis(jitter_ms[usize::from(i) % 10]);
+            let at = start
+                + FRAME * u32::from(i)
+                + Duration::from_millis(jitter_ms[usize::from(i) % 10]);
             rough.push(frame(seq, ts, i == 49, &p), t0 + at);
             rough.pop(t0 + at);
         }
@@ -242,8 +291,14 @@ fn oversized_and_empty_payloads_are_refused() {
     let mut buffer = JitterBuffer::new(config());
     let t0 = Instant::now();
     let big = vec![0u8; 5000];
-    assert_eq!(buffer.push(frame(0, 0, false, &big), t0), PushOutcome::Malformed);
-    assert_eq!(buffer.push(frame(0, 0, false, &[]), t0), PushOutcome::Malformed);
+    assert_eq!(
+        buffer.push(frame(0, 0, false, &big), t0),
+        PushOutcome::Malformed
+    );
+    assert_eq!(
+        buffer.push(frame(0, 0, false, &[]), t0),
+        PushOutcome::Malformed
+    );
     assert_eq!(buffer.stats().malformed, 2);
     assert_eq!(buffer.buffered(), 0);
 }

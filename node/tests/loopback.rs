@@ -10,7 +10,10 @@ use std::time::Duration;
 
 fn config(loss: f64, fec: bool, seed: u64) -> LoopbackConfig {
     LoopbackConfig {
-        encoder: EncoderConfig { fec, ..EncoderConfig::default() },
+        encoder: EncoderConfig {
+            fec,
+            ..EncoderConfig::default()
+        },
         impairment: ImpairmentConfig {
             latency: Duration::from_millis(40),
             jitter: Duration::from_millis(8),
@@ -44,7 +47,10 @@ fn clean_path_keeps_the_speech() {
     let (corr, _) = best_alignment(&speech, &out, 2000);
     assert!(corr > 0.85, "correlation {corr}");
     // Playout delay: 40 ms network plus a jitter-buffer target between its bounds.
-    assert!((60.0..200.0).contains(&report.mean_playout_delay_ms), "{report:?}");
+    assert!(
+        (60.0..200.0).contains(&report.mean_playout_delay_ms),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -52,9 +58,15 @@ fn fec_turns_isolated_losses_into_recoveries() {
     let speech = speech();
     let (with_fec, fec) = run_loopback(&speech, &config(0.15, true, 2)).unwrap();
     let (without, plain) = run_loopback(&speech, &config(0.15, false, 2)).unwrap();
-    assert_eq!(fec.lost_in_network, plain.lost_in_network, "same seed, same losses");
+    assert_eq!(
+        fec.lost_in_network, plain.lost_in_network,
+        "same seed, same losses"
+    );
     assert!(fec.lost_in_network > 30);
-    assert!(fec.receiver.recovered_fec * 2 > fec.lost_in_network, "{fec:?}");
+    assert!(
+        fec.receiver.recovered_fec * 2 > fec.lost_in_network,
+        "{fec:?}"
+    );
     assert_eq!(plain.receiver.recovered_fec, 0);
     assert!(plain.receiver.concealed >= plain.lost_in_network);
     // And the recovered stream is closer to the original.
@@ -62,7 +74,11 @@ fn fec_turns_isolated_losses_into_recoveries() {
     let (c_plain, _) = best_alignment(&speech, &without, 2000);
     assert!(c_fec > c_plain, "FEC {c_fec:.3} vs PLC {c_plain:.3}");
     // The receiver's measured loss reached the encoder.
-    assert!(fec.final_expected_loss_pct >= 5, "{}", fec.final_expected_loss_pct);
+    assert!(
+        fec.final_expected_loss_pct >= 5,
+        "{}",
+        fec.final_expected_loss_pct
+    );
 }
 
 #[test]

@@ -16,17 +16,27 @@ fn tone(freq: f32, amplitude: f32) -> Vec<f32> {
 }
 
 fn peak(stereo: &[f32], side: usize) -> f32 {
-    stereo.iter().skip(side).step_by(2).fold(0.0, |m, s| m.max(s.abs()))
+    stereo
+        .iter()
+        .skip(side)
+        .step_by(2)
+        .fold(0.0, |m, s| m.max(s.abs()))
 }
 
 #[test]
 fn sixteen_loud_streams_stay_below_full_scale() {
     let mut mixer = Mixer::new();
-    let streams: Vec<Vec<f32>> = (0..16).map(|i| tone(200.0 + 10.0 * i as f32, 1.0)).collect();
+    let streams: Vec<Vec<f32>> = (0..16)
+        .map(|i| tone(200.0 + 10.0 * i as f32, 1.0))
+        .collect();
     let inputs: Vec<MixInput> = streams
         .iter()
         .enumerate()
-        .map(|(i, s)| MixInput { channel: ChannelId(i as u64 % 3), source: i as u64, samples: s })
+        .map(|(i, s)| MixInput {
+            channel: ChannelId(i as u64 % 3),
+            source: i as u64,
+            samples: s,
+        })
         .collect();
     let mut out = vec![0.0; 2 * N];
     mixer.mix(&inputs, &mut out).unwrap();
@@ -40,7 +50,14 @@ fn quiet_signals_pass_unchanged_through_the_limiter() {
     let s = tone(440.0, 0.3);
     let mut out = vec![0.0; 2 * N];
     mixer
-        .mix(&[MixInput { channel: COMMAND, source: 1, samples: &s }], &mut out)
+        .mix(
+            &[MixInput {
+                channel: COMMAND,
+                source: 1,
+                samples: &s,
+            }],
+            &mut out,
+        )
         .unwrap();
     let (l, r) = (out[200], out[201]);
     let centre = std::f32::consts::FRAC_1_SQRT_2;
@@ -50,31 +67,70 @@ fn quiet_signals_pass_unchanged_through_the_limiter() {
 #[test]
 fn volume_pan_and_mute_apply_per_channel() {
     let mut mixer = Mixer::new();
-    mixer.set_channel(COMMAND, ChannelMix { volume: 0.5, pan: -1.0, ..ChannelMix::default() });
-    mixer.set_channel(FLIGHT, ChannelMix { muted: true, ..ChannelMix::default() });
+    mixer.set_channel(
+        COMMAND,
+        ChannelMix {
+            volume: 0.5,
+            pan: -1.0,
+            ..ChannelMix::default()
+        },
+    );
+    mixer.set_channel(
+        FLIGHT,
+        ChannelMix {
+            muted: true,
+            ..ChannelMix::default()
+        },
+    );
     let a = tone(300.0, 0.4);
     let b = tone(500.0, 0.4);
     let mut out = vec![0.0; 2 * N];
     mixer
         .mix(
             &[
-                MixInput { channel: COMMAND, source: 1, samples: &a },
-                MixInput { channel: FLIGHT, source: 2, samples: &b },
+                MixInput {
+                    channel: COMMAND,
+                    source: 1,
+                    samples: &a,
+                },
+                MixInput {
+                    channel: FLIGHT,
+                    source: 2,
+                    samples: &b,
+                },
             ],
             &mut out,
         )
         .unwrap();
     assert!((peak(&out, 0) - 0.2).abs() < 0.01, "left {}", peak(&out, 0));
-    assert!(peak(&out, 1) < 1e-6, "hard-left pan leaves the right silent");
+    assert!(
+        peak(&out, 1) < 1e-6,
+        "hard-left pan leaves the right silent"
+    );
 }
 
 #[test]
 fn source_pan_overrides_channel_pan_for_positional_audio() {
     let mut mixer = Mixer::new();
-    mixer.set_source(9, SourceMix { gain: 0.5, pan: Some(1.0) });
+    mixer.set_source(
+        9,
+        SourceMix {
+            gain: 0.5,
+            pan: Some(1.0),
+        },
+    );
     let a = tone(300.0, 0.4);
     let mut out = vec![0.0; 2 * N];
-    mixer.mix(&[MixInput { channel: COMMAND, source: 9, samples: &a }], &mut out).unwrap();
+    mixer
+        .mix(
+            &[MixInput {
+                channel: COMMAND,
+                source: 9,
+                samples: &a,
+            }],
+            &mut out,
+        )
+        .unwrap();
     assert!(peak(&out, 0) < 1e-6);
     assert!((peak(&out, 1) - 0.2).abs() < 0.01);
 }
@@ -84,7 +140,11 @@ fn command_ducks_flight_while_active_and_releases_after() {
     let mut mixer = Mixer::new();
     mixer.set_channel(COMMAND, ChannelMix::default());
     mixer.set_channel(FLIGHT, ChannelMix::default());
-    mixer.set_duck_rules(vec![DuckRule { when_active: COMMAND, ducked: FLIGHT, db: 12.0 }]);
+    mixer.set_duck_rules(vec![DuckRule {
+        when_active: COMMAND,
+        ducked: FLIGHT,
+        db: 12.0,
+    }]);
     let flight = tone(500.0, 0.3);
     let mut out = vec![0.0; 2 * N];
     let mut command = vec![0.0; N];
@@ -93,8 +153,16 @@ fn command_ducks_flight_while_active_and_releases_after() {
         mixer
             .mix(
                 &[
-                    MixInput { channel: COMMAND, source: 1, samples: &command },
-                    MixInput { channel: FLIGHT, source: 2, samples: &flight },
+                    MixInput {
+                        channel: COMMAND,
+                        source: 1,
+                        samples: &command,
+                    },
+                    MixInput {
+                        channel: FLIGHT,
+                        source: 2,
+                        samples: &flight,
+                    },
                 ],
                 &mut out,
             )
@@ -106,7 +174,14 @@ fn command_ducks_flight_while_active_and_releases_after() {
     // Command goes quiet: Flight comes back up.
     for _ in 0..80 {
         mixer
-            .mix(&[MixInput { channel: FLIGHT, source: 2, samples: &flight }], &mut out)
+            .mix(
+                &[MixInput {
+                    channel: FLIGHT,
+                    source: 2,
+                    samples: &flight,
+                }],
+                &mut out,
+            )
             .unwrap();
     }
     assert!(mixer.duck_gain(FLIGHT) > 0.99);
@@ -117,13 +192,28 @@ fn mismatched_block_sizes_are_an_error() {
     let mut mixer = Mixer::new();
     let short = vec![0.0; 10];
     let mut out = vec![0.0; 2 * N];
-    assert!(mixer.mix(&[MixInput { channel: COMMAND, source: 1, samples: &short }], &mut out).is_err());
+    assert!(mixer
+        .mix(
+            &[MixInput {
+                channel: COMMAND,
+                source: 1,
+                samples: &short
+            }],
+            &mut out
+        )
+        .is_err());
 }
 
 #[test]
 fn listen_only_channels_refuse_transmit() {
     let mut mixer = Mixer::new();
-    mixer.set_channel(COMMAND, ChannelMix { listen_only: true, ..ChannelMix::default() });
+    mixer.set_channel(
+        COMMAND,
+        ChannelMix {
+            listen_only: true,
+            ..ChannelMix::default()
+        },
+    );
     assert!(!mixer.may_transmit(COMMAND));
     assert!(mixer.may_transmit(FLIGHT));
 }

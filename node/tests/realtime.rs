@@ -5,11 +5,11 @@
 
 use callsign_mesh::charter::ChannelId;
 use callsign_node::audio::codec::{EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET};
-use callsign_node::audio::synth::SpeechLike;
-use callsign_node::audio::FrameDuration;
 use callsign_node::audio::jitter::{IncomingFrame, JitterBuffer, JitterConfig};
 use callsign_node::audio::mixer::{ChannelMix, DuckRule, MixInput, Mixer};
 use callsign_node::audio::realtime::{capture_ring, playback_ring, CallbackCounters};
+use callsign_node::audio::synth::SpeechLike;
+use callsign_node::audio::FrameDuration;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
@@ -93,12 +93,20 @@ fn warm_mixer_jitter_buffer_and_decoder_do_not_allocate() {
     for c in 0..4 {
         mixer.set_channel(ChannelId(c), ChannelMix::default());
     }
-    mixer.set_duck_rules(vec![DuckRule { when_active: ChannelId(0), ducked: ChannelId(1), db: 10.0 }]);
+    mixer.set_duck_rules(vec![DuckRule {
+        when_active: ChannelId(0),
+        ducked: ChannelId(1),
+        db: 10.0,
+    }]);
     let streams: Vec<Vec<f32>> = (0..16).map(|i| vec![0.05 * (i % 5) as f32; 960]).collect();
     let inputs: Vec<MixInput> = streams
         .iter()
         .enumerate()
-        .map(|(i, s)| MixInput { channel: ChannelId(i as u64 % 4), source: i as u64, samples: s })
+        .map(|(i, s)| MixInput {
+            channel: ChannelId(i as u64 % 4),
+            source: i as u64,
+            samples: s,
+        })
         .collect();
     let mut out = vec![0.0; 1920];
 
@@ -117,7 +125,13 @@ fn warm_mixer_jitter_buffer_and_decoder_do_not_allocate() {
             mixer.mix(&inputs, &mut out).unwrap();
             let seq = (k % 65_536) as u16;
             let now = t0 + Duration::from_millis(20 * u64::from(k));
-            let frame = IncomingFrame { seq, timestamp: k * 960, end: false, fec: true, payload: &payload };
+            let frame = IncomingFrame {
+                seq,
+                timestamp: k * 960,
+                end: false,
+                fec: true,
+                payload: &payload,
+            };
             buffer.push(frame, now);
             let _ = buffer.pop(now + Duration::from_millis(10));
             match k % 3 {
@@ -127,6 +141,9 @@ fn warm_mixer_jitter_buffer_and_decoder_do_not_allocate() {
             };
         }
     });
-    assert_eq!(count, 0, "mixer/jitter buffer/decoder allocated {count} times");
+    assert_eq!(
+        count, 0,
+        "mixer/jitter buffer/decoder allocated {count} times"
+    );
     assert!(buffer.stats().played > 900);
 }

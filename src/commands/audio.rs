@@ -105,7 +105,9 @@ fn parse_burst(text: &str) -> Result<(f64, f64), String> {
 }
 
 fn parse_frame(text: &str) -> Result<u32, String> {
-    let ms: u32 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    let ms: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
     FrameDuration::from_ms(ms)
         .map(|_| ms)
         .ok_or_else(|| format!("{ms} ms: frames are 10, 20, 40 or 60 ms"))
@@ -209,7 +211,10 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
     println!("late                 {}", r.jitter.late);
     println!("duplicates           {}", r.jitter.duplicates);
     println!("jitter target        {:.1} ms", r.jitter.target_delay_ms);
-    println!("mean playout delay   {:.1} ms", report.mean_playout_delay_ms);
+    println!(
+        "mean playout delay   {:.1} ms",
+        report.mean_playout_delay_ms
+    );
     println!(
         "bitrate              {:.1} kb/s",
         report.bytes_sent as f64 * 8.0 / (report.frames.max(1) as f64 * frame.millis() as f64)

@@ -161,8 +161,8 @@ impl CaptureChain {
                 hangover,
             } => {
                 if speech >= threshold {
-                    self.hangover_left =
-                        (hangover.as_millis() as usize).div_ceil(self.config.frame.millis() as usize);
+                    self.hangover_left = (hangover.as_millis() as usize)
+                        .div_ceil(self.config.frame.millis() as usize);
                     true
                 } else if self.hangover_left > 0 {
                     self.hangover_left -= 1;

@@ -207,7 +207,11 @@ impl VoiceDecoder {
 
     /// Rebuilds the missing frame before `next_packet` from its in-band FEC. Without LBRR data
     /// in `next_packet`, libopus falls back to concealment, which is still the right output.
-    pub fn recover(&mut self, next_packet: &[u8], out: &mut [f32]) -> Result<DecodeKind, AudioError> {
+    pub fn recover(
+        &mut self,
+        next_packet: &[u8],
+        out: &mut [f32],
+    ) -> Result<DecodeKind, AudioError> {
         self.check_len(out)?;
         if !self.received_any || self.inner.get_nb_samples(next_packet).is_err() {
             return self.conceal(out);

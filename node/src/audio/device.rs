@@ -110,7 +110,9 @@ pub fn open_input(
             None,
         )
         .map_err(|e| AudioError::Device(e.to_string()))?;
-    stream.play().map_err(|e| AudioError::Device(e.to_string()))?;
+    stream
+        .play()
+        .map_err(|e| AudioError::Device(e.to_string()))?;
     Ok(DeviceStream {
         _stream: stream,
         sample_rate: config.sample_rate().0,
@@ -142,7 +144,9 @@ pub fn open_output(
             None,
         )
         .map_err(|e| AudioError::Device(e.to_string()))?;
-    stream.play().map_err(|e| AudioError::Device(e.to_string()))?;
+    stream
+        .play()
+        .map_err(|e| AudioError::Device(e.to_string()))?;
     Ok(DeviceStream {
         _stream: stream,
         sample_rate: config.sample_rate().0,

@@ -74,7 +74,17 @@ pub fn rms(samples: &[f32]) -> f32 {
     if samples.is_empty() {
         return 0.0;
     }
-    (samples.iter().map(|s| s * s).sum::<f32>() / samples.len() as f32).sqrt()
+    // Eight independent sums: a single running sum is a serial dependency chain the compiler
+    // may not reorder, and this runs for every stream in every mixer block.
+    let mut lanes = [0.0f32; 8];
+    let chunks = samples.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|s| s * s).sum();
+    for chunk in chunks {
+        for (lane, s) in lanes.iter_mut().zip(chunk) {
+            *lane += s * s;
+        }
+    }
+    ((lanes.iter().sum::<f32>() + tail) / samples.len() as f32).sqrt()
 }
 
 /// A slow automatic gain control: moves the gain toward `target_rms` during speech only, within

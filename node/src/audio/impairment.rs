@@ -56,7 +56,8 @@ impl Impairment {
         if self.bad_state || uniform_loss {
             return None;
         }
-        let mut delay = self.config.latency.as_secs_f64() + self.config.jitter.as_secs_f64() * gaussian;
+        let mut delay =
+            self.config.latency.as_secs_f64() + self.config.jitter.as_secs_f64() * gaussian;
         if reorder {
             delay += frame.as_secs_f64() * reorder_extra;
         }

@@ -113,7 +113,9 @@ enum Mode {
     /// A spurt has begun; playout starts at the scheduled time of `next`.
     Waiting,
     /// Playing; `dry_since` is when the buffer ran dry.
-    Playing { dry_since: Option<Instant> },
+    Playing {
+        dry_since: Option<Instant>,
+    },
 }
 
 struct Slot {

@@ -106,8 +106,7 @@ pub fn run_loopback(
     report.final_expected_loss_pct = encoder.expected_loss_pct();
     let delivered = in_flight.len() as u64;
     if delivered > 0 {
-        report.mean_network_delay_ms =
-            network_delay_total.as_secs_f64() * 1e3 / delivered as f64;
+        report.mean_network_delay_ms = network_delay_total.as_secs_f64() * 1e3 / delivered as f64;
     }
     // Stable: equal arrival times keep send order.
     in_flight.sort_by_key(|p| p.arrival);

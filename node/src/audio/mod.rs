@@ -31,7 +31,9 @@ pub const SAMPLES_PER_MS: usize = (SAMPLE_RATE / 1000) as usize;
 
 /// One Opus frame's duration. Opus also allows 2.5/5/80/100/120 ms, but voice over a lossy
 /// network wants 10–60 ms: shorter wastes headers, longer loses too much per lost packet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum FrameDuration {
     Ms10,
     #[default]

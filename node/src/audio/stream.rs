@@ -36,7 +36,11 @@ impl ReceiveStream {
         })
     }
 
-    pub fn push(&mut self, frame: IncomingFrame<'_>, now: Instant) -> Result<PushOutcome, AudioError> {
+    pub fn push(
+        &mut self,
+        frame: IncomingFrame<'_>,
+        now: Instant,
+    ) -> Result<PushOutcome, AudioError> {
         let outcome = self.buffer.push(frame, now);
         if outcome == PushOutcome::Restarted {
             self.decoder.reset()?;
@@ -51,7 +55,11 @@ impl ReceiveStream {
 
     /// Produces this frame period's audio into `out` (one frame). Returns `None`, with `out`
     /// silent, when the sender is not transmitting.
-    pub fn pull(&mut self, now: Instant, out: &mut [f32]) -> Result<Option<DecodeKind>, AudioError> {
+    pub fn pull(
+        &mut self,
+        now: Instant,
+        out: &mut [f32],
+    ) -> Result<Option<DecodeKind>, AudioError> {
         let kind = match self.buffer.pop(now) {
             Playout::Idle => {
                 out.fill(0.0);

@@ -84,10 +84,12 @@ impl WavSink {
     pub fn write(&mut self, samples: &[f32]) -> Result<(), AudioError> {
         for s in samples {
             let v = (s.clamp(-1.0, 1.0) * 32_767.0).round() as i16;
-            self.writer.write_sample(v).map_err(|source| AudioError::Wav {
-                path: self.path.clone(),
-                source,
-            })?;
+            self.writer
+                .write_sample(v)
+                .map_err(|source| AudioError::Wav {
+                    path: self.path.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
