@@ -23,7 +23,11 @@ fn loopback(output: &Path, extra: &[&str]) -> Value {
         .args(extra)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -39,7 +43,16 @@ fn assert_clean_failure(cmd: &mut Command, needle: &str) {
 #[test]
 fn loopback_is_deterministic_per_seed_and_reports_stats() {
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["--loss", "10%", "--jitter-ms", "15", "--reorder", "0.02", "--seed", "11"];
+    let flags = [
+        "--loss",
+        "10%",
+        "--jitter-ms",
+        "15",
+        "--reorder",
+        "0.02",
+        "--seed",
+        "11",
+    ];
     let a = loopback(&dir.path().join("a.wav"), &flags);
     let b = loopback(&dir.path().join("b.wav"), &flags);
     let a_bytes = std::fs::read(dir.path().join("a.wav")).unwrap();
@@ -54,7 +67,10 @@ fn loopback_is_deterministic_per_seed_and_reports_stats() {
     assert!(a["recovered_fec"].as_u64().unwrap() > 0);
     assert!(a["mean_playout_delay_ms"].as_f64().unwrap() > 40.0);
 
-    let c = loopback(&dir.path().join("c.wav"), &["--loss", "10%", "--seed", "12"]);
+    let c = loopback(
+        &dir.path().join("c.wav"),
+        &["--loss", "10%", "--seed", "12"],
+    );
     assert_ne!(a["lost_in_network"], c["lost_in_network"]);
 }
 
@@ -63,7 +79,15 @@ fn loopback_without_fec_conceals_instead() {
     let dir = tempfile::tempdir().unwrap();
     let r = loopback(
         &dir.path().join("o.wav"),
-        &["--loss", "0.15", "--no-fec", "--frame-ms", "40", "--bitrate", "16000"],
+        &[
+            "--loss",
+            "0.15",
+            "--no-fec",
+            "--frame-ms",
+            "40",
+            "--bitrate",
+            "16000",
+        ],
     );
     assert_eq!(r["recovered_fec"].as_u64(), Some(0));
     assert!(r["concealed"].as_u64().unwrap() >= r["lost_in_network"].as_u64().unwrap());
@@ -75,13 +99,21 @@ fn loopback_refuses_bad_input_cleanly() {
     let out = dir.path().join("out.wav");
     let missing = dir.path().join("missing.wav");
     assert_clean_failure(
-        callsign().args(["audio", "loopback", "--input"]).arg(&missing).arg("--output").arg(&out),
+        callsign()
+            .args(["audio", "loopback", "--input"])
+            .arg(&missing)
+            .arg("--output")
+            .arg(&out),
         "missing.wav",
     );
     let corrupt = dir.path().join("corrupt.wav");
     std::fs::write(&corrupt, b"RIFF\x10\x00\x00\x00WAVEfmt garbage").unwrap();
     assert_clean_failure(
-        callsign().args(["audio", "loopback", "--input"]).arg(&corrupt).arg("--output").arg(&out),
+        callsign()
+            .args(["audio", "loopback", "--input"])
+            .arg(&corrupt)
+            .arg("--output")
+            .arg(&out),
         "corrupt.wav",
     );
     assert!(!out.exists(), "no output for a failed run");
@@ -112,7 +144,10 @@ fn devices_lists_or_explains() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     // A machine without sound hardware says so; one with it lists devices.
     if out.status.success() {
-        assert!(stdout.contains("input") || stdout.contains("no audio devices"), "{stdout}");
+        assert!(
+            stdout.contains("input") || stdout.contains("no audio devices"),
+            "{stdout}"
+        );
     } else {
         assert!(stderr.contains("sound"), "{stderr}");
     }

@@ -156,3 +156,24 @@ fn offline_resampling_keeps_length_and_alignment() {
     let (corr, lag) = best_alignment(&speech, &up, 50);
     assert!(corr > 0.95 && lag < 5, "corr {corr} lag {lag}");
 }
+
+#[test]
+fn agc_brings_quiet_speech_up_toward_its_target() {
+    let quiet: Vec<f32> = speech().iter().map(|s| s * 0.1).collect();
+    let mut plain = CaptureChain::new(CaptureConfig {
+        noise_suppression: false,
+        ..CaptureConfig::default()
+    })
+    .unwrap();
+    let mut agc = CaptureChain::new(CaptureConfig {
+        noise_suppression: false,
+        agc: true,
+        ..CaptureConfig::default()
+    })
+    .unwrap();
+    let a = run(&mut plain, &quiet, 960);
+    let b = run(&mut agc, &quiet, 960);
+    let tail = a.samples.len() / 2;
+    assert!(energy(&b.samples[tail..]) > 4.0 * energy(&a.samples[tail..]));
+    assert!(b.samples.iter().all(|s| s.abs() < 1.0));
+}

@@ -203,3 +203,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn dtx_shrinks_silence() {
+    let silence = vec![0.0f32; 960 * 50];
+    let packets = encode_all(
+        &silence,
+        EncoderConfig {
+            dtx: true,
+            ..EncoderConfig::default()
+        },
+    );
+    let tail: usize = packets[25..].iter().map(Vec::len).sum();
+    assert!(tail <= 25 * 3, "{tail} bytes for 25 silent DTX frames");
+}
