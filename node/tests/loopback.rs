@@ -75,7 +75,10 @@ fn fec_turns_isolated_losses_into_recoveries() {
     let (plain_clean, _) = run_loopback(&speech, &config(0.0, false, 2)).unwrap();
     let fec_error = error_energy(&with_fec, &fec_clean);
     let plain_error = error_energy(&without, &plain_clean);
-    assert!(fec_error * 1.5 < plain_error, "FEC error {fec_error:.1} vs PLC {plain_error:.1}");
+    assert!(
+        fec_error * 1.5 < plain_error,
+        "FEC error {fec_error:.1} vs PLC {plain_error:.1}"
+    );
     // The receiver's measured loss reached the encoder.
     assert!(
         fec.final_expected_loss_pct >= 5,
