@@ -9,3 +9,4 @@
 //! drive it in virtual time), or allocate, lock or do I/O inside a device callback.
 
 pub mod audio;
+pub mod link;

@@ -1,0 +1,97 @@
+//! QUIC settings and the TLS glue: libp2p-tls certificates carry the PeerId, so each side of a
+//! handshake verifies the other's identity; dials pin the PeerId they expect.
+
+use super::LinkError;
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::rustls::pki_types::CertificateDer;
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Link settings.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// Ping frames sent on an otherwise idle connection (keeps NAT mappings open too).
+    pub keep_alive: Duration,
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// A handshake that takes longer fails.
+    pub handshake_timeout: Duration,
+    /// Incoming datagrams buffered per connection before the oldest are dropped.
+    pub datagram_receive_buffer: usize,
+    /// Incoming datagrams queued for the application (all peers) before new ones are dropped.
+    pub datagram_queue: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+            datagram_receive_buffer: 256 * 1024,
+            datagram_queue: 4096,
+        }
+    }
+}
+
+impl LinkConfig {
+    fn transport(&self) -> Result<Arc<TransportConfig>, LinkError> {
+        let mut transport = TransportConfig::default();
+        transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+        transport.max_concurrent_bidi_streams(VarInt::from_u32(256));
+        transport.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
+        transport.datagram_send_buffer_size(self.datagram_receive_buffer);
+        transport.keep_alive_interval(Some(self.keep_alive));
+        transport.max_idle_timeout(Some(
+            IdleTimeout::try_from(self.idle_timeout)
+                .map_err(|_| LinkError::Config("idle timeout too large".into()))?,
+        ));
+        transport.allow_spin(false);
+        Ok(Arc::new(transport))
+    }
+
+    pub(crate) fn server(&self, keypair: &Keypair) -> Result<quinn::ServerConfig, LinkError> {
+        let tls = libp2p_tls::make_server_config(keypair)
+            .map_err(|e| LinkError::Config(format!("tls certificate: {e}")))?;
+        let crypto = QuicServerConfig::try_from(tls)
+            .map_err(|e| LinkError::Config(format!("tls for quic: {e}")))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(self.transport()?);
+        // Peers roam (Wi-Fi to wired, NAT rebinding); migration keeps the link.
+        server.migration(true);
+        Ok(server)
+    }
+
+    pub(crate) fn client(
+        &self,
+        keypair: &Keypair,
+        expected: Option<PeerId>,
+    ) -> Result<quinn::ClientConfig, LinkError> {
+        let tls = libp2p_tls::make_client_config(keypair, expected)
+            .map_err(|e| LinkError::Config(format!("tls certificate: {e}")))?;
+        let crypto = QuicClientConfig::try_from(tls)
+            .map_err(|e| LinkError::Config(format!("tls for quic: {e}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(self.transport()?);
+        Ok(client)
+    }
+}
+
+/// The PeerId proven by the remote's certificate.
+pub(crate) fn remote_peer_id(connection: &quinn::Connection) -> Result<PeerId, LinkError> {
+    let identity = connection
+        .peer_identity()
+        .ok_or_else(|| LinkError::Handshake("peer presented no certificate".into()))?;
+    let certificates = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| LinkError::Handshake("unexpected certificate type".into()))?;
+    let first = certificates
+        .first()
+        .ok_or_else(|| LinkError::Handshake("empty certificate chain".into()))?;
+    let certificate = libp2p_tls::certificate::parse(first)
+        .map_err(|e| LinkError::Handshake(format!("bad libp2p certificate: {e}")))?;
+    Ok(certificate.peer_id())
+}

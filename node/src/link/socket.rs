@@ -1,0 +1,256 @@
+//! The UDP socket under the QUIC endpoint, behind quinn's `AsyncUdpSocket` so the same endpoint
+//! code runs on real sockets (tokio) and on simulated ones (`turmoil`, virtual time).
+//!
+//! [`LinkSocket`] wraps either kind and adds what the node needs from the raw socket: counters
+//! of datagrams that cannot be QUIC (counted here; quinn then drops them), and raw sends for
+//! hole-punch probes from the listening port.
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// Smallest datagram that can hold a QUIC packet: a short header with a one-byte connection id
+/// plus the header-protection sample (RFC 9001 §5.4.2 needs 4 + 16 bytes after the header).
+const MIN_QUIC_DATAGRAM: usize = 21;
+
+/// Counters for what arrives at the socket.
+#[derive(Debug, Default)]
+pub struct SocketStats {
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    /// Datagrams that cannot be QUIC (too short, or the fixed bit clear). quinn discards them;
+    /// they are counted here so an operator can see someone spraying the port.
+    pub garbage: AtomicU64,
+    pub probes_sent: AtomicU64,
+}
+
+impl SocketStats {
+    pub fn snapshot(&self) -> SocketCounts {
+        SocketCounts {
+            received: self.received.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            garbage: self.garbage.load(Ordering::Relaxed),
+            probes_sent: self.probes_sent.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A point-in-time copy of [`SocketStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SocketCounts {
+    pub received: u64,
+    pub sent: u64,
+    pub garbage: u64,
+    pub probes_sent: u64,
+}
+
+fn is_garbage(datagram: &[u8]) -> bool {
+    // RFC 9000 §17: every QUIC v1 packet has the fixed bit (0x40) set.
+    datagram.len() < MIN_QUIC_DATAGRAM || datagram[0] & 0x40 == 0
+}
+
+/// The endpoint's socket: real or simulated, with counters.
+pub struct LinkSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    stats: Arc<SocketStats>,
+}
+
+impl fmt::Debug for LinkSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkSocket")
+            .field("local_addr", &self.inner.local_addr().ok())
+            .finish()
+    }
+}
+
+impl LinkSocket {
+    /// Binds a real UDP socket (inside a tokio runtime).
+    pub fn bind_tokio(addr: SocketAddr) -> io::Result<Arc<Self>> {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let inner = TokioRuntime.wrap_udp_socket(socket)?;
+        Ok(Arc::new(Self {
+            inner,
+            stats: Arc::default(),
+        }))
+    }
+
+    /// Binds a simulated socket on the current turmoil host.
+    pub async fn bind_turmoil(addr: SocketAddr) -> io::Result<Arc<Self>> {
+        let socket = turmoil::net::UdpSocket::bind(addr).await?;
+        Ok(Arc::new(Self {
+            inner: Arc::new(TurmoilSocket {
+                socket: Arc::new(socket),
+                readable: Mutex::new(None),
+            }),
+            stats: Arc::default(),
+        }))
+    }
+
+    pub fn stats(&self) -> Arc<SocketStats> {
+        self.stats.clone()
+    }
+
+    /// Sends one raw datagram from the endpoint's port (hole-punch probes).
+    pub fn send_raw(&self, destination: SocketAddr, contents: &[u8]) -> io::Result<()> {
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip: None,
+        };
+        self.inner.try_send(&transmit)?;
+        self.stats.probes_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Newtype so the `Arc<LinkSocket>` can be handed to quinn as its socket.
+#[derive(Debug)]
+pub(crate) struct SharedSocket(pub Arc<LinkSocket>);
+
+impl AsyncUdpSocket for SharedSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.0.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.0.inner.try_send(transmit)?;
+        self.0.stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let result = self.0.inner.poll_recv(cx, bufs, meta);
+        if let Poll::Ready(Ok(count)) = &result {
+            for (buf, m) in bufs.iter().zip(meta.iter()).take(*count) {
+                let stride = m.stride.max(1);
+                for segment in buf[..m.len.min(buf.len())].chunks(stride) {
+                    self.0.stats.received.fetch_add(1, Ordering::Relaxed);
+                    if is_garbage(segment) {
+                        self.0.stats.garbage.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.0.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.0.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.0.inner.may_fragment()
+    }
+}
+
+type ReadableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+/// A turmoil UDP socket as quinn's socket. turmoil sockets are readiness-based (`readable`,
+/// `try_recv_from`), so the pending readiness future is kept between polls.
+struct TurmoilSocket {
+    socket: Arc<turmoil::net::UdpSocket>,
+    readable: Mutex<Option<ReadableFuture>>,
+}
+
+impl fmt::Debug for TurmoilSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurmoilSocket").finish_non_exhaustive()
+    }
+}
+
+/// Simulated sockets never block on send (turmoil queues or drops), so writability is immediate.
+#[derive(Debug)]
+struct AlwaysWritable;
+
+impl UdpPoller for AlwaysWritable {
+    fn poll_writable(self: Pin<&mut Self>, _cx: &mut Context) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncUdpSocket for TurmoilSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(AlwaysWritable)
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for chunk in transmit.contents.chunks(segment) {
+            self.socket.try_send_to(chunk, transmit.destination)?;
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else {
+            return Poll::Ready(Ok(0));
+        };
+        let mut pending = self.readable.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match self.socket.try_recv_from(buf) {
+                Ok((len, addr)) => {
+                    *pending = None;
+                    *m = RecvMeta {
+                        addr,
+                        len,
+                        stride: len,
+                        ..RecvMeta::default()
+                    };
+                    return Poll::Ready(Ok(1));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            let future = pending.get_or_insert_with(|| {
+                let socket = self.socket.clone();
+                Box::pin(async move { socket.readable().await })
+            });
+            match future.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => *pending = None,
+                Poll::Ready(Err(e)) => {
+                    *pending = None;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    fn may_fragment(&self) -> bool {
+        false
+    }
+}

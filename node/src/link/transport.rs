@@ -1,0 +1,381 @@
+//! `QuicTransport`: a libp2p `Transport` on quinn with QUIC datagrams enabled.
+//!
+//! One transport owns one UDP socket and one quinn endpoint: listening and every dial share the
+//! port, so a node behind NAT has one mapping for everything (and hole punching works). The
+//! socket is real (tokio) or simulated (turmoil); nothing here reads the wall clock — quinn's
+//! tokio runtime and our timeouts use tokio time, which turmoil drives.
+
+use super::config::{remote_peer_id, LinkConfig};
+use super::links::Links;
+use super::muxer::QuicMuxer;
+use super::socket::{LinkSocket, SharedSocket, SocketStats};
+use super::{multiaddr_to_socket, socket_to_multiaddr, LinkError};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use libp2p::core::transport::{DialOpts, ListenerId, TransportError, TransportEvent};
+use libp2p::core::{Endpoint, Transport};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// What a dial or an accepted connection yields.
+pub type QuicOutput = (PeerId, QuicMuxer);
+
+/// How long a hole-punch dial keeps probing before giving up.
+const HOLE_PUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Waiters = Arc<Mutex<BTreeMap<SocketAddr, oneshot::Sender<quinn::Incoming>>>>;
+
+struct Listener {
+    id: ListenerId,
+    addrs: Vec<Multiaddr>,
+    announced: bool,
+    accept: Option<BoxFuture<'static, Option<quinn::Incoming>>>,
+}
+
+/// See the module documentation.
+pub struct QuicTransport {
+    keypair: Keypair,
+    config: LinkConfig,
+    socket: Arc<LinkSocket>,
+    endpoint: quinn::Endpoint,
+    links: Links,
+    listener: Option<Listener>,
+    closed: VecDeque<ListenerId>,
+    hole_punch: Waiters,
+    waker: Option<Waker>,
+}
+
+impl QuicTransport {
+    /// Creates the endpoint on `socket`. Must run inside a tokio runtime (quinn spawns its
+    /// endpoint driver).
+    pub fn new(
+        keypair: Keypair,
+        config: LinkConfig,
+        socket: Arc<LinkSocket>,
+        links: Links,
+    ) -> Result<Self, LinkError> {
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            Arc::new(SharedSocket(socket.clone())),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(LinkError::Io)?;
+        Ok(Self {
+            keypair,
+            config,
+            socket,
+            endpoint,
+            links,
+            listener: None,
+            closed: VecDeque::new(),
+            hole_punch: Arc::default(),
+            waker: None,
+        })
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    pub fn socket_stats(&self) -> Arc<SocketStats> {
+        self.socket.stats()
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, LinkError> {
+        self.endpoint.local_addr().map_err(LinkError::Io)
+    }
+
+    /// Addresses to announce for a socket bound to `local`: an unspecified IP is replaced by
+    /// loopback and the address of the default route.
+    fn announce(&self, local: SocketAddr) -> Vec<Multiaddr> {
+        if !local.ip().is_unspecified() {
+            return vec![socket_to_multiaddr(local)];
+        }
+        let mut ips = vec![if local.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        }];
+        if let Some(ip) = default_route_ip(local.is_ipv4()) {
+            ips.push(ip);
+        }
+        ips.into_iter()
+            .map(|ip| socket_to_multiaddr(SocketAddr::new(ip, local.port())))
+            .collect()
+    }
+
+    fn upgrade(
+        incoming: quinn::Incoming,
+        links: Links,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<QuicOutput, LinkError>> {
+        async move {
+            let connecting = incoming.accept().map_err(LinkError::Connection)?;
+            let connection = tokio::time::timeout(timeout, connecting)
+                .await
+                .map_err(|_| LinkError::Handshake("handshake timed out".into()))?
+                .map_err(LinkError::Connection)?;
+            let peer = remote_peer_id(&connection)?;
+            links.register(peer, connection.clone());
+            Ok((peer, QuicMuxer::new(connection)))
+        }
+        .boxed()
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// The local IP the OS would use to reach the internet. A connected UDP socket learns it
+/// without sending anything.
+fn default_route_ip(v4: bool) -> Option<std::net::IpAddr> {
+    let (bind, target): (SocketAddr, SocketAddr) = if v4 {
+        ("0.0.0.0:0".parse().ok()?, "192.0.2.1:9".parse().ok()?)
+    } else {
+        ("[::]:0".parse().ok()?, "[2001:db8::1]:9".parse().ok()?)
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(target).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+impl Transport for QuicTransport {
+    type Output = QuicOutput;
+    type Error = LinkError;
+    type ListenerUpgrade = BoxFuture<'static, Result<QuicOutput, LinkError>>;
+    type Dial = BoxFuture<'static, Result<QuicOutput, LinkError>>;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<LinkError>> {
+        let (wanted, _) = multiaddr_to_socket(&addr)
+            .ok_or(TransportError::MultiaddrNotSupported(addr.clone()))?;
+        let local = self.local_addr().map_err(TransportError::Other)?;
+        let port_matches = wanted.port() == 0 || wanted.port() == local.port();
+        let ip_matches = wanted.ip().is_unspecified() || wanted.ip() == local.ip();
+        if !port_matches || !ip_matches || wanted.is_ipv4() != local.is_ipv4() {
+            // One socket per node: listening elsewhere would need a second NAT mapping.
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        }
+        if self.listener.is_some() {
+            return Err(TransportError::Other(LinkError::Config(
+                "the QUIC transport already listens on its socket".into(),
+            )));
+        }
+        let server = self
+            .config
+            .server(&self.keypair)
+            .map_err(TransportError::Other)?;
+        self.endpoint.set_server_config(Some(server));
+        self.listener = Some(Listener {
+            id,
+            addrs: self.announce(local),
+            announced: false,
+            accept: None,
+        });
+        self.wake();
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        match &self.listener {
+            Some(l) if l.id == id => {
+                self.endpoint.set_server_config(None);
+                self.listener = None;
+                self.closed.push_back(id);
+                self.wake();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        opts: DialOpts,
+    ) -> Result<Self::Dial, TransportError<LinkError>> {
+        let (remote, expected) = multiaddr_to_socket(&addr)
+            .ok_or(TransportError::MultiaddrNotSupported(addr.clone()))?;
+        if remote.port() == 0 || remote.ip().is_unspecified() {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        }
+        let links = self.links.clone();
+        let timeout = self.config.handshake_timeout;
+
+        if opts.role == Endpoint::Listener {
+            // Hole punch (dcutr): the remote dials us; we open our NAT by sending probes to it
+            // from our listening port, and hand over its connection when it arrives.
+            let (tx, rx) = oneshot::channel();
+            self.hole_punch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(remote, tx);
+            let socket = self.socket.clone();
+            let waiters = self.hole_punch.clone();
+            return Ok(async move {
+                let mut rng = rand::rngs::StdRng::from_entropy();
+                let probing = async {
+                    loop {
+                        let mut probe = [0u8; 64];
+                        rng.fill(&mut probe[..]);
+                        let _ = socket.send_raw(remote, &probe);
+                        let pause = rng.gen_range(10..200);
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
+                };
+                let outcome = tokio::time::timeout(HOLE_PUNCH_TIMEOUT, async {
+                    tokio::select! {
+                        incoming = rx => incoming.ok(),
+                        _ = probing => None,
+                    }
+                })
+                .await;
+                waiters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&remote);
+                let incoming = outcome.ok().flatten().ok_or_else(|| {
+                    LinkError::Handshake(format!("hole punch to {remote} timed out"))
+                })?;
+                let (peer, muxer) = Self::upgrade(incoming, links, timeout).await?;
+                if expected.is_some_and(|e| e != peer) {
+                    return Err(LinkError::PeerMismatch {
+                        expected: Box::new(expected.unwrap_or(peer)),
+                        actual: Box::new(peer),
+                    });
+                }
+                Ok((peer, muxer))
+            }
+            .boxed());
+        }
+
+        let client = self
+            .config
+            .client(&self.keypair, expected)
+            .map_err(TransportError::Other)?;
+        let connecting = self
+            .endpoint
+            .connect_with(client, remote, "l")
+            .map_err(|e| TransportError::Other(LinkError::Connect(e)))?;
+        Ok(async move {
+            let connection = tokio::time::timeout(timeout, connecting)
+                .await
+                .map_err(|_| LinkError::Handshake(format!("handshake with {remote} timed out")))?
+                .map_err(|e| match (expected, &e) {
+                    (Some(expected), quinn::ConnectionError::TransportError(t))
+                        if t.code == quinn::TransportErrorCode::crypto(42)
+                            || t.reason.contains("PeerId")
+                            || t.reason.contains("peer id") =>
+                    {
+                        LinkError::Handshake(format!(
+                            "{remote} is not {expected}: its certificate proves another identity"
+                        ))
+                    }
+                    _ => LinkError::Connection(e),
+                })?;
+            let peer = remote_peer_id(&connection)?;
+            if let Some(expected) = expected.filter(|e| *e != peer) {
+                connection.close(super::links::VARINT_NORMAL, b"wrong peer");
+                return Err(LinkError::PeerMismatch {
+                    expected: Box::new(expected),
+                    actual: Box::new(peer),
+                });
+            }
+            links.register(peer, connection.clone());
+            Ok((peer, QuicMuxer::new(connection)))
+        }
+        .boxed())
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        let this = &mut *self;
+        if let Some(listener_id) = this.closed.pop_front() {
+            return Poll::Ready(TransportEvent::ListenerClosed {
+                listener_id,
+                reason: Ok(()),
+            });
+        }
+        let local_addr = this.socket_local_multiaddr();
+        if let Some(listener) = &mut this.listener {
+            if !listener.announced {
+                if let Some(addr) = listener.addrs.pop() {
+                    return Poll::Ready(TransportEvent::NewAddress {
+                        listener_id: listener.id,
+                        listen_addr: addr,
+                    });
+                }
+                listener.announced = true;
+            }
+            loop {
+                let endpoint = this.endpoint.clone();
+                let accept = listener
+                    .accept
+                    .get_or_insert_with(|| async move { endpoint.accept().await }.boxed());
+                let Poll::Ready(incoming) = accept.poll_unpin(cx) else {
+                    break;
+                };
+                listener.accept = None;
+                let Some(incoming) = incoming else {
+                    let listener_id = listener.id;
+                    this.listener = None;
+                    return Poll::Ready(TransportEvent::ListenerClosed {
+                        listener_id,
+                        reason: Ok(()),
+                    });
+                };
+                let remote = incoming.remote_address();
+                let waiter = this
+                    .hole_punch
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&remote);
+                let incoming = match waiter {
+                    Some(tx) => match tx.send(incoming) {
+                        Ok(()) => continue,
+                        Err(incoming) => incoming,
+                    },
+                    None => incoming,
+                };
+                return Poll::Ready(TransportEvent::Incoming {
+                    listener_id: listener.id,
+                    upgrade: Self::upgrade(
+                        incoming,
+                        this.links.clone(),
+                        this.config.handshake_timeout,
+                    ),
+                    local_addr: local_addr.clone(),
+                    send_back_addr: socket_to_multiaddr(remote),
+                });
+            }
+        }
+        this.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl QuicTransport {
+    fn socket_local_multiaddr(&self) -> Multiaddr {
+        self.local_addr()
+            .map(socket_to_multiaddr)
+            .unwrap_or_else(|_| Multiaddr::empty())
+    }
+}
