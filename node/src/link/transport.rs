@@ -278,13 +278,13 @@ impl Transport for QuicTransport {
                 .await
                 .map_err(|_| LinkError::Handshake(format!("handshake with {remote} timed out")))?
                 .map_err(|e| match (expected, &e) {
+                    // libp2p-tls refuses a certificate for another PeerId during the handshake.
                     (Some(expected), quinn::ConnectionError::TransportError(t))
-                        if t.code == quinn::TransportErrorCode::crypto(42)
-                            || t.reason.contains("PeerId")
-                            || t.reason.contains("peer id") =>
+                        if t.reason.contains("certificate") =>
                     {
                         LinkError::Handshake(format!(
-                            "{remote} is not {expected}: its certificate proves another identity"
+                            "{remote} is not {expected}: its certificate proves another identity ({})",
+                            t.reason
                         ))
                     }
                     _ => LinkError::Connection(e),
