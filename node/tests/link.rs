@@ -47,15 +47,23 @@ fn node() -> Node {
 /// Starts listening and drives the transport in a task; accepted connections arrive on the
 /// returned channel. Returns the listen address with `/p2p/`.
 async fn serve(
-    mut transport: QuicTransport,
+    transport: QuicTransport,
     peer: PeerId,
 ) -> (Multiaddr, mpsc::UnboundedReceiver<(PeerId, QuicMuxer)>) {
-    transport
-        .listen_on(
-            ListenerId::next(),
-            "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
-        )
-        .unwrap();
+    serve_on(
+        transport,
+        peer,
+        "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+    )
+    .await
+}
+
+async fn serve_on(
+    mut transport: QuicTransport,
+    peer: PeerId,
+    listen: Multiaddr,
+) -> (Multiaddr, mpsc::UnboundedReceiver<(PeerId, QuicMuxer)>) {
+    transport.listen_on(ListenerId::next(), listen).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -247,4 +255,106 @@ async fn garbage_and_malformed_input_is_counted_and_dropped() {
     // Some of the burst may have been dropped by the kernel before reaching the socket.
     assert!(stats.snapshot().garbage >= 100, "{:?}", stats.snapshot());
     assert_eq!(a_links.counts().malformed, 4, "{:?}", a_links.counts());
+}
+
+/// The same two nodes inside a turmoil simulation with 30 ms one-way latency: the handshake
+/// completes and datagrams flow; RTT is 60 ms of virtual time; the whole run takes a fraction of
+/// a second of wall time.
+#[test]
+fn handshake_and_datagrams_in_a_turmoil_simulation() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let wall = std::time::Instant::now();
+    let mut sim = turmoil::Builder::new()
+        .min_message_latency(Duration::from_millis(30))
+        .max_message_latency(Duration::from_millis(30))
+        .simulation_duration(Duration::from_secs(60))
+        .rng_seed(7)
+        .build();
+    let a_key = Keypair::generate_ed25519();
+    let a_peer = a_key.public().to_peer_id();
+    let received = Arc::new(AtomicU64::new(0));
+    let rtts: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let quic_rtt: Arc<Mutex<Option<Duration>>> = Arc::default();
+
+    let a_received = received.clone();
+    sim.host("a", move || {
+        let key = a_key.clone();
+        let received = a_received.clone();
+        async move {
+            let (links, mut datagrams) = Links::new(4096);
+            let socket = LinkSocket::bind_turmoil("0.0.0.0:4433".parse().unwrap()).await?;
+            let transport = QuicTransport::new(key.clone(), LinkConfig::default(), socket, links)?;
+            let peer = key.public().to_peer_id();
+            let (_addr, mut accepted) = serve_on(
+                transport,
+                peer,
+                "/ip4/0.0.0.0/udp/4433/quic-v1".parse().unwrap(),
+            )
+            .await;
+            tokio::spawn(async move { while accepted.recv().await.is_some() {} });
+            while datagrams.recv().await.is_some() {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+    });
+
+    let (b_rtts, b_quic_rtt) = (rtts.clone(), quic_rtt.clone());
+    sim.client("b", async move {
+        let key = Keypair::generate_ed25519();
+        let (links, _datagrams) = Links::new(16);
+        let socket = LinkSocket::bind_turmoil("0.0.0.0:4433".parse().unwrap()).await?;
+        let mut transport = QuicTransport::new(key, LinkConfig::default(), socket, links.clone())?;
+        let addr: Multiaddr = format!(
+            "/ip4/{}/udp/4433/quic-v1/p2p/{a_peer}",
+            turmoil::lookup("a")
+        )
+        .parse()
+        .unwrap();
+        let (peer, _muxer) = transport.dial(addr, dial_opts()).unwrap().await?;
+        assert_eq!(peer, a_peer);
+        for i in 0..100u32 {
+            links.send_datagram(&peer, &i.to_be_bytes())?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..10 {
+            let rtt = links.ping_datagram(&peer, Duration::from_secs(1)).await?;
+            b_rtts
+                .lock()
+                .unwrap()
+                .push(rtt.expect("datagram ping answered"));
+        }
+        *b_quic_rtt.lock().unwrap() = links.rtt(&peer);
+        Ok(())
+    });
+    sim.run().unwrap();
+
+    assert_eq!(received.load(Ordering::Relaxed), 100);
+    let rtts = rtts.lock().unwrap();
+    assert_eq!(rtts.len(), 10);
+    for rtt in rtts.iter() {
+        assert!(
+            (Duration::from_millis(55)..=Duration::from_millis(65)).contains(rtt),
+            "datagram RTT {rtt:?} of virtual time"
+        );
+    }
+    let quic_rtt = quic_rtt.lock().unwrap().unwrap();
+    assert!(
+        (Duration::from_millis(55)..=Duration::from_millis(65)).contains(&quic_rtt),
+        "QUIC RTT estimate {quic_rtt:?}"
+    );
+    // Virtual time: the run simulates seconds of traffic but takes far less wall time. The
+    // bound leaves a wide margin for slow debug builds on a busy machine; runs take ~15 ms.
+    assert!(
+        wall.elapsed() < Duration::from_secs(1),
+        "wall time {:?}",
+        wall.elapsed()
+    );
+    eprintln!(
+        "turmoil run: wall time {:?}, datagram RTTs {:?}",
+        wall.elapsed(),
+        &rtts[..3]
+    );
 }
