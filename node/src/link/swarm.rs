@@ -1,1 +1,140 @@
-//! placeholder
+//! The node's libp2p `Swarm`: [`QuicTransport`] first, stock TCP + Noise + Yamux as the fallback
+//! for networks that block UDP, and the discovery/NAT behaviours.
+//!
+//! Simulation: the QUIC transport, `Links` and quinn run on tokio time, which turmoil drives, so
+//! they are deterministic in the simulator. The libp2p behaviours below and the Swarm's idle
+//! connection timeout keep their own timers on the wall clock (`futures-timer`), so in
+//! simulation they run but are not deterministic:
+//!
+//! | behaviour | real sockets | simulation |
+//! |---|---|---|
+//! | identify | yes | runs; push/refresh timers wall-clock |
+//! | ping (stream RTT) | yes | runs; interval wall-clock |
+//! | relay v2 client | yes | runs; reservation renewal wall-clock |
+//! | dcutr | yes | runs; needs relay, wall-clock timeouts |
+//! | autonat | yes | runs; probe schedule wall-clock |
+//! | mdns | yes | off (needs real multicast sockets) |
+//! | kad | yes | runs; query timeouts and refresh wall-clock |
+//!
+//! The simulator therefore drives `QuicTransport` + `Links` directly for anything timing-sensitive.
+
+use super::config::LinkConfig;
+use super::links::{DatagramReceiver, Links};
+use super::socket::{LinkSocket, SocketStats};
+use super::transport::QuicTransport;
+use super::LinkError;
+use libp2p::identity::Keypair;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    autonat, dcutr, identify, kad, mdns, noise, ping, relay, tcp, yamux, StreamProtocol, Swarm,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Protocol name of identify and kad for Callsign nodes (keeps them out of other DHTs).
+pub const PROTOCOL_VERSION: &str = "/callsign/1.0.0";
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/callsign/kad/1.0.0");
+
+/// The node's composed behaviour.
+#[derive(NetworkBehaviour)]
+pub struct NodeBehaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub relay_client: relay::client::Behaviour,
+    pub dcutr: dcutr::Behaviour,
+    pub autonat: autonat::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+}
+
+/// Settings for [`build_swarm`].
+#[derive(Clone, Debug)]
+pub struct SwarmConfig {
+    pub link: LinkConfig,
+    /// Local-network discovery; only on real sockets.
+    pub mdns: bool,
+    /// How often the ping behaviour measures stream RTT.
+    pub ping_interval: Duration,
+    /// Connections with no open streams are closed after this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        Self {
+            link: LinkConfig::default(),
+            mdns: true,
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A built swarm and the QUIC link handles that live beside it.
+pub struct NodeNetwork {
+    pub swarm: Swarm<NodeBehaviour>,
+    pub links: Links,
+    pub datagrams: DatagramReceiver,
+    pub socket_stats: Arc<SocketStats>,
+}
+
+/// Builds the swarm on `socket` (real or simulated). Must run inside a tokio runtime.
+pub fn build_swarm(
+    keypair: Keypair,
+    config: SwarmConfig,
+    socket: Arc<LinkSocket>,
+) -> Result<NodeNetwork, LinkError> {
+    let (links, datagrams) = Links::new(config.link.datagram_queue);
+    let socket_stats = socket.stats();
+    let quic = QuicTransport::new(keypair.clone(), config.link.clone(), socket, links.clone())?;
+    let build_err = |e: &dyn std::fmt::Display| LinkError::Config(format!("swarm: {e}"));
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| build_err(&e))?
+        .with_other_transport(|_| quic)
+        .map_err(|e| build_err(&e))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| build_err(&e))?
+        .with_behaviour(|key, relay_client| {
+            let peer = key.public().to_peer_id();
+            let mdns = if config.mdns {
+                // A machine without multicast simply runs without local discovery.
+                mdns::tokio::Behaviour::new(mdns::Config::default(), peer).ok()
+            } else {
+                None
+            };
+            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+            kad_config.set_query_timeout(Duration::from_secs(30));
+            Ok(NodeBehaviour {
+                identify: identify::Behaviour::new(
+                    identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                        .with_agent_version(format!("callsign/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(config.ping_interval)),
+                relay_client,
+                dcutr: dcutr::Behaviour::new(peer),
+                autonat: autonat::Behaviour::new(peer, autonat::Config::default()),
+                mdns: mdns.into(),
+                kad: kad::Behaviour::with_config(
+                    peer,
+                    kad::store::MemoryStore::new(peer),
+                    kad_config,
+                ),
+            })
+        })
+        .map_err(|e| build_err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    Ok(NodeNetwork {
+        swarm,
+        links,
+        datagrams,
+        socket_stats,
+    })
+}
