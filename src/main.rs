@@ -29,6 +29,9 @@ enum Command {
     /// Sound devices, and the voice path run offline on WAV files.
     #[command(subcommand)]
     Audio(commands::audio::AudioCommand),
+    /// QUIC links: listen, and check reachability and RTT to another node.
+    #[command(subcommand)]
+    Link(commands::link::LinkCommand),
     /// Create and edit org charters: channels, roles, members, relays, presets.
     Org(commands::org::OrgArgs),
 }
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Ticket(cmd) => commands::ticket::run(cmd),
         Command::Org(args) => commands::org::run(args),
         Command::Audio(cmd) => commands::audio::run(cmd),
+        Command::Link(cmd) => commands::link::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -358,3 +358,39 @@ fn handshake_and_datagrams_in_a_turmoil_simulation() {
         &rtts[..3]
     );
 }
+
+#[tokio::test]
+async fn a_stream_carries_many_request_response_rounds() {
+    let a = node();
+    let mut b = node();
+    let (addr, mut accepted) = serve(a.transport, a.peer).await;
+    let (_, mut b_muxer) = b.transport.dial(addr, dial_opts()).unwrap().await.unwrap();
+    let (_, mut a_muxer) = accepted.recv().await.unwrap();
+    let mut out = poll_fn(|cx| b_muxer.poll_outbound_unpin(cx)).await.unwrap();
+    out.write_all(&[0u8; 32]).await.unwrap();
+    out.flush().await.unwrap();
+    let mut inbound = poll_fn(|cx| a_muxer.poll_inbound_unpin(cx)).await.unwrap();
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; 32];
+        loop {
+            if inbound.read_exact(&mut buf).await.is_err() {
+                return;
+            }
+            inbound.write_all(&buf).await.unwrap();
+            inbound.flush().await.unwrap();
+        }
+    });
+    let mut buf = [0u8; 32];
+    out.read_exact(&mut buf).await.unwrap();
+    for round in 1..20u8 {
+        out.write_all(&[round; 32]).await.unwrap();
+        out.flush().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), out.read_exact(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("round {round} stalled"))
+            .unwrap();
+        assert_eq!(buf, [round; 32]);
+    }
+    drop(out);
+    echo.abort();
+}

@@ -41,6 +41,8 @@ async fn connect_and_ping(
 ) -> (Multiaddr, Duration) {
     b.swarm.dial(addr.with(Protocol::P2p(a_peer))).unwrap();
     let mut remote = None;
+    // Several rounds: a stream must keep working after the first exchanges.
+    let mut pings = 0;
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
     loop {
@@ -51,8 +53,9 @@ async fn connect_and_ping(
                     remote = Some(endpoint.get_remote_address().clone());
                 }
                 SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) if peer == a_peer => {
-                    if let Some(remote) = remote.take() {
-                        return (remote, rtt);
+                    pings += 1;
+                    if pings == 5 {
+                        return (remote.take().expect("connected before ping"), rtt);
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),

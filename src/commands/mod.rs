@@ -2,6 +2,7 @@
 
 pub mod audio;
 pub mod keys;
+pub mod link;
 pub mod org;
 pub mod ticket;
 

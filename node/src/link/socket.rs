@@ -93,6 +93,10 @@ impl LinkSocket {
         }))
     }
 
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
     pub fn stats(&self) -> Arc<SocketStats> {
         self.stats.clone()
     }

@@ -15,6 +15,12 @@
 //! | autonat | yes | runs; probe schedule wall-clock |
 //! | mdns | yes | off (needs real multicast sockets) |
 //! | kad | yes | runs; query timeouts and refresh wall-clock |
+//! | echo (stream RTT) | yes | runs; request timeout wall-clock |
+//!
+//! Note: libp2p-ping 0.47 re-arms its inbound future without polling it, so over QUIC (whose
+//! streams wake only the task that reads them) a node answers the next ping only when something
+//! else wakes its connection. Liveness still works (QUIC keep-alives do that job); RTT
+//! measurement uses the `echo` request-response protocol instead.
 //!
 //! The simulator therefore drives `QuicTransport` + `Links` directly for anything timing-sensitive.
 
@@ -24,17 +30,51 @@ use super::socket::{LinkSocket, SocketStats};
 use super::transport::QuicTransport;
 use super::LinkError;
 use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     autonat, dcutr, identify, kad, mdns, noise, ping, relay, tcp, yamux, StreamProtocol, Swarm,
 };
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Protocol name of identify and kad for Callsign nodes (keeps them out of other DHTs).
 pub const PROTOCOL_VERSION: &str = "/callsign/1.0.0";
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/callsign/kad/1.0.0");
+const ECHO_PROTOCOL: StreamProtocol = StreamProtocol::new("/callsign/echo/1.0.0");
+
+/// Stream echo request: `callsign link ping` measures RTT over a stream with it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Echo {
+    pub nonce: u64,
+}
+
+/// The echo behaviour's type.
+pub type EchoBehaviour = request_response::json::Behaviour<Echo, Echo>;
+
+/// Answers an echo request if `event` is one. Every node's event loop calls this.
+pub fn answer_echo(swarm: &mut Swarm<NodeBehaviour>, event: &mut Option<NodeBehaviourEvent>) {
+    if let Some(NodeBehaviourEvent::Echo(request_response::Event::Message {
+        message: request_response::Message::Request { .. },
+        ..
+    })) = event
+    {
+        let Some(NodeBehaviourEvent::Echo(request_response::Event::Message {
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            ..
+        })) = event.take()
+        else {
+            return;
+        };
+        // The requester may have gone; nothing to do then.
+        let _ = swarm.behaviour_mut().echo.send_response(channel, request);
+    }
+}
 
 /// The node's composed behaviour.
 #[derive(NetworkBehaviour)]
@@ -46,6 +86,7 @@ pub struct NodeBehaviour {
     pub autonat: autonat::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub echo: EchoBehaviour,
 }
 
 /// Settings for [`build_swarm`].
@@ -77,6 +118,8 @@ pub struct NodeNetwork {
     pub links: Links,
     pub datagrams: DatagramReceiver,
     pub socket_stats: Arc<SocketStats>,
+    /// The UDP socket's address (the QUIC port).
+    pub local_addr: SocketAddr,
 }
 
 /// Builds the swarm on `socket` (real or simulated). Must run inside a tokio runtime.
@@ -87,6 +130,7 @@ pub fn build_swarm(
 ) -> Result<NodeNetwork, LinkError> {
     let (links, datagrams) = Links::new(config.link.datagram_queue);
     let socket_stats = socket.stats();
+    let local_addr = socket.local_addr()?;
     let quic = QuicTransport::new(keypair.clone(), config.link.clone(), socket, links.clone())?;
     let build_err = |e: &dyn std::fmt::Display| LinkError::Config(format!("swarm: {e}"));
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -111,6 +155,8 @@ pub fn build_swarm(
             };
             let mut kad_config = kad::Config::new(KAD_PROTOCOL);
             kad_config.set_query_timeout(Duration::from_secs(30));
+            // Bootstrap once peers are known (charters name them), not on an empty table.
+            kad_config.set_periodic_bootstrap_interval(None);
             Ok(NodeBehaviour {
                 identify: identify::Behaviour::new(
                     identify::Config::new(PROTOCOL_VERSION.into(), key.public())
@@ -126,6 +172,11 @@ pub fn build_swarm(
                     kad::store::MemoryStore::new(peer),
                     kad_config,
                 ),
+                echo: EchoBehaviour::new(
+                    [(ECHO_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(5)),
+                ),
             })
         })
         .map_err(|e| build_err(&e))?
@@ -136,5 +187,6 @@ pub fn build_swarm(
         links,
         datagrams,
         socket_stats,
+        local_addr,
     })
 }
