@@ -394,3 +394,66 @@ async fn a_stream_carries_many_request_response_rounds() {
     drop(out);
     echo.abort();
 }
+
+/// Listens on loopback and returns the first announced address (without `/p2p/`).
+async fn listen_local(transport: &mut QuicTransport) -> Multiaddr {
+    transport
+        .listen_on(ListenerId::next(), "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+        .unwrap();
+    loop {
+        if let TransportEvent::NewAddress { listen_addr, .. } =
+            poll_fn(|cx| Pin::new(&mut *transport).poll(cx)).await
+        {
+            return listen_addr;
+        }
+    }
+}
+
+/// Polls a transport forever, completing incoming upgrades in the background.
+async fn drive(mut transport: QuicTransport) {
+    loop {
+        if let TransportEvent::Incoming { upgrade, .. } =
+            poll_fn(|cx| Pin::new(&mut transport).poll(cx)).await
+        {
+            tokio::spawn(upgrade);
+        }
+    }
+}
+
+/// dcutr's QUIC hole punch: one side "dials" in the listener role (probing the remote from its
+/// listening port and waiting), the other dials normally; the listener-role dial resolves with
+/// the incoming connection from that address.
+#[tokio::test]
+async fn a_listener_role_dial_probes_and_takes_the_incoming_connection() {
+    let mut a = node();
+    let mut b = node();
+    let b_stats = b.transport.socket_stats();
+    let a_addr = listen_local(&mut a.transport).await;
+    let b_addr = listen_local(&mut b.transport).await;
+
+    let punch = b
+        .transport
+        .dial(
+            a_addr.with(Protocol::P2p(a.peer)),
+            DialOpts { role: Endpoint::Listener, port_use: PortUse::Reuse },
+        )
+        .unwrap();
+    tokio::spawn(drive(b.transport));
+    let punch = tokio::spawn(punch);
+    // Let B's probes start before A's dial arrives, as when both learn of the punch at once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let dial = a.transport.dial(b_addr.with(Protocol::P2p(b.peer)), dial_opts()).unwrap();
+    tokio::spawn(drive(a.transport));
+
+    let ((b_sees, _), (a_sees, _)) = tokio::time::timeout(Duration::from_secs(5), async {
+        let punched = punch.await.unwrap().unwrap();
+        let dialed = dial.await.unwrap();
+        (punched, dialed)
+    })
+    .await
+    .unwrap();
+    assert_eq!(b_sees, a.peer);
+    assert_eq!(a_sees, b.peer);
+    assert!(b_stats.snapshot().probes_sent >= 1);
+    assert!(b.links.is_connected(&a.peer) && a.links.is_connected(&b.peer));
+}

@@ -101,8 +101,9 @@ impl LinkSocket {
         self.stats.clone()
     }
 
-    /// Sends one raw datagram from the endpoint's port (hole-punch probes).
-    pub fn send_raw(&self, destination: SocketAddr, contents: &[u8]) -> io::Result<()> {
+    /// Sends one raw datagram from the endpoint's port (hole-punch probes), waiting for the
+    /// socket to become writable if needed.
+    pub async fn send_raw(&self, destination: SocketAddr, contents: &[u8]) -> io::Result<()> {
         let transmit = Transmit {
             destination,
             ecn: None,
@@ -110,9 +111,19 @@ impl LinkSocket {
             segment_size: None,
             src_ip: None,
         };
-        self.inner.try_send(&transmit)?;
-        self.stats.probes_sent.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let mut poller = self.inner.clone().create_io_poller();
+        loop {
+            match self.inner.try_send(&transmit) {
+                Ok(()) => {
+                    self.stats.probes_sent.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx)).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

@@ -234,7 +234,9 @@ impl Transport for QuicTransport {
                     loop {
                         let mut probe = [0u8; 64];
                         rng.fill(&mut probe[..]);
-                        let _ = socket.send_raw(remote, &probe);
+                        if let Err(e) = socket.send_raw(remote, &probe).await {
+                            tracing::debug!(%remote, %e, "hole-punch probe not sent");
+                        }
                         let pause = rng.gen_range(10..200);
                         tokio::time::sleep(Duration::from_millis(pause)).await;
                     }
