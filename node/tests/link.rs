@@ -398,7 +398,10 @@ async fn a_stream_carries_many_request_response_rounds() {
 /// Listens on loopback and returns the first announced address (without `/p2p/`).
 async fn listen_local(transport: &mut QuicTransport) -> Multiaddr {
     transport
-        .listen_on(ListenerId::next(), "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+        .listen_on(
+            ListenerId::next(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+        )
         .unwrap();
     loop {
         if let TransportEvent::NewAddress { listen_addr, .. } =
@@ -435,14 +438,20 @@ async fn a_listener_role_dial_probes_and_takes_the_incoming_connection() {
         .transport
         .dial(
             a_addr.with(Protocol::P2p(a.peer)),
-            DialOpts { role: Endpoint::Listener, port_use: PortUse::Reuse },
+            DialOpts {
+                role: Endpoint::Listener,
+                port_use: PortUse::Reuse,
+            },
         )
         .unwrap();
     tokio::spawn(drive(b.transport));
     let punch = tokio::spawn(punch);
     // Let B's probes start before A's dial arrives, as when both learn of the punch at once.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let dial = a.transport.dial(b_addr.with(Protocol::P2p(b.peer)), dial_opts()).unwrap();
+    let dial = a
+        .transport
+        .dial(b_addr.with(Protocol::P2p(b.peer)), dial_opts())
+        .unwrap();
     tokio::spawn(drive(a.transport));
 
     let ((b_sees, _), (a_sees, _)) = tokio::time::timeout(Duration::from_secs(5), async {

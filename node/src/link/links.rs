@@ -206,6 +206,23 @@ impl Links {
         self.send_kind(peer, KIND_APP, payload)
     }
 
+    /// Like [`Links::send_datagram`], but waits for room in the send buffer instead of dropping
+    /// the oldest queued datagram. For bulk senders and benchmarks; live voice wants the
+    /// dropping variant.
+    pub async fn send_datagram_wait(&self, peer: &PeerId, payload: &[u8]) -> Result<(), LinkError> {
+        let connection = self.connection(peer)?;
+        let mut datagram = BytesMut::with_capacity(HEADER + payload.len());
+        datagram.put_u8(DATAGRAM_VERSION);
+        datagram.put_u8(KIND_APP);
+        datagram.put_slice(payload);
+        connection
+            .send_datagram_wait(datagram.freeze())
+            .await
+            .map_err(|e| LinkError::Datagram(e.to_string()))?;
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Round trip of one datagram ping (the peer's link layer echoes it); `None` on timeout.
     /// Time is tokio's, so it is virtual under the simulator.
     pub async fn ping_datagram(
