@@ -1,12 +1,15 @@
 //! The Callsign node runtime.
 //!
-//! Owns everything a node does with real time and real devices: today the audio engine
-//! ([`audio`]): Opus encode/decode, the adaptive jitter buffer, the mixer, the capture chain,
-//! the device callbacks and the WAV/synthetic backends. Links and the Node API land here next.
+//! Owns everything a node does with real time, sockets and devices: the QUIC links ([`link`]:
+//! the libp2p transport on quinn with datagrams, over real or turmoil sockets, the `Links`
+//! registry, the Swarm) and the audio engine ([`audio`]: Opus encode/decode, the adaptive
+//! jitter buffer, the mixer, the capture chain, the device callbacks and the WAV/synthetic
+//! backends). The Node API that joins them lands here next.
 //!
-//! Must not: hold protocol decisions (those live sans-IO in `callsign-mesh`), read the wall clock
-//! inside the audio pipeline (every stage takes `now` or a media timestamp so the simulator can
-//! drive it in virtual time), or allocate, lock or do I/O inside a device callback.
+//! Must not: hold protocol decisions (those live sans-IO in `callsign-mesh`), read the wall
+//! clock in the link layer or the audio pipeline (they run on tokio time or take `now` / media
+//! timestamps, so the simulator can drive them in virtual time), or allocate, lock or do I/O
+//! inside a device callback.
 
 pub mod audio;
 pub mod link;

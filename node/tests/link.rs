@@ -466,3 +466,37 @@ async fn a_listener_role_dial_probes_and_takes_the_incoming_connection() {
     assert!(b_stats.snapshot().probes_sent >= 1);
     assert!(b.links.is_connected(&a.peer) && a.links.is_connected(&b.peer));
 }
+
+/// A node that changes networks keeps its link: the peer sees the new address as a migration.
+#[tokio::test]
+async fn rebinding_the_socket_migrates_the_connection() {
+    let a = node();
+    let mut b = node();
+    let mut a_events = a.links.events();
+    let mut a_datagrams = a.datagrams;
+    let (addr, _accepted) = serve(a.transport, a.peer).await;
+    let (peer, _muxer) = b.transport.dial(addr, dial_opts()).unwrap().await.unwrap();
+    assert!(matches!(a_events.recv().await, Some(LinkEvent::Up { .. })));
+    b.links.send_datagram(&peer, b"before").unwrap();
+    assert_eq!(&a_datagrams.recv().await.unwrap().payload[..], b"before");
+
+    let new_socket = LinkSocket::bind_tokio("127.0.0.1:0".parse().unwrap()).unwrap();
+    let new_addr = new_socket.local_addr().unwrap();
+    b.transport.rebind(new_socket).unwrap();
+    b.links.send_datagram(&peer, b"after").unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(5), a_datagrams.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&d.payload[..], b"after");
+    let event = tokio::time::timeout(Duration::from_secs(5), a_events.recv())
+        .await
+        .unwrap();
+    match event {
+        Some(LinkEvent::Migrated { peer, to, .. }) => {
+            assert_eq!(peer, b.peer);
+            assert_eq!(to, new_addr);
+        }
+        other => panic!("expected a migration, got {other:?}"),
+    }
+}

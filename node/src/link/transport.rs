@@ -82,6 +82,16 @@ impl QuicTransport {
         })
     }
 
+    /// Moves the endpoint to a new socket (the machine changed networks). Live connections
+    /// migrate: peers see the new address and report `LinkEvent::Migrated`.
+    pub fn rebind(&mut self, socket: Arc<LinkSocket>) -> Result<(), LinkError> {
+        self.endpoint
+            .rebind_abstract(Arc::new(SharedSocket(socket.clone())))
+            .map_err(LinkError::Io)?;
+        self.socket = socket;
+        Ok(())
+    }
+
     pub fn links(&self) -> &Links {
         &self.links
     }
