@@ -17,41 +17,41 @@ pub struct DeviceInfo {
     pub channels: Option<u16>,
 }
 
+fn describe(device: &cpal::Device, input: bool, default: Option<&str>) -> DeviceInfo {
+    let name = device.name().unwrap_or_else(|_| "(unnamed)".into());
+    let config = if input {
+        device.default_input_config()
+    } else {
+        device.default_output_config()
+    }
+    .ok();
+    DeviceInfo {
+        is_default: default == Some(name.as_str()),
+        name,
+        input,
+        sample_rate: config.as_ref().map(|c| c.sample_rate().0),
+        channels: config.as_ref().map(|c| c.channels()),
+    }
+}
+
 /// Lists the default host's devices. An error explains why there is no sound system at all.
 pub fn list_devices() -> Result<(String, Vec<DeviceInfo>), AudioError> {
     let host = cpal::default_host();
     let host_name = host.id().name().to_owned();
     let default_in = host.default_input_device().and_then(|d| d.name().ok());
     let default_out = host.default_output_device().and_then(|d| d.name().ok());
-    let mut devices = Vec::new();
-    let inputs = host
+    let listing =
+        |e: cpal::DevicesError| AudioError::Device(format!("cannot list {host_name} devices: {e}"));
+    let mut devices: Vec<DeviceInfo> = host
         .input_devices()
-        .map_err(|e| AudioError::Device(format!("cannot list {host_name} input devices: {e}")))?;
-    for device in inputs {
-        let name = device.name().unwrap_or_else(|_| "(unnamed)".into());
-        let config = device.default_input_config().ok();
-        devices.push(DeviceInfo {
-            is_default: default_in.as_deref() == Some(name.as_str()),
-            name,
-            input: true,
-            sample_rate: config.as_ref().map(|c| c.sample_rate().0),
-            channels: config.as_ref().map(|c| c.channels()),
-        });
-    }
-    let outputs = host
-        .output_devices()
-        .map_err(|e| AudioError::Device(format!("cannot list {host_name} output devices: {e}")))?;
-    for device in outputs {
-        let name = device.name().unwrap_or_else(|_| "(unnamed)".into());
-        let config = device.default_output_config().ok();
-        devices.push(DeviceInfo {
-            is_default: default_out.as_deref() == Some(name.as_str()),
-            name,
-            input: false,
-            sample_rate: config.as_ref().map(|c| c.sample_rate().0),
-            channels: config.as_ref().map(|c| c.channels()),
-        });
-    }
+        .map_err(listing)?
+        .map(|d| describe(&d, true, default_in.as_deref()))
+        .collect();
+    devices.extend(
+        host.output_devices()
+            .map_err(listing)?
+            .map(|d| describe(&d, false, default_out.as_deref())),
+    );
     Ok((host_name, devices))
 }
 
@@ -86,38 +86,58 @@ pub struct DeviceStream {
     pub channels: u16,
 }
 
-/// Opens an input device (default when `name` is `None`) feeding `callback`.
-pub fn open_input(
-    name: Option<&str>,
-    mut callback: CaptureCallback,
-) -> Result<DeviceStream, AudioError> {
-    let device = find_device(true, name)?;
-    let config = device
-        .default_input_config()
-        .map_err(|e| AudioError::Device(e.to_string()))?;
+/// The device's default configuration, which must be f32 (every desktop backend offers it).
+fn f32_config(
+    device: &cpal::Device,
+    input: bool,
+) -> Result<cpal::SupportedStreamConfig, AudioError> {
+    let config = if input {
+        device.default_input_config()
+    } else {
+        device.default_output_config()
+    }
+    .map_err(|e| AudioError::Device(e.to_string()))?;
     if config.sample_format() != cpal::SampleFormat::F32 {
         return Err(AudioError::Device(format!(
-            "input sample format {:?} is not supported (need f32)",
+            "{} sample format {:?} is not supported (need f32)",
+            if input { "input" } else { "output" },
             config.sample_format()
         )));
     }
-    let channels = config.channels();
-    let stream = device
-        .build_input_stream(
-            &config.config(),
-            move |data: &[f32], _| callback.process(data, usize::from(channels)),
-            |err| tracing::warn!(%err, "input stream error"),
-            None,
-        )
-        .map_err(|e| AudioError::Device(e.to_string()))?;
+    Ok(config)
+}
+
+fn started(
+    stream: cpal::Stream,
+    config: &cpal::SupportedStreamConfig,
+) -> Result<DeviceStream, AudioError> {
     stream
         .play()
         .map_err(|e| AudioError::Device(e.to_string()))?;
     Ok(DeviceStream {
         _stream: stream,
         sample_rate: config.sample_rate().0,
-        channels,
+        channels: config.channels(),
     })
+}
+
+/// Opens an input device (default when `name` is `None`) feeding `callback`.
+pub fn open_input(
+    name: Option<&str>,
+    mut callback: CaptureCallback,
+) -> Result<DeviceStream, AudioError> {
+    let device = find_device(true, name)?;
+    let config = f32_config(&device, true)?;
+    let channels = usize::from(config.channels());
+    let stream = device
+        .build_input_stream(
+            &config.config(),
+            move |data: &[f32], _| callback.process(data, channels),
+            |err| tracing::warn!(%err, "input stream error"),
+            None,
+        )
+        .map_err(|e| AudioError::Device(e.to_string()))?;
+    started(stream, &config)
 }
 
 /// Opens an output device (default when `name` is `None`) played from `callback`.
@@ -126,30 +146,15 @@ pub fn open_output(
     mut callback: PlaybackCallback,
 ) -> Result<DeviceStream, AudioError> {
     let device = find_device(false, name)?;
-    let config = device
-        .default_output_config()
-        .map_err(|e| AudioError::Device(e.to_string()))?;
-    if config.sample_format() != cpal::SampleFormat::F32 {
-        return Err(AudioError::Device(format!(
-            "output sample format {:?} is not supported (need f32)",
-            config.sample_format()
-        )));
-    }
-    let channels = config.channels();
+    let config = f32_config(&device, false)?;
+    let channels = usize::from(config.channels());
     let stream = device
         .build_output_stream(
             &config.config(),
-            move |data: &mut [f32], _| callback.process(data, usize::from(channels)),
+            move |data: &mut [f32], _| callback.process(data, channels),
             |err| tracing::warn!(%err, "output stream error"),
             None,
         )
         .map_err(|e| AudioError::Device(e.to_string()))?;
-    stream
-        .play()
-        .map_err(|e| AudioError::Device(e.to_string()))?;
-    Ok(DeviceStream {
-        _stream: stream,
-        sample_rate: config.sample_rate().0,
-        channels,
-    })
+    started(stream, &config)
 }
