@@ -60,6 +60,7 @@ fn is_garbage(datagram: &[u8]) -> bool {
 pub struct LinkSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     stats: Arc<SocketStats>,
+    simulated: bool,
 }
 
 impl fmt::Debug for LinkSocket {
@@ -78,6 +79,7 @@ impl LinkSocket {
         Ok(Arc::new(Self {
             inner,
             stats: Arc::default(),
+            simulated: false,
         }))
     }
 
@@ -90,7 +92,13 @@ impl LinkSocket {
                 readable: Mutex::new(None),
             }),
             stats: Arc::default(),
+            simulated: true,
         }))
+    }
+
+    /// True for a turmoil socket (its addresses exist only inside the simulation).
+    pub fn is_simulated(&self) -> bool {
+        self.simulated
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

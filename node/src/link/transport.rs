@@ -105,9 +105,10 @@ impl QuicTransport {
     }
 
     /// Addresses to announce for a socket bound to `local`: an unspecified IP is replaced by
-    /// loopback and the address of the default route.
+    /// loopback and the address of the default route (real sockets only: a simulated host's
+    /// address is known to the simulation, not to the machine's routing table).
     fn announce(&self, local: SocketAddr) -> Vec<Multiaddr> {
-        if !local.ip().is_unspecified() {
+        if !local.ip().is_unspecified() || self.socket.is_simulated() {
             return vec![socket_to_multiaddr(local)];
         }
         let mut ips = vec![if local.is_ipv4() {
