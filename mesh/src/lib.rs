@@ -1,8 +1,9 @@
 //! Callsign's protocol core, sans-IO.
 //!
 //! This crate owns the logic every node must agree on: today the org charter (signed op-DAG,
-//! fold into channels/roles/ACLs, anti-entropy sync, the op log format); later presence,
-//! topology, floor control, voice packets and the E2EE key schedule.
+//! fold into channels/roles/ACLs, anti-entropy sync, the op log format) and the voice packet
+//! (sealed with sender keys, replay window); later presence, topology, floor control and the
+//! E2EE key schedule.
 //!
 //! It must not: open sockets, spawn threads or tasks, read the wall clock, or iterate a std
 //! `HashMap`/`HashSet` where the order could change a decision. Every entry point takes `now`
@@ -13,3 +14,4 @@
 #![warn(missing_docs)]
 
 pub mod charter;
+pub mod voice;

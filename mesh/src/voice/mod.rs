@@ -1,0 +1,15 @@
+//! Voice packets: the wire format of one Opus frame, sealed end-to-end with the sender's key,
+//! and the receiver's replay window.
+//!
+//! Relays and forwarders read the clear header (channels, sender, sequence) to route and
+//! de-duplicate; only holders of the sender key can open the payload, and any change to the
+//! header breaks the seal because the header is the AEAD's associated data.
+
+pub mod packet;
+pub mod replay;
+
+pub use packet::{
+    SenderKey, SenderShortId, VoiceFlags, VoiceHeader, VoicePacketError, MAX_CHANNELS,
+    VOICE_VERSION,
+};
+pub use replay::ReplayWindow;
