@@ -86,6 +86,8 @@ pub const NOISE_KEY_CERT: SigningContext = SigningContext::new("callsign/noise-k
 pub const INVITE_GRANT: SigningContext = SigningContext::new("callsign/invite-grant/v1");
 /// An operation in an org charter.
 pub const CHARTER_OP: SigningContext = SigningContext::new("callsign/charter-op/v1");
+/// A node's presence record (who is online, what it listens to, where to reach it).
+pub const PRESENCE: SigningContext = SigningContext::new("callsign/presence/v1");
 
 #[cfg(test)]
 mod tests {

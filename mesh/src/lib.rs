@@ -2,8 +2,8 @@
 //!
 //! This crate owns the logic every node must agree on: today the org charter (signed op-DAG,
 //! fold into channels/roles/ACLs, anti-entropy sync, the op log format) and the voice packet
-//! (sealed with sender keys, replay window); later presence, topology, floor control and the
-//! E2EE key schedule.
+//! (sealed with sender keys, replay window) and presence records; later topology, floor
+//! control and the E2EE key schedule.
 //!
 //! It must not: open sockets, spawn threads or tasks, read the wall clock, or iterate a std
 //! `HashMap`/`HashSet` where the order could change a decision. Every entry point takes `now`
@@ -14,4 +14,5 @@
 #![warn(missing_docs)]
 
 pub mod charter;
+pub mod presence;
 pub mod voice;

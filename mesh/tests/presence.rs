@@ -1,0 +1,140 @@
+//! Presence records: signing, canonical decoding, damage and forgery, and the table's
+//! membership, freshness and expiry rules.
+
+use callsign_keys::{Identity, IdentityKey};
+use callsign_mesh::charter::ChannelId;
+use callsign_mesh::presence::{
+    PresenceBody, PresenceError, PresenceRecord, PresenceTable, PresenceUpdate, RelayCapability,
+};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn identity(seed: u64) -> Identity {
+    Identity::generate(&mut StdRng::seed_from_u64(seed))
+}
+
+fn body(org: IdentityKey, seq: u64, issued_at_ms: u64) -> PresenceBody {
+    PresenceBody {
+        org,
+        peer: org, // replaced by the signer
+        seq,
+        issued_at_ms,
+        ttl_ms: 30_000,
+        display_name: "Bravo-2".into(),
+        listening: vec![ChannelId(9), ChannelId(3), ChannelId(9)],
+        relay: RelayCapability {
+            public: true,
+            spare_uplink_kbps: 800,
+        },
+        addrs: vec![b"/ip4/203.0.113.5/udp/4433/quic-v1".to_vec()],
+    }
+}
+
+#[test]
+fn signed_records_round_trip_and_normalise_channels() {
+    let org = identity(1).public();
+    let me = identity(2);
+    let record = PresenceRecord::sign(&me, body(org, 1, 1_000)).unwrap();
+    assert_eq!(record.body.peer, me.public());
+    assert_eq!(record.body.listening, vec![ChannelId(3), ChannelId(9)]);
+    let bytes = record.encode();
+    assert_eq!(bytes[0], 1);
+    assert_eq!(PresenceRecord::decode(&bytes).unwrap(), record);
+}
+
+#[test]
+fn damaged_forged_and_unknown_records_are_refused() {
+    let org = identity(1).public();
+    let me = identity(2);
+    let bytes = PresenceRecord::sign(&me, body(org, 1, 1_000))
+        .unwrap()
+        .encode();
+    for i in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x01;
+        assert!(
+            PresenceRecord::decode(&bad).is_err(),
+            "flip at {i} accepted"
+        );
+    }
+    for len in 0..bytes.len() {
+        assert!(PresenceRecord::decode(&bytes[..len]).is_err());
+    }
+    let mut v2 = bytes.clone();
+    v2[0] = 2;
+    assert_eq!(PresenceRecord::decode(&v2), Err(PresenceError::Version(2)));
+    // Someone else's signature on my body.
+    let mut forged = PresenceRecord::sign(&identity(3), body(org, 1, 1_000)).unwrap();
+    forged.body.peer = me.public();
+    assert_eq!(
+        PresenceRecord::decode(&forged.encode()),
+        Err(PresenceError::BadSignature)
+    );
+    // Bounds are checked on both sides.
+    let mut long = body(org, 1, 0);
+    long.display_name = "x".repeat(65);
+    assert!(matches!(
+        PresenceRecord::sign(&me, long),
+        Err(PresenceError::Bounds(_))
+    ));
+    let mut forever = body(org, 1, 0);
+    forever.ttl_ms = u32::MAX;
+    assert!(matches!(
+        PresenceRecord::sign(&me, forever),
+        Err(PresenceError::Bounds(_))
+    ));
+}
+
+#[test]
+fn the_table_keeps_the_newest_unexpired_member_record() {
+    let org = identity(1).public();
+    let (a, b, stranger) = (identity(2), identity(3), identity(4));
+    let members = [a.public(), b.public()];
+    let is_member = |p: &IdentityKey| members.contains(p);
+    let mut table = PresenceTable::new(org);
+
+    let a1 = PresenceRecord::sign(&a, body(org, 1, 1_000)).unwrap();
+    let a2 = PresenceRecord::sign(&a, body(org, 2, 2_000)).unwrap();
+    assert_eq!(
+        table.insert(a1.clone(), 1_500, is_member),
+        PresenceUpdate::Joined
+    );
+    assert_eq!(
+        table.insert(a2.clone(), 2_500, is_member),
+        PresenceUpdate::Updated
+    );
+    assert_eq!(table.insert(a1, 2_500, is_member), PresenceUpdate::Stale);
+    assert_eq!(table.get(&a.public()).unwrap().body.seq, 2);
+
+    let s = PresenceRecord::sign(&stranger, body(org, 1, 2_000)).unwrap();
+    assert_eq!(table.insert(s, 2_500, is_member), PresenceUpdate::NotMember);
+    let other_org = PresenceRecord::sign(&b, body(identity(9).public(), 1, 2_000)).unwrap();
+    assert_eq!(
+        table.insert(other_org, 2_500, is_member),
+        PresenceUpdate::NotMember
+    );
+    let old = PresenceRecord::sign(&b, body(org, 1, 0)).unwrap();
+    assert_eq!(
+        table.insert(old, 40_000, is_member),
+        PresenceUpdate::Expired
+    );
+
+    let b1 = PresenceRecord::sign(&b, body(org, 1, 10_000)).unwrap();
+    assert_eq!(table.insert(b1, 10_000, is_member), PresenceUpdate::Joined);
+    assert_eq!(table.listeners(ChannelId(3)).count(), 2);
+    assert_eq!(table.listeners(ChannelId(4)).count(), 0);
+
+    // a2 expires at 32 000; b1 at 40 000.
+    assert_eq!(table.expire(35_000, is_member), vec![a.public()]);
+    assert_eq!(table.present().count(), 1);
+    // A member removed from the charter leaves at once.
+    assert_eq!(table.expire(35_000, |p| *p != b.public()), vec![b.public()]);
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = PresenceRecord::decode(&bytes);
+    }
+}
