@@ -36,7 +36,20 @@ enum Command {
     Org(commands::org::OrgArgs),
 }
 
+/// Restores the default SIGPIPE action, so `callsign … | head` ends quietly like any Unix tool
+/// instead of panicking in `println!` when the reader goes away (Rust ignores SIGPIPE).
+#[cfg(unix)]
+fn default_sigpipe() {
+    // SAFETY: called first thing in `main`, before any other thread exists; setting a signal
+    // disposition to SIG_DFL has no other preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    default_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
