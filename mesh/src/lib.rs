@@ -14,5 +14,6 @@
 #![warn(missing_docs)]
 
 pub mod charter;
+pub mod e2ee;
 pub mod presence;
 pub mod voice;

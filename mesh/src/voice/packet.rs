@@ -213,6 +213,11 @@ impl SenderKey {
         self.id
     }
 
+    /// The secret bytes, for handing the key to a listener inside a pairwise session.
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.key
+    }
+
     /// Builds a packet: `header` (its `key_id` is set to this key's) then the sealed `payload`.
     pub fn seal(&self, header: &VoiceHeader, payload: &[u8]) -> Result<Vec<u8>, VoicePacketError> {
         if header.channels.is_empty() || header.channels.len() > MAX_CHANNELS {
