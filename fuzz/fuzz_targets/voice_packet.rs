@@ -11,9 +11,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok((header, payload)) = key.open(data) {
         assert_eq!(key.seal(&header, &payload).unwrap(), data);
     }
-    // Also feed the bytes as a payload and the first bytes as header fields.
+    // Also feed the bytes as a payload under a header parsed from their start: whatever seals
+    // (payloads over the Opus maximum are refused) must open to the same bytes.
     if let Ok((header, _)) = VoiceHeader::parse(data) {
-        let packet = key.seal(&header, data).unwrap();
-        assert_eq!(key.open(&packet).unwrap().1, data);
+        if let Ok(packet) = key.seal(&header, data) {
+            assert_eq!(key.open(&packet).unwrap().1, data);
+        }
     }
 });
