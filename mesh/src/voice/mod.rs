@@ -6,10 +6,12 @@
 //! header breaks the seal because the header is the AEAD's associated data.
 
 pub mod packet;
+pub mod receiver;
 pub mod replay;
 
 pub use packet::{
     SenderKey, SenderShortId, VoiceFlags, VoiceHeader, VoicePacketError, MAX_CHANNELS,
     VOICE_VERSION,
 };
+pub use receiver::{DropCounts, DropReason, ReceivedFrame, VoiceReceiver};
 pub use replay::ReplayWindow;
