@@ -37,7 +37,8 @@ enum Command {
 }
 
 /// Restores the default SIGPIPE action, so `callsign … | head` ends quietly like any Unix tool
-/// instead of panicking in `println!` when the reader goes away (Rust ignores SIGPIPE).
+/// instead of panicking in `println!` when the reader goes away (Rust ignores SIGPIPE). Runs
+/// after argument parsing, before any thread is started.
 #[cfg(unix)]
 fn default_sigpipe() {
     // SAFETY: called first thing in `main`, before any other thread exists; setting a signal
@@ -48,8 +49,6 @@ fn default_sigpipe() {
 }
 
 fn main() -> ExitCode {
-    #[cfg(unix)]
-    default_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -59,6 +58,17 @@ fn main() -> ExitCode {
         .init();
 
     let cli = Cli::parse();
+    // A long-running listener keeps serving links when nobody reads its output any more.
+    let serves = matches!(
+        cli.command,
+        Command::Link(commands::link::LinkCommand::Listen(_))
+    );
+    #[cfg(unix)]
+    if !serves {
+        default_sigpipe();
+    }
+    #[cfg(not(unix))]
+    let _ = serves;
     let result = match cli.command {
         Command::Keys(cmd) => commands::keys::run(cmd),
         Command::Ticket(cmd) => commands::ticket::run(cmd),

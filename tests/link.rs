@@ -42,6 +42,8 @@ fn listener() -> Listener {
             break;
         }
     }
+    // The reader is dropped here on purpose: the listener must keep serving when nobody reads
+    // its output any more (its later "connected" lines go to a closed pipe).
     Listener { child, addrs }
 }
 
