@@ -1,5 +1,7 @@
 //! End-to-end tests of `callsign audio`: device listing, and the offline loopback on real speech.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -14,21 +16,16 @@ fn speech() -> PathBuf {
 }
 
 fn loopback(output: &Path, extra: &[&str]) -> Value {
-    let out = callsign()
-        .args(["audio", "loopback", "--input"])
-        .arg(speech())
-        .arg("--output")
-        .arg(output)
-        .args(["--json"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = common::success_stdout(
+        callsign()
+            .args(["audio", "loopback", "--input"])
+            .arg(speech())
+            .arg("--output")
+            .arg(output)
+            .args(["--json"])
+            .args(extra),
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 /// Expects exit 1 with one `error:` line containing `needle`, and no panic.

@@ -1,5 +1,7 @@
 //! End-to-end tests of the `callsign` binary: key files and tickets, good and bad.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -188,25 +190,20 @@ fn missing_key_file() {
 
 fn make_ticket(home: &Path, role: &str) -> String {
     let (path, _) = new_key(home, "org.key", false);
-    let out = callsign(home)
-        .args(["ticket", "new", "--key"])
-        .arg(&path)
-        .args([
-            "--addr",
-            "/ip4/203.0.113.5/udp/4433/quic-v1",
-            "--role",
-            role,
-            "--expires-in",
-            "2d",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = common::success_stdout(
+        callsign(home)
+            .args(["ticket", "new", "--key"])
+            .arg(&path)
+            .args([
+                "--addr",
+                "/ip4/203.0.113.5/udp/4433/quic-v1",
+                "--role",
+                role,
+                "--expires-in",
+                "2d",
+            ]),
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    String::from_utf8(stdout).unwrap().trim().to_string()
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! End-to-end tests of `callsign link`: a listener process and a pinger process on loopback.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command as StdCommand, Stdio};
 
@@ -48,18 +50,13 @@ fn listener() -> Listener {
 }
 
 fn ping(addr: &str) -> Value {
-    let out = Command::cargo_bin("callsign")
-        .unwrap()
-        .args(["link", "ping", addr, "--count", "3", "--json"])
-        .env_remove("CALLSIGN_KEY")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = common::success_stdout(
+        Command::cargo_bin("callsign")
+            .unwrap()
+            .args(["link", "ping", addr, "--count", "3", "--json"])
+            .env_remove("CALLSIGN_KEY"),
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 #[test]

@@ -51,6 +51,10 @@ fn member(c: &mut Charter, root: &Identity, peer: IdentityKey, roles: &[&str]) {
     .unwrap();
 }
 
+fn grant_admin(c: &mut Charter, root: &Identity, peer: IdentityKey) {
+    c.edit(root, OpBody::GrantAdmin { peer }, 0).unwrap();
+}
+
 fn role(c: &mut Charter, root: &Identity, name: &str, perms: Permissions) {
     c.edit(
         root,
@@ -210,14 +214,7 @@ fn non_admin_op_is_rejected_with_reason() {
 fn revoked_admin_after_revocation_is_rejected_and_concurrent_ops_are_void() {
     let (root, mut c) = org();
     let alice = id(2);
-    c.edit(
-        &root,
-        OpBody::GrantAdmin {
-            peer: alice.public(),
-        },
-        0,
-    )
-    .unwrap();
+    grant_admin(&mut c, &root, alice.public());
     // Fork: alice edits on a copy while root revokes her concurrently.
     let mut alice_view = clone_replica(&c);
     let concurrent = add_channel(&mut alice_view, &alice, None, "Concurrent").unwrap();
@@ -284,14 +281,7 @@ fn concurrent_grant_does_not_authorise() {
 fn two_admins_editing_concurrently_keep_both_edits() {
     let (root, mut c) = org();
     let alice = id(2);
-    c.edit(
-        &root,
-        OpBody::GrantAdmin {
-            peer: alice.public(),
-        },
-        0,
-    )
-    .unwrap();
+    grant_admin(&mut c, &root, alice.public());
     let mut other = clone_replica(&c);
     add_channel(&mut c, &root, None, "Ground").unwrap();
     add_channel(&mut other, &alice, None, "Logistics").unwrap();

@@ -242,44 +242,36 @@ fn the_end_marker_ends_the_spurt_and_the_next_spurt_plays() {
 
 #[test]
 fn delay_grows_with_jitter_and_stays_within_bounds() {
-    // Calm path: the target stays near the minimum.
-    let mut calm = JitterBuffer::new(config());
-    let t0 = Instant::now();
-    for spurt in 0..3u16 {
-        let base = spurt * 60;
-        let start = FRAME * u32::from(base) + Duration::from_secs(u64::from(spurt));
-        for i in 0..50u16 {
-            let seq = base + i;
-            let p = payload(seq);
-            let ts = (u32::from(seq) * TS_STEP).wrapping_add(u32::from(spurt) * 48_000);
-            calm.push(
-                frame(seq, ts, i == 49, &p),
-                t0 + start + FRAME * u32::from(i),
-            );
-            calm.pop(t0 + start + FRAME * u32::from(i) + Duration::from_millis(1));
+    /// Three 50-frame spurts a second apart; frame `i` of a spurt arrives `extra(i)` late and
+    /// is popped `pop_after` after arriving. Returns the target delay the buffer settled on.
+    fn settle(extra: impl Fn(u16) -> Duration, pop_after: Duration) -> f64 {
+        let mut buffer = JitterBuffer::new(config());
+        let t0 = Instant::now();
+        for spurt in 0..3u16 {
+            let base = spurt * 60;
+            let start = FRAME * u32::from(base) + Duration::from_secs(u64::from(spurt));
+            for i in 0..50u16 {
+                let seq = base + i;
+                let p = payload(seq);
+                let ts = (u32::from(seq) * TS_STEP).wrapping_add(u32::from(spurt) * 48_000);
+                let at = t0 + start + FRAME * u32::from(i) + extra(i);
+                buffer.push(frame(seq, ts, i == 49, &p), at);
+                buffer.pop(at + pop_after);
+            }
         }
+        buffer.stats().target_delay_ms
     }
-    let calm_target = calm.stats().target_delay_ms;
+
+    // Calm path: the target stays near the minimum.
+    let calm_target = settle(|_| Duration::ZERO, Duration::from_millis(1));
     assert!(calm_target <= 25.0, "calm target {calm_target}");
 
     // Jittery path: arrivals spread by up to 120 ms.
-    let mut rough = JitterBuffer::new(config());
     let jitter_ms = [0u64, 90, 20, 120, 5, 60, 110, 0, 40, 100];
-    for spurt in 0..3u16 {
-        let base = spurt * 60;
-        let start = FRAME * u32::from(base) + Duration::from_secs(u64::from(spurt));
-        for i in 0..50u16 {
-            let seq = base + i;
-            let p = payload(seq);
-            let ts = (u32::from(seq) * TS_STEP).wrapping_add(u32::from(spurt) * 48_000);
-            let at = start
-                + FRAME * u32::from(i)
-                + Duration::from_millis(jitter_ms[usize::from(i) % 10]);
-            rough.push(frame(seq, ts, i == 49, &p), t0 + at);
-            rough.pop(t0 + at);
-        }
-    }
-    let rough_target = rough.stats().target_delay_ms;
+    let rough_target = settle(
+        |i| Duration::from_millis(jitter_ms[usize::from(i) % 10]),
+        Duration::ZERO,
+    );
     assert!(
         (120.0..=400.0).contains(&rough_target),
         "rough target {rough_target}"

@@ -11,8 +11,10 @@
 //! is the whole header.
 
 use crate::charter::ChannelId;
+use callsign_keys::IdentityKey;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 /// Version byte of voice packets this code writes and reads.
@@ -27,6 +29,17 @@ const FIXED_HEADER: usize = 3 + 4 + 2 + 4 + 2;
 /// A sender's 32-bit handle in packet headers (from its identity; the charter maps it back).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SenderShortId(pub u32);
+
+impl SenderShortId {
+    /// A member's short id: the first four bytes of SHA-256 of its identity key. Collisions are
+    /// possible in huge orgs; receivers then try each sender holding that short id.
+    pub fn of(identity: &IdentityKey) -> Self {
+        let digest = Sha256::digest(identity.to_bytes());
+        Self(u32::from_be_bytes([
+            digest[0], digest[1], digest[2], digest[3],
+        ]))
+    }
+}
 
 /// Transmission flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -9,19 +9,7 @@ use super::replay::ReplayWindow;
 use crate::charter::{ChannelId, CharterState, Permissions};
 use crate::e2ee::SenderKeyGrant;
 use callsign_keys::IdentityKey;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-
-impl SenderShortId {
-    /// A member's short id: the first four bytes of SHA-256 of its identity key. Collisions are
-    /// possible in huge orgs; receivers then try each sender holding that short id.
-    pub fn of(identity: &IdentityKey) -> Self {
-        let digest = Sha256::digest(identity.to_bytes());
-        Self(u32::from_be_bytes([
-            digest[0], digest[1], digest[2], digest[3],
-        ]))
-    }
-}
 
 /// Why a packet was not played.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -222,13 +222,18 @@ impl JitterBuffer {
         }
     }
 
-    /// Forgets the sender session: buffered frames, sequence state and jitter history.
-    fn flush(&mut self) {
+    /// Empties the reorder window and stops playout.
+    fn clear_window(&mut self) {
         for slot in &mut self.slots {
             slot.seq = None;
         }
         self.buffered = 0;
         self.mode = Mode::Idle;
+    }
+
+    /// Forgets the sender session: buffered frames, sequence state and jitter history.
+    fn flush(&mut self) {
+        self.clear_window();
         self.highest = None;
         self.played_through = None;
         self.origin = None;
@@ -269,11 +274,7 @@ impl JitterBuffer {
             _ => self.next,
         };
         if seq - base >= SLOTS as i64 || self.slots[index].seq.is_some() {
-            for slot in &mut self.slots {
-                slot.seq = None;
-            }
-            self.buffered = 0;
-            self.mode = Mode::Idle;
+            self.clear_window();
             self.played_through = Some(seq - 1);
         }
         let slot = &mut self.slots[index];

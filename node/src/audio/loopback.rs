@@ -119,10 +119,10 @@ pub fn run_loopback(
     let mut next_arrival = 0;
     let mut started = false;
     let last_arrival = in_flight.last().map_or(Duration::ZERO, |p| p.arrival);
-    let mut pull_at = frame_time / 2;
+    clock.advance(frame_time / 2);
     let horizon = last_arrival + jitter_horizon(&config.jitter);
-    while pull_at <= horizon {
-        while next_arrival < in_flight.len() && in_flight[next_arrival].arrival <= pull_at {
+    while clock.elapsed() <= horizon {
+        while next_arrival < in_flight.len() && in_flight[next_arrival].arrival <= clock.elapsed() {
             let p = &in_flight[next_arrival];
             stream.push(
                 IncomingFrame {
@@ -136,14 +136,12 @@ pub fn run_loopback(
             )?;
             next_arrival += 1;
         }
-        clock = VirtualClock::new(clock.at(Duration::ZERO));
-        clock.advance(pull_at);
         let played = stream.pull(clock.now(), &mut out_frame)?;
         started |= played.is_some();
         if started {
             output.extend_from_slice(&out_frame);
         }
-        pull_at += frame_time;
+        clock.advance(frame_time);
     }
     report.receiver = stream.stats();
     report.mean_playout_delay_ms =

@@ -10,7 +10,7 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Frames the capture callback downmixes at a time (stack scratch, no allocation).
+/// Frames a callback handles per block (stack scratch, no allocation).
 const SCRATCH: usize = 256;
 
 /// Counters the callbacks update and the worker reads.
@@ -100,9 +100,11 @@ pub fn playback_ring(
 }
 
 impl PlaybackWriter {
-    /// Queues interleaved stereo samples; returns how many fit.
+    /// Queues interleaved stereo samples; returns how many fit. Only whole frames are queued,
+    /// so the callback never sees left and right swap.
     pub fn write(&mut self, stereo: &[f32]) -> usize {
-        self.producer.push_slice(stereo)
+        let whole = stereo.len().min(self.producer.vacant_len()) & !1;
+        self.producer.push_slice(&stereo[..whole])
     }
 
     /// Stereo frames of free space.
@@ -116,21 +118,26 @@ impl PlaybackCallback {
     pub fn process(&mut self, out: &mut [f32], channels: usize) {
         let channels = channels.max(1);
         let mut missing = 0u64;
-        for frame in out.chunks_exact_mut(channels) {
-            let mut pair = [0.0f32; 2];
-            if self.consumer.occupied_len() >= 2 {
-                self.consumer.pop_slice(&mut pair);
-            } else {
-                missing += 1;
-            }
-            match frame {
-                [mono] => *mono = (pair[0] + pair[1]) * 0.5,
-                [left, right, rest @ ..] => {
-                    *left = pair[0];
-                    *right = pair[1];
-                    rest.fill(0.0);
+        let mut scratch = [0.0f32; 2 * SCRATCH];
+        for block in out.chunks_mut(SCRATCH * channels) {
+            let frames = block.len() / channels;
+            // One ring access per block, not per frame. The writer queues whole frames only.
+            let got = self.consumer.pop_slice(&mut scratch[..2 * frames]) / 2;
+            scratch[2 * got..2 * frames].fill(0.0);
+            missing += (frames - got) as u64;
+            for (frame, pair) in block
+                .chunks_exact_mut(channels)
+                .zip(scratch.chunks_exact(2))
+            {
+                match frame {
+                    [mono] => *mono = (pair[0] + pair[1]) * 0.5,
+                    [left, right, rest @ ..] => {
+                        *left = pair[0];
+                        *right = pair[1];
+                        rest.fill(0.0);
+                    }
+                    [] => {}
                 }
-                [] => {}
             }
         }
         if missing > 0 {

@@ -72,14 +72,9 @@ pub struct LinkCounts {
     pub queue_full: u64,
 }
 
-struct Entry {
-    connection: quinn::Connection,
-    remote: SocketAddr,
-}
-
 #[derive(Default)]
 struct State {
-    peers: BTreeMap<PeerId, Entry>,
+    peers: BTreeMap<PeerId, quinn::Connection>,
     pings: BTreeMap<u64, oneshot::Sender<()>>,
     next_ping: u64,
     events: Vec<mpsc::UnboundedSender<LinkEvent>>,
@@ -160,7 +155,7 @@ impl Links {
         self.state()
             .peers
             .get(peer)
-            .map(|e| e.connection.clone())
+            .cloned()
             .ok_or(LinkError::NotConnected(*peer))
     }
 
@@ -177,13 +172,18 @@ impl Links {
         self.connection(peer).ok().map(|c| c.rtt())
     }
 
-    fn send_kind(&self, peer: &PeerId, kind: u8, body: &[u8]) -> Result<(), LinkError> {
-        let connection = self.connection(peer)?;
+    /// A link datagram: header then body.
+    fn frame(kind: u8, body: &[u8]) -> Bytes {
         let mut datagram = BytesMut::with_capacity(HEADER + body.len());
         datagram.put_u8(DATAGRAM_VERSION);
         datagram.put_u8(kind);
         datagram.put_slice(body);
-        match connection.send_datagram(datagram.freeze()) {
+        datagram.freeze()
+    }
+
+    fn send_kind(&self, peer: &PeerId, kind: u8, body: &[u8]) -> Result<(), LinkError> {
+        let connection = self.connection(peer)?;
+        match connection.send_datagram(Self::frame(kind, body)) {
             Ok(()) => {
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -211,12 +211,8 @@ impl Links {
     /// dropping variant.
     pub async fn send_datagram_wait(&self, peer: &PeerId, payload: &[u8]) -> Result<(), LinkError> {
         let connection = self.connection(peer)?;
-        let mut datagram = BytesMut::with_capacity(HEADER + payload.len());
-        datagram.put_u8(DATAGRAM_VERSION);
-        datagram.put_u8(KIND_APP);
-        datagram.put_slice(payload);
         connection
-            .send_datagram_wait(datagram.freeze())
+            .send_datagram_wait(Self::frame(KIND_APP, payload))
             .await
             .map_err(|e| LinkError::Datagram(e.to_string()))?;
         self.counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -258,13 +254,7 @@ impl Links {
     pub(crate) fn register(&self, peer: PeerId, connection: quinn::Connection) {
         let remote = connection.remote_address();
         let id = connection.stable_id();
-        let replaced = self.state().peers.insert(
-            peer,
-            Entry {
-                connection: connection.clone(),
-                remote,
-            },
-        );
+        let replaced = self.state().peers.insert(peer, connection.clone());
         if replaced.is_none() {
             self.emit(LinkEvent::Up { peer, remote });
         }
@@ -273,10 +263,21 @@ impl Links {
     }
 
     async fn drive(self, peer: PeerId, id: usize, connection: quinn::Connection) {
+        // The remote address is tracked here, so the registry is locked only when it changes,
+        // not for every voice datagram.
+        let mut remote = connection.remote_address();
         let reason = loop {
             match connection.read_datagram().await {
                 Ok(datagram) => {
-                    self.check_migration(peer, id, &connection);
+                    let now = connection.remote_address();
+                    if now != remote {
+                        let from = std::mem::replace(&mut remote, now);
+                        self.emit(LinkEvent::Migrated {
+                            peer,
+                            from,
+                            to: now,
+                        });
+                    }
                     self.on_datagram(peer, datagram);
                 }
                 Err(e) => break e.to_string(),
@@ -284,10 +285,7 @@ impl Links {
         };
         let removed = {
             let mut state = self.state();
-            let ours = state
-                .peers
-                .get(&peer)
-                .is_some_and(|e| e.connection.stable_id() == id);
+            let ours = state.peers.get(&peer).is_some_and(|c| c.stable_id() == id);
             if ours {
                 state.peers.remove(&peer);
             }
@@ -295,26 +293,6 @@ impl Links {
         };
         if removed {
             self.emit(LinkEvent::Down { peer, reason });
-        }
-    }
-
-    fn check_migration(&self, peer: PeerId, id: usize, connection: &quinn::Connection) {
-        let now = connection.remote_address();
-        let from = {
-            let mut state = self.state();
-            match state.peers.get_mut(&peer) {
-                Some(e) if e.connection.stable_id() == id && e.remote != now => {
-                    Some(std::mem::replace(&mut e.remote, now))
-                }
-                _ => None,
-            }
-        };
-        if let Some(from) = from {
-            self.emit(LinkEvent::Migrated {
-                peer,
-                from,
-                to: now,
-            });
         }
     }
 

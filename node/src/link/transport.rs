@@ -327,7 +327,6 @@ impl Transport for QuicTransport {
                 reason: Ok(()),
             });
         }
-        let local_addr = this.socket_local_multiaddr();
         if let Some(listener) = &mut this.listener {
             if !listener.announced {
                 if let Some(addr) = listener.addrs.pop() {
@@ -375,7 +374,7 @@ impl Transport for QuicTransport {
                         this.links.clone(),
                         this.config.handshake_timeout,
                     ),
-                    local_addr: local_addr.clone(),
+                    local_addr: this.socket_local_multiaddr(),
                     send_back_addr: socket_to_multiaddr(remote),
                 });
             }
