@@ -3,8 +3,12 @@
 //! window check (replay) → authenticate (auth) → ACL on the charter (acl) → channels we listen
 //! to (not listening) → record the sequence. A forged packet therefore never moves the replay
 //! window, and a simulcast or multi-path copy of a frame is played once.
+//!
+//! Keys come in two kinds (see `keyschedule`): a channel key opens only frames that name its
+//! channel; a whisper key (granted to us alone) opens only frames flagged as whispers, which
+//! play whether or not we listen to the channel they are carried under.
 
-use super::packet::{SenderKey, SenderShortId, VoiceHeader, VoicePacketError};
+use super::packet::{SenderKey, SenderShortId, VoiceFlags, VoiceHeader, VoicePacketError};
 use super::replay::ReplayWindow;
 use crate::charter::{ChannelId, CharterState, Permissions};
 use crate::e2ee::SenderKeyGrant;
@@ -66,19 +70,24 @@ pub struct ReceivedFrame {
     pub sender: IdentityKey,
     /// The clear header.
     pub header: VoiceHeader,
-    /// The channels of the header this node listens to and the sender may speak on.
+    /// The channels of the header this node listens to and the sender may speak on (for a
+    /// whisper: the channel it is carried under).
     pub channels: Vec<ChannelId>,
+    /// A whisper addressed to this node.
+    pub whisper: bool,
     /// The Opus frame.
     pub payload: Vec<u8>,
 }
 
 struct KeyState {
     key: SenderKey,
+    /// The channels the key is for; empty for a whisper key.
+    channels: Vec<ChannelId>,
     replay: ReplayWindow,
 }
 
-/// Keys a sender kept for rotation overlap: the newest two.
-const KEYS_PER_SENDER: usize = 2;
+/// Keys kept per sender and purpose (one channel, or whisper) for rotation overlap.
+const KEYS_PER_SLOT: usize = 2;
 
 /// See the module documentation.
 pub struct VoiceReceiver {
@@ -99,7 +108,9 @@ impl VoiceReceiver {
     }
 
     /// Installs a sender key from a verified grant (see `e2ee::PairSession::accept_grant`).
-    /// The two newest keys per sender are kept, so packets in flight across a rotation play.
+    /// Per purpose (a channel, or whisper) the two newest keys are kept, so packets in flight
+    /// across a rotation play. A key id already held is left alone, replay window included, so
+    /// a repeated grant cannot reopen the window.
     pub fn add_grant(&mut self, grant: &SenderKeyGrant) {
         let keys = self
             .senders
@@ -107,19 +118,34 @@ impl VoiceReceiver {
             .or_default()
             .entry(grant.sender)
             .or_default();
+        if keys.contains_key(&grant.key_id) {
+            return;
+        }
+        let mut channels = grant.channels.clone();
+        channels.sort();
+        channels.dedup();
         keys.insert(
             grant.key_id,
             KeyState {
                 key: grant.sender_key(),
+                channels: channels.clone(),
                 replay: ReplayWindow::new(),
             },
         );
-        // Key ids increase with rotation (wrapping); drop the oldest beyond the overlap.
-        while keys.len() > KEYS_PER_SENDER {
-            let newest = grant.key_id;
-            let oldest = keys
-                .keys()
-                .copied()
+        // Key ids increase with rotation (wrapping); drop the oldest of this slot beyond the
+        // overlap.
+        let newest = grant.key_id;
+        loop {
+            let slot: Vec<u16> = keys
+                .iter()
+                .filter(|(_, k)| k.channels == channels)
+                .map(|(id, _)| *id)
+                .collect();
+            if slot.len() <= KEYS_PER_SLOT {
+                break;
+            }
+            let oldest = slot
+                .into_iter()
                 .max_by_key(|id| newest.wrapping_sub(*id))
                 .unwrap_or(newest);
             keys.remove(&oldest);
@@ -176,22 +202,44 @@ impl VoiceReceiver {
             match state.key.open(packet) {
                 Ok((header, payload)) => {
                     let sender = *sender;
-                    let speakable: Vec<ChannelId> = header
+                    // Authentic: record it so copies and replays are refused from now on.
+                    state.replay.accept(header.sequence);
+                    let whisper = header.flags.contains(VoiceFlags::WHISPER);
+                    let key_fits = if whisper {
+                        state.channels.is_empty()
+                    } else {
+                        header
+                            .channels
+                            .iter()
+                            .any(|c| state.channels.binary_search(c).is_ok())
+                    };
+                    if !key_fits {
+                        return Err(DropReason::Acl);
+                    }
+                    let (needed, ours) = if whisper {
+                        (Permissions::WHISPER, Permissions::NONE)
+                    } else {
+                        (Permissions::SPEAK, Permissions::LISTEN)
+                    };
+                    let allowed: Vec<ChannelId> = header
                         .channels
                         .iter()
                         .copied()
-                        .filter(|c| charter.may(&sender, *c, Permissions::SPEAK))
-                        .filter(|c| charter.may(&self.local, *c, Permissions::LISTEN))
+                        .filter(|c| charter.channels.contains_key(c))
+                        .filter(|c| charter.may(&sender, *c, needed))
+                        .filter(|c| charter.may(&self.local, *c, ours))
                         .collect();
-                    // Authentic: record it so copies and replays are refused from now on.
-                    state.replay.accept(header.sequence);
-                    if speakable.is_empty() {
+                    if allowed.is_empty() {
                         return Err(DropReason::Acl);
                     }
-                    let channels: Vec<ChannelId> = speakable
-                        .into_iter()
-                        .filter(|c| listening.binary_search(c).is_ok())
-                        .collect();
+                    let channels: Vec<ChannelId> = if whisper {
+                        allowed
+                    } else {
+                        allowed
+                            .into_iter()
+                            .filter(|c| listening.binary_search(c).is_ok())
+                            .collect()
+                    };
                     if channels.is_empty() {
                         return Err(DropReason::NotListening);
                     }
@@ -199,6 +247,7 @@ impl VoiceReceiver {
                         sender,
                         header,
                         channels,
+                        whisper,
                         payload,
                     });
                 }
