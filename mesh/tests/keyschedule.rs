@@ -78,7 +78,11 @@ fn org() -> Org {
         )
         .unwrap();
     }
-    for (who, role) in [(&officer, "officer"), (&pilot, "pilot"), (&recruit, "recruit")] {
+    for (who, role) in [
+        (&officer, "officer"),
+        (&pilot, "pilot"),
+        (&recruit, "recruit"),
+    ] {
         c.edit(
             &root,
             OpBody::PutMember {
@@ -289,7 +293,10 @@ fn fan_out_sends_one_copy_per_listener_and_checks_the_acl_at_the_sender() {
         (o.pilot.public(), command_key),
     ];
     expected.sort();
-    assert_eq!(to, expected, "one copy each; none to the recruit or to ourselves");
+    assert_eq!(
+        to, expected,
+        "one copy each; none to the recruit or to ourselves"
+    );
 
     // The recruit asking to speak on command is refused before anything is sent.
     let (allowed, denied) = speakable(

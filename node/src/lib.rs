@@ -4,7 +4,8 @@
 //! the libp2p transport on quinn with datagrams, over real or turmoil sockets, the `Links`
 //! registry, the Swarm) and the audio engine ([`audio`]: Opus encode/decode, the adaptive
 //! jitter buffer, the mixer, the capture chain, the device callbacks and the WAV/synthetic
-//! backends). The Node API that joins them lands here next.
+//! backends), and the Node API ([`runtime`]) whose event loop joins them to the sans-IO mesh
+//! core.
 //!
 //! Must not: hold protocol decisions (those live sans-IO in `callsign-mesh`), read the wall
 //! clock in the link layer or the audio pipeline (they run on tokio time or take `now` / media
@@ -13,3 +14,6 @@
 
 pub mod audio;
 pub mod link;
+pub mod runtime;
+
+pub use runtime::{Node, NodeCommand, NodeConfig, NodeEvent, NodeStats};

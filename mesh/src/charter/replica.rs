@@ -60,6 +60,7 @@ pub struct ReplicaStats {
     pub duplicates: u64,
 }
 
+#[derive(Clone)]
 struct PendingOp {
     op: Op,
     encoded: Vec<u8>,
@@ -67,6 +68,7 @@ struct PendingOp {
 }
 
 /// A node's replica of one org's charter.
+#[derive(Clone)]
 pub struct Charter {
     org: IdentityKey,
     dag: OpDag,

@@ -139,6 +139,7 @@ pub struct JitterBuffer {
     next: i64,
     /// Everything at or below this was played or given up on.
     played_through: Option<i64>,
+    played_timestamp: Option<u32>,
     origin: Option<(Instant, u32)>,
     transit: [f64; HISTORY],
     transit_len: usize,
@@ -173,6 +174,7 @@ impl JitterBuffer {
             highest_timestamp: 0,
             next: 0,
             played_through: None,
+            played_timestamp: None,
             origin: None,
             transit: [0.0; HISTORY],
             transit_len: 0,
@@ -204,6 +206,12 @@ impl JitterBuffer {
     /// True while a transmission is being played or about to be.
     pub fn is_active(&self) -> bool {
         self.mode != Mode::Idle
+    }
+
+    /// Media timestamp of the last frame `pop` returned as [`Playout::Frame`]: with the
+    /// sender's capture clock it gives mouth-to-ear latency.
+    pub fn played_timestamp(&self) -> Option<u32> {
+        self.played_timestamp
     }
 
     /// Frames waiting in the buffer.
@@ -377,6 +385,7 @@ impl JitterBuffer {
             self.next += 1;
             self.stats.played += 1;
             let slot = &self.slots[index];
+            self.played_timestamp = Some(slot.timestamp);
             if let Some(arrival) = slot.arrival {
                 self.buffer_delay_total += now.saturating_duration_since(arrival);
             }

@@ -77,6 +77,11 @@ impl ReceiveStream {
         Ok(Some(kind))
     }
 
+    /// Media timestamp of the last frame decoded normally (see `JitterBuffer::played_timestamp`).
+    pub fn played_timestamp(&self) -> Option<u32> {
+        self.buffer.played_timestamp()
+    }
+
     pub fn stats(&self) -> StreamStats {
         StreamStats {
             jitter: self.buffer.stats(),

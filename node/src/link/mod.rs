@@ -4,9 +4,11 @@
 //! - [`transport`]: [`QuicTransport`], a libp2p `Transport` on one quinn endpoint.
 //! - [`muxer`]: a QUIC connection as a libp2p `StreamMuxer`.
 //! - [`links`]: the [`Links`] registry: per-peer datagrams, datagram ping, link events.
+//! - [`control`]: the control protocol's stream codec (ordered, acknowledged messages).
 //! - [`swarm`]: the node's libp2p `Swarm` on QUIC with TCP + Noise + Yamux fallback.
 
 pub mod config;
+pub mod control;
 pub mod links;
 pub mod muxer;
 pub mod socket;

@@ -16,6 +16,7 @@
 //! | mdns | yes | off (needs real multicast sockets) |
 //! | kad | yes | runs; query timeouts and refresh wall-clock |
 //! | echo (stream RTT) | yes | runs; request timeout wall-clock |
+//! | control (sync, presence, keys) | yes | runs; request timeout wall-clock |
 //!
 //! Note: libp2p-ping 0.47 re-arms its inbound future without polling it, so over QUIC (whose
 //! streams wake only the task that reads them) a node answers the next ping only when something
@@ -25,6 +26,7 @@
 //! The simulator therefore drives `QuicTransport` + `Links` directly for anything timing-sensitive.
 
 use super::config::LinkConfig;
+use super::control::{ControlCodec, CONTROL_PROTOCOL};
 use super::links::{DatagramReceiver, Links};
 use super::socket::{LinkSocket, SocketStats};
 use super::transport::QuicTransport;
@@ -76,6 +78,9 @@ pub fn answer_echo(swarm: &mut Swarm<NodeBehaviour>, event: &mut Option<NodeBeha
     }
 }
 
+/// The control protocol's behaviour (see [`super::control`]).
+pub type ControlBehaviour = request_response::Behaviour<ControlCodec>;
+
 /// The node's composed behaviour.
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
@@ -87,6 +92,7 @@ pub struct NodeBehaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub echo: EchoBehaviour,
+    pub control: ControlBehaviour,
 }
 
 /// Settings for [`build_swarm`].
@@ -176,6 +182,12 @@ pub fn build_swarm(
                     [(ECHO_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(5)),
+                ),
+                control: ControlBehaviour::with_codec(
+                    ControlCodec,
+                    [(CONTROL_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10)),
                 ),
             })
         })

@@ -1,0 +1,177 @@
+//! The Node API's vocabulary: commands in, events and stats out.
+
+use callsign_keys::IdentityKey;
+use callsign_mesh::charter::{ChannelId, OpBody};
+use callsign_mesh::voice::DropCounts;
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// What the UI, CLI, relay or simulator asks a node to do.
+#[derive(Debug)]
+pub enum NodeCommand {
+    /// Connect to a peer.
+    Dial(Multiaddr),
+    /// Hear a channel (if the charter allows it).
+    Listen(ChannelId),
+    Unlisten(ChannelId),
+    /// Keep listening (presence, talker events) but play nothing from the channel.
+    Mute(ChannelId, bool),
+    /// Linear gain, 0.0–2.0.
+    SetVolume(ChannelId, f32),
+    /// -1.0 (left) to 1.0 (right).
+    SetPan(ChannelId, f32),
+    /// Start transmitting on these channels (several = simulcast). Channels the charter does not
+    /// let us speak on are refused ([`NodeEvent::PttDenied`]).
+    PttDown(Vec<ChannelId>),
+    /// Stop transmitting (channel PTT or whisper).
+    PttUp,
+    /// Start whispering to one member.
+    WhisperDown(IdentityKey),
+    /// Transmit on `channels` while the voice activity detector hears speech (instead of PTT);
+    /// an empty list turns voice activation off.
+    VoiceActivation(Vec<ChannelId>),
+    /// Sign and apply a charter edit with our identity; it reaches peers by sync.
+    EditCharter(OpBody),
+    /// Send raw bytes as a voice datagram to a peer: fault injection for tests and the
+    /// simulator (forged, replayed or malformed packets).
+    InjectDatagram {
+        peer: PeerId,
+        bytes: Vec<u8>,
+    },
+    Stats(oneshot::Sender<NodeStats>),
+    Shutdown,
+}
+
+/// How a peer is linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkKind {
+    /// QUIC straight to the peer.
+    Direct,
+    /// Through a libp2p relay circuit.
+    Relayed,
+    /// TCP + Noise + Yamux (UDP blocked); voice cannot use datagrams.
+    TcpFallback,
+}
+
+/// A channel a stream is heard on, or a whisper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StreamChannel {
+    Channel(ChannelId),
+    Whisper,
+}
+
+/// Something that happened.
+#[derive(Clone, Debug)]
+pub enum NodeEvent {
+    LinkUp {
+        peer: PeerId,
+        kind: LinkKind,
+        remote: Multiaddr,
+    },
+    LinkDown {
+        peer: PeerId,
+    },
+    /// A member announced itself (or changed what it listens to).
+    Presence {
+        peer: IdentityKey,
+        name: String,
+        listening: Vec<ChannelId>,
+    },
+    PresenceGone {
+        peer: IdentityKey,
+    },
+    /// An end-to-end session with a member is up: keys flow both ways.
+    SessionUp {
+        peer: IdentityKey,
+    },
+    TalkerStarted {
+        peer: IdentityKey,
+        name: String,
+        channels: Vec<ChannelId>,
+        whisper: bool,
+    },
+    TalkerStopped {
+        peer: IdentityKey,
+    },
+    /// We are transmitting (after PTT or voice activation) on these channels.
+    Transmitting {
+        channels: Vec<ChannelId>,
+        whisper: Option<IdentityKey>,
+    },
+    TransmitStopped,
+    /// A transmission was refused at the sender: the charter does not allow it.
+    PttDenied {
+        channels: Vec<ChannelId>,
+        reason: String,
+    },
+    /// The charter changed (a local edit or ops from a peer).
+    CharterChanged {
+        ops: usize,
+    },
+    /// A voice datagram went out (only with `tap_voice`).
+    VoiceSent {
+        peer: PeerId,
+        packet: Vec<u8>,
+    },
+    Warning(String),
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LatencyMs {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// One heard stream: a sender on a channel.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReceivedStream {
+    pub from: IdentityKey,
+    #[serde(skip)]
+    pub channel: StreamChannel,
+    /// Frames decoded from their own packet or recovered by FEC.
+    pub frames_played: u64,
+    /// Frame periods filled by concealment inside transmissions.
+    pub frames_concealed: u64,
+    pub frames_fec: u64,
+    /// Capture (end of the frame's block at the sender) to playout, when both nodes share a
+    /// media epoch.
+    pub mouth_to_ear_ms: Option<LatencyMs>,
+    pub jitter_delay_ms: f64,
+}
+
+/// Frames this node sent to one peer on one channel.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SentStream {
+    pub to: IdentityKey,
+    #[serde(skip)]
+    pub channel: StreamChannel,
+    pub frames_sent: u64,
+}
+
+/// A linked peer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PeerStats {
+    pub peer: String,
+    pub kind: LinkKind,
+    pub rtt: Option<Duration>,
+}
+
+/// A snapshot of the node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NodeStats {
+    pub received: Vec<ReceivedStream>,
+    pub sent: Vec<SentStream>,
+    /// Receive-side drops by reason.
+    pub drops: DropCounts,
+    /// Transmissions refused at the sender by the charter.
+    pub ptt_denied: u64,
+    pub key_rotations: u64,
+    pub peers: Vec<PeerStats>,
+    /// Frames this node encoded and sent (any number of copies each).
+    pub frames_encoded: u64,
+}

@@ -1,0 +1,89 @@
+//! What a node starts with.
+
+use crate::audio::capture::CaptureConfig;
+use crate::audio::codec::EncoderConfig;
+use crate::audio::jitter::JitterConfig;
+use crate::link::LinkConfig;
+use callsign_keys::NodeKeys;
+use callsign_mesh::charter::{ChannelId, Charter};
+use callsign_mesh::voice::KeyScheduleConfig;
+use libp2p::Multiaddr;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Where the node's microphone audio comes from.
+#[derive(Clone, Debug)]
+pub enum AudioInput {
+    /// Digital silence (a listener, or a bot that only receives).
+    Silence,
+    /// The seeded speech-like synthesiser (`audio::synth::SpeechLike`).
+    Synthetic { seed: u64 },
+    /// 48 kHz mono samples (from a WAV file), played in a loop.
+    Samples(Vec<f32>),
+}
+
+/// Everything [`super::Node::start`] needs.
+pub struct NodeConfig {
+    pub keys: NodeKeys,
+    /// The org's charter replica; the node keeps it in sync with its peers.
+    pub charter: Charter,
+    /// The name others see in presence.
+    pub display_name: String,
+    /// The UDP address of the node's QUIC endpoint (`127.0.0.1:0` picks a port).
+    pub listen: SocketAddr,
+    /// Peers to dial at start (`/ip4/../udp/../quic-v1/p2p/..`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Channels to listen to at start (those the charter does not allow are skipped).
+    pub listening: Vec<ChannelId>,
+    pub link: LinkConfig,
+    pub encoder: EncoderConfig,
+    pub jitter: JitterConfig,
+    pub capture: CaptureConfig,
+    pub input: AudioInput,
+    /// Write what the node plays (stereo mix) to this WAV file.
+    pub output: Option<PathBuf>,
+    /// Media timestamps count 48 kHz samples from this instant. Nodes that share it (one
+    /// process, or the simulator) measure mouth-to-ear latency exactly.
+    pub media_epoch: Option<Instant>,
+    pub keys_schedule: KeyScheduleConfig,
+    /// How often presence is re-announced; records live three times as long.
+    pub presence_interval: Duration,
+    /// Seeds every RNG in the node (charter sync jitter, sender keys).
+    pub seed: u64,
+    /// Local-network discovery (real sockets only).
+    pub mdns: bool,
+    /// Emit [`super::NodeEvent::VoiceSent`] for every voice datagram sent (tests, simulator).
+    pub tap_voice: bool,
+}
+
+impl NodeConfig {
+    /// Defaults around the required parts: silence in, no output, 20 ms frames.
+    pub fn new(keys: NodeKeys, charter: Charter, display_name: impl Into<String>) -> Self {
+        Self {
+            keys,
+            charter,
+            display_name: display_name.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bootstrap: Vec::new(),
+            listening: Vec::new(),
+            link: LinkConfig::default(),
+            encoder: EncoderConfig::default(),
+            jitter: JitterConfig {
+                // Loopback and LAN links measure their jitter within a few frames; start lower
+                // than the internet-safe default.
+                initial_delay: Duration::from_millis(40),
+                ..JitterConfig::default()
+            },
+            capture: CaptureConfig::default(),
+            input: AudioInput::Silence,
+            output: None,
+            media_epoch: None,
+            keys_schedule: KeyScheduleConfig::default(),
+            presence_interval: Duration::from_secs(10),
+            seed: 0,
+            mdns: false,
+            tap_voice: false,
+        }
+    }
+}

@@ -1,0 +1,835 @@
+//! The node's event loop: the one place that joins sockets, clocks and audio to the sans-IO
+//! protocol core. Each turn handles one input (a command, a frame tick, a voice datagram, a
+//! swarm event, a timer), then flushes what the mesh state machines want sent.
+
+use super::api::{
+    LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, SentStream, StreamChannel,
+};
+use super::control::{ControlMessage, PeerControl};
+use super::voice::{Encoded, Playout, Target, Transmitter};
+use super::NodeError;
+use crate::audio::mixer::ChannelMix;
+use crate::audio::SAMPLE_RATE;
+use crate::link::swarm::{answer_echo, NodeBehaviourEvent, NodeNetwork};
+use crate::link::{IncomingDatagram, LinkEvent};
+use callsign_keys::{IdentityKey, NodeKeys};
+use callsign_mesh::charter::log::OpLog;
+use callsign_mesh::charter::sync::{CharterSync, SyncEvent, SyncMessage};
+use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
+use callsign_mesh::e2ee::PairSession;
+use callsign_mesh::presence::{
+    PresenceBody, PresenceRecord, PresenceTable, PresenceUpdate, RelayCapability,
+};
+use callsign_mesh::voice::{
+    channel_deliveries, speakable, whisper_delivery, KeySchedule, SenderShortId, VoiceFlags,
+    VoiceHeader, VoiceReceiver,
+};
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Everything the loop owns. Built by `Node::start`.
+pub(crate) struct Driver {
+    pub keys: NodeKeys,
+    pub local: IdentityKey,
+    pub local_peer: PeerId,
+    pub network: NodeNetwork,
+    pub link_events: mpsc::UnboundedReceiver<LinkEvent>,
+    pub sync: CharterSync<PeerId>,
+    pub log: Option<OpLog>,
+    pub presence: PresenceTable,
+    pub presence_seq: u64,
+    pub presence_interval: Duration,
+    pub next_presence: Instant,
+    pub display_name: String,
+    pub listening: Vec<ChannelId>,
+    pub receiver: VoiceReceiver,
+    pub schedule: KeySchedule,
+    pub peers: BTreeMap<PeerId, PeerControl>,
+    pub link_kinds: BTreeMap<PeerId, LinkKind>,
+    pub members: BTreeMap<PeerId, IdentityKey>,
+    pub transmitter: Transmitter,
+    pub playout: Playout,
+    pub events: mpsc::UnboundedSender<NodeEvent>,
+    pub sent: BTreeMap<(IdentityKey, StreamChannel), u64>,
+    pub ptt_denied: u64,
+    pub epoch: Instant,
+    pub start: Instant,
+    pub unix_at_start_ms: u64,
+    pub frame: Duration,
+    pub tap: bool,
+    pub keys_dirty: bool,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn member_map(state: &CharterState) -> BTreeMap<PeerId, IdentityKey> {
+    let mut all: BTreeSet<IdentityKey> = state.members.keys().copied().collect();
+    all.insert(state.org);
+    all.extend(state.admins.iter().copied());
+    all.into_iter().map(|k| (k.peer_id(), k)).collect()
+}
+
+fn link_kind(address: &Multiaddr) -> LinkKind {
+    if address.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        LinkKind::Relayed
+    } else if address.iter().any(|p| matches!(p, Protocol::Tcp(_))) {
+        LinkKind::TcpFallback
+    } else {
+        LinkKind::Direct
+    }
+}
+
+impl Driver {
+    fn emit(&self, event: NodeEvent) {
+        // Nobody listening is fine: a headless bot may ignore events.
+        let _ = self.events.send(event);
+    }
+
+    fn state(&self) -> &CharterState {
+        self.sync.charter().state()
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.unix_at_start_ms + now.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<NodeCommand>,
+    ) -> Result<NodeStats, NodeError> {
+        let first_tick = tokio::time::Instant::now() + self.frame;
+        let mut tick = tokio::time::interval_at(first_tick, self.frame);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        self.members = member_map(self.state());
+        self.keys_dirty = true;
+        self.flush(now());
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None | Some(NodeCommand::Shutdown) => break,
+                    Some(command) => self.command(command, now()),
+                },
+                at = tick.tick() => self.audio_tick(at.into_std())?,
+                Some(datagram) = self.network.datagrams.recv() => self.datagram(datagram, now()),
+                event = self.network.swarm.select_next_some() => self.swarm_event(event, now()),
+                Some(event) = self.link_events.recv() => self.link_event(event),
+                _ = tokio::time::sleep_until(deadline.into()) => self.timers(now()),
+            }
+            self.flush(now());
+        }
+        self.playout.finish()?;
+        Ok(self.stats())
+    }
+
+    fn next_deadline(&self) -> Instant {
+        [
+            self.sync.poll_timeout(),
+            self.schedule.poll_timeout(),
+            Some(self.next_presence),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.next_presence)
+    }
+
+    fn timers(&mut self, now: Instant) {
+        self.sync.handle_timeout(now);
+        self.keys_dirty = true;
+        if now >= self.next_presence {
+            self.next_presence = now + self.presence_interval;
+            self.announce_presence(now);
+            let gone = {
+                let members = &self.members;
+                self.presence
+                    .expire(self.unix_ms(now), |p| members.contains_key(&p.peer_id()))
+            };
+            for peer in gone {
+                self.emit(NodeEvent::PresenceGone { peer });
+            }
+        }
+    }
+
+    // ---- commands ----
+
+    fn command(&mut self, command: NodeCommand, now: Instant) {
+        match command {
+            NodeCommand::Dial(addr) => {
+                if let Err(e) = self.network.swarm.dial(addr.clone()) {
+                    self.emit(NodeEvent::Warning(format!("dial {addr}: {e}")));
+                }
+            }
+            NodeCommand::Listen(channel) => {
+                if self.state().may(&self.local, channel, Permissions::LISTEN) {
+                    if let Err(at) = self.listening.binary_search(&channel) {
+                        self.listening.insert(at, channel);
+                        self.announce_presence(now);
+                    }
+                } else {
+                    self.emit(NodeEvent::Warning(format!(
+                        "the charter does not let us listen on {channel}"
+                    )));
+                }
+            }
+            NodeCommand::Unlisten(channel) => {
+                if let Ok(at) = self.listening.binary_search(&channel) {
+                    self.listening.remove(at);
+                    self.announce_presence(now);
+                }
+            }
+            NodeCommand::Mute(channel, muted) => {
+                self.update_mix(channel, |m| m.muted = muted);
+            }
+            NodeCommand::SetVolume(channel, volume) => {
+                self.update_mix(channel, |m| m.volume = volume.clamp(0.0, 2.0));
+            }
+            NodeCommand::SetPan(channel, pan) => {
+                self.update_mix(channel, |m| m.pan = pan.clamp(-1.0, 1.0));
+            }
+            NodeCommand::PttDown(channels) => {
+                let (allowed, denied) = speakable(self.state(), &self.local, &channels);
+                if !denied.is_empty() {
+                    self.ptt_denied += 1;
+                    self.emit(NodeEvent::PttDenied {
+                        channels: denied,
+                        reason: "the charter does not let us speak there".into(),
+                    });
+                }
+                if !allowed.is_empty() {
+                    self.transmitter.press(Target::Channels(allowed.clone()));
+                    self.emit(NodeEvent::Transmitting {
+                        channels: allowed,
+                        whisper: None,
+                    });
+                }
+            }
+            NodeCommand::WhisperDown(peer) => {
+                match whisper_delivery(self.state(), &self.schedule, &self.local, &peer, now) {
+                    Ok((channel, _)) => {
+                        self.transmitter.press(Target::Whisper(peer));
+                        self.emit(NodeEvent::Transmitting {
+                            channels: vec![channel],
+                            whisper: Some(peer),
+                        });
+                    }
+                    Err(e) => {
+                        self.ptt_denied += 1;
+                        self.emit(NodeEvent::PttDenied {
+                            channels: Vec::new(),
+                            reason: format!("whisper: {e}"),
+                        });
+                    }
+                }
+            }
+            NodeCommand::PttUp => self.transmitter.release(),
+            NodeCommand::VoiceActivation(channels) => {
+                let (allowed, denied) = speakable(self.state(), &self.local, &channels);
+                if !denied.is_empty() {
+                    self.ptt_denied += 1;
+                    self.emit(NodeEvent::PttDenied {
+                        channels: denied,
+                        reason: "the charter does not let us speak there".into(),
+                    });
+                }
+                self.transmitter.set_voice_activation(allowed);
+            }
+            NodeCommand::EditCharter(body) => {
+                let unix = self.unix_ms(now);
+                let identity = self.keys.identity.clone();
+                match self.sync.edit(&identity, body, unix) {
+                    Ok(op) => {
+                        self.persist(&[op.encode()]);
+                        self.charter_changed(1);
+                    }
+                    Err(e) => self.emit(NodeEvent::Warning(format!("charter edit refused: {e}"))),
+                }
+            }
+            NodeCommand::InjectDatagram { peer, bytes } => {
+                if let Err(e) = self.network.links.send_datagram(&peer, &bytes) {
+                    self.emit(NodeEvent::Warning(format!("inject to {peer}: {e}")));
+                }
+            }
+            NodeCommand::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            NodeCommand::Shutdown => {}
+        }
+    }
+
+    fn update_mix(&mut self, channel: ChannelId, change: impl FnOnce(&mut ChannelMix)) {
+        let mut mix = self.playout.mixer.channel(channel);
+        change(&mut mix);
+        self.playout.mixer.set_channel(channel, mix);
+    }
+
+    fn persist(&mut self, ops: &[Vec<u8>]) {
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.append(ops.iter().map(Vec::as_slice)) {
+                let warning = format!("charter log: {e}");
+                self.emit(NodeEvent::Warning(warning));
+            }
+        }
+    }
+
+    fn charter_changed(&mut self, ops: usize) {
+        self.members = member_map(self.state());
+        let state = self.state().clone();
+        self.listening
+            .retain(|c| state.may(&self.local, *c, Permissions::LISTEN));
+        self.keys_dirty = true;
+        // Links to peers that are no longer members lose their control state.
+        let gone: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|p| !self.members.contains_key(p))
+            .copied()
+            .collect();
+        for peer in gone {
+            self.peers.remove(&peer);
+            self.sync.handle_link_down(&peer);
+        }
+        self.emit(NodeEvent::CharterChanged { ops });
+    }
+
+    // ---- audio ----
+
+    fn audio_tick(&mut self, scheduled: Instant) -> Result<(), NodeError> {
+        let timestamp = media_timestamp(self.epoch, scheduled);
+        let was_transmitting = self.transmitter.is_transmitting();
+        if let Some(encoded) = self.transmitter.tick()? {
+            let Encoded {
+                target,
+                flags,
+                sequence,
+                payload,
+            } = encoded;
+            let payload = payload.to_vec();
+            self.send_frame(target, flags, sequence, timestamp, &payload, scheduled);
+        }
+        if was_transmitting && !self.transmitter.is_transmitting() {
+            self.emit(NodeEvent::TransmitStopped);
+        }
+        let changes = self.playout.tick(now())?;
+        for peer in changes.stopped {
+            self.emit(NodeEvent::TalkerStopped { peer });
+        }
+        Ok(())
+    }
+
+    fn send_frame(
+        &mut self,
+        target: Target,
+        flags: VoiceFlags,
+        sequence: u16,
+        timestamp: u32,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let state = self.sync.charter().state();
+        let (channels, deliveries, flags) = match &target {
+            Target::Channels(channels) => {
+                // The charter may have changed since PTT was pressed: check again.
+                let (allowed, _) = speakable(state, &self.local, channels);
+                let deliveries = channel_deliveries(
+                    state,
+                    &self.presence,
+                    &self.schedule,
+                    &self.local,
+                    &allowed,
+                    now,
+                );
+                (allowed, deliveries, flags)
+            }
+            Target::Whisper(peer) => {
+                match whisper_delivery(state, &self.schedule, &self.local, peer, now) {
+                    Ok((channel, delivery)) => (
+                        vec![channel],
+                        vec![delivery],
+                        flags.union(VoiceFlags::WHISPER),
+                    ),
+                    Err(_) => (Vec::new(), Vec::new(), flags),
+                }
+            }
+        };
+        if channels.is_empty() {
+            return;
+        }
+        let header = VoiceHeader {
+            flags,
+            channels: channels.clone(),
+            sender: SenderShortId::of(&self.local),
+            sequence,
+            timestamp,
+            key_id: 0,
+        };
+        // Seal once per key; every listener given that key gets the same bytes.
+        let mut sealed: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
+        for delivery in deliveries {
+            let key_id = delivery.key.id();
+            if !sealed.contains_key(&key_id) {
+                let header = VoiceHeader {
+                    key_id,
+                    ..header.clone()
+                };
+                match delivery.key.seal(&header, payload) {
+                    Ok(bytes) => {
+                        sealed.insert(key_id, bytes);
+                    }
+                    Err(e) => {
+                        self.emit(NodeEvent::Warning(format!("seal: {e}")));
+                        continue;
+                    }
+                }
+            }
+            let Some(packet) = sealed.get(&key_id) else {
+                continue;
+            };
+            let peer = delivery.peer.peer_id();
+            if self.network.links.send_datagram(&peer, packet).is_err() {
+                continue;
+            }
+            if self.tap {
+                self.emit(NodeEvent::VoiceSent {
+                    peer,
+                    packet: packet.clone(),
+                });
+            }
+            let heard_on: Vec<StreamChannel> = match &target {
+                Target::Whisper(_) => vec![StreamChannel::Whisper],
+                Target::Channels(_) => {
+                    let record = self.presence.get(&delivery.peer);
+                    channels
+                        .iter()
+                        .filter(|c| {
+                            record.is_some_and(|r| r.body.listening.binary_search(c).is_ok())
+                                && state.may(&delivery.peer, **c, Permissions::LISTEN)
+                        })
+                        .map(|c| StreamChannel::Channel(*c))
+                        .collect()
+                }
+            };
+            for channel in heard_on {
+                *self.sent.entry((delivery.peer, channel)).or_default() += 1;
+            }
+        }
+    }
+
+    fn datagram(&mut self, datagram: IncomingDatagram, now: Instant) {
+        let state = self.sync.charter().state();
+        match self
+            .receiver
+            .receive(state, &self.listening, &datagram.payload)
+        {
+            Ok(frame) => match self.playout.receive(&frame, now) {
+                Ok(true) => {
+                    let name = self
+                        .presence
+                        .get(&frame.sender)
+                        .map(|r| r.body.display_name.clone())
+                        .unwrap_or_default();
+                    self.emit(NodeEvent::TalkerStarted {
+                        peer: frame.sender,
+                        name,
+                        channels: frame.channels.clone(),
+                        whisper: frame.whisper,
+                    });
+                }
+                Ok(false) => {}
+                Err(e) => self.emit(NodeEvent::Warning(format!("playout: {e}"))),
+            },
+            Err(reason) => {
+                tracing::debug!(peer = %datagram.peer, ?reason, "voice datagram dropped");
+            }
+        }
+    }
+
+    // ---- links and control ----
+
+    fn link_event(&mut self, event: LinkEvent) {
+        if let LinkEvent::Migrated { peer, to, .. } = event {
+            tracing::debug!(%peer, %to, "link migrated");
+        }
+    }
+
+    fn swarm_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>, now: Instant) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let kind = link_kind(endpoint.get_remote_address());
+                self.link_kinds.insert(peer_id, kind);
+                self.emit(NodeEvent::LinkUp {
+                    peer: peer_id,
+                    kind,
+                    remote: endpoint.get_remote_address().clone(),
+                });
+                if num_established.get() == 1 {
+                    self.peer_up(peer_id, now);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.link_kinds.remove(&peer_id);
+                self.peer_down(&peer_id);
+                self.emit(NodeEvent::LinkDown { peer: peer_id });
+            }
+            SwarmEvent::Behaviour(event) => {
+                let mut event = Some(event);
+                answer_echo(&mut self.network.swarm, &mut event);
+                if let Some(NodeBehaviourEvent::Control(event)) = event {
+                    self.control_event(event, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn peer_up(&mut self, peer: PeerId, now: Instant) {
+        let Some(identity) = self.members.get(&peer).copied() else {
+            // Not a member of our org: no control, no keys. Its datagrams are dropped by the
+            // voice receiver.
+            return;
+        };
+        let mut control = PeerControl::default();
+        if let Some(ours) = self.own_presence(now) {
+            control.queue(&ControlMessage::Presence(ours.encode()));
+        }
+        // Share what we know of others (signed by them), so peers find each other.
+        for record in self.presence.present() {
+            if record.body.peer != identity {
+                control.queue(&ControlMessage::Presence(record.encode()));
+            }
+        }
+        // The lower peer id starts the E2EE session, so two crossing starts cannot happen.
+        if self.local_peer < peer {
+            match PairSession::initiate(&self.keys, identity) {
+                Ok((session, first)) => {
+                    control.session = Some(session);
+                    control.queue(&ControlMessage::Handshake(first));
+                }
+                Err(e) => self.emit(NodeEvent::Warning(format!("session start: {e}"))),
+            }
+        } else {
+            control.session = PairSession::respond(&self.keys, identity).ok();
+        }
+        self.peers.insert(peer, control);
+        self.sync.handle_link_up(peer, now);
+    }
+
+    fn peer_down(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
+        self.sync.handle_link_down(peer);
+        self.keys_dirty = true;
+    }
+
+    fn control_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>, now: Instant) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let _ = self
+                    .network
+                    .swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, Vec::new());
+                self.control_message(peer, &request, now);
+            }
+            request_response::Event::Message {
+                peer,
+                message: Message::Response { request_id, .. },
+                ..
+            } => {
+                if let Some(control) = self.peers.get_mut(&peer) {
+                    control.acknowledged(request_id);
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let in_flight = self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|c| c.is_in_flight(request_id));
+                if in_flight {
+                    // The ordered channel broke: start the peer's control over.
+                    tracing::debug!(%peer, %error, "control message lost; restarting session");
+                    self.peer_down(&peer);
+                    if self.network.swarm.is_connected(&peer) {
+                        self.peer_up(peer, now);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn control_message(&mut self, peer: PeerId, bytes: &[u8], now: Instant) {
+        let Some(identity) = self.members.get(&peer).copied() else {
+            return;
+        };
+        let message = match ControlMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(%peer, %e, "bad control message");
+                return;
+            }
+        };
+        match message {
+            ControlMessage::Sync(body) => match SyncMessage::decode(&body) {
+                Ok(msg) => self.sync.handle_message(peer, msg, now),
+                Err(e) => tracing::debug!(%peer, %e, "bad sync message"),
+            },
+            ControlMessage::Presence(body) => self.presence_message(peer, &body, now),
+            ControlMessage::Handshake(body) => self.handshake(peer, identity, &body),
+            ControlMessage::Grant(body) => {
+                let Some(session) = self.peers.get_mut(&peer).and_then(|c| c.session.as_mut())
+                else {
+                    return;
+                };
+                match session.accept_grant(&body) {
+                    Ok(grant) => self.receiver.add_grant(&grant),
+                    Err(e) => self.emit(NodeEvent::Warning(format!("grant from {peer}: {e}"))),
+                }
+            }
+        }
+    }
+
+    fn handshake(&mut self, peer: PeerId, identity: IdentityKey, body: &[u8]) {
+        let initiator = self.local_peer < peer;
+        let Some(control) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        // A responder that hears a new first message from an established peer: the peer
+        // restarted its side; start over.
+        if !initiator && (control.session.is_none() || control.is_established()) {
+            control.session = PairSession::respond(&self.keys, identity).ok();
+        }
+        let Some(session) = control.session.as_mut() else {
+            return;
+        };
+        let was = session.is_established();
+        match session.handle_handshake(body) {
+            Ok(reply) => {
+                let up = !was && session.is_established();
+                if let Some(reply) = reply {
+                    control.queue(&ControlMessage::Handshake(reply));
+                }
+                if up {
+                    self.keys_dirty = true;
+                    self.emit(NodeEvent::SessionUp { peer: identity });
+                }
+            }
+            Err(e) => {
+                control.session = None;
+                self.emit(NodeEvent::Warning(format!("session with {peer}: {e}")));
+            }
+        }
+    }
+
+    fn presence_message(&mut self, from: PeerId, body: &[u8], now: Instant) {
+        let record = match PresenceRecord::decode(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%from, %e, "bad presence record");
+                return;
+            }
+        };
+        let members = &self.members;
+        let update = self
+            .presence
+            .insert(record.clone(), self.unix_ms(now), |p| {
+                members.contains_key(&p.peer_id())
+            });
+        if !matches!(update, PresenceUpdate::Joined | PresenceUpdate::Updated) {
+            return;
+        }
+        let subject = record.body.peer;
+        if subject == self.local {
+            return;
+        }
+        self.emit(NodeEvent::Presence {
+            peer: subject,
+            name: record.body.display_name.clone(),
+            listening: record.body.listening.clone(),
+        });
+        // Gossip onward, and link to members we heard of but are not linked to (the lower id
+        // dials, so a pair makes one connection).
+        let encoded = ControlMessage::Presence(record.encode());
+        for (peer, control) in &mut self.peers {
+            if *peer != from && *peer != subject.peer_id() {
+                control.queue(&encoded);
+            }
+        }
+        let subject_peer = subject.peer_id();
+        if !self.network.swarm.is_connected(&subject_peer) && self.local_peer < subject_peer {
+            for addr in &record.body.addrs {
+                if let Ok(addr) = Multiaddr::try_from(addr.clone()) {
+                    let _ = self
+                        .network
+                        .swarm
+                        .dial(addr.with_p2p(subject_peer).unwrap_or_else(|a| a));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn own_presence(&mut self, now: Instant) -> Option<PresenceRecord> {
+        let mut addrs: Vec<Vec<u8>> = self
+            .network
+            .swarm
+            .listeners()
+            .map(|a| a.to_vec())
+            .take(8)
+            .collect();
+        addrs.sort();
+        let body = PresenceBody {
+            org: self.sync.charter().org(),
+            peer: self.local,
+            seq: self.presence_seq,
+            issued_at_ms: self.unix_ms(now),
+            ttl_ms: (self.presence_interval.as_millis() as u32).saturating_mul(3),
+            display_name: self.display_name.clone(),
+            listening: self.listening.clone(),
+            relay: RelayCapability::default(),
+            addrs,
+        };
+        match PresenceRecord::sign(&self.keys.identity, body) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                self.emit(NodeEvent::Warning(format!("presence: {e}")));
+                None
+            }
+        }
+    }
+
+    fn announce_presence(&mut self, now: Instant) {
+        self.presence_seq += 1;
+        let Some(record) = self.own_presence(now) else {
+            return;
+        };
+        let message = ControlMessage::Presence(record.encode());
+        for control in self.peers.values_mut() {
+            control.queue(&message);
+        }
+    }
+
+    /// Drains what the state machines want sent.
+    fn flush(&mut self, now: Instant) {
+        while let Some((peer, message)) = self.sync.poll_transmit() {
+            if let Some(control) = self.peers.get_mut(&peer) {
+                control.queue(&ControlMessage::Sync(message.encode()));
+            }
+        }
+        let mut added = 0;
+        while let Some(event) = self.sync.poll_event() {
+            match event {
+                SyncEvent::Added { ops, .. } => {
+                    added += ops.len();
+                    self.persist(&ops);
+                }
+                SyncEvent::Rejected { reason, .. } => {
+                    self.emit(NodeEvent::Warning(format!("charter op rejected: {reason}")));
+                }
+            }
+        }
+        if added > 0 {
+            self.charter_changed(added);
+        }
+        if self.keys_dirty {
+            self.keys_dirty = false;
+            let sessions: BTreeSet<IdentityKey> = self
+                .peers
+                .iter()
+                .filter(|(_, c)| c.is_established())
+                .filter_map(|(p, _)| self.members.get(p).copied())
+                .collect();
+            let state = self.sync.charter().state().clone();
+            self.schedule.update(&state, &sessions, now);
+        }
+        while let Some(grant) = self.schedule.poll_grant() {
+            let peer = grant.peer.peer_id();
+            let Some(control) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            let Some(session) = control.session.as_mut() else {
+                continue;
+            };
+            match session.grant(&self.keys, &grant.key, grant.channels) {
+                Ok(sealed) => control.queue(&ControlMessage::Grant(sealed)),
+                Err(e) => tracing::warn!(%peer, %e, "sealing a grant failed"),
+            }
+        }
+        for (peer, control) in &mut self.peers {
+            if let Some(bytes) = control.next_to_send() {
+                let id = self
+                    .network
+                    .swarm
+                    .behaviour_mut()
+                    .control
+                    .send_request(peer, bytes);
+                control.sent(id);
+            }
+        }
+    }
+
+    fn stats(&self) -> NodeStats {
+        let mut peers: Vec<PeerStats> = self
+            .link_kinds
+            .iter()
+            .map(|(peer, kind)| PeerStats {
+                peer: peer.to_string(),
+                kind: *kind,
+                rtt: self.network.links.rtt(peer),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer.cmp(&b.peer));
+        NodeStats {
+            received: self.playout.report(),
+            sent: self
+                .sent
+                .iter()
+                .map(|((to, channel), frames)| SentStream {
+                    to: *to,
+                    channel: *channel,
+                    frames_sent: *frames,
+                })
+                .collect(),
+            drops: self.receiver.drops().clone(),
+            ptt_denied: self.ptt_denied,
+            key_rotations: self.schedule.rotations(),
+            peers,
+            frames_encoded: self.transmitter.encoded(),
+        }
+    }
+}
+
+/// 48 kHz samples from `epoch` to `at` (wrapping, as the header field does).
+fn media_timestamp(epoch: Instant, at: Instant) -> u32 {
+    let elapsed = at.saturating_duration_since(epoch);
+    (elapsed.as_nanos() * u128::from(SAMPLE_RATE) / 1_000_000_000) as u32
+}

@@ -1,0 +1,240 @@
+//! The Node API: one member's node, started with [`Node::start`], driven by [`NodeCommand`]s,
+//! reporting [`NodeEvent`]s and [`NodeStats`]. The CLI, the UI, the relay and the simulator all
+//! use it.
+//!
+//! - [`config`]: [`NodeConfig`], what a node starts with.
+//! - [`api`]: commands, events, stats.
+//! - [`control`]: control messages between members and the per-peer ordered outbox.
+//! - [`voice`]: the transmitter (capture → gate → Opus) and playout (jitter → decode → mix).
+//! - [`demo_org`]: the org the demo, tests and screenshots use.
+//! - `driver`: the event loop joining links, audio and the sans-IO mesh core.
+//!
+//! The node runs on tokio time (`tokio::time::Instant`), so the simulator's virtual clock
+//! drives it exactly as it drives the links.
+
+pub mod api;
+pub mod config;
+pub mod control;
+pub mod demo_org;
+mod driver;
+pub mod voice;
+
+pub use api::{
+    LatencyMs, LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, ReceivedStream, SentStream,
+    StreamChannel,
+};
+pub use config::{AudioInput, NodeConfig};
+
+use crate::audio::AudioError;
+use crate::link::swarm::{build_swarm, SwarmConfig};
+use crate::link::{socket_to_multiaddr, LinkError, LinkSocket};
+use callsign_keys::IdentityKey;
+use callsign_mesh::charter::log::OpLog;
+use callsign_mesh::charter::sync::{CharterSync, SyncConfig};
+use callsign_mesh::charter::Permissions;
+use callsign_mesh::presence::PresenceTable;
+use callsign_mesh::voice::{KeySchedule, VoiceReceiver};
+use driver::Driver;
+use libp2p::{Multiaddr, PeerId};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Why a node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("links: {0}")]
+    Link(#[from] LinkError),
+    #[error("audio: {0}")]
+    Audio(#[from] AudioError),
+    #[error("listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("the node has stopped")]
+    Stopped,
+    #[error("the node's task failed: {0}")]
+    Task(String),
+}
+
+/// A running node. Dropping it stops the node.
+pub struct Node {
+    commands: mpsc::UnboundedSender<NodeCommand>,
+    events: mpsc::UnboundedReceiver<NodeEvent>,
+    identity: IdentityKey,
+    peer_id: PeerId,
+    address: Multiaddr,
+    task: JoinHandle<Result<NodeStats, NodeError>>,
+}
+
+impl Node {
+    /// Binds the node's QUIC endpoint, dials the bootstrap peers and starts its event loop.
+    /// Must run inside a tokio runtime (real or turmoil).
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        Self::start_with_log(config, None).await
+    }
+
+    /// [`Node::start`], appending every charter op the node learns to `log`.
+    pub async fn start_with_log(config: NodeConfig, log: Option<OpLog>) -> Result<Self, NodeError> {
+        let socket = LinkSocket::bind_tokio(config.listen).map_err(LinkError::from)?;
+        let keypair = config.keys.identity.to_libp2p();
+        let mut network = build_swarm(
+            keypair,
+            SwarmConfig {
+                link: config.link.clone(),
+                mdns: config.mdns,
+                ..SwarmConfig::default()
+            },
+            socket,
+        )?;
+        let listen = socket_to_multiaddr(network.local_addr);
+        network
+            .swarm
+            .listen_on(listen.clone())
+            .map_err(|e| NodeError::Listen {
+                addr: listen.clone(),
+                reason: e.to_string(),
+            })?;
+        let identity = config.keys.identity.public();
+        let peer_id = identity.peer_id();
+        let address = listen.with_p2p(peer_id).unwrap_or_else(|a| a);
+        for addr in &config.bootstrap {
+            network
+                .swarm
+                .dial(addr.clone())
+                .map_err(|e| LinkError::Config(format!("dial {addr}: {e}")))?;
+        }
+        let link_events = network.links.events();
+        let now = tokio::time::Instant::now().into_std();
+        let epoch = config.media_epoch.unwrap_or(now);
+        let state = config.charter.state().clone();
+        let mut listening: Vec<_> = config
+            .listening
+            .iter()
+            .copied()
+            .filter(|c| state.may(&identity, *c, Permissions::LISTEN))
+            .collect();
+        listening.sort();
+        listening.dedup();
+        let org = config.charter.org();
+        let unix_at_start_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            local: identity,
+            local_peer: peer_id,
+            network,
+            link_events,
+            sync: CharterSync::new(config.charter, SyncConfig::default(), config.seed),
+            log,
+            presence: PresenceTable::new(org),
+            presence_seq: 0,
+            presence_interval: config.presence_interval,
+            next_presence: now + config.presence_interval,
+            display_name: config.display_name,
+            listening,
+            receiver: VoiceReceiver::new(identity),
+            schedule: KeySchedule::new(identity, config.keys_schedule, config.seed ^ 0x6b65_7973),
+            peers: BTreeMap::new(),
+            link_kinds: BTreeMap::new(),
+            members: BTreeMap::new(),
+            transmitter: voice::Transmitter::new(
+                config.input,
+                config.capture,
+                config.encoder.clone(),
+            )?,
+            playout: voice::Playout::new(
+                crate::audio::jitter::JitterConfig {
+                    frame: config.encoder.frame,
+                    ..config.jitter
+                },
+                config.output.as_deref(),
+                epoch,
+            )?,
+            events: events_tx,
+            sent: BTreeMap::new(),
+            ptt_denied: 0,
+            epoch,
+            start: now,
+            unix_at_start_ms,
+            frame: config.encoder.frame.duration(),
+            tap: config.tap_voice,
+            keys_dirty: true,
+            keys: config.keys,
+        };
+        let task = tokio::spawn(driver.run(commands_rx));
+        Ok(Self {
+            commands,
+            events,
+            identity,
+            peer_id,
+            address,
+            task,
+        })
+    }
+
+    /// Our identity.
+    pub fn identity(&self) -> IdentityKey {
+        self.identity
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Where others dial us (`/ip4/../udp/../quic-v1/p2p/..`).
+    pub fn address(&self) -> &Multiaddr {
+        &self.address
+    }
+
+    /// Sends a command; fails only once the node has stopped.
+    pub fn command(&self, command: NodeCommand) -> Result<(), NodeError> {
+        self.commands.send(command).map_err(|_| NodeError::Stopped)
+    }
+
+    /// The next event; `None` once the node has stopped.
+    pub async fn next_event(&mut self) -> Option<NodeEvent> {
+        self.events.recv().await
+    }
+
+    /// An event if one is waiting.
+    pub fn try_event(&mut self) -> Option<NodeEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Waits up to `timeout` for an event matching `want`, discarding others.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut want: impl FnMut(&NodeEvent) -> bool,
+    ) -> Option<NodeEvent> {
+        tokio::time::timeout(timeout, async {
+            while let Some(event) = self.events.recv().await {
+                if want(&event) {
+                    return Some(event);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// A snapshot of the node's counters.
+    pub async fn stats(&self) -> Result<NodeStats, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(NodeCommand::Stats(tx))?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Stops the node, closes its output file and returns its final counters.
+    pub async fn shutdown(self) -> Result<NodeStats, NodeError> {
+        // Already stopped is fine: the task's result says how.
+        let _ = self.commands.send(NodeCommand::Shutdown);
+        self.task
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))?
+    }
+}

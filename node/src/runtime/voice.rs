@@ -1,0 +1,446 @@
+//! The node's two audio ends: [`Transmitter`] (input → capture chain → PTT or voice-activation
+//! gate → Opus) and [`Playout`] (one jitter buffer and decoder per remote sender → mixer →
+//! output), with the per-stream counters and latency histograms the stats report.
+
+use super::api::{LatencyMs, ReceivedStream, StreamChannel};
+use super::config::AudioInput;
+use crate::audio::capture::{CaptureChain, CaptureConfig, GateMode};
+use crate::audio::codec::{DecodeKind, EncoderConfig, VoiceEncoder, MAX_PACKET};
+use crate::audio::jitter::{IncomingFrame, JitterConfig};
+use crate::audio::mixer::{MixInput, Mixer};
+use crate::audio::stream::ReceiveStream;
+use crate::audio::synth::SpeechLike;
+use crate::audio::wav::WavSink;
+use crate::audio::{AudioError, SAMPLE_RATE};
+use callsign_keys::IdentityKey;
+use callsign_mesh::charter::ChannelId;
+use callsign_mesh::voice::{ReceivedFrame, VoiceFlags};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Where a transmission goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Channels(Vec<ChannelId>),
+    Whisper(IdentityKey),
+}
+
+/// One encoded frame ready to seal.
+pub struct Encoded<'a> {
+    pub target: Target,
+    pub flags: VoiceFlags,
+    pub sequence: u16,
+    pub payload: &'a [u8],
+}
+
+enum Source {
+    Silence,
+    Synthetic(SpeechLike),
+    Samples { data: Vec<f32>, at: usize },
+}
+
+impl Source {
+    fn fill(&mut self, out: &mut [f32]) {
+        match self {
+            Self::Silence => out.fill(0.0),
+            Self::Synthetic(s) => s.fill(out),
+            Self::Samples { data, at } if !data.is_empty() => {
+                for s in out.iter_mut() {
+                    *s = data[*at];
+                    *at = (*at + 1) % data.len();
+                }
+            }
+            Self::Samples { .. } => out.fill(0.0),
+        }
+    }
+}
+
+/// See the module documentation.
+pub struct Transmitter {
+    source: Source,
+    capture: CaptureChain,
+    encoder: VoiceEncoder,
+    block: Vec<f32>,
+    packet: Vec<u8>,
+    sequence: u16,
+    target: Option<Target>,
+    /// Voice activation's channels (empty: PTT mode).
+    vad_channels: Vec<ChannelId>,
+    transmitting: bool,
+    encoded: u64,
+}
+
+impl Transmitter {
+    pub fn new(
+        input: AudioInput,
+        capture: CaptureConfig,
+        encoder: EncoderConfig,
+    ) -> Result<Self, AudioError> {
+        let frame = encoder.frame;
+        let source = match input {
+            AudioInput::Silence => Source::Silence,
+            AudioInput::Synthetic { seed } => Source::Synthetic(SpeechLike::new(seed, 0.3)),
+            AudioInput::Samples(data) => Source::Samples { data, at: 0 },
+        };
+        Ok(Self {
+            source,
+            capture: CaptureChain::new(CaptureConfig {
+                device_rate: SAMPLE_RATE,
+                frame,
+                ..capture
+            })?,
+            encoder: VoiceEncoder::new(encoder)?,
+            block: vec![0.0; frame.samples()],
+            packet: vec![0; MAX_PACKET],
+            sequence: 0,
+            target: None,
+            vad_channels: Vec::new(),
+            transmitting: false,
+            encoded: 0,
+        })
+    }
+
+    /// Frames encoded so far.
+    pub fn encoded(&self) -> u64 {
+        self.encoded
+    }
+
+    pub fn is_transmitting(&self) -> bool {
+        self.transmitting
+    }
+
+    /// PTT pressed toward `target` (already checked against the charter).
+    pub fn press(&mut self, target: Target) {
+        self.target = Some(target);
+        self.capture.set_ptt(true);
+    }
+
+    pub fn release(&mut self) {
+        self.capture.set_ptt(false);
+    }
+
+    /// Voice activation on `channels`, or PTT again when empty.
+    pub fn set_voice_activation(&mut self, channels: Vec<ChannelId>) {
+        if channels.is_empty() {
+            self.capture.set_gate(GateMode::PushToTalk);
+        } else {
+            self.capture.set_gate(GateMode::VoiceActivation {
+                threshold: 0.6,
+                hangover: Duration::from_millis(400),
+            });
+            self.target = Some(Target::Channels(channels.clone()));
+        }
+        self.vad_channels = channels;
+    }
+
+    /// Feedback from receivers: their measured loss.
+    pub fn set_expected_loss(&mut self, pct: u8) -> Result<(), AudioError> {
+        self.encoder.set_expected_loss(pct)
+    }
+
+    /// Captures one frame period and, while the gate is open (plus one closing frame carrying
+    /// the end marker), encodes it.
+    pub fn tick(&mut self) -> Result<Option<Encoded<'_>>, AudioError> {
+        self.source.fill(&mut self.block);
+        let Self {
+            capture,
+            encoder,
+            block,
+            packet,
+            transmitting,
+            ..
+        } = self;
+        let mut result: Result<Option<(usize, VoiceFlags)>, AudioError> = Ok(None);
+        let was = *transmitting;
+        capture.push(block, |frame| {
+            if !frame.transmit && !was {
+                return;
+            }
+            let mut flags = VoiceFlags::empty();
+            if frame.transmit && !was {
+                flags = flags.union(VoiceFlags::START);
+            }
+            if !frame.transmit {
+                flags = flags.union(VoiceFlags::END);
+            }
+            if encoder.config().fec {
+                flags = flags.union(VoiceFlags::FEC);
+            }
+            result = encoder
+                .encode(frame.samples, packet)
+                .map(|n| Some((n, flags)));
+        })?;
+        let Some((len, flags)) = result? else {
+            return Ok(None);
+        };
+        let Some(target) = self.target.clone() else {
+            return Ok(None);
+        };
+        self.transmitting = !flags.contains(VoiceFlags::END);
+        if !self.transmitting && self.vad_channels.is_empty() {
+            self.target = None;
+        }
+        let sequence = self.sequence;
+        self.sequence = self.sequence.wrapping_add(1);
+        self.encoded += 1;
+        Ok(Some(Encoded {
+            target,
+            flags,
+            sequence,
+            payload: &self.packet[..len],
+        }))
+    }
+}
+
+/// Capture-to-playout latency in 1 ms buckets up to 2 s (bounded memory however long a node
+/// runs).
+#[derive(Clone, Debug)]
+struct LatencyHistogram {
+    buckets: Vec<u32>,
+    count: u64,
+}
+
+impl LatencyHistogram {
+    const BUCKETS: usize = 2000;
+
+    fn new() -> Self {
+        Self {
+            buckets: vec![0; Self::BUCKETS],
+            count: 0,
+        }
+    }
+
+    fn record(&mut self, latency: Duration) {
+        let ms = (latency.as_millis() as usize).min(Self::BUCKETS - 1);
+        self.buckets[ms] += 1;
+        self.count += 1;
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        let rank = ((self.count as f64 - 1.0) * q).round() as u64;
+        let mut seen = 0u64;
+        for (ms, n) in self.buckets.iter().enumerate() {
+            seen += u64::from(*n);
+            if seen > rank {
+                return ms as f64;
+            }
+        }
+        (Self::BUCKETS - 1) as f64
+    }
+
+    fn summary(&self) -> Option<LatencyMs> {
+        (self.count > 0).then(|| LatencyMs {
+            p50: self.quantile(0.5),
+            p95: self.quantile(0.95),
+            p99: self.quantile(0.99),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Counters {
+    played: u64,
+    concealed: u64,
+    fec: u64,
+    latency: LatencyHistogram,
+}
+
+struct RemoteStream {
+    stream: ReceiveStream,
+    source: u64,
+    channels: Vec<ChannelId>,
+    whisper: bool,
+    active: bool,
+    pcm: Vec<f32>,
+    counters: BTreeMap<StreamChannel, Counters>,
+}
+
+impl RemoteStream {
+    fn heard_on(&self) -> Vec<StreamChannel> {
+        if self.whisper {
+            vec![StreamChannel::Whisper]
+        } else {
+            self.channels
+                .iter()
+                .map(|c| StreamChannel::Channel(*c))
+                .collect()
+        }
+    }
+}
+
+/// What a playout tick noticed.
+#[derive(Debug, Default)]
+pub struct PlayoutChanges {
+    pub stopped: Vec<IdentityKey>,
+}
+
+/// Mixer channel whispers play on (no real channel has this id).
+pub const WHISPER_MIX_CHANNEL: ChannelId = ChannelId(u64::MAX);
+
+/// See the module documentation.
+pub struct Playout {
+    streams: BTreeMap<IdentityKey, RemoteStream>,
+    pub mixer: Mixer,
+    jitter: JitterConfig,
+    frame_len: usize,
+    out: Vec<f32>,
+    sink: Option<WavSink>,
+    next_source: u64,
+    epoch: Instant,
+}
+
+impl Playout {
+    pub fn new(
+        jitter: JitterConfig,
+        output: Option<&Path>,
+        epoch: Instant,
+    ) -> Result<Self, AudioError> {
+        let frame_len = jitter.frame.samples();
+        Ok(Self {
+            streams: BTreeMap::new(),
+            mixer: Mixer::new(),
+            jitter,
+            frame_len,
+            out: vec![0.0; 2 * frame_len],
+            sink: output.map(|p| WavSink::create(p, 2)).transpose()?,
+            next_source: 0,
+            epoch,
+        })
+    }
+
+    /// Buffers a frame that passed every check. Returns true when it starts a transmission.
+    pub fn receive(&mut self, frame: &ReceivedFrame, now: Instant) -> Result<bool, AudioError> {
+        if !self.streams.contains_key(&frame.sender) {
+            let stream = RemoteStream {
+                stream: ReceiveStream::new(self.jitter.clone())?,
+                source: self.next_source,
+                channels: Vec::new(),
+                whisper: false,
+                active: false,
+                pcm: vec![0.0; self.frame_len],
+                counters: BTreeMap::new(),
+            };
+            self.next_source += 1;
+            self.streams.insert(frame.sender, stream);
+        }
+        let Some(remote) = self.streams.get_mut(&frame.sender) else {
+            return Ok(false);
+        };
+        remote.channels.clone_from(&frame.channels);
+        remote.whisper = frame.whisper;
+        let flags = frame.header.flags;
+        remote.stream.push(
+            IncomingFrame {
+                seq: frame.header.sequence,
+                timestamp: frame.header.timestamp,
+                end: flags.contains(VoiceFlags::END),
+                fec: flags.contains(VoiceFlags::FEC),
+                payload: &frame.payload,
+            },
+            now,
+        )?;
+        let started = !remote.active;
+        remote.active = true;
+        Ok(started)
+    }
+
+    /// Plays one frame period: pulls every stream, mixes, writes the output.
+    pub fn tick(&mut self, now: Instant) -> Result<PlayoutChanges, AudioError> {
+        let mut changes = PlayoutChanges::default();
+        for (sender, remote) in &mut self.streams {
+            let kind = remote.stream.pull(now, &mut remote.pcm)?;
+            let heard_on = remote.heard_on();
+            match kind {
+                None => {
+                    if remote.active && !remote.stream.is_active() {
+                        remote.active = false;
+                        changes.stopped.push(*sender);
+                    }
+                    continue;
+                }
+                Some(kind) => {
+                    let latency = (kind == DecodeKind::Normal)
+                        .then(|| remote.stream.played_timestamp())
+                        .flatten()
+                        .and_then(|ts| {
+                            let captured = self.epoch
+                                + Duration::from_secs_f64(f64::from(ts) / f64::from(SAMPLE_RATE));
+                            now.checked_duration_since(captured)
+                        });
+                    for channel in heard_on {
+                        let counters = remote.counters.entry(channel).or_insert(Counters {
+                            played: 0,
+                            concealed: 0,
+                            fec: 0,
+                            latency: LatencyHistogram::new(),
+                        });
+                        match kind {
+                            DecodeKind::Normal => counters.played += 1,
+                            DecodeKind::Fec => {
+                                counters.played += 1;
+                                counters.fec += 1;
+                            }
+                            DecodeKind::Concealed | DecodeKind::Silence => counters.concealed += 1,
+                        }
+                        if let Some(latency) = latency {
+                            counters.latency.record(latency);
+                        }
+                    }
+                }
+            }
+        }
+        let inputs: Vec<MixInput<'_>> = self
+            .streams
+            .values()
+            .filter(|r| r.active)
+            .map(|r| MixInput {
+                channel: if r.whisper {
+                    WHISPER_MIX_CHANNEL
+                } else {
+                    r.channels.first().copied().unwrap_or(WHISPER_MIX_CHANNEL)
+                },
+                source: r.source,
+                samples: &r.pcm,
+            })
+            .collect();
+        self.mixer.mix(&inputs, &mut self.out)?;
+        if let Some(sink) = &mut self.sink {
+            sink.write(&self.out)?;
+        }
+        Ok(changes)
+    }
+
+    /// Per-stream counters.
+    pub fn report(&self) -> Vec<ReceivedStream> {
+        let mut out = Vec::new();
+        for (sender, remote) in &self.streams {
+            let jitter = remote.stream.stats().jitter.mean_buffer_delay_ms;
+            for (channel, c) in &remote.counters {
+                out.push(ReceivedStream {
+                    from: *sender,
+                    channel: *channel,
+                    frames_played: c.played,
+                    frames_concealed: c.concealed,
+                    frames_fec: c.fec,
+                    mouth_to_ear_ms: c.latency.summary(),
+                    jitter_delay_ms: jitter,
+                });
+            }
+        }
+        out
+    }
+
+    /// Forgets a sender (left the org).
+    pub fn remove(&mut self, sender: &IdentityKey) {
+        self.streams.remove(sender);
+    }
+
+    /// Closes the output file.
+    pub fn finish(&mut self) -> Result<(), AudioError> {
+        match self.sink.take() {
+            Some(sink) => sink.finish(),
+            None => Ok(()),
+        }
+    }
+}

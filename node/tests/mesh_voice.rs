@@ -1,0 +1,295 @@
+//! Voice over the mesh with real nodes on loopback QUIC: simulcast, whisper, forged and
+//! replayed packets, and key rotation when a member is removed.
+
+use callsign_keys::NodeKeys;
+use callsign_mesh::charter::{Charter, OpBody};
+use callsign_node::runtime::demo_org::DemoOrg;
+use callsign_node::runtime::{AudioInput, StreamChannel};
+use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent, NodeStats};
+use rand::SeedableRng;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Squad {
+    org: DemoOrg,
+    nodes: Vec<Node>,
+}
+
+fn config(org: &DemoOrg, i: usize, epoch: Instant, seed: u64) -> NodeConfig {
+    let member = &org.members[i];
+    let mut config = NodeConfig::new(member.keys.clone(), org.charter.clone(), &member.name);
+    config.listening = org.channels_for(i);
+    config.input = AudioInput::Synthetic {
+        seed: seed + i as u64,
+    };
+    config.media_epoch = Some(epoch);
+    config.seed = seed + i as u64;
+    config.tap_voice = true;
+    config
+}
+
+/// Starts `n` demo members, each dialing every earlier one, and waits until every pair has an
+/// E2EE session and has seen the other's presence.
+async fn squad(n: usize) -> Squad {
+    let org = DemoOrg::new(n, 11).unwrap();
+    let epoch = Instant::now();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let mut config = config(&org, i, epoch, 100);
+        config.bootstrap = nodes.iter().map(|n| n.address().clone()).collect();
+        nodes.push(Node::start(config).await.unwrap());
+    }
+    for node in &mut nodes {
+        let (mut sessions, mut presences) = (0, 0);
+        while sessions < n - 1 || presences < n - 1 {
+            match node
+                .wait_for(WAIT, |e| {
+                    matches!(e, NodeEvent::SessionUp { .. } | NodeEvent::Presence { .. })
+                })
+                .await
+            {
+                Some(NodeEvent::SessionUp { .. }) => sessions += 1,
+                Some(_) => presences += 1,
+                None => panic!("squad did not form: {sessions} sessions, {presences} presences"),
+            }
+        }
+    }
+    // Grants are in flight right after the sessions come up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Squad { org, nodes }
+}
+
+async fn talk(node: &Node, command: NodeCommand, millis: u64) {
+    node.command(command).unwrap();
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    node.command(NodeCommand::PttUp).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+}
+
+fn played(stats: &NodeStats, from: &NodeKeys, channel: StreamChannel) -> u64 {
+    stats
+        .received
+        .iter()
+        .filter(|s| s.from == from.identity.public() && s.channel == channel)
+        .map(|s| s.frames_played)
+        .sum()
+}
+
+fn sent(stats: &NodeStats, to: &NodeKeys, channel: StreamChannel) -> u64 {
+    stats
+        .sent
+        .iter()
+        .filter(|s| s.to == to.identity.public() && s.channel == channel)
+        .map(|s| s.frames_sent)
+        .sum()
+}
+
+#[tokio::test]
+async fn simulcast_arrives_once_and_whisper_reaches_only_its_target() {
+    let mut s = squad(3).await;
+    let (officer, pilot, recruit) = (
+        s.org.members[0].keys.clone(),
+        s.org.members[1].keys.clone(),
+        s.org.members[2].keys.clone(),
+    );
+    let (command, flight) = (
+        StreamChannel::Channel(s.org.command),
+        StreamChannel::Channel(s.org.flight),
+    );
+    // The officer simulcasts on command and flight for a second.
+    talk(
+        &s.nodes[0],
+        NodeCommand::PttDown(vec![s.org.command, s.org.flight]),
+        1000,
+    )
+    .await;
+    let officer_stats = s.nodes[0].stats().await.unwrap();
+    let pilot_stats = s.nodes[1].stats().await.unwrap();
+    let recruit_stats = s.nodes[2].stats().await.unwrap();
+    let frames = officer_stats.frames_encoded;
+    assert!(frames >= 45, "officer encoded {frames} frames");
+    // The pilot listens to both: one copy per frame, heard on both channels, no replays.
+    assert_eq!(sent(&officer_stats, &pilot, command), frames);
+    assert_eq!(sent(&officer_stats, &pilot, flight), frames);
+    let pilot_heard = played(&pilot_stats, &officer, command);
+    assert!(pilot_heard * 100 >= frames * 98, "{pilot_heard}/{frames}");
+    assert_eq!(played(&pilot_stats, &officer, flight), pilot_heard);
+    assert_eq!(
+        pilot_stats.drops.replay, 0,
+        "a simulcast copy arrived twice"
+    );
+    // The recruit hears it on flight only and never gets command.
+    assert_eq!(sent(&officer_stats, &recruit, command), 0);
+    assert_eq!(played(&recruit_stats, &officer, command), 0);
+    assert!(played(&recruit_stats, &officer, flight) * 100 >= frames * 98);
+    assert_eq!(recruit_stats.drops.acl + recruit_stats.drops.auth, 0);
+
+    // The recruit asks to speak on command: refused at the sender.
+    s.nodes[2]
+        .command(NodeCommand::PttDown(vec![s.org.command]))
+        .unwrap();
+    let denied = s.nodes[2]
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::PttDenied { .. }))
+        .await;
+    assert!(denied.is_some());
+
+    // The pilot whispers to the officer.
+    talk(
+        &s.nodes[1],
+        NodeCommand::WhisperDown(officer.identity.public()),
+        600,
+    )
+    .await;
+    let pilot_stats = s.nodes[1].stats().await.unwrap();
+    let officer_stats = s.nodes[0].stats().await.unwrap();
+    let recruit_stats = s.nodes[2].stats().await.unwrap();
+    let whispered = sent(&pilot_stats, &officer, StreamChannel::Whisper);
+    assert!(whispered >= 25, "{whispered}");
+    assert!(played(&officer_stats, &pilot, StreamChannel::Whisper) * 100 >= whispered * 98);
+    assert_eq!(sent(&pilot_stats, &recruit, StreamChannel::Whisper), 0);
+    assert!(recruit_stats
+        .received
+        .iter()
+        .all(|r| r.from != pilot.identity.public()));
+    for node in s.nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn forged_and_replayed_packets_are_dropped() {
+    let mut s = squad(2).await;
+    // An outsider with its own org links to the officer and injects voice packets.
+    let outsider_keys = NodeKeys::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(5));
+    let (outsider_charter, _) = Charter::create(&outsider_keys.identity, "Other", 0).unwrap();
+    let mut outsider_config = NodeConfig::new(outsider_keys, outsider_charter, "outsider");
+    outsider_config.bootstrap = vec![s.nodes[0].address().clone()];
+    let mut outsider = Node::start(outsider_config).await.unwrap();
+    outsider
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::LinkUp { .. }))
+        .await
+        .expect("outsider links");
+
+    // The pilot talks; we keep a copy of what it sent the officer.
+    s.nodes[1]
+        .command(NodeCommand::PttDown(vec![s.org.flight]))
+        .unwrap();
+    let mut captured = Vec::new();
+    while captured.len() < 10 {
+        match s.nodes[1]
+            .wait_for(WAIT, |e| matches!(e, NodeEvent::VoiceSent { .. }))
+            .await
+        {
+            Some(NodeEvent::VoiceSent { packet, .. }) => captured.push(packet),
+            _ => panic!("no voice sent"),
+        }
+    }
+    s.nodes[1].command(NodeCommand::PttUp).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = s.nodes[0].stats().await.unwrap();
+
+    // Replay: the pilot's own link re-sends captured packets.
+    for packet in &captured {
+        s.nodes[1]
+            .command(NodeCommand::InjectDatagram {
+                peer: s.nodes[0].peer_id(),
+                bytes: packet.clone(),
+            })
+            .unwrap();
+    }
+    // Forgery: the outsider sends a copy moved to an unplayed sequence number (the header is
+    // sealed as associated data, so it no longer authenticates), a truncated packet and
+    // garbage.
+    let mut forged = captured[3].clone();
+    let seq_at = 3 + 8 * usize::from(forged[2]) + 4;
+    forged[seq_at] ^= 0x40;
+    for bytes in [forged, captured[0][..10].to_vec(), vec![0xff; 40]] {
+        outsider
+            .command(NodeCommand::InjectDatagram {
+                peer: s.nodes[0].peer_id(),
+                bytes,
+            })
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = s.nodes[0].stats().await.unwrap();
+    assert_eq!(
+        after.drops.replay - before.drops.replay,
+        captured.len() as u64
+    );
+    assert_eq!(after.drops.auth - before.drops.auth, 1, "the forged packet");
+    assert!(after.drops.malformed - before.drops.malformed >= 2);
+    let pilot = s.org.members[1].keys.identity.public();
+    let played = |st: &NodeStats| {
+        st.received
+            .iter()
+            .filter(|r| r.from == pilot)
+            .map(|r| r.frames_played)
+            .sum::<u64>()
+    };
+    assert_eq!(played(&after), played(&before), "nothing extra played");
+    outsider.shutdown().await.unwrap();
+    for node in s.nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn removing_a_member_rotates_keys_it_cannot_use() {
+    let mut s = squad(3).await;
+    let pilot = s.org.members[1].keys.identity.public();
+    // The root (officer) removes the pilot; the charter reaches the others by sync.
+    s.nodes[0]
+        .command(NodeCommand::EditCharter(OpBody::RemoveMember {
+            peer: pilot,
+        }))
+        .unwrap();
+    s.nodes[2]
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::CharterChanged { .. }))
+        .await
+        .expect("recruit learns of the removal");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let officer_stats = s.nodes[0].stats().await.unwrap();
+    assert!(officer_stats.key_rotations > 0);
+
+    // The officer talks on flight; the recruit hears it, and we hand the removed pilot a copy.
+    s.nodes[0]
+        .command(NodeCommand::PttDown(vec![s.org.flight]))
+        .unwrap();
+    let packet = loop {
+        match s.nodes[0]
+            .wait_for(WAIT, |e| matches!(e, NodeEvent::VoiceSent { .. }))
+            .await
+        {
+            Some(NodeEvent::VoiceSent { packet, .. }) => break packet,
+            _ => panic!("no voice sent"),
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.nodes[0].command(NodeCommand::PttUp).unwrap();
+    let pilot_before = s.nodes[1].stats().await.unwrap();
+    s.nodes[2]
+        .command(NodeCommand::InjectDatagram {
+            peer: s.nodes[1].peer_id(),
+            bytes: packet,
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pilot_after = s.nodes[1].stats().await.unwrap();
+    // It holds no key with that id: not even authentication could be tried.
+    assert_eq!(
+        pilot_after.drops.unknown_sender - pilot_before.drops.unknown_sender,
+        1
+    );
+    assert_eq!(pilot_after.drops.acl, pilot_before.drops.acl);
+    let officer = s.org.members[0].keys.identity.public();
+    let recruit_stats = s.nodes[2].stats().await.unwrap();
+    assert!(recruit_stats
+        .received
+        .iter()
+        .any(|r| r.from == officer && r.frames_played > 10));
+    for node in s.nodes {
+        node.shutdown().await.unwrap();
+    }
+}
