@@ -34,6 +34,9 @@ enum Command {
     Link(commands::link::LinkCommand),
     /// Create and edit org charters: channels, roles, members, relays, presets.
     Org(commands::org::OrgArgs),
+    /// Start several nodes in this process on loopback, script a PTT session and report every
+    /// stream (frames, concealment, mouth-to-ear latency).
+    Demo(commands::demo::DemoArgs),
 }
 
 /// Restores the default SIGPIPE action, so `callsign … | head` ends quietly like any Unix tool
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Org(args) => commands::org::run(args),
         Command::Audio(cmd) => commands::audio::run(cmd),
         Command::Link(cmd) => commands::link::run(cmd),
+        Command::Demo(args) => commands::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

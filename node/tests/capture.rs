@@ -177,3 +177,32 @@ fn agc_brings_quiet_speech_up_toward_its_target() {
     assert!(energy(&b.samples[tail..]) > 4.0 * energy(&a.samples[tail..]));
     assert!(b.samples.iter().all(|s| s.abs() < 1.0));
 }
+
+#[test]
+fn a_non_finite_sample_does_not_silence_the_chain_and_synthetic_speech_stays_finite() {
+    // Thirty seconds of the synthesiser: every sample finite (syllable ends once gave NaN).
+    let mut voice = callsign_node::audio::synth::SpeechLike::new(1000, 0.3);
+    let mut speech = vec![0.0f32; 48_000 * 30];
+    voice.fill(&mut speech);
+    assert!(speech.iter().all(|s| s.is_finite()));
+
+    for device_rate in [48_000, 44_100] {
+        let mut chain = CaptureChain::new(CaptureConfig {
+            device_rate,
+            ..CaptureConfig::default()
+        })
+        .unwrap();
+        chain.set_ptt(true);
+        let mut input = resample(&speech[..48_000 * 2], 48_000, device_rate).unwrap();
+        input[1000] = f32::NAN;
+        input[2000] = f32::INFINITY;
+        let out = run(&mut chain, &input, 480);
+        assert!(out.samples.iter().all(|s| s.is_finite()));
+        let tail = &out.samples[out.samples.len() / 2..];
+        let peak = tail.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+        assert!(
+            peak > 0.05,
+            "{device_rate} Hz: silent after a NaN (peak {peak})"
+        );
+    }
+}

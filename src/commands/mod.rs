@@ -1,6 +1,7 @@
 //! One module per `callsign` subcommand group.
 
 pub mod audio;
+pub mod demo;
 pub mod keys;
 pub mod link;
 pub mod org;

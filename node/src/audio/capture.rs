@@ -63,6 +63,8 @@ pub struct CaptureChain {
     config: CaptureConfig,
     resampler: Option<StreamResampler>,
     resampled: Vec<f32>,
+    /// Input with non-finite samples replaced, reused between pushes.
+    sanitized: Vec<f32>,
     high_pass: Option<Biquad>,
     denoise: Box<DenoiseState<'static>>,
     sub_in: [f32; DENOISE_FRAME],
@@ -87,6 +89,7 @@ impl CaptureChain {
         Ok(Self {
             resampler,
             resampled: Vec::with_capacity(SAMPLE_RATE as usize / 10),
+            sanitized: Vec::new(),
             high_pass,
             denoise: DenoiseState::new(),
             sub_in: [0.0; DENOISE_FRAME],
@@ -120,9 +123,22 @@ impl CaptureChain {
         mut on_frame: impl FnMut(CapturedFrame<'_>),
     ) -> Result<(), AudioError> {
         let mut start = 0;
+        // One NaN or infinity would poison the filters' state for good (and the FFT resampler
+        // refuses it): treat it as silence.
+        let input = if device_samples.iter().all(|s| s.is_finite()) {
+            device_samples
+        } else {
+            self.sanitized.clear();
+            self.sanitized.extend(
+                device_samples
+                    .iter()
+                    .map(|s| if s.is_finite() { *s } else { 0.0 }),
+            );
+            &self.sanitized[..]
+        };
         match &mut self.resampler {
-            Some(resampler) => resampler.process(device_samples, &mut self.resampled)?,
-            None => self.resampled.extend_from_slice(device_samples),
+            Some(resampler) => resampler.process(input, &mut self.resampled)?,
+            None => self.resampled.extend_from_slice(input),
         }
         while self.resampled.len() - start >= DENOISE_FRAME {
             self.sub_in

@@ -134,7 +134,8 @@ impl SpeechLike {
                     / (1.0 + i as f32);
             }
             let envelope = if self.voiced {
-                (progress * std::f32::consts::PI).sin().powf(0.5)
+                // sin(π) rounds to a tiny negative: clamp before the root or it is NaN.
+                (progress * std::f32::consts::PI).sin().max(0.0).sqrt()
             } else {
                 1.0
             };

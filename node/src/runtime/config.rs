@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Local-network discovery (real sockets only).
     pub mdns: bool,
+    /// Drop this fraction of outgoing voice datagrams (seeded): loss for demos and tests on
+    /// perfect loopback links.
+    pub send_loss: f64,
     /// Emit [`super::NodeEvent::VoiceSent`] for every voice datagram sent (tests, simulator).
     pub tap_voice: bool,
 }
@@ -70,9 +73,11 @@ impl NodeConfig {
             link: LinkConfig::default(),
             encoder: EncoderConfig::default(),
             jitter: JitterConfig {
-                // Loopback and LAN links measure their jitter within a few frames; start lower
-                // than the internet-safe default.
-                initial_delay: Duration::from_millis(40),
+                // Until a sender's first eight packets have measured the path, a spurt plays
+                // this far behind; the target adapts from the next spurt on. 30 ms absorbs
+                // 10 ms of jitter on top of the pull phase and keeps a squad's first words
+                // snappy; the audio engine's stand-alone default (60 ms) is internet-safe.
+                initial_delay: Duration::from_millis(30),
                 ..JitterConfig::default()
             },
             capture: CaptureConfig::default(),
@@ -83,6 +88,7 @@ impl NodeConfig {
             presence_interval: Duration::from_secs(10),
             seed: 0,
             mdns: false,
+            send_loss: 0.0,
             tap_voice: false,
         }
     }

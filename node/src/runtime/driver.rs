@@ -29,6 +29,8 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -63,6 +65,8 @@ pub(crate) struct Driver {
     pub unix_at_start_ms: u64,
     pub frame: Duration,
     pub tap: bool,
+    pub send_loss: f64,
+    pub loss_rng: ChaCha8Rng,
     pub keys_dirty: bool,
 }
 
@@ -394,7 +398,8 @@ impl Driver {
                 continue;
             };
             let peer = delivery.peer.peer_id();
-            if self.network.links.send_datagram(&peer, packet).is_err() {
+            let lost = self.send_loss > 0.0 && self.loss_rng.gen_bool(self.send_loss.min(1.0));
+            if !lost && self.network.links.send_datagram(&peer, packet).is_err() {
                 continue;
             }
             if self.tap {

@@ -160,6 +160,8 @@ impl Node {
             unix_at_start_ms,
             frame: config.encoder.frame.duration(),
             tap: config.tap_voice,
+            send_loss: config.send_loss,
+            loss_rng: rand::SeedableRng::seed_from_u64(config.seed ^ 0x6c6f_7373),
             keys_dirty: true,
             keys: config.keys,
         };
