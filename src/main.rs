@@ -37,6 +37,8 @@ enum Command {
     /// Start several nodes in this process on loopback, script a PTT session and report every
     /// stream (frames, concealment, mouth-to-ear latency).
     Demo(commands::demo::DemoArgs),
+    /// Run a headless node: join the org, log who talks where, until Ctrl-C or --seconds.
+    Up(commands::up::UpArgs),
 }
 
 /// Restores the default SIGPIPE action, so `callsign … | head` ends quietly like any Unix tool
@@ -64,7 +66,7 @@ fn main() -> ExitCode {
     // A long-running listener keeps serving links when nobody reads its output any more.
     let serves = matches!(
         cli.command,
-        Command::Link(commands::link::LinkCommand::Listen(_))
+        Command::Link(commands::link::LinkCommand::Listen(_)) | Command::Up(_)
     );
     #[cfg(unix)]
     if !serves {
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Audio(cmd) => commands::audio::run(cmd),
         Command::Link(cmd) => commands::link::run(cmd),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Up(args) => commands::up::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

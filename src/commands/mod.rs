@@ -6,6 +6,7 @@ pub mod keys;
 pub mod link;
 pub mod org;
 pub mod ticket;
+pub mod up;
 
 use std::path::PathBuf;
 

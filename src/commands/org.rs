@@ -214,7 +214,7 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     match given {
         Some(dir) => Ok(dir),
         None => Ok(
@@ -227,9 +227,9 @@ fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// A charter replica with its log.
-struct OrgStore {
-    charter: Charter,
-    log: OpLog,
+pub(crate) struct OrgStore {
+    pub(crate) charter: Charter,
+    pub(crate) log: OpLog,
 }
 
 impl OrgStore {
@@ -265,7 +265,7 @@ impl OrgStore {
     }
 
     /// Finds the store for `--org`, or the only one.
-    fn select(dir: &Path, org: Option<&str>) -> Result<Self> {
+    pub(crate) fn select(dir: &Path, org: Option<&str>) -> Result<Self> {
         if let Some(org) = org {
             let key: IdentityKey = org
                 .parse()

@@ -1,0 +1,352 @@
+//! `callsign up`: a headless node that joins its org and runs until stopped (or for
+//! `--seconds`), logging who talks where. Bots and tests use it without a sound card: audio in
+//! from a WAV file, what it hears out to a WAV file, PTT from a script.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use callsign_keys::IdentityKey;
+use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
+use callsign_node::audio::wav::read_wav;
+use callsign_node::runtime::AudioInput;
+use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
+use clap::Args;
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+use super::org::{data_dir, OrgStore};
+
+#[derive(Args, Debug, Default)]
+pub struct UpArgs {
+    /// TOML file with any of the options below (command-line flags win); see the README.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Identity key file [default: the platform config dir]
+    #[arg(long, env = "CALLSIGN_KEY")]
+    pub key: Option<PathBuf>,
+    /// Passphrase for an encrypted key, read from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub passphrase_env: Option<String>,
+    /// Where charters are stored [default: the platform data dir]
+    #[arg(long, env = "CALLSIGN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The org (its root peer id); may be omitted when only one org is stored.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Name shown to others [default: our name in the charter]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// UDP address of the QUIC endpoint.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// A peer to connect to (`/ip4/…/udp/…/quic-v1/p2p/…`); repeatable.
+    #[arg(long)]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Channel path to listen to; repeatable [default: every channel the charter allows]
+    #[arg(long = "channel", value_name = "PATH")]
+    pub channels: Vec<String>,
+    /// Microphone audio from this WAV file (looped) [default: silence]
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Write what the node hears to DIR/heard.wav.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Timed PTT actions, one per line: `AT_MS ptt /a,/b MS`, `AT_MS whisper PEER MS`,
+    /// `AT_MS listen /a`, `AT_MS unlisten /a`, `AT_MS vox /a` or `AT_MS vox off`.
+    #[arg(long)]
+    pub ptt_script: Option<PathBuf>,
+    /// Stop after this many seconds [default: run until Ctrl-C]
+    #[arg(long)]
+    pub seconds: Option<f64>,
+}
+
+/// The `--config` file, version 1. Every field is optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct UpFile {
+    version: u32,
+    key: Option<PathBuf>,
+    passphrase_env: Option<String>,
+    data_dir: Option<PathBuf>,
+    org: Option<String>,
+    name: Option<String>,
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    input: Option<PathBuf>,
+    output_dir: Option<PathBuf>,
+    ptt_script: Option<PathBuf>,
+    seconds: Option<f64>,
+}
+
+fn merge(mut args: UpArgs) -> Result<UpArgs> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let file: UpFile =
+        toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+    if file.version != 1 {
+        bail!(
+            "config {}: unknown version {} (this build reads version 1)",
+            path.display(),
+            file.version
+        );
+    }
+    // Relative paths in the file are relative to the file.
+    let base = path.parent().unwrap_or(Path::new("."));
+    let rel = |p: Option<PathBuf>| p.map(|p| base.join(p));
+    args.key = args.key.or(rel(file.key));
+    args.passphrase_env = args.passphrase_env.or(file.passphrase_env);
+    args.data_dir = args.data_dir.or(rel(file.data_dir));
+    args.org = args.org.or(file.org);
+    args.name = args.name.or(file.name);
+    args.listen = args.listen.or(file.listen);
+    if args.bootstrap.is_empty() {
+        for addr in file.bootstrap {
+            args.bootstrap.push(
+                addr.parse()
+                    .with_context(|| format!("config bootstrap address {addr:?}"))?,
+            );
+        }
+    }
+    if args.channels.is_empty() {
+        args.channels = file.channels;
+    }
+    args.input = args.input.or(rel(file.input));
+    args.output_dir = args.output_dir.or(rel(file.output_dir));
+    args.ptt_script = args.ptt_script.or(rel(file.ptt_script));
+    args.seconds = args.seconds.or(file.seconds);
+    Ok(args)
+}
+
+/// One scripted action.
+#[derive(Debug)]
+enum Step {
+    Ptt(Vec<ChannelId>, Duration),
+    Whisper(IdentityKey, Duration),
+    Listen(ChannelId),
+    Unlisten(ChannelId),
+    Vox(Vec<ChannelId>),
+}
+
+fn channel(state: &CharterState, path: &str) -> Result<ChannelId> {
+    state
+        .find(path)
+        .with_context(|| format!("no channel {path} in the charter"))
+}
+
+fn parse_script(text: &str, state: &CharterState) -> Result<Vec<(Duration, Step)>> {
+    let mut steps = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fail = |why: &str| anyhow::anyhow!("ptt script line {}: {why}: {line:?}", n + 1);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let ms = |w: Option<&&str>| -> Result<Duration> {
+            let w = w.ok_or_else(|| fail("missing milliseconds"))?;
+            Ok(Duration::from_millis(
+                w.parse()
+                    .map_err(|_| fail("not a number of milliseconds"))?,
+            ))
+        };
+        let at = ms(words.first())?;
+        let channels = |w: Option<&&str>| -> Result<Vec<ChannelId>> {
+            let w = w.ok_or_else(|| fail("missing channel"))?;
+            w.split(',')
+                .map(|p| channel(state, p).map_err(|e| fail(&e.to_string())))
+                .collect()
+        };
+        let step = match words.get(1).copied() {
+            Some("ptt") => Step::Ptt(channels(words.get(2))?, ms(words.get(3))?),
+            Some("whisper") => {
+                let peer = words
+                    .get(2)
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| fail("whisper needs a peer id"))?;
+                Step::Whisper(peer, ms(words.get(3))?)
+            }
+            Some("listen") => Step::Listen(channels(words.get(2))?[0]),
+            Some("unlisten") => Step::Unlisten(channels(words.get(2))?[0]),
+            Some("vox") if words.get(2) == Some(&"off") => Step::Vox(Vec::new()),
+            Some("vox") => Step::Vox(channels(words.get(2))?),
+            _ => return Err(fail("unknown action (ptt, whisper, listen, unlisten, vox)")),
+        };
+        steps.push((at, step));
+    }
+    steps.sort_by_key(|(at, _)| *at);
+    Ok(steps)
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    let args = merge(args)?;
+    let key_path = super::key_path(args.key.clone())?;
+    let (keys, _) = super::keys::unlock(&key_path, args.passphrase_env.as_deref())?;
+    let dir = data_dir(args.data_dir.clone())?;
+    let store = OrgStore::select(&dir, args.org.as_deref())?;
+    let state = store.charter.state().clone();
+    let me = keys.identity.public();
+    if !(state.members.contains_key(&me) || state.is_admin(&me)) {
+        bail!(
+            "{me} is not a member of org {} ({}); ask an admin to add you",
+            state.name,
+            state.org
+        );
+    }
+    let name = args.name.clone().unwrap_or_else(|| {
+        state
+            .members
+            .get(&me)
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| "admin".into())
+    });
+    let listening: Vec<ChannelId> = if args.channels.is_empty() {
+        state
+            .channels
+            .keys()
+            .copied()
+            .filter(|c| state.may(&me, *c, Permissions::LISTEN))
+            .collect()
+    } else {
+        args.channels
+            .iter()
+            .map(|p| channel(&state, p))
+            .collect::<Result<_>>()?
+    };
+    let script = match &args.ptt_script {
+        Some(path) => parse_script(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read ptt script {}", path.display()))?,
+            &state,
+        )?,
+        None => Vec::new(),
+    };
+    let input = match &args.input {
+        Some(path) => AudioInput::Samples(read_wav(path)?),
+        None => AudioInput::Silence,
+    };
+    let mut config = NodeConfig::new(keys, store.charter, name);
+    config.listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    config.bootstrap = args.bootstrap.clone();
+    config.listening = listening;
+    config.input = input;
+    config.mdns = true;
+    config.seed = rand::random();
+    if let Some(out) = &args.output_dir {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("creating output directory {}", out.display()))?;
+        config.output = Some(out.join("heard.wav"));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, store.log, script, args.seconds, state))
+}
+
+async fn serve(
+    config: NodeConfig,
+    log: callsign_mesh::charter::log::OpLog,
+    script: Vec<(Duration, Step)>,
+    seconds: Option<f64>,
+    state: CharterState,
+) -> Result<()> {
+    let mut node = Node::start_with_log(config, Some(log))
+        .await
+        .context("starting the node")?;
+    println!("listening on {}", node.address());
+    let start = Instant::now();
+    let stop_at = seconds.map(|s| start + Duration::from_secs_f64(s.max(0.0)));
+    // Releases are scripted actions too: (when, None) means "PTT up".
+    let mut plan: Vec<(Duration, Option<Step>)> = Vec::new();
+    for (at, step) in script {
+        if let Step::Ptt(_, length) | Step::Whisper(_, length) = &step {
+            plan.push((at + *length, None));
+        }
+        plan.push((at, Some(step)));
+    }
+    plan.sort_by_key(|(at, _)| *at);
+    let mut plan = plan.into_iter().peekable();
+    let path = |c: &ChannelId| state.path(*c).unwrap_or_else(|| c.to_string());
+    let paths = |cs: &[ChannelId]| cs.iter().map(path).collect::<Vec<_>>().join(",");
+    loop {
+        let next_step = plan.peek().map(|(at, _)| start + *at);
+        let deadline = [next_step, stop_at].into_iter().flatten().min();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sleep => {
+                if stop_at.is_some_and(|s| Instant::now() >= s) {
+                    break;
+                }
+                if let Some((_, step)) = plan.next() {
+                    node.command(match step {
+                        None => NodeCommand::PttUp,
+                        Some(Step::Ptt(channels, _)) => NodeCommand::PttDown(channels),
+                        Some(Step::Whisper(peer, _)) => NodeCommand::WhisperDown(peer),
+                        Some(Step::Listen(c)) => NodeCommand::Listen(c),
+                        Some(Step::Unlisten(c)) => NodeCommand::Unlisten(c),
+                        Some(Step::Vox(channels)) => NodeCommand::VoiceActivation(channels),
+                    })?;
+                }
+            }
+            event = node.next_event() => {
+                let Some(event) = event else { break };
+                let t = start.elapsed().as_secs_f64();
+                let line = match event {
+                    NodeEvent::TalkerStarted { name, peer, channels, whisper } => {
+                        let on = if whisper { "whisper".to_string() } else { paths(&channels) };
+                        Some(format!("talker-start {name} ({peer}) on {on}"))
+                    }
+                    NodeEvent::TalkerStopped { peer } => Some(format!("talker-stop {peer}")),
+                    NodeEvent::Presence { peer, name, listening } => {
+                        Some(format!("presence {name} ({peer}) listening {}", paths(&listening)))
+                    }
+                    NodeEvent::PresenceGone { peer } => Some(format!("presence-gone {peer}")),
+                    NodeEvent::SessionUp { peer } => Some(format!("session-up {peer}")),
+                    NodeEvent::LinkUp { peer, kind, remote } => {
+                        Some(format!("link-up {peer} {kind:?} {remote}"))
+                    }
+                    NodeEvent::LinkDown { peer } => Some(format!("link-down {peer}")),
+                    NodeEvent::Transmitting { channels, whisper } => Some(match whisper {
+                        Some(to) => format!("transmit whisper to {to}"),
+                        None => format!("transmit on {}", paths(&channels)),
+                    }),
+                    NodeEvent::TransmitStopped => Some("transmit-stop".into()),
+                    NodeEvent::PttDenied { channels, reason } => {
+                        Some(format!("ptt-denied {}: {reason}", paths(&channels)))
+                    }
+                    NodeEvent::CharterChanged { ops } => Some(format!("charter +{ops} ops")),
+                    NodeEvent::Warning(w) => Some(format!("warning {w}")),
+                    NodeEvent::VoiceSent { .. } => None,
+                };
+                if let Some(line) = line {
+                    println!("{t:8.3} {line}");
+                }
+            }
+        }
+    }
+    let stats = node.shutdown().await?;
+    println!(
+        "stopped: {} frames sent, {} streams heard, drops {}",
+        stats.frames_encoded,
+        stats.received.len(),
+        serde_json::to_string(&stats.drops)?
+    );
+    Ok(())
+}
