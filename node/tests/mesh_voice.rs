@@ -257,14 +257,11 @@ async fn removing_a_member_rotates_keys_it_cannot_use() {
     s.nodes[0]
         .command(NodeCommand::PttDown(vec![s.org.flight]))
         .unwrap();
-    let packet = loop {
-        match s.nodes[0]
-            .wait_for(WAIT, |e| matches!(e, NodeEvent::VoiceSent { .. }))
-            .await
-        {
-            Some(NodeEvent::VoiceSent { packet, .. }) => break packet,
-            _ => panic!("no voice sent"),
-        }
+    let Some(NodeEvent::VoiceSent { packet, .. }) = s.nodes[0]
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::VoiceSent { .. }))
+        .await
+    else {
+        panic!("no voice sent");
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.nodes[0].command(NodeCommand::PttUp).unwrap();

@@ -379,14 +379,14 @@ impl Driver {
         let mut sealed: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
         for delivery in deliveries {
             let key_id = delivery.key.id();
-            if !sealed.contains_key(&key_id) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = sealed.entry(key_id) {
                 let header = VoiceHeader {
                     key_id,
                     ..header.clone()
                 };
                 match delivery.key.seal(&header, payload) {
                     Ok(bytes) => {
-                        sealed.insert(key_id, bytes);
+                        slot.insert(bytes);
                     }
                     Err(e) => {
                         self.emit(NodeEvent::Warning(format!("seal: {e}")));

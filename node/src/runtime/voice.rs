@@ -36,7 +36,7 @@ pub struct Encoded<'a> {
 
 enum Source {
     Silence,
-    Synthetic(SpeechLike),
+    Synthetic(Box<SpeechLike>),
     Samples { data: Vec<f32>, at: usize },
 }
 
@@ -80,7 +80,7 @@ impl Transmitter {
         let frame = encoder.frame;
         let source = match input {
             AudioInput::Silence => Source::Silence,
-            AudioInput::Synthetic { seed } => Source::Synthetic(SpeechLike::new(seed, 0.3)),
+            AudioInput::Synthetic { seed } => Source::Synthetic(Box::new(SpeechLike::new(seed, 0.3))),
             AudioInput::Samples(data) => Source::Samples { data, at: 0 },
         };
         Ok(Self {
