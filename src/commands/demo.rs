@@ -52,6 +52,10 @@ struct StreamLine {
     frames_played: u64,
     frames_concealed: u64,
     mouth_to_ear_ms: Option<Latency>,
+    /// Mean time a played frame waited in the receiver's jitter buffer.
+    jitter_buffer_ms: f64,
+    /// Link round-trip time between the two nodes at the end of the session.
+    rtt_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -270,6 +274,13 @@ fn report(
                     p50: l.p50,
                     p99: l.p99,
                 }),
+                jitter_buffer_ms: heard.map_or(0.0, |h| h.jitter_delay_ms),
+                rtt_ms: sender
+                    .peers
+                    .iter()
+                    .find(|p| p.peer == sent.to.peer_id().to_string())
+                    .and_then(|p| p.rtt)
+                    .map(|rtt| rtt.as_secs_f64() * 1e3),
             });
         }
     }

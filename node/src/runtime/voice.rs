@@ -80,7 +80,9 @@ impl Transmitter {
         let frame = encoder.frame;
         let source = match input {
             AudioInput::Silence => Source::Silence,
-            AudioInput::Synthetic { seed } => Source::Synthetic(Box::new(SpeechLike::new(seed, 0.3))),
+            AudioInput::Synthetic { seed } => {
+                Source::Synthetic(Box::new(SpeechLike::new(seed, 0.3)))
+            }
             AudioInput::Samples(data) => Source::Samples { data, at: 0 },
         };
         Ok(Self {
