@@ -290,3 +290,31 @@ async fn removing_a_member_rotates_keys_it_cannot_use() {
         node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn listeners_report_loss_and_the_sender_strengthens_fec() {
+    let org = DemoOrg::new(2, 11).unwrap();
+    let epoch = Instant::now();
+    let mut talker_config = config(&org, 0, epoch, 300);
+    talker_config.send_loss = 0.2;
+    let mut talker = Node::start(talker_config).await.unwrap();
+    let mut listener_config = config(&org, 1, epoch, 300);
+    listener_config.bootstrap = vec![talker.address().clone()];
+    let mut listener = Node::start(listener_config).await.unwrap();
+    for node in [&mut talker, &mut listener] {
+        node.wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
+            .await
+            .expect("session");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        talker.stats().await.unwrap().expected_loss_pct,
+        1,
+        "FEC floor"
+    );
+    talk(&talker, NodeCommand::PttDown(vec![org.flight]), 2500).await;
+    let pct = talker.stats().await.unwrap().expected_loss_pct;
+    assert!((8..=35).contains(&pct), "sender tuned FEC for {pct}% loss");
+    listener.shutdown().await.unwrap();
+    talker.shutdown().await.unwrap();
+}

@@ -174,4 +174,6 @@ pub struct NodeStats {
     pub peers: Vec<PeerStats>,
     /// Frames this node encoded and sent (any number of copies each).
     pub frames_encoded: u64,
+    /// The loss the encoder's FEC is tuned for (the worst listener's report).
+    pub expected_loss_pct: u8,
 }

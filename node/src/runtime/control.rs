@@ -21,6 +21,9 @@ pub enum ControlMessage {
     Handshake(Vec<u8>),
     /// A sender key grant sealed by the pair session.
     Grant(Vec<u8>),
+    /// "Over the last second the network lost this percentage of your frames to me": the
+    /// sender tunes its FEC to the worst listener.
+    LossReport(u8),
 }
 
 /// Why a control message was refused.

@@ -68,6 +68,9 @@ pub(crate) struct Driver {
     pub send_loss: f64,
     pub loss_rng: ChaCha8Rng,
     pub keys_dirty: bool,
+    /// Loss each listener last reported for our frames.
+    pub listener_loss: BTreeMap<PeerId, u8>,
+    pub ticks: u64,
 }
 
 fn now() -> Instant {
@@ -326,6 +329,16 @@ impl Driver {
         for peer in changes.stopped {
             self.emit(NodeEvent::TalkerStopped { peer });
         }
+        self.ticks += 1;
+        let per_second =
+            (Duration::from_secs(1).as_micros() / self.frame.as_micros().max(1)) as u64;
+        if self.ticks % per_second.max(1) == 0 {
+            for (sender, pct) in self.playout.loss_reports() {
+                if let Some(control) = self.peers.get_mut(&sender.peer_id()) {
+                    control.queue(&ControlMessage::LossReport(pct));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -538,6 +551,7 @@ impl Driver {
 
     fn peer_down(&mut self, peer: &PeerId) {
         self.peers.remove(peer);
+        self.listener_loss.remove(peer);
         self.sync.handle_link_down(peer);
         self.keys_dirty = true;
     }
@@ -610,6 +624,13 @@ impl Driver {
             },
             ControlMessage::Presence(body) => self.presence_message(peer, &body, now),
             ControlMessage::Handshake(body) => self.handshake(peer, identity, &body),
+            ControlMessage::LossReport(pct) => {
+                self.listener_loss.insert(peer, pct.min(100));
+                let worst = self.listener_loss.values().copied().max().unwrap_or(0);
+                if let Err(e) = self.transmitter.set_expected_loss(worst) {
+                    tracing::warn!(%e, "setting expected loss");
+                }
+            }
             ControlMessage::Grant(body) => {
                 let Some(session) = self.peers.get_mut(&peer).and_then(|c| c.session.as_mut())
                 else {
@@ -829,6 +850,7 @@ impl Driver {
             key_rotations: self.schedule.rotations(),
             peers,
             frames_encoded: self.transmitter.encoded(),
+            expected_loss_pct: self.transmitter.expected_loss_pct(),
         }
     }
 }

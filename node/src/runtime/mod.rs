@@ -163,6 +163,8 @@ impl Node {
             send_loss: config.send_loss,
             loss_rng: rand::SeedableRng::seed_from_u64(config.seed ^ 0x6c6f_7373),
             keys_dirty: true,
+            listener_loss: BTreeMap::new(),
+            ticks: 0,
             keys: config.keys,
         };
         let task = tokio::spawn(driver.run(commands_rx));

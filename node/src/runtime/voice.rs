@@ -141,6 +141,11 @@ impl Transmitter {
         self.encoder.set_expected_loss(pct)
     }
 
+    /// The loss the encoder's FEC is tuned for.
+    pub fn expected_loss_pct(&self) -> u8 {
+        self.encoder.expected_loss_pct()
+    }
+
     /// Captures one frame period and, while the gate is open (plus one closing frame carrying
     /// the end marker), encodes it.
     pub fn tick(&mut self) -> Result<Option<Encoded<'_>>, AudioError> {
@@ -256,6 +261,8 @@ struct RemoteStream {
     active: bool,
     pcm: Vec<f32>,
     counters: BTreeMap<StreamChannel, Counters>,
+    /// (lost, played) at the last loss report.
+    reported: (u64, u64),
 }
 
 impl RemoteStream {
@@ -322,6 +329,7 @@ impl Playout {
                 active: false,
                 pcm: vec![0.0; self.frame_len],
                 counters: BTreeMap::new(),
+                reported: (0, 0),
             };
             self.next_source += 1;
             self.streams.insert(frame.sender, stream);
@@ -429,6 +437,23 @@ impl Playout {
                     jitter_delay_ms: jitter,
                 });
             }
+        }
+        out
+    }
+
+    /// Per sender heard since the last call (at least ten frame periods), the percentage of
+    /// frames the network lost: the feedback that sets the sender's FEC strength.
+    pub fn loss_reports(&mut self) -> Vec<(IdentityKey, u8)> {
+        let mut out = Vec::new();
+        for (sender, remote) in &mut self.streams {
+            let stats = remote.stream.stats().jitter;
+            let lost = stats.lost - remote.reported.0.min(stats.lost);
+            let played = stats.played - remote.reported.1.min(stats.played);
+            if lost + played < 10 {
+                continue;
+            }
+            remote.reported = (stats.lost, stats.played);
+            out.push((*sender, (lost * 100 / (lost + played)).min(100) as u8));
         }
         out
     }
