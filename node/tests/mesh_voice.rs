@@ -318,3 +318,52 @@ async fn listeners_report_loss_and_the_sender_strengthens_fec() {
     listener.shutdown().await.unwrap();
     talker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn voice_activation_transmits_while_speech_is_heard() {
+    let org = DemoOrg::new(2, 11).unwrap();
+    let epoch = Instant::now();
+    let speech = callsign_node::audio::wav::read_wav(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/speech-16k.wav"),
+    )
+    .unwrap();
+    let mut talker_config = config(&org, 0, epoch, 400);
+    talker_config.input = AudioInput::Samples(speech);
+    let mut talker = Node::start(talker_config).await.unwrap();
+    let mut listener_config = config(&org, 1, epoch, 400);
+    listener_config.bootstrap = vec![talker.address().clone()];
+    let mut listener = Node::start(listener_config).await.unwrap();
+    for node in [&mut talker, &mut listener] {
+        node.wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
+            .await
+            .expect("session");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    talker
+        .command(NodeCommand::VoiceActivation(vec![org.flight]))
+        .unwrap();
+    let started = talker
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::Transmitting { .. }))
+        .await;
+    assert!(
+        matches!(&started, Some(NodeEvent::Transmitting { channels, whisper: None }) if *channels == [org.flight]),
+        "{started:?}"
+    );
+    let heard = listener
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::TalkerStarted { .. }))
+        .await;
+    assert!(
+        matches!(&heard, Some(NodeEvent::TalkerStarted { peer, .. }) if *peer == talker.identity()),
+        "{heard:?}"
+    );
+    // Voice activation off: the talker falls silent and stays so.
+    talker
+        .command(NodeCommand::VoiceActivation(Vec::new()))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = talker.stats().await.unwrap().frames_encoded;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(talker.stats().await.unwrap().frames_encoded, before);
+    listener.shutdown().await.unwrap();
+    talker.shutdown().await.unwrap();
+}

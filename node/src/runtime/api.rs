@@ -96,7 +96,8 @@ pub enum NodeEvent {
     TalkerStopped {
         peer: IdentityKey,
     },
-    /// We are transmitting (after PTT or voice activation) on these channels.
+    /// A transmission began (its first frame went out, after PTT or voice activation): on
+    /// these channels, or a whisper.
     Transmitting {
         channels: Vec<ChannelId>,
         whisper: Option<IdentityKey>,
@@ -137,6 +138,8 @@ pub struct ReceivedStream {
     pub frames_played: u64,
     /// Frame periods filled by concealment inside transmissions.
     pub frames_concealed: u64,
+    /// Frames the network lost (some then recovered by FEC), over the sender's whole stream.
+    pub frames_lost: u64,
     pub frames_fec: u64,
     /// Capture (end of the frame's block at the sender) to playout, when both nodes share a
     /// media epoch.

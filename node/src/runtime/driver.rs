@@ -212,22 +212,12 @@ impl Driver {
                     });
                 }
                 if !allowed.is_empty() {
-                    self.transmitter.press(Target::Channels(allowed.clone()));
-                    self.emit(NodeEvent::Transmitting {
-                        channels: allowed,
-                        whisper: None,
-                    });
+                    self.transmitter.press(Target::Channels(allowed));
                 }
             }
             NodeCommand::WhisperDown(peer) => {
                 match whisper_delivery(self.state(), &self.schedule, &self.local, &peer, now) {
-                    Ok((channel, _)) => {
-                        self.transmitter.press(Target::Whisper(peer));
-                        self.emit(NodeEvent::Transmitting {
-                            channels: vec![channel],
-                            whisper: Some(peer),
-                        });
-                    }
+                    Ok(_) => self.transmitter.press(Target::Whisper(peer)),
                     Err(e) => {
                         self.ptt_denied += 1;
                         self.emit(NodeEvent::PttDenied {
@@ -320,6 +310,13 @@ impl Driver {
                 payload,
             } = encoded;
             let payload = payload.to_vec();
+            if flags.contains(VoiceFlags::START) {
+                let (channels, whisper) = match &target {
+                    Target::Channels(channels) => (channels.clone(), None),
+                    Target::Whisper(peer) => (Vec::new(), Some(*peer)),
+                };
+                self.emit(NodeEvent::Transmitting { channels, whisper });
+            }
             self.send_frame(target, flags, sequence, timestamp, &payload, scheduled);
         }
         if was_transmitting && !self.transmitter.is_transmitting() {

@@ -425,16 +425,17 @@ impl Playout {
     pub fn report(&self) -> Vec<ReceivedStream> {
         let mut out = Vec::new();
         for (sender, remote) in &self.streams {
-            let jitter = remote.stream.stats().jitter.mean_buffer_delay_ms;
+            let jitter = remote.stream.stats().jitter;
             for (channel, c) in &remote.counters {
                 out.push(ReceivedStream {
                     from: *sender,
                     channel: *channel,
                     frames_played: c.played,
                     frames_concealed: c.concealed,
+                    frames_lost: jitter.lost,
                     frames_fec: c.fec,
                     mouth_to_ear_ms: c.latency.summary(),
-                    jitter_delay_ms: jitter,
+                    jitter_delay_ms: jitter.mean_buffer_delay_ms,
                 });
             }
         }
