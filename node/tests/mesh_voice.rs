@@ -4,7 +4,7 @@
 use callsign_keys::NodeKeys;
 use callsign_mesh::charter::{Charter, OpBody};
 use callsign_node::runtime::demo_org::DemoOrg;
-use callsign_node::runtime::{AudioInput, StreamChannel};
+use callsign_node::runtime::{AudioInput, LinkKind, StreamChannel};
 use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent, NodeStats};
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
@@ -364,6 +364,51 @@ async fn voice_activation_transmits_while_speech_is_heard() {
     let before = talker.stats().await.unwrap().frames_encoded;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(talker.stats().await.unwrap().frames_encoded, before);
+    listener.shutdown().await.unwrap();
+    talker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn over_the_tcp_fallback_voice_rides_the_control_stream() {
+    let org = DemoOrg::new(2, 11).unwrap();
+    let epoch = Instant::now();
+    let mut talker = Node::start(config(&org, 0, epoch, 500)).await.unwrap();
+    let mut listener_config = config(&org, 1, epoch, 500);
+    listener_config.bootstrap = vec![talker.tcp_address().expect("tcp listener").clone()];
+    let mut listener = Node::start(listener_config).await.unwrap();
+    let link = listener
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::LinkUp { .. }))
+        .await;
+    assert!(
+        matches!(
+            link,
+            Some(NodeEvent::LinkUp {
+                kind: LinkKind::TcpFallback,
+                ..
+            })
+        ),
+        "{link:?}"
+    );
+    for node in [&mut talker, &mut listener] {
+        node.wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
+            .await
+            .expect("session");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    talk(&talker, NodeCommand::PttDown(vec![org.flight]), 1000).await;
+    let talker_stats = talker.stats().await.unwrap();
+    let heard = listener.stats().await.unwrap();
+    let sent = sent(
+        &talker_stats,
+        &org.members[1].keys,
+        StreamChannel::Channel(org.flight),
+    );
+    let played = played(
+        &heard,
+        &org.members[0].keys,
+        StreamChannel::Channel(org.flight),
+    );
+    assert!(sent >= 45 && played * 100 >= sent * 98, "{played}/{sent}");
     listener.shutdown().await.unwrap();
     talker.shutdown().await.unwrap();
 }

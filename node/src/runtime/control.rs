@@ -24,6 +24,9 @@ pub enum ControlMessage {
     /// "Over the last second the network lost this percentage of your frames to me": the
     /// sender tunes its FEC to the worst listener.
     LossReport(u8),
+    /// A voice packet, when the peer is linked over the TCP fallback (no datagrams). Sent
+    /// outside the ordered outbox: the jitter buffer reorders.
+    Voice(Vec<u8>),
 }
 
 /// Why a control message was refused.

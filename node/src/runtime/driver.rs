@@ -11,7 +11,7 @@ use super::NodeError;
 use crate::audio::mixer::ChannelMix;
 use crate::audio::SAMPLE_RATE;
 use crate::link::swarm::{answer_echo, NodeBehaviourEvent, NodeNetwork};
-use crate::link::{IncomingDatagram, LinkEvent};
+use crate::link::{IncomingDatagram, LinkError, LinkEvent};
 use callsign_keys::{IdentityKey, NodeKeys};
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::sync::{CharterSync, SyncEvent, SyncMessage};
@@ -409,8 +409,20 @@ impl Driver {
             };
             let peer = delivery.peer.peer_id();
             let lost = self.send_loss > 0.0 && self.loss_rng.gen_bool(self.send_loss.min(1.0));
-            if !lost && self.network.links.send_datagram(&peer, packet).is_err() {
-                continue;
+            if !lost {
+                match self.network.links.send_datagram(&peer, packet) {
+                    Ok(()) => {}
+                    // Linked over TCP only: the frame rides a control stream instead.
+                    Err(LinkError::NotConnected(_)) if self.network.swarm.is_connected(&peer) => {
+                        let message = ControlMessage::Voice(packet.clone()).encode();
+                        self.network
+                            .swarm
+                            .behaviour_mut()
+                            .control
+                            .send_request(&peer, message);
+                    }
+                    Err(_) => continue,
+                }
             }
             if self.tap {
                 self.emit(NodeEvent::VoiceSent {
@@ -621,6 +633,13 @@ impl Driver {
             },
             ControlMessage::Presence(body) => self.presence_message(peer, &body, now),
             ControlMessage::Handshake(body) => self.handshake(peer, identity, &body),
+            ControlMessage::Voice(packet) => self.datagram(
+                IncomingDatagram {
+                    peer,
+                    payload: packet.into(),
+                },
+                now,
+            ),
             ControlMessage::LossReport(pct) => {
                 self.listener_loss.insert(peer, pct.min(100));
                 let worst = self.listener_loss.values().copied().max().unwrap_or(0);
@@ -709,14 +728,19 @@ impl Driver {
         }
         let subject_peer = subject.peer_id();
         if !self.network.swarm.is_connected(&subject_peer) && self.local_peer < subject_peer {
-            for addr in &record.body.addrs {
-                if let Ok(addr) = Multiaddr::try_from(addr.clone()) {
-                    let _ = self
-                        .network
-                        .swarm
-                        .dial(addr.with_p2p(subject_peer).unwrap_or_else(|a| a));
-                    break;
-                }
+            // QUIC first (voice needs datagrams), TCP only when the peer offers nothing else.
+            let mut addrs: Vec<Multiaddr> = record
+                .body
+                .addrs
+                .iter()
+                .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+                .collect();
+            addrs.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
+            if let Some(addr) = addrs.into_iter().next() {
+                let _ = self
+                    .network
+                    .swarm
+                    .dial(addr.with_p2p(subject_peer).unwrap_or_else(|a| a));
             }
         }
     }

@@ -63,6 +63,7 @@ pub struct Node {
     identity: IdentityKey,
     peer_id: PeerId,
     address: Multiaddr,
+    tcp_address: Option<Multiaddr>,
     task: JoinHandle<Result<NodeStats, NodeError>>,
 }
 
@@ -94,8 +95,37 @@ impl Node {
                 addr: listen.clone(),
                 reason: e.to_string(),
             })?;
+        // TCP + Noise + Yamux for networks that block UDP; voice then rides the control
+        // stream. Its port is known once the listener reports it.
+        let tcp = Multiaddr::empty()
+            .with(network.local_addr.ip().into())
+            .with(libp2p::multiaddr::Protocol::Tcp(0));
+        network
+            .swarm
+            .listen_on(tcp.clone())
+            .map_err(|e| NodeError::Listen {
+                addr: tcp,
+                reason: e.to_string(),
+            })?;
         let identity = config.keys.identity.public();
         let peer_id = identity.peer_id();
+        let tcp_address = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                    futures::StreamExt::select_next_some(&mut network.swarm).await
+                {
+                    if address
+                        .iter()
+                        .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+                    {
+                        return address;
+                    }
+                }
+            }
+        })
+        .await
+        .ok()
+        .map(|a| a.with_p2p(peer_id).unwrap_or_else(|a| a));
         let address = listen.with_p2p(peer_id).unwrap_or_else(|a| a);
         for addr in &config.bootstrap {
             network
@@ -174,6 +204,7 @@ impl Node {
             identity,
             peer_id,
             address,
+            tcp_address,
             task,
         })
     }
@@ -190,6 +221,11 @@ impl Node {
     /// Where others dial us (`/ip4/../udp/../quic-v1/p2p/..`).
     pub fn address(&self) -> &Multiaddr {
         &self.address
+    }
+
+    /// The TCP fallback address (`/ip4/../tcp/../p2p/..`), if its listener came up.
+    pub fn tcp_address(&self) -> Option<&Multiaddr> {
+        self.tcp_address.as_ref()
     }
 
     /// Sends a command; fails only once the node has stopped.
