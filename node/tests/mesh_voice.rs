@@ -412,3 +412,39 @@ async fn over_the_tcp_fallback_voice_rides_the_control_stream() {
     listener.shutdown().await.unwrap();
     talker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn members_find_each_other_through_one_bootstrap_node() {
+    let org = DemoOrg::new(3, 11).unwrap();
+    let epoch = Instant::now();
+    let hub = Node::start(config(&org, 0, epoch, 600)).await.unwrap();
+    let mut spokes = Vec::new();
+    for i in [1, 2] {
+        let mut c = config(&org, i, epoch, 600);
+        c.bootstrap = vec![hub.address().clone()];
+        spokes.push(Node::start(c).await.unwrap());
+    }
+    // Each spoke hears of the other through the hub's presence gossip and links to it.
+    for spoke in &mut spokes {
+        for _ in 0..2 {
+            spoke
+                .wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
+                .await
+                .expect("a session with the hub and with the other spoke");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    talk(&spokes[0], NodeCommand::PttDown(vec![org.flight]), 600).await;
+    let heard = spokes[1].stats().await.unwrap();
+    assert!(
+        played(
+            &heard,
+            &org.members[1].keys,
+            StreamChannel::Channel(org.flight)
+        ) >= 25
+    );
+    for node in spokes {
+        node.shutdown().await.unwrap();
+    }
+    hub.shutdown().await.unwrap();
+}

@@ -746,14 +746,24 @@ impl Driver {
     }
 
     fn own_presence(&mut self, now: Instant) -> Option<PresenceRecord> {
-        let mut addrs: Vec<Vec<u8>> = self
-            .network
-            .swarm
-            .listeners()
+        // Confirmed external addresses, then listeners; an unspecified IP (0.0.0.0) is no use
+        // to anyone else.
+        let swarm = &self.network.swarm;
+        let mut addrs: Vec<Vec<u8>> = swarm
+            .external_addresses()
+            .chain(swarm.listeners())
+            .filter(|a| {
+                !a.iter().any(|p| match p {
+                    Protocol::Ip4(ip) => ip.is_unspecified(),
+                    Protocol::Ip6(ip) => ip.is_unspecified(),
+                    _ => false,
+                })
+            })
             .map(|a| a.to_vec())
-            .take(8)
             .collect();
         addrs.sort();
+        addrs.dedup();
+        addrs.truncate(16);
         let body = PresenceBody {
             org: self.sync.charter().org(),
             peer: self.local,
