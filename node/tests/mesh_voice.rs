@@ -448,3 +448,57 @@ async fn members_find_each_other_through_one_bootstrap_node() {
     }
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_linked_stranger_added_to_the_charter_joins_and_hears() {
+    let mut org = DemoOrg::new(2, 11).unwrap();
+    let newcomer = org.members[1].keys.identity.public();
+    org.charter
+        .edit(&org.root, OpBody::RemoveMember { peer: newcomer }, 1)
+        .unwrap();
+    let epoch = Instant::now();
+    let mut admin = Node::start(config(&org, 0, epoch, 700)).await.unwrap();
+    let mut c = config(&org, 1, epoch, 700);
+    c.listening = vec![org.flight];
+    c.bootstrap = vec![admin.address().clone()];
+    let mut joiner = Node::start(c).await.unwrap();
+    joiner
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::LinkUp { .. }))
+        .await
+        .expect("link");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(joiner
+        .try_event()
+        .into_iter()
+        .all(|e| !matches!(e, NodeEvent::SessionUp { .. })));
+    admin
+        .command(NodeCommand::EditCharter(OpBody::PutMember {
+            peer: newcomer,
+            name: "late".into(),
+            roles: vec!["pilot".into()],
+        }))
+        .unwrap();
+    joiner
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
+        .await
+        .expect("the new member's session comes up once the charter names it");
+    admin
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::Presence { .. }))
+        .await
+        .expect("its presence");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // It started before it was a member, so it listens to what it asked for once allowed.
+    joiner.command(NodeCommand::Listen(org.flight)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    talk(&admin, NodeCommand::PttDown(vec![org.flight]), 600).await;
+    let heard = joiner.stats().await.unwrap();
+    assert!(
+        played(
+            &heard,
+            &org.members[0].keys,
+            StreamChannel::Channel(org.flight)
+        ) >= 25
+    );
+    joiner.shutdown().await.unwrap();
+    admin.shutdown().await.unwrap();
+}

@@ -245,7 +245,7 @@ impl Driver {
                 match self.sync.edit(&identity, body, unix) {
                     Ok(op) => {
                         self.persist(&[op.encode()]);
-                        self.charter_changed(1);
+                        self.charter_changed(1, now);
                     }
                     Err(e) => self.emit(NodeEvent::Warning(format!("charter edit refused: {e}"))),
                 }
@@ -277,7 +277,7 @@ impl Driver {
         }
     }
 
-    fn charter_changed(&mut self, ops: usize) {
+    fn charter_changed(&mut self, ops: usize, now: Instant) {
         self.members = member_map(self.state());
         let state = self.state().clone();
         self.listening
@@ -293,6 +293,23 @@ impl Driver {
         for peer in gone {
             self.peers.remove(&peer);
             self.sync.handle_link_down(&peer);
+        }
+        // Peers linked before the charter named them start their control now.
+        let joined: Vec<PeerId> = self
+            .link_kinds
+            .keys()
+            .filter(|p| self.members.contains_key(p) && !self.peers.contains_key(p))
+            .copied()
+            .collect();
+        for peer in joined {
+            self.peer_up(peer, now);
+            // If the peer was to start the E2EE session, its first message reached us while
+            // it was a stranger and was ignored: an empty handshake asks it to start again.
+            if self.local_peer > peer {
+                if let Some(control) = self.peers.get_mut(&peer) {
+                    control.queue(&ControlMessage::Handshake(Vec::new()));
+                }
+            }
         }
         self.emit(NodeEvent::CharterChanged { ops });
     }
@@ -665,6 +682,19 @@ impl Driver {
         let Some(control) = self.peers.get_mut(&peer) else {
             return;
         };
+        if body.is_empty() {
+            // "Start again" from a responder that could not hear our first message.
+            if initiator && !control.is_established() {
+                match PairSession::initiate(&self.keys, identity) {
+                    Ok((session, first)) => {
+                        control.session = Some(session);
+                        control.queue(&ControlMessage::Handshake(first));
+                    }
+                    Err(e) => self.emit(NodeEvent::Warning(format!("session start: {e}"))),
+                }
+            }
+            return;
+        }
         // A responder that hears a new first message from an established peer: the peer
         // restarted its side; start over.
         if !initiator && (control.session.is_none() || control.is_established()) {
@@ -683,6 +713,14 @@ impl Driver {
                 if up {
                     self.keys_dirty = true;
                     self.emit(NodeEvent::SessionUp { peer: identity });
+                    // Our presence may have reached the peer while it did not count us as a
+                    // member yet; once the session is up it surely does.
+                    let now = now();
+                    if let Some(record) = self.own_presence(now) {
+                        if let Some(control) = self.peers.get_mut(&peer) {
+                            control.queue(&ControlMessage::Presence(record.encode()));
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -815,7 +853,7 @@ impl Driver {
             }
         }
         if added > 0 {
-            self.charter_changed(added);
+            self.charter_changed(added, now);
         }
         if self.keys_dirty {
             self.keys_dirty = false;
