@@ -44,7 +44,8 @@ pub struct NodeConfig {
     /// Write what the node plays (stereo mix) to this WAV file.
     pub output: Option<PathBuf>,
     /// Media timestamps count 48 kHz samples from this instant. Nodes that share it (one
-    /// process, or the simulator) measure mouth-to-ear latency exactly.
+    /// process, or the simulator) measure mouth-to-ear latency exactly; without it, timestamps
+    /// count from the node's start and no latency is reported.
     pub media_epoch: Option<Instant>,
     pub keys_schedule: KeyScheduleConfig,
     /// How often presence is re-announced; records live three times as long.

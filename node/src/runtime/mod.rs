@@ -180,7 +180,7 @@ impl Node {
                     ..config.jitter
                 },
                 config.output.as_deref(),
-                epoch,
+                config.media_epoch,
             )?,
             events: events_tx,
             sent: BTreeMap::new(),

@@ -296,14 +296,15 @@ pub struct Playout {
     out: Vec<f32>,
     sink: Option<WavSink>,
     next_source: u64,
-    epoch: Instant,
+    /// Shared media epoch (see `NodeConfig::media_epoch`); without one, no latency is measured.
+    epoch: Option<Instant>,
 }
 
 impl Playout {
     pub fn new(
         jitter: JitterConfig,
         output: Option<&Path>,
-        epoch: Instant,
+        epoch: Option<Instant>,
     ) -> Result<Self, AudioError> {
         let frame_len = jitter.frame.samples();
         Ok(Self {
@@ -373,8 +374,9 @@ impl Playout {
                     let latency = (kind == DecodeKind::Normal)
                         .then(|| remote.stream.played_timestamp())
                         .flatten()
-                        .and_then(|ts| {
-                            let captured = self.epoch
+                        .zip(self.epoch)
+                        .and_then(|(ts, epoch)| {
+                            let captured = epoch
                                 + Duration::from_secs_f64(f64::from(ts) / f64::from(SAMPLE_RATE));
                             now.checked_duration_since(captured)
                         });
