@@ -3,13 +3,14 @@
 use crate::audio::capture::CaptureConfig;
 use crate::audio::codec::EncoderConfig;
 use crate::audio::jitter::JitterConfig;
-use crate::link::LinkConfig;
+use crate::link::{LinkConfig, LinkSocket};
 use callsign_keys::NodeKeys;
 use callsign_mesh::charter::{ChannelId, Charter};
 use callsign_mesh::voice::KeyScheduleConfig;
 use libp2p::Multiaddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where the node's microphone audio comes from.
@@ -32,6 +33,12 @@ pub struct NodeConfig {
     pub display_name: String,
     /// The UDP address of the node's QUIC endpoint (`127.0.0.1:0` picks a port).
     pub listen: SocketAddr,
+    /// A socket already bound (the simulator's turmoil socket); `listen` is then ignored.
+    pub socket: Option<Arc<LinkSocket>>,
+    /// Also listen on TCP (+ Noise + Yamux) for networks that block UDP. Off in simulation.
+    pub tcp_fallback: bool,
+    /// Unix time in milliseconds at start (presence timestamps); `None` reads the system clock.
+    pub unix_time_ms: Option<u64>,
     /// Peers to dial at start (`/ip4/../udp/../quic-v1/p2p/..`).
     pub bootstrap: Vec<Multiaddr>,
     /// Channels to listen to at start (those the charter does not allow are skipped).
@@ -69,6 +76,9 @@ impl NodeConfig {
             charter,
             display_name: display_name.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            socket: None,
+            tcp_fallback: true,
+            unix_time_ms: None,
             bootstrap: Vec::new(),
             listening: Vec::new(),
             link: LinkConfig::default(),

@@ -75,8 +75,15 @@ impl Node {
     }
 
     /// [`Node::start`], appending every charter op the node learns to `log`.
-    pub async fn start_with_log(config: NodeConfig, log: Option<OpLog>) -> Result<Self, NodeError> {
-        let socket = LinkSocket::bind_tokio(config.listen).map_err(LinkError::from)?;
+    pub async fn start_with_log(
+        mut config: NodeConfig,
+        log: Option<OpLog>,
+    ) -> Result<Self, NodeError> {
+        let socket = match config.socket.take() {
+            Some(socket) => socket,
+            None => LinkSocket::bind_tokio(config.listen).map_err(LinkError::from)?,
+        };
+        let simulated = socket.is_simulated();
         let keypair = config.keys.identity.to_libp2p();
         let mut network = build_swarm(
             keypair,
@@ -97,35 +104,26 @@ impl Node {
             })?;
         // TCP + Noise + Yamux for networks that block UDP; voice then rides the control
         // stream. Its port is known once the listener reports it.
-        let tcp = Multiaddr::empty()
-            .with(network.local_addr.ip().into())
-            .with(libp2p::multiaddr::Protocol::Tcp(0));
-        network
-            .swarm
-            .listen_on(tcp.clone())
-            .map_err(|e| NodeError::Listen {
-                addr: tcp,
-                reason: e.to_string(),
-            })?;
+        let want_tcp = config.tcp_fallback && !simulated;
+        if want_tcp {
+            let tcp = Multiaddr::empty()
+                .with(network.local_addr.ip().into())
+                .with(libp2p::multiaddr::Protocol::Tcp(0));
+            network
+                .swarm
+                .listen_on(tcp.clone())
+                .map_err(|e| NodeError::Listen {
+                    addr: tcp,
+                    reason: e.to_string(),
+                })?;
+        }
         let identity = config.keys.identity.public();
         let peer_id = identity.peer_id();
-        let tcp_address = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
-                    futures::StreamExt::select_next_some(&mut network.swarm).await
-                {
-                    if address
-                        .iter()
-                        .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
-                    {
-                        return address;
-                    }
-                }
-            }
-        })
-        .await
-        .ok()
-        .map(|a| a.with_p2p(peer_id).unwrap_or_else(|a| a));
+        let tcp_address = if !want_tcp {
+            None
+        } else {
+            tcp_listen_address(&mut network.swarm, peer_id).await
+        };
         let address = listen.with_p2p(peer_id).unwrap_or_else(|a| a);
         for addr in &config.bootstrap {
             network
@@ -146,9 +144,11 @@ impl Node {
         listening.sort();
         listening.dedup();
         let org = config.charter.org();
-        let unix_at_start_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let unix_at_start_ms = config.unix_time_ms.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let driver = Driver {
@@ -277,4 +277,28 @@ impl Node {
             .await
             .map_err(|e| NodeError::Task(e.to_string()))?
     }
+}
+
+/// Waits for the swarm to report its TCP listener's address.
+async fn tcp_listen_address(
+    swarm: &mut libp2p::Swarm<crate::link::swarm::NodeBehaviour>,
+    peer_id: PeerId,
+) -> Option<Multiaddr> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                futures::StreamExt::select_next_some(&mut *swarm).await
+            {
+                if address
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+                {
+                    return address;
+                }
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|a| a.with_p2p(peer_id).unwrap_or_else(|a| a))
 }
