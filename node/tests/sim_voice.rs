@@ -1,5 +1,6 @@
 //! The real node runtime inside a turmoil simulation: QUIC over simulated sockets, charter,
-//! presence, E2EE and voice in virtual time, with 40 ms one-way latency.
+//! presence, E2EE and voice in virtual time, with 40 ms one-way latency; and the same run twice
+//! gives the same event trace.
 
 use callsign_node::link::LinkSocket;
 use callsign_node::runtime::demo_org::DemoOrg;
@@ -20,39 +21,43 @@ fn config(org: &DemoOrg, i: usize, socket: Arc<LinkSocket>) -> NodeConfig {
     config
 }
 
-#[test]
-fn two_nodes_talk_in_virtual_time() {
-    let wall = std::time::Instant::now();
-    let org = Arc::new(DemoOrg::new(2, 21).unwrap());
+/// What one simulated run produced.
+struct Run {
+    officer: NodeStats,
+    pilot: NodeStats,
+    /// The pilot's events with their virtual time (variant and subject only: key material and
+    /// connection ids are random by design).
+    trace: Vec<String>,
+}
+
+fn simulate(org: Arc<DemoOrg>) -> Run {
     let mut sim = turmoil::Builder::new()
         .min_message_latency(Duration::from_millis(40))
         .max_message_latency(Duration::from_millis(40))
         .simulation_duration(Duration::from_secs(30))
         .rng_seed(3)
         .build();
-    let results: Arc<Mutex<Vec<(usize, NodeStats)>>> = Arc::default();
+    let stats: Arc<Mutex<Vec<(usize, NodeStats)>>> = Arc::default();
+    let trace: Arc<Mutex<Vec<String>>> = Arc::default();
 
-    let (a_org, a_results) = (org.clone(), results.clone());
-    sim.client("officer", {
-        let (org, results) = (a_org, a_results);
-        async move {
-            let socket = LinkSocket::bind_turmoil("0.0.0.0:4433".parse().unwrap()).await?;
-            let mut node = Node::start(config(&org, 0, socket)).await?;
-            node.wait_for(Duration::from_secs(10), |e| {
-                matches!(e, NodeEvent::SessionUp { .. })
-            })
-            .await
-            .ok_or("no session")?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            node.command(NodeCommand::PttDown(vec![org.flight]))?;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            node.command(NodeCommand::PttUp)?;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            results.lock().unwrap().push((0, node.shutdown().await?));
-            Ok(())
-        }
+    let (a_org, a_stats) = (org.clone(), stats.clone());
+    sim.client("officer", async move {
+        let socket = LinkSocket::bind_turmoil("0.0.0.0:4433".parse().unwrap()).await?;
+        let mut node = Node::start(config(&a_org, 0, socket)).await?;
+        node.wait_for(Duration::from_secs(10), |e| {
+            matches!(e, NodeEvent::SessionUp { .. })
+        })
+        .await
+        .ok_or("no session")?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        node.command(NodeCommand::PttDown(vec![a_org.flight]))?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        node.command(NodeCommand::PttUp)?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        a_stats.lock().unwrap().push((0, node.shutdown().await?));
+        Ok(())
     });
-    let (b_org, b_results) = (org.clone(), results.clone());
+    let (b_org, b_stats, b_trace) = (org.clone(), stats.clone(), trace.clone());
     sim.client("pilot", async move {
         let socket = LinkSocket::bind_turmoil("0.0.0.0:4433".parse().unwrap()).await?;
         let mut c = config(&b_org, 1, socket);
@@ -63,29 +68,46 @@ fn two_nodes_talk_in_virtual_time() {
         )
         .parse()?];
         let mut node = Node::start(c).await?;
-        let talker = node
-            .wait_for(Duration::from_secs(10), |e| {
-                matches!(e, NodeEvent::TalkerStarted { .. })
-            })
-            .await;
-        assert!(matches!(talker, Some(NodeEvent::TalkerStarted { .. })), "{talker:?}");
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        b_results.lock().unwrap().push((1, node.shutdown().await?));
+        let end = tokio::time::Instant::now() + Duration::from_secs(7);
+        while let Ok(Some(event)) = tokio::time::timeout_at(end, node.next_event()).await {
+            let kind = format!("{event:?}");
+            let kind: String = kind.chars().take_while(|c| c.is_alphanumeric()).collect();
+            b_trace
+                .lock()
+                .unwrap()
+                .push(format!("{:?} {kind}", turmoil::sim_elapsed()));
+        }
+        b_stats.lock().unwrap().push((1, node.shutdown().await?));
         Ok(())
     });
     sim.run().unwrap();
+    let mut stats = std::mem::take(&mut *stats.lock().unwrap());
+    stats.sort_by_key(|(i, _)| *i);
+    let mut stats = stats.into_iter().map(|(_, s)| s);
+    let trace = std::mem::take(&mut *trace.lock().unwrap());
+    Run {
+        officer: stats.next().expect("officer stats"),
+        pilot: stats.next().expect("pilot stats"),
+        trace,
+    }
+}
 
-    let results = results.lock().unwrap();
-    let officer = &results.iter().find(|(i, _)| *i == 0).expect("officer stats").1;
-    let pilot = &results.iter().find(|(i, _)| *i == 1).expect("pilot stats").1;
+#[test]
+fn two_nodes_talk_in_virtual_time_and_replay_exactly() {
+    let org = Arc::new(DemoOrg::new(2, 21).unwrap());
+    let wall = std::time::Instant::now();
+    let first = simulate(org.clone());
+    let wall = wall.elapsed();
     let flight = StreamChannel::Channel(org.flight);
-    let sent: u64 = officer
+    let sent: u64 = first
+        .officer
         .sent
         .iter()
         .filter(|s| s.channel == flight)
         .map(|s| s.frames_sent)
         .sum();
-    let played: u64 = pilot
+    let played: u64 = first
+        .pilot
         .received
         .iter()
         .filter(|s| s.channel == flight)
@@ -93,13 +115,34 @@ fn two_nodes_talk_in_virtual_time() {
         .sum();
     assert!(sent >= 95, "{sent}");
     assert!(played * 100 >= sent * 98, "{played}/{sent}");
-    let rtt = officer.peers[0].rtt.expect("rtt");
+    let rtt = first.officer.peers[0].rtt.expect("rtt");
     assert!(
         (Duration::from_millis(75)..=Duration::from_millis(95)).contains(&rtt),
         "virtual RTT {rtt:?}"
     );
+    for kind in [
+        "LinkUp",
+        "Presence",
+        "SessionUp",
+        "TalkerStarted",
+        "TalkerStopped",
+    ] {
+        assert!(
+            first.trace.iter().any(|t| t.ends_with(kind)),
+            "{kind} missing from {:?}",
+            first.trace
+        );
+    }
+
+    let second = simulate(org);
+    assert_eq!(
+        first.trace, second.trace,
+        "same scenario, same virtual-time trace"
+    );
+    assert_eq!(first.pilot.received, second.pilot.received);
+    assert_eq!(first.officer.sent, second.officer.sent);
     eprintln!(
-        "two nodes, ~9 s virtual: wall {:?}, {played}/{sent} frames, rtt {rtt:?}",
-        wall.elapsed()
+        "two nodes, 8 s virtual: wall {wall:?}, {played}/{sent} frames, rtt {rtt:?}, trace {:?}",
+        first.trace
     );
 }

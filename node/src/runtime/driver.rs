@@ -120,7 +120,10 @@ impl Driver {
         self.flush(now());
         loop {
             let deadline = self.next_deadline();
+            // `biased`: a fixed order of inputs, so a simulated run replays exactly (tokio's
+            // default picks among ready branches at random).
             tokio::select! {
+                biased;
                 command = commands.recv() => match command {
                     None | Some(NodeCommand::Shutdown) => break,
                     Some(command) => self.command(command, now()),
