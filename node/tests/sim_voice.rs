@@ -54,7 +54,8 @@ fn simulate(org: Arc<DemoOrg>) -> Run {
         tokio::time::sleep(Duration::from_secs(2)).await;
         node.command(NodeCommand::PttUp)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        a_stats.lock().unwrap().push((0, node.shutdown().await?));
+        let final_stats = node.shutdown().await?;
+        a_stats.lock().unwrap().push((0, final_stats));
         Ok(())
     });
     let (b_org, b_stats, b_trace) = (org.clone(), stats.clone(), trace.clone());
@@ -77,7 +78,8 @@ fn simulate(org: Arc<DemoOrg>) -> Run {
                 .unwrap()
                 .push(format!("{:?} {kind}", turmoil::sim_elapsed()));
         }
-        b_stats.lock().unwrap().push((1, node.shutdown().await?));
+        let final_stats = node.shutdown().await?;
+        b_stats.lock().unwrap().push((1, final_stats));
         Ok(())
     });
     sim.run().unwrap();
