@@ -17,7 +17,7 @@ pub mod transport;
 
 pub use config::LinkConfig;
 pub use links::{DatagramReceiver, IncomingDatagram, LinkCounts, LinkEvent, Links};
-pub use socket::LinkSocket;
+pub use socket::{LinkSocket, PathModel};
 pub use transport::QuicTransport;
 
 use libp2p::multiaddr::Protocol;

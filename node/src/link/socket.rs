@@ -3,7 +3,9 @@
 //!
 //! [`LinkSocket`] wraps either kind and adds what the node needs from the raw socket: counters
 //! of datagrams that cannot be QUIC (counted here; quinn then drops them), and raw sends for
-//! hole-punch probes from the listening port.
+//! hole-punch probes from the listening port. A simulated socket can carry a [`PathModel`]:
+//! the simulator's network (latency, jitter, loss, reordering, duplication, bandwidth, NAT
+//! filtering, partitions), applied per datagram in virtual time.
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
@@ -51,6 +53,18 @@ pub struct SocketCounts {
     pub probes_sent: u64,
 }
 
+/// The simulated network between sockets. Every datagram a simulated socket sends asks
+/// [`PathModel::transmit`] when its copies arrive; every datagram it receives asks
+/// [`PathModel::admit`]. Implementations must be deterministic for a seed: the simulator
+/// replays runs.
+pub trait PathModel: Send + Sync + 'static {
+    /// Delays after which copies of a `len`-byte datagram from `from` reach `to`: empty drops
+    /// it, two entries duplicate it.
+    fn transmit(&self, from: SocketAddr, to: SocketAddr, len: usize) -> Vec<std::time::Duration>;
+    /// Whether a datagram from `from` may reach the socket at `local` (NAT filtering).
+    fn admit(&self, local: SocketAddr, from: SocketAddr) -> bool;
+}
+
 fn is_garbage(datagram: &[u8]) -> bool {
     // RFC 9000 §17: every QUIC v1 packet has the fixed bit (0x40) set.
     datagram.len() < MIN_QUIC_DATAGRAM || datagram[0] & 0x40 == 0
@@ -85,11 +99,23 @@ impl LinkSocket {
 
     /// Binds a simulated socket on the current turmoil host.
     pub async fn bind_turmoil(addr: SocketAddr) -> io::Result<Arc<Self>> {
+        Self::bind_turmoil_with(addr, None).await
+    }
+
+    /// Binds a simulated socket whose traffic goes through `model`. Bind to the host's own
+    /// address (`turmoil::lookup(name)`), not the unspecified one: the model keys paths by it.
+    pub async fn bind_turmoil_with(
+        addr: SocketAddr,
+        model: Option<Arc<dyn PathModel>>,
+    ) -> io::Result<Arc<Self>> {
         let socket = turmoil::net::UdpSocket::bind(addr).await?;
+        let local = socket.local_addr()?;
         Ok(Arc::new(Self {
             inner: Arc::new(TurmoilSocket {
                 socket: Arc::new(socket),
                 readable: Mutex::new(None),
+                model,
+                local,
             }),
             stats: Arc::default(),
             simulated: true,
@@ -195,6 +221,9 @@ type ReadableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 struct TurmoilSocket {
     socket: Arc<turmoil::net::UdpSocket>,
     readable: Mutex<Option<ReadableFuture>>,
+    model: Option<Arc<dyn PathModel>>,
+    /// This host's address as peers see it.
+    local: SocketAddr,
 }
 
 impl fmt::Debug for TurmoilSocket {
@@ -224,7 +253,22 @@ impl AsyncUdpSocket for TurmoilSocket {
             .unwrap_or(transmit.contents.len())
             .max(1);
         for chunk in transmit.contents.chunks(segment) {
-            self.socket.try_send_to(chunk, transmit.destination)?;
+            let Some(model) = &self.model else {
+                self.socket.try_send_to(chunk, transmit.destination)?;
+                continue;
+            };
+            for delay in model.transmit(self.local, transmit.destination, chunk.len()) {
+                if delay.is_zero() {
+                    // A full simulated queue drops the datagram, as a network would.
+                    let _ = self.socket.try_send_to(chunk, transmit.destination);
+                    continue;
+                }
+                let (socket, bytes, to) = (self.socket.clone(), chunk.to_vec(), transmit.destination);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.try_send_to(&bytes, to);
+                });
+            }
         }
         Ok(())
     }
@@ -241,6 +285,15 @@ impl AsyncUdpSocket for TurmoilSocket {
         let mut pending = self.readable.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             match self.socket.try_recv_from(buf) {
+                Ok((_, addr))
+                    if self
+                        .model
+                        .as_ref()
+                        .is_some_and(|m| !m.admit(self.local, addr)) =>
+                {
+                    // Filtered (a NAT without a mapping for this sender): never delivered.
+                    continue;
+                }
                 Ok((len, addr)) => {
                     *pending = None;
                     *m = RecvMeta {
