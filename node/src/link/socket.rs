@@ -102,14 +102,19 @@ impl LinkSocket {
         Self::bind_turmoil_with(addr, None).await
     }
 
-    /// Binds a simulated socket whose traffic goes through `model`. Bind to the host's own
-    /// address (`turmoil::lookup(name)`), not the unspecified one: the model keys paths by it.
+    /// Binds a simulated socket whose traffic goes through `model`. turmoil binds only the
+    /// unspecified address, so the model is told the host's own IP (`turmoil::lookup(name)`),
+    /// by which it keys paths.
     pub async fn bind_turmoil_with(
         addr: SocketAddr,
-        model: Option<Arc<dyn PathModel>>,
+        model: Option<(Arc<dyn PathModel>, std::net::IpAddr)>,
     ) -> io::Result<Arc<Self>> {
         let socket = turmoil::net::UdpSocket::bind(addr).await?;
-        let local = socket.local_addr()?;
+        let local = match &model {
+            Some((_, ip)) => SocketAddr::new(*ip, socket.local_addr()?.port()),
+            None => socket.local_addr()?,
+        };
+        let model = model.map(|(m, _)| m);
         Ok(Arc::new(Self {
             inner: Arc::new(TurmoilSocket {
                 socket: Arc::new(socket),

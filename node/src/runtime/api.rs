@@ -179,4 +179,8 @@ pub struct NodeStats {
     pub frames_encoded: u64,
     /// The loss the encoder's FEC is tuned for (the worst listener's report).
     pub expected_loss_pct: u8,
+    /// The charter's state hash (hex): equal on every node once they have converged.
+    pub charter_hash: String,
+    /// Charter ops held.
+    pub charter_ops: usize,
 }

@@ -923,6 +923,13 @@ impl Driver {
             peers,
             frames_encoded: self.transmitter.encoded(),
             expected_loss_pct: self.transmitter.expected_loss_pct(),
+            charter_hash: self
+                .state()
+                .state_hash()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            charter_ops: self.sync.charter().len(),
         }
     }
 }

@@ -1,0 +1,20 @@
+//! Callsign's deterministic network simulator.
+//!
+//! Owns: scenario files ([`scenario`], version 1, docs/scenarios.md), the simulated network
+//! ([`network::SimNetwork`]: latency, jitter, uniform and Gilbert–Elliott loss, reordering,
+//! duplication, bandwidth queues, partitions, NAT filtering), and the runner ([`run`]) that
+//! starts the real `callsign_node::Node` for every member on turmoil sockets in virtual time and
+//! reports per-stream delivery, mouth-to-ear latency, paths, charter convergence, drops and a
+//! trace hash ([`report`]).
+//!
+//! Must not: read the wall clock or an unseeded RNG on the simulated path, or iterate a std
+//! `HashMap` where order could change the trace. Same scenario + seed → same trace hash.
+
+pub mod network;
+pub mod report;
+pub mod run;
+pub mod scenario;
+
+pub use report::Report;
+pub use run::{run, RunError};
+pub use scenario::{Scenario, ScenarioError};

@@ -1,0 +1,197 @@
+//! The simulated network between nodes: per-path latency, jitter, loss (uniform and
+//! Gilbert–Elliott), reordering, duplication, bandwidth with a queue, partitions and NAT
+//! filtering, all drawn from one seeded RNG in virtual time, so a run replays exactly.
+//!
+//! turmoil itself is set to zero latency; every delay comes from here, applied by the
+//! simulated socket ([`callsign_node::link::PathModel`]).
+
+use crate::scenario::{LinkModel, NatKind};
+use callsign_node::link::PathModel;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long a NAT keeps a mapping without outbound traffic (RFC 4787 asks for ≥ 2 min; many
+/// home routers use 30 s for UDP).
+pub const NAT_MAPPING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Datagram counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NetworkCounts {
+    pub sent: u64,
+    pub lost: u64,
+    pub partitioned: u64,
+    pub queue_drops: u64,
+    pub duplicated: u64,
+    pub nat_filtered: u64,
+}
+
+struct State {
+    rng: ChaCha8Rng,
+    default: LinkModel,
+    pairs: BTreeMap<(IpAddr, IpAddr), LinkModel>,
+    /// While partitioned: each node's group; nodes in different groups cannot talk.
+    groups: Option<BTreeMap<IpAddr, usize>>,
+    burst_bad: BTreeMap<(IpAddr, IpAddr), bool>,
+    queue_free_at: BTreeMap<(IpAddr, IpAddr), Duration>,
+    nat: BTreeMap<IpAddr, NatKind>,
+    /// Per NATed node: destinations it sent to, and when last.
+    mappings: BTreeMap<IpAddr, BTreeMap<SocketAddr, Duration>>,
+    counts: NetworkCounts,
+}
+
+/// See the module documentation.
+pub struct SimNetwork {
+    state: Mutex<State>,
+}
+
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+impl SimNetwork {
+    pub fn new(seed: u64, default: LinkModel) -> Self {
+        Self {
+            state: Mutex::new(State {
+                rng: ChaCha8Rng::seed_from_u64(seed),
+                default,
+                pairs: BTreeMap::new(),
+                groups: None,
+                burst_bad: BTreeMap::new(),
+                queue_free_at: BTreeMap::new(),
+                nat: BTreeMap::new(),
+                mappings: BTreeMap::new(),
+                counts: NetworkCounts::default(),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves consistent maps; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_default(&self, model: LinkModel) {
+        self.state().default = model;
+    }
+
+    /// Both directions between `a` and `b`.
+    pub fn set_pair(&self, a: IpAddr, b: IpAddr, model: LinkModel) {
+        let mut state = self.state();
+        state.pairs.insert((a, b), model.clone());
+        state.pairs.insert((b, a), model);
+    }
+
+    pub fn set_nat(&self, node: IpAddr, kind: NatKind) {
+        self.state().nat.insert(node, kind);
+    }
+
+    pub fn partition(&self, groups: &[Vec<IpAddr>]) {
+        let map = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| g.iter().map(move |ip| (*ip, i)))
+            .collect();
+        self.state().groups = Some(map);
+    }
+
+    pub fn heal(&self) {
+        self.state().groups = None;
+    }
+
+    pub fn counts(&self) -> NetworkCounts {
+        self.state().counts
+    }
+}
+
+impl PathModel for SimNetwork {
+    fn transmit(&self, from: SocketAddr, to: SocketAddr, len: usize) -> Vec<Duration> {
+        let now = now();
+        let mut guard = self.state();
+        let s = &mut *guard;
+        s.counts.sent += 1;
+        if s.nat.get(&from.ip()).is_some_and(|k| *k != NatKind::None) {
+            s.mappings.entry(from.ip()).or_default().insert(to, now);
+        }
+        if let Some(groups) = &s.groups {
+            // Nodes not named in the partition form their own group each.
+            let group = |ip: &IpAddr| groups.get(ip).copied();
+            if group(&from.ip()) != group(&to.ip()) || group(&from.ip()).is_none() {
+                s.counts.partitioned += 1;
+                return Vec::new();
+            }
+        }
+        let key = (from.ip(), to.ip());
+        let model = s.pairs.get(&key).unwrap_or(&s.default).clone();
+        // Loss: Gilbert–Elliott state first, then the state's loss probability.
+        let mut loss = model.loss;
+        if let Some(burst) = model.burst {
+            let bad = s.burst_bad.entry(key).or_insert(false);
+            *bad = if *bad {
+                !s.rng.gen_bool(burst.r)
+            } else {
+                s.rng.gen_bool(burst.p)
+            };
+            if *bad {
+                loss = burst.bad_loss;
+            }
+        }
+        if loss > 0.0 && s.rng.gen_bool(loss.min(1.0)) {
+            s.counts.lost += 1;
+            return Vec::new();
+        }
+        let mut delay_ms = model.latency_ms;
+        if model.jitter_ms > 0.0 {
+            if let Ok(normal) = Normal::new(0.0, model.jitter_ms) {
+                delay_ms += normal.sample(&mut s.rng);
+            }
+        }
+        if model.reorder > 0.0 && s.rng.gen_bool(model.reorder) {
+            delay_ms += model.reorder_ms;
+        }
+        let mut delay = Duration::from_secs_f64(delay_ms.max(0.0) / 1e3);
+        if model.bandwidth_kbps > 0.0 {
+            let serialise = Duration::from_secs_f64(len as f64 * 8.0 / (model.bandwidth_kbps * 1e3));
+            let free_at = s.queue_free_at.get(&key).copied().unwrap_or(now).max(now);
+            if free_at - now > Duration::from_secs_f64(model.queue_ms / 1e3) {
+                s.counts.queue_drops += 1;
+                return Vec::new();
+            }
+            let done = free_at + serialise;
+            s.queue_free_at.insert(key, done);
+            delay += done - now;
+        }
+        let mut copies = vec![delay];
+        if model.duplicate > 0.0 && s.rng.gen_bool(model.duplicate) {
+            s.counts.duplicated += 1;
+            copies.push(delay + Duration::from_millis(1));
+        }
+        copies
+    }
+
+    fn admit(&self, local: SocketAddr, from: SocketAddr) -> bool {
+        let now = now();
+        let mut s = self.state();
+        let kind = s.nat.get(&local.ip()).copied().unwrap_or_default();
+        if kind == NatKind::None {
+            return true;
+        }
+        let live = |t: &Duration| now.saturating_sub(*t) < NAT_MAPPING_TIMEOUT;
+        let mappings = s.mappings.get(&local.ip());
+        let admitted = mappings.is_some_and(|m| {
+            m.iter().filter(|(_, t)| live(t)).any(|(dest, _)| match kind {
+                NatKind::None | NatKind::FullCone => true,
+                NatKind::Restricted => dest.ip() == from.ip(),
+                NatKind::PortRestricted | NatKind::Symmetric => *dest == from,
+            })
+        });
+        if !admitted {
+            s.counts.nat_filtered += 1;
+        }
+        admitted
+    }
+}

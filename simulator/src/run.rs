@@ -1,0 +1,517 @@
+//! Runs a scenario: one turmoil client per node running the real `Node`, one director client
+//! for network events, then the report.
+
+use crate::network::SimNetwork;
+use crate::report::{ChannelStats, CharterReport, LatencyReport, PathReport, Report, StreamReport};
+use crate::scenario::{Action, Scenario};
+use callsign_keys::{Identity, IdentityKey, NodeKeys};
+use callsign_mesh::charter::{ChannelId, Charter, EditError, OpBody, Permissions, Priority, Role};
+use callsign_mesh::voice::DropCounts;
+use callsign_node::link::LinkSocket;
+use callsign_node::runtime::{AudioInput, NodeStats, StreamChannel};
+use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The QUIC port every simulated node binds.
+const PORT: u16 = 4433;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("building the org: {0}")]
+    Charter(#[from] EditError),
+    #[error("simulation: {0}")]
+    Simulation(String),
+}
+
+/// The org a scenario describes, with every member's keys.
+struct Org {
+    charter: Charter,
+    keys: Vec<NodeKeys>,
+    channels: BTreeMap<String, ChannelId>,
+}
+
+fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let root = Identity::generate(&mut rng);
+    let keys: Vec<NodeKeys> = scenario
+        .nodes
+        .iter()
+        .map(|_| NodeKeys::generate(&mut rng))
+        .collect();
+    let (mut charter, _) = Charter::create(&root, &scenario.name, 0)?;
+    let roles: BTreeSet<&str> = scenario.nodes.iter().map(|n| n.role.as_str()).collect();
+    for role in &roles {
+        charter.edit(
+            &root,
+            OpBody::PutRole {
+                name: (*role).into(),
+                role: Role {
+                    perms: Permissions::NONE,
+                    priority: Priority::NORMAL,
+                },
+            },
+            0,
+        )?;
+    }
+    let mut channels = BTreeMap::new();
+    for spec in &scenario.channels {
+        charter.edit(
+            &root,
+            OpBody::AddChannel {
+                parent: None,
+                name: spec.name.clone(),
+            },
+            0,
+        )?;
+        let id = charter
+            .state()
+            .find(&format!("/{}", spec.name))
+            .ok_or_else(|| EditError::Rejected(format!("channel {} missing", spec.name)))?;
+        channels.insert(spec.name.clone(), id);
+        let speak = Permissions::LISTEN
+            .union(Permissions::SPEAK)
+            .union(Permissions::WHISPER);
+        for role in &roles {
+            let perms = if spec.speak.iter().any(|r| r == role) {
+                speak
+            } else if spec.listen.iter().any(|r| r == role) {
+                Permissions::LISTEN
+            } else {
+                continue;
+            };
+            charter.edit(
+                &root,
+                OpBody::SetChannelAcl {
+                    channel: id,
+                    role: (*role).into(),
+                    perms: Some(perms),
+                },
+                0,
+            )?;
+        }
+    }
+    for (spec, k) in scenario.nodes.iter().zip(&keys) {
+        charter.edit(
+            &root,
+            OpBody::PutMember {
+                peer: k.identity.public(),
+                name: spec.name.clone(),
+                roles: vec![spec.role.clone()],
+            },
+            0,
+        )?;
+        if spec.admin {
+            charter.edit(
+                &root,
+                OpBody::GrantAdmin {
+                    peer: k.identity.public(),
+                },
+                0,
+            )?;
+        }
+    }
+    Ok(Org {
+        charter,
+        keys,
+        channels,
+    })
+}
+
+/// One line of the trace: virtual time, node index, what happened.
+type TraceLine = (Duration, usize, String);
+
+struct Shared {
+    trace: Mutex<Vec<TraceLine>>,
+    stats: Mutex<BTreeMap<usize, NodeStats>>,
+    /// Virtual time of the last charter edit command.
+    last_edit: Mutex<Option<Duration>>,
+}
+
+fn sim_now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+/// A node's script: commands at virtual times.
+fn script(
+    scenario: &Scenario,
+    index: usize,
+    org: &Org,
+    names: &BTreeMap<String, IdentityKey>,
+) -> Vec<(Duration, NodeCommand)> {
+    let me = &scenario.nodes[index].name;
+    let at = |s: f64| Duration::from_secs_f64(s);
+    let mut out = Vec::new();
+    for event in &scenario.events {
+        match &event.action {
+            Action::Ptt {
+                node,
+                channels,
+                duration_s,
+            } if node == me => {
+                let ids = channels.iter().map(|c| org.channels[c]).collect();
+                out.push((at(event.at_s), NodeCommand::PttDown(ids)));
+                out.push((at(event.at_s + duration_s), NodeCommand::PttUp));
+            }
+            Action::Whisper {
+                node,
+                to,
+                duration_s,
+            } if node == me => {
+                out.push((at(event.at_s), NodeCommand::WhisperDown(names[to])));
+                out.push((at(event.at_s + duration_s), NodeCommand::PttUp));
+            }
+            Action::AddChannel { node, name } if node == me => out.push((
+                at(event.at_s),
+                NodeCommand::EditCharter(OpBody::AddChannel {
+                    parent: None,
+                    name: name.clone(),
+                }),
+            )),
+            Action::RemoveMember { node, member } if node == me => out.push((
+                at(event.at_s),
+                NodeCommand::EditCharter(OpBody::RemoveMember {
+                    peer: names[member],
+                }),
+            )),
+            _ => {}
+        }
+    }
+    // Stable: a release and a press at the same instant keep scenario order.
+    out.sort_by_key(|(t, _)| *t);
+    out
+}
+
+fn describe(event: &NodeEvent, names: &BTreeMap<IdentityKey, String>) -> Option<String> {
+    let name = |k: &IdentityKey| names.get(k).cloned().unwrap_or_else(|| "?".into());
+    let peer_name = |p: &libp2p::PeerId| {
+        names
+            .iter()
+            .find(|(k, _)| k.peer_id() == *p)
+            .map_or("?".to_string(), |(_, n)| n.clone())
+    };
+    Some(match event {
+        NodeEvent::LinkUp { peer, kind, .. } => format!("link-up {} {kind:?}", peer_name(peer)),
+        NodeEvent::LinkDown { peer } => format!("link-down {}", peer_name(peer)),
+        NodeEvent::Presence { peer, listening, .. } => {
+            format!("presence {} {}", name(peer), listening.len())
+        }
+        NodeEvent::PresenceGone { peer } => format!("presence-gone {}", name(peer)),
+        NodeEvent::SessionUp { peer } => format!("session-up {}", name(peer)),
+        NodeEvent::TalkerStarted {
+            peer,
+            channels,
+            whisper,
+            ..
+        } => format!("talker {} {} {whisper}", name(peer), channels.len()),
+        NodeEvent::TalkerStopped { peer } => format!("talker-stop {}", name(peer)),
+        NodeEvent::Transmitting { channels, whisper } => {
+            format!("transmit {} {}", channels.len(), whisper.is_some())
+        }
+        NodeEvent::TransmitStopped => "transmit-stop".into(),
+        NodeEvent::PttDenied { channels, .. } => format!("ptt-denied {}", channels.len()),
+        NodeEvent::CharterChanged { ops } => format!("charter {ops}"),
+        NodeEvent::Warning(_) | NodeEvent::VoiceSent { .. } => return None,
+    })
+}
+
+
+/// Runs `scenario` with `seed` (the scenario's own seed when `None`).
+pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
+    let seed = seed.unwrap_or(scenario.seed);
+    let org = Arc::new(build_org(scenario, seed)?);
+    let names: BTreeMap<String, IdentityKey> = scenario
+        .nodes
+        .iter()
+        .zip(&org.keys)
+        .map(|(n, k)| (n.name.clone(), k.identity.public()))
+        .collect();
+    let by_key: BTreeMap<IdentityKey, String> =
+        names.iter().map(|(n, k)| (*k, n.clone())).collect();
+    let duration = Duration::from_secs_f64(scenario.duration_s);
+    let mut sim = turmoil::Builder::new()
+        .min_message_latency(Duration::ZERO)
+        .max_message_latency(Duration::ZERO)
+        .simulation_duration(duration + Duration::from_secs(30))
+        .rng_seed(seed)
+        .build();
+    let network = Arc::new(SimNetwork::new(seed ^ 0x6e65_7477, scenario.link.clone()));
+    let shared = Arc::new(Shared {
+        trace: Mutex::new(Vec::new()),
+        stats: Mutex::new(BTreeMap::new()),
+        last_edit: Mutex::new(None),
+    });
+
+    for (index, spec) in scenario.nodes.iter().enumerate() {
+        let (org, network, shared) = (org.clone(), network.clone(), shared.clone());
+        let commands = script(scenario, index, &org, &names);
+        let edits: Vec<Duration> = commands
+            .iter()
+            .filter(|(_, c)| matches!(c, NodeCommand::EditCharter(_)))
+            .map(|(t, _)| *t)
+            .collect();
+        let listen: Vec<ChannelId> = match &spec.listen {
+            Some(list) => list.iter().map(|c| org.channels[c]).collect(),
+            None => org.channels.values().copied().collect(),
+        };
+        let earlier: Vec<(String, IdentityKey)> = scenario.nodes[..index]
+            .iter()
+            .map(|n| (n.name.clone(), names[&n.name]))
+            .collect();
+        let (name, nat, by_key) = (spec.name.clone(), spec.nat, by_key.clone());
+        let node_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(index as u64);
+        sim.client(spec.name.as_str(), async move {
+            let ip: IpAddr = turmoil::lookup(name.as_str());
+            network.set_nat(ip, nat);
+            let model: Arc<dyn callsign_node::link::PathModel> = network.clone();
+            let socket = LinkSocket::bind_turmoil_with(
+                SocketAddr::from(([0, 0, 0, 0], PORT)),
+                Some((model, ip)),
+            )
+            .await?;
+            let mut config =
+                NodeConfig::new(org.keys[index].clone(), org.charter.clone(), name.clone());
+            config.listening = listen;
+            config.input = AudioInput::Synthetic { seed: node_seed };
+            config.socket = Some(socket);
+            config.tcp_fallback = false;
+            config.unix_time_ms = Some(1_700_000_000_000);
+            config.seed = node_seed;
+            // Instants of different turmoil hosts are not comparable; sim time is.
+            config.media_epoch = Some(
+                tokio::time::Instant::now().into_std() - sim_now(),
+            );
+            for (peer_name, key) in &earlier {
+                let addr = format!(
+                    "/ip4/{}/udp/{PORT}/quic-v1/p2p/{}",
+                    turmoil::lookup(peer_name.as_str()),
+                    key.peer_id()
+                );
+                config.bootstrap.push(addr.parse()?);
+            }
+            let mut node = Node::start(config).await?;
+            let start = tokio::time::Instant::now() - sim_now();
+            let mut commands = commands.into_iter().peekable();
+            let end = start + duration;
+            loop {
+                let next = commands.peek().map(|(t, _)| start + *t).unwrap_or(end).min(end);
+                tokio::select! {
+                    biased;
+                    event = node.next_event() => {
+                        let Some(event) = event else { break };
+                        if let Some(line) = describe(&event, &by_key) {
+                            shared.trace.lock().unwrap_or_else(|e| e.into_inner())
+                                .push((sim_now(), index, line));
+                        }
+                    }
+                    _ = tokio::time::sleep_until(next) => {
+                        if tokio::time::Instant::now() >= end {
+                            break;
+                        }
+                        if let Some((_, command)) = commands.next() {
+                            node.command(command)?;
+                        }
+                    }
+                }
+            }
+            if let Some(last) = edits.last() {
+                let mut slot = shared.last_edit.lock().unwrap_or_else(|e| e.into_inner());
+                *slot = Some((*slot).unwrap_or_default().max(*last));
+            }
+            let stats = node.shutdown().await?;
+            shared
+                .stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(index, stats);
+            Ok(())
+        });
+    }
+
+    // The director: network events.
+    let ips: BTreeMap<String, ()> = names.keys().map(|n| (n.clone(), ())).collect();
+    let mut network_events: Vec<(Duration, Action)> = scenario
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.action,
+                Action::Partition { .. } | Action::Heal | Action::Link { .. }
+            )
+        })
+        .map(|e| (Duration::from_secs_f64(e.at_s), e.action.clone()))
+        .collect();
+    network_events.sort_by_key(|(t, _)| *t);
+    let director_network = network.clone();
+    sim.client("director", async move {
+        let _ = ips;
+        let start = tokio::time::Instant::now() - sim_now();
+        for (at, action) in network_events {
+            tokio::time::sleep_until(start + at).await;
+            match action {
+                Action::Partition { groups } => {
+                    let groups: Vec<Vec<IpAddr>> = groups
+                        .iter()
+                        .map(|g| g.iter().map(|n| turmoil::lookup(n.as_str())).collect())
+                        .collect();
+                    director_network.partition(&groups);
+                }
+                Action::Heal => director_network.heal(),
+                Action::Link {
+                    a: Some(a),
+                    b: Some(b),
+                    model,
+                } => director_network.set_pair(
+                    turmoil::lookup(a.as_str()),
+                    turmoil::lookup(b.as_str()),
+                    model,
+                ),
+                Action::Link { model, .. } => director_network.set_default(model),
+                _ => {}
+            }
+        }
+        Ok(())
+    });
+
+    sim.run().map_err(|e| RunError::Simulation(e.to_string()))?;
+    let stats = std::mem::take(&mut *shared.stats.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut trace = std::mem::take(&mut *shared.trace.lock().unwrap_or_else(|e| e.into_inner()));
+    trace.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let last_edit = *shared.last_edit.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(report(scenario, seed, &org, &by_key, &stats, &trace, last_edit, network.counts()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    scenario: &Scenario,
+    seed: u64,
+    org: &Org,
+    names: &BTreeMap<IdentityKey, String>,
+    stats: &BTreeMap<usize, NodeStats>,
+    trace: &[TraceLine],
+    last_edit: Option<Duration>,
+    network: crate::network::NetworkCounts,
+) -> Report {
+    let channel_names: BTreeMap<ChannelId, String> =
+        org.channels.iter().map(|(n, c)| (*c, n.clone())).collect();
+    let channel_name = |c: &StreamChannel| match c {
+        StreamChannel::Channel(id) => channel_names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string()),
+        StreamChannel::Whisper => "whisper".into(),
+    };
+    let name = |k: &IdentityKey| names.get(k).cloned().unwrap_or_else(|| k.to_string());
+    let keys: Vec<IdentityKey> = org.keys.iter().map(|k| k.identity.public()).collect();
+    let mut streams = Vec::new();
+    for (index, sender) in stats {
+        let from = keys[*index];
+        for sent in &sender.sent {
+            let heard = keys
+                .iter()
+                .position(|k| *k == sent.to)
+                .and_then(|i| stats.get(&i))
+                .and_then(|s| {
+                    s.received
+                        .iter()
+                        .find(|r| r.from == from && r.channel == sent.channel)
+                });
+            streams.push(StreamReport {
+                from: name(&from),
+                to: name(&sent.to),
+                channel: channel_name(&sent.channel),
+                frames_sent: sent.frames_sent,
+                frames_played: heard.map_or(0, |h| h.frames_played),
+                frames_concealed: heard.map_or(0, |h| h.frames_concealed),
+                frames_lost: heard.map_or(0, |h| h.frames_lost),
+                mouth_to_ear_ms: heard.and_then(|h| h.mouth_to_ear_ms).map(|l| LatencyReport {
+                    p50: l.p50,
+                    p95: l.p95,
+                    p99: l.p99,
+                }),
+            });
+        }
+    }
+    let mut paths = Vec::new();
+    for (i, a) in scenario.nodes.iter().enumerate() {
+        for b in &scenario.nodes[i + 1..] {
+            let linked = trace.iter().any(|(_, n, line)| {
+                (scenario.nodes[*n].name == a.name && line.starts_with(&format!("link-up {} ", b.name)))
+                    || (scenario.nodes[*n].name == b.name
+                        && line.starts_with(&format!("link-up {} ", a.name)))
+            });
+            paths.push(PathReport {
+                a: a.name.clone(),
+                b: b.name.clone(),
+                kind: if linked { "direct" } else { "none" }.into(),
+            });
+        }
+    }
+    let hashes: BTreeSet<&str> = stats.values().map(|s| s.charter_hash.as_str()).collect();
+    let converged = hashes.len() == 1 && stats.len() == scenario.nodes.len();
+    let last_change = trace
+        .iter()
+        .filter(|(_, _, l)| l.starts_with("charter "))
+        .map(|(t, _, _)| *t)
+        .max();
+    let convergence_ms = match (last_edit, last_change) {
+        (Some(edit), Some(change)) if change >= edit => Some((change - edit).as_secs_f64() * 1e3),
+        (None, _) => Some(0.0),
+        _ => None,
+    };
+    let mut drops = DropCounts::default();
+    for s in stats.values() {
+        drops.malformed += s.drops.malformed;
+        drops.unknown_sender += s.drops.unknown_sender;
+        drops.replay += s.drops.replay;
+        drops.auth += s.drops.auth;
+        drops.acl += s.drops.acl;
+        drops.not_listening += s.drops.not_listening;
+    }
+    let mut hasher = Sha256::new();
+    for (t, n, line) in trace {
+        hasher.update(format!("{} {} {line}\n", t.as_millis(), scenario.nodes[*n].name));
+    }
+    for s in &streams {
+        hasher.update(format!(
+            "{} {} {} {} {} {}\n",
+            s.from, s.to, s.channel, s.frames_sent, s.frames_played, s.frames_concealed
+        ));
+    }
+    let per_channel = channel_stats(&streams);
+    Report {
+        scenario: scenario.name.clone(),
+        seed,
+        trace_hash: hex::encode(hasher.finalize()),
+        streams,
+        channels: per_channel,
+        paths,
+        charter: CharterReport {
+            converged,
+            convergence_ms: if converged { convergence_ms } else { None },
+            ops: stats.values().map(|s| s.charter_ops).max().unwrap_or(0),
+        },
+        drops,
+        network,
+        trace_lines: trace.len(),
+    }
+}
+
+fn channel_stats(streams: &[StreamReport]) -> Vec<ChannelStats> {
+    let mut by: BTreeMap<&str, ChannelStats> = BTreeMap::new();
+    for s in streams {
+        let c = by.entry(s.channel.as_str()).or_insert_with(|| ChannelStats {
+            channel: s.channel.clone(),
+            ..ChannelStats::default()
+        });
+        c.frames_sent += s.frames_sent;
+        c.frames_played += s.frames_played;
+    }
+    by.into_values().collect()
+}

@@ -1,0 +1,316 @@
+//! Scenario files, version 1 (docs/scenarios.md): who is in the org, how the network behaves,
+//! and what happens when.
+
+use serde::Deserialize;
+use std::collections::BTreeSet;
+
+/// The scenario format this build reads.
+pub const SCENARIO_VERSION: u32 = 1;
+
+/// Why a scenario was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("scenario does not parse: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("unknown scenario version {0} (this build reads {SCENARIO_VERSION})")]
+    Version(u32),
+    #[error("scenario: {0}")]
+    Invalid(String),
+}
+
+/// A network path's behaviour, one direction. Every field has a default (a clean LAN).
+// Not `deny_unknown_fields`: serde cannot combine it with `flatten`, which link changes and
+// pair overrides use.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LinkModel {
+    /// One-way base latency.
+    pub latency_ms: f64,
+    /// Standard deviation of a normal jitter added to the latency (never below zero).
+    pub jitter_ms: f64,
+    /// Uniform loss probability per datagram.
+    pub loss: f64,
+    /// Gilbert–Elliott burst loss: chance per datagram of entering the bad state (`p`), of
+    /// leaving it (`r`), and the loss probability while in it (`bad_loss`).
+    pub burst: Option<Burst>,
+    /// Probability a datagram is held back by `reorder_ms` (so later ones overtake it).
+    pub reorder: f64,
+    pub reorder_ms: f64,
+    /// Probability a datagram arrives twice.
+    pub duplicate: f64,
+    /// Serialisation rate cap in kbit/s (0 = none), with a queue of `queue_ms` of traffic;
+    /// datagrams that would wait longer are dropped.
+    pub bandwidth_kbps: f64,
+    pub queue_ms: f64,
+}
+
+impl Default for LinkModel {
+    fn default() -> Self {
+        Self {
+            latency_ms: 2.0,
+            jitter_ms: 0.0,
+            loss: 0.0,
+            burst: None,
+            reorder: 0.0,
+            reorder_ms: 30.0,
+            duplicate: 0.0,
+            bandwidth_kbps: 0.0,
+            queue_ms: 200.0,
+        }
+    }
+}
+
+/// Gilbert–Elliott parameters.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Burst {
+    pub p: f64,
+    pub r: f64,
+    #[serde(default = "one")]
+    pub bad_loss: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A per-pair override (both directions).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PairLink {
+    pub a: String,
+    pub b: String,
+    #[serde(flatten)]
+    pub model: LinkModel,
+}
+
+/// A channel and which roles may speak (and listen) or only listen on it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    pub name: String,
+    #[serde(default)]
+    pub speak: Vec<String>,
+    #[serde(default)]
+    pub listen: Vec<String>,
+}
+
+/// NAT behaviour in front of a node (RFC 4787 filtering).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatKind {
+    #[default]
+    None,
+    FullCone,
+    Restricted,
+    PortRestricted,
+    Symmetric,
+}
+
+/// One simulated member.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    pub role: String,
+    /// Channels it listens to [default: all its role may hear].
+    pub listen: Option<Vec<String>>,
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub nat: NatKind,
+}
+
+/// Something that happens at `at_s` seconds.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct EventSpec {
+    pub at_s: f64,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// What happens.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Action {
+    /// `node` holds PTT on `channels` for `duration_s`.
+    Ptt {
+        node: String,
+        channels: Vec<String>,
+        duration_s: f64,
+    },
+    /// `node` whispers to `to` for `duration_s`.
+    Whisper {
+        node: String,
+        to: String,
+        duration_s: f64,
+    },
+    /// No traffic between any two groups until `heal`.
+    Partition { groups: Vec<Vec<String>> },
+    Heal,
+    /// Replace the default link model (or one pair's, given `a` and `b`).
+    Link {
+        a: Option<String>,
+        b: Option<String>,
+        #[serde(flatten)]
+        model: LinkModel,
+    },
+    /// An admin node adds a channel (open to every role).
+    AddChannel { node: String, name: String },
+    /// An admin node removes a member.
+    RemoveMember { node: String, member: String },
+}
+
+/// A whole scenario file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub version: u32,
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub duration_s: f64,
+    #[serde(default)]
+    pub link: LinkModel,
+    #[serde(default, rename = "pair")]
+    pub pairs: Vec<PairLink>,
+    #[serde(rename = "channel")]
+    pub channels: Vec<ChannelSpec>,
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default, rename = "event")]
+    pub events: Vec<EventSpec>,
+}
+
+fn check_model(m: &LinkModel, what: &str) -> Result<(), ScenarioError> {
+    let prob = |x: f64| (0.0..=1.0).contains(&x);
+    let bad = |field: &str| ScenarioError::Invalid(format!("{what}: {field} out of range"));
+    if !(m.latency_ms >= 0.0 && m.latency_ms <= 10_000.0) {
+        return Err(bad("latency_ms"));
+    }
+    if !(m.jitter_ms >= 0.0 && m.jitter_ms <= 10_000.0) {
+        return Err(bad("jitter_ms"));
+    }
+    for (name, v) in [
+        ("loss", m.loss),
+        ("reorder", m.reorder),
+        ("duplicate", m.duplicate),
+    ] {
+        if !prob(v) {
+            return Err(bad(name));
+        }
+    }
+    if let Some(b) = m.burst {
+        if !(prob(b.p) && prob(b.r) && prob(b.bad_loss)) {
+            return Err(bad("burst"));
+        }
+    }
+    if !(m.bandwidth_kbps >= 0.0 && m.queue_ms >= 0.0 && m.reorder_ms >= 0.0) {
+        return Err(bad("bandwidth_kbps/queue_ms/reorder_ms"));
+    }
+    Ok(())
+}
+
+impl Scenario {
+    /// Parses and checks a scenario file.
+    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let version: Version = toml::from_str(text)?;
+        if version.version != SCENARIO_VERSION {
+            return Err(ScenarioError::Version(version.version));
+        }
+        let scenario: Scenario = toml::from_str(text)?;
+        scenario.check()?;
+        Ok(scenario)
+    }
+
+    fn check(&self) -> Result<(), ScenarioError> {
+        let invalid = |m: String| Err(ScenarioError::Invalid(m));
+        if !(self.duration_s > 0.0 && self.duration_s <= 3600.0) {
+            return invalid("duration_s must be in (0, 3600]".into());
+        }
+        if self.nodes.len() < 2 || self.nodes.len() > 64 {
+            return invalid("2 to 64 nodes".into());
+        }
+        let names: BTreeSet<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        if names.len() != self.nodes.len() {
+            return invalid("node names must be unique".into());
+        }
+        let channels: BTreeSet<&str> = self.channels.iter().map(|c| c.name.as_str()).collect();
+        if channels.len() != self.channels.len() || channels.is_empty() {
+            return invalid("channel names must be unique, and at least one".into());
+        }
+        let node = |n: &str| {
+            if names.contains(n) {
+                Ok(())
+            } else {
+                Err(ScenarioError::Invalid(format!("unknown node {n:?}")))
+            }
+        };
+        let channel = |c: &str| {
+            if channels.contains(c) {
+                Ok(())
+            } else {
+                Err(ScenarioError::Invalid(format!("unknown channel {c:?}")))
+            }
+        };
+        check_model(&self.link, "link")?;
+        for pair in &self.pairs {
+            node(&pair.a)?;
+            node(&pair.b)?;
+            check_model(&pair.model, "pair")?;
+        }
+        for n in &self.nodes {
+            for c in n.listen.iter().flatten() {
+                channel(c)?;
+            }
+        }
+        for e in &self.events {
+            if !(e.at_s >= 0.0 && e.at_s <= self.duration_s) {
+                return invalid(format!("event at {} s is outside the run", e.at_s));
+            }
+            match &e.action {
+                Action::Ptt {
+                    node: n,
+                    channels: cs,
+                    duration_s,
+                } => {
+                    node(n)?;
+                    for c in cs {
+                        channel(c)?;
+                    }
+                    if !(*duration_s > 0.0) {
+                        return invalid("ptt duration_s must be positive".into());
+                    }
+                }
+                Action::Whisper { node: n, to, .. } => {
+                    node(n)?;
+                    node(to)?;
+                }
+                Action::Partition { groups } => {
+                    for n in groups.iter().flatten() {
+                        node(n)?;
+                    }
+                }
+                Action::Heal => {}
+                Action::Link { a, b, model } => {
+                    if a.is_some() != b.is_some() {
+                        return invalid("a link change names both a and b, or neither".into());
+                    }
+                    for n in a.iter().chain(b.iter()) {
+                        node(n)?;
+                    }
+                    check_model(model, "link event")?;
+                }
+                Action::AddChannel { node: n, .. } => node(n)?,
+                Action::RemoveMember { node: n, member } => {
+                    node(n)?;
+                    node(member)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
