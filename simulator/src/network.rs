@@ -31,7 +31,9 @@ pub struct NetworkCounts {
 }
 
 struct State {
-    rng: ChaCha8Rng,
+    seed: u64,
+    /// Datagrams already sent on a directed path at the current instant.
+    same_instant: BTreeMap<(IpAddr, IpAddr), (Duration, u64)>,
     default: LinkModel,
     pairs: BTreeMap<(IpAddr, IpAddr), LinkModel>,
     /// While partitioned: each node's group; nodes in different groups cannot talk.
@@ -57,7 +59,8 @@ impl SimNetwork {
     pub fn new(seed: u64, default: LinkModel) -> Self {
         Self {
             state: Mutex::new(State {
-                rng: ChaCha8Rng::seed_from_u64(seed),
+                seed,
+                same_instant: BTreeMap::new(),
                 default,
                 pairs: BTreeMap::new(),
                 groups: None,
@@ -127,30 +130,40 @@ impl PathModel for SimNetwork {
         }
         let key = (from.ip(), to.ip());
         let model = s.pairs.get(&key).unwrap_or(&s.default).clone();
+        // Each datagram's dice come from (seed, path, instant, index at that instant), not
+        // from a stream shared by all traffic: TLS and Noise handshakes carry random bytes
+        // whose encodings vary in length, and an extra handshake datagram must not reshuffle
+        // the fate of every later voice frame. Runs then replay exactly.
+        let index = match s.same_instant.get(&key) {
+            Some((at, n)) if *at == now => n + 1,
+            _ => 0,
+        };
+        s.same_instant.insert(key, (now, index));
+        let mut rng = ChaCha8Rng::seed_from_u64(dice_seed(s.seed, key, now, index));
         // Loss: Gilbert–Elliott state first, then the state's loss probability.
         let mut loss = model.loss;
         if let Some(burst) = model.burst {
             let bad = s.burst_bad.entry(key).or_insert(false);
             *bad = if *bad {
-                !s.rng.gen_bool(burst.r)
+                !rng.gen_bool(burst.r)
             } else {
-                s.rng.gen_bool(burst.p)
+                rng.gen_bool(burst.p)
             };
             if *bad {
                 loss = burst.bad_loss;
             }
         }
-        if loss > 0.0 && s.rng.gen_bool(loss.min(1.0)) {
+        if loss > 0.0 && rng.gen_bool(loss.min(1.0)) {
             s.counts.lost += 1;
             return Vec::new();
         }
         let mut delay_ms = model.latency_ms;
         if model.jitter_ms > 0.0 {
             if let Ok(normal) = Normal::new(0.0, model.jitter_ms) {
-                delay_ms += normal.sample(&mut s.rng);
+                delay_ms += normal.sample(&mut rng);
             }
         }
-        if model.reorder > 0.0 && s.rng.gen_bool(model.reorder) {
+        if model.reorder > 0.0 && rng.gen_bool(model.reorder) {
             delay_ms += model.reorder_ms;
         }
         let mut delay = Duration::from_secs_f64(delay_ms.max(0.0) / 1e3);
@@ -166,7 +179,7 @@ impl PathModel for SimNetwork {
             delay += done - now;
         }
         let mut copies = vec![delay];
-        if model.duplicate > 0.0 && s.rng.gen_bool(model.duplicate) {
+        if model.duplicate > 0.0 && rng.gen_bool(model.duplicate) {
             s.counts.duplicated += 1;
             copies.push(delay + Duration::from_millis(1));
         }
@@ -194,4 +207,17 @@ impl PathModel for SimNetwork {
         }
         admitted
     }
+}
+
+fn dice_seed(seed: u64, (from, to): (IpAddr, IpAddr), now: Duration, index: u64) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(seed.to_be_bytes());
+    h.update(from.to_string().as_bytes());
+    h.update([0]);
+    h.update(to.to_string().as_bytes());
+    h.update((now.as_nanos() as u64).to_be_bytes());
+    h.update(index.to_be_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }

@@ -64,7 +64,9 @@ pub struct Report {
     pub charter: CharterReport,
     /// Receive-side drops over all nodes, by reason.
     pub drops: DropCounts,
-    /// What the simulated network did to datagrams.
+    /// What the simulated network did to datagrams. Diagnostic, outside the trace hash: it
+    /// counts QUIC/TLS handshake datagrams too, whose number can differ by a few between runs
+    /// because their random key material varies in encoded length.
     pub network: NetworkCounts,
     pub trace_lines: usize,
 }

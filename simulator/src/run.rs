@@ -475,6 +475,8 @@ fn report(
         drops.not_listening += s.drops.not_listening;
     }
     let mut hasher = Sha256::new();
+    // The trace names its scenario and seed, as a trace file's header would.
+    hasher.update(format!("{} {seed}\n", scenario.name));
     for (t, n, line) in trace {
         hasher.update(format!("{} {} {line}\n", t.as_millis(), scenario.nodes[*n].name));
     }

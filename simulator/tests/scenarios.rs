@@ -32,3 +32,88 @@ fn lan_squad_hears_everything() {
     assert!(report.paths.iter().all(|p| p.kind == "direct"));
     assert!(report.charter.converged);
 }
+
+fn check_impaired(name: &str, min_delivery: f64) -> Report {
+    let report = run(&scenario(name), None).unwrap();
+    eprintln!(
+        "{name}: delivery {:.3}, network {:?}",
+        report.delivery(),
+        report.network
+    );
+    assert!(
+        report.delivery() >= min_delivery,
+        "{name}: {}",
+        show(&report)
+    );
+    // Every member heard alpha's two transmissions and bravo's one.
+    for to in ["bravo", "charlie", "delta"] {
+        let s = report.stream("alpha", to, "squad").expect("stream");
+        assert!(s.frames_sent >= 290, "{s:?}");
+    }
+    assert!(report.charter.converged);
+    assert_eq!(report.drops.auth + report.drops.acl + report.drops.malformed, 0);
+    report
+}
+
+#[test]
+fn five_percent_uniform_loss() {
+    let r = check_impaired("loss-5pct", 0.97);
+    assert!(r.network.lost > 50, "{:?}", r.network);
+}
+
+#[test]
+fn gilbert_elliott_bursts_averaging_ten_percent() {
+    let r = check_impaired("burst-10pct", 0.85);
+    let lost = r.network.lost as f64 / r.network.sent as f64;
+    assert!((0.06..=0.14).contains(&lost), "network loss {lost}");
+    let concealed: u64 = r.streams.iter().map(|s| s.frames_concealed).sum();
+    assert!(concealed > 0);
+}
+
+#[test]
+fn twenty_percent_reordering() {
+    check_impaired("reorder-20pct", 0.95);
+}
+
+#[test]
+fn eighty_ms_with_thirty_ms_jitter() {
+    let r = check_impaired("jitter-80ms", 0.90);
+    let s = r.stream("alpha", "bravo", "squad").unwrap();
+    let p50 = s.mouth_to_ear_ms.unwrap().p50;
+    // Latency plus an adaptive jitter buffer: above the one-way delay, below a second.
+    assert!((80.0..=400.0).contains(&p50), "{s:?}");
+}
+
+#[test]
+fn partition_with_concurrent_charter_edits_then_heal() {
+    let report = run(&scenario("partition-charter"), None).unwrap();
+    eprintln!("{}", show(&report));
+    assert!(report.charter.converged, "{}", show(&report));
+    // Genesis + role + channel + acl + 4 members + 2 admins, then both edits.
+    assert_eq!(report.charter.ops, 12);
+    assert!(report.charter.convergence_ms.is_some());
+    // During the partition bravo reached only alpha; after healing delta reached everyone.
+    let during = report.stream("bravo", "alpha", "squad").unwrap();
+    assert!(during.frames_played * 100 >= during.frames_sent * 95);
+    let cut = report.stream("bravo", "charlie", "squad").unwrap();
+    assert!(cut.frames_played * 2 < cut.frames_sent, "{cut:?}");
+    for to in ["alpha", "bravo", "charlie"] {
+        let s = report.stream("delta", to, "squad").unwrap();
+        assert!(s.frames_played * 100 >= s.frames_sent * 95, "{s:?}");
+    }
+    assert!(report.network.partitioned > 0);
+}
+
+#[test]
+fn the_same_seed_replays_and_another_seed_does_not() {
+    let s = scenario("loss-5pct");
+    let a = run(&s, None).unwrap();
+    let b = run(&s, None).unwrap();
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(
+        (&a.streams, &a.paths, &a.charter, &a.drops),
+        (&b.streams, &b.paths, &b.charter, &b.drops)
+    );
+    let c = run(&s, Some(s.seed + 1)).unwrap();
+    assert_ne!(a.trace_hash, c.trace_hash);
+}
