@@ -39,6 +39,9 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Run a headless node: join the org, log who talks where, until Ctrl-C or --seconds.
     Up(commands::up::UpArgs),
+    /// The deterministic network simulator: run scenarios, replay traces.
+    #[command(subcommand)]
+    Sim(commands::sim::SimCommand),
 }
 
 /// Restores the default SIGPIPE action, so `callsign … | head` ends quietly like any Unix tool
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Link(cmd) => commands::link::run(cmd),
         Command::Demo(args) => commands::demo::run(args),
         Command::Up(args) => commands::up::run(args),
+        Command::Sim(cmd) => commands::sim::run_command(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -168,7 +168,8 @@ impl PathModel for SimNetwork {
         }
         let mut delay = Duration::from_secs_f64(delay_ms.max(0.0) / 1e3);
         if model.bandwidth_kbps > 0.0 {
-            let serialise = Duration::from_secs_f64(len as f64 * 8.0 / (model.bandwidth_kbps * 1e3));
+            let serialise =
+                Duration::from_secs_f64(len as f64 * 8.0 / (model.bandwidth_kbps * 1e3));
             let free_at = s.queue_free_at.get(&key).copied().unwrap_or(now).max(now);
             if free_at - now > Duration::from_secs_f64(model.queue_ms / 1e3) {
                 s.counts.queue_drops += 1;
@@ -196,11 +197,13 @@ impl PathModel for SimNetwork {
         let live = |t: &Duration| now.saturating_sub(*t) < NAT_MAPPING_TIMEOUT;
         let mappings = s.mappings.get(&local.ip());
         let admitted = mappings.is_some_and(|m| {
-            m.iter().filter(|(_, t)| live(t)).any(|(dest, _)| match kind {
-                NatKind::None | NatKind::FullCone => true,
-                NatKind::Restricted => dest.ip() == from.ip(),
-                NatKind::PortRestricted | NatKind::Symmetric => *dest == from,
-            })
+            m.iter()
+                .filter(|(_, t)| live(t))
+                .any(|(dest, _)| match kind {
+                    NatKind::None | NatKind::FullCone => true,
+                    NatKind::Restricted => dest.ip() == from.ip(),
+                    NatKind::PortRestricted | NatKind::Symmetric => *dest == from,
+                })
         });
         if !admitted {
             s.counts.nat_filtered += 1;

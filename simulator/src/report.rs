@@ -69,6 +69,9 @@ pub struct Report {
     /// because their random key material varies in encoded length.
     pub network: NetworkCounts,
     pub trace_lines: usize,
+    /// The event trace, one line per event: `virtual-ms node event`.
+    #[serde(skip)]
+    pub trace: Vec<String>,
 }
 
 impl Report {

@@ -199,7 +199,9 @@ fn describe(event: &NodeEvent, names: &BTreeMap<IdentityKey, String>) -> Option<
     Some(match event {
         NodeEvent::LinkUp { peer, kind, .. } => format!("link-up {} {kind:?}", peer_name(peer)),
         NodeEvent::LinkDown { peer } => format!("link-down {}", peer_name(peer)),
-        NodeEvent::Presence { peer, listening, .. } => {
+        NodeEvent::Presence {
+            peer, listening, ..
+        } => {
             format!("presence {} {}", name(peer), listening.len())
         }
         NodeEvent::PresenceGone { peer } => format!("presence-gone {}", name(peer)),
@@ -220,7 +222,6 @@ fn describe(event: &NodeEvent, names: &BTreeMap<IdentityKey, String>) -> Option<
         NodeEvent::Warning(_) | NodeEvent::VoiceSent { .. } => return None,
     })
 }
-
 
 /// Runs `scenario` with `seed` (the scenario's own seed when `None`).
 pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
@@ -284,9 +285,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
             config.unix_time_ms = Some(1_700_000_000_000);
             config.seed = node_seed;
             // Instants of different turmoil hosts are not comparable; sim time is.
-            config.media_epoch = Some(
-                tokio::time::Instant::now().into_std() - sim_now(),
-            );
+            config.media_epoch = Some(tokio::time::Instant::now().into_std() - sim_now());
             for (peer_name, key) in &earlier {
                 let addr = format!(
                     "/ip4/{}/udp/{PORT}/quic-v1/p2p/{}",
@@ -300,7 +299,11 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
             let mut commands = commands.into_iter().peekable();
             let end = start + duration;
             loop {
-                let next = commands.peek().map(|(t, _)| start + *t).unwrap_or(end).min(end);
+                let next = commands
+                    .peek()
+                    .map(|(t, _)| start + *t)
+                    .unwrap_or(end)
+                    .min(end);
                 tokio::select! {
                     biased;
                     event = node.next_event() => {
@@ -384,7 +387,16 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
     let mut trace = std::mem::take(&mut *shared.trace.lock().unwrap_or_else(|e| e.into_inner()));
     trace.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     let last_edit = *shared.last_edit.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(report(scenario, seed, &org, &by_key, &stats, &trace, last_edit, network.counts()))
+    Ok(report(
+        scenario,
+        seed,
+        &org,
+        &by_key,
+        &stats,
+        &trace,
+        last_edit,
+        network.counts(),
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -430,11 +442,13 @@ fn report(
                 frames_played: heard.map_or(0, |h| h.frames_played),
                 frames_concealed: heard.map_or(0, |h| h.frames_concealed),
                 frames_lost: heard.map_or(0, |h| h.frames_lost),
-                mouth_to_ear_ms: heard.and_then(|h| h.mouth_to_ear_ms).map(|l| LatencyReport {
-                    p50: l.p50,
-                    p95: l.p95,
-                    p99: l.p99,
-                }),
+                mouth_to_ear_ms: heard
+                    .and_then(|h| h.mouth_to_ear_ms)
+                    .map(|l| LatencyReport {
+                        p50: l.p50,
+                        p95: l.p95,
+                        p99: l.p99,
+                    }),
             });
         }
     }
@@ -442,7 +456,8 @@ fn report(
     for (i, a) in scenario.nodes.iter().enumerate() {
         for b in &scenario.nodes[i + 1..] {
             let linked = trace.iter().any(|(_, n, line)| {
-                (scenario.nodes[*n].name == a.name && line.starts_with(&format!("link-up {} ", b.name)))
+                (scenario.nodes[*n].name == a.name
+                    && line.starts_with(&format!("link-up {} ", b.name)))
                     || (scenario.nodes[*n].name == b.name
                         && line.starts_with(&format!("link-up {} ", a.name)))
             });
@@ -478,7 +493,11 @@ fn report(
     // The trace names its scenario and seed, as a trace file's header would.
     hasher.update(format!("{} {seed}\n", scenario.name));
     for (t, n, line) in trace {
-        hasher.update(format!("{} {} {line}\n", t.as_millis(), scenario.nodes[*n].name));
+        hasher.update(format!(
+            "{} {} {line}\n",
+            t.as_millis(),
+            scenario.nodes[*n].name
+        ));
     }
     for s in &streams {
         hasher.update(format!(
@@ -502,16 +521,22 @@ fn report(
         drops,
         network,
         trace_lines: trace.len(),
+        trace: trace
+            .iter()
+            .map(|(t, n, line)| format!("{} {} {line}", t.as_millis(), scenario.nodes[*n].name))
+            .collect(),
     }
 }
 
 fn channel_stats(streams: &[StreamReport]) -> Vec<ChannelStats> {
     let mut by: BTreeMap<&str, ChannelStats> = BTreeMap::new();
     for s in streams {
-        let c = by.entry(s.channel.as_str()).or_insert_with(|| ChannelStats {
-            channel: s.channel.clone(),
-            ..ChannelStats::default()
-        });
+        let c = by
+            .entry(s.channel.as_str())
+            .or_insert_with(|| ChannelStats {
+                channel: s.channel.clone(),
+                ..ChannelStats::default()
+            });
         c.frames_sent += s.frames_sent;
         c.frames_played += s.frames_played;
     }

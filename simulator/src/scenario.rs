@@ -145,7 +145,9 @@ pub enum Action {
         duration_s: f64,
     },
     /// No traffic between any two groups until `heal`.
-    Partition { groups: Vec<Vec<String>> },
+    Partition {
+        groups: Vec<Vec<String>>,
+    },
     Heal,
     /// Replace the default link model (or one pair's, given `a` and `b`).
     Link {
@@ -155,9 +157,15 @@ pub enum Action {
         model: LinkModel,
     },
     /// An admin node adds a channel (open to every role).
-    AddChannel { node: String, name: String },
+    AddChannel {
+        node: String,
+        name: String,
+    },
     /// An admin node removes a member.
-    RemoveMember { node: String, member: String },
+    RemoveMember {
+        node: String,
+        member: String,
+    },
 }
 
 /// A whole scenario file.

@@ -51,7 +51,10 @@ fn check_impaired(name: &str, min_delivery: f64) -> Report {
         assert!(s.frames_sent >= 280, "{s:?}");
     }
     assert!(report.charter.converged);
-    assert_eq!(report.drops.auth + report.drops.acl + report.drops.malformed, 0);
+    assert_eq!(
+        report.drops.auth + report.drops.acl + report.drops.malformed,
+        0
+    );
     report
 }
 

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod keys;
 pub mod link;
 pub mod org;
+pub mod sim;
 pub mod ticket;
 pub mod up;
 

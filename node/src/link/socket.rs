@@ -268,7 +268,8 @@ impl AsyncUdpSocket for TurmoilSocket {
                     let _ = self.socket.try_send_to(chunk, transmit.destination);
                     continue;
                 }
-                let (socket, bytes, to) = (self.socket.clone(), chunk.to_vec(), transmit.destination);
+                let (socket, bytes, to) =
+                    (self.socket.clone(), chunk.to_vec(), transmit.destination);
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let _ = socket.try_send_to(&bytes, to);
