@@ -32,13 +32,14 @@ pub struct NetworkCounts {
 
 struct State {
     seed: u64,
-    /// Datagrams already sent on a directed path at the current instant.
+    /// Per directed path: the instant of the last datagram and how many went at that instant.
     same_instant: BTreeMap<(IpAddr, IpAddr), (Duration, u64)>,
     default: LinkModel,
     pairs: BTreeMap<(IpAddr, IpAddr), LinkModel>,
     /// While partitioned: each node's group; nodes in different groups cannot talk.
     groups: Option<BTreeMap<IpAddr, usize>>,
-    burst_bad: BTreeMap<(IpAddr, IpAddr), bool>,
+    /// Gilbert–Elliott state per path: the last 20 ms slot evaluated and whether it was bad.
+    burst_bad: BTreeMap<(IpAddr, IpAddr), (u64, bool)>,
     queue_free_at: BTreeMap<(IpAddr, IpAddr), Duration>,
     nat: BTreeMap<IpAddr, NatKind>,
     /// Per NATed node: destinations it sent to, and when last.
@@ -112,7 +113,8 @@ impl SimNetwork {
 }
 
 impl PathModel for SimNetwork {
-    fn transmit(&self, from: SocketAddr, to: SocketAddr, len: usize) -> Vec<Duration> {
+    fn transmit(&self, from: SocketAddr, to: SocketAddr, datagram: &[u8]) -> Vec<Duration> {
+        let len = datagram.len();
         let now = now();
         let mut guard = self.state();
         let s = &mut *guard;
@@ -130,25 +132,41 @@ impl PathModel for SimNetwork {
         }
         let key = (from.ip(), to.ip());
         let model = s.pairs.get(&key).unwrap_or(&s.default).clone();
-        // Each datagram's dice come from (seed, path, instant, index at that instant), not
-        // from a stream shared by all traffic: TLS and Noise handshakes carry random bytes
-        // whose encodings vary in length, and an extra handshake datagram must not reshuffle
-        // the fate of every later voice frame. Runs then replay exactly.
-        let index = match s.same_instant.get(&key) {
-            Some((at, n)) if *at == now => n + 1,
-            _ => 0,
-        };
-        s.same_instant.insert(key, (now, index));
-        let mut rng = ChaCha8Rng::seed_from_u64(dice_seed(s.seed, key, now, index));
-        // Loss: Gilbert–Elliott state first, then the state's loss probability.
+        // QUIC long-header packets (the TLS handshake: random key material whose encoding
+        // varies in length from run to run) cross with the base latency only, and take no dice;
+        // see docs/scenarios.md.
+        if datagram.first().is_some_and(|b| b & 0x80 != 0) {
+            return vec![Duration::from_secs_f64(model.latency_ms.max(0.0) / 1e3)];
+        }
+        // Each other datagram's dice come from (seed, path, instant, index at that instant),
+        // not from a stream shared by all traffic, so nothing sent elsewhere reshuffles them.
+        let entry = s.same_instant.entry(key).or_insert((now, 0));
+        if entry.0 != now {
+            *entry = (now, 0);
+        }
+        let dice = dice_seed(s.seed, key, now.as_nanos() as u64, 0, entry.1);
+        entry.1 += 1;
+        let mut rng = ChaCha8Rng::seed_from_u64(dice);
+        // Loss: the Gilbert–Elliott chain steps once per 20 ms slot of virtual time (a voice
+        // frame period), on dice of its own, so it does not depend on how much else is sent.
         let mut loss = model.loss;
         if let Some(burst) = model.burst {
-            let bad = s.burst_bad.entry(key).or_insert(false);
-            *bad = if *bad {
-                !rng.gen_bool(burst.r)
-            } else {
-                rng.gen_bool(burst.p)
-            };
+            let slot = (now.as_millis() / 20) as u64;
+            let seed = s.seed;
+            let (last, bad) = s.burst_bad.entry(key).or_insert((slot, false));
+            // Paths idle for long start afresh rather than replaying every slot.
+            if slot.saturating_sub(*last) > 1000 {
+                *last = slot.saturating_sub(1000);
+            }
+            while *last < slot {
+                *last += 1;
+                let mut step = ChaCha8Rng::seed_from_u64(dice_seed(seed, key, *last, u64::MAX, 0));
+                *bad = if *bad {
+                    !step.gen_bool(burst.r)
+                } else {
+                    step.gen_bool(burst.p)
+                };
+            }
             if *bad {
                 loss = burst.bad_loss;
             }
@@ -212,14 +230,15 @@ impl PathModel for SimNetwork {
     }
 }
 
-fn dice_seed(seed: u64, (from, to): (IpAddr, IpAddr), now: Duration, index: u64) -> u64 {
+fn dice_seed(seed: u64, (from, to): (IpAddr, IpAddr), time: u64, len: u64, index: u64) -> u64 {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(seed.to_be_bytes());
     h.update(from.to_string().as_bytes());
     h.update([0]);
     h.update(to.to_string().as_bytes());
-    h.update((now.as_nanos() as u64).to_be_bytes());
+    h.update(time.to_be_bytes());
+    h.update(len.to_be_bytes());
     h.update(index.to_be_bytes());
     let d = h.finalize();
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])

@@ -385,7 +385,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
     sim.run().map_err(|e| RunError::Simulation(e.to_string()))?;
     let stats = std::mem::take(&mut *shared.stats.lock().unwrap_or_else(|e| e.into_inner()));
     let mut trace = std::mem::take(&mut *shared.trace.lock().unwrap_or_else(|e| e.into_inner()));
-    trace.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    trace.sort_by_key(|(t, n, _)| (*t, *n));
     let last_edit = *shared.last_edit.lock().unwrap_or_else(|e| e.into_inner());
     Ok(report(
         scenario,

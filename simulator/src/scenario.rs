@@ -289,7 +289,7 @@ impl Scenario {
                     for c in cs {
                         channel(c)?;
                     }
-                    if !(*duration_s > 0.0) {
+                    if duration_s.is_nan() || *duration_s <= 0.0 {
                         return invalid("ptt duration_s must be positive".into());
                     }
                 }

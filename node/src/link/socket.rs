@@ -58,9 +58,14 @@ pub struct SocketCounts {
 /// [`PathModel::admit`]. Implementations must be deterministic for a seed: the simulator
 /// replays runs.
 pub trait PathModel: Send + Sync + 'static {
-    /// Delays after which copies of a `len`-byte datagram from `from` reach `to`: empty drops
-    /// it, two entries duplicate it.
-    fn transmit(&self, from: SocketAddr, to: SocketAddr, len: usize) -> Vec<std::time::Duration>;
+    /// Delays after which copies of `datagram` from `from` reach `to`: empty drops it, two
+    /// entries duplicate it.
+    fn transmit(
+        &self,
+        from: SocketAddr,
+        to: SocketAddr,
+        datagram: &[u8],
+    ) -> Vec<std::time::Duration>;
     /// Whether a datagram from `from` may reach the socket at `local` (NAT filtering).
     fn admit(&self, local: SocketAddr, from: SocketAddr) -> bool;
 }
@@ -262,7 +267,7 @@ impl AsyncUdpSocket for TurmoilSocket {
                 self.socket.try_send_to(chunk, transmit.destination)?;
                 continue;
             };
-            for delay in model.transmit(self.local, transmit.destination, chunk.len()) {
+            for delay in model.transmit(self.local, transmit.destination, chunk) {
                 if delay.is_zero() {
                     // A full simulated queue drops the datagram, as a network would.
                     let _ = self.socket.try_send_to(chunk, transmit.destination);
