@@ -38,6 +38,8 @@ struct State {
     pairs: BTreeMap<(IpAddr, IpAddr), LinkModel>,
     /// While partitioned: each node's group; nodes in different groups cannot talk.
     groups: Option<BTreeMap<IpAddr, usize>>,
+    /// Crashed nodes: nothing in or out.
+    isolated: std::collections::BTreeSet<IpAddr>,
     /// Gilbert–Elliott state per path: the last 20 ms slot evaluated and whether it was bad.
     burst_bad: BTreeMap<(IpAddr, IpAddr), (u64, bool)>,
     queue_free_at: BTreeMap<(IpAddr, IpAddr), Duration>,
@@ -65,6 +67,7 @@ impl SimNetwork {
                 default,
                 pairs: BTreeMap::new(),
                 groups: None,
+                isolated: std::collections::BTreeSet::new(),
                 burst_bad: BTreeMap::new(),
                 queue_free_at: BTreeMap::new(),
                 nat: BTreeMap::new(),
@@ -103,6 +106,16 @@ impl SimNetwork {
         self.state().groups = Some(map);
     }
 
+    /// Cuts a node off completely (a crash), or reconnects it.
+    pub fn isolate(&self, node: IpAddr, isolated: bool) {
+        let mut state = self.state();
+        if isolated {
+            state.isolated.insert(node);
+        } else {
+            state.isolated.remove(&node);
+        }
+    }
+
     pub fn heal(&self) {
         self.state().groups = None;
     }
@@ -121,6 +134,10 @@ impl PathModel for SimNetwork {
         s.counts.sent += 1;
         if s.nat.get(&from.ip()).is_some_and(|k| *k != NatKind::None) {
             s.mappings.entry(from.ip()).or_default().insert(to, now);
+        }
+        if s.isolated.contains(&from.ip()) || s.isolated.contains(&to.ip()) {
+            s.counts.partitioned += 1;
+            return Vec::new();
         }
         if let Some(groups) = &s.groups {
             // Nodes not named in the partition form their own group each.

@@ -124,6 +124,79 @@ fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError> {
     })
 }
 
+/// A node's comings and goings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    Crash,
+    Restart,
+    Join,
+    Leave,
+}
+
+fn lifecycle(scenario: &Scenario, name: &str) -> Vec<(Duration, Life)> {
+    let mut out: Vec<(Duration, Life)> = scenario
+        .events
+        .iter()
+        .filter_map(|e| {
+            let life = match &e.action {
+                Action::Crash { node } if node == name => Life::Crash,
+                Action::Restart { node } if node == name => Life::Restart,
+                Action::Join { node } if node == name => Life::Join,
+                Action::Leave { node } if node == name => Life::Leave,
+                _ => return None,
+            };
+            Some((Duration::from_secs_f64(e.at_s), life))
+        })
+        .collect();
+    out.sort_by_key(|(t, _)| *t);
+    out
+}
+
+/// Adds a later incarnation's counters to the earlier ones'.
+fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
+    for sent in next.sent {
+        match acc
+            .sent
+            .iter_mut()
+            .find(|s| s.to == sent.to && s.channel == sent.channel)
+        {
+            Some(s) => s.frames_sent += sent.frames_sent,
+            None => acc.sent.push(sent),
+        }
+    }
+    for heard in next.received {
+        match acc
+            .received
+            .iter_mut()
+            .find(|r| r.from == heard.from && r.channel == heard.channel)
+        {
+            Some(r) => {
+                // Latency percentiles cannot be summed: keep the larger sample's.
+                if heard.frames_played > r.frames_played {
+                    r.mouth_to_ear_ms = heard.mouth_to_ear_ms;
+                }
+                r.frames_played += heard.frames_played;
+                r.frames_concealed += heard.frames_concealed;
+                r.frames_fec += heard.frames_fec;
+                r.frames_lost += heard.frames_lost;
+            }
+            None => acc.received.push(heard),
+        }
+    }
+    acc.drops.malformed += next.drops.malformed;
+    acc.drops.unknown_sender += next.drops.unknown_sender;
+    acc.drops.replay += next.drops.replay;
+    acc.drops.auth += next.drops.auth;
+    acc.drops.acl += next.drops.acl;
+    acc.drops.not_listening += next.drops.not_listening;
+    acc.ptt_denied += next.ptt_denied;
+    acc.frames_encoded += next.frames_encoded;
+    acc.charter_hash = next.charter_hash;
+    acc.charter_ops = next.charter_ops;
+    acc.peers = next.peers;
+    acc
+}
+
 /// One line of the trace: virtual time, node index, what happened.
 type TraceLine = (Duration, usize, String);
 
@@ -265,74 +338,133 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
             .iter()
             .map(|n| (n.name.clone(), names[&n.name]))
             .collect();
+        let everyone: Vec<(String, IdentityKey)> = scenario
+            .nodes
+            .iter()
+            .filter(|n| n.name != spec.name)
+            .map(|n| (n.name.clone(), names[&n.name]))
+            .collect();
+        let lifecycle = lifecycle(scenario, &spec.name);
         let (name, nat, by_key) = (spec.name.clone(), spec.nat, by_key.clone());
         let node_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(index as u64);
         sim.client(spec.name.as_str(), async move {
             let ip: IpAddr = turmoil::lookup(name.as_str());
             network.set_nat(ip, nat);
-            let model: Arc<dyn callsign_node::link::PathModel> = network.clone();
-            let socket = LinkSocket::bind_turmoil_with(
-                SocketAddr::from(([0, 0, 0, 0], PORT)),
-                Some((model, ip)),
-            )
-            .await?;
-            let mut config =
-                NodeConfig::new(org.keys[index].clone(), org.charter.clone(), name.clone());
-            config.listening = listen;
-            config.input = AudioInput::Synthetic { seed: node_seed };
-            config.socket = Some(socket);
-            config.tcp_fallback = false;
-            config.unix_time_ms = Some(1_700_000_000_000);
-            config.seed = node_seed;
-            // Instants of different turmoil hosts are not comparable; sim time is.
-            config.media_epoch = Some(tokio::time::Instant::now().into_std() - sim_now());
-            for (peer_name, key) in &earlier {
-                let addr = format!(
-                    "/ip4/{}/udp/{PORT}/quic-v1/p2p/{}",
-                    turmoil::lookup(peer_name.as_str()),
-                    key.peer_id()
-                );
-                config.bootstrap.push(addr.parse()?);
-            }
-            let mut node = Node::start(config).await?;
             let start = tokio::time::Instant::now() - sim_now();
-            let mut commands = commands.into_iter().peekable();
             let end = start + duration;
+            let mut commands = commands.into_iter().peekable();
+            let mut lifecycle = lifecycle.into_iter().peekable();
+            let mut total: Option<NodeStats> = None;
+            let mut incarnation = 0u64;
+            // A node that joins later waits for its join (or restart) event.
+            if matches!(lifecycle.peek(), Some((_, Life::Join | Life::Restart))) {
+                if let Some((at, _)) = lifecycle.next() {
+                    tokio::time::sleep_until(start + at).await;
+                }
+            }
             loop {
-                let next = commands
-                    .peek()
-                    .map(|(t, _)| start + *t)
-                    .unwrap_or(end)
-                    .min(end);
-                tokio::select! {
-                    biased;
-                    event = node.next_event() => {
-                        let Some(event) = event else { break };
-                        if let Some(line) = describe(&event, &by_key) {
-                            shared.trace.lock().unwrap_or_else(|e| e.into_inner())
-                                .push((sim_now(), index, line));
+                let model: Arc<dyn callsign_node::link::PathModel> = network.clone();
+                // A restarted node binds a fresh port: the old endpoint may still be draining.
+                let port = PORT + incarnation as u16;
+                let socket = LinkSocket::bind_turmoil_with(
+                    SocketAddr::from(([0, 0, 0, 0], port)),
+                    Some((model, ip)),
+                )
+                .await?;
+                let mut config =
+                    NodeConfig::new(org.keys[index].clone(), org.charter.clone(), name.clone());
+                config.listening = listen.clone();
+                config.input = AudioInput::Synthetic { seed: node_seed };
+                config.socket = Some(socket);
+                config.tcp_fallback = false;
+                config.unix_time_ms = Some(1_700_000_000_000 + sim_now().as_millis() as u64);
+                config.seed = node_seed.wrapping_add(incarnation << 32);
+                // Instants of different turmoil hosts are not comparable; sim time is.
+                config.media_epoch = Some(tokio::time::Instant::now().into_std() - sim_now());
+                // First start: dial the members before us. Later (re)starts: dial everyone, as
+                // their links to our previous self are dead.
+                let dial = if incarnation == 0 && sim_now().is_zero() {
+                    &earlier
+                } else {
+                    &everyone
+                };
+                for (peer_name, key) in dial {
+                    let addr = format!(
+                        "/ip4/{}/udp/{PORT}/quic-v1/p2p/{}",
+                        turmoil::lookup(peer_name.as_str()),
+                        key.peer_id()
+                    );
+                    config.bootstrap.push(addr.parse()?);
+                }
+                let mut node = Node::start(config).await?;
+                incarnation += 1;
+                let stop = lifecycle.peek().map(|(t, life)| (start + *t, *life));
+                let run_until = stop.map_or(end, |(t, _)| t.min(end));
+                loop {
+                    let next = commands
+                        .peek()
+                        .map(|(t, _)| start + *t)
+                        .unwrap_or(run_until)
+                        .min(run_until);
+                    tokio::select! {
+                        biased;
+                        event = node.next_event() => {
+                            let Some(event) = event else { break };
+                            if let Some(line) = describe(&event, &by_key) {
+                                shared.trace.lock().unwrap_or_else(|e| e.into_inner())
+                                    .push((sim_now(), index, line));
+                            }
+                        }
+                        _ = tokio::time::sleep_until(next) => {
+                            if tokio::time::Instant::now() >= run_until {
+                                break;
+                            }
+                            if let Some((_, command)) = commands.next() {
+                                node.command(command)?;
+                            }
                         }
                     }
-                    _ = tokio::time::sleep_until(next) => {
-                        if tokio::time::Instant::now() >= end {
-                            break;
-                        }
-                        if let Some((_, command)) = commands.next() {
-                            node.command(command)?;
-                        }
-                    }
+                }
+                let crashed = matches!(stop, Some((t, Life::Crash)) if t <= end);
+                if crashed {
+                    // No goodbye: the network swallows whatever the shutdown sends.
+                    network.isolate(ip, true);
+                }
+                let stats = node.shutdown().await?;
+                total = Some(match total {
+                    None => stats,
+                    Some(acc) => merge(acc, stats),
+                });
+                let stopped = stop.is_some_and(|(t, _)| t <= end);
+                if !stopped {
+                    break;
+                }
+                lifecycle.next();
+                // Absent until the next restart or join; commands meanwhile are lost.
+                let Some((back_at, _)) = lifecycle.next() else {
+                    break;
+                };
+                let back = (start + back_at).min(end);
+                while commands.peek().is_some_and(|(t, _)| start + *t < back) {
+                    commands.next();
+                }
+                tokio::time::sleep_until(back).await;
+                network.isolate(ip, false);
+                if back >= end {
+                    break;
                 }
             }
             if let Some(last) = edits.last() {
                 let mut slot = shared.last_edit.lock().unwrap_or_else(|e| e.into_inner());
                 *slot = Some((*slot).unwrap_or_default().max(*last));
             }
-            let stats = node.shutdown().await?;
-            shared
-                .stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(index, stats);
+            if let Some(stats) = total {
+                shared
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(index, stats);
+            }
             Ok(())
         });
     }

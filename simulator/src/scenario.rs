@@ -156,6 +156,22 @@ pub enum Action {
         #[serde(flatten)]
         model: LinkModel,
     },
+    /// The node goes silent at once (no goodbye) and stops; see `restart`.
+    Crash {
+        node: String,
+    },
+    /// A crashed or departed node starts again with the same identity.
+    Restart {
+        node: String,
+    },
+    /// The node is absent until now (it must not appear in an earlier event).
+    Join {
+        node: String,
+    },
+    /// The node shuts down cleanly.
+    Leave {
+        node: String,
+    },
     /// An admin node adds a channel (open to every role).
     AddChannel {
         node: String,
@@ -312,7 +328,11 @@ impl Scenario {
                     }
                     check_model(model, "link event")?;
                 }
-                Action::AddChannel { node: n, .. } => node(n)?,
+                Action::AddChannel { node: n, .. }
+                | Action::Crash { node: n }
+                | Action::Restart { node: n }
+                | Action::Join { node: n }
+                | Action::Leave { node: n } => node(n)?,
                 Action::RemoveMember { node: n, member } => {
                     node(n)?;
                     node(member)?;

@@ -158,3 +158,25 @@ fn bad_scenarios_are_refused_with_a_reason() {
         assert!(err.contains(want), "{err:?} should mention {want:?}");
     }
 }
+
+#[test]
+fn a_crashed_member_restarts_and_hears_again_and_a_late_joiner_is_heard() {
+    let report = run(&scenario("crash-restart"), None).unwrap();
+    eprintln!("{}", show(&report));
+    // Both of alpha's transmissions reached bravo (before the crash and after the restart).
+    let ab = report.stream("alpha", "bravo", "squad").unwrap();
+    assert!(ab.frames_sent >= 120, "{ab:?}");
+    assert!(ab.frames_played * 100 >= ab.frames_sent * 95, "{ab:?}");
+    // The late joiner heard alpha's second transmission; the restarted bravo reaches delta.
+    let ad = report.stream("alpha", "delta", "squad").unwrap();
+    assert!(ad.frames_played >= 70, "{ad:?}");
+    let bd = report.stream("bravo", "delta", "squad").unwrap();
+    assert!(bd.frames_played * 100 >= bd.frames_sent * 95, "{bd:?}");
+    // charlie left before bravo's last transmission: nothing was sent to it.
+    assert!(report.stream("bravo", "charlie", "squad").is_none());
+    assert!(report.network.partitioned > 0, "the crash silenced bravo");
+    assert!(report
+        .trace
+        .iter()
+        .any(|l| l.contains("bravo session-up alpha")));
+}

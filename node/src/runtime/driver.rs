@@ -54,6 +54,8 @@ pub(crate) struct Driver {
     pub schedule: KeySchedule,
     pub peers: BTreeMap<PeerId, PeerControl>,
     pub link_kinds: BTreeMap<PeerId, LinkKind>,
+    /// The newest connection to each peer.
+    pub connections: BTreeMap<PeerId, libp2p::swarm::ConnectionId>,
     pub members: BTreeMap<PeerId, IdentityKey>,
     pub transmitter: Transmitter,
     pub playout: Playout,
@@ -136,8 +138,17 @@ impl Driver {
             }
             self.flush(now());
         }
+        let stats = self.stats();
+        // Say goodbye: close every QUIC connection and give the endpoint a moment to send the
+        // CONNECTION_CLOSE frames, so peers stop sending to us at once instead of timing out.
+        for peer in self.link_kinds.keys() {
+            self.network.links.close(peer);
+        }
+        if !self.link_kinds.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.playout.finish()?;
-        Ok(self.stats())
+        Ok(stats)
     }
 
     fn next_deadline(&self) -> Instant {
@@ -511,10 +522,19 @@ impl Driver {
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
+                // Newest connection wins: an older one to the same peer is most likely to a
+                // previous run of it (restarted, its connection not yet timed out), and
+                // request-response would keep sending control messages into it.
+                if let Some(previous) = self.connections.insert(peer_id, connection_id) {
+                    if num_established.get() > 1 {
+                        self.network.swarm.close_connection(previous);
+                    }
+                }
                 let kind = link_kind(endpoint.get_remote_address());
                 self.link_kinds.insert(peer_id, kind);
                 self.emit(NodeEvent::LinkUp {
@@ -522,15 +542,20 @@ impl Driver {
                     kind,
                     remote: endpoint.get_remote_address().clone(),
                 });
-                if num_established.get() == 1 {
-                    self.peer_up(peer_id, now);
+                if num_established.get() > 1 {
+                    // A second connection usually means the peer restarted and its old
+                    // connection has not timed out yet: its control and E2EE state is gone, so
+                    // ours for it must start over too.
+                    self.peer_down(&peer_id);
                 }
+                self.peer_up(peer_id, now);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
             } => {
+                self.connections.remove(&peer_id);
                 self.link_kinds.remove(&peer_id);
                 self.peer_down(&peer_id);
                 self.emit(NodeEvent::LinkDown { peer: peer_id });
@@ -714,6 +739,10 @@ impl Driver {
                     control.queue(&ControlMessage::Handshake(reply));
                 }
                 if up {
+                    // A new session means the peer (re)started: whatever keys it granted
+                    // before are void, and it re-grants its current ones on this session. (A
+                    // restarted sender reuses key ids, which a held key would shadow.)
+                    self.receiver.remove_sender(&identity);
                     self.keys_dirty = true;
                     self.emit(NodeEvent::SessionUp { peer: identity });
                     // Our presence may have reached the peer while it did not count us as a

@@ -159,7 +159,8 @@ impl Node {
             sync: CharterSync::new(config.charter, SyncConfig::default(), config.seed),
             log,
             presence: PresenceTable::new(org),
-            presence_seq: 0,
+            // Milliseconds at start: a restarted node's records outrank its previous self's.
+            presence_seq: unix_at_start_ms,
             presence_interval: config.presence_interval,
             next_presence: now + config.presence_interval,
             display_name: config.display_name,
@@ -168,6 +169,7 @@ impl Node {
             schedule: KeySchedule::new(identity, config.keys_schedule, config.seed ^ 0x6b65_7973),
             peers: BTreeMap::new(),
             link_kinds: BTreeMap::new(),
+            connections: BTreeMap::new(),
             members: BTreeMap::new(),
             transmitter: voice::Transmitter::new(
                 config.input,
