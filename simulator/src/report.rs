@@ -1,8 +1,16 @@
 //! What a run reports: per stream, per path, the charter, drops, and the trace hash.
 
 use crate::network::NetworkCounts;
+use crate::run::{Org, TraceLine};
+use crate::scenario::Scenario;
+use callsign_keys::IdentityKey;
+use callsign_mesh::charter::ChannelId;
 use callsign_mesh::voice::DropCounts;
+use callsign_node::runtime::{NodeStats, StreamChannel};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct LatencyReport {
@@ -88,4 +96,148 @@ impl Report {
             .iter()
             .find(|s| s.from == from && s.to == to && s.channel == channel)
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build(
+    scenario: &Scenario,
+    seed: u64,
+    org: &Org,
+    names: &BTreeMap<IdentityKey, String>,
+    stats: &BTreeMap<usize, NodeStats>,
+    trace: &[TraceLine],
+    last_edit: Option<Duration>,
+    network: crate::network::NetworkCounts,
+) -> Report {
+    let channel_names: BTreeMap<ChannelId, String> =
+        org.channels.iter().map(|(n, c)| (*c, n.clone())).collect();
+    let channel_name = |c: &StreamChannel| match c {
+        StreamChannel::Channel(id) => channel_names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string()),
+        StreamChannel::Whisper => "whisper".into(),
+    };
+    let name = |k: &IdentityKey| names.get(k).cloned().unwrap_or_else(|| k.to_string());
+    let keys: Vec<IdentityKey> = org.keys.iter().map(|k| k.identity.public()).collect();
+    let mut streams = Vec::new();
+    for (index, sender) in stats {
+        let from = keys[*index];
+        for sent in &sender.sent {
+            let heard = keys
+                .iter()
+                .position(|k| *k == sent.to)
+                .and_then(|i| stats.get(&i))
+                .and_then(|s| {
+                    s.received
+                        .iter()
+                        .find(|r| r.from == from && r.channel == sent.channel)
+                });
+            streams.push(StreamReport {
+                from: name(&from),
+                to: name(&sent.to),
+                channel: channel_name(&sent.channel),
+                frames_sent: sent.frames_sent,
+                frames_played: heard.map_or(0, |h| h.frames_played),
+                frames_concealed: heard.map_or(0, |h| h.frames_concealed),
+                frames_lost: heard.map_or(0, |h| h.frames_lost),
+                mouth_to_ear_ms: heard
+                    .and_then(|h| h.mouth_to_ear_ms)
+                    .map(|l| LatencyReport {
+                        p50: l.p50,
+                        p95: l.p95,
+                        p99: l.p99,
+                    }),
+            });
+        }
+    }
+    let mut paths = Vec::new();
+    for (i, a) in scenario.nodes.iter().enumerate() {
+        for b in &scenario.nodes[i + 1..] {
+            let linked = trace.iter().any(|(_, n, line)| {
+                (scenario.nodes[*n].name == a.name
+                    && line.starts_with(&format!("link-up {} ", b.name)))
+                    || (scenario.nodes[*n].name == b.name
+                        && line.starts_with(&format!("link-up {} ", a.name)))
+            });
+            paths.push(PathReport {
+                a: a.name.clone(),
+                b: b.name.clone(),
+                kind: if linked { "direct" } else { "none" }.into(),
+            });
+        }
+    }
+    let hashes: BTreeSet<&str> = stats.values().map(|s| s.charter_hash.as_str()).collect();
+    let converged = hashes.len() == 1 && stats.len() == scenario.nodes.len();
+    let last_change = trace
+        .iter()
+        .filter(|(_, _, l)| l.starts_with("charter "))
+        .map(|(t, _, _)| *t)
+        .max();
+    let convergence_ms = match (last_edit, last_change) {
+        (Some(edit), Some(change)) if change >= edit => Some((change - edit).as_secs_f64() * 1e3),
+        (None, _) => Some(0.0),
+        _ => None,
+    };
+    let mut drops = DropCounts::default();
+    for s in stats.values() {
+        drops.malformed += s.drops.malformed;
+        drops.unknown_sender += s.drops.unknown_sender;
+        drops.replay += s.drops.replay;
+        drops.auth += s.drops.auth;
+        drops.acl += s.drops.acl;
+        drops.not_listening += s.drops.not_listening;
+    }
+    let mut hasher = Sha256::new();
+    // The trace names its scenario and seed, as a trace file's header would.
+    hasher.update(format!("{} {seed}\n", scenario.name));
+    for (t, n, line) in trace {
+        hasher.update(format!(
+            "{} {} {line}\n",
+            t.as_millis(),
+            scenario.nodes[*n].name
+        ));
+    }
+    for s in &streams {
+        hasher.update(format!(
+            "{} {} {} {} {} {}\n",
+            s.from, s.to, s.channel, s.frames_sent, s.frames_played, s.frames_concealed
+        ));
+    }
+    let per_channel = channel_stats(&streams);
+    Report {
+        scenario: scenario.name.clone(),
+        seed,
+        trace_hash: hex::encode(hasher.finalize()),
+        streams,
+        channels: per_channel,
+        paths,
+        charter: CharterReport {
+            converged,
+            convergence_ms: if converged { convergence_ms } else { None },
+            ops: stats.values().map(|s| s.charter_ops).max().unwrap_or(0),
+        },
+        drops,
+        network,
+        trace_lines: trace.len(),
+        trace: trace
+            .iter()
+            .map(|(t, n, line)| format!("{} {} {line}", t.as_millis(), scenario.nodes[*n].name))
+            .collect(),
+    }
+}
+
+fn channel_stats(streams: &[StreamReport]) -> Vec<ChannelStats> {
+    let mut by: BTreeMap<&str, ChannelStats> = BTreeMap::new();
+    for s in streams {
+        let c = by
+            .entry(s.channel.as_str())
+            .or_insert_with(|| ChannelStats {
+                channel: s.channel.clone(),
+                ..ChannelStats::default()
+            });
+        c.frames_sent += s.frames_sent;
+        c.frames_played += s.frames_played;
+    }
+    by.into_values().collect()
 }

@@ -2,17 +2,15 @@
 //! for network events, then the report.
 
 use crate::network::SimNetwork;
-use crate::report::{ChannelStats, CharterReport, LatencyReport, PathReport, Report, StreamReport};
+use crate::report::Report;
 use crate::scenario::{Action, Scenario};
 use callsign_keys::{Identity, IdentityKey, NodeKeys};
 use callsign_mesh::charter::{ChannelId, Charter, EditError, OpBody, Permissions, Priority, Role};
-use callsign_mesh::voice::DropCounts;
 use callsign_node::link::LinkSocket;
-use callsign_node::runtime::{AudioInput, NodeStats, StreamChannel};
+use callsign_node::runtime::{AudioInput, NodeStats};
 use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -31,10 +29,10 @@ pub enum RunError {
 }
 
 /// The org a scenario describes, with every member's keys.
-struct Org {
-    charter: Charter,
-    keys: Vec<NodeKeys>,
-    channels: BTreeMap<String, ChannelId>,
+pub(crate) struct Org {
+    pub(crate) charter: Charter,
+    pub(crate) keys: Vec<NodeKeys>,
+    pub(crate) channels: BTreeMap<String, ChannelId>,
 }
 
 fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError> {
@@ -198,7 +196,7 @@ fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
 }
 
 /// One line of the trace: virtual time, node index, what happened.
-type TraceLine = (Duration, usize, String);
+pub(crate) type TraceLine = (Duration, usize, String);
 
 struct Shared {
     trace: Mutex<Vec<TraceLine>>,
@@ -470,7 +468,6 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
     }
 
     // The director: network events.
-    let ips: BTreeMap<String, ()> = names.keys().map(|n| (n.clone(), ())).collect();
     let mut network_events: Vec<(Duration, Action)> = scenario
         .events
         .iter()
@@ -485,7 +482,6 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
     network_events.sort_by_key(|(t, _)| *t);
     let director_network = network.clone();
     sim.client("director", async move {
-        let _ = ips;
         let start = tokio::time::Instant::now() - sim_now();
         for (at, action) in network_events {
             tokio::time::sleep_until(start + at).await;
@@ -519,7 +515,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
     let mut trace = std::mem::take(&mut *shared.trace.lock().unwrap_or_else(|e| e.into_inner()));
     trace.sort_by_key(|(t, n, _)| (*t, *n));
     let last_edit = *shared.last_edit.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(report(
+    Ok(crate::report::build(
         scenario,
         seed,
         &org,
@@ -529,148 +525,4 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
         last_edit,
         network.counts(),
     ))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn report(
-    scenario: &Scenario,
-    seed: u64,
-    org: &Org,
-    names: &BTreeMap<IdentityKey, String>,
-    stats: &BTreeMap<usize, NodeStats>,
-    trace: &[TraceLine],
-    last_edit: Option<Duration>,
-    network: crate::network::NetworkCounts,
-) -> Report {
-    let channel_names: BTreeMap<ChannelId, String> =
-        org.channels.iter().map(|(n, c)| (*c, n.clone())).collect();
-    let channel_name = |c: &StreamChannel| match c {
-        StreamChannel::Channel(id) => channel_names
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| id.to_string()),
-        StreamChannel::Whisper => "whisper".into(),
-    };
-    let name = |k: &IdentityKey| names.get(k).cloned().unwrap_or_else(|| k.to_string());
-    let keys: Vec<IdentityKey> = org.keys.iter().map(|k| k.identity.public()).collect();
-    let mut streams = Vec::new();
-    for (index, sender) in stats {
-        let from = keys[*index];
-        for sent in &sender.sent {
-            let heard = keys
-                .iter()
-                .position(|k| *k == sent.to)
-                .and_then(|i| stats.get(&i))
-                .and_then(|s| {
-                    s.received
-                        .iter()
-                        .find(|r| r.from == from && r.channel == sent.channel)
-                });
-            streams.push(StreamReport {
-                from: name(&from),
-                to: name(&sent.to),
-                channel: channel_name(&sent.channel),
-                frames_sent: sent.frames_sent,
-                frames_played: heard.map_or(0, |h| h.frames_played),
-                frames_concealed: heard.map_or(0, |h| h.frames_concealed),
-                frames_lost: heard.map_or(0, |h| h.frames_lost),
-                mouth_to_ear_ms: heard
-                    .and_then(|h| h.mouth_to_ear_ms)
-                    .map(|l| LatencyReport {
-                        p50: l.p50,
-                        p95: l.p95,
-                        p99: l.p99,
-                    }),
-            });
-        }
-    }
-    let mut paths = Vec::new();
-    for (i, a) in scenario.nodes.iter().enumerate() {
-        for b in &scenario.nodes[i + 1..] {
-            let linked = trace.iter().any(|(_, n, line)| {
-                (scenario.nodes[*n].name == a.name
-                    && line.starts_with(&format!("link-up {} ", b.name)))
-                    || (scenario.nodes[*n].name == b.name
-                        && line.starts_with(&format!("link-up {} ", a.name)))
-            });
-            paths.push(PathReport {
-                a: a.name.clone(),
-                b: b.name.clone(),
-                kind: if linked { "direct" } else { "none" }.into(),
-            });
-        }
-    }
-    let hashes: BTreeSet<&str> = stats.values().map(|s| s.charter_hash.as_str()).collect();
-    let converged = hashes.len() == 1 && stats.len() == scenario.nodes.len();
-    let last_change = trace
-        .iter()
-        .filter(|(_, _, l)| l.starts_with("charter "))
-        .map(|(t, _, _)| *t)
-        .max();
-    let convergence_ms = match (last_edit, last_change) {
-        (Some(edit), Some(change)) if change >= edit => Some((change - edit).as_secs_f64() * 1e3),
-        (None, _) => Some(0.0),
-        _ => None,
-    };
-    let mut drops = DropCounts::default();
-    for s in stats.values() {
-        drops.malformed += s.drops.malformed;
-        drops.unknown_sender += s.drops.unknown_sender;
-        drops.replay += s.drops.replay;
-        drops.auth += s.drops.auth;
-        drops.acl += s.drops.acl;
-        drops.not_listening += s.drops.not_listening;
-    }
-    let mut hasher = Sha256::new();
-    // The trace names its scenario and seed, as a trace file's header would.
-    hasher.update(format!("{} {seed}\n", scenario.name));
-    for (t, n, line) in trace {
-        hasher.update(format!(
-            "{} {} {line}\n",
-            t.as_millis(),
-            scenario.nodes[*n].name
-        ));
-    }
-    for s in &streams {
-        hasher.update(format!(
-            "{} {} {} {} {} {}\n",
-            s.from, s.to, s.channel, s.frames_sent, s.frames_played, s.frames_concealed
-        ));
-    }
-    let per_channel = channel_stats(&streams);
-    Report {
-        scenario: scenario.name.clone(),
-        seed,
-        trace_hash: hex::encode(hasher.finalize()),
-        streams,
-        channels: per_channel,
-        paths,
-        charter: CharterReport {
-            converged,
-            convergence_ms: if converged { convergence_ms } else { None },
-            ops: stats.values().map(|s| s.charter_ops).max().unwrap_or(0),
-        },
-        drops,
-        network,
-        trace_lines: trace.len(),
-        trace: trace
-            .iter()
-            .map(|(t, n, line)| format!("{} {} {line}", t.as_millis(), scenario.nodes[*n].name))
-            .collect(),
-    }
-}
-
-fn channel_stats(streams: &[StreamReport]) -> Vec<ChannelStats> {
-    let mut by: BTreeMap<&str, ChannelStats> = BTreeMap::new();
-    for s in streams {
-        let c = by
-            .entry(s.channel.as_str())
-            .or_insert_with(|| ChannelStats {
-                channel: s.channel.clone(),
-                ..ChannelStats::default()
-            });
-        c.frames_sent += s.frames_sent;
-        c.frames_played += s.frames_played;
-    }
-    by.into_values().collect()
 }

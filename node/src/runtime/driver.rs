@@ -10,24 +10,19 @@ use super::voice::{Encoded, Playout, Target, Transmitter};
 use super::NodeError;
 use crate::audio::mixer::ChannelMix;
 use crate::audio::SAMPLE_RATE;
-use crate::link::swarm::{answer_echo, NodeBehaviourEvent, NodeNetwork};
+use crate::link::swarm::NodeNetwork;
 use crate::link::{IncomingDatagram, LinkError, LinkEvent};
 use callsign_keys::{IdentityKey, NodeKeys};
 use callsign_mesh::charter::log::OpLog;
-use callsign_mesh::charter::sync::{CharterSync, SyncEvent, SyncMessage};
+use callsign_mesh::charter::sync::{CharterSync, SyncEvent};
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
-use callsign_mesh::e2ee::PairSession;
-use callsign_mesh::presence::{
-    PresenceBody, PresenceRecord, PresenceTable, PresenceUpdate, RelayCapability,
-};
+use callsign_mesh::presence::PresenceTable;
 use callsign_mesh::voice::{
     channel_deliveries, speakable, whisper_delivery, KeySchedule, SenderShortId, VoiceFlags,
     VoiceHeader, VoiceReceiver,
 };
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, Message};
-use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -75,18 +70,18 @@ pub(crate) struct Driver {
     pub ticks: u64,
 }
 
-fn now() -> Instant {
+pub(super) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-fn member_map(state: &CharterState) -> BTreeMap<PeerId, IdentityKey> {
+pub(super) fn member_map(state: &CharterState) -> BTreeMap<PeerId, IdentityKey> {
     let mut all: BTreeSet<IdentityKey> = state.members.keys().copied().collect();
     all.insert(state.org);
     all.extend(state.admins.iter().copied());
     all.into_iter().map(|k| (k.peer_id(), k)).collect()
 }
 
-fn link_kind(address: &Multiaddr) -> LinkKind {
+pub(super) fn link_kind(address: &Multiaddr) -> LinkKind {
     if address.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
         LinkKind::Relayed
     } else if address.iter().any(|p| matches!(p, Protocol::Tcp(_))) {
@@ -97,16 +92,16 @@ fn link_kind(address: &Multiaddr) -> LinkKind {
 }
 
 impl Driver {
-    fn emit(&self, event: NodeEvent) {
+    pub(super) fn emit(&self, event: NodeEvent) {
         // Nobody listening is fine: a headless bot may ignore events.
         let _ = self.events.send(event);
     }
 
-    fn state(&self) -> &CharterState {
+    pub(super) fn state(&self) -> &CharterState {
         self.sync.charter().state()
     }
 
-    fn unix_ms(&self, now: Instant) -> u64 {
+    pub(super) fn unix_ms(&self, now: Instant) -> u64 {
         self.unix_at_start_ms + now.saturating_duration_since(self.start).as_millis() as u64
     }
 
@@ -151,7 +146,7 @@ impl Driver {
         Ok(stats)
     }
 
-    fn next_deadline(&self) -> Instant {
+    pub(super) fn next_deadline(&self) -> Instant {
         [
             self.sync.poll_timeout(),
             self.schedule.poll_timeout(),
@@ -163,7 +158,7 @@ impl Driver {
         .unwrap_or(self.next_presence)
     }
 
-    fn timers(&mut self, now: Instant) {
+    pub(super) fn timers(&mut self, now: Instant) {
         self.sync.handle_timeout(now);
         self.keys_dirty = true;
         if now >= self.next_presence {
@@ -182,7 +177,7 @@ impl Driver {
 
     // ---- commands ----
 
-    fn command(&mut self, command: NodeCommand, now: Instant) {
+    pub(super) fn command(&mut self, command: NodeCommand, now: Instant) {
         match command {
             NodeCommand::Dial(addr) => {
                 if let Err(e) = self.network.swarm.dial(addr.clone()) {
@@ -276,13 +271,13 @@ impl Driver {
         }
     }
 
-    fn update_mix(&mut self, channel: ChannelId, change: impl FnOnce(&mut ChannelMix)) {
+    pub(super) fn update_mix(&mut self, channel: ChannelId, change: impl FnOnce(&mut ChannelMix)) {
         let mut mix = self.playout.mixer.channel(channel);
         change(&mut mix);
         self.playout.mixer.set_channel(channel, mix);
     }
 
-    fn persist(&mut self, ops: &[Vec<u8>]) {
+    pub(super) fn persist(&mut self, ops: &[Vec<u8>]) {
         if let Some(log) = &mut self.log {
             if let Err(e) = log.append(ops.iter().map(Vec::as_slice)) {
                 let warning = format!("charter log: {e}");
@@ -291,7 +286,7 @@ impl Driver {
         }
     }
 
-    fn charter_changed(&mut self, ops: usize, now: Instant) {
+    pub(super) fn charter_changed(&mut self, ops: usize, now: Instant) {
         self.members = member_map(self.state());
         let state = self.state().clone();
         self.listening
@@ -330,7 +325,7 @@ impl Driver {
 
     // ---- audio ----
 
-    fn audio_tick(&mut self, scheduled: Instant) -> Result<(), NodeError> {
+    pub(super) fn audio_tick(&mut self, scheduled: Instant) -> Result<(), NodeError> {
         let timestamp = media_timestamp(self.epoch, scheduled);
         let was_transmitting = self.transmitter.is_transmitting();
         if let Some(encoded) = self.transmitter.tick()? {
@@ -370,7 +365,7 @@ impl Driver {
         Ok(())
     }
 
-    fn send_frame(
+    pub(super) fn send_frame(
         &mut self,
         target: Target,
         flags: VoiceFlags,
@@ -481,7 +476,7 @@ impl Driver {
         }
     }
 
-    fn datagram(&mut self, datagram: IncomingDatagram, now: Instant) {
+    pub(super) fn datagram(&mut self, datagram: IncomingDatagram, now: Instant) {
         let state = self.sync.charter().state();
         match self
             .receiver
@@ -510,363 +505,8 @@ impl Driver {
         }
     }
 
-    // ---- links and control ----
-
-    fn link_event(&mut self, event: LinkEvent) {
-        if let LinkEvent::Migrated { peer, to, .. } = event {
-            tracing::debug!(%peer, %to, "link migrated");
-        }
-    }
-
-    fn swarm_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>, now: Instant) {
-        match event {
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                num_established,
-                ..
-            } => {
-                // Newest connection wins: an older one to the same peer is most likely to a
-                // previous run of it (restarted, its connection not yet timed out), and
-                // request-response would keep sending control messages into it.
-                if let Some(previous) = self.connections.insert(peer_id, connection_id) {
-                    if num_established.get() > 1 {
-                        self.network.swarm.close_connection(previous);
-                    }
-                }
-                let kind = link_kind(endpoint.get_remote_address());
-                self.link_kinds.insert(peer_id, kind);
-                self.emit(NodeEvent::LinkUp {
-                    peer: peer_id,
-                    kind,
-                    remote: endpoint.get_remote_address().clone(),
-                });
-                if num_established.get() > 1 {
-                    // A second connection usually means the peer restarted and its old
-                    // connection has not timed out yet: its control and E2EE state is gone, so
-                    // ours for it must start over too.
-                    self.peer_down(&peer_id);
-                }
-                self.peer_up(peer_id, now);
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established: 0,
-                ..
-            } => {
-                self.connections.remove(&peer_id);
-                self.link_kinds.remove(&peer_id);
-                self.peer_down(&peer_id);
-                self.emit(NodeEvent::LinkDown { peer: peer_id });
-            }
-            SwarmEvent::Behaviour(event) => {
-                let mut event = Some(event);
-                answer_echo(&mut self.network.swarm, &mut event);
-                if let Some(NodeBehaviourEvent::Control(event)) = event {
-                    self.control_event(event, now);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn peer_up(&mut self, peer: PeerId, now: Instant) {
-        let Some(identity) = self.members.get(&peer).copied() else {
-            // Not a member of our org: no control, no keys. Its datagrams are dropped by the
-            // voice receiver.
-            return;
-        };
-        let mut control = PeerControl::default();
-        if let Some(ours) = self.own_presence(now) {
-            control.queue(&ControlMessage::Presence(ours.encode()));
-        }
-        // Share what we know of others (signed by them), so peers find each other.
-        for record in self.presence.present() {
-            if record.body.peer != identity {
-                control.queue(&ControlMessage::Presence(record.encode()));
-            }
-        }
-        // The lower peer id starts the E2EE session, so two crossing starts cannot happen.
-        if self.local_peer < peer {
-            match PairSession::initiate(&self.keys, identity) {
-                Ok((session, first)) => {
-                    control.session = Some(session);
-                    control.queue(&ControlMessage::Handshake(first));
-                }
-                Err(e) => self.emit(NodeEvent::Warning(format!("session start: {e}"))),
-            }
-        } else {
-            control.session = PairSession::respond(&self.keys, identity).ok();
-        }
-        self.peers.insert(peer, control);
-        self.sync.handle_link_up(peer, now);
-    }
-
-    fn peer_down(&mut self, peer: &PeerId) {
-        self.peers.remove(peer);
-        self.listener_loss.remove(peer);
-        self.sync.handle_link_down(peer);
-        self.keys_dirty = true;
-    }
-
-    fn control_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>, now: Instant) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let _ = self
-                    .network
-                    .swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, Vec::new());
-                self.control_message(peer, &request, now);
-            }
-            request_response::Event::Message {
-                peer,
-                message: Message::Response { request_id, .. },
-                ..
-            } => {
-                if let Some(control) = self.peers.get_mut(&peer) {
-                    control.acknowledged(request_id);
-                }
-            }
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                let in_flight = self
-                    .peers
-                    .get(&peer)
-                    .is_some_and(|c| c.is_in_flight(request_id));
-                if in_flight {
-                    // The ordered channel broke: start the peer's control over.
-                    tracing::debug!(%peer, %error, "control message lost; restarting session");
-                    self.peer_down(&peer);
-                    if self.network.swarm.is_connected(&peer) {
-                        self.peer_up(peer, now);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn control_message(&mut self, peer: PeerId, bytes: &[u8], now: Instant) {
-        let Some(identity) = self.members.get(&peer).copied() else {
-            return;
-        };
-        let message = match ControlMessage::decode(bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(%peer, %e, "bad control message");
-                return;
-            }
-        };
-        match message {
-            ControlMessage::Sync(body) => match SyncMessage::decode(&body) {
-                Ok(msg) => self.sync.handle_message(peer, msg, now),
-                Err(e) => tracing::debug!(%peer, %e, "bad sync message"),
-            },
-            ControlMessage::Presence(body) => self.presence_message(peer, &body, now),
-            ControlMessage::Handshake(body) => self.handshake(peer, identity, &body),
-            ControlMessage::Voice(packet) => self.datagram(
-                IncomingDatagram {
-                    peer,
-                    payload: packet.into(),
-                },
-                now,
-            ),
-            ControlMessage::LossReport(pct) => {
-                self.listener_loss.insert(peer, pct.min(100));
-                let worst = self.listener_loss.values().copied().max().unwrap_or(0);
-                if let Err(e) = self.transmitter.set_expected_loss(worst) {
-                    tracing::warn!(%e, "setting expected loss");
-                }
-            }
-            ControlMessage::Grant(body) => {
-                let Some(session) = self.peers.get_mut(&peer).and_then(|c| c.session.as_mut())
-                else {
-                    return;
-                };
-                match session.accept_grant(&body) {
-                    Ok(grant) => self.receiver.add_grant(&grant),
-                    Err(e) => self.emit(NodeEvent::Warning(format!("grant from {peer}: {e}"))),
-                }
-            }
-        }
-    }
-
-    fn handshake(&mut self, peer: PeerId, identity: IdentityKey, body: &[u8]) {
-        let initiator = self.local_peer < peer;
-        let Some(control) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        if body.is_empty() {
-            // "Start again" from a responder that could not hear our first message.
-            if initiator && !control.is_established() {
-                match PairSession::initiate(&self.keys, identity) {
-                    Ok((session, first)) => {
-                        control.session = Some(session);
-                        control.queue(&ControlMessage::Handshake(first));
-                    }
-                    Err(e) => self.emit(NodeEvent::Warning(format!("session start: {e}"))),
-                }
-            }
-            return;
-        }
-        // A responder that hears a new first message from an established peer: the peer
-        // restarted its side; start over.
-        if !initiator && (control.session.is_none() || control.is_established()) {
-            control.session = PairSession::respond(&self.keys, identity).ok();
-        }
-        let Some(session) = control.session.as_mut() else {
-            return;
-        };
-        let was = session.is_established();
-        match session.handle_handshake(body) {
-            Ok(reply) => {
-                let up = !was && session.is_established();
-                if let Some(reply) = reply {
-                    control.queue(&ControlMessage::Handshake(reply));
-                }
-                if up {
-                    // A new session means the peer (re)started: whatever keys it granted
-                    // before are void, and it re-grants its current ones on this session. (A
-                    // restarted sender reuses key ids, which a held key would shadow.)
-                    self.receiver.remove_sender(&identity);
-                    self.keys_dirty = true;
-                    self.emit(NodeEvent::SessionUp { peer: identity });
-                    // Our presence may have reached the peer while it did not count us as a
-                    // member yet; once the session is up it surely does.
-                    let now = now();
-                    if let Some(record) = self.own_presence(now) {
-                        if let Some(control) = self.peers.get_mut(&peer) {
-                            control.queue(&ControlMessage::Presence(record.encode()));
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                control.session = None;
-                self.emit(NodeEvent::Warning(format!("session with {peer}: {e}")));
-            }
-        }
-    }
-
-    fn presence_message(&mut self, from: PeerId, body: &[u8], now: Instant) {
-        let record = match PresenceRecord::decode(body) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(%from, %e, "bad presence record");
-                return;
-            }
-        };
-        let members = &self.members;
-        let update = self
-            .presence
-            .insert(record.clone(), self.unix_ms(now), |p| {
-                members.contains_key(&p.peer_id())
-            });
-        if !matches!(update, PresenceUpdate::Joined | PresenceUpdate::Updated) {
-            return;
-        }
-        let subject = record.body.peer;
-        if subject == self.local {
-            return;
-        }
-        self.emit(NodeEvent::Presence {
-            peer: subject,
-            name: record.body.display_name.clone(),
-            listening: record.body.listening.clone(),
-        });
-        // Gossip onward, and link to members we heard of but are not linked to (the lower id
-        // dials, so a pair makes one connection).
-        let encoded = ControlMessage::Presence(record.encode());
-        for (peer, control) in &mut self.peers {
-            if *peer != from && *peer != subject.peer_id() {
-                control.queue(&encoded);
-            }
-        }
-        let subject_peer = subject.peer_id();
-        if !self.network.swarm.is_connected(&subject_peer) && self.local_peer < subject_peer {
-            // QUIC first (voice needs datagrams), TCP only when the peer offers nothing else.
-            let mut addrs: Vec<Multiaddr> = record
-                .body
-                .addrs
-                .iter()
-                .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
-                .collect();
-            addrs.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
-            if let Some(addr) = addrs.into_iter().next() {
-                let _ = self
-                    .network
-                    .swarm
-                    .dial(addr.with_p2p(subject_peer).unwrap_or_else(|a| a));
-            }
-        }
-    }
-
-    fn own_presence(&mut self, now: Instant) -> Option<PresenceRecord> {
-        // Confirmed external addresses, then listeners; an unspecified IP (0.0.0.0) is no use
-        // to anyone else.
-        let swarm = &self.network.swarm;
-        let mut addrs: Vec<Vec<u8>> = swarm
-            .external_addresses()
-            .chain(swarm.listeners())
-            .filter(|a| {
-                !a.iter().any(|p| match p {
-                    Protocol::Ip4(ip) => ip.is_unspecified(),
-                    Protocol::Ip6(ip) => ip.is_unspecified(),
-                    _ => false,
-                })
-            })
-            .map(|a| a.to_vec())
-            .collect();
-        addrs.sort();
-        addrs.dedup();
-        addrs.truncate(16);
-        let body = PresenceBody {
-            org: self.sync.charter().org(),
-            peer: self.local,
-            seq: self.presence_seq,
-            issued_at_ms: self.unix_ms(now),
-            ttl_ms: (self.presence_interval.as_millis() as u32).saturating_mul(3),
-            display_name: self.display_name.clone(),
-            listening: self.listening.clone(),
-            relay: RelayCapability::default(),
-            addrs,
-        };
-        match PresenceRecord::sign(&self.keys.identity, body) {
-            Ok(record) => Some(record),
-            Err(e) => {
-                self.emit(NodeEvent::Warning(format!("presence: {e}")));
-                None
-            }
-        }
-    }
-
-    fn announce_presence(&mut self, now: Instant) {
-        self.presence_seq += 1;
-        let Some(record) = self.own_presence(now) else {
-            return;
-        };
-        let message = ControlMessage::Presence(record.encode());
-        for control in self.peers.values_mut() {
-            control.queue(&message);
-        }
-    }
-
     /// Drains what the state machines want sent.
-    fn flush(&mut self, now: Instant) {
+    pub(super) fn flush(&mut self, now: Instant) {
         while let Some((peer, message)) = self.sync.poll_transmit() {
             if let Some(control) = self.peers.get_mut(&peer) {
                 control.queue(&ControlMessage::Sync(message.encode()));
@@ -924,7 +564,7 @@ impl Driver {
         }
     }
 
-    fn stats(&self) -> NodeStats {
+    pub(super) fn stats(&self) -> NodeStats {
         let mut peers: Vec<PeerStats> = self
             .link_kinds
             .iter()

@@ -7,7 +7,8 @@
 //! - [`control`]: control messages between members and the per-peer ordered outbox.
 //! - [`voice`]: the transmitter (capture → gate → Opus) and playout (jitter → decode → mix).
 //! - [`demo_org`]: the org the demo, tests and screenshots use.
-//! - `driver`: the event loop joining links, audio and the sans-IO mesh core.
+//! - `driver`: the event loop joining links, audio and the sans-IO mesh core; `peering`: its
+//!   per-member control plane.
 //!
 //! The node runs on tokio time (`tokio::time::Instant`), so the simulator's virtual clock
 //! drives it exactly as it drives the links.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod demo_org;
 mod driver;
+mod peering;
 pub mod voice;
 
 pub use api::{
