@@ -60,6 +60,29 @@ async fn squad(n: usize) -> Squad {
     Squad { org, nodes }
 }
 
+/// Members 0 (talker, adjusted by `tweak`) and 1 (listener) of `org`, linked, with an E2EE
+/// session each way and grants delivered.
+async fn linked_pair(
+    org: &DemoOrg,
+    seed: u64,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> (Node, Node) {
+    let epoch = Instant::now();
+    let mut talker_config = config(org, 0, epoch, seed);
+    tweak(&mut talker_config);
+    let mut talker = Node::start(talker_config).await.unwrap();
+    let mut listener_config = config(org, 1, epoch, seed);
+    listener_config.bootstrap = vec![talker.address().clone()];
+    let mut listener = Node::start(listener_config).await.unwrap();
+    for node in [&mut talker, &mut listener] {
+        node.wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
+            .await
+            .expect("session");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (talker, listener)
+}
+
 async fn talk(node: &Node, command: NodeCommand, millis: u64) {
     node.command(command).unwrap();
     tokio::time::sleep(Duration::from_millis(millis)).await;
@@ -294,19 +317,7 @@ async fn removing_a_member_rotates_keys_it_cannot_use() {
 #[tokio::test]
 async fn listeners_report_loss_and_the_sender_strengthens_fec() {
     let org = DemoOrg::new(2, 11).unwrap();
-    let epoch = Instant::now();
-    let mut talker_config = config(&org, 0, epoch, 300);
-    talker_config.send_loss = 0.2;
-    let mut talker = Node::start(talker_config).await.unwrap();
-    let mut listener_config = config(&org, 1, epoch, 300);
-    listener_config.bootstrap = vec![talker.address().clone()];
-    let mut listener = Node::start(listener_config).await.unwrap();
-    for node in [&mut talker, &mut listener] {
-        node.wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
-            .await
-            .expect("session");
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (talker, listener) = linked_pair(&org, 300, |c| c.send_loss = 0.2).await;
     assert_eq!(
         talker.stats().await.unwrap().expected_loss_pct,
         1,
@@ -322,23 +333,12 @@ async fn listeners_report_loss_and_the_sender_strengthens_fec() {
 #[tokio::test]
 async fn voice_activation_transmits_while_speech_is_heard() {
     let org = DemoOrg::new(2, 11).unwrap();
-    let epoch = Instant::now();
     let speech = callsign_node::audio::wav::read_wav(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/speech-16k.wav"),
     )
     .unwrap();
-    let mut talker_config = config(&org, 0, epoch, 400);
-    talker_config.input = AudioInput::Samples(speech);
-    let mut talker = Node::start(talker_config).await.unwrap();
-    let mut listener_config = config(&org, 1, epoch, 400);
-    listener_config.bootstrap = vec![talker.address().clone()];
-    let mut listener = Node::start(listener_config).await.unwrap();
-    for node in [&mut talker, &mut listener] {
-        node.wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
-            .await
-            .expect("session");
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut talker, mut listener) =
+        linked_pair(&org, 400, |c| c.input = AudioInput::Samples(speech)).await;
     talker
         .command(NodeCommand::VoiceActivation(vec![org.flight]))
         .unwrap();

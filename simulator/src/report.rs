@@ -181,12 +181,7 @@ pub(crate) fn build(
     };
     let mut drops = DropCounts::default();
     for s in stats.values() {
-        drops.malformed += s.drops.malformed;
-        drops.unknown_sender += s.drops.unknown_sender;
-        drops.replay += s.drops.replay;
-        drops.auth += s.drops.auth;
-        drops.acl += s.drops.acl;
-        drops.not_listening += s.drops.not_listening;
+        drops.add(&s.drops);
     }
     let mut hasher = Sha256::new();
     // The trace names its scenario and seed, as a trace file's header would.

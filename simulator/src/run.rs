@@ -181,12 +181,7 @@ fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
             None => acc.received.push(heard),
         }
     }
-    acc.drops.malformed += next.drops.malformed;
-    acc.drops.unknown_sender += next.drops.unknown_sender;
-    acc.drops.replay += next.drops.replay;
-    acc.drops.auth += next.drops.auth;
-    acc.drops.acl += next.drops.acl;
-    acc.drops.not_listening += next.drops.not_listening;
+    acc.drops.add(&next.drops);
     acc.ptt_denied += next.ptt_denied;
     acc.frames_encoded += next.frames_encoded;
     acc.charter_hash = next.charter_hash;

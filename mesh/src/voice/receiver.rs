@@ -50,6 +50,16 @@ pub struct DropCounts {
 }
 
 impl DropCounts {
+    /// Adds `other`'s counts to these (totals over nodes or runs).
+    pub fn add(&mut self, other: &DropCounts) {
+        self.malformed += other.malformed;
+        self.unknown_sender += other.unknown_sender;
+        self.replay += other.replay;
+        self.auth += other.auth;
+        self.acl += other.acl;
+        self.not_listening += other.not_listening;
+    }
+
     fn count(&mut self, reason: DropReason) {
         let counter = match reason {
             DropReason::Malformed => &mut self.malformed,

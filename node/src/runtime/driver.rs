@@ -212,14 +212,7 @@ impl Driver {
                 self.update_mix(channel, |m| m.pan = pan.clamp(-1.0, 1.0));
             }
             NodeCommand::PttDown(channels) => {
-                let (allowed, denied) = speakable(self.state(), &self.local, &channels);
-                if !denied.is_empty() {
-                    self.ptt_denied += 1;
-                    self.emit(NodeEvent::PttDenied {
-                        channels: denied,
-                        reason: "the charter does not let us speak there".into(),
-                    });
-                }
+                let allowed = self.speakable_or_refuse(&channels);
                 if !allowed.is_empty() {
                     self.transmitter.press(Target::Channels(allowed));
                 }
@@ -238,14 +231,7 @@ impl Driver {
             }
             NodeCommand::PttUp => self.transmitter.release(),
             NodeCommand::VoiceActivation(channels) => {
-                let (allowed, denied) = speakable(self.state(), &self.local, &channels);
-                if !denied.is_empty() {
-                    self.ptt_denied += 1;
-                    self.emit(NodeEvent::PttDenied {
-                        channels: denied,
-                        reason: "the charter does not let us speak there".into(),
-                    });
-                }
+                let allowed = self.speakable_or_refuse(&channels);
                 self.transmitter.set_voice_activation(allowed);
             }
             NodeCommand::EditCharter(body) => {
@@ -269,6 +255,20 @@ impl Driver {
             }
             NodeCommand::Shutdown => {}
         }
+    }
+
+    /// The requested channels the charter lets us speak on; the rest are refused (counted and
+    /// reported).
+    fn speakable_or_refuse(&mut self, channels: &[ChannelId]) -> Vec<ChannelId> {
+        let (allowed, denied) = speakable(self.state(), &self.local, channels);
+        if !denied.is_empty() {
+            self.ptt_denied += 1;
+            self.emit(NodeEvent::PttDenied {
+                channels: denied,
+                reason: "the charter does not let us speak there".into(),
+            });
+        }
+        allowed
     }
 
     pub(super) fn update_mix(&mut self, channel: ChannelId, change: impl FnOnce(&mut ChannelMix)) {
