@@ -32,8 +32,6 @@ pub struct NetworkCounts {
 
 struct State {
     seed: u64,
-    /// Per directed path: the instant of the last datagram and how many went at that instant.
-    same_instant: BTreeMap<(IpAddr, IpAddr), (Duration, u64)>,
     default: LinkModel,
     pairs: BTreeMap<(IpAddr, IpAddr), LinkModel>,
     /// While partitioned: each node's group; nodes in different groups cannot talk.
@@ -63,7 +61,6 @@ impl SimNetwork {
         Self {
             state: Mutex::new(State {
                 seed,
-                same_instant: BTreeMap::new(),
                 default,
                 pairs: BTreeMap::new(),
                 groups: None,
@@ -155,14 +152,11 @@ impl PathModel for SimNetwork {
         if datagram.first().is_some_and(|b| b & 0x80 != 0) {
             return vec![Duration::from_secs_f64(model.latency_ms.max(0.0) / 1e3)];
         }
-        // Each other datagram's dice come from (seed, path, instant, index at that instant),
-        // not from a stream shared by all traffic, so nothing sent elsewhere reshuffles them.
-        let entry = s.same_instant.entry(key).or_insert((now, 0));
-        if entry.0 != now {
-            *entry = (now, 0);
-        }
-        let dice = dice_seed(s.seed, key, now.as_nanos() as u64, 0, entry.1);
-        entry.1 += 1;
+        // Dice come from (seed, path, virtual instant) alone: every datagram a path carries in
+        // one tick shares its fate. Which datagrams a node sends within one instant, and how
+        // QUIC coalesces them, varies from run to run (libp2p's polling order, ACK sizes), so
+        // dice keyed by a datagram's index or size would land on different datagrams.
+        let dice = dice_seed(s.seed, key, now.as_nanos() as u64, 0, 0);
         let mut rng = ChaCha8Rng::seed_from_u64(dice);
         // Loss: the Gilbert–Elliott chain steps once per 20 ms slot of virtual time (a voice
         // frame period), on dice of its own, so it does not depend on how much else is sent.

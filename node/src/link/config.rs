@@ -23,6 +23,10 @@ pub struct LinkConfig {
     pub datagram_receive_buffer: usize,
     /// Incoming datagrams queued for the application (all peers) before new ones are dropped.
     pub datagram_queue: usize,
+    /// Seeds quinn's endpoint RNG (connection ids, packet-number skipping, path challenges) so
+    /// a simulated run replays exactly. `None` (the default, and the only safe choice on a
+    /// real network) draws from the OS.
+    pub rng_seed: Option<[u8; 32]>,
 }
 
 impl Default for LinkConfig {
@@ -33,11 +37,18 @@ impl Default for LinkConfig {
             handshake_timeout: Duration::from_secs(10),
             datagram_receive_buffer: 256 * 1024,
             datagram_queue: 4096,
+            rng_seed: None,
         }
     }
 }
 
 impl LinkConfig {
+    pub(crate) fn endpoint(&self) -> quinn::EndpointConfig {
+        let mut endpoint = quinn::EndpointConfig::default();
+        endpoint.rng_seed(self.rng_seed);
+        endpoint
+    }
+
     fn transport(&self) -> Result<Arc<TransportConfig>, LinkError> {
         let mut transport = TransportConfig::default();
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));

@@ -3,20 +3,21 @@
 //!
 //! Simulation: the QUIC transport, `Links` and quinn run on tokio time, which turmoil drives, so
 //! they are deterministic in the simulator. The libp2p behaviours below and the Swarm's idle
-//! connection timeout keep their own timers on the wall clock (`futures-timer`), so in
-//! simulation they run but are not deterministic:
+//! connection timeout keep their own timers on the wall clock (`futures-timer`). A timer that
+//! fires on the wall clock lands at an arbitrary virtual instant, so behaviours that send on
+//! such timers are switched off in simulation ([`SwarmConfig::wall_clock_behaviours`]):
 //!
 //! | behaviour | real sockets | simulation |
 //! |---|---|---|
-//! | identify | yes | runs; push/refresh timers wall-clock |
-//! | ping (stream RTT) | yes | runs; interval wall-clock |
-//! | relay v2 client | yes | runs; reservation renewal wall-clock |
-//! | dcutr | yes | runs; needs relay, wall-clock timeouts |
-//! | autonat | yes | runs; probe schedule wall-clock |
+//! | identify | yes | off: its first request waits on a zero-length wall-clock timer |
+//! | ping (stream RTT) | yes | off: its first ping fires on a wall-clock timer |
+//! | relay v2 client | yes | runs; sends only when asked; renewal wall-clock |
+//! | dcutr | yes | runs; sends only on relayed connections |
+//! | autonat | yes | off: probe schedule wall-clock |
 //! | mdns | yes | off (needs real multicast sockets) |
-//! | kad | yes | runs; query timeouts and refresh wall-clock |
+//! | kad | yes | off: query timeouts and refresh wall-clock |
 //! | echo (stream RTT) | yes | runs; request timeout wall-clock |
-//! | control (sync, presence, keys) | yes | runs; request timeout wall-clock |
+//! | control (sync, presence, keys) | yes | runs; request timeout wall-clock (10 s) |
 //!
 //! Note: libp2p-ping 0.47 re-arms its inbound future without polling it, so over QUIC (whose
 //! streams wake only the task that reads them) a node answers the next ping only when something
@@ -84,13 +85,13 @@ pub type ControlBehaviour = request_response::Behaviour<ControlCodec>;
 /// The node's composed behaviour.
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
-    pub identify: identify::Behaviour,
-    pub ping: ping::Behaviour,
+    pub identify: Toggle<identify::Behaviour>,
+    pub ping: Toggle<ping::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub dcutr: dcutr::Behaviour,
-    pub autonat: autonat::Behaviour,
+    pub autonat: Toggle<autonat::Behaviour>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     pub echo: EchoBehaviour,
     pub control: ControlBehaviour,
 }
@@ -101,6 +102,9 @@ pub struct SwarmConfig {
     pub link: LinkConfig,
     /// Local-network discovery; only on real sockets.
     pub mdns: bool,
+    /// identify, ping, autonat and kad, which send on wall-clock timers; off in simulation, where such a
+    /// timer fires at an arbitrary virtual instant and breaks replay.
+    pub wall_clock_behaviours: bool,
     /// How often the ping behaviour measures stream RTT.
     pub ping_interval: Duration,
     /// Connections with no open streams are closed after this.
@@ -112,6 +116,7 @@ impl Default for SwarmConfig {
         Self {
             link: LinkConfig::default(),
             mdns: true,
+            wall_clock_behaviours: true,
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
         }
@@ -163,21 +168,41 @@ pub fn build_swarm(
             kad_config.set_query_timeout(Duration::from_secs(30));
             // Bootstrap once peers are known (charters name them), not on an empty table.
             kad_config.set_periodic_bootstrap_interval(None);
+            let timed = config.wall_clock_behaviours;
             Ok(NodeBehaviour {
-                identify: identify::Behaviour::new(
-                    identify::Config::new(PROTOCOL_VERSION.into(), key.public())
-                        .with_agent_version(format!("callsign/{}", env!("CARGO_PKG_VERSION"))),
-                ),
-                ping: ping::Behaviour::new(ping::Config::new().with_interval(config.ping_interval)),
+                identify: timed
+                    .then(|| {
+                        identify::Behaviour::new(
+                            identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                                .with_agent_version(format!(
+                                    "callsign/{}",
+                                    env!("CARGO_PKG_VERSION")
+                                )),
+                        )
+                    })
+                    .into(),
+                ping: timed
+                    .then(|| {
+                        ping::Behaviour::new(
+                            ping::Config::new().with_interval(config.ping_interval),
+                        )
+                    })
+                    .into(),
                 relay_client,
                 dcutr: dcutr::Behaviour::new(peer),
-                autonat: autonat::Behaviour::new(peer, autonat::Config::default()),
+                autonat: timed
+                    .then(|| autonat::Behaviour::new(peer, autonat::Config::default()))
+                    .into(),
                 mdns: mdns.into(),
-                kad: kad::Behaviour::with_config(
-                    peer,
-                    kad::store::MemoryStore::new(peer),
-                    kad_config,
-                ),
+                kad: timed
+                    .then(|| {
+                        kad::Behaviour::with_config(
+                            peer,
+                            kad::store::MemoryStore::new(peer),
+                            kad_config,
+                        )
+                    })
+                    .into(),
                 echo: EchoBehaviour::new(
                     [(ECHO_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()

@@ -63,7 +63,7 @@ impl QuicTransport {
         links: Links,
     ) -> Result<Self, LinkError> {
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            config.endpoint(),
             None,
             Arc::new(SharedSocket(socket.clone())),
             Arc::new(quinn::TokioRuntime),

@@ -1,6 +1,7 @@
 //! Control messages between members (docs/protocol.md, "Control messages") and the per-peer
-//! state that carries them: an ordered outbox (one message in flight, the next sent when the
-//! previous is acknowledged) and the pairwise E2EE session.
+//! state that carries them: an ordered outbox (one request in flight, the next sent when the
+//! previous is acknowledged; whatever queued meanwhile goes as one [`ControlMessage::Batch`], so
+//! a burst of messages costs one round trip, not one each) and the pairwise E2EE session.
 
 use callsign_mesh::e2ee::PairSession;
 use libp2p::request_response::OutboundRequestId;
@@ -27,7 +28,12 @@ pub enum ControlMessage {
     /// A voice packet, when the peer is linked over the TCP fallback (no datagrams). Sent
     /// outside the ordered outbox: the jitter buffer reorders.
     Voice(Vec<u8>),
+    /// Several messages in outbox order, handled in that order (never nested, never empty).
+    Batch(Vec<ControlMessage>),
 }
+
+/// A batch stops growing past this many body bytes (the codec allows 2 MiB per request).
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Why a control message was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,9 +63,33 @@ impl ControlMessage {
                 if !rest.is_empty() {
                     return Err(ControlDecodeError::Malformed("trailing bytes".into()));
                 }
+                if let ControlMessage::Batch(messages) = &message {
+                    if messages.is_empty() {
+                        return Err(ControlDecodeError::Malformed("empty batch".into()));
+                    }
+                    if messages
+                        .iter()
+                        .any(|m| matches!(m, ControlMessage::Batch(_)))
+                    {
+                        return Err(ControlDecodeError::Malformed("nested batch".into()));
+                    }
+                }
                 Ok(message)
             }
             Some((v, _)) => Err(ControlDecodeError::Version(*v)),
+        }
+    }
+
+    /// Body bytes, near enough to size a batch.
+    fn body_len(&self) -> usize {
+        match self {
+            ControlMessage::Sync(b)
+            | ControlMessage::Presence(b)
+            | ControlMessage::Handshake(b)
+            | ControlMessage::Grant(b)
+            | ControlMessage::Voice(b) => b.len(),
+            ControlMessage::LossReport(_) => 1,
+            ControlMessage::Batch(m) => m.iter().map(Self::body_len).sum(),
         }
     }
 }
@@ -67,22 +97,35 @@ impl ControlMessage {
 /// Control state for one linked member.
 #[derive(Default)]
 pub struct PeerControl {
-    outbox: VecDeque<Vec<u8>>,
+    outbox: VecDeque<ControlMessage>,
     in_flight: Option<OutboundRequestId>,
     pub session: Option<PairSession>,
 }
 
 impl PeerControl {
-    pub fn queue(&mut self, message: &ControlMessage) {
-        self.outbox.push_back(message.encode());
+    pub fn queue(&mut self, message: ControlMessage) {
+        self.outbox.push_back(message);
     }
 
-    /// The next message to send, if none is in flight.
+    /// The next request to send, if none is in flight: everything queued (up to
+    /// [`BATCH_BYTES`]), as one message or a batch.
     pub fn next_to_send(&mut self) -> Option<Vec<u8>> {
         if self.in_flight.is_some() {
             return None;
         }
-        self.outbox.pop_front()
+        let mut batch = vec![self.outbox.pop_front()?];
+        let mut bytes = batch[0].body_len();
+        while let Some(next) = self.outbox.front() {
+            bytes += next.body_len();
+            if bytes > BATCH_BYTES {
+                break;
+            }
+            batch.extend(self.outbox.pop_front());
+        }
+        Some(match batch.len() {
+            1 => batch.remove(0).encode(),
+            _ => ControlMessage::Batch(batch).encode(),
+        })
     }
 
     pub fn sent(&mut self, id: OutboundRequestId) {
@@ -107,5 +150,79 @@ impl PeerControl {
         self.session
             .as_ref()
             .is_some_and(PairSession::is_established)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_queued_while_one_is_in_flight_go_as_one_batch_in_order() {
+        let mut control = PeerControl::default();
+        control.queue(ControlMessage::Presence(vec![1]));
+        let first = control.next_to_send().unwrap();
+        assert_eq!(
+            ControlMessage::decode(&first),
+            Ok(ControlMessage::Presence(vec![1]))
+        );
+        let id = request_id();
+        control.sent(id);
+        control.queue(ControlMessage::Handshake(vec![2]));
+        control.queue(ControlMessage::Grant(vec![3]));
+        control.queue(ControlMessage::LossReport(4));
+        assert_eq!(control.next_to_send(), None, "one request in flight");
+        assert!(control.acknowledged(id));
+        let batch = ControlMessage::decode(&control.next_to_send().unwrap()).unwrap();
+        assert_eq!(
+            batch,
+            ControlMessage::Batch(vec![
+                ControlMessage::Handshake(vec![2]),
+                ControlMessage::Grant(vec![3]),
+                ControlMessage::LossReport(4),
+            ])
+        );
+        assert_eq!(control.next_to_send(), None, "outbox drained");
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_byte_budget() {
+        let mut control = PeerControl::default();
+        for i in 0..3u8 {
+            control.queue(ControlMessage::Sync(vec![i; BATCH_BYTES / 2]));
+        }
+        let first = ControlMessage::decode(&control.next_to_send().unwrap()).unwrap();
+        assert!(matches!(&first, ControlMessage::Batch(m) if m.len() == 2));
+        let rest = ControlMessage::decode(&control.next_to_send().unwrap()).unwrap();
+        assert!(matches!(rest, ControlMessage::Sync(b) if b[0] == 2));
+    }
+
+    #[test]
+    fn empty_and_nested_batches_are_refused() {
+        let empty = ControlMessage::Batch(Vec::new()).encode();
+        assert!(matches!(
+            ControlMessage::decode(&empty),
+            Err(ControlDecodeError::Malformed(_))
+        ));
+        let nested = ControlMessage::Batch(vec![ControlMessage::Batch(vec![
+            ControlMessage::LossReport(1),
+        ])])
+        .encode();
+        assert!(matches!(
+            ControlMessage::decode(&nested),
+            Err(ControlDecodeError::Malformed(_))
+        ));
+    }
+
+    /// Request ids come only from libp2p: a behaviour hands one out for a request it queues.
+    fn request_id() -> OutboundRequestId {
+        use crate::link::control::{ControlCodec, CONTROL_PROTOCOL};
+        use libp2p::request_response::{Behaviour, Config, ProtocolSupport};
+        let mut behaviour = Behaviour::with_codec(
+            ControlCodec,
+            [(CONTROL_PROTOCOL, ProtocolSupport::Full)],
+            Config::default(),
+        );
+        behaviour.send_request(&libp2p::PeerId::random(), Vec::new())
     }
 }

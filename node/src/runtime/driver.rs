@@ -316,7 +316,7 @@ impl Driver {
             // it was a stranger and was ignored: an empty handshake asks it to start again.
             if self.local_peer > peer {
                 if let Some(control) = self.peers.get_mut(&peer) {
-                    control.queue(&ControlMessage::Handshake(Vec::new()));
+                    control.queue(ControlMessage::Handshake(Vec::new()));
                 }
             }
         }
@@ -358,7 +358,7 @@ impl Driver {
         if self.ticks % per_second.max(1) == 0 {
             for (sender, pct) in self.playout.loss_reports() {
                 if let Some(control) = self.peers.get_mut(&sender.peer_id()) {
-                    control.queue(&ControlMessage::LossReport(pct));
+                    control.queue(ControlMessage::LossReport(pct));
                 }
             }
         }
@@ -509,7 +509,7 @@ impl Driver {
     pub(super) fn flush(&mut self, now: Instant) {
         while let Some((peer, message)) = self.sync.poll_transmit() {
             if let Some(control) = self.peers.get_mut(&peer) {
-                control.queue(&ControlMessage::Sync(message.encode()));
+                control.queue(ControlMessage::Sync(message.encode()));
             }
         }
         let mut added = 0;
@@ -547,7 +547,7 @@ impl Driver {
                 continue;
             };
             match session.grant(&self.keys, &grant.key, grant.channels) {
-                Ok(sealed) => control.queue(&ControlMessage::Grant(sealed)),
+                Ok(sealed) => control.queue(ControlMessage::Grant(sealed)),
                 Err(e) => tracing::warn!(%peer, %e, "sealing a grant failed"),
             }
         }

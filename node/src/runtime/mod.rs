@@ -86,12 +86,21 @@ impl Node {
             None => LinkSocket::bind_tokio(config.listen).map_err(LinkError::from)?,
         };
         let simulated = socket.is_simulated();
+        if simulated && config.link.rng_seed.is_none() {
+            // quinn skips packet numbers at random, and a skip makes the peer ACK at once:
+            // unseeded, that reshuffles traffic from run to run.
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&config.seed.to_le_bytes());
+            seed[8..16].copy_from_slice(b"quinnrng");
+            config.link.rng_seed = Some(seed);
+        }
         let keypair = config.keys.identity.to_libp2p();
         let mut network = build_swarm(
             keypair,
             SwarmConfig {
                 link: config.link.clone(),
                 mdns: config.mdns,
+                wall_clock_behaviours: !simulated,
                 ..SwarmConfig::default()
             },
             socket,

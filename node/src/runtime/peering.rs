@@ -85,12 +85,12 @@ impl Driver {
         };
         let mut control = PeerControl::default();
         if let Some(ours) = self.own_presence(now) {
-            control.queue(&ControlMessage::Presence(ours.encode()));
+            control.queue(ControlMessage::Presence(ours.encode()));
         }
         // Share what we know of others (signed by them), so peers find each other.
         for record in self.presence.present() {
             if record.body.peer != identity {
-                control.queue(&ControlMessage::Presence(record.encode()));
+                control.queue(ControlMessage::Presence(record.encode()));
             }
         }
         // The lower peer id starts the E2EE session, so two crossing starts cannot happen.
@@ -98,7 +98,7 @@ impl Driver {
             match PairSession::initiate(&self.keys, identity) {
                 Ok((session, first)) => {
                     control.session = Some(session);
-                    control.queue(&ControlMessage::Handshake(first));
+                    control.queue(ControlMessage::Handshake(first));
                 }
                 Err(e) => self.emit(NodeEvent::Warning(format!("session start: {e}"))),
             }
@@ -171,15 +171,21 @@ impl Driver {
     }
 
     pub(super) fn control_message(&mut self, peer: PeerId, bytes: &[u8], now: Instant) {
+        match ControlMessage::decode(bytes) {
+            Ok(ControlMessage::Batch(messages)) => {
+                for message in messages {
+                    self.handle_control(peer, message, now);
+                }
+            }
+            Ok(message) => self.handle_control(peer, message, now),
+            Err(e) => tracing::debug!(%peer, %e, "bad control message"),
+        }
+    }
+
+    fn handle_control(&mut self, peer: PeerId, message: ControlMessage, now: Instant) {
+        // Membership is checked per message: one in a batch may remove the sender.
         let Some(identity) = self.members.get(&peer).copied() else {
             return;
-        };
-        let message = match ControlMessage::decode(bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(%peer, %e, "bad control message");
-                return;
-            }
         };
         match message {
             ControlMessage::Sync(body) => match SyncMessage::decode(&body) {
@@ -212,6 +218,8 @@ impl Driver {
                     Err(e) => self.emit(NodeEvent::Warning(format!("grant from {peer}: {e}"))),
                 }
             }
+            // `decode` refuses nested batches.
+            ControlMessage::Batch(_) => {}
         }
     }
 
@@ -226,7 +234,7 @@ impl Driver {
                 match PairSession::initiate(&self.keys, identity) {
                     Ok((session, first)) => {
                         control.session = Some(session);
-                        control.queue(&ControlMessage::Handshake(first));
+                        control.queue(ControlMessage::Handshake(first));
                     }
                     Err(e) => self.emit(NodeEvent::Warning(format!("session start: {e}"))),
                 }
@@ -246,7 +254,7 @@ impl Driver {
             Ok(reply) => {
                 let up = !was && session.is_established();
                 if let Some(reply) = reply {
-                    control.queue(&ControlMessage::Handshake(reply));
+                    control.queue(ControlMessage::Handshake(reply));
                 }
                 if up {
                     // A new session means the peer (re)started: whatever keys it granted
@@ -260,7 +268,7 @@ impl Driver {
                     let now = now();
                     if let Some(record) = self.own_presence(now) {
                         if let Some(control) = self.peers.get_mut(&peer) {
-                            control.queue(&ControlMessage::Presence(record.encode()));
+                            control.queue(ControlMessage::Presence(record.encode()));
                         }
                     }
                 }
@@ -303,7 +311,7 @@ impl Driver {
         let encoded = ControlMessage::Presence(record.encode());
         for (peer, control) in &mut self.peers {
             if *peer != from && *peer != subject.peer_id() {
-                control.queue(&encoded);
+                control.queue(encoded.clone());
             }
         }
         let subject_peer = subject.peer_id();
@@ -371,7 +379,7 @@ impl Driver {
         };
         let message = ControlMessage::Presence(record.encode());
         for control in self.peers.values_mut() {
-            control.queue(&message);
+            control.queue(message.clone());
         }
     }
 }
