@@ -10,7 +10,7 @@ use callsign_node::link::PathModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -37,13 +37,16 @@ struct State {
     /// While partitioned: each node's group; nodes in different groups cannot talk.
     groups: Option<BTreeMap<IpAddr, usize>>,
     /// Crashed nodes: nothing in or out.
-    isolated: std::collections::BTreeSet<IpAddr>,
+    isolated: BTreeSet<IpAddr>,
     /// Gilbert–Elliott state per path: the last 20 ms slot evaluated and whether it was bad.
     burst_bad: BTreeMap<(IpAddr, IpAddr), (u64, bool)>,
     queue_free_at: BTreeMap<(IpAddr, IpAddr), Duration>,
     nat: BTreeMap<IpAddr, NatKind>,
     /// Per NATed node: destinations it sent to, and when last.
     mappings: BTreeMap<IpAddr, BTreeMap<SocketAddr, Duration>>,
+    /// (from, to) pairs where a datagram from `from` reached `to`: `to` then knows the
+    /// external port `from`'s NAT chose for it.
+    delivered: BTreeSet<(SocketAddr, SocketAddr)>,
     counts: NetworkCounts,
 }
 
@@ -64,11 +67,12 @@ impl SimNetwork {
                 default,
                 pairs: BTreeMap::new(),
                 groups: None,
-                isolated: std::collections::BTreeSet::new(),
+                isolated: BTreeSet::new(),
                 burst_bad: BTreeMap::new(),
                 queue_free_at: BTreeMap::new(),
                 nat: BTreeMap::new(),
                 mappings: BTreeMap::new(),
+                delivered: BTreeSet::new(),
                 counts: NetworkCounts::default(),
             }),
         }
@@ -156,7 +160,7 @@ impl PathModel for SimNetwork {
         // one tick shares its fate. Which datagrams a node sends within one instant, and how
         // QUIC coalesces them, varies from run to run (libp2p's polling order, ACK sizes), so
         // dice keyed by a datagram's index or size would land on different datagrams.
-        let dice = dice_seed(s.seed, key, now.as_nanos() as u64, 0, 0);
+        let dice = dice_seed(s.seed, key, now.as_nanos() as u64, Dice::Datagram);
         let mut rng = ChaCha8Rng::seed_from_u64(dice);
         // Loss: the Gilbert–Elliott chain steps once per 20 ms slot of virtual time (a voice
         // frame period), on dice of its own, so it does not depend on how much else is sent.
@@ -171,7 +175,8 @@ impl PathModel for SimNetwork {
             }
             while *last < slot {
                 *last += 1;
-                let mut step = ChaCha8Rng::seed_from_u64(dice_seed(seed, key, *last, u64::MAX, 0));
+                let mut step =
+                    ChaCha8Rng::seed_from_u64(dice_seed(seed, key, *last, Dice::BurstSlot));
                 *bad = if *bad {
                     !step.gen_bool(burst.r)
                 } else {
@@ -218,30 +223,52 @@ impl PathModel for SimNetwork {
 
     fn admit(&self, local: SocketAddr, from: SocketAddr) -> bool {
         let now = now();
-        let mut s = self.state();
+        let mut guard = self.state();
+        let s = &mut *guard;
         let kind = s.nat.get(&local.ip()).copied().unwrap_or_default();
-        if kind == NatKind::None {
-            return true;
-        }
         let live = |t: &Duration| now.saturating_sub(*t) < NAT_MAPPING_TIMEOUT;
-        let mappings = s.mappings.get(&local.ip());
-        let admitted = mappings.is_some_and(|m| {
-            m.iter()
-                .filter(|(_, t)| live(t))
-                .any(|(dest, _)| match kind {
-                    NatKind::None | NatKind::FullCone => true,
-                    NatKind::Restricted => dest.ip() == from.ip(),
-                    NatKind::PortRestricted | NatKind::Symmetric => *dest == from,
-                })
-        });
-        if !admitted {
+        let sent_to = |dest: &SocketAddr| {
+            s.mappings
+                .get(&local.ip())
+                .and_then(|m| m.get(dest))
+                .is_some_and(live)
+        };
+        let admitted = match kind {
+            NatKind::None => true,
+            NatKind::FullCone => s
+                .mappings
+                .get(&local.ip())
+                .is_some_and(|m| m.values().any(live)),
+            NatKind::Restricted => s
+                .mappings
+                .get(&local.ip())
+                .is_some_and(|m| m.iter().any(|(dest, t)| dest.ip() == from.ip() && live(t))),
+            NatKind::PortRestricted => sent_to(&from),
+            // A symmetric NAT gives each destination its own external port. `from` can reach
+            // us only at the port our NAT opened for it, which it learns by hearing from us:
+            // so we must have sent to it and one of those datagrams must have arrived. Two
+            // symmetric NATs therefore never link directly (neither hears the other first).
+            NatKind::Symmetric => sent_to(&from) && s.delivered.contains(&(local, from)),
+        };
+        if admitted {
+            s.delivered.insert((from, local));
+        } else {
             s.counts.nat_filtered += 1;
         }
         admitted
     }
 }
 
-fn dice_seed(seed: u64, (from, to): (IpAddr, IpAddr), time: u64, len: u64, index: u64) -> u64 {
+/// What a die decides: the two kinds never share a seed.
+#[derive(Clone, Copy)]
+enum Dice {
+    /// A tick's datagrams on a path (time in ns).
+    Datagram,
+    /// One Gilbert–Elliott step (time in 20 ms slots).
+    BurstSlot,
+}
+
+fn dice_seed(seed: u64, (from, to): (IpAddr, IpAddr), time: u64, kind: Dice) -> u64 {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(seed.to_be_bytes());
@@ -249,8 +276,7 @@ fn dice_seed(seed: u64, (from, to): (IpAddr, IpAddr), time: u64, len: u64, index
     h.update([0]);
     h.update(to.to_string().as_bytes());
     h.update(time.to_be_bytes());
-    h.update(len.to_be_bytes());
-    h.update(index.to_be_bytes());
+    h.update([kind as u8]);
     let d = h.finalize();
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }

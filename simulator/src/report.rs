@@ -46,8 +46,12 @@ pub struct ChannelStats {
 pub struct PathReport {
     pub a: String,
     pub b: String,
-    /// `direct` (a QUIC link came up), or `none`.
+    /// The last link between them: `direct` (QUIC), `relayed` (a relay circuit through a
+    /// third member), `tcp-fallback`, or `none`.
     pub kind: String,
+    /// From the start of the first transmission one of them made while the other was up to
+    /// that other hearing it (talker event), in ms: link, session, key grant and jitter buffer.
+    pub first_audio_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -91,6 +95,13 @@ impl Report {
     }
 
     /// The stream from `from` to `to` on `channel`.
+    /// The path between `a` and `b`, in either order.
+    pub fn path(&self, a: &str, b: &str) -> Option<&PathReport> {
+        self.paths
+            .iter()
+            .find(|p| (p.a == a && p.b == b) || (p.a == b && p.b == a))
+    }
+
     pub fn stream(&self, from: &str, to: &str, channel: &str) -> Option<&StreamReport> {
         self.streams
             .iter()
@@ -153,17 +164,32 @@ pub(crate) fn build(
     }
     let mut paths = Vec::new();
     for (i, a) in scenario.nodes.iter().enumerate() {
-        for b in &scenario.nodes[i + 1..] {
-            let linked = trace.iter().any(|(_, n, line)| {
-                (scenario.nodes[*n].name == a.name
-                    && line.starts_with(&format!("link-up {} ", b.name)))
-                    || (scenario.nodes[*n].name == b.name
-                        && line.starts_with(&format!("link-up {} ", a.name)))
-            });
+        for (j, b) in scenario.nodes.iter().enumerate().skip(i + 1) {
+            let link = |n: usize, other: &str| {
+                let prefix = format!("link-up {other} ");
+                trace.iter().filter_map(move |(t, node, line)| {
+                    let kind = line.strip_prefix(&prefix)?;
+                    (*node == n).then(|| (*t, kind.to_string()))
+                })
+            };
+            let kind = link(i, &b.name)
+                .chain(link(j, &a.name))
+                .max_by_key(|(t, _)| *t)
+                .map_or("none".to_string(), |(_, kind)| match kind.as_str() {
+                    "Direct" => "direct".into(),
+                    "Relayed" => "relayed".into(),
+                    "TcpFallback" => "tcp-fallback".into(),
+                    other => other.to_lowercase(),
+                });
+            let first_audio_ms = [(i, j), (j, i)]
+                .into_iter()
+                .filter_map(|(speaker, hearer)| first_audio(trace, scenario, speaker, hearer))
+                .min();
             paths.push(PathReport {
                 a: a.name.clone(),
                 b: b.name.clone(),
-                kind: if linked { "direct" } else { "none" }.into(),
+                kind,
+                first_audio_ms,
             });
         }
     }
@@ -235,4 +261,23 @@ fn channel_stats(streams: &[StreamReport]) -> Vec<ChannelStats> {
         c.frames_played += s.frames_played;
     }
     by.into_values().collect()
+}
+
+/// When `hearer` first heard `speaker`: the talker event minus the start of the transmission
+/// it belongs to (the speaker's last `transmit` before it).
+fn first_audio(
+    trace: &[TraceLine],
+    scenario: &Scenario,
+    speaker: usize,
+    hearer: usize,
+) -> Option<u64> {
+    let talker = format!("talker {} ", scenario.nodes[speaker].name);
+    let (heard, _, _) = trace
+        .iter()
+        .find(|(_, n, line)| *n == hearer && line.starts_with(&talker))?;
+    let (started, _, _) = trace
+        .iter()
+        .filter(|(t, n, line)| *n == speaker && t <= heard && line.starts_with("transmit "))
+        .last()?;
+    Some((*heard - *started).as_millis() as u64)
 }

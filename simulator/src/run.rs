@@ -338,7 +338,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
             .map(|n| (n.name.clone(), names[&n.name]))
             .collect();
         let lifecycle = lifecycle(scenario, &spec.name);
-        let (name, nat, by_key) = (spec.name.clone(), spec.nat, by_key.clone());
+        let (name, nat, relay, by_key) = (spec.name.clone(), spec.nat, spec.relay, by_key.clone());
         let node_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(index as u64);
         sim.client(spec.name.as_str(), async move {
             let ip: IpAddr = turmoil::lookup(name.as_str());
@@ -370,6 +370,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
                 config.input = AudioInput::Synthetic { seed: node_seed };
                 config.socket = Some(socket);
                 config.tcp_fallback = false;
+                config.relay_circuits = relay;
                 config.unix_time_ms = Some(1_700_000_000_000 + sim_now().as_millis() as u64);
                 config.seed = node_seed.wrapping_add(incarnation << 32);
                 // Instants of different turmoil hosts are not comparable; sim time is.

@@ -118,6 +118,9 @@ pub struct NodeSpec {
     pub admin: bool,
     #[serde(default)]
     pub nat: NatKind,
+    /// Serves relay circuits to members who cannot link directly (a reachable volunteer).
+    #[serde(default)]
+    pub relay: bool,
 }
 
 /// Something that happens at `at_s` seconds.

@@ -108,7 +108,7 @@ fn partition_with_concurrent_charter_edits_then_heal() {
 }
 
 /// Every scenario of the suite.
-const SUITE: [&str; 7] = [
+const SUITE: [&str; 9] = [
     "lan-squad",
     "loss-5pct",
     "burst-10pct",
@@ -116,6 +116,8 @@ const SUITE: [&str; 7] = [
     "jitter-80ms",
     "partition-charter",
     "crash-restart",
+    "nat-full-cone",
+    "nat-symmetric",
 ];
 
 #[test]
@@ -134,6 +136,40 @@ fn each_scenario_replays_from_its_seed_and_another_seed_differs() {
         let c = run(&s, Some(s.seed + 1)).unwrap();
         assert_ne!(a.trace_hash, c.trace_hash, "{name}");
     }
+}
+
+#[test]
+fn full_cone_members_link_directly_once_they_have_sent_anything() {
+    let report = run(&scenario("nat-full-cone"), None).unwrap();
+    eprintln!("{}", show(&report));
+    let path = report.path("alpha", "bravo").unwrap();
+    assert_eq!(path.kind, "direct", "{path:?}");
+    for (from, to) in [("alpha", "bravo"), ("bravo", "alpha")] {
+        let s = report.stream(from, to, "squad").unwrap();
+        assert!(s.frames_played * 100 >= s.frames_sent * 98, "{s:?}");
+    }
+    assert!(path.first_audio_ms.is_some_and(|ms| ms < 100), "{path:?}");
+}
+
+#[test]
+fn symmetric_nats_on_both_sides_talk_through_a_member_relay() {
+    let report = run(&scenario("nat-symmetric"), None).unwrap();
+    eprintln!("{}", show(&report));
+    let path = report.path("alpha", "bravo").unwrap();
+    assert_eq!(path.kind, "relayed", "{path:?}");
+    assert!(
+        report.network.nat_filtered > 0,
+        "the direct attempts were filtered"
+    );
+    for (from, to) in [("alpha", "bravo"), ("bravo", "alpha")] {
+        let s = report.stream(from, to, "squad").unwrap();
+        assert!(s.frames_sent >= 95, "{s:?}");
+        assert!(s.frames_played * 100 >= s.frames_sent * 98, "{s:?}");
+    }
+    for to in ["alpha", "bravo"] {
+        assert_eq!(report.path("hq", to).unwrap().kind, "direct");
+    }
+    assert_eq!(report.drops.auth + report.drops.malformed, 0);
 }
 
 #[test]

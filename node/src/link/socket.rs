@@ -334,7 +334,9 @@ impl AsyncUdpSocket for TurmoilSocket {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        // turmoil binds 0.0.0.0; the host's own IP is what others dial, and what presence
+        // and relay reservations must carry.
+        Ok(self.local)
     }
 
     fn may_fragment(&self) -> bool {

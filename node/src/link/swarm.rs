@@ -12,6 +12,7 @@
 //! | identify | yes | off: its first request waits on a zero-length wall-clock timer |
 //! | ping (stream RTT) | yes | off: its first ping fires on a wall-clock timer |
 //! | relay v2 client | yes | runs; sends only when asked; renewal wall-clock |
+//! | relay v2 server (members only) | when configured | same |
 //! | dcutr | yes | runs; sends only on relayed connections |
 //! | autonat | yes | off: probe schedule wall-clock |
 //! | mdns | yes | off (needs real multicast sockets) |
@@ -37,10 +38,12 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    autonat, dcutr, identify, kad, mdns, noise, ping, relay, tcp, yamux, StreamProtocol, Swarm,
+    autonat, dcutr, identify, kad, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm,
 };
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Protocol name of identify and kad for Callsign nodes (keeps them out of other DHTs).
@@ -88,12 +91,51 @@ pub struct NodeBehaviour {
     pub identify: Toggle<identify::Behaviour>,
     pub ping: Toggle<ping::Behaviour>,
     pub relay_client: relay::client::Behaviour,
+    pub relay_server: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
     pub autonat: Toggle<autonat::Behaviour>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     pub echo: EchoBehaviour,
     pub control: ControlBehaviour,
+}
+
+/// Who may reserve and open circuits on this node's relay: the org's members, kept current by
+/// the node as its charter changes. Anyone else is refused before a circuit exists.
+#[derive(Clone, Debug, Default)]
+pub struct RelayAllowList(Arc<Mutex<BTreeSet<PeerId>>>);
+
+impl RelayAllowList {
+    pub fn set(&self, members: impl IntoIterator<Item = PeerId>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = members.into_iter().collect();
+    }
+
+    pub fn allows(&self, peer: &PeerId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
+    }
+
+    fn relay_config(&self) -> relay::Config {
+        let reserve = self.clone();
+        let open = self.clone();
+        let mut config = relay::Config {
+            // Voice runs for hours: no byte cap, a day per circuit (the client re-dials).
+            max_circuit_bytes: 0,
+            max_circuit_duration: Duration::from_secs(24 * 3600),
+            ..relay::Config::default()
+        };
+        config
+            .reservation_rate_limiters
+            .push(Box::new(move |peer, _: &Multiaddr, _| {
+                reserve.allows(&peer)
+            }));
+        config
+            .circuit_src_rate_limiters
+            .push(Box::new(move |peer, _: &Multiaddr, _| open.allows(&peer)));
+        config
+    }
 }
 
 /// Settings for [`build_swarm`].
@@ -109,6 +151,8 @@ pub struct SwarmConfig {
     pub ping_interval: Duration,
     /// Connections with no open streams are closed after this.
     pub idle_timeout: Duration,
+    /// Serve relay v2 circuits to these peers (a publicly reachable member).
+    pub relay_for: Option<RelayAllowList>,
 }
 
 impl Default for SwarmConfig {
@@ -119,6 +163,7 @@ impl Default for SwarmConfig {
             wall_clock_behaviours: true,
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
+            relay_for: None,
         }
     }
 }
@@ -189,6 +234,11 @@ pub fn build_swarm(
                     })
                     .into(),
                 relay_client,
+                relay_server: config
+                    .relay_for
+                    .as_ref()
+                    .map(|allow| relay::Behaviour::new(peer, allow.relay_config()))
+                    .into(),
                 dcutr: dcutr::Behaviour::new(peer),
                 autonat: timed
                     .then(|| autonat::Behaviour::new(peer, autonat::Config::default()))

@@ -64,6 +64,10 @@ pub struct NodeConfig {
     /// Drop this fraction of outgoing voice datagrams (seeded): loss for demos and tests on
     /// perfect loopback links.
     pub send_loss: f64,
+    /// Serve relay v2 circuits to members who cannot link directly (set on publicly reachable
+    /// nodes; advertised in presence). Circuits carry only libp2p-encrypted streams whose voice
+    /// is end-to-end encrypted: the relay reads neither.
+    pub relay_circuits: bool,
     /// Emit [`super::NodeEvent::VoiceSent`] for every voice datagram sent (tests, simulator).
     pub tap_voice: bool,
 }
@@ -100,6 +104,7 @@ impl NodeConfig {
             seed: 0,
             mdns: false,
             send_loss: 0.0,
+            relay_circuits: false,
             tap_voice: false,
         }
     }

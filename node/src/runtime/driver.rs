@@ -10,7 +10,7 @@ use super::voice::{Encoded, Playout, Target, Transmitter};
 use super::NodeError;
 use crate::audio::mixer::ChannelMix;
 use crate::audio::SAMPLE_RATE;
-use crate::link::swarm::NodeNetwork;
+use crate::link::swarm::{NodeNetwork, RelayAllowList};
 use crate::link::{IncomingDatagram, LinkError, LinkEvent};
 use callsign_keys::{IdentityKey, NodeKeys};
 use callsign_mesh::charter::log::OpLog;
@@ -23,7 +23,7 @@ use callsign_mesh::voice::{
 };
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,6 +52,10 @@ pub(crate) struct Driver {
     /// The newest connection to each peer.
     pub connections: BTreeMap<PeerId, libp2p::swarm::ConnectionId>,
     pub members: BTreeMap<PeerId, IdentityKey>,
+    /// Set when we serve relay circuits: who may use them.
+    pub relay_allow: Option<RelayAllowList>,
+    /// The member relay we hold a circuit reservation on.
+    pub reservation: Option<(PeerId, libp2p::core::transport::ListenerId)>,
     pub transmitter: Transmitter,
     pub playout: Playout,
     pub events: mpsc::UnboundedSender<NodeEvent>,
@@ -81,10 +85,15 @@ pub(super) fn member_map(state: &CharterState) -> BTreeMap<PeerId, IdentityKey> 
     all.into_iter().map(|k| (k.peer_id(), k)).collect()
 }
 
-pub(super) fn link_kind(address: &Multiaddr) -> LinkKind {
-    if address.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+pub(super) fn link_kind(endpoint: &libp2p::core::ConnectedPoint) -> LinkKind {
+    // An inbound circuit's remote address is just `/p2p/<peer>`; its local one names the relay.
+    if endpoint.is_relayed() {
         LinkKind::Relayed
-    } else if address.iter().any(|p| matches!(p, Protocol::Tcp(_))) {
+    } else if endpoint
+        .get_remote_address()
+        .iter()
+        .any(|p| matches!(p, Protocol::Tcp(_)))
+    {
         LinkKind::TcpFallback
     } else {
         LinkKind::Direct
@@ -101,6 +110,13 @@ impl Driver {
         self.sync.charter().state()
     }
 
+    pub(super) fn set_members(&mut self) {
+        self.members = member_map(self.state());
+        if let Some(allow) = &self.relay_allow {
+            allow.set(self.members.keys().copied());
+        }
+    }
+
     pub(super) fn unix_ms(&self, now: Instant) -> u64 {
         self.unix_at_start_ms + now.saturating_duration_since(self.start).as_millis() as u64
     }
@@ -112,7 +128,7 @@ impl Driver {
         let first_tick = tokio::time::Instant::now() + self.frame;
         let mut tick = tokio::time::interval_at(first_tick, self.frame);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        self.members = member_map(self.state());
+        self.set_members();
         self.keys_dirty = true;
         self.flush(now());
         loop {
@@ -287,7 +303,7 @@ impl Driver {
     }
 
     pub(super) fn charter_changed(&mut self, ops: usize, now: Instant) {
-        self.members = member_map(self.state());
+        self.set_members();
         let state = self.state().clone();
         self.listening
             .retain(|c| state.may(&self.local, *c, Permissions::LISTEN));

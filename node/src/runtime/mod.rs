@@ -28,7 +28,7 @@ pub use api::{
 pub use config::{AudioInput, NodeConfig};
 
 use crate::audio::AudioError;
-use crate::link::swarm::{build_swarm, SwarmConfig};
+use crate::link::swarm::{build_swarm, RelayAllowList, SwarmConfig};
 use crate::link::{socket_to_multiaddr, LinkError, LinkSocket};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::log::OpLog;
@@ -95,12 +95,14 @@ impl Node {
             config.link.rng_seed = Some(seed);
         }
         let keypair = config.keys.identity.to_libp2p();
+        let relay_allow = config.relay_circuits.then(RelayAllowList::default);
         let mut network = build_swarm(
             keypair,
             SwarmConfig {
                 link: config.link.clone(),
                 mdns: config.mdns,
                 wall_clock_behaviours: !simulated,
+                relay_for: relay_allow.clone(),
                 ..SwarmConfig::default()
             },
             socket,
@@ -127,6 +129,11 @@ impl Node {
                     addr: tcp,
                     reason: e.to_string(),
                 })?;
+        }
+        if relay_allow.is_some() {
+            // A relay vouches for its own reachability: reservations it grants tell clients
+            // these addresses, and autonat may be off (simulation) or slow to confirm.
+            network.swarm.add_external_address(listen.clone());
         }
         let identity = config.keys.identity.public();
         let peer_id = identity.peer_id();
@@ -182,6 +189,8 @@ impl Node {
             link_kinds: BTreeMap::new(),
             connections: BTreeMap::new(),
             members: BTreeMap::new(),
+            relay_allow,
+            reservation: None,
             transmitter: voice::Transmitter::new(
                 config.input,
                 config.capture,

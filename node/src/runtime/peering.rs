@@ -2,7 +2,7 @@
 //! channel (charter sync, presence, E2EE handshakes, key grants, loss reports, TCP-fallback
 //! voice), and our own presence.
 
-use super::api::NodeEvent;
+use super::api::{LinkKind, NodeEvent};
 use super::control::{ControlMessage, PeerControl};
 use super::driver::{link_kind, now, Driver};
 use crate::link::swarm::{answer_echo, NodeBehaviourEvent};
@@ -13,6 +13,7 @@ use callsign_mesh::e2ee::PairSession;
 use callsign_mesh::presence::{PresenceBody, PresenceRecord, PresenceUpdate, RelayCapability};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, Message};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
 use std::time::Instant;
@@ -33,6 +34,16 @@ impl Driver {
                 num_established,
                 ..
             } => {
+                let kind = link_kind(&endpoint);
+                // A relayed link never replaces a direct one (both sides may have dialed).
+                let direct_held = self
+                    .link_kinds
+                    .get(&peer_id)
+                    .is_some_and(|k| *k != LinkKind::Relayed);
+                if kind == LinkKind::Relayed && direct_held && num_established.get() > 1 {
+                    self.network.swarm.close_connection(connection_id);
+                    return;
+                }
                 // Newest connection wins: an older one to the same peer is most likely to a
                 // previous run of it (restarted, its connection not yet timed out), and
                 // request-response would keep sending control messages into it.
@@ -41,7 +52,6 @@ impl Driver {
                         self.network.swarm.close_connection(previous);
                     }
                 }
-                let kind = link_kind(endpoint.get_remote_address());
                 self.link_kinds.insert(peer_id, kind);
                 self.emit(NodeEvent::LinkUp {
                     peer: peer_id,
@@ -65,6 +75,19 @@ impl Driver {
                 self.link_kinds.remove(&peer_id);
                 self.peer_down(&peer_id);
                 self.emit(NodeEvent::LinkDown { peer: peer_id });
+            }
+            SwarmEvent::NewListenAddr { address, .. }
+                if address.iter().any(|p| matches!(p, Protocol::P2pCircuit)) =>
+            {
+                // Reachable through a relay now: tell everyone where.
+                tracing::debug!(%address, "relay reservation accepted");
+                self.announce_presence(now);
+            }
+            // A refused or lost reservation: the next relay we hear of gets asked.
+            SwarmEvent::ListenerClosed { listener_id, .. }
+                if self.reservation.is_some_and(|(_, id)| id == listener_id) =>
+            {
+                self.reservation = None;
             }
             SwarmEvent::Behaviour(event) => {
                 let mut event = Some(event);
@@ -315,20 +338,43 @@ impl Driver {
             }
         }
         let subject_peer = subject.peer_id();
+        let addrs: Vec<Multiaddr> = record
+            .body
+            .addrs
+            .iter()
+            .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+            .collect();
+        let is_circuit = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+        // QUIC first (voice needs datagrams), TCP only when the peer offers nothing else.
+        let mut direct: Vec<Multiaddr> = addrs.iter().filter(|a| !is_circuit(a)).cloned().collect();
+        direct.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
+        let direct = direct.into_iter().next();
+        if record.body.relay.public && self.relay_allow.is_none() && self.reservation.is_none() {
+            // A member offers circuits: reserve one, so members whose NAT keeps them from
+            // reaching us directly can still link (through it, end-to-end encrypted).
+            if let Some(relay) = &direct {
+                let circuit = relay
+                    .clone()
+                    .with_p2p(subject_peer)
+                    .unwrap_or_else(|a| a)
+                    .with(Protocol::P2pCircuit);
+                match self.network.swarm.listen_on(circuit) {
+                    Ok(id) => self.reservation = Some((subject_peer, id)),
+                    Err(e) => tracing::debug!(%e, "relay reservation"),
+                }
+            }
+        }
         if !self.network.swarm.is_connected(&subject_peer) && self.local_peer < subject_peer {
-            // QUIC first (voice needs datagrams), TCP only when the peer offers nothing else.
-            let mut addrs: Vec<Multiaddr> = record
-                .body
-                .addrs
-                .iter()
-                .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
-                .collect();
-            addrs.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
-            if let Some(addr) = addrs.into_iter().next() {
-                let _ = self
-                    .network
-                    .swarm
-                    .dial(addr.with_p2p(subject_peer).unwrap_or_else(|a| a));
+            // The direct address and any relay circuits at once: the first to connect wins
+            // (direct, unless a NAT is in the way), the others are abandoned.
+            let mut candidates: Vec<Multiaddr> = direct.into_iter().collect();
+            candidates.extend(addrs.into_iter().filter(is_circuit));
+            if !candidates.is_empty() {
+                let opts = DialOpts::peer_id(subject_peer)
+                    .addresses(candidates)
+                    .condition(PeerCondition::Disconnected)
+                    .build();
+                let _ = self.network.swarm.dial(opts);
             }
         }
     }
@@ -360,7 +406,10 @@ impl Driver {
             ttl_ms: (self.presence_interval.as_millis() as u32).saturating_mul(3),
             display_name: self.display_name.clone(),
             listening: self.listening.clone(),
-            relay: RelayCapability::default(),
+            relay: RelayCapability {
+                public: self.relay_allow.is_some(),
+                spare_uplink_kbps: if self.relay_allow.is_some() { 1000 } else { 0 },
+            },
             addrs,
         };
         match PresenceRecord::sign(&self.keys.identity, body) {
