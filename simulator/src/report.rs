@@ -277,7 +277,7 @@ fn first_audio(
         .find(|(_, n, line)| *n == hearer && line.starts_with(&talker))?;
     let (started, _, _) = trace
         .iter()
-        .filter(|(t, n, line)| *n == speaker && t <= heard && line.starts_with("transmit "))
-        .last()?;
+        .rev()
+        .find(|(t, n, line)| *n == speaker && t <= heard && line.starts_with("transmit "))?;
     Some((*heard - *started).as_millis() as u64)
 }
