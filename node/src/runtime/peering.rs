@@ -18,6 +18,10 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
 use std::time::Instant;
 
+/// Uplink a circuit-serving member advertises: about 25 Opus voice streams. A guess until the
+/// topology planner (issue 8) measures and budgets it.
+const RELAY_SPARE_UPLINK_KBPS: u32 = 1000;
+
 impl Driver {
     pub(super) fn link_event(&mut self, event: LinkEvent) {
         if let LinkEvent::Migrated { peer, to, .. } = event {
@@ -408,7 +412,11 @@ impl Driver {
             listening: self.listening.clone(),
             relay: RelayCapability {
                 public: self.relay_allow.is_some(),
-                spare_uplink_kbps: if self.relay_allow.is_some() { 1000 } else { 0 },
+                spare_uplink_kbps: if self.relay_allow.is_some() {
+                    RELAY_SPARE_UPLINK_KBPS
+                } else {
+                    0
+                },
             },
             addrs,
         };
