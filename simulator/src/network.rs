@@ -19,6 +19,9 @@ use std::time::Duration;
 /// home routers use 30 s for UDP).
 pub const NAT_MAPPING_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How much traffic a capped uplink queues before it drops.
+const UPLINK_QUEUE: Duration = Duration::from_millis(200);
+
 /// Datagram counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetworkCounts {
@@ -41,6 +44,8 @@ struct State {
     /// Gilbert–Elliott state per path: the last 20 ms slot evaluated and whether it was bad.
     burst_bad: BTreeMap<(IpAddr, IpAddr), (u64, bool)>,
     queue_free_at: BTreeMap<(IpAddr, IpAddr), Duration>,
+    /// Per node with a capped uplink: its rate in kbit/s and when its queue drains.
+    uplinks: BTreeMap<IpAddr, (f64, Duration)>,
     nat: BTreeMap<IpAddr, NatKind>,
     /// Per NATed node: destinations it sent to, and when last.
     mappings: BTreeMap<IpAddr, BTreeMap<SocketAddr, Duration>>,
@@ -70,6 +75,7 @@ impl SimNetwork {
                 isolated: BTreeSet::new(),
                 burst_bad: BTreeMap::new(),
                 queue_free_at: BTreeMap::new(),
+                uplinks: BTreeMap::new(),
                 nat: BTreeMap::new(),
                 mappings: BTreeMap::new(),
                 delivered: BTreeSet::new(),
@@ -92,6 +98,16 @@ impl SimNetwork {
         let mut state = self.state();
         state.pairs.insert((a, b), model.clone());
         state.pairs.insert((b, a), model);
+    }
+
+    /// Caps everything `node` sends at `kbps` (0 or less: no cap).
+    pub fn set_uplink(&self, node: IpAddr, kbps: f64) {
+        let mut state = self.state();
+        if kbps > 0.0 {
+            state.uplinks.insert(node, (kbps, Duration::ZERO));
+        } else {
+            state.uplinks.remove(&node);
+        }
     }
 
     pub fn set_nat(&self, node: IpAddr, kind: NatKind) {
@@ -201,6 +217,16 @@ impl PathModel for SimNetwork {
             delay_ms += model.reorder_ms;
         }
         let mut delay = Duration::from_secs_f64(delay_ms.max(0.0) / 1e3);
+        // The sender's own uplink first (shared by all its paths), then the path's bandwidth.
+        if let Some((kbps, free_at)) = s.uplinks.get_mut(&from.ip()) {
+            let start = (*free_at).max(now);
+            if start - now > UPLINK_QUEUE {
+                s.counts.queue_drops += 1;
+                return Vec::new();
+            }
+            *free_at = start + Duration::from_secs_f64(len as f64 * 8.0 / (*kbps * 1e3));
+            delay += *free_at - now;
+        }
         if model.bandwidth_kbps > 0.0 {
             let serialise =
                 Duration::from_secs_f64(len as f64 * 8.0 / (model.bandwidth_kbps * 1e3));
@@ -279,4 +305,36 @@ fn dice_seed(seed: u64, (from, to): (IpAddr, IpAddr), time: u64, kind: Dice) -> 
     h.update([kind as u8]);
     let d = h.finalize();
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([192, 168, 0, last], 4433))
+    }
+
+    #[test]
+    fn a_capped_uplink_is_shared_by_every_path_and_drops_past_its_queue() {
+        // Outside a simulation the clock stands at zero: every datagram is sent at once.
+        let net = SimNetwork::new(1, LinkModel::default());
+        net.set_uplink(addr(1).ip(), 80.0); // 10 bytes per ms
+        let base = Duration::from_secs_f64(LinkModel::default().latency_ms / 1e3);
+        let datagram = [0x40u8; 1000]; // short header: takes the dice; 100 ms to serialise
+        let first = net.transmit(addr(1), addr(2), &datagram);
+        let second = net.transmit(addr(1), addr(3), &datagram);
+        assert_eq!(first, vec![base + Duration::from_millis(100)]);
+        assert_eq!(
+            second,
+            vec![base + Duration::from_millis(200)],
+            "queued behind the first"
+        );
+        // 200 ms queued: the next waits longer than the queue allows.
+        net.transmit(addr(1), addr(2), &datagram);
+        assert!(net.transmit(addr(1), addr(2), &datagram).is_empty());
+        assert_eq!(net.counts().queue_drops, 1);
+        // Other senders are not held up.
+        assert_eq!(net.transmit(addr(2), addr(1), &datagram), vec![base]);
+    }
 }

@@ -339,10 +339,12 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
             .collect();
         let lifecycle = lifecycle(scenario, &spec.name);
         let (name, nat, relay, by_key) = (spec.name.clone(), spec.nat, spec.relay, by_key.clone());
+        let uplink_kbps = spec.uplink_kbps;
         let node_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(index as u64);
         sim.client(spec.name.as_str(), async move {
             let ip: IpAddr = turmoil::lookup(name.as_str());
             network.set_nat(ip, nat);
+            network.set_uplink(ip, uplink_kbps);
             let start = tokio::time::Instant::now() - sim_now();
             let end = start + duration;
             let mut commands = commands.into_iter().peekable();

@@ -121,6 +121,10 @@ pub struct NodeSpec {
     /// Serves relay circuits to members who cannot link directly (a reachable volunteer).
     #[serde(default)]
     pub relay: bool,
+    /// The node's uplink in kbit/s, shared by everything it sends (0 = unlimited), with a
+    /// 200 ms queue: a home connection's upload.
+    #[serde(default)]
+    pub uplink_kbps: f64,
 }
 
 /// Something that happens at `at_s` seconds.
