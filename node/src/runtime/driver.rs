@@ -54,8 +54,8 @@ pub(crate) struct Driver {
     pub members: BTreeMap<PeerId, IdentityKey>,
     /// Set when we serve relay circuits: who may use them.
     pub relay_allow: Option<RelayAllowList>,
-    /// The member relay we hold a circuit reservation on.
-    pub reservation: Option<(PeerId, libp2p::core::transport::ListenerId)>,
+    /// The listener of our circuit reservation on a member relay, while we hold or await one.
+    pub reservation: Option<libp2p::core::transport::ListenerId>,
     pub transmitter: Transmitter,
     pub playout: Playout,
     pub events: mpsc::UnboundedSender<NodeEvent>,

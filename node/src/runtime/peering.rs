@@ -89,7 +89,7 @@ impl Driver {
             }
             // A refused or lost reservation: the next relay we hear of gets asked.
             SwarmEvent::ListenerClosed { listener_id, .. }
-                if self.reservation.is_some_and(|(_, id)| id == listener_id) =>
+                if self.reservation == Some(listener_id) =>
             {
                 self.reservation = None;
             }
@@ -363,7 +363,7 @@ impl Driver {
                     .unwrap_or_else(|a| a)
                     .with(Protocol::P2pCircuit);
                 match self.network.swarm.listen_on(circuit) {
-                    Ok(id) => self.reservation = Some((subject_peer, id)),
+                    Ok(id) => self.reservation = Some(id),
                     Err(e) => tracing::debug!(%e, "relay reservation"),
                 }
             }
