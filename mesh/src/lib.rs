@@ -15,5 +15,6 @@
 
 pub mod charter;
 pub mod e2ee;
+pub mod floor;
 pub mod presence;
 pub mod voice;

@@ -1,0 +1,496 @@
+//! One half-duplex channel's floor as this member sees it: every member's claim, the arbiter's
+//! ruling when there is one, and what follows for us (idle, pending, granted, queued,
+//! releasing) and for the channel (who holds the floor, who raised an emergency).
+
+use super::arbiter::Arbitration;
+use super::control::Shared;
+use super::message::{Claim, Decision, FloorMessage, FloorRequest, Slot};
+use super::{FloorEvent, LocalFloor};
+use crate::charter::ChannelId;
+use callsign_keys::IdentityKey;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Why we give up our request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Withdrawal {
+    /// PTT released.
+    Released,
+    /// A higher priority took the floor.
+    Preempted(IdentityKey),
+    /// The talk time for our priority ran out.
+    TimeLimit,
+    /// The channel stopped being half-duplex (or went away).
+    Closed,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct ChannelFloor {
+    channel: ChannelId,
+    mine: Claim,
+    /// `mine.rev` when the live request was made: what acknowledgements must reach.
+    request_rev: u32,
+    /// `mine.rev` of our last release, until every participant has seen it.
+    release_rev: Option<u32>,
+    /// When `mine` last changed (pending and releasing time out from here).
+    changed_at: Instant,
+    granted_at: Option<Instant>,
+    claims: BTreeMap<IdentityKey, Claim>,
+    /// Claims at or below this rev are ignored: their talker went silent while holding the floor.
+    vanished: BTreeMap<IdentityKey, u32>,
+    /// The newest rev of `mine` each peer has acknowledged.
+    seen_by: BTreeMap<IdentityKey, u32>,
+    /// Emergencies raised and not cleared: raiser → the rev that raised it. Kept when the
+    /// raiser's link drops: only the raiser or an admin ends an emergency.
+    emergencies: BTreeMap<IdentityKey, u32>,
+    /// Emergencies an admin cleared: raiser → the newest cleared rev.
+    cleared: BTreeMap<IdentityKey, u32>,
+    arbiter: Option<IdentityKey>,
+    decision: Option<Decision>,
+    /// Set while we are the arbiter.
+    arbitration: Option<Arbitration>,
+    state: LocalFloor,
+    leader: Option<IdentityKey>,
+    leader_since: Instant,
+    last_audio: Option<Instant>,
+}
+
+impl ChannelFloor {
+    pub(crate) fn new(channel: ChannelId, now: Instant) -> Self {
+        Self {
+            channel,
+            mine: Claim::default(),
+            request_rev: 0,
+            release_rev: None,
+            changed_at: now,
+            granted_at: None,
+            claims: BTreeMap::new(),
+            vanished: BTreeMap::new(),
+            seen_by: BTreeMap::new(),
+            emergencies: BTreeMap::new(),
+            cleared: BTreeMap::new(),
+            arbiter: None,
+            decision: None,
+            arbitration: None,
+            state: LocalFloor::Idle,
+            leader: None,
+            leader_since: now,
+            last_audio: None,
+        }
+    }
+
+    pub(crate) fn state(&self) -> LocalFloor {
+        self.state
+    }
+
+    pub(crate) fn leader(&self) -> Option<IdentityKey> {
+        self.leader
+    }
+
+    pub(crate) fn emergencies(&self) -> impl Iterator<Item = &IdentityKey> {
+        self.emergencies.keys()
+    }
+
+    pub(crate) fn mine(&self) -> &Claim {
+        &self.mine
+    }
+
+    pub(crate) fn arbiter(&self) -> Option<IdentityKey> {
+        self.arbiter
+    }
+
+    fn message_to(&self, peer: &IdentityKey) -> FloorMessage {
+        FloorMessage::Claim {
+            channel: self.channel,
+            claim: self.mine,
+            seen: self.claims.get(peer).map(|c| c.rev),
+        }
+    }
+
+    /// Our claim to one peer (a new link, or an answer).
+    pub(crate) fn send_claim(&self, sh: &mut Shared, peer: IdentityKey) {
+        let message = self.message_to(&peer);
+        sh.transmits.push_back((peer, message));
+    }
+
+    fn broadcast_claim(&self, sh: &mut Shared) {
+        for peer in sh.participants.clone() {
+            self.send_claim(sh, peer);
+        }
+    }
+
+    /// A new link: it learns our claim and, if we arbitrate, our ruling.
+    pub(crate) fn peer_up(&mut self, sh: &mut Shared, peer: IdentityKey) {
+        self.send_claim(sh, peer);
+        if self.arbitration.is_some() {
+            if let Some(decision) = &self.decision {
+                let message = FloorMessage::Decision {
+                    channel: self.channel,
+                    decision: decision.clone(),
+                };
+                sh.transmits.push_back((peer, message));
+            }
+        }
+    }
+
+    /// A lost link: the peer's request goes (its emergency stays).
+    pub(crate) fn peer_down(&mut self, sh: &mut Shared, peer: &IdentityKey, now: Instant) {
+        self.claims.remove(peer);
+        self.seen_by.remove(peer);
+        self.vanished.remove(peer);
+        self.refresh(sh, now);
+    }
+
+    /// We press (already checked against the charter).
+    pub(crate) fn request(&mut self, sh: &mut Shared, request: FloorRequest, now: Instant) {
+        self.mine.rev += 1;
+        self.request_rev = self.mine.rev;
+        self.mine.request = Some(request);
+        if request.emergency && self.mine.emergency.is_none() {
+            self.mine.emergency = Some(self.mine.rev);
+            sh.events.push_back(FloorEvent::EmergencyRaised {
+                channel: self.channel,
+                by: sh.local,
+            });
+        }
+        self.changed_at = now;
+        self.granted_at = None;
+        self.release_rev = None;
+        // A fresh request starts from no state: whatever we held before is gone.
+        self.state = LocalFloor::Idle;
+        self.broadcast_claim(sh);
+        self.refresh(sh, now);
+    }
+
+    /// We give up our request, telling why.
+    pub(crate) fn withdraw(&mut self, sh: &mut Shared, why: Withdrawal, now: Instant) {
+        if self.mine.request.is_none() {
+            return;
+        }
+        self.mine.rev += 1;
+        self.mine.request = None;
+        self.release_rev = Some(self.mine.rev);
+        self.changed_at = now;
+        self.granted_at = None;
+        self.state = LocalFloor::Releasing;
+        let channel = self.channel;
+        sh.events.push_back(match why {
+            Withdrawal::Released | Withdrawal::Closed => FloorEvent::Released { channel },
+            Withdrawal::Preempted(by) => FloorEvent::Preempted { channel, by },
+            Withdrawal::TimeLimit => FloorEvent::Revoked { channel },
+        });
+        self.broadcast_claim(sh);
+        if why != Withdrawal::Closed {
+            self.refresh(sh, now);
+        }
+    }
+
+    /// We clear the emergency we raised.
+    pub(crate) fn clear_own_emergency(&mut self, sh: &mut Shared, by: IdentityKey, now: Instant) {
+        if self.mine.emergency.take().is_none() {
+            return;
+        }
+        self.mine.rev += 1;
+        self.changed_at = now;
+        sh.events.push_back(FloorEvent::EmergencyCleared {
+            channel: self.channel,
+            raiser: sh.local,
+            by,
+        });
+        self.broadcast_claim(sh);
+        self.refresh(sh, now);
+    }
+
+    /// An admin (checked by the caller) clears `raiser`'s emergency raised at `raised`.
+    pub(crate) fn clear_emergency(
+        &mut self,
+        sh: &mut Shared,
+        raiser: IdentityKey,
+        raised: u32,
+        by: IdentityKey,
+        now: Instant,
+    ) {
+        if raiser == sh.local {
+            if self.mine.emergency == Some(raised) {
+                self.clear_own_emergency(sh, by, now);
+            }
+            return;
+        }
+        let cleared = self.cleared.entry(raiser).or_default();
+        *cleared = (*cleared).max(raised);
+        if self.emergencies.get(&raiser).is_some_and(|e| *e <= raised) {
+            self.emergencies.remove(&raiser);
+            sh.events.push_back(FloorEvent::EmergencyCleared {
+                channel: self.channel,
+                raiser,
+                by,
+            });
+        }
+    }
+
+    /// The emergency `raiser` holds, if any (for an admin's clear).
+    pub(crate) fn emergency_of(&self, sh: &Shared, raiser: &IdentityKey) -> Option<u32> {
+        if *raiser == sh.local {
+            self.mine.emergency
+        } else {
+            self.emergencies.get(raiser).copied()
+        }
+    }
+
+    /// A peer's claim (already checked against the charter).
+    pub(crate) fn receive_claim(
+        &mut self,
+        sh: &mut Shared,
+        from: IdentityKey,
+        claim: Claim,
+        seen: Option<u32>,
+        now: Instant,
+    ) {
+        if let Some(seen) = seen {
+            let acked = self.seen_by.entry(from).or_default();
+            *acked = (*acked).max(seen);
+        }
+        let newer = self.claims.get(&from).is_none_or(|c| claim.rev > c.rev);
+        if newer {
+            if let Some(request) = claim.request {
+                sh.observe(request.stamp);
+            }
+            self.claims.insert(from, claim);
+            self.send_claim(sh, from);
+            match claim.emergency {
+                Some(raised)
+                    if self.cleared.get(&from).is_none_or(|c| *c < raised)
+                        && self.emergencies.get(&from) != Some(&raised) =>
+                {
+                    self.emergencies.insert(from, raised);
+                    sh.events.push_back(FloorEvent::EmergencyRaised {
+                        channel: self.channel,
+                        by: from,
+                    });
+                }
+                None if self.emergencies.remove(&from).is_some() => {
+                    sh.events.push_back(FloorEvent::EmergencyCleared {
+                        channel: self.channel,
+                        raiser: from,
+                        by: from,
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.refresh(sh, now);
+    }
+
+    /// A ruling from the channel's arbiter (checked by the caller).
+    pub(crate) fn receive_decision(&mut self, sh: &mut Shared, decision: Decision, now: Instant) {
+        if self.decision.as_ref().is_some_and(|d| d.rev >= decision.rev) {
+            return;
+        }
+        sh.observe(decision.rev);
+        self.decision = Some(decision);
+        self.refresh(sh, now);
+    }
+
+    /// Who arbitrates (`None`: the members, by rule). Changing arbiter starts from no ruling.
+    pub(crate) fn set_arbiter(
+        &mut self,
+        sh: &mut Shared,
+        arbiter: Option<IdentityKey>,
+        now: Instant,
+    ) {
+        if self.arbiter == arbiter {
+            return;
+        }
+        self.arbiter = arbiter;
+        self.decision = None;
+        self.arbitration = (arbiter == Some(sh.local)).then(Arbitration::default);
+        self.refresh(sh, now);
+    }
+
+    /// Audio from `peer` on this channel.
+    pub(crate) fn audio_from(&mut self, peer: &IdentityKey, now: Instant) {
+        if self.leader.as_ref() == Some(peer) {
+            self.last_audio = Some(now);
+        }
+    }
+
+    fn live(&self, local: IdentityKey) -> Vec<(IdentityKey, FloorRequest)> {
+        let theirs = self.claims.iter().filter_map(|(peer, claim)| {
+            let vanished = self.vanished.get(peer).is_some_and(|v| claim.rev <= *v);
+            let request = claim.request.filter(|_| !vanished)?;
+            Some((*peer, request))
+        });
+        self.mine
+            .request
+            .map(|r| (local, r))
+            .into_iter()
+            .chain(theirs)
+            .collect()
+    }
+
+    fn all_acked(&self, sh: &Shared, rev: u32) -> bool {
+        sh.participants
+            .iter()
+            .all(|p| self.seen_by.get(p).is_some_and(|seen| *seen >= rev))
+    }
+
+    fn silence_deadline(&self, sh: &Shared) -> Option<Instant> {
+        let leader = self.leader?;
+        if leader == sh.local || self.arbiter.is_some() || !sh.listening.contains(&self.channel)
+        {
+            return None;
+        }
+        let since = self.last_audio.unwrap_or(self.leader_since).max(self.leader_since);
+        Some(since + sh.config.silence_timeout)
+    }
+
+    /// When [`Self::handle_timeout`] has something to do.
+    pub(crate) fn poll_timeout(&self, sh: &Shared) -> Option<Instant> {
+        let ack = match self.state {
+            LocalFloor::Pending if self.arbiter.is_none() => {
+                Some(self.changed_at + sh.config.ack_timeout)
+            }
+            LocalFloor::Releasing => Some(self.changed_at + sh.config.ack_timeout),
+            _ => None,
+        };
+        let talk = match (self.state, self.granted_at, self.mine.request) {
+            (LocalFloor::Granted, Some(at), Some(request)) => {
+                sh.config.max_talk(request.priority).map(|max| at + max)
+            }
+            _ => None,
+        };
+        [ack, talk, self.silence_deadline(sh)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub(crate) fn handle_timeout(&mut self, sh: &mut Shared, now: Instant) {
+        if let (LocalFloor::Granted, Some(at), Some(request)) =
+            (self.state, self.granted_at, self.mine.request)
+        {
+            if sh
+                .config
+                .max_talk(request.priority)
+                .is_some_and(|max| now >= at + max)
+            {
+                self.withdraw(sh, Withdrawal::TimeLimit, now);
+            }
+        }
+        if self.silence_deadline(sh).is_some_and(|at| now >= at) {
+            if let Some(leader) = self.leader {
+                if let Some(claim) = self.claims.get(&leader) {
+                    tracing::debug!(channel = %self.channel, "floor holder went silent");
+                    self.vanished.insert(leader, claim.rev);
+                }
+            }
+        }
+        self.refresh(sh, now);
+    }
+
+    /// Recomputes the ruling (as arbiter), the holder and our own state, emitting what changed.
+    pub(crate) fn refresh(&mut self, sh: &mut Shared, now: Instant) {
+        let live = self.live(sh.local);
+        if let Some(arbitration) = &mut self.arbitration {
+            if arbitration.update(&live) {
+                let decision = arbitration.decision(sh.stamp(now));
+                for peer in sh.participants.clone() {
+                    let message = FloorMessage::Decision {
+                        channel: self.channel,
+                        decision: decision.clone(),
+                    };
+                    sh.transmits.push_back((peer, message));
+                }
+                self.decision = Some(decision);
+            }
+        }
+        let mine = self.mine.request.map(|r| Slot {
+            peer: sh.local,
+            stamp: r.stamp,
+        });
+        let leader = if self.arbiter.is_some() {
+            // Our own slot counts only for the request we hold now.
+            self.decision
+                .as_ref()
+                .and_then(|d| d.holder)
+                .filter(|slot| slot.peer != sh.local || Some(*slot) == mine)
+                .map(|slot| slot.peer)
+        } else {
+            live.iter()
+                .min_by_key(|(peer, request)| request.rank(peer))
+                .map(|(peer, _)| *peer)
+        };
+        if leader != self.leader {
+            self.leader = leader;
+            self.leader_since = now;
+            self.last_audio = None;
+            sh.events.push_back(FloorEvent::Holder {
+                channel: self.channel,
+                holder: leader,
+            });
+        }
+        let next = match (self.mine.request, mine) {
+            (Some(request), Some(slot)) => {
+                if leader == Some(sh.local) {
+                    let acked = self.arbiter.is_some()
+                        || self.all_acked(sh, self.request_rev)
+                        || now >= self.changed_at + sh.config.ack_timeout;
+                    if self.state == LocalFloor::Granted || acked {
+                        LocalFloor::Granted
+                    } else {
+                        LocalFloor::Pending
+                    }
+                } else if self.state == LocalFloor::Granted {
+                    match leader {
+                        Some(by) => {
+                            self.withdraw(sh, Withdrawal::Preempted(by), now);
+                            return;
+                        }
+                        // An arbiter that lost its ruling rebuilds it from our claim.
+                        None => LocalFloor::Granted,
+                    }
+                } else if self.arbiter.is_some() {
+                    self.decision
+                        .as_ref()
+                        .and_then(|d| d.queue.iter().position(|s| *s == slot))
+                        .map_or(LocalFloor::Pending, |i| LocalFloor::Queued(i + 1))
+                } else {
+                    let ahead = live
+                        .iter()
+                        .filter(|(peer, r)| r.rank(peer) < request.rank(&sh.local))
+                        .count();
+                    LocalFloor::Queued(ahead.max(1))
+                }
+            }
+            _ => match self.release_rev {
+                Some(rev)
+                    if !self.all_acked(sh, rev)
+                        && now < self.changed_at + sh.config.ack_timeout =>
+                {
+                    LocalFloor::Releasing
+                }
+                _ => {
+                    self.release_rev = None;
+                    LocalFloor::Idle
+                }
+            },
+        };
+        if next != self.state {
+            match next {
+                LocalFloor::Granted => {
+                    self.granted_at = Some(now);
+                    sh.events.push_back(FloorEvent::Granted {
+                        channel: self.channel,
+                    });
+                }
+                LocalFloor::Queued(position) => sh.events.push_back(FloorEvent::Queued {
+                    channel: self.channel,
+                    position,
+                }),
+                _ => {}
+            }
+            self.state = next;
+        }
+    }
+}

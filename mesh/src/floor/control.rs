@@ -1,0 +1,386 @@
+//! [`FloorControl`]: every half-duplex channel's floor for one member, fed by PTT, peers'
+//! messages and timers; it says what to send, what happened, and where we may transmit.
+
+use super::channel::{ChannelFloor, Withdrawal};
+use super::message::{FloorMessage, FloorRequest};
+use super::{FloorConfig, FloorError, FloorEvent, LocalFloor};
+use crate::charter::{ChannelId, CharterState, FloorMode, Permissions, Priority};
+use callsign_keys::IdentityKey;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
+
+/// What every channel's floor shares: who we are, who is linked, the clock, the outboxes.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) local: IdentityKey,
+    pub(crate) config: FloorConfig,
+    /// Linked members: who must acknowledge a request, who hears our claims.
+    pub(crate) participants: BTreeSet<IdentityKey>,
+    pub(crate) listening: BTreeSet<ChannelId>,
+    epoch: Instant,
+    epoch_unix_ms: u64,
+    /// The hybrid logical clock (ms): never behind the Unix clock or any stamp seen.
+    hlc: u64,
+    pub(crate) transmits: VecDeque<(IdentityKey, FloorMessage)>,
+    pub(crate) events: VecDeque<FloorEvent>,
+}
+
+impl Shared {
+    /// A fresh stamp, later than every stamp seen.
+    pub(crate) fn stamp(&mut self, now: Instant) -> u64 {
+        let unix = self.epoch_unix_ms + now.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.hlc = unix.max(self.hlc + 1);
+        self.hlc
+    }
+
+    pub(crate) fn observe(&mut self, stamp: u64) {
+        self.hlc = self.hlc.max(stamp);
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct FloorControl {
+    shared: Shared,
+    channels: BTreeMap<ChannelId, ChannelFloor>,
+}
+
+impl FloorControl {
+    /// Floor control for `local`; `unix_ms` is the Unix time at `now` (request stamps use it,
+    /// so presses on different nodes order by real time when clocks agree).
+    pub fn new(local: IdentityKey, config: FloorConfig, now: Instant, unix_ms: u64) -> Self {
+        Self {
+            shared: Shared {
+                local,
+                config,
+                participants: BTreeSet::new(),
+                listening: BTreeSet::new(),
+                epoch: now,
+                epoch_unix_ms: unix_ms,
+                hlc: 0,
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+            },
+            channels: BTreeMap::new(),
+        }
+    }
+
+    /// Follows the charter: a floor for each half-duplex channel; a channel that stops being
+    /// one (or goes away) releases what we held on it.
+    pub fn update_charter(&mut self, state: &CharterState, now: Instant) {
+        let half_duplex: BTreeSet<ChannelId> = state
+            .channels
+            .iter()
+            .filter(|(_, c)| c.policy.floor == FloorMode::HalfDuplex)
+            .map(|(id, _)| *id)
+            .collect();
+        let gone: Vec<ChannelId> = self
+            .channels
+            .keys()
+            .filter(|c| !half_duplex.contains(c))
+            .copied()
+            .collect();
+        for channel in gone {
+            if let Some(mut floor) = self.channels.remove(&channel) {
+                floor.withdraw(&mut self.shared, Withdrawal::Closed, now);
+            }
+        }
+        for channel in half_duplex {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.channels.entry(channel)
+            {
+                let floor = slot.insert(ChannelFloor::new(channel, now));
+                // Peers that learned of the channel first are waiting for our claim.
+                for peer in self.shared.participants.clone() {
+                    floor.send_claim(&mut self.shared, peer);
+                }
+            }
+        }
+        // Someone whose role lost the priority loses what it held.
+        let local = self.shared.local;
+        let lost: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(c, f)| {
+                f.mine()
+                    .request
+                    .is_some_and(|r| !Self::allowed(state, &local, **c, &r))
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for channel in lost {
+            if let Some(floor) = self.channels.get_mut(&channel) {
+                floor.withdraw(&mut self.shared, Withdrawal::Closed, now);
+            }
+        }
+    }
+
+    /// Whether `channel` has floor control (is half-duplex).
+    pub fn is_half_duplex(&self, channel: ChannelId) -> bool {
+        self.channels.contains_key(&channel)
+    }
+
+    /// Channels we listen to: we expect audio from their talkers, and a talker silent for
+    /// [`FloorConfig::silence_timeout`] loses the floor.
+    pub fn set_listening(&mut self, channels: &[ChannelId]) {
+        self.shared.listening = channels.iter().copied().collect();
+    }
+
+    /// Who arbitrates `channel` (`None`: the members by rule, as in mesh mode).
+    pub fn set_arbiter(&mut self, channel: ChannelId, arbiter: Option<IdentityKey>, now: Instant) {
+        if let Some(floor) = self.channels.get_mut(&channel) {
+            floor.set_arbiter(&mut self.shared, arbiter, now);
+        }
+    }
+
+    /// The arbiter `channel` uses now.
+    pub fn arbiter(&self, channel: ChannelId) -> Option<IdentityKey> {
+        self.channels.get(&channel)?.arbiter()
+    }
+
+    /// A member linked.
+    pub fn peer_up(&mut self, peer: IdentityKey) {
+        if peer == self.shared.local || !self.shared.participants.insert(peer) {
+            return;
+        }
+        for floor in self.channels.values_mut() {
+            floor.peer_up(&mut self.shared, peer);
+        }
+    }
+
+    /// A member's link went: its requests go.
+    pub fn peer_down(&mut self, peer: &IdentityKey, now: Instant) {
+        self.shared.participants.remove(peer);
+        for floor in self.channels.values_mut() {
+            floor.peer_down(&mut self.shared, peer, now);
+        }
+    }
+
+    fn allowed(state: &CharterState, peer: &IdentityKey, channel: ChannelId, r: &FloorRequest) -> bool {
+        let role = state.priority(peer);
+        let ceiling = if r.emergency {
+            Priority::EMERGENCY
+        } else {
+            role.min(Priority::HIGH)
+        };
+        state.may(peer, channel, Permissions::SPEAK)
+            && r.priority != Priority::NONE
+            && r.priority <= ceiling
+            && role >= r.priority
+            && (r.emergency == (r.priority == Priority::EMERGENCY))
+    }
+
+    /// PTT pressed on `channel` (a half-duplex one): request the floor at our role's priority
+    /// (capped at high: priority 4 is for emergencies), or, with `emergency`, raise one.
+    pub fn press(
+        &mut self,
+        state: &CharterState,
+        channel: ChannelId,
+        emergency: bool,
+        now: Instant,
+    ) -> Result<(), FloorError> {
+        let local = self.shared.local;
+        let Some(floor) = self.channels.get_mut(&channel) else {
+            return Err(FloorError::NotHalfDuplex(channel));
+        };
+        let role = state.priority(&local);
+        let priority = if emergency {
+            Priority::EMERGENCY
+        } else {
+            role.min(Priority::HIGH)
+        };
+        let request = FloorRequest {
+            priority,
+            stamp: 0,
+            emergency,
+        };
+        if !Self::allowed(state, &local, channel, &request) {
+            let reason = if emergency && role < Priority::EMERGENCY {
+                FloorError::NoEmergency
+            } else {
+                FloorError::NotAllowed
+            };
+            self.shared.events.push_back(FloorEvent::Denied {
+                channel,
+                reason: reason.to_string(),
+            });
+            return Err(reason);
+        }
+        // Pressing again while holding or waiting keeps the place we have.
+        if let Some(held) = floor.mine().request {
+            if held.priority >= priority {
+                return Ok(());
+            }
+        }
+        let request = FloorRequest {
+            stamp: self.shared.stamp(now),
+            ..request
+        };
+        floor.request(&mut self.shared, request, now);
+        Ok(())
+    }
+
+    /// PTT released: every request we hold goes.
+    pub fn release(&mut self, now: Instant) {
+        for floor in self.channels.values_mut() {
+            floor.withdraw(&mut self.shared, Withdrawal::Released, now);
+        }
+    }
+
+    /// Ends the emergency `raiser` raised on `channel`: our own, or anyone's if we are an admin.
+    pub fn clear_emergency(
+        &mut self,
+        state: &CharterState,
+        channel: ChannelId,
+        raiser: IdentityKey,
+        now: Instant,
+    ) -> Result<(), FloorError> {
+        let local = self.shared.local;
+        let floor = self
+            .channels
+            .get_mut(&channel)
+            .ok_or(FloorError::NotHalfDuplex(channel))?;
+        let raised = floor
+            .emergency_of(&self.shared, &raiser)
+            .ok_or(FloorError::NoSuchEmergency)?;
+        if raiser == local {
+            floor.clear_own_emergency(&mut self.shared, local, now);
+            return Ok(());
+        }
+        if !state.is_admin(&local) {
+            return Err(FloorError::NotAdmin);
+        }
+        floor.clear_emergency(&mut self.shared, raiser, raised, local, now);
+        for peer in self.shared.participants.clone() {
+            self.shared.transmits.push_back((
+                peer,
+                FloorMessage::ClearEmergency {
+                    channel,
+                    raiser,
+                    raised,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Audio from `peer` on `channels` (keeps a talker's hold alive).
+    pub fn audio_from(&mut self, peer: &IdentityKey, channels: &[ChannelId], now: Instant) {
+        for channel in channels {
+            if let Some(floor) = self.channels.get_mut(channel) {
+                floor.audio_from(peer, now);
+            }
+        }
+    }
+
+    /// A floor message from member `from` (the link authenticated it). Claims beyond the
+    /// sender's role, rulings from anyone but the arbiter and clears from non-admins are
+    /// refused.
+    pub fn handle_message(
+        &mut self,
+        state: &CharterState,
+        from: IdentityKey,
+        message: FloorMessage,
+        now: Instant,
+    ) -> Result<(), FloorError> {
+        let channel = message.channel();
+        let Some(floor) = self.channels.get_mut(&channel) else {
+            // Our charter may be behind: once it names the channel we send our claim, and
+            // the peer answers with its own.
+            return Err(FloorError::NotHalfDuplex(channel));
+        };
+        match message {
+            FloorMessage::Claim { claim, seen, .. } => {
+                if let Some(request) = &claim.request {
+                    if !Self::allowed(state, &from, channel, request) {
+                        return Err(FloorError::Unauthorised);
+                    }
+                }
+                if claim.emergency.is_some() && state.priority(&from) < Priority::EMERGENCY {
+                    return Err(FloorError::Unauthorised);
+                }
+                floor.receive_claim(&mut self.shared, from, claim, seen, now);
+            }
+            FloorMessage::Decision { decision, .. } => {
+                if floor.arbiter() != Some(from) {
+                    return Err(FloorError::Unauthorised);
+                }
+                floor.receive_decision(&mut self.shared, decision, now);
+            }
+            FloorMessage::ClearEmergency { raiser, raised, .. } => {
+                if from != raiser && !state.is_admin(&from) {
+                    return Err(FloorError::Unauthorised);
+                }
+                floor.clear_emergency(&mut self.shared, raiser, raised, from, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// When [`Self::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.channels
+            .values()
+            .filter_map(|f| f.poll_timeout(&self.shared))
+            .min()
+    }
+
+    /// Acknowledgement waits, talk-time limits and silent talkers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for floor in self.channels.values_mut() {
+            if floor.poll_timeout(&self.shared).is_some_and(|at| now >= at) {
+                floor.handle_timeout(&mut self.shared, now);
+            }
+        }
+    }
+
+    /// The next message to send, and to whom.
+    pub fn poll_transmit(&mut self) -> Option<(IdentityKey, FloorMessage)> {
+        self.shared.transmits.pop_front()
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<FloorEvent> {
+        self.shared.events.pop_front()
+    }
+
+    /// Whether we hold the floor on `channel` (open channels: always).
+    pub fn may_transmit(&self, channel: ChannelId) -> bool {
+        self.channels
+            .get(&channel)
+            .is_none_or(|f| f.state() == LocalFloor::Granted)
+    }
+
+    /// Our state on a half-duplex channel.
+    pub fn state(&self, channel: ChannelId) -> Option<LocalFloor> {
+        Some(self.channels.get(&channel)?.state())
+    }
+
+    /// Who holds the floor on `channel`, as far as we know.
+    pub fn holder(&self, channel: ChannelId) -> Option<IdentityKey> {
+        self.channels.get(&channel)?.leader()
+    }
+
+    /// Whether audio from `peer` on `channel` is in turn: an open channel, or `peer` holds the
+    /// floor.
+    pub fn may_be_heard(&self, peer: &IdentityKey, channel: ChannelId) -> bool {
+        self.channels
+            .get(&channel)
+            .is_none_or(|f| f.leader().as_ref() == Some(peer))
+    }
+
+    /// Members in emergency on `channel`.
+    pub fn emergencies(&self, channel: ChannelId) -> Vec<IdentityKey> {
+        let Some(floor) = self.channels.get(&channel) else {
+            return Vec::new();
+        };
+        let own = floor.mine().emergency.map(|_| self.shared.local);
+        own.into_iter().chain(floor.emergencies().copied()).collect()
+    }
+
+    /// Whether we raised an emergency on `channel` and have not cleared it.
+    pub fn own_emergency(&self, channel: ChannelId) -> bool {
+        self.channels
+            .get(&channel)
+            .is_some_and(|f| f.mine().emergency.is_some())
+    }
+}

@@ -1,0 +1,485 @@
+//! Floor control on a simulated network of sans-IO `FloorControl`s: every message goes through
+//! its wire form and arrives after a fixed one-way latency, in virtual time.
+
+use callsign_keys::{Identity, IdentityKey};
+use callsign_mesh::charter::{
+    ChannelId, ChannelPolicy, Charter, CharterState, FloorMode, OpBody, Permissions, Priority,
+    RelayInfo, Role,
+};
+use callsign_mesh::floor::{
+    arbiter_for, FloorConfig, FloorControl, FloorError, FloorEvent, FloorMessage, LocalFloor,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const A: usize = 0; // member, priority 2
+const B: usize = 1; // member, priority 2
+const C: usize = 2; // lead, priority 3
+const D: usize = 3; // chief, priority 4 (emergency)
+const ROOT: usize = 4; // admin
+const RELAY: usize = 5; // rented relay: a member without channel rights
+
+struct Net {
+    state: CharterState,
+    channel: ChannelId,
+    keys: Vec<IdentityKey>,
+    nodes: Vec<FloorControl>,
+    latency: Duration,
+    start: Instant,
+    now: Instant,
+    /// (arrival, sequence) → (from, to, wire bytes).
+    in_flight: BTreeMap<(Instant, u64), (usize, usize, Vec<u8>)>,
+    sent: u64,
+    cut: BTreeSet<usize>,
+    events: Vec<Vec<(Duration, FloorEvent)>>,
+}
+
+fn role(perms: Permissions, level: u8) -> Role {
+    Role {
+        perms,
+        priority: Priority::new(level).unwrap(),
+    }
+}
+
+impl Net {
+    fn new(latency_ms: u64, config: FloorConfig) -> Self {
+        let ids: Vec<Identity> = (0..6)
+            .map(|i| Identity::generate(&mut StdRng::seed_from_u64(100 + i)))
+            .collect();
+        let (mut c, _) = Charter::create(&ids[ROOT], "Net", 0).unwrap();
+        let all = Permissions::LISTEN.union(Permissions::SPEAK);
+        for (name, role) in [
+            ("member", role(all, 2)),
+            ("lead", role(all, 3)),
+            ("chief", role(all, 4)),
+            ("relay", role(Permissions::NONE, 0)),
+        ] {
+            c.edit(&ids[ROOT], OpBody::PutRole { name: name.into(), role }, 0)
+                .unwrap();
+        }
+        c.edit(
+            &ids[ROOT],
+            OpBody::AddChannel {
+                parent: None,
+                name: "net".into(),
+            },
+            0,
+        )
+        .unwrap();
+        let channel = c.state().find("/net").unwrap();
+        c.edit(
+            &ids[ROOT],
+            OpBody::SetChannelPolicy {
+                channel,
+                policy: ChannelPolicy {
+                    floor: FloorMode::HalfDuplex,
+                    ..ChannelPolicy::default()
+                },
+            },
+            0,
+        )
+        .unwrap();
+        for (i, role) in ["member", "member", "lead", "chief", "member", "relay"]
+            .iter()
+            .enumerate()
+        {
+            c.edit(
+                &ids[ROOT],
+                OpBody::PutMember {
+                    peer: ids[i].public(),
+                    name: format!("n{i}"),
+                    roles: vec![(*role).into()],
+                },
+                0,
+            )
+            .unwrap();
+        }
+        c.edit(
+            &ids[ROOT],
+            OpBody::PutRelay {
+                peer: ids[RELAY].public(),
+                info: RelayInfo {
+                    addrs: Vec::new(),
+                    capacity: 100,
+                },
+            },
+            0,
+        )
+        .unwrap();
+        let state = c.state().clone();
+        let start = Instant::now();
+        let keys: Vec<IdentityKey> = ids.iter().map(Identity::public).collect();
+        let mut nodes: Vec<FloorControl> = keys
+            .iter()
+            .map(|k| {
+                let mut f = FloorControl::new(*k, config.clone(), start, 1_700_000_000_000);
+                f.update_charter(&state, start);
+                f
+            })
+            .collect();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            for (j, k) in keys.iter().enumerate() {
+                if i != j {
+                    node.peer_up(*k);
+                }
+            }
+        }
+        let mut net = Self {
+            state,
+            channel,
+            keys,
+            nodes,
+            latency: Duration::from_millis(latency_ms),
+            start,
+            now: start,
+            in_flight: BTreeMap::new(),
+            sent: 0,
+            cut: BTreeSet::new(),
+            events: vec![Vec::new(); 6],
+        };
+        net.run_for(Duration::from_millis(latency_ms * 4));
+        net
+    }
+
+    fn index(&self, key: &IdentityKey) -> usize {
+        self.keys.iter().position(|k| k == key).unwrap()
+    }
+
+    fn collect(&mut self) {
+        for i in 0..self.nodes.len() {
+            while let Some((to, message)) = self.nodes[i].poll_transmit() {
+                let to = self.index(&to);
+                if self.cut.contains(&i) || self.cut.contains(&to) {
+                    continue;
+                }
+                self.sent += 1;
+                self.in_flight
+                    .insert((self.now + self.latency, self.sent), (i, to, message.encode()));
+            }
+            while let Some(event) = self.nodes[i].poll_event() {
+                self.events[i].push((self.now - self.start, event));
+            }
+        }
+    }
+
+    fn run_until(&mut self, until: Instant) {
+        loop {
+            self.collect();
+            let message = self.in_flight.keys().next().map(|(t, _)| *t);
+            let timer = self.nodes.iter().filter_map(FloorControl::poll_timeout).min();
+            let Some(next) = message.into_iter().chain(timer).min() else {
+                break;
+            };
+            if next > until {
+                break;
+            }
+            self.now = self.now.max(next);
+            while let Some(entry) = self.in_flight.first_entry() {
+                if entry.key().0 > self.now {
+                    break;
+                }
+                let (from, to, bytes) = entry.remove();
+                let message = FloorMessage::decode(&bytes).unwrap();
+                let from = self.keys[from];
+                let _ = self.nodes[to].handle_message(&self.state, from, message, self.now);
+            }
+            for node in &mut self.nodes {
+                node.handle_timeout(self.now);
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    fn press(&mut self, i: usize) -> Result<(), FloorError> {
+        let r = self.nodes[i].press(&self.state, self.channel, false, self.now);
+        self.collect();
+        r
+    }
+
+    fn emergency(&mut self, i: usize) -> Result<(), FloorError> {
+        let r = self.nodes[i].press(&self.state, self.channel, true, self.now);
+        self.collect();
+        r
+    }
+
+    fn release(&mut self, i: usize) {
+        self.nodes[i].release(self.now);
+        self.collect();
+    }
+
+    /// `i`'s links all drop (it crashed): everyone notices.
+    fn drop_node(&mut self, i: usize) {
+        self.cut.insert(i);
+        self.in_flight
+            .retain(|_, (from, to, _)| *from != i && *to != i);
+        for j in 0..self.nodes.len() {
+            if j != i {
+                let key = self.keys[i];
+                self.nodes[j].peer_down(&key, self.now);
+            }
+        }
+        self.collect();
+    }
+
+    fn set_arbiter(&mut self, arbiter: usize) {
+        let key = self.keys[arbiter];
+        assert_eq!(arbiter_for(&self.state, self.channel), Some(key));
+        for node in &mut self.nodes {
+            node.set_arbiter(self.channel, Some(key), self.now);
+        }
+        self.collect();
+    }
+
+    fn state(&self, i: usize) -> LocalFloor {
+        self.nodes[i].state(self.channel).unwrap()
+    }
+
+    /// Every live node agrees `holder` holds the floor, and only it may transmit.
+    fn assert_one_talker(&self, holder: usize) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.cut.contains(&i) {
+                continue;
+            }
+            assert_eq!(
+                node.holder(self.channel),
+                Some(self.keys[holder]),
+                "node {i}'s holder"
+            );
+            assert_eq!(node.may_transmit(self.channel), i == holder, "node {i}");
+        }
+    }
+
+    fn granted_at(&self, i: usize) -> Option<Duration> {
+        self.events[i]
+            .iter()
+            .rev()
+            .find(|(_, e)| matches!(e, FloorEvent::Granted { .. }))
+            .map(|(t, _)| *t)
+    }
+}
+
+fn crossing_presses(arbiter: bool) {
+    let mut net = Net::new(40, FloorConfig::default());
+    if arbiter {
+        net.set_arbiter(RELAY);
+        net.run_for(Duration::from_millis(200));
+    }
+    let pressed = net.now - net.start;
+    net.press(A).unwrap();
+    net.run_for(Duration::from_millis(5));
+    net.press(B).unwrap();
+    net.run_for(Duration::from_millis(300));
+    // In mesh mode the earlier press wins; the arbiter serves arrival order, and A's request
+    // (sent 5 ms earlier over the same latency) arrives first too.
+    net.assert_one_talker(A);
+    assert_eq!(net.state(B), LocalFloor::Queued(1));
+    let grant = net.granted_at(A).unwrap() - pressed;
+    assert!(grant <= Duration::from_millis(90), "press to grant {grant:?}");
+    // A releases: B, already acknowledged, takes over within a one-way trip.
+    net.release(A);
+    let released = net.now;
+    net.run_for(Duration::from_millis(300));
+    net.assert_one_talker(B);
+    let handover = net.start + net.granted_at(B).unwrap() - released;
+    assert!(handover <= Duration::from_millis(90), "handover {handover:?}");
+    net.release(B);
+    net.run_for(Duration::from_millis(300));
+    for (i, node) in net.nodes.iter().enumerate() {
+        assert_eq!(node.holder(net.channel), None, "node {i}");
+        assert_eq!(net.state(i), LocalFloor::Idle);
+    }
+}
+
+#[test]
+fn crossing_presses_end_with_one_talker_in_mesh_mode() {
+    crossing_presses(false);
+}
+
+#[test]
+fn crossing_presses_end_with_one_talker_with_an_arbiter() {
+    crossing_presses(true);
+}
+
+fn preemption_and_emergency(arbiter: bool) {
+    let mut net = Net::new(20, FloorConfig::default());
+    if arbiter {
+        net.set_arbiter(RELAY);
+        net.run_for(Duration::from_millis(100));
+    }
+    net.press(A).unwrap();
+    net.run_for(Duration::from_millis(200));
+    net.assert_one_talker(A);
+    // Priority 3 pre-empts priority 2; A is told by whom.
+    net.press(C).unwrap();
+    net.run_for(Duration::from_millis(200));
+    net.assert_one_talker(C);
+    assert!(net.events[A].iter().any(|(_, e)| *e
+        == FloorEvent::Preempted {
+            channel: net.channel,
+            by: net.keys[C]
+        }));
+    // Only a priority-4 role may raise an emergency.
+    assert_eq!(net.emergency(A), Err(FloorError::NoEmergency));
+    net.emergency(D).unwrap();
+    net.run_for(Duration::from_millis(200));
+    net.assert_one_talker(D);
+    for i in 0..6 {
+        assert!(
+            net.events[i].iter().any(|(_, e)| *e
+                == FloorEvent::EmergencyRaised {
+                    channel: net.channel,
+                    by: net.keys[D]
+                }),
+            "node {i} alerted"
+        );
+        assert_eq!(net.nodes[i].emergencies(net.channel), vec![net.keys[D]]);
+    }
+    // Nothing pre-empts an emergency: not priority 3, not the admin's own emergency.
+    net.press(C).unwrap();
+    net.emergency(ROOT).unwrap();
+    net.run_for(Duration::from_millis(200));
+    net.assert_one_talker(D);
+    assert_eq!(net.state(ROOT), LocalFloor::Queued(1));
+    assert_eq!(net.state(C), LocalFloor::Queued(2));
+    // The emergency talker releases: the admin's emergency is next; then the admin clears D's.
+    net.release(D);
+    net.run_for(Duration::from_millis(200));
+    net.assert_one_talker(ROOT);
+    net.nodes[ROOT]
+        .clear_emergency(&net.state, net.channel, net.keys[D], net.now)
+        .unwrap();
+    net.collect();
+    net.run_for(Duration::from_millis(200));
+    for i in 0..6 {
+        assert_eq!(net.nodes[i].emergencies(net.channel), vec![net.keys[ROOT]]);
+    }
+    assert_eq!(
+        net.nodes[A].clear_emergency(&net.state, net.channel, net.keys[ROOT], net.now),
+        Err(FloorError::NotAdmin)
+    );
+    net.release(ROOT);
+    net.run_for(Duration::from_millis(200));
+    net.assert_one_talker(C);
+}
+
+#[test]
+fn priority_preempts_and_emergency_is_never_preempted_in_mesh_mode() {
+    preemption_and_emergency(false);
+}
+
+#[test]
+fn priority_preempts_and_emergency_is_never_preempted_with_an_arbiter() {
+    preemption_and_emergency(true);
+}
+
+fn holder_lost(arbiter: bool) {
+    let mut net = Net::new(20, FloorConfig::default());
+    if arbiter {
+        net.set_arbiter(RELAY);
+        net.run_for(Duration::from_millis(100));
+    }
+    net.press(A).unwrap();
+    net.run_for(Duration::from_millis(100));
+    net.press(B).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.state(B), LocalFloor::Queued(1));
+    net.drop_node(A);
+    net.run_for(Duration::from_millis(100));
+    net.assert_one_talker(B);
+}
+
+#[test]
+fn a_lost_holder_frees_the_floor_for_the_queue_in_mesh_mode() {
+    holder_lost(false);
+}
+
+#[test]
+fn a_lost_holder_frees_the_floor_for_the_queue_with_an_arbiter() {
+    holder_lost(true);
+}
+
+#[test]
+fn a_silent_holder_loses_the_floor_for_listeners() {
+    let mut net = Net::new(20, FloorConfig::default());
+    net.nodes[B].set_listening(&[net.channel]);
+    net.press(A).unwrap();
+    net.run_for(Duration::from_millis(1000));
+    let key = net.keys[A];
+    net.nodes[B].audio_from(&key, &[net.channel], net.now);
+    net.run_for(Duration::from_millis(2500));
+    assert_eq!(net.nodes[B].holder(net.channel), Some(key), "audio kept it");
+    net.run_for(Duration::from_millis(1000));
+    assert_eq!(net.nodes[B].holder(net.channel), None, "3 s of silence");
+    // Members that do not listen rely on the link.
+    assert_eq!(net.nodes[C].holder(net.channel), Some(key));
+}
+
+#[test]
+fn talk_time_is_limited_per_priority() {
+    let mut config = FloorConfig::default();
+    config.max_talk[2] = Some(Duration::from_secs(2));
+    let mut net = Net::new(20, config);
+    net.press(A).unwrap();
+    net.run_for(Duration::from_millis(100));
+    net.press(B).unwrap();
+    net.run_for(Duration::from_millis(2500));
+    assert!(net.events[A]
+        .iter()
+        .any(|(_, e)| matches!(e, FloorEvent::Revoked { .. })));
+    net.assert_one_talker(B);
+}
+
+#[test]
+fn claims_beyond_the_role_and_foreign_rulings_are_refused() {
+    let mut net = Net::new(20, FloorConfig::default());
+    let channel = net.channel;
+    let forged = FloorMessage::Claim {
+        channel,
+        claim: callsign_mesh::floor::Claim {
+            rev: 1,
+            request: Some(callsign_mesh::floor::FloorRequest {
+                priority: Priority::HIGH,
+                stamp: 1,
+                emergency: false,
+            }),
+            emergency: None,
+        },
+        seen: None,
+    };
+    let (a, relay) = (net.keys[A], net.keys[RELAY]);
+    let now = net.now;
+    assert_eq!(
+        net.nodes[B].handle_message(&net.state, a, forged.clone(), now),
+        Err(FloorError::Unauthorised)
+    );
+    // The relay has no speak right at all.
+    assert_eq!(
+        net.nodes[B].handle_message(&net.state, relay, forged, now),
+        Err(FloorError::Unauthorised)
+    );
+    let ruling = FloorMessage::Decision {
+        channel,
+        decision: callsign_mesh::floor::Decision::default(),
+    };
+    assert_eq!(
+        net.nodes[B].handle_message(&net.state, a, ruling, now),
+        Err(FloorError::Unauthorised)
+    );
+    let clear = FloorMessage::ClearEmergency {
+        channel,
+        raiser: net.keys[D],
+        raised: 1,
+    };
+    assert_eq!(
+        net.nodes[B].handle_message(&net.state, a, clear, now),
+        Err(FloorError::Unauthorised)
+    );
+    assert_eq!(net.nodes[B].holder(channel), None);
+    net.run_for(Duration::from_millis(100));
+}
