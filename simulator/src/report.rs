@@ -2,7 +2,7 @@
 
 use crate::network::NetworkCounts;
 use crate::run::{Org, TraceLine};
-use crate::scenario::Scenario;
+use crate::scenario::{Action, FloorSpec, Scenario};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::ChannelId;
 use callsign_mesh::voice::DropCounts;
@@ -63,6 +63,33 @@ pub struct CharterReport {
     pub ops: usize,
 }
 
+/// One press (PTT or emergency) on a half-duplex channel, as its presser saw it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FloorPress {
+    pub node: String,
+    pub channel: String,
+    pub pressed_ms: u64,
+    /// Waited in the queue before the grant (its grant time measures the wait, not the
+    /// protocol).
+    pub queued: bool,
+    /// Press to floor granted.
+    pub grant_ms: Option<u64>,
+    /// Press to the first frame sent on it.
+    pub first_frame_ms: Option<u64>,
+}
+
+/// Floor control over the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FloorReport {
+    pub presses: Vec<FloorPress>,
+    /// Press → grant over presses granted without queueing.
+    pub grant_ms: Option<LatencyReport>,
+    /// Press → first frame sent, same presses.
+    pub first_frame_ms: Option<LatencyReport>,
+    /// Frames receivers dropped because their sender did not hold the floor.
+    pub drops: u64,
+}
+
 /// See the module documentation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -74,6 +101,7 @@ pub struct Report {
     pub channels: Vec<ChannelStats>,
     pub paths: Vec<PathReport>,
     pub charter: CharterReport,
+    pub floor: FloorReport,
     /// Receive-side drops over all nodes, by reason.
     pub drops: DropCounts,
     /// What the simulated network did to datagrams. Diagnostic, outside the trace hash: it
@@ -100,6 +128,45 @@ impl Report {
         self.paths
             .iter()
             .find(|p| (p.a == a && p.b == b) || (p.a == b && p.b == a))
+    }
+
+    /// The last trace line of `node` at or before `at_ms` that starts with `prefix`, without
+    /// the prefix.
+    pub fn last_line(&self, node: &str, prefix: &str, at_ms: u64) -> Option<&str> {
+        self.trace
+            .iter()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                let t: u64 = parts.next()?.parse().ok()?;
+                let n = parts.next()?;
+                let rest = parts.next()?.strip_prefix(prefix)?;
+                (n == node && t <= at_ms).then_some(rest)
+            })
+            .last()
+    }
+
+    /// Who `node` believed held the floor on `channel` at `at_ms` (`None`: free or unknown).
+    pub fn floor_holder(&self, node: &str, channel: &str, at_ms: u64) -> Option<&str> {
+        let holder = self.last_line(node, &format!("floor-holder {channel} "), at_ms)?;
+        (holder != "none").then_some(holder)
+    }
+
+    /// `node`'s last own floor event on `channel` at `at_ms`: `granted`, `queued <n>`,
+    /// `preempted <by>`, `released`, `revoked` or `denied`.
+    pub fn floor_state(&self, node: &str, channel: &str, at_ms: u64) -> Option<String> {
+        self.trace
+            .iter()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                let t: u64 = parts.next()?.parse().ok()?;
+                let n = parts.next()?;
+                let event = parts.next()?.strip_prefix("floor-")?;
+                let (kind, rest) = event.split_once(' ')?;
+                let (ch, args) = rest.split_once(' ').unwrap_or((rest, ""));
+                (n == node && t <= at_ms && ch == channel && kind != "holder")
+                    .then(|| format!("{kind} {args}").trim().to_string())
+            })
+            .last()
     }
 
     pub fn stream(&self, from: &str, to: &str, channel: &str) -> Option<&StreamReport> {
@@ -226,6 +293,10 @@ pub(crate) fn build(
         ));
     }
     let per_channel = channel_stats(&streams);
+    let floor = FloorReport {
+        drops: stats.values().map(|s| s.floor_drops).sum(),
+        ..floor_report(scenario, trace)
+    };
     Report {
         scenario: scenario.name.clone(),
         seed,
@@ -238,6 +309,7 @@ pub(crate) fn build(
             convergence_ms: if converged { convergence_ms } else { None },
             ops: stats.values().map(|s| s.charter_ops).max().unwrap_or(0),
         },
+        floor,
         drops,
         network,
         trace_lines: trace.len(),
@@ -280,4 +352,84 @@ fn first_audio(
         .rev()
         .find(|(t, n, line)| *n == speaker && t <= heard && line.starts_with("transmit "))?;
     Some((*heard - *started).as_millis() as u64)
+}
+
+/// p50/p95/p99 of samples in ms.
+fn percentiles(mut samples: Vec<u64>) -> Option<LatencyReport> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64;
+    Some(LatencyReport {
+        p50: at(0.5),
+        p95: at(0.95),
+        p99: at(0.99),
+    })
+}
+
+/// Every press on a half-duplex channel, matched with its presser's floor events.
+fn floor_report(scenario: &Scenario, trace: &[TraceLine]) -> FloorReport {
+    let half_duplex: BTreeSet<&str> = scenario
+        .channels
+        .iter()
+        .filter(|c| c.floor == FloorSpec::HalfDuplex)
+        .map(|c| c.name.as_str())
+        .collect();
+    let mut presses = Vec::new();
+    for event in &scenario.events {
+        let (node, channels, duration_s) = match &event.action {
+            Action::Ptt {
+                node,
+                channels,
+                duration_s,
+            } => (node, channels.clone(), *duration_s),
+            Action::Emergency {
+                node,
+                channel,
+                duration_s,
+            } => (node, vec![channel.clone()], *duration_s),
+            _ => continue,
+        };
+        let Some(index) = scenario.nodes.iter().position(|n| &n.name == node) else {
+            continue;
+        };
+        let from = Duration::from_secs_f64(event.at_s);
+        let until = Duration::from_secs_f64(event.at_s + duration_s);
+        let lines = || {
+            trace
+                .iter()
+                .filter(move |(t, n, _)| *n == index && *t >= from && *t <= until)
+        };
+        for channel in channels.iter().filter(|c| half_duplex.contains(c.as_str())) {
+            let granted = lines()
+                .find(|(_, _, l)| *l == format!("floor-granted {channel}"))
+                .map(|(t, _, _)| *t);
+            let queued = lines().any(|(t, _, l)| {
+                l.starts_with(&format!("floor-queued {channel} "))
+                    && granted.is_none_or(|g| *t <= g)
+            });
+            let first_frame = granted.and_then(|g| {
+                lines()
+                    .find(|(t, _, l)| *t >= g && l.starts_with("transmit "))
+                    .map(|(t, _, _)| *t)
+            });
+            let ms = |t: Duration| (t - from).as_millis() as u64;
+            presses.push(FloorPress {
+                node: node.clone(),
+                channel: channel.clone(),
+                pressed_ms: from.as_millis() as u64,
+                queued,
+                grant_ms: granted.map(ms),
+                first_frame_ms: first_frame.map(ms),
+            });
+        }
+    }
+    let direct = || presses.iter().filter(|p| !p.queued);
+    FloorReport {
+        grant_ms: percentiles(direct().filter_map(|p| p.grant_ms).collect()),
+        first_frame_ms: percentiles(direct().filter_map(|p| p.first_frame_ms).collect()),
+        presses,
+        drops: 0,
+    }
 }

@@ -3,9 +3,13 @@
 
 use crate::network::SimNetwork;
 use crate::report::Report;
-use crate::scenario::{Action, Scenario};
+use crate::scenario::{Action, FloorSpec, Scenario};
 use callsign_keys::{Identity, IdentityKey, NodeKeys};
-use callsign_mesh::charter::{ChannelId, Charter, EditError, OpBody, Permissions, Priority, Role};
+use callsign_mesh::charter::{
+    ChannelId, ChannelPolicy, Charter, EditError, FloorMode, OpBody, Permissions, Priority,
+    RelayInfo, Role,
+};
+use callsign_mesh::floor::FloorEvent;
 use callsign_node::link::LinkSocket;
 use callsign_node::runtime::{AudioInput, NodeStats};
 use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
@@ -52,7 +56,11 @@ fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError> {
                 name: (*role).into(),
                 role: Role {
                     perms: Permissions::NONE,
-                    priority: Priority::NORMAL,
+                    priority: scenario
+                        .priorities
+                        .get(*role)
+                        .and_then(|l| Priority::new(*l))
+                        .unwrap_or(Priority::NORMAL),
                 },
             },
             0,
@@ -73,6 +81,19 @@ fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError> {
             .find(&format!("/{}", spec.name))
             .ok_or_else(|| EditError::Rejected(format!("channel {} missing", spec.name)))?;
         channels.insert(spec.name.clone(), id);
+        if spec.floor == FloorSpec::HalfDuplex {
+            charter.edit(
+                &root,
+                OpBody::SetChannelPolicy {
+                    channel: id,
+                    policy: ChannelPolicy {
+                        floor: FloorMode::HalfDuplex,
+                        ..ChannelPolicy::default()
+                    },
+                },
+                0,
+            )?;
+        }
         let speak = Permissions::LISTEN
             .union(Permissions::SPEAK)
             .union(Permissions::WHISPER);
@@ -110,6 +131,19 @@ fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError> {
                 &root,
                 OpBody::GrantAdmin {
                     peer: k.identity.public(),
+                },
+                0,
+            )?;
+        }
+        if spec.rented_relay {
+            charter.edit(
+                &root,
+                OpBody::PutRelay {
+                    peer: k.identity.public(),
+                    info: RelayInfo {
+                        addrs: Vec::new(),
+                        capacity: 1000,
+                    },
                 },
                 0,
             )?;
@@ -184,6 +218,7 @@ fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
     acc.drops.add(&next.drops);
     acc.ptt_denied += next.ptt_denied;
     acc.frames_encoded += next.frames_encoded;
+    acc.floor_drops += next.floor_drops;
     acc.charter_hash = next.charter_hash;
     acc.charter_ops = next.charter_ops;
     acc.peers = next.peers;
@@ -246,6 +281,32 @@ fn script(
                     peer: names[member],
                 }),
             )),
+            Action::Emergency {
+                node,
+                channel,
+                duration_s,
+            } if node == me => {
+                let id = org.channels[channel];
+                out.push((at(event.at_s), NodeCommand::Emergency(id)));
+                out.push((at(event.at_s + duration_s), NodeCommand::PttUp));
+            }
+            Action::ClearEmergency {
+                node,
+                channel,
+                raiser,
+            } if node == me => out.push((
+                at(event.at_s),
+                NodeCommand::ClearEmergency {
+                    channel: org.channels[channel],
+                    raiser: names[raiser],
+                },
+            )),
+            Action::Listen { node, channel } if node == me => {
+                out.push((at(event.at_s), NodeCommand::Listen(org.channels[channel])))
+            }
+            Action::Unlisten { node, channel } if node == me => {
+                out.push((at(event.at_s), NodeCommand::Unlisten(org.channels[channel])))
+            }
             _ => {}
         }
     }
@@ -254,8 +315,13 @@ fn script(
     out
 }
 
-fn describe(event: &NodeEvent, names: &BTreeMap<IdentityKey, String>) -> Option<String> {
+fn describe(
+    event: &NodeEvent,
+    names: &BTreeMap<IdentityKey, String>,
+    channels: &BTreeMap<ChannelId, String>,
+) -> Option<String> {
     let name = |k: &IdentityKey| names.get(k).cloned().unwrap_or_else(|| "?".into());
+    let ch = |c: &ChannelId| channels.get(c).cloned().unwrap_or_else(|| c.to_string());
     let peer_name = |p: &libp2p::PeerId| {
         names
             .iter()
@@ -285,6 +351,38 @@ fn describe(event: &NodeEvent, names: &BTreeMap<IdentityKey, String>) -> Option<
         NodeEvent::TransmitStopped => "transmit-stop".into(),
         NodeEvent::PttDenied { channels, .. } => format!("ptt-denied {}", channels.len()),
         NodeEvent::CharterChanged { ops } => format!("charter {ops}"),
+        NodeEvent::Floor(event) => match event {
+            FloorEvent::Granted { channel } => format!("floor-granted {}", ch(channel)),
+            FloorEvent::Denied { channel, .. } => format!("floor-denied {}", ch(channel)),
+            FloorEvent::Queued { channel, position } => {
+                format!("floor-queued {} {position}", ch(channel))
+            }
+            FloorEvent::Preempted { channel, by } => {
+                format!("floor-preempted {} {}", ch(channel), name(by))
+            }
+            FloorEvent::Revoked { channel } => format!("floor-revoked {}", ch(channel)),
+            FloorEvent::Released { channel } => format!("floor-released {}", ch(channel)),
+            FloorEvent::Holder { channel, holder } => format!(
+                "floor-holder {} {}",
+                ch(channel),
+                holder.as_ref().map_or("none".to_string(), &name)
+            ),
+            FloorEvent::EmergencyRaised { channel, by } => {
+                format!("emergency {} {}", ch(channel), name(by))
+            }
+            FloorEvent::EmergencyCleared {
+                channel,
+                raiser,
+                by,
+            } => {
+                format!(
+                    "emergency-clear {} {} {}",
+                    ch(channel),
+                    name(raiser),
+                    name(by)
+                )
+            }
+        },
         NodeEvent::Warning(_) | NodeEvent::VoiceSent { .. } => return None,
     })
 }
@@ -339,6 +437,8 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
             .collect();
         let lifecycle = lifecycle(scenario, &spec.name);
         let (name, nat, relay, by_key) = (spec.name.clone(), spec.nat, spec.relay, by_key.clone());
+        let channel_names: BTreeMap<ChannelId, String> =
+            org.channels.iter().map(|(n, c)| (*c, n.clone())).collect();
         let uplink_kbps = spec.uplink_kbps;
         let node_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(index as u64);
         sim.client(spec.name.as_str(), async move {
@@ -406,7 +506,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
                         biased;
                         event = node.next_event() => {
                             let Some(event) = event else { break };
-                            if let Some(line) = describe(&event, &by_key) {
+                            if let Some(line) = describe(&event, &by_key, &channel_names) {
                                 shared.trace.lock().unwrap_or_else(|e| e.into_inner())
                                     .push((sim_now(), index, line));
                             }

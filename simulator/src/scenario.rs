@@ -92,6 +92,18 @@ pub struct ChannelSpec {
     pub speak: Vec<String>,
     #[serde(default)]
     pub listen: Vec<String>,
+    /// `open` (anyone talks) or `half-duplex` (floor control).
+    #[serde(default)]
+    pub floor: FloorSpec,
+}
+
+/// A channel's floor mode.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FloorSpec {
+    #[default]
+    Open,
+    HalfDuplex,
 }
 
 /// NAT behaviour in front of a node (RFC 4787 filtering).
@@ -125,6 +137,10 @@ pub struct NodeSpec {
     /// 200 ms queue: a home connection's upload.
     #[serde(default)]
     pub uplink_kbps: f64,
+    /// The org rents this node as a relay (charter `PutRelay`): it arbitrates the floor of
+    /// half-duplex channels. Give it a role without channel rights and it holds no audio key.
+    #[serde(default)]
+    pub rented_relay: bool,
 }
 
 /// Something that happens at `at_s` seconds.
@@ -189,6 +205,27 @@ pub enum Action {
         node: String,
         member: String,
     },
+    /// `node` raises an emergency on a half-duplex `channel` and transmits for `duration_s`.
+    Emergency {
+        node: String,
+        channel: String,
+        duration_s: f64,
+    },
+    /// `node` clears the emergency `raiser` raised on `channel`.
+    ClearEmergency {
+        node: String,
+        channel: String,
+        raiser: String,
+    },
+    /// `node` starts (or stops) listening to `channel`.
+    Listen {
+        node: String,
+        channel: String,
+    },
+    Unlisten {
+        node: String,
+        channel: String,
+    },
 }
 
 /// A whole scenario file.
@@ -208,6 +245,9 @@ pub struct Scenario {
     pub channels: Vec<ChannelSpec>,
     #[serde(rename = "node")]
     pub nodes: Vec<NodeSpec>,
+    /// Floor priority (0 to 4) per role name [default: 2].
+    #[serde(default)]
+    pub priorities: std::collections::BTreeMap<String, u8>,
     #[serde(default, rename = "event")]
     pub events: Vec<EventSpec>,
 }
@@ -287,6 +327,9 @@ impl Scenario {
                 Err(ScenarioError::Invalid(format!("unknown channel {c:?}")))
             }
         };
+        if let Some((role, level)) = self.priorities.iter().find(|(_, l)| **l > 4) {
+            return invalid(format!("role {role:?}: priority {level} is above 4"));
+        }
         check_model(&self.link, "link")?;
         for pair in &self.pairs {
             node(&pair.a)?;
@@ -343,6 +386,37 @@ impl Scenario {
                 Action::RemoveMember { node: n, member } => {
                     node(n)?;
                     node(member)?;
+                }
+                Action::Emergency {
+                    node: n,
+                    channel: c,
+                    duration_s,
+                } => {
+                    node(n)?;
+                    channel(c)?;
+                    if duration_s.is_nan() || *duration_s <= 0.0 {
+                        return invalid("emergency duration_s must be positive".into());
+                    }
+                }
+                Action::ClearEmergency {
+                    node: n,
+                    channel: c,
+                    raiser,
+                } => {
+                    node(n)?;
+                    node(raiser)?;
+                    channel(c)?;
+                }
+                Action::Listen {
+                    node: n,
+                    channel: c,
+                }
+                | Action::Unlisten {
+                    node: n,
+                    channel: c,
+                } => {
+                    node(n)?;
+                    channel(c)?;
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! `callsign demo`: N nodes in this process on 127.0.0.1 with real QUIC sockets, one demo org,
-//! a scripted PTT session over synthetic speech (simulcast, a whisper, a refused transmission),
-//! and a report of every stream.
+//! a scripted PTT session over synthetic speech (simulcast, a whisper, a refused transmission,
+//! a pre-emption on the half-duplex `/net`), and a report of every stream and the floor.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::Permissions;
+use callsign_mesh::floor::FloorEvent;
 use callsign_node::runtime::demo_org::DemoOrg;
-use callsign_node::runtime::{AudioInput, NodeStats, StreamChannel};
+use callsign_node::runtime::{describe_floor, AudioInput, NodeStats, StreamChannel};
 use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
 use clap::Args;
 use serde::Serialize;
@@ -69,6 +70,10 @@ struct Report {
     unauthorised_frames: u64,
     /// CPU time of the whole process over the session, per node, as a percentage of one core.
     cpu_per_node_pct: f64,
+    /// Floor control on the half-duplex channel, as each node saw it.
+    floor: Vec<String>,
+    /// Frames dropped at receivers because their sender did not hold the floor.
+    out_of_turn_drops: u64,
 }
 
 /// One scripted action at an offset into the session.
@@ -122,6 +127,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
             report.unauthorised_frames,
             report.cpu_per_node_pct
         );
+        for line in &report.floor {
+            println!("floor: {line}");
+        }
+        println!("frames dropped out of turn: {}", report.out_of_turn_drops);
     }
     Ok(())
 }
@@ -129,7 +138,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 fn script(nodes: usize, seconds: f64) -> Vec<(f64, Action)> {
     let at = |fraction: f64| fraction * seconds;
     // Indices: 0 officer (root), 1 pilot, 2 recruit, then pilot, recruit, officer, …
-    let (command, flight) = (0, 1);
+    let (command, flight, net) = (0, 1, 2);
     let mut plan = vec![
         (at(0.08), Action::Ptt(0, vec![command, flight], at(0.24))),
         (at(0.40), Action::Ptt(1, vec![flight], at(0.18))),
@@ -140,6 +149,9 @@ fn script(nodes: usize, seconds: f64) -> Vec<(f64, Action)> {
     } else {
         plan.push((at(0.64), Action::Whisper(1, 0, at(0.14))));
     }
+    // The half-duplex net: a pilot talks, then the officer (higher priority) cuts in.
+    plan.push((at(0.84), Action::Ptt(1, vec![net], at(0.1))));
+    plan.push((at(0.87), Action::Ptt(0, vec![net], at(0.05))));
     for i in 3..nodes {
         let start = 0.08 + 0.7 * (i - 3) as f64 / (nodes - 2) as f64;
         plan.push((at(start), Action::Ptt(i, vec![flight], at(0.1))));
@@ -150,7 +162,7 @@ fn script(nodes: usize, seconds: f64) -> Vec<(f64, Action)> {
 
 async fn session(args: &DemoArgs) -> Result<Report> {
     let org = DemoOrg::new(args.nodes, args.seed).context("building the demo org")?;
-    let channels = [org.command, org.flight];
+    let channels = [org.command, org.flight, org.net];
     let epoch = Instant::now();
     let mut nodes: Vec<Node> = Vec::new();
     for (i, member) in org.members.iter().enumerate() {
@@ -211,11 +223,31 @@ async fn session(args: &DemoArgs) -> Result<Report> {
     let wall = wall_start.elapsed();
     let cpu = process_cpu().saturating_sub(cpu_start);
 
+    let names: BTreeMap<IdentityKey, String> = org
+        .members
+        .iter()
+        .map(|m| (m.keys.identity.public(), m.name.clone()))
+        .collect();
+    let name = |k: &IdentityKey| names.get(k).cloned().unwrap_or_else(|| k.to_string());
+    let mut floor = Vec::new();
     let mut stats = Vec::new();
-    for node in nodes {
+    for (i, mut node) in nodes.into_iter().enumerate() {
+        while let Some(event) = node.try_event() {
+            let NodeEvent::Floor(event) = event else {
+                continue;
+            };
+            // Every node reports the holder; the talkers' own events tell the story.
+            if matches!(event, FloorEvent::Holder { .. }) && i != 0 {
+                continue;
+            }
+            let line = describe_floor(&event, name, |c| org.channel_name(*c));
+            floor.push(format!("{}: {line}", org.members[i].name));
+        }
         stats.push((node.identity(), node.shutdown().await?));
     }
-    Ok(report(&org, &stats, cpu, wall))
+    let mut report = report(&org, &stats, cpu, wall);
+    report.floor = floor;
+    Ok(report)
 }
 
 async fn wait_until(start: Instant, at: f64, releases: &mut Vec<(f64, usize)>, nodes: &[Node]) {
@@ -306,6 +338,8 @@ fn report(
         cpu_per_node_pct: 100.0 * cpu.as_secs_f64()
             / wall.as_secs_f64().max(1e-9)
             / stats.len().max(1) as f64,
+        floor: Vec::new(),
+        out_of_turn_drops: stats.iter().map(|(_, s)| s.floor_drops).sum(),
     }
 }
 

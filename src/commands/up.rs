@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
 use callsign_node::audio::wav::read_wav;
-use callsign_node::runtime::AudioInput;
+use callsign_node::runtime::{describe_floor, AudioInput};
 use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
 use clap::Args;
 use libp2p::Multiaddr;
@@ -332,6 +332,16 @@ async fn serve(
                         Some(format!("ptt-denied {}: {reason}", paths(&channels)))
                     }
                     NodeEvent::CharterChanged { ops } => Some(format!("charter +{ops} ops")),
+                    NodeEvent::Floor(floor) => Some(describe_floor(
+                        &floor,
+                        |k| {
+                            state
+                                .members
+                                .get(k)
+                                .map_or_else(|| k.to_string(), |m| m.name.clone())
+                        },
+                        path,
+                    )),
                     NodeEvent::Warning(w) => Some(format!("warning {w}")),
                     NodeEvent::VoiceSent { .. } => None,
                 };

@@ -22,7 +22,10 @@ impl Arbitration {
     /// Brings the ruling up to date with the live requests; true if it changed. New requests
     /// (several only when the arbiter starts with a backlog) enter in rank order.
     pub(crate) fn update(&mut self, live: &[(IdentityKey, FloorRequest)]) -> bool {
-        let is_live = |slot: &Slot| live.iter().any(|(p, r)| *p == slot.peer && r.stamp == slot.stamp);
+        let is_live = |slot: &Slot| {
+            live.iter()
+                .any(|(p, r)| *p == slot.peer && r.stamp == slot.stamp)
+        };
         let before = (self.holder, self.queue.clone());
         if self.holder.is_some_and(|(slot, _)| !is_live(&slot)) {
             self.holder = None;
@@ -135,6 +138,12 @@ mod tests {
         assert_eq!(holder(&arb), Some(c));
         live.clear();
         arb.update(&live);
-        assert_eq!(arb.decision(3), Decision { rev: 3, ..Decision::default() });
+        assert_eq!(
+            arb.decision(3),
+            Decision {
+                rev: 3,
+                ..Decision::default()
+            }
+        );
     }
 }

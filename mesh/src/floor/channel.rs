@@ -52,8 +52,14 @@ pub(crate) struct ChannelFloor {
     arbitration: Option<Arbitration>,
     state: LocalFloor,
     leader: Option<IdentityKey>,
+    /// The holder before `leader`: its closing frame may still be on the way.
+    previous: Option<IdentityKey>,
     leader_since: Instant,
-    last_audio: Option<Instant>,
+    /// When the holder was last heard: audio, or a claim (a holder repeats its claim every
+    /// [`FloorConfig::heartbeat`](super::FloorConfig::heartbeat) so that members who hear no
+    /// audio, such as an arbiter, can tell it is alive).
+    last_heard: Option<Instant>,
+    next_heartbeat: Option<Instant>,
 }
 
 impl ChannelFloor {
@@ -75,8 +81,10 @@ impl ChannelFloor {
             arbitration: None,
             state: LocalFloor::Idle,
             leader: None,
+            previous: None,
             leader_since: now,
-            last_audio: None,
+            last_heard: None,
+            next_heartbeat: None,
         }
     }
 
@@ -86,6 +94,10 @@ impl ChannelFloor {
 
     pub(crate) fn leader(&self) -> Option<IdentityKey> {
         self.leader
+    }
+
+    pub(crate) fn previous(&self) -> Option<IdentityKey> {
+        self.previous
     }
 
     pub(crate) fn emergencies(&self) -> impl Iterator<Item = &IdentityKey> {
@@ -251,6 +263,7 @@ impl ChannelFloor {
             let acked = self.seen_by.entry(from).or_default();
             *acked = (*acked).max(seen);
         }
+        self.heard_from(&from, now);
         let newer = self.claims.get(&from).is_none_or(|c| claim.rev > c.rev);
         if newer {
             if let Some(request) = claim.request {
@@ -284,7 +297,11 @@ impl ChannelFloor {
 
     /// A ruling from the channel's arbiter (checked by the caller).
     pub(crate) fn receive_decision(&mut self, sh: &mut Shared, decision: Decision, now: Instant) {
-        if self.decision.as_ref().is_some_and(|d| d.rev >= decision.rev) {
+        if self
+            .decision
+            .as_ref()
+            .is_some_and(|d| d.rev >= decision.rev)
+        {
             return;
         }
         sh.observe(decision.rev);
@@ -308,10 +325,10 @@ impl ChannelFloor {
         self.refresh(sh, now);
     }
 
-    /// Audio from `peer` on this channel.
-    pub(crate) fn audio_from(&mut self, peer: &IdentityKey, now: Instant) {
+    /// Audio or a claim from `peer`: a holder is alive.
+    pub(crate) fn heard_from(&mut self, peer: &IdentityKey, now: Instant) {
         if self.leader.as_ref() == Some(peer) {
-            self.last_audio = Some(now);
+            self.last_heard = Some(now);
         }
     }
 
@@ -335,13 +352,17 @@ impl ChannelFloor {
             .all(|p| self.seen_by.get(p).is_some_and(|seen| *seen >= rev))
     }
 
+    /// When the holder, unheard, loses the floor. Members apply it by rule; under an arbiter,
+    /// the arbiter alone does.
     fn silence_deadline(&self, sh: &Shared) -> Option<Instant> {
         let leader = self.leader?;
-        if leader == sh.local || self.arbiter.is_some() || !sh.listening.contains(&self.channel)
-        {
+        if leader == sh.local || self.arbiter.is_some_and(|a| a != sh.local) {
             return None;
         }
-        let since = self.last_audio.unwrap_or(self.leader_since).max(self.leader_since);
+        let since = self
+            .last_heard
+            .unwrap_or(self.leader_since)
+            .max(self.leader_since);
         Some(since + sh.config.silence_timeout)
     }
 
@@ -360,13 +381,20 @@ impl ChannelFloor {
             }
             _ => None,
         };
-        [ack, talk, self.silence_deadline(sh)]
+        let heartbeat = self
+            .next_heartbeat
+            .filter(|_| self.state == LocalFloor::Granted);
+        [ack, talk, heartbeat, self.silence_deadline(sh)]
             .into_iter()
             .flatten()
             .min()
     }
 
     pub(crate) fn handle_timeout(&mut self, sh: &mut Shared, now: Instant) {
+        if self.state == LocalFloor::Granted && self.next_heartbeat.is_some_and(|at| now >= at) {
+            self.next_heartbeat = Some(now + sh.config.heartbeat());
+            self.broadcast_claim(sh);
+        }
         if let (LocalFloor::Granted, Some(at), Some(request)) =
             (self.state, self.granted_at, self.mine.request)
         {
@@ -422,9 +450,10 @@ impl ChannelFloor {
                 .map(|(peer, _)| *peer)
         };
         if leader != self.leader {
+            self.previous = self.leader.or(self.previous);
             self.leader = leader;
             self.leader_since = now;
-            self.last_audio = None;
+            self.last_heard = None;
             sh.events.push_back(FloorEvent::Holder {
                 channel: self.channel,
                 holder: leader,
@@ -480,6 +509,7 @@ impl ChannelFloor {
             match next {
                 LocalFloor::Granted => {
                     self.granted_at = Some(now);
+                    self.next_heartbeat = Some(now + sh.config.heartbeat());
                     sh.events.push_back(FloorEvent::Granted {
                         channel: self.channel,
                     });

@@ -16,7 +16,6 @@ pub(crate) struct Shared {
     pub(crate) config: FloorConfig,
     /// Linked members: who must acknowledge a request, who hears our claims.
     pub(crate) participants: BTreeSet<IdentityKey>,
-    pub(crate) listening: BTreeSet<ChannelId>,
     epoch: Instant,
     epoch_unix_ms: u64,
     /// The hybrid logical clock (ms): never behind the Unix clock or any stamp seen.
@@ -28,7 +27,8 @@ pub(crate) struct Shared {
 impl Shared {
     /// A fresh stamp, later than every stamp seen.
     pub(crate) fn stamp(&mut self, now: Instant) -> u64 {
-        let unix = self.epoch_unix_ms + now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let unix =
+            self.epoch_unix_ms + now.saturating_duration_since(self.epoch).as_millis() as u64;
         self.hlc = unix.max(self.hlc + 1);
         self.hlc
     }
@@ -54,7 +54,6 @@ impl FloorControl {
                 local,
                 config,
                 participants: BTreeSet::new(),
-                listening: BTreeSet::new(),
                 epoch: now,
                 epoch_unix_ms: unix_ms,
                 hlc: 0,
@@ -86,8 +85,7 @@ impl FloorControl {
             }
         }
         for channel in half_duplex {
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.channels.entry(channel)
-            {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.channels.entry(channel) {
                 let floor = slot.insert(ChannelFloor::new(channel, now));
                 // Peers that learned of the channel first are waiting for our claim.
                 for peer in self.shared.participants.clone() {
@@ -117,12 +115,6 @@ impl FloorControl {
     /// Whether `channel` has floor control (is half-duplex).
     pub fn is_half_duplex(&self, channel: ChannelId) -> bool {
         self.channels.contains_key(&channel)
-    }
-
-    /// Channels we listen to: we expect audio from their talkers, and a talker silent for
-    /// [`FloorConfig::silence_timeout`] loses the floor.
-    pub fn set_listening(&mut self, channels: &[ChannelId]) {
-        self.shared.listening = channels.iter().copied().collect();
     }
 
     /// Who arbitrates `channel` (`None`: the members by rule, as in mesh mode).
@@ -155,7 +147,12 @@ impl FloorControl {
         }
     }
 
-    fn allowed(state: &CharterState, peer: &IdentityKey, channel: ChannelId, r: &FloorRequest) -> bool {
+    fn allowed(
+        state: &CharterState,
+        peer: &IdentityKey,
+        channel: ChannelId,
+        r: &FloorRequest,
+    ) -> bool {
         let role = state.priority(peer);
         let ceiling = if r.emergency {
             Priority::EMERGENCY
@@ -267,7 +264,7 @@ impl FloorControl {
     pub fn audio_from(&mut self, peer: &IdentityKey, channels: &[ChannelId], now: Instant) {
         for channel in channels {
             if let Some(floor) = self.channels.get_mut(channel) {
-                floor.audio_from(peer, now);
+                floor.heard_from(peer, now);
             }
         }
     }
@@ -361,11 +358,11 @@ impl FloorControl {
     }
 
     /// Whether audio from `peer` on `channel` is in turn: an open channel, or `peer` holds the
-    /// floor.
-    pub fn may_be_heard(&self, peer: &IdentityKey, channel: ChannelId) -> bool {
-        self.channels
-            .get(&channel)
-            .is_none_or(|f| f.leader().as_ref() == Some(peer))
+    /// floor, or (for the closing frame of a transmission, `closing`) held it last.
+    pub fn may_be_heard(&self, peer: &IdentityKey, channel: ChannelId, closing: bool) -> bool {
+        self.channels.get(&channel).is_none_or(|f| {
+            f.leader().as_ref() == Some(peer) || (closing && f.previous().as_ref() == Some(peer))
+        })
     }
 
     /// Members in emergency on `channel`.
@@ -374,7 +371,9 @@ impl FloorControl {
             return Vec::new();
         };
         let own = floor.mine().emergency.map(|_| self.shared.local);
-        own.into_iter().chain(floor.emergencies().copied()).collect()
+        own.into_iter()
+            .chain(floor.emergencies().copied())
+            .collect()
     }
 
     /// Whether we raised an emergency on `channel` and have not cleared it.

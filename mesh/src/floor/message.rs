@@ -150,15 +150,16 @@ impl FloorMessage {
         }
         if let Self::Decision { decision, .. } = &message {
             if decision.queue.len() > MAX_DECISION_QUEUE {
-                return Err(FloorDecodeError::Malformed("decision queue too long".into()));
+                return Err(FloorDecodeError::Malformed(
+                    "decision queue too long".into(),
+                ));
             }
         }
         if let Self::Claim {
-            claim:
-                Claim {
-                    request: Some(request),
-                    ..
-                },
+            claim: Claim {
+                request: Some(request),
+                ..
+            },
             ..
         } = &message
         {

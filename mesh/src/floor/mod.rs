@@ -37,7 +37,8 @@ pub struct FloorConfig {
     /// A mesh-mode request leads but waits for acknowledgements at most this long (a member
     /// that does not answer is taken to be gone); a release is "releasing" at most this long.
     pub ack_timeout: Duration,
-    /// A talker we listen to that sends no audio for this long loses the floor (mesh mode).
+    /// A holder heard from neither by audio nor by its claim (repeated every quarter of this)
+    /// for this long loses the floor: it crashed or its path died before its link timed out.
     pub silence_timeout: Duration,
     /// Longest hold per priority level (index 0 to 4); `None`: no limit.
     pub max_talk: [Option<Duration>; 5],
@@ -48,13 +49,18 @@ impl Default for FloorConfig {
         let minute = Some(Duration::from_secs(60));
         Self {
             ack_timeout: Duration::from_millis(750),
-            silence_timeout: Duration::from_secs(3),
+            silence_timeout: Duration::from_secs(2),
             max_talk: [None, minute, minute, Some(Duration::from_secs(120)), None],
         }
     }
 }
 
 impl FloorConfig {
+    /// How often a holder repeats its claim.
+    pub fn heartbeat(&self) -> Duration {
+        self.silence_timeout / 4
+    }
+
     /// The talk-time limit for `priority`.
     pub fn max_talk(&self, priority: Priority) -> Option<Duration> {
         self.max_talk
@@ -179,4 +185,3 @@ pub fn arbiter_for(state: &CharterState, channel: ChannelId) -> Option<IdentityK
         .find(|r| state.relays.contains_key(r));
     preferred.or_else(|| state.relays.keys().next()).copied()
 }
-

@@ -2,6 +2,7 @@
 
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{ChannelId, OpBody};
+use callsign_mesh::floor::FloorEvent;
 use callsign_mesh::voice::DropCounts;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
@@ -23,8 +24,18 @@ pub enum NodeCommand {
     /// -1.0 (left) to 1.0 (right).
     SetPan(ChannelId, f32),
     /// Start transmitting on these channels (several = simulcast). Channels the charter does not
-    /// let us speak on are refused ([`NodeEvent::PttDenied`]).
+    /// let us speak on are refused ([`NodeEvent::PttDenied`]). On half-duplex channels this
+    /// requests the floor: audio goes there once it is granted ([`NodeEvent::Floor`]).
     PttDown(Vec<ChannelId>),
+    /// Raise an emergency on a half-duplex channel (roles with priority 4): take the floor
+    /// over anyone and alert every listener; transmit until [`NodeCommand::PttUp`]. The channel
+    /// stays in emergency until [`NodeCommand::ClearEmergency`].
+    Emergency(ChannelId),
+    /// End the emergency `raiser` raised on `channel` (our own, or anyone's as an admin).
+    ClearEmergency {
+        channel: ChannelId,
+        raiser: IdentityKey,
+    },
     /// Stop transmitting (channel PTT or whisper).
     PttUp,
     /// Start whispering to one member.
@@ -108,6 +119,9 @@ pub enum NodeEvent {
         channels: Vec<ChannelId>,
         reason: String,
     },
+    /// Floor control on a half-duplex channel: granted, denied, queued, pre-empted, released,
+    /// the holder (talker id, before audio), emergencies.
+    Floor(FloorEvent),
     /// The charter changed (a local edit or ops from a peer).
     CharterChanged {
         ops: usize,
@@ -183,4 +197,6 @@ pub struct NodeStats {
     pub charter_hash: String,
     /// Charter ops held.
     pub charter_ops: usize,
+    /// Frames dropped on receipt because their sender did not hold the floor.
+    pub floor_drops: u64,
 }

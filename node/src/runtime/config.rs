@@ -6,6 +6,7 @@ use crate::audio::jitter::JitterConfig;
 use crate::link::{LinkConfig, LinkSocket};
 use callsign_keys::NodeKeys;
 use callsign_mesh::charter::{ChannelId, Charter};
+use callsign_mesh::floor::FloorConfig;
 use callsign_mesh::voice::KeyScheduleConfig;
 use libp2p::Multiaddr;
 use std::net::SocketAddr;
@@ -70,6 +71,8 @@ pub struct NodeConfig {
     pub relay_circuits: bool,
     /// Emit [`super::NodeEvent::VoiceSent`] for every voice datagram sent (tests, simulator).
     pub tap_voice: bool,
+    /// Floor control on half-duplex channels: acknowledgement wait, silence and talk limits.
+    pub floor: FloorConfig,
 }
 
 impl NodeConfig {
@@ -106,6 +109,7 @@ impl NodeConfig {
             send_loss: 0.0,
             relay_circuits: false,
             tap_voice: false,
+            floor: FloorConfig::default(),
         }
     }
 }

@@ -30,6 +30,8 @@ pub enum ControlMessage {
     Voice(Vec<u8>),
     /// Several messages in outbox order, handled in that order (never nested, never empty).
     Batch(Vec<ControlMessage>),
+    /// A floor message (`floor::FloorMessage::encode`). Sent outside the ordered outbox.
+    Floor(Vec<u8>),
 }
 
 /// A batch stops growing past this many body bytes (the codec allows 2 MiB per request).
@@ -87,7 +89,8 @@ impl ControlMessage {
             | ControlMessage::Presence(b)
             | ControlMessage::Handshake(b)
             | ControlMessage::Grant(b)
-            | ControlMessage::Voice(b) => b.len(),
+            | ControlMessage::Voice(b)
+            | ControlMessage::Floor(b) => b.len(),
             ControlMessage::LossReport(_) => 1,
             ControlMessage::Batch(m) => m.iter().map(Self::body_len).sum(),
         }

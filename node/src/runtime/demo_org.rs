@@ -1,9 +1,12 @@
 //! A ready-made org for demos, tests and screenshots: `/command` (officers speak, pilots
-//! listen, recruits have no access) and `/flight` (everyone speaks and whispers), with node 0
-//! the root (an officer), then officer, pilot, recruit, pilot, recruit, … in turn.
+//! listen, recruits have no access), `/flight` (everyone speaks and whispers) and `/net`
+//! (half-duplex: one talker at a time, officers pre-empt), with node 0 the root (an officer),
+//! then pilot, recruit, officer, pilot, recruit, … in turn.
 
 use callsign_keys::{Identity, NodeKeys};
-use callsign_mesh::charter::{ChannelId, Charter, EditError, OpBody, Permissions, Priority, Role};
+use callsign_mesh::charter::{
+    ChannelId, ChannelPolicy, Charter, EditError, FloorMode, OpBody, Permissions, Priority, Role,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -24,6 +27,8 @@ pub struct DemoOrg {
     pub charter: Charter,
     pub command: ChannelId,
     pub flight: ChannelId,
+    /// Half-duplex.
+    pub net: ChannelId,
     pub members: Vec<DemoMember>,
 }
 
@@ -67,7 +72,7 @@ impl DemoOrg {
                 0,
             )?;
         }
-        for name in ["command", "flight"] {
+        for name in ["command", "flight", "net"] {
             charter.edit(
                 &root,
                 OpBody::AddChannel {
@@ -84,6 +89,18 @@ impl DemoOrg {
         };
         let command = find(&charter, "/command")?;
         let flight = find(&charter, "/flight")?;
+        let net = find(&charter, "/net")?;
+        charter.edit(
+            &root,
+            OpBody::SetChannelPolicy {
+                channel: net,
+                policy: ChannelPolicy {
+                    floor: FloorMode::HalfDuplex,
+                    ..ChannelPolicy::default()
+                },
+            },
+            0,
+        )?;
         for (role, perms) in [
             ("pilot", Permissions::LISTEN),
             ("recruit", Permissions::NONE),
@@ -114,6 +131,7 @@ impl DemoOrg {
             charter,
             command,
             flight,
+            net,
             members,
         })
     }
@@ -121,7 +139,7 @@ impl DemoOrg {
     /// The channels member `i` may listen to.
     pub fn channels_for(&self, i: usize) -> Vec<ChannelId> {
         let key = self.members[i].keys.identity.public();
-        [self.command, self.flight]
+        [self.command, self.flight, self.net]
             .into_iter()
             .filter(|c| self.charter.state().may(&key, *c, Permissions::LISTEN))
             .collect()

@@ -16,6 +16,7 @@ use callsign_keys::{IdentityKey, NodeKeys};
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::sync::{CharterSync, SyncEvent};
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
+use callsign_mesh::floor::FloorControl;
 use callsign_mesh::presence::PresenceTable;
 use callsign_mesh::voice::{
     channel_deliveries, speakable, whisper_delivery, KeySchedule, SenderShortId, VoiceFlags,
@@ -72,6 +73,13 @@ pub(crate) struct Driver {
     /// Loss each listener last reported for our frames.
     pub listener_loss: BTreeMap<PeerId, u8>,
     pub ticks: u64,
+    pub floor: FloorControl,
+    /// Channels PTT is held on (simulcast), after the charter check.
+    pub ptt_channels: Vec<ChannelId>,
+    /// Those we transmit on now: open ones, and half-duplex ones whose floor we hold.
+    pub tx_channels: Vec<ChannelId>,
+    /// Frames refused because their sender did not hold the floor.
+    pub floor_drops: u64,
 }
 
 pub(super) fn now() -> Instant {
@@ -129,6 +137,8 @@ impl Driver {
         let mut tick = tokio::time::interval_at(first_tick, self.frame);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         self.set_members();
+        let state = self.state().clone();
+        self.floor.update_charter(&state, now());
         self.keys_dirty = true;
         self.flush(now());
         loop {
@@ -166,6 +176,7 @@ impl Driver {
         [
             self.sync.poll_timeout(),
             self.schedule.poll_timeout(),
+            self.floor.poll_timeout(),
             Some(self.next_presence),
         ]
         .into_iter()
@@ -176,6 +187,7 @@ impl Driver {
 
     pub(super) fn timers(&mut self, now: Instant) {
         self.sync.handle_timeout(now);
+        self.floor.handle_timeout(now);
         self.keys_dirty = true;
         if now >= self.next_presence {
             self.next_presence = now + self.presence_interval;
@@ -229,9 +241,11 @@ impl Driver {
             }
             NodeCommand::PttDown(channels) => {
                 let allowed = self.speakable_or_refuse(&channels);
-                if !allowed.is_empty() {
-                    self.transmitter.press(Target::Channels(allowed));
-                }
+                self.ptt_down(allowed, false, now);
+            }
+            NodeCommand::Emergency(channel) => self.ptt_down(vec![channel], true, now),
+            NodeCommand::ClearEmergency { channel, raiser } => {
+                self.clear_emergency(channel, raiser, now)
             }
             NodeCommand::WhisperDown(peer) => {
                 match whisper_delivery(self.state(), &self.schedule, &self.local, &peer, now) {
@@ -245,9 +259,10 @@ impl Driver {
                     }
                 }
             }
-            NodeCommand::PttUp => self.transmitter.release(),
+            NodeCommand::PttUp => self.ptt_up(now),
             NodeCommand::VoiceActivation(channels) => {
                 let allowed = self.speakable_or_refuse(&channels);
+                let allowed = self.open_only(allowed);
                 self.transmitter.set_voice_activation(allowed);
             }
             NodeCommand::EditCharter(body) => {
@@ -307,6 +322,7 @@ impl Driver {
         let state = self.state().clone();
         self.listening
             .retain(|c| state.may(&self.local, *c, Permissions::LISTEN));
+        self.floor.update_charter(&state, now);
         self.keys_dirty = true;
         // Links to peers that are no longer members lose their control state.
         let gone: Vec<PeerId> = self
@@ -318,6 +334,9 @@ impl Driver {
         for peer in gone {
             self.peers.remove(&peer);
             self.sync.handle_link_down(&peer);
+            if let Some(identity) = self.floor_participant(&peer) {
+                self.floor.peer_down(&identity, now);
+            }
         }
         // Peers linked before the charter named them start their control now.
         let joined: Vec<PeerId> = self
@@ -393,8 +412,13 @@ impl Driver {
         let state = self.sync.charter().state();
         let (channels, deliveries, flags) = match &target {
             Target::Channels(channels) => {
-                // The charter may have changed since PTT was pressed: check again.
-                let (allowed, _) = speakable(state, &self.local, channels);
+                // The charter may have changed since PTT was pressed, and the floor with it:
+                // check again.
+                let (mut allowed, _) = speakable(state, &self.local, channels);
+                // The closing frame still goes where the transmission went (the floor may
+                // already be released or lost).
+                let closing = flags.contains(VoiceFlags::END);
+                allowed.retain(|c| closing || self.floor.may_transmit(*c));
                 let deliveries = channel_deliveries(
                     state,
                     &self.presence,
@@ -498,23 +522,30 @@ impl Driver {
             .receiver
             .receive(state, &self.listening, &datagram.payload)
         {
-            Ok(frame) => match self.playout.receive(&frame, now) {
-                Ok(true) => {
-                    let name = self
-                        .presence
-                        .get(&frame.sender)
-                        .map(|r| r.body.display_name.clone())
-                        .unwrap_or_default();
-                    self.emit(NodeEvent::TalkerStarted {
-                        peer: frame.sender,
-                        name,
-                        channels: frame.channels.clone(),
-                        whisper: frame.whisper,
-                    });
+            Ok(frame) if !self.in_turn(&frame) => {
+                self.floor_drops += 1;
+                tracing::debug!(peer = %datagram.peer, "voice out of turn dropped");
+            }
+            Ok(frame) => {
+                self.floor.audio_from(&frame.sender, &frame.channels, now);
+                match self.playout.receive(&frame, now) {
+                    Ok(true) => {
+                        let name = self
+                            .presence
+                            .get(&frame.sender)
+                            .map(|r| r.body.display_name.clone())
+                            .unwrap_or_default();
+                        self.emit(NodeEvent::TalkerStarted {
+                            peer: frame.sender,
+                            name,
+                            channels: frame.channels.clone(),
+                            whisper: frame.whisper,
+                        });
+                    }
+                    Ok(false) => {}
+                    Err(e) => self.emit(NodeEvent::Warning(format!("playout: {e}"))),
                 }
-                Ok(false) => {}
-                Err(e) => self.emit(NodeEvent::Warning(format!("playout: {e}"))),
-            },
+            }
             Err(reason) => {
                 tracing::debug!(peer = %datagram.peer, ?reason, "voice datagram dropped");
             }
@@ -567,6 +598,8 @@ impl Driver {
                 Err(e) => tracing::warn!(%peer, %e, "sealing a grant failed"),
             }
         }
+        // Floor messages last: the charter changes above may have started floors.
+        self.flush_floor(now);
         for (peer, control) in &mut self.peers {
             if let Some(bytes) = control.next_to_send() {
                 let id = self
@@ -615,6 +648,7 @@ impl Driver {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
             charter_ops: self.sync.charter().len(),
+            floor_drops: self.floor_drops,
         }
     }
 }

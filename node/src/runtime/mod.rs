@@ -8,7 +8,8 @@
 //! - [`voice`]: the transmitter (capture → gate → Opus) and playout (jitter → decode → mix).
 //! - [`demo_org`]: the org the demo, tests and screenshots use.
 //! - `driver`: the event loop joining links, audio and the sans-IO mesh core; `peering`: its
-//!   per-member control plane.
+//!   per-member control plane; `floor`: PTT on half-duplex channels through the mesh's floor
+//!   control.
 //!
 //! The node runs on tokio time (`tokio::time::Instant`), so the simulator's virtual clock
 //! drives it exactly as it drives the links.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod demo_org;
 mod driver;
+mod floor;
 mod peering;
 pub mod voice;
 
@@ -26,6 +28,7 @@ pub use api::{
     StreamChannel,
 };
 pub use config::{AudioInput, NodeConfig};
+pub use floor::describe_floor;
 
 use crate::audio::AudioError;
 use crate::link::swarm::{build_swarm, RelayAllowList, SwarmConfig};
@@ -34,6 +37,7 @@ use callsign_keys::IdentityKey;
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::sync::{CharterSync, SyncConfig};
 use callsign_mesh::charter::Permissions;
+use callsign_mesh::floor::FloorControl;
 use callsign_mesh::presence::PresenceTable;
 use callsign_mesh::voice::{KeySchedule, VoiceReceiver};
 use driver::Driver;
@@ -217,6 +221,10 @@ impl Node {
             keys_dirty: true,
             listener_loss: BTreeMap::new(),
             ticks: 0,
+            floor: FloorControl::new(identity, config.floor.clone(), now, unix_at_start_ms),
+            ptt_channels: Vec::new(),
+            tx_channels: Vec::new(),
+            floor_drops: 0,
             keys: config.keys,
         };
         let task = tokio::spawn(driver.run(commands_rx));

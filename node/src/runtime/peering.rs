@@ -134,10 +134,15 @@ impl Driver {
         }
         self.peers.insert(peer, control);
         self.sync.handle_link_up(peer, now);
+        self.floor.peer_up(identity);
     }
 
     pub(super) fn peer_down(&mut self, peer: &PeerId) {
-        self.peers.remove(peer);
+        if self.peers.remove(peer).is_some() {
+            if let Some(identity) = self.floor_participant(peer) {
+                self.floor.peer_down(&identity, super::driver::now());
+            }
+        }
         self.listener_loss.remove(peer);
         self.sync.handle_link_down(peer);
         self.keys_dirty = true;
@@ -245,6 +250,7 @@ impl Driver {
                     Err(e) => self.emit(NodeEvent::Warning(format!("grant from {peer}: {e}"))),
                 }
             }
+            ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
             // `decode` refuses nested batches.
             ControlMessage::Batch(_) => {}
         }

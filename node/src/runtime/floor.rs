@@ -1,0 +1,209 @@
+//! PTT through floor control: a press on a half-duplex channel asks the mesh's
+//! [`FloorControl`](callsign_mesh::floor::FloorControl) for the floor, and the transmitter
+//! sends there only while we hold it; open channels in the same press (simulcast) go out at
+//! once. Floor messages ride control requests outside the ordered outbox: a press must not
+//! wait behind a charter sync, and each claim carries a revision, so order does not matter.
+
+use super::api::NodeEvent;
+use super::control::ControlMessage;
+use super::driver::Driver;
+use super::voice::Target;
+use callsign_keys::IdentityKey;
+use callsign_mesh::charter::ChannelId;
+use callsign_mesh::floor::{arbiter_for, FloorEvent, FloorMessage};
+use callsign_mesh::voice::{ReceivedFrame, VoiceFlags};
+use libp2p::PeerId;
+use std::time::Instant;
+
+impl Driver {
+    /// PTT pressed on `channels` (already checked against the charter), or an emergency raised
+    /// on one.
+    pub(super) fn ptt_down(&mut self, channels: Vec<ChannelId>, emergency: bool, now: Instant) {
+        let state = self.sync.charter().state().clone();
+        let mut held = Vec::new();
+        for channel in channels {
+            if emergency || self.floor.is_half_duplex(channel) {
+                // A refusal is reported as a floor event.
+                if self.floor.press(&state, channel, emergency, now).is_err() {
+                    self.ptt_denied += 1;
+                    continue;
+                }
+            }
+            held.push(channel);
+        }
+        if held.is_empty() {
+            return;
+        }
+        self.ptt_channels = held;
+        self.tx_channels.clear();
+        self.retarget();
+    }
+
+    pub(super) fn ptt_up(&mut self, now: Instant) {
+        self.ptt_channels.clear();
+        self.tx_channels.clear();
+        self.transmitter.release();
+        self.floor.release(now);
+    }
+
+    pub(super) fn clear_emergency(
+        &mut self,
+        channel: ChannelId,
+        raiser: IdentityKey,
+        now: Instant,
+    ) {
+        let state = self.sync.charter().state().clone();
+        if let Err(e) = self.floor.clear_emergency(&state, channel, raiser, now) {
+            self.emit(NodeEvent::Warning(format!("clear emergency: {e}")));
+        }
+    }
+
+    /// Voice activation cannot ask for a floor: it keeps the open channels.
+    pub(super) fn open_only(&mut self, channels: Vec<ChannelId>) -> Vec<ChannelId> {
+        let (open, half): (Vec<ChannelId>, Vec<ChannelId>) = channels
+            .into_iter()
+            .partition(|c| !self.floor.is_half_duplex(*c));
+        if !half.is_empty() {
+            self.ptt_denied += 1;
+            self.emit(NodeEvent::PttDenied {
+                channels: half,
+                reason: "half-duplex channels need push-to-talk".into(),
+            });
+        }
+        open
+    }
+
+    /// Points the transmitter at the held channels we may speak on now.
+    fn retarget(&mut self) {
+        if self.ptt_channels.is_empty() {
+            return;
+        }
+        let now_on: Vec<ChannelId> = self
+            .ptt_channels
+            .iter()
+            .copied()
+            .filter(|c| self.floor.may_transmit(*c))
+            .collect();
+        if now_on == self.tx_channels {
+            return;
+        }
+        if now_on.is_empty() {
+            self.transmitter.release();
+        } else {
+            self.transmitter.press(Target::Channels(now_on.clone()));
+        }
+        self.tx_channels = now_on;
+    }
+
+    /// Whether a received frame may play: a whisper, or a channel it is in turn on.
+    pub(super) fn in_turn(&self, frame: &ReceivedFrame) -> bool {
+        let closing = frame.header.flags.contains(VoiceFlags::END);
+        frame.whisper
+            || frame
+                .channels
+                .iter()
+                .any(|c| self.floor.may_be_heard(&frame.sender, *c, closing))
+    }
+
+    /// The member on the other end of a link, if it takes part in floor control.
+    pub(super) fn floor_participant(&self, peer: &PeerId) -> Option<IdentityKey> {
+        self.members.get(peer).copied()
+    }
+
+    pub(super) fn floor_message(&mut self, from: IdentityKey, body: &[u8], now: Instant) {
+        let message = match FloorMessage::decode(body) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::debug!(%e, "bad floor message");
+                return;
+            }
+        };
+        let state = self.sync.charter().state().clone();
+        if let Err(e) = self.floor.handle_message(&state, from, message, now) {
+            tracing::debug!(%e, "floor message refused");
+        }
+    }
+
+    /// Each half-duplex channel's arbiter: the charter's rented relay for it while we are
+    /// linked to it (or are it); otherwise the members arbitrate by rule.
+    pub(super) fn update_arbiters(&mut self, now: Instant) {
+        let state = self.sync.charter().state();
+        let choices: Vec<(ChannelId, Option<IdentityKey>)> = state
+            .channels
+            .keys()
+            .filter(|c| self.floor.is_half_duplex(**c))
+            .map(|c| {
+                let arbiter = arbiter_for(state, *c).filter(|relay| {
+                    *relay == self.local || self.peers.contains_key(&relay.peer_id())
+                });
+                (*c, arbiter)
+            })
+            .collect();
+        for (channel, arbiter) in choices {
+            self.floor.set_arbiter(channel, arbiter, now);
+        }
+    }
+
+    /// Sends what floor control wants sent, reports what happened, and follows the floor with
+    /// the transmitter.
+    pub(super) fn flush_floor(&mut self, now: Instant) {
+        self.update_arbiters(now);
+        while let Some((to, message)) = self.floor.poll_transmit() {
+            let peer = to.peer_id();
+            if self.peers.contains_key(&peer) {
+                let bytes = ControlMessage::Floor(message.encode()).encode();
+                self.network
+                    .swarm
+                    .behaviour_mut()
+                    .control
+                    .send_request(&peer, bytes);
+            }
+        }
+        while let Some(event) = self.floor.poll_event() {
+            self.emit(NodeEvent::Floor(event));
+        }
+        self.retarget();
+    }
+}
+
+/// A floor event in words (logs); `name` and `channel` say how to show members and channels.
+pub fn describe_floor(
+    event: &FloorEvent,
+    name: impl Fn(&IdentityKey) -> String,
+    channel: impl Fn(&ChannelId) -> String,
+) -> String {
+    match event {
+        FloorEvent::Granted { channel: c } => format!("floor granted on {}", channel(c)),
+        FloorEvent::Denied { channel: c, reason } => {
+            format!("floor denied on {}: {reason}", channel(c))
+        }
+        FloorEvent::Queued {
+            channel: c,
+            position,
+        } => format!("floor queued on {} at {position}", channel(c)),
+        FloorEvent::Preempted { channel: c, by } => {
+            format!("floor pre-empted on {} by {}", channel(c), name(by))
+        }
+        FloorEvent::Revoked { channel: c } => {
+            format!("floor revoked on {}: talk time over", channel(c))
+        }
+        FloorEvent::Released { channel: c } => format!("floor released on {}", channel(c)),
+        FloorEvent::Holder { channel: c, holder } => match holder {
+            Some(h) => format!("{} holds the floor on {}", name(h), channel(c)),
+            None => format!("the floor on {} is free", channel(c)),
+        },
+        FloorEvent::EmergencyRaised { channel: c, by } => {
+            format!("EMERGENCY on {} raised by {}", channel(c), name(by))
+        }
+        FloorEvent::EmergencyCleared {
+            channel: c,
+            raiser,
+            by,
+        } => format!(
+            "emergency of {} on {} cleared by {}",
+            name(raiser),
+            channel(c),
+            name(by)
+        ),
+    }
+}
