@@ -267,7 +267,14 @@ pub fn build_swarm(
             })
         })
         .map_err(|e| build_err(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .with_swarm_config(|c| {
+            // Lazy multistream-select: a new substream's first message rides with its protocol
+            // proposal instead of waiting a round trip for the answer. Every protocol we open
+            // is one the peer speaks, so the optimism costs nothing; it makes a control
+            // message (a floor claim, a charter op) take one trip, not one and a half.
+            c.with_idle_connection_timeout(config.idle_timeout)
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build();
     Ok(NodeNetwork {
         swarm,

@@ -1,0 +1,194 @@
+//! Floor control scenarios on the real node stack in virtual time: crossing presses, priority
+//! and emergency pre-emption, a holder that vanishes, late entry, and all of it again with a
+//! rented relay arbitrating.
+
+use callsign_sim::{run, Report, Scenario};
+use std::path::Path;
+
+fn scenario(name: &str) -> Scenario {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/scenarios")
+        .join(format!("{name}.toml"));
+    Scenario::parse(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn nodes(report: &Report) -> Vec<String> {
+    let mut names: Vec<String> = report
+        .trace
+        .iter()
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Every node in `who` believes `holder` holds the net at `at_ms`.
+fn one_talker(report: &Report, who: &[&str], holder: &str, at_ms: u64) {
+    for node in who {
+        assert_eq!(
+            report.floor_holder(node, "net", at_ms),
+            Some(holder),
+            "{node} at {at_ms} ms\n{}",
+            floor_trace(report)
+        );
+    }
+}
+
+fn floor_trace(report: &Report) -> String {
+    report
+        .trace
+        .iter()
+        .filter(|l| l.contains(" floor-") || l.contains(" emergency") || l.contains(" transmit"))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn print_floor(report: &Report) {
+    eprintln!("{}", floor_trace(report));
+    eprintln!("{}", serde_json::to_string_pretty(&report.floor).unwrap());
+}
+
+#[test]
+fn crossing_presses_on_an_80ms_mesh_end_with_one_talker() {
+    let report = run(&scenario("floor-crossing"), None).unwrap();
+    print_floor(&report);
+    let all = ["alpha", "bravo", "charlie", "delta", "hq"];
+    // alpha pressed 5 ms before bravo: alpha talks everywhere, bravo waits first in line.
+    one_talker(&report, &all, "alpha", 2_300);
+    assert_eq!(report.floor_state("alpha", "net", 2_300).as_deref(), Some("granted"));
+    assert_eq!(report.floor_state("bravo", "net", 2_300).as_deref(), Some("queued 1"));
+    // alpha lets go at 4 s: bravo's turn, without pressing again.
+    one_talker(&report, &all, "bravo", 4_300);
+    // The second crossing: charlie (10.000) beats delta (10.008).
+    one_talker(&report, &all, "charlie", 10_300);
+    assert_eq!(report.floor_state("delta", "net", 10_300).as_deref(), Some("queued 1"));
+    one_talker(&report, &all, "delta", 11_300);
+    // Press → grant within one round trip (80 ms) plus 10 ms.
+    let grant = report.floor.grant_ms.expect("grants");
+    assert!(grant.p99 <= 90.0, "{:?}", report.floor);
+    assert!(grant.p50 >= 78.0, "a grant needs the round trip: {:?}", report.floor);
+    let direct = report.floor.presses.iter().filter(|p| !p.queued).count();
+    assert_eq!(direct, 7, "{:?}", report.floor.presses);
+    assert!(report.floor.presses.iter().all(|p| p.grant_ms.is_some()));
+    // Listeners heard only the holder.
+    assert_eq!(report.floor.drops, 0);
+    for to in ["charlie", "delta", "hq"] {
+        let s = report.stream("alpha", to, "net").expect("alpha heard");
+        assert!(s.frames_played * 100 >= s.frames_sent * 98, "{s:?}");
+    }
+    // Replays exactly.
+    let again = run(&scenario("floor-crossing"), None).unwrap();
+    assert_eq!(again.trace_hash, report.trace_hash);
+}
+
+fn priority_checks(report: &Report, who: &[&str]) {
+    one_talker(report, who, "charlie", 3_300);
+    assert_eq!(
+        report.floor_state("alpha", "net", 3_300).as_deref(),
+        Some("preempted charlie")
+    );
+    one_talker(report, who, "delta", 4_300);
+    assert_eq!(
+        report.floor_state("charlie", "net", 4_300).as_deref(),
+        Some("preempted delta")
+    );
+    for node in who {
+        assert_eq!(report.last_line(node, "emergency net ", 4_300), Some("delta"), "{node}");
+    }
+    // Neither priority 3 nor a second emergency pre-empts an emergency.
+    one_talker(report, who, "delta", 6_800);
+    assert_eq!(report.floor_state("hq", "net", 6_800).as_deref(), Some("queued 1"));
+    assert_eq!(report.floor_state("charlie", "net", 6_800).as_deref(), Some("queued 2"));
+    // delta lets go at 7 s: hq's emergency, then charlie.
+    one_talker(report, who, "hq", 7_300);
+    one_talker(report, who, "charlie", 7_800);
+    for node in who {
+        assert_eq!(
+            report.last_line(node, "emergency-clear net ", 8_300),
+            Some("delta hq"),
+            "{node}"
+        );
+        assert_eq!(
+            report.last_line(node, "emergency-clear net ", 9_300),
+            Some("hq hq"),
+            "{node}"
+        );
+    }
+}
+
+#[test]
+fn priority_preempts_and_an_emergency_is_never_preempted() {
+    let report = run(&scenario("floor-priority"), None).unwrap();
+    print_floor(&report);
+    priority_checks(&report, &["alpha", "bravo", "charlie", "delta", "hq"]);
+}
+
+#[test]
+fn a_crashed_holder_frees_the_floor_and_a_late_listener_hears_the_next_frames() {
+    let report = run(&scenario("floor-holder-lost"), None).unwrap();
+    print_floor(&report);
+    one_talker(&report, &["alpha", "bravo", "charlie", "delta"], "alpha", 3_000);
+    assert_eq!(report.floor_state("bravo", "net", 3_400).as_deref(), Some("queued 1"));
+    // alpha crashed at 3.5 s: its last claim was at most 0.5 s before; 2 s of silence later
+    // bravo holds the floor everywhere.
+    let granted = report
+        .trace
+        .iter()
+        .find(|l| l.ends_with(" bravo floor-granted net"))
+        .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
+        .expect("bravo granted");
+    assert!((3_500..=5_600).contains(&granted), "granted at {granted}");
+    one_talker(&report, &["bravo", "charlie", "delta"], "bravo", granted + 200);
+    // charlie starts listening at 7 s, mid-transmission, and hears bravo at once.
+    let heard = report
+        .trace
+        .iter()
+        .find(|l| l.contains(" charlie talker bravo "))
+        .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
+        .expect("charlie heard bravo");
+    assert!((7_000..=7_200).contains(&heard), "heard at {heard}");
+    let s = report.stream("bravo", "delta", "net").expect("delta heard bravo");
+    assert!(s.frames_played > 50, "{s:?}");
+}
+
+#[test]
+fn a_rented_relay_arbitrates_and_holds_no_audio_key() {
+    let report = run(&scenario("floor-relay"), None).unwrap();
+    print_floor(&report);
+    let members = ["alpha", "bravo", "charlie", "delta", "echo"];
+    let mut all = members.to_vec();
+    all.push("relay");
+    // Crossing presses: the relay served bravo first; echo queued.
+    one_talker(&report, &all, "bravo", 2_300);
+    assert_eq!(report.floor_state("echo", "net", 2_300).as_deref(), Some("queued 1"));
+    one_talker(&report, &all, "echo", 4_300);
+    // A lead pre-empts echo; the chief's emergency pre-empts the lead.
+    one_talker(&report, &all, "charlie", 4_800);
+    assert_eq!(
+        report.floor_state("echo", "net", 4_800).as_deref(),
+        Some("preempted charlie")
+    );
+    one_talker(&report, &all, "delta", 5_300);
+    assert_eq!(
+        report.floor_state("charlie", "net", 5_300).as_deref(),
+        Some("preempted delta")
+    );
+    for node in &all {
+        assert_eq!(report.last_line(node, "emergency net ", 5_300), Some("delta"), "{node}");
+    }
+    // echo hangs at 9 s holding the floor; the relay hears no more claims and hands the floor
+    // to bravo.
+    one_talker(&report, &all, "echo", 8_900);
+    one_talker(&report, &["relay", "alpha", "bravo", "charlie", "delta"], "bravo", 11_000);
+    // Grants take one round trip to the relay.
+    let grant = report.floor.grant_ms.expect("grants");
+    assert!(grant.p99 <= 90.0, "{:?}", report.floor);
+    // The relay never received a frame or a key: nothing was sent to it, it played nothing.
+    assert!(report.streams.iter().all(|s| s.to != "relay" && s.from != "relay"));
+    assert_eq!(nodes(&report).len(), 6);
+    // Receivers drop what a pre-empted talker sent before it heard the ruling: at most the
+    // frames of one trip (two) per listener, for each of the two pre-emptions.
+    assert!(report.floor.drops <= 2 * 5 * 3, "{}", report.floor.drops);
+}
