@@ -57,18 +57,31 @@ fn crossing_presses_on_an_80ms_mesh_end_with_one_talker() {
     let all = ["alpha", "bravo", "charlie", "delta", "hq"];
     // alpha pressed 5 ms before bravo: alpha talks everywhere, bravo waits first in line.
     one_talker(&report, &all, "alpha", 2_300);
-    assert_eq!(report.floor_state("alpha", "net", 2_300).as_deref(), Some("granted"));
-    assert_eq!(report.floor_state("bravo", "net", 2_300).as_deref(), Some("queued 1"));
+    assert_eq!(
+        report.floor_state("alpha", "net", 2_300).as_deref(),
+        Some("granted")
+    );
+    assert_eq!(
+        report.floor_state("bravo", "net", 2_300).as_deref(),
+        Some("queued 1")
+    );
     // alpha lets go at 4 s: bravo's turn, without pressing again.
     one_talker(&report, &all, "bravo", 4_300);
     // The second crossing: charlie (10.000) beats delta (10.008).
     one_talker(&report, &all, "charlie", 10_300);
-    assert_eq!(report.floor_state("delta", "net", 10_300).as_deref(), Some("queued 1"));
+    assert_eq!(
+        report.floor_state("delta", "net", 10_300).as_deref(),
+        Some("queued 1")
+    );
     one_talker(&report, &all, "delta", 11_300);
     // Press → grant within one round trip (80 ms) plus 10 ms.
     let grant = report.floor.grant_ms.expect("grants");
     assert!(grant.p99 <= 90.0, "{:?}", report.floor);
-    assert!(grant.p50 >= 78.0, "a grant needs the round trip: {:?}", report.floor);
+    assert!(
+        grant.p50 >= 78.0,
+        "a grant needs the round trip: {:?}",
+        report.floor
+    );
     let direct = report.floor.presses.iter().filter(|p| !p.queued).count();
     assert_eq!(direct, 7, "{:?}", report.floor.presses);
     assert!(report.floor.presses.iter().all(|p| p.grant_ms.is_some()));
@@ -78,6 +91,32 @@ fn crossing_presses_on_an_80ms_mesh_end_with_one_talker() {
         let s = report.stream("alpha", to, "net").expect("alpha heard");
         assert!(s.frames_played * 100 >= s.frames_sent * 98, "{s:?}");
     }
+    // Talker id: a listener knows who holds the floor before that talker's audio arrives.
+    for line in report.trace.iter().filter(|l| l.contains(" talker ")) {
+        let mut parts = line.split(' ');
+        let (t, node, _, talker) = (
+            parts.next().unwrap().parse::<u64>().unwrap(),
+            parts.next().unwrap(),
+            parts.next(),
+            parts.next().unwrap(),
+        );
+        if t < 12_000 {
+            assert_eq!(report.floor_holder(node, "net", t), Some(talker), "{line}");
+        }
+    }
+    // Simulcast on the open squad and the held net: squad at once, the net after bravo.
+    let alpha = report.floor.presses.last().unwrap();
+    assert!(alpha.queued && alpha.pressed_ms == 12_300, "{alpha:?}");
+    let squad = report
+        .stream("alpha", "charlie", "squad")
+        .expect("squad heard");
+    assert!((48..=52).contains(&squad.frames_sent), "{squad:?}");
+    // alpha's turns on the net, each from its grant's next frame to its release: 2.1–4.0 s
+    // (96 frames with the closing one), 8.1–8.8 s (36), and this one from bravo's release
+    // plus a trip, 13.06–13.3 s (13). Sending on the net from the press would make it 51.
+    let net = report.stream("alpha", "charlie", "net").expect("net heard");
+    assert!((140..=150).contains(&net.frames_sent), "{net:?}");
+    assert!(net.frames_played * 100 >= net.frames_sent * 98, "{net:?}");
     // Replays exactly.
     let again = run(&scenario("floor-crossing"), None).unwrap();
     assert_eq!(again.trace_hash, report.trace_hash);
@@ -95,12 +134,22 @@ fn priority_checks(report: &Report, who: &[&str]) {
         Some("preempted delta")
     );
     for node in who {
-        assert_eq!(report.last_line(node, "emergency net ", 4_300), Some("delta"), "{node}");
+        assert_eq!(
+            report.last_line(node, "emergency net ", 4_300),
+            Some("delta"),
+            "{node}"
+        );
     }
     // Neither priority 3 nor a second emergency pre-empts an emergency.
     one_talker(report, who, "delta", 6_800);
-    assert_eq!(report.floor_state("hq", "net", 6_800).as_deref(), Some("queued 1"));
-    assert_eq!(report.floor_state("charlie", "net", 6_800).as_deref(), Some("queued 2"));
+    assert_eq!(
+        report.floor_state("hq", "net", 6_800).as_deref(),
+        Some("queued 1")
+    );
+    assert_eq!(
+        report.floor_state("charlie", "net", 6_800).as_deref(),
+        Some("queued 2")
+    );
     // delta lets go at 7 s: hq's emergency, then charlie.
     one_talker(report, who, "hq", 7_300);
     one_talker(report, who, "charlie", 7_800);
@@ -129,8 +178,16 @@ fn priority_preempts_and_an_emergency_is_never_preempted() {
 fn a_crashed_holder_frees_the_floor_and_a_late_listener_hears_the_next_frames() {
     let report = run(&scenario("floor-holder-lost"), None).unwrap();
     print_floor(&report);
-    one_talker(&report, &["alpha", "bravo", "charlie", "delta"], "alpha", 3_000);
-    assert_eq!(report.floor_state("bravo", "net", 3_400).as_deref(), Some("queued 1"));
+    one_talker(
+        &report,
+        &["alpha", "bravo", "charlie", "delta"],
+        "alpha",
+        3_000,
+    );
+    assert_eq!(
+        report.floor_state("bravo", "net", 3_400).as_deref(),
+        Some("queued 1")
+    );
     // alpha crashed at 3.5 s: its last claim was at most 0.5 s before; 2 s of silence later
     // bravo holds the floor everywhere.
     let granted = report
@@ -140,7 +197,12 @@ fn a_crashed_holder_frees_the_floor_and_a_late_listener_hears_the_next_frames() 
         .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
         .expect("bravo granted");
     assert!((3_500..=5_600).contains(&granted), "granted at {granted}");
-    one_talker(&report, &["bravo", "charlie", "delta"], "bravo", granted + 200);
+    one_talker(
+        &report,
+        &["bravo", "charlie", "delta"],
+        "bravo",
+        granted + 200,
+    );
     // charlie starts listening at 7 s, mid-transmission, and hears bravo at once.
     let heard = report
         .trace
@@ -149,7 +211,9 @@ fn a_crashed_holder_frees_the_floor_and_a_late_listener_hears_the_next_frames() 
         .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
         .expect("charlie heard bravo");
     assert!((7_000..=7_200).contains(&heard), "heard at {heard}");
-    let s = report.stream("bravo", "delta", "net").expect("delta heard bravo");
+    let s = report
+        .stream("bravo", "delta", "net")
+        .expect("delta heard bravo");
     assert!(s.frames_played > 50, "{s:?}");
 }
 
@@ -162,7 +226,10 @@ fn a_rented_relay_arbitrates_and_holds_no_audio_key() {
     all.push("relay");
     // Crossing presses: the relay served bravo first; echo queued.
     one_talker(&report, &all, "bravo", 2_300);
-    assert_eq!(report.floor_state("echo", "net", 2_300).as_deref(), Some("queued 1"));
+    assert_eq!(
+        report.floor_state("echo", "net", 2_300).as_deref(),
+        Some("queued 1")
+    );
     one_talker(&report, &all, "echo", 4_300);
     // A lead pre-empts echo; the chief's emergency pre-empts the lead.
     one_talker(&report, &all, "charlie", 4_800);
@@ -176,17 +243,29 @@ fn a_rented_relay_arbitrates_and_holds_no_audio_key() {
         Some("preempted delta")
     );
     for node in &all {
-        assert_eq!(report.last_line(node, "emergency net ", 5_300), Some("delta"), "{node}");
+        assert_eq!(
+            report.last_line(node, "emergency net ", 5_300),
+            Some("delta"),
+            "{node}"
+        );
     }
     // echo hangs at 9 s holding the floor; the relay hears no more claims and hands the floor
     // to bravo.
     one_talker(&report, &all, "echo", 8_900);
-    one_talker(&report, &["relay", "alpha", "bravo", "charlie", "delta"], "bravo", 11_000);
+    one_talker(
+        &report,
+        &["relay", "alpha", "bravo", "charlie", "delta"],
+        "bravo",
+        11_000,
+    );
     // Grants take one round trip to the relay.
     let grant = report.floor.grant_ms.expect("grants");
     assert!(grant.p99 <= 90.0, "{:?}", report.floor);
     // The relay never received a frame or a key: nothing was sent to it, it played nothing.
-    assert!(report.streams.iter().all(|s| s.to != "relay" && s.from != "relay"));
+    assert!(report
+        .streams
+        .iter()
+        .all(|s| s.to != "relay" && s.from != "relay"));
     assert_eq!(nodes(&report).len(), 6);
     // Receivers drop what a pre-empted talker sent before it heard the ruling: at most the
     // frames of one trip (two) per listener, for each of the two pre-emptions.
