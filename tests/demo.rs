@@ -26,7 +26,7 @@ fn three_nodes_hear_every_allowed_stream_and_nothing_else() {
             .find(|s| s["from"] == from && s["to"] == to && s["channel"] == channel)
     };
     // The script: officer simulcasts command+flight, pilot talks on flight, recruit whispers to
-    // the officer (and is refused on command).
+    // the officer (and is refused on command), then the pilot and the officer on /net.
     for (from, to, channel) in [
         ("officer-0", "pilot-1", "command"),
         ("officer-0", "pilot-1", "flight"),
@@ -43,7 +43,42 @@ fn three_nodes_hear_every_allowed_stream_and_nothing_else() {
         let p50 = s["mouth_to_ear_ms"]["p50"].as_f64().unwrap();
         assert!(p50 <= 60.0, "{s}");
     }
-    assert_eq!(streams.len(), 6, "{report}");
+    // The half-duplex net: the pilot talks, the officer (priority 3) pre-empts it; both are
+    // heard by the other two, never at once (nothing dropped as out of turn).
+    for (from, to) in [
+        ("pilot-1", "officer-0"),
+        ("pilot-1", "recruit-2"),
+        ("officer-0", "pilot-1"),
+        ("officer-0", "recruit-2"),
+    ] {
+        let s = find(from, to, "net").unwrap_or_else(|| panic!("{from}->{to} net"));
+        let (sent, played) = (
+            s["frames_sent"].as_u64().unwrap(),
+            s["frames_played"].as_u64().unwrap(),
+        );
+        assert!(sent >= 5 && played == sent, "{s}");
+    }
+    // The pilot was cut off after ~0.15 s of its 0.5 s turn.
+    let pilot = find("pilot-1", "officer-0", "net").unwrap()["frames_sent"]
+        .as_u64()
+        .unwrap();
+    assert!(pilot < 15, "{report}");
+    let floor: Vec<&str> = report["floor"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        floor.contains(&"pilot-1: floor pre-empted on net by officer-0"),
+        "{report}"
+    );
+    assert!(
+        floor.contains(&"officer-0: floor granted on net"),
+        "{report}"
+    );
+    assert_eq!(report["out_of_turn_drops"], 0);
+    assert_eq!(streams.len(), 10, "{report}");
     // The recruit may not listen on command: nothing was sent to it there, nothing played.
     assert!(find("officer-0", "recruit-2", "command").is_none());
     assert_eq!(report["unauthorised_frames"], 0);

@@ -517,3 +517,42 @@ fn claims_beyond_the_role_and_foreign_rulings_are_refused() {
     assert_eq!(net.nodes[B].holder(channel), None);
     net.run_for(Duration::from_millis(100));
 }
+
+mod decode {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes never panic the decoder; what decodes survives a round trip.
+        #[test]
+        fn arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(message) = FloorMessage::decode(&bytes) {
+                prop_assert_eq!(FloorMessage::decode(&message.encode()), Ok(message));
+            }
+        }
+
+        /// A valid message with one byte changed decodes to something valid or is refused.
+        #[test]
+        fn damaged_claims(at in any::<prop::sample::Index>(), to in any::<u8>(), rev in any::<u32>()) {
+            let message = FloorMessage::Claim {
+                channel: ChannelId(rev.into()),
+                claim: callsign_mesh::floor::Claim {
+                    rev,
+                    request: Some(callsign_mesh::floor::FloorRequest {
+                        priority: Priority::NORMAL,
+                        stamp: u64::from(rev) << 12,
+                        emergency: false,
+                    }),
+                    emergency: None,
+                },
+                seen: Some(rev / 2),
+            };
+            let mut bytes = message.encode();
+            let i = at.index(bytes.len());
+            bytes[i] = to;
+            if let Ok(decoded) = FloorMessage::decode(&bytes) {
+                prop_assert_eq!(FloorMessage::decode(&decoded.encode()), Ok(decoded));
+            }
+        }
+    }
+}

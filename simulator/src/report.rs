@@ -130,19 +130,22 @@ impl Report {
             .find(|p| (p.a == a && p.b == b) || (p.a == b && p.b == a))
     }
 
+    /// Trace lines as (virtual ms, node, event).
+    fn lines(&self) -> impl DoubleEndedIterator<Item = (u64, &str, &str)> {
+        self.trace.iter().filter_map(|line| {
+            let mut parts = line.splitn(3, ' ');
+            let t = parts.next()?.parse().ok()?;
+            Some((t, parts.next()?, parts.next()?))
+        })
+    }
+
     /// The last trace line of `node` at or before `at_ms` that starts with `prefix`, without
     /// the prefix.
     pub fn last_line(&self, node: &str, prefix: &str, at_ms: u64) -> Option<&str> {
-        self.trace
-            .iter()
-            .filter_map(|line| {
-                let mut parts = line.splitn(3, ' ');
-                let t: u64 = parts.next()?.parse().ok()?;
-                let n = parts.next()?;
-                let rest = parts.next()?.strip_prefix(prefix)?;
-                (n == node && t <= at_ms).then_some(rest)
-            })
-            .last()
+        self.lines()
+            .rev()
+            .filter(|(t, n, _)| *n == node && *t <= at_ms)
+            .find_map(|(_, _, event)| event.strip_prefix(prefix))
     }
 
     /// Who `node` believed held the floor on `channel` at `at_ms` (`None`: free or unknown).
@@ -154,19 +157,15 @@ impl Report {
     /// `node`'s last own floor event on `channel` at `at_ms`: `granted`, `queued <n>`,
     /// `preempted <by>`, `released`, `revoked` or `denied`.
     pub fn floor_state(&self, node: &str, channel: &str, at_ms: u64) -> Option<String> {
-        self.trace
-            .iter()
-            .filter_map(|line| {
-                let mut parts = line.splitn(3, ' ');
-                let t: u64 = parts.next()?.parse().ok()?;
-                let n = parts.next()?;
-                let event = parts.next()?.strip_prefix("floor-")?;
-                let (kind, rest) = event.split_once(' ')?;
+        self.lines()
+            .rev()
+            .filter(|(t, n, _)| *n == node && *t <= at_ms)
+            .find_map(|(_, _, event)| {
+                let (kind, rest) = event.strip_prefix("floor-")?.split_once(' ')?;
                 let (ch, args) = rest.split_once(' ').unwrap_or((rest, ""));
-                (n == node && t <= at_ms && ch == channel && kind != "holder")
+                (ch == channel && kind != "holder")
                     .then(|| format!("{kind} {args}").trim().to_string())
             })
-            .last()
     }
 
     pub fn stream(&self, from: &str, to: &str, channel: &str) -> Option<&StreamReport> {

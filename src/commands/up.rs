@@ -54,7 +54,8 @@ pub struct UpArgs {
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
     /// Timed PTT actions, one per line: `AT_MS ptt /a,/b MS`, `AT_MS whisper PEER MS`,
-    /// `AT_MS listen /a`, `AT_MS unlisten /a`, `AT_MS vox /a` or `AT_MS vox off`.
+    /// `AT_MS listen /a`, `AT_MS unlisten /a`, `AT_MS vox /a`, `AT_MS vox off`,
+    /// `AT_MS emergency /a MS` or `AT_MS clear-emergency /a PEER`.
     #[arg(long)]
     pub ptt_script: Option<PathBuf>,
     /// Stop after this many seconds [default: run until Ctrl-C]
@@ -133,6 +134,8 @@ enum Step {
     Listen(ChannelId),
     Unlisten(ChannelId),
     Vox(Vec<ChannelId>),
+    Emergency(ChannelId, Duration),
+    ClearEmergency(ChannelId, IdentityKey),
 }
 
 fn channel(state: &CharterState, path: &str) -> Result<ChannelId> {
@@ -177,7 +180,20 @@ fn parse_script(text: &str, state: &CharterState) -> Result<Vec<(Duration, Step)
             Some("unlisten") => Step::Unlisten(channels(words.get(2))?[0]),
             Some("vox") if words.get(2) == Some(&"off") => Step::Vox(Vec::new()),
             Some("vox") => Step::Vox(channels(words.get(2))?),
-            _ => return Err(fail("unknown action (ptt, whisper, listen, unlisten, vox)")),
+            Some("emergency") => Step::Emergency(channels(words.get(2))?[0], ms(words.get(3))?),
+            Some("clear-emergency") => {
+                let raiser = words
+                    .get(3)
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| fail("clear-emergency needs the raiser's peer id"))?;
+                Step::ClearEmergency(channels(words.get(2))?[0], raiser)
+            }
+            _ => {
+                return Err(fail(
+                    "unknown action (ptt, whisper, listen, unlisten, vox, emergency, \
+                     clear-emergency)",
+                ))
+            }
         };
         steps.push((at, step));
     }
@@ -270,7 +286,8 @@ async fn serve(
     // Releases are scripted actions too: (when, None) means "PTT up".
     let mut plan: Vec<(Duration, Option<Step>)> = Vec::new();
     for (at, step) in script {
-        if let Step::Ptt(_, length) | Step::Whisper(_, length) = &step {
+        if let Step::Ptt(_, length) | Step::Whisper(_, length) | Step::Emergency(_, length) = &step
+        {
             plan.push((at + *length, None));
         }
         plan.push((at, Some(step)));
@@ -302,6 +319,10 @@ async fn serve(
                         Some(Step::Listen(c)) => NodeCommand::Listen(c),
                         Some(Step::Unlisten(c)) => NodeCommand::Unlisten(c),
                         Some(Step::Vox(channels)) => NodeCommand::VoiceActivation(channels),
+                        Some(Step::Emergency(channel, _)) => NodeCommand::Emergency(channel),
+                        Some(Step::ClearEmergency(channel, raiser)) => {
+                            NodeCommand::ClearEmergency { channel, raiser }
+                        }
                     })?;
                 }
             }

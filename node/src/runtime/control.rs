@@ -201,6 +201,17 @@ mod tests {
     }
 
     #[test]
+    fn floor_messages_keep_their_place_in_the_enum() {
+        // Variant 7: peers of this version read it; the tag must never move.
+        let bytes = ControlMessage::Floor(vec![9, 8]).encode();
+        assert_eq!(bytes, vec![CONTROL_VERSION, 7, 2, 9, 8]);
+        assert_eq!(
+            ControlMessage::decode(&bytes),
+            Ok(ControlMessage::Floor(vec![9, 8]))
+        );
+    }
+
+    #[test]
     fn empty_and_nested_batches_are_refused() {
         let empty = ControlMessage::Batch(Vec::new()).encode();
         assert!(matches!(
