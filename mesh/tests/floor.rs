@@ -150,6 +150,16 @@ impl Net {
         net
     }
 
+    /// Default config; with `arbiter`, the rented relay arbitrates (settled before return).
+    fn in_mode(latency_ms: u64, arbiter: bool) -> Self {
+        let mut net = Self::new(latency_ms, FloorConfig::default());
+        if arbiter {
+            net.set_arbiter(RELAY);
+            net.run_for(Duration::from_millis(latency_ms * 5));
+        }
+        net
+    }
+
     fn index(&self, key: &IdentityKey) -> usize {
         self.keys.iter().position(|k| k == key).unwrap()
     }
@@ -278,11 +288,7 @@ impl Net {
 }
 
 fn crossing_presses(arbiter: bool) {
-    let mut net = Net::new(40, FloorConfig::default());
-    if arbiter {
-        net.set_arbiter(RELAY);
-        net.run_for(Duration::from_millis(200));
-    }
+    let mut net = Net::in_mode(40, arbiter);
     let pressed = net.now - net.start;
     net.press(A).unwrap();
     net.run_for(Duration::from_millis(5));
@@ -326,11 +332,7 @@ fn crossing_presses_end_with_one_talker_with_an_arbiter() {
 }
 
 fn preemption_and_emergency(arbiter: bool) {
-    let mut net = Net::new(20, FloorConfig::default());
-    if arbiter {
-        net.set_arbiter(RELAY);
-        net.run_for(Duration::from_millis(100));
-    }
+    let mut net = Net::in_mode(20, arbiter);
     net.press(A).unwrap();
     net.run_for(Duration::from_millis(200));
     net.assert_one_talker(A);
@@ -398,11 +400,7 @@ fn priority_preempts_and_emergency_is_never_preempted_with_an_arbiter() {
 }
 
 fn holder_lost(arbiter: bool) {
-    let mut net = Net::new(20, FloorConfig::default());
-    if arbiter {
-        net.set_arbiter(RELAY);
-        net.run_for(Duration::from_millis(100));
-    }
+    let mut net = Net::in_mode(20, arbiter);
     net.press(A).unwrap();
     net.run_for(Duration::from_millis(100));
     net.press(B).unwrap();
@@ -424,11 +422,7 @@ fn a_lost_holder_frees_the_floor_for_the_queue_with_an_arbiter() {
 }
 
 fn holder_goes_silent(arbiter: bool) {
-    let mut net = Net::new(20, FloorConfig::default());
-    if arbiter {
-        net.set_arbiter(RELAY);
-        net.run_for(Duration::from_millis(100));
-    }
+    let mut net = Net::in_mode(20, arbiter);
     net.press(A).unwrap();
     net.run_for(Duration::from_millis(100));
     net.press(B).unwrap();

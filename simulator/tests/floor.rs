@@ -35,6 +35,15 @@ fn one_talker(report: &Report, who: &[&str], holder: &str, at_ms: u64) {
     }
 }
 
+/// `node`'s own last floor event on the net at `at_ms`.
+fn floor_state_is(report: &Report, node: &str, at_ms: u64, expected: &str) {
+    assert_eq!(
+        report.floor_state(node, "net", at_ms).as_deref(),
+        Some(expected),
+        "{node} at {at_ms} ms"
+    );
+}
+
 fn floor_trace(report: &Report) -> String {
     report
         .trace
@@ -57,22 +66,13 @@ fn crossing_presses_on_an_80ms_mesh_end_with_one_talker() {
     let all = ["alpha", "bravo", "charlie", "delta", "hq"];
     // alpha pressed 5 ms before bravo: alpha talks everywhere, bravo waits first in line.
     one_talker(&report, &all, "alpha", 2_300);
-    assert_eq!(
-        report.floor_state("alpha", "net", 2_300).as_deref(),
-        Some("granted")
-    );
-    assert_eq!(
-        report.floor_state("bravo", "net", 2_300).as_deref(),
-        Some("queued 1")
-    );
+    floor_state_is(&report, "alpha", 2_300, "granted");
+    floor_state_is(&report, "bravo", 2_300, "queued 1");
     // alpha lets go at 4 s: bravo's turn, without pressing again.
     one_talker(&report, &all, "bravo", 4_300);
     // The second crossing: charlie (10.000) beats delta (10.008).
     one_talker(&report, &all, "charlie", 10_300);
-    assert_eq!(
-        report.floor_state("delta", "net", 10_300).as_deref(),
-        Some("queued 1")
-    );
+    floor_state_is(&report, "delta", 10_300, "queued 1");
     one_talker(&report, &all, "delta", 11_300);
     // Press → grant within one round trip (80 ms) plus 10 ms.
     let grant = report.floor.grant_ms.expect("grants");
@@ -124,15 +124,9 @@ fn crossing_presses_on_an_80ms_mesh_end_with_one_talker() {
 
 fn priority_checks(report: &Report, who: &[&str]) {
     one_talker(report, who, "charlie", 3_300);
-    assert_eq!(
-        report.floor_state("alpha", "net", 3_300).as_deref(),
-        Some("preempted charlie")
-    );
+    floor_state_is(report, "alpha", 3_300, "preempted charlie");
     one_talker(report, who, "delta", 4_300);
-    assert_eq!(
-        report.floor_state("charlie", "net", 4_300).as_deref(),
-        Some("preempted delta")
-    );
+    floor_state_is(report, "charlie", 4_300, "preempted delta");
     for node in who {
         assert_eq!(
             report.last_line(node, "emergency net ", 4_300),
@@ -142,14 +136,8 @@ fn priority_checks(report: &Report, who: &[&str]) {
     }
     // Neither priority 3 nor a second emergency pre-empts an emergency.
     one_talker(report, who, "delta", 6_800);
-    assert_eq!(
-        report.floor_state("hq", "net", 6_800).as_deref(),
-        Some("queued 1")
-    );
-    assert_eq!(
-        report.floor_state("charlie", "net", 6_800).as_deref(),
-        Some("queued 2")
-    );
+    floor_state_is(report, "hq", 6_800, "queued 1");
+    floor_state_is(report, "charlie", 6_800, "queued 2");
     // delta lets go at 7 s: hq's emergency, then charlie.
     one_talker(report, who, "hq", 7_300);
     one_talker(report, who, "charlie", 7_800);
@@ -184,10 +172,7 @@ fn a_crashed_holder_frees_the_floor_and_a_late_listener_hears_the_next_frames() 
         "alpha",
         3_000,
     );
-    assert_eq!(
-        report.floor_state("bravo", "net", 3_400).as_deref(),
-        Some("queued 1")
-    );
+    floor_state_is(&report, "bravo", 3_400, "queued 1");
     // alpha crashed at 3.5 s: its last claim was at most 0.5 s before; 2 s of silence later
     // bravo holds the floor everywhere.
     let granted = report
@@ -226,22 +211,13 @@ fn a_rented_relay_arbitrates_and_holds_no_audio_key() {
     all.push("relay");
     // Crossing presses: the relay served bravo first; echo queued.
     one_talker(&report, &all, "bravo", 2_300);
-    assert_eq!(
-        report.floor_state("echo", "net", 2_300).as_deref(),
-        Some("queued 1")
-    );
+    floor_state_is(&report, "echo", 2_300, "queued 1");
     one_talker(&report, &all, "echo", 4_300);
     // A lead pre-empts echo; the chief's emergency pre-empts the lead.
     one_talker(&report, &all, "charlie", 4_800);
-    assert_eq!(
-        report.floor_state("echo", "net", 4_800).as_deref(),
-        Some("preempted charlie")
-    );
+    floor_state_is(&report, "echo", 4_800, "preempted charlie");
     one_talker(&report, &all, "delta", 5_300);
-    assert_eq!(
-        report.floor_state("charlie", "net", 5_300).as_deref(),
-        Some("preempted delta")
-    );
+    floor_state_is(&report, "charlie", 5_300, "preempted delta");
     for node in &all {
         assert_eq!(
             report.last_line(node, "emergency net ", 5_300),

@@ -2,7 +2,6 @@
 //! a scripted PTT session over synthetic speech (simulcast, a whisper, a refused transmission,
 //! a pre-emption on the half-duplex `/net`), and a report of every stream and the floor.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -223,12 +222,7 @@ async fn session(args: &DemoArgs) -> Result<Report> {
     let wall = wall_start.elapsed();
     let cpu = process_cpu().saturating_sub(cpu_start);
 
-    let names: BTreeMap<IdentityKey, String> = org
-        .members
-        .iter()
-        .map(|m| (m.keys.identity.public(), m.name.clone()))
-        .collect();
-    let name = |k: &IdentityKey| names.get(k).cloned().unwrap_or_else(|| k.to_string());
+    let name = |k: &IdentityKey| org.member_name(k);
     let mut floor = Vec::new();
     let mut stats = Vec::new();
     for (i, mut node) in nodes.into_iter().enumerate() {
@@ -274,12 +268,7 @@ fn report(
     cpu: Duration,
     wall: Duration,
 ) -> Report {
-    let names: BTreeMap<IdentityKey, String> = org
-        .members
-        .iter()
-        .map(|m| (m.keys.identity.public(), m.name.clone()))
-        .collect();
-    let name = |k: &IdentityKey| names.get(k).cloned().unwrap_or_else(|| k.to_string());
+    let name = |k: &IdentityKey| org.member_name(k);
     let channel_name = |c: StreamChannel| match c {
         StreamChannel::Channel(c) => org.channel_name(c),
         StreamChannel::Whisper => "whisper".to_string(),

@@ -145,6 +145,14 @@ impl DemoOrg {
             .collect()
     }
 
+    /// A member's name, or its key if it is not one of ours.
+    pub fn member_name(&self, key: &callsign_keys::IdentityKey) -> String {
+        self.members
+            .iter()
+            .find(|m| m.keys.identity.public() == *key)
+            .map_or_else(|| key.to_string(), |m| m.name.clone())
+    }
+
     /// The channel's name without the leading slash.
     pub fn channel_name(&self, channel: ChannelId) -> String {
         self.charter
