@@ -4,8 +4,8 @@
 //! ([`network::SimNetwork`]: latency, jitter, uniform and Gilbert–Elliott loss, reordering,
 //! duplication, bandwidth queues, partitions, NAT filtering), and the runner ([`run`]) that
 //! starts the real `callsign_node::Node` for every member on turmoil sockets in virtual time and
-//! reports per-stream delivery, mouth-to-ear latency, paths, charter convergence, drops and a
-//! trace hash ([`report`]).
+//! reports per-stream delivery, mouth-to-ear latency, paths, charter convergence, floor grants,
+//! drops and a trace hash ([`report`]).
 //!
 //! Must not: read the wall clock or an unseeded RNG on the simulated path, or iterate a std
 //! `HashMap` where order could change the trace. Same scenario + seed → same trace hash.
@@ -14,6 +14,7 @@ pub mod network;
 pub mod report;
 pub mod run;
 pub mod scenario;
+mod trace;
 
 pub use report::Report;
 pub use run::{run, RunError};

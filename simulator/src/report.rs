@@ -1,8 +1,9 @@
 //! What a run reports: per stream, per path, the charter, drops, and the trace hash.
 
 use crate::network::NetworkCounts;
-use crate::run::{Org, TraceLine};
+use crate::run::Org;
 use crate::scenario::{Action, FloorSpec, Scenario};
+use crate::trace::TraceLine;
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::ChannelId;
 use callsign_mesh::voice::DropCounts;

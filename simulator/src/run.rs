@@ -4,15 +4,15 @@
 use crate::network::SimNetwork;
 use crate::report::Report;
 use crate::scenario::{Action, FloorSpec, Scenario};
+use crate::trace::{describe, TraceLine};
 use callsign_keys::{Identity, IdentityKey, NodeKeys};
 use callsign_mesh::charter::{
     ChannelId, ChannelPolicy, Charter, EditError, FloorMode, OpBody, Permissions, Priority,
     RelayInfo, Role,
 };
-use callsign_mesh::floor::FloorEvent;
 use callsign_node::link::LinkSocket;
 use callsign_node::runtime::{AudioInput, NodeStats};
-use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
+use callsign_node::{Node, NodeCommand, NodeConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -225,9 +225,6 @@ fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
     acc
 }
 
-/// One line of the trace: virtual time, node index, what happened.
-pub(crate) type TraceLine = (Duration, usize, String);
-
 struct Shared {
     trace: Mutex<Vec<TraceLine>>,
     stats: Mutex<BTreeMap<usize, NodeStats>>,
@@ -313,78 +310,6 @@ fn script(
     // Stable: a release and a press at the same instant keep scenario order.
     out.sort_by_key(|(t, _)| *t);
     out
-}
-
-fn describe(
-    event: &NodeEvent,
-    names: &BTreeMap<IdentityKey, String>,
-    channels: &BTreeMap<ChannelId, String>,
-) -> Option<String> {
-    let name = |k: &IdentityKey| names.get(k).cloned().unwrap_or_else(|| "?".into());
-    let ch = |c: &ChannelId| channels.get(c).cloned().unwrap_or_else(|| c.to_string());
-    let peer_name = |p: &libp2p::PeerId| {
-        names
-            .iter()
-            .find(|(k, _)| k.peer_id() == *p)
-            .map_or("?".to_string(), |(_, n)| n.clone())
-    };
-    Some(match event {
-        NodeEvent::LinkUp { peer, kind, .. } => format!("link-up {} {kind:?}", peer_name(peer)),
-        NodeEvent::LinkDown { peer } => format!("link-down {}", peer_name(peer)),
-        NodeEvent::Presence {
-            peer, listening, ..
-        } => {
-            format!("presence {} {}", name(peer), listening.len())
-        }
-        NodeEvent::PresenceGone { peer } => format!("presence-gone {}", name(peer)),
-        NodeEvent::SessionUp { peer } => format!("session-up {}", name(peer)),
-        NodeEvent::TalkerStarted {
-            peer,
-            channels,
-            whisper,
-            ..
-        } => format!("talker {} {} {whisper}", name(peer), channels.len()),
-        NodeEvent::TalkerStopped { peer } => format!("talker-stop {}", name(peer)),
-        NodeEvent::Transmitting { channels, whisper } => {
-            format!("transmit {} {}", channels.len(), whisper.is_some())
-        }
-        NodeEvent::TransmitStopped => "transmit-stop".into(),
-        NodeEvent::PttDenied { channels, .. } => format!("ptt-denied {}", channels.len()),
-        NodeEvent::CharterChanged { ops } => format!("charter {ops}"),
-        NodeEvent::Floor(event) => match event {
-            FloorEvent::Granted { channel } => format!("floor-granted {}", ch(channel)),
-            FloorEvent::Denied { channel, .. } => format!("floor-denied {}", ch(channel)),
-            FloorEvent::Queued { channel, position } => {
-                format!("floor-queued {} {position}", ch(channel))
-            }
-            FloorEvent::Preempted { channel, by } => {
-                format!("floor-preempted {} {}", ch(channel), name(by))
-            }
-            FloorEvent::Revoked { channel } => format!("floor-revoked {}", ch(channel)),
-            FloorEvent::Released { channel } => format!("floor-released {}", ch(channel)),
-            FloorEvent::Holder { channel, holder } => format!(
-                "floor-holder {} {}",
-                ch(channel),
-                holder.as_ref().map_or("none".to_string(), &name)
-            ),
-            FloorEvent::EmergencyRaised { channel, by } => {
-                format!("emergency {} {}", ch(channel), name(by))
-            }
-            FloorEvent::EmergencyCleared {
-                channel,
-                raiser,
-                by,
-            } => {
-                format!(
-                    "emergency-clear {} {} {}",
-                    ch(channel),
-                    name(raiser),
-                    name(by)
-                )
-            }
-        },
-        NodeEvent::Warning(_) | NodeEvent::VoiceSent { .. } => return None,
-    })
 }
 
 /// Runs `scenario` with `seed` (the scenario's own seed when `None`).

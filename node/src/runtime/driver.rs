@@ -6,26 +6,21 @@ use super::api::{
     LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, SentStream, StreamChannel,
 };
 use super::control::{ControlMessage, PeerControl};
-use super::voice::{Encoded, Playout, Target, Transmitter};
+use super::voice::{Playout, Target, Transmitter};
 use super::NodeError;
 use crate::audio::mixer::ChannelMix;
-use crate::audio::SAMPLE_RATE;
 use crate::link::swarm::{NodeNetwork, RelayAllowList};
-use crate::link::{IncomingDatagram, LinkError, LinkEvent};
+use crate::link::LinkEvent;
 use callsign_keys::{IdentityKey, NodeKeys};
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::sync::{CharterSync, SyncEvent};
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
 use callsign_mesh::floor::FloorControl;
 use callsign_mesh::presence::PresenceTable;
-use callsign_mesh::voice::{
-    channel_deliveries, speakable, whisper_delivery, KeySchedule, SenderShortId, VoiceFlags,
-    VoiceHeader, VoiceReceiver,
-};
+use callsign_mesh::voice::{speakable, whisper_delivery, KeySchedule, VoiceReceiver};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::PeerId;
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -358,200 +353,6 @@ impl Driver {
         self.emit(NodeEvent::CharterChanged { ops });
     }
 
-    // ---- audio ----
-
-    pub(super) fn audio_tick(&mut self, scheduled: Instant) -> Result<(), NodeError> {
-        let timestamp = media_timestamp(self.epoch, scheduled);
-        let was_transmitting = self.transmitter.is_transmitting();
-        if let Some(encoded) = self.transmitter.tick()? {
-            let Encoded {
-                target,
-                flags,
-                sequence,
-                payload,
-            } = encoded;
-            let payload = payload.to_vec();
-            if flags.contains(VoiceFlags::START) {
-                let (channels, whisper) = match &target {
-                    Target::Channels(channels) => (channels.clone(), None),
-                    Target::Whisper(peer) => (Vec::new(), Some(*peer)),
-                };
-                self.emit(NodeEvent::Transmitting { channels, whisper });
-            }
-            self.send_frame(target, flags, sequence, timestamp, &payload, scheduled);
-        }
-        if was_transmitting && !self.transmitter.is_transmitting() {
-            self.emit(NodeEvent::TransmitStopped);
-        }
-        let changes = self.playout.tick(now())?;
-        for peer in changes.stopped {
-            self.emit(NodeEvent::TalkerStopped { peer });
-        }
-        self.ticks += 1;
-        let per_second =
-            (Duration::from_secs(1).as_micros() / self.frame.as_micros().max(1)) as u64;
-        if self.ticks % per_second.max(1) == 0 {
-            for (sender, pct) in self.playout.loss_reports() {
-                if let Some(control) = self.peers.get_mut(&sender.peer_id()) {
-                    control.queue(ControlMessage::LossReport(pct));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) fn send_frame(
-        &mut self,
-        target: Target,
-        flags: VoiceFlags,
-        sequence: u16,
-        timestamp: u32,
-        payload: &[u8],
-        now: Instant,
-    ) {
-        let state = self.sync.charter().state();
-        let (channels, deliveries, flags) = match &target {
-            Target::Channels(channels) => {
-                // The charter may have changed since PTT was pressed, and the floor with it:
-                // check again.
-                let (mut allowed, _) = speakable(state, &self.local, channels);
-                // The closing frame still goes where the transmission went (the floor may
-                // already be released or lost).
-                let closing = flags.contains(VoiceFlags::END);
-                allowed.retain(|c| closing || self.floor.may_transmit(*c));
-                let deliveries = channel_deliveries(
-                    state,
-                    &self.presence,
-                    &self.schedule,
-                    &self.local,
-                    &allowed,
-                    now,
-                );
-                (allowed, deliveries, flags)
-            }
-            Target::Whisper(peer) => {
-                match whisper_delivery(state, &self.schedule, &self.local, peer, now) {
-                    Ok((channel, delivery)) => (
-                        vec![channel],
-                        vec![delivery],
-                        flags.union(VoiceFlags::WHISPER),
-                    ),
-                    Err(_) => (Vec::new(), Vec::new(), flags),
-                }
-            }
-        };
-        if channels.is_empty() {
-            return;
-        }
-        let header = VoiceHeader {
-            flags,
-            channels: channels.clone(),
-            sender: SenderShortId::of(&self.local),
-            sequence,
-            timestamp,
-            key_id: 0,
-        };
-        // Seal once per key; every listener given that key gets the same bytes.
-        let mut sealed: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
-        for delivery in deliveries {
-            let key_id = delivery.key.id();
-            if let std::collections::btree_map::Entry::Vacant(slot) = sealed.entry(key_id) {
-                let header = VoiceHeader {
-                    key_id,
-                    ..header.clone()
-                };
-                match delivery.key.seal(&header, payload) {
-                    Ok(bytes) => {
-                        slot.insert(bytes);
-                    }
-                    Err(e) => {
-                        self.emit(NodeEvent::Warning(format!("seal: {e}")));
-                        continue;
-                    }
-                }
-            }
-            let Some(packet) = sealed.get(&key_id) else {
-                continue;
-            };
-            let peer = delivery.peer.peer_id();
-            let lost = self.send_loss > 0.0 && self.loss_rng.gen_bool(self.send_loss.min(1.0));
-            if !lost {
-                match self.network.links.send_datagram(&peer, packet) {
-                    Ok(()) => {}
-                    // Linked over TCP only: the frame rides a control stream instead.
-                    Err(LinkError::NotConnected(_)) if self.network.swarm.is_connected(&peer) => {
-                        let message = ControlMessage::Voice(packet.clone()).encode();
-                        self.network
-                            .swarm
-                            .behaviour_mut()
-                            .control
-                            .send_request(&peer, message);
-                    }
-                    Err(_) => continue,
-                }
-            }
-            if self.tap {
-                self.emit(NodeEvent::VoiceSent {
-                    peer,
-                    packet: packet.clone(),
-                });
-            }
-            let heard_on: Vec<StreamChannel> = match &target {
-                Target::Whisper(_) => vec![StreamChannel::Whisper],
-                Target::Channels(_) => {
-                    let record = self.presence.get(&delivery.peer);
-                    channels
-                        .iter()
-                        .filter(|c| {
-                            record.is_some_and(|r| r.body.listening.binary_search(c).is_ok())
-                                && state.may(&delivery.peer, **c, Permissions::LISTEN)
-                        })
-                        .map(|c| StreamChannel::Channel(*c))
-                        .collect()
-                }
-            };
-            for channel in heard_on {
-                *self.sent.entry((delivery.peer, channel)).or_default() += 1;
-            }
-        }
-    }
-
-    pub(super) fn datagram(&mut self, datagram: IncomingDatagram, now: Instant) {
-        let state = self.sync.charter().state();
-        match self
-            .receiver
-            .receive(state, &self.listening, &datagram.payload)
-        {
-            Ok(frame) if !self.in_turn(&frame) => {
-                self.floor_drops += 1;
-                tracing::debug!(peer = %datagram.peer, "voice out of turn dropped");
-            }
-            Ok(frame) => {
-                self.floor.audio_from(&frame.sender, &frame.channels, now);
-                match self.playout.receive(&frame, now) {
-                    Ok(true) => {
-                        let name = self
-                            .presence
-                            .get(&frame.sender)
-                            .map(|r| r.body.display_name.clone())
-                            .unwrap_or_default();
-                        self.emit(NodeEvent::TalkerStarted {
-                            peer: frame.sender,
-                            name,
-                            channels: frame.channels.clone(),
-                            whisper: frame.whisper,
-                        });
-                    }
-                    Ok(false) => {}
-                    Err(e) => self.emit(NodeEvent::Warning(format!("playout: {e}"))),
-                }
-            }
-            Err(reason) => {
-                tracing::debug!(peer = %datagram.peer, ?reason, "voice datagram dropped");
-            }
-        }
-    }
-
     /// Drains what the state machines want sent.
     pub(super) fn flush(&mut self, now: Instant) {
         while let Some((peer, message)) = self.sync.poll_transmit() {
@@ -651,10 +452,4 @@ impl Driver {
             floor_drops: self.floor_drops,
         }
     }
-}
-
-/// 48 kHz samples from `epoch` to `at` (wrapping, as the header field does).
-fn media_timestamp(epoch: Instant, at: Instant) -> u32 {
-    let elapsed = at.saturating_duration_since(epoch);
-    (elapsed.as_nanos() * u128::from(SAMPLE_RATE) / 1_000_000_000) as u32
 }

@@ -7,9 +7,9 @@
 //! - [`control`]: control messages between members and the per-peer ordered outbox.
 //! - [`voice`]: the transmitter (capture → gate → Opus) and playout (jitter → decode → mix).
 //! - [`demo_org`]: the org the demo, tests and screenshots use.
-//! - `driver`: the event loop joining links, audio and the sans-IO mesh core; `peering`: its
-//!   per-member control plane; `floor`: PTT on half-duplex channels through the mesh's floor
-//!   control.
+//! - `driver`: the event loop joining links, audio and the sans-IO mesh core; `media`: its voice
+//!   path (frames out, datagrams in); `peering`: its per-member control plane; `floor`: PTT on
+//!   half-duplex channels through the mesh's floor control.
 //!
 //! The node runs on tokio time (`tokio::time::Instant`), so the simulator's virtual clock
 //! drives it exactly as it drives the links.
@@ -20,6 +20,7 @@ pub mod control;
 pub mod demo_org;
 mod driver;
 mod floor;
+mod media;
 mod peering;
 pub mod voice;
 
