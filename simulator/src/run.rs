@@ -222,6 +222,7 @@ fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
     acc.charter_hash = next.charter_hash;
     acc.charter_ops = next.charter_ops;
     acc.peers = next.peers;
+    acc.floor = next.floor;
     acc
 }
 

@@ -178,6 +178,24 @@ pub struct PeerStats {
     pub rtt: Option<Duration>,
 }
 
+/// One half-duplex channel's floor as this node sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FloorStats {
+    #[serde(skip)]
+    pub channel: ChannelId,
+    /// Who holds the floor.
+    #[serde(skip)]
+    pub holder: Option<IdentityKey>,
+    /// Ours: `idle`, `pending`, `granted`, `queued N`, `releasing`.
+    pub state: String,
+    /// Members whose emergency on the channel is not cleared.
+    #[serde(skip)]
+    pub emergencies: Vec<IdentityKey>,
+    /// Who arbitrates (`None`: the members by rule).
+    #[serde(skip)]
+    pub arbiter: Option<IdentityKey>,
+}
+
 /// A snapshot of the node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct NodeStats {
@@ -199,4 +217,6 @@ pub struct NodeStats {
     pub charter_ops: usize,
     /// Frames dropped on receipt because their sender did not hold the floor.
     pub floor_drops: u64,
+    /// Every half-duplex channel's floor.
+    pub floor: Vec<FloorStats>,
 }

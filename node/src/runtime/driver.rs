@@ -450,6 +450,7 @@ impl Driver {
                 .collect(),
             charter_ops: self.sync.charter().len(),
             floor_drops: self.floor_drops,
+            floor: self.floor_stats(),
         }
     }
 }

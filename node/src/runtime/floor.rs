@@ -4,13 +4,13 @@
 //! once. Floor messages ride control requests outside the ordered outbox: a press must not
 //! wait behind a charter sync, and each claim carries a revision, so order does not matter.
 
-use super::api::NodeEvent;
+use super::api::{FloorStats, NodeEvent};
 use super::control::ControlMessage;
 use super::driver::Driver;
 use super::voice::Target;
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::ChannelId;
-use callsign_mesh::floor::{arbiter_for, FloorEvent, FloorMessage};
+use callsign_mesh::floor::{arbiter_for, FloorEvent, FloorMessage, LocalFloor};
 use callsign_mesh::voice::{ReceivedFrame, VoiceFlags};
 use libp2p::PeerId;
 use std::time::Instant;
@@ -142,6 +142,29 @@ impl Driver {
         for (channel, arbiter) in choices {
             self.floor.set_arbiter(channel, arbiter, now);
         }
+    }
+
+    pub(super) fn floor_stats(&self) -> Vec<FloorStats> {
+        self.state()
+            .channels
+            .keys()
+            .filter_map(|channel| {
+                let state = match self.floor.state(*channel)? {
+                    LocalFloor::Idle => "idle".to_string(),
+                    LocalFloor::Pending => "pending".to_string(),
+                    LocalFloor::Granted => "granted".to_string(),
+                    LocalFloor::Queued(n) => format!("queued {n}"),
+                    LocalFloor::Releasing => "releasing".to_string(),
+                };
+                Some(FloorStats {
+                    channel: *channel,
+                    holder: self.floor.holder(*channel),
+                    state,
+                    emergencies: self.floor.emergencies(*channel),
+                    arbiter: self.floor.arbiter(*channel),
+                })
+            })
+            .collect()
     }
 
     /// Sends what floor control wants sent, reports what happened, and follows the floor with

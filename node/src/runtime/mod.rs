@@ -25,8 +25,8 @@ mod peering;
 pub mod voice;
 
 pub use api::{
-    LatencyMs, LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, ReceivedStream, SentStream,
-    StreamChannel,
+    FloorStats, LatencyMs, LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, ReceivedStream,
+    SentStream, StreamChannel,
 };
 pub use config::{AudioInput, NodeConfig};
 pub use floor::describe_floor;

@@ -1,6 +1,8 @@
 //! Helpers shared by the audio tests.
 #![allow(dead_code)]
 
+pub mod squad;
+
 use callsign_node::audio::wav::read_wav;
 use std::path::Path;
 
