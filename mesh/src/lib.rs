@@ -1,9 +1,9 @@
 //! Callsign's protocol core, sans-IO.
 //!
-//! This crate owns the logic every node must agree on: today the org charter (signed op-DAG,
-//! fold into channels/roles/ACLs, anti-entropy sync, the op log format) and the voice packet
-//! (sealed with sender keys, replay window) and presence records; later topology, floor
-//! control and the E2EE key schedule.
+//! This crate owns the logic every node must agree on: the org charter (signed op-DAG, fold
+//! into channels/roles/ACLs, anti-entropy sync, the op log format), the voice packet (sealed
+//! with sender keys, replay window), the E2EE key schedule and pair sessions, presence records,
+//! floor control on half-duplex channels, and the topology rule (mesh or which relay).
 //!
 //! It must not: open sockets, spawn threads or tasks, read the wall clock, or iterate a std
 //! `HashMap`/`HashSet` where the order could change a decision. Every entry point takes `now`
@@ -17,4 +17,5 @@ pub mod charter;
 pub mod e2ee;
 pub mod floor;
 pub mod presence;
+pub mod topology;
 pub mod voice;
