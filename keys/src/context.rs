@@ -88,6 +88,8 @@ pub const INVITE_GRANT: SigningContext = SigningContext::new("callsign/invite-gr
 pub const CHARTER_OP: SigningContext = SigningContext::new("callsign/charter-op/v1");
 /// A node's presence record (who is online, what it listens to, where to reach it).
 pub const PRESENCE: SigningContext = SigningContext::new("callsign/presence/v1");
+/// A member's subscription at a relay (which channels it wants forwarded to it).
+pub const SUBSCRIPTION: SigningContext = SigningContext::new("callsign/subscription/v1");
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,8 @@
 //! This crate owns the logic every node must agree on: the org charter (signed op-DAG, fold
 //! into channels/roles/ACLs, anti-entropy sync, the op log format), the voice packet (sealed
 //! with sender keys, replay window), the E2EE key schedule and pair sessions, presence records,
-//! floor control on half-duplex channels, and the topology rule (mesh or which relay).
+//! floor control on half-duplex channels, the topology rule (mesh or which relay) and a
+//! relay's forwarding rule (signed subscriptions; relays see only clear headers).
 //!
 //! It must not: open sockets, spawn threads or tasks, read the wall clock, or iterate a std
 //! `HashMap`/`HashSet` where the order could change a decision. Every entry point takes `now`
@@ -16,6 +17,7 @@
 pub mod charter;
 pub mod e2ee;
 pub mod floor;
+pub mod forward;
 pub mod presence;
 pub mod topology;
 pub mod voice;

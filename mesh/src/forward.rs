@@ -1,0 +1,356 @@
+//! A relay's forwarding rule, sans-IO: which subscribers get a voice packet, read from its clear
+//! header only. The relay never holds a sender key: it forwards the sealed bytes as they came.
+//!
+//! Members ask a relay for channels with a signed [`Subscription`] (wire form: version byte `1`
+//! then postcard; signed under `callsign/subscription/v1`; canonical encoding only). The
+//! [`Forwarder`] accepts one only from a member the charter lets listen on every channel it
+//! names, and checks again at each packet (the charter may have changed). A packet is
+//! forwarded once to each subscriber of any of its channels (a simulcast frame is not copied
+//! per channel), never back to its sender; packets from non-members or for channels the sender
+//! may not speak on, oversize, malformed, duplicate (replay window per sender), whispers, and
+//! packets beyond a sender's rate are dropped and counted by reason.
+
+use crate::charter::{ChannelId, CharterState, Permissions};
+use crate::voice::{ReplayWindow, SenderShortId, VoiceFlags, VoiceHeader, MAX_CHANNELS};
+use callsign_keys::context::SUBSCRIPTION;
+use callsign_keys::{Identity, IdentityKey, Signature};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Version byte of subscriptions.
+pub const SUBSCRIPTION_VERSION: u8 = 1;
+/// Largest encoded subscription accepted.
+pub const MAX_SUBSCRIPTION_BYTES: usize = 2048;
+const MAX_SUBSCRIBED: usize = 64;
+
+/// The signed content of a subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionBody {
+    /// The org (its root key).
+    pub org: IdentityKey,
+    /// Who wants the audio; also the signer.
+    pub subscriber: IdentityKey,
+    /// Increases with every subscription the member issues; newer replaces older.
+    pub seq: u64,
+    /// Channels to forward, sorted and unique (empty: unsubscribe).
+    pub channels: Vec<ChannelId>,
+}
+
+/// A signed subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// The signed content.
+    pub body: SubscriptionBody,
+    /// The subscriber's signature.
+    pub signature: Signature,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubscriptionError {
+    /// Empty or too large.
+    #[error("subscription of {0} bytes")]
+    Size(usize),
+    /// Unknown version.
+    #[error("unknown subscription version {0}")]
+    Version(u8),
+    /// Does not decode, or not canonically.
+    #[error("malformed subscription: {0}")]
+    Malformed(String),
+    /// Too many channels, or not sorted and unique.
+    #[error("subscription out of bounds")]
+    Bounds,
+    /// The signature does not verify.
+    #[error("subscription signature does not verify")]
+    BadSignature,
+    /// For another org.
+    #[error("subscription for another org")]
+    WrongOrg,
+    /// The subscriber may not listen on a channel it names (or is no member).
+    #[error("the charter does not let the subscriber listen on {0}")]
+    NotAllowed(ChannelId),
+    /// Not newer than the one held.
+    #[error("stale subscription")]
+    Stale,
+}
+
+fn body_bytes(body: &SubscriptionBody) -> Vec<u8> {
+    // Plain data into a Vec: postcard cannot fail here.
+    postcard::to_stdvec(body).unwrap_or_default()
+}
+
+impl Subscription {
+    /// Signs `body` as `identity` (channels are sorted and de-duplicated here).
+    pub fn sign(
+        identity: &Identity,
+        mut body: SubscriptionBody,
+    ) -> Result<Self, SubscriptionError> {
+        body.subscriber = identity.public();
+        body.channels.sort();
+        body.channels.dedup();
+        if body.channels.len() > MAX_SUBSCRIBED {
+            return Err(SubscriptionError::Bounds);
+        }
+        let signature = identity.sign(SUBSCRIPTION, &body_bytes(&body));
+        Ok(Self { body, signature })
+    }
+
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![SUBSCRIPTION_VERSION];
+        out.extend(postcard::to_stdvec(self).unwrap_or_default());
+        out
+    }
+
+    /// Decodes and checks size, version, canonical form, bounds and signature.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SubscriptionError> {
+        if bytes.is_empty() || bytes.len() > MAX_SUBSCRIPTION_BYTES {
+            return Err(SubscriptionError::Size(bytes.len()));
+        }
+        if bytes[0] != SUBSCRIPTION_VERSION {
+            return Err(SubscriptionError::Version(bytes[0]));
+        }
+        let record: Self = postcard::from_bytes(&bytes[1..])
+            .map_err(|e| SubscriptionError::Malformed(e.to_string()))?;
+        if record.encode() != bytes {
+            return Err(SubscriptionError::Malformed("not canonical".into()));
+        }
+        let channels = &record.body.channels;
+        if channels.len() > MAX_SUBSCRIBED || channels.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(SubscriptionError::Bounds);
+        }
+        record
+            .body
+            .subscriber
+            .verify(SUBSCRIPTION, &body_bytes(&record.body), &record.signature)
+            .map_err(|_| SubscriptionError::BadSignature)?;
+        Ok(record)
+    }
+}
+
+/// Why a packet was not forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ForwardDrop {
+    /// The clear header does not parse.
+    Malformed,
+    /// Larger than [`ForwarderConfig::max_packet`].
+    Oversize,
+    /// The link's peer is not a member, or the header names someone else as sender.
+    Stranger,
+    /// The sender may not speak on one of the packet's channels.
+    Unauthorised,
+    /// Whispers go member to member, not through relays.
+    Whisper,
+    /// The sender exceeded its packet rate.
+    RateLimited,
+    /// Seen before (network duplicate or replay).
+    Duplicate,
+    /// Nobody to forward to.
+    NoSubscribers,
+}
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct ForwarderConfig {
+    /// Largest packet forwarded (header, Opus frame and tag).
+    pub max_packet: usize,
+    /// Sustained packets per second per sender (a 20 ms talker sends 50).
+    pub packets_per_second: u32,
+    /// How many packets above the rate a sender may burst.
+    pub burst: u32,
+}
+
+impl Default for ForwarderConfig {
+    fn default() -> Self {
+        Self {
+            max_packet: 3 + 8 * MAX_CHANNELS + 10 + 1275 + 16,
+            packets_per_second: 100,
+            burst: 50,
+        }
+    }
+}
+
+/// Packets and bytes handled, and drops by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForwardCounts {
+    /// Packets received from senders.
+    pub packets_in: u64,
+    /// Bytes received from senders.
+    pub bytes_in: u64,
+    /// Copies sent to subscribers.
+    pub packets_out: u64,
+    /// Bytes sent to subscribers.
+    pub bytes_out: u64,
+    /// Drops by reason.
+    pub drops: BTreeMap<ForwardDrop, u64>,
+}
+
+#[derive(Debug)]
+struct SenderState {
+    /// Token bucket, in thousandths of a packet.
+    milli_tokens: u64,
+    refilled: Instant,
+    replay: ReplayWindow,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Forwarder {
+    org: IdentityKey,
+    config: ForwarderConfig,
+    subscriptions: BTreeMap<IdentityKey, SubscriptionBody>,
+    senders: BTreeMap<IdentityKey, SenderState>,
+    counts: ForwardCounts,
+}
+
+impl Forwarder {
+    /// A forwarder for `org` with no subscribers.
+    pub fn new(org: IdentityKey, config: ForwarderConfig) -> Self {
+        Self {
+            org,
+            config,
+            subscriptions: BTreeMap::new(),
+            senders: BTreeMap::new(),
+            counts: ForwardCounts::default(),
+        }
+    }
+
+    /// Accepts a verified subscription (from [`Subscription::decode`]) if the charter lets its
+    /// subscriber listen on every channel it names and it is newer than the one held.
+    pub fn subscribe(
+        &mut self,
+        state: &CharterState,
+        subscription: Subscription,
+    ) -> Result<(), SubscriptionError> {
+        let body = subscription.body;
+        if body.org != self.org || state.org != self.org {
+            return Err(SubscriptionError::WrongOrg);
+        }
+        if let Some(c) = body
+            .channels
+            .iter()
+            .find(|c| !state.may(&body.subscriber, **c, Permissions::LISTEN))
+        {
+            return Err(SubscriptionError::NotAllowed(*c));
+        }
+        if self
+            .subscriptions
+            .get(&body.subscriber)
+            .is_some_and(|held| held.seq >= body.seq)
+        {
+            return Err(SubscriptionError::Stale);
+        }
+        if body.channels.is_empty() {
+            self.subscriptions.remove(&body.subscriber);
+        } else {
+            self.subscriptions.insert(body.subscriber, body);
+        }
+        Ok(())
+    }
+
+    /// The member's link went: it gets nothing until it subscribes again.
+    pub fn remove(&mut self, peer: &IdentityKey) {
+        self.subscriptions.remove(peer);
+        self.senders.remove(peer);
+    }
+
+    /// Subscribers of `channel`.
+    pub fn subscribers(&self, channel: ChannelId) -> usize {
+        self.subscriptions
+            .values()
+            .filter(|s| s.channels.binary_search(&channel).is_ok())
+            .count()
+    }
+
+    /// Counters so far.
+    pub fn counts(&self) -> &ForwardCounts {
+        &self.counts
+    }
+
+    /// Who gets `packet`, received at `now` from member `from` over an authenticated link, in
+    /// key order; or why nobody does.
+    pub fn forward(
+        &mut self,
+        state: &CharterState,
+        from: &IdentityKey,
+        packet: &[u8],
+        now: Instant,
+    ) -> Result<Vec<IdentityKey>, ForwardDrop> {
+        self.counts.packets_in += 1;
+        self.counts.bytes_in += packet.len() as u64;
+        let result = self.route(state, from, packet, now);
+        match &result {
+            Ok(to) => {
+                self.counts.packets_out += to.len() as u64;
+                self.counts.bytes_out += (to.len() * packet.len()) as u64;
+            }
+            Err(reason) => *self.counts.drops.entry(*reason).or_default() += 1,
+        }
+        result
+    }
+
+    fn route(
+        &mut self,
+        state: &CharterState,
+        from: &IdentityKey,
+        packet: &[u8],
+        now: Instant,
+    ) -> Result<Vec<IdentityKey>, ForwardDrop> {
+        if packet.len() > self.config.max_packet {
+            return Err(ForwardDrop::Oversize);
+        }
+        let (header, _) = VoiceHeader::parse(packet).map_err(|_| ForwardDrop::Malformed)?;
+        let member = state.members.contains_key(from) || state.is_admin(from);
+        if !member || header.sender != SenderShortId::of(from) {
+            return Err(ForwardDrop::Stranger);
+        }
+        if header.flags.contains(VoiceFlags::WHISPER) {
+            return Err(ForwardDrop::Whisper);
+        }
+        if header
+            .channels
+            .iter()
+            .any(|c| !state.may(from, *c, Permissions::SPEAK))
+        {
+            return Err(ForwardDrop::Unauthorised);
+        }
+        let (rate, burst) = (
+            u64::from(self.config.packets_per_second),
+            u64::from(self.config.burst),
+        );
+        let sender = self.senders.entry(*from).or_insert_with(|| SenderState {
+            milli_tokens: burst * 1000,
+            refilled: now,
+            replay: ReplayWindow::new(),
+        });
+        let elapsed = now.saturating_duration_since(sender.refilled);
+        sender.refilled = now;
+        sender.milli_tokens = (sender.milli_tokens
+            + (elapsed.min(Duration::from_secs(60)).as_millis() as u64) * rate)
+            .min(burst * 1000);
+        if sender.milli_tokens < 1000 {
+            return Err(ForwardDrop::RateLimited);
+        }
+        sender.milli_tokens -= 1000;
+        if !sender.replay.accept(header.sequence) {
+            return Err(ForwardDrop::Duplicate);
+        }
+        let to: Vec<IdentityKey> = self
+            .subscriptions
+            .values()
+            .filter(|s| s.subscriber != *from)
+            .filter(|s| {
+                header.channels.iter().any(|c| {
+                    s.channels.binary_search(c).is_ok()
+                        && state.may(&s.subscriber, *c, Permissions::LISTEN)
+                })
+            })
+            .map(|s| s.subscriber)
+            .collect();
+        if to.is_empty() {
+            return Err(ForwardDrop::NoSubscribers);
+        }
+        Ok(to)
+    }
+}

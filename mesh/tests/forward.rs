@@ -1,0 +1,279 @@
+//! The relay's forwarding rule: signed subscriptions checked against the charter, one copy per
+//! subscriber, and every kind of bad packet dropped and counted, all without a sender key.
+
+use callsign_keys::{Identity, IdentityKey};
+use callsign_mesh::charter::{
+    ChannelId, Charter, CharterState, OpBody, Permissions, Priority, Role,
+};
+use callsign_mesh::forward::{
+    ForwardDrop, Forwarder, ForwarderConfig, Subscription, SubscriptionBody, SubscriptionError,
+};
+use callsign_mesh::voice::{SenderKey, SenderShortId, VoiceFlags, VoiceHeader};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::time::{Duration, Instant};
+
+struct Org {
+    state: CharterState,
+    /// officer, pilot, recruit, stranger.
+    ids: Vec<Identity>,
+    command: ChannelId,
+    flight: ChannelId,
+}
+
+/// /command: officers speak, pilots listen, recruits nothing. /flight: everyone speaks.
+fn org() -> Org {
+    let ids: Vec<Identity> = (0..5)
+        .map(|i| Identity::generate(&mut StdRng::seed_from_u64(40 + i)))
+        .collect();
+    let root = &ids[4];
+    let (mut c, _) = Charter::create(root, "Wing", 0).unwrap();
+    let all = Permissions::LISTEN.union(Permissions::SPEAK);
+    let mut channels = Vec::new();
+    for name in ["command", "flight"] {
+        c.edit(
+            root,
+            OpBody::AddChannel {
+                parent: None,
+                name: name.into(),
+            },
+            0,
+        )
+        .unwrap();
+        channels.push(c.state().find(&format!("/{name}")).unwrap());
+    }
+    for (i, role) in ["officer", "pilot", "recruit"].iter().enumerate() {
+        let perms = Role {
+            perms: all,
+            priority: Priority::NORMAL,
+        };
+        c.edit(
+            root,
+            OpBody::PutRole {
+                name: (*role).into(),
+                role: perms,
+            },
+            0,
+        )
+        .unwrap();
+        let on_command = [all, Permissions::LISTEN, Permissions::NONE][i];
+        let acl = OpBody::SetChannelAcl {
+            channel: channels[0],
+            role: (*role).into(),
+            perms: Some(on_command),
+        };
+        c.edit(root, acl, 0).unwrap();
+        let member = OpBody::PutMember {
+            peer: ids[i].public(),
+            name: (*role).into(),
+            roles: vec![(*role).into()],
+        };
+        c.edit(root, member, 0).unwrap();
+    }
+    Org {
+        state: c.state().clone(),
+        ids,
+        command: channels[0],
+        flight: channels[1],
+    }
+}
+
+fn subscription(org: &Org, who: usize, seq: u64, channels: Vec<ChannelId>) -> Subscription {
+    let body = SubscriptionBody {
+        org: org.state.org,
+        subscriber: org.ids[who].public(),
+        seq,
+        channels,
+    };
+    let signed = Subscription::sign(&org.ids[who], body).unwrap();
+    Subscription::decode(&signed.encode()).unwrap()
+}
+
+fn packet(
+    from: &IdentityKey,
+    channels: Vec<ChannelId>,
+    sequence: u16,
+    flags: VoiceFlags,
+) -> Vec<u8> {
+    let header = VoiceHeader {
+        flags,
+        channels,
+        sender: SenderShortId::of(from),
+        sequence,
+        timestamp: u32::from(sequence) * 960,
+        key_id: 1,
+    };
+    SenderKey::new(1, [7; 32])
+        .seal(&header, &[0x55; 60])
+        .unwrap()
+}
+
+fn forwarder(org: &Org) -> Forwarder {
+    let mut f = Forwarder::new(org.state.org, ForwarderConfig::default());
+    for (who, channels) in [
+        (0, vec![org.command, org.flight]),
+        (1, vec![org.command]),
+        (2, vec![org.flight]),
+    ] {
+        f.subscribe(&org.state, subscription(org, who, 1, channels))
+            .unwrap();
+    }
+    f
+}
+
+#[test]
+fn subscriptions_are_signed_and_checked_against_the_charter() {
+    let org = org();
+    let mut f = forwarder(&org);
+    assert_eq!(f.subscribers(org.command), 2);
+    assert_eq!(f.subscribers(org.flight), 2);
+    // The recruit may not hear /command.
+    assert_eq!(
+        f.subscribe(&org.state, subscription(&org, 2, 2, vec![org.command])),
+        Err(SubscriptionError::NotAllowed(org.command))
+    );
+    // Nor may a stranger hear anything.
+    assert!(f
+        .subscribe(&org.state, subscription(&org, 3, 1, vec![org.flight]))
+        .is_err());
+    // Older or equal sequence numbers lose.
+    assert_eq!(
+        f.subscribe(&org.state, subscription(&org, 1, 1, vec![org.flight])),
+        Err(SubscriptionError::Stale)
+    );
+    // A forged signature, a changed byte, another version: refused.
+    let mut forged = Subscription::sign(
+        &org.ids[3],
+        SubscriptionBody {
+            org: org.state.org,
+            subscriber: org.ids[3].public(),
+            seq: 9,
+            channels: vec![org.flight],
+        },
+    )
+    .unwrap();
+    forged.body.subscriber = org.ids[1].public();
+    assert_eq!(
+        Subscription::decode(&forged.encode()),
+        Err(SubscriptionError::BadSignature)
+    );
+    let mut bytes = subscription(&org, 1, 5, vec![org.flight]).encode();
+    bytes[0] = 2;
+    assert_eq!(
+        Subscription::decode(&bytes),
+        Err(SubscriptionError::Version(2))
+    );
+    // An empty list unsubscribes.
+    f.subscribe(&org.state, subscription(&org, 1, 3, Vec::new()))
+        .unwrap();
+    assert_eq!(f.subscribers(org.command), 1);
+}
+
+#[test]
+fn a_simulcast_packet_goes_once_to_each_subscriber_and_never_back() {
+    let org = org();
+    let mut f = forwarder(&org);
+    let officer = org.ids[0].public();
+    let bytes = packet(
+        &officer,
+        vec![org.command, org.flight],
+        1,
+        VoiceFlags::START,
+    );
+    let now = Instant::now();
+    let to = f.forward(&org.state, &officer, &bytes, now).unwrap();
+    let mut expect = vec![org.ids[1].public(), org.ids[2].public()];
+    expect.sort();
+    assert_eq!(to, expect);
+    // The bytes forwarded are the sender's: a subscriber with the sender key opens them.
+    let (header, payload) = SenderKey::new(1, [7; 32]).open(&bytes).unwrap();
+    assert_eq!((header.sequence, payload.len()), (1, 60));
+    assert_eq!(f.counts().packets_out, 2);
+}
+
+#[test]
+fn bad_packets_are_dropped_and_counted_by_reason() {
+    let org = org();
+    let mut f = forwarder(&org);
+    let now = Instant::now();
+    let [officer, pilot, _, stranger] = [0, 1, 2, 3].map(|i| org.ids[i].public());
+    let flight = vec![org.flight];
+    let cases = [
+        (
+            stranger,
+            packet(&stranger, flight.clone(), 1, VoiceFlags::START),
+            ForwardDrop::Stranger,
+        ),
+        // The header names the officer, the link is the pilot's.
+        (
+            pilot,
+            packet(&officer, flight.clone(), 1, VoiceFlags::START),
+            ForwardDrop::Stranger,
+        ),
+        (
+            pilot,
+            packet(&pilot, vec![org.command], 1, VoiceFlags::START),
+            ForwardDrop::Unauthorised,
+        ),
+        (
+            pilot,
+            packet(&pilot, flight.clone(), 2, VoiceFlags::WHISPER),
+            ForwardDrop::Whisper,
+        ),
+        (pilot, vec![1, 0, 9], ForwardDrop::Malformed),
+        (pilot, vec![1; 4000], ForwardDrop::Oversize),
+    ];
+    for (from, bytes, reason) in cases {
+        assert_eq!(f.forward(&org.state, &from, &bytes, now), Err(reason));
+    }
+    let good = packet(&pilot, flight.clone(), 3, VoiceFlags::START);
+    assert!(f.forward(&org.state, &pilot, &good, now).is_ok());
+    assert_eq!(
+        f.forward(&org.state, &pilot, &good, now),
+        Err(ForwardDrop::Duplicate)
+    );
+    // With the officer gone and the pilot moved to /flight, /command has nobody to go to.
+    f.remove(&officer);
+    let lonely = packet(&officer, vec![org.command], 1, VoiceFlags::START);
+    f.subscribe(&org.state, subscription(&org, 1, 2, vec![org.flight]))
+        .unwrap();
+    assert_eq!(
+        f.forward(&org.state, &officer, &lonely, now),
+        Err(ForwardDrop::NoSubscribers)
+    );
+    assert_eq!(f.counts().drops.values().sum::<u64>(), 8);
+}
+
+#[test]
+fn each_sender_is_held_to_its_rate() {
+    let org = org();
+    let config = ForwarderConfig::default();
+    let mut f = Forwarder::new(org.state.org, config.clone());
+    f.subscribe(&org.state, subscription(&org, 1, 1, vec![org.flight]))
+        .unwrap();
+    let officer = org.ids[0].public();
+    let start = Instant::now();
+    let mut refused = 0;
+    for seq in 0..(config.burst + 20) as u16 {
+        let bytes = packet(&officer, vec![org.flight], seq, VoiceFlags::empty());
+        if f.forward(&org.state, &officer, &bytes, start) == Err(ForwardDrop::RateLimited) {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 20);
+    // A second later the bucket has refilled.
+    let later = start + Duration::from_secs(1);
+    let bytes = packet(&officer, vec![org.flight], 500, VoiceFlags::empty());
+    assert!(f.forward(&org.state, &officer, &bytes, later).is_ok());
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let org = org();
+        let mut f = forwarder(&org);
+        let _ = f.forward(&org.state, &org.ids[0].public(), &bytes, Instant::now());
+        let _ = Subscription::decode(&bytes);
+    }
+}
