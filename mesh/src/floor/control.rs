@@ -147,6 +147,20 @@ impl FloorControl {
         }
     }
 
+    /// Members who left the org (by charter) stop taking part, as if their links went.
+    pub fn retain_participants(&mut self, keep: impl Fn(&IdentityKey) -> bool, now: Instant) {
+        let gone: Vec<IdentityKey> = self
+            .shared
+            .participants
+            .iter()
+            .filter(|k| !keep(k))
+            .copied()
+            .collect();
+        for peer in gone {
+            self.peer_down(&peer, now);
+        }
+    }
+
     fn allowed(
         state: &CharterState,
         peer: &IdentityKey,

@@ -244,7 +244,11 @@ impl Driver {
             }
             NodeCommand::WhisperDown(peer) => {
                 match whisper_delivery(self.state(), &self.schedule, &self.local, &peer, now) {
-                    Ok(_) => self.transmitter.press(Target::Whisper(peer)),
+                    Ok(_) => {
+                        // A whisper replaces any channel transmission and its floor requests.
+                        self.ptt_up(now);
+                        self.transmitter.press(Target::Whisper(peer));
+                    }
                     Err(e) => {
                         self.ptt_denied += 1;
                         self.emit(NodeEvent::PttDenied {
@@ -329,10 +333,9 @@ impl Driver {
         for peer in gone {
             self.peers.remove(&peer);
             self.sync.handle_link_down(&peer);
-            if let Some(identity) = self.floor_participant(&peer) {
-                self.floor.peer_down(&identity, now);
-            }
         }
+        let members: BTreeSet<IdentityKey> = self.members.values().copied().collect();
+        self.floor.retain_participants(|k| members.contains(k), now);
         // Peers linked before the charter named them start their control now.
         let joined: Vec<PeerId> = self
             .link_kinds
