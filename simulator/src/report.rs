@@ -75,7 +75,8 @@ pub struct FloorPress {
     pub queued: bool,
     /// Press to floor granted.
     pub grant_ms: Option<u64>,
-    /// Press to the first frame sent on it.
+    /// Press to the first transmission that started after the grant (`None` when the press
+    /// was a simulcast already on air on an open channel: the channel joined mid-stream).
     pub first_frame_ms: Option<u64>,
 }
 

@@ -180,6 +180,24 @@ fn print_summary(report: &Report, duration_s: f64, wall: std::time::Duration) {
                 ", {ms:.0} ms after the last edit"
             ))
     );
+    for press in &report.floor.presses {
+        let ms = |v: Option<u64>| v.map_or("n/a".to_string(), |v| format!("{v} ms"));
+        println!(
+            "  floor: {} pressed {} at {} ms{}: granted after {}, first frame after {}",
+            press.node,
+            press.channel,
+            press.pressed_ms,
+            if press.queued { " (queued)" } else { "" },
+            ms(press.grant_ms),
+            ms(press.first_frame_ms)
+        );
+    }
+    if let Some(grant) = report.floor.grant_ms {
+        println!(
+            "  floor: press to grant p50 {:.0} / p99 {:.0} ms without queueing; {} frames dropped out of turn",
+            grant.p50, grant.p99, report.floor.drops
+        );
+    }
     println!(
         "  drops: {}",
         serde_json::to_string(&report.drops).unwrap_or_default()
