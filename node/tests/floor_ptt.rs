@@ -113,8 +113,9 @@ async fn ptt_on_a_half_duplex_channel_follows_the_floor() {
     for node in s.nodes {
         stats.push(node.shutdown().await.unwrap());
     }
-    // Everyone heard the officer and the recruit on the net; the pilot's frames after its
-    // pre-emption (a loopback trip at most) are the only ones dropped as out of turn.
+    // Everyone heard the officer and the recruit on the net; the only frames dropped as out of
+    // turn are the pilot's sent before it processed its pre-emption (on loopback a frame or
+    // two; a loaded machine may delay the pilot's driver, so allow half a second's worth).
     for (i, st) in stats.iter().enumerate() {
         for talker in [0, 2] {
             if talker == i {
@@ -127,6 +128,6 @@ async fn ptt_on_a_half_duplex_channel_follows_the_floor() {
                 .map_or(0, |r| r.frames_played);
             assert!(heard >= 10, "node {i} heard {heard} frames from {talker}");
         }
-        assert!(st.floor_drops <= 3, "node {i}: {}", st.floor_drops);
+        assert!(st.floor_drops <= 25, "node {i}: {}", st.floor_drops);
     }
 }
