@@ -550,3 +550,38 @@ mod decode {
         }
     }
 }
+
+#[test]
+fn a_silent_arbiter_hands_back_to_the_members_rule() {
+    let mut net = Net::in_mode(20, true);
+    // The relay's process hangs: no rulings, no heartbeats, links still up.
+    net.cut.insert(RELAY);
+    net.press(A).unwrap();
+    net.run_for(Duration::from_millis(500));
+    assert_eq!(
+        net.state(A),
+        LocalFloor::Pending,
+        "still waiting for a ruling"
+    );
+    net.run_for(Duration::from_millis(2000));
+    net.assert_one_talker(A);
+    net.press(B).unwrap();
+    net.run_for(Duration::from_millis(200));
+    assert_eq!(net.state(B), LocalFloor::Queued(1));
+    // The relay comes back: its ruling (rebuilt from the members' claims) takes over again.
+    net.cut.remove(&RELAY);
+    for node in 0..6 {
+        if node != RELAY {
+            let key = net.keys[node];
+            net.nodes[RELAY].peer_down(&key, net.now);
+            net.nodes[RELAY].peer_up(key);
+            let relay = net.keys[RELAY];
+            net.nodes[node].peer_down(&relay, net.now);
+            net.nodes[node].peer_up(relay);
+        }
+    }
+    net.collect();
+    net.run_for(Duration::from_millis(300));
+    net.assert_one_talker(A);
+    assert_eq!(net.nodes[A].arbiter(net.channel), Some(net.keys[RELAY]));
+}

@@ -47,6 +47,13 @@ pub(crate) struct ChannelFloor {
     /// Emergencies an admin cleared: raiser → the newest cleared rev.
     cleared: BTreeMap<IdentityKey, u32>,
     arbiter: Option<IdentityKey>,
+    /// When the arbiter was last heard (it repeats its ruling every heartbeat).
+    arbiter_heard: Instant,
+    /// The arbiter has not been heard for the silence timeout: the members' rule applies until
+    /// it is heard again.
+    arbiter_silent: bool,
+    /// As arbiter: when to repeat the ruling.
+    next_ruling: Option<Instant>,
     decision: Option<Decision>,
     /// Set while we are the arbiter.
     arbitration: Option<Arbitration>,
@@ -77,6 +84,9 @@ impl ChannelFloor {
             emergencies: BTreeMap::new(),
             cleared: BTreeMap::new(),
             arbiter: None,
+            arbiter_heard: now,
+            arbiter_silent: false,
+            next_ruling: None,
             decision: None,
             arbitration: None,
             state: LocalFloor::Idle,
@@ -110,6 +120,25 @@ impl ChannelFloor {
 
     pub(crate) fn arbiter(&self) -> Option<IdentityKey> {
         self.arbiter
+    }
+
+    /// The arbiter whose rulings we follow now: none while it is silent.
+    fn ruling(&self) -> Option<IdentityKey> {
+        self.arbiter.filter(|_| !self.arbiter_silent)
+    }
+
+    fn send_ruling(&mut self, sh: &mut Shared, now: Instant) {
+        let Some(decision) = &self.decision else {
+            return;
+        };
+        for peer in sh.participants.clone() {
+            let message = FloorMessage::Decision {
+                channel: self.channel,
+                decision: decision.clone(),
+            };
+            sh.transmits.push_back((peer, message));
+        }
+        self.next_ruling = Some(now + sh.config.heartbeat());
     }
 
     fn message_to(&self, peer: &IdentityKey) -> FloorMessage {
@@ -297,6 +326,10 @@ impl ChannelFloor {
 
     /// A ruling from the channel's arbiter (checked by the caller).
     pub(crate) fn receive_decision(&mut self, sh: &mut Shared, decision: Decision, now: Instant) {
+        self.arbiter_heard = now;
+        if std::mem::take(&mut self.arbiter_silent) {
+            tracing::debug!(channel = %self.channel, "arbiter heard again");
+        }
         if self
             .decision
             .as_ref()
@@ -320,8 +353,19 @@ impl ChannelFloor {
             return;
         }
         self.arbiter = arbiter;
+        self.arbiter_heard = now;
+        self.arbiter_silent = false;
         self.decision = None;
+        self.next_ruling = None;
         self.arbitration = (arbiter == Some(sh.local)).then(Arbitration::default);
+        if self.arbitration.is_some() {
+            // Rule at once, even on an idle floor: the ruling is also our heartbeat.
+            self.decision = Some(Decision {
+                rev: sh.stamp(now),
+                ..Decision::default()
+            });
+            self.send_ruling(sh, now);
+        }
         self.refresh(sh, now);
     }
 
@@ -356,7 +400,7 @@ impl ChannelFloor {
     /// the arbiter alone does.
     fn silence_deadline(&self, sh: &Shared) -> Option<Instant> {
         let leader = self.leader?;
-        if leader == sh.local || self.arbiter.is_some_and(|a| a != sh.local) {
+        if leader == sh.local || self.ruling().is_some_and(|a| a != sh.local) {
             return None;
         }
         let since = self
@@ -369,7 +413,7 @@ impl ChannelFloor {
     /// When [`Self::handle_timeout`] has something to do.
     pub(crate) fn poll_timeout(&self, sh: &Shared) -> Option<Instant> {
         let ack = match self.state {
-            LocalFloor::Pending if self.arbiter.is_none() => {
+            LocalFloor::Pending if self.ruling().is_none() => {
                 Some(self.changed_at + sh.config.ack_timeout)
             }
             LocalFloor::Releasing => Some(self.changed_at + sh.config.ack_timeout),
@@ -384,13 +428,35 @@ impl ChannelFloor {
         let heartbeat = self
             .next_heartbeat
             .filter(|_| self.state == LocalFloor::Granted);
-        [ack, talk, heartbeat, self.silence_deadline(sh)]
-            .into_iter()
-            .flatten()
-            .min()
+        let ruling = self.next_ruling.filter(|_| self.arbitration.is_some());
+        let arbiter_silence = self
+            .ruling()
+            .filter(|a| *a != sh.local)
+            .map(|_| self.arbiter_heard + sh.config.silence_timeout);
+        [
+            ack,
+            talk,
+            heartbeat,
+            ruling,
+            arbiter_silence,
+            self.silence_deadline(sh),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub(crate) fn handle_timeout(&mut self, sh: &mut Shared, now: Instant) {
+        if self.arbitration.is_some() && self.next_ruling.is_some_and(|at| now >= at) {
+            self.send_ruling(sh, now);
+        }
+        if self.ruling().is_some_and(|a| a != sh.local)
+            && now >= self.arbiter_heard + sh.config.silence_timeout
+        {
+            tracing::debug!(channel = %self.channel, "arbiter silent: the members' rule applies");
+            self.arbiter_silent = true;
+            self.decision = None;
+        }
         if self.state == LocalFloor::Granted && self.next_heartbeat.is_some_and(|at| now >= at) {
             self.next_heartbeat = Some(now + sh.config.heartbeat());
             self.broadcast_claim(sh);
@@ -422,22 +488,15 @@ impl ChannelFloor {
         let live = self.live(sh.local);
         if let Some(arbitration) = &mut self.arbitration {
             if arbitration.update(&live) {
-                let decision = arbitration.decision(sh.stamp(now));
-                for peer in sh.participants.clone() {
-                    let message = FloorMessage::Decision {
-                        channel: self.channel,
-                        decision: decision.clone(),
-                    };
-                    sh.transmits.push_back((peer, message));
-                }
-                self.decision = Some(decision);
+                self.decision = Some(arbitration.decision(sh.stamp(now)));
+                self.send_ruling(sh, now);
             }
         }
         let mine = self.mine.request.map(|r| Slot {
             peer: sh.local,
             stamp: r.stamp,
         });
-        let leader = if self.arbiter.is_some() {
+        let leader = if self.ruling().is_some() {
             // Our own slot counts only for the request we hold now.
             self.decision
                 .as_ref()
@@ -462,7 +521,7 @@ impl ChannelFloor {
         let next = match (self.mine.request, mine) {
             (Some(request), Some(slot)) => {
                 if leader == Some(sh.local) {
-                    let acked = self.arbiter.is_some()
+                    let acked = self.ruling().is_some()
                         || self.all_acked(sh, self.request_rev)
                         || now >= self.changed_at + sh.config.ack_timeout;
                     if self.state == LocalFloor::Granted || acked {
@@ -479,7 +538,7 @@ impl ChannelFloor {
                         // An arbiter that lost its ruling rebuilds it from our claim.
                         None => LocalFloor::Granted,
                     }
-                } else if self.arbiter.is_some() {
+                } else if self.ruling().is_some() {
                     self.decision
                         .as_ref()
                         .and_then(|d| d.queue.iter().position(|s| *s == slot))
