@@ -167,16 +167,15 @@ impl FloorControl {
         channel: ChannelId,
         r: &FloorRequest,
     ) -> bool {
-        let role = state.priority(peer);
+        // Priority 4 only for emergencies, and never above the sender's role.
         let ceiling = if r.emergency {
             Priority::EMERGENCY
         } else {
-            role.min(Priority::HIGH)
+            Priority::HIGH
         };
         state.may(peer, channel, Permissions::SPEAK)
             && r.priority != Priority::NONE
-            && r.priority <= ceiling
-            && role >= r.priority
+            && r.priority <= ceiling.min(state.priority(peer))
             && (r.emergency == (r.priority == Priority::EMERGENCY))
     }
 
@@ -388,12 +387,5 @@ impl FloorControl {
         own.into_iter()
             .chain(floor.emergencies().copied())
             .collect()
-    }
-
-    /// Whether we raised an emergency on `channel` and have not cleared it.
-    pub fn own_emergency(&self, channel: ChannelId) -> bool {
-        self.channels
-            .get(&channel)
-            .is_some_and(|f| f.mine().emergency.is_some())
     }
 }

@@ -132,8 +132,9 @@ impl Driver {
         let mut tick = tokio::time::interval_at(first_tick, self.frame);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         self.set_members();
-        let state = self.state().clone();
-        self.floor.update_charter(&state, now());
+        self.floor
+            .update_charter(self.sync.charter().state(), now());
+        self.update_arbiters(now());
         self.keys_dirty = true;
         self.flush(now());
         loop {
@@ -336,6 +337,7 @@ impl Driver {
         }
         let members: BTreeSet<IdentityKey> = self.members.values().copied().collect();
         self.floor.retain_participants(|k| members.contains(k), now);
+        self.update_arbiters(now);
         // Peers linked before the charter named them start their control now.
         let joined: Vec<PeerId> = self
             .link_kinds
@@ -403,7 +405,7 @@ impl Driver {
             }
         }
         // Floor messages last: the charter changes above may have started floors.
-        self.flush_floor(now);
+        self.flush_floor();
         for (peer, control) in &mut self.peers {
             if let Some(bytes) = control.next_to_send() {
                 let id = self

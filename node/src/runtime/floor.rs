@@ -12,19 +12,18 @@ use callsign_keys::IdentityKey;
 use callsign_mesh::charter::ChannelId;
 use callsign_mesh::floor::{arbiter_for, FloorEvent, FloorMessage, LocalFloor};
 use callsign_mesh::voice::{ReceivedFrame, VoiceFlags};
-use libp2p::PeerId;
 use std::time::Instant;
 
 impl Driver {
     /// PTT pressed on `channels` (already checked against the charter), or an emergency raised
     /// on one.
     pub(super) fn ptt_down(&mut self, channels: Vec<ChannelId>, emergency: bool, now: Instant) {
-        let state = self.sync.charter().state().clone();
+        let state = self.sync.charter().state();
         let mut held = Vec::new();
         for channel in channels {
             if emergency || self.floor.is_half_duplex(channel) {
                 // A refusal is reported as a floor event.
-                if self.floor.press(&state, channel, emergency, now).is_err() {
+                if self.floor.press(state, channel, emergency, now).is_err() {
                     self.ptt_denied += 1;
                     continue;
                 }
@@ -52,8 +51,8 @@ impl Driver {
         raiser: IdentityKey,
         now: Instant,
     ) {
-        let state = self.sync.charter().state().clone();
-        if let Err(e) = self.floor.clear_emergency(&state, channel, raiser, now) {
+        let state = self.sync.charter().state();
+        if let Err(e) = self.floor.clear_emergency(state, channel, raiser, now) {
             self.emit(NodeEvent::Warning(format!("clear emergency: {e}")));
         }
     }
@@ -105,11 +104,6 @@ impl Driver {
                 .any(|c| self.floor.may_be_heard(&frame.sender, *c, closing))
     }
 
-    /// The member on the other end of a link, if it takes part in floor control.
-    pub(super) fn floor_participant(&self, peer: &PeerId) -> Option<IdentityKey> {
-        self.members.get(peer).copied()
-    }
-
     pub(super) fn floor_message(&mut self, from: IdentityKey, body: &[u8], now: Instant) {
         let message = match FloorMessage::decode(body) {
             Ok(message) => message,
@@ -118,14 +112,15 @@ impl Driver {
                 return;
             }
         };
-        let state = self.sync.charter().state().clone();
-        if let Err(e) = self.floor.handle_message(&state, from, message, now) {
+        let state = self.sync.charter().state();
+        if let Err(e) = self.floor.handle_message(state, from, message, now) {
             tracing::debug!(%e, "floor message refused");
         }
     }
 
     /// Each half-duplex channel's arbiter: the charter's rented relay for it while we are
-    /// linked to it (or are it); otherwise the members arbitrate by rule.
+    /// linked to it (or are it); otherwise the members arbitrate by rule. Called when the
+    /// charter or the set of linked members changes.
     pub(super) fn update_arbiters(&mut self, now: Instant) {
         let state = self.sync.charter().state();
         let choices: Vec<(ChannelId, Option<IdentityKey>)> = state
@@ -169,8 +164,7 @@ impl Driver {
 
     /// Sends what floor control wants sent, reports what happened, and follows the floor with
     /// the transmitter.
-    pub(super) fn flush_floor(&mut self, now: Instant) {
-        self.update_arbiters(now);
+    pub(super) fn flush_floor(&mut self) {
         while let Some((to, message)) = self.floor.poll_transmit() {
             let peer = to.peer_id();
             if self.peers.contains_key(&peer) {
@@ -182,10 +176,16 @@ impl Driver {
                     .send_request(&peer, bytes);
             }
         }
+        // Every change to where we may transmit comes with an event (granted, pre-empted,
+        // revoked, released), so the transmitter follows only when there were some.
+        let mut changed = false;
         while let Some(event) = self.floor.poll_event() {
+            changed = true;
             self.emit(NodeEvent::Floor(event));
         }
-        self.retarget();
+        if changed {
+            self.retarget();
+        }
     }
 }
 

@@ -135,12 +135,15 @@ impl Driver {
         self.peers.insert(peer, control);
         self.sync.handle_link_up(peer, now);
         self.floor.peer_up(identity);
+        self.update_arbiters(now);
     }
 
     pub(super) fn peer_down(&mut self, peer: &PeerId) {
         if self.peers.remove(peer).is_some() {
-            if let Some(identity) = self.floor_participant(peer) {
-                self.floor.peer_down(&identity, super::driver::now());
+            if let Some(identity) = self.members.get(peer).copied() {
+                let now = super::driver::now();
+                self.floor.peer_down(&identity, now);
+                self.update_arbiters(now);
             }
         }
         self.listener_loss.remove(peer);
