@@ -9,6 +9,10 @@
 //! per channel), never back to its sender; packets from non-members or for channels the sender
 //! may not speak on, oversize, malformed, duplicate (replay window per sender), whispers, and
 //! packets beyond a sender's rate are dropped and counted by reason.
+//!
+//! A sender asks a relay to forward by wrapping the voice packet in an envelope (one tag byte,
+//! [`ENVELOPE_V1`], then the packet as sealed): a voice packet that arrives bare is for the
+//! relay itself, if it is a member, and is never forwarded.
 
 use crate::charter::{ChannelId, CharterState, Permissions};
 use crate::voice::{ReplayWindow, SenderShortId, VoiceFlags, VoiceHeader, MAX_CHANNELS};
@@ -17,6 +21,26 @@ use callsign_keys::{Identity, IdentityKey, Signature};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// First byte of a datagram that asks its receiver to forward the voice packet after it.
+/// Voice packets start with their version (1), so the two never clash.
+pub const ENVELOPE_V1: u8 = 0x81;
+
+/// Wraps a sealed voice packet for a relay.
+pub fn envelope(packet: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(packet.len() + 1);
+    out.push(ENVELOPE_V1);
+    out.extend_from_slice(packet);
+    out
+}
+
+/// The voice packet inside an envelope, or `None` when `datagram` is not one.
+pub fn open_envelope(datagram: &[u8]) -> Option<&[u8]> {
+    match datagram.split_first() {
+        Some((&ENVELOPE_V1, packet)) => Some(packet),
+        _ => None,
+    }
+}
 
 /// Version byte of subscriptions.
 pub const SUBSCRIPTION_VERSION: u8 = 1;
@@ -73,6 +97,9 @@ pub enum SubscriptionError {
     /// Not newer than the one held.
     #[error("stale subscription")]
     Stale,
+    /// Signed by someone other than the link's peer.
+    #[error("subscription signed by someone other than the sender")]
+    NotSender,
 }
 
 fn body_bytes(body: &SubscriptionBody) -> Vec<u8> {
@@ -253,6 +280,20 @@ impl Forwarder {
     pub fn remove(&mut self, peer: &IdentityKey) {
         self.subscriptions.remove(peer);
         self.senders.remove(peer);
+    }
+
+    /// A packet from a link whose peer is no member (the caller cannot name it by key).
+    pub fn refuse_stranger(&mut self, packet: &[u8]) {
+        self.counts.packets_in += 1;
+        self.counts.bytes_in += packet.len() as u64;
+        *self.counts.drops.entry(ForwardDrop::Stranger).or_default() += 1;
+    }
+
+    /// Subscribers, each with its channels, in key order.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&IdentityKey, &[ChannelId])> {
+        self.subscriptions
+            .iter()
+            .map(|(k, s)| (k, s.channels.as_slice()))
     }
 
     /// Subscribers of `channel`.

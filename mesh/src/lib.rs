@@ -19,5 +19,6 @@ pub mod e2ee;
 pub mod floor;
 pub mod forward;
 pub mod presence;
+pub mod routing;
 pub mod topology;
 pub mod voice;

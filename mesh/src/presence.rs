@@ -2,7 +2,10 @@
 //! they listen to, whether they can relay, and where to reach them. Nodes gossip them over links;
 //! a [`PresenceTable`] keeps the newest valid record per member and drops expired ones.
 //!
-//! Wire form (docs/protocol.md, "Presence record"): version byte `1` then the postcard encoding
+//! Version 2 adds what the topology rule needs from every member: its RTT to each relay it is
+//! linked to, and the relay it uses for each channel (see `topology`).
+//!
+//! Wire form (docs/protocol.md, "Presence record"): version byte `2` then the postcard encoding
 //! of [`PresenceRecord`]; the signature covers the body under `callsign/presence/v1`. Only the
 //! canonical encoding is accepted.
 
@@ -12,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version byte of presence records.
-pub const PRESENCE_VERSION: u8 = 1;
+pub const PRESENCE_VERSION: u8 = 2;
 /// Largest encoded record accepted.
 pub const MAX_PRESENCE_BYTES: usize = 4096;
 /// Longest lifetime a record may claim (a node re-announces well before).
@@ -20,6 +23,7 @@ pub const MAX_TTL_MS: u32 = 10 * 60 * 1000;
 const MAX_NAME: usize = 64;
 const MAX_LISTENING: usize = 64;
 const MAX_ADDRS: usize = 16;
+const MAX_RELAYS: usize = 16;
 
 /// What a node offers as a relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +55,11 @@ pub struct PresenceBody {
     pub relay: RelayCapability,
     /// Multiaddrs (binary form) where the peer can be reached.
     pub addrs: Vec<Vec<u8>>,
+    /// RTT in milliseconds to each relay the peer is linked to, sorted by relay, unique.
+    pub relay_rtt_ms: Vec<(IdentityKey, u32)>,
+    /// The relay the peer uses for each channel it listens to through one, sorted by channel,
+    /// unique.
+    pub routes: Vec<(ChannelId, IdentityKey)>,
 }
 
 /// A signed presence record.
@@ -104,6 +113,18 @@ impl PresenceBody {
         if self.addrs.len() > MAX_ADDRS {
             return Err(PresenceError::Bounds("more than 16 addresses"));
         }
+        if self.relay_rtt_ms.len() > MAX_RELAYS
+            || self.relay_rtt_ms.windows(2).any(|w| w[0].0 >= w[1].0)
+        {
+            return Err(PresenceError::Bounds(
+                "relay RTTs: more than 16, or not sorted and unique",
+            ));
+        }
+        if self.routes.len() > MAX_LISTENING || self.routes.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(PresenceError::Bounds(
+                "routes: more than 64, or not sorted and unique",
+            ));
+        }
         if self.ttl_ms == 0 || self.ttl_ms > MAX_TTL_MS {
             return Err(PresenceError::Bounds("ttl outside 1 ms to 10 minutes"));
         }
@@ -122,6 +143,10 @@ impl PresenceRecord {
         body.peer = identity.public();
         body.listening.sort();
         body.listening.dedup();
+        body.relay_rtt_ms.sort();
+        body.relay_rtt_ms.dedup_by_key(|(relay, _)| *relay);
+        body.routes.sort();
+        body.routes.dedup_by_key(|(channel, _)| *channel);
         body.check_bounds()?;
         let signature = identity.sign(PRESENCE, &body_bytes(&body));
         Ok(Self { body, signature })

@@ -255,6 +255,8 @@ fn present(table: &mut PresenceTable, who: &Identity, org: IdentityKey, listenin
             listening,
             relay: RelayCapability::default(),
             addrs: Vec::new(),
+            relay_rtt_ms: Vec::new(),
+            routes: Vec::new(),
         },
     )
     .unwrap();

@@ -28,6 +28,8 @@ fn body(org: IdentityKey, seq: u64, issued_at_ms: u64) -> PresenceBody {
             spare_uplink_kbps: 800,
         },
         addrs: vec![b"/ip4/203.0.113.5/udp/4433/quic-v1".to_vec()],
+        relay_rtt_ms: vec![(org, 40)],
+        routes: vec![(ChannelId(9), org)],
     }
 }
 
@@ -61,9 +63,14 @@ fn damaged_forged_and_unknown_records_are_refused() {
     for len in 0..bytes.len() {
         assert!(PresenceRecord::decode(&bytes[..len]).is_err());
     }
-    let mut v2 = bytes.clone();
-    v2[0] = 2;
-    assert_eq!(PresenceRecord::decode(&v2), Err(PresenceError::Version(2)));
+    for version in [1, 3] {
+        let mut other = bytes.clone();
+        other[0] = version;
+        assert_eq!(
+            PresenceRecord::decode(&other),
+            Err(PresenceError::Version(version))
+        );
+    }
     // Someone else's signature on my body.
     let mut forged = PresenceRecord::sign(&identity(3), body(org, 1, 1_000)).unwrap();
     forged.body.peer = me.public();

@@ -42,6 +42,15 @@ pub(crate) fn describe(
             ..
         } => format!("talker {} {} {whisper}", name(peer), channels.len()),
         NodeEvent::TalkerStopped { peer } => format!("talker-stop {}", name(peer)),
+        NodeEvent::RouteChanged { channel, route } => match route {
+            callsign_mesh::topology::Route::Mesh => format!("route {} mesh", ch(channel)),
+            callsign_mesh::topology::Route::Relay(k) => {
+                format!("route {} relay {}", ch(channel), name(k))
+            }
+        },
+        NodeEvent::SubscriptionRefused { peer, reason } => {
+            format!("subscription-refused {} {reason}", peer_name(peer))
+        }
         NodeEvent::Transmitting { channels, whisper } => {
             format!("transmit {} {}", channels.len(), whisper.is_some())
         }

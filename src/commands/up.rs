@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
+use callsign_mesh::topology::Route;
 use callsign_node::audio::wav::read_wav;
 use callsign_node::runtime::{describe_floor, AudioInput};
 use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
@@ -363,6 +364,13 @@ async fn serve(
                         },
                         path,
                     )),
+                    NodeEvent::RouteChanged { channel, route } => Some(match route {
+                        Route::Mesh => format!("route {} mesh", path(&channel)),
+                        Route::Relay(relay) => format!("route {} relay {relay}", path(&channel)),
+                    }),
+                    NodeEvent::SubscriptionRefused { peer, reason } => {
+                        Some(format!("subscription-refused {peer}: {reason}"))
+                    }
                     NodeEvent::Warning(w) => Some(format!("warning {w}")),
                     NodeEvent::VoiceSent { .. } => None,
                 };

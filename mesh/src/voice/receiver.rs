@@ -169,6 +169,15 @@ impl VoiceReceiver {
         }
     }
 
+    /// Sender keys held (others' audio this node can open).
+    pub fn keys_held(&self) -> usize {
+        self.senders
+            .values()
+            .flat_map(|holders| holders.values())
+            .map(BTreeMap::len)
+            .sum()
+    }
+
     /// Drops so far, by reason.
     pub fn drops(&self) -> &DropCounts {
         &self.drops

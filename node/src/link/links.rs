@@ -28,6 +28,8 @@ const HEADER: usize = 2;
 pub struct IncomingDatagram {
     pub peer: PeerId,
     pub payload: Bytes,
+    /// When the link layer handed it over (tokio time): a relay's forwarding latency starts here.
+    pub received_at: std::time::Instant,
 }
 
 /// Something that happened to a link.
@@ -308,6 +310,7 @@ impl Links {
                 let incoming = IncomingDatagram {
                     peer,
                     payload: body,
+                    received_at: tokio::time::Instant::now().into_std(),
                 };
                 if self.incoming.try_send(incoming).is_err() {
                     self.counters.queue_full.fetch_add(1, Ordering::Relaxed);

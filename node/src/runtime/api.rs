@@ -3,6 +3,8 @@
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{ChannelId, OpBody};
 use callsign_mesh::floor::FloorEvent;
+use callsign_mesh::forward::ForwardCounts;
+use callsign_mesh::topology::Route;
 use callsign_mesh::voice::DropCounts;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
@@ -106,6 +108,16 @@ pub enum NodeEvent {
     },
     TalkerStopped {
         peer: IdentityKey,
+    },
+    /// A channel we listen or speak on changed how it travels (mesh or a relay).
+    RouteChanged {
+        channel: ChannelId,
+        route: Route,
+    },
+    /// As a relay: a subscription was refused.
+    SubscriptionRefused {
+        peer: PeerId,
+        reason: String,
     },
     /// A transmission began (its first frame went out, after PTT or voice activation): on
     /// these channels, or a whisper.
@@ -219,4 +231,30 @@ pub struct NodeStats {
     pub floor_drops: u64,
     /// Every half-duplex channel's floor.
     pub floor: Vec<FloorStats>,
+    /// How each channel we listen or speak on travels.
+    #[serde(skip)]
+    pub routes: Vec<(ChannelId, Route)>,
+    /// Voice keys we hold that open others' audio (a relay must hold none).
+    pub audio_keys_held: usize,
+    /// What we forwarded, when we serve as a relay.
+    pub forwarding: Option<ForwardingStats>,
+}
+
+/// A relay's forwarding counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ForwardingStats {
+    /// Packets and bytes in and out, drops by reason.
+    #[serde(skip)]
+    pub counts: ForwardCounts,
+    /// Members subscribed now.
+    pub subscribers: usize,
+    /// Subscriptions per channel now.
+    #[serde(skip)]
+    pub channels: Vec<(ChannelId, usize)>,
+    /// Subscriptions refused (bad signature, not the link's peer, no listen right, stale).
+    pub subscriptions_refused: u64,
+    /// Time from a packet's arrival at the link layer to its last copy being handed to the
+    /// links, microseconds, bucketed by powers of two (`latency_us[i]` counts packets under
+    /// `2^i` µs; the last bucket takes the rest).
+    pub latency_us: Vec<u64>,
 }

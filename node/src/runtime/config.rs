@@ -7,6 +7,8 @@ use crate::link::{LinkConfig, LinkSocket};
 use callsign_keys::NodeKeys;
 use callsign_mesh::charter::{ChannelId, Charter};
 use callsign_mesh::floor::FloorConfig;
+use callsign_mesh::forward::ForwarderConfig;
+use callsign_mesh::topology::TopologyConfig;
 use callsign_mesh::voice::KeyScheduleConfig;
 use libp2p::Multiaddr;
 use std::net::SocketAddr;
@@ -73,6 +75,11 @@ pub struct NodeConfig {
     pub tap_voice: bool,
     /// Floor control on half-duplex channels: acknowledgement wait, silence and talk limits.
     pub floor: FloorConfig,
+    /// Forward voice for members who subscribe (a rented relay, which is no member and never
+    /// holds a key, or a volunteering member that also serves circuits). `None`: never forward.
+    pub forwarding: Option<ForwarderConfig>,
+    /// The topology rule's constants (the same on every member).
+    pub topology: TopologyConfig,
 }
 
 impl NodeConfig {
@@ -110,6 +117,8 @@ impl NodeConfig {
             relay_circuits: false,
             tap_voice: false,
             floor: FloorConfig::default(),
+            forwarding: None,
+            topology: TopologyConfig::default(),
         }
     }
 }

@@ -32,6 +32,8 @@ pub enum ControlMessage {
     Batch(Vec<ControlMessage>),
     /// A floor message (`floor::FloorMessage::encode`). Sent outside the ordered outbox.
     Floor(Vec<u8>),
+    /// A member's signed subscription to a relay (`forward::Subscription::encode`).
+    Subscribe(Vec<u8>),
 }
 
 /// A batch stops growing past this many body bytes (the codec allows 2 MiB per request).
@@ -90,7 +92,8 @@ impl ControlMessage {
             | ControlMessage::Handshake(b)
             | ControlMessage::Grant(b)
             | ControlMessage::Voice(b)
-            | ControlMessage::Floor(b) => b.len(),
+            | ControlMessage::Floor(b)
+            | ControlMessage::Subscribe(b) => b.len(),
             ControlMessage::LossReport(_) => 1,
             ControlMessage::Batch(m) => m.iter().map(Self::body_len).sum(),
         }

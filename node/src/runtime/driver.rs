@@ -16,6 +16,8 @@ use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::sync::{CharterSync, SyncEvent};
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
 use callsign_mesh::floor::FloorControl;
+use callsign_mesh::forward::Forwarder;
+use callsign_mesh::topology::{Route, TopologyConfig};
 use callsign_mesh::presence::PresenceTable;
 use callsign_mesh::voice::{speakable, whisper_delivery, KeySchedule, VoiceReceiver};
 use futures::StreamExt;
@@ -75,6 +77,20 @@ pub(crate) struct Driver {
     pub tx_channels: Vec<ChannelId>,
     /// Frames refused because their sender did not hold the floor.
     pub floor_drops: u64,
+    /// The charter's rented relays that are not members, by peer id.
+    pub relays: BTreeMap<PeerId, IdentityKey>,
+    pub topology: TopologyConfig,
+    /// How each channel we listen or speak on travels.
+    pub routes: BTreeMap<ChannelId, Route>,
+    /// Channels that moved to a relay, until when their direct copies continue.
+    pub route_switched: BTreeMap<ChannelId, Instant>,
+    /// The channels each relay was last told to forward us.
+    pub subscribed: BTreeMap<IdentityKey, Vec<ChannelId>>,
+    pub subscription_seq: u64,
+    /// Set when we forward for others (a relay).
+    pub forwarder: Option<Forwarder>,
+    pub subscriptions_refused: u64,
+    pub forward_latency: [u64; super::forwarding::LATENCY_BUCKETS],
 }
 
 pub(super) fn now() -> Instant {
@@ -115,6 +131,13 @@ impl Driver {
 
     pub(super) fn set_members(&mut self) {
         self.members = member_map(self.state());
+        self.relays = self
+            .state()
+            .relays
+            .keys()
+            .map(|k| (k.peer_id(), *k))
+            .filter(|(p, _)| !self.members.contains_key(p))
+            .collect();
         if let Some(allow) = &self.relay_allow {
             allow.set(self.members.keys().copied());
         }
@@ -135,6 +158,8 @@ impl Driver {
         self.floor
             .update_charter(self.sync.charter().state(), now());
         self.update_arbiters(now());
+        self.dial_relays();
+        self.replan(now());
         self.keys_dirty = true;
         self.flush(now());
         loop {
@@ -196,6 +221,8 @@ impl Driver {
             for peer in gone {
                 self.emit(NodeEvent::PresenceGone { peer });
             }
+            self.dial_relays();
+            self.replan(now);
         }
     }
 
@@ -212,6 +239,7 @@ impl Driver {
                 if self.state().may(&self.local, channel, Permissions::LISTEN) {
                     if let Err(at) = self.listening.binary_search(&channel) {
                         self.listening.insert(at, channel);
+                        self.replan(now);
                         self.announce_presence(now);
                     }
                 } else {
@@ -223,6 +251,7 @@ impl Driver {
             NodeCommand::Unlisten(channel) => {
                 if let Ok(at) = self.listening.binary_search(&channel) {
                     self.listening.remove(at);
+                    self.replan(now);
                     self.announce_presence(now);
                 }
             }
@@ -324,11 +353,11 @@ impl Driver {
             .retain(|c| state.may(&self.local, *c, Permissions::LISTEN));
         self.floor.update_charter(&state, now);
         self.keys_dirty = true;
-        // Links to peers that are no longer members lose their control state.
+        // Links to peers that are no longer members (or relays) lose their control state.
         let gone: Vec<PeerId> = self
             .peers
             .keys()
-            .filter(|p| !self.members.contains_key(p))
+            .filter(|p| self.link_role(p).is_none())
             .copied()
             .collect();
         for peer in gone {
@@ -342,7 +371,7 @@ impl Driver {
         let joined: Vec<PeerId> = self
             .link_kinds
             .keys()
-            .filter(|p| self.members.contains_key(p) && !self.peers.contains_key(p))
+            .filter(|p| self.link_role(p).is_some() && !self.peers.contains_key(p))
             .copied()
             .collect();
         for peer in joined {
@@ -355,6 +384,8 @@ impl Driver {
                 }
             }
         }
+        self.dial_relays();
+        self.replan(now);
         self.emit(NodeEvent::CharterChanged { ops });
     }
 
@@ -456,6 +487,9 @@ impl Driver {
             charter_ops: self.sync.charter().len(),
             floor_drops: self.floor_drops,
             floor: self.floor_stats(),
+            routes: self.routes.iter().map(|(c, r)| (*c, *r)).collect(),
+            audio_keys_held: self.receiver.keys_held(),
+            forwarding: self.forwarding_stats(),
         }
     }
 }

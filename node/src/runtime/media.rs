@@ -10,6 +10,8 @@ use super::NodeError;
 use crate::audio::SAMPLE_RATE;
 use crate::link::{IncomingDatagram, LinkError};
 use callsign_mesh::charter::Permissions;
+use callsign_mesh::forward::open_envelope;
+use libp2p::PeerId;
 use callsign_mesh::voice::{
     channel_deliveries, speakable, whisper_delivery, SenderShortId, VoiceFlags, VoiceHeader,
 };
@@ -133,7 +135,18 @@ impl Driver {
             };
             let peer = delivery.peer.peer_id();
             let lost = self.send_loss > 0.0 && self.loss_rng.gen_bool(self.send_loss.min(1.0));
-            if !lost {
+            // A listener hearing us only on relay-routed channels gets its copy from the relay.
+            let direct = match &target {
+                Target::Whisper(_) => true,
+                Target::Channels(_) => {
+                    let record = self.presence.get(&delivery.peer);
+                    channels.iter().any(|c| {
+                        record.is_some_and(|r| r.body.listening.binary_search(c).is_ok())
+                            && self.goes_direct(*c)
+                    })
+                }
+            };
+            if direct && !lost {
                 match self.network.links.send_datagram(&peer, packet) {
                     Ok(()) => {}
                     // Linked over TCP only: the frame rides a control stream instead.
@@ -172,17 +185,28 @@ impl Driver {
                 *self.sent.entry((delivery.peer, channel)).or_default() += 1;
             }
         }
+        if matches!(target, Target::Channels(_)) {
+            self.send_via_relays(&header, &channels, payload, now);
+        }
     }
 
     pub(super) fn datagram(&mut self, datagram: IncomingDatagram, now: Instant) {
+        if let Some(packet) = open_envelope(&datagram.payload) {
+            self.forward(&datagram, packet, now);
+        } else if self.serves_as_relay() {
+            tracing::debug!(peer = %datagram.peer, "bare voice to a relay dropped");
+        } else {
+            self.receive_voice(datagram.peer, &datagram.payload, now);
+        }
+    }
+
+    /// A voice packet for us: opened, checked (keys, replay, ACL, floor) and played.
+    pub(super) fn receive_voice(&mut self, from: PeerId, packet: &[u8], now: Instant) {
         let state = self.sync.charter().state();
-        match self
-            .receiver
-            .receive(state, &self.listening, &datagram.payload)
-        {
+        match self.receiver.receive(state, &self.listening, packet) {
             Ok(frame) if !self.in_turn(&frame) => {
                 self.floor_drops += 1;
-                tracing::debug!(peer = %datagram.peer, "voice out of turn dropped");
+                tracing::debug!(peer = %from, "voice out of turn dropped");
             }
             Ok(frame) => {
                 self.floor.audio_from(&frame.sender, &frame.channels, now);
@@ -205,7 +229,7 @@ impl Driver {
                 }
             }
             Err(reason) => {
-                tracing::debug!(peer = %datagram.peer, ?reason, "voice datagram dropped");
+                tracing::debug!(peer = %from, ?reason, "voice datagram dropped");
             }
         }
     }

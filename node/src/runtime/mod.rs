@@ -9,7 +9,8 @@
 //! - [`demo_org`]: the org the demo, tests and screenshots use.
 //! - `driver`: the event loop joining links, audio and the sans-IO mesh core; `media`: its voice
 //!   path (frames out, datagrams in); `peering`: its per-member control plane; `floor`: PTT on
-//!   half-duplex channels through the mesh's floor control.
+//!   half-duplex channels through the mesh's floor control; `routes`: mesh or relay per
+//!   channel, our subscriptions at relays; `forwarding`: the relay role.
 //!
 //! The node runs on tokio time (`tokio::time::Instant`), so the simulator's virtual clock
 //! drives it exactly as it drives the links.
@@ -20,12 +21,14 @@ pub mod control;
 pub mod demo_org;
 mod driver;
 mod floor;
+mod forwarding;
 mod media;
 mod peering;
+mod routes;
 pub mod voice;
 
 pub use api::{
-    FloorStats, LatencyMs, LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, ReceivedStream,
+    FloorStats, ForwardingStats, LatencyMs, LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, ReceivedStream,
     SentStream, StreamChannel,
 };
 pub use config::{AudioInput, NodeConfig};
@@ -39,6 +42,7 @@ use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::sync::{CharterSync, SyncConfig};
 use callsign_mesh::charter::Permissions;
 use callsign_mesh::floor::FloorControl;
+use callsign_mesh::forward::Forwarder;
 use callsign_mesh::presence::PresenceTable;
 use callsign_mesh::voice::{KeySchedule, VoiceReceiver};
 use driver::Driver;
@@ -226,6 +230,15 @@ impl Node {
             ptt_channels: Vec::new(),
             tx_channels: Vec::new(),
             floor_drops: 0,
+            relays: BTreeMap::new(),
+            topology: config.topology,
+            routes: BTreeMap::new(),
+            route_switched: BTreeMap::new(),
+            subscribed: BTreeMap::new(),
+            subscription_seq: unix_at_start_ms,
+            forwarder: config.forwarding.map(|c| Forwarder::new(org, c)),
+            subscriptions_refused: 0,
+            forward_latency: [0; forwarding::LATENCY_BUCKETS],
             keys: config.keys,
         };
         let task = tokio::spawn(driver.run(commands_rx));

@@ -5,6 +5,7 @@
 use super::api::{LinkKind, NodeEvent};
 use super::control::{ControlMessage, PeerControl};
 use super::driver::{link_kind, now, Driver};
+use super::forwarding::LinkRole;
 use crate::link::swarm::{answer_echo, NodeBehaviourEvent};
 use crate::link::{IncomingDatagram, LinkEvent};
 use callsign_keys::IdentityKey;
@@ -105,10 +106,22 @@ impl Driver {
     }
 
     pub(super) fn peer_up(&mut self, peer: PeerId, now: Instant) {
-        let Some(identity) = self.members.get(&peer).copied() else {
-            // Not a member of our org: no control, no keys. Its datagrams are dropped by the
-            // voice receiver.
-            return;
+        let identity = match self.link_role(&peer) {
+            Some(LinkRole::Member(identity)) => identity,
+            Some(LinkRole::Relay(identity)) => {
+                // A relay link: charter sync and floor, no E2EE session, no keys.
+                self.peers.insert(peer, PeerControl::default());
+                self.sync.handle_link_up(peer, now);
+                self.floor.peer_up(identity);
+                self.update_arbiters(now);
+                // A relay that comes back has forgotten our subscription.
+                self.subscribed.remove(&identity);
+                self.replan(now);
+                return;
+            }
+            // Not of our org: no control, no keys. Its datagrams are dropped by the voice
+            // receiver (or, at a relay, counted as a stranger's).
+            None => return,
         };
         let mut control = PeerControl::default();
         if let Some(ours) = self.own_presence(now) {
@@ -136,14 +149,20 @@ impl Driver {
         self.sync.handle_link_up(peer, now);
         self.floor.peer_up(identity);
         self.update_arbiters(now);
+        self.replan(now);
     }
 
     pub(super) fn peer_down(&mut self, peer: &PeerId) {
         if self.peers.remove(peer).is_some() {
-            if let Some(identity) = self.members.get(peer).copied() {
+            if let Some(identity) = self.link_role(peer).map(LinkRole::identity) {
                 let now = super::driver::now();
                 self.floor.peer_down(&identity, now);
                 self.update_arbiters(now);
+                if let Some(forwarder) = &mut self.forwarder {
+                    forwarder.remove(&identity);
+                }
+                self.subscribed.remove(&identity);
+                self.replan(now);
             }
         }
         self.listener_loss.remove(peer);
@@ -218,9 +237,30 @@ impl Driver {
     }
 
     fn handle_control(&mut self, peer: PeerId, message: ControlMessage, now: Instant) {
-        // Membership is checked per message: one in a batch may remove the sender.
-        let Some(identity) = self.members.get(&peer).copied() else {
+        if let ControlMessage::Subscribe(body) = &message {
+            // Checked by the relay against the charter: refusals are counted, strangers' too.
+            self.subscription(peer, body);
             return;
+        }
+        // Membership is checked per message: one in a batch may remove the sender.
+        let identity = match self.link_role(&peer) {
+            Some(LinkRole::Member(identity)) => identity,
+            Some(LinkRole::Relay(identity)) => {
+                match message {
+                    ControlMessage::Sync(body) => match SyncMessage::decode(&body) {
+                        Ok(msg) => self.sync.handle_message(peer, msg, now),
+                        Err(e) => tracing::debug!(%peer, %e, "bad sync message"),
+                    },
+                    ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
+                    ControlMessage::Presence(body) if !self.serves_as_relay() => {
+                        self.presence_message(peer, &body, now)
+                    }
+                    // Keys, handshakes and voice are for members only.
+                    _ => tracing::debug!(%peer, "control message refused on a relay link"),
+                }
+                return;
+            }
+            None => return,
         };
         match message {
             ControlMessage::Sync(body) => match SyncMessage::decode(&body) {
@@ -233,6 +273,7 @@ impl Driver {
                 IncomingDatagram {
                     peer,
                     payload: packet.into(),
+                    received_at: now,
                 },
                 now,
             ),
@@ -254,8 +295,8 @@ impl Driver {
                 }
             }
             ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
-            // `decode` refuses nested batches.
-            ControlMessage::Batch(_) => {}
+            // `decode` refuses nested batches; subscriptions were handled above.
+            ControlMessage::Batch(_) | ControlMessage::Subscribe(_) => {}
         }
     }
 
@@ -333,6 +374,7 @@ impl Driver {
         if !matches!(update, PresenceUpdate::Joined | PresenceUpdate::Updated) {
             return;
         }
+        self.replan(now);
         let subject = record.body.peer;
         if subject == self.local {
             return;
@@ -428,6 +470,8 @@ impl Driver {
                 },
             },
             addrs,
+            relay_rtt_ms: self.relay_rtts(),
+            routes: self.advertised_routes(),
         };
         match PresenceRecord::sign(&self.keys.identity, body) {
             Ok(record) => Some(record),
@@ -439,6 +483,10 @@ impl Driver {
     }
 
     pub(super) fn announce_presence(&mut self, now: Instant) {
+        if self.serves_as_relay() {
+            // No member: nobody would accept our record.
+            return;
+        }
         self.presence_seq += 1;
         let Some(record) = self.own_presence(now) else {
             return;

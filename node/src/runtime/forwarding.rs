@@ -1,0 +1,150 @@
+//! The driver as a relay: members' signed subscriptions in, enveloped voice out to the
+//! subscribers through the mesh's [`Forwarder`](callsign_mesh::forward::Forwarder), which reads
+//! clear headers only. A rented relay is no member: it holds no key and opens no packet.
+
+use super::api::{ForwardingStats, NodeEvent};
+use super::driver::Driver;
+use crate::link::IncomingDatagram;
+use callsign_keys::IdentityKey;
+use callsign_mesh::forward::{ForwardDrop, Subscription, SubscriptionError};
+use libp2p::PeerId;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Forwarding-latency buckets: powers of two microseconds, 1 µs to 32 ms and above.
+pub(super) const LATENCY_BUCKETS: usize = 16;
+
+/// What a link's peer is to us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LinkRole {
+    /// A fellow member: the whole control plane, E2EE session included.
+    Member(IdentityKey),
+    /// A rented relay (we are a member), or a member (we are a relay): charter sync, floor,
+    /// subscriptions, presence; no E2EE session, no keys.
+    Relay(IdentityKey),
+}
+
+impl LinkRole {
+    pub(super) fn identity(self) -> IdentityKey {
+        match self {
+            Self::Member(k) | Self::Relay(k) => k,
+        }
+    }
+}
+
+impl Driver {
+    /// A rented relay: we forward and the charter does not list us as a member.
+    pub(super) fn serves_as_relay(&self) -> bool {
+        self.forwarder.is_some() && !self.members.contains_key(&self.local_peer)
+    }
+
+    pub(super) fn link_role(&self, peer: &PeerId) -> Option<LinkRole> {
+        if let Some(member) = self.members.get(peer) {
+            return Some(if self.serves_as_relay() {
+                LinkRole::Relay(*member)
+            } else {
+                LinkRole::Member(*member)
+            });
+        }
+        if self.serves_as_relay() {
+            return None;
+        }
+        self.relays.get(peer).map(|k| LinkRole::Relay(*k))
+    }
+
+    /// A subscription from `peer` (checked: signature, signer is the link's peer, the charter
+    /// lets it listen on every channel it names).
+    pub(super) fn subscription(&mut self, peer: PeerId, body: &[u8]) {
+        let Some(forwarder) = self.forwarder.as_mut() else {
+            return;
+        };
+        let state = self.sync.charter().state();
+        let result = Subscription::decode(body).and_then(|s| {
+            if s.body.subscriber.peer_id() == peer {
+                forwarder.subscribe(state, s)
+            } else {
+                Err(SubscriptionError::NotSender)
+            }
+        });
+        if let Err(e) = result {
+            self.subscriptions_refused += 1;
+            tracing::debug!(%peer, %e, "subscription refused");
+            self.emit(NodeEvent::SubscriptionRefused {
+                peer,
+                reason: e.to_string(),
+            });
+        }
+    }
+
+    /// Forwards an enveloped `packet` that came in `datagram`; a member relay also plays it.
+    pub(super) fn forward(&mut self, datagram: &IncomingDatagram, packet: &[u8], now: Instant) {
+        let Some(forwarder) = self.forwarder.as_mut() else {
+            tracing::debug!(peer = %datagram.peer, "enveloped voice, but we do not forward");
+            return;
+        };
+        let Some(from) = self.members.get(&datagram.peer).copied() else {
+            forwarder.refuse_stranger(packet);
+            return;
+        };
+        let state = self.sync.charter().state();
+        let to = forwarder.forward(state, &from, packet, now);
+        self.send_copies(to, packet, datagram.received_at);
+        if !self.serves_as_relay() {
+            self.receive_voice(datagram.peer, packet, now);
+        }
+    }
+
+    /// Our own frame, when we are the channel's relay (a volunteering member).
+    pub(super) fn forward_own(&mut self, packet: &[u8], now: Instant) {
+        let Some(forwarder) = self.forwarder.as_mut() else {
+            return;
+        };
+        let to = forwarder.forward(self.sync.charter().state(), &self.local, packet, now);
+        self.send_copies(to, packet, now);
+    }
+
+    fn send_copies(
+        &mut self,
+        to: Result<Vec<IdentityKey>, ForwardDrop>,
+        packet: &[u8],
+        received_at: Instant,
+    ) {
+        let to = match to {
+            Ok(to) => to,
+            Err(reason) => {
+                tracing::trace!(?reason, "not forwarded");
+                return;
+            }
+        };
+        for subscriber in to {
+            if subscriber != self.local {
+                // A subscriber whose link just went is simply skipped.
+                let _ = self
+                    .network
+                    .links
+                    .send_datagram(&subscriber.peer_id(), packet);
+            }
+        }
+        let spent = super::driver::now().saturating_duration_since(received_at);
+        let us = spent.as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = (64 - us.leading_zeros() as usize).min(LATENCY_BUCKETS - 1);
+        self.forward_latency[bucket] += 1;
+    }
+
+    pub(super) fn forwarding_stats(&self) -> Option<ForwardingStats> {
+        let forwarder = self.forwarder.as_ref()?;
+        let mut channels: BTreeMap<_, usize> = BTreeMap::new();
+        for (_, subscribed) in forwarder.subscriptions() {
+            for c in subscribed {
+                *channels.entry(*c).or_default() += 1;
+            }
+        }
+        Some(ForwardingStats {
+            counts: forwarder.counts().clone(),
+            subscribers: forwarder.subscriptions().count(),
+            channels: channels.into_iter().collect(),
+            subscriptions_refused: self.subscriptions_refused,
+            latency_us: self.forward_latency.to_vec(),
+        })
+    }
+}

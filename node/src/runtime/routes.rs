@@ -1,0 +1,223 @@
+//! The driver's routes, member side: which channels travel through which relay (the mesh's
+//! [`RoutingView`] decides), our subscriptions at those relays, links to the charter's rented
+//! relays, and the copies a frame sends to relays.
+//!
+//! On a relay route a sender seals one packet per channel (each channel has its own key, and a
+//! relay forwards a packet to every subscriber of its channels) and sends it once, enveloped, to
+//! the relay. For [`SWITCH_OVERLAP`] after a channel moves to a relay the sender also keeps
+//! the direct copies going, so listeners whose subscription is still in flight miss nothing
+//! (receivers drop the duplicate by sequence number).
+
+use super::api::NodeEvent;
+use super::control::ControlMessage;
+use super::driver::Driver;
+use callsign_keys::IdentityKey;
+use callsign_mesh::charter::ChannelId;
+use callsign_mesh::forward::{envelope, Subscription, SubscriptionBody};
+use callsign_mesh::routing::RoutingView;
+use callsign_mesh::topology::Route;
+use callsign_mesh::voice::VoiceHeader;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::Multiaddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// How long a sender keeps sending direct copies after a channel moved to a relay.
+pub const SWITCH_OVERLAP: Duration = Duration::from_millis(500);
+
+impl Driver {
+    /// Relays we hold a control link to: the charter's rented ones and volunteering members.
+    pub(super) fn linked_relays(&self) -> BTreeSet<IdentityKey> {
+        let state = self.sync.charter().state();
+        let volunteers = self
+            .presence
+            .present()
+            .filter(|r| r.body.relay.public)
+            .map(|r| r.body.peer);
+        state
+            .relays
+            .keys()
+            .copied()
+            .chain(volunteers)
+            .filter(|k| self.peers.contains_key(&k.peer_id()))
+            .collect()
+    }
+
+    /// RTT to each linked relay, for our presence record.
+    pub(super) fn relay_rtts(&self) -> Vec<(IdentityKey, u32)> {
+        self.linked_relays()
+            .into_iter()
+            .filter_map(|k| {
+                let rtt = self.network.links.rtt(&k.peer_id())?;
+                Some((k, rtt.as_millis().min(u128::from(u32::MAX)) as u32))
+            })
+            .collect()
+    }
+
+    /// Channels we listen to through a relay, for our presence record.
+    pub(super) fn advertised_routes(&self) -> Vec<(ChannelId, IdentityKey)> {
+        self.routes
+            .iter()
+            .filter(|(c, _)| self.listening.binary_search(c).is_ok())
+            .filter_map(|(c, r)| match r {
+                Route::Relay(k) => Some((*c, *k)),
+                Route::Mesh => None,
+            })
+            .collect()
+    }
+
+    /// Recomputes every channel's route; announces and re-subscribes on a change. Called when
+    /// presence, links, the charter or our listening change, and on the presence timer.
+    pub(super) fn replan(&mut self, now: Instant) {
+        if self.serves_as_relay() {
+            return;
+        }
+        let linked = self.linked_relays();
+        let routes = RoutingView {
+            state: self.sync.charter().state(),
+            presence: &self.presence,
+            local: &self.local,
+            listening: &self.listening,
+            linked: &linked,
+            current: &self.routes,
+        }
+        .routes(&self.topology);
+        if routes != self.routes {
+            for (channel, route) in &routes {
+                if self.routes.get(channel) == Some(route) {
+                    continue;
+                }
+                if matches!(route, Route::Relay(_)) {
+                    self.route_switched.insert(*channel, now + SWITCH_OVERLAP);
+                }
+                self.emit(NodeEvent::RouteChanged {
+                    channel: *channel,
+                    route: *route,
+                });
+            }
+            self.routes = routes;
+            self.announce_presence(now);
+        }
+        self.route_switched.retain(|_, until| *until > now);
+        self.update_subscriptions();
+    }
+
+    /// Tells each relay the channels we want from it, when that changed.
+    fn update_subscriptions(&mut self) {
+        let mut desired: BTreeMap<IdentityKey, Vec<ChannelId>> = BTreeMap::new();
+        for channel in &self.listening {
+            if let Some(Route::Relay(relay)) = self.routes.get(channel) {
+                if *relay != self.local {
+                    desired.entry(*relay).or_default().push(*channel);
+                }
+            }
+        }
+        let relays: BTreeSet<IdentityKey> = desired
+            .keys()
+            .chain(self.subscribed.keys())
+            .copied()
+            .collect();
+        for relay in relays {
+            let want = desired.remove(&relay).unwrap_or_default();
+            if self.subscribed.get(&relay) == Some(&want) {
+                continue;
+            }
+            let Some(control) = self.peers.get_mut(&relay.peer_id()) else {
+                self.subscribed.remove(&relay);
+                continue;
+            };
+            self.subscription_seq += 1;
+            let body = SubscriptionBody {
+                org: self.sync.charter().org(),
+                subscriber: self.local,
+                seq: self.subscription_seq,
+                channels: want.clone(),
+            };
+            match Subscription::sign(&self.keys.identity, body) {
+                Ok(s) => control.queue(ControlMessage::Subscribe(s.encode())),
+                Err(e) => tracing::warn!(%e, "signing a subscription"),
+            }
+            if want.is_empty() {
+                self.subscribed.remove(&relay);
+            } else {
+                self.subscribed.insert(relay, want);
+            }
+        }
+    }
+
+    /// Dials the charter's rented relays we are not linked to, at the addresses it lists.
+    pub(super) fn dial_relays(&mut self) {
+        if self.serves_as_relay() {
+            return;
+        }
+        let state = self.sync.charter().state();
+        let dials: Vec<DialOpts> = state
+            .relays
+            .iter()
+            .filter(|(k, _)| **k != self.local)
+            .filter(|(k, _)| !self.network.swarm.is_connected(&k.peer_id()))
+            .filter_map(|(k, info)| {
+                let addrs: Vec<Multiaddr> = info
+                    .addrs
+                    .iter()
+                    .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+                    .collect();
+                (!addrs.is_empty()).then(|| {
+                    DialOpts::peer_id(k.peer_id())
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build()
+                })
+            })
+            .collect();
+        for dial in dials {
+            let _ = self.network.swarm.dial(dial);
+        }
+    }
+
+    /// Whether `channel` goes direct to its listeners (the mesh, or just moved to a relay).
+    pub(super) fn goes_direct(&self, channel: ChannelId) -> bool {
+        !matches!(self.routes.get(&channel), Some(Route::Relay(_)))
+            || self.route_switched.contains_key(&channel)
+    }
+
+    /// Sends a frame's relay copies: per relay-routed channel, one packet sealed with that
+    /// channel's key, enveloped, to its relay. Our own forwarder takes it when we are the relay.
+    pub(super) fn send_via_relays(
+        &mut self,
+        header: &VoiceHeader,
+        channels: &[ChannelId],
+        payload: &[u8],
+        now: Instant,
+    ) {
+        for channel in channels {
+            let Some(Route::Relay(relay)) = self.routes.get(channel).copied() else {
+                continue;
+            };
+            let Some(key) = self.schedule.channel_key(*channel, now).cloned() else {
+                continue;
+            };
+            let header = VoiceHeader {
+                channels: vec![*channel],
+                key_id: key.id(),
+                ..header.clone()
+            };
+            let packet = match key.seal(&header, payload) {
+                Ok(packet) => packet,
+                Err(e) => {
+                    self.emit(NodeEvent::Warning(format!("seal: {e}")));
+                    continue;
+                }
+            };
+            if relay == self.local {
+                self.forward_own(&packet, now);
+            } else if let Err(e) = self
+                .network
+                .links
+                .send_datagram(&relay.peer_id(), &envelope(&packet))
+            {
+                tracing::debug!(%e, "voice to the relay");
+            }
+        }
+    }
+}
