@@ -97,6 +97,9 @@ pub enum SubscriptionError {
     /// Not newer than the one held.
     #[error("stale subscription")]
     Stale,
+    /// The charter does not list the subscriber as a member.
+    #[error("the subscriber is no member")]
+    NotMember,
     /// Signed by someone other than the link's peer.
     #[error("subscription signed by someone other than the sender")]
     NotSender,
@@ -253,6 +256,9 @@ impl Forwarder {
         let body = subscription.body;
         if body.org != self.org || state.org != self.org {
             return Err(SubscriptionError::WrongOrg);
+        }
+        if !state.members.contains_key(&body.subscriber) && !state.is_admin(&body.subscriber) {
+            return Err(SubscriptionError::NotMember);
         }
         if let Some(c) = body
             .channels

@@ -41,7 +41,7 @@ fn signed_records_round_trip_and_normalise_channels() {
     assert_eq!(record.body.peer, me.public());
     assert_eq!(record.body.listening, vec![ChannelId(3), ChannelId(9)]);
     let bytes = record.encode();
-    assert_eq!(bytes[0], 1);
+    assert_eq!(bytes[0], 2);
     assert_eq!(PresenceRecord::decode(&bytes).unwrap(), record);
 }
 

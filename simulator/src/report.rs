@@ -92,6 +92,22 @@ pub struct FloorReport {
     pub drops: u64,
 }
 
+/// One relay's forwarding over the run (all its incarnations).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RelayReport {
+    pub node: String,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Packets not forwarded, by reason.
+    pub drops: BTreeMap<String, u64>,
+    /// Members subscribed when it stopped.
+    pub subscribers: usize,
+    pub subscriptions_refused: u64,
+    /// Voice keys it held at the end: a rented relay must hold none.
+    pub audio_keys_held: usize,
+}
+
 /// See the module documentation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -104,6 +120,8 @@ pub struct Report {
     pub paths: Vec<PathReport>,
     pub charter: CharterReport,
     pub floor: FloorReport,
+    /// Nodes that forwarded for others.
+    pub relays: Vec<RelayReport>,
     /// Receive-side drops over all nodes, by reason.
     pub drops: DropCounts,
     /// What the simulated network did to datagrams. Diagnostic, outside the trace hash: it
@@ -168,6 +186,11 @@ impl Report {
                 (ch == channel && kind != "holder")
                     .then(|| format!("{kind} {args}").trim().to_string())
             })
+    }
+
+    /// The forwarding report of relay `node`.
+    pub fn relay(&self, node: &str) -> Option<&RelayReport> {
+        self.relays.iter().find(|r| r.node == node)
     }
 
     pub fn stream(&self, from: &str, to: &str, channel: &str) -> Option<&StreamReport> {
@@ -311,6 +334,27 @@ pub(crate) fn build(
             ops: stats.values().map(|s| s.charter_ops).max().unwrap_or(0),
         },
         floor,
+        relays: stats
+            .iter()
+            .filter_map(|(i, s)| {
+                let f = s.forwarding.as_ref()?;
+                Some(RelayReport {
+                    node: scenario.nodes[*i].name.clone(),
+                    packets_in: f.counts.packets_in,
+                    packets_out: f.counts.packets_out,
+                    bytes_out: f.counts.bytes_out,
+                    drops: f
+                        .counts
+                        .drops
+                        .iter()
+                        .map(|(r, n)| (format!("{r:?}"), *n))
+                        .collect(),
+                    subscribers: f.subscribers,
+                    subscriptions_refused: f.subscriptions_refused,
+                    audio_keys_held: s.audio_keys_held,
+                })
+            })
+            .collect(),
         drops,
         network,
         trace_lines: trace.len(),

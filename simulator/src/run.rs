@@ -117,15 +117,17 @@ fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError> {
         }
     }
     for (spec, k) in scenario.nodes.iter().zip(&keys) {
-        charter.edit(
-            &root,
-            OpBody::PutMember {
-                peer: k.identity.public(),
-                name: spec.name.clone(),
-                roles: vec![spec.role.clone()],
-            },
-            0,
-        )?;
+        if spec.member {
+            charter.edit(
+                &root,
+                OpBody::PutMember {
+                    peer: k.identity.public(),
+                    name: spec.name.clone(),
+                    roles: vec![spec.role.clone()],
+                },
+                0,
+            )?;
+        }
         if spec.admin {
             charter.edit(
                 &root,
@@ -142,7 +144,7 @@ fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError> {
                     peer: k.identity.public(),
                     info: RelayInfo {
                         addrs: Vec::new(),
-                        capacity: 1000,
+                        capacity: spec.capacity.unwrap_or(1000),
                     },
                 },
                 0,
@@ -223,6 +225,25 @@ fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
     acc.charter_ops = next.charter_ops;
     acc.peers = next.peers;
     acc.floor = next.floor;
+    acc.routes = next.routes;
+    acc.audio_keys_held = acc.audio_keys_held.max(next.audio_keys_held);
+    acc.forwarding = match (acc.forwarding.take(), next.forwarding) {
+        (Some(mut a), Some(b)) => {
+            let (x, y) = (&mut a.counts, &b.counts);
+            x.packets_in += y.packets_in;
+            x.bytes_in += y.bytes_in;
+            x.packets_out += y.packets_out;
+            x.bytes_out += y.bytes_out;
+            for (reason, n) in &y.drops {
+                *x.drops.entry(*reason).or_default() += n;
+            }
+            a.subscriptions_refused += b.subscriptions_refused;
+            a.subscribers = b.subscribers;
+            a.channels = b.channels;
+            Some(a)
+        }
+        (a, b) => a.or(b),
+    };
     acc
 }
 
@@ -258,6 +279,17 @@ fn script(
                 out.push((at(event.at_s), NodeCommand::PttDown(ids)));
                 out.push((at(event.at_s + duration_s), NodeCommand::PttUp));
             }
+            Action::Subscribe {
+                node,
+                relay,
+                channels,
+            } if node == me => out.push((
+                at(event.at_s),
+                NodeCommand::Subscribe {
+                    relay: names[relay],
+                    channels: channels.iter().map(|c| org.channels[c]).collect(),
+                },
+            )),
             Action::Whisper {
                 node,
                 to,
@@ -366,6 +398,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
         let channel_names: BTreeMap<ChannelId, String> =
             org.channels.iter().map(|(n, c)| (*c, n.clone())).collect();
         let uplink_kbps = spec.uplink_kbps;
+        let rented_relay = spec.rented_relay;
         let node_seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(index as u64);
         sim.client(spec.name.as_str(), async move {
             let ip: IpAddr = turmoil::lookup(name.as_str());
@@ -399,6 +432,9 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
                 config.socket = Some(socket);
                 config.tcp_fallback = false;
                 config.relay_circuits = relay;
+                if rented_relay {
+                    config.serve_as_relay(Default::default());
+                }
                 config.unix_time_ms = Some(1_700_000_000_000 + sim_now().as_millis() as u64);
                 config.seed = node_seed.wrapping_add(incarnation << 32);
                 // Instants of different turmoil hosts are not comparable; sim time is.

@@ -137,10 +137,21 @@ pub struct NodeSpec {
     /// 200 ms queue: a home connection's upload.
     #[serde(default)]
     pub uplink_kbps: f64,
-    /// The org rents this node as a relay (charter `PutRelay`): it arbitrates the floor of
-    /// half-duplex channels. Give it a role without channel rights and it holds no audio key.
+    /// The org rents this node as a relay (charter `PutRelay`): it forwards voice for large
+    /// channels and arbitrates the floor of half-duplex ones.
     #[serde(default)]
     pub rented_relay: bool,
+    /// Listed in the charter as a member [default: true]. A rented relay that is no member
+    /// runs as the relay process does: no role, no keys, no presence; `role` is ignored.
+    #[serde(default = "yes")]
+    pub member: bool,
+    /// A rented relay's capacity in subscribers (charter `PutRelay`) [default: 1000].
+    #[serde(default)]
+    pub capacity: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Something that happens at `at_s` seconds.
@@ -225,6 +236,12 @@ pub enum Action {
     Unlisten {
         node: String,
         channel: String,
+    },
+    /// `node` asks `relay` to forward `channels` to it, whatever its routes say.
+    Subscribe {
+        node: String,
+        relay: String,
+        channels: Vec<String>,
     },
 }
 
@@ -417,6 +434,17 @@ impl Scenario {
                 } => {
                     node(n)?;
                     channel(c)?;
+                }
+                Action::Subscribe {
+                    node: n,
+                    relay,
+                    channels,
+                } => {
+                    node(n)?;
+                    node(relay)?;
+                    for c in channels {
+                        channel(c)?;
+                    }
                 }
             }
         }

@@ -2,15 +2,10 @@
 //! and emergency pre-emption, a holder that vanishes, late entry, and all of it again with a
 //! rented relay arbitrating.
 
-use callsign_sim::{run, Report, Scenario};
-use std::path::Path;
+use callsign_sim::{run, Report};
 
-fn scenario(name: &str) -> Scenario {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/scenarios")
-        .join(format!("{name}.toml"));
-    Scenario::parse(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
+mod common;
+use common::scenario;
 
 fn nodes(report: &Report) -> Vec<String> {
     let mut names: Vec<String> = report

@@ -4,12 +4,8 @@
 use callsign_sim::{run, Report, Scenario};
 use std::path::Path;
 
-fn scenario(name: &str) -> Scenario {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/scenarios")
-        .join(format!("{name}.toml"));
-    Scenario::parse(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
+mod common;
+use common::scenario;
 
 fn show(report: &Report) -> String {
     serde_json::to_string_pretty(report).unwrap()
@@ -108,8 +104,9 @@ fn partition_with_concurrent_charter_edits_then_heal() {
 }
 
 /// Every scenario of the suite.
-const SUITE: [&str; 9] = [
+const SUITE: [&str; 10] = [
     "lan-squad",
+    "relay-failover",
     "loss-5pct",
     "burst-10pct",
     "reorder-20pct",

@@ -53,6 +53,12 @@ pub enum NodeCommand {
         peer: PeerId,
         bytes: Vec<u8>,
     },
+    /// Asks a relay to forward these channels to us whatever our routes say (diagnostics; the
+    /// relay refuses what the charter does not allow).
+    Subscribe {
+        relay: IdentityKey,
+        channels: Vec<ChannelId>,
+    },
     Stats(oneshot::Sender<NodeStats>),
     Shutdown,
 }

@@ -17,8 +17,8 @@ use callsign_mesh::charter::sync::{CharterSync, SyncEvent};
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
 use callsign_mesh::floor::FloorControl;
 use callsign_mesh::forward::Forwarder;
-use callsign_mesh::topology::{Route, TopologyConfig};
 use callsign_mesh::presence::PresenceTable;
+use callsign_mesh::topology::{Route, TopologyConfig};
 use callsign_mesh::voice::{speakable, whisper_delivery, KeySchedule, VoiceReceiver};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
@@ -308,6 +308,11 @@ impl Driver {
             NodeCommand::InjectDatagram { peer, bytes } => {
                 if let Err(e) = self.network.links.send_datagram(&peer, &bytes) {
                     self.emit(NodeEvent::Warning(format!("inject to {peer}: {e}")));
+                }
+            }
+            NodeCommand::Subscribe { relay, channels } => {
+                if !self.subscribe_at(relay, channels) {
+                    self.emit(NodeEvent::Warning(format!("no link to relay {relay}")));
                 }
             }
             NodeCommand::Stats(reply) => {

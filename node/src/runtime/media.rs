@@ -11,10 +11,10 @@ use crate::audio::SAMPLE_RATE;
 use crate::link::{IncomingDatagram, LinkError};
 use callsign_mesh::charter::Permissions;
 use callsign_mesh::forward::open_envelope;
-use libp2p::PeerId;
 use callsign_mesh::voice::{
     channel_deliveries, speakable, whisper_delivery, SenderShortId, VoiceFlags, VoiceHeader,
 };
+use libp2p::PeerId;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -142,7 +142,7 @@ impl Driver {
                     let record = self.presence.get(&delivery.peer);
                     channels.iter().any(|c| {
                         record.is_some_and(|r| r.body.listening.binary_search(c).is_ok())
-                            && self.goes_direct(*c)
+                            && self.goes_direct(*c, now)
                     })
                 }
             };

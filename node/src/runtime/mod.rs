@@ -28,10 +28,10 @@ mod routes;
 pub mod voice;
 
 pub use api::{
-    FloorStats, ForwardingStats, LatencyMs, LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, ReceivedStream,
-    SentStream, StreamChannel,
+    FloorStats, ForwardingStats, LatencyMs, LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats,
+    ReceivedStream, SentStream, StreamChannel,
 };
-pub use config::{AudioInput, NodeConfig};
+pub use config::{AudioInput, NodeConfig, RELAY_IDLE_TIMEOUT};
 pub use floor::describe_floor;
 
 use crate::audio::AudioError;

@@ -58,6 +58,11 @@ impl Driver {
                     }
                 }
                 self.link_kinds.insert(peer_id, kind);
+                if matches!(self.link_role(&peer_id), Some(LinkRole::Relay(_))) {
+                    if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
+                        self.reserve_circuit(peer_id, address.clone());
+                    }
+                }
                 self.emit(NodeEvent::LinkUp {
                     peer: peer_id,
                     kind,
@@ -252,9 +257,7 @@ impl Driver {
                         Err(e) => tracing::debug!(%peer, %e, "bad sync message"),
                     },
                     ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
-                    ControlMessage::Presence(body) if !self.serves_as_relay() => {
-                        self.presence_message(peer, &body, now)
-                    }
+                    ControlMessage::Presence(body) => self.presence_message(peer, &body, now),
                     // Keys, handshakes and voice are for members only.
                     _ => tracing::debug!(%peer, "control message refused on a relay link"),
                 }
@@ -365,6 +368,10 @@ impl Driver {
                 return;
             }
         };
+        let addrs_changed = self
+            .presence
+            .get(&record.body.peer)
+            .is_none_or(|held| held.body.addrs != record.body.addrs);
         let members = &self.members;
         let update = self
             .presence
@@ -385,7 +392,11 @@ impl Driver {
             listening: record.body.listening.clone(),
         });
         // Gossip onward, and link to members we heard of but are not linked to (the lower id
-        // dials, so a pair makes one connection).
+        // dials, so a pair makes one connection). A relay passes on only news (a member came,
+        // or can be reached elsewhere): it links everyone, and members re-announce often.
+        if self.serves_as_relay() && update == PresenceUpdate::Updated && !addrs_changed {
+            return;
+        }
         let encoded = ControlMessage::Presence(record.encode());
         for (peer, control) in &mut self.peers {
             if *peer != from && *peer != subject.peer_id() {
@@ -404,20 +415,13 @@ impl Driver {
         let mut direct: Vec<Multiaddr> = addrs.iter().filter(|a| !is_circuit(a)).cloned().collect();
         direct.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
         let direct = direct.into_iter().next();
-        if record.body.relay.public && self.relay_allow.is_none() && self.reservation.is_none() {
-            // A member offers circuits: reserve one, so members whose NAT keeps them from
-            // reaching us directly can still link (through it, end-to-end encrypted).
+        if record.body.relay.public {
             if let Some(relay) = &direct {
-                let circuit = relay
-                    .clone()
-                    .with_p2p(subject_peer)
-                    .unwrap_or_else(|a| a)
-                    .with(Protocol::P2pCircuit);
-                match self.network.swarm.listen_on(circuit) {
-                    Ok(id) => self.reservation = Some(id),
-                    Err(e) => tracing::debug!(%e, "relay reservation"),
-                }
+                self.reserve_circuit(subject_peer, relay.clone());
             }
+        }
+        if self.serves_as_relay() {
+            return;
         }
         if !self.network.swarm.is_connected(&subject_peer) && self.local_peer < subject_peer {
             // The direct address and any relay circuits at once: the first to connect wins
@@ -431,6 +435,24 @@ impl Driver {
                     .build();
                 let _ = self.network.swarm.dial(opts);
             }
+        }
+    }
+
+    /// Reserves a relay v2 circuit at `relay` (reachable at `addr`) unless we hold one or serve
+    /// circuits ourselves: members whose NAT keeps them from reaching us directly can still link
+    /// through it (end-to-end encrypted). A relay that refuses closes the listener, and the next
+    /// relay we hear of gets asked.
+    fn reserve_circuit(&mut self, relay: PeerId, addr: Multiaddr) {
+        if self.relay_allow.is_some() || self.reservation.is_some() {
+            return;
+        }
+        let circuit = addr
+            .with_p2p(relay)
+            .unwrap_or_else(|a| a)
+            .with(Protocol::P2pCircuit);
+        match self.network.swarm.listen_on(circuit) {
+            Ok(id) => self.reservation = Some(id),
+            Err(e) => tracing::debug!(%e, "relay reservation"),
         }
     }
 

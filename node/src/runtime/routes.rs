@@ -122,20 +122,9 @@ impl Driver {
             if self.subscribed.get(&relay) == Some(&want) {
                 continue;
             }
-            let Some(control) = self.peers.get_mut(&relay.peer_id()) else {
+            if !self.subscribe_at(relay, want.clone()) {
                 self.subscribed.remove(&relay);
                 continue;
-            };
-            self.subscription_seq += 1;
-            let body = SubscriptionBody {
-                org: self.sync.charter().org(),
-                subscriber: self.local,
-                seq: self.subscription_seq,
-                channels: want.clone(),
-            };
-            match Subscription::sign(&self.keys.identity, body) {
-                Ok(s) => control.queue(ControlMessage::Subscribe(s.encode())),
-                Err(e) => tracing::warn!(%e, "signing a subscription"),
             }
             if want.is_empty() {
                 self.subscribed.remove(&relay);
@@ -143,6 +132,26 @@ impl Driver {
                 self.subscribed.insert(relay, want);
             }
         }
+    }
+
+    /// Sends `relay` a signed subscription to `channels` (empty: unsubscribe). False when we
+    /// hold no control link to it.
+    pub(super) fn subscribe_at(&mut self, relay: IdentityKey, channels: Vec<ChannelId>) -> bool {
+        let Some(control) = self.peers.get_mut(&relay.peer_id()) else {
+            return false;
+        };
+        self.subscription_seq += 1;
+        let body = SubscriptionBody {
+            org: self.sync.charter().org(),
+            subscriber: self.local,
+            seq: self.subscription_seq,
+            channels,
+        };
+        match Subscription::sign(&self.keys.identity, body) {
+            Ok(s) => control.queue(ControlMessage::Subscribe(s.encode())),
+            Err(e) => tracing::warn!(%e, "signing a subscription"),
+        }
+        true
     }
 
     /// Dials the charter's rented relays we are not linked to, at the addresses it lists.
@@ -176,9 +185,9 @@ impl Driver {
     }
 
     /// Whether `channel` goes direct to its listeners (the mesh, or just moved to a relay).
-    pub(super) fn goes_direct(&self, channel: ChannelId) -> bool {
+    pub(super) fn goes_direct(&self, channel: ChannelId, now: Instant) -> bool {
         !matches!(self.routes.get(&channel), Some(Route::Relay(_)))
-            || self.route_switched.contains_key(&channel)
+            || self.route_switched.get(&channel).is_some_and(|t| *t > now)
     }
 
     /// Sends a frame's relay copies: per relay-routed channel, one packet sealed with that

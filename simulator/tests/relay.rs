@@ -1,0 +1,102 @@
+//! Relays on the real node stack in virtual time: a channel that outgrows the mesh moves to the
+//! org's rented relay, fails over when that relay crashes, a non-member is refused, members
+//! behind symmetric NATs link through a rented relay's circuit, and no relay ever holds a key.
+
+mod common;
+
+use callsign_sim::{run, Report};
+use common::scenario;
+
+const MEMBERS: [&str; 12] = [
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
+    "kilo", "lima",
+];
+
+/// The first trace line of `node` at or after `from_ms` that starts with `prefix`: its time.
+fn first_after(report: &Report, node: &str, prefix: &str, from_ms: u64) -> Option<u64> {
+    report.trace.iter().find_map(|line| {
+        let mut parts = line.splitn(3, ' ');
+        let t: u64 = parts.next()?.parse().ok()?;
+        (t >= from_ms && parts.next()? == node && parts.next()?.starts_with(prefix)).then_some(t)
+    })
+}
+
+fn relay_trace(report: &Report) -> String {
+    report
+        .trace
+        .iter()
+        .filter(|l| l.contains(" route ") || l.contains("subscription") || l.contains(" talker"))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_twelve_member_channel_moves_to_the_relay_and_survives_its_crash() {
+    let report = run(&scenario("relay-failover"), None).unwrap();
+    eprintln!("{}", relay_trace(&report));
+    eprintln!("{}", serde_json::to_string_pretty(&report.relays).unwrap());
+    // Past the threshold of 6 listeners, every member routes the channel through the nearer
+    // rented relay before alpha talks at 3 s, and through the other one after the crash.
+    for member in MEMBERS {
+        assert_eq!(
+            report.last_line(member, "route ops ", 2_900),
+            Some("relay relay-a"),
+            "{member}"
+        );
+        assert_eq!(
+            report.last_line(member, "route ops ", 10_000),
+            Some("relay relay-b"),
+            "{member}"
+        );
+    }
+    // Everyone hears alpha, first through relay-a, then through relay-b: audio resumes within
+    // a second of the crash at 5 s (the last frame through relay-a left at 5.0 s).
+    let mut worst_resume = 0;
+    for listener in &MEMBERS[1..] {
+        let stream = report.stream("alpha", listener, "ops").unwrap();
+        assert!(stream.frames_played >= 200, "{stream:?}");
+        let resumed = first_after(&report, listener, "talker alpha", 5_000)
+            .unwrap_or_else(|| panic!("{listener} never heard alpha again"));
+        worst_resume = worst_resume.max(resumed - 5_000);
+    }
+    eprintln!("audio resumed {worst_resume} ms after the crash (worst listener)");
+    assert!(worst_resume < 1_000, "{worst_resume} ms");
+    // Both relays forwarded: one packet in per frame, one copy out per subscribed listener.
+    let a = report.relay("relay-a").unwrap();
+    let b = report.relay("relay-b").unwrap();
+    assert!(a.packets_in >= 90 && a.packets_out >= 11 * 90, "{a:?}");
+    assert!(b.packets_in >= 90 && b.packets_out >= 11 * 90, "{b:?}");
+    // alpha's uplink carried one copy per frame to the relay, not eleven: the relay's inputs
+    // account for all but the overlap after each switch.
+    assert!(a.packets_in + b.packets_in <= 251, "{a:?} {b:?}");
+    // mallory is no member: its subscription is refused and it hears nothing.
+    assert_eq!(a.subscriptions_refused, 1, "{a:?}");
+    assert!(report
+        .trace
+        .iter()
+        .any(|l| l.contains("relay-a subscription-refused mallory")));
+    assert!(report.streams.iter().all(|s| s.to != "mallory"));
+    assert!(report.last_line("mallory", "talker", 10_000).is_none());
+    // The relays never held a key that opens the audio.
+    assert_eq!((a.audio_keys_held, b.audio_keys_held), (0, 0));
+}
+
+#[test]
+fn symmetric_nats_talk_through_a_rented_relays_circuit() {
+    let report = run(&scenario("nat-symmetric-rented"), None).unwrap();
+    let path = report.path("alpha", "bravo").unwrap();
+    assert_eq!(path.kind, "relayed", "{path:?}");
+    assert!(
+        report.network.nat_filtered > 0,
+        "direct attempts were filtered"
+    );
+    for (from, to) in [("alpha", "bravo"), ("bravo", "alpha")] {
+        let s = report.stream(from, to, "squad").unwrap();
+        assert!(s.frames_sent >= 95, "{s:?}");
+        assert!(s.frames_played * 100 >= s.frames_sent * 98, "{s:?}");
+    }
+    let relay = report.relay("relay").unwrap();
+    assert_eq!(relay.audio_keys_held, 0, "{relay:?}");
+    assert_eq!(report.drops.auth + report.drops.malformed, 0);
+}
