@@ -97,6 +97,9 @@ pub enum SubscriptionError {
     /// Not newer than the one held.
     #[error("stale subscription")]
     Stale,
+    /// The relay serves as many members as it may.
+    #[error("the relay is full")]
+    Full,
     /// The charter does not list the subscriber as a member.
     #[error("the subscriber is no member")]
     NotMember,
@@ -189,6 +192,8 @@ pub struct ForwarderConfig {
     pub packets_per_second: u32,
     /// How many packets above the rate a sender may burst.
     pub burst: u32,
+    /// Members served at once; further subscriptions are refused.
+    pub max_subscribers: usize,
 }
 
 impl Default for ForwarderConfig {
@@ -197,6 +202,7 @@ impl Default for ForwarderConfig {
             max_packet: 3 + 8 * MAX_CHANNELS + 10 + 1275 + 16,
             packets_per_second: 100,
             burst: 50,
+            max_subscribers: 1000,
         }
     }
 }
@@ -276,6 +282,10 @@ impl Forwarder {
         }
         if body.channels.is_empty() {
             self.subscriptions.remove(&body.subscriber);
+        } else if !self.subscriptions.contains_key(&body.subscriber)
+            && self.subscriptions.len() >= self.config.max_subscribers
+        {
+            return Err(SubscriptionError::Full);
         } else {
             self.subscriptions.insert(body.subscriber, body);
         }

@@ -263,4 +263,6 @@ pub struct ForwardingStats {
     /// links, microseconds, bucketed by powers of two (`latency_us[i]` counts packets under
     /// `2^i` µs; the last bucket takes the rest).
     pub latency_us: Vec<u64>,
+    /// Sum of those times, microseconds.
+    pub latency_sum_us: u64,
 }

@@ -91,6 +91,7 @@ pub(crate) struct Driver {
     pub forwarder: Option<Forwarder>,
     pub subscriptions_refused: u64,
     pub forward_latency: [u64; super::forwarding::LATENCY_BUCKETS],
+    pub forward_latency_sum_us: u64,
 }
 
 pub(super) fn now() -> Instant {

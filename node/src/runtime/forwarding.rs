@@ -129,6 +129,7 @@ impl Driver {
         let us = spent.as_micros().min(u128::from(u64::MAX)) as u64;
         let bucket = (64 - us.leading_zeros() as usize).min(LATENCY_BUCKETS - 1);
         self.forward_latency[bucket] += 1;
+        self.forward_latency_sum_us += us;
     }
 
     pub(super) fn forwarding_stats(&self) -> Option<ForwardingStats> {
@@ -145,6 +146,7 @@ impl Driver {
             channels: channels.into_iter().collect(),
             subscriptions_refused: self.subscriptions_refused,
             latency_us: self.forward_latency.to_vec(),
+            latency_sum_us: self.forward_latency_sum_us,
         })
     }
 }

@@ -239,6 +239,7 @@ impl Node {
             forwarder: config.forwarding.map(|c| Forwarder::new(org, c)),
             subscriptions_refused: 0,
             forward_latency: [0; forwarding::LATENCY_BUCKETS],
+            forward_latency_sum_us: 0,
             keys: config.keys,
         };
         let task = tokio::spawn(driver.run(commands_rx));

@@ -1,0 +1,139 @@
+//! `callsign-relay`: run an org's rented relay, make its identity key, or benchmark it.
+
+use anyhow::{Context, Result};
+use callsign_keys::{KeyFile, NodeKeys};
+use callsign_relay::bench::{self, BenchOptions};
+use callsign_relay::service::{unlock, Relay};
+use callsign_relay::RelayConfig;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "callsign-relay", version, about = "Callsign relay node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the relay from its configuration file until SIGINT or SIGTERM.
+    Run {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create the relay's identity key file (if missing) and print its peer id, which an admin
+    /// registers with `callsign org relay add`.
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Encrypt a new key file under the passphrase in this environment variable.
+        #[arg(long)]
+        passphrase_env: Option<String>,
+    },
+    /// Forward over real loopback sockets, against a plain UDP forwarder in the same run.
+    Bench(BenchOptions),
+    /// The plain UDP forwarder the benchmark compares with (started by `bench`).
+    #[command(hide = true)]
+    UdpForward {
+        /// Forward every datagram to each of these ports on 127.0.0.1.
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<u16>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p=warn,quinn=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::Key {
+            path,
+            passphrase_env,
+        } => key(path, passphrase_env),
+        Command::Bench(options) => bench::run(options),
+        Command::UdpForward { to } => bench::udp_forward(&to),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(path: PathBuf) -> Result<()> {
+    let config = RelayConfig::load(&path)?;
+    runtime()?.block_on(async {
+        let relay = Relay::start(&config)
+            .await
+            .with_context(|| format!("starting the relay from {}", path.display()))?;
+        // Scripts and tests read these two lines.
+        println!("relay listening on {}", relay.address());
+        println!("metrics on http://{}/metrics", relay.metrics_addr());
+        let stats = relay.run(shutdown_signal()).await?;
+        if let Some(f) = &stats.forwarding {
+            println!(
+                "stopped: {} packets in, {} out, {} subscribers",
+                f.counts.packets_in, f.counts.packets_out, f.subscribers
+            );
+        }
+        Ok(())
+    })
+}
+
+/// SIGINT (Ctrl-C) or, on Unix, SIGTERM (systemd, docker stop).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn key(path: PathBuf, passphrase_env: Option<String>) -> Result<()> {
+    if !path.exists() {
+        let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
+        let passphrase = match &passphrase_env {
+            Some(var) => Some(
+                std::env::var(var).with_context(|| format!("reading the passphrase from ${var}"))?,
+            ),
+            None => None,
+        };
+        let file = KeyFile::seal(
+            &keys,
+            passphrase
+                .as_deref()
+                .map(|p| (p.as_bytes(), Default::default())),
+            &mut rand::rngs::OsRng,
+        )?;
+        file.save(&path, false)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("created {}", path.display());
+    }
+    let keys = unlock(&path, passphrase_env.as_deref())?;
+    println!("{}", keys.identity.peer_id());
+    Ok(())
+}
