@@ -93,8 +93,7 @@ pub struct BenchReport {
 
 /// Runs both measurements and prints the report.
 pub fn run(options: BenchOptions) -> Result<()> {
-    if options.subscribers < 2 || options.speakers == 0 || options.speakers > options.subscribers
-    {
+    if options.subscribers < 2 || options.speakers == 0 || options.speakers > options.subscribers {
         bail!("need at least 2 subscribers and 1 to subscribers speakers");
     }
     if options.rate == 0 || options.seconds <= 0.0 {
@@ -220,7 +219,9 @@ impl Measured {
     fn cpu(&self) -> Result<Duration> {
         let tasks = format!("/proc/{}/task", self.child.id());
         let mut ns = 0u64;
-        for task in std::fs::read_dir(&tasks).context("reading the forwarder's threads (Linux /proc)")? {
+        for task in
+            std::fs::read_dir(&tasks).context("reading the forwarder's threads (Linux /proc)")?
+        {
             let path = task?.path().join("schedstat");
             // A thread that just exited has no file any more.
             let Ok(text) = std::fs::read_to_string(&path) else {
@@ -277,7 +278,10 @@ impl SendTimes {
     }
 
     fn latency_us(&self, speaker: usize, seq: u16) -> Option<u64> {
-        let sent = self.at.get(speaker * 65536 + usize::from(seq))?.load(Ordering::Relaxed);
+        let sent = self
+            .at
+            .get(speaker * 65536 + usize::from(seq))?
+            .load(Ordering::Relaxed);
         let now = self.start.elapsed().as_nanos() as u64;
         (sent > 0).then(|| now.saturating_sub(sent) / 1000)
     }
@@ -518,7 +522,10 @@ fn bench_org(subscribers: usize) -> Result<BenchOrg> {
 fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)

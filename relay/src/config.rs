@@ -38,7 +38,9 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: unknown config version {version} (this relay reads version {CONFIG_VERSION})")]
+    #[error(
+        "{path}: unknown config version {version} (this relay reads version {CONFIG_VERSION})"
+    )]
     Version { path: PathBuf, version: u32 },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -175,8 +177,7 @@ impl RelayConfig {
             message: e.to_string(),
         })?;
         let limits = &config.limits;
-        if limits.max_subscribers == 0 || limits.packets_per_second == 0 || limits.max_packet < 64
-        {
+        if limits.max_subscribers == 0 || limits.packets_per_second == 0 || limits.max_packet < 64 {
             return Err(ConfigError::Invalid {
                 path: nowhere,
                 message: "limits: max_subscribers and packets_per_second must be positive, \
@@ -221,10 +222,19 @@ mod tests {
     #[test]
     fn bad_files_get_a_reason() {
         let cases = [
-            (GOOD.replace("version = 1", "version = 2"), "unknown config version 2"),
+            (
+                GOOD.replace("version = 1", "version = 2"),
+                "unknown config version 2",
+            ),
             (GOOD.replace("version = 1", ""), "missing `version = 1`"),
-            (GOOD.replace("listen = \"0.0.0.0:4433\"", "listen = \"nowhere\""), "listen"),
-            (format!("{GOOD}\n[limits]\nmax_subscribers = 0"), "max_subscribers"),
+            (
+                GOOD.replace("listen = \"0.0.0.0:4433\"", "listen = \"nowhere\""),
+                "listen",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nmax_subscribers = 0"),
+                "max_subscribers",
+            ),
             (GOOD.replace("data_dir", "dta_dir"), "unknown field"),
             (
                 GOOD.replace("[org]", "bootstrap = [\"x\"]\n[org]"),

@@ -33,17 +33,27 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }
 
 fn answer(request: &Request<Incoming>, status: &Mutex<Status>) -> Response<Full<Bytes>> {
     let Ok(status) = status.lock() else {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "poisoned\n".into());
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "poisoned\n".into(),
+        );
     };
     if request.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
     }
     match request.uri().path() {
         "/metrics" => text(

@@ -118,7 +118,8 @@ fn key(path: PathBuf, passphrase_env: Option<String>) -> Result<()> {
         let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
         let passphrase = match &passphrase_env {
             Some(var) => Some(
-                std::env::var(var).with_context(|| format!("reading the passphrase from ${var}"))?,
+                std::env::var(var)
+                    .with_context(|| format!("reading the passphrase from ${var}"))?,
             ),
             None => None,
         };

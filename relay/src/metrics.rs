@@ -94,18 +94,42 @@ impl RelayMetrics {
             registry: Registry::default(),
         };
         let m = &metrics;
-        registry.register("packets_in", "Voice packets received to forward", m.packets_in.clone());
-        registry.register("bytes_in", "Voice bytes received to forward", m.bytes_in.clone());
-        registry.register("packets_out", "Voice copies sent to subscribers", m.packets_out.clone());
-        registry.register("bytes_out", "Voice bytes sent to subscribers", m.bytes_out.clone());
+        registry.register(
+            "packets_in",
+            "Voice packets received to forward",
+            m.packets_in.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Voice bytes received to forward",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "packets_out",
+            "Voice copies sent to subscribers",
+            m.packets_out.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Voice bytes sent to subscribers",
+            m.bytes_out.clone(),
+        );
         registry.register("drops", "Packets not forwarded, by reason", m.drops.clone());
         registry.register(
             "subscriptions_refused",
             "Subscriptions refused (not a member, no listen right, bad signature, full)",
             m.subscriptions_refused.clone(),
         );
-        registry.register("subscribers", "Members subscribed now", m.subscribers.clone());
-        registry.register("channels", "Channels with at least one subscriber", m.channels.clone());
+        registry.register(
+            "subscribers",
+            "Members subscribed now",
+            m.subscribers.clone(),
+        );
+        registry.register(
+            "channels",
+            "Channels with at least one subscriber",
+            m.channels.clone(),
+        );
         registry.register("links", "Linked peers", m.links.clone());
         registry.register(
             "audio_keys_held",
@@ -132,10 +156,14 @@ impl RelayMetrics {
         let before = self.last.as_ref().and_then(|s| s.forwarding.clone());
         let (c, b) = (&now.counts, before.as_ref().map(|f| &f.counts));
         let delta = |now: u64, then: Option<u64>| now.saturating_sub(then.unwrap_or(0));
-        self.packets_in.inc_by(delta(c.packets_in, b.map(|b| b.packets_in)));
-        self.bytes_in.inc_by(delta(c.bytes_in, b.map(|b| b.bytes_in)));
-        self.packets_out.inc_by(delta(c.packets_out, b.map(|b| b.packets_out)));
-        self.bytes_out.inc_by(delta(c.bytes_out, b.map(|b| b.bytes_out)));
+        self.packets_in
+            .inc_by(delta(c.packets_in, b.map(|b| b.packets_in)));
+        self.bytes_in
+            .inc_by(delta(c.bytes_in, b.map(|b| b.bytes_in)));
+        self.packets_out
+            .inc_by(delta(c.packets_out, b.map(|b| b.packets_out)));
+        self.bytes_out
+            .inc_by(delta(c.bytes_out, b.map(|b| b.bytes_out)));
         let held: BTreeMap<_, u64> = b.map(|b| b.drops.clone()).unwrap_or_default();
         for (reason, n) in &c.drops {
             let label = Reason {

@@ -25,10 +25,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("key file {path}: {source}")]
-    Key {
-        path: String,
-        source: KeyFileError,
-    },
+    Key { path: String, source: KeyFileError },
     #[error("the key file is encrypted: set passphrase_env and that variable")]
     Passphrase,
     #[error("{0}")]
@@ -98,10 +95,12 @@ impl Relay {
                 addr: config.metrics,
                 source,
             })?;
-        let metrics_addr = listener.local_addr().map_err(|source| RelayError::Metrics {
-            addr: config.metrics,
-            source,
-        })?;
+        let metrics_addr = listener
+            .local_addr()
+            .map_err(|source| RelayError::Metrics {
+                addr: config.metrics,
+                source,
+            })?;
         let node = Node::start_with_log(node_config, Some(store.log)).await?;
         let status = Arc::new(Mutex::new(Status {
             metrics: RelayMetrics::new(),
@@ -134,7 +133,10 @@ impl Relay {
 
     /// Runs until `shutdown` completes (or the node stops), then closes every link and the
     /// HTTP endpoints, and returns the final counters.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<NodeStats, RelayError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<NodeStats, RelayError> {
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         tokio::pin!(shutdown);
         loop {

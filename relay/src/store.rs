@@ -37,7 +37,10 @@ pub enum StoreError {
         "org {org} does not rent this relay ({relay}); an admin runs \
          `callsign org relay add {relay} --addr <multiaddr>` and exports the charter again"
     )]
-    NotRented { org: IdentityKey, relay: IdentityKey },
+    NotRented {
+        org: IdentityKey,
+        relay: IdentityKey,
+    },
 }
 
 /// The opened mirror.

@@ -100,3 +100,31 @@ fn symmetric_nats_talk_through_a_rented_relays_circuit() {
     assert_eq!(relay.audio_keys_held, 0, "{relay:?}");
     assert_eq!(report.drops.auth + report.drops.malformed, 0);
 }
+
+#[test]
+fn without_a_rented_relay_the_members_elect_a_volunteer() {
+    let report = run(&scenario("relay-volunteer"), None).unwrap();
+    eprintln!("{}", relay_trace(&report));
+    let members = [
+        "hq", "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    ];
+    for member in members {
+        assert_eq!(
+            report.last_line(member, "route ops ", 2_400),
+            Some("relay hq"),
+            "{member}"
+        );
+    }
+    // hq forwards alpha's frames and its own, and hears alpha itself.
+    for (talker, listeners) in [("alpha", &members[..]), ("hq", &members[1..])] {
+        for listener in listeners.iter().filter(|l| **l != talker) {
+            let s = report.stream(talker, listener, "ops").unwrap();
+            assert!(s.frames_played * 100 >= s.frames_sent * 98, "{s:?}");
+        }
+    }
+    let hq = report.relay("hq").unwrap();
+    assert!(
+        hq.packets_in >= 2 * 95 && hq.packets_out >= 2 * 7 * 95,
+        "{hq:?}"
+    );
+}

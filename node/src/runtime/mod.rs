@@ -236,7 +236,11 @@ impl Node {
             route_switched: BTreeMap::new(),
             subscribed: BTreeMap::new(),
             subscription_seq: unix_at_start_ms,
-            forwarder: config.forwarding.map(|c| Forwarder::new(org, c)),
+            // A member serving circuits volunteers as a relay, so it forwards too.
+            forwarder: config
+                .forwarding
+                .or_else(|| config.relay_circuits.then(Default::default))
+                .map(|c| Forwarder::new(org, c)),
             subscriptions_refused: 0,
             forward_latency: [0; forwarding::LATENCY_BUCKETS],
             forward_latency_sum_us: 0,

@@ -496,7 +496,15 @@ impl Driver {
             routes: self.advertised_routes(),
         };
         match PresenceRecord::sign(&self.keys.identity, body) {
-            Ok(record) => Some(record),
+            Ok(record) => {
+                // Our own record too: the routing rule reads everyone's, ours included.
+                let members = &self.members;
+                self.presence
+                    .insert(record.clone(), self.unix_ms(now), |p| {
+                        members.contains_key(&p.peer_id())
+                    });
+                Some(record)
+            }
             Err(e) => {
                 self.emit(NodeEvent::Warning(format!("presence: {e}")));
                 None

@@ -1,0 +1,204 @@
+//! The relay process's service on real loopback sockets: eight demo members whose channels
+//! outgrow the mesh route them through it, their voice crosses it, a stranger's subscription is
+//! refused, `/metrics` and `/health` answer, and a graceful shutdown sends members back to the
+//! mesh at once.
+
+use callsign_keys::{KeyFile, NodeKeys};
+use callsign_mesh::charter::bundle::encode_bundle;
+use callsign_mesh::charter::{OpBody, RelayInfo};
+use callsign_mesh::topology::Route;
+use callsign_node::runtime::demo_org::DemoOrg;
+use callsign_node::runtime::{AudioInput, StreamChannel};
+use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
+use callsign_relay::service::Relay;
+use callsign_relay::RelayConfig;
+use rand::SeedableRng;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The value of an un-labelled metric line `name value`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_stops() {
+    let n = 8;
+    let mut org = DemoOrg::new(n, 5).unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(99);
+    let relay_keys = NodeKeys::generate(&mut rng);
+    let relay_key = relay_keys.identity.public();
+    org.charter
+        .edit(
+            &org.root,
+            OpBody::PutRelay {
+                peer: relay_key,
+                info: RelayInfo {
+                    addrs: Vec::new(),
+                    capacity: 100,
+                },
+            },
+            0,
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("org.charter"),
+        encode_bundle(
+            &org.charter.org(),
+            org.charter.dag().iter().map(|o| o.encoded.as_slice()),
+        ),
+    )
+    .unwrap();
+    KeyFile::seal(&relay_keys, None, &mut rng)
+        .unwrap()
+        .save(&dir.path().join("relay.key"), false)
+        .unwrap();
+    let config_path = dir.path().join("relay.toml");
+    std::fs::write(
+        &config_path,
+        "version = 1\nkey = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n\
+         metrics = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[org]\ncharter = \"org.charter\"\n",
+    )
+    .unwrap();
+    let relay = Relay::start(&RelayConfig::load(&config_path).unwrap())
+        .await
+        .unwrap();
+    let relay_addr = relay.address().clone();
+    let metrics = relay.metrics_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+
+    let epoch = Instant::now();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let member = &org.members[i];
+        let mut config = NodeConfig::new(member.keys.clone(), org.charter.clone(), &member.name);
+        config.listening = org.channels_for(i);
+        config.input = AudioInput::Synthetic { seed: i as u64 };
+        config.media_epoch = Some(epoch);
+        config.seed = 40 + i as u64;
+        config.bootstrap = std::iter::once(relay_addr.clone())
+            .chain(nodes.iter().map(|n| n.address().clone()))
+            .collect();
+        nodes.push(Node::start(config).await.unwrap());
+    }
+    // Eight listeners on flight, threshold six: every member routes it through the relay.
+    let on_relay = |e: &NodeEvent| {
+        matches!(e, NodeEvent::RouteChanged { channel, route: Route::Relay(r) }
+            if *channel == org.flight && *r == relay_key)
+    };
+    for node in &mut nodes {
+        assert!(node.wait_for(WAIT, on_relay).await.is_some());
+    }
+    // Key grants follow the sessions; give them a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nodes[0]
+        .command(NodeCommand::PttDown(vec![org.flight]))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[0].command(NodeCommand::PttUp).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let talker = nodes[0].identity();
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let stats = node.stats().await.unwrap();
+        let heard = stats
+            .received
+            .iter()
+            .find(|r| r.from == talker && r.channel == StreamChannel::Channel(org.flight))
+            .unwrap_or_else(|| panic!("member {i} heard nothing: {stats:?}"));
+        assert!(heard.frames_played >= 50, "member {i}: {heard:?}");
+    }
+    let sender = nodes[0].stats().await.unwrap();
+    assert!(sender
+        .routes
+        .contains(&(org.flight, Route::Relay(relay_key))));
+
+    // A stranger (no member) asks for the channel: refused.
+    let stranger_keys = NodeKeys::generate(&mut rng);
+    let mut config = NodeConfig::new(stranger_keys, org.charter.clone(), "stranger");
+    config.bootstrap = vec![relay_addr.clone()];
+    let mut stranger = Node::start(config).await.unwrap();
+    assert!(stranger
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::LinkUp { .. }))
+        .await
+        .is_some());
+    stranger
+        .command(NodeCommand::Subscribe {
+            relay: relay_key,
+            channels: vec![org.flight],
+        })
+        .unwrap();
+
+    // Metrics and health (the metrics follow the node once a second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let text = tokio::task::spawn_blocking(move || http_get(metrics, "/metrics"))
+        .await
+        .unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let out = metric(&text, "callsign_relay_packets_out_total");
+    let packets_in = metric(&text, "callsign_relay_packets_in_total");
+    assert!(packets_in >= 60.0 && out >= 7.0 * 60.0, "{text}");
+    assert_eq!(
+        metric(&text, "callsign_relay_subscriptions_refused_total"),
+        1.0
+    );
+    assert_eq!(metric(&text, "callsign_relay_audio_keys_held"), 0.0);
+    assert!(
+        text.contains("callsign_relay_forward_latency_seconds_bucket"),
+        "{text}"
+    );
+    let health = tokio::task::spawn_blocking(move || http_get(metrics, "/health"))
+        .await
+        .unwrap();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    assert!(health.contains(&format!("\"subscribers\":{n}")), "{health}");
+    let missing = tokio::task::spawn_blocking(move || http_get(metrics, "/nope"))
+        .await
+        .unwrap();
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+
+    // A graceful stop closes the links at once: members go back to the mesh.
+    stop.send(()).unwrap();
+    let final_stats = relay_task.await.unwrap().unwrap();
+    assert_eq!(final_stats.audio_keys_held, 0);
+    let stopped_at = Instant::now();
+    let on_mesh = |e: &NodeEvent| matches!(e, NodeEvent::RouteChanged { channel, route: Route::Mesh } if *channel == org.flight);
+    for node in &mut nodes {
+        assert!(node
+            .wait_for(Duration::from_secs(5), on_mesh)
+            .await
+            .is_some());
+    }
+    eprintln!(
+        "members back on the mesh {} ms after the relay stopped",
+        stopped_at.elapsed().as_millis()
+    );
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+    stranger.shutdown().await.unwrap();
+}
