@@ -18,7 +18,7 @@
 //! max_subscribers = 1000
 //! packets_per_second = 100          # per sender
 //! burst = 50
-//! max_packet = 1400
+//! max_packet = 1368
 //! ```
 
 use serde::Deserialize;
@@ -217,6 +217,13 @@ mod tests {
         assert!(c.circuits);
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.org.charter.as_deref(), Some(Path::new("org.charter")));
+    }
+
+    #[test]
+    fn the_deploy_example_parses() {
+        let c = RelayConfig::parse(include_str!("../../deploy/relay.toml")).unwrap();
+        assert_eq!(c.data_dir, Path::new("/var/lib/callsign-relay"));
+        assert_eq!(c.limits, Limits::default());
     }
 
     #[test]
