@@ -1,0 +1,171 @@
+//! The `callsign-relay` binary as an operator runs it: make a key, start from a config, answer
+//! `/health` and `/metrics`, stop cleanly on SIGTERM; and clear errors for a relay the charter
+//! does not rent, an empty mirror and a bad config.
+
+use callsign_mesh::charter::bundle::encode_bundle;
+use callsign_mesh::charter::{OpBody, RelayInfo};
+use callsign_node::runtime::demo_org::DemoOrg;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_callsign-relay");
+
+fn make_key(dir: &Path) -> callsign_keys::IdentityKey {
+    let out = Command::new(BIN)
+        .args(["key", "relay.key"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let peer = String::from_utf8(out.stdout).unwrap();
+    peer.trim().parse().unwrap()
+}
+
+fn write_charter(dir: &Path, rent: Option<callsign_keys::IdentityKey>) {
+    let mut org = DemoOrg::new(2, 3).unwrap();
+    if let Some(relay) = rent {
+        org.charter
+            .edit(
+                &org.root,
+                OpBody::PutRelay {
+                    peer: relay,
+                    info: RelayInfo {
+                        addrs: Vec::new(),
+                        capacity: 10,
+                    },
+                },
+                0,
+            )
+            .unwrap();
+    }
+    std::fs::write(
+        dir.join("org.charter"),
+        encode_bundle(
+            &org.charter.org(),
+            org.charter.dag().iter().map(|o| o.encoded.as_slice()),
+        ),
+    )
+    .unwrap();
+}
+
+const CONFIG: &str = "version = 1\nkey = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n\
+    metrics = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[org]\ncharter = \"org.charter\"\n";
+
+fn get(addr: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn runs_from_a_config_answers_health_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = make_key(dir.path());
+    // The same key file again: not overwritten, same peer id.
+    assert_eq!(make_key(dir.path()), relay);
+    write_charter(dir.path(), Some(relay));
+    std::fs::write(dir.path().join("relay.toml"), CONFIG).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.path().join("relay.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    assert!(
+        listening.starts_with("relay listening on /ip4/127.0.0.1/udp/"),
+        "{listening}"
+    );
+    assert!(
+        listening.ends_with(&relay.peer_id().to_string()),
+        "{listening}"
+    );
+    let metrics = lines.next().unwrap().unwrap();
+    let addr = metrics
+        .strip_prefix("metrics on http://")
+        .and_then(|m| m.strip_suffix("/metrics"))
+        .unwrap()
+        .to_string();
+    // The first stats poll lands within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let health = get(&addr, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    let text = get(&addr, "/metrics");
+    assert!(text.contains("callsign_relay_charter_ops "), "{text}");
+    assert!(text.contains("callsign_relay_audio_keys_held 0"), "{text}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stopped = lines.next().unwrap().unwrap();
+    assert!(stopped.starts_with("stopped: "), "{stopped}");
+    assert!(child.wait().unwrap().success());
+    // The mirror is on disk: a second start needs no bundle.
+    std::fs::remove_file(dir.path().join("org.charter")).unwrap();
+    std::fs::write(
+        dir.path().join("relay.toml"),
+        CONFIG.replace("charter = \"org.charter\"", ""),
+    )
+    .unwrap();
+    let mut again = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.path().join("relay.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(again.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with("relay listening on"), "{first}");
+    again.kill().unwrap();
+    again.wait().unwrap();
+}
+
+fn run_fails(dir: &Path, want: &str) {
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.join("relay.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(want), "{err}");
+}
+
+#[test]
+fn refuses_to_start_with_a_clear_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    make_key(dir.path());
+    std::fs::write(dir.path().join("relay.toml"), CONFIG).unwrap();
+    // No bundle file.
+    run_fails(dir.path(), "cannot read charter bundle");
+    // The org does not rent this relay.
+    write_charter(dir.path(), None);
+    run_fails(dir.path(), "does not rent this relay");
+    // A damaged bundle.
+    std::fs::write(dir.path().join("org.charter"), b"not a bundle").unwrap();
+    std::fs::remove_dir_all(dir.path().join("state")).ok();
+    run_fails(dir.path(), "org.charter");
+    // A config from the future.
+    std::fs::write(
+        dir.path().join("relay.toml"),
+        CONFIG.replace("version = 1", "version = 9"),
+    )
+    .unwrap();
+    run_fails(dir.path(), "unknown config version 9");
+}
