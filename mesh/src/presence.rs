@@ -60,6 +60,9 @@ pub struct PresenceBody {
     /// The relay the peer uses for each channel it listens to through one, sorted by channel,
     /// unique.
     pub routes: Vec<(ChannelId, IdentityKey)>,
+    /// The upload the peer may spend on voice, kbit/s (0: not said); a channel whose speakers
+    /// cannot send one stream per listener goes through a relay.
+    pub uplink_kbps: u32,
 }
 
 /// A signed presence record.

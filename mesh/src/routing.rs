@@ -1,7 +1,8 @@
 //! One member's routes: for each channel it listens or speaks on, the [`topology::plan`]
 //! inputs gathered from what every member shares (the charter and presence), and the answer.
 //!
-//! - Listeners: members present (and ourselves) who listen to the channel and may.
+//! - Listeners: members present (and ourselves) who listen to the channel and may; the
+//!   smallest upload budget advertised by a member who may speak there.
 //! - Candidates: the charter's rented relays (capacity from the charter) and present members
 //!   who volunteer (public, spare uplink), each with the median RTT the channel's listeners
 //!   advertise to it and its room left after the channels it already serves elsewhere.
@@ -118,10 +119,17 @@ impl RoutingView<'_> {
             return Route::Mesh;
         };
         let listeners = self.listeners(channel);
+        let weakest_uplink_kbps = self
+            .presence
+            .present()
+            .filter(|r| r.body.uplink_kbps > 0)
+            .filter(|r| self.state.may(&r.body.peer, channel, Permissions::SPEAK))
+            .map(|r| r.body.uplink_kbps)
+            .min();
         let load = ChannelLoad {
             threshold: u32::from(info.policy.mesh_threshold),
             listeners: listeners.len() as u32,
-            weakest_uplink_kbps: None,
+            weakest_uplink_kbps,
         };
         let usable = |k: &IdentityKey| self.linked.contains(k) || k == self.local;
         let mut candidates: Vec<RelayCandidate> = self

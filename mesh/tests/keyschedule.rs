@@ -257,6 +257,7 @@ fn present(table: &mut PresenceTable, who: &Identity, org: IdentityKey, listenin
             addrs: Vec::new(),
             relay_rtt_ms: Vec::new(),
             routes: Vec::new(),
+            uplink_kbps: 0,
         },
     )
     .unwrap();

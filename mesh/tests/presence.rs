@@ -30,6 +30,7 @@ fn body(org: IdentityKey, seq: u64, issued_at_ms: u64) -> PresenceBody {
         addrs: vec![b"/ip4/203.0.113.5/udp/4433/quic-v1".to_vec()],
         relay_rtt_ms: vec![(org, 40)],
         routes: vec![(ChannelId(9), org)],
+        uplink_kbps: 512,
     }
 }
 

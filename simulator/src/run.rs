@@ -432,6 +432,8 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
                 config.socket = Some(socket);
                 config.tcp_fallback = false;
                 config.relay_circuits = relay;
+                // The node says what its uplink carries, as a member would configure it.
+                config.uplink_kbps = (uplink_kbps > 0.0).then_some(uplink_kbps as u32);
                 if rented_relay {
                     config.serve_as_relay(Default::default());
                 }

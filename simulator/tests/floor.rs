@@ -237,6 +237,7 @@ fn a_rented_relay_arbitrates_and_holds_no_audio_key() {
         .streams
         .iter()
         .all(|s| s.to != "relay" && s.from != "relay"));
+    assert_eq!(report.relay("relay").map(|r| r.audio_keys_held), Some(0));
     assert_eq!(nodes(&report).len(), 6);
     // Receivers drop what a pre-empted talker sent before it heard the ruling: at most the
     // frames of one trip (two) per listener, for each of the two pre-emptions.

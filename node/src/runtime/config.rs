@@ -80,6 +80,9 @@ pub struct NodeConfig {
     pub forwarding: Option<ForwarderConfig>,
     /// The topology rule's constants (the same on every member).
     pub topology: TopologyConfig,
+    /// The upload this member may spend on voice, kbit/s, advertised so that channels it
+    /// speaks on move to a relay before one stream per listener would exceed it.
+    pub uplink_kbps: Option<u32>,
 }
 
 impl NodeConfig {
@@ -119,6 +122,7 @@ impl NodeConfig {
             floor: FloorConfig::default(),
             forwarding: None,
             topology: TopologyConfig::default(),
+            uplink_kbps: None,
         }
     }
 }

@@ -80,6 +80,8 @@ pub(crate) struct Driver {
     /// The charter's rented relays that are not members, by peer id.
     pub relays: BTreeMap<PeerId, IdentityKey>,
     pub topology: TopologyConfig,
+    /// The upload we may spend on voice, kbit/s (0: not said), advertised in presence.
+    pub uplink_kbps: u32,
     /// How each channel we listen or speak on travels.
     pub routes: BTreeMap<ChannelId, Route>,
     /// Channels that moved to a relay, until when their direct copies continue.

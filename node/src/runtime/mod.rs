@@ -232,6 +232,7 @@ impl Node {
             floor_drops: 0,
             relays: BTreeMap::new(),
             topology: config.topology,
+            uplink_kbps: config.uplink_kbps.unwrap_or(0),
             routes: BTreeMap::new(),
             route_switched: BTreeMap::new(),
             subscribed: BTreeMap::new(),

@@ -494,6 +494,7 @@ impl Driver {
             addrs,
             relay_rtt_ms: self.relay_rtts(),
             routes: self.advertised_routes(),
+            uplink_kbps: self.uplink_kbps,
         };
         match PresenceRecord::sign(&self.keys.identity, body) {
             Ok(record) => {
