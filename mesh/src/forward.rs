@@ -10,6 +10,10 @@
 //! may not speak on, oversize, malformed, duplicate (replay window per sender), whispers, and
 //! packets beyond a sender's rate are dropped and counted by reason.
 //!
+//! Relays cascade: one of the org's rented relays may subscribe at another (any channel); what
+//! a relay gets from a member goes to its member subscribers and to its relay subscribers, what
+//! it gets from a relay goes to members only, so a packet crosses at most two relays.
+//!
 //! A sender asks a relay to forward by wrapping the voice packet in an envelope (one tag byte,
 //! [`ENVELOPE_V1`], then the packet as sealed): a voice packet that arrives bare is for the
 //! relay itself, if it is a member, and is never forwarded.
@@ -40,6 +44,15 @@ pub fn open_envelope(datagram: &[u8]) -> Option<&[u8]> {
         Some((&ENVELOPE_V1, packet)) => Some(packet),
         _ => None,
     }
+}
+
+fn is_member(state: &CharterState, peer: &IdentityKey) -> bool {
+    state.members.contains_key(peer) || state.is_admin(peer)
+}
+
+/// One of the org's rented relays (and no member).
+pub fn is_relay(state: &CharterState, peer: &IdentityKey) -> bool {
+    state.relays.contains_key(peer) && !is_member(state, peer)
 }
 
 /// Version byte of subscriptions.
@@ -263,10 +276,12 @@ impl Forwarder {
         if body.org != self.org || state.org != self.org {
             return Err(SubscriptionError::WrongOrg);
         }
-        if !state.members.contains_key(&body.subscriber) && !state.is_admin(&body.subscriber) {
+        if is_relay(state, &body.subscriber) {
+            // Another of the org's relays, cascading: it passes what it gets on to its own
+            // subscribers, each checked there.
+        } else if !is_member(state, &body.subscriber) {
             return Err(SubscriptionError::NotMember);
-        }
-        if let Some(c) = body
+        } else if let Some(c) = body
             .channels
             .iter()
             .find(|c| !state.may(&body.subscriber, **c, Permissions::LISTEN))
@@ -358,17 +373,29 @@ impl Forwarder {
             return Err(ForwardDrop::Oversize);
         }
         let (header, _) = VoiceHeader::parse(packet).map_err(|_| ForwardDrop::Malformed)?;
-        let member = state.members.contains_key(from) || state.is_admin(from);
-        if !member || header.sender != SenderShortId::of(from) {
+        // From a fellow relay (cascading), the sender is the member the header names; from
+        // anyone else, the link's peer must be that member.
+        let from_relay = is_relay(state, from);
+        let sender = if from_relay {
+            state
+                .members
+                .keys()
+                .chain(state.admins.iter())
+                .find(|k| SenderShortId::of(k) == header.sender)
+                .copied()
+                .ok_or(ForwardDrop::Stranger)?
+        } else if is_member(state, from) && header.sender == SenderShortId::of(from) {
+            *from
+        } else {
             return Err(ForwardDrop::Stranger);
-        }
+        };
         if header.flags.contains(VoiceFlags::WHISPER) {
             return Err(ForwardDrop::Whisper);
         }
         if header
             .channels
             .iter()
-            .any(|c| !state.may(from, *c, Permissions::SPEAK))
+            .any(|c| !state.may(&sender, *c, Permissions::SPEAK))
         {
             return Err(ForwardDrop::Unauthorised);
         }
@@ -376,32 +403,35 @@ impl Forwarder {
             u64::from(self.config.packets_per_second),
             u64::from(self.config.burst),
         );
-        let sender = self.senders.entry(*from).or_insert_with(|| SenderState {
+        let bucket = self.senders.entry(sender).or_insert_with(|| SenderState {
             milli_tokens: burst * 1000,
             refilled: now,
             replay: ReplayWindow::new(),
         });
-        let elapsed = now.saturating_duration_since(sender.refilled);
-        sender.refilled = now;
-        sender.milli_tokens = (sender.milli_tokens
+        let elapsed = now.saturating_duration_since(bucket.refilled);
+        bucket.refilled = now;
+        bucket.milli_tokens = (bucket.milli_tokens
             + (elapsed.min(Duration::from_secs(60)).as_millis() as u64) * rate)
             .min(burst * 1000);
-        if sender.milli_tokens < 1000 {
+        if bucket.milli_tokens < 1000 {
             return Err(ForwardDrop::RateLimited);
         }
-        sender.milli_tokens -= 1000;
-        if !sender.replay.accept(header.sequence) {
+        bucket.milli_tokens -= 1000;
+        if !bucket.replay.accept(header.sequence) {
             return Err(ForwardDrop::Duplicate);
         }
         let to: Vec<IdentityKey> = self
             .subscriptions
             .values()
-            .filter(|s| s.subscriber != *from)
+            .filter(|s| s.subscriber != sender && s.subscriber != *from)
             .filter(|s| {
-                header.channels.iter().any(|c| {
-                    s.channels.binary_search(c).is_ok()
-                        && state.may(&s.subscriber, *c, Permissions::LISTEN)
-                })
+                let relay = is_relay(state, &s.subscriber);
+                // What came from a relay goes to members only: one hop between relays.
+                (!relay || !from_relay)
+                    && header.channels.iter().any(|c| {
+                        s.channels.binary_search(c).is_ok()
+                            && (relay || state.may(&s.subscriber, *c, Permissions::LISTEN))
+                    })
             })
             .map(|s| s.subscriber)
             .collect();

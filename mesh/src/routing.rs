@@ -9,6 +9,10 @@
 //! - Incumbent: the relay most of the channel's listeners say they use for it (ties: lowest
 //!   key), so hysteresis is measured against the same thing everywhere.
 //!
+//! A channel whose policy prefers several of the charter's relays cascades: once the rule puts
+//! it on one of them, each member takes the one it measured nearest (its own RTTs, from its own
+//! presence record), and the relays forward to each other.
+//!
 //! The one local input is `linked`: a relay we have no link to is no candidate for us. A relay
 //! that crashes is dropped by each member as its link times out, so the members agree again
 //! within one link timeout.
@@ -176,7 +180,30 @@ impl RoutingView<'_> {
                 _ => Some((k, *n)),
             })
             .map(|(k, _)| *k);
-        plan(config, &load, &candidates, incumbent.as_ref())
+        match plan(config, &load, &candidates, incumbent.as_ref()) {
+            // A channel that prefers several relays cascades over them: each member uses its
+            // nearest, and the relays pass packets to each other.
+            Route::Relay(chosen) if info.policy.preferred_relays.contains(&chosen) => {
+                let own = self.presence.get(self.local);
+                let rtt = |k: &IdentityKey| {
+                    own.and_then(|r| {
+                        let at = r.body.relay_rtt_ms.binary_search_by_key(k, |(k, _)| *k);
+                        at.ok().map(|i| r.body.relay_rtt_ms[i].1)
+                    })
+                    .unwrap_or(config.unknown_rtt_ms)
+                };
+                let nearest = info
+                    .policy
+                    .preferred_relays
+                    .iter()
+                    .filter(|k| self.state.relays.contains_key(k) && usable(k))
+                    .min_by_key(|k| (rtt(k), **k))
+                    .copied()
+                    .unwrap_or(chosen);
+                Route::Relay(nearest)
+            }
+            route => route,
+        }
     }
 
     /// Routes for [`RoutingView::channels`].

@@ -3,7 +3,7 @@
 
 use crate::network::SimNetwork;
 use crate::report::Report;
-use crate::scenario::{Action, FloorSpec, Scenario};
+use crate::scenario::{Action, FloorSpec, PairLink, Scenario};
 use crate::trace::{describe, TraceLine};
 use callsign_keys::{Identity, IdentityKey, NodeKeys};
 use callsign_mesh::charter::{
@@ -81,13 +81,26 @@ fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError> {
             .find(&format!("/{}", spec.name))
             .ok_or_else(|| EditError::Rejected(format!("channel {} missing", spec.name)))?;
         channels.insert(spec.name.clone(), id);
-        if spec.floor == FloorSpec::HalfDuplex {
+        if spec.floor == FloorSpec::HalfDuplex || !spec.relays.is_empty() {
+            let preferred_relays = spec
+                .relays
+                .iter()
+                .filter_map(|name| {
+                    let at = scenario.nodes.iter().position(|n| n.name == *name)?;
+                    Some(keys[at].identity.public())
+                })
+                .collect();
             charter.edit(
                 &root,
                 OpBody::SetChannelPolicy {
                     channel: id,
                     policy: ChannelPolicy {
-                        floor: FloorMode::HalfDuplex,
+                        floor: if spec.floor == FloorSpec::HalfDuplex {
+                            FloorMode::HalfDuplex
+                        } else {
+                            FloorMode::Open
+                        },
+                        preferred_relays,
                         ..ChannelPolicy::default()
                     },
                 },
@@ -394,6 +407,14 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
             .map(|n| (n.name.clone(), names[&n.name]))
             .collect();
         let lifecycle = lifecycle(scenario, &spec.name);
+        // Each node sets the `[[pair]]` links it is part of before it sends anything (the
+        // later of the two overwrites with the same model).
+        let pairs: Vec<PairLink> = scenario
+            .pairs
+            .iter()
+            .filter(|p| p.a == spec.name || p.b == spec.name)
+            .cloned()
+            .collect();
         let (name, nat, relay, by_key) = (spec.name.clone(), spec.nat, spec.relay, by_key.clone());
         let channel_names: BTreeMap<ChannelId, String> =
             org.channels.iter().map(|(n, c)| (*c, n.clone())).collect();
@@ -404,6 +425,13 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
             let ip: IpAddr = turmoil::lookup(name.as_str());
             network.set_nat(ip, nat);
             network.set_uplink(ip, uplink_kbps);
+            for pair in &pairs {
+                network.set_pair(
+                    turmoil::lookup(pair.a.as_str()),
+                    turmoil::lookup(pair.b.as_str()),
+                    pair.model.clone(),
+                );
+            }
             let start = tokio::time::Instant::now() - sim_now();
             let end = start + duration;
             let mut commands = commands.into_iter().peekable();

@@ -95,6 +95,9 @@ pub struct ChannelSpec {
     /// `open` (anyone talks) or `half-duplex` (floor control).
     #[serde(default)]
     pub floor: FloorSpec,
+    /// Rented relays the channel prefers (node names); two or more cascade.
+    #[serde(default)]
+    pub relays: Vec<String>,
 }
 
 /// A channel's floor mode.
@@ -356,6 +359,14 @@ impl Scenario {
         for n in &self.nodes {
             for c in n.listen.iter().flatten() {
                 channel(c)?;
+            }
+        }
+        for c in &self.channels {
+            for r in &c.relays {
+                node(r)?;
+                if !self.nodes.iter().any(|n| n.name == *r && n.rented_relay) {
+                    return invalid(format!("channel {:?}: {r:?} is no rented relay", c.name));
+                }
             }
         }
         for e in &self.events {

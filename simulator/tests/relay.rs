@@ -128,3 +128,39 @@ fn without_a_rented_relay_the_members_elect_a_volunteer() {
         "{hq:?}"
     );
 }
+
+#[test]
+fn a_channel_spanning_two_regions_cascades_over_both_relays() {
+    let report = run(&scenario("relay-cascade"), None).unwrap();
+    eprintln!("{}", relay_trace(&report));
+    let (eu, us) = (["eu1", "eu2", "eu3", "eu4"], ["us1", "us2", "us3", "us4"]);
+    for (members, relay) in [(eu, "relay relay-eu"), (us, "relay relay-us")] {
+        for member in members {
+            assert_eq!(
+                report.last_line(member, "route ops ", 2_400),
+                Some(relay),
+                "{member}"
+            );
+        }
+    }
+    // Everyone hears both talkers: within a region through its relay (10 + 10 ms), across
+    // through both (10 + 90 + 10 ms).
+    for (talker, near, far) in [("eu1", &eu, &us), ("us2", &us, &eu)] {
+        for (listeners, most_ms) in [(near, 80.0), (far, 180.0)] {
+            for listener in listeners.iter().filter(|l| **l != talker) {
+                let s = report.stream(talker, listener, "ops").unwrap();
+                assert!(s.frames_played * 100 >= s.frames_sent * 98, "{s:?}");
+                let p50 = s.mouth_to_ear_ms.unwrap().p50;
+                assert!(p50 <= most_ms, "{talker} -> {listener}: {p50} ms");
+            }
+        }
+    }
+    // Each relay took each frame once (from its talker or from the other relay) and neither
+    // holds a key.
+    for relay in ["relay-eu", "relay-us"] {
+        let r = report.relay(relay).unwrap();
+        assert!(r.packets_in >= 2 * 95 && r.packets_in <= 2 * 101, "{r:?}");
+        assert_eq!(r.audio_keys_held, 0, "{r:?}");
+        assert!(r.drops.is_empty(), "{r:?}");
+    }
+}

@@ -6,7 +6,8 @@ use super::api::{ForwardingStats, NodeEvent};
 use super::driver::Driver;
 use crate::link::IncomingDatagram;
 use callsign_keys::IdentityKey;
-use callsign_mesh::forward::{ForwardDrop, Subscription, SubscriptionError};
+use callsign_mesh::charter::ChannelId;
+use callsign_mesh::forward::{envelope, is_relay, ForwardDrop, Subscription, SubscriptionError};
 use libp2p::PeerId;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -46,9 +47,7 @@ impl Driver {
                 LinkRole::Member(*member)
             });
         }
-        if self.serves_as_relay() {
-            return None;
-        }
+        // Members link to relays, and relays to each other (cascading).
         self.relays.get(peer).map(|k| LinkRole::Relay(*k))
     }
 
@@ -66,6 +65,9 @@ impl Driver {
                 Err(SubscriptionError::NotSender)
             }
         });
+        if result.is_ok() {
+            self.cascade();
+        }
         if let Err(e) = result {
             self.subscriptions_refused += 1;
             tracing::debug!(%peer, %e, "subscription refused");
@@ -76,13 +78,55 @@ impl Driver {
         }
     }
 
+    /// As a rented relay: subscribes at each linked fellow relay for the channels our members
+    /// subscribed to that prefer both of us (the charter's channel policy), so packets sent
+    /// through either reach the members of both.
+    pub(super) fn cascade(&mut self) {
+        if !self.serves_as_relay() {
+            return;
+        }
+        let Some(forwarder) = &self.forwarder else {
+            return;
+        };
+        let state = self.sync.charter().state();
+        let mut desired: BTreeMap<IdentityKey, Vec<ChannelId>> = BTreeMap::new();
+        for (subscriber, channels) in forwarder.subscriptions() {
+            if is_relay(state, subscriber) {
+                continue;
+            }
+            for channel in channels {
+                let Some(info) = state.channels.get(channel) else {
+                    continue;
+                };
+                let prefers = &info.policy.preferred_relays;
+                if !prefers.contains(&self.local) {
+                    continue;
+                }
+                for relay in prefers {
+                    if *relay != self.local && self.peers.contains_key(&relay.peer_id()) {
+                        desired.entry(*relay).or_default().push(*channel);
+                    }
+                }
+            }
+        }
+        for channels in desired.values_mut() {
+            channels.sort();
+            channels.dedup();
+        }
+        self.subscribe_where(desired);
+    }
+
     /// Forwards an enveloped `packet` that came in `datagram`; a member relay also plays it.
     pub(super) fn forward(&mut self, datagram: &IncomingDatagram, packet: &[u8], now: Instant) {
         let Some(forwarder) = self.forwarder.as_mut() else {
             tracing::debug!(peer = %datagram.peer, "enveloped voice, but we do not forward");
             return;
         };
-        let Some(from) = self.members.get(&datagram.peer).copied() else {
+        let from = self
+            .members
+            .get(&datagram.peer)
+            .or(self.relays.get(&datagram.peer));
+        let Some(from) = from.copied() else {
             forwarder.refuse_stranger(packet);
             return;
         };
@@ -116,14 +160,22 @@ impl Driver {
                 return;
             }
         };
+        let mut enveloped = None;
         for subscriber in to {
-            if subscriber != self.local {
-                // A subscriber whose link just went is simply skipped.
-                let _ = self
-                    .network
-                    .links
-                    .send_datagram(&subscriber.peer_id(), packet);
+            if subscriber == self.local {
+                continue;
             }
+            // A fellow relay forwards on what it gets: it gets it enveloped.
+            let bytes = if self.relays.values().any(|r| *r == subscriber) {
+                enveloped.get_or_insert_with(|| envelope(packet)).as_slice()
+            } else {
+                packet
+            };
+            // A subscriber whose link just went is simply skipped.
+            let _ = self
+                .network
+                .links
+                .send_datagram(&subscriber.peer_id(), bytes);
         }
         let spent = super::driver::now().saturating_duration_since(received_at);
         let us = spent.as_micros().min(u128::from(u64::MAX)) as u64;

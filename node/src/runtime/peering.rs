@@ -117,11 +117,15 @@ impl Driver {
                 // A relay link: charter sync and floor, no E2EE session, no keys.
                 self.peers.insert(peer, PeerControl::default());
                 self.sync.handle_link_up(peer, now);
-                self.floor.peer_up(identity);
-                self.update_arbiters(now);
+                // The floor is between members and their arbiter, not between relays.
+                if self.members.contains_key(&peer) || !self.serves_as_relay() {
+                    self.floor.peer_up(identity);
+                    self.update_arbiters(now);
+                }
                 // A relay that comes back has forgotten our subscription.
                 self.subscribed.remove(&identity);
                 self.replan(now);
+                self.cascade();
                 return;
             }
             // Not of our org: no control, no keys. Its datagrams are dropped by the voice
@@ -168,6 +172,7 @@ impl Driver {
                 }
                 self.subscribed.remove(&identity);
                 self.replan(now);
+                self.cascade();
             }
         }
         self.listener_loss.remove(peer);

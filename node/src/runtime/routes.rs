@@ -102,7 +102,7 @@ impl Driver {
         self.update_subscriptions();
     }
 
-    /// Tells each relay the channels we want from it, when that changed.
+    /// Tells each relay the channels we listen to through it, when that changed.
     fn update_subscriptions(&mut self) {
         let mut desired: BTreeMap<IdentityKey, Vec<ChannelId>> = BTreeMap::new();
         for channel in &self.listening {
@@ -112,6 +112,12 @@ impl Driver {
                 }
             }
         }
+        self.subscribe_where(desired);
+    }
+
+    /// Sends each relay in `desired` (or held before) a subscription where its channels
+    /// changed.
+    pub(super) fn subscribe_where(&mut self, mut desired: BTreeMap<IdentityKey, Vec<ChannelId>>) {
         let relays: BTreeSet<IdentityKey> = desired
             .keys()
             .chain(self.subscribed.keys())
@@ -154,11 +160,9 @@ impl Driver {
         true
     }
 
-    /// Dials the charter's rented relays we are not linked to, at the addresses it lists.
+    /// Dials the charter's rented relays we are not linked to, at the addresses it lists (a
+    /// relay dials the others too: they cascade).
     pub(super) fn dial_relays(&mut self) {
-        if self.serves_as_relay() {
-            return;
-        }
         let state = self.sync.charter().state();
         let dials: Vec<DialOpts> = state
             .relays
