@@ -5,10 +5,12 @@
 //! then postcard; signed under `callsign/subscription/v1`; canonical encoding only). The
 //! [`Forwarder`] accepts one only from a member the charter lets listen on every channel it
 //! names, and checks again at each packet (the charter may have changed). A packet is
-//! forwarded once to each subscriber of any of its channels (a simulcast frame is not copied
-//! per channel), never back to its sender; packets from non-members or for channels the sender
-//! may not speak on, oversize, malformed, duplicate (replay window per sender), whispers, and
-//! packets beyond a sender's rate are dropped and counted by reason.
+//! forwarded once to each subscriber of any of its channels, never back to its sender; a
+//! simulcast frame sent as one packet per channel reaches a subscriber of several of them once
+//! (the first of its packets the subscriber may hear). Packets from non-members or for channels
+//! the sender may not speak on, oversize, malformed, duplicate (replay window per sender and
+//! channel list), whispers, and packets beyond a sender's rate are dropped and counted by
+//! reason.
 //!
 //! Relays cascade: one of the org's rented relays may subscribe at another (any channel); what
 //! a relay gets from a member goes to its member subscribers and to its relay subscribers, what
@@ -240,7 +242,12 @@ struct SenderState {
     /// Token bucket, in thousandths of a packet.
     milli_tokens: u64,
     refilled: Instant,
-    replay: ReplayWindow,
+    /// Per channel list: a simulcast frame arrives as one packet per channel (each sealed with
+    /// that channel's key), all with the frame's sequence number.
+    replay: BTreeMap<Vec<ChannelId>, ReplayWindow>,
+    /// The latest frame's sequence number and who got a copy of it, so a subscriber of several
+    /// of its channels gets one copy.
+    served: Option<(u16, Vec<IdentityKey>)>,
 }
 
 /// See the module documentation.
@@ -406,7 +413,8 @@ impl Forwarder {
         let bucket = self.senders.entry(sender).or_insert_with(|| SenderState {
             milli_tokens: burst * 1000,
             refilled: now,
-            replay: ReplayWindow::new(),
+            replay: BTreeMap::new(),
+            served: None,
         });
         let elapsed = now.saturating_duration_since(bucket.refilled);
         bucket.refilled = now;
@@ -417,9 +425,15 @@ impl Forwarder {
             return Err(ForwardDrop::RateLimited);
         }
         bucket.milli_tokens -= 1000;
-        if !bucket.replay.accept(header.sequence) {
+        // Channel lists are bounded: the sender may speak on each channel named.
+        let replay = bucket.replay.entry(header.channels.clone()).or_default();
+        if !replay.accept(header.sequence) {
             return Err(ForwardDrop::Duplicate);
         }
+        let already: &[IdentityKey] = match &bucket.served {
+            Some((seq, served)) if *seq == header.sequence => served,
+            _ => &[],
+        };
         let to: Vec<IdentityKey> = self
             .subscriptions
             .values()
@@ -434,7 +448,12 @@ impl Forwarder {
                     })
             })
             .map(|s| s.subscriber)
+            .filter(|k| !already.contains(k))
             .collect();
+        match &mut bucket.served {
+            Some((seq, served)) if *seq == header.sequence => served.extend(to.iter().copied()),
+            served => *served = Some((header.sequence, to.clone())),
+        }
         if to.is_empty() {
             return Err(ForwardDrop::NoSubscribers);
         }

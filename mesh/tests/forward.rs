@@ -277,3 +277,38 @@ proptest! {
         let _ = Subscription::decode(&bytes);
     }
 }
+
+#[test]
+fn a_simulcast_frame_sent_per_channel_reaches_each_subscriber_once() {
+    let org = org();
+    let mut f = forwarder(&org);
+    let officer = org.ids[0].public();
+    let (pilot, recruit) = (org.ids[1].public(), org.ids[2].public());
+    // The officer listens to both channels; the pilot only /command, the recruit only /flight.
+    f.subscribe(&org.state, subscription(&org, 0, 2, Vec::new()))
+        .unwrap();
+    f.subscribe(
+        &org.state,
+        subscription(&org, 1, 2, vec![org.command, org.flight]),
+    )
+    .unwrap();
+    let now = Instant::now();
+    for seq in [10, 11] {
+        let command = packet(&officer, vec![org.command], seq, VoiceFlags::empty());
+        let flight = packet(&officer, vec![org.flight], seq, VoiceFlags::empty());
+        // The pilot hears both channels but gets the frame once; the recruit gets /flight's.
+        assert_eq!(
+            f.forward(&org.state, &officer, &command, now),
+            Ok(vec![pilot])
+        );
+        assert_eq!(
+            f.forward(&org.state, &officer, &flight, now),
+            Ok(vec![recruit])
+        );
+        // Each packet again is a duplicate.
+        assert_eq!(
+            f.forward(&org.state, &officer, &flight, now),
+            Err(ForwardDrop::Duplicate)
+        );
+    }
+}
