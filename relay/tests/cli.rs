@@ -169,3 +169,24 @@ fn refuses_to_start_with_a_clear_reason() {
     .unwrap();
     run_fails(dir.path(), "unknown config version 9");
 }
+
+#[test]
+fn the_bench_runs_both_forwarders_and_every_copy_arrives() {
+    let out = Command::new(BIN)
+        .args(["bench", "--subscribers", "4", "--seconds", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for side in ["baseline", "relay"] {
+        let m = &report[side];
+        // 50 frames to 3 other subscribers each.
+        assert_eq!(m["copies_expected"], 150, "{report}");
+        assert_eq!(m["copies_delivered"], m["copies_expected"], "{report}");
+        assert!(
+            m["copies_per_cpu_second"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
+    assert!(report["efficiency_ratio"].as_f64().unwrap() > 0.0);
+}

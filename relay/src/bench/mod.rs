@@ -1,0 +1,237 @@
+//! `callsign-relay bench`: speakers send voice-sized packets to a forwarder that copies each
+//! to every other subscriber, over real loopback sockets, twice in one run:
+//!
+//! 1. the baseline, a plain UDP forwarder (`callsign-relay udp-forward`, a child process: one
+//!    blocking socket, `recv_from` then one `send_to` per subscriber, no checks);
+//! 2. the relay itself (`callsign-relay run`, a child process from a generated config): QUIC
+//!    links with TLS, signed subscriptions checked against a charter, enveloped voice packets
+//!    sealed with a real sender key, checked and forwarded as in production.
+//!
+//! Each child's CPU time (`/proc/<pid>/schedstat`) and peak memory (`VmHWM`) are read around
+//! the measurement, so the parent's own work (the subscribers) does not count. Reported:
+//! copies delivered per second, copies per CPU-second of the forwarder ("per core"), the
+//! forwarder's CPU share, sender-to-subscriber latency p50/p99, and the relay/baseline ratios.
+
+mod baseline;
+mod process;
+mod relayed;
+
+pub use process::udp_forward;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchOptions {
+    /// Subscribers to the channel (the speakers among them).
+    #[arg(long, default_value_t = 50)]
+    pub subscribers: usize,
+    /// Members talking at once.
+    #[arg(long, default_value_t = 1)]
+    pub speakers: usize,
+    /// Packets per second per speaker (a 20 ms Opus talker sends 50).
+    #[arg(long, default_value_t = 50)]
+    pub rate: u32,
+    /// Seconds measured (after every subscriber is in).
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Opus payload bytes (24 kb/s at 20 ms is 60).
+    #[arg(long, default_value_t = 60)]
+    pub payload: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One forwarder's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub forwarder: &'static str,
+    pub packets_sent: u64,
+    pub copies_expected: u64,
+    pub copies_delivered: u64,
+    pub copies_per_second: f64,
+    /// Copies per second of the forwarder's CPU time.
+    pub copies_per_cpu_second: f64,
+    /// The forwarder's CPU use over the measurement, percent of one core.
+    pub cpu_percent: f64,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    /// The forwarder's peak resident memory, KiB.
+    pub peak_rss_kib: u64,
+}
+
+/// Both runs and their ratios.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub subscribers: usize,
+    pub speakers: usize,
+    pub rate: u32,
+    pub seconds: f64,
+    pub baseline: Measurement,
+    pub relay: Measurement,
+    /// relay / baseline, copies per CPU-second.
+    pub efficiency_ratio: f64,
+    /// relay − baseline, latency p50 and p99, µs.
+    pub added_latency_p50_us: i64,
+    pub added_latency_p99_us: i64,
+}
+
+/// Runs both measurements and prints the report.
+pub fn run(options: BenchOptions) -> Result<()> {
+    if options.subscribers < 2 || options.speakers == 0 || options.speakers > options.subscribers {
+        bail!("need at least 2 subscribers and 1 to subscribers speakers");
+    }
+    if options.rate == 0 || options.seconds <= 0.0 {
+        bail!("rate and seconds must be positive");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let baseline = runtime.block_on(baseline::measure(&options))?;
+    let relay = runtime.block_on(relayed::measure(&options))?;
+    let report = BenchReport {
+        subscribers: options.subscribers,
+        speakers: options.speakers,
+        rate: options.rate,
+        seconds: options.seconds,
+        efficiency_ratio: relay.copies_per_cpu_second / baseline.copies_per_cpu_second.max(1e-9),
+        added_latency_p50_us: relay.latency_p50_us as i64 - baseline.latency_p50_us as i64,
+        added_latency_p99_us: relay.latency_p99_us as i64 - baseline.latency_p99_us as i64,
+        baseline,
+        relay,
+    };
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &BenchReport) {
+    println!(
+        "{} subscribers, {} speaker(s) at {} packets/s, {} s",
+        r.subscribers, r.speakers, r.rate, r.seconds
+    );
+    for m in [&r.baseline, &r.relay] {
+        println!(
+            "  {:<9} delivered {}/{} copies ({:.0}/s); {:.0} copies per CPU-second; CPU {:.1} %; \
+             latency p50 {} µs, p99 {} µs; peak RSS {} KiB",
+            m.forwarder,
+            m.copies_delivered,
+            m.copies_expected,
+            m.copies_per_second,
+            m.copies_per_cpu_second,
+            m.cpu_percent,
+            m.latency_p50_us,
+            m.latency_p99_us,
+            m.peak_rss_kib
+        );
+    }
+    println!(
+        "  relay / baseline, copies per CPU-second: {:.3}; added latency p50 {} µs, p99 {} µs",
+        r.efficiency_ratio, r.added_latency_p50_us, r.added_latency_p99_us
+    );
+}
+
+/// Send times by (speaker, sequence), nanoseconds since `start`.
+struct SendTimes {
+    start: Instant,
+    at: Vec<AtomicU64>,
+}
+
+impl SendTimes {
+    fn new(speakers: usize) -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            at: (0..speakers * 65536).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    fn sent(&self, speaker: usize, seq: u16) {
+        let ns = self.start.elapsed().as_nanos() as u64;
+        self.at[speaker * 65536 + usize::from(seq)].store(ns, Ordering::Relaxed);
+    }
+
+    fn latency_us(&self, speaker: usize, seq: u16) -> Option<u64> {
+        let sent = self
+            .at
+            .get(speaker * 65536 + usize::from(seq))?
+            .load(Ordering::Relaxed);
+        let now = self.start.elapsed().as_nanos() as u64;
+        (sent > 0).then(|| now.saturating_sub(sent) / 1000)
+    }
+}
+
+/// What the subscribers heard.
+#[derive(Default)]
+struct Heard {
+    copies: u64,
+    latencies_us: Vec<u64>,
+}
+
+impl Heard {
+    fn merge(&mut self, other: Heard) {
+        self.copies += other.copies;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    fn quantile(&mut self, q: f64) -> u64 {
+        if self.latencies_us.is_empty() {
+            return 0;
+        }
+        self.latencies_us.sort_unstable();
+        let at = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
+        self.latencies_us[at]
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measurement(
+    forwarder: &'static str,
+    options: &BenchOptions,
+    sent: u64,
+    mut heard: Heard,
+    cpu: Duration,
+    elapsed: Duration,
+    peak_rss_kib: u64,
+) -> Measurement {
+    let cpu_s = cpu.as_secs_f64().max(1e-9);
+    Measurement {
+        forwarder,
+        packets_sent: sent,
+        copies_expected: sent * (options.subscribers as u64 - 1),
+        copies_delivered: heard.copies,
+        copies_per_second: heard.copies as f64 / elapsed.as_secs_f64(),
+        copies_per_cpu_second: heard.copies as f64 / cpu_s,
+        cpu_percent: 100.0 * cpu_s / elapsed.as_secs_f64(),
+        latency_p50_us: heard.quantile(0.5),
+        latency_p99_us: heard.quantile(0.99),
+        peak_rss_kib,
+    }
+}
+
+/// Paces `speakers` at `rate` for `seconds`, calling `send(speaker, seq)`; returns packets sent.
+async fn speak(options: &BenchOptions, mut send: impl FnMut(usize, u16)) -> u64 {
+    let period = Duration::from_secs_f64(1.0 / f64::from(options.rate));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = (options.seconds * f64::from(options.rate)).round() as u64;
+    let mut sent = 0;
+    for n in 0..total {
+        tick.tick().await;
+        for speaker in 0..options.speakers {
+            send(speaker, n as u16);
+            sent += 1;
+        }
+    }
+    // Let the last copies arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sent
+}

@@ -1,0 +1,112 @@
+//! The forwarders under test run as child processes, so their CPU time and memory are theirs
+//! alone: the plain UDP forwarder's loop, and `Measured`, a child we read from `/proc`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The baseline forwarder's loop (`callsign-relay udp-forward`).
+pub fn udp_forward(to: &[u16]) -> Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    println!("udp-forward on {}", socket.local_addr()?);
+    std::io::stdout().flush()?;
+    let targets: Vec<SocketAddr> = to
+        .iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf)?;
+        for target in &targets {
+            if *target != from {
+                let _ = socket.send_to(&buf[..n], target);
+            }
+        }
+    }
+}
+
+/// A child process we measure; killed when dropped.
+pub(super) struct Measured {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Measured {
+    pub(super) fn spawn(args: &[String]) -> Result<Self> {
+        let exe = std::env::current_exe().context("finding our own binary")?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the forwarder")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    /// The first stdout line that starts with `prefix`, without it.
+    pub(super) fn line(&self, prefix: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Ok(rest.trim().to_string());
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        bail!("the forwarder never printed {prefix:?}")
+    }
+
+    /// CPU time so far, over all the child's threads.
+    pub(super) fn cpu(&self) -> Result<Duration> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let mut ns = 0u64;
+        for task in
+            std::fs::read_dir(&tasks).context("reading the forwarder's threads (Linux /proc)")?
+        {
+            let path = task?.path().join("schedstat");
+            // A thread that just exited has no file any more.
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            ns += text
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| anyhow!("unexpected schedstat {text:?}"))?;
+        }
+        Ok(Duration::from_nanos(ns))
+    }
+
+    /// Peak resident memory, KiB.
+    pub(super) fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
