@@ -5,7 +5,10 @@
 use callsign_mesh::charter::bundle::encode_bundle;
 use callsign_mesh::charter::{OpBody, RelayInfo};
 use callsign_node::runtime::demo_org::DemoOrg;
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::http_get;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -53,16 +56,15 @@ fn write_charter(dir: &Path, rent: Option<callsign_keys::IdentityKey>) {
 const CONFIG: &str = "version = 1\nkey = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n\
     metrics = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[org]\ncharter = \"org.charter\"\n";
 
-fn get(addr: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+/// Starts the relay from `dir/relay.toml`, its stdout piped.
+fn start(dir: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.join("relay.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -73,13 +75,7 @@ fn runs_from_a_config_answers_health_and_stops_on_sigterm() {
     assert_eq!(make_key(dir.path()), relay);
     write_charter(dir.path(), Some(relay));
     std::fs::write(dir.path().join("relay.toml"), CONFIG).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(dir.path().join("relay.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start(dir.path());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let listening = lines.next().unwrap().unwrap();
     assert!(
@@ -98,10 +94,10 @@ fn runs_from_a_config_answers_health_and_stops_on_sigterm() {
         .to_string();
     // The first stats poll lands within a second.
     std::thread::sleep(Duration::from_millis(1500));
-    let health = get(&addr, "/health");
+    let health = http_get(&addr, "/health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains("\"status\":\"ok\""), "{health}");
-    let text = get(&addr, "/metrics");
+    let text = http_get(&addr, "/metrics");
     assert!(text.contains("callsign_relay_charter_ops "), "{text}");
     assert!(text.contains("callsign_relay_audio_keys_held 0"), "{text}");
     let status = Command::new("kill")
@@ -119,13 +115,7 @@ fn runs_from_a_config_answers_health_and_stops_on_sigterm() {
         CONFIG.replace("charter = \"org.charter\"", ""),
     )
     .unwrap();
-    let mut again = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(dir.path().join("relay.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut again = start(dir.path());
     let first = BufReader::new(again.stdout.take().unwrap())
         .lines()
         .next()

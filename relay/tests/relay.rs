@@ -3,6 +3,8 @@
 //! refused, `/metrics` and `/health` answer, and a graceful shutdown sends members back to the
 //! mesh at once.
 
+mod common;
+
 use callsign_keys::{KeyFile, NodeKeys};
 use callsign_mesh::charter::bundle::encode_bundle;
 use callsign_mesh::charter::{OpBody, RelayInfo};
@@ -12,27 +14,11 @@ use callsign_node::runtime::{AudioInput, StreamChannel};
 use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
 use callsign_relay::service::Relay;
 use callsign_relay::RelayConfig;
+use common::http_get;
 use rand::SeedableRng;
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
 
 /// The value of an un-labelled metric line `name value`.
 fn metric(text: &str, name: &str) -> f64 {
@@ -165,7 +151,7 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
 
     // Metrics and health (the metrics follow the node once a second).
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let text = tokio::task::spawn_blocking(move || http_get(metrics, "/metrics"))
+    let text = tokio::task::spawn_blocking(move || http_get(&metrics.to_string(), "/metrics"))
         .await
         .unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
@@ -181,13 +167,13 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
         text.contains("callsign_relay_forward_latency_seconds_bucket"),
         "{text}"
     );
-    let health = tokio::task::spawn_blocking(move || http_get(metrics, "/health"))
+    let health = tokio::task::spawn_blocking(move || http_get(&metrics.to_string(), "/health"))
         .await
         .unwrap();
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains("\"status\":\"ok\""), "{health}");
     assert!(health.contains(&format!("\"subscribers\":{n}")), "{health}");
-    let missing = tokio::task::spawn_blocking(move || http_get(metrics, "/nope"))
+    let missing = tokio::task::spawn_blocking(move || http_get(&metrics.to_string(), "/nope"))
         .await
         .unwrap();
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
