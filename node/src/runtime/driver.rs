@@ -84,6 +84,10 @@ pub(crate) struct Driver {
     pub uplink_kbps: u32,
     /// How each channel we listen or speak on travels.
     pub routes: BTreeMap<ChannelId, Route>,
+    /// When presence news is next folded into the routes (`None`: nothing new).
+    pub replan_due: Option<Instant>,
+    /// When the routes were last planned.
+    pub replanned: Instant,
     /// Channels that moved to a relay, until when their direct copies continue.
     pub route_switched: BTreeMap<ChannelId, Instant>,
     /// The channels each relay was last told to forward us.
@@ -202,6 +206,7 @@ impl Driver {
             self.schedule.poll_timeout(),
             self.floor.poll_timeout(),
             Some(self.next_presence),
+            self.replan_due,
         ]
         .into_iter()
         .flatten()
@@ -399,6 +404,9 @@ impl Driver {
 
     /// Drains what the state machines want sent.
     pub(super) fn flush(&mut self, now: Instant) {
+        if self.replan_due.is_some_and(|due| due <= now) {
+            self.replan(now);
+        }
         while let Some((peer, message)) = self.sync.poll_transmit() {
             if let Some(control) = self.peers.get_mut(&peer) {
                 control.queue(ControlMessage::Sync(message.encode()));

@@ -234,6 +234,8 @@ impl Node {
             topology: config.topology,
             uplink_kbps: config.uplink_kbps.unwrap_or(0),
             routes: BTreeMap::new(),
+            replan_due: None,
+            replanned: now,
             route_switched: BTreeMap::new(),
             subscribed: BTreeMap::new(),
             subscription_seq: unix_at_start_ms,

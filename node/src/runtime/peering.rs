@@ -386,7 +386,7 @@ impl Driver {
         if !matches!(update, PresenceUpdate::Joined | PresenceUpdate::Updated) {
             return;
         }
-        self.replan(now);
+        self.replan_soon();
         let subject = record.body.peer;
         if subject == self.local {
             return;

@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 /// How long a sender keeps sending direct copies after a channel moved to a relay.
 pub const SWITCH_OVERLAP: Duration = Duration::from_millis(500);
 
+/// Presence news is folded into the routes at most this often: in a large org records arrive
+/// by the hundred per second, and the answer rarely changes. Link changes re-plan at once.
+pub const REPLAN_INTERVAL: Duration = Duration::from_millis(200);
+
 impl Driver {
     /// Relays we hold a control link to: the charter's rented ones and volunteering members.
     pub(super) fn linked_relays(&self) -> BTreeSet<IdentityKey> {
@@ -69,6 +73,8 @@ impl Driver {
     /// Recomputes every channel's route; announces and re-subscribes on a change. Called when
     /// presence, links, the charter or our listening change, and on the presence timer.
     pub(super) fn replan(&mut self, now: Instant) {
+        self.replan_due = None;
+        self.replanned = now;
         if self.serves_as_relay() {
             return;
         }
@@ -100,6 +106,13 @@ impl Driver {
         }
         self.route_switched.retain(|_, until| *until > now);
         self.update_subscriptions();
+    }
+
+    /// Presence changed: re-plan within [`REPLAN_INTERVAL`] of the last plan.
+    pub(super) fn replan_soon(&mut self) {
+        if self.replan_due.is_none() && !self.serves_as_relay() {
+            self.replan_due = Some(self.replanned + REPLAN_INTERVAL);
+        }
     }
 
     /// Tells each relay the channels we listen to through it, when that changed.
