@@ -96,7 +96,13 @@ fn symmetric_nats_talk_through_a_rented_relays_circuit() {
         assert!(s.frames_sent >= 95, "{s:?}");
         assert!(s.frames_played * 100 >= s.frames_sent * 98, "{s:?}");
     }
+    // The circuit carried the control plane; the voice went as datagrams the relay forwarded
+    // (one copy of each frame each way), sealed with keys it never held.
     let relay = report.relay("relay").unwrap();
+    assert!(
+        relay.packets_in >= 2 * 95 && relay.packets_out == relay.packets_in,
+        "{relay:?}"
+    );
     assert_eq!(relay.audio_keys_held, 0, "{relay:?}");
     assert_eq!(report.drops.auth + report.drops.malformed, 0);
 }

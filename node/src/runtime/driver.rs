@@ -47,6 +47,8 @@ pub(crate) struct Driver {
     pub schedule: KeySchedule,
     pub peers: BTreeMap<PeerId, PeerControl>,
     pub link_kinds: BTreeMap<PeerId, LinkKind>,
+    /// For peers linked through a relay circuit: the relay.
+    pub circuits: BTreeMap<PeerId, PeerId>,
     /// The newest connection to each peer.
     pub connections: BTreeMap<PeerId, libp2p::swarm::ConnectionId>,
     pub members: BTreeMap<PeerId, IdentityKey>,
@@ -124,6 +126,24 @@ pub(super) fn link_kind(endpoint: &libp2p::core::ConnectedPoint) -> LinkKind {
     } else {
         LinkKind::Direct
     }
+}
+
+/// The relay a circuit runs through: the peer named just before `/p2p-circuit` (an outbound
+/// circuit's remote address, an inbound one's local address).
+pub(super) fn circuit_relay(endpoint: &libp2p::core::ConnectedPoint) -> Option<PeerId> {
+    let addr = match endpoint {
+        libp2p::core::ConnectedPoint::Dialer { address, .. } => address,
+        libp2p::core::ConnectedPoint::Listener { local_addr, .. } => local_addr,
+    };
+    let mut last = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::P2p(peer) => last = Some(peer),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
 }
 
 impl Driver {

@@ -8,6 +8,8 @@ use crate::link::IncomingDatagram;
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::ChannelId;
 use callsign_mesh::forward::{envelope, is_relay, ForwardDrop, Subscription, SubscriptionError};
+use callsign_mesh::topology::Route;
+use callsign_mesh::voice::VoiceHeader;
 use libp2p::PeerId;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -133,7 +135,15 @@ impl Driver {
         let state = self.sync.charter().state();
         let to = forwarder.forward(state, &from, packet, now);
         self.send_copies(to, packet, datagram.received_at);
-        if !self.serves_as_relay() {
+        // A member relay plays what it forwards on channels routed through it; on mesh
+        // channels (a circuit's forwarded copies) the sender sent it a direct copy too.
+        let through_us = VoiceHeader::parse(packet).is_ok_and(|(header, _)| {
+            header
+                .channels
+                .iter()
+                .any(|c| self.routes.get(c) == Some(&Route::Relay(self.local)))
+        });
+        if through_us && !self.serves_as_relay() {
             self.receive_voice(datagram.peer, packet, now);
         }
     }

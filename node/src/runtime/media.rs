@@ -9,14 +9,17 @@ use super::voice::{Encoded, Target};
 use super::NodeError;
 use crate::audio::SAMPLE_RATE;
 use crate::link::{IncomingDatagram, LinkError};
+use callsign_keys::IdentityKey;
+use callsign_mesh::charter::ChannelId;
 use callsign_mesh::charter::Permissions;
 use callsign_mesh::forward::open_envelope;
+use callsign_mesh::topology::Route;
 use callsign_mesh::voice::{
     channel_deliveries, speakable, whisper_delivery, SenderShortId, VoiceFlags, VoiceHeader,
 };
 use libp2p::PeerId;
 use rand::Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 impl Driver {
@@ -113,6 +116,8 @@ impl Driver {
         };
         // Seal once per key; every listener given that key gets the same bytes.
         let mut sealed: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
+        // (channel, relay) pairs that get a forwarded copy.
+        let mut via: BTreeSet<(ChannelId, IdentityKey)> = BTreeSet::new();
         for delivery in deliveries {
             let key_id = delivery.key.id();
             if let std::collections::btree_map::Entry::Vacant(slot) = sealed.entry(key_id) {
@@ -135,15 +140,28 @@ impl Driver {
             };
             let peer = delivery.peer.peer_id();
             let lost = self.send_loss > 0.0 && self.loss_rng.gen_bool(self.send_loss.min(1.0));
-            // A listener hearing us only on relay-routed channels gets its copy from the relay.
+            // A listener hearing us only on relay-routed channels gets its copy from the relay;
+            // one we reach only through a relay circuit gets it forwarded by that relay, as
+            // datagrams, rather than on the circuit's stream.
             let direct = match &target {
                 Target::Whisper(_) => true,
                 Target::Channels(_) => {
                     let record = self.presence.get(&delivery.peer);
-                    channels.iter().any(|c| {
-                        record.is_some_and(|r| r.body.listening.binary_search(c).is_ok())
-                            && self.goes_direct(*c, now)
-                    })
+                    let mesh: Vec<ChannelId> = channels
+                        .iter()
+                        .filter(|c| {
+                            record.is_some_and(|r| r.body.listening.binary_search(c).is_ok())
+                                && self.goes_direct(**c, now)
+                        })
+                        .copied()
+                        .collect();
+                    match self.circuit_forwarder(&peer) {
+                        Some(relay) if !mesh.is_empty() => {
+                            via.extend(mesh.iter().map(|c| (*c, relay)));
+                            false
+                        }
+                        _ => !mesh.is_empty(),
+                    }
                 }
             };
             if direct && !lost {
@@ -186,7 +204,12 @@ impl Driver {
             }
         }
         if matches!(target, Target::Channels(_)) {
-            self.send_via_relays(&header, &channels, payload, now);
+            for channel in &channels {
+                if let Some(Route::Relay(relay)) = self.routes.get(channel) {
+                    via.insert((*channel, *relay));
+                }
+            }
+            self.send_via_relays(&header, &via, payload, now);
         }
     }
 

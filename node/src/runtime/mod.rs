@@ -196,6 +196,7 @@ impl Node {
             schedule: KeySchedule::new(identity, config.keys_schedule, config.seed ^ 0x6b65_7973),
             peers: BTreeMap::new(),
             link_kinds: BTreeMap::new(),
+            circuits: BTreeMap::new(),
             connections: BTreeMap::new(),
             members: BTreeMap::new(),
             relay_allow,

@@ -58,6 +58,14 @@ impl Driver {
                     }
                 }
                 self.link_kinds.insert(peer_id, kind);
+                match super::driver::circuit_relay(&endpoint) {
+                    Some(relay) if kind == LinkKind::Relayed => {
+                        self.circuits.insert(peer_id, relay);
+                    }
+                    _ => {
+                        self.circuits.remove(&peer_id);
+                    }
+                }
                 if matches!(self.link_role(&peer_id), Some(LinkRole::Relay(_))) {
                     if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
                         self.reserve_circuit(peer_id, address.clone());
@@ -83,6 +91,7 @@ impl Driver {
             } => {
                 self.connections.remove(&peer_id);
                 self.link_kinds.remove(&peer_id);
+                self.circuits.remove(&peer_id);
                 self.peer_down(&peer_id);
                 self.emit(NodeEvent::LinkDown { peer: peer_id });
             }

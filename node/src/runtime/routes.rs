@@ -12,13 +12,13 @@ use super::api::NodeEvent;
 use super::control::ControlMessage;
 use super::driver::Driver;
 use callsign_keys::IdentityKey;
-use callsign_mesh::charter::ChannelId;
+use callsign_mesh::charter::{ChannelId, Permissions};
 use callsign_mesh::forward::{envelope, Subscription, SubscriptionBody};
 use callsign_mesh::routing::RoutingView;
 use callsign_mesh::topology::Route;
 use callsign_mesh::voice::VoiceHeader;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -115,15 +115,35 @@ impl Driver {
         }
     }
 
-    /// Tells each relay the channels we listen to through it, when that changed.
+    /// Tells each relay the channels we listen to through it, when that changed: the channels
+    /// routed through it, and the mesh channels on which a speaker reaches us only through a
+    /// circuit on it (its voice then comes forwarded, as datagrams).
     fn update_subscriptions(&mut self) {
         let mut desired: BTreeMap<IdentityKey, Vec<ChannelId>> = BTreeMap::new();
+        let state = self.sync.charter().state();
         for channel in &self.listening {
-            if let Some(Route::Relay(relay)) = self.routes.get(channel) {
-                if *relay != self.local {
+            match self.routes.get(channel) {
+                Some(Route::Relay(relay)) if *relay != self.local => {
                     desired.entry(*relay).or_default().push(*channel);
                 }
+                Some(Route::Relay(_)) => {}
+                _ => {
+                    for speaker in self.presence.present().map(|r| r.body.peer) {
+                        if speaker == self.local
+                            || !state.may(&speaker, *channel, Permissions::SPEAK)
+                        {
+                            continue;
+                        }
+                        if let Some(relay) = self.circuit_forwarder(&speaker.peer_id()) {
+                            desired.entry(relay).or_default().push(*channel);
+                        }
+                    }
+                }
             }
+        }
+        for channels in desired.values_mut() {
+            channels.sort();
+            channels.dedup();
         }
         self.subscribe_where(desired);
     }
@@ -207,19 +227,27 @@ impl Driver {
             || self.route_switched.get(&channel).is_some_and(|t| *t > now)
     }
 
-    /// Sends a frame's relay copies: per relay-routed channel, one packet sealed with that
-    /// channel's key, enveloped, to its relay. Our own forwarder takes it when we are the relay.
+    /// The forwarding relay behind our circuit to `peer`, if we hold a control link to it.
+    pub(super) fn circuit_forwarder(&self, peer: &PeerId) -> Option<IdentityKey> {
+        let relay = self.circuits.get(peer)?;
+        if !self.peers.contains_key(relay) {
+            return None;
+        }
+        self.relays.get(relay).or(self.members.get(relay)).copied()
+    }
+
+    /// Sends a frame's relay copies: for each (channel, relay) in `via`, one packet sealed with
+    /// that channel's key, enveloped, to that relay. Our own forwarder takes it when we are the
+    /// relay.
     pub(super) fn send_via_relays(
         &mut self,
         header: &VoiceHeader,
-        channels: &[ChannelId],
+        via: &BTreeSet<(ChannelId, IdentityKey)>,
         payload: &[u8],
         now: Instant,
     ) {
-        for channel in channels {
-            let Some(Route::Relay(relay)) = self.routes.get(channel).copied() else {
-                continue;
-            };
+        for (channel, relay) in via {
+            let (channel, relay) = (channel, *relay);
             let Some(key) = self.schedule.channel_key(*channel, now).cloned() else {
                 continue;
             };
