@@ -3,7 +3,7 @@
 
 use callsign_keys::{Identity, IdentityKey};
 use callsign_mesh::charter::{
-    ChannelId, Charter, CharterState, OpBody, Permissions, Priority, Role,
+    ChannelId, Charter, CharterState, OpBody, Permissions, Priority, RelayInfo, Role,
 };
 use callsign_mesh::forward::{
     ForwardDrop, Forwarder, ForwarderConfig, Subscription, SubscriptionBody, SubscriptionError,
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 struct Org {
     state: CharterState,
-    /// officer, pilot, recruit, stranger.
+    /// officer, pilot, recruit, stranger, root, two rented relays.
     ids: Vec<Identity>,
     command: ChannelId,
     flight: ChannelId,
@@ -24,7 +24,7 @@ struct Org {
 
 /// /command: officers speak, pilots listen, recruits nothing. /flight: everyone speaks.
 fn org() -> Org {
-    let ids: Vec<Identity> = (0..5)
+    let ids: Vec<Identity> = (0..7)
         .map(|i| Identity::generate(&mut StdRng::seed_from_u64(40 + i)))
         .collect();
     let root = &ids[4];
@@ -70,6 +70,16 @@ fn org() -> Org {
             roles: vec![(*role).into()],
         };
         c.edit(root, member, 0).unwrap();
+    }
+    for relay in &ids[5..] {
+        let put = OpBody::PutRelay {
+            peer: relay.public(),
+            info: RelayInfo {
+                addrs: Vec::new(),
+                capacity: 10,
+            },
+        };
+        c.edit(root, put, 0).unwrap();
     }
     Org {
         state: c.state().clone(),
@@ -311,4 +321,57 @@ fn a_simulcast_frame_sent_per_channel_reaches_each_subscriber_once() {
             Err(ForwardDrop::Duplicate)
         );
     }
+}
+
+#[test]
+fn relays_cascade_one_hop_and_never_back() {
+    let org = org();
+    let (officer, pilot, recruit) = (
+        org.ids[0].public(),
+        org.ids[1].public(),
+        org.ids[2].public(),
+    );
+    let (here, there) = (org.ids[5].public(), org.ids[6].public());
+    // At relay `here`: the pilot, and the other relay (a relay needs no listen right).
+    let mut f = Forwarder::new(org.state.org, ForwarderConfig::default());
+    f.subscribe(&org.state, subscription(&org, 1, 1, vec![org.command]))
+        .unwrap();
+    f.subscribe(&org.state, subscription(&org, 6, 1, vec![org.command]))
+        .unwrap();
+    let now = Instant::now();
+    // From a member: to the member subscribers and the relay.
+    let from_officer = packet(&officer, vec![org.command], 1, VoiceFlags::empty());
+    let mut both = vec![pilot, there];
+    both.sort();
+    assert_eq!(
+        f.forward(&org.state, &officer, &from_officer, now),
+        Ok(both)
+    );
+    // From the other relay: to members only, and checked as the member it names.
+    let relayed = packet(&officer, vec![org.command], 2, VoiceFlags::empty());
+    assert_eq!(
+        f.forward(&org.state, &there, &relayed, now),
+        Ok(vec![pilot])
+    );
+    let not_allowed = packet(&recruit, vec![org.command], 1, VoiceFlags::empty());
+    assert_eq!(
+        f.forward(&org.state, &there, &not_allowed, now),
+        Err(ForwardDrop::Unauthorised)
+    );
+    let nobody = packet(
+        &org.ids[3].public(),
+        vec![org.flight],
+        1,
+        VoiceFlags::empty(),
+    );
+    assert_eq!(
+        f.forward(&org.state, &there, &nobody, now),
+        Err(ForwardDrop::Stranger)
+    );
+    // A relay is no member: it may not speak through another relay itself.
+    let own = packet(&here, vec![org.flight], 1, VoiceFlags::empty());
+    assert_eq!(
+        f.forward(&org.state, &here, &own, now),
+        Err(ForwardDrop::Stranger)
+    );
 }
