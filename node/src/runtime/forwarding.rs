@@ -67,16 +67,16 @@ impl Driver {
                 Err(SubscriptionError::NotSender)
             }
         });
-        if result.is_ok() {
-            self.cascade();
-        }
-        if let Err(e) = result {
-            self.subscriptions_refused += 1;
-            tracing::debug!(%peer, %e, "subscription refused");
-            self.emit(NodeEvent::SubscriptionRefused {
-                peer,
-                reason: e.to_string(),
-            });
+        match result {
+            Ok(()) => self.cascade(),
+            Err(e) => {
+                self.subscriptions_refused += 1;
+                tracing::debug!(%peer, %e, "subscription refused");
+                self.emit(NodeEvent::SubscriptionRefused {
+                    peer,
+                    reason: e.to_string(),
+                });
+            }
         }
     }
 

@@ -147,7 +147,7 @@ impl Driver {
         }
         // Share what we know of others (signed by them), so peers find each other.
         for record in self.presence.present() {
-            if record.body.peer != identity {
+            if record.body.peer != identity && record.body.peer != self.local {
                 control.queue(ControlMessage::Presence(record.encode()));
             }
         }
