@@ -184,8 +184,20 @@ impl Links {
     }
 
     fn send_kind(&self, peer: &PeerId, kind: u8, body: &[u8]) -> Result<(), LinkError> {
+        self.send_framed(peer, Self::frame(kind, body))
+    }
+
+    /// An application datagram framed once, for [`Links::send_framed`] to several peers (a
+    /// relay's copies of one packet share this one buffer).
+    pub fn frame_datagram(payload: &[u8]) -> Bytes {
+        Self::frame(KIND_APP, payload)
+    }
+
+    /// Sends a datagram framed by [`Links::frame_datagram`] to `peer`.
+    pub fn send_framed(&self, peer: &PeerId, frame: Bytes) -> Result<(), LinkError> {
         let connection = self.connection(peer)?;
-        match connection.send_datagram(Self::frame(kind, body)) {
+        let size = frame.len().saturating_sub(HEADER);
+        match connection.send_datagram(frame) {
             Ok(()) => {
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -193,7 +205,7 @@ impl Links {
             Err(quinn::SendDatagramError::TooLarge) => {
                 self.counters.oversized.fetch_add(1, Ordering::Relaxed);
                 Err(LinkError::DatagramTooLarge {
-                    size: body.len(),
+                    size,
                     max: connection
                         .max_datagram_size()
                         .map_or(0, |n| n.saturating_sub(HEADER)),

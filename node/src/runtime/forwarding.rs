@@ -4,7 +4,7 @@
 
 use super::api::{ForwardingStats, NodeEvent};
 use super::driver::Driver;
-use crate::link::IncomingDatagram;
+use crate::link::{IncomingDatagram, Links};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::ChannelId;
 use callsign_mesh::forward::{envelope, is_relay, ForwardDrop, Subscription, SubscriptionError};
@@ -170,22 +170,23 @@ impl Driver {
                 return;
             }
         };
+        // Framed once: every copy shares the buffer.
+        let plain = Links::frame_datagram(packet);
         let mut enveloped = None;
         for subscriber in to {
             if subscriber == self.local {
                 continue;
             }
             // A fellow relay forwards on what it gets: it gets it enveloped.
-            let bytes = if self.relays.values().any(|r| *r == subscriber) {
-                enveloped.get_or_insert_with(|| envelope(packet)).as_slice()
+            let frame = if self.relays.values().any(|r| *r == subscriber) {
+                enveloped
+                    .get_or_insert_with(|| Links::frame_datagram(&envelope(packet)))
+                    .clone()
             } else {
-                packet
+                plain.clone()
             };
             // A subscriber whose link just went is simply skipped.
-            let _ = self
-                .network
-                .links
-                .send_datagram(&subscriber.peer_id(), bytes);
+            let _ = self.network.links.send_framed(&subscriber.peer_id(), frame);
         }
         let spent = super::driver::now().saturating_duration_since(received_at);
         let us = spent.as_micros().min(u128::from(u64::MAX)) as u64;
