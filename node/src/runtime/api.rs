@@ -59,6 +59,8 @@ pub enum NodeCommand {
         relay: IdentityKey,
         channels: Vec<ChannelId>,
     },
+    /// A snapshot of the charter's state (for UIs: the channel tree, roles, members).
+    Charter(oneshot::Sender<callsign_mesh::charter::CharterState>),
     Stats(oneshot::Sender<NodeStats>),
     Shutdown,
 }

@@ -343,6 +343,9 @@ impl Driver {
                     self.emit(NodeEvent::Warning(format!("no link to relay {relay}")));
                 }
             }
+            NodeCommand::Charter(reply) => {
+                let _ = reply.send(self.state().clone());
+            }
             NodeCommand::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }

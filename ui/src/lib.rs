@@ -1,0 +1,38 @@
+//! Callsign's desktop app (`callsign-gui`): the radio stack in egui.
+//!
+//! - [`profile`]: the user's profile on disk (versioned TOML), identity and org files.
+//! - [`bridge`]: the app's only way to the node: [`NodeCommand`](callsign_node::NodeCommand)s
+//!   out, [`NodeEvent`](callsign_node::NodeEvent)s in, the node on its own runtime threads.
+//! - [`app`]: [`RadioApp`], the screens (first run, unlock, radio stack) and what events do
+//!   to them; [`radio`] draws the radio stack.
+//!
+//! Must not: block the UI thread on the node or the network (commands are fire-and-forget,
+//! events are drained each frame, snapshots are polled), hold protocol logic (the charter's
+//! rules and ACLs are the mesh's; the node checks them again), or touch audio devices (the node
+//! owns them).
+
+pub mod app;
+pub mod bridge;
+pub mod profile;
+pub mod radio;
+
+pub use app::RadioApp;
+pub use bridge::NodeBridge;
+pub use profile::Profile;
+
+/// Why the app could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum UiError {
+    #[error("profile {path}: {message}")]
+    Profile { path: String, message: String },
+    #[error("key file: {0}")]
+    Key(#[from] callsign_keys::KeyFileError),
+    #[error("charter: {0}")]
+    Charter(String),
+    #[error("ticket: {0}")]
+    Ticket(#[from] callsign_keys::TicketError),
+    #[error("node: {0}")]
+    Node(#[from] callsign_node::runtime::NodeError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,149 @@
+//! The user's profile: `profile.toml` (version 1) in the app's directory, beside the identity
+//! key file and the org's charter log (`orgs/<org>.log`).
+//!
+//! ```toml
+//! version = 1
+//! name = "Maverick"
+//! key = "identity.key"
+//! org = "12D3KooW…"          # the org's root key
+//! listen = "0.0.0.0:0"
+//! bootstrap = []              # multiaddrs to dial at start (from an invite ticket)
+//! [hotkeys]                   # channel path → key (egui key names: F1, Space, A…)
+//! "/flight" = "F2"
+//! ```
+
+use crate::UiError;
+use callsign_keys::IdentityKey;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The only profile version this app reads.
+pub const PROFILE_VERSION: u32 = 1;
+const FILE: &str = "profile.toml";
+
+/// See the module documentation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub version: u32,
+    pub name: String,
+    /// The identity key file, relative to the profile directory.
+    pub key: PathBuf,
+    /// The org's root key.
+    pub org: String,
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// Channel path → key name.
+    #[serde(default)]
+    pub hotkeys: BTreeMap<String, String>,
+}
+
+impl Profile {
+    /// A new profile for `org`.
+    pub fn new(name: &str, org: &IdentityKey, bootstrap: Vec<String>) -> Self {
+        Self {
+            version: PROFILE_VERSION,
+            name: name.to_string(),
+            key: PathBuf::from("identity.key"),
+            org: org.to_string(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            bootstrap,
+            hotkeys: BTreeMap::new(),
+        }
+    }
+
+    /// The platform's config directory for the app (`CALLSIGN_GUI_DIR` overrides).
+    pub fn default_dir() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("CALLSIGN_GUI_DIR") {
+            return Some(PathBuf::from(dir));
+        }
+        directories::ProjectDirs::from("org", "Callsign", "callsign-gui")
+            .map(|d| d.config_dir().to_path_buf())
+    }
+
+    /// The profile in `dir`, `None` on first run.
+    pub fn load(dir: &Path) -> Result<Option<Self>, UiError> {
+        let path = dir.join(FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let fail = |message: String| UiError::Profile {
+            path: path.display().to_string(),
+            message,
+        };
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: Option<u32>,
+        }
+        let versioned: Versioned = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        match versioned.version {
+            Some(PROFILE_VERSION) => {}
+            Some(v) => return Err(fail(format!("unknown profile version {v}"))),
+            None => return Err(fail("missing `version`".into())),
+        }
+        let profile: Self = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        profile.org_key().map_err(fail)?;
+        Ok(Some(profile))
+    }
+
+    /// Writes the profile to `dir` (whole file replaced).
+    pub fn save(&self, dir: &Path) -> Result<(), UiError> {
+        std::fs::create_dir_all(dir)?;
+        let text = toml::to_string_pretty(self).map_err(|e| UiError::Profile {
+            path: dir.join(FILE).display().to_string(),
+            message: e.to_string(),
+        })?;
+        let tmp = dir.join(format!("{FILE}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, dir.join(FILE))?;
+        Ok(())
+    }
+
+    pub fn org_key(&self) -> Result<IdentityKey, String> {
+        self.org
+            .parse()
+            .map_err(|_| format!("org {:?} is not a peer id", self.org))
+    }
+
+    /// Where the org's charter log lives.
+    pub fn charter_log(dir: &Path, org: &IdentityKey) -> PathBuf {
+        dir.join("orgs").join(format!("{org}.log"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callsign_keys::Identity;
+
+    #[test]
+    fn round_trips_and_refuses_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Profile::load(dir.path()).unwrap(), None);
+        let org = Identity::from_secret_bytes([3; 32]).public();
+        let mut profile = Profile::new("Maverick", &org, vec![]);
+        profile.hotkeys.insert("/flight".into(), "F2".into());
+        profile.save(dir.path()).unwrap();
+        assert_eq!(Profile::load(dir.path()).unwrap(), Some(profile));
+        let path = dir.path().join(FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (bad, want) in [
+            (
+                text.replace("version = 1", "version = 7"),
+                "unknown profile version 7",
+            ),
+            (text.replace("version = 1", ""), "missing `version`"),
+            (text.replace(&org.to_string(), "nobody"), "not a peer id"),
+            ("version = ".to_string(), "profile"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = Profile::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+}

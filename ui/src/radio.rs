@@ -1,0 +1,495 @@
+//! The radio stack: one row per channel the user may hear (listen, mute, volume, push-to-talk
+//! with its hotkey, TX light, who is talking, floor state, route), a simulcast group, the
+//! roster (with whisper), and the admin strip. Node events update it; widgets send commands.
+
+use crate::bridge::NodeBridge;
+use crate::profile::Profile;
+use callsign_keys::{IdentityKey, PeerId};
+use callsign_mesh::charter::{ChannelId, CharterState, OpBody, Permissions};
+use callsign_mesh::topology::Route;
+use callsign_node::runtime::{describe_floor, LinkKind};
+use callsign_node::{NodeCommand, NodeEvent};
+use eframe::egui;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use tokio::sync::oneshot;
+
+/// Default hotkeys, in channel order, for channels the profile binds no key to.
+const DEFAULT_KEYS: [egui::Key; 8] = [
+    egui::Key::F1,
+    egui::Key::F2,
+    egui::Key::F3,
+    egui::Key::F4,
+    egui::Key::F5,
+    egui::Key::F6,
+    egui::Key::F7,
+    egui::Key::F8,
+];
+/// The simulcast group's key.
+pub const SIMULCAST_KEY: egui::Key = egui::Key::F12;
+const LOG_LINES: usize = 50;
+
+/// What the user is transmitting on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keyed {
+    Channel(ChannelId),
+    Simulcast,
+    Whisper(IdentityKey),
+}
+
+/// A member in the roster.
+#[derive(Clone, Debug, Default)]
+pub struct RosterEntry {
+    pub name: String,
+    pub listening: Vec<ChannelId>,
+}
+
+/// See the module documentation.
+pub struct Radio {
+    bridge: NodeBridge,
+    me: IdentityKey,
+    my_name: String,
+    state: CharterState,
+    charter_reply: Option<oneshot::Receiver<CharterState>>,
+    listening: BTreeSet<ChannelId>,
+    muted: BTreeSet<ChannelId>,
+    volume: BTreeMap<ChannelId, f32>,
+    simulcast: BTreeSet<ChannelId>,
+    hotkeys: BTreeMap<ChannelId, egui::Key>,
+    talkers: BTreeMap<ChannelId, BTreeMap<IdentityKey, String>>,
+    transmitting: Vec<ChannelId>,
+    keyed: Option<Keyed>,
+    floor: BTreeMap<ChannelId, String>,
+    routes: BTreeMap<ChannelId, Route>,
+    roster: BTreeMap<IdentityKey, RosterEntry>,
+    links: BTreeMap<PeerId, LinkKind>,
+    new_channel: String,
+    log: VecDeque<String>,
+}
+
+impl Radio {
+    pub fn new(
+        bridge: NodeBridge,
+        me: IdentityKey,
+        state: CharterState,
+        profile: &Profile,
+    ) -> Self {
+        let mut radio = Self {
+            bridge,
+            me,
+            my_name: profile.name.clone(),
+            state,
+            charter_reply: None,
+            listening: BTreeSet::new(),
+            muted: BTreeSet::new(),
+            volume: BTreeMap::new(),
+            simulcast: BTreeSet::new(),
+            hotkeys: BTreeMap::new(),
+            talkers: BTreeMap::new(),
+            transmitting: Vec::new(),
+            keyed: None,
+            floor: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            roster: BTreeMap::new(),
+            links: BTreeMap::new(),
+            new_channel: String::new(),
+            log: VecDeque::new(),
+        };
+        radio.channels_changed(&BTreeSet::new(), profile);
+        radio
+    }
+
+    /// Channels we may hear, in tree order (by path).
+    pub fn channels(&self) -> Vec<(ChannelId, String)> {
+        let mut out: Vec<(ChannelId, String)> = self
+            .state
+            .channels
+            .keys()
+            .filter(|c| self.state.may(&self.me, **c, Permissions::LISTEN))
+            .map(|c| (*c, self.path(*c)))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
+    fn path(&self, channel: ChannelId) -> String {
+        self.state
+            .path(channel)
+            .unwrap_or_else(|| channel.to_string())
+    }
+
+    fn name(&self, peer: &IdentityKey) -> String {
+        self.roster
+            .get(peer)
+            .map(|r| r.name.clone())
+            .or_else(|| self.state.members.get(peer).map(|m| m.name.clone()))
+            .unwrap_or_else(|| peer.to_string())
+    }
+
+    /// A new charter snapshot: channels appear or go, hotkeys follow.
+    fn set_state(&mut self, state: CharterState, profile: &Profile) {
+        let known: BTreeSet<ChannelId> = self.state.channels.keys().copied().collect();
+        self.state = state;
+        self.channels_changed(&known, profile);
+    }
+
+    fn channels_changed(&mut self, known: &BTreeSet<ChannelId>, profile: &Profile) {
+        let channels = self.channels();
+        for (channel, path) in &channels {
+            if !known.contains(channel) {
+                // New channels start heard, as the node starts listening to all it may.
+                self.listening.insert(*channel);
+            }
+            let bound = profile
+                .hotkeys
+                .get(path)
+                .and_then(|k| egui::Key::from_name(k));
+            if let Some(key) = bound {
+                self.hotkeys.insert(*channel, key);
+            }
+        }
+        for (channel, _) in channels {
+            if !self.hotkeys.contains_key(&channel) {
+                let used: BTreeSet<egui::Key> = self.hotkeys.values().copied().collect();
+                if let Some(key) = DEFAULT_KEYS.iter().find(|k| !used.contains(k)) {
+                    self.hotkeys.insert(channel, *key);
+                }
+            }
+        }
+    }
+
+    fn say(&mut self, line: String) {
+        self.log.push_back(line);
+        while self.log.len() > LOG_LINES {
+            self.log.pop_front();
+        }
+    }
+
+    /// What an event from the node changes.
+    pub fn handle_event(&mut self, event: NodeEvent) {
+        match event {
+            NodeEvent::TalkerStarted {
+                peer,
+                name,
+                channels,
+                whisper,
+            } => {
+                let name = if name.is_empty() {
+                    self.name(&peer)
+                } else {
+                    name
+                };
+                if whisper {
+                    self.say(format!("{name} whispers to you"));
+                }
+                for channel in channels {
+                    self.talkers
+                        .entry(channel)
+                        .or_default()
+                        .insert(peer, name.clone());
+                }
+            }
+            NodeEvent::TalkerStopped { peer } => {
+                for talkers in self.talkers.values_mut() {
+                    talkers.remove(&peer);
+                }
+            }
+            NodeEvent::Transmitting { channels, .. } => self.transmitting = channels,
+            NodeEvent::TransmitStopped => self.transmitting.clear(),
+            NodeEvent::Presence {
+                peer,
+                name,
+                listening,
+            } => {
+                self.roster.insert(peer, RosterEntry { name, listening });
+            }
+            NodeEvent::PresenceGone { peer } => {
+                self.roster.remove(&peer);
+            }
+            NodeEvent::LinkUp { peer, kind, .. } => {
+                self.links.insert(peer, kind);
+            }
+            NodeEvent::LinkDown { peer } => {
+                self.links.remove(&peer);
+            }
+            NodeEvent::CharterChanged { .. } => self.request_charter(),
+            NodeEvent::RouteChanged { channel, route } => {
+                self.routes.insert(channel, route);
+            }
+            NodeEvent::Floor(event) => {
+                let channel = Cell::new(None);
+                let text = describe_floor(
+                    &event,
+                    |k| self.name(k),
+                    |c| {
+                        channel.set(Some(*c));
+                        self.path(*c)
+                    },
+                );
+                if let Some(channel) = channel.get() {
+                    self.floor.insert(channel, text);
+                }
+            }
+            NodeEvent::PttDenied { reason, .. } => self.say(format!("not sent: {reason}")),
+            NodeEvent::Warning(w) => self.say(w),
+            _ => {}
+        }
+    }
+
+    fn request_charter(&mut self) {
+        let (tx, rx) = oneshot::channel();
+        self.bridge.command(NodeCommand::Charter(tx));
+        self.charter_reply = Some(rx);
+    }
+
+    fn key_down(&mut self, keyed: Keyed) {
+        if self.keyed.is_some() {
+            return;
+        }
+        let command = match &keyed {
+            Keyed::Channel(c) => NodeCommand::PttDown(vec![*c]),
+            Keyed::Simulcast => NodeCommand::PttDown(self.simulcast.iter().copied().collect()),
+            Keyed::Whisper(peer) => NodeCommand::WhisperDown(*peer),
+        };
+        self.bridge.command(command);
+        self.keyed = Some(keyed);
+    }
+
+    fn key_up(&mut self, keyed: &Keyed) {
+        if self.keyed.as_ref() == Some(keyed) {
+            self.bridge.command(NodeCommand::PttUp);
+            self.keyed = None;
+        }
+    }
+
+    fn set_listening(&mut self, channel: ChannelId, on: bool) {
+        let command = if on {
+            self.listening.insert(channel);
+            NodeCommand::Listen(channel)
+        } else {
+            self.listening.remove(&channel);
+            NodeCommand::Unlisten(channel)
+        };
+        self.bridge.command(command);
+    }
+
+    /// One frame: events in, hotkeys, then the panels.
+    pub fn ui(&mut self, ctx: &egui::Context) {
+        while let Some(event) = self.bridge.try_event() {
+            self.handle_event(event);
+        }
+        if let Some(reply) = &mut self.charter_reply {
+            if let Ok(state) = reply.try_recv() {
+                self.charter_reply = None;
+                let profile = Profile::new(&self.my_name, &state.org, Vec::new());
+                self.set_state(state, &profile);
+            }
+        }
+        self.hotkeys_ui(ctx);
+        egui::TopBottomPanel::top("identity").show(ctx, |ui| {
+            ui.horizontal(|ui| {
+                ui.heading(self.state.name.as_str());
+                ui.label(format!("— {}", self.my_name));
+                if ui.button("Copy my peer id").clicked() {
+                    ctx.copy_text(self.me.to_string());
+                }
+            });
+        });
+        egui::SidePanel::right("roster").show(ctx, |ui| self.roster_ui(ui));
+        egui::TopBottomPanel::bottom("log").show(ctx, |ui| {
+            if self.state.is_admin(&self.me) {
+                self.admin_ui(ui);
+            }
+            for line in self.log.iter().rev().take(3) {
+                ui.small(line.as_str());
+            }
+        });
+        egui::CentralPanel::default().show(ctx, |ui| self.stack_ui(ui));
+        // The node's events arrive between frames.
+        ctx.request_repaint_after(std::time::Duration::from_millis(50));
+    }
+
+    fn hotkeys_ui(&mut self, ctx: &egui::Context) {
+        let keys: Vec<(ChannelId, egui::Key)> =
+            self.hotkeys.iter().map(|(c, k)| (*c, *k)).collect();
+        let (pressed, released): (Vec<Keyed>, Vec<Keyed>) = ctx.input(|i| {
+            let mut pressed = Vec::new();
+            let mut released = Vec::new();
+            for (channel, key) in &keys {
+                if i.key_pressed(*key) {
+                    pressed.push(Keyed::Channel(*channel));
+                }
+                if i.key_released(*key) {
+                    released.push(Keyed::Channel(*channel));
+                }
+            }
+            if i.key_pressed(SIMULCAST_KEY) {
+                pressed.push(Keyed::Simulcast);
+            }
+            if i.key_released(SIMULCAST_KEY) {
+                released.push(Keyed::Simulcast);
+            }
+            (pressed, released)
+        });
+        for keyed in pressed {
+            self.key_down(keyed);
+        }
+        for keyed in released {
+            self.key_up(&keyed);
+        }
+    }
+
+    fn stack_ui(&mut self, ui: &mut egui::Ui) {
+        ui.heading("Channels");
+        let channels = self.channels();
+        if channels.is_empty() {
+            ui.label("No channels yet.");
+        }
+        egui::Grid::new("stack").striped(true).show(ui, |ui| {
+            for (channel, path) in channels {
+                self.row_ui(ui, channel, &path);
+                ui.end_row();
+            }
+        });
+        if !self.simulcast.is_empty() {
+            ui.separator();
+            let button = ui.add(egui::Button::new("PTT simulcast").sense(egui::Sense::click()));
+            self.ptt_button(ui, &button, Keyed::Simulcast);
+            ui.label(format!("key {}", SIMULCAST_KEY.name()));
+        }
+    }
+
+    fn row_ui(&mut self, ui: &mut egui::Ui, channel: ChannelId, path: &str) {
+        let mut listening = self.listening.contains(&channel);
+        if ui
+            .checkbox(&mut listening, format!("listen {path}"))
+            .changed()
+        {
+            self.set_listening(channel, listening);
+        }
+        let mut muted = self.muted.contains(&channel);
+        if ui.checkbox(&mut muted, format!("mute {path}")).changed() {
+            if muted {
+                self.muted.insert(channel);
+            } else {
+                self.muted.remove(&channel);
+            }
+            self.bridge.command(NodeCommand::Mute(channel, muted));
+        }
+        let volume = self.volume.entry(channel).or_insert(1.0);
+        if ui
+            .add(egui::Slider::new(volume, 0.0..=2.0).text("volume"))
+            .changed()
+        {
+            let v = *volume;
+            self.bridge.command(NodeCommand::SetVolume(channel, v));
+        }
+        if self.state.may(&self.me, channel, Permissions::SPEAK) {
+            let button = ui.button(format!("PTT {path}"));
+            self.ptt_button(ui, &button, Keyed::Channel(channel));
+            let mut grouped = self.simulcast.contains(&channel);
+            if ui
+                .checkbox(&mut grouped, format!("simulcast {path}"))
+                .changed()
+            {
+                if grouped {
+                    self.simulcast.insert(channel);
+                } else {
+                    self.simulcast.remove(&channel);
+                }
+            }
+        } else {
+            ui.label("listen only");
+            ui.label("");
+        }
+        ui.label(
+            self.hotkeys
+                .get(&channel)
+                .map_or(String::new(), |k| k.name().to_string()),
+        );
+        let on_air = self.transmitting.contains(&channel);
+        let tx = if on_air {
+            egui::RichText::new(format!("TX {path}"))
+                .color(egui::Color32::RED)
+                .strong()
+        } else {
+            egui::RichText::new("  ").weak()
+        };
+        ui.label(tx);
+        let talking: Vec<String> = self
+            .talkers
+            .get(&channel)
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        if talking.is_empty() {
+            ui.label("");
+        } else {
+            ui.label(
+                egui::RichText::new(format!("{path}: {}", talking.join(", ")))
+                    .color(egui::Color32::LIGHT_GREEN),
+            );
+        }
+        ui.label(self.floor.get(&channel).map_or("", String::as_str));
+        ui.label(match self.routes.get(&channel) {
+            Some(Route::Relay(_)) => "via relay",
+            _ => "",
+        });
+    }
+
+    /// Push-to-talk on a button: down while the primary button is held on it.
+    fn ptt_button(&mut self, ui: &egui::Ui, button: &egui::Response, keyed: Keyed) {
+        let (pressed, released) =
+            ui.input(|i| (i.pointer.primary_pressed(), i.pointer.primary_released()));
+        if pressed && button.contains_pointer() {
+            self.key_down(keyed.clone());
+        }
+        if released {
+            self.key_up(&keyed);
+        }
+    }
+
+    fn roster_ui(&mut self, ui: &mut egui::Ui) {
+        ui.heading("Roster");
+        let entries: Vec<(IdentityKey, RosterEntry)> = self
+            .roster
+            .iter()
+            .filter(|(k, _)| **k != self.me)
+            .map(|(k, e)| (*k, e.clone()))
+            .collect();
+        if entries.is_empty() {
+            ui.label("Nobody else online.");
+        }
+        for (peer, entry) in entries {
+            let link = match self.links.get(&peer.peer_id()) {
+                Some(LinkKind::Direct) => "direct",
+                Some(LinkKind::Relayed) => "relayed",
+                Some(LinkKind::TcpFallback) => "TCP fallback",
+                None => "no link",
+            };
+            ui.horizontal(|ui| {
+                ui.label(format!("{} ({link})", entry.name));
+                let button = ui.button(format!("whisper {}", entry.name));
+                self.ptt_button(ui, &button, Keyed::Whisper(peer));
+            });
+            let on: Vec<String> = entry.listening.iter().map(|c| self.path(*c)).collect();
+            ui.small(on.join(", "));
+        }
+    }
+
+    fn admin_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.label("Admin:");
+            let label = ui.label("New channel");
+            ui.add(egui::TextEdit::singleline(&mut self.new_channel))
+                .labelled_by(label.id);
+            if ui.button("Add channel").clicked() && !self.new_channel.trim().is_empty() {
+                let name = std::mem::take(&mut self.new_channel).trim().to_string();
+                self.bridge
+                    .command(NodeCommand::EditCharter(OpBody::AddChannel {
+                        parent: None,
+                        name,
+                    }));
+            }
+        });
+    }
+}

@@ -1,0 +1,222 @@
+//! The app's main flows, driven headless through egui_kittest (AccessKit): first run with a real
+//! node, the admin adding a channel on it, PTT by button and by hotkey, listen toggles, a
+//! talker's name in the right row, and unlocking an encrypted identity.
+
+use callsign_keys::{Identity, KeyFile, NodeKeys};
+use callsign_mesh::charter::log::OpLog;
+use callsign_mesh::charter::{ChannelId, Charter, OpBody};
+use callsign_node::{NodeCommand, NodeEvent};
+use callsign_ui::app::NodeStarter;
+use callsign_ui::{NodeBridge, Profile, RadioApp};
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+fn harness(app: RadioApp) -> Harness<'static, RadioApp> {
+    Harness::builder()
+        .with_size(eframe::egui::vec2(1100.0, 700.0))
+        .build_state(|ctx, app: &mut RadioApp| app.ui(ctx), app)
+}
+
+/// Steps the UI (the node works on its own threads) until `done` or 10 s.
+fn step_until(
+    h: &mut Harness<'static, RadioApp>,
+    mut done: impl FnMut(&Harness<RadioApp>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(h) {
+        assert!(Instant::now() < deadline, "timed out");
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn type_into(h: &mut Harness<'static, RadioApp>, label: &str, text: &str) {
+    h.get_by_label(label).focus();
+    h.step();
+    h.get_by_label(label).type_text(text);
+    h.step();
+}
+
+/// The node's end of a bridge, for tests that check what the app sends it.
+type NodeEnds = Rc<
+    RefCell<
+        Option<(
+            mpsc::UnboundedReceiver<NodeCommand>,
+            mpsc::UnboundedSender<NodeEvent>,
+        )>,
+    >,
+>;
+
+fn channel_starter(ends: NodeEnds) -> NodeStarter {
+    Box::new(move |_config, _log| {
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        *ends.borrow_mut() = Some((commands_rx, events_tx));
+        Ok(NodeBridge::from_channels(commands, events))
+    })
+}
+
+/// What the app sent since the last call, as `Debug` text (commands carry reply channels,
+/// so they have no `PartialEq`).
+fn commands(ends: &NodeEnds) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((rx, _)) = ends.borrow_mut().as_mut() {
+        while let Ok(c) = rx.try_recv() {
+            out.push(format!("{c:?}"));
+        }
+    }
+    out
+}
+
+fn expect(commands: &[NodeCommand]) -> Vec<String> {
+    commands.iter().map(|c| format!("{c:?}")).collect()
+}
+
+/// A saved profile whose org has `/ops`, the identity unencrypted.
+fn saved_profile(dir: &Path) -> ChannelId {
+    let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
+    let (mut charter, first) = Charter::create(&keys.identity, "Wing", 0).unwrap();
+    let second = charter
+        .edit(
+            &keys.identity,
+            OpBody::AddChannel {
+                parent: None,
+                name: "ops".into(),
+            },
+            0,
+        )
+        .unwrap();
+    let org = charter.org();
+    let profile = Profile::new("Iceman", &org, Vec::new());
+    KeyFile::seal(&keys, None, &mut rand::rngs::OsRng)
+        .unwrap()
+        .save(&dir.join(&profile.key), false)
+        .unwrap();
+    let log_path = Profile::charter_log(dir, &org);
+    std::fs::create_dir_all(log_path.parent().unwrap()).unwrap();
+    let mut log = OpLog::create(&log_path, org).unwrap();
+    log.append([first.encode(), second.encode()].iter().map(Vec::as_slice))
+        .unwrap();
+    profile.save(dir).unwrap();
+    charter.state().find("/ops").unwrap()
+}
+
+#[test]
+fn first_run_creates_an_identity_and_an_org_and_the_admin_adds_a_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = RadioApp::new(dir.path().to_path_buf(), Box::new(NodeBridge::start));
+    let mut h = harness(app);
+    h.step();
+    type_into(&mut h, "Callsign", "Maverick");
+    type_into(&mut h, "Org name", "Top Gun");
+    h.get_by_label("Start").click();
+    h.step();
+    // The profile is remembered, with its key and the charter log.
+    let profile = Profile::load(dir.path()).unwrap().expect("profile saved");
+    assert_eq!(profile.name, "Maverick");
+    assert!(dir.path().join("identity.key").exists());
+    let org = profile.org_key().unwrap();
+    assert!(Profile::charter_log(dir.path(), &org).exists());
+    // The radio stack runs on a real node; the founder is admin and adds a channel.
+    step_until(&mut h, |h| h.query_by_label("Add channel").is_some());
+    assert!(h.query_by_label("No channels yet.").is_some());
+    type_into(&mut h, "New channel", "flight");
+    h.get_by_label("Add channel").click();
+    step_until(&mut h, |h| h.query_by_label("PTT /flight").is_some());
+    // Its hotkey (F1) keys the real node: it reports transmitting, and the row lights up.
+    h.key_down(eframe::egui::Key::F1);
+    step_until(&mut h, |h| h.query_by_label("TX /flight").is_some());
+    h.key_up(eframe::egui::Key::F1);
+    step_until(&mut h, |h| h.query_by_label("TX /flight").is_none());
+}
+
+#[test]
+fn buttons_and_hotkeys_send_the_node_its_commands_and_talkers_show_in_their_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = saved_profile(dir.path());
+    let ends: NodeEnds = Rc::default();
+    // A saved, unencrypted profile opens straight on the radio stack.
+    let app = RadioApp::new(dir.path().to_path_buf(), channel_starter(ends.clone()));
+    let mut h = harness(app);
+    h.step();
+    // Listen toggle.
+    h.get_by_label("listen /ops").click();
+    h.step();
+    assert_eq!(commands(&ends), expect(&[NodeCommand::Unlisten(ops)]));
+    h.get_by_label("listen /ops").click();
+    h.step();
+    assert_eq!(commands(&ends), expect(&[NodeCommand::Listen(ops)]));
+    // The PTT button: down on press, up on release.
+    h.get_by_label("PTT /ops").click();
+    h.step();
+    assert_eq!(
+        commands(&ends),
+        expect(&[NodeCommand::PttDown(vec![ops]), NodeCommand::PttUp])
+    );
+    // Its hotkey does the same, held as long as the key.
+    h.key_down(eframe::egui::Key::F1);
+    h.step();
+    assert_eq!(commands(&ends), expect(&[NodeCommand::PttDown(vec![ops])]));
+    h.key_up(eframe::egui::Key::F1);
+    h.step();
+    assert_eq!(commands(&ends), expect(&[NodeCommand::PttUp]));
+    // A talker's name shows in the row of the channel it talks on, and goes when it stops.
+    let goose = Identity::from_secret_bytes([9; 32]).public();
+    let events = ends.borrow().as_ref().map(|(_, e)| e.clone()).unwrap();
+    events
+        .send(NodeEvent::TalkerStarted {
+            peer: goose,
+            name: "Goose".into(),
+            channels: vec![ops],
+            whisper: false,
+        })
+        .unwrap();
+    h.step();
+    assert!(h.query_by_label("/ops: Goose").is_some());
+    events
+        .send(NodeEvent::TalkerStopped { peer: goose })
+        .unwrap();
+    h.step();
+    assert!(h.query_by_label("/ops: Goose").is_none());
+}
+
+#[test]
+fn an_encrypted_identity_is_unlocked_with_its_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends: NodeEnds = Rc::default();
+    let mut h = harness(RadioApp::new(
+        dir.path().to_path_buf(),
+        channel_starter(ends.clone()),
+    ));
+    h.step();
+    type_into(&mut h, "Callsign", "Viper");
+    type_into(&mut h, "Passphrase (optional)", "hunter2 hunter2");
+    type_into(&mut h, "Org name", "Fightertown");
+    h.get_by_label("Start").click();
+    h.step();
+    h.step();
+    assert!(h.query_by_label("Add channel").is_some());
+    drop(h);
+    // Next start: the key is encrypted, so the app asks; a wrong passphrase is refused.
+    let mut h = harness(RadioApp::new(
+        dir.path().to_path_buf(),
+        channel_starter(ends.clone()),
+    ));
+    h.step();
+    assert!(h.query_by_label("Unlock").is_some());
+    type_into(&mut h, "Passphrase", "wrong");
+    h.get_by_label("Unlock").click();
+    h.step();
+    h.step();
+    assert!(h.query_by_label("Unlock").is_some());
+    type_into(&mut h, "Passphrase", "hunter2 hunter2");
+    h.get_by_label("Unlock").click();
+    h.step();
+    h.step();
+    assert!(h.query_by_label("Add channel").is_some());
+}
