@@ -360,6 +360,29 @@ impl Radio {
     }
 
     fn row_ui(&mut self, ui: &mut egui::Ui, channel: ChannelId, path: &str) {
+        ui.label(egui::RichText::new(path).strong());
+        let on_air = self.transmitting.contains(&channel);
+        let tx = if on_air {
+            egui::RichText::new(format!("TX {path}"))
+                .color(egui::Color32::RED)
+                .strong()
+        } else {
+            egui::RichText::new("  ").weak()
+        };
+        ui.label(tx);
+        let talking: Vec<String> = self
+            .talkers
+            .get(&channel)
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        if talking.is_empty() {
+            ui.label("");
+        } else {
+            ui.label(
+                egui::RichText::new(format!("{path}: {}", talking.join(", ")))
+                    .color(egui::Color32::LIGHT_GREEN),
+            );
+        }
         let mut listening = self.listening.contains(&channel);
         if ui
             .checkbox(&mut listening, format!("listen {path}"))
@@ -376,6 +399,7 @@ impl Radio {
             }
             self.bridge.command(NodeCommand::Mute(channel, muted));
         }
+        ui.spacing_mut().slider_width = 70.0;
         let volume = self.volume.entry(channel).or_insert(1.0);
         if ui
             .add(egui::Slider::new(volume, 0.0..=2.0).text("volume"))
@@ -407,28 +431,6 @@ impl Radio {
                 .get(&channel)
                 .map_or(String::new(), |k| k.name().to_string()),
         );
-        let on_air = self.transmitting.contains(&channel);
-        let tx = if on_air {
-            egui::RichText::new(format!("TX {path}"))
-                .color(egui::Color32::RED)
-                .strong()
-        } else {
-            egui::RichText::new("  ").weak()
-        };
-        ui.label(tx);
-        let talking: Vec<String> = self
-            .talkers
-            .get(&channel)
-            .map(|t| t.values().cloned().collect())
-            .unwrap_or_default();
-        if talking.is_empty() {
-            ui.label("");
-        } else {
-            ui.label(
-                egui::RichText::new(format!("{path}: {}", talking.join(", ")))
-                    .color(egui::Color32::LIGHT_GREEN),
-            );
-        }
         ui.label(self.floor.get(&channel).map_or("", String::as_str));
         ui.label(match self.routes.get(&channel) {
             Some(Route::Relay(_)) => "via relay",
