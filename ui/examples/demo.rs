@@ -54,7 +54,12 @@ fn main() -> eframe::Result {
     let log_path = Profile::charter_log(&dir, &org.charter.org());
     std::fs::create_dir_all(log_path.parent().expect("dir")).expect("dir");
     let mut log = OpLog::create(&log_path, org.charter.org()).expect("log");
-    let ops: Vec<Vec<u8>> = org.charter.dag().iter().map(|o| o.encoded.clone()).collect();
+    let ops: Vec<Vec<u8>> = org
+        .charter
+        .dag()
+        .iter()
+        .map(|o| o.encoded.clone())
+        .collect();
     log.append(ops.iter().map(Vec::as_slice)).expect("ops");
     profile.save(&dir).expect("profile");
     let options = eframe::NativeOptions {
@@ -69,7 +74,10 @@ fn main() -> eframe::Result {
         options,
         Box::new(move |cc| {
             cc.egui_ctx.set_visuals(egui::Visuals::dark());
-            Ok(Box::new(App(RadioApp::new(dir, Box::new(NodeBridge::start)))))
+            Ok(Box::new(App(RadioApp::new(
+                dir,
+                Box::new(NodeBridge::start),
+            ))))
         }),
     );
     drop(runtime);
