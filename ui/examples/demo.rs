@@ -2,7 +2,7 @@
 //! `docs/screenshot.png` shows. Run it under Xvfb and capture the screen:
 //!
 //! ```sh
-//! Xvfb :99 -screen 0 1100x640x24 & DISPLAY=:99 cargo run -p callsign-ui --example demo &
+//! Xvfb :99 -screen 0 1480x560x24 & DISPLAY=:99 cargo run -p callsign-ui --example demo &
 //! sleep 15; xwd -root -display :99 | convert xwd:- docs/screenshot.png
 //! ```
 
@@ -65,7 +65,7 @@ fn main() -> eframe::Result {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Callsign")
-            .with_inner_size([1100.0, 640.0])
+            .with_inner_size([1480.0, 560.0])
             .with_position([0.0, 0.0]),
         ..Default::default()
     };

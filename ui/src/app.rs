@@ -263,6 +263,7 @@ fn start(
     let mut charter = Charter::new(org);
     charter.ingest(loaded.ops);
     let state = charter.state().clone();
+    let identity = keys.identity.clone();
     let me = keys.identity.public();
     let mut config = NodeConfig::new(keys, charter, &profile.name);
     config.listen = profile.listen;
@@ -279,5 +280,11 @@ fn start(
         .collect();
     config.seed = rand::random();
     let bridge = starter(config, loaded.log)?;
-    Ok(Radio::new(bridge, me, state, profile))
+    Ok(Radio::new(
+        bridge,
+        identity,
+        state,
+        profile.clone(),
+        dir.to_path_buf(),
+    ))
 }

@@ -4,14 +4,17 @@
 
 use crate::bridge::NodeBridge;
 use crate::profile::Profile;
-use callsign_keys::{IdentityKey, PeerId};
+use callsign_keys::{Identity, IdentityKey, InviteGrant, PeerId, Ticket};
 use callsign_mesh::charter::{ChannelId, CharterState, OpBody, Permissions};
 use callsign_mesh::topology::Route;
 use callsign_node::runtime::{describe_floor, LinkKind};
-use callsign_node::{NodeCommand, NodeEvent};
+use callsign_node::{NodeCommand, NodeEvent, NodeStats};
 use eframe::egui;
+use rand::RngCore;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 /// Default hotkeys, in channel order, for channels the profile binds no key to.
@@ -28,6 +31,10 @@ const DEFAULT_KEYS: [egui::Key; 8] = [
 /// The simulcast group's key.
 pub const SIMULCAST_KEY: egui::Key = egui::Key::F12;
 const LOG_LINES: usize = 50;
+/// How often the roster's link figures are refreshed.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+/// How long an invite ticket is good for.
+const INVITE_VALID: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What the user is transmitting on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,8 +54,19 @@ pub struct RosterEntry {
 /// See the module documentation.
 pub struct Radio {
     bridge: NodeBridge,
+    identity: Identity,
     me: IdentityKey,
     my_name: String,
+    profile: Profile,
+    dir: PathBuf,
+    stats: Option<NodeStats>,
+    stats_reply: Option<oneshot::Receiver<NodeStats>>,
+    stats_asked: Option<Instant>,
+    pan: BTreeMap<ChannelId, f32>,
+    /// The channel whose hotkey the next key press sets.
+    binding: Option<ChannelId>,
+    invite_role: String,
+    invite: Option<String>,
     state: CharterState,
     charter_reply: Option<oneshot::Receiver<CharterState>>,
     listening: BTreeSet<ChannelId>,
@@ -70,14 +88,26 @@ pub struct Radio {
 impl Radio {
     pub fn new(
         bridge: NodeBridge,
-        me: IdentityKey,
+        identity: Identity,
         state: CharterState,
-        profile: &Profile,
+        profile: Profile,
+        dir: PathBuf,
     ) -> Self {
+        let me = identity.public();
         let mut radio = Self {
             bridge,
+            identity,
             me,
             my_name: profile.name.clone(),
+            profile,
+            dir,
+            stats: None,
+            stats_reply: None,
+            stats_asked: None,
+            pan: BTreeMap::new(),
+            binding: None,
+            invite_role: String::new(),
+            invite: None,
             state,
             charter_reply: None,
             listening: BTreeSet::new(),
@@ -95,7 +125,7 @@ impl Radio {
             new_channel: String::new(),
             log: VecDeque::new(),
         };
-        radio.channels_changed(&BTreeSet::new(), profile);
+        radio.channels_changed(&BTreeSet::new());
         radio
     }
 
@@ -127,13 +157,14 @@ impl Radio {
     }
 
     /// A new charter snapshot: channels appear or go, hotkeys follow.
-    fn set_state(&mut self, state: CharterState, profile: &Profile) {
+    fn set_state(&mut self, state: CharterState) {
         let known: BTreeSet<ChannelId> = self.state.channels.keys().copied().collect();
         self.state = state;
-        self.channels_changed(&known, profile);
+        self.channels_changed(&known);
     }
 
-    fn channels_changed(&mut self, known: &BTreeSet<ChannelId>, profile: &Profile) {
+    fn channels_changed(&mut self, known: &BTreeSet<ChannelId>) {
+        let profile = &self.profile;
         let channels = self.channels();
         for (channel, path) in &channels {
             if !known.contains(channel) {
@@ -281,11 +312,15 @@ impl Radio {
         if let Some(reply) = &mut self.charter_reply {
             if let Ok(state) = reply.try_recv() {
                 self.charter_reply = None;
-                let profile = Profile::new(&self.my_name, &state.org, Vec::new());
-                self.set_state(state, &profile);
+                self.set_state(state);
             }
         }
-        self.hotkeys_ui(ctx);
+        self.poll_stats();
+        if self.binding.is_some() {
+            self.bind_ui(ctx);
+        } else {
+            self.hotkeys_ui(ctx);
+        }
         egui::TopBottomPanel::top("identity").show(ctx, |ui| {
             ui.horizontal(|ui| {
                 ui.heading(self.state.name.as_str());
@@ -304,7 +339,11 @@ impl Radio {
                 ui.small(line.as_str());
             }
         });
-        egui::CentralPanel::default().show(ctx, |ui| self.stack_ui(ui));
+        egui::CentralPanel::default().show(ctx, |ui| {
+            self.stack_ui(ui);
+            ui.separator();
+            ui.collapsing("Settings", |ui| self.settings_ui(ui));
+        });
         // The node's events arrive between frames.
         ctx.request_repaint_after(std::time::Duration::from_millis(50));
     }
@@ -345,11 +384,13 @@ impl Radio {
         if channels.is_empty() {
             ui.label("No channels yet.");
         }
-        egui::Grid::new("stack").striped(true).show(ui, |ui| {
-            for (channel, path) in channels {
-                self.row_ui(ui, channel, &path);
-                ui.end_row();
-            }
+        egui::ScrollArea::horizontal().show(ui, |ui| {
+            egui::Grid::new("stack").striped(true).show(ui, |ui| {
+                for (channel, path) in channels {
+                    self.row_ui(ui, channel, &path);
+                    ui.end_row();
+                }
+            });
         });
         if !self.simulcast.is_empty() {
             ui.separator();
@@ -373,7 +414,14 @@ impl Radio {
         let talking: Vec<String> = self
             .talkers
             .get(&channel)
-            .map(|t| t.values().cloned().collect())
+            .map(|t| {
+                t.iter()
+                    .map(|(peer, name)| match self.rtt_ms(peer) {
+                        Some(ms) => format!("{name} ({ms} ms)"),
+                        None => name.clone(),
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         if talking.is_empty() {
             ui.label("");
@@ -407,6 +455,14 @@ impl Radio {
         {
             let v = *volume;
             self.bridge.command(NodeCommand::SetVolume(channel, v));
+        }
+        let pan = self.pan.entry(channel).or_insert(0.0);
+        if ui
+            .add(egui::Slider::new(pan, -1.0..=1.0).text("pan"))
+            .changed()
+        {
+            let p = *pan;
+            self.bridge.command(NodeCommand::SetPan(channel, p));
         }
         if self.state.may(&self.me, channel, Permissions::SPEAK) {
             let button = ui.button(format!("PTT {path}"));
@@ -468,8 +524,11 @@ impl Radio {
                 Some(LinkKind::TcpFallback) => "TCP fallback",
                 None => "no link",
             };
+            let rtt = self
+                .rtt_ms(&peer)
+                .map_or(String::new(), |ms| format!(", {ms} ms"));
             ui.horizontal(|ui| {
-                ui.label(format!("{} ({link})", entry.name));
+                ui.label(format!("{} ({link}{rtt})", entry.name));
                 let button = ui.button(format!("whisper {}", entry.name));
                 self.ptt_button(ui, &button, Keyed::Whisper(peer));
             });
@@ -492,6 +551,147 @@ impl Radio {
                         name,
                     }));
             }
+            let roles: Vec<String> = self.state.roles.keys().cloned().collect();
+            if !roles.is_empty() {
+                if !roles.contains(&self.invite_role) {
+                    self.invite_role = roles[0].clone();
+                }
+                egui::ComboBox::from_label("role")
+                    .selected_text(self.invite_role.as_str())
+                    .show_ui(ui, |ui| {
+                        for role in &roles {
+                            ui.selectable_value(&mut self.invite_role, role.clone(), role);
+                        }
+                    });
+                if ui.button("Copy invite ticket").clicked() {
+                    match self.invite_ticket() {
+                        Ok(ticket) => {
+                            ui.ctx().copy_text(ticket.clone());
+                            self.invite = Some(ticket);
+                        }
+                        Err(e) => self.say(format!("invite: {e}")),
+                    }
+                }
+            }
         });
+        if let Some(ticket) = &self.invite {
+            ui.label(format!("ticket: {ticket}"));
+        }
+    }
+
+    /// A signed invite for the chosen role, with our address to dial.
+    fn invite_ticket(&self) -> Result<String, callsign_keys::TicketError> {
+        let mut nonce = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let grant = InviteGrant::issue(
+            &self.identity,
+            self.state.org,
+            self.invite_role.clone(),
+            now + INVITE_VALID.as_secs(),
+            nonce,
+        )?;
+        Ticket {
+            org: self.state.org,
+            bootstrap: self
+                .bridge
+                .address
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            grant: Some(grant),
+        }
+        .encode()
+    }
+
+    fn rtt_ms(&self, peer: &IdentityKey) -> Option<u128> {
+        let id = peer.peer_id().to_string();
+        let stats = self.stats.as_ref()?;
+        let link = stats.peers.iter().find(|p| p.peer == id)?;
+        link.rtt.map(|r| r.as_millis())
+    }
+
+    /// Asks the node for its counters once a second; takes the answer when it is there.
+    fn poll_stats(&mut self) {
+        if let Some(reply) = &mut self.stats_reply {
+            match reply.try_recv() {
+                Ok(stats) => {
+                    self.stats = Some(stats);
+                    self.stats_reply = None;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => self.stats_reply = None,
+                Err(oneshot::error::TryRecvError::Empty) => return,
+            }
+        }
+        if self.stats_asked.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+            let (tx, rx) = oneshot::channel();
+            self.bridge.command(NodeCommand::Stats(tx));
+            self.stats_reply = Some(rx);
+            self.stats_asked = Some(Instant::now());
+        }
+    }
+
+    /// Settings: each channel's hotkey (click, then press the key), checked for conflicts and
+    /// kept in the profile.
+    fn settings_ui(&mut self, ui: &mut egui::Ui) {
+        ui.label("Push-to-talk keys (they work while this window has focus):");
+        for (channel, path) in self.channels() {
+            let key = self
+                .hotkeys
+                .get(&channel)
+                .map_or("none".to_string(), |k| k.name().to_string());
+            let text = if self.binding == Some(channel) {
+                format!("press a key for {path}")
+            } else {
+                format!("key for {path}: {key}")
+            };
+            if ui.button(text).clicked() {
+                self.binding = Some(channel);
+            }
+        }
+        ui.label(format!("Simulcast group: {}", SIMULCAST_KEY.name()));
+    }
+
+    /// While binding: the next key pressed becomes the channel's, unless another holds it.
+    fn bind_ui(&mut self, ctx: &egui::Context) {
+        let Some(channel) = self.binding else {
+            return;
+        };
+        let pressed = ctx.input(|i| {
+            i.events.iter().find_map(|e| match e {
+                egui::Event::Key {
+                    key, pressed: true, ..
+                } => Some(*key),
+                _ => None,
+            })
+        });
+        let Some(key) = pressed else {
+            return;
+        };
+        self.binding = None;
+        if key == egui::Key::Escape {
+            return;
+        }
+        let taken = if key == SIMULCAST_KEY {
+            Some("the simulcast group".to_string())
+        } else {
+            self.hotkeys
+                .iter()
+                .find(|(c, k)| **k == key && **c != channel)
+                .map(|(c, _)| self.path(*c))
+        };
+        if let Some(owner) = taken {
+            self.say(format!("{} is already {owner}'s key", key.name()));
+            return;
+        }
+        self.hotkeys.insert(channel, key);
+        self.profile
+            .hotkeys
+            .insert(self.path(channel), key.name().to_string());
+        if let Err(e) = self.profile.save(&self.dir) {
+            self.say(format!("saving the profile: {e}"));
+        }
     }
 }
