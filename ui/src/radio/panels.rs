@@ -1,0 +1,196 @@
+//! The radio stack's side panels: the roster (link kind, round-trip time, whisper), the admin
+//! strip (add a channel, copy an invite ticket) and the settings (channel keys).
+
+use super::{Keyed, Radio, RosterEntry, INVITE_VALID, SIMULCAST_KEY, STATS_EVERY};
+use callsign_keys::{IdentityKey, InviteGrant, Ticket};
+use callsign_mesh::charter::OpBody;
+use callsign_node::runtime::LinkKind;
+use callsign_node::NodeCommand;
+use eframe::egui;
+use rand::RngCore;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+impl Radio {
+    pub(super) fn roster_ui(&mut self, ui: &mut egui::Ui) {
+        ui.heading("Roster");
+        let entries: Vec<(IdentityKey, RosterEntry)> = self
+            .roster
+            .iter()
+            .filter(|(k, _)| **k != self.me)
+            .map(|(k, e)| (*k, e.clone()))
+            .collect();
+        if entries.is_empty() {
+            ui.label("Nobody else online.");
+        }
+        for (peer, entry) in entries {
+            let link = match self.links.get(&peer.peer_id()) {
+                Some(LinkKind::Direct) => "direct",
+                Some(LinkKind::Relayed) => "relayed",
+                Some(LinkKind::TcpFallback) => "TCP fallback",
+                None => "no link",
+            };
+            let rtt = self
+                .rtt_ms(&peer)
+                .map_or(String::new(), |ms| format!(", {ms} ms"));
+            ui.horizontal(|ui| {
+                ui.label(format!("{} ({link}{rtt})", entry.name));
+                let button = ui.button(format!("whisper {}", entry.name));
+                self.ptt_button(ui, &button, Keyed::Whisper(peer));
+            });
+            let on: Vec<String> = entry.listening.iter().map(|c| self.path(*c)).collect();
+            ui.small(on.join(", "));
+        }
+    }
+
+    pub(super) fn admin_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.label("Admin:");
+            let label = ui.label("New channel");
+            ui.add(egui::TextEdit::singleline(&mut self.new_channel))
+                .labelled_by(label.id);
+            if ui.button("Add channel").clicked() && !self.new_channel.trim().is_empty() {
+                let name = std::mem::take(&mut self.new_channel).trim().to_string();
+                self.bridge
+                    .command(NodeCommand::EditCharter(OpBody::AddChannel {
+                        parent: None,
+                        name,
+                    }));
+            }
+            let roles: Vec<String> = self.state.roles.keys().cloned().collect();
+            if !roles.is_empty() {
+                if !roles.contains(&self.invite_role) {
+                    self.invite_role = roles[0].clone();
+                }
+                egui::ComboBox::from_label("role")
+                    .selected_text(self.invite_role.as_str())
+                    .show_ui(ui, |ui| {
+                        for role in &roles {
+                            ui.selectable_value(&mut self.invite_role, role.clone(), role);
+                        }
+                    });
+                if ui.button("Copy invite ticket").clicked() {
+                    match self.invite_ticket() {
+                        Ok(ticket) => {
+                            ui.ctx().copy_text(ticket.clone());
+                            self.invite = Some(ticket);
+                        }
+                        Err(e) => self.say(format!("invite: {e}")),
+                    }
+                }
+            }
+        });
+        if let Some(ticket) = &self.invite {
+            ui.label(format!("ticket: {ticket}"));
+        }
+    }
+
+    /// A signed invite for the chosen role, with our address to dial.
+    fn invite_ticket(&self) -> Result<String, callsign_keys::TicketError> {
+        let mut nonce = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let grant = InviteGrant::issue(
+            &self.identity,
+            self.state.org,
+            self.invite_role.clone(),
+            now + INVITE_VALID.as_secs(),
+            nonce,
+        )?;
+        Ticket {
+            org: self.state.org,
+            bootstrap: self
+                .bridge
+                .address
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            grant: Some(grant),
+        }
+        .encode()
+    }
+
+    /// Asks the node for its counters once a second; takes the answer when it is there.
+    pub(super) fn poll_stats(&mut self) {
+        if let Some(reply) = &mut self.stats_reply {
+            match reply.try_recv() {
+                Ok(stats) => {
+                    self.stats = Some(stats);
+                    self.stats_reply = None;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => self.stats_reply = None,
+                Err(oneshot::error::TryRecvError::Empty) => return,
+            }
+        }
+        if self.stats_asked.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+            let (tx, rx) = oneshot::channel();
+            self.bridge.command(NodeCommand::Stats(tx));
+            self.stats_reply = Some(rx);
+            self.stats_asked = Some(Instant::now());
+        }
+    }
+
+    /// Settings: each channel's hotkey (click, then press the key), checked for conflicts and
+    /// kept in the profile.
+    pub(super) fn settings_ui(&mut self, ui: &mut egui::Ui) {
+        ui.label("Push-to-talk keys (they work while this window has focus):");
+        for (channel, path) in self.channels() {
+            let key = self
+                .hotkeys
+                .get(&channel)
+                .map_or("none".to_string(), |k| k.name().to_string());
+            let text = if self.binding == Some(channel) {
+                format!("press a key for {path}")
+            } else {
+                format!("key for {path}: {key}")
+            };
+            if ui.button(text).clicked() {
+                self.binding = Some(channel);
+            }
+        }
+        ui.label(format!("Simulcast group: {}", SIMULCAST_KEY.name()));
+    }
+
+    /// While binding: the next key pressed becomes the channel's, unless another holds it.
+    pub(super) fn bind_ui(&mut self, ctx: &egui::Context) {
+        let Some(channel) = self.binding else {
+            return;
+        };
+        let pressed = ctx.input(|i| {
+            i.events.iter().find_map(|e| match e {
+                egui::Event::Key {
+                    key, pressed: true, ..
+                } => Some(*key),
+                _ => None,
+            })
+        });
+        let Some(key) = pressed else {
+            return;
+        };
+        self.binding = None;
+        if key == egui::Key::Escape {
+            return;
+        }
+        let taken = if key == SIMULCAST_KEY {
+            Some("the simulcast group".to_string())
+        } else {
+            self.hotkeys
+                .iter()
+                .find(|(c, k)| **k == key && **c != channel)
+                .map(|(c, _)| self.path(*c))
+        };
+        if let Some(owner) = taken {
+            self.say(format!("{} is already {owner}'s key", key.name()));
+            return;
+        }
+        self.hotkeys.insert(channel, key);
+        self.profile
+            .hotkeys
+            .insert(self.path(channel), key.name().to_string());
+        if let Err(e) = self.profile.save(&self.dir) {
+            self.say(format!("saving the profile: {e}"));
+        }
+    }
+}
