@@ -11,8 +11,7 @@ use callsign_mesh::charter::log::OpLog;
 use callsign_node::runtime::demo_org::DemoOrg;
 use callsign_node::runtime::AudioInput;
 use callsign_node::{Node, NodeCommand, NodeConfig};
-use callsign_ui::{NodeBridge, Profile, RadioApp};
-use eframe::egui;
+use callsign_ui::Profile;
 use std::time::Duration;
 
 fn main() -> eframe::Result {
@@ -62,32 +61,7 @@ fn main() -> eframe::Result {
         .collect();
     log.append(ops.iter().map(Vec::as_slice)).expect("ops");
     profile.save(&dir).expect("profile");
-    let options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title("Callsign")
-            .with_inner_size([1480.0, 560.0])
-            .with_position([0.0, 0.0]),
-        ..Default::default()
-    };
-    let result = eframe::run_native(
-        "Callsign",
-        options,
-        Box::new(move |cc| {
-            cc.egui_ctx.set_visuals(egui::Visuals::dark());
-            Ok(Box::new(App(RadioApp::new(
-                dir,
-                Box::new(NodeBridge::start),
-            ))))
-        }),
-    );
+    let result = callsign_ui::run_window(dir, [1480.0, 560.0]);
     drop(runtime);
     result
-}
-
-struct App(RadioApp);
-
-impl eframe::App for App {
-    fn update(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
-        self.0.ui(ctx);
-    }
 }

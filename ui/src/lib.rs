@@ -17,6 +17,39 @@ pub mod profile;
 pub mod radio;
 
 pub use app::RadioApp;
+
+use eframe::egui;
+use std::path::PathBuf;
+
+/// Opens the app's window on the profile in `dir`, with a real node, until it is closed.
+pub fn run_window(dir: PathBuf, inner_size: [f32; 2]) -> eframe::Result {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Callsign")
+            .with_inner_size(inner_size)
+            .with_position([0.0, 0.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Callsign",
+        options,
+        Box::new(move |cc| {
+            cc.egui_ctx.set_visuals(egui::Visuals::dark());
+            Ok(Box::new(Window(RadioApp::new(
+                dir,
+                Box::new(NodeBridge::start),
+            ))))
+        }),
+    )
+}
+
+struct Window(RadioApp);
+
+impl eframe::App for Window {
+    fn update(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.0.ui(ctx);
+    }
+}
 pub use bridge::NodeBridge;
 pub use profile::Profile;
 
