@@ -25,7 +25,7 @@ use crate::voice::{ReplayWindow, SenderShortId, VoiceFlags, VoiceHeader, MAX_CHA
 use callsign_keys::context::SUBSCRIPTION;
 use callsign_keys::{Identity, IdentityKey, Signature};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// First byte of a datagram that asks its receiver to forward the voice packet after it.
@@ -247,7 +247,7 @@ struct SenderState {
     replay: BTreeMap<Vec<ChannelId>, ReplayWindow>,
     /// The latest frame's sequence number and who got a copy of it, so a subscriber of several
     /// of its channels gets one copy.
-    served: Option<(u16, Vec<IdentityKey>)>,
+    served: Option<(u16, BTreeSet<IdentityKey>)>,
 }
 
 /// See the module documentation.
@@ -430,9 +430,10 @@ impl Forwarder {
         if !replay.accept(header.sequence) {
             return Err(ForwardDrop::Duplicate);
         }
-        let already: &[IdentityKey] = match &bucket.served {
+        let empty = BTreeSet::new();
+        let already = match &bucket.served {
             Some((seq, served)) if *seq == header.sequence => served,
-            _ => &[],
+            _ => &empty,
         };
         let to: Vec<IdentityKey> = self
             .subscriptions
@@ -452,7 +453,7 @@ impl Forwarder {
             .collect();
         match &mut bucket.served {
             Some((seq, served)) if *seq == header.sequence => served.extend(to.iter().copied()),
-            served => *served = Some((header.sequence, to.clone())),
+            served => *served = Some((header.sequence, to.iter().copied().collect())),
         }
         if to.is_empty() {
             return Err(ForwardDrop::NoSubscribers);

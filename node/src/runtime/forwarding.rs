@@ -178,7 +178,7 @@ impl Driver {
                 continue;
             }
             // A fellow relay forwards on what it gets: it gets it enveloped.
-            let frame = if self.relays.values().any(|r| *r == subscriber) {
+            let frame = if is_relay(self.sync.charter().state(), &subscriber) {
                 enveloped
                     .get_or_insert_with(|| Links::frame_datagram(&envelope(packet)))
                     .clone()
