@@ -111,6 +111,14 @@ impl CaptureChain {
         self.ptt = pressed;
     }
 
+    pub fn set_noise_suppression(&mut self, on: bool) {
+        self.config.noise_suppression = on;
+    }
+
+    pub fn set_agc(&mut self, on: bool) {
+        self.config.agc = on;
+    }
+
     pub fn set_gate(&mut self, gate: GateMode) {
         self.config.gate = gate;
         self.hangover_left = 0;

@@ -106,6 +106,18 @@ impl VoiceEncoder {
         self.expected_loss_pct
     }
 
+    /// Changes the bitrate from the next frame on (6000–64000 b/s).
+    pub fn set_bitrate(&mut self, bitrate: u32) -> Result<(), AudioError> {
+        EncoderConfig {
+            bitrate,
+            ..self.config.clone()
+        }
+        .validate()?;
+        self.inner.set_bitrate(Bitrate::Bits(bitrate as i32))?;
+        self.config.bitrate = bitrate;
+        Ok(())
+    }
+
     /// Samples of algorithmic delay the codec adds (decoder output lags the input by this).
     pub fn lookahead(&mut self) -> Result<usize, AudioError> {
         Ok(usize::try_from(self.inner.get_lookahead()?).unwrap_or(0))

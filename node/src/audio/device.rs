@@ -3,9 +3,13 @@
 //! The cpal callbacks only call [`CaptureCallback::process`] and [`PlaybackCallback::process`],
 //! which are allocation- and lock-free; everything else happens on the audio worker.
 
-use super::realtime::{CaptureCallback, PlaybackCallback};
-use super::AudioError;
+use super::feed::{CaptureFeed, PlaybackFeed, StreamGuard};
+use super::realtime::{
+    capture_ring, playback_ring, CallbackCounters, CaptureCallback, PlaybackCallback,
+};
+use super::{AudioError, Device, FrameDuration};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use std::sync::{mpsc, Arc};
 
 /// One input or output device.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -157,4 +161,64 @@ pub fn open_output(
         )
         .map_err(|e| AudioError::Device(e.to_string()))?;
     started(stream, &config)
+}
+
+/// Ring capacity for both directions: half a second at 192 kHz. The feeds keep what is queued
+/// far below this; it only has to cover any device rate.
+const RING_CAPACITY: usize = 96_000;
+
+/// Runs `open` on a thread of its own that keeps the stream until the guard drops (cpal streams
+/// are not `Send` on every platform, and the node's worker is a tokio task). Returns the
+/// device's sample rate.
+fn on_device_thread(
+    open: impl FnOnce() -> Result<DeviceStream, AudioError> + Send + 'static,
+) -> Result<(u32, StreamGuard), AudioError> {
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("callsign-audio-device".into())
+        .spawn(move || match open() {
+            Ok(stream) => {
+                let _ = reply_tx.send(Ok(stream.sample_rate));
+                // Returns when the guard (the sender) drops; the stream stops with this thread.
+                let _ = stop_rx.recv();
+                drop(stream);
+            }
+            Err(e) => {
+                let _ = reply_tx.send(Err(e));
+            }
+        })
+        .map_err(|e| AudioError::Device(format!("cannot start the device thread: {e}")))?;
+    let rate = reply_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .map_err(|_| {
+            AudioError::Device("the sound system did not open the device in 5 s".into())
+        })??;
+    Ok((rate, StreamGuard::new(stop_tx)))
+}
+
+/// Opens an input device for the node: the device thread fills the capture ring, the returned
+/// feed reads it on the worker.
+pub fn start_capture(
+    device: &Device,
+    frame: FrameDuration,
+    counters: Arc<CallbackCounters>,
+) -> Result<(CaptureFeed, StreamGuard), AudioError> {
+    let (callback, reader) = capture_ring(RING_CAPACITY, counters);
+    let name = device.name().map(str::to_owned);
+    let (rate, guard) = on_device_thread(move || open_input(name.as_deref(), callback))?;
+    Ok((CaptureFeed::new(reader, rate, frame)?, guard))
+}
+
+/// Opens an output device for the node: the returned feed fills the playback ring, the device
+/// thread plays it.
+pub fn start_playback(
+    device: &Device,
+    frame: FrameDuration,
+    counters: Arc<CallbackCounters>,
+) -> Result<(PlaybackFeed, StreamGuard), AudioError> {
+    let (writer, callback) = playback_ring(RING_CAPACITY, counters);
+    let name = device.name().map(str::to_owned);
+    let (rate, guard) = on_device_thread(move || open_output(name.as_deref(), callback))?;
+    Ok((PlaybackFeed::new(writer, rate, frame)?, guard))
 }

@@ -193,6 +193,12 @@ impl JitterBuffer {
         &self.config
     }
 
+    /// New delay bounds; the target moves inside them from the next spurt on.
+    pub fn set_bounds(&mut self, min_delay: Duration, max_delay: Duration) {
+        self.config.min_delay = min_delay;
+        self.config.max_delay = max_delay;
+    }
+
     pub fn stats(&self) -> JitterStats {
         let mut stats = self.stats.clone();
         stats.target_delay_ms = self.target.as_secs_f64() * 1e3;

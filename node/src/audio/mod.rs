@@ -8,6 +8,7 @@ pub mod capture;
 pub mod clock;
 pub mod codec;
 pub mod dsp;
+pub mod feed;
 pub mod impairment;
 pub mod jitter;
 pub mod loopback;
@@ -22,6 +23,33 @@ pub mod wav;
 pub mod device;
 
 use std::time::Duration;
+
+/// A sound card, by name as the host lists it, or the system default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Device {
+    #[default]
+    Default,
+    Named(String),
+}
+
+impl Device {
+    /// The name, `None` for the default.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Default => None,
+            Self::Named(n) => Some(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("the default device"),
+            Self::Named(n) => f.write_str(n),
+        }
+    }
+}
 
 /// The engine's internal sample rate.
 pub const SAMPLE_RATE: u32 = 48_000;
@@ -96,6 +124,8 @@ pub enum AudioError {
     },
     #[error("audio device: {0}")]
     Device(String),
+    #[error("audio settings: {0}")]
+    Settings(String),
 }
 
 /// Converts a gain in decibels to a linear factor.

@@ -107,6 +107,11 @@ impl PlaybackWriter {
         self.producer.push_slice(&stereo[..whole])
     }
 
+    /// Stereo frames queued that the device has yet to play.
+    pub fn queued_frames(&self) -> usize {
+        self.producer.occupied_len() / 2
+    }
+
     /// Stereo frames of free space.
     pub fn free_frames(&self) -> usize {
         self.producer.vacant_len() / 2

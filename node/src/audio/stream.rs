@@ -48,6 +48,15 @@ impl ReceiveStream {
         Ok(outcome)
     }
 
+    /// New jitter-buffer delay bounds.
+    pub fn set_jitter_bounds(
+        &mut self,
+        min_delay: std::time::Duration,
+        max_delay: std::time::Duration,
+    ) {
+        self.buffer.set_bounds(min_delay, max_delay);
+    }
+
     /// True while this sender's transmission is playing or about to.
     pub fn is_active(&self) -> bool {
         self.buffer.is_active()

@@ -1,5 +1,9 @@
 //! The Node API's vocabulary: commands in, events and stats out.
 
+use super::config::AudioInput;
+use crate::audio::feed::FeedCounters;
+use crate::audio::mixer::DuckRule;
+use crate::audio::{AudioError, Device};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{ChannelId, OpBody};
 use callsign_mesh::floor::FloorEvent;
@@ -59,10 +63,101 @@ pub enum NodeCommand {
         relay: IdentityKey,
         channels: Vec<ChannelId>,
     },
+    /// Change the user's audio settings (capture, codec, jitter buffer, ducking); invalid
+    /// settings are refused with a [`NodeEvent::Warning`].
+    SetAudio(AudioSettings),
+    /// Switch the microphone (a device that will not open leaves the old input, with a warning).
+    SetInput(AudioInput),
+    /// Play on this sound card, or on none.
+    SetOutputDevice(Option<Device>),
     /// A snapshot of the charter's state (for UIs: the channel tree, roles, members).
     Charter(oneshot::Sender<callsign_mesh::charter::CharterState>),
     Stats(oneshot::Sender<NodeStats>),
     Shutdown,
+}
+
+/// What a user tunes while the node runs. The defaults match [`super::NodeConfig::new`].
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct AudioSettings {
+    /// nnnoiseless on the microphone.
+    pub noise_suppression: bool,
+    /// Automatic gain control on the microphone.
+    pub agc: bool,
+    /// Opus bitrate, bits per second (6000–64000).
+    pub bitrate: u32,
+    /// Voice activation opens at this speech probability (0.05–0.99).
+    pub vad_threshold: f32,
+    /// The jitter buffer's delay stays within these bounds (0–1000 ms, min ≤ max).
+    pub jitter_min: Duration,
+    pub jitter_max: Duration,
+    /// Channels that play quieter while another has a talker.
+    pub ducking: Vec<DuckRule>,
+}
+
+/// Voice activation's default threshold (speech probability).
+pub const DEFAULT_VAD_THRESHOLD: f32 = 0.6;
+
+impl Default for AudioSettings {
+    fn default() -> Self {
+        let jitter = crate::audio::jitter::JitterConfig::default();
+        Self {
+            noise_suppression: true,
+            agc: false,
+            bitrate: crate::audio::codec::EncoderConfig::default().bitrate,
+            vad_threshold: DEFAULT_VAD_THRESHOLD,
+            jitter_min: jitter.min_delay,
+            jitter_max: jitter.max_delay,
+            ducking: Vec::new(),
+        }
+    }
+}
+
+impl AudioSettings {
+    /// Why these settings cannot be applied.
+    pub fn validate(&self) -> Result<(), AudioError> {
+        let bad = |why: String| Err(AudioError::Settings(why));
+        if !(6_000..=64_000).contains(&self.bitrate) {
+            return Err(AudioError::Bitrate(self.bitrate));
+        }
+        if !(0.05..=0.99).contains(&self.vad_threshold) {
+            return bad(format!(
+                "voice activation threshold {} is outside 0.05–0.99",
+                self.vad_threshold
+            ));
+        }
+        if self.jitter_min > self.jitter_max || self.jitter_max > Duration::from_secs(1) {
+            return bad(format!(
+                "jitter buffer bounds {}–{} ms: need min ≤ max ≤ 1000 ms",
+                self.jitter_min.as_millis(),
+                self.jitter_max.as_millis()
+            ));
+        }
+        for rule in &self.ducking {
+            if !(0.0..=60.0).contains(&rule.db) || rule.when_active == rule.ducked {
+                return bad(format!(
+                    "ducking by {} dB: need 0–60 dB between two different channels",
+                    rule.db
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The audio side of the node: the input meter and the sound cards' health.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AudioStats {
+    /// The microphone's level over the last frame, dBFS (after noise suppression).
+    pub input_level_db: f32,
+    /// The voice activity detector's speech probability over the last frame, 0–1.
+    pub speech_probability: f32,
+    /// Input samples the sound card's callback dropped because the node fell behind.
+    pub capture_overruns: u64,
+    /// Output samples the sound card's callback filled with silence.
+    pub playback_underruns: u64,
+    /// What the device feeds padded or dropped (`None` without a sound card).
+    pub capture_feed: Option<FeedCounters>,
+    pub playback_feed: Option<FeedCounters>,
 }
 
 /// How a peer is linked.
@@ -246,6 +341,8 @@ pub struct NodeStats {
     pub audio_keys_held: usize,
     /// What we forwarded, when we serve as a relay.
     pub forwarding: Option<ForwardingStats>,
+    /// The input meter and sound-card health.
+    pub audio: AudioStats,
 }
 
 /// A relay's forwarding counters.

@@ -3,6 +3,7 @@
 use crate::audio::capture::CaptureConfig;
 use crate::audio::codec::EncoderConfig;
 use crate::audio::jitter::JitterConfig;
+use crate::audio::Device;
 use crate::link::{LinkConfig, LinkSocket};
 use callsign_keys::NodeKeys;
 use callsign_mesh::charter::{ChannelId, Charter};
@@ -25,6 +26,8 @@ pub enum AudioInput {
     Synthetic { seed: u64 },
     /// 48 kHz mono samples (from a WAV file), played in a loop.
     Samples(Vec<f32>),
+    /// A sound card (needs the `device-audio` feature).
+    Device(Device),
 }
 
 /// Everything [`super::Node::start`] needs.
@@ -53,6 +56,8 @@ pub struct NodeConfig {
     pub input: AudioInput,
     /// Write what the node plays (stereo mix) to this WAV file.
     pub output: Option<PathBuf>,
+    /// Also play the mix on this sound card (needs the `device-audio` feature).
+    pub output_device: Option<Device>,
     /// Media timestamps count 48 kHz samples from this instant. Nodes that share it (one
     /// process, or the simulator) measure mouth-to-ear latency exactly; without it, timestamps
     /// count from the node's start and no latency is reported.
@@ -111,6 +116,7 @@ impl NodeConfig {
             capture: CaptureConfig::default(),
             input: AudioInput::Silence,
             output: None,
+            output_device: None,
             media_epoch: None,
             keys_schedule: KeyScheduleConfig::default(),
             presence_interval: Duration::from_secs(10),

@@ -3,7 +3,7 @@
 //! swarm event, a timer), then flushes what the mesh state machines want sent.
 
 use super::api::{
-    LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, SentStream, StreamChannel,
+    AudioStats, LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, SentStream, StreamChannel,
 };
 use super::control::{ControlMessage, PeerControl};
 use super::voice::{Playout, Target, Transmitter};
@@ -343,6 +343,25 @@ impl Driver {
                     self.emit(NodeEvent::Warning(format!("no link to relay {relay}")));
                 }
             }
+            NodeCommand::SetAudio(settings) => {
+                let applied = settings
+                    .validate()
+                    .and_then(|()| self.transmitter.apply(&settings));
+                match applied {
+                    Ok(()) => self.playout.apply(&settings),
+                    Err(e) => self.emit(NodeEvent::Warning(format!("audio settings refused: {e}"))),
+                }
+            }
+            NodeCommand::SetInput(input) => {
+                if let Err(e) = self.transmitter.set_input(input) {
+                    self.emit(NodeEvent::Warning(format!("input unchanged: {e}")));
+                }
+            }
+            NodeCommand::SetOutputDevice(device) => {
+                if let Err(e) = self.playout.set_output_device(device.as_ref()) {
+                    self.emit(NodeEvent::Warning(format!("output unchanged: {e}")));
+                }
+            }
             NodeCommand::Charter(reply) => {
                 let _ = reply.send(self.state().clone());
             }
@@ -529,6 +548,21 @@ impl Driver {
             routes: self.routes.iter().map(|(c, r)| (*c, *r)).collect(),
             audio_keys_held: self.receiver.keys_held(),
             forwarding: self.forwarding_stats(),
+            audio: self.audio_stats(),
+        }
+    }
+
+    fn audio_stats(&self) -> AudioStats {
+        let (input_level_db, speech_probability) = self.transmitter.level();
+        let (capture_overruns, capture_feed) = self.transmitter.device_health();
+        let (playback_underruns, playback_feed) = self.playout.device_health();
+        AudioStats {
+            input_level_db,
+            speech_probability,
+            capture_overruns,
+            playback_underruns,
+            capture_feed,
+            playback_feed,
         }
     }
 }

@@ -28,8 +28,8 @@ mod routes;
 pub mod voice;
 
 pub use api::{
-    FloorStats, ForwardingStats, LatencyMs, LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats,
-    ReceivedStream, SentStream, StreamChannel,
+    AudioSettings, AudioStats, FloorStats, ForwardingStats, LatencyMs, LinkKind, NodeCommand,
+    NodeEvent, NodeStats, PeerStats, ReceivedStream, SentStream, StreamChannel,
 };
 pub use config::{AudioInput, NodeConfig, RELAY_IDLE_TIMEOUT};
 pub use floor::describe_floor;
@@ -212,6 +212,7 @@ impl Node {
                     ..config.jitter
                 },
                 config.output.as_deref(),
+                config.output_device.as_ref(),
                 config.media_epoch,
             )?,
             events: events_tx,

@@ -2,21 +2,27 @@
 //! gate → Opus) and [`Playout`] (one jitter buffer and decoder per remote sender → mixer →
 //! output), with the per-stream counters and latency histograms the stats report.
 
+use super::api::{AudioSettings, DEFAULT_VAD_THRESHOLD};
 use super::api::{LatencyMs, ReceivedStream, StreamChannel};
 use super::config::AudioInput;
 use crate::audio::capture::{CaptureChain, CaptureConfig, GateMode};
 use crate::audio::codec::{DecodeKind, EncoderConfig, VoiceEncoder, MAX_PACKET};
+use crate::audio::dsp::rms;
+use crate::audio::feed::{CaptureFeed, FeedCounters, PlaybackFeed, StreamGuard};
 use crate::audio::jitter::{IncomingFrame, JitterConfig};
 use crate::audio::mixer::{MixInput, Mixer};
+use crate::audio::realtime::CallbackCounters;
 use crate::audio::stream::ReceiveStream;
 use crate::audio::synth::SpeechLike;
 use crate::audio::wav::WavSink;
 use crate::audio::{AudioError, SAMPLE_RATE};
+use crate::audio::{Device, FrameDuration};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::ChannelId;
 use callsign_mesh::voice::{ReceivedFrame, VoiceFlags};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where a transmission goes.
@@ -37,12 +43,52 @@ pub struct Encoded<'a> {
 enum Source {
     Silence,
     Synthetic(Box<SpeechLike>),
-    Samples { data: Vec<f32>, at: usize },
+    Samples {
+        data: Vec<f32>,
+        at: usize,
+    },
+    /// A sound card; the guard keeps its stream open.
+    #[cfg_attr(not(feature = "device-audio"), allow(dead_code))]
+    Device {
+        feed: Box<CaptureFeed>,
+        _guard: StreamGuard,
+    },
 }
 
 impl Source {
-    fn fill(&mut self, out: &mut [f32]) {
+    fn open(
+        input: AudioInput,
+        frame: FrameDuration,
+        counters: &Arc<CallbackCounters>,
+    ) -> Result<Self, AudioError> {
+        Ok(match input {
+            AudioInput::Silence => Source::Silence,
+            AudioInput::Synthetic { seed } => {
+                Source::Synthetic(Box::new(SpeechLike::new(seed, 0.3)))
+            }
+            AudioInput::Samples(data) => Source::Samples { data, at: 0 },
+            #[cfg(feature = "device-audio")]
+            AudioInput::Device(device) => {
+                let (feed, guard) =
+                    crate::audio::device::start_capture(&device, frame, counters.clone())?;
+                Source::Device {
+                    feed: Box::new(feed),
+                    _guard: guard,
+                }
+            }
+            #[cfg(not(feature = "device-audio"))]
+            AudioInput::Device(_) => {
+                let _ = (frame, counters);
+                return Err(AudioError::Device(
+                    "this build has no device audio (the `device-audio` feature)".into(),
+                ));
+            }
+        })
+    }
+
+    fn fill(&mut self, out: &mut [f32]) -> Result<(), AudioError> {
         match self {
+            Self::Device { feed, .. } => return feed.fill(out),
             Self::Silence => out.fill(0.0),
             Self::Synthetic(s) => s.fill(out),
             Self::Samples { data, at } if !data.is_empty() => {
@@ -53,6 +99,7 @@ impl Source {
             }
             Self::Samples { .. } => out.fill(0.0),
         }
+        Ok(())
     }
 }
 
@@ -69,7 +116,15 @@ pub struct Transmitter {
     vad_channels: Vec<ChannelId>,
     transmitting: bool,
     encoded: u64,
+    vad_threshold: f32,
+    /// The last captured frame's level (dBFS) and speech probability, gate open or not.
+    level_db: f32,
+    speech: f32,
+    device_counters: Arc<CallbackCounters>,
 }
+
+/// The quietest level the input meter reports.
+pub const SILENT_DB: f32 = -90.0;
 
 impl Transmitter {
     pub fn new(
@@ -78,15 +133,9 @@ impl Transmitter {
         encoder: EncoderConfig,
     ) -> Result<Self, AudioError> {
         let frame = encoder.frame;
-        let source = match input {
-            AudioInput::Silence => Source::Silence,
-            AudioInput::Synthetic { seed } => {
-                Source::Synthetic(Box::new(SpeechLike::new(seed, 0.3)))
-            }
-            AudioInput::Samples(data) => Source::Samples { data, at: 0 },
-        };
+        let device_counters = Arc::new(CallbackCounters::default());
         Ok(Self {
-            source,
+            source: Source::open(input, frame, &device_counters)?,
             capture: CaptureChain::new(CaptureConfig {
                 device_rate: SAMPLE_RATE,
                 frame,
@@ -100,7 +149,56 @@ impl Transmitter {
             vad_channels: Vec::new(),
             transmitting: false,
             encoded: 0,
+            vad_threshold: DEFAULT_VAD_THRESHOLD,
+            level_db: SILENT_DB,
+            speech: 0.0,
+            device_counters,
         })
+    }
+
+    /// Switches the input (a device is opened here; on error the old input stays).
+    pub fn set_input(&mut self, input: AudioInput) -> Result<(), AudioError> {
+        self.source = Source::open(input, self.encoder.config().frame, &self.device_counters)?;
+        Ok(())
+    }
+
+    /// Capture and encoder settings from the user's audio settings.
+    pub fn apply(&mut self, settings: &AudioSettings) -> Result<(), AudioError> {
+        self.encoder.set_bitrate(settings.bitrate)?;
+        self.capture
+            .set_noise_suppression(settings.noise_suppression);
+        self.capture.set_agc(settings.agc);
+        self.vad_threshold = settings.vad_threshold;
+        if !self.vad_channels.is_empty() {
+            self.capture.set_gate(self.vad_gate());
+        }
+        Ok(())
+    }
+
+    fn vad_gate(&self) -> GateMode {
+        GateMode::VoiceActivation {
+            threshold: self.vad_threshold,
+            hangover: Duration::from_millis(400),
+        }
+    }
+
+    /// The input meter: the last frame's level in dBFS and its speech probability.
+    pub fn level(&self) -> (f32, f32) {
+        (self.level_db, self.speech)
+    }
+
+    /// Samples the sound card's callback dropped (the worker fell behind), and what the feed
+    /// padded or dropped to keep latency bounded.
+    pub fn device_health(&self) -> (u64, Option<FeedCounters>) {
+        let overruns = self
+            .device_counters
+            .capture_overruns
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let feed = match &self.source {
+            Source::Device { feed, .. } => Some(feed.counters()),
+            _ => None,
+        };
+        (overruns, feed)
     }
 
     /// Frames encoded so far.
@@ -127,10 +225,7 @@ impl Transmitter {
         if channels.is_empty() {
             self.capture.set_gate(GateMode::PushToTalk);
         } else {
-            self.capture.set_gate(GateMode::VoiceActivation {
-                threshold: 0.6,
-                hangover: Duration::from_millis(400),
-            });
+            self.capture.set_gate(self.vad_gate());
             self.target = Some(Target::Channels(channels.clone()));
         }
         self.vad_channels = channels;
@@ -149,18 +244,22 @@ impl Transmitter {
     /// Captures one frame period and, while the gate is open (plus one closing frame carrying
     /// the end marker), encodes it.
     pub fn tick(&mut self) -> Result<Option<Encoded<'_>>, AudioError> {
-        self.source.fill(&mut self.block);
+        self.source.fill(&mut self.block)?;
         let Self {
             capture,
             encoder,
             block,
             packet,
             transmitting,
+            level_db,
+            speech,
             ..
         } = self;
         let mut result: Result<Option<(usize, VoiceFlags)>, AudioError> = Ok(None);
         let was = *transmitting;
         capture.push(block, |frame| {
+            *level_db = (20.0 * rms(frame.samples).max(1e-9).log10()).max(SILENT_DB);
+            *speech = frame.speech_probability;
             if !frame.transmit && !was {
                 return;
             }
@@ -295,6 +394,9 @@ pub struct Playout {
     frame_len: usize,
     out: Vec<f32>,
     sink: Option<WavSink>,
+    /// A sound card the mix also plays on; the guard keeps its stream open.
+    device: Option<(PlaybackFeed, StreamGuard)>,
+    device_counters: Arc<CallbackCounters>,
     next_source: u64,
     /// Shared media epoch (see `NodeConfig::media_epoch`); without one, no latency is measured.
     epoch: Option<Instant>,
@@ -304,10 +406,17 @@ impl Playout {
     pub fn new(
         jitter: JitterConfig,
         output: Option<&Path>,
+        output_device: Option<&Device>,
         epoch: Option<Instant>,
     ) -> Result<Self, AudioError> {
         let frame_len = jitter.frame.samples();
+        let device_counters = Arc::new(CallbackCounters::default());
+        let device = output_device
+            .map(|d| open_playback(d, jitter.frame, &device_counters))
+            .transpose()?;
         Ok(Self {
+            device,
+            device_counters,
             streams: BTreeMap::new(),
             mixer: Mixer::new(),
             jitter,
@@ -420,7 +529,39 @@ impl Playout {
         if let Some(sink) = &mut self.sink {
             sink.write(&self.out)?;
         }
+        if let Some((feed, _)) = &mut self.device {
+            feed.write(&self.out)?;
+        }
         Ok(changes)
+    }
+
+    /// Plays on this sound card from now on (`None`: on none). On error the old one stays.
+    pub fn set_output_device(&mut self, device: Option<&Device>) -> Result<(), AudioError> {
+        self.device = device
+            .map(|d| open_playback(d, self.jitter.frame, &self.device_counters))
+            .transpose()?;
+        Ok(())
+    }
+
+    /// Jitter-buffer bounds and ducking rules from the user's audio settings.
+    pub fn apply(&mut self, settings: &AudioSettings) {
+        self.jitter.min_delay = settings.jitter_min;
+        self.jitter.max_delay = settings.jitter_max;
+        for remote in self.streams.values_mut() {
+            remote
+                .stream
+                .set_jitter_bounds(settings.jitter_min, settings.jitter_max);
+        }
+        self.mixer.set_duck_rules(settings.ducking.clone());
+    }
+
+    /// Samples the sound card's callback had to fill with silence, and what the feed dropped.
+    pub fn device_health(&self) -> (u64, Option<FeedCounters>) {
+        let underruns = self
+            .device_counters
+            .playback_underruns
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (underruns, self.device.as_ref().map(|(f, _)| f.counters()))
     }
 
     /// Per-stream counters.
@@ -473,4 +614,24 @@ impl Playout {
             None => Ok(()),
         }
     }
+}
+
+#[cfg(feature = "device-audio")]
+fn open_playback(
+    device: &Device,
+    frame: FrameDuration,
+    counters: &Arc<CallbackCounters>,
+) -> Result<(PlaybackFeed, StreamGuard), AudioError> {
+    crate::audio::device::start_playback(device, frame, counters.clone())
+}
+
+#[cfg(not(feature = "device-audio"))]
+fn open_playback(
+    _device: &Device,
+    _frame: FrameDuration,
+    _counters: &Arc<CallbackCounters>,
+) -> Result<(PlaybackFeed, StreamGuard), AudioError> {
+    Err(AudioError::Device(
+        "this build has no device audio (the `device-audio` feature)".into(),
+    ))
 }
