@@ -8,8 +8,8 @@
 //!
 //! Must not: block the UI thread on the node or the network (commands are fire-and-forget,
 //! events are drained each frame, snapshots are polled), hold protocol logic (the charter's
-//! rules and ACLs are the mesh's; the node checks them again), or touch audio devices (the node
-//! owns them).
+//! rules and ACLs are the mesh's; the node checks them again), or open audio devices (the node
+//! owns them; the app only lists them for the settings).
 
 pub mod app;
 pub mod bridge;

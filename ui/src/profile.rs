@@ -10,14 +10,30 @@
 //! bootstrap = []              # multiaddrs to dial at start (from an invite ticket)
 //! [hotkeys]                   # channel path → key (egui key names: F1, Space, A…)
 //! "/flight" = "F2"
+//! [audio]                     # all optional; these are the defaults
+//! input = "default"           # "default", "none" (silent) or a device name
+//! output = "default"
+//! voice_activation = "/flight" # transmit there on speech instead of push-to-talk (absent: PTT)
+//! noise_suppression = true
+//! agc = false
+//! bitrate = 24000
+//! vad_threshold = 0.6
+//! jitter_min_ms = 20
+//! jitter_max_ms = 400
+//! ducking = [{ when = "/command", duck = "/flight", db = 12.0 }]
 //! ```
 
 use crate::UiError;
 use callsign_keys::IdentityKey;
+use callsign_mesh::charter::ChannelId;
+use callsign_node::audio::mixer::DuckRule;
+use callsign_node::audio::Device;
+use callsign_node::runtime::AudioSettings;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The only profile version this app reads.
 pub const PROFILE_VERSION: u32 = 1;
@@ -39,6 +55,90 @@ pub struct Profile {
     /// Channel path → key name.
     #[serde(default)]
     pub hotkeys: BTreeMap<String, String>,
+    #[serde(default)]
+    pub audio: AudioProfile,
+}
+
+/// The user's sound settings (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AudioProfile {
+    pub input: String,
+    pub output: String,
+    pub voice_activation: Option<String>,
+    pub noise_suppression: bool,
+    pub agc: bool,
+    pub bitrate: u32,
+    pub vad_threshold: f32,
+    pub jitter_min_ms: u64,
+    pub jitter_max_ms: u64,
+    pub ducking: Vec<DuckingRule>,
+}
+
+/// While `when` has a talker, `duck` plays `db` decibels quieter (channel paths).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DuckingRule {
+    pub when: String,
+    pub duck: String,
+    pub db: f32,
+}
+
+/// The device names that are not a device.
+pub const DEFAULT_DEVICE: &str = "default";
+pub const NO_DEVICE: &str = "none";
+
+impl Default for AudioProfile {
+    fn default() -> Self {
+        let node = AudioSettings::default();
+        Self {
+            input: DEFAULT_DEVICE.into(),
+            output: DEFAULT_DEVICE.into(),
+            voice_activation: None,
+            noise_suppression: node.noise_suppression,
+            agc: node.agc,
+            bitrate: node.bitrate,
+            vad_threshold: node.vad_threshold,
+            jitter_min_ms: node.jitter_min.as_millis() as u64,
+            jitter_max_ms: node.jitter_max.as_millis() as u64,
+            ducking: Vec::new(),
+        }
+    }
+}
+
+impl AudioProfile {
+    /// The node's settings, with ducking rules' paths resolved by `channel` (rules naming a
+    /// channel that no longer exists are skipped).
+    pub fn settings(&self, channel: impl Fn(&str) -> Option<ChannelId>) -> AudioSettings {
+        AudioSettings {
+            noise_suppression: self.noise_suppression,
+            agc: self.agc,
+            bitrate: self.bitrate,
+            vad_threshold: self.vad_threshold,
+            jitter_min: Duration::from_millis(self.jitter_min_ms),
+            jitter_max: Duration::from_millis(self.jitter_max_ms),
+            ducking: self
+                .ducking
+                .iter()
+                .filter_map(|r| {
+                    Some(DuckRule {
+                        when_active: channel(&r.when)?,
+                        ducked: channel(&r.duck)?,
+                        db: r.db,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// A device setting as the node takes it: `None` for no device.
+    pub fn device(name: &str) -> Option<Device> {
+        match name {
+            NO_DEVICE => None,
+            DEFAULT_DEVICE | "" => Some(Device::Default),
+            name => Some(Device::Named(name.to_string())),
+        }
+    }
 }
 
 impl Profile {
@@ -52,6 +152,7 @@ impl Profile {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             bootstrap,
             hotkeys: BTreeMap::new(),
+            audio: AudioProfile::default(),
         }
     }
 
@@ -128,6 +229,12 @@ mod tests {
         let org = Identity::from_secret_bytes([3; 32]).public();
         let mut profile = Profile::new("Maverick", &org, vec![]);
         profile.hotkeys.insert("/flight".into(), "F2".into());
+        profile.audio.voice_activation = Some("/flight".into());
+        profile.audio.ducking.push(DuckingRule {
+            when: "/command".into(),
+            duck: "/flight".into(),
+            db: 12.0,
+        });
         profile.save(dir.path()).unwrap();
         assert_eq!(Profile::load(dir.path()).unwrap(), Some(profile));
         let path = dir.path().join(FILE);

@@ -5,7 +5,11 @@
 use callsign_keys::{Identity, KeyFile, NodeKeys, Ticket};
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::{ChannelId, Charter, OpBody, Permissions, Priority, Role};
-use callsign_node::{NodeCommand, NodeEvent};
+use callsign_node::audio::Device;
+use callsign_node::runtime::{
+    AudioInput, AudioSettings, AudioStats, LinkKind, PeerStats, ReceivedStream, StreamChannel,
+};
+use callsign_node::{NodeCommand, NodeEvent, NodeStats};
 use callsign_ui::app::NodeStarter;
 use callsign_ui::{NodeBridge, Profile, RadioApp};
 use egui_kittest::kittest::Queryable;
@@ -164,6 +168,15 @@ fn buttons_and_hotkeys_send_the_node_its_commands_and_talkers_show_in_their_row(
     let app = RadioApp::new(dir.path().to_path_buf(), channel_starter(ends.clone()));
     let mut h = harness(app);
     h.step();
+    // The profile's sound settings go to the node first: the default devices.
+    assert_eq!(
+        commands(&ends),
+        expect(&[
+            NodeCommand::SetInput(AudioInput::Device(Device::Default)),
+            NodeCommand::SetOutputDevice(Some(Device::Default)),
+            NodeCommand::SetAudio(AudioSettings::default()),
+        ])
+    );
     // Listen toggle.
     h.get_by_label("listen /ops").click();
     h.step();
@@ -301,4 +314,168 @@ fn an_admin_copies_a_signed_invite_ticket_for_a_role() {
     assert_eq!(ticket.org, profile.org_key().unwrap());
     let grant = ticket.grant.expect("a signed grant");
     assert_eq!(grant.role, "pilot");
+}
+
+/// Answers the app's counter requests with `stats` (the meter reads them).
+fn answer_stats(ends: &NodeEnds, stats: &NodeStats) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((rx, _)) = ends.borrow_mut().as_mut() {
+        while let Ok(c) = rx.try_recv() {
+            match c {
+                NodeCommand::Stats(reply) => {
+                    let _ = reply.send(stats.clone());
+                }
+                NodeCommand::Charter(_) => {}
+                other => out.push(format!("{other:?}")),
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn audio_settings_reach_the_node_and_stay_in_the_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = saved_profile(dir.path());
+    let ends: NodeEnds = Rc::default();
+    let app = RadioApp::new(dir.path().to_path_buf(), channel_starter(ends.clone()));
+    let mut h = harness(app);
+    h.step();
+    commands(&ends);
+    h.get_by_label("Audio").click();
+    h.step();
+    // The meter shows the node's input level.
+    let stats = NodeStats {
+        audio: AudioStats {
+            input_level_db: -23.0,
+            speech_probability: 0.9,
+            ..AudioStats::default()
+        },
+        ..NodeStats::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.query_by_label_contains("-23 dBFS").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the meter never showed the level"
+        );
+        answer_stats(&ends, &stats);
+        h.step();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(h.query_by_label("speech 90 %").is_some());
+    // Noise suppression off.
+    h.get_by_label("noise suppression").click();
+    h.step();
+    let without = AudioSettings {
+        noise_suppression: false,
+        ..AudioSettings::default()
+    };
+    assert_eq!(
+        answer_stats(&ends, &stats),
+        expect(&[NodeCommand::SetAudio(without.clone())])
+    );
+    // Voice activation on /ops instead of push-to-talk.
+    h.get_by_label("voice activation on /ops").click();
+    h.step();
+    assert_eq!(
+        answer_stats(&ends, &stats),
+        expect(&[
+            NodeCommand::SetAudio(without.clone()),
+            NodeCommand::VoiceActivation(vec![ops]),
+        ])
+    );
+    // No sound card: the input goes silent.
+    h.get_by_label("Input device").click();
+    h.step();
+    h.get_by_label("none").click();
+    h.step();
+    assert_eq!(
+        answer_stats(&ends, &stats)[..2],
+        expect(&[
+            NodeCommand::SetInput(AudioInput::Silence),
+            NodeCommand::SetOutputDevice(Some(Device::Default)),
+        ])[..]
+    );
+    // A channel cannot duck itself: explained here, nothing sent.
+    h.get_by_label("Add ducking rule").click();
+    h.step();
+    assert!(h.query_by_label("a channel cannot duck itself").is_some());
+    assert_eq!(answer_stats(&ends, &stats), Vec::<String>::new());
+    // All of it is in the profile, and comes back on the next start.
+    let profile = Profile::load(dir.path()).unwrap().unwrap();
+    assert!(!profile.audio.noise_suppression);
+    assert_eq!(profile.audio.voice_activation.as_deref(), Some("/ops"));
+    assert_eq!(profile.audio.input, "none");
+    drop(h);
+    let ends: NodeEnds = Rc::default();
+    let mut h = harness(RadioApp::new(
+        dir.path().to_path_buf(),
+        channel_starter(ends.clone()),
+    ));
+    h.step();
+    assert_eq!(
+        commands(&ends),
+        expect(&[
+            NodeCommand::SetInput(AudioInput::Silence),
+            NodeCommand::SetOutputDevice(Some(Device::Default)),
+            NodeCommand::SetAudio(without),
+            NodeCommand::VoiceActivation(vec![ops]),
+        ])
+    );
+}
+
+#[test]
+fn the_roster_shows_each_member_s_link_round_trip_loss_and_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = saved_profile(dir.path());
+    let ends: NodeEnds = Rc::default();
+    let app = RadioApp::new(dir.path().to_path_buf(), channel_starter(ends.clone()));
+    let mut h = harness(app);
+    h.step();
+    let goose = Identity::from_secret_bytes([9; 32]).public();
+    let events = ends.borrow().as_ref().map(|(_, e)| e.clone()).unwrap();
+    events
+        .send(NodeEvent::Presence {
+            peer: goose,
+            name: "Goose".into(),
+            listening: vec![ops],
+        })
+        .unwrap();
+    events
+        .send(NodeEvent::LinkUp {
+            peer: goose.peer_id(),
+            kind: LinkKind::Relayed,
+            remote: "/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap(),
+        })
+        .unwrap();
+    let stats = NodeStats {
+        peers: vec![PeerStats {
+            peer: goose.peer_id().to_string(),
+            kind: LinkKind::Relayed,
+            rtt: Some(Duration::from_millis(42)),
+        }],
+        received: vec![ReceivedStream {
+            from: goose,
+            channel: StreamChannel::Channel(ops),
+            frames_played: 95,
+            frames_concealed: 5,
+            frames_lost: 5,
+            frames_fec: 0,
+            mouth_to_ear_ms: None,
+            jitter_delay_ms: 38.0,
+        }],
+        ..NodeStats::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = "Goose (relayed, 42 ms, loss 5 %, buffer 38 ms)";
+    while h.query_by_label(want).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the roster never showed {want:?}"
+        );
+        answer_stats(&ends, &stats);
+        h.step();
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -4,7 +4,7 @@
 //! commands.
 
 use crate::bridge::NodeBridge;
-use crate::profile::Profile;
+use crate::profile::{DuckingRule, Profile};
 use callsign_keys::{Identity, IdentityKey, PeerId};
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
 use callsign_mesh::topology::Route;
@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+mod audio;
 mod panels;
 
 /// Default hotkeys, in channel order, for channels the profile binds no key to.
@@ -33,8 +34,8 @@ const DEFAULT_KEYS: [egui::Key; 8] = [
 /// The simulcast group's key.
 pub const SIMULCAST_KEY: egui::Key = egui::Key::F12;
 const LOG_LINES: usize = 50;
-/// How often the roster's link figures are refreshed.
-const STATS_EVERY: Duration = Duration::from_secs(1);
+/// How often the node's counters (roster links, the input meter) are refreshed.
+const STATS_EVERY: Duration = Duration::from_millis(250);
 /// How long an invite ticket is good for.
 const INVITE_VALID: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -85,6 +86,12 @@ pub struct Radio {
     links: BTreeMap<PeerId, LinkKind>,
     new_channel: String,
     log: VecDeque<String>,
+    /// The sound system's devices, listed when the audio settings first show.
+    devices: Option<audio::DeviceList>,
+    audio_error: Option<String>,
+    /// The channels voice activation transmits on (empty: push-to-talk).
+    voice_activation: Vec<ChannelId>,
+    duck_form: DuckingRule,
 }
 
 impl Radio {
@@ -126,8 +133,17 @@ impl Radio {
             links: BTreeMap::new(),
             new_channel: String::new(),
             log: VecDeque::new(),
+            devices: None,
+            audio_error: None,
+            voice_activation: Vec::new(),
+            duck_form: DuckingRule {
+                when: String::new(),
+                duck: String::new(),
+                db: 12.0,
+            },
         };
         radio.channels_changed(&BTreeSet::new());
+        radio.send_audio(true);
         radio
     }
 
@@ -163,6 +179,8 @@ impl Radio {
         let known: BTreeSet<ChannelId> = self.state.channels.keys().copied().collect();
         self.state = state;
         self.channels_changed(&known);
+        // Ducking rules and voice activation name channels by path.
+        self.send_audio(false);
     }
 
     fn channels_changed(&mut self, known: &BTreeSet<ChannelId>) {
@@ -342,9 +360,12 @@ impl Radio {
             }
         });
         egui::CentralPanel::default().show(ctx, |ui| {
-            self.stack_ui(ui);
-            ui.separator();
-            ui.collapsing("Settings", |ui| self.settings_ui(ui));
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                self.stack_ui(ui);
+                ui.separator();
+                ui.collapsing("Settings", |ui| self.settings_ui(ui));
+                ui.collapsing("Audio", |ui| self.audio_ui(ui));
+            });
         });
         // The node's events arrive between frames.
         ctx.request_repaint_after(std::time::Duration::from_millis(50));

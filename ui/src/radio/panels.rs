@@ -33,14 +33,37 @@ impl Radio {
             let rtt = self
                 .rtt_ms(&peer)
                 .map_or(String::new(), |ms| format!(", {ms} ms"));
+            let heard = self
+                .reception(&peer)
+                .map_or(String::new(), |(loss, buffer)| {
+                    format!(", loss {loss:.0} %, buffer {buffer:.0} ms")
+                });
             ui.horizontal(|ui| {
-                ui.label(format!("{} ({link}{rtt})", entry.name));
+                ui.label(format!("{} ({link}{rtt}{heard})", entry.name));
                 let button = ui.button(format!("whisper {}", entry.name));
                 self.ptt_button(ui, &button, Keyed::Whisper(peer));
             });
             let on: Vec<String> = entry.listening.iter().map(|c| self.path(*c)).collect();
             ui.small(on.join(", "));
         }
+    }
+
+    /// How we hear `peer`: the share of its frames the network lost, and the jitter buffer's
+    /// mean delay, over its streams so far.
+    fn reception(&self, peer: &IdentityKey) -> Option<(f64, f64)> {
+        let stats = self.stats.as_ref()?;
+        let streams: Vec<_> = stats.received.iter().filter(|r| r.from == *peer).collect();
+        let first = streams.first()?;
+        // A stream heard on several channels repeats the sender's loss figures; count it once.
+        let lost = first.frames_lost as f64;
+        let played: u64 = streams.iter().map(|r| r.frames_played).max().unwrap_or(0);
+        let total = lost + played as f64;
+        let loss = if total > 0.0 {
+            100.0 * lost / total
+        } else {
+            0.0
+        };
+        Some((loss, first.jitter_delay_ms))
     }
 
     pub(super) fn admin_ui(&mut self, ui: &mut egui::Ui) {
