@@ -29,7 +29,7 @@ pub struct FirstRun {
 enum Screen {
     FirstRun(FirstRun),
     Unlock {
-        profile: Profile,
+        profile: Box<Profile>,
         passphrase: String,
         error: Option<String>,
     },
@@ -56,7 +56,7 @@ impl RadioApp {
         let screen = match Profile::load(&dir) {
             Ok(None) => Screen::FirstRun(FirstRun::default()),
             Ok(Some(profile)) => Screen::Unlock {
-                profile,
+                profile: Box::new(profile),
                 passphrase: String::new(),
                 error: None,
             },
@@ -143,14 +143,14 @@ impl RadioApp {
         match result {
             Ok(profile) => {
                 let passphrase = std::mem::take(&mut form.passphrase);
-                self.open(profile, &passphrase);
+                self.open(Box::new(profile), &passphrase);
             }
             Err(e) => form.error = Some(e.to_string()),
         }
     }
 
     /// Unlocks the key and starts the node.
-    fn open(&mut self, profile: Profile, passphrase: &str) {
+    fn open(&mut self, profile: Box<Profile>, passphrase: &str) {
         match start(&self.dir, &profile, passphrase, &mut self.starter) {
             Ok(radio) => self.screen = Screen::Radio(Box::new(radio)),
             Err(e) => {
@@ -174,7 +174,7 @@ impl RadioApp {
 
 enum Next {
     Create,
-    Unlock(Profile, String),
+    Unlock(Box<Profile>, String),
 }
 
 fn first_run_ui(ctx: &egui::Context, form: &mut FirstRun) -> Option<Next> {
