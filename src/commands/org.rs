@@ -12,8 +12,8 @@ use callsign_keys::{Identity, IdentityKey, InviteGrant, Multiaddr, Ticket};
 use callsign_mesh::charter::bundle::{decode_bundle, encode_bundle};
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::{
-    ChannelId, ChannelPolicy, Charter, CharterState, FloorMode, OpBody, Permissions, Preset,
-    PresetChannel, Priority, RelayInfo, Role,
+    ChannelId, ChannelPolicy, Charter, CharterState, FloorMode, OpBody, Permissions, Priority,
+    RelayInfo, Role,
 };
 use clap::{Args, Subcommand};
 use rand::RngCore;
@@ -522,7 +522,9 @@ fn edit_body(state: &CharterState, command: &OrgCommand) -> Result<OpBody> {
         },
         OrgCommand::Preset(PresetCommand::Define { name, from }) => OpBody::DefinePreset {
             name: name.clone(),
-            preset: capture_preset(state, channel(state, from)?),
+            preset: state
+                .preset_of(channel(state, from)?)
+                .context("no such channel")?,
         },
         OrgCommand::Preset(PresetCommand::Apply { name, under }) => {
             if !state.presets.contains_key(name) {
@@ -535,26 +537,6 @@ fn edit_body(state: &CharterState, command: &OrgCommand) -> Result<OpBody> {
         }
         _ => unreachable!("not an edit"),
     })
-}
-
-/// The subtree at `root` as a preset, parents before children.
-fn capture_preset(state: &CharterState, root: ChannelId) -> Preset {
-    let mut channels = Vec::new();
-    let mut queue = vec![(root, None)];
-    while let Some((id, parent)) = queue.pop() {
-        let ch = &state.channels[&id];
-        let index = channels.len() as u16;
-        channels.push(PresetChannel {
-            name: ch.name.clone(),
-            parent,
-            acl: ch.acl.clone(),
-            policy: ch.policy.clone(),
-        });
-        for child in state.children(Some(id)).into_iter().rev() {
-            queue.push((child, Some(index)));
-        }
-    }
-    Preset { channels }
 }
 
 fn import(dir: &Path, file: &Path) -> Result<()> {

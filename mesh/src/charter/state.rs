@@ -7,7 +7,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::model::{
-    ChannelId, ChannelPolicy, Member, Permissions, Preset, Priority, RelayInfo, Role,
+    ChannelId, ChannelPolicy, Member, Permissions, Preset, PresetChannel, Priority, RelayInfo, Role,
 };
 
 /// One channel as folded.
@@ -149,6 +149,30 @@ impl CharterState {
             .collect();
         out.sort();
         out.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// The subtree at `root` as a preset (names, ACLs, policies), parents before children;
+    /// `None` if there is no such channel.
+    pub fn preset_of(&self, root: ChannelId) -> Option<Preset> {
+        self.channels.get(&root)?;
+        let mut channels = Vec::new();
+        let mut queue = vec![(root, None)];
+        while let Some((id, parent)) = queue.pop() {
+            let Some(ch) = self.channels.get(&id) else {
+                continue;
+            };
+            let index = channels.len() as u16;
+            channels.push(PresetChannel {
+                name: ch.name.clone(),
+                parent,
+                acl: ch.acl.clone(),
+                policy: ch.policy.clone(),
+            });
+            for child in self.children(Some(id)).into_iter().rev() {
+                queue.push((child, Some(index)));
+            }
+        }
+        Some(Preset { channels })
     }
 
     /// The channel's path, like `/Command/Flight`.

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+mod admin;
 mod audio;
 mod panels;
 
@@ -68,8 +69,6 @@ pub struct Radio {
     pan: BTreeMap<ChannelId, f32>,
     /// The channel whose hotkey the next key press sets.
     binding: Option<ChannelId>,
-    invite_role: String,
-    invite: Option<String>,
     state: CharterState,
     charter_reply: Option<oneshot::Receiver<CharterState>>,
     listening: BTreeSet<ChannelId>,
@@ -84,7 +83,7 @@ pub struct Radio {
     routes: BTreeMap<ChannelId, Route>,
     roster: BTreeMap<IdentityKey, RosterEntry>,
     links: BTreeMap<PeerId, LinkKind>,
-    new_channel: String,
+    admin: admin::AdminForm,
     log: VecDeque<String>,
     /// The sound system's devices, listed when the audio settings first show.
     devices: Option<audio::DeviceList>,
@@ -115,8 +114,6 @@ impl Radio {
             stats_asked: None,
             pan: BTreeMap::new(),
             binding: None,
-            invite_role: String::new(),
-            invite: None,
             state,
             charter_reply: None,
             listening: BTreeSet::new(),
@@ -131,7 +128,7 @@ impl Radio {
             routes: BTreeMap::new(),
             roster: BTreeMap::new(),
             links: BTreeMap::new(),
-            new_channel: String::new(),
+            admin: admin::AdminForm::default(),
             log: VecDeque::new(),
             devices: None,
             audio_error: None,
@@ -348,13 +345,13 @@ impl Radio {
                 if ui.button("Copy my peer id").clicked() {
                     ctx.copy_text(self.me.to_string());
                 }
+                if self.state.is_admin(&self.me) && ui.button("Org admin").clicked() {
+                    self.admin.open = !self.admin.open;
+                }
             });
         });
         egui::SidePanel::right("roster").show(ctx, |ui| self.roster_ui(ui));
         egui::TopBottomPanel::bottom("log").show(ctx, |ui| {
-            if self.state.is_admin(&self.me) {
-                self.admin_ui(ui);
-            }
             for line in self.log.iter().rev().take(3) {
                 ui.small(line.as_str());
             }
@@ -367,6 +364,9 @@ impl Radio {
                 ui.collapsing("Audio", |ui| self.audio_ui(ui));
             });
         });
+        if self.admin.open {
+            self.admin_window(ctx);
+        }
         // The node's events arrive between frames.
         ctx.request_repaint_after(std::time::Duration::from_millis(50));
     }

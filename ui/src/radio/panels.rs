@@ -1,14 +1,12 @@
-//! The radio stack's side panels: the roster (link kind, round-trip time, whisper), the admin
-//! strip (add a channel, copy an invite ticket) and the settings (channel keys).
+//! The radio stack's side panels: the roster (link kind, round-trip time, loss, buffer,
+//! whisper) and the settings (channel keys).
 
-use super::{Keyed, Radio, RosterEntry, INVITE_VALID, SIMULCAST_KEY, STATS_EVERY};
-use callsign_keys::{IdentityKey, InviteGrant, Ticket};
-use callsign_mesh::charter::OpBody;
+use super::{Keyed, Radio, RosterEntry, SIMULCAST_KEY, STATS_EVERY};
+use callsign_keys::IdentityKey;
 use callsign_node::runtime::LinkKind;
 use callsign_node::NodeCommand;
 use eframe::egui;
-use rand::RngCore;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 impl Radio {
@@ -66,76 +64,7 @@ impl Radio {
         Some((loss, first.jitter_delay_ms))
     }
 
-    pub(super) fn admin_ui(&mut self, ui: &mut egui::Ui) {
-        ui.horizontal(|ui| {
-            ui.label("Admin:");
-            let label = ui.label("New channel");
-            ui.add(egui::TextEdit::singleline(&mut self.new_channel))
-                .labelled_by(label.id);
-            if ui.button("Add channel").clicked() && !self.new_channel.trim().is_empty() {
-                let name = std::mem::take(&mut self.new_channel).trim().to_string();
-                self.bridge
-                    .command(NodeCommand::EditCharter(OpBody::AddChannel {
-                        parent: None,
-                        name,
-                    }));
-            }
-            let roles: Vec<String> = self.state.roles.keys().cloned().collect();
-            if !roles.is_empty() {
-                if !roles.contains(&self.invite_role) {
-                    self.invite_role = roles[0].clone();
-                }
-                egui::ComboBox::from_label("role")
-                    .selected_text(self.invite_role.as_str())
-                    .show_ui(ui, |ui| {
-                        for role in &roles {
-                            ui.selectable_value(&mut self.invite_role, role.clone(), role);
-                        }
-                    });
-                if ui.button("Copy invite ticket").clicked() {
-                    match self.invite_ticket() {
-                        Ok(ticket) => {
-                            ui.ctx().copy_text(ticket.clone());
-                            self.invite = Some(ticket);
-                        }
-                        Err(e) => self.say(format!("invite: {e}")),
-                    }
-                }
-            }
-        });
-        if let Some(ticket) = &self.invite {
-            ui.label(format!("ticket: {ticket}"));
-        }
-    }
-
-    /// A signed invite for the chosen role, with our address to dial.
-    fn invite_ticket(&self) -> Result<String, callsign_keys::TicketError> {
-        let mut nonce = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let grant = InviteGrant::issue(
-            &self.identity,
-            self.state.org,
-            self.invite_role.clone(),
-            now + INVITE_VALID.as_secs(),
-            nonce,
-        )?;
-        Ticket {
-            org: self.state.org,
-            bootstrap: self
-                .bridge
-                .address
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect(),
-            grant: Some(grant),
-        }
-        .encode()
-    }
-
-    /// Asks the node for its counters once a second; takes the answer when it is there.
+    /// Asks the node for its counters every `STATS_EVERY`; takes the answer when it is there.
     pub(super) fn poll_stats(&mut self) {
         if let Some(reply) = &mut self.stats_reply {
             match reply.try_recv() {

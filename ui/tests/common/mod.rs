@@ -1,0 +1,157 @@
+//! What the UI tests share: a headless harness, a bridge whose node end the test holds, and
+//! a saved profile to open.
+#![allow(dead_code)]
+
+use callsign_keys::{KeyFile, NodeKeys};
+use callsign_mesh::charter::log::OpLog;
+use callsign_mesh::charter::{ChannelId, Charter, OpBody, Permissions, Priority, Role};
+use callsign_node::{NodeCommand, NodeEvent, NodeStats};
+use callsign_ui::app::NodeStarter;
+use callsign_ui::{NodeBridge, Profile, RadioApp};
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub fn harness(app: RadioApp) -> Harness<'static, RadioApp> {
+    Harness::builder()
+        .with_size(eframe::egui::vec2(1100.0, 700.0))
+        .build_state(|ctx, app: &mut RadioApp| app.ui(ctx), app)
+}
+
+/// Steps the UI (the node works on its own threads) until `done` or 10 s.
+pub fn step_until(
+    h: &mut Harness<'static, RadioApp>,
+    mut done: impl FnMut(&Harness<RadioApp>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(h) {
+        assert!(Instant::now() < deadline, "timed out");
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn type_into(h: &mut Harness<'static, RadioApp>, label: &str, text: &str) {
+    h.get_by_label(label).focus();
+    h.step();
+    h.get_by_label(label).type_text(text);
+    h.step();
+}
+
+/// The node's end of a bridge, for tests that check what the app sends it.
+pub type NodeEnds = Rc<
+    RefCell<
+        Option<(
+            mpsc::UnboundedReceiver<NodeCommand>,
+            mpsc::UnboundedSender<NodeEvent>,
+        )>,
+    >,
+>;
+
+pub fn channel_starter(ends: NodeEnds) -> NodeStarter {
+    Box::new(move |_config, _log| {
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        *ends.borrow_mut() = Some((commands_rx, events_tx));
+        Ok(NodeBridge::from_channels(commands, events))
+    })
+}
+
+/// What the app sent since the last call, as `Debug` text (commands carry reply channels,
+/// so they have no `PartialEq`), without its snapshot requests.
+pub fn commands(ends: &NodeEnds) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((rx, _)) = ends.borrow_mut().as_mut() {
+        while let Ok(c) = rx.try_recv() {
+            // Snapshot requests (counters, charter) go out on their own schedule.
+            if !matches!(c, NodeCommand::Stats(_) | NodeCommand::Charter(_)) {
+                out.push(format!("{c:?}"));
+            }
+        }
+    }
+    out
+}
+
+pub fn expect(commands: &[NodeCommand]) -> Vec<String> {
+    commands.iter().map(|c| format!("{c:?}")).collect()
+}
+
+/// A saved profile whose org has `/ops`, the identity unencrypted.
+pub fn saved_profile(dir: &Path) -> ChannelId {
+    let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
+    let (mut charter, first) = Charter::create(&keys.identity, "Wing", 0).unwrap();
+    let second = charter
+        .edit(
+            &keys.identity,
+            OpBody::AddChannel {
+                parent: None,
+                name: "ops".into(),
+            },
+            0,
+        )
+        .unwrap();
+    let third = charter
+        .edit(
+            &keys.identity,
+            OpBody::PutRole {
+                name: "pilot".into(),
+                role: Role {
+                    perms: Permissions::LISTEN.union(Permissions::SPEAK),
+                    priority: Priority::NORMAL,
+                },
+            },
+            0,
+        )
+        .unwrap();
+    let org = charter.org();
+    let profile = Profile::new("Iceman", &org, Vec::new());
+    KeyFile::seal(&keys, None, &mut rand::rngs::OsRng)
+        .unwrap()
+        .save(&dir.join(&profile.key), false)
+        .unwrap();
+    let log_path = Profile::charter_log(dir, &org);
+    std::fs::create_dir_all(log_path.parent().unwrap()).unwrap();
+    let mut log = OpLog::create(&log_path, org).unwrap();
+    log.append(
+        [first.encode(), second.encode(), third.encode()]
+            .iter()
+            .map(Vec::as_slice),
+    )
+    .unwrap();
+    profile.save(dir).unwrap();
+    charter.state().find("/ops").unwrap()
+}
+
+/// Answers the app's counter requests with `stats` (the meter reads them).
+pub fn answer_stats(ends: &NodeEnds, stats: &NodeStats) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((rx, _)) = ends.borrow_mut().as_mut() {
+        while let Ok(c) = rx.try_recv() {
+            match c {
+                NodeCommand::Stats(reply) => {
+                    let _ = reply.send(stats.clone());
+                }
+                NodeCommand::Charter(_) => {}
+                other => out.push(format!("{other:?}")),
+            }
+        }
+    }
+    out
+}
+
+/// The `EditCharter` ops the app sent since the last call.
+pub fn edits(ends: &NodeEnds) -> Vec<OpBody> {
+    let mut out = Vec::new();
+    if let Some((rx, _)) = ends.borrow_mut().as_mut() {
+        while let Ok(c) = rx.try_recv() {
+            if let NodeCommand::EditCharter(op) = c {
+                out.push(op);
+            }
+        }
+    }
+    out
+}
