@@ -42,6 +42,7 @@ pub struct RadioApp {
     dir: PathBuf,
     starter: NodeStarter,
     screen: Screen,
+    global_keys: bool,
 }
 
 fn unix_ms() -> u64 {
@@ -66,6 +67,7 @@ impl RadioApp {
             dir,
             starter,
             screen,
+            global_keys: false,
         };
         // An unencrypted key needs no passphrase: straight to the radio stack.
         if let Screen::Unlock { profile, .. } = &app.screen {
@@ -77,6 +79,15 @@ impl RadioApp {
             }
         }
         app
+    }
+
+    /// Also grab the push-to-talk keys system-wide (see [`crate::global_keys`]).
+    pub fn with_global_keys(mut self) -> Self {
+        self.global_keys = true;
+        if let Screen::Radio(radio) = &mut self.screen {
+            radio.want_global_keys();
+        }
+        self
     }
 
     /// The radio stack, once the node runs.
@@ -152,7 +163,12 @@ impl RadioApp {
     /// Unlocks the key and starts the node.
     fn open(&mut self, profile: Box<Profile>, passphrase: &str) {
         match start(&self.dir, &profile, passphrase, &mut self.starter) {
-            Ok(radio) => self.screen = Screen::Radio(Box::new(radio)),
+            Ok(mut radio) => {
+                if self.global_keys {
+                    radio.want_global_keys();
+                }
+                self.screen = Screen::Radio(Box::new(radio));
+            }
             Err(e) => {
                 let error = Some(e.to_string());
                 self.screen =

@@ -74,6 +74,11 @@ impl NodeBridge {
         }
     }
 
+    /// A sender of commands for another thread of the app (the global keys).
+    pub fn commands(&self) -> mpsc::UnboundedSender<NodeCommand> {
+        self.commands.clone()
+    }
+
     /// Sends a command; a stopped node is reported by the next frame's lack of events.
     pub fn command(&self, command: NodeCommand) {
         let _ = self.commands.send(command);

@@ -3,6 +3,7 @@
 //! - [`profile`]: the user's profile on disk (versioned TOML), identity and org files.
 //! - [`bridge`]: the app's only way to the node: [`NodeCommand`](callsign_node::NodeCommand)s
 //!   out, [`NodeEvent`](callsign_node::NodeEvent)s in, the node on its own runtime threads.
+//! - [`global_keys`]: push-to-talk keys that work while the game has focus.
 //! - [`app`]: [`RadioApp`], the screens (first run, unlock, radio stack) and what events do
 //!   to them; [`radio`] draws the radio stack.
 //!
@@ -13,6 +14,7 @@
 
 pub mod app;
 pub mod bridge;
+pub mod global_keys;
 pub mod profile;
 pub mod radio;
 
@@ -35,10 +37,9 @@ pub fn run_window(dir: PathBuf, inner_size: [f32; 2]) -> eframe::Result {
         options,
         Box::new(move |cc| {
             cc.egui_ctx.set_visuals(egui::Visuals::dark());
-            Ok(Box::new(Window(RadioApp::new(
-                dir,
-                Box::new(NodeBridge::start),
-            ))))
+            Ok(Box::new(Window(
+                RadioApp::new(dir, Box::new(NodeBridge::start)).with_global_keys(),
+            )))
         }),
     )
 }

@@ -4,6 +4,7 @@
 //! commands.
 
 use crate::bridge::NodeBridge;
+use crate::global_keys::GlobalKeys;
 use crate::profile::{DuckingRule, Profile};
 use callsign_keys::{Identity, IdentityKey, PeerId};
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
@@ -91,6 +92,10 @@ pub struct Radio {
     /// The channels voice activation transmits on (empty: push-to-talk).
     voice_activation: Vec<ChannelId>,
     duck_form: DuckingRule,
+    /// Keys grabbed system-wide: wanted (the window, not tests), running, and how it went.
+    global_wanted: bool,
+    global: Option<GlobalKeys>,
+    global_status: String,
 }
 
 impl Radio {
@@ -138,10 +143,43 @@ impl Radio {
                 duck: String::new(),
                 db: 12.0,
             },
+            global_wanted: false,
+            global: None,
+            global_status: "keys work while this window has focus".into(),
         };
         radio.channels_changed(&BTreeSet::new());
         radio.send_audio(true);
         radio
+    }
+
+    /// Grab the push-to-talk keys system-wide from the first frame on.
+    pub fn want_global_keys(&mut self) {
+        self.global_wanted = true;
+    }
+
+    /// (Re)binds the global keys to the current hotkeys and simulcast group.
+    fn rebind_global(&mut self) {
+        let Some(global) = &mut self.global else {
+            return;
+        };
+        let mut keys: Vec<(egui::Key, Vec<ChannelId>)> = self
+            .hotkeys
+            .iter()
+            .filter(|(c, _)| self.state.may(&self.me, **c, Permissions::SPEAK))
+            .map(|(c, k)| (*k, vec![*c]))
+            .collect();
+        if !self.simulcast.is_empty() {
+            keys.push((SIMULCAST_KEY, self.simulcast.iter().copied().collect()));
+        }
+        let failed = global.bind(&keys);
+        self.global_status = if failed.is_empty() {
+            "keys work system-wide, also while the game has focus".into()
+        } else {
+            format!(
+                "system-wide keys on, but {} could not be grabbed (another program holds them)",
+                failed.join(", ")
+            )
+        };
     }
 
     /// Channels we may hear, in tree order (by path).
@@ -176,6 +214,7 @@ impl Radio {
         let known: BTreeSet<ChannelId> = self.state.channels.keys().copied().collect();
         self.state = state;
         self.channels_changed(&known);
+        self.rebind_global();
         // Ducking rules and voice activation name channels by path.
         self.send_audio(false);
     }
@@ -333,6 +372,15 @@ impl Radio {
             }
         }
         self.poll_stats();
+        if std::mem::take(&mut self.global_wanted) {
+            match GlobalKeys::start(self.bridge.commands(), Some(ctx.clone())) {
+                Ok(global) => {
+                    self.global = Some(global);
+                    self.rebind_global();
+                }
+                Err(reason) => self.global_status = reason,
+            }
+        }
         if self.binding.is_some() {
             self.bind_ui(ctx);
         } else {
@@ -500,6 +548,7 @@ impl Radio {
                 } else {
                     self.simulcast.remove(&channel);
                 }
+                self.rebind_global();
             }
         } else {
             ui.label("listen only");

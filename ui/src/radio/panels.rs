@@ -87,7 +87,7 @@ impl Radio {
     /// Settings: each channel's hotkey (click, then press the key), checked for conflicts and
     /// kept in the profile.
     pub(super) fn settings_ui(&mut self, ui: &mut egui::Ui) {
-        ui.label("Push-to-talk keys (they work while this window has focus):");
+        ui.label(format!("Push-to-talk keys: {}.", self.global_status));
         for (channel, path) in self.channels() {
             let key = self
                 .hotkeys
@@ -138,6 +138,7 @@ impl Radio {
             return;
         }
         self.hotkeys.insert(channel, key);
+        self.rebind_global();
         self.profile
             .hotkeys
             .insert(self.path(channel), key.name().to_string());
