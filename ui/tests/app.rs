@@ -196,3 +196,47 @@ fn the_roster_shows_each_member_s_link_round_trip_loss_and_buffer() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_radio_stack_works_from_the_keyboard_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = saved_profile(dir.path());
+    let ends: NodeEnds = Rc::default();
+    let app = RadioApp::new(dir.path().to_path_buf(), channel_starter(ends.clone()));
+    let mut h = harness(app);
+    h.step();
+    commands(&ends);
+    // Tab walks the widgets in order until the listen toggle has focus.
+    let tab_to = |h: &mut egui_kittest::Harness<'static, RadioApp>, label: &str| {
+        for _ in 0..60 {
+            if h.get_by_label(label).is_focused() {
+                return;
+            }
+            h.key_press(eframe::egui::Key::Tab);
+            h.step();
+        }
+        panic!("Tab never reached {label:?}");
+    };
+    tab_to(&mut h, "listen /ops");
+    h.key_press(eframe::egui::Key::Space);
+    h.step();
+    assert_eq!(commands(&ends), expect(&[NodeCommand::Unlisten(ops)]));
+    // The PTT button transmits while Space is held on it.
+    tab_to(&mut h, "PTT /ops");
+    h.key_down(eframe::egui::Key::Space);
+    h.step();
+    assert_eq!(commands(&ends), expect(&[NodeCommand::PttDown(vec![ops])]));
+    h.key_up(eframe::egui::Key::Space);
+    h.step();
+    assert_eq!(commands(&ends), expect(&[NodeCommand::PttUp]));
+    // While a text field has focus, keys are the field's: a channel key does not transmit.
+    h.get_by_label("Org admin").click();
+    h.step();
+    h.get_by_label("New channel").focus();
+    h.step();
+    h.key_down(eframe::egui::Key::F1);
+    h.step();
+    h.key_up(eframe::egui::Key::F1);
+    h.step();
+    assert!(commands(&ends).is_empty());
+}

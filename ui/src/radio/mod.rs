@@ -383,7 +383,8 @@ impl Radio {
         }
         if self.binding.is_some() {
             self.bind_ui(ctx);
-        } else {
+        } else if !ctx.wants_keyboard_input() {
+            // Not while a text field has focus: a letter bound to a channel types there.
             self.hotkeys_ui(ctx);
         }
         egui::TopBottomPanel::top("identity").show(ctx, |ui| {
@@ -566,14 +567,22 @@ impl Radio {
         });
     }
 
-    /// Push-to-talk on a button: down while the primary button is held on it.
+    /// Push-to-talk on a button: down while the primary button is held on it, or while Space
+    /// or Enter is held with the button focused (keyboard users reach it with Tab).
     fn ptt_button(&mut self, ui: &egui::Ui, button: &egui::Response, keyed: Keyed) {
         let (pressed, released) =
             ui.input(|i| (i.pointer.primary_pressed(), i.pointer.primary_released()));
-        if pressed && button.contains_pointer() {
+        let keys = [egui::Key::Space, egui::Key::Enter];
+        let (key_pressed, key_released) = ui.input(|i| {
+            (
+                keys.iter().any(|k| i.key_pressed(*k)),
+                keys.iter().any(|k| i.key_released(*k)),
+            )
+        });
+        if (pressed && button.contains_pointer()) || (key_pressed && button.has_focus()) {
             self.key_down(keyed.clone());
         }
-        if released {
+        if released || (key_released && button.has_focus()) {
             self.key_up(&keyed);
         }
     }
