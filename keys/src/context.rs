@@ -90,6 +90,8 @@ pub const CHARTER_OP: SigningContext = SigningContext::new("callsign/charter-op/
 pub const PRESENCE: SigningContext = SigningContext::new("callsign/presence/v1");
 /// A member's subscription at a relay (which channels it wants forwarded to it).
 pub const SUBSCRIPTION: SigningContext = SigningContext::new("callsign/subscription/v1");
+/// A newcomer's request to join an org with an invite grant (proves it holds its key).
+pub const JOIN_REQUEST: SigningContext = SigningContext::new("callsign/join-request/v1");
 
 #[cfg(test)]
 mod tests {

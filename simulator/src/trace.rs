@@ -57,6 +57,8 @@ pub(crate) fn describe(
         NodeEvent::TransmitStopped => "transmit-stop".into(),
         NodeEvent::PttDenied { channels, .. } => format!("ptt-denied {}", channels.len()),
         NodeEvent::CharterChanged { ops } => format!("charter {ops}"),
+        NodeEvent::Admitted { peer, role, .. } => format!("admitted {} {role}", name(peer)),
+        NodeEvent::JoinRefused { reason } => format!("join-refused {reason}"),
         NodeEvent::Floor(event) => match event {
             FloorEvent::Granted { channel } => format!("floor-granted {}", ch(channel)),
             FloorEvent::Denied { channel, .. } => format!("floor-denied {}", ch(channel)),

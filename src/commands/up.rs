@@ -354,6 +354,10 @@ async fn serve(
                         Some(format!("ptt-denied {}: {reason}", paths(&channels)))
                     }
                     NodeEvent::CharterChanged { ops } => Some(format!("charter +{ops} ops")),
+                    NodeEvent::Admitted { peer, name, role } => {
+                        Some(format!("admitted {name} ({peer}) as {role}"))
+                    }
+                    NodeEvent::JoinRefused { reason } => Some(format!("join-refused {reason}")),
                     NodeEvent::Floor(floor) => Some(describe_floor(
                         &floor,
                         |k| {

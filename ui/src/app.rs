@@ -6,6 +6,7 @@ use crate::profile::Profile;
 use crate::radio::Radio;
 use crate::UiError;
 use callsign_keys::{KdfParams, KeyFile, NodeKeys, Ticket};
+use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::{Charter, Permissions};
 use callsign_node::NodeConfig;
@@ -207,7 +208,9 @@ fn first_run_ui(ctx: &egui::Context, form: &mut FirstRun) -> Option<Next> {
         ui.separator();
         ui.label("Found a new org…");
         field(ui, "Org name", &mut form.org_name, false);
-        ui.label("…or join one with an invite ticket (an admin then adds your peer id):");
+        ui.label(
+            "…or join one with an invite ticket (an admin of the org admits you once online):",
+        );
         field(ui, "Invite ticket", &mut form.ticket, false);
         if ui.button("Start").clicked() {
             next = Some(Next::Create);
@@ -251,7 +254,11 @@ fn create_profile(dir: &Path, form: &FirstRun) -> Result<Profile, UiError> {
             (charter.org(), vec![op.encode()], Vec::new())
         }
     };
-    let profile = Profile::new(name, &org, bootstrap);
+    let mut profile = Profile::new(name, &org, bootstrap);
+    profile.invite = ticket
+        .as_ref()
+        .filter(|t| t.grant.is_some())
+        .map(|_| form.ticket.trim().to_string());
     file.save(&dir.join(&profile.key), false)?;
     let log_path = Profile::charter_log(dir, &org);
     if let Some(parent) = log_path.parent() {
@@ -295,6 +302,15 @@ fn start(
         .filter(|c| state.may(&me, *c, Permissions::LISTEN))
         .collect();
     config.seed = rand::random();
+    // Not a member yet: the ticket's grant asks the admins to admit us.
+    if !state.members.contains_key(&me) {
+        let grant = profile
+            .invite
+            .as_deref()
+            .and_then(|t| Ticket::decode(t).ok())
+            .and_then(|t| t.grant);
+        config.join = grant.map(|g| JoinRequest::sign(&identity, g, &profile.name));
+    }
     let bridge = starter(config, loaded.log)?;
     Ok(Radio::new(
         bridge,

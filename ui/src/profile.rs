@@ -8,6 +8,7 @@
 //! org = "12D3KooW…"          # the org's root key
 //! listen = "0.0.0.0:0"
 //! bootstrap = []              # multiaddrs to dial at start (from an invite ticket)
+//! invite = "callsign1…"        # the ticket we joined with, until an admin admits us
 //! [hotkeys]                   # channel path → key (egui key names: F1, Space, A…)
 //! "/flight" = "F2"
 //! [audio]                     # all optional; these are the defaults
@@ -57,6 +58,9 @@ pub struct Profile {
     pub hotkeys: BTreeMap<String, String>,
     #[serde(default)]
     pub audio: AudioProfile,
+    /// The invite ticket we joined with, kept until an admin admits us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
 }
 
 /// The user's sound settings (see the module documentation).
@@ -153,6 +157,7 @@ impl Profile {
             bootstrap,
             hotkeys: BTreeMap::new(),
             audio: AudioProfile::default(),
+            invite: None,
         }
     }
 

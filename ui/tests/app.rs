@@ -240,3 +240,51 @@ fn the_radio_stack_works_from_the_keyboard_alone() {
     h.step();
     assert!(commands(&ends).is_empty());
 }
+
+#[test]
+fn first_run_with_an_invite_ticket_joins_a_running_org() {
+    // The org's admin runs a real node; its invite names its address.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let org = callsign_node::runtime::demo_org::DemoOrg::new(1, 5).unwrap();
+    let member = &org.members[0];
+    let admin = runtime
+        .block_on(callsign_node::Node::start(callsign_node::NodeConfig::new(
+            member.keys.clone(),
+            org.charter.clone(),
+            &member.name,
+        )))
+        .unwrap();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let grant =
+        callsign_keys::InviteGrant::issue(&org.root, org.charter.org(), "pilot", expires, [3; 16])
+            .unwrap();
+    let ticket = callsign_keys::Ticket {
+        org: org.charter.org(),
+        bootstrap: vec![admin.address().clone()],
+        grant: Some(grant),
+    }
+    .encode()
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = RadioApp::new(dir.path().to_path_buf(), Box::new(NodeBridge::start));
+    let mut h = harness(app);
+    h.step();
+    type_into(&mut h, "Callsign", "Goose");
+    type_into(&mut h, "Invite ticket", &ticket);
+    h.get_by_label("Start").click();
+    h.step();
+    // Admitted by the admin's node, the charter arrives and the org's channels appear.
+    step_until(&mut h, |h| h.query_by_label("PTT /flight").is_some());
+    assert!(h
+        .query_by_label_contains("Waiting to be admitted")
+        .is_none());
+    let profile = Profile::load(dir.path()).unwrap().unwrap();
+    assert_eq!(profile.invite, None, "the used ticket is forgotten");
+    drop(h);
+    drop(runtime);
+}

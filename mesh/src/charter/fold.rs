@@ -116,6 +116,7 @@ struct Pass<'a> {
     policies: BTreeMap<ChannelId, super::model::ChannelPolicy>,
     relays: BTreeMap<IdentityKey, RelayInfo>,
     presets: BTreeMap<String, super::model::Preset>,
+    invites: BTreeSet<[u8; 16]>,
     revocations: Vec<(u32, IdentityKey)>,
 }
 
@@ -380,6 +381,26 @@ impl Pass<'_> {
                     }),
                 );
             }
+            OpBody::AdmitMember {
+                peer,
+                name,
+                role,
+                invite,
+            } => {
+                check_name("member", name).or_else(reject)?;
+                check_name("role", role).or_else(reject)?;
+                self.require_admin(author, pos)?;
+                if !self.invites.insert(*invite) {
+                    return skip("invite already used");
+                }
+                self.members.entry(*peer).or_default().set(
+                    at,
+                    Some(Member {
+                        name: name.clone(),
+                        roles: vec![role.clone()],
+                    }),
+                );
+            }
             OpBody::RemoveMember { peer } => {
                 self.require_admin(author, pos)?;
                 self.members.entry(*peer).or_default().set(at, None);
@@ -523,6 +544,7 @@ impl Pass<'_> {
         }
         state.relays = self.relays;
         state.presets = self.presets;
+        state.used_invites = self.invites;
         state
     }
 }
@@ -567,6 +589,7 @@ pub fn fold(org: IdentityKey, order: &[&DagOp]) -> Fold {
             policies: BTreeMap::new(),
             relays: BTreeMap::new(),
             presets: BTreeMap::new(),
+            invites: BTreeSet::new(),
             revocations: Vec::new(),
         };
         let mut outcomes = BTreeMap::new();

@@ -174,6 +174,18 @@ pub enum OpBody {
         /// Where to put it.
         parent: Option<ChannelId>,
     },
+    /// Admits a newcomer who redeemed an invite grant: a member with the grant's role. The
+    /// grant's nonce is recorded, so each invite admits once (the first in fold order wins).
+    AdmitMember {
+        /// The newcomer's identity.
+        peer: IdentityKey,
+        /// Display name.
+        name: String,
+        /// The grant's role.
+        role: String,
+        /// The grant's single-use nonce.
+        invite: [u8; 16],
+    },
 }
 
 /// A signed charter operation.

@@ -42,6 +42,8 @@ pub struct CharterState {
     pub relays: BTreeMap<IdentityKey, RelayInfo>,
     /// Presets by name.
     pub presets: BTreeMap<String, Preset>,
+    /// Nonces of invite grants that admitted someone (each admits once).
+    pub used_invites: BTreeSet<[u8; 16]>,
 }
 
 impl CharterState {
@@ -55,6 +57,7 @@ impl CharterState {
             channels: BTreeMap::new(),
             relays: BTreeMap::new(),
             presets: BTreeMap::new(),
+            used_invites: BTreeSet::new(),
         }
     }
 

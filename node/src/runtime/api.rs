@@ -217,6 +217,16 @@ pub enum NodeEvent {
         channel: ChannelId,
         route: Route,
     },
+    /// A newcomer was admitted with an invite (`peer` is us when it was our own request).
+    Admitted {
+        peer: IdentityKey,
+        name: String,
+        role: String,
+    },
+    /// Our join request was refused by an admin (an expired or used invite, say).
+    JoinRefused {
+        reason: String,
+    },
     /// As a relay: a subscription was refused.
     SubscriptionRefused {
         peer: PeerId,

@@ -88,6 +88,9 @@ pub struct NodeConfig {
     /// The upload this member may spend on voice, kbit/s, advertised so that channels it
     /// speaks on move to a relay before one stream per listener would exceed it.
     pub uplink_kbps: Option<u32>,
+    /// Not a member yet: ask every peer we link to to admit us with this invite, and take the
+    /// charter from them, until an admin's `AdmitMember` op names us.
+    pub join: Option<callsign_mesh::admission::JoinRequest>,
 }
 
 impl NodeConfig {
@@ -129,6 +132,7 @@ impl NodeConfig {
             forwarding: None,
             topology: TopologyConfig::default(),
             uplink_kbps: None,
+            join: None,
         }
     }
 }

@@ -34,6 +34,10 @@ pub enum ControlMessage {
     Floor(Vec<u8>),
     /// A member's signed subscription to a relay (`forward::Subscription::encode`).
     Subscribe(Vec<u8>),
+    /// A newcomer's request to be admitted (`admission::JoinRequest::encode`).
+    Join(Vec<u8>),
+    /// An admin's answer to a join request it refused: why.
+    JoinRefused(String),
 }
 
 /// A batch stops growing past this many body bytes (the codec allows 2 MiB per request).
@@ -93,7 +97,9 @@ impl ControlMessage {
             | ControlMessage::Grant(b)
             | ControlMessage::Voice(b)
             | ControlMessage::Floor(b)
-            | ControlMessage::Subscribe(b) => b.len(),
+            | ControlMessage::Subscribe(b)
+            | ControlMessage::Join(b) => b.len(),
+            ControlMessage::JoinRefused(reason) => reason.len(),
             ControlMessage::LossReport(_) => 1,
             ControlMessage::Batch(m) => m.iter().map(Self::body_len).sum(),
         }

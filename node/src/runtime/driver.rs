@@ -12,6 +12,7 @@ use crate::audio::mixer::ChannelMix;
 use crate::link::swarm::{NodeNetwork, RelayAllowList};
 use crate::link::LinkEvent;
 use callsign_keys::{IdentityKey, NodeKeys};
+use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::sync::{CharterSync, SyncEvent};
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
@@ -97,6 +98,8 @@ pub(crate) struct Driver {
     pub subscription_seq: u64,
     /// Set when we forward for others (a relay).
     pub forwarder: Option<Forwarder>,
+    /// Our request to join with an invite, until the charter names us a member.
+    pub join: Option<JoinRequest>,
     pub subscriptions_refused: u64,
     pub forward_latency: [u64; super::forwarding::LATENCY_BUCKETS],
     pub forward_latency_sum_us: u64,
@@ -403,16 +406,21 @@ impl Driver {
 
     pub(super) fn charter_changed(&mut self, ops: usize, now: Instant) {
         self.set_members();
+        if self.finish_join() {
+            // Everything we had was learnt as a stranger: announce ourselves as a member.
+            self.listening = self.state().channels.keys().copied().collect();
+        }
         let state = self.state().clone();
         self.listening
             .retain(|c| state.may(&self.local, *c, Permissions::LISTEN));
         self.floor.update_charter(&state, now);
         self.keys_dirty = true;
         // Links to peers that are no longer members (or relays) lose their control state.
+        let joining = self.joining();
         let gone: Vec<PeerId> = self
             .peers
             .keys()
-            .filter(|p| self.link_role(p).is_none())
+            .filter(|p| !joining && self.link_role(p).is_none())
             .copied()
             .collect();
         for peer in gone {

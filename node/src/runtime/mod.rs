@@ -15,6 +15,7 @@
 //! The node runs on tokio time (`tokio::time::Instant`), so the simulator's virtual clock
 //! drives it exactly as it drives the links.
 
+mod admission;
 pub mod api;
 pub mod config;
 pub mod control;
@@ -240,6 +241,7 @@ impl Node {
             replanned: now,
             route_switched: BTreeMap::new(),
             subscribed: BTreeMap::new(),
+            join: config.join,
             subscription_seq: unix_at_start_ms,
             // A member serving circuits volunteers as a relay, so it forwards too.
             forwarder: config

@@ -120,6 +120,12 @@ impl Driver {
     }
 
     pub(super) fn peer_up(&mut self, peer: PeerId, now: Instant) {
+        // While we join, every link (the root's too, which even an empty charter knows) only
+        // carries our request and charter sync: nobody treats us as a member yet.
+        if self.joining() {
+            self.join_link_up(peer, now);
+            return;
+        }
         let identity = match self.link_role(&peer) {
             Some(LinkRole::Member(identity)) => identity,
             Some(LinkRole::Relay(identity)) => {
@@ -138,7 +144,8 @@ impl Driver {
                 return;
             }
             // Not of our org: no control, no keys. Its datagrams are dropped by the voice
-            // receiver (or, at a relay, counted as a stranger's).
+            // receiver (or, at a relay, counted as a stranger's). While we join, we ask it to
+            // admit us and take its charter.
             None => return,
         };
         let mut control = PeerControl::default();
@@ -261,6 +268,10 @@ impl Driver {
             self.subscription(peer, body);
             return;
         }
+        if self.joining() {
+            self.stranger_control(peer, message, now);
+            return;
+        }
         // Membership is checked per message: one in a batch may remove the sender.
         let identity = match self.link_role(&peer) {
             Some(LinkRole::Member(identity)) => identity,
@@ -277,7 +288,10 @@ impl Driver {
                 }
                 return;
             }
-            None => return,
+            None => {
+                self.stranger_control(peer, message, now);
+                return;
+            }
         };
         match message {
             ControlMessage::Sync(body) => match SyncMessage::decode(&body) {
@@ -312,8 +326,12 @@ impl Driver {
                 }
             }
             ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
-            // `decode` refuses nested batches; subscriptions were handled above.
-            ControlMessage::Batch(_) | ControlMessage::Subscribe(_) => {}
+            // `decode` refuses nested batches; subscriptions were handled above; a member's
+            // join request arrived after its admission (nothing left to do).
+            ControlMessage::Batch(_)
+            | ControlMessage::Subscribe(_)
+            | ControlMessage::Join(_)
+            | ControlMessage::JoinRefused(_) => {}
         }
     }
 

@@ -96,6 +96,8 @@ pub struct Radio {
     global_wanted: bool,
     global: Option<GlobalKeys>,
     global_status: String,
+    /// Why an admin refused our invite.
+    join_refused: Option<String>,
 }
 
 impl Radio {
@@ -146,6 +148,7 @@ impl Radio {
             global_wanted: false,
             global: None,
             global_status: "keys work while this window has focus".into(),
+            join_refused: None,
         };
         radio.channels_changed(&BTreeSet::new());
         radio.send_audio(true);
@@ -318,6 +321,19 @@ impl Radio {
                 }
             }
             NodeEvent::PttDenied { reason, .. } => self.say(format!("not sent: {reason}")),
+            NodeEvent::Admitted { peer, role, .. } if peer == self.me => {
+                self.say(format!("admitted to {} as {role}", self.state.name));
+                self.join_refused = None;
+                if self.profile.invite.take().is_some() {
+                    if let Err(e) = self.profile.save(&self.dir) {
+                        self.say(format!("saving the profile: {e}"));
+                    }
+                }
+            }
+            NodeEvent::Admitted { name, role, .. } => {
+                self.say(format!("{name} joined as {role}"));
+            }
+            NodeEvent::JoinRefused { reason } => self.join_refused = Some(reason),
             NodeEvent::Warning(w) => self.say(w),
             _ => {}
         }
@@ -407,6 +423,7 @@ impl Radio {
         });
         egui::CentralPanel::default().show(ctx, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
+                self.joining_ui(ui);
                 self.stack_ui(ui);
                 ui.separator();
                 ui.collapsing("Settings", |ui| self.settings_ui(ui));
@@ -448,6 +465,24 @@ impl Radio {
         for keyed in released {
             self.key_up(&keyed);
         }
+    }
+
+    /// Until an admin admits us: what we wait for, or why we were refused.
+    fn joining_ui(&mut self, ui: &mut egui::Ui) {
+        if self.state.members.contains_key(&self.me) || self.profile.invite.is_none() {
+            return;
+        }
+        match &self.join_refused {
+            Some(reason) => ui.colored_label(
+                ui.visuals().error_fg_color,
+                format!("Your invite was refused: {reason}. Ask an admin for a new one."),
+            ),
+            None => ui.label(
+                "Waiting to be admitted: an admin of the org must be online (the ticket names \
+                 where to find one).",
+            ),
+        };
+        ui.separator();
     }
 
     fn stack_ui(&mut self, ui: &mut egui::Ui) {
