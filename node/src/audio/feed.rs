@@ -82,11 +82,16 @@ impl CaptureFeed {
 
     /// Fills `out` with the oldest captured audio, silence where there is none yet.
     pub fn fill(&mut self, out: &mut [f32]) -> Result<(), AudioError> {
-        loop {
-            let n = self.reader.read(&mut self.raw);
+        // What is queued now, not what arrives meanwhile: a device running far ahead (or one
+        // not paced by a clock at all) must not keep the worker here.
+        let mut budget = self.reader.available();
+        while budget > 0 {
+            let take = budget.min(self.raw.len());
+            let n = self.reader.read(&mut self.raw[..take]);
             if n == 0 {
                 break;
             }
+            budget -= n;
             match &mut self.resampler {
                 Some(r) => r.process(&self.raw[..n], &mut self.ready)?,
                 None => self.ready.extend_from_slice(&self.raw[..n]),

@@ -107,6 +107,16 @@ impl Radio {
             ui.label(format!("speech {:.0} %", speech * 100.0));
         });
 
+        if let Some(stats) = &self.stats {
+            let a = &stats.audio;
+            if a.capture_feed.is_some() || a.playback_feed.is_some() {
+                ui.small(format!(
+                    "sound card: {} input samples lost, {} output samples of silence filled in",
+                    a.capture_overruns, a.playback_underruns
+                ));
+            }
+        }
+
         let audio = &mut self.profile.audio;
         let speakable: Vec<(ChannelId, String)> = self
             .state
