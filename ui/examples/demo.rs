@@ -3,7 +3,11 @@
 //!
 //! ```sh
 //! Xvfb :99 -screen 0 1480x560x24 & DISPLAY=:99 cargo run -p callsign-ui --example demo &
-//! sleep 15; xwd -root -display :99 | convert xwd:- docs/screenshot.png
+//! sleep 15; export DISPLAY=:99
+//! # Open the audio settings, the org admin window and its roles page.
+//! xdotool mousemove 42 159 click 1; xdotool mousemove 324 12 click 1; sleep 1
+//! xdotool mousemove 516 209 click 1; sleep 1
+//! xwd -root -display :99 | convert xwd:- docs/screenshot.png
 //! ```
 
 use callsign_keys::KeyFile;
@@ -46,6 +50,9 @@ fn main() -> eframe::Result {
     let me = &org.members[0];
     let mut profile = Profile::new(&me.name, &org.charter.org(), addrs);
     profile.listen = "127.0.0.1:0".parse().expect("address");
+    // Xvfb has no sound card: the pilots' audio is synthetic, ours silent.
+    profile.audio.input = callsign_ui::profile::NO_DEVICE.into();
+    profile.audio.output = callsign_ui::profile::NO_DEVICE.into();
     KeyFile::seal(&me.keys, None, &mut rand::rngs::OsRng)
         .expect("key")
         .save(&dir.join(&profile.key), false)

@@ -40,12 +40,16 @@ impl Driver {
                 ..
             } => {
                 let kind = link_kind(&endpoint);
-                // A relayed link never replaces a direct one (both sides may have dialed).
-                let direct_held = self
-                    .link_kinds
-                    .get(&peer_id)
-                    .is_some_and(|k| *k != LinkKind::Relayed);
-                if kind == LinkKind::Relayed && direct_held && num_established.get() > 1 {
+                // A relayed link never replaces a direct one, and TCP never replaces QUIC
+                // (both sides may have dialed, on every address the other announced): voice
+                // wants datagrams and no relay in the path.
+                let held = self.link_kinds.get(&peer_id).copied();
+                let worse = match kind {
+                    LinkKind::Relayed => held.is_some_and(|k| k != LinkKind::Relayed),
+                    LinkKind::TcpFallback => held == Some(LinkKind::Direct),
+                    LinkKind::Direct => false,
+                };
+                if worse && num_established.get() > 1 {
                     self.network.swarm.close_connection(connection_id);
                     return;
                 }

@@ -34,6 +34,9 @@ const TABS: [(AdminTab, &str); 6] = [
     (AdminTab::Invites, "Invites"),
 ];
 
+/// Floor priorities 0–4 by name.
+const PRIORITIES: [&str; 5] = ["none", "low", "normal", "high", "emergency"];
+
 /// Permission flags as the ACL editor shows them.
 const FLAGS: [(Permissions, &str); 4] = [
     (Permissions::LISTEN, "listen"),
@@ -62,6 +65,8 @@ pub struct AdminForm {
     pub preset_from: Option<ChannelId>,
     pub invite_role: String,
     pub invite: Option<String>,
+    /// A channel's mesh threshold while its slider is dragged.
+    pub threshold: Option<(ChannelId, u8)>,
     /// Why the last form could not be sent.
     pub error: Option<String>,
 }
@@ -78,8 +83,11 @@ impl Radio {
         egui::Window::new("Org admin")
             .open(&mut open)
             .default_width(560.0)
+            .max_width(640.0)
+            // Beside the channel rows rather than over them.
+            .default_pos(egui::pos2(420.0, 170.0))
             .show(ctx, |ui| {
-                ui.horizontal(|ui| {
+                ui.horizontal_wrapped(|ui| {
                     for (tab, name) in TABS {
                         ui.selectable_value(&mut self.admin.tab, tab, name);
                     }
@@ -131,7 +139,7 @@ impl Radio {
     }
 
     fn channels_tab(&mut self, ui: &mut egui::Ui) {
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let label = ui.label("New channel");
             ui.add(egui::TextEdit::singleline(&mut self.admin.new_channel))
                 .labelled_by(label.id);
@@ -175,7 +183,7 @@ impl Radio {
         };
         let path = self.path(channel);
         ui.strong(path.as_str());
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let label = ui.label("Name");
             ui.add(egui::TextEdit::singleline(&mut self.admin.rename))
                 .labelled_by(label.id);
@@ -184,7 +192,7 @@ impl Radio {
                 self.edit(OpBody::RenameChannel { channel, name });
             }
         });
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let mut parent = current.parent;
             self.channel_combo(ui, "parent", &mut parent, "(top level)");
             if parent != current.parent {
@@ -203,10 +211,21 @@ impl Radio {
         } else {
             FloorMode::Open
         };
-        ui.add(
-            egui::Slider::new(&mut policy.mesh_threshold, 1..=32)
+        // Each edit is a signed op gossiped to everyone: a dragged slider sends its final value.
+        let mut threshold = match self.admin.threshold {
+            Some((c, t)) if c == channel => t,
+            _ => policy.mesh_threshold,
+        };
+        let slider = ui.add(
+            egui::Slider::new(&mut threshold, 1..=32)
                 .text("mesh up to this many listeners, then a relay"),
         );
+        if slider.dragged() {
+            self.admin.threshold = Some((channel, threshold));
+        } else if slider.changed() || slider.drag_stopped() {
+            policy.mesh_threshold = threshold;
+            self.admin.threshold = None;
+        }
         let relays: Vec<IdentityKey> = self.state.relays.keys().copied().collect();
         for relay in relays {
             let mut preferred = policy.preferred_relays.contains(&relay);
@@ -228,7 +247,7 @@ impl Radio {
         for role in roles {
             let now = current.acl.get(&role).copied();
             let mut wanted = now;
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 let mut overriding = wanted.is_some();
                 ui.checkbox(&mut overriding, format!("override {role}"));
                 if overriding != wanted.is_some() {
@@ -261,11 +280,17 @@ impl Radio {
             .collect();
         for (name, role) in roles {
             let mut edited = role.clone();
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 ui.strong(name.as_str());
                 edited.perms = flag_boxes(ui, role.perms, &name);
                 let mut level = role.priority.level();
-                ui.add(egui::Slider::new(&mut level, 0..=4).text(format!("{name} priority")));
+                egui::ComboBox::from_label(format!("{name} priority"))
+                    .selected_text(PRIORITIES[usize::from(level.min(4))])
+                    .show_ui(ui, |ui| {
+                        for (i, text) in PRIORITIES.iter().enumerate() {
+                            ui.selectable_value(&mut level, i as u8, *text);
+                        }
+                    });
                 edited.priority = Priority::new(level).unwrap_or(role.priority);
                 if ui.button(format!("Remove role {name}")).clicked() {
                     self.edit(OpBody::RemoveRole { name: name.clone() });
@@ -275,7 +300,7 @@ impl Radio {
                 self.edit(OpBody::PutRole { name, role: edited });
             }
         }
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let label = ui.label("New role");
             ui.add(egui::TextEdit::singleline(&mut self.admin.new_role))
                 .labelled_by(label.id);
@@ -301,7 +326,7 @@ impl Radio {
             .map(|(k, m)| (*k, m.clone()))
             .collect();
         for (peer, member) in members {
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 ui.strong(member.name.as_str());
                 ui.small(short(&peer));
                 let mut edited = member.roles.clone();
@@ -344,7 +369,7 @@ impl Radio {
         }
         ui.separator();
         ui.label("Add a member by peer id (they send it from \"Copy my peer id\"):");
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let label = ui.label("Peer id");
             ui.add(egui::TextEdit::singleline(&mut self.admin.member_id))
                 .labelled_by(label.id);
@@ -355,7 +380,7 @@ impl Radio {
         if !roles.contains(&self.admin.member_role) {
             self.admin.member_role = roles.first().cloned().unwrap_or_default();
         }
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             role_combo(ui, "member role", &mut self.admin.member_role, &roles);
             if ui.button("Add member").clicked() {
                 match self.admin.member_id.trim().parse::<IdentityKey>() {
@@ -393,7 +418,7 @@ impl Radio {
                 .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
                 .map(|a| a.to_string())
                 .collect();
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 ui.label(format!(
                     "{} — {} subscribers — {}",
                     short(&peer),
@@ -410,12 +435,12 @@ impl Radio {
         }
         ui.separator();
         ui.label("Register a relay (`callsign-relay key` prints its peer id):");
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let label = ui.label("Relay peer id");
             ui.add(egui::TextEdit::singleline(&mut self.admin.relay_id))
                 .labelled_by(label.id);
         });
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let label = ui.label("Relay address");
             ui.add(
                 egui::TextEdit::singleline(&mut self.admin.relay_addr)
@@ -467,7 +492,7 @@ impl Radio {
         }
         self.admin.parent = parent;
         for (name, channels) in presets {
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 ui.label(format!("{name} ({channels} channels)"));
                 if ui.button(format!("Apply preset {name}")).clicked() {
                     self.edit(OpBody::ApplyPreset {
@@ -481,7 +506,7 @@ impl Radio {
             });
         }
         ui.separator();
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let label = ui.label("Preset name");
             ui.add(egui::TextEdit::singleline(&mut self.admin.preset_name))
                 .labelled_by(label.id);
@@ -513,7 +538,7 @@ impl Radio {
         if !roles.contains(&self.admin.invite_role) {
             self.admin.invite_role = roles[0].clone();
         }
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             role_combo(ui, "role", &mut self.admin.invite_role, &roles);
             if ui.button("Copy invite ticket").clicked() {
                 match self.invite_ticket() {

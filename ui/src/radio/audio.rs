@@ -160,9 +160,7 @@ impl Radio {
         if *after != before {
             let devices_changed = after.input != before.input || after.output != before.output;
             self.send_audio(devices_changed);
-            if let Err(e) = self.profile.save(&self.dir) {
-                self.say(format!("saving the profile: {e}"));
-            }
+            self.profile_unsaved = true;
         }
     }
 
@@ -193,8 +191,10 @@ impl Radio {
             form.duck = paths.get(1).unwrap_or(first).clone();
         }
         ui.horizontal(|ui| {
-            path_choice(ui, "while", &mut form.when, &paths);
-            path_choice(ui, "talks, duck", &mut form.duck, &paths);
+            ui.label("while");
+            path_choice(ui, "duck-when", &mut form.when, &paths);
+            ui.label("talks, duck");
+            path_choice(ui, "duck-what", &mut form.duck, &paths);
             ui.add(egui::Slider::new(&mut form.db, 3.0..=40.0).text("dB"));
             if ui.button("Add ducking rule").clicked() {
                 if form.when == form.duck {
@@ -219,8 +219,9 @@ fn device_choice(ui: &mut egui::Ui, label: &str, chosen: &mut String, devices: &
         });
 }
 
-fn path_choice(ui: &mut egui::Ui, label: &str, chosen: &mut String, paths: &[String]) {
-    egui::ComboBox::from_label(label)
+/// A channel picker whose words stand before it (read left to right).
+fn path_choice(ui: &mut egui::Ui, id: &str, chosen: &mut String, paths: &[String]) {
+    egui::ComboBox::from_id_salt(id)
         .selected_text(chosen.as_str())
         .show_ui(ui, |ui| {
             for path in paths {

@@ -98,6 +98,8 @@ pub struct Radio {
     global_status: String,
     /// Why an admin refused our invite.
     join_refused: Option<String>,
+    /// Settings changed since the profile was written (written once a drag ends).
+    profile_unsaved: bool,
 }
 
 impl Radio {
@@ -149,6 +151,7 @@ impl Radio {
             global: None,
             global_status: "keys work while this window has focus".into(),
             join_refused: None,
+            profile_unsaved: false,
         };
         radio.channels_changed(&BTreeSet::new());
         radio.send_audio(true);
@@ -432,6 +435,12 @@ impl Radio {
         });
         if self.admin.open {
             self.admin_window(ctx);
+        }
+        if self.profile_unsaved && !ctx.input(|i| i.pointer.any_down()) {
+            self.profile_unsaved = false;
+            if let Err(e) = self.profile.save(&self.dir) {
+                self.say(format!("saving the profile: {e}"));
+            }
         }
         // The node's events arrive between frames.
         ctx.request_repaint_after(std::time::Duration::from_millis(50));
