@@ -14,7 +14,7 @@ use callsign_ui::{NodeBridge, Profile, RadioApp};
 use common::*;
 use egui_kittest::kittest::Queryable;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn first_run_creates_an_identity_and_an_org_and_the_admin_adds_a_channel() {
@@ -49,13 +49,13 @@ fn first_run_creates_an_identity_and_an_org_and_the_admin_adds_a_channel() {
 
 #[test]
 fn buttons_and_hotkeys_send_the_node_its_commands_and_talkers_show_in_their_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let ops = saved_profile(dir.path());
-    let ends: NodeEnds = Rc::default();
     // A saved, unencrypted profile opens straight on the radio stack.
-    let app = RadioApp::new(dir.path().to_path_buf(), channel_starter(ends.clone()));
-    let mut h = harness(app);
-    h.step();
+    let Opened {
+        dir: _dir,
+        ops,
+        ends,
+        mut h,
+    } = open_saved();
     // The profile's sound settings go to the node first: the default devices.
     assert_eq!(
         commands(&ends),
@@ -88,7 +88,7 @@ fn buttons_and_hotkeys_send_the_node_its_commands_and_talkers_show_in_their_row(
     assert_eq!(commands(&ends), expect(&[NodeCommand::PttUp]));
     // A talker's name shows in the row of the channel it talks on, and goes when it stops.
     let goose = Identity::from_secret_bytes([9; 32]).public();
-    let events = ends.borrow().as_ref().map(|(_, e)| e.clone()).unwrap();
+    let events = node_events(&ends);
     events
         .send(NodeEvent::TalkerStarted {
             peer: goose,
@@ -144,14 +144,14 @@ fn an_encrypted_identity_is_unlocked_with_its_passphrase() {
 
 #[test]
 fn the_roster_shows_each_member_s_link_round_trip_loss_and_buffer() {
-    let dir = tempfile::tempdir().unwrap();
-    let ops = saved_profile(dir.path());
-    let ends: NodeEnds = Rc::default();
-    let app = RadioApp::new(dir.path().to_path_buf(), channel_starter(ends.clone()));
-    let mut h = harness(app);
-    h.step();
+    let Opened {
+        dir: _dir,
+        ops,
+        ends,
+        mut h,
+    } = open_saved();
     let goose = Identity::from_secret_bytes([9; 32]).public();
-    let events = ends.borrow().as_ref().map(|(_, e)| e.clone()).unwrap();
+    let events = node_events(&ends);
     events
         .send(NodeEvent::Presence {
             peer: goose,
@@ -184,27 +184,20 @@ fn the_roster_shows_each_member_s_link_round_trip_loss_and_buffer() {
         }],
         ..NodeStats::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
     let want = "Goose (relayed, 42 ms, loss 5 %, buffer 38 ms)";
-    while h.query_by_label(want).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the roster never showed {want:?}"
-        );
-        answer_stats(&ends, &stats);
-        h.step();
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    step_with_stats(&mut h, &ends, &stats, want, |h| {
+        h.query_by_label(want).is_some()
+    });
 }
 
 #[test]
 fn the_radio_stack_works_from_the_keyboard_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let ops = saved_profile(dir.path());
-    let ends: NodeEnds = Rc::default();
-    let app = RadioApp::new(dir.path().to_path_buf(), channel_starter(ends.clone()));
-    let mut h = harness(app);
-    h.step();
+    let Opened {
+        dir: _dir,
+        ops,
+        ends,
+        mut h,
+    } = open_saved();
     commands(&ends);
     // Tab walks the widgets in order until the listen toggle has focus.
     let tab_to = |h: &mut egui_kittest::Harness<'static, RadioApp>, label: &str| {

@@ -12,18 +12,15 @@ use callsign_ui::{Profile, RadioApp};
 use common::*;
 use egui_kittest::kittest::Queryable;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 #[test]
 fn hotkeys_are_rebound_without_conflicts_and_remembered() {
-    let dir = tempfile::tempdir().unwrap();
-    let ops = saved_profile(dir.path());
-    let ends: NodeEnds = Rc::default();
-    let mut h = harness(RadioApp::new(
-        dir.path().to_path_buf(),
-        channel_starter(ends.clone()),
-    ));
-    h.step();
+    let Opened {
+        dir,
+        ops,
+        ends,
+        mut h,
+    } = open_saved();
     h.get_by_label("Settings").click();
     h.step();
     // The simulcast group's key is taken: refused, the old key stays.
@@ -82,12 +79,12 @@ fn an_admin_copies_a_signed_invite_ticket_for_a_role() {
 
 #[test]
 fn audio_settings_reach_the_node_and_stay_in_the_profile() {
-    let dir = tempfile::tempdir().unwrap();
-    let ops = saved_profile(dir.path());
-    let ends: NodeEnds = Rc::default();
-    let app = RadioApp::new(dir.path().to_path_buf(), channel_starter(ends.clone()));
-    let mut h = harness(app);
-    h.step();
+    let Opened {
+        dir,
+        ops,
+        ends,
+        mut h,
+    } = open_saved();
     commands(&ends);
     h.get_by_label("Audio").click();
     h.step();
@@ -100,16 +97,9 @@ fn audio_settings_reach_the_node_and_stay_in_the_profile() {
         },
         ..NodeStats::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while h.query_by_label_contains("-23 dBFS").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the meter never showed the level"
-        );
-        answer_stats(&ends, &stats);
-        h.step();
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    step_with_stats(&mut h, &ends, &stats, "the input level", |h| {
+        h.query_by_label_contains("-23 dBFS").is_some()
+    });
     assert!(h.query_by_label("speech 90 %").is_some());
     // Noise suppression off.
     h.get_by_label("noise suppression").click();
@@ -174,14 +164,12 @@ fn audio_settings_reach_the_node_and_stay_in_the_profile() {
 
 #[test]
 fn the_admin_window_edits_roles_acls_members_relays_and_presets() {
-    let dir = tempfile::tempdir().unwrap();
-    let ops = saved_profile(dir.path());
-    let ends: NodeEnds = Rc::default();
-    let mut h = harness(RadioApp::new(
-        dir.path().to_path_buf(),
-        channel_starter(ends.clone()),
-    ));
-    h.step();
+    let Opened {
+        dir: _dir,
+        ops,
+        ends,
+        mut h,
+    } = open_saved();
     h.get_by_label("Org admin").click();
     h.step();
     edits(&ends);

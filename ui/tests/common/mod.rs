@@ -155,3 +155,48 @@ pub fn edits(ends: &NodeEnds) -> Vec<OpBody> {
     }
     out
 }
+
+/// A saved profile (see [`saved_profile`]) opened on the radio stack, on a bridge whose node
+/// end the test holds.
+pub struct Opened {
+    pub dir: tempfile::TempDir,
+    /// The org's `/ops` channel.
+    pub ops: ChannelId,
+    pub ends: NodeEnds,
+    pub h: Harness<'static, RadioApp>,
+}
+
+pub fn open_saved() -> Opened {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = saved_profile(dir.path());
+    let ends: NodeEnds = Rc::default();
+    let mut h = harness(RadioApp::new(
+        dir.path().to_path_buf(),
+        channel_starter(ends.clone()),
+    ));
+    h.step();
+    Opened { dir, ops, ends, h }
+}
+
+/// The sender the test plays the node's events into.
+pub fn node_events(ends: &NodeEnds) -> mpsc::UnboundedSender<NodeEvent> {
+    ends.borrow().as_ref().map(|(_, e)| e.clone()).unwrap()
+}
+
+/// Steps the UI, answering its counter requests with `stats`, until `done` (or 5 s: `what`
+/// never showed).
+pub fn step_with_stats(
+    h: &mut Harness<'static, RadioApp>,
+    ends: &NodeEnds,
+    stats: &NodeStats,
+    what: &str,
+    mut done: impl FnMut(&Harness<'static, RadioApp>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done(h) {
+        assert!(Instant::now() < deadline, "{what} never showed");
+        answer_stats(ends, stats);
+        h.step();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
