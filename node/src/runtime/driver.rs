@@ -6,7 +6,8 @@ use super::api::{
     AudioStats, LinkKind, NodeCommand, NodeEvent, NodeStats, PeerStats, SentStream, StreamChannel,
 };
 use super::control::{ControlMessage, PeerControl};
-use super::voice::{Playout, Target, Transmitter};
+use super::playout::Playout;
+use super::voice::{Target, Transmitter};
 use super::NodeError;
 use crate::audio::mixer::ChannelMix;
 use crate::link::swarm::{NodeNetwork, RelayAllowList};

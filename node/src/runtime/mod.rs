@@ -25,6 +25,7 @@ mod floor;
 mod forwarding;
 mod media;
 mod peering;
+mod playout;
 mod routes;
 pub mod voice;
 
@@ -207,7 +208,7 @@ impl Node {
                 config.capture,
                 config.encoder.clone(),
             )?,
-            playout: voice::Playout::new(
+            playout: playout::Playout::new(
                 crate::audio::jitter::JitterConfig {
                     frame: config.encoder.frame,
                     ..config.jitter

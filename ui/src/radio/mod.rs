@@ -1,7 +1,8 @@
 //! The radio stack: one row per channel the user may hear (who is talking, TX light, listen,
 //! mute, volume, pan, push-to-talk with its hotkey, floor state, route) and a simulcast group;
-//! `panels` draws the roster, admin strip and settings. Node events update it; widgets send
-//! commands.
+//! `panels` draws the roster and key settings, `audio` the audio settings, `admin` the org
+//! admin window, and `keys` turns keys and buttons into transmissions. Node events update it;
+//! widgets send commands.
 
 use crate::bridge::NodeBridge;
 use crate::global_keys::GlobalKeys;
@@ -20,6 +21,7 @@ use tokio::sync::oneshot;
 
 mod admin;
 mod audio;
+mod keys;
 mod panels;
 
 /// Default hotkeys, in channel order, for channels the profile binds no key to.
@@ -156,36 +158,6 @@ impl Radio {
         radio.channels_changed(&BTreeSet::new());
         radio.send_audio(true);
         radio
-    }
-
-    /// Grab the push-to-talk keys system-wide from the first frame on.
-    pub fn want_global_keys(&mut self) {
-        self.global_wanted = true;
-    }
-
-    /// (Re)binds the global keys to the current hotkeys and simulcast group.
-    fn rebind_global(&mut self) {
-        let Some(global) = &mut self.global else {
-            return;
-        };
-        let mut keys: Vec<(egui::Key, Vec<ChannelId>)> = self
-            .hotkeys
-            .iter()
-            .filter(|(c, _)| self.state.may(&self.me, **c, Permissions::SPEAK))
-            .map(|(c, k)| (*k, vec![*c]))
-            .collect();
-        if !self.simulcast.is_empty() {
-            keys.push((SIMULCAST_KEY, self.simulcast.iter().copied().collect()));
-        }
-        let failed = global.bind(&keys);
-        self.global_status = if failed.is_empty() {
-            "keys work system-wide, also while the game has focus".into()
-        } else {
-            format!(
-                "system-wide keys on, but {} could not be grabbed (another program holds them)",
-                failed.join(", ")
-            )
-        };
     }
 
     /// Channels we may hear, in tree order (by path).
@@ -348,26 +320,6 @@ impl Radio {
         self.charter_reply = Some(rx);
     }
 
-    fn key_down(&mut self, keyed: Keyed) {
-        if self.keyed.is_some() {
-            return;
-        }
-        let command = match &keyed {
-            Keyed::Channel(c) => NodeCommand::PttDown(vec![*c]),
-            Keyed::Simulcast => NodeCommand::PttDown(self.simulcast.iter().copied().collect()),
-            Keyed::Whisper(peer) => NodeCommand::WhisperDown(*peer),
-        };
-        self.bridge.command(command);
-        self.keyed = Some(keyed);
-    }
-
-    fn key_up(&mut self, keyed: &Keyed) {
-        if self.keyed.as_ref() == Some(keyed) {
-            self.bridge.command(NodeCommand::PttUp);
-            self.keyed = None;
-        }
-    }
-
     fn set_listening(&mut self, channel: ChannelId, on: bool) {
         let command = if on {
             self.listening.insert(channel);
@@ -444,36 +396,6 @@ impl Radio {
         }
         // The node's events arrive between frames.
         ctx.request_repaint_after(std::time::Duration::from_millis(50));
-    }
-
-    fn hotkeys_ui(&mut self, ctx: &egui::Context) {
-        let keys: Vec<(ChannelId, egui::Key)> =
-            self.hotkeys.iter().map(|(c, k)| (*c, *k)).collect();
-        let (pressed, released): (Vec<Keyed>, Vec<Keyed>) = ctx.input(|i| {
-            let mut pressed = Vec::new();
-            let mut released = Vec::new();
-            for (channel, key) in &keys {
-                if i.key_pressed(*key) {
-                    pressed.push(Keyed::Channel(*channel));
-                }
-                if i.key_released(*key) {
-                    released.push(Keyed::Channel(*channel));
-                }
-            }
-            if i.key_pressed(SIMULCAST_KEY) {
-                pressed.push(Keyed::Simulcast);
-            }
-            if i.key_released(SIMULCAST_KEY) {
-                released.push(Keyed::Simulcast);
-            }
-            (pressed, released)
-        });
-        for keyed in pressed {
-            self.key_down(keyed);
-        }
-        for keyed in released {
-            self.key_up(&keyed);
-        }
     }
 
     /// Until an admin admits us: what we wait for, or why we were refused.
@@ -609,26 +531,6 @@ impl Radio {
             Some(Route::Relay(_)) => "via relay",
             _ => "",
         });
-    }
-
-    /// Push-to-talk on a button: down while the primary button is held on it, or while Space
-    /// or Enter is held with the button focused (keyboard users reach it with Tab).
-    fn ptt_button(&mut self, ui: &egui::Ui, button: &egui::Response, keyed: Keyed) {
-        let (pressed, released) =
-            ui.input(|i| (i.pointer.primary_pressed(), i.pointer.primary_released()));
-        let keys = [egui::Key::Space, egui::Key::Enter];
-        let (key_pressed, key_released) = ui.input(|i| {
-            (
-                keys.iter().any(|k| i.key_pressed(*k)),
-                keys.iter().any(|k| i.key_released(*k)),
-            )
-        });
-        if (pressed && button.contains_pointer()) || (key_pressed && button.has_focus()) {
-            self.key_down(keyed.clone());
-        }
-        if released || (key_released && button.has_focus()) {
-            self.key_up(&keyed);
-        }
     }
 
     fn rtt_ms(&self, peer: &IdentityKey) -> Option<u128> {
