@@ -290,6 +290,11 @@ fn start(
     let me = keys.identity.public();
     let mut config = NodeConfig::new(keys, charter, &profile.name);
     config.listen = profile.listen;
+    // Another program holds our port (or a second copy of the app runs): any port will do.
+    if std::net::UdpSocket::bind(config.listen).is_err() {
+        tracing::warn!(listen = %config.listen, "port taken; listening on another");
+        config.listen.set_port(0);
+    }
     config.bootstrap = profile
         .bootstrap
         .iter()

@@ -6,7 +6,7 @@
 //! name = "Maverick"
 //! key = "identity.key"
 //! org = "12D3KooW…"          # the org's root key
-//! listen = "0.0.0.0:0"
+//! listen = "0.0.0.0:47123"   # a port chosen at first run, so invite tickets stay valid
 //! bootstrap = []              # multiaddrs to dial at start (from an invite ticket)
 //! invite = "callsign1…"        # the ticket we joined with, until an admin admits us
 //! [hotkeys]                   # channel path → key (egui key names: F1, Space, A…)
@@ -153,7 +153,11 @@ impl Profile {
             name: name.to_string(),
             key: PathBuf::from("identity.key"),
             org: org.to_string(),
-            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            // One port for good: the addresses in our invite tickets outlive a restart.
+            listen: SocketAddr::from((
+                [0, 0, 0, 0],
+                rand::Rng::gen_range(&mut rand::thread_rng(), 40_000..60_000),
+            )),
             bootstrap,
             hotkeys: BTreeMap::new(),
             audio: AudioProfile::default(),

@@ -49,17 +49,29 @@ fn hotkeys_are_rebound_without_conflicts_and_remembered() {
 
 #[test]
 fn an_admin_copies_a_signed_invite_ticket_for_a_role() {
-    let dir = tempfile::tempdir().unwrap();
-    saved_profile(dir.path());
-    let ends: NodeEnds = Rc::default();
-    let mut h = harness(RadioApp::new(
-        dir.path().to_path_buf(),
-        channel_starter(ends.clone()),
-    ));
-    h.step();
+    let Opened {
+        dir,
+        ends: _ends,
+        mut h,
+        ..
+    } = open_saved();
     h.get_by_label("Org admin").click();
     h.step();
     h.get_by_label("Invites").click();
+    h.step();
+    // Not an address: explained, no ticket.
+    type_into(&mut h, "Address in the ticket", "somewhere");
+    h.get_by_label("Copy invite ticket").click();
+    h.step();
+    assert!(h.query_by_label_contains("invite: ").is_some());
+    assert!(h.query_by_label_contains("ticket: callsign").is_none());
+    // The admin's public address, port forwarded.
+    let public = "/ip4/203.0.113.5/udp/47123/quic-v1";
+    h.get_by_label("Address in the ticket").focus();
+    h.step();
+    h.key_press_modifiers(eframe::egui::Modifiers::COMMAND, eframe::egui::Key::A);
+    h.step();
+    h.get_by_label("Address in the ticket").type_text(public);
     h.step();
     h.get_by_label("Copy invite ticket").click();
     h.step();
@@ -73,6 +85,14 @@ fn an_admin_copies_a_signed_invite_ticket_for_a_role() {
     let ticket = Ticket::decode(text).unwrap();
     let profile = Profile::load(dir.path()).unwrap().unwrap();
     assert_eq!(ticket.org, profile.org_key().unwrap());
+    assert_eq!(
+        ticket
+            .bootstrap
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>(),
+        vec![public.to_string()]
+    );
     let grant = ticket.grant.expect("a signed grant");
     assert_eq!(grant.role, "pilot");
 }

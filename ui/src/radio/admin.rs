@@ -10,6 +10,7 @@ use callsign_mesh::charter::{
     ChannelId, ChannelPolicy, FloorMode, OpBody, Permissions, Priority, RelayInfo, Role,
 };
 use eframe::egui;
+use multiaddr::Protocol;
 use rand::RngCore;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -65,6 +66,8 @@ pub struct AdminForm {
     pub preset_from: Option<ChannelId>,
     pub invite_role: String,
     pub invite: Option<String>,
+    /// The address the ticket names.
+    pub invite_addr: String,
     /// A channel's mesh threshold while its slider is dragged.
     pub threshold: Option<(ChannelId, u8)>,
     /// Why the last form could not be sent.
@@ -538,6 +541,22 @@ impl Radio {
         if !roles.contains(&self.admin.invite_role) {
             self.admin.invite_role = roles[0].clone();
         }
+        if self.admin.invite_addr.is_empty() {
+            self.admin.invite_addr = self.reachable_address().unwrap_or_default();
+        }
+        ui.horizontal_wrapped(|ui| {
+            let label = ui.label("Address in the ticket");
+            ui.add(
+                egui::TextEdit::singleline(&mut self.admin.invite_addr)
+                    .desired_width(420.0)
+                    .hint_text("/ip4/203.0.113.5/udp/47123/quic-v1/p2p/12D3KooW…"),
+            )
+            .labelled_by(label.id);
+        });
+        ui.small(
+            "Where the newcomer dials you: this machine's address on its network; put your \
+             public address here if you forwarded the port.",
+        );
         ui.horizontal_wrapped(|ui| {
             role_combo(ui, "role", &mut self.admin.invite_role, &roles);
             if ui.button("Copy invite ticket").clicked() {
@@ -546,7 +565,7 @@ impl Radio {
                         ui.ctx().copy_text(ticket.clone());
                         self.admin.invite = Some(ticket);
                     }
-                    Err(e) => self.say(format!("invite: {e}")),
+                    Err(e) => self.admin.error = Some(format!("invite: {e}")),
                 }
             }
         });
@@ -557,6 +576,27 @@ impl Radio {
                 INVITE_VALID.as_secs() / 86_400
             ));
         }
+    }
+
+    /// Our node's address with the unspecified IP it listens on (`0.0.0.0`) replaced by the
+    /// address this machine uses toward the internet (no packet is sent to find it).
+    fn reachable_address(&self) -> Option<String> {
+        let address: Multiaddr = self.bridge.address.as_deref()?.parse().ok()?;
+        let outward = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+            .and_then(|s| s.local_addr())
+            .ok()
+            .map(|a| a.ip());
+        let replaced: Multiaddr = address
+            .iter()
+            .map(|p| match (p, outward) {
+                (Protocol::Ip4(ip), Some(std::net::IpAddr::V4(out))) if ip.is_unspecified() => {
+                    Protocol::Ip4(out)
+                }
+                (p, _) => p,
+            })
+            .collect();
+        Some(replaced.to_string())
     }
 
     /// A signed invite for the chosen role, with our address to dial.
@@ -573,14 +613,15 @@ impl Radio {
             now + INVITE_VALID.as_secs(),
             nonce,
         )?;
+        let bootstrap = match self.admin.invite_addr.trim() {
+            "" => Vec::new(),
+            text => vec![text
+                .parse()
+                .map_err(|e| callsign_keys::TicketError::Malformed(format!("address: {e}")))?],
+        };
         Ticket {
             org: self.state.org,
-            bootstrap: self
-                .bridge
-                .address
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect(),
+            bootstrap,
             grant: Some(grant),
         }
         .encode()
