@@ -188,6 +188,19 @@ fn the_roster_shows_each_member_s_link_round_trip_loss_and_buffer() {
     step_with_stats(&mut h, &ends, &stats, want, |h| {
         h.query_by_label(want).is_some()
     });
+    // When Goose talks, the channel's row shows the link's quality beside the name.
+    events
+        .send(NodeEvent::TalkerStarted {
+            peer: goose,
+            name: "Goose".into(),
+            channels: vec![ops],
+            whisper: false,
+        })
+        .unwrap();
+    let row = "/ops: Goose (42 ms, 5 % lost)";
+    step_with_stats(&mut h, &ends, &stats, row, |h| {
+        h.query_by_label(row).is_some()
+    });
 }
 
 #[test]

@@ -454,9 +454,19 @@ impl Radio {
             .get(&channel)
             .map(|t| {
                 t.iter()
-                    .map(|(peer, name)| match self.rtt_ms(peer) {
-                        Some(ms) => format!("{name} ({ms} ms)"),
-                        None => name.clone(),
+                    .map(|(peer, name)| {
+                        // Link quality: round trip, and what the network loses of them.
+                        let rtt = self.rtt_ms(peer).map(|ms| format!("{ms} ms"));
+                        let loss = self
+                            .reception(peer)
+                            .filter(|(loss, _)| *loss >= 1.0)
+                            .map(|(loss, _)| format!("{loss:.0} % lost"));
+                        let quality: Vec<String> = rtt.into_iter().chain(loss).collect();
+                        if quality.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{name} ({})", quality.join(", "))
+                        }
                     })
                     .collect()
             })

@@ -48,7 +48,7 @@ impl Radio {
 
     /// How we hear `peer`: the share of its frames the network lost, and the jitter buffer's
     /// mean delay, over its streams so far.
-    fn reception(&self, peer: &IdentityKey) -> Option<(f64, f64)> {
+    pub(super) fn reception(&self, peer: &IdentityKey) -> Option<(f64, f64)> {
         let stats = self.stats.as_ref()?;
         let streams: Vec<_> = stats.received.iter().filter(|r| r.from == *peer).collect();
         let first = streams.first()?;
