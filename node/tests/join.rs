@@ -125,3 +125,49 @@ async fn a_newcomer_with_an_invite_is_admitted_and_hears_the_channel() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_newcomer_started_before_any_admin_is_admitted_once_one_comes_up() {
+    let org = DemoOrg::new(1, 22).unwrap();
+    // The admin's address, before it runs: a port free now.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin_keys = org.members[0].keys.clone();
+    let address: libp2p::Multiaddr = format!(
+        "/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{}",
+        admin_keys.identity.public().peer_id()
+    )
+    .parse()
+    .unwrap();
+    let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
+    let grant = InviteGrant::issue(
+        &org.root,
+        org.charter.org(),
+        "pilot",
+        unix_now() + 60,
+        [9; 16],
+    )
+    .unwrap();
+    let mut config = NodeConfig::new(keys.clone(), Charter::new(org.charter.org()), "Goose");
+    config.join = Some(JoinRequest::sign(&keys.identity, grant, "Goose"));
+    config.bootstrap = vec![address];
+    config.presence_interval = Duration::from_millis(500);
+    // The first dial gives up before the admin comes up: only a redial can find it.
+    config.link.handshake_timeout = Duration::from_millis(400);
+    let mut goose = Node::start(config).await.unwrap();
+    // Nobody answers for a while.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut admin_config = NodeConfig::new(admin_keys, org.charter.clone(), "officer-0");
+    admin_config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let _admin = Node::start(admin_config).await.unwrap();
+    let joined = goose
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::Admitted { .. }))
+        .await;
+    assert!(
+        matches!(&joined, Some(NodeEvent::Admitted { peer, .. }) if *peer == keys.identity.public()),
+        "{joined:?}"
+    );
+}

@@ -101,6 +101,8 @@ pub(crate) struct Driver {
     pub forwarder: Option<Forwarder>,
     /// Our request to join with an invite, until the charter names us a member.
     pub join: Option<JoinRequest>,
+    /// Dialed at start, and again at each presence tick while we have no link at all.
+    pub bootstrap: Vec<libp2p::Multiaddr>,
     pub subscriptions_refused: u64,
     pub forward_latency: [u64; super::forwarding::LATENCY_BUCKETS],
     pub forward_latency_sum_us: u64,
@@ -254,7 +256,21 @@ impl Driver {
                 self.emit(NodeEvent::PresenceGone { peer });
             }
             self.dial_relays();
+            self.redial_bootstrap();
             self.replan(now);
+        }
+    }
+
+    /// Alone (every peer was offline when we started, or all links dropped): try the
+    /// bootstrap addresses again, so a member or newcomer finds the org once someone is up.
+    fn redial_bootstrap(&mut self) {
+        if !self.link_kinds.is_empty() {
+            return;
+        }
+        for addr in self.bootstrap.clone() {
+            if let Err(e) = self.network.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, %e, "bootstrap redial");
+            }
         }
     }
 

@@ -243,6 +243,7 @@ impl Node {
             route_switched: BTreeMap::new(),
             subscribed: BTreeMap::new(),
             join: config.join,
+            bootstrap: config.bootstrap.clone(),
             subscription_seq: unix_at_start_ms,
             // A member serving circuits volunteers as a relay, so it forwards too.
             forwarder: config
