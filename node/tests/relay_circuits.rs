@@ -70,3 +70,80 @@ async fn members_reserve_circuits_and_strangers_are_refused() {
     );
     relay.shutdown().await.unwrap();
 }
+
+/// Two members who first reach each other only through a circuit on a third: dcutr, run over
+/// the circuit, punches a direct QUIC path, both sides report the link as hole-punched, and
+/// voice flows on it. `hidden` announces no direct address (as if behind a NAT), so `seen`,
+/// the lower peer id and so the one that dials, can only use the circuit; on loopback no NAT
+/// drops the punch itself.
+#[tokio::test]
+async fn a_circuit_link_is_upgraded_by_a_hole_punch_and_carries_voice() {
+    use callsign_node::runtime::{AudioInput, LinkKind};
+    use callsign_node::{NodeCommand, NodeEvent};
+    const WAIT: Duration = Duration::from_secs(20);
+
+    let org = DemoOrg::new(3, 12).unwrap();
+    let config = |i: usize| {
+        let member = &org.members[i];
+        let mut config = NodeConfig::new(member.keys.clone(), org.charter.clone(), &member.name);
+        config.listening = org.channels_for(i);
+        config.input = AudioInput::Synthetic { seed: i as u64 };
+        config
+    };
+    let mut relay_config = config(0);
+    relay_config.relay_circuits = true;
+    let relay = Node::start(relay_config).await.unwrap();
+    let id = |i: usize| org.members[i].keys.identity.public().peer_id();
+    let (seen, hidden) = if id(1) < id(2) { (1, 2) } else { (2, 1) };
+
+    let mut hidden_config = config(hidden);
+    hidden_config.announce = Some(Vec::new());
+    hidden_config.bootstrap = vec![relay.address().clone()];
+    let mut hidden = Node::start(hidden_config).await.unwrap();
+    let mut seen_config = config(seen);
+    seen_config.bootstrap = vec![relay.address().clone()];
+    let mut seen = Node::start(seen_config).await.unwrap();
+
+    let (seen_id, hidden_id) = (seen.peer_id(), hidden.peer_id());
+    let mut kinds = Vec::new();
+    let punched = seen
+        .wait_for(WAIT, |e| match e {
+            NodeEvent::LinkUp { peer, kind, .. } if *peer == hidden_id => {
+                kinds.push(*kind);
+                *kind == LinkKind::HolePunched
+            }
+            _ => false,
+        })
+        .await;
+    assert!(punched.is_some(), "links to the hidden member: {kinds:?}");
+    assert_eq!(
+        kinds.first(),
+        Some(&LinkKind::Relayed),
+        "first through the circuit"
+    );
+    hidden
+        .wait_for(WAIT, |e| {
+            matches!(e, NodeEvent::LinkUp { peer, kind: LinkKind::HolePunched, .. } if *peer == seen_id)
+        })
+        .await
+        .expect("the hidden member reports the punched link too");
+    let stats = seen.stats().await.unwrap();
+    let link = stats.peers.iter().find(|p| p.peer == hidden_id.to_string());
+    assert_eq!(link.map(|l| l.kind), Some(LinkKind::HolePunched));
+
+    // Voice rides the punched link.
+    hidden
+        .command(NodeCommand::PttDown(vec![org.flight]))
+        .unwrap();
+    let heard = seen
+        .wait_for(
+            WAIT,
+            |e| matches!(e, NodeEvent::TalkerStarted { peer, .. } if peer.peer_id() == hidden_id),
+        )
+        .await;
+    assert!(heard.is_some(), "the hidden member was never heard");
+    hidden.command(NodeCommand::PttUp).unwrap();
+    for node in [seen, hidden, relay] {
+        node.shutdown().await.unwrap();
+    }
+}

@@ -268,6 +268,7 @@ pub(crate) fn build(
                 .max_by_key(|(t, _)| *t)
                 .map_or("none".to_string(), |(_, kind)| match kind.as_str() {
                     "Direct" => "direct".into(),
+                    "HolePunched" => "hole-punched".into(),
                     "Relayed" => "relayed".into(),
                     "TcpFallback" => "tcp-fallback".into(),
                     other => other.to_lowercase(),

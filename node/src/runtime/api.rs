@@ -166,10 +166,30 @@ pub struct AudioStats {
 pub enum LinkKind {
     /// QUIC straight to the peer.
     Direct,
+    /// QUIC straight to the peer, punched through NATs by dcutr over the relay circuit that
+    /// linked the pair first (the circuit then closes).
+    HolePunched,
     /// Through a libp2p relay circuit.
     Relayed,
     /// TCP + Noise + Yamux (UDP blocked); voice cannot use datagrams.
     TcpFallback,
+}
+
+impl LinkKind {
+    /// QUIC straight to the peer: datagrams for voice and no relay in the path.
+    pub fn is_direct_quic(self) -> bool {
+        matches!(self, LinkKind::Direct | LinkKind::HolePunched)
+    }
+
+    /// Whether a new link of this kind would be worse for voice than one of kind `held`: a
+    /// relayed link never replaces any other, and TCP never replaces QUIC.
+    pub fn worse_than(self, held: LinkKind) -> bool {
+        match self {
+            LinkKind::Relayed => held != LinkKind::Relayed,
+            LinkKind::TcpFallback => held.is_direct_quic(),
+            LinkKind::Direct | LinkKind::HolePunched => false,
+        }
+    }
 }
 
 /// A channel a stream is heard on, or a whisper.

@@ -47,6 +47,11 @@ pub struct NodeConfig {
     pub unix_time_ms: Option<u64>,
     /// Peers to dial at start (`/ip4/../udp/../quic-v1/p2p/..`).
     pub bootstrap: Vec<Multiaddr>,
+    /// The direct addresses presence tells other members to dial, instead of the listening
+    /// addresses and the confirmed external ones: a port forwarded on a router (the public
+    /// address), or none at all (reachable only through relay circuits, which are announced
+    /// either way). `None`: announce what the node listens on.
+    pub announce: Option<Vec<Multiaddr>>,
     /// Channels to listen to at start (those the charter does not allow are skipped).
     pub listening: Vec<ChannelId>,
     pub link: LinkConfig,
@@ -105,6 +110,7 @@ impl NodeConfig {
             tcp_fallback: true,
             unix_time_ms: None,
             bootstrap: Vec::new(),
+            announce: None,
             listening: Vec::new(),
             link: LinkConfig::default(),
             encoder: EncoderConfig::default(),

@@ -103,6 +103,8 @@ pub(crate) struct Driver {
     pub join: Option<JoinRequest>,
     /// Dialed at start, and again at each presence tick while we have no link at all.
     pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// See [`super::NodeConfig::announce`].
+    pub announce: Option<Vec<libp2p::Multiaddr>>,
     pub subscriptions_refused: u64,
     pub forward_latency: [u64; super::forwarding::LATENCY_BUCKETS],
     pub forward_latency_sum_us: u64,

@@ -244,6 +244,7 @@ impl Node {
             subscribed: BTreeMap::new(),
             join: config.join,
             bootstrap: config.bootstrap.clone(),
+            announce: config.announce.clone(),
             subscription_seq: unix_at_start_ms,
             // A member serving circuits volunteers as a relay, so it forwards too.
             forwarder: config

@@ -39,16 +39,18 @@ impl Driver {
                 num_established,
                 ..
             } => {
-                let kind = link_kind(&endpoint);
+                let held = self.link_kinds.get(&peer_id).copied();
+                let mut kind = link_kind(&endpoint);
+                // Nobody dials a peer it is linked to, except dcutr over a relay circuit: a
+                // direct QUIC link arriving beside a circuit is its hole punch (whichever side's
+                // dial got through first).
+                if kind == LinkKind::Direct && held == Some(LinkKind::Relayed) {
+                    kind = LinkKind::HolePunched;
+                }
                 // A relayed link never replaces a direct one, and TCP never replaces QUIC
                 // (both sides may have dialed, on every address the other announced): voice
                 // wants datagrams and no relay in the path.
-                let held = self.link_kinds.get(&peer_id).copied();
-                let worse = match kind {
-                    LinkKind::Relayed => held.is_some_and(|k| k != LinkKind::Relayed),
-                    LinkKind::TcpFallback => held == Some(LinkKind::Direct),
-                    LinkKind::Direct => false,
-                };
+                let worse = held.is_some_and(|held| kind.worse_than(held));
                 if worse && num_established.get() > 1 {
                     self.network.swarm.close_connection(connection_id);
                     return;
@@ -148,8 +150,8 @@ impl Driver {
                 return;
             }
             // Not of our org: no control, no keys. Its datagrams are dropped by the voice
-            // receiver (or, at a relay, counted as a stranger's). While we join, we ask it to
-            // admit us and take its charter.
+            // receiver (or, at a relay, counted as a stranger's). Its control messages go to
+            // `stranger_control`: a join request, for admins.
             None => return,
         };
         let mut control = PeerControl::default();
@@ -493,12 +495,22 @@ impl Driver {
     }
 
     pub(super) fn own_presence(&mut self, now: Instant) -> Option<PresenceRecord> {
-        // Confirmed external addresses, then listeners; an unspecified IP (0.0.0.0) is no use
-        // to anyone else.
+        // Confirmed external addresses, then listeners (or what the user announces instead,
+        // and our circuits); an unspecified IP (0.0.0.0) is no use to anyone else.
         let swarm = &self.network.swarm;
-        let mut addrs: Vec<Vec<u8>> = swarm
-            .external_addresses()
-            .chain(swarm.listeners())
+        let is_circuit = |a: &&Multiaddr| a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+        let announced: Vec<&Multiaddr> = match &self.announce {
+            Some(announce) => announce
+                .iter()
+                .chain(swarm.listeners().filter(is_circuit))
+                .collect(),
+            None => swarm
+                .external_addresses()
+                .chain(swarm.listeners())
+                .collect(),
+        };
+        let mut addrs: Vec<Vec<u8>> = announced
+            .into_iter()
             .filter(|a| {
                 !a.iter().any(|p| match p {
                     Protocol::Ip4(ip) => ip.is_unspecified(),

@@ -125,7 +125,7 @@ impl Radio {
             .filter(|c| self.state.may(&self.me, **c, Permissions::SPEAK))
             .map(|c| (*c, self.state.path(*c).unwrap_or_default()))
             .collect();
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.label("Transmit:");
             ui.radio_value(&mut audio.voice_activation, None, "push-to-talk");
             for (_, path) in &speakable {

@@ -24,6 +24,7 @@ impl Radio {
         for (peer, entry) in entries {
             let link = match self.links.get(&peer.peer_id()) {
                 Some(LinkKind::Direct) => "direct",
+                Some(LinkKind::HolePunched) => "hole-punched",
                 Some(LinkKind::Relayed) => "relayed",
                 Some(LinkKind::TcpFallback) => "TCP fallback",
                 None => "no link",
@@ -36,13 +37,34 @@ impl Radio {
                 .map_or(String::new(), |(loss, buffer)| {
                     format!(", loss {loss:.0} %, buffer {buffer:.0} ms")
                 });
+            let talking = self.talkers.values().any(|t| t.contains_key(&peer));
             ui.horizontal(|ui| {
-                ui.label(format!("{} ({link}{rtt}{heard})", entry.name));
-                let button = ui.button(format!("whisper {}", entry.name));
+                let button = ui.button("whisper").on_hover_text("hold to whisper");
+                let name = entry.name.clone();
+                button.widget_info(|| {
+                    egui::WidgetInfo::labeled(
+                        egui::WidgetType::Button,
+                        true,
+                        format!("whisper {name}"),
+                    )
+                });
                 self.ptt_button(ui, &button, Keyed::Whisper(peer));
+                let mut text = egui::RichText::new(&entry.name).strong();
+                if talking {
+                    text = text.color(super::TALKER_COLOR);
+                }
+                let summary = format!("{} ({link}{rtt}{heard})", entry.name);
+                ui.label(text).widget_info(|| {
+                    egui::WidgetInfo::labeled(egui::WidgetType::Label, true, summary.clone())
+                });
+                ui.label(egui::RichText::new(format!("{link}{rtt}{heard}")).small());
             });
             let on: Vec<String> = entry.listening.iter().map(|c| self.path(*c)).collect();
-            ui.small(on.join(", "));
+            ui.label(
+                egui::RichText::new(format!("on {}", on.join(", ")))
+                    .small()
+                    .weak(),
+            );
         }
     }
 
