@@ -5,6 +5,7 @@
 mod common;
 
 use callsign_keys::Identity;
+use callsign_mesh::floor::FloorEvent;
 use callsign_node::audio::Device;
 use callsign_node::runtime::{
     AudioInput, AudioSettings, LinkKind, PeerStats, ReceivedStream, StreamChannel,
@@ -104,6 +105,39 @@ fn buttons_and_hotkeys_send_the_node_its_commands_and_talkers_show_in_their_row(
         .unwrap();
     h.step();
     assert!(h.query_by_label("/ops: Goose").is_none());
+}
+
+#[test]
+fn a_half_duplex_row_shows_who_holds_the_floor() {
+    let Opened {
+        dir: _dir,
+        ends,
+        mut h,
+        ..
+    } = open_saved();
+    // Nobody pressed yet: the half-duplex channel says its floor is free; /ops is open.
+    assert_eq!(h.query_all_by_label("half-duplex, free").count(), 1);
+    let goose = Identity::from_secret_bytes([9; 32]).public();
+    let events = node_events(&ends);
+    events
+        .send(NodeEvent::Presence {
+            peer: goose,
+            name: "Goose".into(),
+            listening: Vec::new(),
+        })
+        .unwrap();
+    let squad = h.state_mut().radio().unwrap().channels()[1].0;
+    events
+        .send(NodeEvent::Floor(FloorEvent::Holder {
+            channel: squad,
+            holder: Some(goose),
+        }))
+        .unwrap();
+    h.step();
+    assert!(h
+        .query_by_label("Goose holds the floor on /squad")
+        .is_some());
+    assert!(h.query_by_label("half-duplex, free").is_none());
 }
 
 #[test]

@@ -155,6 +155,12 @@ fn audio_settings_reach_the_node_and_stay_in_the_profile() {
         ])[..]
     );
     // A channel cannot duck itself: explained here, nothing sent.
+    h.get_by_label("ducked channel: /squad").click();
+    h.step();
+    h.get_by_role_and_label(eframe::egui::accesskit::Role::Button, "/ops")
+        .click_accesskit();
+    h.step();
+    assert!(h.query_by_label("ducked channel: /ops").is_some());
     h.get_by_label("Add ducking rule").click();
     h.step();
     assert!(h.query_by_label("a channel cannot duck itself").is_some());

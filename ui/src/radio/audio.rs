@@ -192,9 +192,9 @@ impl Radio {
         }
         ui.horizontal(|ui| {
             ui.label("while");
-            path_choice(ui, "duck-when", &mut form.when, &paths);
+            path_choice(ui, "talking channel", &mut form.when, &paths);
             ui.label("talks, duck");
-            path_choice(ui, "duck-what", &mut form.duck, &paths);
+            path_choice(ui, "ducked channel", &mut form.duck, &paths);
             ui.add(egui::Slider::new(&mut form.db, 3.0..=40.0).text("dB"));
             if ui.button("Add ducking rule").clicked() {
                 if form.when == form.duck {
@@ -220,12 +220,21 @@ fn device_choice(ui: &mut egui::Ui, label: &str, chosen: &mut String, devices: &
 }
 
 /// A channel picker whose words stand before it (read left to right).
-fn path_choice(ui: &mut egui::Ui, id: &str, chosen: &mut String, paths: &[String]) {
-    egui::ComboBox::from_id_salt(id)
+/// A channel picker; `label` names it for screen readers (the sentence around it says it).
+fn path_choice(ui: &mut egui::Ui, label: &str, chosen: &mut String, paths: &[String]) {
+    let combo = egui::ComboBox::from_id_salt(label)
         .selected_text(chosen.as_str())
         .show_ui(ui, |ui| {
             for path in paths {
                 ui.selectable_value(chosen, path.clone(), path.as_str());
             }
         });
+    let shown = chosen.clone();
+    combo.response.widget_info(|| {
+        egui::WidgetInfo::labeled(
+            egui::WidgetType::ComboBox,
+            true,
+            format!("{label}: {shown}"),
+        )
+    });
 }

@@ -8,7 +8,7 @@ use crate::bridge::NodeBridge;
 use crate::global_keys::GlobalKeys;
 use crate::profile::{DuckingRule, Profile};
 use callsign_keys::{Identity, IdentityKey, PeerId};
-use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
+use callsign_mesh::charter::{ChannelId, CharterState, FloorMode, Permissions};
 use callsign_mesh::topology::Route;
 use callsign_node::runtime::{describe_floor, LinkKind};
 use callsign_node::{NodeCommand, NodeEvent, NodeStats};
@@ -564,7 +564,18 @@ impl Radio {
             ui.label(egui::RichText::new("listen only").weak());
             ui.label("");
         }
-        ui.label(self.floor.get(&channel).map_or("", String::as_str));
+        let half_duplex = self
+            .state
+            .channels
+            .get(&channel)
+            .is_some_and(|c| c.policy.floor == FloorMode::HalfDuplex);
+        let floor = match self.floor.get(&channel) {
+            Some(news) => news.as_str(),
+            // No news yet: nobody has pressed since we started.
+            None if half_duplex => "half-duplex, free",
+            None => "",
+        };
+        ui.label(floor);
         let route = match self.routes.get(&channel) {
             Some(Route::Relay(relay)) => format!("via {}", self.relay_name(relay)),
             Some(Route::Mesh) => "mesh".into(),

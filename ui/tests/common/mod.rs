@@ -4,7 +4,9 @@
 
 use callsign_keys::{KeyFile, NodeKeys};
 use callsign_mesh::charter::log::OpLog;
-use callsign_mesh::charter::{ChannelId, Charter, OpBody, Permissions, Priority, Role};
+use callsign_mesh::charter::{
+    ChannelId, ChannelPolicy, Charter, FloorMode, OpBody, Permissions, Priority, Role,
+};
 use callsign_node::{NodeCommand, NodeEvent, NodeStats};
 use callsign_ui::app::NodeStarter;
 use callsign_ui::{NodeBridge, Profile, RadioApp};
@@ -80,7 +82,7 @@ pub fn expect(commands: &[NodeCommand]) -> Vec<String> {
     commands.iter().map(|c| format!("{c:?}")).collect()
 }
 
-/// A saved profile whose org has `/ops`, the identity unencrypted.
+/// A saved profile whose org has `/ops` and a half-duplex `/squad`, the identity unencrypted.
 pub fn saved_profile(dir: &Path) -> ChannelId {
     let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
     let (mut charter, first) = Charter::create(&keys.identity, "Wing", 0).unwrap();
@@ -107,6 +109,31 @@ pub fn saved_profile(dir: &Path) -> ChannelId {
             0,
         )
         .unwrap();
+    // A half-duplex channel after /ops (so /ops keeps F1).
+    let fourth = charter
+        .edit(
+            &keys.identity,
+            OpBody::AddChannel {
+                parent: None,
+                name: "squad".into(),
+            },
+            0,
+        )
+        .unwrap();
+    let squad = charter.state().find("/squad").unwrap();
+    let fifth = charter
+        .edit(
+            &keys.identity,
+            OpBody::SetChannelPolicy {
+                channel: squad,
+                policy: ChannelPolicy {
+                    floor: FloorMode::HalfDuplex,
+                    ..ChannelPolicy::default()
+                },
+            },
+            0,
+        )
+        .unwrap();
     let org = charter.org();
     let profile = Profile::new("Iceman", &org, Vec::new());
     KeyFile::seal(&keys, None, &mut rand::rngs::OsRng)
@@ -117,7 +144,10 @@ pub fn saved_profile(dir: &Path) -> ChannelId {
     std::fs::create_dir_all(log_path.parent().unwrap()).unwrap();
     let mut log = OpLog::create(&log_path, org).unwrap();
     log.append(
-        [first.encode(), second.encode(), third.encode()]
+        [first, second, third, fourth, fifth]
+            .iter()
+            .map(|op| op.encode())
+            .collect::<Vec<_>>()
             .iter()
             .map(Vec::as_slice),
     )
