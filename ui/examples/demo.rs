@@ -68,7 +68,7 @@ fn main() -> eframe::Result {
         .collect();
     log.append(ops.iter().map(Vec::as_slice)).expect("ops");
     profile.save(&dir).expect("profile");
-    let result = callsign_ui::run_window(dir, [1480.0, 560.0]);
+    let result = callsign_ui::run_window(dir, [1280.0, 640.0]);
     drop(runtime);
     result
 }

@@ -281,27 +281,46 @@ impl Radio {
             .iter()
             .map(|(n, r)| (n.clone(), r.clone()))
             .collect();
-        for (name, role) in roles {
-            let mut edited = role.clone();
-            ui.horizontal_wrapped(|ui| {
-                ui.strong(name.as_str());
-                edited.perms = flag_boxes(ui, role.perms, &name);
-                let mut level = role.priority.level();
-                egui::ComboBox::from_label(format!("{name} priority"))
-                    .selected_text(PRIORITIES[usize::from(level.min(4))])
-                    .show_ui(ui, |ui| {
-                        for (i, text) in PRIORITIES.iter().enumerate() {
-                            ui.selectable_value(&mut level, i as u8, *text);
-                        }
+        let mut edits = Vec::new();
+        egui::Grid::new("roles")
+            .striped(true)
+            .spacing([12.0, 6.0])
+            .show(ui, |ui| {
+                for title in ["Role", "Permissions", "Floor priority", ""] {
+                    ui.label(egui::RichText::new(title).small().weak());
+                }
+                ui.end_row();
+                for (name, role) in roles {
+                    let mut edited = role.clone();
+                    ui.strong(name.as_str());
+                    ui.horizontal(|ui| edited.perms = flag_boxes(ui, role.perms, &name));
+                    let mut level = role.priority.level();
+                    let combo = egui::ComboBox::from_id_salt(("priority", &name))
+                        .selected_text(PRIORITIES[usize::from(level.min(4))])
+                        .show_ui(ui, |ui| {
+                            for (i, text) in PRIORITIES.iter().enumerate() {
+                                ui.selectable_value(&mut level, i as u8, *text);
+                            }
+                        });
+                    combo.response.widget_info(|| {
+                        super::labelled(egui::WidgetType::ComboBox, format!("{name} priority"))
                     });
-                edited.priority = Priority::new(level).unwrap_or(role.priority);
-                if ui.button(format!("Remove role {name}")).clicked() {
-                    self.edit(OpBody::RemoveRole { name: name.clone() });
+                    edited.priority = Priority::new(level).unwrap_or(role.priority);
+                    let remove = ui.button("Remove");
+                    remove.widget_info(|| {
+                        super::labelled(egui::WidgetType::Button, format!("Remove role {name}"))
+                    });
+                    if remove.clicked() {
+                        edits.push(OpBody::RemoveRole { name: name.clone() });
+                    }
+                    ui.end_row();
+                    if edited != role {
+                        edits.push(OpBody::PutRole { name, role: edited });
+                    }
                 }
             });
-            if edited != role {
-                self.edit(OpBody::PutRole { name, role: edited });
-            }
+        for op in edits {
+            self.edit(op);
         }
         ui.horizontal_wrapped(|ui| {
             let label = ui.label("New role");
@@ -328,47 +347,72 @@ impl Radio {
             .iter()
             .map(|(k, m)| (*k, m.clone()))
             .collect();
-        for (peer, member) in members {
-            ui.horizontal_wrapped(|ui| {
-                ui.strong(member.name.as_str());
-                ui.small(short(&peer));
-                let mut edited = member.roles.clone();
-                for role in &roles {
-                    let mut has = edited.contains(role);
-                    if ui
-                        .checkbox(&mut has, format!("{} is {role}", member.name))
-                        .changed()
-                    {
-                        edited.retain(|r| r != role);
-                        if has {
-                            edited.push(role.clone());
-                            edited.sort();
+        let mut edits = Vec::new();
+        egui::Grid::new("members")
+            .striped(true)
+            .spacing([12.0, 6.0])
+            .show(ui, |ui| {
+                for title in ["Member", "Id", "Roles", "Admin", ""] {
+                    ui.label(egui::RichText::new(title).small().weak());
+                }
+                ui.end_row();
+                for (peer, member) in members {
+                    let name = member.name.as_str();
+                    ui.strong(name);
+                    ui.small(short(&peer)).on_hover_text(peer.to_string());
+                    let mut edited = member.roles.clone();
+                    ui.horizontal(|ui| {
+                        for role in &roles {
+                            let mut has = edited.contains(role);
+                            let toggle = ui.checkbox(&mut has, role.as_str());
+                            toggle.widget_info(|| super::toggled(has, format!("{name} is {role}")));
+                            if toggle.changed() {
+                                edited.retain(|r| r != role);
+                                if has {
+                                    edited.push(role.clone());
+                                    edited.sort();
+                                }
+                            }
                         }
+                    });
+                    if edited != member.roles {
+                        edits.push(OpBody::PutMember {
+                            peer,
+                            name: member.name.clone(),
+                            roles: edited,
+                        });
                     }
-                }
-                if edited != member.roles {
-                    self.edit(OpBody::PutMember {
-                        peer,
-                        name: member.name.clone(),
-                        roles: edited,
-                    });
-                }
-                let admin = self.state.is_admin(&peer);
-                let mut wants = admin;
-                if peer != self.state.org {
-                    ui.checkbox(&mut wants, format!("{} is admin", member.name));
-                }
-                if wants != admin {
-                    self.edit(if wants {
-                        OpBody::GrantAdmin { peer }
+                    let admin = self.state.is_admin(&peer);
+                    let mut wants = admin;
+                    if peer == self.state.org {
+                        ui.label("founder");
                     } else {
-                        OpBody::RevokeAdmin { peer }
-                    });
-                }
-                if peer != self.me && ui.button(format!("Remove {}", member.name)).clicked() {
-                    self.edit(OpBody::RemoveMember { peer });
+                        let toggle = ui.add(egui::Checkbox::without_text(&mut wants));
+                        toggle.widget_info(|| super::toggled(wants, format!("{name} is admin")));
+                    }
+                    if wants != admin {
+                        edits.push(if wants {
+                            OpBody::GrantAdmin { peer }
+                        } else {
+                            OpBody::RevokeAdmin { peer }
+                        });
+                    }
+                    if peer != self.me {
+                        let remove = ui.button("Remove");
+                        remove.widget_info(|| {
+                            super::labelled(egui::WidgetType::Button, format!("Remove {name}"))
+                        });
+                        if remove.clicked() {
+                            edits.push(OpBody::RemoveMember { peer });
+                        }
+                    } else {
+                        ui.label("");
+                    }
+                    ui.end_row();
                 }
             });
+        for op in edits {
+            self.edit(op);
         }
         ui.separator();
         ui.label("Add a member by peer id (they send it from \"Copy my peer id\"):");
@@ -633,7 +677,9 @@ fn flag_boxes(ui: &mut egui::Ui, perms: Permissions, whose: &str) -> Permissions
     let mut out = Permissions::NONE;
     for (flag, name) in FLAGS {
         let mut on = perms.contains(flag);
-        ui.checkbox(&mut on, format!("{name} ({whose})"));
+        // The row says whose; the accessible label says it too, for screen readers.
+        let toggle = ui.checkbox(&mut on, name);
+        toggle.widget_info(|| super::toggled(on, format!("{name} ({whose})")));
         if on {
             out = out.union(flag);
         }
