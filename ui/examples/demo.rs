@@ -2,11 +2,12 @@
 //! `docs/screenshot.png` shows. Run it under Xvfb and capture the screen:
 //!
 //! ```sh
-//! Xvfb :99 -screen 0 1480x560x24 & DISPLAY=:99 cargo run -p callsign-ui --example demo &
+//! Xvfb :99 -screen 0 1280x640x24 & DISPLAY=:99 cargo run -p callsign-ui --example demo &
 //! sleep 15; export DISPLAY=:99
-//! # Open the audio settings, the org admin window and its roles page.
-//! xdotool mousemove 42 159 click 1; xdotool mousemove 324 12 click 1; sleep 1
-//! xdotool mousemove 516 209 click 1; sleep 1
+//! # Open the audio settings and the org admin window, drag it right, show its roles.
+//! xdotool mousemove 42 189 click 1; xdotool mousemove 324 12 click 1; sleep 1
+//! xdotool mousemove 705 187 mousedown 1 mousemove 835 190 mouseup 1; sleep 1
+//! xdotool mousemove 646 219 click 1; sleep 1
 //! xwd -root -display :99 | convert xwd:- docs/screenshot.png
 //! ```
 

@@ -386,7 +386,11 @@ impl Radio {
                 }
             });
         });
-        egui::SidePanel::right("roster").show(ctx, |ui| self.roster_ui(ui));
+        egui::SidePanel::right("roster")
+            .default_width(200.0)
+            .show(ctx, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.roster_ui(ui));
+            });
         egui::TopBottomPanel::bottom("log").show(ctx, |ui| {
             for line in self.log.iter().rev().take(3) {
                 ui.small(line.as_str());

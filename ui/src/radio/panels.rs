@@ -57,8 +57,9 @@ impl Radio {
                 ui.label(text).widget_info(|| {
                     egui::WidgetInfo::labeled(egui::WidgetType::Label, true, summary.clone())
                 });
-                ui.label(egui::RichText::new(format!("{link}{rtt}{heard}")).small());
             });
+            // Details on a line of their own, so the panel stays narrow beside the stack.
+            ui.label(egui::RichText::new(format!("{link}{rtt}{heard}")).small());
             let on: Vec<String> = entry.listening.iter().map(|c| self.path(*c)).collect();
             ui.label(
                 egui::RichText::new(format!("on {}", on.join(", ")))
