@@ -430,6 +430,29 @@ impl Radio {
     }
 }
 
+/// A striped table under small column titles (the rows' controls then show short text).
+fn titled_table(ui: &mut egui::Ui, id: &str, titles: &[&str], rows: impl FnOnce(&mut egui::Ui)) {
+    egui::Grid::new(id)
+        .striped(true)
+        .spacing([10.0, 6.0])
+        .show(ui, |ui| {
+            for title in titles {
+                ui.label(egui::RichText::new(*title).small().weak());
+            }
+            ui.end_row();
+            rows(ui);
+        });
+}
+
+/// Puts `item` in `set` or takes it out.
+fn set_member<T: Ord>(set: &mut BTreeSet<T>, item: T, member: bool) {
+    if member {
+        set.insert(item);
+    } else {
+        set.remove(&item);
+    }
+}
+
 /// What a screen reader (and a test) calls a widget whose visible text is shorter.
 fn labelled(typ: egui::WidgetType, label: String) -> egui::WidgetInfo {
     egui::WidgetInfo::labeled(typ, true, label)

@@ -2,7 +2,9 @@
 //! with their link quality, listen, mute, volume, pan, push-to-talk with its key, simulcast
 //! membership, floor state, route), and the simulcast group's button.
 
-use super::{labelled, toggled, Keyed, Radio, SIMULCAST_KEY, TALKER_COLOR};
+use super::{
+    labelled, set_member, titled_table, toggled, Keyed, Radio, SIMULCAST_KEY, TALKER_COLOR,
+};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{ChannelId, FloorMode, Permissions};
 use callsign_mesh::topology::Route;
@@ -33,21 +35,15 @@ impl Radio {
             ui.label("No channels yet.");
         }
         egui::ScrollArea::horizontal().show(ui, |ui| {
-            egui::Grid::new("stack")
-                .striped(true)
-                .spacing([10.0, 6.0])
-                .show(ui, |ui| {
-                    if !channels.is_empty() {
-                        for title in STACK_COLUMNS {
-                            ui.label(egui::RichText::new(title).small().weak());
-                        }
-                        ui.end_row();
-                    }
-                    for (channel, path) in channels {
-                        self.row_ui(ui, channel, &path);
-                        ui.end_row();
-                    }
-                });
+            if channels.is_empty() {
+                return;
+            }
+            titled_table(ui, "stack", &STACK_COLUMNS, |ui| {
+                for (channel, path) in channels {
+                    self.row_ui(ui, channel, &path);
+                    ui.end_row();
+                }
+            });
         });
         if !self.simulcast.is_empty() {
             ui.separator();
@@ -88,11 +84,7 @@ impl Radio {
         let toggle = ui.add(egui::Checkbox::without_text(&mut muted));
         toggle.widget_info(|| toggled(muted, format!("mute {path}")));
         if toggle.changed() {
-            if muted {
-                self.muted.insert(channel);
-            } else {
-                self.muted.remove(&channel);
-            }
+            set_member(&mut self.muted, channel, muted);
             self.bridge.command(NodeCommand::Mute(channel, muted));
         }
         ui.spacing_mut().slider_width = 80.0;
@@ -147,11 +139,7 @@ impl Radio {
                 ));
             toggle.widget_info(|| toggled(grouped, format!("simulcast {path}")));
             if toggle.changed() {
-                if grouped {
-                    self.simulcast.insert(channel);
-                } else {
-                    self.simulcast.remove(&channel);
-                }
+                set_member(&mut self.simulcast, channel, grouped);
                 self.rebind_global();
             }
         } else {

@@ -2,7 +2,7 @@
 //! remove, add by peer id).
 
 use super::{flag_boxes, role_combo, short, PRIORITIES};
-use crate::radio::{labelled, toggled, Radio};
+use crate::radio::{labelled, titled_table, toggled, Radio};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{OpBody, Permissions, Priority, Role};
 use eframe::egui;
@@ -16,43 +16,37 @@ impl Radio {
             .map(|(n, r)| (n.clone(), r.clone()))
             .collect();
         let mut edits = Vec::new();
-        egui::Grid::new("roles")
-            .striped(true)
-            .spacing([12.0, 6.0])
-            .show(ui, |ui| {
-                for title in ["Role", "Permissions", "Floor priority", ""] {
-                    ui.label(egui::RichText::new(title).small().weak());
+        let titles = ["Role", "Permissions", "Floor priority", ""];
+        titled_table(ui, "roles", &titles, |ui| {
+            for (name, role) in roles {
+                let mut edited = role.clone();
+                ui.strong(name.as_str());
+                ui.horizontal(|ui| edited.perms = flag_boxes(ui, role.perms, &name));
+                let mut level = role.priority.level();
+                let combo = egui::ComboBox::from_id_salt(("priority", &name))
+                    .selected_text(PRIORITIES[usize::from(level.min(4))])
+                    .show_ui(ui, |ui| {
+                        for (i, text) in PRIORITIES.iter().enumerate() {
+                            ui.selectable_value(&mut level, i as u8, *text);
+                        }
+                    });
+                combo.response.widget_info(|| {
+                    labelled(egui::WidgetType::ComboBox, format!("{name} priority"))
+                });
+                edited.priority = Priority::new(level).unwrap_or(role.priority);
+                let remove = ui.button("Remove");
+                remove.widget_info(|| {
+                    labelled(egui::WidgetType::Button, format!("Remove role {name}"))
+                });
+                if remove.clicked() {
+                    edits.push(OpBody::RemoveRole { name: name.clone() });
                 }
                 ui.end_row();
-                for (name, role) in roles {
-                    let mut edited = role.clone();
-                    ui.strong(name.as_str());
-                    ui.horizontal(|ui| edited.perms = flag_boxes(ui, role.perms, &name));
-                    let mut level = role.priority.level();
-                    let combo = egui::ComboBox::from_id_salt(("priority", &name))
-                        .selected_text(PRIORITIES[usize::from(level.min(4))])
-                        .show_ui(ui, |ui| {
-                            for (i, text) in PRIORITIES.iter().enumerate() {
-                                ui.selectable_value(&mut level, i as u8, *text);
-                            }
-                        });
-                    combo.response.widget_info(|| {
-                        labelled(egui::WidgetType::ComboBox, format!("{name} priority"))
-                    });
-                    edited.priority = Priority::new(level).unwrap_or(role.priority);
-                    let remove = ui.button("Remove");
-                    remove.widget_info(|| {
-                        labelled(egui::WidgetType::Button, format!("Remove role {name}"))
-                    });
-                    if remove.clicked() {
-                        edits.push(OpBody::RemoveRole { name: name.clone() });
-                    }
-                    ui.end_row();
-                    if edited != role {
-                        edits.push(OpBody::PutRole { name, role: edited });
-                    }
+                if edited != role {
+                    edits.push(OpBody::PutRole { name, role: edited });
                 }
-            });
+            }
+        });
         for op in edits {
             self.edit(op);
         }
@@ -82,14 +76,11 @@ impl Radio {
             .map(|(k, m)| (*k, m.clone()))
             .collect();
         let mut edits = Vec::new();
-        egui::Grid::new("members")
-            .striped(true)
-            .spacing([12.0, 6.0])
-            .show(ui, |ui| {
-                for title in ["Member", "Id", "Roles", "Admin", ""] {
-                    ui.label(egui::RichText::new(title).small().weak());
-                }
-                ui.end_row();
+        titled_table(
+            ui,
+            "members",
+            &["Member", "Id", "Roles", "Admin", ""],
+            |ui| {
                 for (peer, member) in members {
                     let name = member.name.as_str();
                     ui.strong(name);
@@ -144,7 +135,8 @@ impl Radio {
                     }
                     ui.end_row();
                 }
-            });
+            },
+        );
         for op in edits {
             self.edit(op);
         }
