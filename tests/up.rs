@@ -150,6 +150,20 @@ fn up_refuses_bad_scripts_configs_and_strangers() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown version 9"));
 
+    std::fs::write(
+        d.join("announce.toml"),
+        "version = 1\nannounce = [\"not an address\"]\n",
+    )
+    .unwrap();
+    let out = callsign(d, "root", "root.key")
+        .args(["up", "--config"])
+        .arg(d.join("announce.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("announce address \"not an address\""), "{err}");
+
     // A key that is not in the charter cannot join.
     ok(callsign(d, "root", "stranger.key").args(["keys", "new"]));
     let out = callsign(d, "root", "stranger.key")

@@ -45,6 +45,11 @@ pub struct UpArgs {
     /// A peer to connect to (`/ip4/…/udp/…/quic-v1/p2p/…`); repeatable.
     #[arg(long)]
     pub bootstrap: Vec<Multiaddr>,
+    /// The addresses others should dial, instead of what the node listens on (a port forwarded
+    /// on a router: `/ip4/PUBLIC/udp/PORT/quic-v1`). With no address, announce none: reachable
+    /// only through relay circuits.
+    #[arg(long, value_name = "MULTIADDR", num_args = 0..)]
+    pub announce: Option<Vec<Multiaddr>>,
     /// Channel path to listen to; repeatable [default: every channel the charter allows]
     #[arg(long = "channel", value_name = "PATH")]
     pub channels: Vec<String>,
@@ -77,6 +82,7 @@ struct UpFile {
     listen: Option<SocketAddr>,
     #[serde(default)]
     bootstrap: Vec<String>,
+    announce: Option<Vec<String>>,
     #[serde(default)]
     channels: Vec<String>,
     input: Option<PathBuf>,
@@ -116,6 +122,16 @@ fn merge(mut args: UpArgs) -> Result<UpArgs> {
                     .with_context(|| format!("config bootstrap address {addr:?}"))?,
             );
         }
+    }
+    if let (None, Some(announce)) = (&args.announce, file.announce) {
+        let parsed: Result<Vec<Multiaddr>> = announce
+            .iter()
+            .map(|addr| {
+                addr.parse()
+                    .with_context(|| format!("config announce address {addr:?}"))
+            })
+            .collect();
+        args.announce = Some(parsed?);
     }
     if args.channels.is_empty() {
         args.channels = file.channels;
@@ -254,6 +270,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         .listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     config.bootstrap = args.bootstrap.clone();
+    config.announce = args.announce.clone();
     config.listening = listening;
     config.input = input;
     config.mdns = true;
