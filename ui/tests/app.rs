@@ -6,6 +6,7 @@ mod common;
 
 use callsign_keys::Identity;
 use callsign_mesh::floor::FloorEvent;
+use callsign_mesh::topology::Route;
 use callsign_node::audio::Device;
 use callsign_node::runtime::{
     AudioInput, AudioSettings, LinkKind, PeerStats, ReceivedStream, StreamChannel,
@@ -108,7 +109,7 @@ fn buttons_and_hotkeys_send_the_node_its_commands_and_talkers_show_in_their_row(
 }
 
 #[test]
-fn a_half_duplex_row_shows_who_holds_the_floor() {
+fn a_row_shows_its_floor_state_and_route() {
     let Opened {
         dir: _dir,
         ends,
@@ -138,6 +139,23 @@ fn a_half_duplex_row_shows_who_holds_the_floor() {
         .query_by_label("Goose holds the floor on /squad")
         .is_some());
     assert!(h.query_by_label("half-duplex, free").is_none());
+    // Routes: the mesh, or the relay by the name its presence gives.
+    let ops = h.state_mut().radio().unwrap().channels()[0].0;
+    events
+        .send(NodeEvent::RouteChanged {
+            channel: ops,
+            route: Route::Mesh,
+        })
+        .unwrap();
+    events
+        .send(NodeEvent::RouteChanged {
+            channel: squad,
+            route: Route::Relay(goose),
+        })
+        .unwrap();
+    h.step();
+    assert_eq!(h.query_all_by_label("mesh").count(), 1);
+    assert!(h.query_by_label("via Goose").is_some());
 }
 
 #[test]

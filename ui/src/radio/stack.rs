@@ -90,11 +90,7 @@ impl Radio {
         ui.spacing_mut().slider_width = 80.0;
         let volume = self.volume.entry(channel).or_insert(1.0);
         let slider = ui
-            .add(
-                egui::Slider::new(volume, 0.0..=2.0)
-                    .show_value(false)
-                    .custom_formatter(|v, _| format!("{:.0} %", v * 100.0)),
-            )
+            .add(egui::Slider::new(volume, 0.0..=2.0).show_value(false))
             .on_hover_text(format!("{:.0} %", *volume * 100.0));
         let v = *volume;
         slider
