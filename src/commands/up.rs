@@ -91,6 +91,17 @@ struct UpFile {
     seconds: Option<f64>,
 }
 
+/// The config file's multiaddrs under `key`.
+fn parse_addrs(addrs: &[String], key: &str) -> Result<Vec<Multiaddr>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            addr.parse()
+                .with_context(|| format!("config {key} address {addr:?}"))
+        })
+        .collect()
+}
+
 fn merge(mut args: UpArgs) -> Result<UpArgs> {
     let Some(path) = args.config.clone() else {
         return Ok(args);
@@ -116,22 +127,10 @@ fn merge(mut args: UpArgs) -> Result<UpArgs> {
     args.name = args.name.or(file.name);
     args.listen = args.listen.or(file.listen);
     if args.bootstrap.is_empty() {
-        for addr in file.bootstrap {
-            args.bootstrap.push(
-                addr.parse()
-                    .with_context(|| format!("config bootstrap address {addr:?}"))?,
-            );
-        }
+        args.bootstrap = parse_addrs(&file.bootstrap, "bootstrap")?;
     }
     if let (None, Some(announce)) = (&args.announce, file.announce) {
-        let parsed: Result<Vec<Multiaddr>> = announce
-            .iter()
-            .map(|addr| {
-                addr.parse()
-                    .with_context(|| format!("config announce address {addr:?}"))
-            })
-            .collect();
-        args.announce = Some(parsed?);
+        args.announce = Some(parse_addrs(&announce, "announce")?);
     }
     if args.channels.is_empty() {
         args.channels = file.channels;

@@ -101,9 +101,7 @@ impl Driver {
                 self.peer_down(&peer_id);
                 self.emit(NodeEvent::LinkDown { peer: peer_id });
             }
-            SwarmEvent::NewListenAddr { address, .. }
-                if address.iter().any(|p| matches!(p, Protocol::P2pCircuit)) =>
-            {
+            SwarmEvent::NewListenAddr { address, .. } if is_circuit(&address) => {
                 // Reachable through a relay now: tell everyone where.
                 tracing::debug!(%address, "relay reservation accepted");
                 self.announce_presence(now);
@@ -448,7 +446,6 @@ impl Driver {
             .iter()
             .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
             .collect();
-        let is_circuit = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
         // QUIC first (voice needs datagrams), TCP only when the peer offers nothing else.
         let mut direct: Vec<Multiaddr> = addrs.iter().filter(|a| !is_circuit(a)).cloned().collect();
         direct.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
@@ -498,11 +495,10 @@ impl Driver {
         // Confirmed external addresses, then listeners (or what the user announces instead,
         // and our circuits); an unspecified IP (0.0.0.0) is no use to anyone else.
         let swarm = &self.network.swarm;
-        let is_circuit = |a: &&Multiaddr| a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
         let announced: Vec<&Multiaddr> = match &self.announce {
             Some(announce) => announce
                 .iter()
-                .chain(swarm.listeners().filter(is_circuit))
+                .chain(swarm.listeners().filter(|a| is_circuit(a)))
                 .collect(),
             None => swarm
                 .external_addresses()
@@ -575,4 +571,9 @@ impl Driver {
             control.queue(message.clone());
         }
     }
+}
+
+/// A relay circuit address (`…/p2p-circuit…`).
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }

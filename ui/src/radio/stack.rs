@@ -33,18 +33,16 @@ impl Radio {
         let channels = self.channels();
         if channels.is_empty() {
             ui.label("No channels yet.");
-        }
-        egui::ScrollArea::horizontal().show(ui, |ui| {
-            if channels.is_empty() {
-                return;
-            }
-            titled_table(ui, "stack", &STACK_COLUMNS, |ui| {
-                for (channel, path) in channels {
-                    self.row_ui(ui, channel, &path);
-                    ui.end_row();
-                }
+        } else {
+            egui::ScrollArea::horizontal().show(ui, |ui| {
+                titled_table(ui, "stack", &STACK_COLUMNS, |ui| {
+                    for (channel, path) in channels {
+                        self.row_ui(ui, channel, &path);
+                        ui.end_row();
+                    }
+                });
             });
-        });
+        }
         if !self.simulcast.is_empty() {
             ui.separator();
             ui.horizontal(|ui| {
@@ -108,20 +106,14 @@ impl Radio {
         if slider.changed() {
             self.bridge.command(NodeCommand::SetPan(channel, p));
         }
-        let key = self
-            .hotkeys
-            .get(&channel)
-            .map_or(String::new(), |k| k.name().to_string());
         if self.state.may(&self.me, channel, Permissions::SPEAK) {
-            let text = if key.is_empty() {
-                "PTT".to_string()
-            } else {
-                format!("PTT {key}")
+            let text = match self.hotkeys.get(&channel) {
+                Some(key) => format!("PTT {}", key.name()),
+                None => "PTT".to_string(),
             };
-            let fill = on_air.then_some(TX_COLOR);
             let mut button = egui::Button::new(text);
-            if let Some(fill) = fill {
-                button = button.fill(fill);
+            if on_air {
+                button = button.fill(TX_COLOR);
             }
             let button = ui.add(button).on_hover_text("hold to talk");
             button.widget_info(|| labelled(egui::WidgetType::Button, format!("PTT {path}")));
