@@ -20,6 +20,7 @@ pub mod e2ee;
 pub mod floor;
 pub mod forward;
 pub mod presence;
+pub mod reachability;
 pub mod routing;
 pub mod topology;
 pub mod voice;

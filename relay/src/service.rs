@@ -179,6 +179,9 @@ fn log_event(event: NodeEvent) {
         }
         NodeEvent::CharterChanged { ops } => tracing::info!(ops, "charter changed"),
         NodeEvent::Warning(w) => tracing::warn!("{w}"),
+        NodeEvent::Reachability { addr, reachable } => {
+            tracing::info!(%addr, reachable, "reachability")
+        }
         _ => {}
     }
 }

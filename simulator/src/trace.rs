@@ -91,6 +91,7 @@ pub(crate) fn describe(
                 )
             }
         },
+        NodeEvent::Reachability { addr, reachable } => format!("reachable {addr} {reachable}"),
         NodeEvent::Warning(_) | NodeEvent::VoiceSent { .. } => return None,
     })
 }

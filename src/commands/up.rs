@@ -392,6 +392,10 @@ async fn serve(
                         Some(format!("subscription-refused {peer}: {reason}"))
                     }
                     NodeEvent::Warning(w) => Some(format!("warning {w}")),
+                    NodeEvent::Reachability { addr, reachable } => Some(format!(
+                        "{} {addr}",
+                        if reachable { "reachable-at" } else { "unreachable-at" }
+                    )),
                     NodeEvent::VoiceSent { .. } => None,
                 };
                 if let Some(line) = line {

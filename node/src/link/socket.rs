@@ -6,6 +6,10 @@
 //! hole-punch probes from the listening port. A simulated socket can carry a [`PathModel`]:
 //! the simulator's network (latency, jitter, loss, reordering, duplication, bandwidth, NAT
 //! filtering, partitions), applied per datagram in virtual time.
+//!
+//! Reachability probes (`callsign_mesh::reachability`) are not QUIC: one arriving here is taken
+//! out for the node ([`LinkSocket::take_probes`]; quinn drops it as garbage), and
+//! [`LinkSocket::send_probe`] sends one from a fresh port, as a stranger to the target's NAT.
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
@@ -17,6 +21,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+/// Nonces of reachability probes that arrived, for the node to match.
+pub type ProbeNonces = mpsc::UnboundedReceiver<[u8; callsign_mesh::reachability::NONCE_LEN]>;
 
 /// Smallest datagram that can hold a QUIC packet: a short header with a one-byte connection id
 /// plus the header-protection sample (RFC 9001 §5.4.2 needs 4 + 16 bytes after the header).
@@ -80,6 +88,11 @@ pub struct LinkSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     stats: Arc<SocketStats>,
     simulated: bool,
+    probes: mpsc::UnboundedSender<[u8; callsign_mesh::reachability::NONCE_LEN]>,
+    probe_nonces: Mutex<Option<ProbeNonces>>,
+    /// For a simulated socket: the path model and this host's IP, which probes from fresh
+    /// ports go through too.
+    model: Option<(Arc<dyn PathModel>, std::net::IpAddr)>,
 }
 
 impl fmt::Debug for LinkSocket {
@@ -95,11 +108,23 @@ impl LinkSocket {
     pub fn bind_tokio(addr: SocketAddr) -> io::Result<Arc<Self>> {
         let socket = std::net::UdpSocket::bind(addr)?;
         let inner = TokioRuntime.wrap_udp_socket(socket)?;
-        Ok(Arc::new(Self {
+        Ok(Arc::new(Self::new(inner, false, None)))
+    }
+
+    fn new(
+        inner: Arc<dyn AsyncUdpSocket>,
+        simulated: bool,
+        model: Option<(Arc<dyn PathModel>, std::net::IpAddr)>,
+    ) -> Self {
+        let (probes, nonces) = mpsc::unbounded_channel();
+        Self {
             inner,
             stats: Arc::default(),
-            simulated: false,
-        }))
+            simulated,
+            probes,
+            probe_nonces: Mutex::new(Some(nonces)),
+            model,
+        }
     }
 
     /// Binds a simulated socket on the current turmoil host.
@@ -119,17 +144,13 @@ impl LinkSocket {
             Some((_, ip)) => SocketAddr::new(*ip, socket.local_addr()?.port()),
             None => socket.local_addr()?,
         };
-        let model = model.map(|(m, _)| m);
-        Ok(Arc::new(Self {
-            inner: Arc::new(TurmoilSocket {
-                socket: Arc::new(socket),
-                readable: Mutex::new(None),
-                model,
-                local,
-            }),
-            stats: Arc::default(),
-            simulated: true,
-        }))
+        let inner = Arc::new(TurmoilSocket {
+            socket: Arc::new(socket),
+            readable: Mutex::new(None),
+            model: model.as_ref().map(|(m, _)| m.clone()),
+            local,
+        });
+        Ok(Arc::new(Self::new(inner, true, model)))
     }
 
     /// True for a turmoil socket (its addresses exist only inside the simulation).
@@ -143,6 +164,78 @@ impl LinkSocket {
 
     pub fn stats(&self) -> Arc<SocketStats> {
         self.stats.clone()
+    }
+
+    /// The nonces of reachability probes that reach this socket. The first caller gets them.
+    pub fn take_probes(&self) -> Option<ProbeNonces> {
+        self.probe_nonces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Sends `datagram` to `destination` a few times (loss) from a fresh, unconnected port, so
+    /// that it reaches the destination only if its NAT lets in strangers. Returns at once; the
+    /// sends run on a task.
+    pub fn send_probe(&self, destination: SocketAddr, datagram: Vec<u8>) {
+        const COPIES: u32 = 3;
+        const SPACING: std::time::Duration = std::time::Duration::from_millis(150);
+        let unspecified: SocketAddr = if destination.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        if !self.simulated {
+            tokio::spawn(async move {
+                let socket = match tokio::net::UdpSocket::bind(unspecified).await {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        tracing::debug!(%e, "probe socket");
+                        return;
+                    }
+                };
+                for _ in 0..COPIES {
+                    if let Err(e) = socket.send_to(&datagram, destination).await {
+                        tracing::debug!(%destination, %e, "probe send");
+                    }
+                    tokio::time::sleep(SPACING).await;
+                }
+            });
+            return;
+        }
+        let model = self.model.clone();
+        tokio::spawn(async move {
+            let socket = match turmoil::net::UdpSocket::bind(unspecified).await {
+                Ok(socket) => Arc::new(socket),
+                Err(e) => {
+                    tracing::debug!(%e, "probe socket");
+                    return;
+                }
+            };
+            let Ok(bound) = socket.local_addr() else {
+                return;
+            };
+            for _ in 0..COPIES {
+                match &model {
+                    None => {
+                        let _ = socket.try_send_to(&datagram, destination);
+                    }
+                    Some((model, ip)) => {
+                        let from = SocketAddr::new(*ip, bound.port());
+                        for delay in model.transmit(from, destination, &datagram) {
+                            let (socket, bytes) = (socket.clone(), datagram.clone());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                let _ = socket.try_send_to(&bytes, destination);
+                            });
+                        }
+                    }
+                }
+                tokio::time::sleep(SPACING).await;
+            }
+            // Held until the last delayed copy left (turmoil drops sends of a closed socket).
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        });
     }
 
     /// Sends one raw datagram from the endpoint's port (hole-punch probes), waiting for the
@@ -199,7 +292,15 @@ impl AsyncUdpSocket for SharedSocket {
                 for segment in buf[..m.len.min(buf.len())].chunks(stride) {
                     self.0.stats.received.fetch_add(1, Ordering::Relaxed);
                     if is_garbage(segment) {
-                        self.0.stats.garbage.fetch_add(1, Ordering::Relaxed);
+                        match callsign_mesh::reachability::parse_probe(segment) {
+                            // The node may have stopped listening; then nobody asked.
+                            Some(nonce) => {
+                                let _ = self.0.probes.send(nonce);
+                            }
+                            None => {
+                                self.0.stats.garbage.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                     }
                 }
             }

@@ -176,6 +176,8 @@ pub struct NodeNetwork {
     pub socket_stats: Arc<SocketStats>,
     /// The UDP socket's address (the QUIC port).
     pub local_addr: SocketAddr,
+    /// The QUIC endpoint's socket (reachability probes in and out).
+    pub socket: Arc<LinkSocket>,
 }
 
 /// Builds the swarm on `socket` (real or simulated). Must run inside a tokio runtime.
@@ -187,7 +189,12 @@ pub fn build_swarm(
     let (links, datagrams) = Links::new(config.link.datagram_queue);
     let socket_stats = socket.stats();
     let local_addr = socket.local_addr()?;
-    let quic = QuicTransport::new(keypair.clone(), config.link.clone(), socket, links.clone())?;
+    let quic = QuicTransport::new(
+        keypair.clone(),
+        config.link.clone(),
+        socket.clone(),
+        links.clone(),
+    )?;
     let build_err = |e: &dyn std::fmt::Display| LinkError::Config(format!("swarm: {e}"));
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -282,5 +289,6 @@ pub fn build_swarm(
         datagrams,
         socket_stats,
         local_addr,
+        socket,
     })
 }

@@ -202,6 +202,12 @@ pub enum StreamChannel {
 /// Something that happened.
 #[derive(Clone, Debug)]
 pub enum NodeEvent {
+    /// A probe from a stranger's port reached us at `addr` (`reachable`), so presence
+    /// announces it and we serve relay circuits to members; or a re-probe failed (not).
+    Reachability {
+        addr: Multiaddr,
+        reachable: bool,
+    },
     LinkUp {
         peer: PeerId,
         kind: LinkKind,

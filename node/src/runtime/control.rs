@@ -38,6 +38,12 @@ pub enum ControlMessage {
     Join(Vec<u8>),
     /// An admin's answer to a join request it refused: why.
     JoinRefused(String),
+    /// Where we see the peer's link come from (`reachability::Observation::encode`): a
+    /// candidate public address for it. Sent outside the ordered outbox.
+    Observed(Vec<u8>),
+    /// "Send this nonce to me from a fresh port" (`reachability::ProbeRequest::encode`). Sent
+    /// outside the ordered outbox.
+    Probe(Vec<u8>),
 }
 
 /// A batch stops growing past this many body bytes (the codec allows 2 MiB per request).
@@ -98,7 +104,9 @@ impl ControlMessage {
             | ControlMessage::Voice(b)
             | ControlMessage::Floor(b)
             | ControlMessage::Subscribe(b)
-            | ControlMessage::Join(b) => b.len(),
+            | ControlMessage::Join(b)
+            | ControlMessage::Observed(b)
+            | ControlMessage::Probe(b) => b.len(),
             ControlMessage::JoinRefused(reason) => reason.len(),
             ControlMessage::LossReport(_) => 1,
             ControlMessage::Batch(m) => m.iter().map(Self::body_len).sum(),

@@ -10,6 +10,7 @@ use super::playout::Playout;
 use super::voice::{Target, Transmitter};
 use super::NodeError;
 use crate::audio::mixer::ChannelMix;
+use crate::link::socket::ProbeNonces;
 use crate::link::swarm::{NodeNetwork, RelayAllowList};
 use crate::link::LinkEvent;
 use callsign_keys::{IdentityKey, NodeKeys};
@@ -20,6 +21,7 @@ use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
 use callsign_mesh::floor::FloorControl;
 use callsign_mesh::forward::Forwarder;
 use callsign_mesh::presence::PresenceTable;
+use callsign_mesh::reachability::AddressBook;
 use callsign_mesh::topology::{Route, TopologyConfig};
 use callsign_mesh::voice::{speakable, whisper_delivery, KeySchedule, VoiceReceiver};
 use futures::StreamExt;
@@ -54,8 +56,8 @@ pub(crate) struct Driver {
     /// The newest connection to each peer.
     pub connections: BTreeMap<PeerId, libp2p::swarm::ConnectionId>,
     pub members: BTreeMap<PeerId, IdentityKey>,
-    /// Set when we serve relay circuits: who may use them.
-    pub relay_allow: Option<RelayAllowList>,
+    /// Who may use the relay circuits we serve (the org's members).
+    pub relay_allow: RelayAllowList,
     /// The listener of our circuit reservation on a member relay, while we hold or await one.
     pub reservation: Option<libp2p::core::transport::ListenerId>,
     pub transmitter: Transmitter,
@@ -106,6 +108,16 @@ pub(crate) struct Driver {
     /// See [`super::NodeConfig::announce`].
     pub announce: Option<Vec<libp2p::Multiaddr>>,
     pub subscriptions_refused: u64,
+    /// Our candidate public addresses and their probes.
+    pub reachability: AddressBook<PeerId>,
+    /// Nonces of probes that reached our socket.
+    pub probes: ProbeNonces,
+    /// The UDP address each directly linked peer's connection comes from.
+    pub remote_addrs: BTreeMap<PeerId, std::net::SocketAddr>,
+    /// When we last sent a probe for each peer (rate limit).
+    pub probed_for: BTreeMap<PeerId, Instant>,
+    /// The configuration says we are publicly reachable (`NodeConfig::relay_circuits`).
+    pub vouched: bool,
     pub forward_latency: [u64; super::forwarding::LATENCY_BUCKETS],
     pub forward_latency_sum_us: u64,
 }
@@ -173,9 +185,7 @@ impl Driver {
             .map(|k| (k.peer_id(), *k))
             .filter(|(p, _)| !self.members.contains_key(p))
             .collect();
-        if let Some(allow) = &self.relay_allow {
-            allow.set(self.members.keys().copied());
-        }
+        self.relay_allow.set(self.members.keys().copied());
     }
 
     pub(super) fn unix_ms(&self, now: Instant) -> u64 {
@@ -211,6 +221,7 @@ impl Driver {
                 Some(datagram) = self.network.datagrams.recv() => self.datagram(datagram, now()),
                 event = self.network.swarm.select_next_some() => self.swarm_event(event, now()),
                 Some(event) = self.link_events.recv() => self.link_event(event),
+                Some(nonce) = self.probes.recv() => self.probe_arrived(nonce, now()),
                 _ = tokio::time::sleep_until(deadline.into()) => self.timers(now()),
             }
             self.flush(now());
@@ -233,6 +244,7 @@ impl Driver {
             self.sync.poll_timeout(),
             self.schedule.poll_timeout(),
             self.floor.poll_timeout(),
+            self.reachability.poll_timeout(),
             Some(self.next_presence),
             self.replan_due,
         ]
@@ -245,6 +257,7 @@ impl Driver {
     pub(super) fn timers(&mut self, now: Instant) {
         self.sync.handle_timeout(now);
         self.floor.handle_timeout(now);
+        self.reachability.handle_timeout(now);
         self.keys_dirty = true;
         if now >= self.next_presence {
             self.next_presence = now + self.presence_interval;
@@ -520,6 +533,7 @@ impl Driver {
                 Err(e) => tracing::warn!(%peer, %e, "sealing a grant failed"),
             }
         }
+        self.flush_reachability(now);
         // Floor messages last: the charter changes above may have started floors.
         self.flush_floor();
         for (peer, control) in &mut self.peers {

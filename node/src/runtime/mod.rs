@@ -26,6 +26,7 @@ mod forwarding;
 mod media;
 mod peering;
 mod playout;
+mod reachability;
 mod routes;
 pub mod voice;
 
@@ -46,6 +47,7 @@ use callsign_mesh::charter::Permissions;
 use callsign_mesh::floor::FloorControl;
 use callsign_mesh::forward::Forwarder;
 use callsign_mesh::presence::PresenceTable;
+use callsign_mesh::reachability::{AddressBook, ReachabilityConfig};
 use callsign_mesh::voice::{KeySchedule, VoiceReceiver};
 use driver::Driver;
 use libp2p::{Multiaddr, PeerId};
@@ -106,14 +108,16 @@ impl Node {
             config.link.rng_seed = Some(seed);
         }
         let keypair = config.keys.identity.to_libp2p();
-        let relay_allow = config.relay_circuits.then(RelayAllowList::default);
+        // Every node can serve circuits to members; it offers them once it is known to be
+        // reachable (configured, or confirmed by a probe).
+        let relay_allow = RelayAllowList::default();
         let mut network = build_swarm(
             keypair,
             SwarmConfig {
                 link: config.link.clone(),
                 mdns: config.mdns,
                 wall_clock_behaviours: !simulated,
-                relay_for: relay_allow.clone(),
+                relay_for: Some(relay_allow.clone()),
                 ..SwarmConfig::default()
             },
             socket,
@@ -141,7 +145,7 @@ impl Node {
                     reason: e.to_string(),
                 })?;
         }
-        if relay_allow.is_some() {
+        if config.relay_circuits {
             // A relay vouches for its own reachability: reservations it grants tell clients
             // these addresses, and autonat may be off (simulation) or slow to confirm.
             network.swarm.add_external_address(listen.clone());
@@ -161,6 +165,10 @@ impl Node {
                 .map_err(|e| LinkError::Config(format!("dial {addr}: {e}")))?;
         }
         let link_events = network.links.events();
+        let network_probes = network
+            .socket
+            .take_probes()
+            .ok_or_else(|| LinkError::Config("the socket already serves another node".into()))?;
         let now = tokio::time::Instant::now().into_std();
         let epoch = config.media_epoch.unwrap_or(now);
         let state = config.charter.state().clone();
@@ -252,6 +260,11 @@ impl Node {
                 .or_else(|| config.relay_circuits.then(Default::default))
                 .map(|c| Forwarder::new(org, c)),
             subscriptions_refused: 0,
+            reachability: AddressBook::new(ReachabilityConfig::default(), config.seed),
+            probes: network_probes,
+            remote_addrs: BTreeMap::new(),
+            probed_for: BTreeMap::new(),
+            vouched: config.relay_circuits,
             forward_latency: [0; forwarding::LATENCY_BUCKETS],
             forward_latency_sum_us: 0,
             keys: config.keys,

@@ -64,6 +64,20 @@ impl Driver {
                     }
                 }
                 self.link_kinds.insert(peer_id, kind);
+                // Where a direct link comes from: what we tell the peer it looks like, and the
+                // only address we probe for it.
+                let remote = match &endpoint {
+                    libp2p::core::ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+                    libp2p::core::ConnectedPoint::Dialer { address, .. } => address,
+                };
+                match super::reachability::socket_addr(remote) {
+                    Some(remote) if kind != LinkKind::Relayed => {
+                        self.remote_addrs.insert(peer_id, remote);
+                    }
+                    _ => {
+                        self.remote_addrs.remove(&peer_id);
+                    }
+                }
                 match super::driver::circuit_relay(&endpoint) {
                     Some(relay) if kind == LinkKind::Relayed => {
                         self.circuits.insert(peer_id, relay);
@@ -97,6 +111,7 @@ impl Driver {
             } => {
                 self.connections.remove(&peer_id);
                 self.link_kinds.remove(&peer_id);
+                self.remote_addrs.remove(&peer_id);
                 self.circuits.remove(&peer_id);
                 self.peer_down(&peer_id);
                 self.emit(NodeEvent::LinkDown { peer: peer_id });
@@ -143,6 +158,7 @@ impl Driver {
                 }
                 // A relay that comes back has forgotten our subscription.
                 self.subscribed.remove(&identity);
+                self.reachability_link_up(peer, now);
                 self.replan(now);
                 self.cascade();
                 return;
@@ -175,6 +191,7 @@ impl Driver {
             control.session = PairSession::respond(&self.keys, identity).ok();
         }
         self.peers.insert(peer, control);
+        self.reachability_link_up(peer, now);
         self.sync.handle_link_up(peer, now);
         self.floor.peer_up(identity);
         self.update_arbiters(now);
@@ -183,8 +200,9 @@ impl Driver {
 
     pub(super) fn peer_down(&mut self, peer: &PeerId) {
         if self.peers.remove(peer).is_some() {
+            let now = super::driver::now();
+            self.reachability_link_down(peer, now);
             if let Some(identity) = self.link_role(peer).map(LinkRole::identity) {
-                let now = super::driver::now();
                 self.floor.peer_down(&identity, now);
                 self.update_arbiters(now);
                 if let Some(forwarder) = &mut self.forwarder {
@@ -287,6 +305,8 @@ impl Driver {
                     },
                     ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
                     ControlMessage::Presence(body) => self.presence_message(peer, &body, now),
+                    ControlMessage::Observed(body) => self.observed(peer, &body, now),
+                    ControlMessage::Probe(body) => self.probe_request(peer, &body, now),
                     // Keys, handshakes and voice are for members only.
                     _ => tracing::debug!(%peer, "control message refused on a relay link"),
                 }
@@ -330,6 +350,8 @@ impl Driver {
                 }
             }
             ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
+            ControlMessage::Observed(body) => self.observed(peer, &body, now),
+            ControlMessage::Probe(body) => self.probe_request(peer, &body, now),
             // `decode` refuses nested batches; subscriptions were handled above; a member's
             // join request arrived after its admission (nothing left to do).
             ControlMessage::Batch(_)
@@ -446,12 +468,20 @@ impl Driver {
             .iter()
             .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
             .collect();
-        // QUIC first (voice needs datagrams), TCP only when the peer offers nothing else.
-        let mut direct: Vec<Multiaddr> = addrs.iter().filter(|a| !is_circuit(a)).cloned().collect();
-        direct.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
-        let direct = direct.into_iter().next();
+        // Every QUIC address (a confirmed public one, a LAN one for members on the same
+        // network), TCP only when the peer offers no QUIC: voice needs datagrams.
+        let (quic, tcp): (Vec<Multiaddr>, Vec<Multiaddr>) = addrs
+            .iter()
+            .filter(|a| !is_circuit(a))
+            .cloned()
+            .partition(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)));
+        let direct = if quic.is_empty() {
+            tcp.into_iter().take(1).collect()
+        } else {
+            quic
+        };
         if record.body.relay.public {
-            if let Some(relay) = &direct {
+            if let Some(relay) = direct.first() {
                 self.reserve_circuit(subject_peer, relay.clone());
             }
         }
@@ -461,7 +491,7 @@ impl Driver {
         if !self.network.swarm.is_connected(&subject_peer) && self.local_peer < subject_peer {
             // The direct address and any relay circuits at once: the first to connect wins
             // (direct, unless a NAT is in the way), the others are abandoned.
-            let mut candidates: Vec<Multiaddr> = direct.into_iter().collect();
+            let mut candidates = direct;
             candidates.extend(addrs.into_iter().filter(is_circuit));
             if !candidates.is_empty() {
                 let opts = DialOpts::peer_id(subject_peer)
@@ -478,7 +508,7 @@ impl Driver {
     /// through it (end-to-end encrypted). A relay that refuses closes the listener, and the next
     /// relay we hear of gets asked.
     fn reserve_circuit(&mut self, relay: PeerId, addr: Multiaddr) {
-        if self.relay_allow.is_some() || self.reservation.is_some() {
+        if self.is_rendezvous() || self.reservation.is_some() {
             return;
         }
         let circuit = addr
@@ -492,16 +522,23 @@ impl Driver {
     }
 
     pub(super) fn own_presence(&mut self, now: Instant) -> Option<PresenceRecord> {
-        // Confirmed external addresses, then listeners (or what the user announces instead,
-        // and our circuits); an unspecified IP (0.0.0.0) is no use to anyone else.
+        // Addresses a probe confirmed and other confirmed external ones, then listeners (or
+        // what the user announces instead), and our circuits. A listener on a private network
+        // still helps members on the same one; an unspecified IP (0.0.0.0) helps nobody.
         let swarm = &self.network.swarm;
+        let confirmed: Vec<Multiaddr> = self
+            .reachability
+            .confirmed()
+            .map(super::reachability::quic_multiaddr)
+            .collect();
         let announced: Vec<&Multiaddr> = match &self.announce {
             Some(announce) => announce
                 .iter()
                 .chain(swarm.listeners().filter(|a| is_circuit(a)))
                 .collect(),
-            None => swarm
-                .external_addresses()
+            None => confirmed
+                .iter()
+                .chain(swarm.external_addresses())
                 .chain(swarm.listeners())
                 .collect(),
         };
@@ -528,8 +565,10 @@ impl Driver {
             display_name: self.display_name.clone(),
             listening: self.listening.clone(),
             relay: RelayCapability {
-                public: self.relay_allow.is_some(),
-                spare_uplink_kbps: if self.relay_allow.is_some() {
+                public: self.is_rendezvous(),
+                // Only a configured relay volunteers to forward voice; a member that is merely
+                // reachable offers circuits (rendezvous), not its uplink.
+                spare_uplink_kbps: if self.vouched {
                     RELAY_SPARE_UPLINK_KBPS
                 } else {
                     0

@@ -227,13 +227,22 @@ impl Driver {
             || self.route_switched.get(&channel).is_some_and(|t| *t > now)
     }
 
-    /// The forwarding relay behind our circuit to `peer`, if we hold a control link to it.
+    /// The forwarding relay behind our circuit to `peer`, if we hold a control link to it and
+    /// it forwards voice: a rented relay, or a member volunteering uplink. A member that only
+    /// offers circuits (a rendezvous) forwards none: voice then rides the circuit's stream.
     pub(super) fn circuit_forwarder(&self, peer: &PeerId) -> Option<IdentityKey> {
         let relay = self.circuits.get(peer)?;
         if !self.peers.contains_key(relay) {
             return None;
         }
-        self.relays.get(relay).or(self.members.get(relay)).copied()
+        if let Some(rented) = self.relays.get(relay) {
+            return Some(*rented);
+        }
+        let member = self.members.get(relay)?;
+        self.presence
+            .get(member)
+            .is_some_and(|r| r.body.relay.spare_uplink_kbps > 0)
+            .then_some(*member)
     }
 
     /// Sends a frame's relay copies: for each (channel, relay) in `via`, one packet sealed with

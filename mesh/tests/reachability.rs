@@ -1,0 +1,196 @@
+//! The address book in virtual time: candidates from peers' observations become announced
+//! addresses only when a probe from a fresh port reaches them; a sole (possibly lying) witness
+//! never confirms its own report; failed probes expire and are retried.
+
+use callsign_mesh::reachability::{
+    may_probe, parse_probe, probe_datagram, AddressBook, Observation, ProbeRequest,
+    ReachabilityConfig, ReachabilityEvent,
+};
+use proptest::prelude::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn book() -> AddressBook<u8> {
+    AddressBook::new(ReachabilityConfig::default(), 7)
+}
+
+#[test]
+fn a_sole_witness_is_not_asked_to_confirm_its_own_report() {
+    let t0 = Instant::now();
+    let mut book = book();
+    book.link_up(1, t0);
+    book.observed(1, addr("198.51.100.11:5000"), t0);
+    assert_eq!(book.poll_request(), None, "only the reporter is linked");
+    // A second member links: it may probe what the first reported.
+    book.link_up(2, t0);
+    let (prober, request) = book.poll_request().expect("a probe request");
+    assert_eq!(prober, 2);
+    assert_eq!(request.addr, addr("198.51.100.11:5000"));
+    assert!(!book.is_reachable());
+    book.probe_received(&request.nonce, t0 + Duration::from_millis(40));
+    assert_eq!(
+        book.poll_event(),
+        Some(ReachabilityEvent::Confirmed(addr("198.51.100.11:5000")))
+    );
+    assert_eq!(
+        book.confirmed().collect::<Vec<_>>(),
+        [addr("198.51.100.11:5000")]
+    );
+}
+
+#[test]
+fn two_witnesses_let_either_probe() {
+    let t0 = Instant::now();
+    let mut book = book();
+    book.observed(1, addr("198.51.100.10:4433"), t0);
+    book.observed(2, addr("198.51.100.10:4433"), t0);
+    assert_eq!(book.poll_request(), None, "nobody linked yet");
+    book.link_up(1, t0);
+    let (prober, _) = book.poll_request().expect("a probe request");
+    assert_eq!(prober, 1);
+}
+
+#[test]
+fn a_probe_that_never_arrives_marks_the_address_unreachable_then_retries() {
+    let t0 = Instant::now();
+    let config = ReachabilityConfig::default();
+    let mut book = book();
+    book.link_up(1, t0);
+    book.link_up(2, t0);
+    book.observed(1, addr("198.51.100.11:5000"), t0);
+    let (_, first) = book.poll_request().unwrap();
+    let deadline = book.poll_timeout().unwrap();
+    assert_eq!(deadline, t0 + config.probe_timeout);
+    book.handle_timeout(deadline);
+    assert_eq!(
+        book.poll_event(),
+        Some(ReachabilityEvent::Unreachable(addr("198.51.100.11:5000")))
+    );
+    // A late probe with the old nonce confirms nothing.
+    book.probe_received(&first.nonce, deadline + Duration::from_millis(1));
+    assert!(!book.is_reachable());
+    assert_eq!(book.poll_request(), None);
+    let retry = book.poll_timeout().unwrap();
+    assert_eq!(retry, deadline + config.retry_after);
+    book.handle_timeout(retry);
+    let (_, second) = book.poll_request().expect("retried");
+    assert_ne!(second.nonce, first.nonce);
+}
+
+#[test]
+fn a_confirmed_address_is_reprobed_and_lost_when_the_reprobe_fails() {
+    let t0 = Instant::now();
+    let config = ReachabilityConfig::default();
+    let mut book = book();
+    book.link_up(1, t0);
+    book.link_up(2, t0);
+    book.observed(1, addr("198.51.100.11:5000"), t0);
+    let (_, request) = book.poll_request().unwrap();
+    book.probe_received(&request.nonce, t0);
+    let _ = book.poll_event();
+    let reprobe = book.poll_timeout().unwrap();
+    assert_eq!(reprobe, t0 + config.reconfirm_after);
+    book.handle_timeout(reprobe);
+    assert!(book.poll_request().is_some());
+    assert!(
+        book.is_reachable(),
+        "still announced while the re-probe runs"
+    );
+    book.handle_timeout(reprobe + config.probe_timeout);
+    assert_eq!(
+        book.poll_event(),
+        Some(ReachabilityEvent::Lost(addr("198.51.100.11:5000")))
+    );
+    assert!(!book.is_reachable());
+}
+
+#[test]
+fn a_prober_that_leaves_is_replaced() {
+    let t0 = Instant::now();
+    let mut book = book();
+    book.link_up(1, t0);
+    book.link_up(2, t0);
+    book.link_up(3, t0);
+    book.observed(1, addr("198.51.100.11:5000"), t0);
+    let (prober, first) = book.poll_request().unwrap();
+    book.link_down(&prober, t0);
+    let (again, second) = book.poll_request().expect("asked of another");
+    assert_ne!(again, prober);
+    assert_ne!(again, 1, "still not the sole witness");
+    assert_ne!(first.nonce, second.nonce);
+}
+
+#[test]
+fn observations_beyond_the_limit_evict_the_stalest_unconfirmed() {
+    let t0 = Instant::now();
+    let config = ReachabilityConfig {
+        max_candidates: 2,
+        ..ReachabilityConfig::default()
+    };
+    let mut book = AddressBook::new(config, 1);
+    book.observed(1, addr("198.51.100.1:1"), t0);
+    book.observed(1, addr("198.51.100.2:2"), t0 + Duration::from_secs(1));
+    book.observed(1, addr("198.51.100.3:3"), t0 + Duration::from_secs(2));
+    let left: Vec<_> = book.candidates().collect();
+    assert_eq!(left, [addr("198.51.100.2:2"), addr("198.51.100.3:3")]);
+    // Unspecified addresses and port 0 are no candidates.
+    book.observed(1, addr("0.0.0.0:5"), t0);
+    book.observed(1, addr("198.51.100.9:0"), t0);
+    assert_eq!(book.candidates().count(), 2);
+}
+
+#[test]
+fn probes_go_only_to_the_requesters_own_ip() {
+    assert!(may_probe(
+        &addr("198.51.100.11:6000"),
+        &addr("198.51.100.11:5000")
+    ));
+    assert!(may_probe(
+        &addr("[::ffff:198.51.100.11]:6000"),
+        &addr("198.51.100.11:5000")
+    ));
+    assert!(!may_probe(
+        &addr("192.0.2.1:6000"),
+        &addr("198.51.100.11:5000")
+    ));
+    assert!(!may_probe(
+        &addr("198.51.100.11:0"),
+        &addr("198.51.100.11:5000")
+    ));
+}
+
+#[test]
+fn probe_datagrams_round_trip_and_quic_is_never_mistaken_for_one() {
+    let nonce = [9u8; 16];
+    assert_eq!(parse_probe(&probe_datagram(&nonce)), Some(nonce));
+    // A QUIC short-header packet (fixed bit set), a truncated probe, a probe with a tail.
+    let mut quic = probe_datagram(&nonce).to_vec();
+    quic[0] = 0x40;
+    assert_eq!(parse_probe(&quic), None);
+    assert_eq!(parse_probe(&probe_datagram(&nonce)[..20]), None);
+    let mut long = probe_datagram(&nonce).to_vec();
+    long.push(0);
+    assert_eq!(parse_probe(&long), None);
+}
+
+proptest! {
+    #[test]
+    fn reachability_messages_never_panic_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = ProbeRequest::decode(&bytes);
+        let _ = Observation::decode(&bytes);
+        let _ = parse_probe(&bytes);
+    }
+
+    #[test]
+    fn reachability_messages_round_trip(port in 1u16.., a in any::<[u8; 4]>(), nonce in any::<[u8; 16]>()) {
+        let addr = SocketAddr::from((a, port));
+        let request = ProbeRequest { addr, nonce };
+        prop_assert_eq!(ProbeRequest::decode(&request.encode()).unwrap(), request);
+        let seen = Observation { addr };
+        prop_assert_eq!(Observation::decode(&seen.encode()).unwrap(), seen);
+    }
+}

@@ -1,0 +1,252 @@
+//! Squads across real kernel NATs (see `natbed`): real `callsign up` processes in network
+//! namespaces behind nftables NAT routers, one public member, no server.
+//!
+//! Needs root; elsewhere each test says why it did not run and passes. The full matrix of
+//! NAT pairs is `cargo test --test nat -- --ignored --nocapture` (about a minute per row).
+
+mod common;
+mod natbed;
+
+use common::success_stdout;
+use natbed::{Bed, Host, Nat};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::JoinHandle;
+
+/// One member of a squad in the bed.
+struct Member {
+    name: String,
+    nat: Nat,
+    peer: String,
+}
+
+/// What a member's `callsign up` printed, and when (seconds since it started).
+struct Log {
+    lines: Vec<(f64, String)>,
+}
+
+impl Log {
+    /// How this member was linked to `peer` ("Direct", "HolePunched", "Relayed") just before
+    /// `until` (seconds; the shutdown closes every link), if at all.
+    fn link_to(&self, peer: &str, until: f64) -> Option<String> {
+        let mut kind = None;
+        for (_, line) in self.lines.iter().filter(|(t, _)| *t < until) {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some("link-up"), Some(p), Some(k)) if p == peer => kind = Some(k.to_string()),
+                (Some("link-down"), Some(p), _) if p == peer => kind = None,
+                _ => {}
+            }
+        }
+        kind
+    }
+
+    /// When this member first heard `name` talk.
+    fn first_heard(&self, name: &str) -> Option<f64> {
+        let prefix = format!("talker-start {name} ");
+        self.lines
+            .iter()
+            .find(|(_, l)| l.starts_with(&prefix))
+            .map(|(t, _)| *t)
+    }
+
+    fn text(&self) -> String {
+        self.lines
+            .iter()
+            .map(|(t, l)| format!("{t:8.3} {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn binary() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("callsign")
+}
+
+fn cli(dir: &Path, who: &str) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::new(binary());
+    cmd.env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("CALLSIGN_DATA_DIR", dir.join(who))
+        .env("CALLSIGN_KEY", dir.join(format!("{who}.key")));
+    cmd
+}
+
+fn ok(cmd: &mut assert_cmd::Command) -> String {
+    String::from_utf8(success_stdout(cmd)).unwrap()
+}
+
+/// An org whose first member founds it; the others are pilots on /Flight. Every member gets
+/// a key and the charter.
+fn found_org(dir: &Path, layout: &[(&str, Nat)]) -> Vec<Member> {
+    let members: Vec<Member> = layout
+        .iter()
+        .map(|(name, nat)| {
+            let v: Value =
+                serde_json::from_str(&ok(cli(dir, name).args(["keys", "new", "--json"]))).unwrap();
+            Member {
+                name: name.to_string(),
+                nat: *nat,
+                peer: v["peer_id"].as_str().unwrap().to_string(),
+            }
+        })
+        .collect();
+    let root = &members[0].name;
+    ok(cli(dir, root).args(["org", "create", "Wing"]));
+    ok(cli(dir, root).args(["org", "role", "add", "pilot", "--perm", "listen,speak"]));
+    ok(cli(dir, root).args(["org", "channel", "add", "/Flight"]));
+    for m in &members[1..] {
+        ok(cli(dir, root).args([
+            "org", "member", "add", &m.peer, "--role", "pilot", "--name", &m.name,
+        ]));
+    }
+    let bundle = dir.join("org.bundle");
+    ok(cli(dir, root).args(["org", "export"]).arg(&bundle));
+    for m in &members[1..] {
+        ok(cli(dir, &m.name).args(["org", "import"]).arg(&bundle));
+    }
+    members
+}
+
+fn read_log(reader: impl BufRead + Send + 'static) -> JoinHandle<Log> {
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in reader.lines().map_while(Result::ok) {
+            let trimmed = line.trim_start();
+            let (t, rest) = trimmed.split_once(' ').unwrap_or(("", trimmed));
+            match t.parse::<f64>() {
+                Ok(t) => lines.push((t, rest.trim_start().to_string())),
+                Err(_) => lines.push((0.0, line)),
+            }
+        }
+        Log { lines }
+    })
+}
+
+/// Runs the squad for `seconds`: the first member is the bootstrap everyone dials (it must be
+/// reachable); `talker` speaks from 1 s to the end. Returns each member's log.
+fn run_squad(
+    layout: &[(&str, Nat)],
+    talker: &str,
+    seconds: f64,
+) -> Result<BTreeMap<String, Log>, String> {
+    let mut bed = Bed::new()?;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let members = found_org(d, layout);
+    let hosts: Vec<Host> = members
+        .iter()
+        .map(|m| bed.host(&m.name, m.nat))
+        .collect::<Result<_, _>>()?;
+    let speech = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/tests/data/speech-16k.wav");
+    std::fs::write(
+        d.join("talk.txt"),
+        format!("1000 ptt /Flight {}\n", ((seconds - 1.5) * 1000.0) as u64),
+    )
+    .unwrap();
+    let mut readers = BTreeMap::new();
+    let mut bootstrap = String::new();
+    for (i, (m, host)) in members.iter().zip(&hosts).enumerate() {
+        let mut up = Command::new(binary());
+        up.env("HOME", d)
+            .env("XDG_CONFIG_HOME", d.join("config"))
+            .env("CALLSIGN_DATA_DIR", d.join(&m.name))
+            .env("CALLSIGN_KEY", d.join(format!("{}.key", m.name)))
+            .env(
+                "RUST_LOG",
+                std::env::var("NATBED_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .current_dir(d)
+            .arg("up")
+            .args(["--name", &m.name, "--seconds", &seconds.to_string()]);
+        if i == 0 {
+            up.args(["--listen", &format!("{}:4433", host.addr)]);
+        } else {
+            up.args(["--listen", "0.0.0.0:5000", "--bootstrap", &bootstrap]);
+        }
+        if m.name == talker {
+            up.arg("--input")
+                .arg(&speech)
+                .args(["--ptt-script", "talk.txt"]);
+        }
+        let child = bed.spawn(host, up)?;
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        if i == 0 {
+            let mut first = String::new();
+            out.read_line(&mut first).map_err(|e| e.to_string())?;
+            bootstrap = first
+                .trim()
+                .strip_prefix("listening on ")
+                .ok_or_else(|| format!("first member said: {first}"))?
+                .to_string();
+        }
+        readers.insert(m.name.clone(), read_log(out));
+    }
+    let logs: BTreeMap<String, Log> = readers
+        .into_iter()
+        .map(|(name, reader)| (name, reader.join().unwrap()))
+        .collect();
+    drop(bed);
+    for (name, log) in &logs {
+        eprintln!("== {name}\n{}", log.text());
+    }
+    let peers: BTreeMap<&str, &str> = members
+        .iter()
+        .map(|m| (m.name.as_str(), m.peer.as_str()))
+        .collect();
+    // Name peers in the logs by member name, for the reports.
+    Ok(logs
+        .into_iter()
+        .map(|(name, log)| {
+            let lines = log
+                .lines
+                .into_iter()
+                .map(|(t, mut line)| {
+                    for (member, peer) in &peers {
+                        line = line.replace(peer, member);
+                    }
+                    (t, line)
+                })
+                .collect();
+            (name, Log { lines })
+        })
+        .collect())
+}
+
+/// The headline case: two members behind ordinary home routers (Linux masquerade:
+/// endpoint-independent mapping, port-restricted filtering) and one public member. They link
+/// through a circuit at the public member, punch a direct path, and hear each other.
+#[test]
+fn two_members_behind_home_nats_punch_a_direct_path_through_a_public_member() {
+    let layout = [
+        ("root", Nat::Public),
+        ("alpha", Nat::PortRestricted),
+        ("bravo", Nat::PortRestricted),
+    ];
+    let logs = match run_squad(&layout, "bravo", 9.0) {
+        Ok(logs) => logs,
+        Err(why) if why.contains("needs") => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        Err(why) => panic!("{why}"),
+    };
+    let alpha = &logs["alpha"];
+    assert_eq!(
+        alpha.link_to("bravo", 8.5).as_deref(),
+        Some("HolePunched"),
+        "{}",
+        alpha.text()
+    );
+    let heard = alpha.first_heard("bravo").expect("alpha heard bravo");
+    // Bravo keys up 1 s after start; the first words arrive over the circuit or the punched
+    // path, whichever is up.
+    assert!(heard < 3.0, "first audio at {heard:.2} s");
+    assert!(
+        logs["root"].first_heard("bravo").is_some(),
+        "root hears bravo too"
+    );
+}
