@@ -250,3 +250,72 @@ fn two_members_behind_home_nats_punch_a_direct_path_through_a_public_member() {
         "root hears bravo too"
     );
 }
+
+/// Endpoint-dependent mapping on one side, port-restricted filtering on the other: no punch
+/// can work, and the pair talks through the circuit at the public member.
+#[test]
+fn symmetric_and_port_restricted_members_talk_through_the_circuit() {
+    let layout = [
+        ("root", Nat::Public),
+        ("alpha", Nat::Symmetric),
+        ("bravo", Nat::PortRestricted),
+    ];
+    let logs = match run_squad(&layout, "bravo", 6.0) {
+        Ok(logs) => logs,
+        Err(why) if why.contains("needs") => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        Err(why) => panic!("{why}"),
+    };
+    let alpha = &logs["alpha"];
+    assert_eq!(
+        alpha.link_to("bravo", 5.5).as_deref(),
+        Some("Relayed"),
+        "{}",
+        alpha.text()
+    );
+    let heard = alpha.first_heard("bravo").expect("alpha heard bravo");
+    assert!(heard < 3.0, "first audio at {heard:.2} s");
+}
+
+/// Every pair of NAT kinds, with a public member as the squad's bootstrap: the path each pair
+/// ends up on and when the first words arrive. Prints a table (docs/nat.md holds a copy).
+#[test]
+#[ignore = "a minute of real NATs; run with --ignored --nocapture"]
+fn matrix_of_nat_pairs() {
+    let kinds: [(&str, Nat); 4] = [
+        ("public", Nat::Public),
+        ("full-cone", Nat::FullCone),
+        ("port-restricted", Nat::PortRestricted),
+        ("symmetric", Nat::Symmetric),
+    ];
+    let mut rows = Vec::new();
+    for (i, (a_name, a)) in kinds.iter().enumerate() {
+        for (b_name, b) in &kinds[i..] {
+            let layout = [("root", Nat::Public), ("alpha", *a), ("bravo", *b)];
+            let logs = match run_squad(&layout, "bravo", 6.0) {
+                Ok(logs) => logs,
+                Err(why) if why.contains("needs") => {
+                    eprintln!("skipped: {why}");
+                    return;
+                }
+                Err(why) => panic!("{why}"),
+            };
+            let path = logs["alpha"]
+                .link_to("bravo", 5.5)
+                .unwrap_or_else(|| "none".into());
+            let heard = logs["alpha"]
+                .first_heard("bravo")
+                .map_or("never".to_string(), |t| {
+                    format!("{:.0} ms", (t - 1.0) * 1000.0)
+                });
+            rows.push(format!("| {a_name} | {b_name} | {path} | {heard} |"));
+        }
+    }
+    println!("| alpha | bravo | path alpha–bravo | first audio after PTT |");
+    println!("|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}

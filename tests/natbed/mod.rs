@@ -31,8 +31,6 @@ pub enum Nat {
 pub struct Host {
     pub ns: String,
     pub addr: Ipv4Addr,
-    /// The address the internet sees (the router's, behind a NAT).
-    pub public: Ipv4Addr,
 }
 
 /// The bed. Dropping it stops every process started in it and deletes its namespaces.
@@ -163,7 +161,6 @@ impl Bed {
             return Ok(Host {
                 ns: host,
                 addr: public,
-                public,
             });
         }
         let router = self.namespace(&format!("{name}-r"))?;
@@ -220,11 +217,7 @@ impl Bed {
             &["ip", "netns", "exec", &router, "nft", "-f", "-"],
             Some(&table),
         )?;
-        Ok(Host {
-            ns: host,
-            addr,
-            public,
-        })
+        Ok(Host { ns: host, addr })
     }
 
     /// Starts `program` in `host`'s namespace; it is killed when the bed drops.
