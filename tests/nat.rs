@@ -293,6 +293,10 @@ fn matrix_of_nat_pairs() {
     let mut rows = Vec::new();
     for (i, (a_name, a)) in kinds.iter().enumerate() {
         for (b_name, b) in &kinds[i..] {
+            // NATBED_ONLY=public-symmetric runs one row.
+            if std::env::var("NATBED_ONLY").is_ok_and(|only| only != format!("{a_name}-{b_name}")) {
+                continue;
+            }
             let layout = [("root", Nat::Public), ("alpha", *a), ("bravo", *b)];
             let logs = match run_squad(&layout, "bravo", 6.0) {
                 Ok(logs) => logs,

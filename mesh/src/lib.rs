@@ -19,6 +19,7 @@ pub mod charter;
 pub mod e2ee;
 pub mod floor;
 pub mod forward;
+pub mod pairing;
 pub mod presence;
 pub mod reachability;
 pub mod routing;

@@ -56,6 +56,30 @@ pub fn may_probe(requested: &SocketAddr, seen_from: &SocketAddr) -> bool {
     canonical_ip(requested) == canonical_ip(seen_from) && requested.port() != 0
 }
 
+/// Whether `addr` can be reached from beyond the local network: not private (RFC 1918, unique
+/// local), shared (carrier-grade NAT, 100.64.0.0/10), loopback, link-local or unspecified.
+/// The documentation ranges count as public: the NAT test bed uses them as the internet.
+pub fn is_beyond_local_network(addr: &SocketAddr) -> bool {
+    match canonical_ip(addr) {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 fn canonical_ip(addr: &SocketAddr) -> std::net::IpAddr {
     match addr.ip() {
         std::net::IpAddr::V6(v6) => v6
@@ -385,9 +409,13 @@ impl<P: Ord + Clone> AddressBook<P> {
             .map(|(a, _)| *a)
     }
 
-    /// True once any address is confirmed: we can serve as a rendezvous.
+    /// True once an address beyond the local network is confirmed: we can serve as a
+    /// rendezvous. A confirmed private address (a member on our LAN probed it) helps only
+    /// members on that network, so it is announced but makes no rendezvous.
     pub fn is_reachable(&self) -> bool {
-        self.candidates.values().any(Candidate::is_confirmed)
+        self.candidates
+            .iter()
+            .any(|(addr, c)| c.is_confirmed() && is_beyond_local_network(addr))
     }
 
     /// Every address peers report, confirmed or not (hole punching tries them all).

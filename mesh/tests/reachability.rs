@@ -3,8 +3,8 @@
 //! never confirms its own report; failed probes expire and are retried.
 
 use callsign_mesh::reachability::{
-    may_probe, parse_probe, probe_datagram, AddressBook, Observation, ProbeRequest,
-    ReachabilityConfig, ReachabilityEvent,
+    is_beyond_local_network, may_probe, parse_probe, probe_datagram, AddressBook, Observation,
+    ProbeRequest, ReachabilityConfig, ReachabilityEvent,
 };
 use proptest::prelude::*;
 use std::net::SocketAddr;
@@ -141,6 +141,35 @@ fn observations_beyond_the_limit_evict_the_stalest_unconfirmed() {
     book.observed(1, addr("0.0.0.0:5"), t0);
     book.observed(1, addr("198.51.100.9:0"), t0);
     assert_eq!(book.candidates().count(), 2);
+}
+
+#[test]
+fn a_confirmed_lan_address_is_announced_but_makes_no_rendezvous() {
+    let t0 = Instant::now();
+    let mut book = book();
+    book.link_up(1, t0);
+    book.link_up(2, t0);
+    book.observed(1, addr("192.168.1.20:5000"), t0);
+    let (_, request) = book.poll_request().unwrap();
+    book.probe_received(&request.nonce, t0);
+    assert_eq!(
+        book.confirmed().collect::<Vec<_>>(),
+        [addr("192.168.1.20:5000")]
+    );
+    assert!(!book.is_reachable(), "reachable from the LAN only");
+    for (local, beyond) in [
+        ("10.1.2.3:1", false),
+        ("100.64.0.1:1", false),
+        ("127.0.0.1:1", false),
+        ("169.254.1.1:1", false),
+        ("[fd00::1]:1", false),
+        ("[fe80::1]:1", false),
+        ("[::ffff:192.168.0.1]:1", false),
+        ("198.51.100.7:1", true),
+        ("[2001:db8::7]:1", true),
+    ] {
+        assert_eq!(is_beyond_local_network(&addr(local)), beyond, "{local}");
+    }
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! Control messages between members (docs/protocol.md, "Control messages") and the per-peer
 //! state that carries them: an ordered outbox (one request in flight, the next sent when the
 //! previous is acknowledged; whatever queued meanwhile goes as one [`ControlMessage::Batch`], so
-//! a burst of messages costs one round trip, not one each) and the pairwise E2EE session.
+//! a burst of messages costs one round trip, not one each) and the pairwise E2EE session
+//! (`callsign_mesh::pairing`).
 
-use callsign_mesh::e2ee::PairSession;
+use callsign_mesh::pairing::Pairing;
 use libp2p::request_response::OutboundRequestId;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -119,7 +120,8 @@ impl ControlMessage {
 pub struct PeerControl {
     outbox: VecDeque<ControlMessage>,
     in_flight: Option<OutboundRequestId>,
-    pub session: Option<PairSession>,
+    /// The pair session and its restart rules (none on a relay link).
+    pub pairing: Option<Pairing>,
 }
 
 impl PeerControl {
@@ -167,9 +169,7 @@ impl PeerControl {
     }
 
     pub fn is_established(&self) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(PairSession::is_established)
+        self.pairing.as_ref().is_some_and(Pairing::is_established)
     }
 }
 

@@ -118,6 +118,8 @@ pub(crate) struct Driver {
     pub probed_for: BTreeMap<PeerId, Instant>,
     /// The configuration says we are publicly reachable (`NodeConfig::relay_circuits`).
     pub vouched: bool,
+    /// The attempt number our next pair session starts at (see `mesh::pairing`).
+    pub next_pairing: u64,
     pub forward_latency: [u64; super::forwarding::LATENCY_BUCKETS],
     pub forward_latency_sum_us: u64,
 }
@@ -245,6 +247,10 @@ impl Driver {
             self.schedule.poll_timeout(),
             self.floor.poll_timeout(),
             self.reachability.poll_timeout(),
+            self.peers
+                .values()
+                .filter_map(|c| c.pairing.as_ref()?.poll_timeout())
+                .min(),
             Some(self.next_presence),
             self.replan_due,
         ]
@@ -258,6 +264,7 @@ impl Driver {
         self.sync.handle_timeout(now);
         self.floor.handle_timeout(now);
         self.reachability.handle_timeout(now);
+        self.pairing_timeouts(now);
         self.keys_dirty = true;
         if now >= self.next_presence {
             self.next_presence = now + self.presence_interval;
@@ -470,14 +477,9 @@ impl Driver {
             .copied()
             .collect();
         for peer in joined {
-            self.peer_up(peer, now);
             // If the peer was to start the E2EE session, its first message reached us while
-            // it was a stranger and was ignored: an empty handshake asks it to start again.
-            if self.local_peer > peer {
-                if let Some(control) = self.peers.get_mut(&peer) {
-                    control.queue(ControlMessage::Handshake(Vec::new()));
-                }
-            }
+            // it was a stranger and was ignored: as responder we ask it to start again.
+            self.peer_up(peer, now, true);
         }
         self.dial_relays();
         self.replan(now);
@@ -525,7 +527,7 @@ impl Driver {
             let Some(control) = self.peers.get_mut(&peer) else {
                 continue;
             };
-            let Some(session) = control.session.as_mut() else {
+            let Some(session) = control.pairing.as_mut().and_then(|p| p.session()) else {
                 continue;
             };
             match session.grant(&self.keys, &grant.key, grant.channels) {

@@ -265,6 +265,8 @@ impl Node {
             remote_addrs: BTreeMap::new(),
             probed_for: BTreeMap::new(),
             vouched: config.relay_circuits,
+            // Above any attempt of a previous run of ours (see `mesh::pairing`).
+            next_pairing: unix_at_start_ms << 16,
             forward_latency: [0; forwarding::LATENCY_BUCKETS],
             forward_latency_sum_us: 0,
             keys: config.keys,

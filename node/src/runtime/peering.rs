@@ -4,13 +4,13 @@
 
 use super::api::{LinkKind, NodeEvent};
 use super::control::{ControlMessage, PeerControl};
-use super::driver::{link_kind, now, Driver};
+use super::driver::{link_kind, Driver};
 use super::forwarding::LinkRole;
 use crate::link::swarm::{answer_echo, NodeBehaviourEvent};
 use crate::link::{IncomingDatagram, LinkEvent};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::sync::SyncMessage;
-use callsign_mesh::e2ee::PairSession;
+use callsign_mesh::pairing::{Pairing, PairingConfig, PairingStep};
 use callsign_mesh::presence::{PresenceBody, PresenceRecord, PresenceUpdate, RelayCapability};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, Message};
@@ -96,13 +96,20 @@ impl Driver {
                     kind,
                     remote: endpoint.get_remote_address().clone(),
                 });
-                if num_established.get() > 1 {
-                    // A second connection usually means the peer restarted and its old
-                    // connection has not timed out yet: its control and E2EE state is gone, so
-                    // ours for it must start over too.
+                if kind == LinkKind::HolePunched {
+                    // The punched path replaces the circuit; the peer did not restart, so its
+                    // control and session carry on (over whichever connection is left).
+                    self.reachability_link_up(peer_id, now);
+                    return;
+                }
+                // A second connection usually means the peer restarted and its old connection
+                // has not timed out yet: its control and E2EE state is gone, so ours for it
+                // must start over too.
+                let restarted = num_established.get() > 1;
+                if restarted {
                     self.peer_down(&peer_id);
                 }
-                self.peer_up(peer_id, now);
+                self.peer_up(peer_id, now, restarted);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -138,7 +145,9 @@ impl Driver {
         }
     }
 
-    pub(super) fn peer_up(&mut self, peer: PeerId, now: Instant) {
+    /// Starts control with a linked peer. `restarted`: we had control with it before and lost
+    /// it, so if it starts the E2EE session it is asked to start again.
+    pub(super) fn peer_up(&mut self, peer: PeerId, now: Instant, restarted: bool) {
         // While we join, every link (the root's too, which even an empty charter knows) only
         // carries our request and charter sync: nobody treats us as a member yet.
         if self.joining() {
@@ -179,16 +188,20 @@ impl Driver {
             }
         }
         // The lower peer id starts the E2EE session, so two crossing starts cannot happen.
-        if self.local_peer < peer {
-            match PairSession::initiate(&self.keys, identity) {
-                Ok((session, first)) => {
-                    control.session = Some(session);
-                    control.queue(ControlMessage::Handshake(first));
-                }
-                Err(e) => self.emit(NodeEvent::Warning(format!("session start: {e}"))),
-            }
+        let (pairing, step) = if self.local_peer < peer {
+            let first = self.next_pairing;
+            // Room for the retries of this pairing before the next one's attempts.
+            self.next_pairing += 1 << 12;
+            Pairing::initiate(&self.keys, identity, first, PairingConfig::default(), now)
         } else {
-            control.session = PairSession::respond(&self.keys, identity).ok();
+            Pairing::respond(identity, PairingConfig::default(), restarted)
+        };
+        control.pairing = Some(pairing);
+        for body in step.send {
+            control.queue(ControlMessage::Handshake(body));
+        }
+        if let Some(e) = step.error {
+            self.emit(NodeEvent::Warning(format!("session start: {e}")));
         }
         self.peers.insert(peer, control);
         self.reachability_link_up(peer, now);
@@ -264,7 +277,7 @@ impl Driver {
                     tracing::debug!(%peer, %error, "control message lost; restarting session");
                     self.peer_down(&peer);
                     if self.network.swarm.is_connected(&peer) {
-                        self.peer_up(peer, now);
+                        self.peer_up(peer, now, true);
                     }
                 }
             }
@@ -323,7 +336,7 @@ impl Driver {
                 Err(e) => tracing::debug!(%peer, %e, "bad sync message"),
             },
             ControlMessage::Presence(body) => self.presence_message(peer, &body, now),
-            ControlMessage::Handshake(body) => self.handshake(peer, identity, &body),
+            ControlMessage::Handshake(body) => self.handshake(peer, identity, &body, now),
             ControlMessage::Voice(packet) => self.datagram(
                 IncomingDatagram {
                     peer,
@@ -340,7 +353,11 @@ impl Driver {
                 }
             }
             ControlMessage::Grant(body) => {
-                let Some(session) = self.peers.get_mut(&peer).and_then(|c| c.session.as_mut())
+                let Some(session) = self
+                    .peers
+                    .get_mut(&peer)
+                    .and_then(|c| c.pairing.as_mut())
+                    .and_then(|p| p.session())
                 else {
                     return;
                 };
@@ -361,59 +378,74 @@ impl Driver {
         }
     }
 
-    pub(super) fn handshake(&mut self, peer: PeerId, identity: IdentityKey, body: &[u8]) {
-        let initiator = self.local_peer < peer;
-        let Some(control) = self.peers.get_mut(&peer) else {
+    pub(super) fn handshake(
+        &mut self,
+        peer: PeerId,
+        identity: IdentityKey,
+        body: &[u8],
+        now: Instant,
+    ) {
+        let Some(pairing) = self.peers.get_mut(&peer).and_then(|c| c.pairing.as_mut()) else {
             return;
         };
-        if body.is_empty() {
-            // "Start again" from a responder that could not hear our first message.
-            if initiator && !control.is_established() {
-                match PairSession::initiate(&self.keys, identity) {
-                    Ok((session, first)) => {
-                        control.session = Some(session);
-                        control.queue(ControlMessage::Handshake(first));
-                    }
-                    Err(e) => self.emit(NodeEvent::Warning(format!("session start: {e}"))),
-                }
-            }
-            return;
+        let step = pairing.handle(&self.keys, body, now);
+        self.pairing_step(peer, identity, step, now);
+    }
+
+    /// Starts overdue pair session attempts again.
+    pub(super) fn pairing_timeouts(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, c)| {
+                c.pairing
+                    .as_ref()
+                    .and_then(Pairing::poll_timeout)
+                    .is_some_and(|at| at <= now)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            let Some(identity) = self.members.get(&peer).copied() else {
+                continue;
+            };
+            let Some(pairing) = self.peers.get_mut(&peer).and_then(|c| c.pairing.as_mut()) else {
+                continue;
+            };
+            tracing::debug!(%peer, "pair session attempt overdue; starting again");
+            let step = pairing.handle_timeout(&self.keys, now);
+            self.pairing_step(peer, identity, step, now);
         }
-        // A responder that hears a new first message from an established peer: the peer
-        // restarted its side; start over.
-        if !initiator && (control.session.is_none() || control.is_established()) {
-            control.session = PairSession::respond(&self.keys, identity).ok();
-        }
-        let Some(session) = control.session.as_mut() else {
-            return;
-        };
-        let was = session.is_established();
-        match session.handle_handshake(body) {
-            Ok(reply) => {
-                let up = !was && session.is_established();
-                if let Some(reply) = reply {
-                    control.queue(ControlMessage::Handshake(reply));
-                }
-                if up {
-                    // A new session means the peer (re)started: whatever keys it granted
-                    // before are void, and it re-grants its current ones on this session. (A
-                    // restarted sender reuses key ids, which a held key would shadow.)
-                    self.receiver.remove_sender(&identity);
-                    self.keys_dirty = true;
-                    self.emit(NodeEvent::SessionUp { peer: identity });
-                    // Our presence may have reached the peer while it did not count us as a
-                    // member yet; once the session is up it surely does.
-                    let now = now();
-                    if let Some(record) = self.own_presence(now) {
-                        if let Some(control) = self.peers.get_mut(&peer) {
-                            control.queue(ControlMessage::Presence(record.encode()));
-                        }
-                    }
-                }
+    }
+
+    fn pairing_step(
+        &mut self,
+        peer: PeerId,
+        identity: IdentityKey,
+        step: PairingStep,
+        now: Instant,
+    ) {
+        if let Some(control) = self.peers.get_mut(&peer) {
+            for body in step.send {
+                control.queue(ControlMessage::Handshake(body));
             }
-            Err(e) => {
-                control.session = None;
-                self.emit(NodeEvent::Warning(format!("session with {peer}: {e}")));
+        }
+        if let Some(e) = step.error {
+            self.emit(NodeEvent::Warning(format!("session with {peer}: {e}")));
+        }
+        if step.established {
+            // A new session means the peer (re)started: whatever keys it granted before are
+            // void, and it re-grants its current ones on this session. (A restarted sender
+            // reuses key ids, which a held key would shadow.)
+            self.receiver.remove_sender(&identity);
+            self.keys_dirty = true;
+            self.emit(NodeEvent::SessionUp { peer: identity });
+            // Our presence may have reached the peer while it did not count us as a member
+            // yet; once the session is up it surely does.
+            if let Some(record) = self.own_presence(now) {
+                if let Some(control) = self.peers.get_mut(&peer) {
+                    control.queue(ControlMessage::Presence(record.encode()));
+                }
             }
         }
     }
@@ -487,6 +519,17 @@ impl Driver {
         }
         if self.serves_as_relay() {
             return;
+        }
+        // Linked only through a circuit and the peer now announces a direct address (a probe
+        // confirmed it): dial it, whichever of us is lower; dcutr may not have managed (it
+        // dials only one side's observed address).
+        let relayed = self.link_kinds.get(&subject_peer) == Some(&LinkKind::Relayed);
+        if relayed && addrs_changed && !direct.is_empty() {
+            let opts = DialOpts::peer_id(subject_peer)
+                .addresses(direct.clone())
+                .condition(PeerCondition::Always)
+                .build();
+            let _ = self.network.swarm.dial(opts);
         }
         if !self.network.swarm.is_connected(&subject_peer) && self.local_peer < subject_peer {
             // The direct address and any relay circuits at once: the first to connect wins

@@ -41,16 +41,16 @@ pub(super) fn quic_multiaddr(addr: SocketAddr) -> Multiaddr {
 }
 
 impl Driver {
-    /// A control link to `peer` came up: tell it where we see it, and count it as a prober.
+    /// A control link to `peer` came up: tell it where we see it (not through a circuit: there
+    /// we see the relay), and count it as a prober (a circuit peer too: it probes from its own
+    /// fresh port, which is all a probe needs).
     pub(super) fn reachability_link_up(&mut self, peer: PeerId, now: Instant) {
-        let Some(remote) = self.remote_addrs.get(&peer).copied() else {
-            // Through a circuit we see the relay, not the peer: nothing to tell.
-            return;
-        };
-        self.send_now(
-            &peer,
-            ControlMessage::Observed(Observation { addr: remote }.encode()),
-        );
+        if let Some(remote) = self.remote_addrs.get(&peer).copied() {
+            self.send_now(
+                &peer,
+                ControlMessage::Observed(Observation { addr: remote }.encode()),
+            );
+        }
         self.reachability.link_up(peer, now);
     }
 
@@ -80,12 +80,11 @@ impl Driver {
                 return;
             }
         };
-        let Some(seen_from) = self.remote_addrs.get(&peer) else {
-            tracing::debug!(%peer, "probe request over a circuit refused");
-            return;
-        };
-        if !may_probe(&request.addr, seen_from) {
-            tracing::info!(%peer, addr = %request.addr, %seen_from,
+        // Over a direct link we can check the target is the requester's own IP; over a circuit
+        // we cannot, and the rate limit below bounds what a member could aim at others.
+        let seen_from = self.remote_addrs.get(&peer);
+        if seen_from.is_some_and(|seen_from| !may_probe(&request.addr, seen_from)) {
+            tracing::info!(%peer, addr = %request.addr, ?seen_from,
                 "probe refused: not the address the peer's link comes from");
             return;
         }

@@ -88,6 +88,8 @@ pub struct Radio {
     routes: BTreeMap<ChannelId, Route>,
     roster: BTreeMap<IdentityKey, RosterEntry>,
     links: BTreeMap<PeerId, LinkKind>,
+    /// Our public addresses a probe from a stranger's port reached (we are a rendezvous).
+    reachable: BTreeSet<String>,
     admin: admin::AdminForm,
     log: VecDeque<String>,
     /// The sound system's devices, listed when the audio settings first show.
@@ -141,6 +143,7 @@ impl Radio {
             routes: BTreeMap::new(),
             roster: BTreeMap::new(),
             links: BTreeMap::new(),
+            reachable: BTreeSet::new(),
             admin: admin::AdminForm::default(),
             log: VecDeque::new(),
             devices: None,
@@ -278,6 +281,17 @@ impl Radio {
             }
             NodeEvent::LinkDown { peer } => {
                 self.links.remove(&peer);
+            }
+            NodeEvent::Reachability { addr, reachable } => {
+                if reachable {
+                    self.say(format!(
+                        "reachable from the internet at {addr}: members behind NATs link through you"
+                    ));
+                    self.reachable.insert(addr.to_string());
+                } else {
+                    self.say(format!("no longer reachable at {addr}"));
+                    self.reachable.remove(&addr.to_string());
+                }
             }
             NodeEvent::CharterChanged { .. } => self.request_charter(),
             NodeEvent::RouteChanged { channel, route } => {

@@ -160,10 +160,13 @@ impl Radio {
             )
             .labelled_by(label.id);
         });
-        ui.small(
+        ui.small(if self.reachable.is_empty() {
             "Where the newcomer dials you: this machine's address on its network; put your \
-             public address here if you forwarded the port.",
-        );
+             public address here if you forwarded the port."
+        } else {
+            "Where the newcomer dials you: your public address (members confirmed it reaches \
+             you)."
+        });
         ui.horizontal_wrapped(|ui| {
             role_combo(ui, "role", &mut self.admin.invite_role, &roles);
             if ui.button("Copy invite ticket").clicked() {
@@ -185,9 +188,19 @@ impl Radio {
         }
     }
 
-    /// Our node's address with the unspecified IP it listens on (`0.0.0.0`) replaced by the
-    /// address this machine uses toward the internet (no packet is sent to find it).
+    /// A public address of ours that a probe confirmed, else our node's address with the
+    /// unspecified IP it listens on (`0.0.0.0`) replaced by the address this machine uses
+    /// toward the internet (no packet is sent to find it).
     fn reachable_address(&self) -> Option<String> {
+        if let Some(public) = self.reachable.iter().next() {
+            let public: Multiaddr = public.parse().ok()?;
+            return Some(
+                public
+                    .with_p2p(self.me.peer_id())
+                    .unwrap_or_else(|a| a)
+                    .to_string(),
+            );
+        }
         let address: Multiaddr = self.bridge.address.as_deref()?.parse().ok()?;
         let outward = std::net::UdpSocket::bind("0.0.0.0:0")
             .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
