@@ -126,6 +126,15 @@ fn read_log(reader: impl BufRead + Send + 'static) -> JoinHandle<Log> {
     })
 }
 
+/// [`run_squad`], or `None` (said on stderr) where this machine cannot host the bed.
+fn squad(layout: &[(&str, Nat)], talker: &str, seconds: f64) -> Option<BTreeMap<String, Log>> {
+    if let Err(why) = Bed::available() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(run_squad(layout, talker, seconds).unwrap_or_else(|why| panic!("{why}")))
+}
+
 /// Runs the squad for `seconds`: the first member is the bootstrap everyone dials (it must be
 /// reachable); `talker` speaks from 1 s to the end. Returns each member's log.
 fn run_squad(
@@ -226,13 +235,8 @@ fn two_members_behind_home_nats_punch_a_direct_path_through_a_public_member() {
         ("alpha", Nat::PortRestricted),
         ("bravo", Nat::PortRestricted),
     ];
-    let logs = match run_squad(&layout, "bravo", 9.0) {
-        Ok(logs) => logs,
-        Err(why) if why.contains("needs") => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-        Err(why) => panic!("{why}"),
+    let Some(logs) = squad(&layout, "bravo", 9.0) else {
+        return;
     };
     // A direct path, on both sides. Which label a side shows depends on whether the circuit
     // was still up when the punched connection arrived ("HolePunched") or had just closed.
@@ -265,13 +269,8 @@ fn symmetric_and_port_restricted_members_talk_through_the_circuit() {
         ("alpha", Nat::Symmetric),
         ("bravo", Nat::PortRestricted),
     ];
-    let logs = match run_squad(&layout, "bravo", 6.0) {
-        Ok(logs) => logs,
-        Err(why) if why.contains("needs") => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-        Err(why) => panic!("{why}"),
+    let Some(logs) = squad(&layout, "bravo", 6.0) else {
+        return;
     };
     let alpha = &logs["alpha"];
     assert_eq!(
@@ -303,13 +302,8 @@ fn matrix_of_nat_pairs() {
                 continue;
             }
             let layout = [("root", Nat::Public), ("alpha", *a), ("bravo", *b)];
-            let logs = match run_squad(&layout, "bravo", 6.0) {
-                Ok(logs) => logs,
-                Err(why) if why.contains("needs") => {
-                    eprintln!("skipped: {why}");
-                    return;
-                }
-                Err(why) => panic!("{why}"),
+            let Some(logs) = squad(&layout, "bravo", 6.0) else {
+                return;
             };
             let path = logs["alpha"]
                 .link_to("bravo", 5.5)

@@ -82,9 +82,8 @@ fn run_input(args: &[&str], input: Option<&str>) -> Result<(), String> {
 }
 
 impl Bed {
-    /// A new, empty internet; `Err` says why this machine cannot host one (not root, no
-    /// `ip` or `nft`).
-    pub fn new() -> Result<Self, String> {
+    /// Whether this machine can host a bed: root, `ip` (iproute2) and `nft` (nftables).
+    pub fn available() -> Result<(), String> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Err("the NAT test bed needs root (network namespaces)".into());
@@ -99,6 +98,13 @@ impl Bed {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// A new, empty internet; `Err` says why this machine cannot host one (not root, no
+    /// `ip` or `nft`).
+    pub fn new() -> Result<Self, String> {
+        Self::available()?;
         let prefix = format!(
             "cs{}x{}",
             std::process::id() % 100_000,
