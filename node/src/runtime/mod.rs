@@ -24,6 +24,7 @@ mod driver;
 mod floor;
 mod forwarding;
 mod media;
+mod pairing;
 mod peering;
 mod playout;
 mod reachability;
