@@ -174,9 +174,9 @@ impl LinkSocket {
             .take()
     }
 
-    /// Sends `datagram` to `destination` a few times (loss) from a fresh, unconnected port, so
-    /// that it reaches the destination only if its NAT lets in strangers. Returns at once; the
-    /// sends run on a task.
+    /// Sends `datagram` to `destination` a few times (loss) from a fresh, unconnected port of
+    /// the same kind (real, or simulated through the same path model), so that it reaches the
+    /// destination only if its NAT lets in strangers. Returns at once; the sends run on a task.
     pub fn send_probe(&self, destination: SocketAddr, datagram: Vec<u8>) {
         const COPIES: u32 = 3;
         const SPACING: std::time::Duration = std::time::Duration::from_millis(150);
@@ -185,56 +185,26 @@ impl LinkSocket {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        if !self.simulated {
-            tokio::spawn(async move {
-                let socket = match tokio::net::UdpSocket::bind(unspecified).await {
-                    Ok(socket) => socket,
-                    Err(e) => {
-                        tracing::debug!(%e, "probe socket");
-                        return;
-                    }
-                };
-                for _ in 0..COPIES {
-                    if let Err(e) = socket.send_to(&datagram, destination).await {
-                        tracing::debug!(%destination, %e, "probe send");
-                    }
-                    tokio::time::sleep(SPACING).await;
-                }
-            });
-            return;
-        }
-        let model = self.model.clone();
+        let (simulated, model) = (self.simulated, self.model.clone());
         tokio::spawn(async move {
-            let socket = match turmoil::net::UdpSocket::bind(unspecified).await {
-                Ok(socket) => Arc::new(socket),
+            let fresh = if simulated {
+                Self::bind_turmoil_with(unspecified, model).await
+            } else {
+                Self::bind_tokio(unspecified)
+            };
+            let socket = match fresh {
+                Ok(socket) => socket,
                 Err(e) => {
                     tracing::debug!(%e, "probe socket");
                     return;
                 }
             };
-            let Ok(bound) = socket.local_addr() else {
-                return;
-            };
             for _ in 0..COPIES {
-                match &model {
-                    None => {
-                        let _ = socket.try_send_to(&datagram, destination);
-                    }
-                    Some((model, ip)) => {
-                        let from = SocketAddr::new(*ip, bound.port());
-                        for delay in model.transmit(from, destination, &datagram) {
-                            let (socket, bytes) = (socket.clone(), datagram.clone());
-                            tokio::spawn(async move {
-                                tokio::time::sleep(delay).await;
-                                let _ = socket.try_send_to(&bytes, destination);
-                            });
-                        }
-                    }
+                if let Err(e) = socket.send_raw(destination, &datagram).await {
+                    tracing::debug!(%destination, %e, "probe send");
                 }
                 tokio::time::sleep(SPACING).await;
             }
-            // Held until the last delayed copy left (turmoil drops sends of a closed socket).
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         });
     }
 
