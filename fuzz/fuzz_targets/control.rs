@@ -1,7 +1,7 @@
 #![no_main]
 //! Control message decoding must never panic; whatever decodes survives a round trip.
 
-use callsign_node::runtime::control::ControlMessage;
+use callsign_mesh::control::ControlMessage;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,6 +7,7 @@
 //! expired, that its role exists, and that its nonce has not admitted anyone yet. The charter
 //! records used nonces, so a ticket admits once however many admins see it.
 
+use crate::wire::WireError;
 use crate::charter::{CharterState, OpBody};
 use callsign_keys::context::JOIN_REQUEST;
 use callsign_keys::{Identity, IdentityKey, InviteGrant, Signature};
@@ -89,29 +90,16 @@ impl JoinRequest {
 
     /// The wire form: version byte, then postcard.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![JOIN_VERSION];
-        // Serialising owned plain data into a Vec cannot fail.
-        out.extend(postcard::to_stdvec(self).expect("join request serialises"));
-        out
+        crate::wire::encode(JOIN_VERSION, self)
     }
 
     /// Parses the wire form (the signatures are checked by [`admit`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, AdmitError> {
-        if bytes.len() > MAX_JOIN_BYTES {
-            return Err(AdmitError::Malformed(format!("{} bytes", bytes.len())));
-        }
-        match bytes.split_first() {
-            None => Err(AdmitError::Malformed("empty".into())),
-            Some((&JOIN_VERSION, body)) => {
-                let (request, rest): (Self, _) = postcard::take_from_bytes(body)
-                    .map_err(|e| AdmitError::Malformed(e.to_string()))?;
-                if !rest.is_empty() {
-                    return Err(AdmitError::Malformed("trailing bytes".into()));
-                }
-                Ok(request)
-            }
-            Some((v, _)) => Err(AdmitError::Version(*v)),
-        }
+        crate::wire::decode(JOIN_VERSION, MAX_JOIN_BYTES, bytes).map_err(|e| match e {
+            WireError::Version(v) => AdmitError::Version(v),
+            WireError::Size(n) => AdmitError::Malformed(format!("{n} bytes")),
+            WireError::Malformed(m) => AdmitError::Malformed(m),
+        })
     }
 }
 

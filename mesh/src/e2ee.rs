@@ -264,10 +264,7 @@ impl PairSession {
             key: *key.secret(),
             channels,
         };
-        let mut plain = vec![GRANT_VERSION];
-        plain.extend(
-            postcard::to_stdvec(&grant).map_err(|e| SessionError::Malformed(e.to_string()))?,
-        );
+        let mut plain = crate::wire::encode(GRANT_VERSION, &grant);
         let sealed = self.seal(&plain);
         // The plaintext held the key; wipe it.
         zeroize::Zeroize::zeroize(&mut plain);
@@ -277,12 +274,8 @@ impl PairSession {
     /// Opens a grant from the peer; refuses grants naming any sender but the peer itself.
     pub fn accept_grant(&mut self, message: &[u8]) -> Result<SenderKeyGrant, SessionError> {
         let mut plain = self.open(message)?;
-        let result = match plain.split_first() {
-            Some((&GRANT_VERSION, body)) => postcard::from_bytes::<SenderKeyGrant>(body)
-                .map_err(|e| SessionError::Malformed(e.to_string())),
-            Some((v, _)) => Err(SessionError::Malformed(format!("unknown version {v}"))),
-            None => Err(SessionError::Malformed("empty".into())),
-        };
+        let result = crate::wire::decode::<SenderKeyGrant>(GRANT_VERSION, usize::MAX, &plain)
+            .map_err(|e| SessionError::Malformed(e.to_string()));
         zeroize::Zeroize::zeroize(&mut plain);
         let grant = result?;
         if Some(grant.sender) != self.remote {

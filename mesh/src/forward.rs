@@ -123,6 +123,8 @@ pub enum SubscriptionError {
     NotSender,
 }
 
+crate::wire::wire_error_into!(SubscriptionError);
+
 fn body_bytes(body: &SubscriptionBody) -> Vec<u8> {
     // Plain data into a Vec: postcard cannot fail here.
     postcard::to_stdvec(body).unwrap_or_default()
@@ -146,21 +148,13 @@ impl Subscription {
 
     /// The wire form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![SUBSCRIPTION_VERSION];
-        out.extend(postcard::to_stdvec(self).unwrap_or_default());
-        out
+        crate::wire::encode(SUBSCRIPTION_VERSION, self)
     }
 
     /// Decodes and checks size, version, canonical form, bounds and signature.
     pub fn decode(bytes: &[u8]) -> Result<Self, SubscriptionError> {
-        if bytes.is_empty() || bytes.len() > MAX_SUBSCRIPTION_BYTES {
-            return Err(SubscriptionError::Size(bytes.len()));
-        }
-        if bytes[0] != SUBSCRIPTION_VERSION {
-            return Err(SubscriptionError::Version(bytes[0]));
-        }
-        let record: Self = postcard::from_bytes(&bytes[1..])
-            .map_err(|e| SubscriptionError::Malformed(e.to_string()))?;
+        let record: Self =
+            crate::wire::decode(SUBSCRIPTION_VERSION, MAX_SUBSCRIPTION_BYTES, bytes)?;
         if record.encode() != bytes {
             return Err(SubscriptionError::Malformed("not canonical".into()));
         }

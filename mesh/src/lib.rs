@@ -16,12 +16,15 @@
 
 pub mod admission;
 pub mod charter;
+pub mod control;
 pub mod e2ee;
 pub mod floor;
 pub mod forward;
+pub mod member;
 pub mod pairing;
 pub mod presence;
 pub mod reachability;
 pub mod routing;
 pub mod topology;
 pub mod voice;
+pub mod wire;

@@ -9,7 +9,7 @@
 //! of [`PresenceRecord`]; the signature covers the body under `callsign/presence/v1`. Only the
 //! canonical encoding is accepted.
 
-use crate::charter::ChannelId;
+use crate::charter::{ChannelId, CharterState, Permissions};
 use callsign_keys::{context::PRESENCE, Identity, IdentityKey, Signature};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -97,6 +97,8 @@ pub enum PresenceError {
     Bounds(&'static str),
 }
 
+crate::wire::wire_error_into!(PresenceError);
+
 fn body_bytes(body: &PresenceBody) -> Vec<u8> {
     // Serialising owned plain data into a Vec cannot fail.
     postcard::to_stdvec(body).expect("presence body serialises")
@@ -141,6 +143,13 @@ impl PresenceBody {
 }
 
 impl PresenceRecord {
+    /// Whether this member hears `channel`: it says it listens there and the charter lets it.
+    /// The one test of an audience, for fan-out, routing and counting.
+    pub fn hears(&self, state: &CharterState, channel: ChannelId) -> bool {
+        self.body.listening.binary_search(&channel).is_ok()
+            && state.may(&self.body.peer, channel, Permissions::LISTEN)
+    }
+
     /// Signs `body` (whose `peer` must be `identity`; `listening` is sorted here).
     pub fn sign(identity: &Identity, mut body: PresenceBody) -> Result<Self, PresenceError> {
         body.peer = identity.public();
@@ -157,21 +166,12 @@ impl PresenceRecord {
 
     /// The wire form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![PRESENCE_VERSION];
-        out.extend(postcard::to_stdvec(self).expect("presence record serialises"));
-        out
+        crate::wire::encode(PRESENCE_VERSION, self)
     }
 
     /// Decodes and checks size, version, canonical form, bounds and signature.
     pub fn decode(bytes: &[u8]) -> Result<Self, PresenceError> {
-        if bytes.is_empty() || bytes.len() > MAX_PRESENCE_BYTES {
-            return Err(PresenceError::Size(bytes.len()));
-        }
-        if bytes[0] != PRESENCE_VERSION {
-            return Err(PresenceError::Version(bytes[0]));
-        }
-        let record: Self = postcard::from_bytes(&bytes[1..])
-            .map_err(|e| PresenceError::Malformed(e.to_string()))?;
+        let record: Self = crate::wire::decode(PRESENCE_VERSION, MAX_PRESENCE_BYTES, bytes)?;
         if record.encode() != bytes {
             return Err(PresenceError::NonCanonical);
         }
@@ -274,7 +274,19 @@ impl PresenceTable {
         self.records.values()
     }
 
-    /// Members present who listen to `channel`, in key order.
+    /// Members present who [hear](PresenceRecord::hears) `channel`, in key order.
+    pub fn hearers<'a>(
+        &'a self,
+        state: &'a CharterState,
+        channel: ChannelId,
+    ) -> impl Iterator<Item = &'a IdentityKey> + 'a {
+        self.records
+            .values()
+            .filter(move |r| r.hears(state, channel))
+            .map(|r| &r.body.peer)
+    }
+
+    /// Members present who say they listen to `channel`, in key order (the charter unchecked).
     pub fn listeners(&self, channel: ChannelId) -> impl Iterator<Item = &IdentityKey> {
         self.records
             .iter()

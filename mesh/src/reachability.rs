@@ -114,27 +114,17 @@ pub enum ReachabilityDecodeError {
 }
 
 fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![REACHABILITY_VERSION];
-    // Plain structs of fixed-size fields: serialising into a Vec cannot fail.
-    out.extend(postcard::to_stdvec(value).unwrap_or_default());
-    out
+    crate::wire::encode(REACHABILITY_VERSION, value)
 }
 
 fn decode_versioned<T: for<'de> Deserialize<'de>>(
     bytes: &[u8],
 ) -> Result<T, ReachabilityDecodeError> {
-    match bytes.split_first() {
-        Some((&REACHABILITY_VERSION, body)) => {
-            let (value, rest) = postcard::take_from_bytes(body)
-                .map_err(|e| ReachabilityDecodeError::Malformed(e.to_string()))?;
-            if !rest.is_empty() {
-                return Err(ReachabilityDecodeError::Malformed("trailing bytes".into()));
-            }
-            Ok(value)
-        }
-        Some((v, _)) => Err(ReachabilityDecodeError::Version(*v)),
-        None => Err(ReachabilityDecodeError::Malformed("empty".into())),
-    }
+    // Observations and probe requests are a few dozen bytes.
+    crate::wire::decode(REACHABILITY_VERSION, 1024, bytes).map_err(|e| match e {
+        crate::wire::WireError::Version(v) => ReachabilityDecodeError::Version(v),
+        e => ReachabilityDecodeError::Malformed(e.to_string()),
+    })
 }
 
 impl ProbeRequest {

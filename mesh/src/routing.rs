@@ -59,9 +59,8 @@ impl RoutingView<'_> {
     fn listeners(&self, channel: ChannelId) -> BTreeSet<IdentityKey> {
         let mut out: BTreeSet<IdentityKey> = self
             .presence
-            .listeners(channel)
+            .hearers(self.state, channel)
             .filter(|p| **p != *self.local)
-            .filter(|p| self.state.may(p, channel, Permissions::LISTEN))
             .copied()
             .collect();
         if self.listening.binary_search(&channel).is_ok() {

@@ -235,6 +235,8 @@ pub enum OpDecodeError {
     BadSignature,
 }
 
+crate::wire::wire_error_into!(OpDecodeError);
+
 impl Op {
     /// Creates and signs an op. `parents` are sorted and de-duplicated here.
     pub fn sign(
@@ -261,10 +263,7 @@ impl Op {
 
     /// The wire form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![OP_VERSION];
-        // Serialising owned plain data into a Vec cannot fail.
-        out.extend(postcard::to_stdvec(self).expect("op serialises"));
-        out
+        crate::wire::encode(OP_VERSION, self)
     }
 
     /// The content hash.
@@ -274,14 +273,7 @@ impl Op {
 
     /// Decodes and checks canonical form and signature.
     pub fn decode(bytes: &[u8]) -> Result<Self, OpDecodeError> {
-        if bytes.is_empty() || bytes.len() > MAX_OP_BYTES {
-            return Err(OpDecodeError::Size(bytes.len()));
-        }
-        if bytes[0] != OP_VERSION {
-            return Err(OpDecodeError::Version(bytes[0]));
-        }
-        let op: Op = postcard::from_bytes(&bytes[1..])
-            .map_err(|e| OpDecodeError::Malformed(e.to_string()))?;
+        let op: Op = crate::wire::decode(OP_VERSION, MAX_OP_BYTES, bytes)?;
         if op.encode() != bytes {
             return Err(OpDecodeError::NonCanonical);
         }

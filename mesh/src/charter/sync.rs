@@ -80,24 +80,17 @@ pub enum SyncDecodeError {
     Malformed(String),
 }
 
+crate::wire::wire_error_into!(SyncDecodeError);
+
 impl SyncMessage {
     /// Wire form: `SYNC_VERSION | postcard(self)`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![SYNC_VERSION];
-        out.extend(postcard::to_stdvec(self).expect("sync message serialises"));
-        out
+        crate::wire::encode(SYNC_VERSION, self)
     }
 
     /// Parses and bounds-checks a message.
     pub fn decode(bytes: &[u8]) -> Result<Self, SyncDecodeError> {
-        if bytes.is_empty() || bytes.len() > MAX_SYNC_MESSAGE {
-            return Err(SyncDecodeError::Size(bytes.len()));
-        }
-        if bytes[0] != SYNC_VERSION {
-            return Err(SyncDecodeError::Version(bytes[0]));
-        }
-        let msg: Self = postcard::from_bytes(&bytes[1..])
-            .map_err(|e| SyncDecodeError::Malformed(e.to_string()))?;
+        let msg: Self = crate::wire::decode(SYNC_VERSION, MAX_SYNC_MESSAGE, bytes)?;
         let too_many = match &msg {
             Self::Heads { heads, .. } => heads.len() > MAX_HASHES,
             Self::Want { want, have, .. } => want.len() > MAX_HASHES || have.len() > MAX_HASHES,

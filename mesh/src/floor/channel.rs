@@ -3,7 +3,7 @@
 //! releasing) and for the channel (who holds the floor, who raised an emergency).
 
 use super::arbiter::Arbitration;
-use super::control::Shared;
+use super::shared::Shared;
 use super::message::{Claim, Decision, FloorMessage, FloorRequest, Slot};
 use super::{FloorEvent, LocalFloor};
 use crate::charter::ChannelId;

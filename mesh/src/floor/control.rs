@@ -2,41 +2,13 @@
 //! messages and timers; it says what to send, what happened, and where we may transmit.
 
 use super::channel::{ChannelFloor, Withdrawal};
+use super::shared::Shared;
 use super::message::{FloorMessage, FloorRequest};
 use super::{FloorConfig, FloorError, FloorEvent, LocalFloor};
 use crate::charter::{ChannelId, CharterState, FloorMode, Permissions, Priority};
 use callsign_keys::IdentityKey;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
-
-/// What every channel's floor shares: who we are, who is linked, the clock, the outboxes.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) local: IdentityKey,
-    pub(crate) config: FloorConfig,
-    /// Linked members: who must acknowledge a request, who hears our claims.
-    pub(crate) participants: BTreeSet<IdentityKey>,
-    epoch: Instant,
-    epoch_unix_ms: u64,
-    /// The hybrid logical clock (ms): never behind the Unix clock or any stamp seen.
-    hlc: u64,
-    pub(crate) transmits: VecDeque<(IdentityKey, FloorMessage)>,
-    pub(crate) events: VecDeque<FloorEvent>,
-}
-
-impl Shared {
-    /// A fresh stamp, later than every stamp seen.
-    pub(crate) fn stamp(&mut self, now: Instant) -> u64 {
-        let unix =
-            self.epoch_unix_ms + now.saturating_duration_since(self.epoch).as_millis() as u64;
-        self.hlc = unix.max(self.hlc + 1);
-        self.hlc
-    }
-
-    pub(crate) fn observe(&mut self, stamp: u64) {
-        self.hlc = self.hlc.max(stamp);
-    }
-}
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -50,16 +22,7 @@ impl FloorControl {
     /// so presses on different nodes order by real time when clocks agree).
     pub fn new(local: IdentityKey, config: FloorConfig, now: Instant, unix_ms: u64) -> Self {
         Self {
-            shared: Shared {
-                local,
-                config,
-                participants: BTreeSet::new(),
-                epoch: now,
-                epoch_unix_ms: unix_ms,
-                hlc: 0,
-                transmits: VecDeque::new(),
-                events: VecDeque::new(),
-            },
+            shared: Shared::new(local, config, now, unix_ms),
             channels: BTreeMap::new(),
         }
     }

@@ -3,6 +3,7 @@
 //! link names the sender; nothing in them speaks for a third party except an arbiter's
 //! [`Decision`], which receivers accept only from the channel's arbiter.
 
+use crate::wire::WireError;
 use crate::charter::{ChannelId, Priority};
 use callsign_keys::IdentityKey;
 use serde::{Deserialize, Serialize};
@@ -128,26 +129,18 @@ impl FloorMessage {
 
     /// The wire form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FLOOR_VERSION];
-        // Plain data into a Vec: postcard cannot fail here.
-        out.extend(postcard::to_stdvec(self).unwrap_or_default());
-        out
+        crate::wire::encode(FLOOR_VERSION, self)
     }
 
     /// Parses the wire form; never panics.
     pub fn decode(bytes: &[u8]) -> Result<Self, FloorDecodeError> {
-        if bytes.len() > MAX_FLOOR_BYTES {
-            return Err(FloorDecodeError::TooLarge(bytes.len()));
-        }
-        let (version, body) = bytes.split_first().ok_or(FloorDecodeError::Empty)?;
-        if *version != FLOOR_VERSION {
-            return Err(FloorDecodeError::Version(*version));
-        }
-        let (message, rest): (Self, _) = postcard::take_from_bytes(body)
-            .map_err(|e| FloorDecodeError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(FloorDecodeError::Malformed("trailing bytes".into()));
-        }
+        let message: Self =
+            crate::wire::decode(FLOOR_VERSION, MAX_FLOOR_BYTES, bytes).map_err(|e| match e {
+                WireError::Size(0) => FloorDecodeError::Empty,
+                WireError::Size(n) => FloorDecodeError::TooLarge(n),
+                WireError::Version(v) => FloorDecodeError::Version(v),
+                WireError::Malformed(m) => FloorDecodeError::Malformed(m),
+            })?;
         if let Self::Decision { decision, .. } = &message {
             if decision.queue.len() > MAX_DECISION_QUEUE {
                 return Err(FloorDecodeError::Malformed(

@@ -23,6 +23,7 @@ mod arbiter;
 mod channel;
 mod control;
 pub mod message;
+mod shared;
 
 pub use control::FloorControl;
 pub use message::{Claim, Decision, FloorDecodeError, FloorMessage, FloorRequest, Slot};

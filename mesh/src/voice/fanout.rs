@@ -60,11 +60,9 @@ pub fn channel_deliveries(
         if peer == *local {
             continue;
         }
-        let chosen = channels.iter().find(|c| {
-            record.body.listening.binary_search(c).is_ok()
-                && charter.may(&peer, **c, Permissions::LISTEN)
-                && keys.is_granted(**c, &peer)
-        });
+        let chosen = channels
+            .iter()
+            .find(|c| record.hears(charter, **c) && keys.is_granted(**c, &peer));
         if let Some(key) = chosen.and_then(|c| keys.channel_key(*c, now)) {
             out.push(Delivery {
                 peer,

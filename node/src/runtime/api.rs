@@ -6,7 +6,6 @@ use crate::audio::mixer::DuckRule;
 use crate::audio::{AudioError, Device};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{ChannelId, OpBody};
-use callsign_mesh::floor::FloorEvent;
 use callsign_mesh::forward::ForwardCounts;
 use callsign_mesh::topology::Route;
 use callsign_mesh::voice::DropCounts;
@@ -14,6 +13,10 @@ use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// What the node reports: the member's events, and the audio worker's (talkers, our
+/// transmissions).
+pub use callsign_mesh::member::{Event as NodeEvent, LinkKind};
 
 /// What the UI, CLI, relay or simulator asks a node to do.
 #[derive(Debug)]
@@ -160,129 +163,11 @@ pub struct AudioStats {
     pub playback_feed: Option<FeedCounters>,
 }
 
-/// How a peer is linked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LinkKind {
-    /// QUIC straight to the peer.
-    Direct,
-    /// QUIC straight to the peer, punched through NATs by dcutr over the relay circuit that
-    /// linked the pair first (the circuit then closes).
-    HolePunched,
-    /// Through a libp2p relay circuit.
-    Relayed,
-    /// TCP + Noise + Yamux (UDP blocked); voice cannot use datagrams.
-    TcpFallback,
-}
-
-impl LinkKind {
-    /// QUIC straight to the peer: datagrams for voice and no relay in the path.
-    pub fn is_direct_quic(self) -> bool {
-        matches!(self, LinkKind::Direct | LinkKind::HolePunched)
-    }
-
-    /// Whether a new link of this kind would be worse for voice than one of kind `held`: a
-    /// relayed link never replaces any other, and TCP never replaces QUIC.
-    pub fn worse_than(self, held: LinkKind) -> bool {
-        match self {
-            LinkKind::Relayed => held != LinkKind::Relayed,
-            LinkKind::TcpFallback => held.is_direct_quic(),
-            LinkKind::Direct | LinkKind::HolePunched => false,
-        }
-    }
-}
-
 /// A channel a stream is heard on, or a whisper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StreamChannel {
     Channel(ChannelId),
     Whisper,
-}
-
-/// Something that happened.
-#[derive(Clone, Debug)]
-pub enum NodeEvent {
-    /// A probe from a stranger's port reached us at `addr` (`reachable`), so presence
-    /// announces it and we serve relay circuits to members; or a re-probe failed (not).
-    Reachability {
-        addr: Multiaddr,
-        reachable: bool,
-    },
-    LinkUp {
-        peer: PeerId,
-        kind: LinkKind,
-        remote: Multiaddr,
-    },
-    LinkDown {
-        peer: PeerId,
-    },
-    /// A member announced itself (or changed what it listens to).
-    Presence {
-        peer: IdentityKey,
-        name: String,
-        listening: Vec<ChannelId>,
-    },
-    PresenceGone {
-        peer: IdentityKey,
-    },
-    /// An end-to-end session with a member is up: keys flow both ways.
-    SessionUp {
-        peer: IdentityKey,
-    },
-    TalkerStarted {
-        peer: IdentityKey,
-        name: String,
-        channels: Vec<ChannelId>,
-        whisper: bool,
-    },
-    TalkerStopped {
-        peer: IdentityKey,
-    },
-    /// A channel we listen or speak on changed how it travels (mesh or a relay).
-    RouteChanged {
-        channel: ChannelId,
-        route: Route,
-    },
-    /// A newcomer was admitted with an invite (`peer` is us when it was our own request).
-    Admitted {
-        peer: IdentityKey,
-        name: String,
-        role: String,
-    },
-    /// Our join request was refused by an admin (an expired or used invite, say).
-    JoinRefused {
-        reason: String,
-    },
-    /// As a relay: a subscription was refused.
-    SubscriptionRefused {
-        peer: PeerId,
-        reason: String,
-    },
-    /// A transmission began (its first frame went out, after PTT or voice activation): on
-    /// these channels, or a whisper.
-    Transmitting {
-        channels: Vec<ChannelId>,
-        whisper: Option<IdentityKey>,
-    },
-    TransmitStopped,
-    /// A transmission was refused at the sender: the charter does not allow it.
-    PttDenied {
-        channels: Vec<ChannelId>,
-        reason: String,
-    },
-    /// Floor control on a half-duplex channel: granted, denied, queued, pre-empted, released,
-    /// the holder (talker id, before audio), emergencies.
-    Floor(FloorEvent),
-    /// The charter changed (a local edit or ops from a peer).
-    CharterChanged {
-        ops: usize,
-    },
-    /// A voice datagram went out (only with `tap_voice`).
-    VoiceSent {
-        peer: PeerId,
-        packet: Vec<u8>,
-    },
-    Warning(String),
 }
 
 /// Latency percentiles in milliseconds.

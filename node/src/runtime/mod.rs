@@ -4,31 +4,22 @@
 //!
 //! - [`config`]: [`NodeConfig`], what a node starts with.
 //! - [`api`]: commands, events, stats.
-//! - [`control`]: control messages between members and the per-peer ordered outbox.
 //! - [`voice`]: the transmitter (capture → gate → Opus) and playout (jitter → decode → mix).
 //! - [`demo_org`]: the org the demo, tests and screenshots use.
-//! - `driver`: the event loop joining links, audio and the sans-IO mesh core; `media`: its voice
-//!   path (frames out, datagrams in); `peering`: its per-member control plane; `floor`: PTT on
-//!   half-duplex channels through the mesh's floor control; `routes`: mesh or relay per
-//!   channel, our subscriptions at relays; `forwarding`: the relay role.
+//! - `driver`: the event loop, an adapter in the shape of quinn's `ConnectionDriver`: it feeds
+//!   the sans-IO [`callsign_mesh::member::Member`] (which makes every protocol decision) and
+//!   carries out its outputs on the swarm, the links, the audio worker and the event channel;
+//!   `stats`: the snapshot it answers [`NodeCommand::Stats`] with.
 //!
 //! The node runs on tokio time (`tokio::time::Instant`), so the simulator's virtual clock
 //! drives it exactly as it drives the links.
 
-mod admission;
 pub mod api;
 pub mod config;
-pub mod control;
 pub mod demo_org;
 mod driver;
-mod floor;
-mod forwarding;
-mod media;
-mod pairing;
-mod peering;
 mod playout;
-mod reachability;
-mod routes;
+mod stats;
 pub mod voice;
 
 pub use api::{
@@ -36,20 +27,14 @@ pub use api::{
     NodeEvent, NodeStats, PeerStats, ReceivedStream, SentStream, StreamChannel,
 };
 pub use config::{AudioInput, NodeConfig, RELAY_IDLE_TIMEOUT};
-pub use floor::describe_floor;
+pub use stats::describe_floor;
 
 use crate::audio::AudioError;
 use crate::link::swarm::{build_swarm, RelayAllowList, SwarmConfig};
 use crate::link::{socket_to_multiaddr, LinkError, LinkSocket};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::log::OpLog;
-use callsign_mesh::charter::sync::{CharterSync, SyncConfig};
-use callsign_mesh::charter::Permissions;
-use callsign_mesh::floor::FloorControl;
-use callsign_mesh::forward::Forwarder;
-use callsign_mesh::presence::PresenceTable;
-use callsign_mesh::reachability::{AddressBook, ReachabilityConfig};
-use callsign_mesh::voice::{KeySchedule, VoiceReceiver};
+use callsign_mesh::member::{Member, MemberConfig};
 use driver::Driver;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::BTreeMap;
@@ -172,16 +157,6 @@ impl Node {
             .ok_or_else(|| LinkError::Config("the socket already serves another node".into()))?;
         let now = tokio::time::Instant::now().into_std();
         let epoch = config.media_epoch.unwrap_or(now);
-        let state = config.charter.state().clone();
-        let mut listening: Vec<_> = config
-            .listening
-            .iter()
-            .copied()
-            .filter(|c| state.may(&identity, *c, Permissions::LISTEN))
-            .collect();
-        listening.sort();
-        listening.dedup();
-        let org = config.charter.org();
         let unix_at_start_ms = config.unix_time_ms.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -189,29 +164,35 @@ impl Node {
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (commands, commands_rx) = mpsc::unbounded_channel();
+        let member = Member::new(
+            MemberConfig {
+                keys: config.keys,
+                charter: config.charter,
+                display_name: config.display_name,
+                listening: config.listening,
+                unix_at_start_ms,
+                presence_interval: config.presence_interval,
+                keys_schedule: config.keys_schedule,
+                floor: config.floor,
+                topology: config.topology,
+                uplink_kbps: config.uplink_kbps.unwrap_or(0),
+                forwarding: config.forwarding,
+                vouched: config.relay_circuits,
+                join: config.join,
+                bootstrap: config.bootstrap,
+                announce: config.announce,
+                send_loss: config.send_loss,
+                tap_voice: config.tap_voice,
+                seed: config.seed,
+            },
+            now,
+        );
         let driver = Driver {
-            local: identity,
-            local_peer: peer_id,
+            member,
             network,
             link_events,
-            sync: CharterSync::new(config.charter, SyncConfig::default(), config.seed),
+            probes: network_probes,
             log,
-            presence: PresenceTable::new(org),
-            // Milliseconds at start: a restarted node's records outrank its previous self's.
-            presence_seq: unix_at_start_ms,
-            presence_interval: config.presence_interval,
-            next_presence: now + config.presence_interval,
-            display_name: config.display_name,
-            listening,
-            receiver: VoiceReceiver::new(identity),
-            schedule: KeySchedule::new(identity, config.keys_schedule, config.seed ^ 0x6b65_7973),
-            peers: BTreeMap::new(),
-            link_kinds: BTreeMap::new(),
-            circuits: BTreeMap::new(),
-            connections: BTreeMap::new(),
-            members: BTreeMap::new(),
-            relay_allow,
-            reservation: None,
             transmitter: voice::Transmitter::new(
                 config.input,
                 config.capture,
@@ -227,50 +208,15 @@ impl Node {
                 config.media_epoch,
             )?,
             events: events_tx,
-            sent: BTreeMap::new(),
-            ptt_denied: 0,
+            connections: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            relay_allow,
+            reservation: None,
             epoch,
-            start: now,
-            unix_at_start_ms,
             frame: config.encoder.frame.duration(),
-            tap: config.tap_voice,
-            send_loss: config.send_loss,
-            loss_rng: rand::SeedableRng::seed_from_u64(config.seed ^ 0x6c6f_7373),
-            keys_dirty: true,
-            listener_loss: BTreeMap::new(),
             ticks: 0,
-            floor: FloorControl::new(identity, config.floor.clone(), now, unix_at_start_ms),
-            ptt_channels: Vec::new(),
-            tx_channels: Vec::new(),
-            floor_drops: 0,
-            relays: BTreeMap::new(),
-            topology: config.topology,
-            uplink_kbps: config.uplink_kbps.unwrap_or(0),
-            routes: BTreeMap::new(),
-            replan_due: None,
-            replanned: now,
-            route_switched: BTreeMap::new(),
-            subscribed: BTreeMap::new(),
-            join: config.join,
-            bootstrap: config.bootstrap.clone(),
-            announce: config.announce.clone(),
-            subscription_seq: unix_at_start_ms,
-            // A member serving circuits volunteers as a relay, so it forwards too.
-            forwarder: config
-                .forwarding
-                .or_else(|| config.relay_circuits.then(Default::default))
-                .map(|c| Forwarder::new(org, c)),
-            subscriptions_refused: 0,
-            reachability: AddressBook::new(ReachabilityConfig::default(), config.seed),
-            probes: network_probes,
-            remote_addrs: BTreeMap::new(),
-            probed_for: BTreeMap::new(),
-            vouched: config.relay_circuits,
-            // Above any attempt of a previous run of ours (see `mesh::pairing`).
-            next_pairing: unix_at_start_ms << 16,
-            forward_latency: [0; forwarding::LATENCY_BUCKETS],
+            forward_latency: [0; driver::LATENCY_BUCKETS],
             forward_latency_sum_us: 0,
-            keys: config.keys,
         };
         let task = tokio::spawn(driver.run(commands_rx));
         Ok(Self {

@@ -11,18 +11,12 @@ use crate::audio::feed::{CaptureFeed, FeedCounters, StreamGuard};
 use crate::audio::realtime::CallbackCounters;
 use crate::audio::synth::SpeechLike;
 use crate::audio::{AudioError, FrameDuration, SAMPLE_RATE};
-use callsign_keys::IdentityKey;
 use callsign_mesh::charter::ChannelId;
 use callsign_mesh::voice::VoiceFlags;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where a transmission goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    Channels(Vec<ChannelId>),
-    Whisper(IdentityKey),
-}
+pub use callsign_mesh::member::Target;
 
 /// One encoded frame ready to seal.
 pub struct Encoded<'a> {

@@ -12,7 +12,7 @@ use callsign_mesh::forward::{envelope, Subscription, SubscriptionBody};
 use callsign_mesh::voice::{SenderKey, SenderShortId, VoiceFlags, VoiceHeader};
 use callsign_node::link::swarm::{answer_echo, build_swarm, NodeBehaviourEvent, SwarmConfig};
 use callsign_node::link::LinkSocket;
-use callsign_node::runtime::control::ControlMessage;
+use callsign_mesh::control::ControlMessage;
 use futures::StreamExt;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;

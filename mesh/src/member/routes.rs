@@ -1,6 +1,6 @@
-//! The driver's routes, member side: which channels travel through which relay (the mesh's
-//! [`RoutingView`] decides), our subscriptions at those relays, links to the charter's rented
-//! relays, and the copies a frame sends to relays.
+//! Routes, member side: which channels travel through which relay ([`RoutingView`] decides),
+//! our subscriptions at those relays, links to the charter's rented relays, and the copies a
+//! frame sends to relays.
 //!
 //! On a relay route a sender seals one packet per channel (each channel has its own key, and a
 //! relay forwards a packet to every subscriber of its channels) and sends it once, enveloped, to
@@ -8,17 +8,16 @@
 //! the direct copies going, so listeners whose subscription is still in flight miss nothing
 //! (receivers drop the duplicate by sequence number).
 
-use super::api::NodeEvent;
-use super::control::ControlMessage;
-use super::driver::Driver;
+use super::{DialCondition, Event, Member, Output, Role};
+use crate::charter::{ChannelId, Permissions};
+use crate::control::ControlMessage;
+use crate::forward::{envelope, Subscription, SubscriptionBody};
+use crate::routing::RoutingView;
+use crate::topology::Route;
+use crate::voice::VoiceHeader;
 use callsign_keys::IdentityKey;
-use callsign_mesh::charter::{ChannelId, Permissions};
-use callsign_mesh::forward::{envelope, Subscription, SubscriptionBody};
-use callsign_mesh::routing::RoutingView;
-use callsign_mesh::topology::Route;
-use callsign_mesh::voice::VoiceHeader;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Multiaddr, PeerId};
+use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ pub const SWITCH_OVERLAP: Duration = Duration::from_millis(500);
 /// by the hundred per second, and the answer rarely changes. Link changes re-plan at once.
 pub const REPLAN_INTERVAL: Duration = Duration::from_millis(200);
 
-impl Driver {
+impl Member {
     /// Relays we hold a control link to: the charter's rented ones and volunteering members.
     pub(super) fn linked_relays(&self) -> BTreeSet<IdentityKey> {
         let state = self.sync.charter().state();
@@ -52,7 +51,7 @@ impl Driver {
         self.linked_relays()
             .into_iter()
             .filter_map(|k| {
-                let rtt = self.network.links.rtt(&k.peer_id())?;
+                let rtt = self.links.get(&k.peer_id())?.rtt?;
                 Some((k, rtt.as_millis().min(u128::from(u32::MAX)) as u32))
             })
             .collect()
@@ -75,7 +74,7 @@ impl Driver {
     pub(super) fn replan(&mut self, now: Instant) {
         self.replan_due = None;
         self.replanned = now;
-        if self.serves_as_relay() {
+        if self.role == Role::Relay {
             return;
         }
         let linked = self.linked_relays();
@@ -96,7 +95,7 @@ impl Driver {
                 if matches!(route, Route::Relay(_)) {
                     self.route_switched.insert(*channel, now + SWITCH_OVERLAP);
                 }
-                self.emit(NodeEvent::RouteChanged {
+                self.emit(Event::RouteChanged {
                     channel: *channel,
                     route: *route,
                 });
@@ -110,7 +109,7 @@ impl Driver {
 
     /// Presence changed: re-plan within [`REPLAN_INTERVAL`] of the last plan.
     pub(super) fn replan_soon(&mut self) {
-        if self.replan_due.is_none() && !self.serves_as_relay() {
+        if self.replan_due.is_none() && self.role != Role::Relay {
             self.replan_due = Some(self.replanned + REPLAN_INTERVAL);
         }
     }
@@ -197,28 +196,25 @@ impl Driver {
     /// relay dials the others too: they cascade).
     pub(super) fn dial_relays(&mut self) {
         let state = self.sync.charter().state();
-        let dials: Vec<DialOpts> = state
+        let dials: Vec<Output> = state
             .relays
             .iter()
             .filter(|(k, _)| **k != self.local)
-            .filter(|(k, _)| !self.network.swarm.is_connected(&k.peer_id()))
+            .filter(|(k, _)| !self.links.contains_key(&k.peer_id()))
             .filter_map(|(k, info)| {
                 let addrs: Vec<Multiaddr> = info
                     .addrs
                     .iter()
                     .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
                     .collect();
-                (!addrs.is_empty()).then(|| {
-                    DialOpts::peer_id(k.peer_id())
-                        .addresses(addrs)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build()
+                (!addrs.is_empty()).then(|| Output::Dial {
+                    peer: Some(k.peer_id()),
+                    addrs,
+                    condition: DialCondition::DisconnectedAndNotDialing,
                 })
             })
             .collect();
-        for dial in dials {
-            let _ = self.network.swarm.dial(dial);
-        }
+        self.outputs.extend(dials);
     }
 
     /// Whether `channel` goes direct to its listeners (the mesh, or just moved to a relay).
@@ -231,7 +227,7 @@ impl Driver {
     /// it forwards voice: a rented relay, or a member volunteering uplink. A member that only
     /// offers circuits (a rendezvous) forwards none: voice then rides the circuit's stream.
     pub(super) fn circuit_forwarder(&self, peer: &PeerId) -> Option<IdentityKey> {
-        let relay = self.circuits.get(peer)?;
+        let relay = self.links.get(peer)?.circuit.as_ref()?;
         if !self.peers.contains_key(relay) {
             return None;
         }
@@ -268,18 +264,17 @@ impl Driver {
             let packet = match key.seal(&header, payload) {
                 Ok(packet) => packet,
                 Err(e) => {
-                    self.emit(NodeEvent::Warning(format!("seal: {e}")));
+                    self.emit(Event::Warning(format!("seal: {e}")));
                     continue;
                 }
             };
             if relay == self.local {
                 self.forward_own(&packet, now);
-            } else if let Err(e) = self
-                .network
-                .links
-                .send_datagram(&relay.peer_id(), &envelope(&packet))
-            {
-                tracing::debug!(%e, "voice to the relay");
+            } else {
+                self.outputs.push_back(Output::Datagram {
+                    peer: relay.peer_id(),
+                    bytes: envelope(&packet),
+                });
             }
         }
     }

@@ -2,10 +2,13 @@
 //! state that carries them: an ordered outbox (one request in flight, the next sent when the
 //! previous is acknowledged; whatever queued meanwhile goes as one [`ControlMessage::Batch`], so
 //! a burst of messages costs one round trip, not one each) and the pairwise E2EE session
-//! (`callsign_mesh::pairing`).
+//! ([`crate::pairing`]).
+//!
+//! The outbox is generic over the id the transport gives a sent request (libp2p's
+//! `OutboundRequestId` in the node), so acknowledgements and failures are matched to the one
+//! request in flight.
 
-use callsign_mesh::pairing::Pairing;
-use libp2p::request_response::OutboundRequestId;
+use crate::pairing::Pairing;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -47,52 +50,49 @@ pub enum ControlMessage {
     Probe(Vec<u8>),
 }
 
+/// The largest control message (the request codec's limit).
+pub const MAX_CONTROL_BYTES: usize = 2 * 1024 * 1024;
+
 /// A batch stops growing past this many body bytes (the codec allows 2 MiB per request).
 const BATCH_BYTES: usize = 256 * 1024;
 
 /// Why a control message was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ControlDecodeError {
-    #[error("empty control message")]
-    Empty,
+    /// Empty, or over [`MAX_CONTROL_BYTES`].
+    #[error("control message of {0} bytes")]
+    Size(usize),
+    /// A version this build does not read.
     #[error("unknown control message version {0}")]
     Version(u8),
+    /// The body does not parse, or breaks a batch rule.
     #[error("malformed control message: {0}")]
     Malformed(String),
 }
 
+crate::wire::wire_error_into!(ControlDecodeError);
+
 impl ControlMessage {
+    /// The wire form: `CONTROL_VERSION | postcard(self)`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![CONTROL_VERSION];
-        // Serialising owned byte vectors into a Vec cannot fail.
-        out.extend(postcard::to_stdvec(self).unwrap_or_default());
-        out
+        crate::wire::encode(CONTROL_VERSION, self)
     }
 
+    /// Parses the wire form; refuses empty and nested batches. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Self, ControlDecodeError> {
-        match bytes.split_first() {
-            None => Err(ControlDecodeError::Empty),
-            Some((&CONTROL_VERSION, body)) => {
-                let (message, rest) = postcard::take_from_bytes(body)
-                    .map_err(|e| ControlDecodeError::Malformed(e.to_string()))?;
-                if !rest.is_empty() {
-                    return Err(ControlDecodeError::Malformed("trailing bytes".into()));
-                }
-                if let ControlMessage::Batch(messages) = &message {
-                    if messages.is_empty() {
-                        return Err(ControlDecodeError::Malformed("empty batch".into()));
-                    }
-                    if messages
-                        .iter()
-                        .any(|m| matches!(m, ControlMessage::Batch(_)))
-                    {
-                        return Err(ControlDecodeError::Malformed("nested batch".into()));
-                    }
-                }
-                Ok(message)
+        let message: Self = crate::wire::decode(CONTROL_VERSION, MAX_CONTROL_BYTES, bytes)?;
+        if let ControlMessage::Batch(messages) = &message {
+            if messages.is_empty() {
+                return Err(ControlDecodeError::Malformed("empty batch".into()));
             }
-            Some((v, _)) => Err(ControlDecodeError::Version(*v)),
+            if messages
+                .iter()
+                .any(|m| matches!(m, ControlMessage::Batch(_)))
+            {
+                return Err(ControlDecodeError::Malformed("nested batch".into()));
+            }
         }
+        Ok(message)
     }
 
     /// Body bytes, near enough to size a batch.
@@ -115,16 +115,26 @@ impl ControlMessage {
     }
 }
 
-/// Control state for one linked member.
-#[derive(Default)]
-pub struct PeerControl {
+/// Control state for one linked member; `R` names a sent request.
+pub struct PeerControl<R> {
     outbox: VecDeque<ControlMessage>,
-    in_flight: Option<OutboundRequestId>,
+    in_flight: Option<R>,
     /// The pair session and its restart rules (none on a relay link).
     pub pairing: Option<Pairing>,
 }
 
-impl PeerControl {
+impl<R> Default for PeerControl<R> {
+    fn default() -> Self {
+        Self {
+            outbox: VecDeque::new(),
+            in_flight: None,
+            pairing: None,
+        }
+    }
+}
+
+impl<R: Copy + PartialEq> PeerControl<R> {
+    /// Queues `message` behind everything already queued.
     pub fn queue(&mut self, message: ControlMessage) {
         self.outbox.push_back(message);
     }
@@ -150,12 +160,13 @@ impl PeerControl {
         })
     }
 
-    pub fn sent(&mut self, id: OutboundRequestId) {
+    /// The request [`Self::next_to_send`] gave went out as `id`.
+    pub fn sent(&mut self, id: R) {
         self.in_flight = Some(id);
     }
 
     /// The in-flight message was acknowledged (true) or belongs to someone else (false).
-    pub fn acknowledged(&mut self, id: OutboundRequestId) -> bool {
+    pub fn acknowledged(&mut self, id: R) -> bool {
         if self.in_flight == Some(id) {
             self.in_flight = None;
             true
@@ -164,10 +175,12 @@ impl PeerControl {
         }
     }
 
-    pub fn is_in_flight(&self, id: OutboundRequestId) -> bool {
+    /// Whether `id` is the request in flight.
+    pub fn is_in_flight(&self, id: R) -> bool {
         self.in_flight == Some(id)
     }
 
+    /// Whether the pair session is up.
     pub fn is_established(&self) -> bool {
         self.pairing.as_ref().is_some_and(Pairing::is_established)
     }
@@ -179,14 +192,14 @@ mod tests {
 
     #[test]
     fn messages_queued_while_one_is_in_flight_go_as_one_batch_in_order() {
-        let mut control = PeerControl::default();
+        let mut control = PeerControl::<u32>::default();
         control.queue(ControlMessage::Presence(vec![1]));
         let first = control.next_to_send().unwrap();
         assert_eq!(
             ControlMessage::decode(&first),
             Ok(ControlMessage::Presence(vec![1]))
         );
-        let id = request_id();
+        let id = 7;
         control.sent(id);
         control.queue(ControlMessage::Handshake(vec![2]));
         control.queue(ControlMessage::Grant(vec![3]));
@@ -207,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_batch_stops_at_its_byte_budget() {
-        let mut control = PeerControl::default();
+        let mut control = PeerControl::<u32>::default();
         for i in 0..3u8 {
             control.queue(ControlMessage::Sync(vec![i; BATCH_BYTES / 2]));
         }
@@ -243,17 +256,5 @@ mod tests {
             ControlMessage::decode(&nested),
             Err(ControlDecodeError::Malformed(_))
         ));
-    }
-
-    /// Request ids come only from libp2p: a behaviour hands one out for a request it queues.
-    fn request_id() -> OutboundRequestId {
-        use crate::link::control::{ControlCodec, CONTROL_PROTOCOL};
-        use libp2p::request_response::{Behaviour, Config, ProtocolSupport};
-        let mut behaviour = Behaviour::with_codec(
-            ControlCodec,
-            [(CONTROL_PROTOCOL, ProtocolSupport::Full)],
-            Config::default(),
-        );
-        behaviour.send_request(&libp2p::PeerId::random(), Vec::new())
     }
 }

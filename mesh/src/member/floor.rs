@@ -1,20 +1,18 @@
-//! PTT through floor control: a press on a half-duplex channel asks the mesh's
-//! [`FloorControl`](callsign_mesh::floor::FloorControl) for the floor, and the transmitter
+//! PTT through floor control: a press on a half-duplex channel asks
+//! [`FloorControl`](crate::floor::FloorControl) for the floor, and the transmitter
 //! sends there only while we hold it; open channels in the same press (simulcast) go out at
 //! once. Floor messages ride control requests outside the ordered outbox: a press must not
 //! wait behind a charter sync, and each claim carries a revision, so order does not matter.
 
-use super::api::{FloorStats, NodeEvent};
-use super::control::ControlMessage;
-use super::driver::Driver;
-use super::voice::Target;
+use super::{Event, Member, Output, Target};
+use crate::charter::ChannelId;
+use crate::control::ControlMessage;
+use crate::floor::{arbiter_for, FloorMessage};
+use crate::voice::{ReceivedFrame, VoiceFlags};
 use callsign_keys::IdentityKey;
-use callsign_mesh::charter::ChannelId;
-use callsign_mesh::floor::{arbiter_for, FloorEvent, FloorMessage, LocalFloor};
-use callsign_mesh::voice::{ReceivedFrame, VoiceFlags};
 use std::time::Instant;
 
-impl Driver {
+impl Member {
     /// PTT pressed on `channels` (already checked against the charter), or an emergency raised
     /// on one.
     pub(super) fn ptt_down(&mut self, channels: Vec<ChannelId>, emergency: bool, now: Instant) {
@@ -41,7 +39,7 @@ impl Driver {
     pub(super) fn ptt_up(&mut self, now: Instant) {
         self.ptt_channels.clear();
         self.tx_channels.clear();
-        self.transmitter.release();
+        self.outputs.push_back(Output::Transmit(None));
         self.floor.release(now);
     }
 
@@ -53,7 +51,7 @@ impl Driver {
     ) {
         let state = self.sync.charter().state();
         if let Err(e) = self.floor.clear_emergency(state, channel, raiser, now) {
-            self.emit(NodeEvent::Warning(format!("clear emergency: {e}")));
+            self.emit(Event::Warning(format!("clear emergency: {e}")));
         }
     }
 
@@ -64,7 +62,7 @@ impl Driver {
             .partition(|c| !self.floor.is_half_duplex(*c));
         if !half.is_empty() {
             self.ptt_denied += 1;
-            self.emit(NodeEvent::PttDenied {
+            self.emit(Event::PttDenied {
                 channels: half,
                 reason: "half-duplex channels need push-to-talk".into(),
             });
@@ -86,11 +84,8 @@ impl Driver {
         if now_on == self.tx_channels {
             return;
         }
-        if now_on.is_empty() {
-            self.transmitter.release();
-        } else {
-            self.transmitter.press(Target::Channels(now_on.clone()));
-        }
+        let target = (!now_on.is_empty()).then(|| Target::Channels(now_on.clone()));
+        self.outputs.push_back(Output::Transmit(target));
         self.tx_channels = now_on;
     }
 
@@ -139,41 +134,13 @@ impl Driver {
         }
     }
 
-    pub(super) fn floor_stats(&self) -> Vec<FloorStats> {
-        self.state()
-            .channels
-            .keys()
-            .filter_map(|channel| {
-                let state = match self.floor.state(*channel)? {
-                    LocalFloor::Idle => "idle".to_string(),
-                    LocalFloor::Pending => "pending".to_string(),
-                    LocalFloor::Granted => "granted".to_string(),
-                    LocalFloor::Queued(n) => format!("queued {n}"),
-                    LocalFloor::Releasing => "releasing".to_string(),
-                };
-                Some(FloorStats {
-                    channel: *channel,
-                    holder: self.floor.holder(*channel),
-                    state,
-                    emergencies: self.floor.emergencies(*channel),
-                    arbiter: self.floor.arbiter(*channel),
-                })
-            })
-            .collect()
-    }
-
     /// Sends what floor control wants sent, reports what happened, and follows the floor with
     /// the transmitter.
     pub(super) fn flush_floor(&mut self) {
         while let Some((to, message)) = self.floor.poll_transmit() {
             let peer = to.peer_id();
             if self.peers.contains_key(&peer) {
-                let bytes = ControlMessage::Floor(message.encode()).encode();
-                self.network
-                    .swarm
-                    .behaviour_mut()
-                    .control
-                    .send_request(&peer, bytes);
+                self.send_now(peer, ControlMessage::Floor(message.encode()));
             }
         }
         // Every change to where we may transmit comes with an event (granted, pre-empted,
@@ -181,52 +148,10 @@ impl Driver {
         let mut changed = false;
         while let Some(event) = self.floor.poll_event() {
             changed = true;
-            self.emit(NodeEvent::Floor(event));
+            self.emit(Event::Floor(event));
         }
         if changed {
             self.retarget();
         }
-    }
-}
-
-/// A floor event in words (logs); `name` and `channel` say how to show members and channels.
-pub fn describe_floor(
-    event: &FloorEvent,
-    name: impl Fn(&IdentityKey) -> String,
-    channel: impl Fn(&ChannelId) -> String,
-) -> String {
-    match event {
-        FloorEvent::Granted { channel: c } => format!("floor granted on {}", channel(c)),
-        FloorEvent::Denied { channel: c, reason } => {
-            format!("floor denied on {}: {reason}", channel(c))
-        }
-        FloorEvent::Queued {
-            channel: c,
-            position,
-        } => format!("floor queued on {} at {position}", channel(c)),
-        FloorEvent::Preempted { channel: c, by } => {
-            format!("floor pre-empted on {} by {}", channel(c), name(by))
-        }
-        FloorEvent::Revoked { channel: c } => {
-            format!("floor revoked on {}: talk time over", channel(c))
-        }
-        FloorEvent::Released { channel: c } => format!("floor released on {}", channel(c)),
-        FloorEvent::Holder { channel: c, holder } => match holder {
-            Some(h) => format!("{} holds the floor on {}", name(h), channel(c)),
-            None => format!("the floor on {} is free", channel(c)),
-        },
-        FloorEvent::EmergencyRaised { channel: c, by } => {
-            format!("EMERGENCY on {} raised by {}", channel(c), name(by))
-        }
-        FloorEvent::EmergencyCleared {
-            channel: c,
-            raiser,
-            by,
-        } => format!(
-            "emergency of {} on {} cleared by {}",
-            name(raiser),
-            channel(c),
-            name(by)
-        ),
     }
 }

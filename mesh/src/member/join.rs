@@ -3,26 +3,19 @@
 //! The newcomer (not in its own charter yet) sends its [`JoinRequest`] to every peer it links
 //! to, and takes charter sync from them although they are strangers to its empty charter (the
 //! ops are signed from the org root down, so sync needs no trust in the sender). An admin that
-//! receives a request checks it ([`callsign_mesh::admission::admit`]) and signs the
+//! receives a request checks it ([`crate::admission::admit`]) and signs the
 //! `AdmitMember` op; once that op reaches the newcomer, both sides treat the link as a member's
 //! and the usual control plane (presence, E2EE session, keys) starts. Other peers ignore
 //! requests: only admins admit.
 
-use super::api::NodeEvent;
-use super::control::{ControlMessage, PeerControl};
-use super::driver::Driver;
-use callsign_mesh::admission::{admit, AdmitError, JoinRequest};
-use callsign_mesh::charter::sync::SyncMessage;
-use callsign_mesh::charter::OpBody;
-use libp2p::PeerId;
+use super::{Event, Member, Output, Role};
+use crate::admission::{admit, AdmitError, JoinRequest};
+use crate::charter::OpBody;
+use crate::control::{ControlMessage, PeerControl};
+use libp2p_identity::PeerId;
 use std::time::Instant;
 
-impl Driver {
-    /// We hold an invite and the charter does not name us yet.
-    pub(super) fn joining(&self) -> bool {
-        self.join.is_some() && !self.members.contains_key(&self.local_peer)
-    }
-
+impl Member {
     /// A link while we join: ask the peer to admit us, and sync.
     pub(super) fn join_link_up(&mut self, peer: PeerId, now: Instant) {
         let Some(request) = &self.join else {
@@ -39,14 +32,13 @@ impl Driver {
     pub(super) fn stranger_control(&mut self, peer: PeerId, message: ControlMessage, now: Instant) {
         match message {
             ControlMessage::Join(body) => self.join_request(peer, &body, now),
-            ControlMessage::Sync(body) if self.joining() => match SyncMessage::decode(&body) {
-                Ok(msg) => self.sync.handle_message(peer, msg, now),
-                Err(e) => tracing::debug!(%peer, %e, "bad sync message"),
-            },
-            ControlMessage::JoinRefused(reason) if self.joining() => {
+            ControlMessage::Sync(body) if self.role == Role::Joining => {
+                self.sync_message(peer, &body, now)
+            }
+            ControlMessage::JoinRefused(reason) if self.role == Role::Joining => {
                 let reason: String = reason.chars().take(200).collect();
                 tracing::warn!(%peer, %reason, "join refused");
-                self.emit(NodeEvent::JoinRefused { reason });
+                self.emit(Event::JoinRefused { reason });
             }
             _ => tracing::debug!(%peer, "control message from a stranger ignored"),
         }
@@ -79,31 +71,26 @@ impl Driver {
                 let identity = self.keys.identity.clone();
                 match self.sync.edit(&identity, op, unix) {
                     Ok(op) => {
-                        self.persist(&[op.encode()]);
+                        self.outputs.push_back(Output::Persist(vec![op.encode()]));
                         tracing::info!(%joiner, %name, %role, "admitted with an invite");
-                        self.emit(NodeEvent::Admitted {
+                        self.emit(Event::Admitted {
                             peer: joiner,
                             name,
                             role,
                         });
                         self.charter_changed(1, now);
                     }
-                    Err(e) => self.emit(NodeEvent::Warning(format!("admission: {e}"))),
+                    Err(e) => self.emit(Event::Warning(format!("admission: {e}"))),
                 }
             }
             // Requests repeat on every link until the op arrives there: no answer needed.
             Err(AdmitError::AlreadyMember) => {}
             Err(e) => {
                 tracing::info!(%peer, %e, "join request refused");
-                self.emit(NodeEvent::Warning(format!(
+                self.emit(Event::Warning(format!(
                     "join request from {peer} refused: {e}"
                 )));
-                let message = ControlMessage::JoinRefused(e.to_string()).encode();
-                self.network
-                    .swarm
-                    .behaviour_mut()
-                    .control
-                    .send_request(&peer, message);
+                self.send_now(peer, ControlMessage::JoinRefused(e.to_string()));
             }
         }
     }
@@ -121,7 +108,7 @@ impl Driver {
             self.sync.handle_link_down(&peer);
         }
         if let Some(me) = self.state().members.get(&self.local).cloned() {
-            self.emit(NodeEvent::Admitted {
+            self.emit(Event::Admitted {
                 peer: self.local,
                 name: me.name,
                 role: me.roles.join(","),

@@ -1,15 +1,14 @@
-//! The driver's side of pair sessions (`callsign_mesh::pairing`): handshake messages in and
-//! out, overdue attempts, and what a newly established session sets off.
+//! Pair sessions ([`crate::pairing`]) within the member: handshake messages in and out,
+//! overdue attempts, and what a newly established session sets off.
 
-use super::control::ControlMessage;
-use super::driver::Driver;
-use super::NodeEvent;
+use super::{Event, Member};
+use crate::control::ControlMessage;
+use crate::pairing::{Pairing, PairingStep};
 use callsign_keys::IdentityKey;
-use callsign_mesh::pairing::{Pairing, PairingStep};
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use std::time::Instant;
 
-impl Driver {
+impl Member {
     pub(super) fn handshake(
         &mut self,
         peer: PeerId,
@@ -63,7 +62,7 @@ impl Driver {
             }
         }
         if let Some(e) = step.error {
-            self.emit(NodeEvent::Warning(format!("session with {peer}: {e}")));
+            self.emit(Event::Warning(format!("session with {peer}: {e}")));
         }
         if step.established {
             // A new session means the peer (re)started: whatever keys it granted before are
@@ -71,7 +70,7 @@ impl Driver {
             // reuses key ids, which a held key would shadow.)
             self.receiver.remove_sender(&identity);
             self.keys_dirty = true;
-            self.emit(NodeEvent::SessionUp { peer: identity });
+            self.emit(Event::SessionUp { peer: identity });
             // Our presence may have reached the peer while it did not count us as a member
             // yet; once the session is up it surely does.
             if let Some(record) = self.own_presence(now) {

@@ -1,0 +1,174 @@
+//! The member's vocabulary towards the app: events, link kinds, transmit targets.
+
+use crate::charter::ChannelId;
+use crate::floor::FloorEvent;
+use crate::topology::Route;
+use callsign_keys::IdentityKey;
+use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
+use serde::Serialize;
+
+/// How a peer is linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkKind {
+    /// QUIC straight to the peer.
+    Direct,
+    /// QUIC straight to the peer, punched through NATs by dcutr over the relay circuit that
+    /// linked the pair first (the circuit then closes).
+    HolePunched,
+    /// Through a libp2p relay circuit.
+    Relayed,
+    /// TCP + Noise + Yamux (UDP blocked); voice cannot use datagrams.
+    TcpFallback,
+}
+
+impl LinkKind {
+    /// QUIC straight to the peer: datagrams for voice and no relay in the path.
+    pub fn is_direct_quic(self) -> bool {
+        matches!(self, LinkKind::Direct | LinkKind::HolePunched)
+    }
+
+    /// Whether a new link of this kind would be worse for voice than one of kind `held`: a
+    /// relayed link never replaces any other, and TCP never replaces QUIC.
+    pub fn worse_than(self, held: LinkKind) -> bool {
+        match self {
+            LinkKind::Relayed => held != LinkKind::Relayed,
+            LinkKind::TcpFallback => held.is_direct_quic(),
+            LinkKind::Direct | LinkKind::HolePunched => false,
+        }
+    }
+}
+
+/// What the transmitter sends to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// These channels (simulcast).
+    Channels(Vec<ChannelId>),
+    /// One member.
+    Whisper(IdentityKey),
+}
+
+/// Something that happened, for the app.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A probe from a stranger's port reached us at `addr` (`reachable`), so presence
+    /// announces it and we serve relay circuits to members; or a re-probe failed (not).
+    Reachability {
+        /// The address.
+        addr: Multiaddr,
+        /// Confirmed or lost.
+        reachable: bool,
+    },
+    /// A link came up.
+    LinkUp {
+        /// To whom.
+        peer: PeerId,
+        /// How.
+        kind: LinkKind,
+        /// The link layer's remote address.
+        remote: Multiaddr,
+    },
+    /// Our last link to a peer closed.
+    LinkDown {
+        /// To whom.
+        peer: PeerId,
+    },
+    /// A member announced itself (or changed what it listens to).
+    Presence {
+        /// Who.
+        peer: IdentityKey,
+        /// Its display name.
+        name: String,
+        /// What it listens to.
+        listening: Vec<ChannelId>,
+    },
+    /// A member's presence expired.
+    PresenceGone {
+        /// Who.
+        peer: IdentityKey,
+    },
+    /// An end-to-end session with a member is up: keys flow both ways.
+    SessionUp {
+        /// With whom.
+        peer: IdentityKey,
+    },
+    /// Someone's voice started playing.
+    TalkerStarted {
+        /// Who.
+        peer: IdentityKey,
+        /// Its display name.
+        name: String,
+        /// Where we hear it.
+        channels: Vec<ChannelId>,
+        /// A whisper to us.
+        whisper: bool,
+    },
+    /// Someone's voice stopped.
+    TalkerStopped {
+        /// Who.
+        peer: IdentityKey,
+    },
+    /// A channel we listen or speak on changed how it travels (mesh or a relay).
+    RouteChanged {
+        /// Which.
+        channel: ChannelId,
+        /// How now.
+        route: Route,
+    },
+    /// A newcomer was admitted with an invite (`peer` is us when it was our own request).
+    Admitted {
+        /// Who.
+        peer: IdentityKey,
+        /// Its name.
+        name: String,
+        /// Its roles.
+        role: String,
+    },
+    /// Our join request was refused by an admin (an expired or used invite, say).
+    JoinRefused {
+        /// Why.
+        reason: String,
+    },
+    /// As a relay: a subscription was refused.
+    SubscriptionRefused {
+        /// From whom.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// A transmission began (its first frame went out, after PTT or voice activation): on
+    /// these channels, or a whisper.
+    Transmitting {
+        /// Where.
+        channels: Vec<ChannelId>,
+        /// To whom, for a whisper.
+        whisper: Option<IdentityKey>,
+    },
+    /// Our transmission ended.
+    TransmitStopped,
+    /// A transmission was refused at the sender: the charter does not allow it.
+    PttDenied {
+        /// Where.
+        channels: Vec<ChannelId>,
+        /// Why.
+        reason: String,
+    },
+    /// Floor control on a half-duplex channel: granted, denied, queued, pre-empted, released,
+    /// the holder (talker id, before audio), emergencies.
+    Floor(FloorEvent),
+    /// The charter changed (a local edit or ops from a peer).
+    CharterChanged {
+        /// How many ops arrived.
+        ops: usize,
+    },
+    /// A voice datagram went out (only with `tap_voice`).
+    VoiceSent {
+        /// To whom.
+        peer: PeerId,
+        /// The sealed packet.
+        packet: Vec<u8>,
+    },
+    /// Something went wrong that the user should hear of.
+    Warning(String),
+}

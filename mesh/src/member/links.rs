@@ -1,0 +1,242 @@
+//! Links and control sessions: a link up starts the peer's control (presence, the E2EE pair
+//! session, sync, floor), a link down or a lost ordered request ends it, and every control
+//! message is dispatched by what the peer is to us (member, relay, stranger).
+
+use super::{Event, Link, LinkKind, LinkRole, LinkUp, Member, Role};
+use crate::charter::sync::SyncMessage;
+use crate::control::{ControlMessage, PeerControl};
+use crate::pairing::{Pairing, PairingConfig};
+use libp2p_identity::PeerId;
+use std::time::Instant;
+
+impl Member {
+    pub(super) fn link_up(&mut self, up: LinkUp, now: Instant) {
+        let LinkUp {
+            peer,
+            kind,
+            remote,
+            circuit,
+            dialed,
+            restarted,
+            rtt,
+        } = up;
+        let rtt = rtt.or_else(|| self.links.get(&peer).and_then(|l| l.rtt));
+        self.links.insert(
+            peer,
+            Link {
+                kind,
+                remote: remote.filter(|_| kind != LinkKind::Relayed),
+                circuit: circuit.filter(|_| kind == LinkKind::Relayed),
+                rtt,
+            },
+        );
+        if matches!(self.link_role(&peer), Some(LinkRole::Relay(_))) {
+            if let Some(address) = dialed {
+                self.reserve_circuit(peer, address);
+            }
+        }
+        if kind == LinkKind::HolePunched {
+            // The punched path replaces the circuit; the peer did not restart, so its control
+            // and session carry on (over whichever connection is left).
+            self.reachability_link_up(peer, now);
+            return;
+        }
+        // A second connection usually means the peer restarted and its old connection has
+        // not timed out yet: its control and E2EE state is gone, so ours for it must start
+        // over too.
+        if restarted {
+            self.peer_down(&peer, now);
+        }
+        self.peer_up(peer, now, restarted);
+    }
+
+    pub(super) fn link_down(&mut self, peer: PeerId, now: Instant) {
+        self.links.remove(&peer);
+        self.peer_down(&peer, now);
+    }
+
+    /// Starts control with a linked peer. `restarted`: we had control with it before and lost
+    /// it, so if it starts the E2EE session it is asked to start again.
+    pub(super) fn peer_up(&mut self, peer: PeerId, now: Instant, restarted: bool) {
+        // While we join, every link (the root's too, which even an empty charter knows) only
+        // carries our request and charter sync: nobody treats us as a member yet.
+        if self.role == Role::Joining {
+            self.join_link_up(peer, now);
+            return;
+        }
+        let identity = match self.link_role(&peer) {
+            Some(LinkRole::Member(identity)) => identity,
+            Some(LinkRole::Relay(identity)) => {
+                // A relay link: charter sync and floor, no E2EE session, no keys.
+                self.peers.insert(peer, PeerControl::default());
+                self.sync.handle_link_up(peer, now);
+                // The floor is between members and their arbiter, not between relays.
+                if self.members.contains_key(&peer) || self.role != Role::Relay {
+                    self.floor.peer_up(identity);
+                    self.update_arbiters(now);
+                }
+                // A relay that comes back has forgotten our subscription.
+                self.subscribed.remove(&identity);
+                self.reachability_link_up(peer, now);
+                self.replan(now);
+                self.cascade();
+                return;
+            }
+            // Not of our org: no control, no keys. Its datagrams are dropped by the voice
+            // receiver (or, at a relay, counted as a stranger's). Its control messages go to
+            // `stranger_control`: a join request, for admins.
+            None => return,
+        };
+        let mut control = PeerControl::default();
+        if let Some(ours) = self.own_presence(now) {
+            control.queue(ControlMessage::Presence(ours.encode()));
+        }
+        // Share what we know of others (signed by them), so peers find each other.
+        for record in self.presence.present() {
+            if record.body.peer != identity && record.body.peer != self.local {
+                control.queue(ControlMessage::Presence(record.encode()));
+            }
+        }
+        // The lower peer id starts the E2EE session, so two crossing starts cannot happen.
+        let (pairing, step) = if self.local_peer < peer {
+            let first = self.next_pairing;
+            // Room for the retries of this pairing before the next one's attempts.
+            self.next_pairing += 1 << 12;
+            Pairing::initiate(&self.keys, identity, first, PairingConfig::default(), now)
+        } else {
+            Pairing::respond(identity, PairingConfig::default(), restarted)
+        };
+        control.pairing = Some(pairing);
+        for body in step.send {
+            control.queue(ControlMessage::Handshake(body));
+        }
+        if let Some(e) = step.error {
+            self.warn(format!("session start: {e}"));
+        }
+        self.peers.insert(peer, control);
+        self.reachability_link_up(peer, now);
+        self.sync.handle_link_up(peer, now);
+        self.floor.peer_up(identity);
+        self.update_arbiters(now);
+        self.replan(now);
+    }
+
+    pub(super) fn peer_down(&mut self, peer: &PeerId, now: Instant) {
+        if self.peers.remove(peer).is_some() {
+            self.reachability_link_down(peer, now);
+            if let Some(identity) = self.link_role(peer).map(LinkRole::identity) {
+                self.floor.peer_down(&identity, now);
+                self.update_arbiters(now);
+                if let Some(forwarder) = &mut self.forwarder {
+                    forwarder.remove(&identity);
+                }
+                self.subscribed.remove(&identity);
+                self.replan(now);
+                self.cascade();
+            }
+        }
+        self.listener_loss.remove(peer);
+        self.sync.handle_link_down(peer);
+        self.keys_dirty = true;
+    }
+
+    /// The ordered channel to `peer` broke: start its control over if the link is still up.
+    pub(super) fn control_failed(&mut self, peer: PeerId, request: u64, now: Instant) {
+        let in_flight = self
+            .peers
+            .get(&peer)
+            .is_some_and(|c| c.is_in_flight(request));
+        if in_flight {
+            tracing::debug!(%peer, "control message lost; restarting session");
+            self.peer_down(&peer, now);
+            if self.links.contains_key(&peer) {
+                self.peer_up(peer, now, true);
+            }
+        }
+    }
+
+    pub(super) fn control_message(&mut self, peer: PeerId, bytes: &[u8], now: Instant) {
+        match ControlMessage::decode(bytes) {
+            Ok(ControlMessage::Batch(messages)) => {
+                for message in messages {
+                    self.handle_control(peer, message, now);
+                }
+            }
+            Ok(message) => self.handle_control(peer, message, now),
+            Err(e) => tracing::debug!(%peer, %e, "bad control message"),
+        }
+    }
+
+    fn handle_control(&mut self, peer: PeerId, message: ControlMessage, now: Instant) {
+        if let ControlMessage::Subscribe(body) = &message {
+            // Checked by the relay against the charter: refusals are counted, strangers' too.
+            self.subscription(peer, body);
+            return;
+        }
+        if self.role == Role::Joining {
+            self.stranger_control(peer, message, now);
+            return;
+        }
+        // Membership is checked per message: one in a batch may remove the sender.
+        let identity = match self.link_role(&peer) {
+            Some(LinkRole::Member(identity)) => identity,
+            Some(LinkRole::Relay(identity)) => {
+                match message {
+                    ControlMessage::Sync(body) => self.sync_message(peer, &body, now),
+                    ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
+                    ControlMessage::Presence(body) => self.presence_message(peer, &body, now),
+                    ControlMessage::Observed(body) => self.observed(peer, &body, now),
+                    ControlMessage::Probe(body) => self.probe_request(peer, &body, now),
+                    // Keys, handshakes and voice are for members only.
+                    _ => tracing::debug!(%peer, "control message refused on a relay link"),
+                }
+                return;
+            }
+            None => {
+                self.stranger_control(peer, message, now);
+                return;
+            }
+        };
+        match message {
+            ControlMessage::Sync(body) => self.sync_message(peer, &body, now),
+            ControlMessage::Presence(body) => self.presence_message(peer, &body, now),
+            ControlMessage::Handshake(body) => self.handshake(peer, identity, &body, now),
+            ControlMessage::Voice(packet) => self.datagram(peer, &packet, now, now),
+            ControlMessage::LossReport(pct) => {
+                self.listener_loss.insert(peer, pct.min(100));
+                let worst = self.listener_loss.values().copied().max().unwrap_or(0);
+                self.outputs.push_back(super::Output::ExpectedLoss(worst));
+            }
+            ControlMessage::Grant(body) => {
+                let Some(session) = self
+                    .peers
+                    .get_mut(&peer)
+                    .and_then(|c| c.pairing.as_mut())
+                    .and_then(|p| p.session())
+                else {
+                    return;
+                };
+                match session.accept_grant(&body) {
+                    Ok(grant) => self.receiver.add_grant(&grant),
+                    Err(e) => self.emit(Event::Warning(format!("grant from {peer}: {e}"))),
+                }
+            }
+            ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
+            ControlMessage::Observed(body) => self.observed(peer, &body, now),
+            ControlMessage::Probe(body) => self.probe_request(peer, &body, now),
+            // `decode` refuses nested batches; subscriptions were handled above; a member's
+            // join request arrived after its admission (nothing left to do).
+            ControlMessage::Batch(_)
+            | ControlMessage::Subscribe(_)
+            | ControlMessage::Join(_)
+            | ControlMessage::JoinRefused(_) => {}
+        }
+    }
+
+    pub(super) fn sync_message(&mut self, peer: PeerId, body: &[u8], now: Instant) {
+        match SyncMessage::decode(body) {
+            Ok(msg) => self.sync.handle_message(peer, msg, now),
+            Err(e) => tracing::debug!(%peer, %e, "bad sync message"),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The voice path: an encoded frame is checked (ACL and floor at the sender), sealed once per
+//! key and fanned out (direct copies, relay copies, forwarded copies over circuits); an
+//! incoming datagram is forwarded (enveloped, when we relay) or opened and checked (keys,
+//! replay, ACL, floor) and handed to playout.
+
+use super::{Event, Frame, Member, Output, Role, Target};
+use crate::charter::ChannelId;
+use crate::control::ControlMessage;
+use crate::forward::open_envelope;
+use crate::topology::Route;
+use crate::voice::{
+    channel_deliveries, speakable, whisper_delivery, SenderShortId, VoiceFlags, VoiceHeader,
+};
+use callsign_keys::IdentityKey;
+use libp2p_identity::PeerId;
+use rand::Rng;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+impl Member {
+    pub(super) fn send_frame(&mut self, frame: Frame, now: Instant) {
+        let Frame {
+            target,
+            flags,
+            sequence,
+            timestamp,
+            payload,
+        } = frame;
+        let state = self.sync.charter().state();
+        let (channels, deliveries, flags) = match &target {
+            Target::Channels(channels) => {
+                // The charter may have changed since PTT was pressed, and the floor with it:
+                // check again.
+                let (mut allowed, _) = speakable(state, &self.local, channels);
+                // The closing frame still goes where the transmission went (the floor may
+                // already be released or lost).
+                let closing = flags.contains(VoiceFlags::END);
+                allowed.retain(|c| closing || self.floor.may_transmit(*c));
+                let deliveries = channel_deliveries(
+                    state,
+                    &self.presence,
+                    &self.schedule,
+                    &self.local,
+                    &allowed,
+                    now,
+                );
+                (allowed, deliveries, flags)
+            }
+            Target::Whisper(peer) => {
+                match whisper_delivery(state, &self.schedule, &self.local, peer, now) {
+                    Ok((channel, delivery)) => (
+                        vec![channel],
+                        vec![delivery],
+                        flags.union(VoiceFlags::WHISPER),
+                    ),
+                    Err(_) => (Vec::new(), Vec::new(), flags),
+                }
+            }
+        };
+        if channels.is_empty() {
+            return;
+        }
+        let header = VoiceHeader {
+            flags,
+            channels: channels.clone(),
+            sender: SenderShortId::of(&self.local),
+            sequence,
+            timestamp,
+            key_id: 0,
+        };
+        // Seal once per key; every listener given that key gets the same bytes.
+        let mut sealed: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
+        // (channel, relay) pairs that get a forwarded copy.
+        let mut via: BTreeSet<(ChannelId, IdentityKey)> = BTreeSet::new();
+        let mut warnings = Vec::new();
+        let mut sends = Vec::new();
+        for delivery in deliveries {
+            let key_id = delivery.key.id();
+            if let std::collections::btree_map::Entry::Vacant(slot) = sealed.entry(key_id) {
+                let header = VoiceHeader {
+                    key_id,
+                    ..header.clone()
+                };
+                match delivery.key.seal(&header, &payload) {
+                    Ok(bytes) => {
+                        slot.insert(bytes);
+                    }
+                    Err(e) => {
+                        warnings.push(format!("seal: {e}"));
+                        continue;
+                    }
+                }
+            }
+            let Some(packet) = sealed.get(&key_id) else {
+                continue;
+            };
+            let peer = delivery.peer.peer_id();
+            let lost = self.send_loss > 0.0 && self.loss_rng.gen_bool(self.send_loss.min(1.0));
+            let record = self.presence.get(&delivery.peer);
+            // A listener hearing us only on relay-routed channels gets its copy from the relay;
+            // one we reach only through a relay circuit gets it forwarded by that relay, as
+            // datagrams, rather than on the circuit's stream.
+            let direct = match &target {
+                Target::Whisper(_) => true,
+                Target::Channels(_) => {
+                    let mesh: Vec<ChannelId> = channels
+                        .iter()
+                        .filter(|c| {
+                            record.is_some_and(|r| r.body.listening.binary_search(c).is_ok())
+                                && self.goes_direct(**c, now)
+                        })
+                        .copied()
+                        .collect();
+                    match self.circuit_forwarder(&peer) {
+                        Some(relay) if !mesh.is_empty() => {
+                            via.extend(mesh.iter().map(|c| (*c, relay)));
+                            false
+                        }
+                        _ => !mesh.is_empty(),
+                    }
+                }
+            };
+            if direct && !lost {
+                let Some(link) = self.links.get(&peer) else {
+                    // Not linked: nothing goes, nothing is counted.
+                    continue;
+                };
+                sends.push(if link.kind.is_direct_quic() {
+                    Output::Datagram {
+                        peer,
+                        bytes: packet.clone(),
+                    }
+                } else {
+                    // No datagrams on this link (TCP, or a circuit whose relay does not
+                    // forward): the frame rides a control request instead.
+                    Output::Control {
+                        peer,
+                        bytes: ControlMessage::Voice(packet.clone()).encode(),
+                        ordered: None,
+                    }
+                });
+            }
+            if self.tap {
+                sends.push(Output::Event(Event::VoiceSent {
+                    peer,
+                    packet: packet.clone(),
+                }));
+            }
+            let heard_on: Vec<Option<ChannelId>> = match &target {
+                Target::Whisper(_) => vec![None],
+                Target::Channels(_) => channels
+                    .iter()
+                    .filter(|c| record.is_some_and(|r| r.hears(state, **c)))
+                    .map(|c| Some(*c))
+                    .collect(),
+            };
+            for channel in heard_on {
+                *self.sent.entry((delivery.peer, channel)).or_default() += 1;
+            }
+        }
+        self.outputs.extend(sends);
+        for warning in warnings {
+            self.warn(warning);
+        }
+        if matches!(target, Target::Channels(_)) {
+            for channel in &channels {
+                if let Some(Route::Relay(relay)) = self.routes.get(channel) {
+                    via.insert((*channel, *relay));
+                }
+            }
+            self.send_via_relays(&header, &via, &payload, now);
+        }
+    }
+
+    pub(super) fn datagram(
+        &mut self,
+        peer: PeerId,
+        bytes: &[u8],
+        received_at: Instant,
+        now: Instant,
+    ) {
+        if let Some(packet) = open_envelope(bytes) {
+            self.forward(peer, packet, received_at, now);
+        } else if self.role == Role::Relay {
+            tracing::debug!(%peer, "bare voice to a relay dropped");
+        } else {
+            self.receive_voice(peer, bytes, now);
+        }
+    }
+
+    /// A voice packet for us: opened, checked (keys, replay, ACL, floor) and played.
+    pub(super) fn receive_voice(&mut self, from: PeerId, packet: &[u8], now: Instant) {
+        let state = self.sync.charter().state();
+        match self.receiver.receive(state, &self.listening, packet) {
+            Ok(frame) if !self.in_turn(&frame) => {
+                self.floor_drops += 1;
+                tracing::debug!(peer = %from, "voice out of turn dropped");
+            }
+            Ok(frame) => {
+                self.floor.audio_from(&frame.sender, &frame.channels, now);
+                self.outputs.push_back(Output::Play(frame));
+            }
+            Err(reason) => {
+                tracing::debug!(peer = %from, ?reason, "voice datagram dropped");
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Presence: our own signed record (addresses we may announce, what we listen to, our relays
+//! and routes), others' records gossiped onward, and what a record sets off: a dial to a member
+//! we are not linked to, a direct dial beside a circuit, a circuit reservation at a reachable
+//! member.
+
+use super::{DialCondition, Event, LinkKind, Member, Output, Role};
+use crate::control::ControlMessage;
+use crate::presence::{PresenceBody, PresenceRecord, PresenceUpdate, RelayCapability};
+use libp2p_identity::PeerId;
+use multiaddr::{Multiaddr, Protocol};
+use std::time::Instant;
+
+/// Uplink a circuit-serving member advertises: about 25 Opus voice streams. A guess until the
+/// topology planner measures and budgets it.
+const RELAY_SPARE_UPLINK_KBPS: u32 = 1000;
+
+/// A relay circuit address (`…/p2p-circuit…`).
+pub(crate) fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+impl Member {
+    pub(super) fn presence_message(&mut self, from: PeerId, body: &[u8], now: Instant) {
+        let record = match PresenceRecord::decode(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%from, %e, "bad presence record");
+                return;
+            }
+        };
+        let addrs_changed = self
+            .presence
+            .get(&record.body.peer)
+            .is_none_or(|held| held.body.addrs != record.body.addrs);
+        let members = &self.members;
+        let update = self
+            .presence
+            .insert(record.clone(), self.unix_ms(now), |p| {
+                members.contains_key(&p.peer_id())
+            });
+        if !matches!(update, PresenceUpdate::Joined | PresenceUpdate::Updated) {
+            return;
+        }
+        self.replan_soon();
+        let subject = record.body.peer;
+        if subject == self.local {
+            return;
+        }
+        self.emit(Event::Presence {
+            peer: subject,
+            name: record.body.display_name.clone(),
+            listening: record.body.listening.clone(),
+        });
+        // Gossip onward, and link to members we heard of but are not linked to (the lower id
+        // dials, so a pair makes one connection). A relay passes on only news (a member came,
+        // or can be reached elsewhere): it links everyone, and members re-announce often.
+        let relay = self.role == Role::Relay;
+        if relay && update == PresenceUpdate::Updated && !addrs_changed {
+            return;
+        }
+        let encoded = ControlMessage::Presence(record.encode());
+        for (peer, control) in &mut self.peers {
+            if *peer != from && *peer != subject.peer_id() {
+                control.queue(encoded.clone());
+            }
+        }
+        let subject_peer = subject.peer_id();
+        let addrs: Vec<Multiaddr> = record
+            .body
+            .addrs
+            .iter()
+            .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+            .collect();
+        // Every QUIC address (a confirmed public one, a LAN one for members on the same
+        // network), TCP only when the peer offers no QUIC: voice needs datagrams.
+        let (quic, tcp): (Vec<Multiaddr>, Vec<Multiaddr>) = addrs
+            .iter()
+            .filter(|a| !is_circuit(a))
+            .cloned()
+            .partition(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)));
+        let direct = if quic.is_empty() {
+            tcp.into_iter().take(1).collect()
+        } else {
+            quic
+        };
+        if record.body.relay.public {
+            if let Some(relay) = direct.first() {
+                self.reserve_circuit(subject_peer, relay.clone());
+            }
+        }
+        if relay {
+            return;
+        }
+        // Linked only through a circuit and the peer now announces a direct address (a probe
+        // confirmed it): dial it, whichever of us is lower; dcutr may not have managed (it
+        // dials only one side's observed address).
+        let link = self.links.get(&subject_peer).map(|l| l.kind);
+        if link == Some(LinkKind::Relayed) && addrs_changed && !direct.is_empty() {
+            self.outputs.push_back(Output::Dial {
+                peer: Some(subject_peer),
+                addrs: direct.clone(),
+                condition: DialCondition::Always,
+            });
+        }
+        if link.is_none() && self.local_peer < subject_peer {
+            // The direct address and any relay circuits at once: the first to connect wins
+            // (direct, unless a NAT is in the way), the others are abandoned.
+            let mut candidates = direct;
+            candidates.extend(addrs.into_iter().filter(is_circuit));
+            if !candidates.is_empty() {
+                self.outputs.push_back(Output::Dial {
+                    peer: Some(subject_peer),
+                    addrs: candidates,
+                    condition: DialCondition::Disconnected,
+                });
+            }
+        }
+    }
+
+    /// Reserves a relay v2 circuit at `relay` (reachable at `addr`) unless we hold one or serve
+    /// circuits ourselves: members whose NAT keeps them from reaching us directly can still
+    /// link through it (end-to-end encrypted). A relay that refuses closes the reservation
+    /// ([`super::Input::ReservationClosed`]), and the next relay we hear of gets asked.
+    pub(super) fn reserve_circuit(&mut self, relay: PeerId, addr: Multiaddr) {
+        if self.is_rendezvous() || self.reservation {
+            return;
+        }
+        let circuit = addr
+            .with_p2p(relay)
+            .unwrap_or_else(|a| a)
+            .with(Protocol::P2pCircuit);
+        self.reservation = true;
+        self.outputs.push_back(Output::ReserveCircuit(circuit));
+    }
+
+    pub(super) fn own_presence(&mut self, now: Instant) -> Option<PresenceRecord> {
+        // Addresses a probe confirmed and other confirmed external ones, then listeners (or
+        // what the user announces instead), and our circuits. A listener on a private network
+        // still helps members on the same one; an unspecified IP (0.0.0.0) helps nobody.
+        let confirmed: Vec<Multiaddr> = self
+            .reachability
+            .confirmed()
+            .map(super::reach::quic_multiaddr)
+            .collect();
+        let announced: Vec<&Multiaddr> = match &self.announce {
+            Some(announce) => announce
+                .iter()
+                .chain(self.listen_addrs.iter().filter(|a| is_circuit(a)))
+                .collect(),
+            None => confirmed
+                .iter()
+                .chain(&self.external_addrs)
+                .chain(&self.listen_addrs)
+                .collect(),
+        };
+        let mut addrs: Vec<Vec<u8>> = announced
+            .into_iter()
+            .filter(|a| {
+                !a.iter().any(|p| match p {
+                    Protocol::Ip4(ip) => ip.is_unspecified(),
+                    Protocol::Ip6(ip) => ip.is_unspecified(),
+                    _ => false,
+                })
+            })
+            .map(|a| a.to_vec())
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs.truncate(16);
+        let body = PresenceBody {
+            org: self.sync.charter().org(),
+            peer: self.local,
+            seq: self.presence_seq,
+            issued_at_ms: self.unix_ms(now),
+            ttl_ms: (self.presence_interval.as_millis() as u32).saturating_mul(3),
+            display_name: self.display_name.clone(),
+            listening: self.listening.clone(),
+            relay: RelayCapability {
+                public: self.is_rendezvous(),
+                // Only a configured relay volunteers to forward voice; a member that is merely
+                // reachable offers circuits (rendezvous), not its uplink.
+                spare_uplink_kbps: if self.vouched {
+                    RELAY_SPARE_UPLINK_KBPS
+                } else {
+                    0
+                },
+            },
+            addrs,
+            relay_rtt_ms: self.relay_rtts(),
+            routes: self.advertised_routes(),
+            uplink_kbps: self.uplink_kbps,
+        };
+        match PresenceRecord::sign(&self.keys.identity, body) {
+            Ok(record) => {
+                // Our own record too: the routing rule reads everyone's, ours included.
+                let members = &self.members;
+                self.presence
+                    .insert(record.clone(), self.unix_ms(now), |p| {
+                        members.contains_key(&p.peer_id())
+                    });
+                Some(record)
+            }
+            Err(e) => {
+                self.warn(format!("presence: {e}"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn announce_presence(&mut self, now: Instant) {
+        if self.role == Role::Relay {
+            // No member: nobody would accept our record.
+            return;
+        }
+        self.presence_seq += 1;
+        let Some(record) = self.own_presence(now) else {
+            return;
+        };
+        let message = ControlMessage::Presence(record.encode());
+        for control in self.peers.values_mut() {
+            control.queue(message.clone());
+        }
+    }
+}

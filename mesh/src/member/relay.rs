@@ -1,0 +1,159 @@
+//! The relay role: members' signed subscriptions in, enveloped voice out to the subscribers
+//! through the [`Forwarder`](crate::forward::Forwarder), which reads clear headers only. A
+//! rented relay ([`Role::Relay`]) is no member: it holds no key and opens no packet; a member
+//! that volunteers forwards too, and plays what is routed through it.
+
+use super::{Event, Member, Output, Role};
+use crate::charter::ChannelId;
+use crate::forward::{is_relay, ForwardDrop, Subscription, SubscriptionError};
+use crate::topology::Route;
+use crate::voice::VoiceHeader;
+use callsign_keys::IdentityKey;
+use libp2p_identity::PeerId;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+
+impl Member {
+    /// A subscription from `peer` (checked: signature, signer is the link's peer, the charter
+    /// lets it listen on every channel it names).
+    pub(super) fn subscription(&mut self, peer: PeerId, body: &[u8]) {
+        let Some(forwarder) = self.forwarder.as_mut() else {
+            return;
+        };
+        let state = self.sync.charter().state();
+        let result = Subscription::decode(body).and_then(|s| {
+            if s.body.subscriber.peer_id() == peer {
+                forwarder.subscribe(state, s)
+            } else {
+                Err(SubscriptionError::NotSender)
+            }
+        });
+        match result {
+            Ok(()) => self.cascade(),
+            Err(e) => {
+                self.subscriptions_refused += 1;
+                tracing::debug!(%peer, %e, "subscription refused");
+                self.emit(Event::SubscriptionRefused {
+                    peer,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    /// As a rented relay: subscribes at each linked fellow relay for the channels our members
+    /// subscribed to that prefer both of us (the charter's channel policy), so packets sent
+    /// through either reach the members of both.
+    pub(super) fn cascade(&mut self) {
+        if self.role != Role::Relay {
+            return;
+        }
+        let Some(forwarder) = &self.forwarder else {
+            return;
+        };
+        let state = self.sync.charter().state();
+        let mut desired: BTreeMap<IdentityKey, Vec<ChannelId>> = BTreeMap::new();
+        for (subscriber, channels) in forwarder.subscriptions() {
+            if is_relay(state, subscriber) {
+                continue;
+            }
+            for channel in channels {
+                let Some(info) = state.channels.get(channel) else {
+                    continue;
+                };
+                let prefers = &info.policy.preferred_relays;
+                if !prefers.contains(&self.local) {
+                    continue;
+                }
+                for relay in prefers {
+                    if *relay != self.local && self.peers.contains_key(&relay.peer_id()) {
+                        desired.entry(*relay).or_default().push(*channel);
+                    }
+                }
+            }
+        }
+        for channels in desired.values_mut() {
+            channels.sort();
+            channels.dedup();
+        }
+        self.subscribe_where(desired);
+    }
+
+    /// Forwards an enveloped `packet` that came from `peer`; a member relay also plays it.
+    pub(super) fn forward(
+        &mut self,
+        peer: PeerId,
+        packet: &[u8],
+        received_at: Instant,
+        now: Instant,
+    ) {
+        let Some(forwarder) = self.forwarder.as_mut() else {
+            tracing::debug!(%peer, "enveloped voice, but we do not forward");
+            return;
+        };
+        let from = self.members.get(&peer).or(self.relays.get(&peer));
+        let Some(from) = from.copied() else {
+            forwarder.refuse_stranger(packet);
+            return;
+        };
+        let state = self.sync.charter().state();
+        let to = forwarder.forward(state, &from, packet, now);
+        self.send_copies(to, packet, received_at);
+        // A member relay plays what it forwards on channels routed through it; on mesh
+        // channels (a circuit's forwarded copies) the sender sent it a direct copy too.
+        let through_us = VoiceHeader::parse(packet).is_ok_and(|(header, _)| {
+            header
+                .channels
+                .iter()
+                .any(|c| self.routes.get(c) == Some(&Route::Relay(self.local)))
+        });
+        if through_us && self.role != Role::Relay {
+            self.receive_voice(peer, packet, now);
+        }
+    }
+
+    /// Our own frame, when we are the channel's relay (a volunteering member).
+    pub(super) fn forward_own(&mut self, packet: &[u8], now: Instant) {
+        let Some(forwarder) = self.forwarder.as_mut() else {
+            return;
+        };
+        let to = forwarder.forward(self.sync.charter().state(), &self.local, packet, now);
+        self.send_copies(to, packet, now);
+    }
+
+    fn send_copies(
+        &mut self,
+        to: Result<Vec<IdentityKey>, ForwardDrop>,
+        packet: &[u8],
+        received_at: Instant,
+    ) {
+        let to = match to {
+            Ok(to) => to,
+            Err(reason) => {
+                tracing::trace!(?reason, "not forwarded");
+                return;
+            }
+        };
+        let mut plain = Vec::with_capacity(to.len());
+        let mut enveloped = Vec::new();
+        let state = self.sync.charter().state();
+        for subscriber in to {
+            if subscriber == self.local {
+                continue;
+            }
+            // A fellow relay forwards on what it gets: it gets it enveloped.
+            if is_relay(state, &subscriber) {
+                enveloped.push(subscriber.peer_id());
+            } else {
+                plain.push(subscriber.peer_id());
+            }
+        }
+        self.outputs.push_back(Output::Forward {
+            packet: packet.to_vec(),
+            plain,
+            enveloped,
+            received_at,
+        });
+    }
+}
