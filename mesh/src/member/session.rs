@@ -69,6 +69,7 @@ impl Member {
             // void, and it re-grants its current ones on this session. (A restarted sender
             // reuses key ids, which a held key would shadow.)
             self.receiver.remove_sender(&identity);
+            self.schedule.session_restarted(&identity);
             self.keys_dirty = true;
             self.emit(Event::SessionUp { peer: identity });
             // Our presence may have reached the peer while it did not count us as a member

@@ -229,6 +229,16 @@ impl KeySchedule {
         }
     }
 
+    /// A new pair session with `peer` (it restarted, or its session was started over): the
+    /// keys it was granted went with the old session, so the next [`Self::update`] grants them
+    /// again. Without this, a session restarted by one side only would leave the other side
+    /// believing its grants still held.
+    pub fn session_restarted(&mut self, peer: &IdentityKey) {
+        for slot in self.channels.values_mut().chain(self.whispers.values_mut()) {
+            slot.granted.remove(peer);
+        }
+    }
+
     /// The next grant to deliver.
     pub fn poll_grant(&mut self) -> Option<PendingGrant> {
         self.grants.pop_front()
