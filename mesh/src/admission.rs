@@ -7,8 +7,8 @@
 //! expired, that its role exists, and that its nonce has not admitted anyone yet. The charter
 //! records used nonces, so a ticket admits once however many admins see it.
 
-use crate::wire::WireError;
 use crate::charter::{CharterState, OpBody};
+use crate::wire::WireError;
 use callsign_keys::context::JOIN_REQUEST;
 use callsign_keys::{Identity, IdentityKey, InviteGrant, Signature};
 use serde::{Deserialize, Serialize};

@@ -9,8 +9,8 @@ use callsign_mesh::charter::{
 };
 use callsign_mesh::forward::{envelope, ForwarderConfig};
 use callsign_mesh::member::{
-    Command, Event, Frame, Input, LinkKind, LinkUp, Member, MemberConfig, Output, Role as MemberRole,
-    Target,
+    Command, Event, Frame, Input, LinkKind, LinkUp, Member, MemberConfig, Output,
+    Role as MemberRole, Target,
 };
 use callsign_mesh::topology::Route;
 use callsign_mesh::voice::{KeyScheduleConfig, ReceivedFrame, VoiceFlags};
@@ -289,8 +289,10 @@ impl Net {
                         self.seq += 1;
                         let at = self.now + self.latency;
                         // A lost request: the sender hears of it after a round trip.
-                        self.queue
-                            .insert((at + self.latency, self.seq), (i, Delivery::Failed { to, number }));
+                        self.queue.insert(
+                            (at + self.latency, self.seq),
+                            (i, Delivery::Failed { to, number }),
+                        );
                         continue;
                     }
                     self.send(
@@ -453,7 +455,11 @@ fn linked_members_pair_up_and_hear_each_other() {
     net.mesh(&[0, 1, 2]);
     net.run_for(secs(1));
     for i in 0..3 {
-        assert_eq!(net.sessions(i).len(), 2, "member {i} paired with both others");
+        assert_eq!(
+            net.sessions(i).len(),
+            2,
+            "member {i} paired with both others"
+        );
     }
     net.talk(1, org.channel, 50);
     net.run_for(secs(1));
@@ -572,7 +578,11 @@ fn a_restarted_peer_gets_a_new_session_and_old_keys_are_dropped() {
     net.played[1].clear();
     net.talk(0, org.channel, 10);
     net.run_for(secs(1));
-    assert_eq!(net.heard(1, 0), 10, "the restarted sender's new key reached 1");
+    assert_eq!(
+        net.heard(1, 0),
+        10,
+        "the restarted sender's new key reached 1"
+    );
 }
 
 #[test]
@@ -601,7 +611,10 @@ fn a_busy_channel_moves_to_the_rented_relay_which_forwards_what_it_cannot_open()
         let heard = net.heard(listener, 2);
         assert!(heard >= 50, "member {listener} heard {heard} of 50");
     }
-    assert!(net.forwarded[relay] >= 100, "the relay forwarded the frames");
+    assert!(
+        net.forwarded[relay] >= 100,
+        "the relay forwarded the frames"
+    );
     assert_eq!(net.members[relay].role(), MemberRole::Relay);
     assert_eq!(net.members[relay].receiver().keys_held(), 0, "no audio key");
     assert!(net.played[relay].is_empty());
@@ -624,7 +637,10 @@ fn when_the_relay_goes_the_channel_falls_back_to_the_mesh() {
     // The relay is unreachable now: redials go nowhere.
     net.peers[relay] = PeerId::random();
     net.run_for(Duration::from_millis(500));
-    assert_eq!(net.members[0].routes().get(&org.channel), Some(&Route::Mesh));
+    assert_eq!(
+        net.members[0].routes().get(&org.channel),
+        Some(&Route::Mesh)
+    );
     net.talk(1, org.channel, 25);
     net.run_for(secs(1));
     for listener in [0, 2, 3] {

@@ -3,8 +3,8 @@
 //! releasing) and for the channel (who holds the floor, who raised an emergency).
 
 use super::arbiter::Arbitration;
-use super::shared::Shared;
 use super::message::{Claim, Decision, FloorMessage, FloorRequest, Slot};
+use super::shared::Shared;
 use super::{FloorEvent, LocalFloor};
 use crate::charter::ChannelId;
 use callsign_keys::IdentityKey;

@@ -2,8 +2,8 @@
 //! messages and timers; it says what to send, what happened, and where we may transmit.
 
 use super::channel::{ChannelFloor, Withdrawal};
-use super::shared::Shared;
 use super::message::{FloorMessage, FloorRequest};
+use super::shared::Shared;
 use super::{FloorConfig, FloorError, FloorEvent, LocalFloor};
 use crate::charter::{ChannelId, CharterState, FloorMode, Permissions, Priority};
 use callsign_keys::IdentityKey;

@@ -3,8 +3,8 @@
 //! link names the sender; nothing in them speaks for a third party except an arbiter's
 //! [`Decision`], which receivers accept only from the channel's arbiter.
 
-use crate::wire::WireError;
 use crate::charter::{ChannelId, Priority};
+use crate::wire::WireError;
 use callsign_keys::IdentityKey;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;

@@ -11,6 +11,9 @@
 //! clock, opens a socket or iterates a `HashMap`; randomness comes from seeds in
 //! [`MemberConfig`].
 //!
+//! - `io`: [`Input`], [`Output`], [`MemberConfig`].
+//! - `upkeep`: timers, the reaction to a charter change, the flush after every input.
+//! - `commands`: the user's commands.
 //! - `links`: link up and down, control sessions, the control message dispatch.
 //! - `presence`: our record, others' records, the dials and circuit reservations they set off.
 //! - `session`: pair session steps.
@@ -21,8 +24,10 @@
 //! - `media`: frames out, datagrams in.
 //! - `reach`: address observations and probes.
 
+mod commands;
 mod event;
 mod floor;
+mod io;
 mod join;
 mod links;
 mod media;
@@ -31,22 +36,22 @@ mod reach;
 mod relay;
 mod routes;
 mod session;
+mod upkeep;
 
 pub use event::{Event, LinkKind, Target};
+pub use io::{Command, DialCondition, Frame, Input, LinkUp, MemberConfig, Output};
 pub use routes::{REPLAN_INTERVAL, SWITCH_OVERLAP};
 
 use crate::admission::JoinRequest;
-use crate::charter::sync::{CharterSync, SyncConfig, SyncEvent};
-use crate::charter::{ChannelId, Charter, CharterState, OpBody, Permissions};
+use crate::charter::sync::{CharterSync, SyncConfig};
+use crate::charter::{ChannelId, CharterState, Permissions};
 use crate::control::{ControlMessage, PeerControl};
-use crate::floor::{FloorConfig, FloorControl};
-use crate::forward::{Forwarder, ForwarderConfig};
+use crate::floor::FloorControl;
+use crate::forward::Forwarder;
 use crate::presence::PresenceTable;
 use crate::reachability::{AddressBook, ReachabilityConfig};
 use crate::topology::{Route, TopologyConfig};
-use crate::voice::{
-    speakable, whisper_delivery, KeySchedule, KeyScheduleConfig, VoiceFlags, VoiceReceiver,
-};
+use crate::voice::{KeySchedule, VoiceReceiver};
 use callsign_keys::{IdentityKey, NodeKeys};
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
@@ -54,247 +59,6 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// What a member starts with.
-pub struct MemberConfig {
-    /// Our identity and Noise keys.
-    pub keys: NodeKeys,
-    /// The charter as we hold it.
-    pub charter: Charter,
-    /// The name presence announces.
-    pub display_name: String,
-    /// Channels to listen to from the start (those the charter refuses are dropped).
-    pub listening: Vec<ChannelId>,
-    /// Unix time (ms) at `start`: presence and floor stamps, invite expiry.
-    pub unix_at_start_ms: u64,
-    /// How often we announce presence and look after links.
-    pub presence_interval: Duration,
-    /// Sender key rotation.
-    pub keys_schedule: KeyScheduleConfig,
-    /// Floor control on half-duplex channels.
-    pub floor: FloorConfig,
-    /// Mesh or relay per channel.
-    pub topology: TopologyConfig,
-    /// The upload we may spend on voice, kbit/s (0: not said).
-    pub uplink_kbps: u32,
-    /// Forward voice for subscribers (a relay, or a member volunteering).
-    pub forwarding: Option<ForwarderConfig>,
-    /// The configuration vouches that we are publicly reachable (a relay).
-    pub vouched: bool,
-    /// A join request from an invite, until the charter names us.
-    pub join: Option<JoinRequest>,
-    /// Dialed at start, and again while we have no link at all.
-    pub bootstrap: Vec<Multiaddr>,
-    /// The addresses presence announces instead of what we learn (`Some(vec![])`: none).
-    pub announce: Option<Vec<Multiaddr>>,
-    /// Drop this fraction of our outgoing voice copies (tests and the simulator).
-    pub send_loss: f64,
-    /// Report every voice datagram we send ([`Event::VoiceSent`]).
-    pub tap_voice: bool,
-    /// Seeds every random choice.
-    pub seed: u64,
-}
-
-/// What happened, for [`Member::handle_input`].
-#[derive(Debug)]
-pub enum Input {
-    /// A link to `peer` is up (a new one, or one that replaces the held one).
-    LinkUp(LinkUp),
-    /// Our last link to `peer` closed.
-    LinkDown(PeerId),
-    /// The link layer's round-trip estimates for linked peers.
-    Rtts(Vec<(PeerId, Duration)>),
-    /// A control message from `peer` (the runtime has already acknowledged it).
-    Control(PeerId, Vec<u8>),
-    /// The peer acknowledged our ordered control request `request`.
-    ControlAcked(PeerId, u64),
-    /// Our ordered control request `request` to the peer was lost.
-    ControlFailed(PeerId, u64),
-    /// A voice datagram from `peer`, as it arrived at the link layer at `received_at`.
-    Datagram {
-        /// The link it came on.
-        peer: PeerId,
-        /// Its bytes.
-        bytes: Vec<u8>,
-        /// When the link layer took it (forwarding latency is measured from here).
-        received_at: Instant,
-    },
-    /// The user (or the app) asks for something.
-    Command(Command),
-    /// The capture side encoded a frame for `target`.
-    Frame(Frame),
-    /// Each sender's loss on its way to us over the last second (percent).
-    LossReports(Vec<(IdentityKey, u8)>),
-    /// A probe's nonce reached our socket.
-    ProbeArrived([u8; crate::reachability::NONCE_LEN]),
-    /// Our listen addresses, and the external addresses the link layer confirmed.
-    Addresses {
-        /// Where we listen (circuit reservations included).
-        listening: Vec<Multiaddr>,
-        /// Confirmed by the link layer (autonat, identify).
-        external: Vec<Multiaddr>,
-    },
-    /// A relay accepted our circuit reservation.
-    ReservationAccepted,
-    /// Our circuit reservation was refused or lost.
-    ReservationClosed,
-    /// A deadline from [`Member::poll_timeout`] passed.
-    Timeout,
-}
-
-/// A link that came up.
-#[derive(Clone, Debug)]
-pub struct LinkUp {
-    /// Who.
-    pub peer: PeerId,
-    /// How.
-    pub kind: LinkKind,
-    /// Where a direct link comes from (UDP or TCP); `None` through a circuit.
-    pub remote: Option<SocketAddr>,
-    /// The relay a circuit runs through.
-    pub circuit: Option<PeerId>,
-    /// The address we dialed, when we dialed.
-    pub dialed: Option<Multiaddr>,
-    /// A second connection to a peer we were linked to: it restarted.
-    pub restarted: bool,
-    /// The link layer's round-trip estimate, if it has one yet.
-    pub rtt: Option<Duration>,
-}
-
-/// What the user asks of the protocol.
-#[derive(Clone, Debug)]
-pub enum Command {
-    /// Hear a channel (if the charter allows it).
-    Listen(ChannelId),
-    /// Stop hearing a channel.
-    Unlisten(ChannelId),
-    /// Transmit on these channels (simulcast); half-duplex ones ask for the floor.
-    PttDown(Vec<ChannelId>),
-    /// Raise an emergency on a half-duplex channel.
-    Emergency(ChannelId),
-    /// End `raiser`'s emergency on `channel`.
-    ClearEmergency {
-        /// Where.
-        channel: ChannelId,
-        /// Whose.
-        raiser: IdentityKey,
-    },
-    /// Stop transmitting.
-    PttUp,
-    /// Whisper to one member.
-    WhisperDown(IdentityKey),
-    /// Transmit on open channels while the voice detector hears speech (empty: off).
-    VoiceActivation(Vec<ChannelId>),
-    /// Sign and apply a charter edit.
-    EditCharter(OpBody),
-    /// Subscribe at a relay whatever the routes say (diagnostics).
-    Subscribe {
-        /// The relay.
-        relay: IdentityKey,
-        /// The channels.
-        channels: Vec<ChannelId>,
-    },
-}
-
-/// An encoded frame from the capture side.
-#[derive(Clone, Debug)]
-pub struct Frame {
-    /// Where it goes.
-    pub target: Target,
-    /// Start, end, and the like.
-    pub flags: VoiceFlags,
-    /// The sender's frame counter.
-    pub sequence: u16,
-    /// 48 kHz media timestamp.
-    pub timestamp: u32,
-    /// The Opus payload.
-    pub payload: Vec<u8>,
-}
-
-/// How a dial treats a peer we are linked to or dialing (libp2p's `PeerCondition`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DialCondition {
-    /// Dial even when linked (a better path).
-    Always,
-    /// Only when not linked.
-    Disconnected,
-    /// Only when neither linked nor dialing.
-    DisconnectedAndNotDialing,
-}
-
-/// What the member wants done, from [`Member::poll_output`].
-#[derive(Debug)]
-pub enum Output {
-    /// A control request to `peer`. `ordered`: the outbox's one request in flight, to be
-    /// answered with [`Input::ControlAcked`] or [`Input::ControlFailed`].
-    Control {
-        /// To whom.
-        peer: PeerId,
-        /// An encoded [`ControlMessage`].
-        bytes: Vec<u8>,
-        /// The outbox request number, for ordered messages.
-        ordered: Option<u64>,
-    },
-    /// A voice datagram (already sealed, maybe enveloped).
-    Datagram {
-        /// To whom.
-        peer: PeerId,
-        /// The bytes.
-        bytes: Vec<u8>,
-    },
-    /// As a relay: the same packet to every peer in `plain`, enveloped to those in
-    /// `enveloped` (fellow relays).
-    Forward {
-        /// The sealed voice packet.
-        packet: Vec<u8>,
-        /// Subscribers.
-        plain: Vec<PeerId>,
-        /// Fellow relays.
-        enveloped: Vec<PeerId>,
-        /// When the packet arrived (forwarding latency).
-        received_at: Instant,
-    },
-    /// Dial a peer (or, without one, an address).
-    Dial {
-        /// Whom.
-        peer: Option<PeerId>,
-        /// Where.
-        addrs: Vec<Multiaddr>,
-        /// When a held link makes the dial moot.
-        condition: DialCondition,
-    },
-    /// Reserve a relay circuit at this address (`…/p2p/<relay>/p2p-circuit`).
-    ReserveCircuit(Multiaddr),
-    /// Send `datagram` to `to` from a freshly bound port (a reachability probe).
-    Probe {
-        /// The candidate address.
-        to: SocketAddr,
-        /// The probe datagram.
-        datagram: Vec<u8>,
-    },
-    /// Add (or remove) an external address the link layer vouches for (relay reservations
-    /// name them).
-    ExternalAddress {
-        /// The address.
-        addr: Multiaddr,
-        /// Add or remove.
-        add: bool,
-    },
-    /// Who may use the relay circuits we serve (the org's members).
-    CircuitMembers(Vec<PeerId>),
-    /// Append these encoded ops to the charter log.
-    Persist(Vec<Vec<u8>>),
-    /// A frame that passed every check, to play.
-    Play(crate::voice::ReceivedFrame),
-    /// Key the transmitter on this target (or release it).
-    Transmit(Option<Target>),
-    /// Transmit on these channels while the voice detector hears speech.
-    VoiceActivation(Vec<ChannelId>),
-    /// Tune the encoder's FEC for this loss (the worst listener's report).
-    ExpectedLoss(u8),
-    /// For the app.
-    Event(Event),
-}
 
 /// What a link's peer is to us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -715,235 +479,5 @@ impl Member {
         }
         // Members link to relays, and relays to each other (cascading).
         self.relays.get(peer).map(|k| LinkRole::Relay(*k))
-    }
-
-    fn timers(&mut self, now: Instant) {
-        self.sync.handle_timeout(now);
-        self.floor.handle_timeout(now);
-        self.reachability.handle_timeout(now);
-        self.pairing_timeouts(now);
-        self.keys_dirty = true;
-        if now >= self.next_presence {
-            self.next_presence = now + self.presence_interval;
-            self.announce_presence(now);
-            let gone = {
-                let members = &self.members;
-                self.presence
-                    .expire(self.unix_ms(now), |p| members.contains_key(&p.peer_id()))
-            };
-            for peer in gone {
-                self.emit(Event::PresenceGone { peer });
-            }
-            self.dial_relays();
-            self.redial_bootstrap();
-            self.replan(now);
-        }
-    }
-
-    /// Alone (every peer was offline when we started, or all links dropped): try the
-    /// bootstrap addresses again, so a member or newcomer finds the org once someone is up.
-    fn redial_bootstrap(&mut self) {
-        if !self.links.is_empty() {
-            return;
-        }
-        for addr in self.bootstrap.clone() {
-            self.outputs.push_back(Output::Dial {
-                peer: None,
-                addrs: vec![addr],
-                condition: DialCondition::Always,
-            });
-        }
-    }
-
-    fn command(&mut self, command: Command, now: Instant) {
-        match command {
-            Command::Listen(channel) => {
-                if self.state().may(&self.local, channel, Permissions::LISTEN) {
-                    if let Err(at) = self.listening.binary_search(&channel) {
-                        self.listening.insert(at, channel);
-                        self.replan(now);
-                        self.announce_presence(now);
-                    }
-                } else {
-                    self.warn(format!("the charter does not let us listen on {channel}"));
-                }
-            }
-            Command::Unlisten(channel) => {
-                if let Ok(at) = self.listening.binary_search(&channel) {
-                    self.listening.remove(at);
-                    self.replan(now);
-                    self.announce_presence(now);
-                }
-            }
-            Command::PttDown(channels) => {
-                let allowed = self.speakable_or_refuse(&channels);
-                self.ptt_down(allowed, false, now);
-            }
-            Command::Emergency(channel) => self.ptt_down(vec![channel], true, now),
-            Command::ClearEmergency { channel, raiser } => {
-                self.clear_emergency(channel, raiser, now)
-            }
-            Command::WhisperDown(peer) => {
-                match whisper_delivery(self.state(), &self.schedule, &self.local, &peer, now) {
-                    Ok(_) => {
-                        // A whisper replaces any channel transmission and its floor requests.
-                        self.ptt_up(now);
-                        self.outputs
-                            .push_back(Output::Transmit(Some(Target::Whisper(peer))));
-                    }
-                    Err(e) => {
-                        self.ptt_denied += 1;
-                        self.emit(Event::PttDenied {
-                            channels: Vec::new(),
-                            reason: format!("whisper: {e}"),
-                        });
-                    }
-                }
-            }
-            Command::PttUp => self.ptt_up(now),
-            Command::VoiceActivation(channels) => {
-                let allowed = self.speakable_or_refuse(&channels);
-                let allowed = self.open_only(allowed);
-                self.outputs.push_back(Output::VoiceActivation(allowed));
-            }
-            Command::EditCharter(body) => {
-                let unix = self.unix_ms(now);
-                let identity = self.keys.identity.clone();
-                match self.sync.edit(&identity, body, unix) {
-                    Ok(op) => {
-                        self.outputs.push_back(Output::Persist(vec![op.encode()]));
-                        self.charter_changed(1, now);
-                    }
-                    Err(e) => self.warn(format!("charter edit refused: {e}")),
-                }
-            }
-            Command::Subscribe { relay, channels } => {
-                if !self.subscribe_at(relay, channels) {
-                    self.warn(format!("no link to relay {relay}"));
-                }
-            }
-        }
-    }
-
-    /// The requested channels the charter lets us speak on; the rest are refused (counted and
-    /// reported).
-    fn speakable_or_refuse(&mut self, channels: &[ChannelId]) -> Vec<ChannelId> {
-        let (allowed, denied) = speakable(self.state(), &self.local, channels);
-        if !denied.is_empty() {
-            self.ptt_denied += 1;
-            self.emit(Event::PttDenied {
-                channels: denied,
-                reason: "the charter does not let us speak there".into(),
-            });
-        }
-        allowed
-    }
-
-    fn charter_changed(&mut self, ops: usize, now: Instant) {
-        self.set_members();
-        if self.finish_join() {
-            // Everything we had was learnt as a stranger: announce ourselves as a member.
-            self.listening = self.state().channels.keys().copied().collect();
-        }
-        let state = self.state().clone();
-        self.listening
-            .retain(|c| state.may(&self.local, *c, Permissions::LISTEN));
-        self.floor.update_charter(&state, now);
-        self.keys_dirty = true;
-        // Links to peers that are no longer members (or relays) lose their control state.
-        let joining = self.role == Role::Joining;
-        let gone: Vec<PeerId> = self
-            .peers
-            .keys()
-            .filter(|p| !joining && self.link_role(p).is_none())
-            .copied()
-            .collect();
-        for peer in gone {
-            self.peers.remove(&peer);
-            self.sync.handle_link_down(&peer);
-        }
-        let members: BTreeSet<IdentityKey> = self.members.values().copied().collect();
-        self.floor.retain_participants(|k| members.contains(k), now);
-        self.update_arbiters(now);
-        // Peers linked before the charter named them start their control now.
-        let joined: Vec<PeerId> = self
-            .links
-            .keys()
-            .filter(|p| self.link_role(p).is_some() && !self.peers.contains_key(p))
-            .copied()
-            .collect();
-        for peer in joined {
-            // If the peer was to start the E2EE session, its first message reached us while
-            // it was a stranger and was ignored: as responder we ask it to start again.
-            self.peer_up(peer, now, true);
-        }
-        self.dial_relays();
-        self.replan(now);
-        self.emit(Event::CharterChanged { ops });
-    }
-
-    /// Queues what the state machines want sent.
-    fn flush(&mut self, now: Instant) {
-        if self.replan_due.is_some_and(|due| due <= now) {
-            self.replan(now);
-        }
-        while let Some((peer, message)) = self.sync.poll_transmit() {
-            if let Some(control) = self.peers.get_mut(&peer) {
-                control.queue(ControlMessage::Sync(message.encode()));
-            }
-        }
-        let mut added = 0;
-        while let Some(event) = self.sync.poll_event() {
-            match event {
-                SyncEvent::Added { ops, .. } => {
-                    added += ops.len();
-                    self.outputs.push_back(Output::Persist(ops));
-                }
-                SyncEvent::Rejected { reason, .. } => {
-                    self.warn(format!("charter op rejected: {reason}"));
-                }
-            }
-        }
-        if added > 0 {
-            self.charter_changed(added, now);
-        }
-        if self.keys_dirty {
-            self.keys_dirty = false;
-            let sessions: BTreeSet<IdentityKey> = self
-                .peers
-                .iter()
-                .filter(|(_, c)| c.is_established())
-                .filter_map(|(p, _)| self.members.get(p).copied())
-                .collect();
-            let state = self.sync.charter().state().clone();
-            self.schedule.update(&state, &sessions, now);
-        }
-        while let Some(grant) = self.schedule.poll_grant() {
-            let peer = grant.peer.peer_id();
-            let Some(control) = self.peers.get_mut(&peer) else {
-                continue;
-            };
-            let Some(session) = control.pairing.as_mut().and_then(|p| p.session()) else {
-                continue;
-            };
-            match session.grant(&self.keys, &grant.key, grant.channels) {
-                Ok(sealed) => control.queue(ControlMessage::Grant(sealed)),
-                Err(e) => tracing::warn!(%peer, %e, "sealing a grant failed"),
-            }
-        }
-        self.flush_reachability(now);
-        // Floor messages last: the charter changes above may have started floors.
-        self.flush_floor();
-        for (peer, control) in &mut self.peers {
-            if let Some(bytes) = control.next_to_send() {
-                self.next_request += 1;
-                control.sent(self.next_request);
-                self.outputs.push_back(Output::Control {
-                    peer: *peer,
-                    bytes,
-                    ordered: Some(self.next_request),
-                });
-            }
-        }
     }
 }

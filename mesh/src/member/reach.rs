@@ -5,7 +5,9 @@
 
 use super::{Event, Member, Output};
 use crate::control::ControlMessage;
-use crate::reachability::{may_probe, probe_datagram, Observation, ProbeRequest, ReachabilityEvent};
+use crate::reachability::{
+    may_probe, probe_datagram, Observation, ProbeRequest, ReachabilityEvent,
+};
 use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
 use std::net::SocketAddr;

@@ -13,7 +13,6 @@ use libp2p_identity::PeerId;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-
 impl Member {
     /// A subscription from `peer` (checked: signature, signer is the link's peer, the charter
     /// lets it listen on every channel it names).

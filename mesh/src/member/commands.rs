@@ -1,0 +1,93 @@
+//! The user's commands: listen, PTT (through the floor), whisper, voice activation, charter
+//! edits, diagnostic subscriptions.
+
+use super::{Command, Event, Member, Output, Target};
+use crate::charter::{ChannelId, Permissions};
+use crate::voice::{speakable, whisper_delivery};
+use std::time::Instant;
+
+impl Member {
+    pub(super) fn command(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Listen(channel) => {
+                if self.state().may(&self.local, channel, Permissions::LISTEN) {
+                    if let Err(at) = self.listening.binary_search(&channel) {
+                        self.listening.insert(at, channel);
+                        self.replan(now);
+                        self.announce_presence(now);
+                    }
+                } else {
+                    self.warn(format!("the charter does not let us listen on {channel}"));
+                }
+            }
+            Command::Unlisten(channel) => {
+                if let Ok(at) = self.listening.binary_search(&channel) {
+                    self.listening.remove(at);
+                    self.replan(now);
+                    self.announce_presence(now);
+                }
+            }
+            Command::PttDown(channels) => {
+                let allowed = self.speakable_or_refuse(&channels);
+                self.ptt_down(allowed, false, now);
+            }
+            Command::Emergency(channel) => self.ptt_down(vec![channel], true, now),
+            Command::ClearEmergency { channel, raiser } => {
+                self.clear_emergency(channel, raiser, now)
+            }
+            Command::WhisperDown(peer) => {
+                match whisper_delivery(self.state(), &self.schedule, &self.local, &peer, now) {
+                    Ok(_) => {
+                        // A whisper replaces any channel transmission and its floor requests.
+                        self.ptt_up(now);
+                        self.outputs
+                            .push_back(Output::Transmit(Some(Target::Whisper(peer))));
+                    }
+                    Err(e) => {
+                        self.ptt_denied += 1;
+                        self.emit(Event::PttDenied {
+                            channels: Vec::new(),
+                            reason: format!("whisper: {e}"),
+                        });
+                    }
+                }
+            }
+            Command::PttUp => self.ptt_up(now),
+            Command::VoiceActivation(channels) => {
+                let allowed = self.speakable_or_refuse(&channels);
+                let allowed = self.open_only(allowed);
+                self.outputs.push_back(Output::VoiceActivation(allowed));
+            }
+            Command::EditCharter(body) => {
+                let unix = self.unix_ms(now);
+                let identity = self.keys.identity.clone();
+                match self.sync.edit(&identity, body, unix) {
+                    Ok(op) => {
+                        self.outputs.push_back(Output::Persist(vec![op.encode()]));
+                        self.charter_changed(1, now);
+                    }
+                    Err(e) => self.warn(format!("charter edit refused: {e}")),
+                }
+            }
+            Command::Subscribe { relay, channels } => {
+                if !self.subscribe_at(relay, channels) {
+                    self.warn(format!("no link to relay {relay}"));
+                }
+            }
+        }
+    }
+
+    /// The requested channels the charter lets us speak on; the rest are refused (counted and
+    /// reported).
+    fn speakable_or_refuse(&mut self, channels: &[ChannelId]) -> Vec<ChannelId> {
+        let (allowed, denied) = speakable(self.state(), &self.local, channels);
+        if !denied.is_empty() {
+            self.ptt_denied += 1;
+            self.emit(Event::PttDenied {
+                channels: denied,
+                reason: "the charter does not let us speak there".into(),
+            });
+        }
+        allowed
+    }
+}

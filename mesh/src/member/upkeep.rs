@@ -1,0 +1,159 @@
+//! What runs between inputs: timers (presence, expiry, redials), the reaction to a charter
+//! change, and the flush every input ends with (sync, keys, grants, probes, floor, outboxes).
+
+use super::{DialCondition, Event, Member, Output, Role};
+use crate::charter::sync::SyncEvent;
+use crate::charter::Permissions;
+use crate::control::ControlMessage;
+use callsign_keys::IdentityKey;
+use libp2p_identity::PeerId;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+impl Member {
+    pub(super) fn timers(&mut self, now: Instant) {
+        self.sync.handle_timeout(now);
+        self.floor.handle_timeout(now);
+        self.reachability.handle_timeout(now);
+        self.pairing_timeouts(now);
+        self.keys_dirty = true;
+        if now >= self.next_presence {
+            self.next_presence = now + self.presence_interval;
+            self.announce_presence(now);
+            let gone = {
+                let members = &self.members;
+                self.presence
+                    .expire(self.unix_ms(now), |p| members.contains_key(&p.peer_id()))
+            };
+            for peer in gone {
+                self.emit(Event::PresenceGone { peer });
+            }
+            self.dial_relays();
+            self.redial_bootstrap();
+            self.replan(now);
+        }
+    }
+
+    /// Alone (every peer was offline when we started, or all links dropped): try the
+    /// bootstrap addresses again, so a member or newcomer finds the org once someone is up.
+    pub(super) fn redial_bootstrap(&mut self) {
+        if !self.links.is_empty() {
+            return;
+        }
+        for addr in self.bootstrap.clone() {
+            self.outputs.push_back(Output::Dial {
+                peer: None,
+                addrs: vec![addr],
+                condition: DialCondition::Always,
+            });
+        }
+    }
+
+    pub(super) fn charter_changed(&mut self, ops: usize, now: Instant) {
+        self.set_members();
+        if self.finish_join() {
+            // Everything we had was learnt as a stranger: announce ourselves as a member.
+            self.listening = self.state().channels.keys().copied().collect();
+        }
+        let state = self.state().clone();
+        self.listening
+            .retain(|c| state.may(&self.local, *c, Permissions::LISTEN));
+        self.floor.update_charter(&state, now);
+        self.keys_dirty = true;
+        // Links to peers that are no longer members (or relays) lose their control state.
+        let joining = self.role == Role::Joining;
+        let gone: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|p| !joining && self.link_role(p).is_none())
+            .copied()
+            .collect();
+        for peer in gone {
+            self.peers.remove(&peer);
+            self.sync.handle_link_down(&peer);
+        }
+        let members: BTreeSet<IdentityKey> = self.members.values().copied().collect();
+        self.floor.retain_participants(|k| members.contains(k), now);
+        self.update_arbiters(now);
+        // Peers linked before the charter named them start their control now.
+        let joined: Vec<PeerId> = self
+            .links
+            .keys()
+            .filter(|p| self.link_role(p).is_some() && !self.peers.contains_key(p))
+            .copied()
+            .collect();
+        for peer in joined {
+            // If the peer was to start the E2EE session, its first message reached us while
+            // it was a stranger and was ignored: as responder we ask it to start again.
+            self.peer_up(peer, now, true);
+        }
+        self.dial_relays();
+        self.replan(now);
+        self.emit(Event::CharterChanged { ops });
+    }
+
+    /// Queues what the state machines want sent.
+    pub(super) fn flush(&mut self, now: Instant) {
+        if self.replan_due.is_some_and(|due| due <= now) {
+            self.replan(now);
+        }
+        while let Some((peer, message)) = self.sync.poll_transmit() {
+            if let Some(control) = self.peers.get_mut(&peer) {
+                control.queue(ControlMessage::Sync(message.encode()));
+            }
+        }
+        let mut added = 0;
+        while let Some(event) = self.sync.poll_event() {
+            match event {
+                SyncEvent::Added { ops, .. } => {
+                    added += ops.len();
+                    self.outputs.push_back(Output::Persist(ops));
+                }
+                SyncEvent::Rejected { reason, .. } => {
+                    self.warn(format!("charter op rejected: {reason}"));
+                }
+            }
+        }
+        if added > 0 {
+            self.charter_changed(added, now);
+        }
+        if self.keys_dirty {
+            self.keys_dirty = false;
+            let sessions: BTreeSet<IdentityKey> = self
+                .peers
+                .iter()
+                .filter(|(_, c)| c.is_established())
+                .filter_map(|(p, _)| self.members.get(p).copied())
+                .collect();
+            let state = self.sync.charter().state().clone();
+            self.schedule.update(&state, &sessions, now);
+        }
+        while let Some(grant) = self.schedule.poll_grant() {
+            let peer = grant.peer.peer_id();
+            let Some(control) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            let Some(session) = control.pairing.as_mut().and_then(|p| p.session()) else {
+                continue;
+            };
+            match session.grant(&self.keys, &grant.key, grant.channels) {
+                Ok(sealed) => control.queue(ControlMessage::Grant(sealed)),
+                Err(e) => tracing::warn!(%peer, %e, "sealing a grant failed"),
+            }
+        }
+        self.flush_reachability(now);
+        // Floor messages last: the charter changes above may have started floors.
+        self.flush_floor();
+        for (peer, control) in &mut self.peers {
+            if let Some(bytes) = control.next_to_send() {
+                self.next_request += 1;
+                control.sent(self.next_request);
+                self.outputs.push_back(Output::Control {
+                    peer: *peer,
+                    bytes,
+                    ordered: Some(self.next_request),
+                });
+            }
+        }
+    }
+}
