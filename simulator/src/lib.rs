@@ -11,6 +11,7 @@
 //! `HashMap` where order could change the trace. Same scenario + seed → same trace hash.
 
 pub mod network;
+mod org;
 pub mod report;
 pub mod run;
 pub mod scenario;

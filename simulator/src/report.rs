@@ -1,7 +1,7 @@
 //! What a run reports: per stream, per path, the charter, drops, and the trace hash.
 
 use crate::network::NetworkCounts;
-use crate::run::Org;
+use crate::org::Org;
 use crate::scenario::{Action, FloorSpec, Scenario};
 use crate::trace::TraceLine;
 use callsign_keys::IdentityKey;
