@@ -1,14 +1,26 @@
-//! The control protocol's stream codec: one length-prefixed message per request, an empty
-//! acknowledgement as the response.
+//! The control protocol: [`ControlBehaviour`], a libp2p behaviour on request-response with
+//! [`ControlCodec`] (one length-prefixed message per request, an empty acknowledgement as the
+//! response). It acknowledges every request it receives and reports typed [`ControlEvent`]s:
+//! a message arrived, or a tracked request was acknowledged or lost.
 //!
 //! Control traffic (charter sync, presence, E2EE handshakes and key grants) must arrive whole
-//! and in order; the runtime sends the next message to a peer only after the previous one was
-//! acknowledged, which gives that over request-response. What the bytes mean is the runtime's
-//! business (docs/protocol.md, "Control messages").
+//! and in order; the member sends the next ordered message to a peer only after the previous
+//! one was acknowledged, which gives that over request-response. What the bytes mean is the
+//! member's business (`callsign_mesh::control`, docs/protocol.md, "Control messages").
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::StreamProtocol;
+use libp2p::core::transport::PortUse;
+use libp2p::core::Endpoint;
+use libp2p::request_response::{self, Message, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// The control protocol's name.
 pub const CONTROL_PROTOCOL: StreamProtocol = StreamProtocol::new("/callsign/control/1.0.0");
@@ -89,5 +101,188 @@ impl libp2p::request_response::Codec for ControlCodec {
         T: AsyncWrite + Unpin + Send,
     {
         write_frame(io, &response).await
+    }
+}
+
+type Inner = request_response::Behaviour<ControlCodec>;
+
+/// What the control protocol reports.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// A control message from `peer` (already acknowledged).
+    Message { peer: PeerId, bytes: Vec<u8> },
+    /// The peer acknowledged the tracked request `token`.
+    Acked { peer: PeerId, token: u64 },
+    /// The tracked request `token` was lost (timeout, closed connection, refused stream).
+    Failed {
+        peer: PeerId,
+        token: u64,
+        error: String,
+    },
+}
+
+/// See the module documentation.
+pub struct ControlBehaviour {
+    inner: Inner,
+    /// Tracked requests in flight, with the sender's token.
+    tracked: BTreeMap<OutboundRequestId, (PeerId, u64)>,
+    events: VecDeque<ControlEvent>,
+}
+
+impl ControlBehaviour {
+    /// A control behaviour whose requests time out after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            inner: Inner::with_codec(
+                ControlCodec,
+                [(CONTROL_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(timeout),
+            ),
+            tracked: BTreeMap::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Sends one message to `peer`; with a `token`, its acknowledgement or loss is reported
+    /// ([`ControlEvent::Acked`], [`ControlEvent::Failed`]).
+    pub fn send(&mut self, peer: &PeerId, bytes: Vec<u8>, token: Option<u64>) {
+        let id = self.inner.send_request(peer, bytes);
+        if let Some(token) = token {
+            self.tracked.insert(id, (*peer, token));
+        }
+    }
+
+    fn handle(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                // Receipt is all the response says; a requester that left needs none.
+                let _ = self.inner.send_response(channel, Vec::new());
+                self.events.push_back(ControlEvent::Message {
+                    peer,
+                    bytes: request,
+                });
+            }
+            request_response::Event::Message {
+                message: Message::Response { request_id, .. },
+                ..
+            } => {
+                if let Some((peer, token)) = self.tracked.remove(&request_id) {
+                    self.events.push_back(ControlEvent::Acked { peer, token });
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((peer, token)) = self.tracked.remove(&request_id) {
+                    self.events.push_back(ControlEvent::Failed {
+                        peer,
+                        token,
+                        error: error.to_string(),
+                    });
+                }
+            }
+            request_response::Event::InboundFailure { .. }
+            | request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+impl NetworkBehaviour for ControlBehaviour {
+    type ConnectionHandler = THandler<Inner>;
+    type ToSwarm = ControlEvent;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.inner
+            .on_connection_handler_event(peer, connection_id, event);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<ControlEvent, THandlerInEvent<Self>>> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Poll::Ready(ToSwarm::GenerateEvent(event));
+            }
+            match self.inner.poll(cx) {
+                Poll::Ready(ToSwarm::GenerateEvent(event)) => self.handle(event),
+                Poll::Ready(action) => {
+                    return Poll::Ready(
+                        action.map_out(|_| unreachable!("the arm above takes every event")),
+                    );
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }

@@ -28,7 +28,7 @@
 //! The simulator therefore drives `QuicTransport` + `Links` directly for anything timing-sensitive.
 
 use super::config::LinkConfig;
-use super::control::{ControlCodec, CONTROL_PROTOCOL};
+use super::control::ControlBehaviour;
 use super::links::{DatagramReceiver, Links};
 use super::socket::{LinkSocket, SocketStats};
 use super::transport::QuicTransport;
@@ -81,9 +81,6 @@ pub fn answer_echo(swarm: &mut Swarm<NodeBehaviour>, event: &mut Option<NodeBeha
         let _ = swarm.behaviour_mut().echo.send_response(channel, request);
     }
 }
-
-/// The control protocol's behaviour (see [`super::control`]).
-pub type ControlBehaviour = request_response::Behaviour<ControlCodec>;
 
 /// The node's composed behaviour.
 #[derive(NetworkBehaviour)]
@@ -265,12 +262,7 @@ pub fn build_swarm(
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(5)),
                 ),
-                control: ControlBehaviour::with_codec(
-                    ControlCodec,
-                    [(CONTROL_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10)),
-                ),
+                control: ControlBehaviour::new(Duration::from_secs(10)),
             })
         })
         .map_err(|e| build_err(&e))?

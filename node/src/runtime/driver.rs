@@ -10,6 +10,7 @@ use super::voice::{Encoded, Transmitter};
 use super::NodeError;
 use crate::audio::mixer::ChannelMix;
 use crate::audio::SAMPLE_RATE;
+use crate::link::control::ControlEvent;
 use crate::link::socket::ProbeNonces;
 use crate::link::swarm::{answer_echo, NodeBehaviourEvent, NodeNetwork, RelayAllowList};
 use crate::link::{LinkEvent, Links};
@@ -23,7 +24,6 @@ use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, Message, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId};
@@ -48,8 +48,6 @@ pub(crate) struct Driver {
     pub events: mpsc::UnboundedSender<NodeEvent>,
     /// The newest connection to each peer.
     pub connections: BTreeMap<PeerId, ConnectionId>,
-    /// Our ordered control requests in flight, and the member's numbers for them.
-    pub requests: BTreeMap<OutboundRequestId, (PeerId, u64)>,
     /// Who may use the relay circuits we serve (the org's members).
     pub relay_allow: RelayAllowList,
     /// The listener of our circuit reservation on a member relay, while we hold or await one.
@@ -347,44 +345,16 @@ impl Driver {
         }
     }
 
-    fn control_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>, now: Instant) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let _ = self
-                    .network
-                    .swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, Vec::new());
-                self.member.handle_input(now, Input::Control(peer, request));
+    fn control_event(&mut self, event: ControlEvent, now: Instant) {
+        let input = match event {
+            ControlEvent::Message { peer, bytes } => Input::Control(peer, bytes),
+            ControlEvent::Acked { peer, token } => Input::ControlAcked(peer, token),
+            ControlEvent::Failed { peer, token, error } => {
+                tracing::debug!(%peer, %error, "ordered control request lost");
+                Input::ControlFailed(peer, token)
             }
-            request_response::Event::Message {
-                message: Message::Response { request_id, .. },
-                ..
-            } => {
-                if let Some((peer, number)) = self.requests.remove(&request_id) {
-                    self.member
-                        .handle_input(now, Input::ControlAcked(peer, number));
-                }
-            }
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                if let Some((peer, number)) = self.requests.remove(&request_id) {
-                    tracing::debug!(%peer, %error, "ordered control request lost");
-                    self.member
-                        .handle_input(now, Input::ControlFailed(peer, number));
-                }
-            }
-            _ => {}
-        }
+        };
+        self.member.handle_input(now, input);
     }
 
     /// Tells the member where we listen and which external addresses the swarm holds.
@@ -408,15 +378,8 @@ impl Driver {
                     bytes,
                     ordered,
                 } => {
-                    let id = self
-                        .network
-                        .swarm
-                        .behaviour_mut()
-                        .control
-                        .send_request(&peer, bytes);
-                    if let Some(number) = ordered {
-                        self.requests.insert(id, (peer, number));
-                    }
+                    let control = &mut self.network.swarm.behaviour_mut().control;
+                    control.send(&peer, bytes, ordered);
                 }
                 Output::Datagram { peer, bytes } => {
                     if let Err(e) = self.network.links.send_datagram(&peer, &bytes) {

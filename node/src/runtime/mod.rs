@@ -209,7 +209,6 @@ impl Node {
             )?,
             events: events_tx,
             connections: BTreeMap::new(),
-            requests: BTreeMap::new(),
             relay_allow,
             reservation: None,
             epoch,

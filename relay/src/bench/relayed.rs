@@ -11,10 +11,9 @@ use callsign_mesh::charter::{ChannelId, Charter, OpBody, Permissions, RelayInfo,
 use callsign_mesh::control::ControlMessage;
 use callsign_mesh::forward::{envelope, Subscription, SubscriptionBody};
 use callsign_mesh::voice::{SenderKey, SenderShortId, VoiceFlags, VoiceHeader};
-use callsign_node::link::swarm::{answer_echo, build_swarm, NodeBehaviourEvent, SwarmConfig};
+use callsign_node::link::swarm::{answer_echo, build_swarm, SwarmConfig};
 use callsign_node::link::LinkSocket;
 use futures::StreamExt;
-use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
 use std::io::{Read, Write};
@@ -183,19 +182,11 @@ impl Client {
                 event = self.network.swarm.select_next_some() => match event {
                     SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == self.relay => {
                         let request = self.subscription.clone();
-                        self.network.swarm.behaviour_mut().control.send_request(&peer_id, request);
+                        self.network.swarm.behaviour_mut().control.send(&peer_id, request, None);
                     }
                     SwarmEvent::Behaviour(event) => {
-                        let mut event = Some(event);
-                        answer_echo(&mut self.network.swarm, &mut event);
-                        if let Some(NodeBehaviourEvent::Control(request_response::Event::Message {
-                            message: Message::Request { channel, .. },
-                            ..
-                        })) = event
-                        {
-                            let control = &mut self.network.swarm.behaviour_mut().control;
-                            let _ = control.send_response(channel, Vec::new());
-                        }
+                        // The control behaviour acknowledges requests itself.
+                        answer_echo(&mut self.network.swarm, &mut Some(event));
                     }
                     _ => {}
                 },
