@@ -16,8 +16,10 @@ use callsign_mesh::charter::{
     RelayInfo, Role,
 };
 use clap::{Args, Subcommand};
+
+mod show;
 use rand::RngCore;
-use serde::Serialize;
+use show::show;
 
 /// Options shared by every `org` command.
 #[derive(Args, Debug)]
@@ -572,119 +574,6 @@ fn import(dir: &Path, file: &Path) -> Result<()> {
             Some(h) => eprintln!("  rejected {h:?}: {reason}"),
             None => eprintln!("  rejected: {reason}"),
         }
-    }
-    Ok(())
-}
-
-#[derive(Serialize)]
-struct ChannelView {
-    path: String,
-    id: String,
-    floor: &'static str,
-    mesh_threshold: u8,
-    acl: BTreeMap<String, String>,
-}
-
-#[derive(Serialize)]
-struct OrgView {
-    org: String,
-    name: String,
-    admins: Vec<String>,
-    roles: BTreeMap<String, (String, u8)>,
-    channels: Vec<ChannelView>,
-    members: Vec<(String, String, Vec<String>)>,
-    relays: Vec<(String, u32)>,
-    presets: Vec<String>,
-}
-
-fn show(state: &CharterState, json: bool) -> Result<()> {
-    let mut channels = Vec::new();
-    let mut stack: Vec<ChannelId> = state.children(None).into_iter().rev().collect();
-    while let Some(id) = stack.pop() {
-        let ch = &state.channels[&id];
-        channels.push(ChannelView {
-            path: state.path(id).unwrap_or_default(),
-            id: id.to_string(),
-            floor: match ch.policy.floor {
-                FloorMode::Open => "open",
-                FloorMode::HalfDuplex => "half-duplex",
-            },
-            mesh_threshold: ch.policy.mesh_threshold,
-            acl: ch
-                .acl
-                .iter()
-                .map(|(r, p)| (r.clone(), p.to_string()))
-                .collect(),
-        });
-        stack.extend(state.children(Some(id)).into_iter().rev());
-    }
-    let view = OrgView {
-        org: state.org.to_string(),
-        name: state.name.clone(),
-        admins: std::iter::once(state.org)
-            .chain(state.admins.iter().copied())
-            .map(|k| k.to_string())
-            .collect(),
-        roles: state
-            .roles
-            .iter()
-            .map(|(n, r)| (n.clone(), (r.perms.to_string(), r.priority.level())))
-            .collect(),
-        channels,
-        members: state
-            .members
-            .iter()
-            .map(|(k, m)| (m.name.clone(), k.to_string(), m.roles.clone()))
-            .collect(),
-        relays: state
-            .relays
-            .iter()
-            .map(|(k, r)| (k.to_string(), r.capacity))
-            .collect(),
-        presets: state.presets.keys().cloned().collect(),
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
-        return Ok(());
-    }
-    println!("org {:?} ({})", view.name, view.org);
-    println!("admins: {}", view.admins.join(", "));
-    println!("roles:");
-    for (name, (perms, prio)) in &view.roles {
-        println!("  {name}: {perms} (priority {prio})");
-    }
-    println!("channels:");
-    for ch in &view.channels {
-        let depth = ch.path.matches('/').count();
-        let acl: Vec<String> = ch.acl.iter().map(|(r, p)| format!("{r}={p}")).collect();
-        println!(
-            "  {}{}{}{}",
-            "  ".repeat(depth - 1),
-            ch.path.rsplit('/').next().unwrap_or_default(),
-            if ch.floor == "half-duplex" {
-                " [half-duplex]"
-            } else {
-                ""
-            },
-            if acl.is_empty() {
-                String::new()
-            } else {
-                format!("  ({})", acl.join(", "))
-            }
-        );
-    }
-    println!("members:");
-    for (name, peer, roles) in &view.members {
-        println!("  {name} {peer} [{}]", roles.join(", "));
-    }
-    if !view.relays.is_empty() {
-        println!("relays:");
-        for (peer, capacity) in &view.relays {
-            println!("  {peer} (capacity {capacity})");
-        }
-    }
-    if !view.presets.is_empty() {
-        println!("presets: {}", view.presets.join(", "));
     }
     Ok(())
 }

@@ -1,0 +1,3 @@
+//! Shared by the member tests.
+
+pub mod net;
