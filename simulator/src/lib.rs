@@ -15,8 +15,9 @@ mod org;
 pub mod report;
 pub mod run;
 pub mod scenario;
-mod trace;
+pub mod trace;
 
 pub use report::Report;
 pub use run::{run, RunError};
 pub use scenario::{Scenario, ScenarioError};
+pub use trace::{FloorTrace, TraceEvent, TraceRecord};

@@ -3,11 +3,11 @@
 use crate::network::NetworkCounts;
 use crate::org::Org;
 use crate::scenario::{Action, FloorSpec, Scenario};
-use crate::trace::TraceLine;
+use crate::trace::{FloorTrace, TraceEvent, TraceLine, TraceRecord};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::ChannelId;
 use callsign_mesh::voice::DropCounts;
-use callsign_node::runtime::{NodeStats, StreamChannel};
+use callsign_node::runtime::{LinkKind, NodeStats, StreamChannel};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,6 +132,9 @@ pub struct Report {
     /// The event trace, one line per event: `virtual-ms node event`.
     #[serde(skip)]
     pub trace: Vec<String>,
+    /// The same events, typed.
+    #[serde(skip)]
+    pub events: Vec<TraceRecord>,
 }
 
 impl Report {
@@ -150,42 +153,95 @@ impl Report {
             .find(|p| (p.a == a && p.b == b) || (p.a == b && p.b == a))
     }
 
-    /// Trace lines as (virtual ms, node, event).
-    fn lines(&self) -> impl DoubleEndedIterator<Item = (u64, &str, &str)> {
-        self.trace.iter().filter_map(|line| {
-            let mut parts = line.splitn(3, ' ');
-            let t = parts.next()?.parse().ok()?;
-            Some((t, parts.next()?, parts.next()?))
-        })
+    /// `node`'s events at or before `at_ms`, latest first.
+    pub fn events_before(&self, node: &str, at_ms: u64) -> impl Iterator<Item = &TraceEvent> {
+        let node = node.to_string();
+        self.events
+            .iter()
+            .rev()
+            .filter(move |r| r.node == node && r.at_ms <= at_ms)
+            .map(|r| &r.event)
     }
 
-    /// The last trace line of `node` at or before `at_ms` that starts with `prefix`, without
-    /// the prefix.
-    pub fn last_line(&self, node: &str, prefix: &str, at_ms: u64) -> Option<&str> {
-        self.lines()
-            .rev()
-            .filter(|(t, n, _)| *n == node && *t <= at_ms)
-            .find_map(|(_, _, event)| event.strip_prefix(prefix))
+    /// The first event of `node` at or after `from_ms` that `want` accepts: its time.
+    pub fn first_after(
+        &self,
+        node: &str,
+        from_ms: u64,
+        want: impl Fn(&TraceEvent) -> bool,
+    ) -> Option<u64> {
+        self.events
+            .iter()
+            .find(|r| r.node == node && r.at_ms >= from_ms && want(&r.event))
+            .map(|r| r.at_ms)
     }
 
     /// Who `node` believed held the floor on `channel` at `at_ms` (`None`: free or unknown).
     pub fn floor_holder(&self, node: &str, channel: &str, at_ms: u64) -> Option<&str> {
-        let holder = self.last_line(node, &format!("floor-holder {channel} "), at_ms)?;
-        (holder != "none").then_some(holder)
+        self.events_before(node, at_ms)
+            .find_map(|e| match e {
+                TraceEvent::Floor(FloorTrace::Holder { channel: c, holder }) if c == channel => {
+                    Some(holder.as_deref())
+                }
+                _ => None,
+            })
+            .flatten()
+    }
+
+    /// The route `node` gave `channel` at `at_ms`: `Some(Some(relay))`, `Some(None)` for the
+    /// mesh, `None` before any route event.
+    pub fn route(&self, node: &str, channel: &str, at_ms: u64) -> Option<Option<&str>> {
+        self.events_before(node, at_ms).find_map(|e| match e {
+            TraceEvent::Route { channel: c, relay } if c == channel => Some(relay.as_deref()),
+            _ => None,
+        })
+    }
+
+    /// Who raised the last emergency on `channel` that `node` heard of by `at_ms`.
+    pub fn emergency_by(&self, node: &str, channel: &str, at_ms: u64) -> Option<&str> {
+        self.events_before(node, at_ms).find_map(|e| match e {
+            TraceEvent::Floor(FloorTrace::Emergency { channel: c, by }) if c == channel => {
+                Some(by.as_str())
+            }
+            _ => None,
+        })
+    }
+
+    /// The last emergency cleared on `channel` that `node` heard of by `at_ms`: whose, and who
+    /// cleared it.
+    pub fn emergency_cleared(&self, node: &str, channel: &str, at_ms: u64) -> Option<(&str, &str)> {
+        self.events_before(node, at_ms).find_map(|e| match e {
+            TraceEvent::Floor(FloorTrace::EmergencyClear {
+                channel: c,
+                raiser,
+                by,
+            }) if c == channel => Some((raiser.as_str(), by.as_str())),
+            _ => None,
+        })
     }
 
     /// `node`'s last own floor event on `channel` at `at_ms`: `granted`, `queued <n>`,
     /// `preempted <by>`, `released`, `revoked` or `denied`.
     pub fn floor_state(&self, node: &str, channel: &str, at_ms: u64) -> Option<String> {
-        self.lines()
-            .rev()
-            .filter(|(t, n, _)| *n == node && *t <= at_ms)
-            .find_map(|(_, _, event)| {
-                let (kind, rest) = event.strip_prefix("floor-")?.split_once(' ')?;
-                let (ch, args) = rest.split_once(' ').unwrap_or((rest, ""));
-                (ch == channel && kind != "holder")
-                    .then(|| format!("{kind} {args}").trim().to_string())
+        self.events_before(node, at_ms).find_map(|e| {
+            let TraceEvent::Floor(floor) = e else {
+                return None;
+            };
+            if floor.channel() != channel {
+                return None;
+            }
+            Some(match floor {
+                FloorTrace::Granted { .. } => "granted".to_string(),
+                FloorTrace::Denied { .. } => "denied".to_string(),
+                FloorTrace::Queued { position, .. } => format!("queued {position}"),
+                FloorTrace::Preempted { by, .. } => format!("preempted {by}"),
+                FloorTrace::Revoked { .. } => "revoked".to_string(),
+                FloorTrace::Released { .. } => "released".to_string(),
+                FloorTrace::Holder { .. }
+                | FloorTrace::Emergency { .. }
+                | FloorTrace::EmergencyClear { .. } => return None,
             })
+        })
     }
 
     /// The forwarding report of relay `node`.
@@ -257,21 +313,27 @@ pub(crate) fn build(
     for (i, a) in scenario.nodes.iter().enumerate() {
         for (j, b) in scenario.nodes.iter().enumerate().skip(i + 1) {
             let link = |n: usize, other: &str| {
-                let prefix = format!("link-up {other} ");
-                trace.iter().filter_map(move |(t, node, line)| {
-                    let kind = line.strip_prefix(&prefix)?;
-                    (*node == n).then(|| (*t, kind.to_string()))
-                })
+                let other = other.to_string();
+                trace
+                    .iter()
+                    .filter_map(move |(t, node, event)| match event {
+                        TraceEvent::LinkUp { peer, kind } if *node == n && *peer == other => {
+                            Some((*t, *kind))
+                        }
+                        _ => None,
+                    })
             };
             let kind = link(i, &b.name)
                 .chain(link(j, &a.name))
                 .max_by_key(|(t, _)| *t)
-                .map_or("none".to_string(), |(_, kind)| match kind.as_str() {
-                    "Direct" => "direct".into(),
-                    "HolePunched" => "hole-punched".into(),
-                    "Relayed" => "relayed".into(),
-                    "TcpFallback" => "tcp-fallback".into(),
-                    other => other.to_lowercase(),
+                .map_or("none".to_string(), |(_, kind)| {
+                    match kind {
+                        LinkKind::Direct => "direct",
+                        LinkKind::HolePunched => "hole-punched",
+                        LinkKind::Relayed => "relayed",
+                        LinkKind::TcpFallback => "tcp-fallback",
+                    }
+                    .to_string()
                 });
             let first_audio_ms = [(i, j), (j, i)]
                 .into_iter()
@@ -289,7 +351,7 @@ pub(crate) fn build(
     let converged = hashes.len() == 1 && stats.len() == scenario.nodes.len();
     let last_change = trace
         .iter()
-        .filter(|(_, _, l)| l.starts_with("charter "))
+        .filter(|(_, _, e)| matches!(e, TraceEvent::Charter { .. }))
         .map(|(t, _, _)| *t)
         .max();
     let convergence_ms = match (last_edit, last_change) {
@@ -363,6 +425,14 @@ pub(crate) fn build(
             .iter()
             .map(|(t, n, line)| format!("{} {} {line}", t.as_millis(), scenario.nodes[*n].name))
             .collect(),
+        events: trace
+            .iter()
+            .map(|(t, n, event)| TraceRecord {
+                at_ms: t.as_millis() as u64,
+                node: scenario.nodes[*n].name.clone(),
+                event: event.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -389,14 +459,13 @@ fn first_audio(
     speaker: usize,
     hearer: usize,
 ) -> Option<u64> {
-    let talker = format!("talker {} ", scenario.nodes[speaker].name);
-    let (heard, _, _) = trace
-        .iter()
-        .find(|(_, n, line)| *n == hearer && line.starts_with(&talker))?;
-    let (started, _, _) = trace
-        .iter()
-        .rev()
-        .find(|(t, n, line)| *n == speaker && t <= heard && line.starts_with("transmit "))?;
+    let talker = &scenario.nodes[speaker].name;
+    let (heard, _, _) = trace.iter().find(|(_, n, e)| {
+        *n == hearer && matches!(e, TraceEvent::Talker { peer, .. } if peer == talker)
+    })?;
+    let (started, _, _) = trace.iter().rev().find(|(t, n, e)| {
+        *n == speaker && t <= heard && matches!(e, TraceEvent::Transmit { .. })
+    })?;
     Some((*heard - *started).as_millis() as u64)
 }
 
@@ -449,15 +518,17 @@ fn floor_report(scenario: &Scenario, trace: &[TraceLine]) -> FloorReport {
         };
         for channel in channels.iter().filter(|c| half_duplex.contains(c.as_str())) {
             let granted = lines()
-                .find(|(_, _, l)| *l == format!("floor-granted {channel}"))
+                .find(|(_, _, e)| {
+                    matches!(e, TraceEvent::Floor(FloorTrace::Granted { channel: c }) if c == channel)
+                })
                 .map(|(t, _, _)| *t);
-            let queued = lines().any(|(t, _, l)| {
-                l.starts_with(&format!("floor-queued {channel} "))
+            let queued = lines().any(|(t, _, e)| {
+                matches!(e, TraceEvent::Floor(FloorTrace::Queued { channel: c, .. }) if c == channel)
                     && granted.is_none_or(|g| *t <= g)
             });
             let first_frame = granted.and_then(|g| {
                 lines()
-                    .find(|(t, _, l)| *t >= g && l.starts_with("transmit "))
+                    .find(|(t, _, e)| *t >= g && matches!(e, TraceEvent::Transmit { .. }))
                     .map(|(t, _, _)| *t)
             });
             let ms = |t: Duration| (t - from).as_millis() as u64;

@@ -2,17 +2,13 @@
 //! and emergency pre-emption, a holder that vanishes, late entry, and all of it again with a
 //! rented relay arbitrating.
 
-use callsign_sim::{run, Report};
+use callsign_sim::{run, FloorTrace, Report, TraceEvent};
 
 mod common;
 use common::scenario;
 
 fn nodes(report: &Report) -> Vec<String> {
-    let mut names: Vec<String> = report
-        .trace
-        .iter()
-        .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
-        .collect();
+    let mut names: Vec<String> = report.events.iter().map(|r| r.node.clone()).collect();
     names.sort();
     names.dedup();
     names
@@ -87,16 +83,13 @@ fn crossing_presses_on_an_80ms_mesh_end_with_one_talker() {
         assert!(s.frames_played * 100 >= s.frames_sent * 98, "{s:?}");
     }
     // Talker id: a listener knows who holds the floor before that talker's audio arrives.
-    for line in report.trace.iter().filter(|l| l.contains(" talker ")) {
-        let mut parts = line.split(' ');
-        let (t, node, _, talker) = (
-            parts.next().unwrap().parse::<u64>().unwrap(),
-            parts.next().unwrap(),
-            parts.next(),
-            parts.next().unwrap(),
-        );
-        if t < 12_000 {
-            assert_eq!(report.floor_holder(node, "net", t), Some(talker), "{line}");
+    for record in &report.events {
+        let TraceEvent::Talker { peer: talker, .. } = &record.event else {
+            continue;
+        };
+        if record.at_ms < 12_000 {
+            let holder = report.floor_holder(&record.node, "net", record.at_ms);
+            assert_eq!(holder, Some(talker.as_str()), "{record:?}");
         }
     }
     // Simulcast on the open squad and the held net: squad at once, the net after bravo.
@@ -124,7 +117,7 @@ fn priority_checks(report: &Report, who: &[&str]) {
     floor_state_is(report, "charlie", 4_300, "preempted delta");
     for node in who {
         assert_eq!(
-            report.last_line(node, "emergency net ", 4_300),
+            report.emergency_by(node, "net", 4_300),
             Some("delta"),
             "{node}"
         );
@@ -138,13 +131,13 @@ fn priority_checks(report: &Report, who: &[&str]) {
     one_talker(report, who, "charlie", 7_800);
     for node in who {
         assert_eq!(
-            report.last_line(node, "emergency-clear net ", 8_300),
-            Some("delta hq"),
+            report.emergency_cleared(node, "net", 8_300),
+            Some(("delta", "hq")),
             "{node}"
         );
         assert_eq!(
-            report.last_line(node, "emergency-clear net ", 9_300),
-            Some("hq hq"),
+            report.emergency_cleared(node, "net", 9_300),
+            Some(("hq", "hq")),
             "{node}"
         );
     }
@@ -171,10 +164,11 @@ fn a_crashed_holder_frees_the_floor_and_a_late_listener_hears_the_next_frames() 
     // alpha crashed at 3.5 s: its last claim was at most 0.5 s before; 2 s of silence later
     // bravo holds the floor everywhere.
     let granted = report
-        .trace
-        .iter()
-        .find(|l| l.ends_with(" bravo floor-granted net"))
-        .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
+        .first_after(
+            "bravo",
+            0,
+            |e| matches!(e, TraceEvent::Floor(FloorTrace::Granted { channel }) if channel == "net"),
+        )
         .expect("bravo granted");
     assert!((3_500..=5_600).contains(&granted), "granted at {granted}");
     one_talker(
@@ -185,10 +179,11 @@ fn a_crashed_holder_frees_the_floor_and_a_late_listener_hears_the_next_frames() 
     );
     // charlie starts listening at 7 s, mid-transmission, and hears bravo at once.
     let heard = report
-        .trace
-        .iter()
-        .find(|l| l.contains(" charlie talker bravo "))
-        .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
+        .first_after(
+            "charlie",
+            0,
+            |e| matches!(e, TraceEvent::Talker { peer, .. } if peer == "bravo"),
+        )
         .expect("charlie heard bravo");
     assert!((7_000..=7_200).contains(&heard), "heard at {heard}");
     let s = report
@@ -215,7 +210,7 @@ fn a_rented_relay_arbitrates_and_holds_no_audio_key() {
     floor_state_is(&report, "charlie", 5_300, "preempted delta");
     for node in &all {
         assert_eq!(
-            report.last_line(node, "emergency net ", 5_300),
+            report.emergency_by(node, "net", 5_300),
             Some("delta"),
             "{node}"
         );

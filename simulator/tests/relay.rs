@@ -4,22 +4,13 @@
 
 mod common;
 
-use callsign_sim::{run, Report};
+use callsign_sim::{run, Report, TraceEvent};
 use common::scenario;
 
 const MEMBERS: [&str; 12] = [
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
     "kilo", "lima",
 ];
-
-/// The first trace line of `node` at or after `from_ms` that starts with `prefix`: its time.
-fn first_after(report: &Report, node: &str, prefix: &str, from_ms: u64) -> Option<u64> {
-    report.trace.iter().find_map(|line| {
-        let mut parts = line.splitn(3, ' ');
-        let t: u64 = parts.next()?.parse().ok()?;
-        (t >= from_ms && parts.next()? == node && parts.next()?.starts_with(prefix)).then_some(t)
-    })
-}
 
 fn relay_trace(report: &Report) -> String {
     report
@@ -40,13 +31,13 @@ fn a_twelve_member_channel_moves_to_the_relay_and_survives_its_crash() {
     // rented relay before alpha talks at 3 s, and through the other one after the crash.
     for member in MEMBERS {
         assert_eq!(
-            report.last_line(member, "route ops ", 2_900),
-            Some("relay relay-a"),
+            report.route(member, "ops", 2_900),
+            Some(Some("relay-a")),
             "{member}"
         );
         assert_eq!(
-            report.last_line(member, "route ops ", 10_000),
-            Some("relay relay-b"),
+            report.route(member, "ops", 10_000),
+            Some(Some("relay-b")),
             "{member}"
         );
     }
@@ -56,7 +47,12 @@ fn a_twelve_member_channel_moves_to_the_relay_and_survives_its_crash() {
     for listener in &MEMBERS[1..] {
         let stream = report.stream("alpha", listener, "ops").unwrap();
         assert!(stream.frames_played >= 200, "{stream:?}");
-        let resumed = first_after(&report, listener, "talker alpha", 5_000)
+        let resumed = report
+            .first_after(
+                listener,
+                5_000,
+                |e| matches!(e, TraceEvent::Talker { peer, .. } if peer == "alpha"),
+            )
             .unwrap_or_else(|| panic!("{listener} never heard alpha again"));
         worst_resume = worst_resume.max(resumed - 5_000);
     }
@@ -72,12 +68,12 @@ fn a_twelve_member_channel_moves_to_the_relay_and_survives_its_crash() {
     assert!(a.packets_in + b.packets_in <= 251, "{a:?} {b:?}");
     // mallory is no member: its subscription is refused and it hears nothing.
     assert_eq!(a.subscriptions_refused, 1, "{a:?}");
-    assert!(report
-        .trace
-        .iter()
-        .any(|l| l.contains("relay-a subscription-refused mallory")));
+    assert!(report.events.iter().any(|r| r.node == "relay-a"
+        && matches!(&r.event, TraceEvent::SubscriptionRefused { peer, .. } if peer == "mallory")));
     assert!(report.streams.iter().all(|s| s.to != "mallory"));
-    assert!(report.last_line("mallory", "talker", 10_000).is_none());
+    assert!(!report
+        .events_before("mallory", 10_000)
+        .any(|e| matches!(e, TraceEvent::Talker { .. })));
     // The relays never held a key that opens the audio.
     assert_eq!((a.audio_keys_held, b.audio_keys_held), (0, 0));
 }
@@ -116,8 +112,8 @@ fn without_a_rented_relay_the_members_elect_a_volunteer() {
     ];
     for member in members {
         assert_eq!(
-            report.last_line(member, "route ops ", 2_400),
-            Some("relay hq"),
+            report.route(member, "ops", 2_400),
+            Some(Some("hq")),
             "{member}"
         );
     }
@@ -140,11 +136,11 @@ fn a_channel_spanning_two_regions_cascades_over_both_relays() {
     let report = run(&scenario("relay-cascade"), None).unwrap();
     eprintln!("{}", relay_trace(&report));
     let (eu, us) = (["eu1", "eu2", "eu3", "eu4"], ["us1", "us2", "us3", "us4"]);
-    for (members, relay) in [(eu, "relay relay-eu"), (us, "relay relay-us")] {
+    for (members, relay) in [(eu, "relay-eu"), (us, "relay-us")] {
         for member in members {
             assert_eq!(
-                report.last_line(member, "route ops ", 2_400),
-                Some(relay),
+                report.route(member, "ops", 2_400),
+                Some(Some(relay)),
                 "{member}"
             );
         }

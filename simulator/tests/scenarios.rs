@@ -1,7 +1,7 @@
 //! The scenario suite: each example scenario runs on the real node stack in virtual time and
 //! its report is checked; runs replay exactly from their seed.
 
-use callsign_sim::{run, Report, Scenario};
+use callsign_sim::{run, Report, Scenario, TraceEvent};
 use std::path::Path;
 
 mod common;
@@ -225,8 +225,6 @@ fn a_crashed_member_restarts_and_hears_again_and_a_late_joiner_is_heard() {
     // charlie left before bravo's last transmission: nothing was sent to it.
     assert!(report.stream("bravo", "charlie", "squad").is_none());
     assert!(report.network.partitioned > 0, "the crash silenced bravo");
-    assert!(report
-        .trace
-        .iter()
-        .any(|l| l.contains("bravo session-up alpha")));
+    assert!(report.events.iter().any(|r| r.node == "bravo"
+        && matches!(&r.event, TraceEvent::SessionUp { peer } if peer == "alpha")));
 }
