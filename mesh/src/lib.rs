@@ -1,10 +1,13 @@
 //! Callsign's protocol core, sans-IO.
 //!
-//! This crate owns the logic every node must agree on: the org charter (signed op-DAG, fold
-//! into channels/roles/ACLs, anti-entropy sync, the op log format), the voice packet (sealed
-//! with sender keys, replay window), the E2EE key schedule and pair sessions, presence records,
-//! floor control on half-duplex channels, the topology rule (mesh or which relay) and a
-//! relay's forwarding rule (signed subscriptions; relays see only clear headers).
+//! This crate owns the logic every node must agree on, and one member's whole protocol as one
+//! machine ([`member::Member`]: inputs with `now` in, outputs to carry out). The parts it joins:
+//! the org charter (signed op-DAG, fold into channels/roles/ACLs, anti-entropy sync, the op log
+//! format), control messages and the ordered per-peer outbox, the voice packet (sealed with
+//! sender keys, replay window), the E2EE key schedule and pair sessions, presence records,
+//! floor control on half-duplex channels, the topology rule (mesh or which relay), a relay's
+//! forwarding rule (signed subscriptions; relays see only clear headers), admission,
+//! reachability, and the versioned wire framing they share ([`wire`]).
 //!
 //! It must not: open sockets, spawn threads or tasks, read the wall clock, or iterate a std
 //! `HashMap`/`HashSet` where the order could change a decision. Every entry point takes `now`

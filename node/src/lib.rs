@@ -4,8 +4,9 @@
 //! the libp2p transport on quinn with datagrams, over real or turmoil sockets, the `Links`
 //! registry, the Swarm) and the audio engine ([`audio`]: Opus encode/decode, the adaptive
 //! jitter buffer, the mixer, the capture chain, the device callbacks and the WAV/synthetic
-//! backends), and the Node API ([`runtime`]) whose event loop joins them to the sans-IO mesh
-//! core.
+//! backends), and the Node API ([`runtime`]) whose driver feeds the sans-IO
+//! `callsign_mesh::member::Member` and carries out its outputs on the links and the audio
+//! engine.
 //!
 //! Must not: hold protocol decisions (those live sans-IO in `callsign-mesh`), read the wall
 //! clock in the link layer or the audio pipeline (they run on tokio time or take `now` / media
