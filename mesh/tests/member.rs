@@ -258,7 +258,7 @@ fn garbage_from_the_network_is_dropped_without_harm() {
         net.input(0, Input::Control(peer, bytes.clone()));
         let input = Input::Datagram {
             peer,
-            bytes,
+            bytes: &bytes,
             received_at: net.now,
         };
         net.input(0, input);

@@ -55,7 +55,7 @@ pub struct MemberConfig {
 
 /// What happened, for [`Member::handle_input`](super::Member::handle_input).
 #[derive(Debug)]
-pub enum Input {
+pub enum Input<'a> {
     /// A link to `peer` is up (a new one, or one that replaces the held one).
     LinkUp(LinkUp),
     /// Our last link to `peer` closed.
@@ -68,12 +68,13 @@ pub enum Input {
     ControlAcked(PeerId, u64),
     /// Our ordered control request `request` to the peer was lost.
     ControlFailed(PeerId, u64),
-    /// A voice datagram from `peer`, as it arrived at the link layer at `received_at`.
+    /// A voice datagram from `peer`, as it arrived at the link layer at `received_at`
+    /// (borrowed: the member copies only what it keeps or forwards).
     Datagram {
         /// The link it came on.
         peer: PeerId,
         /// Its bytes.
-        bytes: Vec<u8>,
+        bytes: &'a [u8],
         /// When the link layer took it (forwarding latency is measured from here).
         received_at: Instant,
     },
@@ -193,11 +194,11 @@ pub enum Output {
         /// The outbox request number, for ordered messages.
         ordered: Option<u64>,
     },
-    /// A voice datagram (already sealed, maybe enveloped).
+    /// One voice datagram (already sealed, maybe enveloped) to each of `peers`, in order.
     Datagram {
         /// To whom.
-        peer: PeerId,
-        /// The bytes.
+        peers: Vec<PeerId>,
+        /// The bytes, the same for all.
         bytes: Vec<u8>,
     },
     /// As a relay: the same packet to every peer in `plain`, enveloped to those in

@@ -74,6 +74,22 @@ impl Member {
         let mut via: BTreeSet<(ChannelId, IdentityKey)> = BTreeSet::new();
         let mut warnings = Vec::new();
         let mut sends = Vec::new();
+        let mut taps = Vec::new();
+        // Consecutive listeners given the same packet: one output, framed once by the runtime,
+        // sent in listener order.
+        let mut run: Option<(u16, Vec<PeerId>)> = None;
+        let end_run = |run: &mut Option<(u16, Vec<PeerId>)>,
+                       sends: &mut Vec<Output>,
+                       sealed: &BTreeMap<u16, Vec<u8>>| {
+            if let Some((key_id, peers)) = run.take() {
+                if let Some(bytes) = sealed.get(&key_id) {
+                    sends.push(Output::Datagram {
+                        peers,
+                        bytes: bytes.clone(),
+                    });
+                }
+            }
+        };
         for delivery in deliveries {
             let key_id = delivery.key.id();
             if let std::collections::btree_map::Entry::Vacant(slot) = sealed.entry(key_id) {
@@ -125,23 +141,27 @@ impl Member {
                     // Not linked: nothing goes, nothing is counted.
                     continue;
                 };
-                sends.push(if link.kind.is_direct_quic() {
-                    Output::Datagram {
-                        peer,
-                        bytes: packet.clone(),
+                if link.kind.is_direct_quic() {
+                    match &mut run {
+                        Some((run_key, peers)) if *run_key == key_id => peers.push(peer),
+                        _ => {
+                            end_run(&mut run, &mut sends, &sealed);
+                            run = Some((key_id, vec![peer]));
+                        }
                     }
                 } else {
                     // No datagrams on this link (TCP, or a circuit whose relay does not
                     // forward): the frame rides a control request instead.
-                    Output::Control {
+                    end_run(&mut run, &mut sends, &sealed);
+                    sends.push(Output::Control {
                         peer,
                         bytes: ControlMessage::Voice(packet.clone()).encode(),
                         ordered: None,
-                    }
-                });
+                    });
+                }
             }
             if self.tap {
-                sends.push(Output::Event(Event::VoiceSent {
+                taps.push(Output::Event(Event::VoiceSent {
                     peer,
                     packet: packet.clone(),
                 }));
@@ -158,7 +178,9 @@ impl Member {
                 *self.sent.entry((delivery.peer, channel)).or_default() += 1;
             }
         }
+        end_run(&mut run, &mut sends, &sealed);
         self.outputs.extend(sends);
+        self.outputs.extend(taps);
         for warning in warnings {
             self.warn(warning);
         }

@@ -249,7 +249,7 @@ impl Member {
     }
 
     /// Handles one input at `now`, then queues what it makes us send.
-    pub fn handle_input(&mut self, now: Instant, input: Input) {
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         match input {
             Input::LinkUp(up) => self.link_up(up, now),
             Input::LinkDown(peer) => self.link_down(peer, now),
@@ -271,7 +271,7 @@ impl Member {
                 peer,
                 bytes,
                 received_at,
-            } => self.datagram(peer, &bytes, received_at, now),
+            } => self.datagram(peer, bytes, received_at, now),
             Input::Command(command) => self.command(command, now),
             Input::Frame(frame) => self.send_frame(frame, now),
             Input::LossReports(reports) => {

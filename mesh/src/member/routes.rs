@@ -272,7 +272,7 @@ impl Member {
                 self.forward_own(&packet, now);
             } else {
                 self.outputs.push_back(Output::Datagram {
-                    peer: relay.peer_id(),
+                    peers: vec![relay.peer_id()],
                     bytes: envelope(&packet),
                 });
             }

@@ -302,9 +302,12 @@ impl Net {
                         },
                     );
                 }
-                Output::Datagram { peer, bytes } => {
-                    if let Some(to) = self.index(&peer) {
-                        self.send(i, to, Delivery::Datagram { from: i, bytes });
+                Output::Datagram { peers, bytes } => {
+                    for peer in peers {
+                        if let Some(to) = self.index(&peer) {
+                            let bytes = bytes.clone();
+                            self.send(i, to, Delivery::Datagram { from: i, bytes });
+                        }
                     }
                 }
                 Output::Forward {
@@ -381,7 +384,7 @@ impl Net {
                     Delivery::Datagram { from, bytes } => {
                         let input = Input::Datagram {
                             peer: self.peers[from],
-                            bytes,
+                            bytes: &bytes,
                             received_at: self.now,
                         };
                         self.input(to, input);

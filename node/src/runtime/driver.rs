@@ -88,7 +88,7 @@ impl Driver {
                 Some(datagram) = self.network.datagrams.recv() => {
                     let input = Input::Datagram {
                         peer: datagram.peer,
-                        bytes: datagram.payload.to_vec(),
+                        bytes: &datagram.payload,
                         received_at: datagram.received_at,
                     };
                     self.member.handle_input(now(), input);
@@ -381,9 +381,13 @@ impl Driver {
                     let control = &mut self.network.swarm.behaviour_mut().control;
                     control.send(&peer, bytes, ordered);
                 }
-                Output::Datagram { peer, bytes } => {
-                    if let Err(e) = self.network.links.send_datagram(&peer, &bytes) {
-                        tracing::debug!(%peer, %e, "voice datagram not sent");
+                Output::Datagram { peers, bytes } => {
+                    // Framed once: every copy shares the buffer.
+                    let frame = Links::frame_datagram(&bytes);
+                    for peer in peers {
+                        if let Err(e) = self.network.links.send_framed(&peer, frame.clone()) {
+                            tracing::debug!(%peer, %e, "voice datagram not sent");
+                        }
                     }
                 }
                 Output::Forward {
