@@ -3,11 +3,14 @@
 
 mod common;
 
+use callsign_keys::{InviteGrant, NodeKeys};
+use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::{ChannelId, OpBody};
 use callsign_mesh::member::{Command, Event, Input, LinkKind, LinkUp, Role as MemberRole};
 use callsign_mesh::topology::Route;
 use common::net::{org, Net, ROOT};
 use libp2p_identity::PeerId;
+use rand::SeedableRng;
 use std::time::Duration;
 
 fn secs(n: u64) -> Duration {
@@ -266,4 +269,71 @@ fn garbage_from_the_network_is_dropped_without_harm() {
     net.talk(1, org.channel, 10);
     net.run_for(secs(1));
     assert_eq!(net.heard(0, 1), 10, "the link still works");
+}
+
+#[test]
+fn a_newcomer_with_an_invite_is_admitted_by_an_admin_and_hears_the_squad() {
+    let org = org(3, false, 6);
+    let mut net = Net::new(&org, 0);
+    net.mesh(&[0, 1, 2]);
+    net.run_for(secs(1));
+    let keys = NodeKeys::generate(&mut rand::rngs::StdRng::seed_from_u64(99));
+    let grant = InviteGrant::issue(
+        &org.ids[ROOT],
+        org.charter.org(),
+        "member",
+        u64::MAX,
+        [7; 16],
+    )
+    .unwrap();
+    let join = JoinRequest::sign(&keys.identity, grant, "goose");
+    let newcomer = net.add(&org, &keys, join);
+    assert_eq!(net.members[newcomer].role(), MemberRole::Joining);
+    // It knows only member 1, who is no admin: nothing happens until it reaches the root.
+    net.link(newcomer, 1);
+    net.run_for(secs(1));
+    assert_eq!(net.members[newcomer].role(), MemberRole::Joining);
+    net.link(newcomer, ROOT);
+    net.run_for(secs(2));
+    assert_eq!(net.members[newcomer].role(), MemberRole::Member);
+    assert!(net.events[ROOT]
+        .iter()
+        .any(|e| matches!(e, Event::Admitted { name, .. } if name == "goose")));
+    let hash = net.members[ROOT].state().state_hash();
+    assert_eq!(net.members[newcomer].state().state_hash(), hash);
+    // Its links made while joining start over as a member's: sessions, keys, voice.
+    net.run_for(secs(2));
+    net.talk(ROOT, org.channel, 25);
+    net.run_for(secs(1));
+    assert_eq!(net.heard(newcomer, ROOT), 25, "the newcomer hears the root");
+    net.talk(newcomer, org.channel, 25);
+    net.run_for(secs(1));
+    assert_eq!(net.heard(1, newcomer), 25, "member 1 hears the newcomer");
+}
+
+#[test]
+fn an_invite_from_a_non_admin_admits_nobody() {
+    let org = org(3, false, 6);
+    let mut net = Net::new(&org, 0);
+    net.mesh(&[0, 1, 2]);
+    net.run_for(secs(1));
+    let keys = NodeKeys::generate(&mut rand::rngs::StdRng::seed_from_u64(98));
+    // Member 1 signs an invite it has no right to issue.
+    let grant =
+        InviteGrant::issue(&org.ids[1], org.charter.org(), "member", u64::MAX, [8; 16]).unwrap();
+    let newcomer = net.add(
+        &org,
+        &keys,
+        JoinRequest::sign(&keys.identity, grant, "mallory"),
+    );
+    net.link(newcomer, ROOT);
+    net.run_for(secs(2));
+    assert_eq!(net.members[newcomer].role(), MemberRole::Joining);
+    assert!(net.events[newcomer]
+        .iter()
+        .any(|e| matches!(e, Event::JoinRefused { .. })));
+    assert!(!net.members[ROOT]
+        .state()
+        .members
+        .contains_key(&keys.identity.public()));
 }

@@ -10,6 +10,7 @@
 //! Must not: read the wall clock or an unseeded RNG on the simulated path, or iterate a std
 //! `HashMap` where order could change the trace. Same scenario + seed → same trace hash.
 
+mod host;
 pub mod network;
 mod org;
 pub mod report;

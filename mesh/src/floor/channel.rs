@@ -36,6 +36,8 @@ pub(crate) struct ChannelFloor {
     /// When `mine` last changed (pending and releasing time out from here).
     changed_at: Instant,
     granted_at: Option<Instant>,
+    /// The stamp clock when we were last granted the floor (see `refresh`).
+    granted_stamp: u64,
     claims: BTreeMap<IdentityKey, Claim>,
     /// Claims at or below this rev are ignored: their talker went silent while holding the floor.
     vanished: BTreeMap<IdentityKey, u32>,
@@ -78,6 +80,7 @@ impl ChannelFloor {
             release_rev: None,
             changed_at: now,
             granted_at: None,
+            granted_stamp: 0,
             claims: BTreeMap::new(),
             vanished: BTreeMap::new(),
             seen_by: BTreeMap::new(),
@@ -518,6 +521,14 @@ impl ChannelFloor {
                 holder: leader,
             });
         }
+        // A grant made before the new holder pressed is lost to a pre-emption, which ends our
+        // request. A grant made after (by the clock of stamps) was made on a view that missed
+        // its claim still in flight, say because the old holder's release overtook it: we
+        // never held the floor, so we go back to the queue.
+        let stale_grant = leader.is_some_and(|holder| {
+            live.iter()
+                .any(|(peer, r)| *peer == holder && r.stamp < self.granted_stamp)
+        });
         let next = match (self.mine.request, mine) {
             (Some(request), Some(slot)) => {
                 if leader == Some(sh.local) {
@@ -529,7 +540,7 @@ impl ChannelFloor {
                     } else {
                         LocalFloor::Pending
                     }
-                } else if self.state == LocalFloor::Granted {
+                } else if self.state == LocalFloor::Granted && !stale_grant {
                     match leader {
                         Some(by) => {
                             self.withdraw(sh, Withdrawal::Preempted(by), now);
@@ -568,6 +579,7 @@ impl ChannelFloor {
             match next {
                 LocalFloor::Granted => {
                     self.granted_at = Some(now);
+                    self.granted_stamp = sh.clock(now);
                     self.next_heartbeat = Some(now + sh.config.heartbeat());
                     sh.events.push_back(FloorEvent::Granted {
                         channel: self.channel,

@@ -44,6 +44,13 @@ impl Shared {
         self.hlc
     }
 
+    /// The stamp clock now, without taking a stamp: no earlier than any stamp seen.
+    pub(crate) fn clock(&self, now: Instant) -> u64 {
+        let unix =
+            self.epoch_unix_ms + now.saturating_duration_since(self.epoch).as_millis() as u64;
+        unix.max(self.hlc)
+    }
+
     pub(crate) fn observe(&mut self, stamp: u64) {
         self.hlc = self.hlc.max(stamp);
     }

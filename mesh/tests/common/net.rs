@@ -3,6 +3,7 @@
 //! control requests are acknowledged after another; dials to a known peer link the pair.
 
 use callsign_keys::{Identity, IdentityKey, NodeKeys};
+use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::{
     ChannelId, ChannelPolicy, Charter, OpBody, Permissions, Priority, RelayInfo, Role,
 };
@@ -150,7 +151,56 @@ pub fn org(n: usize, relay: bool, threshold: u8) -> Org {
     }
 }
 
+/// Member `i` of `org` with `keys` (a rented relay with `relay`; joining with `join`).
+fn member(
+    org: &Org,
+    keys: &NodeKeys,
+    i: usize,
+    relay: bool,
+    join: Option<JoinRequest>,
+    start: Instant,
+) -> Member {
+    Member::new(
+        MemberConfig {
+            keys: keys.clone(),
+            charter: org.charter.clone(),
+            display_name: format!("m{i}"),
+            listening: if relay { Vec::new() } else { vec![org.channel] },
+            unix_at_start_ms: 1_700_000_000_000,
+            presence_interval: Duration::from_secs(2),
+            keys_schedule: KeyScheduleConfig::default(),
+            floor: Default::default(),
+            topology: Default::default(),
+            uplink_kbps: 0,
+            forwarding: relay.then(ForwarderConfig::default),
+            vouched: relay,
+            join,
+            bootstrap: Vec::new(),
+            announce: None,
+            send_loss: 0.0,
+            tap_voice: false,
+            seed: i as u64,
+        },
+        start,
+    )
+}
+
 impl Net {
+    /// A newcomer who is not in the charter, joining with `join`: its index.
+    pub fn add(&mut self, org: &Org, keys: &NodeKeys, join: JoinRequest) -> usize {
+        let i = self.members.len();
+        let newcomer = member(org, keys, i, false, Some(join), self.now);
+        self.members.push(newcomer);
+        self.peers.push(keys.identity.public().peer_id());
+        self.keys.push(keys.identity.public());
+        self.played.push(Vec::new());
+        self.events.push(Vec::new());
+        self.transmit.push(None);
+        self.forwarded.push(0);
+        self.drain(i);
+        i
+    }
+
     pub fn new(org: &Org, relays: usize) -> Self {
         let start = Instant::now();
         let count = org.keys.len();
@@ -158,32 +208,7 @@ impl Net {
             .keys
             .iter()
             .enumerate()
-            .map(|(i, keys)| {
-                let relay = i >= count - relays;
-                Member::new(
-                    MemberConfig {
-                        keys: keys.clone(),
-                        charter: org.charter.clone(),
-                        display_name: format!("m{i}"),
-                        listening: if relay { Vec::new() } else { vec![org.channel] },
-                        unix_at_start_ms: 1_700_000_000_000,
-                        presence_interval: Duration::from_secs(2),
-                        keys_schedule: KeyScheduleConfig::default(),
-                        floor: Default::default(),
-                        topology: Default::default(),
-                        uplink_kbps: 0,
-                        forwarding: relay.then(ForwarderConfig::default),
-                        vouched: relay,
-                        join: None,
-                        bootstrap: Vec::new(),
-                        announce: None,
-                        send_loss: 0.0,
-                        tap_voice: false,
-                        seed: i as u64,
-                    },
-                    start,
-                )
-            })
+            .map(|(i, keys)| member(org, keys, i, i >= count - relays, None, start))
             .collect();
         let n = members.len();
         let mut net = Self {
