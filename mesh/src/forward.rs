@@ -378,10 +378,12 @@ impl Forwarder {
         // anyone else, the link's peer must be that member.
         let from_relay = is_relay(state, from);
         let sender = if from_relay {
+            // The root is an admin without an `admins` entry: it speaks too.
             state
                 .members
                 .keys()
                 .chain(state.admins.iter())
+                .chain(std::iter::once(&state.org))
                 .find(|k| SenderShortId::of(k) == header.sender)
                 .copied()
                 .ok_or(ForwardDrop::Stranger)?

@@ -8,7 +8,7 @@ use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::{ChannelId, OpBody};
 use callsign_mesh::member::{Command, Event, Input, LinkKind, LinkUp, Role as MemberRole};
 use callsign_mesh::topology::Route;
-use common::net::{org, Net, ROOT};
+use common::net::{org, org_with_relays, Net, ROOT};
 use libp2p_identity::PeerId;
 use rand::SeedableRng;
 use std::time::Duration;
@@ -336,4 +336,47 @@ fn an_invite_from_a_non_admin_admits_nobody() {
         .state()
         .members
         .contains_key(&keys.identity.public()));
+}
+
+#[test]
+fn members_use_their_nearest_relay_and_the_relays_cascade() {
+    // Two regions of two members, each near one of the channel's two preferred relays.
+    let org = org_with_relays(4, 2, 2);
+    let (near_a, near_b, relay_a, relay_b) = ([0, 1], [2, 3], 4, 5);
+    let mut net = Net::new(&org, 2);
+    net.mesh(&[0, 1, 2, 3]);
+    net.run_for(secs(1));
+    assert!(
+        net.linked(relay_a, relay_b),
+        "rented relays link to each other"
+    );
+    let (a, b) = (net.peers[relay_a], net.peers[relay_b]);
+    let ms = Duration::from_millis;
+    for (members, near, far) in [(near_a, a, b), (near_b, b, a)] {
+        for i in members {
+            net.input(i, Input::Rtts(vec![(near, ms(10)), (far, ms(180))]));
+        }
+    }
+    net.run_for(secs(5));
+    for (members, relay) in [(near_a, relay_a), (near_b, relay_b)] {
+        for i in members {
+            let route = net.members[i].routes().get(&org.channel).copied();
+            assert_eq!(route, Some(Route::Relay(net.keys[relay])), "member {i}");
+        }
+    }
+    // The org's root talks: it is no `members` entry, and its frames cross both relays too.
+    net.talk(ROOT, org.channel, 50);
+    net.run_for(secs(1));
+    for listener in [1, 2, 3] {
+        let heard = net.heard(listener, ROOT);
+        assert!(heard >= 50, "member {listener} heard {heard} of 50");
+    }
+    // The far region's copies came through both relays, one hop between them.
+    assert!(net.forwarded[relay_a] >= 50 && net.forwarded[relay_b] >= 50);
+    net.talk(3, org.channel, 50);
+    net.run_for(secs(1));
+    for listener in [0, 1, 2] {
+        let heard = net.heard(listener, 3);
+        assert!(heard >= 50, "member {listener} heard {heard} of 50 from 3");
+    }
 }

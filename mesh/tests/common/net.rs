@@ -69,8 +69,14 @@ pub struct Org {
 /// `n` members (0 is the root admin) who may all speak and listen on `/ops`; with `relay`, one
 /// more node, a rented relay the charter lists, and `/ops` moves to it above `threshold`.
 pub fn org(n: usize, relay: bool, threshold: u8) -> Org {
+    org_with_relays(n, usize::from(relay), threshold)
+}
+
+/// `n` members and `relays` rented relays (the last nodes), all preferred for `/ops`, which
+/// moves to a relay above `threshold` listeners.
+pub fn org_with_relays(n: usize, relays: usize, threshold: u8) -> Org {
     let mut rng = StdRng::seed_from_u64(7);
-    let keys: Vec<NodeKeys> = (0..n + usize::from(relay))
+    let keys: Vec<NodeKeys> = (0..n + relays)
         .map(|_| NodeKeys::generate(&mut rng))
         .collect();
     let ids: Vec<Identity> = keys.iter().map(|k| k.identity.clone()).collect();
@@ -113,35 +119,28 @@ pub fn org(n: usize, relay: bool, threshold: u8) -> Org {
         )
         .unwrap();
     }
-    if relay {
-        let relay = ids[n].public();
-        c.edit(
-            root,
-            OpBody::PutRelay {
-                peer: relay,
-                info: RelayInfo {
-                    addrs: vec![format!("/ip4/192.0.2.{n}/udp/4433/quic-v1")
-                        .parse::<multiaddr::Multiaddr>()
-                        .unwrap()
-                        .to_vec()],
-                    capacity: 100,
-                },
+    let rented: Vec<IdentityKey> = ids[n..].iter().map(Identity::public).collect();
+    for (i, relay) in rented.iter().enumerate() {
+        let addr = format!("/ip4/192.0.2.{}/udp/4433/quic-v1", n + i);
+        let info = RelayInfo {
+            addrs: vec![addr.parse::<multiaddr::Multiaddr>().unwrap().to_vec()],
+            capacity: 100,
+        };
+        let body = OpBody::PutRelay { peer: *relay, info };
+        c.edit(root, body, 0).unwrap();
+    }
+    if !rented.is_empty() {
+        let policy = ChannelPolicy {
+            mesh_threshold: threshold,
+            preferred_relays: if rented.len() > 1 {
+                rented.clone()
+            } else {
+                Vec::new()
             },
-            0,
-        )
-        .unwrap();
-        c.edit(
-            root,
-            OpBody::SetChannelPolicy {
-                channel,
-                policy: ChannelPolicy {
-                    mesh_threshold: threshold,
-                    ..ChannelPolicy::default()
-                },
-            },
-            0,
-        )
-        .unwrap();
+            ..ChannelPolicy::default()
+        };
+        c.edit(root, OpBody::SetChannelPolicy { channel, policy }, 0)
+            .unwrap();
     }
     Org {
         charter: c,
