@@ -93,8 +93,6 @@ pub enum Input<'a> {
         /// Confirmed by the link layer (autonat, identify).
         external: Vec<Multiaddr>,
     },
-    /// A relay accepted our circuit reservation.
-    ReservationAccepted,
     /// Our circuit reservation was refused or lost.
     ReservationClosed,
     /// A deadline from [`Member::poll_timeout`](super::Member::poll_timeout) passed.

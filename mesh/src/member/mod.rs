@@ -296,7 +296,6 @@ impl Member {
                     self.announce_presence(now);
                 }
             }
-            Input::ReservationAccepted => self.announce_presence(now),
             Input::ReservationClosed => self.reservation = false,
             Input::Timeout => self.timers(now),
         }
