@@ -38,17 +38,17 @@ impl Shared {
 
     /// A fresh stamp, later than every stamp seen.
     pub(crate) fn stamp(&mut self, now: Instant) -> u64 {
-        let unix =
-            self.epoch_unix_ms + now.saturating_duration_since(self.epoch).as_millis() as u64;
-        self.hlc = unix.max(self.hlc + 1);
+        self.hlc = self.unix_ms(now).max(self.hlc + 1);
         self.hlc
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.epoch_unix_ms + now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// The stamp clock now, without taking a stamp: no earlier than any stamp seen.
     pub(crate) fn clock(&self, now: Instant) -> u64 {
-        let unix =
-            self.epoch_unix_ms + now.saturating_duration_since(self.epoch).as_millis() as u64;
-        unix.max(self.hlc)
+        self.unix_ms(now).max(self.hlc)
     }
 
     pub(crate) fn observe(&mut self, stamp: u64) {

@@ -329,11 +329,6 @@ impl Member {
 
     // ---- what the runtime reads ----
 
-    /// Our identity.
-    pub fn identity(&self) -> IdentityKey {
-        self.local
-    }
-
     /// The charter's state.
     pub fn state(&self) -> &CharterState {
         self.sync.charter().state()
@@ -410,11 +405,6 @@ impl Member {
     /// How each channel we listen or speak on travels.
     pub fn routes(&self) -> &BTreeMap<ChannelId, Route> {
         &self.routes
-    }
-
-    /// The bootstrap addresses (dialed by the runtime at start).
-    pub fn bootstrap(&self) -> &[Multiaddr] {
-        &self.bootstrap
     }
 
     // ---- internals shared by the submodules ----

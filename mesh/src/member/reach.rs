@@ -95,29 +95,20 @@ impl Member {
         let mut changed = false;
         while let Some(event) = self.reachability.poll_event() {
             match event {
-                ReachabilityEvent::Confirmed(addr) => {
-                    tracing::info!(%addr, "reachable: a probe from a stranger's port got in");
+                ReachabilityEvent::Confirmed(addr) | ReachabilityEvent::Lost(addr) => {
+                    let reachable = matches!(event, ReachabilityEvent::Confirmed(_));
+                    if reachable {
+                        tracing::info!(%addr, "reachable: a probe from a stranger's port got in");
+                    } else {
+                        tracing::info!(%addr, "no longer reachable there");
+                    }
                     // Relay reservations we grant name our confirmed addresses.
+                    let addr = quic_multiaddr(addr);
                     self.outputs.push_back(Output::ExternalAddress {
-                        addr: quic_multiaddr(addr),
-                        add: true,
+                        addr: addr.clone(),
+                        add: reachable,
                     });
-                    self.emit(Event::Reachability {
-                        addr: quic_multiaddr(addr),
-                        reachable: true,
-                    });
-                    changed = true;
-                }
-                ReachabilityEvent::Lost(addr) => {
-                    tracing::info!(%addr, "no longer reachable there");
-                    self.outputs.push_back(Output::ExternalAddress {
-                        addr: quic_multiaddr(addr),
-                        add: false,
-                    });
-                    self.emit(Event::Reachability {
-                        addr: quic_multiaddr(addr),
-                        reachable: false,
-                    });
+                    self.emit(Event::Reachability { addr, reachable });
                     changed = true;
                 }
                 ReachabilityEvent::Unreachable(addr) => {
