@@ -103,14 +103,107 @@ fn build_show_export_import() {
     ))
     .unwrap();
     assert_eq!(again, show);
-    // Importing twice adds nothing.
+    // Importing twice adds nothing and says so.
     let out = ok(callsign(other.path(), "x.key")
         .args(["org", "import"])
         .arg(&bundle));
     assert!(
-        out.contains("imported 0 of 10") && out.contains("10 already known"),
+        out.contains("up to date") && out.contains("all 10 ops"),
         "{out}"
     );
+}
+
+/// The files under `dir`'s data dir, so a failed command can be shown to have left none.
+fn data_files(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.join("data")];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                found.push(entry.path().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+fn failed(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn import_refuses_a_bundle_that_applies_nothing_or_names_another_org() {
+    let a = tempfile::tempdir().unwrap();
+    build_org(a.path());
+    let bundle_a = a.path().join("a.bundle");
+    ok(callsign(a.path(), "root.key")
+        .args(["org", "export"])
+        .arg(&bundle_a));
+    let b = tempfile::tempdir().unwrap();
+    peer_id(b.path(), "root.key");
+    ok(callsign(b.path(), "root.key").args(["org", "create", "Rogue Squadron"]));
+    let bundle_b = b.path().join("b.bundle");
+    ok(callsign(b.path(), "root.key")
+        .args(["org", "export"])
+        .arg(&bundle_b));
+
+    // A's ops under B's org key (bytes 9..41 of the header): every op is refused.
+    let mut forged = std::fs::read(&bundle_a).unwrap();
+    let b_key = std::fs::read(&bundle_b).unwrap()[9..41].to_vec();
+    forged[9..41].copy_from_slice(&b_key);
+    let forged_path = a.path().join("forged.bundle");
+    std::fs::write(&forged_path, &forged).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let err = failed(
+        callsign(empty.path(), "x.key")
+            .args(["org", "import"])
+            .arg(&forged_path),
+    );
+    assert!(
+        err.contains("applied nothing") && err.contains("10 rejected"),
+        "{err}"
+    );
+    assert_eq!(data_files(empty.path()), Vec::<String>::new());
+    // Into the real B it applies nothing either, and B's log is untouched.
+    let before = data_files(b.path());
+    let log_before = std::fs::read(&before[0]).unwrap();
+    let err = failed(
+        callsign(b.path(), "root.key")
+            .args(["org", "import"])
+            .arg(&forged_path),
+    );
+    assert!(err.contains("applied nothing"), "{err}");
+    assert_eq!(data_files(b.path()), before);
+    assert_eq!(std::fs::read(&before[0]).unwrap(), log_before);
+
+    // Another org's bundle is refused by name unless asked for, and then both orgs are there.
+    let err = failed(
+        callsign(b.path(), "root.key")
+            .args(["org", "import"])
+            .arg(&bundle_a),
+    );
+    assert!(
+        err.contains("\"Star Wing\"") && err.contains("--as-new-org"),
+        "{err}"
+    );
+    assert_eq!(data_files(b.path()), before);
+    ok(callsign(b.path(), "root.key").args(["org", "show"]));
+    let out = ok(callsign(b.path(), "root.key")
+        .args(["org", "import", "--as-new-org"])
+        .arg(&bundle_a));
+    assert!(out.contains("imported 10 of 10"), "{out}");
+    assert_eq!(data_files(b.path()).len(), 2);
+    let err = failed(callsign(b.path(), "root.key").args(["org", "show"]));
+    assert!(err.contains("--org"), "{err}");
 }
 
 #[test]
@@ -147,6 +240,7 @@ fn corrupt_bundle_and_damaged_log() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: cannot import"));
+    assert_eq!(data_files(other.path()), Vec::<String>::new());
 
     // Tear the log's last record: the tool warns, keeps the rest, and still works.
     let orgs = dir.path().join("data/orgs");

@@ -9,8 +9,10 @@
 //! request in flight.
 
 use crate::pairing::Pairing;
+use callsign_keys::IdentityKey;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::time::Instant;
 
 /// Version byte of control messages.
 pub const CONTROL_VERSION: u8 = 1;
@@ -48,6 +50,14 @@ pub enum ControlMessage {
     /// "Send this nonce to me from a fresh port" (`reachability::ProbeRequest::encode`). Sent
     /// outside the ordered outbox.
     Probe(Vec<u8>),
+    /// "My link to this rented relay comes from this address" (a multiaddr's bytes), so
+    /// members that lost the relay dial it where it is now (`member::relay_dial`).
+    RelayAddress {
+        /// The relay (a charter `PutRelay` key).
+        relay: IdentityKey,
+        /// The multiaddr's bytes.
+        addr: Vec<u8>,
+    },
 }
 
 /// The largest control message (the request codec's limit).
@@ -111,6 +121,7 @@ impl ControlMessage {
             ControlMessage::JoinRefused(reason) => reason.len(),
             ControlMessage::LossReport(_) => 1,
             ControlMessage::Batch(m) => m.iter().map(Self::body_len).sum(),
+            ControlMessage::RelayAddress { addr, .. } => 32 + addr.len(),
         }
     }
 }
@@ -118,7 +129,8 @@ impl ControlMessage {
 /// Control state for one linked member; `R` names a sent request.
 pub struct PeerControl<R> {
     outbox: VecDeque<ControlMessage>,
-    in_flight: Option<R>,
+    /// The request in flight and when it was sent.
+    in_flight: Option<(R, Instant)>,
     /// The pair session and its restart rules (none on a relay link).
     pub pairing: Option<Pairing>,
 }
@@ -161,13 +173,13 @@ impl<R: Copy + PartialEq> PeerControl<R> {
     }
 
     /// The request [`Self::next_to_send`] gave went out as `id`.
-    pub fn sent(&mut self, id: R) {
-        self.in_flight = Some(id);
+    pub fn sent(&mut self, id: R, now: Instant) {
+        self.in_flight = Some((id, now));
     }
 
     /// The in-flight message was acknowledged (true) or belongs to someone else (false).
     pub fn acknowledged(&mut self, id: R) -> bool {
-        if self.in_flight == Some(id) {
+        if self.is_in_flight(id) {
             self.in_flight = None;
             true
         } else {
@@ -177,7 +189,13 @@ impl<R: Copy + PartialEq> PeerControl<R> {
 
     /// Whether `id` is the request in flight.
     pub fn is_in_flight(&self, id: R) -> bool {
-        self.in_flight == Some(id)
+        self.in_flight.is_some_and(|(r, _)| r == id)
+    }
+
+    /// The request in flight and when it was sent: the owner gives it up after its timeout
+    /// (on its own clock, so a simulated run needs no wall-clock timer for it).
+    pub fn in_flight(&self) -> Option<(R, Instant)> {
+        self.in_flight
     }
 
     /// Whether the pair session is up.
@@ -200,7 +218,7 @@ mod tests {
             Ok(ControlMessage::Presence(vec![1]))
         );
         let id = 7;
-        control.sent(id);
+        control.sent(id, std::time::Instant::now());
         control.queue(ControlMessage::Handshake(vec![2]));
         control.queue(ControlMessage::Grant(vec![3]));
         control.queue(ControlMessage::LossReport(4));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use callsign_keys::{InviteGrant, NodeKeys};
+use callsign_keys::{IdentityKey, InviteGrant, NodeKeys};
 use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::{ChannelId, OpBody};
 use callsign_mesh::member::{Command, Event, Input, LinkKind, LinkUp, Role as MemberRole};
@@ -234,6 +234,55 @@ fn a_removed_member_loses_the_audio_and_its_control() {
     net.run_for(secs(1));
     assert_eq!(net.heard(0, 1), 25);
     assert_eq!(net.heard(2, 1), 0, "the removed member hears nothing");
+}
+
+#[test]
+fn a_member_removed_while_cut_off_learns_it_when_back_and_nothing_newer() {
+    let org = org(4, false, 6);
+    let mut net = Net::new(&org, 0);
+    net.mesh(&[0, 1, 2, 3]);
+    net.run_for(secs(1));
+    for i in 0..3 {
+        net.unlink(i, 3);
+    }
+    let removed = org.ids[3].public();
+    net.input(
+        ROOT,
+        Input::Command(Command::EditCharter(OpBody::RemoveMember { peer: removed })),
+    );
+    net.input(
+        ROOT,
+        Input::Command(Command::EditCharter(OpBody::AddChannel {
+            parent: None,
+            name: "after".into(),
+        })),
+    );
+    net.run_for(secs(1));
+    assert!(!net.members[3].is_removed());
+    assert_eq!(net.members[1].state().channels.len(), 2);
+
+    // Back in touch with a member that applied the removal (not its author): its first
+    // sync message is answered with the removal, and it stops.
+    net.link(1, 3);
+    net.run_for(secs(1));
+    let removed_by: Vec<&IdentityKey> = net.events[3]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Removed { by } => Some(by),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed_by, [&org.ids[0].public()]);
+    assert!(net.members[3].is_removed());
+    assert!(!net.members[3].state().members.contains_key(&removed));
+    assert_eq!(
+        net.members[3].state().channels.len(),
+        1,
+        "the removed member learns its removal and not the charter after it"
+    );
+    net.talk(3, org.channel, 10);
+    net.run_for(secs(1));
+    assert_eq!(net.heard(1, 3), 0);
 }
 
 #[test]

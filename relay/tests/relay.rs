@@ -163,10 +163,18 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
         1.0
     );
     assert_eq!(metric(&text, "callsign_relay_audio_keys_held"), 0.0);
-    assert!(
-        text.contains("callsign_relay_forward_latency_seconds_bucket"),
+    // The exposition format spells the last bucket `+Inf`, and it counts every observation.
+    let inf = metric(
+        &text,
+        "callsign_relay_forward_latency_seconds_bucket{le=\"+Inf\"}",
+    );
+    assert_eq!(
+        inf,
+        metric(&text, "callsign_relay_forward_latency_seconds_count"),
         "{text}"
     );
+    assert!(inf > 0.0, "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
     let health = tokio::task::spawn_blocking(move || http_get(&metrics.to_string(), "/health"))
         .await
         .unwrap();

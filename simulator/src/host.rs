@@ -11,7 +11,7 @@ use callsign_mesh::charter::{ChannelId, OpBody};
 use callsign_node::link::LinkSocket;
 use callsign_node::runtime::{AudioInput, NodeStats};
 use callsign_node::{Node, NodeCommand, NodeConfig};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +45,14 @@ fn lifecycle(scenario: &Scenario, name: &str) -> Vec<(Duration, Life)> {
         .collect();
     out.sort_by_key(|(t, _)| *t);
     out
+}
+
+/// The counters of every incarnation so far: the finished ones' and the current one's.
+fn so_far(total: &Option<NodeStats>, current: NodeStats) -> NodeStats {
+    match total {
+        Some(acc) => merge(acc.clone(), current),
+        None => current,
+    }
 }
 
 /// Adds a later incarnation's counters to the earlier ones'.
@@ -115,6 +123,10 @@ pub(crate) struct Shared {
     pub(crate) stats: Mutex<BTreeMap<usize, NodeStats>>,
     /// Virtual time of the last charter edit command.
     pub(crate) last_edit: Mutex<Option<Duration>>,
+    /// Each node's counters at the scenario's `measure_from_s`.
+    pub(crate) baselines: Mutex<BTreeMap<usize, NodeStats>>,
+    /// The nodes still running when the scenario ended.
+    pub(crate) live_at_end: Mutex<BTreeSet<usize>>,
 }
 
 pub(crate) fn sim_now() -> Duration {
@@ -218,6 +230,8 @@ pub(crate) struct HostPlan {
     uplink_kbps: f64,
     node_seed: u64,
     duration: Duration,
+    /// When the report's settled window starts.
+    measure_from: Option<Duration>,
     commands: Vec<(Duration, NodeCommand)>,
     /// When this member edits the charter (for convergence time).
     edits: Vec<Duration>,
@@ -285,6 +299,7 @@ impl HostPlan {
             uplink_kbps,
             node_seed,
             duration: Duration::from_secs_f64(scenario.duration_s),
+            measure_from: scenario.measure_from_s.map(Duration::from_secs_f64),
             commands,
             edits,
             listen,
@@ -314,6 +329,7 @@ pub(crate) async fn run_host(
         uplink_kbps,
         node_seed,
         duration,
+        measure_from,
         commands,
         edits,
         listen,
@@ -339,6 +355,9 @@ pub(crate) async fn run_host(
     let mut commands = commands.into_iter().peekable();
     let mut lifecycle = lifecycle.into_iter().peekable();
     let mut total: Option<NodeStats> = None;
+    let mark = measure_from.map(|m| start + m);
+    let mut baseline: Option<NodeStats> = None;
+    let mut live = false;
     let mut incarnation = 0u64;
     // A node that joins later waits for its join (or restart) event.
     if matches!(lifecycle.peek(), Some((_, Life::Join | Life::Restart))) {
@@ -390,27 +409,41 @@ pub(crate) async fn run_host(
         incarnation += 1;
         let stop = lifecycle.peek().map(|(t, life)| (start + *t, *life));
         let run_until = stop.map_or(end, |(t, _)| t.min(end));
+        // The node stops by itself when an admin removed it.
+        let mut stopped_itself = false;
         loop {
-            let next = commands
+            let mut next = commands
                 .peek()
                 .map(|(t, _)| start + *t)
                 .unwrap_or(run_until)
                 .min(run_until);
+            if let Some(mark) = mark.filter(|_| baseline.is_none()) {
+                next = next.min(mark);
+            }
             tokio::select! {
                 biased;
                 event = node.next_event() => {
-                    let Some(event) = event else { break };
+                    let Some(event) = event else {
+                        stopped_itself = true;
+                        break;
+                    };
                     if let Some(line) = describe(&event, &by_key, &channel_names) {
                         shared.trace.lock().unwrap_or_else(|e| e.into_inner())
                             .push((sim_now(), index, line));
                     }
                 }
                 _ = tokio::time::sleep_until(next) => {
-                    if tokio::time::Instant::now() >= run_until {
+                    let now = tokio::time::Instant::now();
+                    if baseline.is_none() && mark.is_some_and(|m| now >= m) {
+                        baseline = Some(so_far(&total, node.stats().await?));
+                    }
+                    if now >= run_until {
                         break;
                     }
-                    if let Some((_, command)) = commands.next() {
-                        node.command(command)?;
+                    if commands.peek().is_some_and(|(t, _)| start + *t <= now) {
+                        if let Some((_, command)) = commands.next() {
+                            node.command(command)?;
+                        }
                     }
                 }
             }
@@ -425,8 +458,12 @@ pub(crate) async fn run_host(
             None => stats,
             Some(acc) => merge(acc, stats),
         });
+        if stopped_itself {
+            break;
+        }
         let stopped = stop.is_some_and(|(t, _)| t <= end);
         if !stopped {
+            live = true;
             break;
         }
         lifecycle.next();
@@ -435,6 +472,10 @@ pub(crate) async fn run_host(
             break;
         };
         let back = (start + back_at).min(end);
+        if baseline.is_none() && mark.is_some_and(|m| m < back) {
+            // Absent at the mark: everything so far is before it.
+            baseline = total.clone();
+        }
         while commands.peek().is_some_and(|(t, _)| start + *t < back) {
             commands.next();
         }
@@ -447,6 +488,21 @@ pub(crate) async fn run_host(
     if let Some(last) = edits.last() {
         let mut slot = shared.last_edit.lock().unwrap_or_else(|e| e.into_inner());
         *slot = Some((*slot).unwrap_or_default().max(*last));
+    }
+    if mark.is_some_and(|m| m <= end) {
+        let before = baseline.or_else(|| total.clone()).unwrap_or_default();
+        shared
+            .baselines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index, before);
+    }
+    if live {
+        shared
+            .live_at_end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index);
     }
     if let Some(stats) = total {
         shared

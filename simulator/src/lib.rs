@@ -5,11 +5,13 @@
 //! duplication, bandwidth queues, partitions, NAT filtering), and the runner ([`run`]) that
 //! starts the real `callsign_node::Node` for every member on turmoil sockets in virtual time and
 //! reports per-stream delivery, mouth-to-ear latency, paths, charter convergence, floor grants,
-//! drops and a trace hash ([`report`]).
+//! drops and a trace hash ([`report`]); chaos runs ([`chaos`]): random scenarios from a seed,
+//! checked against invariants.
 //!
 //! Must not: read the wall clock or an unseeded RNG on the simulated path, or iterate a std
 //! `HashMap` where order could change the trace. Same scenario + seed → same trace hash.
 
+pub mod chaos;
 mod host;
 pub mod network;
 mod org;

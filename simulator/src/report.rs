@@ -57,7 +57,9 @@ pub struct PathReport {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CharterReport {
-    /// Every node ended with the same charter state.
+    /// Every current member (and rented relay) running at the end holds the same charter
+    /// state; members removed by the scenario and nodes crashed or gone at the end are not
+    /// counted.
     pub converged: bool,
     /// From the last charter edit to the last node applying it (virtual time).
     pub convergence_ms: Option<f64>,
@@ -108,6 +110,26 @@ pub struct RelayReport {
     pub audio_keys_held: usize,
 }
 
+/// Delivery from the scenario's `measure_from_s` to the end, every stream on its own.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SettledReport {
+    pub from_ms: u64,
+    /// Frames sent and played in the window (no latency: see the whole-run streams).
+    pub streams: Vec<StreamReport>,
+    /// Frames each node encoded in the window, whoever they went to.
+    pub frames_encoded: BTreeMap<String, u64>,
+}
+
+/// How one node ended the run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeEnd {
+    pub node: String,
+    /// Still running at the end (not crashed, left or removed for good).
+    pub live: bool,
+    /// Its charter state hash when it last stopped or at the end.
+    pub charter_hash: String,
+}
+
 /// See the module documentation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -122,6 +144,11 @@ pub struct Report {
     pub floor: FloorReport,
     /// Nodes that forwarded for others.
     pub relays: Vec<RelayReport>,
+    /// Delivery after `measure_from_s`, when the scenario sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settled: Option<SettledReport>,
+    /// Every node's end state, in scenario order.
+    pub nodes: Vec<NodeEnd>,
     /// Receive-side drops over all nodes, by reason.
     pub drops: DropCounts,
     /// What the simulated network did to datagrams. Diagnostic, outside the trace hash: it
@@ -256,33 +283,47 @@ impl Report {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn build(
-    scenario: &Scenario,
-    seed: u64,
-    org: &Org,
-    names: &BTreeMap<IdentityKey, String>,
-    stats: &BTreeMap<usize, NodeStats>,
-    trace: &[TraceLine],
-    last_edit: Option<Duration>,
-    network: crate::network::NetworkCounts,
-) -> Report {
-    let channel_names: BTreeMap<ChannelId, String> =
-        org.channels.iter().map(|(n, c)| (*c, n.clone())).collect();
-    let channel_name = |c: &StreamChannel| match c {
-        StreamChannel::Channel(id) => channel_names
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| id.to_string()),
-        StreamChannel::Whisper => "whisper".into(),
-    };
-    let name = |k: &IdentityKey| names.get(k).cloned().unwrap_or_else(|| k.to_string());
-    let keys: Vec<IdentityKey> = org.keys.iter().map(|k| k.identity.public()).collect();
+/// What the hosts left behind for the report.
+pub(crate) struct Collected {
+    pub(crate) stats: BTreeMap<usize, NodeStats>,
+    pub(crate) baselines: BTreeMap<usize, NodeStats>,
+    pub(crate) live_at_end: BTreeSet<usize>,
+    pub(crate) trace: Vec<TraceLine>,
+    pub(crate) last_edit: Option<Duration>,
+}
+
+/// Names streams' peers and channels.
+struct Namer<'a> {
+    channels: BTreeMap<ChannelId, String>,
+    names: &'a BTreeMap<IdentityKey, String>,
+    keys: Vec<IdentityKey>,
+}
+
+impl Namer<'_> {
+    fn channel(&self, c: &StreamChannel) -> String {
+        match c {
+            StreamChannel::Channel(id) => self
+                .channels
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| id.to_string()),
+            StreamChannel::Whisper => "whisper".into(),
+        }
+    }
+
+    fn name(&self, k: &IdentityKey) -> String {
+        self.names.get(k).cloned().unwrap_or_else(|| k.to_string())
+    }
+}
+
+/// Every sender → listener stream, with what the listener made of it.
+fn stream_reports(namer: &Namer, stats: &BTreeMap<usize, NodeStats>) -> Vec<StreamReport> {
     let mut streams = Vec::new();
     for (index, sender) in stats {
-        let from = keys[*index];
+        let from = namer.keys[*index];
         for sent in &sender.sent {
-            let heard = keys
+            let heard = namer
+                .keys
                 .iter()
                 .position(|k| *k == sent.to)
                 .and_then(|i| stats.get(&i))
@@ -292,9 +333,9 @@ pub(crate) fn build(
                         .find(|r| r.from == from && r.channel == sent.channel)
                 });
             streams.push(StreamReport {
-                from: name(&from),
-                to: name(&sent.to),
-                channel: channel_name(&sent.channel),
+                from: namer.name(&from),
+                to: namer.name(&sent.to),
+                channel: namer.channel(&sent.channel),
                 frames_sent: sent.frames_sent,
                 frames_played: heard.map_or(0, |h| h.frames_played),
                 frames_concealed: heard.map_or(0, |h| h.frames_concealed),
@@ -309,6 +350,88 @@ pub(crate) fn build(
             });
         }
     }
+    streams
+}
+
+/// The streams' counts minus what they had counted at the window's start. A listener that
+/// first heard a stream inside the window has no earlier counts.
+fn settled_streams(end: &[StreamReport], before: &[StreamReport]) -> Vec<StreamReport> {
+    end.iter()
+        .map(|s| {
+            let b = before
+                .iter()
+                .find(|b| b.from == s.from && b.to == s.to && b.channel == s.channel);
+            let minus = |f: fn(&StreamReport) -> u64| f(s).saturating_sub(b.map_or(0, f));
+            StreamReport {
+                frames_sent: minus(|s| s.frames_sent),
+                frames_played: minus(|s| s.frames_played),
+                frames_concealed: minus(|s| s.frames_concealed),
+                frames_lost: minus(|s| s.frames_lost),
+                mouth_to_ear_ms: None,
+                ..s.clone()
+            }
+        })
+        .filter(|s| s.frames_sent > 0 || s.frames_played > 0)
+        .collect()
+}
+
+pub(crate) fn build(
+    scenario: &Scenario,
+    seed: u64,
+    org: &Org,
+    names: &BTreeMap<IdentityKey, String>,
+    collected: Collected,
+    network: crate::network::NetworkCounts,
+) -> Report {
+    let Collected {
+        stats,
+        baselines,
+        live_at_end,
+        trace,
+        last_edit,
+    } = collected;
+    let (stats, trace) = (&stats, trace.as_slice());
+    let namer = Namer {
+        channels: org.channels.iter().map(|(n, c)| (*c, n.clone())).collect(),
+        names,
+        keys: org.keys.iter().map(|k| k.identity.public()).collect(),
+    };
+    let streams = stream_reports(&namer, stats);
+    let settled = scenario.measure_from_s.map(|from| SettledReport {
+        from_ms: (from * 1e3) as u64,
+        streams: settled_streams(&streams, &stream_reports(&namer, &baselines)),
+        frames_encoded: stats
+            .iter()
+            .map(|(i, s)| {
+                let before = baselines.get(i).map_or(0, |b| b.frames_encoded);
+                (
+                    scenario.nodes[*i].name.clone(),
+                    s.frames_encoded.saturating_sub(before),
+                )
+            })
+            .collect(),
+    });
+    let removed: BTreeSet<&str> = scenario
+        .events
+        .iter()
+        .filter_map(|e| match &e.action {
+            Action::RemoveMember { member, .. } => Some(member.as_str()),
+            _ => None,
+        })
+        .collect();
+    let nodes: Vec<NodeEnd> = scenario
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeEnd {
+            node: n.name.clone(),
+            live: live_at_end.contains(&i),
+            charter_hash: stats
+                .get(&i)
+                .map(|s| s.charter_hash.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
     let mut paths = Vec::new();
     for (i, a) in scenario.nodes.iter().enumerate() {
         for (j, b) in scenario.nodes.iter().enumerate().skip(i + 1) {
@@ -347,8 +470,12 @@ pub(crate) fn build(
             });
         }
     }
-    let hashes: BTreeSet<&str> = stats.values().map(|s| s.charter_hash.as_str()).collect();
-    let converged = hashes.len() == 1 && stats.len() == scenario.nodes.len();
+    let current: Vec<&NodeEnd> = nodes
+        .iter()
+        .filter(|n| n.live && !removed.contains(n.node.as_str()))
+        .collect();
+    let hashes: BTreeSet<&str> = current.iter().map(|n| n.charter_hash.as_str()).collect();
+    let converged = hashes.len() == 1;
     let last_change = trace
         .iter()
         .filter(|(_, _, e)| matches!(e, TraceEvent::Charter { .. }))
@@ -418,6 +545,8 @@ pub(crate) fn build(
                 })
             })
             .collect(),
+        settled,
+        nodes,
         drops,
         network,
         trace_lines: trace.len(),

@@ -4,7 +4,7 @@
 use crate::host::{run_host, sim_now, HostPlan, Shared};
 use crate::network::SimNetwork;
 use crate::org::build_org;
-use crate::report::Report;
+use crate::report::{Collected, Report};
 use crate::scenario::{Action, Scenario};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::EditError;
@@ -50,18 +50,21 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
     }
     sim.client("director", direct(scenario, network.clone()));
     sim.run().map_err(|e| RunError::Simulation(e.to_string()))?;
-    let stats = std::mem::take(&mut *shared.stats.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut trace = std::mem::take(&mut *shared.trace.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut trace: Vec<_> = take(&shared.trace);
     trace.sort_by_key(|(t, n, _)| (*t, *n));
-    let last_edit = *shared.last_edit.lock().unwrap_or_else(|e| e.into_inner());
+    let collected = Collected {
+        stats: take(&shared.stats),
+        baselines: take(&shared.baselines),
+        live_at_end: take(&shared.live_at_end),
+        trace,
+        last_edit: *shared.last_edit.lock().unwrap_or_else(|e| e.into_inner()),
+    };
     Ok(crate::report::build(
         scenario,
         seed,
         &org,
         &by_key,
-        &stats,
-        &trace,
-        last_edit,
+        collected,
         network.counts(),
     ))
 }
@@ -111,4 +114,9 @@ fn direct(
         }
         Ok(())
     }
+}
+
+/// What a host left in `slot` (a host that panicked still leaves what it wrote).
+fn take<T: Default>(slot: &std::sync::Mutex<T>) -> T {
+    std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()))
 }

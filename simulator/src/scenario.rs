@@ -1,7 +1,7 @@
 //! Scenario files, version 1 (docs/scenarios.md): who is in the org, how the network behaves,
 //! and what happens when.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 /// The scenario format this build reads.
@@ -21,7 +21,7 @@ pub enum ScenarioError {
 /// A network path's behaviour, one direction. Every field has a default (a clean LAN).
 // Not `deny_unknown_fields`: serde cannot combine it with `flatten`, which link changes and
 // pair overrides use.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct LinkModel {
     /// One-way base latency.
@@ -32,6 +32,7 @@ pub struct LinkModel {
     pub loss: f64,
     /// Gilbert–Elliott burst loss: chance per datagram of entering the bad state (`p`), of
     /// leaving it (`r`), and the loss probability while in it (`bad_loss`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<Burst>,
     /// Probability a datagram is held back by `reorder_ms` (so later ones overtake it).
     pub reorder: f64,
@@ -61,7 +62,7 @@ impl Default for LinkModel {
 }
 
 /// Gilbert–Elliott parameters.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Burst {
     pub p: f64,
@@ -75,7 +76,7 @@ fn one() -> f64 {
 }
 
 /// A per-pair override (both directions).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct PairLink {
     pub a: String,
     pub b: String,
@@ -84,7 +85,7 @@ pub struct PairLink {
 }
 
 /// A channel and which roles may speak (and listen) or only listen on it.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSpec {
     pub name: String,
@@ -101,7 +102,7 @@ pub struct ChannelSpec {
 }
 
 /// A channel's floor mode.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum FloorSpec {
     #[default]
@@ -110,7 +111,7 @@ pub enum FloorSpec {
 }
 
 /// NAT behaviour in front of a node (RFC 4787 filtering).
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum NatKind {
     #[default]
@@ -122,12 +123,13 @@ pub enum NatKind {
 }
 
 /// One simulated member.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     pub name: String,
     pub role: String,
     /// Channels it listens to [default: all its role may hear].
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<Vec<String>>,
     #[serde(default)]
     pub admin: bool,
@@ -149,7 +151,7 @@ pub struct NodeSpec {
     #[serde(default = "yes")]
     pub member: bool,
     /// A rented relay's capacity in subscribers (charter `PutRelay`) [default: 1000].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
 }
 
@@ -158,7 +160,7 @@ fn yes() -> bool {
 }
 
 /// Something that happens at `at_s` seconds.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct EventSpec {
     pub at_s: f64,
     #[serde(flatten)]
@@ -166,7 +168,7 @@ pub struct EventSpec {
 }
 
 /// What happens.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Action {
     /// `node` holds PTT on `channels` for `duration_s`.
@@ -188,7 +190,9 @@ pub enum Action {
     Heal,
     /// Replace the default link model (or one pair's, given `a` and `b`).
     Link {
+        #[serde(skip_serializing_if = "Option::is_none")]
         a: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         b: Option<String>,
         #[serde(flatten)]
         model: LinkModel,
@@ -249,7 +253,7 @@ pub enum Action {
 }
 
 /// A whole scenario file.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub version: u32,
@@ -270,6 +274,10 @@ pub struct Scenario {
     pub priorities: std::collections::BTreeMap<String, u8>,
     #[serde(default, rename = "event")]
     pub events: Vec<EventSpec>,
+    /// From this virtual second on, the report also counts every stream on its own
+    /// (`Report::settled`): delivery after the faults have healed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measure_from_s: Option<f64>,
 }
 
 fn check_model(m: &LinkModel, what: &str) -> Result<(), ScenarioError> {
@@ -321,6 +329,12 @@ impl Scenario {
         let invalid = |m: String| Err(ScenarioError::Invalid(m));
         if !(self.duration_s > 0.0 && self.duration_s <= 3600.0) {
             return invalid("duration_s must be in (0, 3600]".into());
+        }
+        if self
+            .measure_from_s
+            .is_some_and(|m| !(m >= 0.0 && m <= self.duration_s))
+        {
+            return invalid("measure_from_s must be within the run".into());
         }
         if self.nodes.len() < 2 || self.nodes.len() > 64 {
             return invalid("2 to 64 nodes".into());

@@ -81,6 +81,10 @@ pub enum TraceEvent {
     JoinRefused {
         reason: String,
     },
+    /// An admin removed this node from the charter; it stopped.
+    Removed {
+        by: String,
+    },
     Floor(FloorTrace),
     Reachable {
         addr: String,
@@ -174,6 +178,7 @@ impl fmt::Display for TraceEvent {
             Self::Charter { ops } => write!(f, "charter {ops}"),
             Self::Admitted { peer, role } => write!(f, "admitted {peer} {role}"),
             Self::JoinRefused { reason } => write!(f, "join-refused {reason}"),
+            Self::Removed { by } => write!(f, "removed-by {by}"),
             Self::Floor(floor) => floor.fmt(f),
             Self::Reachable { addr, reachable } => write!(f, "reachable {addr} {reachable}"),
         }
@@ -272,6 +277,7 @@ pub(crate) fn describe(
         NodeEvent::JoinRefused { reason } => TraceEvent::JoinRefused {
             reason: reason.clone(),
         },
+        NodeEvent::Removed { by } => TraceEvent::Removed { by: name(by) },
         NodeEvent::Floor(event) => TraceEvent::Floor(match event {
             FloorEvent::Granted { channel } => FloorTrace::Granted {
                 channel: ch(channel),

@@ -238,3 +238,33 @@ fn a_rented_relay_arbitrates_and_holds_no_audio_key() {
     // frames of one trip (two) per listener, for each of the two pre-emptions.
     assert!(report.floor.drops <= 2 * 5 * 3, "{}", report.floor.drops);
 }
+
+/// Found by `sim chaos` (seed 1): a charter edit (here a new channel) made members drop the
+/// rented relay from the floor's participants while still waiting for its rulings, so no
+/// press was granted again. The presses of `floor-relay` after an early edit are granted.
+#[test]
+fn a_charter_edit_keeps_the_relay_arbitrating() {
+    use callsign_sim::scenario::{Action, EventSpec};
+    let mut scenario = scenario("floor-relay");
+    scenario.events.push(EventSpec {
+        at_s: 1.0,
+        action: Action::AddChannel {
+            node: "alpha".into(),
+            name: "extra".into(),
+        },
+    });
+    let report = run(&scenario, None).unwrap();
+    let bravo = &report.floor.presses[0];
+    assert_eq!(bravo.node, "bravo");
+    assert!(
+        bravo.grant_ms.is_some_and(|ms| ms <= 200),
+        "{bravo:?}\n{}",
+        floor_trace(&report)
+    );
+    one_talker(
+        &report,
+        &["alpha", "charlie", "delta", "echo"],
+        "bravo",
+        2500,
+    );
+}

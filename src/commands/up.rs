@@ -311,6 +311,7 @@ async fn serve(
     }
     plan.sort_by_key(|(at, _)| *at);
     let mut plan = plan.into_iter().peekable();
+    let mut removed_by = None;
     let path = |c: &ChannelId| state.path(*c).unwrap_or_else(|| c.to_string());
     let paths = |cs: &[ChannelId]| cs.iter().map(path).collect::<Vec<_>>().join(",");
     loop {
@@ -374,6 +375,10 @@ async fn serve(
                         Some(format!("admitted {name} ({peer}) as {role}"))
                     }
                     NodeEvent::JoinRefused { reason } => Some(format!("join-refused {reason}")),
+                    NodeEvent::Removed { by } => {
+                        removed_by = Some(by);
+                        Some(format!("removed-by {by}"))
+                    }
                     NodeEvent::Floor(floor) => Some(describe_floor(
                         &floor,
                         |k| {
@@ -411,5 +416,8 @@ async fn serve(
         stats.received.len(),
         serde_json::to_string(&stats.drops)?
     );
+    if let Some(by) = removed_by {
+        bail!("an admin ({by}) removed this member from the org");
+    }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use callsign_keys::{Identity, IdentityKey};
 
-use super::dag::OpDag;
+use super::dag::{DagOp, OpDag};
 use super::fold::{fold, Fold, Outcome};
 use super::op::{Op, OpBody, OpHash};
 use super::state::CharterState;
@@ -155,6 +155,15 @@ impl Charter {
     /// Ops waiting for parents.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The ops that removed a member `is_removed` accepts (applied or not: a later admission
+    /// may have undone one).
+    pub fn removals(&self, is_removed: impl Fn(&IdentityKey) -> bool) -> Vec<&DagOp> {
+        self.dag
+            .iter()
+            .filter(|o| matches!(&o.op.body, OpBody::RemoveMember { peer } if is_removed(peer)))
+            .collect()
     }
 
     /// Whether the op is known: held, pending, or rejected.

@@ -306,6 +306,14 @@ impl<P: Ord + Clone> CharterSync<P> {
     }
 
     fn send_difference(&mut self, peer: &P, want: &[OpHash], have: &[OpHash]) {
+        for msg in self.difference(want, have) {
+            self.outbox.push_back((peer.clone(), msg));
+        }
+    }
+
+    /// The causal past of `want` minus that of `have`, parents first, in messages of about
+    /// `chunk_bytes`.
+    pub fn difference(&self, want: &[OpHash], have: &[OpHash]) -> Vec<SyncMessage> {
         let ops: Vec<Vec<u8>> = self
             .charter
             .dag()
@@ -313,23 +321,30 @@ impl<P: Ord + Clone> CharterSync<P> {
             .into_iter()
             .map(|o| o.encoded.clone())
             .collect();
+        let mut out = Vec::new();
         let mut chunk: Vec<Vec<u8>> = Vec::new();
         let mut size = 0;
         for op in ops {
             size += op.len() + 4;
             chunk.push(op);
             if size >= self.config.chunk_bytes {
-                self.send_chunk(peer, std::mem::take(&mut chunk), size);
+                out.push(self.chunk(std::mem::take(&mut chunk), size));
                 size = 0;
             }
         }
         if !chunk.is_empty() {
-            self.send_chunk(peer, chunk, size);
+            out.push(self.chunk(chunk, size));
         }
+        out
     }
 
     fn send_chunk(&mut self, peer: &P, ops: Vec<Vec<u8>>, size: usize) {
-        let msg = if size > self.config.compress_above {
+        let msg = self.chunk(ops, size);
+        self.outbox.push_back((peer.clone(), msg));
+    }
+
+    fn chunk(&self, ops: Vec<Vec<u8>>, size: usize) -> SyncMessage {
+        if size > self.config.compress_above {
             SyncMessage::Bundle {
                 org: self.org(),
                 data: compress_ops(ops.iter().map(Vec::as_slice)),
@@ -339,8 +354,7 @@ impl<P: Ord + Clone> CharterSync<P> {
                 org: self.org(),
                 ops,
             }
-        };
-        self.outbox.push_back((peer.clone(), msg));
+        }
     }
 
     fn receive(&mut self, from: P, ops: Vec<Vec<u8>>) {

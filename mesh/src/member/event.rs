@@ -125,6 +125,13 @@ pub enum Event {
         /// Its roles.
         role: String,
     },
+    /// An admin removed us from the org (we learnt it from the charter, perhaps from a member
+    /// that no longer answers us otherwise). The member goes quiet: the application should
+    /// stop the node.
+    Removed {
+        /// The admin who removed us.
+        by: IdentityKey,
+    },
     /// Our join request was refused by an admin (an expired or used invite, say).
     JoinRefused {
         /// Why.

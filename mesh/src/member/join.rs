@@ -10,7 +10,8 @@
 
 use super::{Event, Member, Output, Role};
 use crate::admission::{admit, AdmitError, JoinRequest};
-use crate::charter::OpBody;
+use crate::charter::sync::SyncMessage;
+use crate::charter::{OpBody, OpHash};
 use crate::control::{ControlMessage, PeerControl};
 use libp2p_identity::PeerId;
 use std::time::Instant;
@@ -35,12 +36,37 @@ impl Member {
             ControlMessage::Sync(body) if self.role == Role::Joining => {
                 self.sync_message(peer, &body, now)
             }
+            ControlMessage::Sync(body) => self.removal_notice(peer, &body),
             ControlMessage::JoinRefused(reason) if self.role == Role::Joining => {
                 let reason: String = reason.chars().take(200).collect();
                 tracing::warn!(%peer, %reason, "join refused");
                 self.emit(Event::JoinRefused { reason });
             }
             _ => tracing::debug!(%peer, "control message from a stranger ignored"),
+        }
+    }
+
+    /// A removed member still syncs with us as if we were peers (it missed its removal, say
+    /// in a partition): answer with the ops that removed it and what they rest on, and nothing
+    /// else of the charter, so it learns it was removed and stops.
+    fn removal_notice(&mut self, peer: PeerId, body: &[u8]) {
+        let have = match SyncMessage::decode(body) {
+            Ok(SyncMessage::Heads { heads, .. }) => heads,
+            Ok(SyncMessage::Want { have, .. }) => have,
+            _ => return,
+        };
+        let removals: Vec<OpHash> = self
+            .sync
+            .charter()
+            .removals(|k| k.peer_id() == peer)
+            .iter()
+            .map(|o| o.hash)
+            .collect();
+        if removals.is_empty() {
+            return;
+        }
+        for message in self.sync.difference(&removals, &have) {
+            self.send_now(peer, ControlMessage::Sync(message.encode()));
         }
     }
 

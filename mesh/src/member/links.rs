@@ -30,9 +30,15 @@ impl Member {
                 rtt,
             },
         );
-        if matches!(self.link_role(&peer), Some(LinkRole::Relay(_))) {
+        if let Some(LinkRole::Relay(relay)) = self.link_role(&peer) {
             if let Some(address) = dialed {
                 self.reserve_circuit(peer, address);
+            }
+            let remote = self.links.get(&peer).and_then(|l| l.remote);
+            if let Some(remote) = remote {
+                if self.state().relays.contains_key(&relay) {
+                    self.relay_seen_at(relay, &super::reach::quic_multiaddr(remote));
+                }
             }
         }
         if kind == LinkKind::HolePunched {
@@ -224,6 +230,9 @@ impl Member {
             ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
             ControlMessage::Observed(body) => self.observed(peer, &body, now),
             ControlMessage::Probe(body) => self.probe_request(peer, &body, now),
+            ControlMessage::RelayAddress { relay, addr } => {
+                self.relay_address_heard(relay, &addr, now)
+            }
             // `decode` refuses nested batches; subscriptions were handled above; a member's
             // join request arrived after its admission (nothing left to do).
             ControlMessage::Batch(_)

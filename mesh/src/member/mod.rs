@@ -34,6 +34,7 @@ mod media;
 mod presence;
 mod reach;
 mod relay;
+mod relay_dial;
 mod routes;
 mod session;
 mod upkeep;
@@ -87,6 +88,8 @@ pub enum Role {
     Joining,
     /// A rented relay: forwards for members, holds no keys, no presence of its own.
     Relay,
+    /// Removed from the charter while we were a member: nothing more goes out.
+    Removed,
 }
 
 /// A link as the member sees it.
@@ -99,6 +102,10 @@ struct Link {
     circuit: Option<PeerId>,
     rtt: Option<Duration>,
 }
+
+/// How long an ordered control request may go unanswered before the member gives it up and
+/// starts the peer's control over (the link layer's own timeout is only a backstop).
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One member's protocol. See the module docs.
 pub struct Member {
@@ -123,6 +130,9 @@ pub struct Member {
     members: BTreeMap<PeerId, IdentityKey>,
     /// The charter's rented relays that are not members, by peer id.
     relays: BTreeMap<PeerId, IdentityKey>,
+    /// Where members saw each relay's links come from, newest first (`relay_dial`).
+    relay_addrs: BTreeMap<IdentityKey, Vec<Multiaddr>>,
+    next_relay_dial: Instant,
     /// Awaiting or holding a circuit reservation at a member relay.
     reservation: bool,
     listen_addrs: Vec<Multiaddr>,
@@ -188,6 +198,8 @@ impl Member {
             presence_seq: unix,
             presence_interval: config.presence_interval,
             next_presence: now + config.presence_interval,
+            relay_addrs: BTreeMap::new(),
+            next_relay_dial: now,
             display_name: config.display_name,
             listening,
             receiver: VoiceReceiver::new(local),
@@ -248,8 +260,17 @@ impl Member {
         member
     }
 
+    /// An admin removed us from the charter (see [`Event::Removed`]): the member ignores all
+    /// input from now on.
+    pub fn is_removed(&self) -> bool {
+        self.role == Role::Removed
+    }
+
     /// Handles one input at `now`, then queues what it makes us send.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        if self.role == Role::Removed {
+            return;
+        }
         match input {
             Input::LinkUp(up) => self.link_up(up, now),
             Input::LinkDown(peer) => self.link_down(peer, now),
@@ -309,6 +330,10 @@ impl Member {
 
     /// When [`Input::Timeout`] is next due.
     pub fn poll_timeout(&self) -> Instant {
+        if self.role == Role::Removed {
+            // Nothing is due ever again.
+            return self.next_presence.max(self.start) + Duration::from_secs(365 * 24 * 3600);
+        }
         [
             self.sync.poll_timeout(),
             self.schedule.poll_timeout(),
@@ -320,6 +345,12 @@ impl Member {
                 .min(),
             Some(self.next_presence),
             self.replan_due,
+            self.relay_missing().then_some(self.next_relay_dial),
+            self.peers
+                .values()
+                .filter_map(|c| c.in_flight())
+                .map(|(_, at)| at + CONTROL_TIMEOUT)
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -444,6 +475,20 @@ impl Member {
             .filter(|(p, _)| !self.members.contains_key(p))
             .collect();
         let member = self.members.contains_key(&self.local_peer);
+        if self.role == Role::Member && !member && self.join.is_none() {
+            let local = self.local;
+            let by = self
+                .sync
+                .charter()
+                .removals(|k| *k == local)
+                .last()
+                .map(|o| o.op.author);
+            if let Some(by) = by {
+                self.role = Role::Removed;
+                self.emit(Event::Removed { by });
+                return;
+            }
+        }
         self.role = if member {
             Role::Member
         } else if self.join.is_some() {

@@ -8,7 +8,7 @@
 //! the direct copies going, so listeners whose subscription is still in flight miss nothing
 //! (receivers drop the duplicate by sequence number).
 
-use super::{DialCondition, Event, Member, Output, Role};
+use super::{Event, Member, Output, Role};
 use crate::charter::{ChannelId, Permissions};
 use crate::control::ControlMessage;
 use crate::forward::{envelope, Subscription, SubscriptionBody};
@@ -17,7 +17,6 @@ use crate::topology::Route;
 use crate::voice::VoiceHeader;
 use callsign_keys::IdentityKey;
 use libp2p_identity::PeerId;
-use multiaddr::Multiaddr;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -190,31 +189,6 @@ impl Member {
             Err(e) => tracing::warn!(%e, "signing a subscription"),
         }
         true
-    }
-
-    /// Dials the charter's rented relays we are not linked to, at the addresses it lists (a
-    /// relay dials the others too: they cascade).
-    pub(super) fn dial_relays(&mut self) {
-        let state = self.sync.charter().state();
-        let dials: Vec<Output> = state
-            .relays
-            .iter()
-            .filter(|(k, _)| **k != self.local)
-            .filter(|(k, _)| !self.links.contains_key(&k.peer_id()))
-            .filter_map(|(k, info)| {
-                let addrs: Vec<Multiaddr> = info
-                    .addrs
-                    .iter()
-                    .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
-                    .collect();
-                (!addrs.is_empty()).then(|| Output::Dial {
-                    peer: Some(k.peer_id()),
-                    addrs,
-                    condition: DialCondition::DisconnectedAndNotDialing,
-                })
-            })
-            .collect();
-        self.outputs.extend(dials);
     }
 
     /// Whether `channel` goes direct to its listeners (the mesh, or just moved to a relay).

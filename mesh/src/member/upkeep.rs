@@ -1,7 +1,7 @@
 //! What runs between inputs: timers (presence, expiry, redials), the reaction to a charter
 //! change, and the flush every input ends with (sync, keys, grants, probes, floor, outboxes).
 
-use super::{DialCondition, Event, Member, Output, Role};
+use super::{DialCondition, Event, Member, Output, Role, CONTROL_TIMEOUT};
 use crate::charter::sync::SyncEvent;
 use crate::charter::Permissions;
 use crate::control::ControlMessage;
@@ -12,11 +12,28 @@ use std::time::Instant;
 
 impl Member {
     pub(super) fn timers(&mut self, now: Instant) {
+        // An ordered request unanswered for `CONTROL_TIMEOUT` is lost: the link layer may
+        // still be retransmitting into a dead path. The member's clock decides, so a
+        // simulated run needs no wall-clock timer for it.
+        let overdue: Vec<(PeerId, u64)> = self
+            .peers
+            .iter()
+            .filter_map(|(p, c)| c.in_flight().map(|(r, at)| (*p, r, at)))
+            .filter(|(_, _, at)| now >= *at + CONTROL_TIMEOUT)
+            .map(|(p, r, _)| (p, r))
+            .collect();
+        for (peer, request) in overdue {
+            self.control_failed(peer, request, now);
+        }
         self.sync.handle_timeout(now);
         self.floor.handle_timeout(now);
         self.reachability.handle_timeout(now);
         self.pairing_timeouts(now);
         self.keys_dirty = true;
+        if now >= self.next_relay_dial {
+            self.next_relay_dial = now + super::relay_dial::RELAY_REDIAL;
+            self.dial_relays();
+        }
         if now >= self.next_presence {
             self.next_presence = now + self.presence_interval;
             self.announce_presence(now);
@@ -28,7 +45,6 @@ impl Member {
             for peer in gone {
                 self.emit(Event::PresenceGone { peer });
             }
-            self.dial_relays();
             self.redial_bootstrap();
             self.replan(now);
         }
@@ -72,8 +88,17 @@ impl Member {
             self.peers.remove(&peer);
             self.sync.handle_link_down(&peer);
         }
-        let members: BTreeSet<IdentityKey> = self.members.values().copied().collect();
-        self.floor.retain_participants(|k| members.contains(k), now);
+        // Members and the charter's relays (a relay arbitrates floors): an edit that leaves
+        // them in the charter must not drop them from the floor, or members stop sending
+        // their claims to the arbiter whose ruling they wait for.
+        let participants: BTreeSet<IdentityKey> = self
+            .members
+            .values()
+            .chain(self.relays.values())
+            .copied()
+            .collect();
+        self.floor
+            .retain_participants(|k| participants.contains(k), now);
         self.update_arbiters(now);
         // Peers linked before the charter named them start their control now.
         let joined: Vec<PeerId> = self
@@ -147,7 +172,7 @@ impl Member {
         for (peer, control) in &mut self.peers {
             if let Some(bytes) = control.next_to_send() {
                 self.next_request += 1;
-                control.sent(self.next_request);
+                control.sent(self.next_request, now);
                 self.outputs.push_back(Output::Control {
                     peer: *peer,
                     bytes,

@@ -17,8 +17,13 @@
 //! | autonat | yes | off: probe schedule wall-clock |
 //! | mdns | yes | off (needs real multicast sockets) |
 //! | kad | yes | off: query timeouts and refresh wall-clock |
-//! | echo (stream RTT) | yes | runs; request timeout wall-clock |
-//! | control (sync, presence, keys) | yes | runs; request timeout wall-clock (10 s) |
+//! | echo (stream RTT) | yes | runs; request timeout 5 s (a year in simulation) |
+//! | control (sync, presence, keys) | yes | runs; the member times requests out on its own clock (10 s); the behaviour's timeout is a backstop (a year in simulation) |
+//!
+//! The Swarm's idle connection timeout is a year in simulation too (QUIC's own idle timeout,
+//! on tokio time, ends dead connections), and relay v2 reservations and circuits last a day.
+//! So no wall-clock timer fires within a simulated run that takes less than a day of wall
+//! time: determinism does not rest on how fast the machine runs the simulation.
 //!
 //! Note: libp2p-ping 0.47 re-arms its inbound future without polling it, so over QUIC (whose
 //! streams wake only the task that reads them) a node answers the next ping only when something
@@ -121,6 +126,7 @@ impl RelayAllowList {
             // Voice runs for hours: no byte cap, a day per circuit (the client re-dials).
             max_circuit_bytes: 0,
             max_circuit_duration: Duration::from_secs(24 * 3600),
+            reservation_duration: Duration::from_secs(24 * 3600),
             ..relay::Config::default()
         };
         config
@@ -134,6 +140,9 @@ impl RelayAllowList {
         config
     }
 }
+
+/// A wall-clock timeout that must not fire within a simulated run.
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Settings for [`build_swarm`].
 #[derive(Clone, Debug)]
@@ -259,10 +268,17 @@ pub fn build_swarm(
                     .into(),
                 echo: EchoBehaviour::new(
                     [(ECHO_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(5)),
+                    request_response::Config::default().with_request_timeout(if timed {
+                        Duration::from_secs(5)
+                    } else {
+                        NEVER
+                    }),
                 ),
-                control: ControlBehaviour::new(Duration::from_secs(10)),
+                control: ControlBehaviour::new(if timed {
+                    Duration::from_secs(30)
+                } else {
+                    NEVER
+                }),
             })
         })
         .map_err(|e| build_err(&e))?
@@ -271,7 +287,12 @@ pub fn build_swarm(
             // proposal instead of waiting a round trip for the answer. Every protocol we open
             // is one the peer speaks, so the optimism costs nothing; it makes a control
             // message (a floor claim, a charter op) take one trip, not one and a half.
-            c.with_idle_connection_timeout(config.idle_timeout)
+            let idle = if config.wall_clock_behaviours {
+                config.idle_timeout
+            } else {
+                NEVER
+            };
+            c.with_idle_connection_timeout(idle)
                 .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
         })
         .build();

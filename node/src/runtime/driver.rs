@@ -75,6 +75,10 @@ impl Driver {
         self.addresses_changed(now());
         self.drain(now());
         loop {
+            if self.member.is_removed() {
+                // An admin removed us: the node stops, as after a shutdown.
+                break;
+            }
             let deadline = self.member.poll_timeout();
             // `biased`: a fixed order of inputs, so a simulated run replays exactly (tokio's
             // default picks among ready branches at random).

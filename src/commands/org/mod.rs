@@ -90,9 +90,18 @@ pub enum OrgCommand {
         file: PathBuf,
     },
     /// Verify and merge a bundle file into the local charter (creating it if new).
+    ///
+    /// Exits 1, changing nothing on disk, when the bundle is unreadable or none of its new ops
+    /// apply, or when it belongs to an org not stored here while another one is (see
+    /// `--as-new-org`).
     Import {
         /// Input file.
         file: PathBuf,
+        /// Store the bundle's org beside the orgs already here (otherwise a bundle of an org that
+        /// is not stored here is refused, so that a wrong file does not make every later command
+        /// ask for `--org`).
+        #[arg(long)]
+        as_new_org: bool,
     },
 }
 
@@ -278,24 +287,17 @@ impl OrgStore {
             }
             return Self::open(&path);
         }
-        let orgs_dir = dir.join("orgs");
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(&orgs_dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|e| e == "log"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        logs.sort();
-        match logs.len() {
-            0 => bail!(
+        let orgs = stored_orgs(dir);
+        match orgs.as_slice() {
+            [] => bail!(
                 "no org yet in {}: run `callsign org create NAME` or `callsign org import FILE`",
                 dir.display()
             ),
-            1 => Self::open(&logs[0]),
-            n => bail!(
-                "{n} orgs stored in {}; choose one with --org PEER_ID",
-                orgs_dir.display()
+            [org] => Self::open(&Self::path(dir, org)),
+            _ => bail!(
+                "{} orgs stored in {}; choose one with --org PEER_ID",
+                orgs.len(),
+                dir.join("orgs").display()
             ),
         }
     }
@@ -347,8 +349,8 @@ pub fn run(args: OrgArgs) -> Result<()> {
         println!("charter: {}", path.display());
         return Ok(());
     }
-    if let OrgCommand::Import { file } = &args.command {
-        return import(&dir, file);
+    if let OrgCommand::Import { file, as_new_org } = &args.command {
+        return import(&dir, file, *as_new_org);
     }
     let mut store = OrgStore::select(&dir, args.org.as_deref())?;
     match &args.command {
@@ -541,33 +543,26 @@ fn edit_body(state: &CharterState, command: &OrgCommand) -> Result<OpBody> {
     })
 }
 
-fn import(dir: &Path, file: &Path) -> Result<()> {
+fn import(dir: &Path, file: &Path, as_new_org: bool) -> Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let (org, ops) =
         decode_bundle(&bytes).with_context(|| format!("cannot import {}", file.display()))?;
     let path = OrgStore::path(dir, &org);
-    let mut store = if path.exists() {
-        OrgStore::open(&path)?
+    // Everything is verified in memory first: a bundle that fails leaves no trace on disk.
+    let (mut charter, log) = if path.exists() {
+        let store = OrgStore::open(&path)?;
+        (store.charter, Some(store.log))
     } else {
-        OrgStore {
-            charter: Charter::new(org),
-            log: OpLog::create(&path, org)?,
-        }
+        (Charter::new(org), None)
     };
     let offered = ops.len();
-    let report = store.charter.ingest(ops);
-    let added: Vec<&[u8]> = report
-        .added
-        .iter()
-        .filter_map(|h| store.charter.dag().get(h).map(|o| o.encoded.as_slice()))
-        .collect();
-    store.log.append(added)?;
-    println!(
-        "imported {} of {offered} ops into org {org} ({} already known, {} rejected, {} waiting for history)",
+    let report = charter.ingest(ops);
+    let summary = format!(
+        "{} of {offered} ops ({} already known, {} rejected, {} waiting for history)",
         report.added.len(),
         report.duplicates,
         report.rejected.len(),
-        store.charter.pending_len()
+        charter.pending_len()
     );
     for (hash, reason) in report.rejected.iter().take(10) {
         match hash {
@@ -575,5 +570,75 @@ fn import(dir: &Path, file: &Path) -> Result<()> {
             None => eprintln!("  rejected: {reason}"),
         }
     }
+    if report.added.is_empty() {
+        if offered > 0 && report.duplicates == offered {
+            println!("org {org} is up to date: all {offered} ops of the bundle are already known");
+            return Ok(());
+        }
+        bail!(
+            "cannot import {}: it applied nothing to org {org}: {summary}",
+            file.display()
+        );
+    }
+    if log.is_none() && !as_new_org {
+        let stored = stored_orgs(dir);
+        if !stored.is_empty() {
+            let stored: Vec<String> = stored.iter().map(|k| k.to_string()).collect();
+            bail!(
+                "{} is org {:?} ({org}), which is not stored here; this data dir holds {}. \
+                 Pass --as-new-org to store it beside them",
+                file.display(),
+                charter.state().name,
+                stored.join(", ")
+            );
+        }
+    }
+    let added: Vec<&[u8]> = report
+        .added
+        .iter()
+        .filter_map(|h| charter.dag().get(h).map(|o| o.encoded.as_slice()))
+        .collect();
+    match log {
+        Some(mut log) => log.append(added)?,
+        None => write_new_log(&path, org, added)?,
+    }
+    println!(
+        "imported {summary} into org {:?} ({org})",
+        charter.state().name
+    );
     Ok(())
+}
+
+/// The orgs with a log in `dir`.
+fn stored_orgs(dir: &Path) -> Vec<IdentityKey> {
+    let mut orgs: Vec<IdentityKey> = std::fs::read_dir(dir.join("orgs"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .filter_map(|p| p.file_stem()?.to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    orgs.sort_by_key(|k| k.to_string());
+    orgs
+}
+
+/// Writes a whole new log beside `path` and renames it into place, so a failure part-way
+/// leaves no log for an org that was never stored.
+fn write_new_log(path: &Path, org: IdentityKey, ops: Vec<&[u8]>) -> Result<()> {
+    let mut partial = path.as_os_str().to_os_string();
+    partial.push(".importing");
+    let partial = PathBuf::from(partial);
+    let _ = std::fs::remove_file(&partial);
+    let written = OpLog::create(&partial, org)
+        .and_then(|mut log| log.append(ops))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            std::fs::rename(&partial, path)
+                .with_context(|| format!("cannot move the new log to {}", path.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written.context("cannot store the imported charter")
 }

@@ -325,6 +325,17 @@ impl Radio {
                 self.say(format!("{name} joined as {role}"));
             }
             NodeEvent::JoinRefused { reason } => self.join_refused = Some(reason),
+            NodeEvent::Removed { by } => {
+                let by = self
+                    .state
+                    .members
+                    .get(&by)
+                    .map_or_else(|| by.to_string(), |m| m.name.clone());
+                self.say(format!(
+                    "removed from {} by {by}; the node has stopped",
+                    self.state.name
+                ));
+            }
             NodeEvent::Warning(w) => self.say(w),
             _ => {}
         }

@@ -1,4 +1,5 @@
-//! `callsign sim`: run a scenario on the real node stack in virtual time; replay a trace.
+//! `callsign sim`: run a scenario on the real node stack in virtual time; replay a trace; run
+//! random chaos scenarios against the invariants.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -8,6 +9,8 @@ use callsign_sim::{run, Report, Scenario};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
+mod chaos;
+
 /// Simulator commands.
 #[derive(Subcommand, Debug)]
 pub enum SimCommand {
@@ -15,6 +18,9 @@ pub enum SimCommand {
     Run(RunArgs),
     /// Re-run a trace's scenario and seed and check that the run is identical.
     Replay(ReplayArgs),
+    /// Run random scenarios (one per seed) and check the invariants; exits 1 naming the
+    /// failing seeds, each with the command that replays it.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +59,7 @@ pub fn run_command(cmd: SimCommand) -> Result<()> {
     match cmd {
         SimCommand::Run(args) => run_scenario(args),
         SimCommand::Replay(args) => replay(args),
+        SimCommand::Chaos(args) => chaos::run_chaos(args),
     }
 }
 

@@ -1,0 +1,135 @@
+//! Finding the charter's rented relays again. The charter names each relay's addresses, but a
+//! restarted relay may come back elsewhere (a new port, a new VPS address) and cannot sign a
+//! charter edit. So members remember where their links to a relay came from, tell the other
+//! members (`ControlMessage::RelayAddress`), and dial every charter relay they are not linked
+//! to every [`RELAY_REDIAL`] at those addresses and the charter's. A member behind a NAT that
+//! filters strangers cannot be dialed by the relay; its own dial opens the way.
+//!
+//! The hints are unsigned: a dial names the relay's peer id, so a wrong address costs one
+//! failed dial and never a link to anyone else.
+
+use super::{DialCondition, Member, Output};
+use crate::control::ControlMessage;
+use callsign_keys::IdentityKey;
+use multiaddr::{Multiaddr, Protocol};
+use std::time::{Duration, Instant};
+
+/// How often relays the charter lists but we are not linked to are dialed.
+pub(super) const RELAY_REDIAL: Duration = Duration::from_secs(2);
+/// Addresses remembered per relay, newest first.
+const KEPT: usize = 4;
+
+/// A direct QUIC address (`/ip4|ip6/…/udp/…/quic-v1`, optionally `/p2p/…`), which is all a
+/// relay hint may be.
+fn is_direct_quic(addr: &Multiaddr) -> bool {
+    let mut parts = addr.iter();
+    matches!(parts.next(), Some(Protocol::Ip4(_) | Protocol::Ip6(_)))
+        && matches!(parts.next(), Some(Protocol::Udp(_)))
+        && matches!(parts.next(), Some(Protocol::QuicV1))
+        && parts.all(|p| matches!(p, Protocol::P2p(_)))
+}
+
+impl Member {
+    /// A link to the charter relay `relay` came up from `remote`: remember it, and tell the
+    /// members we are linked to when it is news.
+    pub(super) fn relay_seen_at(&mut self, relay: IdentityKey, remote: &Multiaddr) {
+        if !self.learn_relay_address(relay, remote) {
+            return;
+        }
+        let message = ControlMessage::RelayAddress {
+            relay,
+            addr: remote.to_vec(),
+        };
+        let members = &self.members;
+        for (_, control) in self
+            .peers
+            .iter_mut()
+            .filter(|(p, _)| members.contains_key(p))
+        {
+            control.queue(message.clone());
+        }
+    }
+
+    /// A member told us where it saw `relay`.
+    pub(super) fn relay_address_heard(&mut self, relay: IdentityKey, addr: &[u8], now: Instant) {
+        let Ok(addr) = Multiaddr::try_from(addr.to_vec()) else {
+            return;
+        };
+        if self.learn_relay_address(relay, &addr) {
+            self.next_relay_dial = now;
+        }
+    }
+
+    fn learn_relay_address(&mut self, relay: IdentityKey, addr: &Multiaddr) -> bool {
+        if !self.state().relays.contains_key(&relay) || !is_direct_quic(addr) {
+            return false;
+        }
+        let kept = self.relay_addrs.entry(relay).or_default();
+        if kept.first() == Some(addr) {
+            return false;
+        }
+        kept.retain(|a| a != addr);
+        kept.insert(0, addr.clone());
+        kept.truncate(KEPT);
+        true
+    }
+
+    /// Whether a relay the charter lists is not linked (so [`Member::dial_relays`] is due
+    /// every [`RELAY_REDIAL`]).
+    pub(super) fn relay_missing(&self) -> bool {
+        self.state()
+            .relays
+            .keys()
+            .any(|k| *k != self.local && !self.links.contains_key(&k.peer_id()))
+    }
+
+    /// Dials every charter relay we are not linked to, at the addresses members saw it at and
+    /// the charter's.
+    pub(super) fn dial_relays(&mut self) {
+        let state = self.sync.charter().state();
+        let dials: Vec<Output> = state
+            .relays
+            .iter()
+            .filter(|(k, _)| **k != self.local)
+            .filter(|(k, _)| !self.links.contains_key(&k.peer_id()))
+            .filter_map(|(k, info)| {
+                let mut addrs: Vec<Multiaddr> =
+                    self.relay_addrs.get(k).cloned().unwrap_or_default();
+                for addr in info
+                    .addrs
+                    .iter()
+                    .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+                {
+                    if !addrs.contains(&addr) {
+                        addrs.push(addr);
+                    }
+                }
+                (!addrs.is_empty()).then(|| Output::Dial {
+                    peer: Some(k.peer_id()),
+                    addrs,
+                    condition: DialCondition::DisconnectedAndNotDialing,
+                })
+            })
+            .collect();
+        self.outputs.extend(dials);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_direct_quic_addresses_are_hints() {
+        let ok: Multiaddr = "/ip4/203.0.113.7/udp/4434/quic-v1".parse().unwrap();
+        assert!(is_direct_quic(&ok));
+        for bad in [
+            "/ip4/203.0.113.7/tcp/4434",
+            "/ip4/203.0.113.7/udp/4434/quic-v1/p2p-circuit",
+            "/dns4/relay.example/udp/4434/quic-v1",
+            "/ip4/203.0.113.7/udp/4434",
+        ] {
+            assert!(!is_direct_quic(&bad.parse().unwrap()), "{bad}");
+        }
+    }
+}

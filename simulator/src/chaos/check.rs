@@ -1,0 +1,287 @@
+//! The invariants every chaos run must keep (docs/scenarios.md, "Chaos").
+
+use super::generate::{Plan, ProbeTarget};
+use crate::report::Report;
+use crate::scenario::{Action, FloorSpec, Scenario};
+use crate::trace::{FloorTrace, TraceEvent};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Share of a probe's frames every allowed, live listener must play.
+pub const MIN_DELIVERY: f64 = 0.95;
+/// Share of a probe's length its talker must be on air (the rest is floor and link setup).
+const MIN_ON_AIR: f64 = 0.8;
+
+/// One broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+fn violation(invariant: &'static str, detail: String) -> Violation {
+    Violation { invariant, detail }
+}
+
+/// Checks one run's report against the plan it was generated with.
+pub fn check(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation> {
+    let mut out = Vec::new();
+    out.extend(charter(report));
+    out.extend(relay_keys(scenario, report));
+    out.extend(delivery(scenario, plan, report));
+    out.extend(floor_agreement(scenario, report));
+    out
+}
+
+/// Every current member running at the end holds the same charter state.
+fn charter(report: &Report) -> Option<Violation> {
+    (!report.charter.converged).then(|| {
+        let groups: BTreeMap<&str, Vec<&str>> =
+            report
+                .nodes
+                .iter()
+                .filter(|n| n.live)
+                .fold(BTreeMap::new(), |mut acc, n| {
+                    acc.entry(&n.charter_hash[..n.charter_hash.len().min(8)])
+                        .or_insert_with(Vec::new)
+                        .push(n.node.as_str());
+                    acc
+                });
+        violation(
+            "charter-converged",
+            format!("live nodes by charter state: {groups:?}"),
+        )
+    })
+}
+
+/// Rented relays hold no audio keys.
+fn relay_keys(scenario: &Scenario, report: &Report) -> Vec<Violation> {
+    report
+        .relays
+        .iter()
+        .filter(|r| r.audio_keys_held > 0)
+        .filter(|r| {
+            scenario
+                .nodes
+                .iter()
+                .any(|n| n.name == r.node && n.rented_relay)
+        })
+        .map(|r| {
+            violation(
+                "relay-holds-no-keys",
+                format!("{} held {} audio keys", r.node, r.audio_keys_held),
+            )
+        })
+        .collect()
+}
+
+/// Each probe: its talker went on air, and every live listener allowed to hear it played
+/// [`MIN_DELIVERY`] of what it sent.
+fn delivery(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let Some(settled) = &report.settled else {
+        return vec![violation("settled", "no settled window".into())];
+    };
+    let live: BTreeSet<&str> = report
+        .nodes
+        .iter()
+        .filter(|n| n.live && !plan.removed.contains(&n.node))
+        .map(|n| n.node.as_str())
+        .collect();
+    for probe in &plan.probes {
+        if !live.contains(probe.talker.as_str()) {
+            continue;
+        }
+        let encoded = settled
+            .frames_encoded
+            .get(&probe.talker)
+            .copied()
+            .unwrap_or(0);
+        // 50 frames a second.
+        let pressed = (super::generate::PROBE_S * 50.0) as u64;
+        if (encoded as f64) < MIN_ON_AIR * pressed as f64 {
+            out.push(violation(
+                "talker-on-air",
+                format!(
+                    "{} pressed at {} s for {pressed} frames, sent {encoded}",
+                    probe.talker, probe.at_s
+                ),
+            ));
+            continue;
+        }
+        let (channel, listeners): (&str, Vec<&str>) = match &probe.target {
+            ProbeTarget::Channel(c) => (c.as_str(), may_hear(scenario, c, &live)),
+            ProbeTarget::Whisper(to) => (
+                "whisper",
+                live.iter().copied().filter(|n| n == to).collect(),
+            ),
+        };
+        for listener in listeners.into_iter().filter(|l| *l != probe.talker) {
+            let played = settled
+                .streams
+                .iter()
+                .find(|s| s.from == probe.talker && s.to == listener && s.channel == channel)
+                .map_or(0, |s| s.frames_played);
+            if (played as f64) < MIN_DELIVERY * encoded as f64 {
+                out.push(violation(
+                    "heard-after-heal",
+                    format!(
+                        "{listener} played {played} of {encoded} frames {} sent on {channel} at {} s",
+                        probe.talker, probe.at_s
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Live members whose role may hear `channel` and who listen to it.
+fn may_hear<'a>(scenario: &'a Scenario, channel: &str, live: &BTreeSet<&str>) -> Vec<&'a str> {
+    let Some(spec) = scenario.channels.iter().find(|c| c.name == channel) else {
+        return Vec::new();
+    };
+    scenario
+        .nodes
+        .iter()
+        .filter(|n| n.member && live.contains(n.name.as_str()))
+        .filter(|n| spec.speak.contains(&n.role) || spec.listen.contains(&n.role))
+        .filter(|n| n.listen.as_ref().is_none_or(|l| l.contains(&spec.name)))
+        .map(|n| n.name.as_str())
+        .collect()
+}
+
+/// How long members that can reach each other may disagree on who holds a floor: a round
+/// trip of the slowest path the scenario models, and a retransmission.
+fn agreement_bound_ms(scenario: &Scenario) -> u64 {
+    let worst = scenario
+        .events
+        .iter()
+        .filter_map(|e| match &e.action {
+            Action::Link { model, .. } => Some(model),
+            _ => None,
+        })
+        .chain(std::iter::once(&scenario.link))
+        .map(|m| m.latency_ms + 3.0 * m.jitter_ms)
+        .fold(0.0, f64::max);
+    (4.0 * worst) as u64 + 300
+}
+
+/// Seconds after a partition heals during which views may still differ (presence and floor
+/// state cross again).
+const HEAL_GRACE_MS: u64 = 3000;
+
+/// What changes who is compared: a node coming or going, a partition starting or healing.
+enum Step<'a> {
+    Up(&'a str),
+    Down(&'a str),
+    Split,
+    Whole,
+    View(&'a str, Option<&'a str>),
+}
+
+/// Outside partitions (and [`HEAL_GRACE_MS`] after each heal), no two running members believe
+/// different members hold one half-duplex floor for longer than [`agreement_bound_ms`].
+fn floor_agreement(scenario: &Scenario, report: &Report) -> Vec<Violation> {
+    let bound = agreement_bound_ms(scenario);
+    let ms = |s: f64| (s * 1e3).round() as u64;
+    let mut life: Vec<(u64, Step)> = Vec::new();
+    for n in &scenario.nodes {
+        let joins_late = scenario
+            .events
+            .iter()
+            .any(|e| matches!(&e.action, Action::Join { node } if *node == n.name));
+        if !joins_late {
+            life.push((0, Step::Up(&n.name)));
+        }
+    }
+    for e in &scenario.events {
+        let step = match &e.action {
+            Action::Join { node } | Action::Restart { node } => Step::Up(node),
+            Action::Crash { node } | Action::Leave { node } => Step::Down(node),
+            Action::RemoveMember { member, .. } => Step::Down(member),
+            Action::Partition { .. } => Step::Split,
+            Action::Heal => Step::Whole,
+            _ => continue,
+        };
+        life.push((ms(e.at_s), step));
+    }
+    let mut out = Vec::new();
+    let half = scenario
+        .channels
+        .iter()
+        .filter(|c| c.floor == FloorSpec::HalfDuplex);
+    for channel in half.map(|c| c.name.as_str()) {
+        let mut steps: Vec<(u64, &Step)> = life.iter().map(|(t, s)| (*t, s)).collect();
+        let views: Vec<(u64, Step)> = report
+            .events
+            .iter()
+            .filter_map(|r| match &r.event {
+                TraceEvent::Floor(FloorTrace::Holder { channel: c, holder }) if c == channel => {
+                    Some((r.at_ms, Step::View(&r.node, holder.as_deref())))
+                }
+                _ => None,
+            })
+            .collect();
+        steps.extend(views.iter().map(|(t, s)| (*t, s)));
+        // Life steps first at one instant: a restarted node's first view follows its start.
+        steps.sort_by_key(|(t, s)| (*t, matches!(s, Step::View(..))));
+        let mut up: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        let mut split = false;
+        let mut quiet_from = 0u64;
+        let mut since: Option<(u64, BTreeSet<&str>)> = None;
+        let mut worst: Option<(u64, u64, BTreeSet<&str>)> = None;
+        let end = report.events.last().map_or(0, |r| r.at_ms);
+        for (at, step) in steps
+            .into_iter()
+            .chain(std::iter::once((end, &Step::Whole)))
+        {
+            match step {
+                Step::Up(n) => {
+                    up.insert(n, None);
+                }
+                Step::Down(n) => {
+                    up.remove(n);
+                }
+                Step::Split => split = true,
+                Step::Whole => {
+                    if split {
+                        quiet_from = at + HEAL_GRACE_MS;
+                    }
+                    split = false;
+                }
+                Step::View(n, holder) => {
+                    if let Some(view) = up.get_mut(n) {
+                        *view = *holder;
+                    }
+                }
+            }
+            let holders: BTreeSet<&str> = up.values().flatten().copied().collect();
+            let compared = !split && at >= quiet_from;
+            if compared && holders.len() > 1 {
+                if since.is_none() {
+                    since = Some((at, holders));
+                }
+            } else if let Some((from, holders)) = since.take() {
+                if worst.as_ref().is_none_or(|(w, _, _)| at - from > *w) {
+                    worst = Some((at - from, from, holders));
+                }
+            }
+        }
+        if let Some((ms, from, holders)) = worst.filter(|(ms, _, _)| *ms > bound) {
+            out.push(violation(
+                "one-floor-holder",
+                format!(
+                    "{channel}: views named {holders:?} as holder for {ms} ms from {from} ms \
+                     (bound {bound} ms)"
+                ),
+            ));
+        }
+    }
+    out
+}

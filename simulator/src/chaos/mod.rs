@@ -1,0 +1,84 @@
+//! Chaos runs: a random scenario per seed ([`generate`]), run on the real node stack, checked
+//! against invariants ([`check`]); a batch over many seeds names the failing ones.
+//!
+//! A failing seed replays exactly: `callsign sim chaos --seed N` regenerates the same scenario
+//! and run (`--emit FILE` writes it as a scenario file for `callsign sim run`).
+
+mod check;
+mod generate;
+
+pub use check::{check, Violation, MIN_DELIVERY};
+pub use generate::{generate, Plan, Probe, ProbeTarget, PROBE_S, SETTLE_S};
+
+use crate::report::Report;
+use crate::scenario::Scenario;
+
+/// One seed's outcome.
+#[derive(Debug)]
+pub struct ChaosRun {
+    pub seed: u64,
+    pub scenario: Scenario,
+    /// `None` when the run itself failed (see `violations`).
+    pub report: Option<Report>,
+    pub violations: Vec<Violation>,
+    /// Virtual seconds run.
+    pub virtual_s: f64,
+}
+
+/// Generates, runs and checks `seed`; with `twice`, runs it again and compares trace hashes.
+pub fn run_seed(seed: u64, twice: bool) -> ChaosRun {
+    let (scenario, plan) = generate(seed);
+    let attempt = |scenario: &Scenario| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::run(scenario, None)))
+    };
+    let mut violations = Vec::new();
+    let report = match attempt(&scenario) {
+        Ok(Ok(report)) => Some(report),
+        Ok(Err(e)) => {
+            violations.push(Violation {
+                invariant: "runs",
+                detail: e.to_string(),
+            });
+            None
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            violations.push(Violation {
+                invariant: "no-panic",
+                detail: message,
+            });
+            None
+        }
+    };
+    if let Some(report) = &report {
+        violations.extend(check(&scenario, &plan, report));
+        if twice {
+            match attempt(&scenario) {
+                Ok(Ok(again)) if again.trace_hash == report.trace_hash => {}
+                Ok(Ok(again)) => violations.push(Violation {
+                    invariant: "deterministic",
+                    detail: format!(
+                        "trace hash {} then {}",
+                        &report.trace_hash[..12],
+                        &again.trace_hash[..12]
+                    ),
+                }),
+                _ => violations.push(Violation {
+                    invariant: "deterministic",
+                    detail: "the second run failed".into(),
+                }),
+            }
+        }
+    }
+    ChaosRun {
+        seed,
+        virtual_s: scenario.duration_s,
+        scenario,
+        report,
+        violations,
+    }
+}
