@@ -133,6 +133,8 @@ pub struct Member {
     /// Where members saw each relay's links come from, newest first (`relay_dial`).
     relay_addrs: BTreeMap<IdentityKey, Vec<Multiaddr>>,
     next_relay_dial: Instant,
+    /// Members heard of but not linked, to dial at the given time unless they dial us first.
+    dial_backs: BTreeMap<PeerId, (Instant, Vec<Multiaddr>)>,
     /// Awaiting or holding a circuit reservation at a member relay.
     reservation: bool,
     listen_addrs: Vec<Multiaddr>,
@@ -200,6 +202,7 @@ impl Member {
             next_presence: now + config.presence_interval,
             relay_addrs: BTreeMap::new(),
             next_relay_dial: now,
+            dial_backs: BTreeMap::new(),
             display_name: config.display_name,
             listening,
             receiver: VoiceReceiver::new(local),
@@ -346,6 +349,7 @@ impl Member {
             Some(self.next_presence),
             self.replan_due,
             self.relay_missing().then_some(self.next_relay_dial),
+            self.dial_backs.values().map(|(at, _)| *at).min(),
             self.peers
                 .values()
                 .filter_map(|c| c.in_flight())

@@ -8,11 +8,14 @@ use crate::control::ControlMessage;
 use crate::presence::{PresenceBody, PresenceRecord, PresenceUpdate, RelayCapability};
 use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Uplink a circuit-serving member advertises: about 25 Opus voice streams. A guess until the
 /// topology planner measures and budgets it.
 const RELAY_SPARE_UPLINK_KBPS: u32 = 1000;
+
+/// How long the higher peer id waits for the lower one's dial before dialing back.
+pub(super) const DIAL_BACK_AFTER: Duration = Duration::from_millis(1500);
 
 /// A relay circuit address (`…/p2p-circuit…`).
 pub(crate) fn is_circuit(addr: &Multiaddr) -> bool {
@@ -102,15 +105,47 @@ impl Member {
                 condition: DialCondition::Always,
             });
         }
-        if link.is_none() && self.local_peer < subject_peer {
+        if link.is_none() {
             // The direct address and any relay circuits at once: the first to connect wins
             // (direct, unless a NAT is in the way), the others are abandoned.
             let mut candidates = direct;
             candidates.extend(addrs.into_iter().filter(is_circuit));
-            if !candidates.is_empty() {
+            if candidates.is_empty() {
+                return;
+            }
+            if self.local_peer < subject_peer {
                 self.outputs.push_back(Output::Dial {
                     peer: Some(subject_peer),
                     addrs: candidates,
+                    condition: DialCondition::Disconnected,
+                });
+            } else {
+                // The lower peer id dials; if its NAT-blocked dial has not linked us by then
+                // (say it restarted on a new port our NAT has never sent to), we dial back,
+                // which opens our NAT to it.
+                self.dial_backs
+                    .entry(subject_peer)
+                    .or_insert((now + DIAL_BACK_AFTER, candidates));
+            }
+        }
+    }
+
+    /// Dials back the members heard of that have not linked to us within [`DIAL_BACK_AFTER`].
+    pub(super) fn dial_back(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .dial_backs
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            let Some((_, addrs)) = self.dial_backs.remove(&peer) else {
+                continue;
+            };
+            if !self.links.contains_key(&peer) {
+                self.outputs.push_back(Output::Dial {
+                    peer: Some(peer),
+                    addrs,
                     condition: DialCondition::Disconnected,
                 });
             }

@@ -25,6 +25,7 @@ impl Member {
         for (peer, request) in overdue {
             self.control_failed(peer, request, now);
         }
+        self.dial_back(now);
         self.sync.handle_timeout(now);
         self.floor.handle_timeout(now);
         self.reachability.handle_timeout(now);

@@ -30,6 +30,10 @@ use libp2p::{Multiaddr, PeerId};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// A peer that dials us this long after our link to it came up restarted: the old link is to
+/// its previous run. Shorter gaps are two dials crossing.
+const REDIAL_MEANS_RESTART: Duration = Duration::from_secs(3);
 use tokio::sync::mpsc;
 
 /// Forwarding-latency buckets: powers of two microseconds, 1 µs to 32 ms and above.
@@ -46,8 +50,8 @@ pub(crate) struct Driver {
     pub transmitter: Transmitter,
     pub playout: Playout,
     pub events: mpsc::UnboundedSender<NodeEvent>,
-    /// The newest connection to each peer.
-    pub connections: BTreeMap<PeerId, ConnectionId>,
+    /// The newest connection to each peer, and when it came up.
+    pub connections: BTreeMap<PeerId, (ConnectionId, Instant)>,
     /// Who may use the relay circuits we serve (the org's members).
     pub relay_allow: RelayAllowList,
     /// The listener of our circuit reservation on a member relay, while we hold or await one.
@@ -280,16 +284,25 @@ impl Driver {
                 }
                 // A relayed link never replaces a direct one, and TCP never replaces QUIC
                 // (both sides may have dialed, on every address the other announced): voice
-                // wants datagrams and no relay in the path.
+                // wants datagrams and no relay in the path. Unless the peer dialed us well
+                // after our link came up: nobody dials a peer it is linked to, so it restarted
+                // (a crash: our link to its previous run has not timed out yet) and our NAT
+                // lets only its circuit in.
                 let worse = held.is_some_and(|held| kind.worse_than(held));
-                if worse && num_established.get() > 1 {
+                let redialed = matches!(endpoint, ConnectedPoint::Listener { .. })
+                    && self
+                        .connections
+                        .get(&peer_id)
+                        .is_some_and(|(_, since)| now >= *since + REDIAL_MEANS_RESTART);
+                if worse && num_established.get() > 1 && !redialed {
                     self.network.swarm.close_connection(connection_id);
                     return;
                 }
                 // Newest connection wins: an older one to the same peer is most likely to a
                 // previous run of it (restarted, its connection not yet timed out), and
                 // request-response would keep sending control messages into it.
-                if let Some(previous) = self.connections.insert(peer_id, connection_id) {
+                if let Some((previous, _)) = self.connections.insert(peer_id, (connection_id, now))
+                {
                     if num_established.get() > 1 {
                         self.network.swarm.close_connection(previous);
                     }
