@@ -31,10 +31,11 @@ impl Member {
                 return;
             }
         };
-        let addrs_changed = self
+        let previous_addrs: Option<Vec<Vec<u8>>> = self
             .presence
             .get(&record.body.peer)
-            .is_none_or(|held| held.body.addrs != record.body.addrs);
+            .map(|held| held.body.addrs.clone());
+        let addrs_changed = previous_addrs.as_ref() != Some(&record.body.addrs);
         let members = &self.members;
         let update = self
             .presence
@@ -98,6 +99,27 @@ impl Member {
         // confirmed it): dial it, whichever of us is lower; dcutr may not have managed (it
         // dials only one side's observed address).
         let link = self.links.get(&subject_peer).map(|l| l.kind);
+        // Our direct link goes to an address the peer announced before and no longer does: it
+        // restarted elsewhere (a new port after a crash), and the link is to its previous run,
+        // not yet timed out. Dial where it is now; the newest link replaces the stale one (our
+        // dial also opens our NAT to it, which its own dial could not).
+        let remote = self
+            .links
+            .get(&subject_peer)
+            .and_then(|l| l.remote)
+            .map(|r| super::reach::quic_multiaddr(r).to_vec());
+        let moved = remote.is_some_and(|r| {
+            previous_addrs.as_ref().is_some_and(|p| p.contains(&r))
+                && !record.body.addrs.contains(&r)
+        });
+        if moved && !direct.is_empty() {
+            self.outputs.push_back(Output::Dial {
+                peer: Some(subject_peer),
+                addrs: direct.clone(),
+                condition: DialCondition::Always,
+            });
+            return;
+        }
         if link == Some(LinkKind::Relayed) && addrs_changed && !direct.is_empty() {
             self.outputs.push_back(Output::Dial {
                 peer: Some(subject_peer),
