@@ -33,9 +33,11 @@ impl EncodeMetric for LatencyHistogram {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                // Bucket i holds times under 2^i µs; the last takes the rest.
+                // Bucket i holds times under 2^i µs; the last takes the rest. prometheus-client
+                // spells the bound `f64::MAX` as `+Inf` (infinity itself would come out `inf`,
+                // which the exposition format does not allow).
                 let upper = if i == last {
-                    f64::INFINITY
+                    f64::MAX
                 } else {
                     (1u64 << i) as f64 / 1e6
                 };

@@ -467,6 +467,7 @@ impl Member {
     }
 
     fn set_members(&mut self) {
+        let was_member = self.role == Role::Member && self.members.contains_key(&self.local_peer);
         let state = self.sync.charter().state();
         let mut all: BTreeSet<IdentityKey> = state.members.keys().copied().collect();
         all.insert(state.org);
@@ -479,7 +480,9 @@ impl Member {
             .filter(|(p, _)| !self.members.contains_key(p))
             .collect();
         let member = self.members.contains_key(&self.local_peer);
-        if self.role == Role::Member && !member && self.join.is_none() {
+        // Only a member that loses its place is removed: one that starts outside the charter
+        // (an admin may add it yet) is not.
+        if was_member && !member && self.join.is_none() {
             let local = self.local;
             let by = self
                 .sync
