@@ -22,8 +22,11 @@
 //!
 //! The Swarm's idle connection timeout is a year in simulation too (QUIC's own idle timeout,
 //! on tokio time, ends dead connections), and relay v2 reservations and circuits last a day.
-//! So no wall-clock timer fires within a simulated run that takes less than a day of wall
-//! time: determinism does not rest on how fast the machine runs the simulation.
+//! Still on the wall clock, inside libp2p: dcutr's `rtt / 2` wait before its dial and its 10 s
+//! stream timeouts, the relay handlers' 10 s idle keep-alive and 60 s stream timeouts, the
+//! Swarm's 10 s substream upgrade timeout. All act only on relayed connections or on streams
+//! that stall, but dcutr's wait fires at whatever virtual instant the machine reaches it (see
+//! docs/scenarios.md on chaos runs that did not replay).
 //!
 //! Note: libp2p-ping 0.47 re-arms its inbound future without polling it, so over QUIC (whose
 //! streams wake only the task that reads them) a node answers the next ping only when something
