@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use callsign_keys::{Identity, IdentityKey, InviteGrant, Multiaddr, Ticket};
-use callsign_mesh::charter::bundle::{decode_bundle, encode_bundle};
+use callsign_mesh::charter::bundle::encode_bundle;
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::{
     ChannelId, ChannelPolicy, Charter, CharterState, FloorMode, OpBody, Permissions, Priority,
@@ -17,6 +17,7 @@ use callsign_mesh::charter::{
 };
 use clap::{Args, Subcommand};
 
+mod import;
 mod show;
 use rand::RngCore;
 use show::show;
@@ -350,7 +351,7 @@ pub fn run(args: OrgArgs) -> Result<()> {
         return Ok(());
     }
     if let OrgCommand::Import { file, as_new_org } = &args.command {
-        return import(&dir, file, *as_new_org);
+        return import::import(&dir, file, *as_new_org);
     }
     let mut store = OrgStore::select(&dir, args.org.as_deref())?;
     match &args.command {
@@ -543,74 +544,8 @@ fn edit_body(state: &CharterState, command: &OrgCommand) -> Result<OpBody> {
     })
 }
 
-fn import(dir: &Path, file: &Path, as_new_org: bool) -> Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let (org, ops) =
-        decode_bundle(&bytes).with_context(|| format!("cannot import {}", file.display()))?;
-    let path = OrgStore::path(dir, &org);
-    // Everything is verified in memory first: a bundle that fails leaves no trace on disk.
-    let (mut charter, log) = if path.exists() {
-        let store = OrgStore::open(&path)?;
-        (store.charter, Some(store.log))
-    } else {
-        (Charter::new(org), None)
-    };
-    let offered = ops.len();
-    let report = charter.ingest(ops);
-    let summary = format!(
-        "{} of {offered} ops ({} already known, {} rejected, {} waiting for history)",
-        report.added.len(),
-        report.duplicates,
-        report.rejected.len(),
-        charter.pending_len()
-    );
-    for (hash, reason) in report.rejected.iter().take(10) {
-        match hash {
-            Some(h) => eprintln!("  rejected {h:?}: {reason}"),
-            None => eprintln!("  rejected: {reason}"),
-        }
-    }
-    if report.added.is_empty() {
-        if offered > 0 && report.duplicates == offered {
-            println!("org {org} is up to date: all {offered} ops of the bundle are already known");
-            return Ok(());
-        }
-        bail!(
-            "cannot import {}: it applied nothing to org {org}: {summary}",
-            file.display()
-        );
-    }
-    if log.is_none() && !as_new_org {
-        let stored = stored_orgs(dir);
-        if !stored.is_empty() {
-            let stored: Vec<String> = stored.iter().map(|k| k.to_string()).collect();
-            bail!(
-                "{} is org {:?} ({org}), which is not stored here; this data dir holds {}. \
-                 Pass --as-new-org to store it beside them",
-                file.display(),
-                charter.state().name,
-                stored.join(", ")
-            );
-        }
-    }
-    let added: Vec<&[u8]> = report
-        .added
-        .iter()
-        .filter_map(|h| charter.dag().get(h).map(|o| o.encoded.as_slice()))
-        .collect();
-    match log {
-        Some(mut log) => log.append(added)?,
-        None => write_new_log(&path, org, added)?,
-    }
-    println!(
-        "imported {summary} into org {:?} ({org})",
-        charter.state().name
-    );
-    Ok(())
-}
-
 /// The orgs with a log in `dir`.
-fn stored_orgs(dir: &Path) -> Vec<IdentityKey> {
+pub(super) fn stored_orgs(dir: &Path) -> Vec<IdentityKey> {
     let mut orgs: Vec<IdentityKey> = std::fs::read_dir(dir.join("orgs"))
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
@@ -621,24 +556,4 @@ fn stored_orgs(dir: &Path) -> Vec<IdentityKey> {
         .unwrap_or_default();
     orgs.sort_by_key(|k| k.to_string());
     orgs
-}
-
-/// Writes a whole new log beside `path` and renames it into place, so a failure part-way
-/// leaves no log for an org that was never stored.
-fn write_new_log(path: &Path, org: IdentityKey, ops: Vec<&[u8]>) -> Result<()> {
-    let mut partial = path.as_os_str().to_os_string();
-    partial.push(".importing");
-    let partial = PathBuf::from(partial);
-    let _ = std::fs::remove_file(&partial);
-    let written = OpLog::create(&partial, org)
-        .and_then(|mut log| log.append(ops))
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            std::fs::rename(&partial, path)
-                .with_context(|| format!("cannot move the new log to {}", path.display()))
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    written.context("cannot store the imported charter")
 }
