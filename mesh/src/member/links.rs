@@ -34,11 +34,9 @@ impl Member {
             if let Some(address) = dialed {
                 self.reserve_circuit(peer, address);
             }
-            let remote = self.links.get(&peer).and_then(|l| l.remote);
-            if let Some(remote) = remote {
-                if self.state().relays.contains_key(&relay) {
-                    self.relay_seen_at(relay, &super::reach::quic_multiaddr(remote));
-                }
+            // `relay_seen_at` keeps only the charter's relays (not a member serving circuits).
+            if let Some(remote) = self.links.get(&peer).and_then(|l| l.remote) {
+                self.relay_seen_at(relay, &super::reach::quic_multiaddr(remote));
             }
         }
         if kind == LinkKind::HolePunched {

@@ -98,14 +98,13 @@ impl Member {
         // Linked only through a circuit and the peer now announces a direct address (a probe
         // confirmed it): dial it, whichever of us is lower; dcutr may not have managed (it
         // dials only one side's observed address).
-        let link = self.links.get(&subject_peer).map(|l| l.kind);
+        let held = self.links.get(&subject_peer);
+        let link = held.map(|l| l.kind);
         // Our direct link goes to an address the peer announced before and no longer does: it
         // restarted elsewhere (a new port after a crash), and the link is to its previous run,
         // not yet timed out. Dial where it is now; the newest link replaces the stale one (our
         // dial also opens our NAT to it, which its own dial could not).
-        let remote = self
-            .links
-            .get(&subject_peer)
+        let remote = held
             .and_then(|l| l.remote)
             .map(|r| super::reach::quic_multiaddr(r).to_vec());
         let moved = remote.is_some_and(|r| {
