@@ -82,6 +82,9 @@ impl<'de> Deserialize<'de> for Signature {
     }
 }
 
+/// libp2p's protobuf `PublicKey { Type = Ed25519 (1), Data = 32 bytes }` up to the key bytes.
+const PEER_ID_PROTOBUF_PREFIX: [u8; 4] = [0x08, 0x01, 0x12, 0x20];
+
 /// The public half of an [`Identity`]: verifies signatures, names a peer.
 ///
 /// An org is also named by one of these: its root key. Held as the 32 compressed bytes (checked
@@ -108,8 +111,18 @@ impl IdentityKey {
     }
 
     /// The libp2p peer id of this key.
+    ///
+    /// Built from the key bytes as libp2p defines it (an identity multihash of the key's
+    /// protobuf form: type Ed25519, then the 32 bytes), without decompressing the point as
+    /// `to_libp2p().to_peer_id()` would: ids are looked up on every control message, and the
+    /// square root that decompression takes was a large share of a big mesh's CPU.
     pub fn peer_id(&self) -> PeerId {
-        self.to_libp2p().to_peer_id()
+        let mut bytes = [0u8; 2 + PEER_ID_PROTOBUF_PREFIX.len() + 32];
+        bytes[0] = 0x00; // multihash code: identity
+        bytes[1] = (PEER_ID_PROTOBUF_PREFIX.len() + 32) as u8;
+        bytes[2..6].copy_from_slice(&PEER_ID_PROTOBUF_PREFIX);
+        bytes[6..].copy_from_slice(&self.0);
+        PeerId::from_bytes(&bytes).expect("an identity multihash of 36 bytes is a peer id")
     }
 
     /// The key in libp2p's form, for transports and behaviours.
@@ -313,6 +326,14 @@ mod tests {
         assert!(text.starts_with("12D3KooW"));
         assert_eq!(text.parse::<IdentityKey>().unwrap(), id.public());
         assert!("not-a-peer-id".parse::<IdentityKey>().is_err());
+    }
+
+    #[test]
+    fn peer_id_matches_libp2p_derivation() {
+        for seed in 0..32 {
+            let key = identity(seed).public();
+            assert_eq!(key.peer_id(), key.to_libp2p().to_peer_id());
+        }
     }
 
     #[test]

@@ -3,19 +3,21 @@
 //! a [`PresenceTable`] keeps the newest valid record per member and drops expired ones.
 //!
 //! Version 2 adds what the topology rule needs from every member: its RTT to each relay it is
-//! linked to, and the relay it uses for each channel (see `topology`).
+//! linked to, and the relay it uses for each channel (see `topology`). Version 3 adds the tags of
+//! the peers the member is linked to, so gossip skips peers that hear the member first-hand.
 //!
-//! Wire form (docs/protocol.md, "Presence record"): version byte `2` then the postcard encoding
+//! Wire form (docs/protocol.md, "Presence record"): version byte `3` then the postcard encoding
 //! of [`PresenceRecord`]; the signature covers the body under `callsign/presence/v1`. Only the
 //! canonical encoding is accepted.
 
 use crate::charter::{ChannelId, CharterState, Permissions};
 use callsign_keys::{context::PRESENCE, Identity, IdentityKey, Signature};
+use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version byte of presence records.
-pub const PRESENCE_VERSION: u8 = 2;
+pub const PRESENCE_VERSION: u8 = 3;
 /// Largest encoded record accepted.
 pub const MAX_PRESENCE_BYTES: usize = 4096;
 /// Longest lifetime a record may claim (a node re-announces well before).
@@ -24,6 +26,7 @@ const MAX_NAME: usize = 64;
 const MAX_LISTENING: usize = 64;
 const MAX_ADDRS: usize = 16;
 const MAX_RELAYS: usize = 16;
+const MAX_LINKED: usize = 256;
 
 /// What a node offers as a relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +66,21 @@ pub struct PresenceBody {
     /// The upload the peer may spend on voice, kbit/s (0: not said); a channel whose speakers
     /// cannot send one stream per listener goes through a relay.
     pub uplink_kbps: u32,
+    /// [`link_tag`]s of the peers the member has a control link to when it signs, sorted,
+    /// unique. Those peers get the record from the member itself, so nobody forwards it to them:
+    /// without this, gossip in a full mesh of n members sent every record n² times.
+    pub linked: Vec<u32>,
+}
+
+/// A short tag naming a linked peer in [`PresenceBody::linked`]: the last four bytes of its
+/// peer id (an ed25519 key's last bytes, as good as random). A collision only means one
+/// forwarded copy fewer; the member's own announcements still reach the peer.
+pub fn link_tag(peer: &PeerId) -> u32 {
+    let bytes = peer.to_bytes();
+    let tail: [u8; 4] = bytes[bytes.len().saturating_sub(4)..]
+        .try_into()
+        .unwrap_or_default();
+    u32::from_be_bytes(tail)
 }
 
 /// A signed presence record.
@@ -130,6 +148,11 @@ impl PresenceBody {
                 "routes: more than 64, or not sorted and unique",
             ));
         }
+        if self.linked.len() > MAX_LINKED || self.linked.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(PresenceError::Bounds(
+                "linked peers: more than 256, or not sorted and unique",
+            ));
+        }
         if self.ttl_ms == 0 || self.ttl_ms > MAX_TTL_MS {
             return Err(PresenceError::Bounds("ttl outside 1 ms to 10 minutes"));
         }
@@ -150,6 +173,11 @@ impl PresenceRecord {
             && state.may(&self.body.peer, channel, Permissions::LISTEN)
     }
 
+    /// Whether the member said it is linked to `peer`, so `peer` hears the member first-hand.
+    pub fn linked_to(&self, peer: &PeerId) -> bool {
+        self.body.linked.binary_search(&link_tag(peer)).is_ok()
+    }
+
     /// Signs `body` (whose `peer` must be `identity`; `listening` is sorted here).
     pub fn sign(identity: &Identity, mut body: PresenceBody) -> Result<Self, PresenceError> {
         body.peer = identity.public();
@@ -159,6 +187,9 @@ impl PresenceRecord {
         body.relay_rtt_ms.dedup_by_key(|(relay, _)| *relay);
         body.routes.sort();
         body.routes.dedup_by_key(|(channel, _)| *channel);
+        body.linked.sort_unstable();
+        body.linked.dedup();
+        body.linked.truncate(MAX_LINKED);
         body.check_bounds()?;
         let signature = identity.sign(PRESENCE, &body_bytes(&body));
         Ok(Self { body, signature })
@@ -171,17 +202,29 @@ impl PresenceRecord {
 
     /// Decodes and checks size, version, canonical form, bounds and signature.
     pub fn decode(bytes: &[u8]) -> Result<Self, PresenceError> {
+        let record = Self::decode_unverified(bytes)?;
+        record.verify()?;
+        Ok(record)
+    }
+
+    /// Decodes and checks everything [`decode`](Self::decode) does but the signature, so a
+    /// receiver can first ask [`PresenceTable::judge`] whether the record would change anything
+    /// (gossip brings most records many times). Verify before trusting any field.
+    pub fn decode_unverified(bytes: &[u8]) -> Result<Self, PresenceError> {
         let record: Self = crate::wire::decode(PRESENCE_VERSION, MAX_PRESENCE_BYTES, bytes)?;
         if record.encode() != bytes {
             return Err(PresenceError::NonCanonical);
         }
         record.body.check_bounds()?;
-        record
-            .body
-            .peer
-            .verify(PRESENCE, &body_bytes(&record.body), &record.signature)
-            .map_err(|_| PresenceError::BadSignature)?;
         Ok(record)
+    }
+
+    /// Checks the signature over the body under the presence context.
+    pub fn verify(&self) -> Result<(), PresenceError> {
+        self.body
+            .peer
+            .verify(PRESENCE, &body_bytes(&self.body), &self.signature)
+            .map_err(|_| PresenceError::BadSignature)
     }
 }
 
@@ -200,11 +243,27 @@ pub enum PresenceUpdate {
     NotMember,
 }
 
+impl PresenceUpdate {
+    /// The record was taken: a member came or has news.
+    pub fn is_news(self) -> bool {
+        matches!(self, Self::Joined | Self::Updated)
+    }
+}
+
 /// The newest valid presence per member of one org.
 #[derive(Clone, Debug)]
 pub struct PresenceTable {
     org: IdentityKey,
     records: BTreeMap<IdentityKey, PresenceRecord>,
+}
+
+/// The first fields of a record's wire form, read without checking the keys (which costs a
+/// curve point decompression each).
+#[derive(Deserialize)]
+struct Header<'a> {
+    org: &'a [u8],
+    peer: &'a [u8],
+    seq: u64,
 }
 
 impl PresenceTable {
@@ -216,6 +275,25 @@ impl PresenceTable {
         }
     }
 
+    /// Whether `bytes` names a member of this org and a `seq` no newer than the record held
+    /// for it, read from the header alone: such a record could change nothing. Gossip brings
+    /// each record once from every neighbour, and decoding and checking each copy was most of
+    /// a large mesh's CPU. Anything else (malformed bytes too) is left to
+    /// [`PresenceRecord::decode`].
+    pub fn holds(&self, bytes: &[u8]) -> bool {
+        let Some((&PRESENCE_VERSION, body)) = bytes.split_first() else {
+            return false;
+        };
+        let Ok((header, _)) = postcard::take_from_bytes::<Header<'_>>(body) else {
+            return false;
+        };
+        header.org == self.org.to_bytes()
+            && self
+                .records
+                .values()
+                .any(|held| held.body.peer.to_bytes() == header.peer && held.body.seq >= header.seq)
+    }
+
     /// Adds a verified record (from [`PresenceRecord::decode`]) if it is for this org, from a
     /// member (`is_member`, answered from the charter), unexpired at `now_ms` and newer than the
     /// one held.
@@ -225,7 +303,20 @@ impl PresenceTable {
         now_ms: u64,
         is_member: impl Fn(&IdentityKey) -> bool,
     ) -> PresenceUpdate {
-        let body = &record.body;
+        let update = self.judge(&record.body, now_ms, is_member);
+        if update.is_news() {
+            self.records.insert(record.body.peer, record);
+        }
+        update
+    }
+
+    /// What [`insert`](Self::insert) would do with a record of `body`, changing nothing.
+    pub fn judge(
+        &self,
+        body: &PresenceBody,
+        now_ms: u64,
+        is_member: impl Fn(&IdentityKey) -> bool,
+    ) -> PresenceUpdate {
         if body.org != self.org || !is_member(&body.peer) {
             return PresenceUpdate::NotMember;
         }
@@ -234,14 +325,8 @@ impl PresenceTable {
         }
         match self.records.get(&body.peer) {
             Some(held) if held.body.seq >= body.seq => PresenceUpdate::Stale,
-            Some(_) => {
-                self.records.insert(body.peer, record);
-                PresenceUpdate::Updated
-            }
-            None => {
-                self.records.insert(body.peer, record);
-                PresenceUpdate::Joined
-            }
+            Some(_) => PresenceUpdate::Updated,
+            None => PresenceUpdate::Joined,
         }
     }
 

@@ -258,6 +258,7 @@ fn present(table: &mut PresenceTable, who: &Identity, org: IdentityKey, listenin
             relay_rtt_ms: Vec::new(),
             routes: Vec::new(),
             uplink_kbps: 0,
+            linked: Vec::new(),
         },
     )
     .unwrap();

@@ -4,7 +4,8 @@
 use callsign_keys::{Identity, IdentityKey};
 use callsign_mesh::charter::ChannelId;
 use callsign_mesh::presence::{
-    PresenceBody, PresenceError, PresenceRecord, PresenceTable, PresenceUpdate, RelayCapability,
+    link_tag, PresenceBody, PresenceError, PresenceRecord, PresenceTable, PresenceUpdate,
+    RelayCapability,
 };
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -31,6 +32,7 @@ fn body(org: IdentityKey, seq: u64, issued_at_ms: u64) -> PresenceBody {
         relay_rtt_ms: vec![(org, 40)],
         routes: vec![(ChannelId(9), org)],
         uplink_kbps: 512,
+        linked: Vec::new(),
     }
 }
 
@@ -42,8 +44,29 @@ fn signed_records_round_trip_and_normalise_channels() {
     assert_eq!(record.body.peer, me.public());
     assert_eq!(record.body.listening, vec![ChannelId(3), ChannelId(9)]);
     let bytes = record.encode();
-    assert_eq!(bytes[0], 2);
+    assert_eq!(bytes[0], 3);
     assert_eq!(PresenceRecord::decode(&bytes).unwrap(), record);
+}
+
+#[test]
+fn a_record_names_its_linked_peers_by_tag_and_refuses_unsorted_tags() {
+    let org = identity(1).public();
+    let me = identity(2);
+    let (near, far) = (identity(3).peer_id(), identity(4).peer_id());
+    let mut linked = body(org, 1, 1_000);
+    linked.linked = vec![link_tag(&near), link_tag(&near)];
+    let record = PresenceRecord::sign(&me, linked).unwrap();
+    assert_eq!(record.body.linked.len(), 1, "sign sorts and dedups");
+    assert!(record.linked_to(&near));
+    assert!(!record.linked_to(&far));
+
+    // A peer's hand-made record with tags out of order is refused, signature or not.
+    let mut unsorted = record.clone();
+    unsorted.body.linked = vec![2, 1];
+    assert!(matches!(
+        PresenceRecord::decode(&unsorted.encode()),
+        Err(PresenceError::Bounds(_))
+    ));
 }
 
 #[test]
@@ -64,7 +87,7 @@ fn damaged_forged_and_unknown_records_are_refused() {
     for len in 0..bytes.len() {
         assert!(PresenceRecord::decode(&bytes[..len]).is_err());
     }
-    for version in [1, 3] {
+    for version in [2, 4] {
         let mut other = bytes.clone();
         other[0] = version;
         assert_eq!(
@@ -112,6 +135,17 @@ fn the_table_keeps_the_newest_unexpired_member_record() {
         table.insert(a2.clone(), 2_500, is_member),
         PresenceUpdate::Updated
     );
+    assert_eq!(
+        table.judge(&a1.body, 2_500, is_member),
+        PresenceUpdate::Stale
+    );
+    assert!(table.holds(&a2.encode()) && table.holds(&a1.encode()));
+    let a3 = PresenceRecord::sign(&a, body(org, 3, 2_000)).unwrap();
+    assert!(!table.holds(&a3.encode()), "a newer record is news");
+    assert!(
+        !table.holds(&[3, 0xff]) && !table.holds(&[]),
+        "garbage is for decode to refuse"
+    );
     assert_eq!(table.insert(a1, 2_500, is_member), PresenceUpdate::Stale);
     assert_eq!(table.get(&a.public()).unwrap().body.seq, 2);
 
@@ -129,12 +163,18 @@ fn the_table_keeps_the_newest_unexpired_member_record() {
     );
 
     let b1 = PresenceRecord::sign(&b, body(org, 1, 10_000)).unwrap();
+    let b1_bytes = b1.encode();
     assert_eq!(table.insert(b1, 10_000, is_member), PresenceUpdate::Joined);
     assert_eq!(table.listeners(ChannelId(3)).count(), 2);
     assert_eq!(table.listeners(ChannelId(4)).count(), 0);
 
     // a2 expires at 32 000; b1 at 40 000.
     assert_eq!(table.expire(35_000, is_member), vec![a.public()]);
+    assert!(
+        !table.holds(&a2.encode()),
+        "an expired record is no longer held"
+    );
+    assert!(table.holds(&b1_bytes));
     assert_eq!(table.present().count(), 1);
     // A member removed from the charter leaves at once.
     assert_eq!(table.expire(35_000, |p| *p != b.public()), vec![b.public()]);

@@ -125,6 +125,7 @@ fn table(org: &Org, says: impl Fn(usize) -> Says) -> PresenceTable {
                 relay_rtt_ms: s.rtt,
                 routes: s.routes,
                 uplink_kbps: s.uplink_kbps,
+                linked: Vec::new(),
             },
         )
         .unwrap();

@@ -206,3 +206,51 @@ fn a_non_finite_sample_does_not_silence_the_chain_and_synthetic_speech_stays_fin
         );
     }
 }
+
+#[test]
+fn an_idle_transmitter_without_analysis_skips_the_chain_until_the_key_goes_down() {
+    use callsign_node::audio::codec::EncoderConfig;
+    use callsign_node::runtime::voice::{Target, Transmitter, SILENT_DB};
+    use callsign_node::runtime::AudioInput;
+    let transmitter = |analyse_when_idle| {
+        Transmitter::new(
+            AudioInput::Synthetic { seed: 3 },
+            CaptureConfig {
+                analyse_when_idle,
+                ..CaptureConfig::default()
+            },
+            EncoderConfig::default(),
+        )
+        .unwrap()
+    };
+    let (mut metered, mut skipping) = (transmitter(true), transmitter(false));
+    let mut loudest = [SILENT_DB; 2];
+    for _ in 0..50 {
+        for (i, t) in [&mut metered, &mut skipping].into_iter().enumerate() {
+            assert!(
+                t.tick().unwrap().is_none(),
+                "nothing is sent with the key up"
+            );
+            loudest[i] = loudest[i].max(t.level().0);
+        }
+    }
+    assert!(
+        loudest[0] > -40.0,
+        "the metered input shows speech: {loudest:?}"
+    );
+    assert_eq!(loudest[1], SILENT_DB, "the skipping one computed nothing");
+
+    skipping.press(Target::Channels(vec![callsign_mesh::charter::ChannelId(1)]));
+    let mut sent = 0;
+    let mut level = SILENT_DB;
+    for _ in 0..50 {
+        sent += usize::from(skipping.tick().unwrap().is_some());
+        level = level.max(skipping.level().0);
+    }
+    assert_eq!(sent, 50, "every frame with the key down is encoded");
+    assert!(level > -40.0, "and carries speech: {level} dBFS");
+    skipping.release();
+    let end = skipping.tick().unwrap().expect("the closing frame");
+    assert!(end.flags.contains(callsign_mesh::voice::VoiceFlags::END));
+    assert!(skipping.tick().unwrap().is_none());
+}

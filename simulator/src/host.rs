@@ -378,6 +378,8 @@ pub(crate) async fn run_host(
             NodeConfig::new(org.keys[index].clone(), org.charter.clone(), name.clone());
         config.listening = listen.clone();
         config.input = AudioInput::Synthetic { seed: node_seed };
+        // Nobody watches a simulated member's input meter.
+        config.capture.analyse_when_idle = false;
         config.socket = Some(socket);
         config.tcp_fallback = false;
         config.relay_circuits = relay;

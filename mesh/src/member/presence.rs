@@ -24,25 +24,33 @@ pub(crate) fn is_circuit(addr: &Multiaddr) -> bool {
 
 impl Member {
     pub(super) fn presence_message(&mut self, from: PeerId, body: &[u8], now: Instant) {
-        let record = match PresenceRecord::decode(body) {
+        if self.presence.holds(body) {
+            return;
+        }
+        let now_ms = self.unix_ms(now);
+        let members = &self.members;
+        let is_member = |p: &callsign_keys::IdentityKey| members.contains_key(&p.peer_id());
+        // The signature is checked only for a record that would be taken: each one arrives
+        // once from every neighbour, and older copies after newer ones.
+        let record = match PresenceRecord::decode_unverified(body) {
+            Ok(r) if !self.presence.judge(&r.body, now_ms, is_member).is_news() => return,
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(%from, %e, "bad presence record");
                 return;
             }
         };
+        if let Err(e) = record.verify() {
+            tracing::debug!(%from, %e, "bad presence record");
+            return;
+        }
         let previous_addrs: Option<Vec<Vec<u8>>> = self
             .presence
             .get(&record.body.peer)
             .map(|held| held.body.addrs.clone());
         let addrs_changed = previous_addrs.as_ref() != Some(&record.body.addrs);
-        let members = &self.members;
-        let update = self
-            .presence
-            .insert(record.clone(), self.unix_ms(now), |p| {
-                members.contains_key(&p.peer_id())
-            });
-        if !matches!(update, PresenceUpdate::Joined | PresenceUpdate::Updated) {
+        let update = self.presence.insert(record.clone(), now_ms, is_member);
+        if !update.is_news() {
             return;
         }
         self.replan_soon();
@@ -64,7 +72,7 @@ impl Member {
         }
         let encoded = ControlMessage::Presence(record.encode());
         for (peer, control) in &mut self.peers {
-            if *peer != from && *peer != subject.peer_id() {
+            if *peer != from && *peer != subject.peer_id() && !record.linked_to(peer) {
                 control.queue(encoded.clone());
             }
         }
@@ -245,6 +253,7 @@ impl Member {
             relay_rtt_ms: self.relay_rtts(),
             routes: self.advertised_routes(),
             uplink_kbps: self.uplink_kbps,
+            linked: self.peers.keys().map(crate::presence::link_tag).collect(),
         };
         match PresenceRecord::sign(&self.keys.identity, body) {
             Ok(record) => {

@@ -33,6 +33,16 @@ pub struct CaptureConfig {
     pub noise_suppression: bool,
     pub agc: bool,
     pub gate: GateMode,
+    /// Run the chain while push-to-talk is up, for the input level and speech meters. Off, an
+    /// idle transmitter only drains its input (the meters read silence): the simulator runs
+    /// dozens of members in one process, and their idle denoisers and synthesisers were a
+    /// third of its CPU.
+    #[serde(default = "analyse_when_idle_default")]
+    pub analyse_when_idle: bool,
+}
+
+fn analyse_when_idle_default() -> bool {
+    true
 }
 
 impl Default for CaptureConfig {
@@ -44,6 +54,7 @@ impl Default for CaptureConfig {
             noise_suppression: true,
             agc: false,
             gate: GateMode::PushToTalk,
+            analyse_when_idle: true,
         }
     }
 }
@@ -109,6 +120,11 @@ impl CaptureChain {
 
     pub fn set_ptt(&mut self, pressed: bool) {
         self.ptt = pressed;
+    }
+
+    /// Push-to-talk is held.
+    pub fn ptt(&self) -> bool {
+        self.ptt
     }
 
     pub fn set_noise_suppression(&mut self, on: bool) {

@@ -40,16 +40,38 @@ struct Resonator {
     y2: f32,
 }
 
-impl Resonator {
-    fn process(&mut self, x: f32, frequency: f32, bandwidth: f32) -> f32 {
+/// A two-pole resonator's coefficients: `a` the input gain, `c` and `r2` the feedback.
+#[derive(Clone, Copy, Debug, Default)]
+struct Coefficients {
+    a: f32,
+    c: f32,
+    r2: f32,
+}
+
+impl Coefficients {
+    fn new(frequency: f32, bandwidth: f32) -> Self {
         let r = (-std::f32::consts::PI * bandwidth / SAMPLE_RATE as f32).exp();
-        let c = 2.0 * r * (TAU * frequency / SAMPLE_RATE as f32).cos();
-        let y = (1.0 - r) * x + c * self.y1 - r * r * self.y2;
+        Self {
+            a: 1.0 - r,
+            c: 2.0 * r * (TAU * frequency / SAMPLE_RATE as f32).cos(),
+            r2: r * r,
+        }
+    }
+}
+
+impl Resonator {
+    fn process(&mut self, x: f32, k: Coefficients) -> f32 {
+        let y = k.a * x + k.c * self.y1 - k.r2 * self.y2;
         self.y2 = self.y1;
         self.y1 = y;
         y
     }
 }
+
+/// Samples between updates of the gliding formants' coefficients (1 ms): the glide is slow,
+/// and a cosine and an exponential per sample and formant made the synthesiser dearer than the
+/// codec in a simulation of dozens of members.
+const COEFFICIENT_PERIOD: usize = 48;
 
 /// First three formants (Hz) of a few vowels.
 const VOWELS: [[f32; 3]; 5] = [
@@ -71,6 +93,11 @@ pub struct SpeechLike {
     formants: [f32; 3],
     target: [f32; 3],
     resonators: [Resonator; 3],
+    coefficients: [Coefficients; 3],
+    /// Samples until the coefficients follow the formants again.
+    coefficients_in: usize,
+    /// The syllable's loudness, updated with the coefficients.
+    envelope: f32,
     /// Samples left in the current syllable (`voiced`) or pause.
     left: usize,
     length: usize,
@@ -87,6 +114,9 @@ impl SpeechLike {
             formants: VOWELS[0],
             target: VOWELS[0],
             resonators: [Resonator::default(); 3],
+            coefficients: [Coefficients::default(); 3],
+            coefficients_in: 0,
+            envelope: 0.0,
             left: 0,
             length: 1,
             voiced: false,
@@ -106,6 +136,24 @@ impl SpeechLike {
         };
         self.length = ms * SAMPLE_RATE as usize / 1000;
         self.left = self.length;
+        // The envelope starts the segment afresh.
+        self.coefficients_in = 0;
+    }
+
+    /// Moves `samples` on without computing them: syllables and pauses advance as they would,
+    /// and the resonators start the next computed sample from rest.
+    pub fn skip(&mut self, mut samples: usize) {
+        while samples > 0 {
+            if self.left == 0 {
+                self.next_segment();
+            }
+            let step = samples.min(self.left);
+            self.left -= step;
+            samples -= step;
+        }
+        self.formants = self.target;
+        self.resonators = [Resonator::default(); 3];
+        self.coefficients_in = 0;
     }
 
     pub fn fill(&mut self, out: &mut [f32]) {
@@ -127,19 +175,28 @@ impl SpeechLike {
             } else {
                 self.rng.gen_range(-0.002..0.002)
             };
-            self.pitch_phase %= 1.0;
+            if self.pitch_phase >= 1.0 {
+                // The pitch is far below the sample rate: at most one period per sample.
+                self.pitch_phase -= 1.0;
+            }
+            if self.coefficients_in == 0 {
+                self.coefficients_in = COEFFICIENT_PERIOD;
+                for (i, k) in self.coefficients.iter_mut().enumerate() {
+                    *k = Coefficients::new(self.formants[i], 80.0 + 40.0 * i as f32);
+                }
+                self.envelope = if self.voiced {
+                    // sin(π) rounds to a tiny negative: clamp before the root or it is NaN.
+                    (progress * std::f32::consts::PI).sin().max(0.0).sqrt()
+                } else {
+                    1.0
+                };
+            }
+            self.coefficients_in -= 1;
             let mut y = 0.0;
             for (i, resonator) in self.resonators.iter_mut().enumerate() {
-                y += resonator.process(excitation, self.formants[i], 80.0 + 40.0 * i as f32)
-                    / (1.0 + i as f32);
+                y += resonator.process(excitation, self.coefficients[i]) / (1.0 + i as f32);
             }
-            let envelope = if self.voiced {
-                // sin(π) rounds to a tiny negative: clamp before the root or it is NaN.
-                (progress * std::f32::consts::PI).sin().max(0.0).sqrt()
-            } else {
-                1.0
-            };
-            *s = (self.amplitude * 6.0 * y * envelope).clamp(-1.0, 1.0);
+            *s = (self.amplitude * 6.0 * y * self.envelope).clamp(-1.0, 1.0);
         }
     }
 }

@@ -76,12 +76,10 @@ impl LinkConfig {
         Ok(server)
     }
 
-    pub(crate) fn client(
-        &self,
-        keypair: &Keypair,
-        expected: Option<PeerId>,
-    ) -> Result<quinn::ClientConfig, LinkError> {
-        let tls = libp2p_tls::make_client_config(keypair, expected)
+    /// A client config that accepts any peer's libp2p certificate; the dialer compares the
+    /// proven peer id with the one it dialed ([`remote_peer_id`]).
+    pub(crate) fn client(&self, keypair: &Keypair) -> Result<quinn::ClientConfig, LinkError> {
+        let tls = libp2p_tls::make_client_config(keypair, None)
             .map_err(|e| LinkError::Config(format!("tls certificate: {e}")))?;
         let crypto = QuicClientConfig::try_from(tls)
             .map_err(|e| LinkError::Config(format!("tls for quic: {e}")))?;

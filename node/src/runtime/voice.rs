@@ -87,6 +87,18 @@ impl Source {
         }
         Ok(())
     }
+
+    /// Passes over one block nobody will hear: a synthesiser moves on without computing it,
+    /// anything else is read (a device's feed must be drained, a file's position kept).
+    fn skip(&mut self, block: &mut [f32]) -> Result<(), AudioError> {
+        match self {
+            Self::Synthetic(s) => {
+                s.skip(block.len());
+                Ok(())
+            }
+            _ => self.fill(block),
+        }
+    }
 }
 
 /// See the module documentation.
@@ -230,6 +242,13 @@ impl Transmitter {
     /// Captures one frame period and, while the gate is open (plus one closing frame carrying
     /// the end marker), encodes it.
     pub fn tick(&mut self) -> Result<Option<Encoded<'_>>, AudioError> {
+        let idle = !self.capture.ptt() && !self.transmitting && self.vad_channels.is_empty();
+        if idle && !self.capture.config().analyse_when_idle {
+            self.source.skip(&mut self.block)?;
+            self.level_db = SILENT_DB;
+            self.speech = 0.0;
+            return Ok(None);
+        }
         self.source.fill(&mut self.block)?;
         let Self {
             capture,
