@@ -166,3 +166,21 @@ fn a_channel_spanning_two_regions_cascades_over_both_relays() {
         assert!(r.drops.is_empty(), "{r:?}");
     }
 }
+
+#[test]
+fn a_relay_restarted_elsewhere_during_a_partition_rejoins_the_cascade() {
+    let report = run(&scenario("relay-cascade-restart"), None).unwrap();
+    eprintln!("{}", relay_trace(&report));
+    let (eu, us) = (["eu1", "eu2", "eu3", "eu4"], ["us1", "us2", "us3", "us4"]);
+    // After the heal, both talkers reach the other region: the relays found each other again
+    // although relay-eu came back on a port nobody in America had seen.
+    for (talker, far) in [("eu1", &us), ("us2", &eu)] {
+        for listener in far {
+            let s = report.stream(talker, listener, "ops").unwrap();
+            assert!(s.frames_played * 100 >= s.frames_sent * 95, "{s:?}");
+        }
+    }
+    for relay in ["relay-eu", "relay-us"] {
+        assert_eq!(report.relay(relay).unwrap().audio_keys_held, 0);
+    }
+}

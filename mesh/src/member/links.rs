@@ -72,7 +72,11 @@ impl Member {
             Some(LinkRole::Member(identity)) => identity,
             Some(LinkRole::Relay(identity)) => {
                 // A relay link: charter sync and floor, no E2EE session, no keys.
-                self.peers.insert(peer, PeerControl::default());
+                let mut control = PeerControl::default();
+                for hint in self.relay_hints_for(&identity) {
+                    control.queue(hint);
+                }
+                self.peers.insert(peer, control);
                 self.sync.handle_link_up(peer, now);
                 // The floor is between members and their arbiter, not between relays.
                 if self.members.contains_key(&peer) || self.role != Role::Relay {
@@ -92,6 +96,9 @@ impl Member {
             None => return,
         };
         let mut control = PeerControl::default();
+        for hint in self.relay_hints_for(&identity) {
+            control.queue(hint);
+        }
         if let Some(ours) = self.own_presence(now) {
             control.queue(ControlMessage::Presence(ours.encode()));
         }
@@ -191,6 +198,11 @@ impl Member {
                     ControlMessage::Presence(body) => self.presence_message(peer, &body, now),
                     ControlMessage::Observed(body) => self.observed(peer, &body, now),
                     ControlMessage::Probe(body) => self.probe_request(peer, &body, now),
+                    // Where a fellow relay (or one's members) saw another relay: a restarted
+                    // relay is found again by relays as by members.
+                    ControlMessage::RelayAddress { relay, addr } => {
+                        self.relay_address_heard(relay, &addr, now)
+                    }
                     // Keys, handshakes and voice are for members only.
                     _ => tracing::debug!(%peer, "control message refused on a relay link"),
                 }

@@ -1,8 +1,9 @@
 //! Finding the charter's rented relays again. The charter names each relay's addresses, but a
 //! restarted relay may come back elsewhere (a new port, a new VPS address) and cannot sign a
-//! charter edit. So members remember where their links to a relay came from, tell the other
-//! members (`ControlMessage::RelayAddress`), and dial every charter relay they are not linked
-//! to every [`RELAY_REDIAL`] at those addresses and the charter's. A member behind a NAT that
+//! charter edit. So members and relays remember where their links to a relay came from, tell
+//! their other peers (`ControlMessage::RelayAddress`, also to every peer that links later), and
+//! dial every charter relay they are not linked to every [`RELAY_REDIAL`] at those addresses and
+//! the charter's. A member behind a NAT that
 //! filters strangers cannot be dialed by the relay; its own dial opens the way.
 //!
 //! The hints are unsigned: a dial names the relay's peer id, so a wrong address costs one
@@ -40,14 +41,27 @@ impl Member {
             relay,
             addr: remote.to_vec(),
         };
-        let members = &self.members;
-        for (_, control) in self
-            .peers
-            .iter_mut()
-            .filter(|(p, _)| members.contains_key(p))
-        {
+        let relay_peer = relay.peer_id();
+        for (_, control) in self.peers.iter_mut().filter(|(p, _)| **p != relay_peer) {
             control.queue(message.clone());
         }
+    }
+
+    /// What a peer that just linked should hear of where the charter's relays are (the newest
+    /// address we know for each, the peer itself left out): hints sent while it was cut off
+    /// (a partition, its own restart) never reached it, and a relay needs them to find a
+    /// fellow relay that restarted elsewhere, as members do.
+    pub(super) fn relay_hints_for(&self, peer: &IdentityKey) -> Vec<ControlMessage> {
+        self.relay_addrs
+            .iter()
+            .filter(|(relay, _)| *relay != peer)
+            .filter_map(|(relay, addrs)| {
+                addrs.first().map(|addr| ControlMessage::RelayAddress {
+                    relay: *relay,
+                    addr: addr.to_vec(),
+                })
+            })
+            .collect()
     }
 
     /// A member told us where it saw `relay`.
