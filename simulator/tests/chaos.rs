@@ -35,3 +35,22 @@ fn a_small_batch_keeps_every_invariant() {
         );
     }
 }
+
+#[test]
+fn the_delivery_bar_follows_the_base_links_own_loss() {
+    use callsign_sim::chaos::{min_delivery, MIN_DELIVERY};
+    use callsign_sim::scenario::Burst;
+    let (mut scenario, _) = generate(1);
+    scenario.link.loss = 0.0;
+    scenario.link.burst = None;
+    assert_eq!(min_delivery(&scenario), MIN_DELIVERY);
+    // 1.6 % uniform plus bursts 12 % of the time: about 13 % lost per hop.
+    scenario.link.loss = 0.016;
+    scenario.link.burst = Some(Burst {
+        p: 0.04,
+        r: 0.3,
+        bad_loss: 1.0,
+    });
+    let bar = min_delivery(&scenario);
+    assert!((0.70..0.75).contains(&bar), "{bar}");
+}

@@ -13,7 +13,7 @@
 //! | ping (stream RTT) | yes | off: its first ping fires on a wall-clock timer |
 //! | relay v2 client | yes | runs; sends only when asked; renewal wall-clock |
 //! | relay v2 server (members only) | when configured | same |
-//! | dcutr | yes | runs; sends only on relayed connections |
+//! | dcutr | yes | off: waits `rtt / 2` on the wall clock before its dial (and cannot punch there: the simulated NAT rewrites no addresses and identify is off) |
 //! | autonat | yes | off: probe schedule wall-clock |
 //! | mdns | yes | off (needs real multicast sockets) |
 //! | kad | yes | off: query timeouts and refresh wall-clock |
@@ -22,11 +22,10 @@
 //!
 //! The Swarm's idle connection timeout is a year in simulation too (QUIC's own idle timeout,
 //! on tokio time, ends dead connections), and relay v2 reservations and circuits last a day.
-//! Still on the wall clock, inside libp2p: dcutr's `rtt / 2` wait before its dial and its 10 s
-//! stream timeouts, the relay handlers' 10 s idle keep-alive and 60 s stream timeouts, the
-//! Swarm's 10 s substream upgrade timeout. All act only on relayed connections or on streams
-//! that stall, but dcutr's wait fires at whatever virtual instant the machine reaches it (see
-//! docs/scenarios.md on chaos runs that did not replay).
+//! Still on the wall clock, inside libp2p: the relay handlers' 10 s idle keep-alive and 60 s
+//! stream timeouts and the Swarm's 10 s substream upgrade timeout. They act only on relayed
+//! connections or on streams that stall (see docs/scenarios.md on chaos runs that did not
+//! replay).
 //!
 //! Note: libp2p-ping 0.47 re-arms its inbound future without polling it, so over QUIC (whose
 //! streams wake only the task that reads them) a node answers the next ping only when something
@@ -97,7 +96,7 @@ pub struct NodeBehaviour {
     pub ping: Toggle<ping::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
-    pub dcutr: dcutr::Behaviour,
+    pub dcutr: Toggle<dcutr::Behaviour>,
     pub autonat: Toggle<autonat::Behaviour>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
@@ -255,7 +254,7 @@ pub fn build_swarm(
                     .as_ref()
                     .map(|allow| relay::Behaviour::new(peer, allow.relay_config()))
                     .into(),
-                dcutr: dcutr::Behaviour::new(peer),
+                dcutr: timed.then(|| dcutr::Behaviour::new(peer)).into(),
                 autonat: timed
                     .then(|| autonat::Behaviour::new(peer, autonat::Config::default()))
                     .into(),

@@ -7,7 +7,7 @@
 mod check;
 mod generate;
 
-pub use check::{check, Violation, MIN_DELIVERY};
+pub use check::{check, min_delivery, Violation, MIN_DELIVERY};
 pub use generate::{generate, Plan, Probe, ProbeTarget, PROBE_S, SETTLE_S};
 
 use crate::report::Report;
