@@ -5,7 +5,8 @@
 //!   smallest upload budget advertised by a member who may speak there.
 //! - Candidates: the charter's rented relays (capacity from the charter) and present members
 //!   who volunteer (public, spare uplink), each with the median RTT the channel's listeners
-//!   advertise to it and its room left after the channels it already serves elsewhere.
+//!   advertise to it and its room left after the channels before this one (in id order)
+//!   that it already serves.
 //! - Incumbent: the relay most of the channel's listeners say they use for it (ties: lowest
 //!   key), so hysteresis is measured against the same thing everywhere.
 //!
@@ -86,19 +87,24 @@ impl RoutingView<'_> {
         out
     }
 
-    /// Listeners routed through `relay` on channels other than `channel`.
+    /// Listeners routed through `relay` on channels before `channel` (in id order). Earlier
+    /// channels claim a relay's room first and a later one never displaces them: counting
+    /// every other channel, channels competing for one volunteer all saw it free, all moved
+    /// onto it, all saw it full and all left together, every replan (chaos seed 4). This way
+    /// the first channel's answer depends on no other, the second's only on the first's, and
+    /// the routes settle within one replan per channel.
     fn load_elsewhere(&self, relay: &IdentityKey, channel: ChannelId) -> u32 {
         let others = self
             .presence
             .present()
             .filter(|r| r.body.peer != *self.local)
             .flat_map(|r| r.body.routes.iter())
-            .filter(|(c, r)| *c != channel && r == relay)
+            .filter(|(c, r)| *c < channel && r == relay)
             .count();
         let ours = self
             .current
             .iter()
-            .filter(|(c, r)| **c != channel && **r == Route::Relay(*relay))
+            .filter(|(c, r)| **c < channel && **r == Route::Relay(*relay))
             .count();
         (others + ours) as u32
     }

@@ -237,3 +237,27 @@ fn a_public_volunteer_serves_when_no_relay_is_rented_and_a_weak_uplink_needs_one
     });
     assert_eq!(route(&small, &strong, 0, &small.relays), Route::Mesh);
 }
+
+#[test]
+fn an_earlier_channel_claims_a_volunteers_room_first_and_a_later_one_never_displaces_it() {
+    // The volunteer has room for 10 listeners; /ops has 8. Eight members say they use it for
+    // another channel too. Only a channel before /ops (in id order) counts against its room,
+    // so channels competing for one volunteer settle instead of moving on and off together.
+    let o = org(8, 6);
+    let volunteer = o.members[3].public();
+    assert!(o.ops.0 > 0 && o.ops.0 < u64::MAX);
+    let with_other = |other: ChannelId| {
+        table(&o, move |i| Says {
+            relay: RelayCapability {
+                public: i == 3,
+                spare_uplink_kbps: if i == 3 { 400 } else { 0 },
+            },
+            routes: vec![(other, volunteer)],
+            ..Says::default()
+        })
+    };
+    let later = with_other(ChannelId(u64::MAX));
+    assert_eq!(route(&o, &later, 0, &[volunteer]), Route::Relay(volunteer));
+    let earlier = with_other(ChannelId(0));
+    assert_eq!(route(&o, &earlier, 0, &[volunteer]), Route::Mesh);
+}
