@@ -54,8 +54,8 @@ pub struct RelayCandidate {
     /// Median RTT from the channel's members to it, if any member measured it.
     pub median_rtt_ms: Option<u32>,
     /// Listeners it could serve for this channel: its capacity (rented) or spare uplink over
-    /// one stream (volunteer), minus what it carries for channels before this one in id order (the incumbent's load
-    /// for this channel does not count against it).
+    /// one stream (volunteer), minus what it carries for channels before this one in id order
+    /// (the incumbent's load for this channel does not count against it).
     pub spare_listeners: u32,
 }
 
