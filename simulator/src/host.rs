@@ -47,6 +47,13 @@ fn lifecycle(scenario: &Scenario, name: &str) -> Vec<(Duration, Life)> {
     out
 }
 
+/// How long a host stays up after its node stopped for good. The machine does not vanish when
+/// the app quits: what the shutdown handed to the network (the goodbye's CONNECTION_CLOSE
+/// frames, in flight for the path's latency) still arrives. Without it peers of a member that
+/// left kept a dead link until QUIC's idle timeout, and floor presses waited on its
+/// acknowledgement (chaos seed 16).
+const GOODBYE_LINGER: Duration = Duration::from_secs(1);
+
 /// The counters of every incarnation so far: the finished ones' and the current one's.
 fn so_far(total: &Option<NodeStats>, current: NodeStats) -> NodeStats {
     match total {
@@ -461,6 +468,7 @@ pub(crate) async fn run_host(
             Some(acc) => merge(acc, stats),
         });
         if stopped_itself {
+            tokio::time::sleep(GOODBYE_LINGER).await;
             break;
         }
         let stopped = stop.is_some_and(|(t, _)| t <= end);
@@ -471,6 +479,7 @@ pub(crate) async fn run_host(
         lifecycle.next();
         // Absent until the next restart or join; commands meanwhile are lost.
         let Some((back_at, _)) = lifecycle.next() else {
+            tokio::time::sleep(GOODBYE_LINGER).await;
             break;
         };
         let back = (start + back_at).min(end);
