@@ -332,3 +332,34 @@ fn a_grant_made_before_the_preemptors_claim_arrived_goes_back_to_the_queue() {
     net.assert_one_talker(B);
     assert_eq!(net.state(B), LocalFloor::Granted);
 }
+
+#[test]
+fn a_member_that_let_one_press_time_out_is_not_waited_for_again_until_it_speaks() {
+    let mut net = Net::in_mode(20, false);
+    // D's process is gone but its links have not timed out (a lost goodbye).
+    net.cut.insert(D);
+    net.press(A).unwrap();
+    net.run_for(Duration::from_secs(1));
+    let first = net.granted_at(A).unwrap();
+    assert!(
+        first >= Duration::from_millis(750),
+        "{first:?}: waited on D"
+    );
+    net.release(A);
+    net.run_for(Duration::from_secs(1));
+    // A's next press waits only for the members that answer: one round trip.
+    let pressed = net.now - net.start;
+    net.press(A).unwrap();
+    net.run_for(Duration::from_secs(1));
+    let waited = net.granted_at(A).unwrap() - pressed;
+    assert!(waited < Duration::from_millis(200), "{waited:?}");
+    net.assert_one_talker(A);
+    // D comes back and answers A's claims: it is waited for again, and the floor still has
+    // one talker everywhere.
+    net.release(A);
+    net.run_for(Duration::from_secs(1));
+    net.cut.remove(&D);
+    net.press(C).unwrap();
+    net.run_for(Duration::from_secs(1));
+    net.assert_one_talker(C);
+}

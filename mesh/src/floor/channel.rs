@@ -396,7 +396,24 @@ impl ChannelFloor {
     fn all_acked(&self, sh: &Shared, rev: u32) -> bool {
         sh.participants
             .iter()
-            .all(|p| self.seen_by.get(p).is_some_and(|seen| *seen >= rev))
+            .filter(|p| !sh.silent.contains(*p))
+            .all(|p| self.acked(p, rev))
+    }
+
+    fn acked(&self, peer: &IdentityKey, rev: u32) -> bool {
+        self.seen_by.get(peer).is_some_and(|seen| *seen >= rev)
+    }
+
+    /// The acknowledgement timeout ran out on `rev`: whoever has not acknowledged it is not
+    /// waited for again until it speaks ([`Shared::silent`]).
+    fn mark_silent(&self, sh: &mut Shared, rev: u32) {
+        let quiet: Vec<IdentityKey> = sh
+            .participants
+            .iter()
+            .filter(|p| !self.acked(p, rev))
+            .copied()
+            .collect();
+        sh.silent.extend(quiet);
     }
 
     /// When the holder, unheard, loses the floor. Members apply it by rule; under an arbiter,
@@ -532,9 +549,12 @@ impl ChannelFloor {
         let next = match (self.mine.request, mine) {
             (Some(request), Some(slot)) => {
                 if leader == Some(sh.local) {
-                    let acked = self.ruling().is_some()
-                        || self.all_acked(sh, self.request_rev)
-                        || now >= self.changed_at + sh.config.ack_timeout;
+                    let all_acked = self.all_acked(sh, self.request_rev);
+                    let timed_out = now >= self.changed_at + sh.config.ack_timeout;
+                    let acked = self.ruling().is_some() || all_acked || timed_out;
+                    if self.state == LocalFloor::Pending && timed_out && !all_acked {
+                        self.mark_silent(sh, self.request_rev);
+                    }
                     if self.state == LocalFloor::Granted || acked {
                         LocalFloor::Granted
                     } else {

@@ -94,6 +94,7 @@ impl FloorControl {
 
     /// A member linked.
     pub fn peer_up(&mut self, peer: IdentityKey) {
+        self.shared.silent.remove(&peer);
         if peer == self.shared.local || !self.shared.participants.insert(peer) {
             return;
         }
@@ -102,9 +103,18 @@ impl FloorControl {
         }
     }
 
+    /// `peer` is linked but does not answer (its control requests go unacknowledged): presses
+    /// do not wait for its acknowledgement until it sends a floor message again.
+    pub fn mark_unresponsive(&mut self, peer: IdentityKey) {
+        if self.shared.participants.contains(&peer) {
+            self.shared.silent.insert(peer);
+        }
+    }
+
     /// A member's link went: its requests go.
     pub fn peer_down(&mut self, peer: &IdentityKey, now: Instant) {
         self.shared.participants.remove(peer);
+        self.shared.silent.remove(peer);
         for floor in self.channels.values_mut() {
             floor.peer_down(&mut self.shared, peer, now);
         }
@@ -255,6 +265,8 @@ impl FloorControl {
         message: FloorMessage,
         now: Instant,
     ) -> Result<(), FloorError> {
+        // Whoever speaks is waited for again.
+        self.shared.silent.remove(&from);
         let channel = message.channel();
         let Some(floor) = self.channels.get_mut(&channel) else {
             // Our charter may be behind: once it names the channel we send our claim, and

@@ -14,6 +14,11 @@ pub(crate) struct Shared {
     pub(crate) config: FloorConfig,
     /// Linked members: who must acknowledge a request, who hears our claims.
     pub(crate) participants: BTreeSet<IdentityKey>,
+    /// Participants that let a request's acknowledgement time out: not waited for again until
+    /// they send us a floor message. A member that left or crashed keeps its link until QUIC's
+    /// idle timeout (its goodbye may be lost); without this every press waited the full
+    /// acknowledgement timeout on it (chaos seeds 8, 16, 20).
+    pub(crate) silent: BTreeSet<IdentityKey>,
     epoch: Instant,
     epoch_unix_ms: u64,
     /// The hybrid logical clock (ms): never behind the Unix clock or any stamp seen.
@@ -28,6 +33,7 @@ impl Shared {
             local,
             config,
             participants: BTreeSet::new(),
+            silent: BTreeSet::new(),
             epoch: now,
             epoch_unix_ms: unix_ms,
             hlc: 0,

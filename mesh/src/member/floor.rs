@@ -10,12 +10,18 @@ use crate::control::ControlMessage;
 use crate::floor::{arbiter_for, FloorMessage};
 use crate::voice::{ReceivedFrame, VoiceFlags};
 use callsign_keys::IdentityKey;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long an unanswered control request makes a member one a press does not wait for.
+/// Control requests go out at least with every presence announcement, and a live peer answers
+/// within a round trip.
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(2);
 
 impl Member {
     /// PTT pressed on `channels` (already checked against the charter), or an emergency raised
     /// on one.
     pub(super) fn ptt_down(&mut self, channels: Vec<ChannelId>, emergency: bool, now: Instant) {
+        self.note_unresponsive_peers(now);
         let state = self.sync.charter().state();
         let mut held = Vec::new();
         for channel in channels {
@@ -34,6 +40,26 @@ impl Member {
         self.ptt_channels = held;
         self.tx_channels.clear();
         self.retarget();
+    }
+
+    /// Members whose ordered control request has gone unanswered for
+    /// [`UNRESPONSIVE_AFTER`] are not waited for by a press: a member that left or crashed
+    /// keeps its link until QUIC's idle timeout when its goodbye is lost, and every press
+    /// waited the floor's full acknowledgement timeout on it (chaos seeds 8, 20). It is waited
+    /// for again once it sends a floor message.
+    pub(super) fn note_unresponsive_peers(&mut self, now: Instant) {
+        let quiet: Vec<IdentityKey> = self
+            .peers
+            .iter()
+            .filter(|(_, c)| {
+                c.in_flight()
+                    .is_some_and(|(_, sent)| now >= sent + UNRESPONSIVE_AFTER)
+            })
+            .filter_map(|(p, _)| self.members.get(p).copied())
+            .collect();
+        for peer in quiet {
+            self.floor.mark_unresponsive(peer);
+        }
     }
 
     pub(super) fn ptt_up(&mut self, now: Instant) {
