@@ -76,8 +76,10 @@ pub struct PresenceBody {
 /// peer id (an ed25519 key's last bytes, as good as random). A collision only means one
 /// forwarded copy fewer; the member's own announcements still reach the peer.
 pub fn link_tag(peer: &PeerId) -> u32 {
-    let bytes = peer.to_bytes();
-    let tail: [u8; 4] = bytes[bytes.len().saturating_sub(4)..]
+    // The multihash's digest ends as its byte form does, without allocating that form: this
+    // runs for every peer a gossiped record might go to.
+    let digest = peer.as_ref().digest();
+    let tail: [u8; 4] = digest[digest.len().saturating_sub(4)..]
         .try_into()
         .unwrap_or_default();
     u32::from_be_bytes(tail)

@@ -32,18 +32,18 @@ impl Member {
         let is_member = |p: &callsign_keys::IdentityKey| members.contains_key(&p.peer_id());
         // The signature is checked only for a record that would be taken: each one arrives
         // once from every neighbour, and older copies after newer ones.
-        let record = match PresenceRecord::decode_unverified(body) {
+        let checked = match PresenceRecord::decode_unverified(body) {
             Ok(r) if !self.presence.judge(&r.body, now_ms, is_member).is_news() => return,
+            Ok(r) => r.verify().map(|()| r),
+            Err(e) => Err(e),
+        };
+        let record = match checked {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(%from, %e, "bad presence record");
                 return;
             }
         };
-        if let Err(e) = record.verify() {
-            tracing::debug!(%from, %e, "bad presence record");
-            return;
-        }
         let previous_addrs: Option<Vec<Vec<u8>>> = self
             .presence
             .get(&record.body.peer)
