@@ -184,3 +184,43 @@ fn a_relay_restarted_elsewhere_during_a_partition_rejoins_the_cascade() {
         assert_eq!(report.relay(relay).unwrap().audio_keys_held, 0);
     }
 }
+
+/// One reachable member is the only way between seven members behind symmetric NATs: it
+/// carries a circuit for every pair (21), more than libp2p's default relay limits (16 circuits,
+/// 4 per peer) allow, and each of them hears the others.
+#[test]
+fn a_reachable_member_carries_circuits_for_every_symmetric_pair() {
+    let members: Vec<String> = (1..=7).map(|i| format!("s{i}")).collect();
+    let mut text = String::from(
+        "version = 1\nname = \"symmetric-squad\"\nseed = 5\nduration_s = 11\n\
+         [link]\nlatency_ms = 15\n\
+         [[channel]]\nname = \"squad\"\nspeak = [\"member\"]\n\
+         [[node]]\nname = \"hq\"\nrole = \"member\"\nadmin = true\nrelay = true\n",
+    );
+    for m in &members {
+        text += &format!("[[node]]\nname = \"{m}\"\nrole = \"member\"\nnat = \"symmetric\"\n");
+    }
+    for (talker, at) in [("s1", 5.0), ("s7", 8.0)] {
+        text += &format!(
+            "[[event]]\nat_s = {at}\nkind = \"ptt\"\nnode = \"{talker}\"\n\
+             channels = [\"squad\"]\nduration_s = 2.0\n"
+        );
+    }
+    let report = run(&callsign_sim::Scenario::parse(&text).unwrap(), None).unwrap();
+    for (i, a) in members.iter().enumerate() {
+        for b in &members[i + 1..] {
+            let path = report.path(a, b).unwrap();
+            assert_eq!(path.kind, "relayed", "{path:?}");
+        }
+    }
+    for talker in ["s1", "s7"] {
+        for listener in members.iter().chain(["hq".to_string()].iter()) {
+            if listener == talker {
+                continue;
+            }
+            let s = report.stream(talker, listener, "squad").unwrap();
+            assert!(s.frames_sent >= 95, "{s:?}");
+            assert!(s.frames_played * 100 >= s.frames_sent * 95, "{s:?}");
+        }
+    }
+}

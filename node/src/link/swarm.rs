@@ -12,7 +12,7 @@
 //! | identify | yes | off: its first request waits on a zero-length wall-clock timer |
 //! | ping (stream RTT) | yes | off: its first ping fires on a wall-clock timer |
 //! | relay v2 client | yes | runs; sends only when asked; renewal wall-clock |
-//! | relay v2 server (members only) | when configured | same |
+//! | relay v2 server (members only) | when configured; per-peer and per-IP rate limits (wall clock) | runs; caps only, no rate limiters |
 //! | dcutr | yes | off: waits `rtt / 2` on the wall clock before its dial (and cannot punch there: the simulated NAT rewrites no addresses and identify is off) |
 //! | autonat | yes | off: probe schedule wall-clock |
 //! | mdns | yes | off (needs real multicast sockets) |
@@ -50,6 +50,7 @@ use libp2p::{
 };
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,16 +122,37 @@ impl RelayAllowList {
             .contains(peer)
     }
 
-    fn relay_config(&self) -> relay::Config {
+    /// A member relay's limits. libp2p's defaults suit a public relay for strangers (16 circuits,
+    /// 4 per peer): a squad member behind a symmetric NAT needs one circuit per other member, so
+    /// the caps are sized for an org instead, and only members get past the allow-list anyway.
+    /// The default rate limiters read the wall clock, so in simulation (`timed` false) there are
+    /// none; on real sockets generous per-peer and per-IP buckets stop a member's runaway redials.
+    fn relay_config(&self, timed: bool) -> relay::Config {
         let reserve = self.clone();
         let open = self.clone();
         let mut config = relay::Config {
+            max_reservations: RELAY_MAX_RESERVATIONS,
+            max_circuits: RELAY_MAX_CIRCUITS,
+            max_circuits_per_peer: RELAY_MAX_CIRCUITS_PER_PEER,
             // Voice runs for hours: no byte cap, a day per circuit (the client re-dials).
             max_circuit_bytes: 0,
             max_circuit_duration: Duration::from_secs(24 * 3600),
             reservation_duration: Duration::from_secs(24 * 3600),
+            reservation_rate_limiters: Vec::new(),
+            circuit_src_rate_limiters: Vec::new(),
             ..relay::Config::default()
         };
+        if timed {
+            let per = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+            config = config
+                .reservation_rate_per_peer(per(16), Duration::from_secs(10))
+                .reservation_rate_per_ip(per(64), Duration::from_secs(2))
+                .circuit_src_per_peer(
+                    per(RELAY_MAX_CIRCUITS_PER_PEER as u32),
+                    Duration::from_secs(1),
+                )
+                .circuit_src_per_ip(per(1024), Duration::from_millis(250));
+        }
         config
             .reservation_rate_limiters
             .push(Box::new(move |peer, _: &Multiaddr, _| {
@@ -142,6 +164,12 @@ impl RelayAllowList {
         config
     }
 }
+
+/// Circuits through one member relay, and per member (as source or destination): room for an
+/// org of a few hundred where every member is behind a symmetric NAT.
+const RELAY_MAX_CIRCUITS: usize = 4096;
+const RELAY_MAX_CIRCUITS_PER_PEER: usize = 256;
+const RELAY_MAX_RESERVATIONS: usize = 1024;
 
 /// A wall-clock timeout that must not fire within a simulated run.
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -252,7 +280,7 @@ pub fn build_swarm(
                 relay_server: config
                     .relay_for
                     .as_ref()
-                    .map(|allow| relay::Behaviour::new(peer, allow.relay_config()))
+                    .map(|allow| relay::Behaviour::new(peer, allow.relay_config(timed)))
                     .into(),
                 dcutr: timed.then(|| dcutr::Behaviour::new(peer)).into(),
                 autonat: timed
