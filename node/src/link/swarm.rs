@@ -23,9 +23,9 @@
 //! The Swarm's idle connection timeout is a year in simulation too (QUIC's own idle timeout,
 //! on tokio time, ends dead connections), and relay v2 reservations and circuits last a day.
 //! Still on the wall clock, inside libp2p: the relay handlers' 10 s idle keep-alive and 60 s
-//! stream timeouts and the Swarm's 10 s substream upgrade timeout. They act only on relayed
-//! connections or on streams that stall (see docs/scenarios.md on chaos runs that did not
-//! replay).
+//! stream timeouts, the Swarm's 10 s outbound substream upgrade timeout on relay streams, and
+//! yamux's 10 s RTT ping on relayed connections. They act only on relayed connections or on
+//! streams that stall (see docs/scenarios.md, "Traces and determinism", for the inventory).
 //!
 //! Note: libp2p-ping 0.47 re-arms its inbound future without polling it, so over QUIC (whose
 //! streams wake only the task that reads them) a node answers the next ping only when something
