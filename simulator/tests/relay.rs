@@ -1,6 +1,7 @@
 //! Relays on the real node stack in virtual time: a channel that outgrows the mesh moves to the
 //! org's rented relay, fails over when that relay crashes, a non-member is refused, members
-//! behind symmetric NATs link through a rented relay's circuit, and no relay ever holds a key.
+//! behind symmetric NATs link through a rented relay's or a reachable member's circuits, and no
+//! relay ever holds a key.
 
 mod common;
 

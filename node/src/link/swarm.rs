@@ -143,15 +143,15 @@ impl RelayAllowList {
             ..relay::Config::default()
         };
         if timed {
-            let per = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+            // Checked at compile time: a zero limit does not build.
             config = config
-                .reservation_rate_per_peer(per(16), Duration::from_secs(10))
-                .reservation_rate_per_ip(per(64), Duration::from_secs(2))
+                .reservation_rate_per_peer(const { nz(16) }, Duration::from_secs(10))
+                .reservation_rate_per_ip(const { nz(64) }, Duration::from_secs(2))
                 .circuit_src_per_peer(
-                    per(RELAY_MAX_CIRCUITS_PER_PEER as u32),
+                    const { nz(RELAY_MAX_CIRCUITS_PER_PEER as u32) },
                     Duration::from_secs(1),
                 )
-                .circuit_src_per_ip(per(1024), Duration::from_millis(250));
+                .circuit_src_per_ip(const { nz(1024) }, Duration::from_millis(250));
         }
         config
             .reservation_rate_limiters
@@ -170,6 +170,13 @@ impl RelayAllowList {
 const RELAY_MAX_CIRCUITS: usize = 4096;
 const RELAY_MAX_CIRCUITS_PER_PEER: usize = 256;
 const RELAY_MAX_RESERVATIONS: usize = 1024;
+
+const fn nz(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => panic!("a relay rate limit must be positive"),
+    }
+}
 
 /// A wall-clock timeout that must not fire within a simulated run.
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
