@@ -56,6 +56,19 @@ fn default_sigpipe() {
     }
 }
 
+/// Log timestamps: virtual time inside a simulated run (so two runs' logs line up), the wall
+/// clock otherwise.
+struct LogTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for LogTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match callsign_sim::sim_elapsed() {
+            Some(at) => write!(w, "sim+{:.3}s", at.as_secs_f64()),
+            None => tracing_subscriber::fmt::time::SystemTime.format_time(w),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -63,6 +76,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error")),
         )
         .with_writer(std::io::stderr)
+        .with_timer(LogTime)
         .init();
 
     let cli = Cli::parse();

@@ -21,6 +21,12 @@ pub mod scenario;
 pub mod trace;
 
 pub use report::Report;
+
+/// Virtual time since the running simulation started, when called from inside one (log lines
+/// of a simulated run carry it instead of the wall clock).
+pub fn sim_elapsed() -> Option<std::time::Duration> {
+    turmoil::sim_elapsed()
+}
 pub use run::{run, RunError};
 pub use scenario::{Scenario, ScenarioError};
 pub use trace::{FloorTrace, TraceEvent, TraceRecord};

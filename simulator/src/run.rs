@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,9 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
     let shared = Arc::new(Shared::default());
     for (index, spec) in scenario.nodes.iter().enumerate() {
         let plan = HostPlan::new(scenario, index, &org, &names, &by_key, seed);
-        let host = run_host(plan, org.clone(), network.clone(), shared.clone());
+        // Every log line from the node's code names the node it came from.
+        let span = tracing::info_span!("node", name = %spec.name);
+        let host = run_host(plan, org.clone(), network.clone(), shared.clone()).instrument(span);
         sim.client(spec.name.as_str(), host);
     }
     sim.client("director", direct(scenario, network.clone()));

@@ -60,6 +60,14 @@ pub enum Input<'a> {
     LinkUp(LinkUp),
     /// Our last link to `peer` closed.
     LinkDown(PeerId),
+    /// A dial to `peer` through these relay circuits failed (a member relay refuses circuit
+    /// handshakes beyond its limit at once; see the node's `MemberRelay`).
+    CircuitDialFailed {
+        /// The member dialed.
+        peer: PeerId,
+        /// The circuit addresses that were tried.
+        addrs: Vec<Multiaddr>,
+    },
     /// The link layer's round-trip estimates for linked peers.
     Rtts(Vec<(PeerId, Duration)>),
     /// A control message from `peer` (the runtime has already acknowledged it).

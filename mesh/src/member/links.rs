@@ -21,6 +21,7 @@ impl Member {
             rtt,
         } = up;
         let rtt = rtt.or_else(|| self.links.get(&peer).and_then(|l| l.rtt));
+        self.circuit_retries.remove(&peer);
         self.links.insert(
             peer,
             Link {

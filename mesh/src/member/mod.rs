@@ -135,6 +135,8 @@ pub struct Member {
     next_relay_dial: Instant,
     /// Members heard of but not linked, to dial at the given time unless they dial us first.
     dial_backs: BTreeMap<PeerId, (Instant, Vec<Multiaddr>)>,
+    /// Circuit dials retried since the last link to each peer (`presence::circuit_dial_failed`).
+    circuit_retries: BTreeMap<PeerId, u32>,
     /// Awaiting or holding a circuit reservation at a member relay.
     reservation: bool,
     listen_addrs: Vec<Multiaddr>,
@@ -203,6 +205,7 @@ impl Member {
             relay_addrs: BTreeMap::new(),
             next_relay_dial: now,
             dial_backs: BTreeMap::new(),
+            circuit_retries: BTreeMap::new(),
             display_name: config.display_name,
             listening,
             receiver: VoiceReceiver::new(local),
@@ -277,6 +280,7 @@ impl Member {
         match input {
             Input::LinkUp(up) => self.link_up(up, now),
             Input::LinkDown(peer) => self.link_down(peer, now),
+            Input::CircuitDialFailed { peer, addrs } => self.circuit_dial_failed(peer, addrs, now),
             Input::Rtts(rtts) => {
                 for (peer, rtt) in rtts {
                     if let Some(link) = self.links.get_mut(&peer) {

@@ -16,6 +16,17 @@ const RELAY_SPARE_UPLINK_KBPS: u32 = 1000;
 
 /// How long the higher peer id waits for the lower one's dial before dialing back.
 pub(super) const DIAL_BACK_AFTER: Duration = Duration::from_millis(1500);
+/// Circuit dials retried after a refusal before waiting for the next presence round.
+const CIRCUIT_RETRIES: u32 = 5;
+
+/// `attempt` × 250 ms plus up to 500 ms picked by the pair (SipHash with fixed keys: the
+/// same in every run), so the dialers a relay refused do not all return at once.
+fn circuit_retry_pause(local: &PeerId, peer: &PeerId, attempt: u32) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (local, peer, attempt).hash(&mut hasher);
+    Duration::from_millis(250 * u64::from(attempt) + hasher.finish() % 500)
+}
 
 /// A relay circuit address (`…/p2p-circuit…`).
 pub(crate) fn is_circuit(addr: &Multiaddr) -> bool {
@@ -157,6 +168,28 @@ impl Member {
                     .or_insert((now + DIAL_BACK_AFTER, candidates));
             }
         }
+    }
+
+    /// A circuit dial to `peer` failed. Everyone who heard the same news dialed at the same
+    /// moment, and a member relay refuses handshakes beyond its limit rather than queueing
+    /// them, so try again after a pause spread per pair (and growing), a few times; presence
+    /// (every [`MemberConfig::presence_interval`](super::MemberConfig)) is the slow fallback.
+    pub(super) fn circuit_dial_failed(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        now: Instant,
+    ) {
+        if addrs.is_empty() || self.links.contains_key(&peer) || !self.members.contains_key(&peer) {
+            return;
+        }
+        let attempts = self.circuit_retries.entry(peer).or_insert(0);
+        if *attempts >= CIRCUIT_RETRIES {
+            return;
+        }
+        *attempts += 1;
+        let pause = circuit_retry_pause(&self.local_peer, &peer, *attempts);
+        self.dial_backs.entry(peer).or_insert((now + pause, addrs));
     }
 
     /// Dials back the members heard of that have not linked to us within [`DIAL_BACK_AFTER`].

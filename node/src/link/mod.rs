@@ -4,6 +4,7 @@
 //! - [`transport`]: [`QuicTransport`], a libp2p `Transport` on one quinn endpoint.
 //! - [`muxer`]: a QUIC connection as a libp2p `StreamMuxer`.
 //! - [`links`]: the [`Links`] registry: per-peer datagrams, datagram ping, link events.
+//! - [`relay`]: [`relay::MemberRelay`], the relay v2 server a reachable member runs for the org.
 //! - [`control`]: the control protocol's stream codec (ordered, acknowledged messages).
 //! - [`swarm`]: the node's libp2p `Swarm` on QUIC with TCP + Noise + Yamux fallback.
 
@@ -11,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod links;
 pub mod muxer;
+pub mod relay;
 pub mod socket;
 pub mod swarm;
 pub mod transport;

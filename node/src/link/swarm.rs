@@ -37,6 +37,7 @@
 use super::config::LinkConfig;
 use super::control::ControlBehaviour;
 use super::links::{DatagramReceiver, Links};
+use super::relay::{MemberRelay, RelayAllowList};
 use super::socket::{LinkSocket, SocketStats};
 use super::transport::QuicTransport;
 use super::LinkError;
@@ -45,13 +46,10 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    autonat, dcutr, identify, kad, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId,
-    StreamProtocol, Swarm,
+    autonat, dcutr, identify, kad, mdns, noise, ping, relay, tcp, yamux, StreamProtocol, Swarm,
 };
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Protocol name of identify and kad for Callsign nodes (keeps them out of other DHTs).
@@ -96,7 +94,7 @@ pub struct NodeBehaviour {
     pub identify: Toggle<identify::Behaviour>,
     pub ping: Toggle<ping::Behaviour>,
     pub relay_client: relay::client::Behaviour,
-    pub relay_server: Toggle<relay::Behaviour>,
+    pub relay_server: Toggle<MemberRelay>,
     pub dcutr: Toggle<dcutr::Behaviour>,
     pub autonat: Toggle<autonat::Behaviour>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -105,78 +103,18 @@ pub struct NodeBehaviour {
     pub control: ControlBehaviour,
 }
 
-/// Who may reserve and open circuits on this node's relay: the org's members, kept current by
-/// the node as its charter changes. Anyone else is refused before a circuit exists.
-#[derive(Clone, Debug, Default)]
-pub struct RelayAllowList(Arc<Mutex<BTreeSet<PeerId>>>);
+/// Runs the swarm's connection tasks on tokio inside the span that spawned them, so their log
+/// lines name the node (the simulator runs each node in a span of its own).
+struct SpannedExecutor;
 
-impl RelayAllowList {
-    pub fn set(&self, members: impl IntoIterator<Item = PeerId>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = members.into_iter().collect();
-    }
-
-    pub fn allows(&self, peer: &PeerId) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(peer)
-    }
-
-    /// A member relay's limits. libp2p's defaults suit a public relay for strangers (16 circuits,
-    /// 4 per peer): a squad member behind a symmetric NAT needs one circuit per other member, so
-    /// the caps are sized for an org instead, and only members get past the allow-list anyway.
-    /// The default rate limiters read the wall clock, so in simulation (`timed` false) there are
-    /// none; on real sockets generous per-peer and per-IP buckets stop a member's runaway redials.
-    fn relay_config(&self, timed: bool) -> relay::Config {
-        let reserve = self.clone();
-        let open = self.clone();
-        let mut config = relay::Config {
-            max_reservations: RELAY_MAX_RESERVATIONS,
-            max_circuits: RELAY_MAX_CIRCUITS,
-            max_circuits_per_peer: RELAY_MAX_CIRCUITS_PER_PEER,
-            // Voice runs for hours: no byte cap, a day per circuit (the client re-dials).
-            max_circuit_bytes: 0,
-            max_circuit_duration: Duration::from_secs(24 * 3600),
-            reservation_duration: Duration::from_secs(24 * 3600),
-            reservation_rate_limiters: Vec::new(),
-            circuit_src_rate_limiters: Vec::new(),
-            ..relay::Config::default()
-        };
-        if timed {
-            // Checked at compile time: a zero limit does not build.
-            config = config
-                .reservation_rate_per_peer(const { nz(16) }, Duration::from_secs(10))
-                .reservation_rate_per_ip(const { nz(64) }, Duration::from_secs(2))
-                .circuit_src_per_peer(
-                    const { nz(RELAY_MAX_CIRCUITS_PER_PEER as u32) },
-                    Duration::from_secs(1),
-                )
-                .circuit_src_per_ip(const { nz(1024) }, Duration::from_millis(250));
-        }
-        config
-            .reservation_rate_limiters
-            .push(Box::new(move |peer, _: &Multiaddr, _| {
-                reserve.allows(&peer)
-            }));
-        config
-            .circuit_src_rate_limiters
-            .push(Box::new(move |peer, _: &Multiaddr, _| open.allows(&peer)));
-        config
+impl libp2p::swarm::Executor for SpannedExecutor {
+    fn exec(&self, future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+        tokio::spawn(tracing::Instrument::in_current_span(future));
     }
 }
 
-/// Circuits through one member relay, and per member (as source or destination): room for an
-/// org of a few hundred where every member is behind a symmetric NAT.
-const RELAY_MAX_CIRCUITS: usize = 4096;
-const RELAY_MAX_CIRCUITS_PER_PEER: usize = 256;
-const RELAY_MAX_RESERVATIONS: usize = 1024;
-
-const fn nz(n: u32) -> NonZeroU32 {
-    match NonZeroU32::new(n) {
-        Some(n) => n,
-        None => panic!("a relay rate limit must be positive"),
-    }
-}
+/// Longest a dial may take on real sockets, whatever the transport.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A wall-clock timeout that must not fire within a simulated run.
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -223,6 +161,22 @@ pub struct NodeNetwork {
     pub socket: Arc<LinkSocket>,
 }
 
+/// Most concurrent streams on one relayed connection (yamux's default).
+const CIRCUIT_MAX_STREAMS: usize = 512;
+
+/// The stream muxer on relayed connections (noise + yamux over a circuit): yamux 1.0.0 on the
+/// wire, like the TCP fallback, but libp2p-yamux's fixed-window implementation (the one any
+/// setting other than the default selects; yamux 0.12). The default one (yamux 0.13) pings every
+/// 10 s of wall time and sizes its windows from that RTT, so a simulated relayed connection's
+/// bytes would depend on how fast the host machine runs the simulation; the fixed-window one has
+/// no timers. Circuits carry control and voice, never bulk transfers, so auto-tuned windows buy
+/// nothing there.
+fn circuit_muxer() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    config.set_max_num_streams(CIRCUIT_MAX_STREAMS);
+    config
+}
+
 /// Builds the swarm on `socket` (real or simulated). Must run inside a tokio runtime.
 pub fn build_swarm(
     keypair: Keypair,
@@ -249,7 +203,7 @@ pub fn build_swarm(
         .map_err(|e| build_err(&e))?
         .with_other_transport(|_| quic)
         .map_err(|e| build_err(&e))?
-        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .with_relay_client(noise::Config::new, circuit_muxer)
         .map_err(|e| build_err(&e))?
         .with_behaviour(|key, relay_client| {
             let peer = key.public().to_peer_id();
@@ -287,7 +241,7 @@ pub fn build_swarm(
                 relay_server: config
                     .relay_for
                     .as_ref()
-                    .map(|allow| relay::Behaviour::new(peer, allow.relay_config(timed)))
+                    .map(|allow| MemberRelay::new(peer, allow.clone(), timed))
                     .into(),
                 dcutr: timed.then(|| dcutr::Behaviour::new(peer)).into(),
                 autonat: timed
@@ -319,7 +273,7 @@ pub fn build_swarm(
             })
         })
         .map_err(|e| build_err(&e))?
-        .with_swarm_config(|c| {
+        .with_swarm_config(|_| {
             // Lazy multistream-select: a new substream's first message rides with its protocol
             // proposal instead of waiting a round trip for the answer. Every protocol we open
             // is one the peer speaks, so the optimism costs nothing; it makes a control
@@ -329,8 +283,19 @@ pub fn build_swarm(
             } else {
                 NEVER
             };
-            c.with_idle_connection_timeout(idle)
+            libp2p::swarm::Config::with_executor(SpannedExecutor)
+                .with_idle_connection_timeout(idle)
                 .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
+        // The builder wraps every transport in a 10 s connection timeout on the wall clock. In
+        // simulation it raced QUIC's own handshake timeout (tokio time, virtual there), so a
+        // dial to an unreachable member failed at a virtual instant that depended on how fast
+        // the machine ran the simulation. QUIC dials time out on their own; a circuit dial
+        // ends with the relay's answer or with the QUIC connection under it.
+        .with_connection_timeout(if config.wall_clock_behaviours {
+            CONNECTION_TIMEOUT
+        } else {
+            NEVER
         })
         .build();
     Ok(NodeNetwork {

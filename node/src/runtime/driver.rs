@@ -11,8 +11,9 @@ use super::NodeError;
 use crate::audio::mixer::ChannelMix;
 use crate::audio::SAMPLE_RATE;
 use crate::link::control::ControlEvent;
+use crate::link::relay::RelayAllowList;
 use crate::link::socket::ProbeNonces;
-use crate::link::swarm::{answer_echo, NodeBehaviourEvent, NodeNetwork, RelayAllowList};
+use crate::link::swarm::{answer_echo, NodeBehaviourEvent, NodeNetwork};
 use crate::link::{LinkEvent, Links};
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::ChannelId;
@@ -25,7 +26,7 @@ use libp2p::core::transport::ListenerId;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -351,6 +352,21 @@ impl Driver {
             | SwarmEvent::ExpiredListenAddr { .. }
             | SwarmEvent::ExternalAddrConfirmed { .. }
             | SwarmEvent::ExternalAddrExpired { .. } => self.addresses_changed(now),
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error: DialError::Transport(attempts),
+                ..
+            } => {
+                let addrs: Vec<Multiaddr> = attempts
+                    .into_iter()
+                    .map(|(addr, _)| addr)
+                    .filter(|addr| addr.iter().any(|p| p == Protocol::P2pCircuit))
+                    .collect();
+                if !addrs.is_empty() {
+                    self.member
+                        .handle_input(now, Input::CircuitDialFailed { peer, addrs });
+                }
+            }
             SwarmEvent::Behaviour(event) => {
                 let mut event = Some(event);
                 answer_echo(&mut self.network.swarm, &mut event);

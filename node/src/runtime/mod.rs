@@ -30,7 +30,8 @@ pub use config::{AudioInput, NodeConfig, RELAY_IDLE_TIMEOUT};
 pub use stats::describe_floor;
 
 use crate::audio::AudioError;
-use crate::link::swarm::{build_swarm, RelayAllowList, SwarmConfig};
+use crate::link::relay::RelayAllowList;
+use crate::link::swarm::{build_swarm, SwarmConfig};
 use crate::link::{socket_to_multiaddr, LinkError, LinkSocket};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::log::OpLog;
