@@ -12,7 +12,7 @@
 //! | identify | yes | off: its first request waits on a zero-length wall-clock timer |
 //! | ping (stream RTT) | yes | off: its first ping fires on a wall-clock timer |
 //! | relay v2 client | yes | runs; sends only when asked; renewal wall-clock |
-//! | relay v2 server (members only) | when configured; per-peer and per-IP rate limits (wall clock) | runs; caps only, no rate limiters |
+//! | relay v2 server (members only, [`MemberRelay`]) | when configured; per-peer and per-IP rate limits (wall clock) | runs; caps and handshake admission only |
 //! | dcutr | yes | off: waits `rtt / 2` on the wall clock before its dial (and cannot punch there: the simulated NAT rewrites no addresses and identify is off) |
 //! | autonat | yes | off: probe schedule wall-clock |
 //! | mdns | yes | off (needs real multicast sockets) |
@@ -20,12 +20,13 @@
 //! | echo (stream RTT) | yes | runs; request timeout 5 s (a year in simulation) |
 //! | control (sync, presence, keys) | yes | runs; the member times requests out on its own clock (10 s); the behaviour's timeout is a backstop (a year in simulation) |
 //!
-//! The Swarm's idle connection timeout is a year in simulation too (QUIC's own idle timeout,
-//! on tokio time, ends dead connections), and relay v2 reservations and circuits last a day.
-//! Still on the wall clock, inside libp2p: the relay handlers' 10 s idle keep-alive and 60 s
-//! stream timeouts, the Swarm's 10 s outbound substream upgrade timeout on relay streams, and
-//! yamux's 10 s RTT ping on relayed connections. They act only on relayed connections or on
-//! streams that stall (see docs/scenarios.md, "Traces and determinism", for the inventory).
+//! The Swarm's idle connection timeout and the builder's connection timeout are a year in
+//! simulation too (QUIC's own idle and handshake timeouts, on tokio time, end dead connections
+//! and dials), and relay v2 reservations and circuits last a day. Relayed connections run
+//! yamux without its wall-clock RTT ping ([`circuit_muxer`]). Still on the wall clock, inside
+//! libp2p: the relay handlers' 10 s idle keep-alive and 60 s stream timeouts and the Swarm's
+//! 10 s outbound substream upgrade timeout; they act only on relay exchanges stalled that long
+//! (see docs/scenarios.md, "Traces and determinism", for the inventory).
 //!
 //! Note: libp2p-ping 0.47 re-arms its inbound future without polling it, so over QUIC (whose
 //! streams wake only the task that reads them) a node answers the next ping only when something
