@@ -8,6 +8,80 @@
 //! - [`control`]: the control protocol's stream codec (ordered, acknowledged messages).
 //! - [`swarm`]: the node's libp2p `Swarm` on QUIC with TCP + Noise + Yamux fallback.
 
+/// The connection hooks of a `NetworkBehaviour` that wraps another in its `inner` field and
+/// only watches its events ([`control::ControlBehaviour`], [`relay::MemberRelay`]): every
+/// connection decision is the inner behaviour's.
+macro_rules! delegate_connection_hooks {
+    () => {
+        fn handle_pending_inbound_connection(
+            &mut self,
+            connection_id: libp2p::swarm::ConnectionId,
+            local_addr: &libp2p::Multiaddr,
+            remote_addr: &libp2p::Multiaddr,
+        ) -> Result<(), libp2p::swarm::ConnectionDenied> {
+            self.inner
+                .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+        }
+
+        fn handle_established_inbound_connection(
+            &mut self,
+            connection_id: libp2p::swarm::ConnectionId,
+            peer: libp2p::PeerId,
+            local_addr: &libp2p::Multiaddr,
+            remote_addr: &libp2p::Multiaddr,
+        ) -> Result<libp2p::swarm::THandler<Self>, libp2p::swarm::ConnectionDenied> {
+            self.inner.handle_established_inbound_connection(
+                connection_id,
+                peer,
+                local_addr,
+                remote_addr,
+            )
+        }
+
+        fn handle_pending_outbound_connection(
+            &mut self,
+            connection_id: libp2p::swarm::ConnectionId,
+            maybe_peer: Option<libp2p::PeerId>,
+            addresses: &[libp2p::Multiaddr],
+            effective_role: libp2p::core::Endpoint,
+        ) -> Result<Vec<libp2p::Multiaddr>, libp2p::swarm::ConnectionDenied> {
+            self.inner.handle_pending_outbound_connection(
+                connection_id,
+                maybe_peer,
+                addresses,
+                effective_role,
+            )
+        }
+
+        fn handle_established_outbound_connection(
+            &mut self,
+            connection_id: libp2p::swarm::ConnectionId,
+            peer: libp2p::PeerId,
+            addr: &libp2p::Multiaddr,
+            role_override: libp2p::core::Endpoint,
+            port_use: libp2p::core::transport::PortUse,
+        ) -> Result<libp2p::swarm::THandler<Self>, libp2p::swarm::ConnectionDenied> {
+            self.inner.handle_established_outbound_connection(
+                connection_id,
+                peer,
+                addr,
+                role_override,
+                port_use,
+            )
+        }
+
+        fn on_connection_handler_event(
+            &mut self,
+            peer: libp2p::PeerId,
+            connection_id: libp2p::swarm::ConnectionId,
+            event: libp2p::swarm::THandlerOutEvent<Self>,
+        ) {
+            self.inner
+                .on_connection_handler_event(peer, connection_id, event);
+        }
+    };
+}
+
 pub mod config;
 pub mod control;
 pub mod links;
