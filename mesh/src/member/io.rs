@@ -60,12 +60,12 @@ pub enum Input<'a> {
     LinkUp(LinkUp),
     /// Our last link to `peer` closed.
     LinkDown(PeerId),
-    /// A dial to `peer` through these relay circuits failed (a member relay refuses circuit
+    /// A dial to `peer` failed on every address tried (a member relay refuses circuit
     /// handshakes beyond its limit at once; see the node's `MemberRelay`).
-    CircuitDialFailed {
-        /// The member dialed.
+    DialFailed {
+        /// The peer dialed.
         peer: PeerId,
-        /// The circuit addresses that were tried.
+        /// The addresses that were tried.
         addrs: Vec<Multiaddr>,
     },
     /// The link layer's round-trip estimates for linked peers.

@@ -135,7 +135,7 @@ pub struct Member {
     next_relay_dial: Instant,
     /// Members heard of but not linked, to dial at the given time unless they dial us first.
     dial_backs: BTreeMap<PeerId, (Instant, Vec<Multiaddr>)>,
-    /// Circuit dials retried since the last link to each peer (`presence::circuit_dial_failed`).
+    /// Circuit dials retried since the last link to each peer (`presence::dial_failed`).
     circuit_retries: BTreeMap<PeerId, u32>,
     /// Awaiting or holding a circuit reservation at a member relay.
     reservation: bool,
@@ -280,7 +280,7 @@ impl Member {
         match input {
             Input::LinkUp(up) => self.link_up(up, now),
             Input::LinkDown(peer) => self.link_down(peer, now),
-            Input::CircuitDialFailed { peer, addrs } => self.circuit_dial_failed(peer, addrs, now),
+            Input::DialFailed { peer, addrs } => self.dial_failed(peer, addrs, now),
             Input::Rtts(rtts) => {
                 for (peer, rtt) in rtts {
                     if let Some(link) = self.links.get_mut(&peer) {

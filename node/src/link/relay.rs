@@ -107,10 +107,6 @@ impl MemberRelay {
         }
     }
 
-    pub fn admission(&self) -> &CircuitAdmission {
-        &self.admission
-    }
-
     /// Frees the slot of a handshake that ended. Each admitted handshake ends in exactly one of:
     /// accepted, accept failed, the destination refused or unreachable (reported as
     /// `OutboundConnectFailed`, then again as a denial to the source, which is skipped here), or

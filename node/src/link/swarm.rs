@@ -137,6 +137,18 @@ pub struct SwarmConfig {
     pub relay_for: Option<RelayAllowList>,
 }
 
+impl SwarmConfig {
+    /// A libp2p timeout (on the wall clock): `timeout` on real sockets, [`NEVER`] in
+    /// simulation, where the tokio-time timeouts under it decide.
+    fn wall_clock_timeout(&self, timeout: Duration) -> Duration {
+        if self.wall_clock_behaviours {
+            timeout
+        } else {
+            NEVER
+        }
+    }
+}
+
 impl Default for SwarmConfig {
     fn default() -> Self {
         Self {
@@ -260,17 +272,10 @@ pub fn build_swarm(
                     .into(),
                 echo: EchoBehaviour::new(
                     [(ECHO_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(if timed {
-                        Duration::from_secs(5)
-                    } else {
-                        NEVER
-                    }),
+                    request_response::Config::default()
+                        .with_request_timeout(config.wall_clock_timeout(Duration::from_secs(5))),
                 ),
-                control: ControlBehaviour::new(if timed {
-                    Duration::from_secs(30)
-                } else {
-                    NEVER
-                }),
+                control: ControlBehaviour::new(config.wall_clock_timeout(Duration::from_secs(30))),
             })
         })
         .map_err(|e| build_err(&e))?
@@ -279,13 +284,8 @@ pub fn build_swarm(
             // proposal instead of waiting a round trip for the answer. Every protocol we open
             // is one the peer speaks, so the optimism costs nothing; it makes a control
             // message (a floor claim, a charter op) take one trip, not one and a half.
-            let idle = if config.wall_clock_behaviours {
-                config.idle_timeout
-            } else {
-                NEVER
-            };
             libp2p::swarm::Config::with_executor(SpannedExecutor)
-                .with_idle_connection_timeout(idle)
+                .with_idle_connection_timeout(config.wall_clock_timeout(config.idle_timeout))
                 .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
         })
         // The builder wraps every transport in a 10 s connection timeout on the wall clock. In
@@ -293,11 +293,7 @@ pub fn build_swarm(
         // dial to an unreachable member failed at a virtual instant that depended on how fast
         // the machine ran the simulation. QUIC dials time out on their own; a circuit dial
         // ends with the relay's answer or with the QUIC connection under it.
-        .with_connection_timeout(if config.wall_clock_behaviours {
-            CONNECTION_TIMEOUT
-        } else {
-            NEVER
-        })
+        .with_connection_timeout(config.wall_clock_timeout(CONNECTION_TIMEOUT))
         .build();
     Ok(NodeNetwork {
         swarm,

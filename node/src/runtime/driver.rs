@@ -357,15 +357,9 @@ impl Driver {
                 error: DialError::Transport(attempts),
                 ..
             } => {
-                let addrs: Vec<Multiaddr> = attempts
-                    .into_iter()
-                    .map(|(addr, _)| addr)
-                    .filter(|addr| addr.iter().any(|p| p == Protocol::P2pCircuit))
-                    .collect();
-                if !addrs.is_empty() {
-                    self.member
-                        .handle_input(now, Input::CircuitDialFailed { peer, addrs });
-                }
+                let addrs = attempts.into_iter().map(|(addr, _)| addr).collect();
+                self.member
+                    .handle_input(now, Input::DialFailed { peer, addrs });
             }
             SwarmEvent::Behaviour(event) => {
                 let mut event = Some(event);
