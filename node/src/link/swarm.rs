@@ -1,32 +1,30 @@
 //! The node's libp2p `Swarm`: [`QuicTransport`] first, stock TCP + Noise + Yamux as the fallback
 //! for networks that block UDP, and the discovery/NAT behaviours.
 //!
-//! Simulation: the QUIC transport, `Links` and quinn run on tokio time, which turmoil drives, so
-//! they are deterministic in the simulator. The libp2p behaviours below and the Swarm's idle
-//! connection timeout keep their own timers on the wall clock (`futures-timer`). A timer that
-//! fires on the wall clock lands at an arbitrary virtual instant, so behaviours that send on
-//! such timers are switched off in simulation ([`SwarmConfig::wall_clock_behaviours`]):
+//! Simulation: every timer here runs on tokio time, which turmoil drives: quinn's and the
+//! `Links`' directly, libp2p's (`futures-timer`) through the workspace's patched `futures-timer`
+//! (`timer/`). So timeouts mean the same in a simulated run as on real sockets and fire at
+//! virtual instants that replay. What differs in simulation is which behaviours run
+//! ([`SwarmConfig::discovery_behaviours`]):
 //!
 //! | behaviour | real sockets | simulation |
 //! |---|---|---|
-//! | identify | yes | off: its first request waits on a zero-length wall-clock timer |
-//! | ping (stream RTT) | yes | off: its first ping fires on a wall-clock timer |
-//! | relay v2 client | yes | runs; sends only when asked; renewal wall-clock |
-//! | relay v2 server (members only, [`MemberRelay`]) | when configured; per-peer and per-IP rate limits (wall clock) | runs; caps and handshake admission only |
-//! | dcutr | yes | off: waits `rtt / 2` on the wall clock before its dial (and cannot punch there: the simulated NAT rewrites no addresses and identify is off) |
-//! | autonat | yes | off: probe schedule wall-clock |
+//! | identify | yes | off: members learn addresses from presence and the charter |
+//! | ping (stream RTT) | yes | off (see the note below; `echo` measures RTT) |
+//! | relay v2 client | yes | runs |
+//! | relay v2 server (members only, [`MemberRelay`]) | when configured; per-peer and per-IP rate limits | runs; no rate limits (libp2p reads them off the wall clock), caps and handshake admission only |
+//! | dcutr | yes | off: the simulated NAT rewrites no addresses and identify is off, so it cannot punch there |
+//! | autonat | yes | off |
 //! | mdns | yes | off (needs real multicast sockets) |
-//! | kad | yes | off: query timeouts and refresh wall-clock |
-//! | echo (stream RTT) | yes | runs; request timeout 5 s (a year in simulation) |
-//! | control (sync, presence, keys) | yes | runs; the member times requests out on its own clock (10 s); the behaviour's timeout is a backstop (a year in simulation) |
+//! | kad | yes | off |
+//! | echo (stream RTT) | yes | runs; request timeout 5 s |
+//! | control (sync, presence, keys) | yes | runs; the member times requests out on its own clock (10 s); the behaviour's 30 s timeout is a backstop |
 //!
-//! The Swarm's idle connection timeout and the builder's connection timeout are a year in
-//! simulation too (QUIC's own idle and handshake timeouts, on tokio time, end dead connections
-//! and dials), and relay v2 reservations and circuits last a day. Relayed connections run
-//! yamux without its wall-clock RTT ping ([`circuit_muxer`]). Still on the wall clock, inside
-//! libp2p: the relay handlers' 10 s idle keep-alive and 60 s stream timeouts and the Swarm's
-//! 10 s outbound substream upgrade timeout; they act only on relay exchanges stalled that long
-//! (see docs/scenarios.md, "Traces and determinism", for the inventory).
+//! Relayed connections run yamux without its RTT ping ([`circuit_muxer`]), which reads
+//! `std::time::Instant` and so would size windows from wall time. The only wall-clock reads left on the
+//! simulated path are libp2p's own `Instant::now()` calls (relay reservation expiry, rate
+//! limiters, ping), which decide nothing in a run shorter than a day: see docs/scenarios.md,
+//! "Traces and determinism".
 //!
 //! Note: libp2p-ping 0.47 re-arms its inbound future without polling it, so over QUIC (whose
 //! streams wake only the task that reads them) a node answers the next ping only when something
@@ -114,11 +112,8 @@ impl libp2p::swarm::Executor for SpannedExecutor {
     }
 }
 
-/// Longest a dial may take on real sockets, whatever the transport.
+/// Longest a dial may take, whatever the transport.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A wall-clock timeout that must not fire within a simulated run.
-const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Settings for [`build_swarm`].
 #[derive(Clone, Debug)]
@@ -126,9 +121,10 @@ pub struct SwarmConfig {
     pub link: LinkConfig,
     /// Local-network discovery; only on real sockets.
     pub mdns: bool,
-    /// identify, ping, autonat and kad, which send on wall-clock timers; off in simulation, where such a
-    /// timer fires at an arbitrary virtual instant and breaks replay.
-    pub wall_clock_behaviours: bool,
+    /// identify, ping, dcutr, autonat and kad: on real sockets. Off in simulation, where members
+    /// learn addresses from presence and the charter and the NAT rewrites none, so they would
+    /// only add traffic to every run.
+    pub discovery_behaviours: bool,
     /// How often the ping behaviour measures stream RTT.
     pub ping_interval: Duration,
     /// Connections with no open streams are closed after this.
@@ -137,24 +133,12 @@ pub struct SwarmConfig {
     pub relay_for: Option<RelayAllowList>,
 }
 
-impl SwarmConfig {
-    /// A libp2p timeout (on the wall clock): `timeout` on real sockets, [`NEVER`] in
-    /// simulation, where the tokio-time timeouts under it decide.
-    fn wall_clock_timeout(&self, timeout: Duration) -> Duration {
-        if self.wall_clock_behaviours {
-            timeout
-        } else {
-            NEVER
-        }
-    }
-}
-
 impl Default for SwarmConfig {
     fn default() -> Self {
         Self {
             link: LinkConfig::default(),
             mdns: true,
-            wall_clock_behaviours: true,
+            discovery_behaviours: true,
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
             relay_for: None,
@@ -230,7 +214,7 @@ pub fn build_swarm(
             kad_config.set_query_timeout(Duration::from_secs(30));
             // Bootstrap once peers are known (charters name them), not on an empty table.
             kad_config.set_periodic_bootstrap_interval(None);
-            let timed = config.wall_clock_behaviours;
+            let timed = config.discovery_behaviours;
             Ok(NodeBehaviour {
                 identify: timed
                     .then(|| {
@@ -273,9 +257,9 @@ pub fn build_swarm(
                 echo: EchoBehaviour::new(
                     [(ECHO_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()
-                        .with_request_timeout(config.wall_clock_timeout(Duration::from_secs(5))),
+                        .with_request_timeout(Duration::from_secs(5)),
                 ),
-                control: ControlBehaviour::new(config.wall_clock_timeout(Duration::from_secs(30))),
+                control: ControlBehaviour::new(Duration::from_secs(30)),
             })
         })
         .map_err(|e| build_err(&e))?
@@ -285,15 +269,12 @@ pub fn build_swarm(
             // is one the peer speaks, so the optimism costs nothing; it makes a control
             // message (a floor claim, a charter op) take one trip, not one and a half.
             libp2p::swarm::Config::with_executor(SpannedExecutor)
-                .with_idle_connection_timeout(config.wall_clock_timeout(config.idle_timeout))
+                .with_idle_connection_timeout(config.idle_timeout)
                 .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
         })
-        // The builder wraps every transport in a 10 s connection timeout on the wall clock. In
-        // simulation it raced QUIC's own handshake timeout (tokio time, virtual there), so a
-        // dial to an unreachable member failed at a virtual instant that depended on how fast
-        // the machine ran the simulation. QUIC dials time out on their own; a circuit dial
-        // ends with the relay's answer or with the QUIC connection under it.
-        .with_connection_timeout(config.wall_clock_timeout(CONNECTION_TIMEOUT))
+        // Above QUIC's own handshake timeout: QUIC dials end on their own, and this bounds a
+        // circuit dial whose relay never answers.
+        .with_connection_timeout(CONNECTION_TIMEOUT)
         .build();
     Ok(NodeNetwork {
         swarm,

@@ -260,6 +260,9 @@ impl Transport for QuicTransport {
                 };
                 let outcome = tokio::time::timeout(HOLE_PUNCH_TIMEOUT, async {
                     tokio::select! {
+                        // Fixed order: tokio's default picks at random, which a seed cannot
+                        // replay.
+                        biased;
                         incoming = rx => incoming.ok(),
                         _ = probing => None,
                     }

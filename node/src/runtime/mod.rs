@@ -103,7 +103,7 @@ impl Node {
             SwarmConfig {
                 link: config.link.clone(),
                 mdns: config.mdns,
-                wall_clock_behaviours: !simulated,
+                discovery_behaviours: !simulated,
                 relay_for: Some(relay_allow.clone()),
                 ..SwarmConfig::default()
             },
