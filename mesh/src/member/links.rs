@@ -22,6 +22,7 @@ impl Member {
         } = up;
         let rtt = rtt.or_else(|| self.links.get(&peer).and_then(|l| l.rtt));
         self.circuit_retries.remove(&peer);
+        self.circuit_dials.ended(&peer);
         self.links.insert(
             peer,
             Link {

@@ -16,6 +16,7 @@
 //! - `commands`: the user's commands.
 //! - `links`: link up and down, control sessions, the control message dispatch.
 //! - `presence`: our record, others' records, the dials and circuit reservations they set off.
+//! - `circuit_dials`: circuit dials paced per relay.
 //! - `session`: pair session steps.
 //! - `join`: joining with an invite, both ends.
 //! - `floor`: PTT through floor control.
@@ -24,6 +25,7 @@
 //! - `media`: frames out, datagrams in.
 //! - `reach`: address observations and probes.
 
+mod circuit_dials;
 mod commands;
 mod event;
 mod floor;
@@ -137,6 +139,7 @@ pub struct Member {
     dial_backs: BTreeMap<PeerId, (Instant, Vec<Multiaddr>)>,
     /// Circuit dials retried since the last link to each peer (`presence::dial_failed`).
     circuit_retries: BTreeMap<PeerId, u32>,
+    circuit_dials: circuit_dials::CircuitDials,
     /// Awaiting or holding a circuit reservation at a member relay.
     reservation: bool,
     listen_addrs: Vec<Multiaddr>,
@@ -206,6 +209,7 @@ impl Member {
             next_relay_dial: now,
             dial_backs: BTreeMap::new(),
             circuit_retries: BTreeMap::new(),
+            circuit_dials: Default::default(),
             display_name: config.display_name,
             listening,
             receiver: VoiceReceiver::new(local),
@@ -354,6 +358,7 @@ impl Member {
             self.replan_due,
             self.relay_missing().then_some(self.next_relay_dial),
             self.dial_backs.values().map(|(at, _)| *at).min(),
+            self.circuit_dials.poll_timeout(),
             self.peers
                 .values()
                 .filter_map(|c| c.in_flight())

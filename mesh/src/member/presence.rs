@@ -171,10 +171,12 @@ impl Member {
     }
 
     /// A dial to `peer` failed; its circuit addresses are worth another try. Everyone who
-    /// heard the same news dialed at the same moment, and a member relay refuses handshakes beyond its limit rather than queueing
-    /// them, so try again after a pause spread per pair (and growing), a few times; presence
-    /// (every [`MemberConfig::presence_interval`](super::MemberConfig)) is the slow fallback.
+    /// heard the same news dialed at the same moment, and a member relay refuses handshakes
+    /// beyond its limit rather than queueing them, so try again after a pause spread per pair
+    /// (and growing), a few times; presence (every
+    /// [`MemberConfig::presence_interval`](super::MemberConfig)) is the slow fallback.
     pub(super) fn dial_failed(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>, now: Instant) {
+        self.circuit_dials.ended(&peer);
         addrs.retain(is_circuit);
         if addrs.is_empty() || self.links.contains_key(&peer) || !self.members.contains_key(&peer) {
             return;

@@ -181,5 +181,6 @@ impl Member {
                 });
             }
         }
+        self.pace_circuit_dials(now);
     }
 }

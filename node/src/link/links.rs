@@ -76,7 +76,10 @@ pub struct LinkCounts {
 
 #[derive(Default)]
 struct State {
-    peers: BTreeMap<PeerId, quinn::Connection>,
+    /// Each peer's open connections, oldest first; datagrams go on the newest. A peer briefly
+    /// has two when dials cross or it restarted, and the node closes one of them (not always
+    /// the older one: `runtime::connections`), so the registry falls back to the one left.
+    peers: BTreeMap<PeerId, Vec<quinn::Connection>>,
     pings: BTreeMap<u64, oneshot::Sender<()>>,
     next_ping: u64,
     events: Vec<mpsc::UnboundedSender<LinkEvent>>,
@@ -157,6 +160,7 @@ impl Links {
         self.state()
             .peers
             .get(peer)
+            .and_then(|connections| connections.last())
             .cloned()
             .ok_or(LinkError::NotConnected(*peer))
     }
@@ -268,8 +272,13 @@ impl Links {
     pub(crate) fn register(&self, peer: PeerId, connection: quinn::Connection) {
         let remote = connection.remote_address();
         let id = connection.stable_id();
-        let replaced = self.state().peers.insert(peer, connection.clone());
-        if replaced.is_none() {
+        let first = {
+            let mut state = self.state();
+            let connections = state.peers.entry(peer).or_default();
+            connections.push(connection.clone());
+            connections.len() == 1
+        };
+        if first {
             self.emit(LinkEvent::Up { peer, remote });
         }
         let links = self.clone();
@@ -297,15 +306,17 @@ impl Links {
                 Err(e) => break e.to_string(),
             }
         };
-        let removed = {
+        let last = {
             let mut state = self.state();
-            let ours = state.peers.get(&peer).is_some_and(|c| c.stable_id() == id);
-            if ours {
+            let connections = state.peers.entry(peer).or_default();
+            connections.retain(|c| c.stable_id() != id);
+            let empty = connections.is_empty();
+            if empty {
                 state.peers.remove(&peer);
             }
-            ours
+            empty
         };
-        if removed {
+        if last {
             self.emit(LinkEvent::Down { peer, reason });
         }
     }

@@ -26,15 +26,13 @@ use libp2p::core::transport::ListenerId;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// A peer that dials us this long after our link to it came up restarted: the old link is to
-/// its previous run. Shorter gaps are two dials crossing.
-const REDIAL_MEANS_RESTART: Duration = Duration::from_secs(3);
+use super::connections::HeldConnection;
 use tokio::sync::mpsc;
 
 /// Forwarding-latency buckets: powers of two microseconds, 1 µs to 32 ms and above.
@@ -51,8 +49,8 @@ pub(crate) struct Driver {
     pub transmitter: Transmitter,
     pub playout: Playout,
     pub events: mpsc::UnboundedSender<NodeEvent>,
-    /// The newest connection to each peer, and when it came up.
-    pub connections: BTreeMap<PeerId, (ConnectionId, Instant)>,
+    /// The connection kept to each peer (`connections`).
+    pub connections: BTreeMap<PeerId, HeldConnection>,
     /// Who may use the relay circuits we serve (the org's members).
     pub relay_allow: RelayAllowList,
     /// The listener of our circuit reservation on a member relay, while we hold or await one.
@@ -290,24 +288,40 @@ impl Driver {
                 // (a crash: our link to its previous run has not timed out yet) and our NAT
                 // lets only its circuit in.
                 let worse = held.is_some_and(|held| kind.worse_than(held));
-                let redialed = matches!(endpoint, ConnectedPoint::Listener { .. })
-                    && self
-                        .connections
-                        .get(&peer_id)
-                        .is_some_and(|(_, since)| now >= *since + REDIAL_MEANS_RESTART);
-                if worse && num_established.get() > 1 && !redialed {
+                let dialed_by_us = matches!(endpoint, ConnectedPoint::Dialer { .. });
+                let previous = (num_established.get() > 1)
+                    .then(|| self.connections.get(&peer_id).copied())
+                    .flatten();
+                let redialed = !dialed_by_us && previous.is_some_and(|p| p.outlived_by(now));
+                if worse && previous.is_some() && !redialed {
                     self.network.swarm.close_connection(connection_id);
                     return;
                 }
-                // Newest connection wins: an older one to the same peer is most likely to a
-                // previous run of it (restarted, its connection not yet timed out), and
-                // request-response would keep sending control messages into it.
-                if let Some((previous, _)) = self.connections.insert(peer_id, (connection_id, now))
-                {
-                    if num_established.get() > 1 {
-                        self.network.swarm.close_connection(previous);
+                // One connection per peer: an older one is most likely to a previous run of it
+                // (restarted, its connection not yet timed out), and request-response would keep
+                // sending control messages into it; a better kind (a hole punch beside a
+                // circuit) replaces a worse one; or our dials crossed (`connections`).
+                let better = held.is_some_and(|held| held.worse_than(kind));
+                if let Some(previous) = previous {
+                    let local = *self.network.swarm.local_peer_id();
+                    let replace =
+                        better || previous.replaced_by(&local, &peer_id, dialed_by_us, now);
+                    tracing::debug!(%peer_id, ?previous, new = ?connection_id, dialed_by_us, replace,
+                        "a second connection to a peer");
+                    if !replace {
+                        self.network.swarm.close_connection(connection_id);
+                        return;
                     }
+                    self.network.swarm.close_connection(previous.id);
                 }
+                self.connections.insert(
+                    peer_id,
+                    HeldConnection {
+                        id: connection_id,
+                        since: now,
+                        dialed_by_us,
+                    },
+                );
                 let remote = match &endpoint {
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
                     ConnectedPoint::Dialer { address, .. } => address,
@@ -321,7 +335,8 @@ impl Driver {
                         ConnectedPoint::Dialer { address, .. } => Some(address.clone()),
                         ConnectedPoint::Listener { .. } => None,
                     },
-                    restarted: num_established.get() > 1 && kind != LinkKind::HolePunched,
+                    // A replaced connection may have taken control messages with it.
+                    restarted: previous.is_some() && kind != LinkKind::HolePunched,
                     rtt: self.network.links.rtt(&peer_id),
                 };
                 self.emit(NodeEvent::LinkUp {

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod config;
+mod connections;
 pub mod demo_org;
 mod driver;
 mod playout;
@@ -218,7 +219,10 @@ impl Node {
             forward_latency: [0; driver::LATENCY_BUCKETS],
             forward_latency_sum_us: 0,
         };
-        let task = tokio::spawn(driver.run(commands_rx));
+        // In the caller's span: the simulator names each node's log lines that way.
+        let task = tokio::spawn(tracing::Instrument::in_current_span(
+            driver.run(commands_rx),
+        ));
         Ok(Self {
             commands,
             events,
