@@ -363,3 +363,32 @@ fn a_member_that_let_one_press_time_out_is_not_waited_for_again_until_it_speaks(
     net.run_for(Duration::from_secs(1));
     net.assert_one_talker(C);
 }
+
+#[test]
+fn crossing_presses_whose_claims_are_lost_still_end_with_one_talker() {
+    // A lossy path: A's and B's first claims to each other are lost, and B's first answer to
+    // A too. QUIC would retransmit them only after a probe timeout; the pending requests
+    // repeat their claims to whoever has not acknowledged them instead.
+    let mut net = Net::in_mode(80, false);
+    net.lose.insert((A, B), 1);
+    net.lose.insert((B, A), 2);
+    let pressed = net.now - net.start;
+    net.press(A).unwrap();
+    net.run_for(Duration::from_millis(30));
+    net.press(B).unwrap();
+    net.run_for(Duration::from_secs(2));
+    net.assert_one_talker(A);
+    assert!(
+        !net.events[B].iter().any(|(_, e)| *e
+            == FloorEvent::Granted {
+                channel: net.channel
+            }),
+        "B was granted too: {:?}",
+        net.events[B]
+    );
+    let grant = net.granted_at(A).unwrap() - pressed;
+    assert!(
+        grant < FloorConfig::default().ack_timeout,
+        "press to grant {grant:?}"
+    );
+}

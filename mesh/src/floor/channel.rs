@@ -69,6 +69,9 @@ pub(crate) struct ChannelFloor {
     /// audio, such as an arbiter, can tell it is alive).
     last_heard: Option<Instant>,
     next_heartbeat: Option<Instant>,
+    /// While we lead but wait for acknowledgements: when to repeat our claim to those that
+    /// have not acknowledged it ([`FloorConfig::claim_resend`](super::FloorConfig::claim_resend)).
+    next_resend: Option<Instant>,
 }
 
 impl ChannelFloor {
@@ -98,6 +101,7 @@ impl ChannelFloor {
             leader_since: now,
             last_heard: None,
             next_heartbeat: None,
+            next_resend: None,
         }
     }
 
@@ -434,7 +438,8 @@ impl ChannelFloor {
     pub(crate) fn poll_timeout(&self, sh: &Shared) -> Option<Instant> {
         let ack = match self.state {
             LocalFloor::Pending if self.ruling().is_none() => {
-                Some(self.changed_at + sh.config.ack_timeout)
+                let timeout = self.changed_at + sh.config.ack_timeout;
+                Some(self.next_resend.map_or(timeout, |at| at.min(timeout)))
             }
             LocalFloor::Releasing => Some(self.changed_at + sh.config.ack_timeout),
             _ => None,
@@ -477,6 +482,12 @@ impl ChannelFloor {
             self.arbiter_silent = true;
             self.decision = None;
         }
+        if self.state == LocalFloor::Pending
+            && self.ruling().is_none()
+            && self.next_resend.is_some_and(|at| now >= at)
+        {
+            self.resend_claim(sh, now);
+        }
         if self.state == LocalFloor::Granted && self.next_heartbeat.is_some_and(|at| now >= at) {
             self.next_heartbeat = Some(now + sh.config.heartbeat());
             self.broadcast_claim(sh);
@@ -501,6 +512,25 @@ impl ChannelFloor {
             }
         }
         self.refresh(sh, now);
+    }
+
+    /// Repeats our pending claim to whoever has not acknowledged it. A claim or its answer lost
+    /// on a lossy path would otherwise wait for QUIC's retransmission (a probe timeout, doubling
+    /// with each loss), and the acknowledgement timeout could run out first: two crossing
+    /// requests would then both be granted. Each repeat travels on a stream of its own, so its
+    /// fate is independent; a peer that is also waiting repeats its own claim, which carries
+    /// its acknowledgement of ours.
+    fn resend_claim(&mut self, sh: &mut Shared, now: Instant) {
+        let unacked: Vec<IdentityKey> = sh
+            .participants
+            .iter()
+            .filter(|p| !sh.silent.contains(*p) && !self.acked(p, self.request_rev))
+            .copied()
+            .collect();
+        for peer in unacked {
+            self.send_claim(sh, peer);
+        }
+        self.next_resend = Some(now + sh.config.claim_resend());
     }
 
     /// Recomputes the ruling (as arbiter), the holder and our own state, emitting what changed.
@@ -609,6 +639,7 @@ impl ChannelFloor {
                     channel: self.channel,
                     position,
                 }),
+                LocalFloor::Pending => self.next_resend = Some(now + sh.config.claim_resend()),
                 _ => {}
             }
             self.state = next;

@@ -62,6 +62,12 @@ impl FloorConfig {
         self.silence_timeout / 4
     }
 
+    /// How often a request waiting for acknowledgements repeats its claim to the silent ones:
+    /// three more tries before [`Self::ack_timeout`] runs out.
+    pub fn claim_resend(&self) -> Duration {
+        self.ack_timeout / 4
+    }
+
     /// The talk-time limit for `priority`.
     pub fn max_talk(&self, priority: Priority) -> Option<Duration> {
         self.max_talk

@@ -35,6 +35,8 @@ pub struct Net {
     pub in_flight: BTreeMap<(Instant, u64), (usize, usize, Vec<u8>)>,
     pub sent: u64,
     pub cut: BTreeSet<usize>,
+    /// How many of the next messages from one node to another are lost.
+    pub lose: BTreeMap<(usize, usize), u32>,
     pub events: Vec<Vec<(Duration, FloorEvent)>>,
 }
 
@@ -147,6 +149,7 @@ impl Net {
             in_flight: BTreeMap::new(),
             sent: 0,
             cut: BTreeSet::new(),
+            lose: BTreeMap::new(),
             events: vec![Vec::new(); 6],
         };
         net.run_for(Duration::from_millis(latency_ms * 4));
@@ -172,6 +175,10 @@ impl Net {
             while let Some((to, message)) = self.nodes[i].poll_transmit() {
                 let to = self.index(&to);
                 if self.cut.contains(&i) || self.cut.contains(&to) {
+                    continue;
+                }
+                if let Some(n) = self.lose.get_mut(&(i, to)).filter(|n| **n > 0) {
+                    *n -= 1;
                     continue;
                 }
                 self.sent += 1;
