@@ -26,8 +26,9 @@ fn generated_scenarios_are_valid_files_and_the_same_for_a_seed() {
 
 #[test]
 fn a_small_batch_keeps_every_invariant() {
+    // Determinism is checked by `callsign sim chaos` in child processes (tests/sim.rs).
     for seed in [1, 2, 3] {
-        let run = run_seed(seed, seed == 1);
+        let run = run_seed(seed);
         assert!(
             run.violations.is_empty(),
             "seed {seed} (replay: callsign sim chaos --seed {seed}): {:#?}",

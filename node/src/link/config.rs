@@ -46,6 +46,9 @@ impl LinkConfig {
     pub(crate) fn endpoint(&self) -> quinn::EndpointConfig {
         let mut endpoint = quinn::EndpointConfig::default();
         endpoint.rng_seed(self.rng_seed);
+        if let Some(seed) = self.rng_seed {
+            endpoint.cid_generator(move || Box::new(SeededCids::new(seed)));
+        }
         endpoint
     }
 
@@ -103,4 +106,43 @@ pub(crate) fn remote_peer_id(connection: &quinn::Connection) -> Result<PeerId, L
     let certificate = libp2p_tls::certificate::parse(first)
         .map_err(|e| LinkError::Handshake(format!("bad libp2p certificate: {e}")))?;
     Ok(certificate.peer_id())
+}
+
+/// Connection ids drawn from the node's seed (simulation only, with
+/// [`LinkConfig::rng_seed`]). quinn's default draws them from the OS, and they decide more than
+/// names: a peer that closes a connection during its handshake sends an Initial under our id,
+/// and when we have already dropped that connection the packet looks like a new one, whose
+/// keys come from that id. Whether such a packet is dropped at once or starts (and fails) a
+/// connection attempt then varied from process to process, and with it libp2p's connection
+/// numbering, so a seed did not replay.
+struct SeededCids {
+    rng: rand::rngs::StdRng,
+}
+
+impl SeededCids {
+    const LEN: usize = 8;
+
+    fn new(mut seed: [u8; 32]) -> Self {
+        // Another stream than the endpoint RNG's, which draws from the same seed.
+        seed[31] ^= 0xc1;
+        Self {
+            rng: rand::SeedableRng::from_seed(seed),
+        }
+    }
+}
+
+impl quinn::ConnectionIdGenerator for SeededCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut bytes = [0u8; Self::LEN];
+        rand::RngCore::fill_bytes(&mut self.rng, &mut bytes);
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        Self::LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }

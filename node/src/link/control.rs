@@ -122,6 +122,10 @@ pub struct ControlBehaviour {
     /// Tracked requests in flight, with the sender's token.
     tracked: BTreeMap<OutboundRequestId, (PeerId, u64)>,
     events: VecDeque<ControlEvent>,
+    /// Losses to a closed connection, held until the run of them ends and then reported in
+    /// request order: request-response reports them from a `HashSet`, whose order changes
+    /// from process to process, and a simulated run must replay.
+    closed: BTreeMap<OutboundRequestId, ControlEvent>,
 }
 
 impl ControlBehaviour {
@@ -135,6 +139,7 @@ impl ControlBehaviour {
             ),
             tracked: BTreeMap::new(),
             events: VecDeque::new(),
+            closed: BTreeMap::new(),
         }
     }
 
@@ -148,6 +153,20 @@ impl ControlBehaviour {
     }
 
     fn handle(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        if let request_response::Event::OutboundFailure {
+            request_id,
+            error: error @ request_response::OutboundFailure::ConnectionClosed,
+            ..
+        } = &event
+        {
+            if let Some((peer, token)) = self.tracked.remove(request_id) {
+                let error = error.to_string();
+                self.closed
+                    .insert(*request_id, ControlEvent::Failed { peer, token, error });
+            }
+            return;
+        }
+        self.flush_closed();
         match event {
             request_response::Event::Message {
                 peer,
@@ -187,6 +206,11 @@ impl ControlBehaviour {
             | request_response::Event::ResponseSent { .. } => {}
         }
     }
+
+    fn flush_closed(&mut self) {
+        let closed = std::mem::take(&mut self.closed);
+        self.events.extend(closed.into_values());
+    }
 }
 
 impl NetworkBehaviour for ControlBehaviour {
@@ -207,11 +231,13 @@ impl NetworkBehaviour for ControlBehaviour {
             match self.inner.poll(cx) {
                 Poll::Ready(ToSwarm::GenerateEvent(event)) => self.handle(event),
                 Poll::Ready(action) => {
+                    self.flush_closed();
                     return Poll::Ready(
                         action.map_out(|_| unreachable!("the arm above takes every event")),
                     );
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending if self.closed.is_empty() => return Poll::Pending,
+                Poll::Pending => self.flush_closed(),
             }
         }
     }

@@ -31,6 +31,21 @@ pub type QuicOutput = (PeerId, QuicMuxer);
 /// How long a hole-punch dial keeps probing before giving up.
 const HOLE_PUNCH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The RNG for one hole punch's probes (their bytes and the pauses between them). With a seed
+/// (simulation) it is derived from the seed, the remote and the punch's number, so a run
+/// replays: entropy here made the probes' timing, and so which NAT opened when, differ from
+/// run to run.
+fn probe_rng(seed: Option<[u8; 32]>, remote: SocketAddr, punch: u64) -> rand::rngs::StdRng {
+    let Some(mut seed) = seed else {
+        return rand::rngs::StdRng::from_entropy();
+    };
+    let remote = remote.to_string();
+    for (i, byte) in remote.bytes().chain(punch.to_le_bytes()).enumerate() {
+        seed[i % 32] ^= byte.rotate_left(i as u32 / 32);
+    }
+    rand::rngs::StdRng::from_seed(seed)
+}
+
 type Waiters = Arc<Mutex<BTreeMap<SocketAddr, oneshot::Sender<quinn::Incoming>>>>;
 
 struct Listener {
@@ -50,6 +65,8 @@ pub struct QuicTransport {
     listener: Option<Listener>,
     closed: VecDeque<ListenerId>,
     hole_punch: Waiters,
+    /// Hole punches started, which with [`LinkConfig::rng_seed`] seeds each one's probes.
+    punches: u64,
     waker: Option<Waker>,
     /// One TLS client config for every dial, as libp2p-quic does: making one generates a
     /// certificate (a P-256 key and two signatures), which was a large share of a big mesh's
@@ -84,6 +101,7 @@ impl QuicTransport {
             listener: None,
             closed: VecDeque::new(),
             hole_punch: Arc::default(),
+            punches: 0,
             waker: None,
         })
     }
@@ -245,8 +263,9 @@ impl Transport for QuicTransport {
                 .insert(remote, tx);
             let socket = self.socket.clone();
             let waiters = self.hole_punch.clone();
+            let mut rng = probe_rng(self.config.rng_seed, remote, self.punches);
+            self.punches += 1;
             return Ok(async move {
-                let mut rng = rand::rngs::StdRng::from_entropy();
                 let probing = async {
                     loop {
                         let mut probe = [0u8; 64];

@@ -1,14 +1,21 @@
 //! `callsign sim chaos`: random scenarios over a range of seeds, in parallel, each checked
 //! against the invariants (callsign_sim::chaos).
+//!
+//! Every run happens in a child process (`--child`): a simulation replays only in a process of
+//! its own (see [`callsign_sim::chaos::run_seed`]), so a failing seed found in a parallel batch
+//! replays alone, and the determinism check compares two fresh processes.
 
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use callsign_sim::chaos::{generate, run_seed, ChaosRun};
+use callsign_sim::chaos::{generate, run_seed};
+use callsign_sim::Scenario;
 use clap::Args;
+use serde::{Deserialize, Serialize};
 
 #[derive(Args, Debug)]
 pub struct ChaosArgs {
@@ -33,7 +40,28 @@ pub struct ChaosArgs {
     /// Runs at once [default: the machine's cores].
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Run `--seed` once in this process and print its outcome as one tagged JSON line: how
+    /// the command runs each seed in a child process.
+    #[arg(long, hide = true, requires = "seed")]
+    pub child: bool,
 }
+
+/// What a child process reports for one run.
+#[derive(Debug, Serialize, Deserialize)]
+struct Outcome {
+    trace_hash: Option<String>,
+    violations: Vec<Broken>,
+}
+
+/// One broken invariant, as a child reports it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Broken {
+    invariant: String,
+    detail: String,
+}
+
+/// Tags the child's outcome line among anything else it prints (the report with `--json`).
+const OUTCOME_TAG: &str = "chaos-outcome ";
 
 pub fn run_chaos(args: ChaosArgs) -> Result<()> {
     if let Some(seed) = args.seed {
@@ -45,13 +73,14 @@ pub fn run_chaos(args: ChaosArgs) -> Result<()> {
             println!("wrote chaos seed {seed} to {}", path.display());
             return Ok(());
         }
-        let run = run_seed(seed, args.determinism_every > 0);
-        if let Some(report) = run.report.as_ref().filter(|_| args.json) {
-            println!("{}", serde_json::to_string(report)?);
+        if args.child {
+            return run_child(seed, args.json);
         }
-        print_run(&run, None);
-        if !run.violations.is_empty() {
-            bail!("seed {seed} broke {} invariants", run.violations.len());
+        let (scenario, _) = generate(seed);
+        let outcome = run_isolated(seed, args.determinism_every > 0, args.json)?;
+        print_run(seed, &scenario, &outcome, None);
+        if !outcome.violations.is_empty() {
+            bail!("seed {seed} broke {} invariants", outcome.violations.len());
         }
         return Ok(());
     }
@@ -61,7 +90,7 @@ pub fn run_chaos(args: ChaosArgs) -> Result<()> {
         .max(1);
     let next = AtomicU64::new(args.first);
     let end = args.first + args.seeds;
-    let failed: Mutex<Vec<ChaosRun>> = Mutex::new(Vec::new());
+    let failed: Mutex<Vec<(u64, Outcome)>> = Mutex::new(Vec::new());
     let wall = Instant::now();
     let virtual_s = Mutex::new(0.0);
     std::thread::scope(|scope| {
@@ -73,18 +102,33 @@ pub fn run_chaos(args: ChaosArgs) -> Result<()> {
                 }
                 let twice = args.determinism_every > 0 && seed % args.determinism_every == 0;
                 let started = Instant::now();
-                let run = run_seed(seed, twice);
-                print_run(&run, Some(started.elapsed().as_secs_f64()));
+                let (scenario, _) = generate(seed);
+                let outcome = run_isolated(seed, twice, false).unwrap_or_else(|e| Outcome {
+                    trace_hash: None,
+                    violations: vec![Broken {
+                        invariant: "runs".into(),
+                        detail: format!("{e:#}"),
+                    }],
+                });
+                print_run(
+                    seed,
+                    &scenario,
+                    &outcome,
+                    Some(started.elapsed().as_secs_f64()),
+                );
                 *virtual_s.lock().unwrap_or_else(|e| e.into_inner()) +=
-                    run.virtual_s * if twice { 2.0 } else { 1.0 };
-                if !run.violations.is_empty() {
-                    failed.lock().unwrap_or_else(|e| e.into_inner()).push(run);
+                    scenario.duration_s * if twice { 2.0 } else { 1.0 };
+                if !outcome.violations.is_empty() {
+                    failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((seed, outcome));
                 }
             });
         }
     });
     let mut failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
-    failed.sort_by_key(|r| r.seed);
+    failed.sort_by_key(|(seed, _)| *seed);
     let wall = wall.elapsed().as_secs_f64();
     let virtual_s = virtual_s.into_inner().unwrap_or_else(|e| e.into_inner());
     println!(
@@ -95,16 +139,15 @@ pub fn run_chaos(args: ChaosArgs) -> Result<()> {
         failed.len(),
         virtual_s / wall.max(1e-9)
     );
-    for run in &failed {
+    for (seed, outcome) in &failed {
         println!(
-            "  seed {}: {} — replay: callsign sim chaos --seed {}",
-            run.seed,
-            run.violations
+            "  seed {seed}: {} — replay: callsign sim chaos --seed {seed}",
+            outcome
+                .violations
                 .iter()
-                .map(|v| v.invariant)
+                .map(|v| v.invariant.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            run.seed
         );
     }
     if !failed.is_empty() {
@@ -113,22 +156,97 @@ pub fn run_chaos(args: ChaosArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_run(run: &ChaosRun, wall_s: Option<f64>) {
-    let members = run.scenario.nodes.iter().filter(|n| n.member).count();
-    let relays = run.scenario.nodes.len() - members;
+/// The child's side: one run here, the report (with `json`) and then the tagged outcome.
+fn run_child(seed: u64, json: bool) -> Result<()> {
+    let run = run_seed(seed);
+    if let Some(report) = run.report.as_ref().filter(|_| json) {
+        println!("{}", serde_json::to_string(report)?);
+    }
+    let outcome = Outcome {
+        trace_hash: run.report.map(|r| r.trace_hash),
+        violations: run
+            .violations
+            .into_iter()
+            .map(|v| Broken {
+                invariant: v.invariant.into(),
+                detail: v.detail,
+            })
+            .collect(),
+    };
+    println!("{OUTCOME_TAG}{}", serde_json::to_string(&outcome)?);
+    Ok(())
+}
+
+/// Runs `seed` in a child process and, with `twice`, again in another, comparing trace hashes.
+fn run_isolated(seed: u64, twice: bool, json: bool) -> Result<Outcome> {
+    let mut first = run_in_child(seed, json)?;
+    let Some(hash) = first.trace_hash.clone().filter(|_| twice) else {
+        return Ok(first);
+    };
+    let again = run_in_child(seed, false)?;
+    let detail = match &again.trace_hash {
+        Some(h) if *h == hash => return Ok(first),
+        Some(h) => format!("trace hash {} then {}", &hash[..12], &h[..12.min(h.len())]),
+        None => "the second run failed".into(),
+    };
+    first.violations.push(Broken {
+        invariant: "deterministic".into(),
+        detail,
+    });
+    Ok(first)
+}
+
+fn run_in_child(seed: u64, json: bool) -> Result<Outcome> {
+    let exe = std::env::current_exe().context("cannot find the callsign executable")?;
+    let mut command = Command::new(exe);
+    command.args(["sim", "chaos", "--child", "--seed", &seed.to_string()]);
+    if json {
+        command.arg("--json");
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start the run of seed {seed}"))?;
+    let mut outcome = None;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        match line.strip_prefix(OUTCOME_TAG) {
+            Some(tagged) => {
+                outcome = Some(
+                    serde_json::from_str(tagged)
+                        .with_context(|| format!("seed {seed}: unreadable outcome"))?,
+                )
+            }
+            None => println!("{line}"),
+        }
+    }
+    Ok(outcome.unwrap_or_else(|| Outcome {
+        trace_hash: None,
+        violations: vec![Broken {
+            invariant: "runs".into(),
+            detail: format!(
+                "the run's process ended without an outcome ({})",
+                output.status
+            ),
+        }],
+    }))
+}
+
+fn print_run(seed: u64, scenario: &Scenario, outcome: &Outcome, wall_s: Option<f64>) {
+    let members = scenario.nodes.iter().filter(|n| n.member).count();
+    let relays = scenario.nodes.len() - members;
     let wall = wall_s.map_or(String::new(), |w| format!(", {w:.1} s wall"));
-    let verdict = if run.violations.is_empty() {
+    let verdict = if outcome.violations.is_empty() {
         "ok"
     } else {
         "FAILED"
     };
     println!(
-        "seed {}: {verdict} ({members} members, {relays} rented relays, {} events, {:.1} s virtual{wall})",
-        run.seed,
-        run.scenario.events.len(),
-        run.virtual_s
+        "seed {seed}: {verdict} ({members} members, {relays} rented relays, {} events, {:.1} s virtual{wall})",
+        scenario.events.len(),
+        scenario.duration_s
     );
-    for v in &run.violations {
-        println!("    {v}");
+    for v in &outcome.violations {
+        println!("    {}: {}", v.invariant, v.detail);
     }
 }
