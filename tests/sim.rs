@@ -58,3 +58,24 @@ fn run_json_trace_and_replay() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).starts_with("error:"));
 }
+
+/// `sim chaos --seed` runs the seed in a child process and checks it replays in another; a
+/// batch names its failing seeds the same way. Seed 14 is a three-member squad.
+#[test]
+fn chaos_seed_runs_in_child_processes_and_replays() {
+    let out = String::from_utf8(success_stdout(
+        Command::cargo_bin("callsign")
+            .unwrap()
+            .args(["sim", "chaos", "--seed", "14", "--json"]),
+    ))
+    .unwrap();
+    let mut lines = out.lines();
+    let report: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert!(report["trace_hash"].as_str().is_some(), "{out}");
+    let verdict = lines.next().unwrap();
+    assert!(verdict.starts_with("seed 14: ok (3 members"), "{out}");
+    assert!(
+        !out.contains("chaos-outcome"),
+        "the child's tagged line stays inside: {out}"
+    );
+}

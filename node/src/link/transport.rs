@@ -149,12 +149,11 @@ impl QuicTransport {
     }
 
     fn upgrade(
-        incoming: quinn::Incoming,
+        connecting: quinn::Connecting,
         links: Links,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<QuicOutput, LinkError>> {
         async move {
-            let connecting = incoming.accept().map_err(LinkError::Connection)?;
             let connection = tokio::time::timeout(timeout, connecting)
                 .await
                 .map_err(|_| LinkError::Handshake("handshake timed out".into()))?
@@ -294,7 +293,8 @@ impl Transport for QuicTransport {
                 let incoming = outcome.ok().flatten().ok_or_else(|| {
                     LinkError::Handshake(format!("hole punch to {remote} timed out"))
                 })?;
-                let (peer, muxer) = Self::upgrade(incoming, links, timeout).await?;
+                let connecting = incoming.accept().map_err(LinkError::Connection)?;
+                let (peer, muxer) = Self::upgrade(connecting, links, timeout).await?;
                 if expected.is_some_and(|e| e != peer) {
                     return Err(LinkError::PeerMismatch {
                         expected: Box::new(expected.unwrap_or(peer)),
@@ -380,10 +380,22 @@ impl Transport for QuicTransport {
                     },
                     None => incoming,
                 };
+                // Authenticated before the Swarm hears of it: a stray Initial (a peer's
+                // retransmission to a connection we already dropped, under that connection's
+                // id) fails here, and the Swarm numbers no connection for it. Whether it fails
+                // here or at once depends on TLS randomness, so a simulated run replays only
+                // if the Swarm never sees it.
+                let connecting = match incoming.accept() {
+                    Ok(connecting) => connecting,
+                    Err(e) => {
+                        tracing::debug!(%remote, %e, "not a connection attempt");
+                        continue;
+                    }
+                };
                 return Poll::Ready(TransportEvent::Incoming {
                     listener_id: listener.id,
                     upgrade: Self::upgrade(
-                        incoming,
+                        connecting,
                         this.links.clone(),
                         this.config.handshake_timeout,
                     ),
