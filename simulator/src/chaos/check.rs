@@ -4,6 +4,7 @@ use super::generate::{Plan, ProbeTarget};
 use crate::report::Report;
 use crate::scenario::{Action, FloorSpec, Scenario};
 use crate::trace::{FloorTrace, TraceEvent};
+use callsign_mesh::floor::FloorConfig;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Share of a probe's frames every allowed, live listener must play on a clean network; on a
@@ -11,8 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const MIN_DELIVERY: f64 = 0.95;
 /// Allowance under the network's own loss for jitter-buffer late drops and concealment.
 const DELIVERY_SLACK: f64 = 0.03;
-/// Share of a probe's length its talker must be on air (the rest is floor and link setup).
-const MIN_ON_AIR: f64 = 0.8;
+/// Share of a probe's length its talker must be on air once it may talk (the rest is link
+/// setup and the release).
+const MIN_ON_AIR: f64 = 0.9;
+/// Beyond the floor's acknowledgement timeout, how late a granted talker's first frame may be:
+/// a frame period to capture it, and a little scheduling.
+const FIRST_FRAME_SLACK_MS: u64 = 60;
 
 /// One broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,11 +145,46 @@ fn delivery(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation>
             .unwrap_or(0);
         // 50 frames a second.
         let pressed = (super::generate::PROBE_S * 50.0) as u64;
-        if (encoded as f64) < MIN_ON_AIR * pressed as f64 {
+        // On a half-duplex channel the talker waits for the floor first: the floor promises a
+        // grant once every participant acknowledged the request or the acknowledgement timeout
+        // ran out, whichever comes first (docs/protocol.md). A grant that waited out the timeout
+        // on a lossy, relayed path keeps that promise; later does not.
+        let mut waited_frames = 0;
+        if let ProbeTarget::Channel(channel) = &probe.target {
+            let half_duplex = scenario
+                .channels
+                .iter()
+                .any(|c| c.name == *channel && c.floor == FloorSpec::HalfDuplex);
+            let at_ms = (probe.at_s * 1000.0).round() as u64;
+            let press =
+                report.floor.presses.iter().find(|p| {
+                    p.node == probe.talker && p.channel == *channel && p.pressed_ms == at_ms
+                });
+            if let (true, Some(press)) = (half_duplex, press) {
+                let promised =
+                    FloorConfig::default().ack_timeout.as_millis() as u64 + FIRST_FRAME_SLACK_MS;
+                match press.first_frame_ms {
+                    Some(ms) if ms <= promised => waited_frames = ms / 20,
+                    waited => {
+                        out.push(violation(
+                            "floor-in-time",
+                            format!(
+                                "{} pressed {channel} at {} s; first frame after {waited:?} ms \
+                                 (at most {promised} ms)",
+                                probe.talker, probe.at_s
+                            ),
+                        ));
+                        continue;
+                    }
+                }
+            }
+        }
+        let may_talk = pressed.saturating_sub(waited_frames);
+        if (encoded as f64) < MIN_ON_AIR * may_talk as f64 {
             out.push(violation(
                 "talker-on-air",
                 format!(
-                    "{} pressed at {} s for {pressed} frames, sent {encoded}",
+                    "{} pressed at {} s for {pressed} frames, may talk for {may_talk}, sent {encoded}",
                     probe.talker, probe.at_s
                 ),
             ));
