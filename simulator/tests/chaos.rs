@@ -2,7 +2,7 @@
 //! keeps every invariant (the long batch is `callsign sim chaos --seeds 1000`, see
 //! docs/scenarios.md).
 
-use callsign_sim::chaos::{generate, run_seed};
+use callsign_sim::chaos::{generate, run_seed, ProbeTarget};
 use callsign_sim::Scenario;
 
 #[test]
@@ -19,6 +19,17 @@ fn generated_scenarios_are_valid_files_and_the_same_for_a_seed() {
             "seed {seed} generates one scenario"
         );
         assert!(plan.heal_s < scenario.measure_from_s.unwrap());
+        // Removed members stay gone (seed 194 once restarted one at the heal and whispered
+        // to it).
+        for probe in &plan.probes {
+            let whispered = match &probe.target {
+                ProbeTarget::Whisper(to) => Some(to),
+                ProbeTarget::Channel(_) => None,
+            };
+            for name in std::iter::once(&probe.talker).chain(whispered) {
+                assert!(!plan.removed.contains(name), "seed {seed}: probe with {name}");
+            }
+        }
         sizes.insert(scenario.nodes.iter().filter(|n| n.member).count());
     }
     assert!(sizes.contains(&3) && sizes.contains(&30), "{sizes:?}");

@@ -385,7 +385,11 @@ fn fault(b: &mut Builder, at: f64, heal_s: f64, base: &LinkModel) {
                     b.push(back, Action::Restart { node: node.clone() });
                     b.downs.push((node, at, back));
                 } else {
-                    b.gone.insert(node, (at, Gone::Crashed));
+                    // Faults are drawn in no time order: a removal drawn earlier but later in
+                    // time keeps the member gone for good (it must not be restarted at the heal
+                    // and then be picked for a probe).
+                    let gone = b.gone.entry(node).or_insert((at, Gone::Crashed));
+                    gone.0 = gone.0.min(at);
                 }
             }
         }
