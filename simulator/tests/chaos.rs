@@ -27,7 +27,10 @@ fn generated_scenarios_are_valid_files_and_the_same_for_a_seed() {
                 ProbeTarget::Channel(_) => None,
             };
             for name in std::iter::once(&probe.talker).chain(whispered) {
-                assert!(!plan.removed.contains(name), "seed {seed}: probe with {name}");
+                assert!(
+                    !plan.removed.contains(name),
+                    "seed {seed}: probe with {name}"
+                );
             }
         }
         sizes.insert(scenario.nodes.iter().filter(|n| n.member).count());

@@ -7,6 +7,7 @@
 //! at each end, so both go and the link never comes up. Crossing dials are told apart by time,
 //! and then both ends keep the connection the lower peer id dialed.
 
+use callsign_mesh::member::LinkKind;
 use libp2p::swarm::ConnectionId;
 use libp2p::PeerId;
 use std::time::{Duration, Instant};
@@ -48,6 +49,22 @@ impl HeldConnection {
     }
 }
 
+/// What a new connection of `kind` to a peer we hold a `held` link to is.
+///
+/// Nobody dials a peer it is linked to, except a hole punch over a relay circuit: a direct
+/// link dialed beside a circuit is one. A punch is a dial at both ends (the side that waits
+/// for the other's packets dials with the listener role), so a plain `inbound` connection
+/// beside a circuit is the peer dialing us anew: after a restart, most likely. Taken for a
+/// punch, a restarted peer's session was never started again (chaos seed 170); taken for a
+/// restart, a punch costs one session handshake.
+pub(crate) fn beside(held: Option<LinkKind>, kind: LinkKind, inbound: bool) -> LinkKind {
+    if kind == LinkKind::Direct && held == Some(LinkKind::Relayed) && !inbound {
+        LinkKind::HolePunched
+    } else {
+        kind
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +95,17 @@ mod tests {
             assert_eq!(at_a, at_b, "both ends keep one connection");
             assert_eq!(at_a, a.min(b), "the lower peer id's dial");
         }
+    }
+
+    #[test]
+    fn only_a_direct_dial_beside_a_circuit_is_a_hole_punch() {
+        use LinkKind::{Direct, HolePunched, Relayed};
+        assert_eq!(beside(Some(Relayed), Direct, false), HolePunched);
+        // The peer dialed us: it came back (a restart), so the session starts over.
+        assert_eq!(beside(Some(Relayed), Direct, true), Direct);
+        assert_eq!(beside(Some(Direct), Direct, false), Direct);
+        assert_eq!(beside(None, Direct, false), Direct);
+        assert_eq!(beside(Some(Relayed), Relayed, true), Relayed);
     }
 
     #[test]

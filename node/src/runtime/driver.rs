@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::connections::HeldConnection;
+use super::connections::{beside, HeldConnection};
 use tokio::sync::mpsc;
 
 /// Forwarding-latency buckets: powers of two microseconds, 1 µs to 32 ms and above.
@@ -274,13 +274,8 @@ impl Driver {
                 ..
             } => {
                 let held = self.member.link(&peer_id);
-                let mut kind = link_kind(&endpoint);
-                // Nobody dials a peer it is linked to, except dcutr over a relay circuit: a
-                // direct QUIC link arriving beside a circuit is its hole punch (whichever side's
-                // dial got through first).
-                if kind == LinkKind::Direct && held == Some(LinkKind::Relayed) {
-                    kind = LinkKind::HolePunched;
-                }
+                let inbound = matches!(endpoint, ConnectedPoint::Listener { .. });
+                let kind = beside(held, link_kind(&endpoint), inbound);
                 // A relayed link never replaces a direct one, and TCP never replaces QUIC
                 // (both sides may have dialed, on every address the other announced): voice
                 // wants datagrams and no relay in the path. Unless the peer dialed us well
