@@ -196,6 +196,46 @@ fn a_sender_restart_resets_the_sequence() {
     assert_eq!(buffer.stats().restarts, 1);
 }
 
+/// A sender that crashed and came back counts from the start again, but its clock runs on:
+/// its first frames must play, not be dropped as late (chaos seed 184 lost 21 of 126).
+#[test]
+fn a_restarted_sender_counting_from_below_plays_at_once() {
+    let mut buffer = JitterBuffer::new(config());
+    let t0 = Instant::now();
+    let first = on_time(0..21, 0, Duration::from_millis(5));
+    let played = run(&mut buffer, t0, 0, &first, 30);
+    assert_eq!(
+        played.iter().filter(|o| matches!(o, Out::Frame(_))).count(),
+        21
+    );
+    // 20 s later, the new run's frames 0.. with timestamps 20 s on.
+    let t1 = t0 + Duration::from_secs(20);
+    let ts = 20 * 48_000;
+    let p = payload(0);
+    assert_eq!(
+        buffer.push(frame(0, ts, false, &p), t1),
+        PushOutcome::Restarted
+    );
+    // The rest arrive on time; play 40 periods.
+    let mut frames = Vec::new();
+    let mut next = 1u16;
+    for k in 0..40u32 {
+        let now = t1 + FRAME * k + Duration::from_millis(10);
+        while next < 30 && t1 + FRAME * u32::from(next) + Duration::from_millis(5) <= now {
+            let p = payload(next);
+            let ts = ts + u32::from(next) * TS_STEP;
+            buffer.push(frame(next, ts, false, &p), now);
+            next += 1;
+        }
+        if let out @ Out::Frame(_) = pop(&mut buffer, now) {
+            frames.push(out);
+        }
+    }
+    let expected: Vec<Out> = (0..30).map(Out::Frame).collect();
+    assert_eq!(frames, expected);
+    assert_eq!(buffer.stats().late, 0);
+}
+
 #[test]
 fn sequence_numbers_wrap() {
     let mut buffer = JitterBuffer::new(config());

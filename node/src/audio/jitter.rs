@@ -8,8 +8,10 @@
 //! spurt is never cut; when the buffer runs dry mid-spurt the playout point is stretched (the
 //! decoder conceals) rather than skipping frames that may still arrive.
 //!
-//! Sequence numbers are 16-bit and wrap; a jump of more than [`MAX_SEQ_JUMP`] frames is taken as
-//! a sender restart (senders start at a random sequence number), which flushes the buffer.
+//! Sequence numbers are 16-bit and wrap. A sender restart flushes the buffer: a jump of more
+//! than [`MAX_SEQ_JUMP`] frames, or a sequence number that disagrees with the timestamp (lower
+//! but captured later, or higher but captured more than 10 s earlier), since a new run of the
+//! sender counts afresh.
 
 use super::codec::MAX_PACKET;
 use super::{FrameDuration, SAMPLE_RATE};
@@ -265,7 +267,16 @@ impl JitterBuffer {
         if let Some(highest) = self.highest {
             let moved = frame.timestamp.wrapping_sub(self.highest_timestamp) as i32;
             let backwards_in_time = moved < -(10 * SAMPLE_RATE as i32);
-            if (seq - highest).abs() > MAX_SEQ_JUMP || (seq > highest && backwards_in_time) {
+            // Sequence and time disagree: a frame no newer than the newest by its number but
+            // captured after it, or newer by number but from long before. Only a new run of
+            // the sender does that (its counter starts afresh, well below or above ours): seen
+            // after a crash and restart, whose first frames were all dropped as late.
+            let restarted = if seq > highest {
+                backwards_in_time
+            } else {
+                moved > 0 || backwards_in_time
+            };
+            if (seq - highest).abs() > MAX_SEQ_JUMP || restarted {
                 self.flush();
                 self.stats.restarts += 1;
                 outcome = PushOutcome::Restarted;
