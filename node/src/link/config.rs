@@ -1,6 +1,7 @@
 //! QUIC settings and the TLS glue: libp2p-tls certificates carry the PeerId, so each side of a
 //! handshake verifies the other's identity; dials pin the PeerId they expect.
 
+use super::seeded::{FixedTokenClock, Seed, SeededCids};
 use super::LinkError;
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
@@ -46,8 +47,9 @@ impl LinkConfig {
     pub(crate) fn endpoint(&self) -> quinn::EndpointConfig {
         let mut endpoint = quinn::EndpointConfig::default();
         endpoint.rng_seed(self.rng_seed);
-        if let Some(seed) = self.rng_seed {
+        if let Some(seed) = self.seed() {
             endpoint.cid_generator(move || Box::new(SeededCids::new(seed)));
+            endpoint.reset_key(seed.reset_key());
         }
         endpoint
     }
@@ -67,12 +69,28 @@ impl LinkConfig {
         Ok(Arc::new(transport))
     }
 
+    fn seed(&self) -> Option<Seed> {
+        self.rng_seed.map(Seed::new)
+    }
+
     pub(crate) fn server(&self, keypair: &Keypair) -> Result<quinn::ServerConfig, LinkError> {
-        let tls = libp2p_tls::make_server_config(keypair)
-            .map_err(|e| LinkError::Config(format!("tls certificate: {e}")))?;
-        let crypto = QuicServerConfig::try_from(tls)
-            .map_err(|e| LinkError::Config(format!("tls for quic: {e}")))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let tls = match self.seed() {
+            Some(seed) => seed.tls_server(keypair).map_err(|e| e.to_string()),
+            None => libp2p_tls::make_server_config(keypair).map_err(|e| e.to_string()),
+        }
+        .map_err(|e| LinkError::Config(format!("tls certificate: {e}")))?;
+        let crypto = Arc::new(
+            QuicServerConfig::try_from(tls)
+                .map_err(|e| LinkError::Config(format!("tls for quic: {e}")))?,
+        );
+        let mut server = match self.seed() {
+            Some(seed) => {
+                let mut server = quinn::ServerConfig::new(crypto, seed.token_key());
+                server.time_source(Arc::new(FixedTokenClock));
+                server
+            }
+            None => quinn::ServerConfig::with_crypto(crypto),
+        };
         server.transport_config(self.transport()?);
         // Peers roam (Wi-Fi to wired, NAT rebinding); migration keeps the link.
         server.migration(true);
@@ -82,12 +100,18 @@ impl LinkConfig {
     /// A client config that accepts any peer's libp2p certificate; the dialer compares the
     /// proven peer id with the one it dialed ([`remote_peer_id`]).
     pub(crate) fn client(&self, keypair: &Keypair) -> Result<quinn::ClientConfig, LinkError> {
-        let tls = libp2p_tls::make_client_config(keypair, None)
-            .map_err(|e| LinkError::Config(format!("tls certificate: {e}")))?;
+        let tls = match self.seed() {
+            Some(seed) => seed.tls_client(keypair).map_err(|e| e.to_string()),
+            None => libp2p_tls::make_client_config(keypair, None).map_err(|e| e.to_string()),
+        }
+        .map_err(|e| LinkError::Config(format!("tls certificate: {e}")))?;
         let crypto = QuicClientConfig::try_from(tls)
             .map_err(|e| LinkError::Config(format!("tls for quic: {e}")))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(self.transport()?);
+        if let Some(seed) = self.seed() {
+            client.initial_dst_cid_provider(seed.initial_cids());
+        }
         Ok(client)
     }
 }
@@ -106,43 +130,4 @@ pub(crate) fn remote_peer_id(connection: &quinn::Connection) -> Result<PeerId, L
     let certificate = libp2p_tls::certificate::parse(first)
         .map_err(|e| LinkError::Handshake(format!("bad libp2p certificate: {e}")))?;
     Ok(certificate.peer_id())
-}
-
-/// Connection ids drawn from the node's seed (simulation only, with
-/// [`LinkConfig::rng_seed`]). quinn's default draws them from the OS, and they decide more than
-/// names: a peer that closes a connection during its handshake sends an Initial under our id,
-/// and when we have already dropped that connection the packet looks like a new one, whose
-/// keys come from that id. Whether such a packet is dropped at once or starts (and fails) a
-/// connection attempt then varied from process to process, and with it libp2p's connection
-/// numbering, so a seed did not replay.
-struct SeededCids {
-    rng: rand::rngs::StdRng,
-}
-
-impl SeededCids {
-    const LEN: usize = 8;
-
-    fn new(mut seed: [u8; 32]) -> Self {
-        // Another stream than the endpoint RNG's, which draws from the same seed.
-        seed[31] ^= 0xc1;
-        Self {
-            rng: rand::SeedableRng::from_seed(seed),
-        }
-    }
-}
-
-impl quinn::ConnectionIdGenerator for SeededCids {
-    fn generate_cid(&mut self) -> quinn::ConnectionId {
-        let mut bytes = [0u8; Self::LEN];
-        rand::RngCore::fill_bytes(&mut self.rng, &mut bytes);
-        quinn::ConnectionId::new(&bytes)
-    }
-
-    fn cid_len(&self) -> usize {
-        Self::LEN
-    }
-
-    fn cid_lifetime(&self) -> Option<Duration> {
-        None
-    }
 }

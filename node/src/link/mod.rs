@@ -87,6 +87,7 @@ pub mod control;
 pub mod links;
 pub mod muxer;
 pub mod relay;
+mod seeded;
 pub mod socket;
 pub mod swarm;
 pub mod transport;

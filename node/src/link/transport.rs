@@ -46,13 +46,46 @@ fn probe_rng(seed: Option<[u8; 32]>, remote: SocketAddr, punch: u64) -> rand::rn
     rand::rngs::StdRng::from_seed(seed)
 }
 
-type Waiters = Arc<Mutex<BTreeMap<SocketAddr, oneshot::Sender<quinn::Incoming>>>>;
+type Waiters = Arc<Mutex<BTreeMap<SocketAddr, oneshot::Sender<quinn::Connecting>>>>;
 
 struct Listener {
     id: ListenerId,
     addrs: Vec<Multiaddr>,
     announced: bool,
     accept: Option<BoxFuture<'static, Option<quinn::Incoming>>>,
+}
+
+/// Our dials still in their handshake, by the peer they expect. A dial that a NAT held up
+/// (its Initials dropped until the peer's own dial opened the NAT to us) used to complete
+/// seconds after the peer's connection to us came up, and replaced that live link: both ends
+/// restarted their session, and the floor views it carried flapped (chaos seed 353). Once the
+/// peer's connection is up, the dial is abandoned instead. A dial that crossed the peer's at
+/// about the same moment has finished its handshake before the peer's connection finishes at
+/// our end (the dialing side completes first), so it is never abandoned; the Swarm's rule for
+/// crossing dials still settles those.
+#[derive(Clone, Default)]
+struct PendingDials(Arc<Mutex<BTreeMap<PeerId, Vec<oneshot::Sender<()>>>>>);
+
+impl PendingDials {
+    fn register(&self, peer: PeerId) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut dials = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = dials.entry(peer).or_default();
+        waiting.retain(|tx| !tx.is_closed());
+        waiting.push(tx);
+        rx
+    }
+
+    fn superseded(&self, peer: &PeerId) {
+        let waiting = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(peer);
+        for tx in waiting.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// See the module documentation.
@@ -65,6 +98,7 @@ pub struct QuicTransport {
     listener: Option<Listener>,
     closed: VecDeque<ListenerId>,
     hole_punch: Waiters,
+    dials: PendingDials,
     /// Hole punches started, which with [`LinkConfig::rng_seed`] seeds each one's probes.
     punches: u64,
     waker: Option<Waker>,
@@ -101,6 +135,7 @@ impl QuicTransport {
             listener: None,
             closed: VecDeque::new(),
             hole_punch: Arc::default(),
+            dials: PendingDials::default(),
             punches: 0,
             waker: None,
         })
@@ -148,9 +183,11 @@ impl QuicTransport {
             .collect()
     }
 
+    /// A connection the peer dialed, up to where the Swarm takes it.
     fn upgrade(
         connecting: quinn::Connecting,
         links: Links,
+        dials: PendingDials,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<QuicOutput, LinkError>> {
         async move {
@@ -159,6 +196,7 @@ impl QuicTransport {
                 .map_err(|_| LinkError::Handshake("handshake timed out".into()))?
                 .map_err(LinkError::Connection)?;
             let peer = remote_peer_id(&connection)?;
+            dials.superseded(&peer);
             links.register(peer, connection.clone());
             Ok((peer, QuicMuxer::new(connection)))
         }
@@ -250,6 +288,7 @@ impl Transport for QuicTransport {
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
         let links = self.links.clone();
+        let dials = self.dials.clone();
         let timeout = self.config.handshake_timeout;
 
         if opts.role == Endpoint::Listener {
@@ -290,11 +329,10 @@ impl Transport for QuicTransport {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&remote);
-                let incoming = outcome.ok().flatten().ok_or_else(|| {
+                let connecting = outcome.ok().flatten().ok_or_else(|| {
                     LinkError::Handshake(format!("hole punch to {remote} timed out"))
                 })?;
-                let connecting = incoming.accept().map_err(LinkError::Connection)?;
-                let (peer, muxer) = Self::upgrade(connecting, links, timeout).await?;
+                let (peer, muxer) = Self::upgrade(connecting, links, dials, timeout).await?;
                 if expected.is_some_and(|e| e != peer) {
                     return Err(LinkError::PeerMismatch {
                         expected: Box::new(expected.unwrap_or(peer)),
@@ -310,9 +348,22 @@ impl Transport for QuicTransport {
             .endpoint
             .connect_with(self.client.clone(), remote, "l")
             .map_err(|e| TransportError::Other(LinkError::Connect(e)))?;
+        let superseded = expected.map(|peer| self.dials.register(peer));
         Ok(async move {
-            let connection = tokio::time::timeout(timeout, connecting)
-                .await
+            let handshake = tokio::time::timeout(timeout, connecting);
+            let connection = match superseded {
+                Some(superseded) => tokio::select! {
+                    biased;
+                    Ok(()) = superseded => {
+                        return Err(LinkError::Handshake(format!(
+                            "dial to {remote} abandoned: the peer linked to us meanwhile"
+                        )));
+                    }
+                    connection = handshake => connection,
+                },
+                None => handshake.await,
+            };
+            let connection = connection
                 .map_err(|_| LinkError::Handshake(format!("handshake with {remote} timed out")))?
                 .map_err(LinkError::Connection)?;
             let peer = remote_peer_id(&connection)?;
@@ -368,23 +419,11 @@ impl Transport for QuicTransport {
                     });
                 };
                 let remote = incoming.remote_address();
-                let waiter = this
-                    .hole_punch
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&remote);
-                let incoming = match waiter {
-                    Some(tx) => match tx.send(incoming) {
-                        Ok(()) => continue,
-                        Err(incoming) => incoming,
-                    },
-                    None => incoming,
-                };
-                // Authenticated before the Swarm hears of it: a stray Initial (a peer's
+                // Authenticated before anyone hears of it: a stray Initial (a peer's
                 // retransmission to a connection we already dropped, under that connection's
-                // id) fails here, and the Swarm numbers no connection for it. Whether it fails
-                // here or at once depends on TLS randomness, so a simulated run replays only
-                // if the Swarm never sees it.
+                // id) fails here, so neither a waiting hole punch nor the Swarm takes it for a
+                // connection. Whether quinn drops such a packet at once or hands it over
+                // depends on TLS randomness, so a simulated run replays only if it ends here.
                 let connecting = match incoming.accept() {
                     Ok(connecting) => connecting,
                     Err(e) => {
@@ -392,11 +431,24 @@ impl Transport for QuicTransport {
                         continue;
                     }
                 };
+                let waiter = this
+                    .hole_punch
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&remote);
+                let connecting = match waiter {
+                    Some(tx) => match tx.send(connecting) {
+                        Ok(()) => continue,
+                        Err(connecting) => connecting,
+                    },
+                    None => connecting,
+                };
                 return Poll::Ready(TransportEvent::Incoming {
                     listener_id: listener.id,
                     upgrade: Self::upgrade(
                         connecting,
                         this.links.clone(),
+                        this.dials.clone(),
                         this.config.handshake_timeout,
                     ),
                     local_addr: this.socket_local_multiaddr(),

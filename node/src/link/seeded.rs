@@ -1,0 +1,456 @@
+//! A link whose every random byte comes from the node's seed, so a simulated run replays byte
+//! for byte (only with [`LinkConfig::rng_seed`](super::LinkConfig::rng_seed); a real network
+//! draws from the OS, through libp2p-tls and quinn's defaults).
+//!
+//! Why bytes and not only sizes: libp2p-tls signs its certificates with ECDSA, whose DER
+//! signatures are 70 to 72 bytes at random, and TLS key shares and QUIC ids are random. A
+//! peer's retransmission to a connection we already dropped arrives as an Initial under an id
+//! we no longer know; quinn removes its header protection with keys derived from that id, and
+//! whether the garbled bits pass its checks (and the packet reaches the listener, or is dropped
+//! at once) depends on every byte of it. Those outcomes differed from process to process, and
+//! at 25+ members they reshuffled traffic enough that a seed gave another trace.
+//!
+//! So in simulation: certificates are Ed25519 (deterministic signatures) with a key from the
+//! seed, carrying the same libp2p extension that [`libp2p_tls::certificate::parse`] checks;
+//! TLS randoms and X25519 key shares come from seeded streams; the TLS and QUIC token clocks
+//! are fixed; quinn's initial destination ids, stateless-reset key and token key come from the
+//! seed. Verification is the libp2p rule: exactly one self-signed certificate whose extension
+//! the peer's identity key signed, and the handshake signed by the certificate's key.
+
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use quinn::rustls::{
+    self,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::{
+        ring::cipher_suite, ActiveKeyExchange, CryptoProvider, GetRandomFailed, SecureRandom,
+        SharedSecret, SupportedKxGroup,
+    },
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
+    server::danger::{ClientCertVerified, ClientCertVerifier},
+    sign::{CertifiedKey, SingleCertAndKey},
+    CertificateError, DigitallySignedStruct, DistinguishedName, NamedGroup, SignatureScheme,
+};
+use rand::{rngs::StdRng, RngCore, SeedableRng};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// libp2p's certificate extension (libp2p TLS spec): the identity key and its signature over
+/// the certificate's key.
+const P2P_EXT_OID: [u64; 9] = [1, 3, 6, 1, 4, 1, 53594, 1, 1];
+const P2P_SIGNING_PREFIX: &[u8] = b"libp2p-tls-handshake:";
+const ALPN: &[u8] = b"libp2p";
+/// The clock TLS tickets and QUIC tokens see in simulation: fixed, so their contents never
+/// depend on the wall clock (and nothing expires within a run).
+const FIXED_TIME: Duration = Duration::from_secs(1_700_000_000);
+
+/// Named streams drawn from one node seed.
+#[derive(Clone, Copy)]
+pub(crate) struct Seed([u8; 32]);
+
+impl Seed {
+    pub(crate) fn new(seed: [u8; 32]) -> Self {
+        Self(seed)
+    }
+
+    /// Independent bytes per purpose: SHA-256 over the purpose and the seed.
+    pub(crate) fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(purpose.as_bytes());
+        context.update(&[0]);
+        context.update(&self.0);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(context.finish().as_ref());
+        out
+    }
+
+    pub(crate) fn rng(&self, purpose: &str) -> StdRng {
+        StdRng::from_seed(self.derive(purpose))
+    }
+
+    /// The TLS server side: the node's seeded certificate, client certificates required.
+    pub(crate) fn tls_server(
+        &self,
+        keypair: &Keypair,
+    ) -> Result<rustls::ServerConfig, rustls::Error> {
+        let provider = self.provider("tls-server");
+        let certified = self.certified_key(&provider, keypair, "tls-server-certificate")?;
+        let mut config = rustls::ServerConfig::builder_with_details(provider, Arc::new(FixedClock))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(PeerCertificate))
+            .with_cert_resolver(certified);
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    /// The TLS client side: any peer's libp2p certificate is accepted; the dialer compares the
+    /// proven peer id with the one it dialed.
+    pub(crate) fn tls_client(
+        &self,
+        keypair: &Keypair,
+    ) -> Result<rustls::ClientConfig, rustls::Error> {
+        let provider = self.provider("tls-client");
+        let certified = self.certified_key(&provider, keypair, "tls-client-certificate")?;
+        let mut config = rustls::ClientConfig::builder_with_details(provider, Arc::new(FixedClock))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PeerCertificate))
+            .with_client_cert_resolver(certified);
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    /// quinn's keys for stateless resets and address-validation tokens.
+    pub(crate) fn reset_key(&self) -> Arc<ring::hmac::Key> {
+        Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &self.derive("quic-reset-key"),
+        ))
+    }
+
+    pub(crate) fn token_key(&self) -> Arc<ring::hkdf::Prk> {
+        Arc::new(
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[])
+                .extract(&self.derive("quic-token-key")),
+        )
+    }
+
+    /// The destination id of each connection we dial (quinn draws it from the OS).
+    pub(crate) fn initial_cids(
+        &self,
+    ) -> Arc<dyn Fn() -> quinn::ConnectionId + Send + Sync + 'static> {
+        let rng = Mutex::new(self.rng("quic-initial-cid"));
+        Arc::new(move || {
+            let mut bytes = [0u8; 16];
+            rng.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .fill_bytes(&mut bytes);
+            quinn::ConnectionId::new(&bytes)
+        })
+    }
+
+    /// ring's provider with libp2p's TLS 1.3 suites, X25519 only, and seeded randomness. rustls
+    /// wants `'static` parts: each simulated node start leaks two small RNGs, which a real
+    /// node never does.
+    fn provider(&self, side: &str) -> Arc<CryptoProvider> {
+        let random: &'static SeededRandom = Box::leak(Box::new(SeededRandom(Mutex::new(
+            self.rng(&format!("{side}-random")),
+        ))));
+        let x25519: &'static SeededX25519 = Box::leak(Box::new(SeededX25519(Mutex::new(
+            self.rng(&format!("{side}-x25519")),
+        ))));
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = vec![
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ];
+        provider.kx_groups = vec![x25519];
+        provider.secure_random = random;
+        Arc::new(provider)
+    }
+
+    /// A self-signed Ed25519 certificate with the libp2p extension, its key from the seed.
+    /// Given to rustls as a resolver rather than a "single cert", which would have webpki
+    /// parse it and refuse the (critical) libp2p extension it does not know.
+    fn certified_key(
+        &self,
+        provider: &CryptoProvider,
+        identity: &Keypair,
+        purpose: &str,
+    ) -> Result<Arc<SingleCertAndKey>, rustls::Error> {
+        let general = |e: &dyn std::fmt::Display| rustls::Error::General(e.to_string());
+        // PKCS#8 v1 (RFC 8410) for an Ed25519 key: a fixed prefix, then the 32-byte seed.
+        let mut pkcs8 = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        pkcs8.extend_from_slice(&self.derive(purpose));
+        let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8);
+        let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
+            .map_err(|e| general(&e))?;
+
+        let mut message = P2P_SIGNING_PREFIX.to_vec();
+        message.extend_from_slice(&key.public_key_der());
+        let signature = identity.sign(&message).map_err(|e| general(&e))?;
+        let content = der_sequence(&[
+            &der_octet_string(&identity.public().encode_protobuf()),
+            &der_octet_string(&signature),
+        ]);
+        let mut extension = rcgen::CustomExtension::from_oid_content(&P2P_EXT_OID, content);
+        extension.set_criticality(true);
+
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.custom_extensions.push(extension);
+        let certificate = params.self_signed(&key).map_err(|e| general(&e))?;
+        let key = provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(pkcs8))?;
+        Ok(Arc::new(SingleCertAndKey::from(CertifiedKey::new(
+            vec![certificate.into()],
+            key,
+        ))))
+    }
+}
+
+fn der_length(length: usize, out: &mut Vec<u8>) {
+    if length < 0x80 {
+        out.push(length as u8);
+    } else {
+        let bytes = length.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+fn der_octet_string(content: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x04];
+    der_length(content.len(), &mut out);
+    out.extend_from_slice(content);
+    out
+}
+
+fn der_sequence(items: &[&[u8]]) -> Vec<u8> {
+    let length = items.iter().map(|i| i.len()).sum();
+    let mut out = vec![0x30];
+    der_length(length, &mut out);
+    for item in items {
+        out.extend_from_slice(item);
+    }
+    out
+}
+
+#[derive(Debug)]
+struct FixedClock;
+
+impl rustls::time_provider::TimeProvider for FixedClock {
+    fn current_time(&self) -> Option<UnixTime> {
+        Some(UnixTime::since_unix_epoch(FIXED_TIME))
+    }
+}
+
+/// quinn's clock for address-validation tokens, fixed like [`FixedClock`].
+pub(crate) struct FixedTokenClock;
+
+impl quinn::TimeSource for FixedTokenClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + FIXED_TIME
+    }
+}
+
+#[derive(Debug)]
+struct SeededRandom(Mutex<StdRng>);
+
+impl SecureRandom for SeededRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), GetRandomFailed> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fill_bytes(buf);
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SeededX25519(Mutex<StdRng>);
+
+impl SupportedKxGroup for SeededX25519 {
+    fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
+        let mut secret = [0u8; 32];
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fill_bytes(&mut secret);
+        let secret = x25519_dalek::StaticSecret::from(secret);
+        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        Ok(Box::new(X25519Share { secret, public }))
+    }
+
+    fn name(&self) -> NamedGroup {
+        NamedGroup::X25519
+    }
+}
+
+struct X25519Share {
+    secret: x25519_dalek::StaticSecret,
+    public: [u8; 32],
+}
+
+impl ActiveKeyExchange for X25519Share {
+    fn complete(self: Box<Self>, peer_pub_key: &[u8]) -> Result<SharedSecret, rustls::Error> {
+        let peer: [u8; 32] = peer_pub_key
+            .try_into()
+            .map_err(|_| rustls::PeerMisbehaved::InvalidKeyShare)?;
+        let shared = self
+            .secret
+            .diffie_hellman(&x25519_dalek::PublicKey::from(peer));
+        if !shared.was_contributory() {
+            return Err(rustls::PeerMisbehaved::InvalidKeyShare.into());
+        }
+        Ok(SharedSecret::from(&shared.as_bytes()[..]))
+    }
+
+    fn pub_key(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn group(&self) -> NamedGroup {
+        NamedGroup::X25519
+    }
+}
+
+/// The libp2p certificate rule, for both sides of a handshake.
+#[derive(Debug)]
+struct PeerCertificate;
+
+impl PeerCertificate {
+    fn verify(
+        end_entity: &CertificateDer,
+        intermediates: &[CertificateDer],
+    ) -> Result<PeerId, rustls::Error> {
+        if !intermediates.is_empty() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
+        }
+        Ok(libp2p_tls::certificate::parse(end_entity)?.peer_id())
+    }
+
+    fn verify_signature(
+        message: &[u8],
+        certificate: &CertificateDer,
+        signed: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        libp2p_tls::certificate::parse(certificate)?.verify_signature(
+            signed.scheme,
+            message,
+            signed.signature(),
+        )?;
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn schemes() -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+impl ServerCertVerifier for PeerCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer,
+        intermediates: &[CertificateDer],
+        _server_name: &ServerName,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Self::verify(end_entity, intermediates)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _certificate: &CertificateDer,
+        _signed: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer,
+        signed: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Self::verify_signature(message, certificate, signed)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        Self::schemes()
+    }
+}
+
+impl ClientCertVerifier for PeerCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer,
+        intermediates: &[CertificateDer],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Self::verify(end_entity, intermediates)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _certificate: &CertificateDer,
+        _signed: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer,
+        signed: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Self::verify_signature(message, certificate, signed)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        Self::schemes()
+    }
+}
+
+/// Connection ids drawn from the node's seed (simulation only, with
+/// [`LinkConfig::rng_seed`]). quinn's default draws them from the OS, and they decide more than
+/// names: a peer that closes a connection during its handshake sends an Initial under our id,
+/// and when we have already dropped that connection the packet looks like a new one, whose
+/// keys come from that id. Whether such a packet is dropped at once or starts (and fails) a
+/// connection attempt then varied from process to process, and with it libp2p's connection
+/// numbering, so a seed did not replay.
+pub(crate) struct SeededCids {
+    rng: StdRng,
+}
+
+impl SeededCids {
+    const LEN: usize = 8;
+
+    pub(crate) fn new(seed: Seed) -> Self {
+        Self {
+            rng: seed.rng("quic-connection-ids"),
+        }
+    }
+}
+
+impl quinn::ConnectionIdGenerator for SeededCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut bytes = [0u8; Self::LEN];
+        self.rng.fill_bytes(&mut bytes);
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        Self::LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
