@@ -127,6 +127,8 @@ impl Member {
             self.warn(format!("session start: {e}"));
         }
         self.peers.insert(peer, control);
+        // A member volunteering as relay forgot our subscription with the link, like a relay.
+        self.subscribed.remove(&identity);
         self.reachability_link_up(peer, now);
         self.sync.handle_link_up(peer, now);
         self.floor.peer_up(identity);

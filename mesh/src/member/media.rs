@@ -122,8 +122,10 @@ impl Member {
                     let mesh: Vec<ChannelId> = channels
                         .iter()
                         .filter(|c| {
-                            record.is_some_and(|r| r.body.listening.binary_search(c).is_ok())
-                                && self.goes_direct(**c, now)
+                            record.is_some_and(|r| {
+                                r.body.listening.binary_search(c).is_ok()
+                                    && self.goes_direct(**c, r, now)
+                            })
                         })
                         .copied()
                         .collect();

@@ -126,10 +126,14 @@ impl Member {
         let remote = held
             .and_then(|l| l.remote)
             .map(|r| super::reach::quic_multiaddr(r).to_vec());
+        // A peer that still says it is linked to us has not moved: it stopped announcing that
+        // address (say its NAT turned out to filter strangers), and a fresh dial would only
+        // replace a live link and restart the session (chaos seed 353: links to three NATed
+        // members were re-dialed every presence round, and the floor views flapped).
         let moved = remote.is_some_and(|r| {
             previous_addrs.as_ref().is_some_and(|p| p.contains(&r))
                 && !record.body.addrs.contains(&r)
-        });
+        }) && !record.linked_to(&self.local_peer);
         if moved && !direct.is_empty() {
             self.outputs.push_back(Output::Dial {
                 peer: Some(subject_peer),
@@ -162,10 +166,15 @@ impl Member {
             } else {
                 // The lower peer id dials; if its NAT-blocked dial has not linked us by then
                 // (say it restarted on a new port our NAT has never sent to), we dial back,
-                // which opens our NAT to it.
-                self.dial_backs
-                    .entry(subject_peer)
-                    .or_insert((now + DIAL_BACK_AFTER, candidates));
+                // which opens our NAT to it. To where it says it is now: a member that just
+                // started announces its confirmed address a moment after its first record,
+                // and a dial back to the first one's addresses went nowhere, leaving the pair
+                // apart until the next presence round (chaos seed 363: 10 s).
+                let at = self
+                    .dial_backs
+                    .get(&subject_peer)
+                    .map_or(now + DIAL_BACK_AFTER, |(at, _)| *at);
+                self.dial_backs.insert(subject_peer, (at, candidates));
             }
         }
     }

@@ -12,6 +12,7 @@ use super::{Event, Member, Output, Role};
 use crate::charter::{ChannelId, Permissions};
 use crate::control::ControlMessage;
 use crate::forward::{envelope, Subscription, SubscriptionBody};
+use crate::presence::PresenceRecord;
 use crate::routing::RoutingView;
 use crate::topology::Route;
 use crate::voice::VoiceHeader;
@@ -116,7 +117,7 @@ impl Member {
     /// Tells each relay the channels we listen to through it, when that changed: the channels
     /// routed through it, and the mesh channels on which a speaker reaches us only through a
     /// circuit on it (its voice then comes forwarded, as datagrams).
-    fn update_subscriptions(&mut self) {
+    pub(super) fn update_subscriptions(&mut self) {
         let mut desired: BTreeMap<IdentityKey, Vec<ChannelId>> = BTreeMap::new();
         let state = self.sync.charter().state();
         for channel in &self.listening {
@@ -191,10 +192,42 @@ impl Member {
         true
     }
 
-    /// Whether `channel` goes direct to its listeners (the mesh, or just moved to a relay).
-    pub(super) fn goes_direct(&self, channel: ChannelId, now: Instant) -> bool {
-        !matches!(self.routes.get(&channel), Some(Route::Relay(_)))
-            || self.route_switched.get(&channel).is_some_and(|t| *t > now)
+    /// Whether `channel` goes direct to this listener: the channel is on the mesh or just moved
+    /// to a relay, or the listener gets nothing from our relay because it routes the channel
+    /// otherwise. Routes are planned by each member from what it has heard; a member that
+    /// missed a presence record, or lost its link to the relay, may plan the mesh (or another
+    /// relay) while we send to one, and without this it would hear nothing until the views
+    /// agree again (chaos seed 259: a member stayed on the mesh for 20 s and heard no frame).
+    pub(super) fn goes_direct(
+        &self,
+        channel: ChannelId,
+        listener: &PresenceRecord,
+        now: Instant,
+    ) -> bool {
+        let Some(Route::Relay(ours)) = self.routes.get(&channel) else {
+            return true;
+        };
+        if self.route_switched.get(&channel).is_some_and(|t| *t > now) {
+            return true;
+        }
+        let theirs = listener
+            .body
+            .routes
+            .binary_search_by_key(&channel, |(c, _)| *c)
+            .ok()
+            .map(|i| listener.body.routes[i].1);
+        let cascade = |k: &IdentityKey| {
+            self.sync
+                .charter()
+                .state()
+                .channels
+                .get(&channel)
+                .is_some_and(|info| info.policy.preferred_relays.contains(k))
+        };
+        match theirs {
+            Some(theirs) => theirs != *ours && !(cascade(&theirs) && cascade(ours)),
+            None => true,
+        }
     }
 
     /// The forwarding relay behind our circuit to `peer`, if we hold a control link to it and

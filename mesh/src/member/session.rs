@@ -72,6 +72,13 @@ impl Member {
             self.schedule.session_restarted(&identity);
             self.keys_dirty = true;
             self.emit(Event::SessionUp { peer: identity });
+            // A peer that starts the session again also dropped our control state, and as a
+            // relay our subscription with it, even when our link never went down (chaos seed
+            // 259: a volunteer relay restarted control after a partition and forwarded nothing
+            // to a member that still counted itself subscribed). Subscribe again.
+            if self.subscribed.remove(&identity).is_some() {
+                self.update_subscriptions();
+            }
             // Our presence may have reached the peer while it did not count us as a member
             // yet; once the session is up it surely does.
             if let Some(record) = self.own_presence(now) {
