@@ -51,6 +51,22 @@ fn a_small_batch_keeps_every_invariant() {
     }
 }
 
+/// Seeds of the long batch that found bugs, each small enough to run here: 259 (a member
+/// relay restarted its session with a member and forgot its subscription), 363 (a dial back
+/// to a restarted member went to the addresses of its first presence record) and 353 (a
+/// NAT-held dial completed late and replaced live links, flapping the floor).
+#[test]
+fn seeds_that_found_bugs_keep_every_invariant() {
+    for seed in [259, 363, 353] {
+        let run = run_seed(seed);
+        assert!(
+            run.violations.is_empty(),
+            "seed {seed} (replay: callsign sim chaos --seed {seed}): {:#?}",
+            run.violations
+        );
+    }
+}
+
 #[test]
 fn the_delivery_bar_follows_the_base_links_own_loss() {
     use callsign_sim::chaos::{min_delivery, MIN_DELIVERY};

@@ -454,3 +454,56 @@ impl quinn::ConnectionIdGenerator for SeededCids {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate_of(seed: Seed, identity: &Keypair) -> CertificateDer<'static> {
+        let provider = seed.provider("test");
+        let certified = seed
+            .certified_key(&provider, identity, "test-certificate")
+            .expect("certificate");
+        let resolver: &dyn rustls::client::ResolvesClientCert = certified.as_ref();
+        resolver
+            .resolve(&[], &[SignatureScheme::ED25519])
+            .expect("a certificate")
+            .cert[0]
+            .clone()
+    }
+
+    #[test]
+    fn a_seeded_certificate_proves_the_identity_and_is_the_same_for_a_seed() {
+        let identity = Keypair::generate_ed25519();
+        let seed = Seed::new([7; 32]);
+        let first = certificate_of(seed, &identity);
+        let parsed = libp2p_tls::certificate::parse(&first).expect("a libp2p certificate");
+        assert_eq!(parsed.peer_id(), identity.public().to_peer_id());
+        assert_eq!(
+            first,
+            certificate_of(seed, &identity),
+            "same seed, same bytes"
+        );
+        assert_ne!(first, certificate_of(Seed::new([8; 32]), &identity));
+    }
+
+    #[test]
+    fn a_tampered_certificate_is_refused() {
+        let seed = Seed::new([7; 32]);
+        let identity = Keypair::generate_ed25519();
+        let mut bytes = certificate_of(seed, &identity).to_vec();
+        // One byte of the identity's signature in the libp2p extension, which ends the signed
+        // part, just before the certificate's algorithm (7 bytes) and signature (67).
+        let at = bytes.len() - 74 - 10;
+        bytes[at] ^= 0x01;
+        let forged = CertificateDer::from(bytes);
+        assert!(PeerCertificate::verify(&forged, &[]).is_err());
+    }
+
+    #[test]
+    fn seeded_streams_differ_by_purpose() {
+        let seed = Seed::new([1; 32]);
+        assert_ne!(seed.derive("a"), seed.derive("b"));
+        assert_eq!(seed.derive("a"), Seed::new([1; 32]).derive("a"));
+    }
+}
