@@ -208,15 +208,31 @@ impl Member {
             .map(|(p, _)| *p)
             .collect();
         for peer in due {
-            let Some((_, addrs)) = self.dial_backs.remove(&peer) else {
+            let Some((_, mut addrs)) = self.dial_backs.remove(&peer) else {
                 continue;
             };
-            if !self.links.contains_key(&peer) {
-                self.outputs.push_back(Output::Dial {
+            match self.links.get(&peer).map(|l| l.kind) {
+                None => self.outputs.push_back(Output::Dial {
                     peer: Some(peer),
                     addrs,
                     condition: DialCondition::Disconnected,
-                });
+                }),
+                // The peer's dial reached us only through a circuit (our NAT dropped its
+                // direct one): our direct dial may get through where its did not (its NAT
+                // lets in whom it has not sent to, ours does not), and a direct link beside
+                // the circuit replaces it. Left on the circuit, the pair fell apart when the
+                // relay crashed (chaos seed 91: two members out of touch for 8 s).
+                Some(LinkKind::Relayed) => {
+                    addrs.retain(|a| !is_circuit(a));
+                    if !addrs.is_empty() {
+                        self.outputs.push_back(Output::Dial {
+                            peer: Some(peer),
+                            addrs,
+                            condition: DialCondition::Always,
+                        });
+                    }
+                }
+                Some(_) => {}
             }
         }
     }
