@@ -128,8 +128,7 @@ impl Member {
             .map(|r| super::reach::quic_multiaddr(r).to_vec());
         // A peer that still says it is linked to us has not moved: it stopped announcing that
         // address (say its NAT turned out to filter strangers), and a fresh dial would only
-        // replace a live link and restart the session (chaos seed 353: links to three NATed
-        // members were re-dialed every presence round, and the floor views flapped).
+        // replace a live link and restart the session.
         let moved = remote.is_some_and(|r| {
             previous_addrs.as_ref().is_some_and(|p| p.contains(&r))
                 && !record.body.addrs.contains(&r)

@@ -197,7 +197,8 @@ impl Member {
     /// otherwise. Routes are planned by each member from what it has heard; a member that
     /// missed a presence record, or lost its link to the relay, may plan the mesh (or another
     /// relay) while we send to one, and without this it would hear nothing until the views
-    /// agree again (chaos seed 259: a member stayed on the mesh for 20 s and heard no frame).
+    /// agree again. A split costs the sender a few direct copies, never the listener its
+    /// audio.
     pub(super) fn goes_direct(
         &self,
         channel: ChannelId,
