@@ -95,9 +95,9 @@ pub struct IdentityKey([u8; 32]);
 impl IdentityKey {
     /// Parses a compressed ed25519 public key.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SignatureError> {
-        let key =
-            ed25519::PublicKey::try_from_bytes(bytes).map_err(|_| SignatureError::BadPublicKey)?;
-        Ok(Self(key.to_bytes()))
+        let bytes = <[u8; 32]>::try_from(bytes).map_err(|_| SignatureError::BadPublicKey)?;
+        crate::verified::decompress(&bytes).ok_or(SignatureError::BadPublicKey)?;
+        Ok(Self(bytes))
     }
 
     /// The compressed key bytes.
@@ -107,7 +107,7 @@ impl IdentityKey {
 
     fn to_ed25519(self) -> ed25519::PublicKey {
         // Validated on construction, so this cannot fail.
-        ed25519::PublicKey::try_from_bytes(&self.0).expect("IdentityKey holds a valid point")
+        crate::verified::decompress(&self.0).expect("IdentityKey holds a valid point")
     }
 
     /// The libp2p peer id of this key.
@@ -137,10 +137,7 @@ impl IdentityKey {
         message: &[u8],
         signature: &Signature,
     ) -> Result<(), SignatureError> {
-        if self
-            .to_ed25519()
-            .verify(&context.framed(message), &signature.0)
-        {
+        if crate::verified::verify(&self.0, &context.framed(message), &signature.0) {
             Ok(())
         } else {
             Err(SignatureError::Invalid { context })

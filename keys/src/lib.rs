@@ -31,6 +31,7 @@ mod key_file;
 mod node_keys;
 mod noise;
 mod ticket;
+mod verified;
 
 pub use context::SigningContext;
 pub use identity::{Identity, IdentityKey, Signature, SignatureError};

@@ -39,7 +39,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
     let mut sim = turmoil::Builder::new()
         .min_message_latency(Duration::ZERO)
         .max_message_latency(Duration::ZERO)
-        .tick_duration(Duration::from_millis(2))
+        .tick_duration(Duration::from_millis(4))
         .simulation_duration(duration + Duration::from_secs(30))
         .rng_seed(seed)
         .build();

@@ -26,13 +26,17 @@ use quinn::rustls::{
         ring::cipher_suite, ActiveKeyExchange, CryptoProvider, GetRandomFailed, SecureRandom,
         SharedSecret, SupportedKxGroup,
     },
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
+    pki_types::{
+        CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer,
+        UnixTime,
+    },
     server::danger::{ClientCertVerified, ClientCertVerifier},
     sign::{CertifiedKey, SingleCertAndKey},
     CertificateError, DigitallySignedStruct, DistinguishedName, NamedGroup, SignatureScheme,
 };
 use rand::{rngs::StdRng, RngCore, SeedableRng};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// libp2p's certificate extension (libp2p TLS spec): the identity key and its signature over
@@ -305,6 +309,16 @@ impl ActiveKeyExchange for X25519Share {
 #[derive(Debug)]
 struct PeerCertificate;
 
+/// Certificates that passed the libp2p rule, by their exact DER bytes, process-wide.
+///
+/// Why: checking the rule costs an Ed25519 verification (the identity key's signature over the
+/// certificate key), rustls asks twice per handshake side, and a simulated operation makes
+/// hundreds of handshakes among a few dozen seeded certificates: these checks were a few
+/// percent of its CPU. The result depends only on the bytes, which a hit compares in full.
+/// Bounded; starts over when full.
+static VERIFIED: LazyLock<Mutex<HashMap<Vec<u8>, PeerId>>> = LazyLock::new(Default::default);
+const VERIFIED_MAX: usize = 1024;
+
 impl PeerCertificate {
     fn verify(
         end_entity: &CertificateDer,
@@ -315,20 +329,39 @@ impl PeerCertificate {
                 CertificateError::BadEncoding,
             ));
         }
-        Ok(libp2p_tls::certificate::parse(end_entity)?.peer_id())
+        let der: &[u8] = end_entity.as_ref();
+        let remembered = |v: &HashMap<Vec<u8>, PeerId>| v.get(der).copied();
+        if let Some(peer) = remembered(&VERIFIED.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(peer);
+        }
+        let peer = libp2p_tls::certificate::parse(end_entity)?.peer_id();
+        let mut verified = VERIFIED.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(der.to_vec(), peer);
+        Ok(peer)
     }
 
+    /// The handshake signature, by the key of a certificate that passes the libp2p rule
+    /// (checked again here: rustls does not promise to call the certificate check first).
     fn verify_signature(
         message: &[u8],
         certificate: &CertificateDer,
         signed: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        libp2p_tls::certificate::parse(certificate)?.verify_signature(
-            signed.scheme,
+        Self::verify(certificate, &[])?;
+        // webpki would refuse the certificate itself (the libp2p extension is critical and
+        // unknown to it), so it gets only the key.
+        let (_, parsed) = x509_parser::parse_x509_certificate(certificate)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let key = SubjectPublicKeyInfoDer::from(parsed.tbs_certificate.subject_pki.raw);
+        rustls::crypto::verify_tls13_signature_with_raw_key(
             message,
-            signed.signature(),
-        )?;
-        Ok(HandshakeSignatureValid::assertion())
+            &key,
+            signed,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
     }
 
     fn schemes() -> Vec<SignatureScheme> {
@@ -491,13 +524,49 @@ mod tests {
     fn a_tampered_certificate_is_refused() {
         let seed = Seed::new([7; 32]);
         let identity = Keypair::generate_ed25519();
-        let mut bytes = certificate_of(seed, &identity).to_vec();
+        let genuine = certificate_of(seed, &identity);
+        // Verified once, so remembered: the forgery must not ride on that.
+        let peer = PeerCertificate::verify(&genuine, &[]).expect("genuine");
+        assert_eq!(peer, identity.public().to_peer_id());
+        let mut bytes = genuine.to_vec();
         // One byte of the identity's signature in the libp2p extension, which ends the signed
         // part, just before the certificate's algorithm (7 bytes) and signature (67).
         let at = bytes.len() - 74 - 10;
         bytes[at] ^= 0x01;
         let forged = CertificateDer::from(bytes);
         assert!(PeerCertificate::verify(&forged, &[]).is_err());
+    }
+
+    #[test]
+    fn the_handshake_must_be_signed_by_the_certificates_key() {
+        let seed = Seed::new([9; 32]);
+        let identity = Keypair::generate_ed25519();
+        let provider = seed.provider("test");
+        let certified = seed
+            .certified_key(&provider, &identity, "test-certificate")
+            .expect("certificate");
+        let resolver: &dyn rustls::client::ResolvesClientCert = certified.as_ref();
+        let key = resolver
+            .resolve(&[], &[SignatureScheme::ED25519])
+            .expect("a certificate");
+        let signer = key
+            .key
+            .choose_scheme(&[SignatureScheme::ED25519])
+            .expect("ed25519");
+        let signature = signer.sign(b"transcript").expect("signed");
+        // rustls builds these only by parsing: scheme, then a u16-length-prefixed signature.
+        let mut wire = vec![0x08, 0x07];
+        wire.extend_from_slice(&(signature.len() as u16).to_be_bytes());
+        wire.extend_from_slice(&signature);
+        let signed = <DigitallySignedStruct as rustls::internal::msgs::codec::Codec>::read(
+            &mut rustls::internal::msgs::codec::Reader::init(&wire),
+        )
+        .expect("a signed struct");
+        let certificate = &key.cert[0];
+        PeerCertificate::verify_signature(b"transcript", certificate, &signed).unwrap();
+        assert!(PeerCertificate::verify_signature(b"transcripT", certificate, &signed).is_err());
+        let other = certificate_of(Seed::new([10; 32]), &identity);
+        assert!(PeerCertificate::verify_signature(b"transcript", &other, &signed).is_err());
     }
 
     #[test]

@@ -77,12 +77,19 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         self.addresses_changed(now());
         self.drain(now());
+        // One timer, moved when the member's deadline moves: registering a fresh one for every
+        // event was a visible share of a large simulation's CPU.
+        let timeout = tokio::time::sleep_until(self.member.poll_timeout().into());
+        tokio::pin!(timeout);
         loop {
             if self.member.is_removed() {
                 // An admin removed us: the node stops, as after a shutdown.
                 break;
             }
-            let deadline = self.member.poll_timeout();
+            let deadline = tokio::time::Instant::from_std(self.member.poll_timeout());
+            if timeout.deadline() != deadline {
+                timeout.as_mut().reset(deadline);
+            }
             // `biased`: a fixed order of inputs, so a simulated run replays exactly (tokio's
             // default picks among ready branches at random).
             tokio::select! {
@@ -109,7 +116,7 @@ impl Driver {
                 Some(nonce) = self.probes.recv() => {
                     self.member.handle_input(now(), Input::ProbeArrived(nonce));
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                _ = &mut timeout => {
                     let rtts = self
                         .member
                         .links()
