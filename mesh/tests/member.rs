@@ -154,6 +154,48 @@ fn a_restarted_peer_gets_a_new_session_and_old_keys_are_dropped() {
     );
 }
 
+/// Chaos seed 454: a direct dial replaced a circuit. The dialer saw the two connections
+/// overlap and kept its session (a punched path carries on); the other side saw the circuit
+/// close before the direct link came up, and started afresh. As a fresh responder it must ask
+/// the initiator to start again, or it never holds a session, never grants its keys, and the
+/// other side hears nothing from it.
+#[test]
+fn a_link_that_looked_new_to_one_side_only_gets_a_new_session() {
+    let org = org(2, false, 6);
+    let mut net = Net::new(&org, 0);
+    net.link(0, 1);
+    net.run_for(secs(1));
+    let (initiator, responder) = if net.peers[0] < net.peers[1] {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let up = |peer, kind, addr| LinkUp {
+        peer,
+        kind,
+        remote: Some(addr),
+        circuit: None,
+        dialed: None,
+        restarted: false,
+        rtt: None,
+    };
+    let kept = up(
+        net.peers[responder],
+        LinkKind::HolePunched,
+        Net::addr(responder),
+    );
+    net.input(initiator, Input::LinkUp(kept));
+    net.input(responder, Input::LinkDown(net.peers[initiator]));
+    let fresh = up(net.peers[initiator], LinkKind::Direct, Net::addr(initiator));
+    net.input(responder, Input::LinkUp(fresh));
+    net.run_for(secs(2));
+    net.talk(responder, org.channel, 10);
+    net.talk(initiator, org.channel, 10);
+    net.run_for(secs(1));
+    assert_eq!(net.heard(initiator, responder), 10, "the fresh side's keys");
+    assert_eq!(net.heard(responder, initiator), 10);
+}
+
 #[test]
 fn a_busy_channel_moves_to_the_rented_relay_which_forwards_what_it_cannot_open() {
     // Four members and a relay; the channel goes to the relay above 2 listeners.

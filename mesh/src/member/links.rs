@@ -110,6 +110,13 @@ impl Member {
                 control.queue(ControlMessage::Presence(record.encode()));
             }
         }
+        // A link back to a member we had control with is a restart for the pair session even
+        // when, to us, the old link went down before the new one came up. The other side may
+        // have seen the two overlap (its direct dial replacing a circuit, which keeps its
+        // session): as initiator it would never start again, and we, a fresh responder, would
+        // wait for it forever, holding no session and so granting it no keys (chaos seed 454:
+        // a member heard nothing after the direct link replaced the circuit).
+        let restarted = restarted || !self.controlled_before.insert(peer);
         // The lower peer id starts the E2EE session, so two crossing starts cannot happen.
         let (pairing, step) = if self.local_peer < peer {
             let first = self.next_pairing;
@@ -234,10 +241,14 @@ impl Member {
                     .and_then(|c| c.pairing.as_mut())
                     .and_then(|p| p.session())
                 else {
+                    tracing::debug!(%peer, "key grant before our session is up: dropped");
                     return;
                 };
                 match session.accept_grant(&body) {
-                    Ok(grant) => self.receiver.add_grant(&grant),
+                    Ok(grant) => {
+                        tracing::debug!(%peer, "key grant accepted");
+                        self.receiver.add_grant(&grant)
+                    }
                     Err(e) => self.emit(Event::Warning(format!("grant from {peer}: {e}"))),
                 }
             }

@@ -127,6 +127,9 @@ pub struct Member {
     keys_dirty: bool,
     /// Control state of each peer we hold a control link to.
     peers: BTreeMap<PeerId, PeerControl<u64>>,
+    /// Members we held control with at some point in this run: a link that comes back to one
+    /// of them is a restart for the pair session, however it looked to us (see `peer_up`).
+    controlled_before: BTreeSet<PeerId>,
     next_request: u64,
     links: BTreeMap<PeerId, Link>,
     members: BTreeMap<PeerId, IdentityKey>,
@@ -216,6 +219,7 @@ impl Member {
             schedule: KeySchedule::new(local, config.keys_schedule, config.seed ^ 0x6b65_7973),
             keys_dirty: true,
             peers: BTreeMap::new(),
+            controlled_before: BTreeSet::new(),
             next_request: 0,
             links: BTreeMap::new(),
             members: BTreeMap::new(),

@@ -65,6 +65,7 @@ impl Member {
             self.emit(Event::Warning(format!("session with {peer}: {e}")));
         }
         if step.established {
+            tracing::debug!(%peer, "pair session up");
             // A new session means the peer (re)started: whatever keys it granted before are
             // void, and it re-grants its current ones on this session. (A restarted sender
             // reuses key ids, which a held key would shadow.)

@@ -157,13 +157,18 @@ impl Member {
         while let Some(grant) = self.schedule.poll_grant() {
             let peer = grant.peer.peer_id();
             let Some(control) = self.peers.get_mut(&peer) else {
+                tracing::debug!(%peer, "key grant unsent: no control link");
                 continue;
             };
             let Some(session) = control.pairing.as_mut().and_then(|p| p.session()) else {
+                tracing::debug!(%peer, "key grant unsent: no session");
                 continue;
             };
             match session.grant(&self.keys, &grant.key, grant.channels) {
-                Ok(sealed) => control.queue(ControlMessage::Grant(sealed)),
+                Ok(sealed) => {
+                    tracing::debug!(%peer, "key grant sent");
+                    control.queue(ControlMessage::Grant(sealed))
+                }
                 Err(e) => tracing::warn!(%peer, %e, "sealing a grant failed"),
             }
         }
