@@ -2,6 +2,7 @@
 //! handshake verifies the other's identity; dials pin the PeerId they expect.
 
 use super::seeded::{FixedTokenClock, Seed, SeededCids};
+use super::window::VoiceWindowConfig;
 use super::LinkError;
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
@@ -28,6 +29,9 @@ pub struct LinkConfig {
     /// a simulated run replays exactly. `None` (the default, and the only safe choice on a
     /// real network) draws from the OS.
     pub rng_seed: Option<[u8; 32]>,
+    /// Bytes per second the congestion window always allows, however lossy the path
+    /// (`link::window`): enough for about twenty voice streams.
+    pub min_send_rate: u64,
 }
 
 impl Default for LinkConfig {
@@ -39,6 +43,7 @@ impl Default for LinkConfig {
             datagram_receive_buffer: 256 * 1024,
             datagram_queue: 4096,
             rng_seed: None,
+            min_send_rate: 125_000,
         }
     }
 }
@@ -66,6 +71,8 @@ impl LinkConfig {
                 .map_err(|_| LinkError::Config("idle timeout too large".into()))?,
         ));
         transport.allow_spin(false);
+        transport
+            .congestion_controller_factory(Arc::new(VoiceWindowConfig::new(self.min_send_rate)));
         Ok(Arc::new(transport))
     }
 

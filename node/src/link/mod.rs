@@ -3,6 +3,7 @@
 //! - [`socket`]: the UDP socket under quinn, real (tokio) or simulated (turmoil), with counters.
 //! - [`transport`]: [`QuicTransport`], a libp2p `Transport` on one quinn endpoint.
 //! - [`muxer`]: a QUIC connection as a libp2p `StreamMuxer`.
+//! - `window`: `VoiceWindow`, congestion control with a floor under it for voice.
 //! - [`links`]: the [`Links`] registry: per-peer datagrams, datagram ping, link events.
 //! - [`relay`]: [`relay::MemberRelay`], the relay v2 server a reachable member runs for the org.
 //! - [`control`]: the control protocol's stream codec (ordered, acknowledged messages).
@@ -91,6 +92,7 @@ mod seeded;
 pub mod socket;
 pub mod swarm;
 pub mod transport;
+mod window;
 
 pub use config::LinkConfig;
 pub use links::{DatagramReceiver, IncomingDatagram, LinkCounts, LinkEvent, Links};
