@@ -239,6 +239,42 @@ fn a_rented_relay_arbitrates_and_holds_no_audio_key() {
     assert!(report.floor.drops <= 2 * 5 * 3, "{}", report.floor.drops);
 }
 
+/// Found by `sim chaos` (seed 490): on long lossy paths, loss-based congestion control shrank
+/// each relay link below the voice it carries, and the relay's floor rulings waited behind
+/// queued datagrams for seconds while members followed a stale holder. Here every member
+/// follows each ruling within a second of the press, and the busy open channel still plays.
+#[test]
+fn over_long_lossy_paths_every_member_follows_the_relays_rulings() {
+    let report = run(&scenario("floor-relay-lossy"), None).unwrap();
+    print_floor(&report);
+    let members = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    ];
+    let mut all = members.to_vec();
+    all.push("relay");
+    // A press reaches the relay in 175 ms and its ruling comes back in as much; a lost packet
+    // costs one retransmission, and the relay repeats its ruling every half second.
+    for (talker, pressed) in [
+        ("alpha", 3_000),
+        ("bravo", 5_000),
+        ("charlie", 7_000),
+        ("delta", 9_000),
+        ("alpha", 11_000),
+    ] {
+        one_talker(&report, &all, talker, pressed + 1_000);
+    }
+    assert!(report.floor.presses.iter().all(|p| p.grant_ms.is_some()));
+    // Nothing a holder sent in its turn was dropped as out of turn.
+    assert!(report.floor.drops <= 8, "{}", report.floor.drops);
+    // 12 s of ops from each talker, through the same relay links, at 6 % loss per hop.
+    for talker in ["echo", "foxtrot"] {
+        for listener in members.iter().filter(|m| **m != talker) {
+            let s = report.stream(talker, listener, "ops").expect("ops heard");
+            assert!(s.frames_played >= 540, "{talker} -> {listener}: {s:?}");
+        }
+    }
+}
+
 /// Found by `sim chaos` (seed 1): a charter edit (here a new channel) made members drop the
 /// rented relay from the floor's participants while still waiting for its rulings, so no
 /// press was granted again. The presses of `floor-relay` after an early edit are granted.
