@@ -134,6 +134,7 @@ impl Member {
                 && !record.body.addrs.contains(&r)
         }) && !record.linked_to(&self.local_peer);
         if moved && !direct.is_empty() {
+            tracing::debug!(peer = %subject_peer, "peer moved: dialing where it is now");
             self.outputs.push_back(Output::Dial {
                 peer: Some(subject_peer),
                 addrs: direct.clone(),
@@ -142,6 +143,7 @@ impl Member {
             return;
         }
         if link == Some(LinkKind::Relayed) && addrs_changed && !direct.is_empty() {
+            tracing::debug!(peer = %subject_peer, "circuit-only peer announces a direct address: dialing it");
             self.outputs.push_back(Output::Dial {
                 peer: Some(subject_peer),
                 addrs: direct.clone(),

@@ -62,7 +62,10 @@ struct Listener {
 /// peer's connection is up, the dial is abandoned instead. A dial that crossed the peer's at
 /// about the same moment has finished its handshake before the peer's connection finishes at
 /// our end (the dialing side completes first), so it is never abandoned; the Swarm's rule for
-/// crossing dials still settles those.
+/// crossing dials still settles those. Our own dial that gets through abandons our other dials
+/// to the peer the same way: held up by a NAT and let through together once it opened, they
+/// replaced each other one after another, restarting the session with every one (chaos seed
+/// 947: a symmetric-NAT member's links churned for 80 ms and the floor views flapped).
 #[derive(Clone, Default)]
 struct PendingDials(Arc<Mutex<BTreeMap<PeerId, Vec<oneshot::Sender<()>>>>>);
 
@@ -349,6 +352,7 @@ impl Transport for QuicTransport {
             .connect_with(self.client.clone(), remote, "l")
             .map_err(|e| TransportError::Other(LinkError::Connect(e)))?;
         let superseded = expected.map(|peer| self.dials.register(peer));
+        let dials = self.dials.clone();
         Ok(async move {
             let handshake = tokio::time::timeout(timeout, connecting);
             let connection = match superseded {
@@ -374,6 +378,9 @@ impl Transport for QuicTransport {
                     actual: Box::new(peer),
                 });
             }
+            // Our other dials to the peer still in their handshake are moot now: each would
+            // replace this link when it got through.
+            dials.superseded(&peer);
             links.register(peer, connection.clone());
             Ok((peer, QuicMuxer::new(connection)))
         }
