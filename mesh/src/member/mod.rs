@@ -138,6 +138,8 @@ pub struct Member {
     /// Where members saw each relay's links come from, newest first (`relay_dial`).
     relay_addrs: BTreeMap<IdentityKey, Vec<Multiaddr>>,
     next_relay_dial: Instant,
+    /// The addresses of our last dial to each charter relay (`relay_dial`).
+    relay_dialed_at: BTreeMap<IdentityKey, Vec<Multiaddr>>,
     /// Members heard of but not linked, to dial at the given time unless they dial us first.
     dial_backs: BTreeMap<PeerId, (Instant, Vec<Multiaddr>)>,
     /// Circuit dials retried since the last link to each peer (`presence::dial_failed`).
@@ -210,6 +212,7 @@ impl Member {
             next_presence: now + config.presence_interval,
             relay_addrs: BTreeMap::new(),
             next_relay_dial: now,
+            relay_dialed_at: BTreeMap::new(),
             dial_backs: BTreeMap::new(),
             circuit_retries: BTreeMap::new(),
             circuit_dials: Default::default(),

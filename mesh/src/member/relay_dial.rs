@@ -98,9 +98,14 @@ impl Member {
     }
 
     /// Dials every charter relay we are not linked to, at the addresses members saw it at and
-    /// the charter's.
+    /// the charter's. A dial to addresses we have not tried yet goes out even while an older
+    /// one is still in its handshake: that one may be to where the relay ran before it
+    /// restarted, and waited out its handshake timeout (10 s) before the new address was
+    /// tried (chaos seed 866: members found a restarted relay 12 s late, and a channel split
+    /// between the two relays' routes).
     pub(super) fn dial_relays(&mut self) {
         let state = self.sync.charter().state();
+        let dialed_at = &mut self.relay_dialed_at;
         let dials: Vec<Output> = state
             .relays
             .iter()
@@ -118,10 +123,19 @@ impl Member {
                         addrs.push(addr);
                     }
                 }
-                (!addrs.is_empty()).then(|| Output::Dial {
+                if addrs.is_empty() {
+                    return None;
+                }
+                let condition = if dialed_at.get(k) == Some(&addrs) {
+                    DialCondition::DisconnectedAndNotDialing
+                } else {
+                    DialCondition::Disconnected
+                };
+                dialed_at.insert(*k, addrs.clone());
+                Some(Output::Dial {
                     peer: Some(k.peer_id()),
                     addrs,
-                    condition: DialCondition::DisconnectedAndNotDialing,
+                    condition,
                 })
             })
             .collect();
