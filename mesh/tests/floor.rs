@@ -392,3 +392,22 @@ fn crossing_presses_whose_claims_are_lost_still_end_with_one_talker() {
         "press to grant {grant:?}"
     );
 }
+
+#[test]
+fn a_release_lost_on_the_way_is_repeated_until_everyone_has_it() {
+    // A holds the floor and B waits; A's release to C is lost. QUIC would retransmit it only
+    // after a probe timeout (doubling with each loss in a burst), and C would follow A and
+    // drop B's audio as out of turn until then (chaos seed 817: 1 s). The release is repeated
+    // to whoever has not acknowledged it instead.
+    let mut net = Net::in_mode(80, false);
+    net.press(A).unwrap();
+    net.run_for(Duration::from_secs(1));
+    net.press(B).unwrap();
+    net.run_for(Duration::from_secs(1));
+    net.assert_one_talker(A);
+    net.lose.insert((A, C), 1);
+    net.release(A);
+    // One resend interval plus a trip.
+    net.run_for(FloorConfig::default().claim_resend() + Duration::from_millis(100));
+    net.assert_one_talker(B);
+}

@@ -204,6 +204,7 @@ impl ChannelFloor {
         self.changed_at = now;
         self.granted_at = None;
         self.state = LocalFloor::Releasing;
+        self.next_resend = Some(now + sh.config.claim_resend());
         let channel = self.channel;
         sh.events.push_back(match why {
             Withdrawal::Released | Withdrawal::Closed => FloorEvent::Released { channel },
@@ -400,7 +401,10 @@ impl ChannelFloor {
                 let timeout = self.changed_at + sh.config.ack_timeout;
                 Some(self.next_resend.map_or(timeout, |at| at.min(timeout)))
             }
-            LocalFloor::Releasing => Some(self.changed_at + sh.config.ack_timeout),
+            LocalFloor::Releasing => {
+                let timeout = self.changed_at + sh.config.ack_timeout;
+                Some(self.next_resend.map_or(timeout, |at| at.min(timeout)))
+            }
             _ => None,
         };
         let talk = match (self.state, self.granted_at, self.mine.request) {
@@ -441,10 +445,14 @@ impl ChannelFloor {
             self.arbiter_silent = true;
             self.decision = None;
         }
-        if self.state == LocalFloor::Pending
-            && self.ruling().is_none()
-            && self.next_resend.is_some_and(|at| now >= at)
-        {
+        let waiting = match self.state {
+            LocalFloor::Pending => self.ruling().is_none(),
+            // A release lost in a burst left members following us as holder, and the next
+            // talker silenced, for QUIC's doubling probe timeouts (chaos seed 817: 1 s).
+            LocalFloor::Releasing => true,
+            _ => false,
+        };
+        if waiting && self.next_resend.is_some_and(|at| now >= at) {
             self.resend_claim(sh, now);
         }
         if self.state == LocalFloor::Granted && self.next_heartbeat.is_some_and(|at| now >= at) {

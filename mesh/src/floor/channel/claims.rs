@@ -1,5 +1,5 @@
 //! Our claim going out, and who acknowledged it: the answer to a peer, the repeats while a
-//! request waits, and who is not waited for once the acknowledgement timeout runs out.
+//! request or a release waits, and who is not waited for once the acknowledgement timeout runs out.
 
 use super::super::message::FloorMessage;
 use super::super::shared::Shared;
@@ -57,11 +57,13 @@ impl ChannelFloor {
     /// requests would then both be granted. Each repeat travels on a stream of its own, so its
     /// fate is independent; a peer that is also waiting repeats its own claim, which carries
     /// its acknowledgement of ours.
+    /// A release is repeated the same way until everyone has it.
     pub(super) fn resend_claim(&mut self, sh: &mut Shared, now: Instant) {
+        let rev = self.release_rev.unwrap_or(self.request_rev);
         let unacked: Vec<IdentityKey> = sh
             .participants
             .iter()
-            .filter(|p| !sh.silent.contains(*p) && !self.acked(p, self.request_rev))
+            .filter(|p| !sh.silent.contains(*p) && !self.acked(p, rev))
             .copied()
             .collect();
         for peer in unacked {
