@@ -111,17 +111,21 @@ fn found_org(dir: &Path, layout: &[(&str, Nat)]) -> Vec<Member> {
     members
 }
 
-fn read_log(reader: impl BufRead + Send + 'static) -> JoinHandle<Log> {
+/// `   1.234 event words` as (1.234, "event words"); an untimed line at 0.
+fn timed(line: String) -> (f64, String) {
+    let trimmed = line.trim_start();
+    let (t, rest) = trimmed.split_once(' ').unwrap_or(("", trimmed));
+    match t.parse::<f64>() {
+        Ok(t) => (t, rest.trim_start().to_string()),
+        Err(_) => (0.0, line),
+    }
+}
+
+/// Collects what is left of a member's output, after the `first` lines already read.
+fn read_log(reader: impl BufRead + Send + 'static, first: Vec<(f64, String)>) -> JoinHandle<Log> {
     std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in reader.lines().map_while(Result::ok) {
-            let trimmed = line.trim_start();
-            let (t, rest) = trimmed.split_once(' ').unwrap_or(("", trimmed));
-            match t.parse::<f64>() {
-                Ok(t) => lines.push((t, rest.trim_start().to_string())),
-                Err(_) => lines.push((0.0, line)),
-            }
-        }
+        let mut lines = first;
+        lines.extend(reader.lines().map_while(Result::ok).map(timed));
         Log { lines }
     })
 }
@@ -132,13 +136,17 @@ fn squad(layout: &[(&str, Nat)], talker: &str, seconds: f64) -> Option<BTreeMap<
         eprintln!("skipped: {why}");
         return None;
     }
-    Some(run_squad(layout, talker, seconds).unwrap_or_else(|why| panic!("{why}")))
+    Some(run_squad(layout, &[], talker, seconds).unwrap_or_else(|why| panic!("{why}")))
 }
 
 /// Runs the squad for `seconds`: the first member is the bootstrap everyone dials (it must be
-/// reachable); `talker` speaks from 1 s to the end. Returns each member's log.
+/// reachable: public, or behind a router in `upnp`, which maps its port; the others dial the
+/// mapped address, as a newcomer dials the address in an invite ticket); `talker` speaks from
+/// 1 s to the end. Members named in `upnp` have a router that maps ports (miniupnpd).
+/// Returns each member's log.
 fn run_squad(
     layout: &[(&str, Nat)],
+    upnp: &[&str],
     talker: &str,
     seconds: f64,
 ) -> Result<BTreeMap<String, Log>, String> {
@@ -148,7 +156,13 @@ fn run_squad(
     let members = found_org(d, layout);
     let hosts: Vec<Host> = members
         .iter()
-        .map(|m| bed.host(&m.name, m.nat))
+        .map(|m| {
+            if upnp.contains(&m.name.as_str()) {
+                bed.host_with_upnp(&m.name, m.nat)
+            } else {
+                bed.host(&m.name, m.nat)
+            }
+        })
         .collect::<Result<_, _>>()?;
     let speech = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/tests/data/speech-16k.wav");
     std::fs::write(
@@ -171,8 +185,10 @@ fn run_squad(
             .current_dir(d)
             .arg("up")
             .args(["--name", &m.name, "--seconds", &seconds.to_string()]);
-        if i == 0 {
+        if i == 0 && m.nat == Nat::Public {
             up.args(["--listen", &format!("{}:4433", host.addr)]);
+        } else if i == 0 {
+            up.args(["--listen", "0.0.0.0:4433"]);
         } else {
             up.args(["--listen", "0.0.0.0:5000", "--bootstrap", &bootstrap]);
         }
@@ -183,6 +199,7 @@ fn run_squad(
         }
         let child = bed.spawn(host, up)?;
         let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first_lines = Vec::new();
         if i == 0 {
             let mut first = String::new();
             out.read_line(&mut first).map_err(|e| e.to_string())?;
@@ -191,8 +208,42 @@ fn run_squad(
                 .strip_prefix("listening on ")
                 .ok_or_else(|| format!("first member said: {first}"))?
                 .to_string();
+            if m.nat != Nat::Public {
+                // Behind its router: the others dial the port the router mapped.
+                let external = loop {
+                    let mut line = String::new();
+                    if out.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                        return Err(format!(
+                            "{} ended before its router mapped a port\n{}",
+                            m.name,
+                            bed.upnp_log(&m.name)
+                        ));
+                    }
+                    let (t, line) = timed(line.trim_end().to_string());
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    match words.as_slice() {
+                        ["port-mapped", external, ..] => {
+                            let external = external.to_string();
+                            first_lines.push((t, line));
+                            break external;
+                        }
+                        ["port-mapping", ..] => {
+                            return Err(format!("{}: {line}\n{}", m.name, bed.upnp_log(&m.name)))
+                        }
+                        _ => first_lines.push((t, line)),
+                    }
+                };
+                let external: std::net::SocketAddr =
+                    external.parse().map_err(|e| format!("{external}: {e}"))?;
+                bootstrap = format!(
+                    "/ip4/{}/udp/{}/quic-v1/p2p/{}",
+                    external.ip(),
+                    external.port(),
+                    m.peer
+                );
+            }
         }
-        readers.insert(m.name.clone(), read_log(out));
+        readers.insert(m.name.clone(), read_log(out, first_lines));
     }
     let logs: BTreeMap<String, Log> = readers
         .into_iter()
@@ -281,6 +332,53 @@ fn symmetric_and_port_restricted_members_talk_through_the_circuit() {
     );
     let heard = alpha.first_heard("bravo").expect("alpha heard bravo");
     assert!(heard < 3.0, "first audio at {heard:.2} s");
+}
+
+/// No public member and nobody forwarding a port by hand: four members behind ordinary home
+/// routers (port-restricted), one of which maps ports (UPnP IGD). The others join at the
+/// mapped address; a probe confirms it, so that member becomes the rendezvous through which
+/// the other three punch direct paths to each other.
+#[test]
+fn a_squad_behind_home_nats_links_through_the_member_whose_router_maps_ports() {
+    if let Err(why) = Bed::upnp_available() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let layout = [
+        ("root", Nat::PortRestricted),
+        ("alpha", Nat::PortRestricted),
+        ("bravo", Nat::PortRestricted),
+        ("charlie", Nat::PortRestricted),
+    ];
+    let logs = run_squad(&layout, &["root"], "charlie", 9.0).unwrap_or_else(|why| panic!("{why}"));
+    let root = &logs["root"];
+    assert!(
+        root.lines
+            .iter()
+            .any(|(_, l)| l.starts_with("reachable-at /ip4/198.51.100.")),
+        "the mapped address was confirmed by a probe\n{}",
+        root.text()
+    );
+    let names = ["root", "alpha", "bravo", "charlie"];
+    for (i, me) in names.iter().enumerate() {
+        for them in &names[i + 1..] {
+            let kind = logs[*me].link_to(them, 8.5);
+            assert!(
+                matches!(kind.as_deref(), Some("HolePunched" | "Direct")),
+                "{me} to {them}: {kind:?}\n{}",
+                logs[*me].text()
+            );
+        }
+    }
+    for me in ["root", "alpha", "bravo"] {
+        let heard = logs[me].first_heard("charlie");
+        // Charlie keys up 1 s after its start: first audio within 2 s of that.
+        assert!(
+            heard.is_some_and(|t| t < 3.0),
+            "{me} heard charlie at {heard:?}\n{}",
+            logs[me].text()
+        );
+    }
 }
 
 /// Every pair of NAT kinds, with a public member as the squad's bootstrap: the path each pair

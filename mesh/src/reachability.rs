@@ -218,6 +218,9 @@ enum State<P> {
 #[derive(Clone, Debug)]
 struct Candidate<P> {
     observers: BTreeSet<P>,
+    /// Our own router forwards this address to us (a port mapping): kept until unmapped, and
+    /// any linked member may probe it, since no peer alone vouches for it.
+    mapped: bool,
     last_seen: Instant,
     state: State<P>,
 }
@@ -282,7 +285,7 @@ impl<P: Ord + Clone> AddressBook<P> {
             let stale = self
                 .candidates
                 .iter()
-                .filter(|(_, c)| !c.is_confirmed())
+                .filter(|(_, c)| !c.is_confirmed() && !c.mapped)
                 .min_by_key(|(a, c)| (c.last_seen, **a))
                 .map(|(a, _)| *a);
             match stale {
@@ -294,6 +297,7 @@ impl<P: Ord + Clone> AddressBook<P> {
         }
         let candidate = self.candidates.entry(addr).or_insert_with(|| Candidate {
             observers: BTreeSet::new(),
+            mapped: false,
             last_seen: now,
             state: State::Due { confirmed: false },
         });
@@ -306,6 +310,46 @@ impl<P: Ord + Clone> AddressBook<P> {
             }
         }
         self.schedule(now);
+    }
+
+    /// Our router maps `addr` to us (UPnP IGD, NAT-PMP, PCP). Like an observation, it is only
+    /// a candidate until a probe gets in: the router may sit behind another NAT (carrier-grade
+    /// NAT gives it a shared address nobody can reach), or its firewall may still filter.
+    pub fn mapped(&mut self, addr: SocketAddr, now: Instant) {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return;
+        }
+        let candidate = self.candidates.entry(addr).or_insert_with(|| Candidate {
+            observers: BTreeSet::new(),
+            mapped: true,
+            last_seen: now,
+            state: State::Due { confirmed: false },
+        });
+        candidate.mapped = true;
+        candidate.last_seen = now;
+        // A mapping is new evidence for an address whose probe failed before it existed.
+        if let State::Failed { .. } = candidate.state {
+            candidate.state = State::Due { confirmed: false };
+        }
+        self.schedule(now);
+    }
+
+    /// Our router no longer maps `addr` (we removed it, or renewing failed): stop announcing
+    /// it, unless peers still see us there and a fresh probe gets in without the mapping.
+    pub fn unmapped(&mut self, addr: &SocketAddr, now: Instant) {
+        let Some(candidate) = self.candidates.get_mut(addr) else {
+            return;
+        };
+        candidate.mapped = false;
+        if candidate.observers.is_empty() {
+            if candidate.is_confirmed() {
+                self.events.push_back(ReachabilityEvent::Lost(*addr));
+            }
+            self.candidates.remove(addr);
+        } else if let State::Confirmed { .. } = candidate.state {
+            candidate.state = State::Due { confirmed: true };
+            self.schedule(now);
+        }
     }
 
     /// A probe datagram carrying `nonce` arrived at our socket.

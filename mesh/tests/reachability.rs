@@ -173,6 +173,70 @@ fn a_confirmed_lan_address_is_announced_but_makes_no_rendezvous() {
 }
 
 #[test]
+fn a_port_mapping_is_probed_by_any_member_and_confirmed_only_by_the_probe() {
+    let t0 = Instant::now();
+    let mut book = book();
+    book.link_up(1, t0);
+    // Our router says it forwards this address to us; nobody has reported it, so the one
+    // linked member may check it.
+    book.mapped(addr("198.51.100.12:5000"), t0);
+    assert!(!book.is_reachable(), "a mapping alone is not announced");
+    let (prober, request) = book.poll_request().expect("a probe of the mapping");
+    assert_eq!(prober, 1);
+    assert_eq!(request.addr, addr("198.51.100.12:5000"));
+    book.probe_received(&request.nonce, t0 + Duration::from_millis(30));
+    assert_eq!(
+        book.poll_event(),
+        Some(ReachabilityEvent::Confirmed(addr("198.51.100.12:5000")))
+    );
+    assert!(book.is_reachable());
+    // Removed (shutdown, lease lost): no longer announced.
+    book.unmapped(&addr("198.51.100.12:5000"), t0 + Duration::from_secs(1));
+    assert_eq!(
+        book.poll_event(),
+        Some(ReachabilityEvent::Lost(addr("198.51.100.12:5000")))
+    );
+    assert!(!book.is_reachable());
+    assert_eq!(book.candidates().count(), 0);
+}
+
+#[test]
+fn a_mapping_retries_an_address_whose_probe_failed_and_survives_eviction() {
+    let t0 = Instant::now();
+    let config = ReachabilityConfig::default();
+    let mut book = AddressBook::new(config.clone(), 3);
+    book.link_up(1, t0);
+    book.link_up(2, t0);
+    // Peer 1 sees us here, but the NAT filters strangers: the probe never arrives.
+    book.observed(1, addr("198.51.100.13:5000"), t0);
+    assert!(book.poll_request().is_some());
+    let t1 = t0 + config.probe_timeout;
+    book.handle_timeout(t1);
+    assert_eq!(
+        book.poll_event(),
+        Some(ReachabilityEvent::Unreachable(addr("198.51.100.13:5000")))
+    );
+    // Then the router maps the port: probed again at once, not after `retry_after`.
+    book.mapped(addr("198.51.100.13:5000"), t1);
+    let (_, request) = book.poll_request().expect("a fresh probe");
+    book.probe_received(&request.nonce, t1);
+    assert!(book.is_reachable());
+    // Unmapped while a peer still sees us there: probed again rather than dropped.
+    book.unmapped(&addr("198.51.100.13:5000"), t1);
+    assert!(
+        book.poll_request().is_some(),
+        "re-probed without the mapping"
+    );
+    // A flood of lying observations cannot evict a mapping.
+    let mut book = AddressBook::new(config.clone(), 4);
+    book.mapped(addr("198.51.100.14:5000"), t0);
+    for port in 0..(config.max_candidates as u16 * 2) {
+        book.observed(9, SocketAddr::from(([198, 51, 100, 99], 6000 + port)), t0);
+    }
+    assert!(book.candidates().any(|a| a == addr("198.51.100.14:5000")));
+}
+
+#[test]
 fn probes_go_only_to_the_requesters_own_ip() {
     assert!(may_probe(
         &addr("198.51.100.11:6000"),

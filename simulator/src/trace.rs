@@ -321,6 +321,8 @@ pub(crate) fn describe(
             addr: addr.to_string(),
             reachable: *reachable,
         },
-        NodeEvent::Warning(_) | NodeEvent::VoiceSent { .. } => return None,
+        NodeEvent::Warning(_) | NodeEvent::VoiceSent { .. } | NodeEvent::PortMapping(_) => {
+            return None
+        }
     })
 }

@@ -11,7 +11,7 @@ use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
 use callsign_mesh::topology::Route;
 use callsign_node::audio::wav::read_wav;
-use callsign_node::runtime::{describe_floor, AudioInput};
+use callsign_node::runtime::{describe_floor, AudioInput, PortMapping};
 use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
 use clap::Args;
 use libp2p::Multiaddr;
@@ -50,6 +50,10 @@ pub struct UpArgs {
     /// only through relay circuits.
     #[arg(long, value_name = "MULTIADDR", num_args = 0..)]
     pub announce: Option<Vec<Multiaddr>>,
+    /// Do not ask the home router to forward a port (UPnP IGD). Mapping is also skipped with
+    /// `--announce`, which names the addresses by hand.
+    #[arg(long)]
+    pub no_port_mapping: bool,
     /// Channel path to listen to; repeatable [default: every channel the charter allows]
     #[arg(long = "channel", value_name = "PATH")]
     pub channels: Vec<String>,
@@ -83,6 +87,7 @@ struct UpFile {
     #[serde(default)]
     bootstrap: Vec<String>,
     announce: Option<Vec<String>>,
+    port_mapping: Option<bool>,
     #[serde(default)]
     channels: Vec<String>,
     input: Option<PathBuf>,
@@ -131,6 +136,9 @@ fn merge(mut args: UpArgs) -> Result<UpArgs> {
     }
     if let (None, Some(announce)) = (&args.announce, file.announce) {
         args.announce = Some(parse_addrs(&announce, "announce")?);
+    }
+    if file.port_mapping == Some(false) {
+        args.no_port_mapping = true;
     }
     if args.channels.is_empty() {
         args.channels = file.channels;
@@ -273,6 +281,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     config.listening = listening;
     config.input = input;
     config.mdns = true;
+    config.port_mapping = !args.no_port_mapping && args.announce.is_none();
     config.seed = rand::random();
     if let Some(out) = &args.output_dir {
         std::fs::create_dir_all(out)
@@ -401,6 +410,17 @@ async fn serve(
                         "{} {addr}",
                         if reachable { "reachable-at" } else { "unreachable-at" }
                     )),
+                    NodeEvent::PortMapping(mapping) => Some(match mapping {
+                        PortMapping::Mapped { external, protocol } => {
+                            format!("port-mapped {external} ({protocol})")
+                        }
+                        PortMapping::Lost { external, reason } => {
+                            format!("port-unmapped {external}: {reason}")
+                        }
+                        PortMapping::Unavailable { reason } => {
+                            format!("port-mapping none: {reason}")
+                        }
+                    }),
                     NodeEvent::VoiceSent { .. } => None,
                 };
                 if let Some(line) = line {

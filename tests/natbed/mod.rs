@@ -3,14 +3,26 @@
 //! real `callsign up` processes.
 //!
 //! Addresses come only from the documentation ranges: the internet is 198.51.100.0/24, each
-//! home network a /28 of 203.0.113.0/24. Every namespace is named after this process, and
+//! home network a /28 of 203.0.113.0/24.
+//!
+//! A home router may also run miniupnpd (Debian's `miniupnpd-nftables`: UPnP IGD, NAT-PMP and
+//! PCP), which maps ports on request ([`Bed::host_with_upnp`]). miniupnpd refuses to map
+//! when its WAN address is in a reserved range, which the documentation ranges are, unless a
+//! STUN check shows nothing filters in front of it; the bed's internet therefore answers STUN
+//! binding requests at 198.51.100.2:3478 (a few lines below, from a thread inside the
+//! internet's namespace). Every namespace is named after this process, and
 //! everything (processes, namespaces and the veths in them) is removed on drop, also when a
 //! test fails. Needs root, `ip` (iproute2) and `nft` (nftables); [`Bed::new`] says why not.
 
-use std::net::Ipv4Addr;
-use std::path::Path;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where the bed's internet answers STUN (for miniupnpd's own reachability check).
+const STUN_SERVER: &str = "198.51.100.2";
 
 /// How a host reaches the internet (RFC 4787 terms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +51,10 @@ pub struct Bed {
     namespaces: Vec<String>,
     children: Vec<Child>,
     next: u8,
+    /// miniupnpd configurations and logs.
+    scratch: tempfile::TempDir,
+    /// Stops the STUN responder, once one runs.
+    stun: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
 }
 
 static BEDS: AtomicU32 = AtomicU32::new(0);
@@ -115,11 +131,81 @@ impl Bed {
             namespaces: Vec::new(),
             children: Vec::new(),
             next: 0,
+            scratch: tempfile::tempdir().map_err(|e| format!("scratch directory: {e}"))?,
+            stun: None,
         };
         let inet = bed.namespace("inet")?;
         bed.ns(&inet, &["ip", "link", "add", "br0", "type", "bridge"])?;
         bed.ns(&inet, &["ip", "link", "set", "br0", "up"])?;
+        bed.ns(
+            &inet,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{STUN_SERVER}/24"),
+                "dev",
+                "br0",
+            ],
+        )?;
         Ok(bed)
+    }
+
+    /// Whether this machine can run a UPnP router in the bed (miniupnpd installed).
+    pub fn upnp_available() -> Result<(), String> {
+        Self::available()?;
+        if Path::new("/usr/sbin/miniupnpd").exists() {
+            Ok(())
+        } else {
+            Err(
+                "the UPnP router needs miniupnpd (scripts/setup installs miniupnpd-nftables)"
+                    .into(),
+            )
+        }
+    }
+
+    /// Answers STUN binding requests on the internet (started once, stopped on drop).
+    fn start_stun(&mut self) -> Result<(), String> {
+        if self.stun.is_some() {
+            return Ok(());
+        }
+        let netns = PathBuf::from("/run/netns").join(format!("{}-inet", self.prefix));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let socket = enter_namespace(&netns).and_then(|()| {
+                let socket = UdpSocket::bind((STUN_SERVER, 3478))
+                    .map_err(|e| format!("STUN socket: {e}"))?;
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .map_err(|e| e.to_string())?;
+                Ok(socket)
+            });
+            let socket = match socket {
+                Ok(socket) => {
+                    let _ = ready_tx.send(Ok(()));
+                    socket
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = [0u8; 1500];
+            while !stopping.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    if let Some(reply) = stun_binding_response(&buf[..n], from) {
+                        let _ = socket.send_to(&reply, from);
+                    }
+                }
+            }
+        });
+        ready
+            .recv()
+            .map_err(|_| "the STUN thread died".to_string())??;
+        self.stun = Some((stop, thread));
+        Ok(())
     }
 
     fn namespace(&mut self, name: &str) -> Result<String, String> {
@@ -155,6 +241,21 @@ impl Bed {
 
     /// A host behind `nat` (its own router namespace unless public).
     pub fn host(&mut self, name: &str, nat: Nat) -> Result<Host, String> {
+        self.add_host(name, nat, false)
+    }
+
+    /// A host behind `nat` whose router also maps ports on request (miniupnpd: UPnP IGD,
+    /// NAT-PMP, PCP); returns once the router answers.
+    pub fn host_with_upnp(&mut self, name: &str, nat: Nat) -> Result<Host, String> {
+        Self::upnp_available()?;
+        if nat == Nat::Public {
+            return Err("a public host has no router".into());
+        }
+        self.start_stun()?;
+        self.add_host(name, nat, true)
+    }
+
+    fn add_host(&mut self, name: &str, nat: Nat, upnp: bool) -> Result<Host, String> {
         self.next += 1;
         let i = self.next;
         if i > 14 {
@@ -223,7 +324,81 @@ impl Bed {
             &["ip", "netns", "exec", &router, "nft", "-f", "-"],
             Some(&table),
         )?;
+        if upnp {
+            self.start_miniupnpd(&router, name, gateway)?;
+        }
         Ok(Host { ns: host, addr })
+    }
+
+    /// miniupnpd in `router`, mapping for its home network behind `gateway`. Its rules go in
+    /// a table of their own: a forward chain accepting what it maps, and DNAT/SNAT chains.
+    fn start_miniupnpd(
+        &mut self,
+        router: &str,
+        name: &str,
+        gateway: Ipv4Addr,
+    ) -> Result<(), String> {
+        let table =
+            "table inet upnp {\n chain forward {\n  type filter hook forward priority -5;\n  \
+                     jump miniupnpd\n }\n chain miniupnpd {\n }\n chain prerouting {\n  \
+                     type nat hook prerouting priority -100;\n  jump prerouting_miniupnpd\n }\n \
+                     chain prerouting_miniupnpd {\n }\n chain postrouting {\n  \
+                     type nat hook postrouting priority 99;\n  jump postrouting_miniupnpd\n }\n \
+                     chain postrouting_miniupnpd {\n }\n}\n";
+        run_input(
+            &["ip", "netns", "exec", router, "nft", "-f", "-"],
+            Some(table),
+        )?;
+        let [a, b, c, d] = gateway.octets();
+        let home = Ipv4Addr::new(a, b, c, d & 0xf0);
+        let config = self.scratch.path().join(format!("{name}-miniupnpd.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "ext_ifname=wan\nlistening_ip=lan\nenable_upnp=yes\nenable_natpmp=yes\n\
+                 ext_perform_stun=yes\next_stun_host={STUN_SERVER}\next_stun_port=3478\n\
+                 upnp_table_name=upnp\nupnp_nat_table_name=upnp\nsecure_mode=yes\n\
+                 system_uptime=no\nlease_file={}\n\
+                 uuid=3d3cec3a-8cf0-11e0-98ee-00000000{:04x}\n\
+                 allow 1024-65535 {home}/28 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+                self.scratch.path().join(format!("{name}-leases")).display(),
+                self.next
+            ),
+        )
+        .map_err(|e| format!("miniupnpd config: {e}"))?;
+        let log = self.scratch.path().join(format!("{name}-miniupnpd.log"));
+        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", router, "/usr/sbin/miniupnpd", "-d", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("miniupnpd: {e}"))?;
+        self.children.push(child);
+        // It checks its WAN with STUN first, then listens; a node asking before that would
+        // find no router.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Listening for NAT-PMP") {
+                if !text.contains("Port forwarding is now enabled") {
+                    return Err(format!("miniupnpd will not map ports:\n{text}"));
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("miniupnpd did not start:\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the UPnP router of `name` logged (for failure messages).
+    pub fn upnp_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.scratch.path().join(format!("{name}-miniupnpd.log")))
+            .unwrap_or_default()
     }
 
     /// Starts `program` in `host`'s namespace; it is killed when the bed drops.
@@ -248,8 +423,45 @@ impl Bed {
     }
 }
 
+/// Moves the calling thread into the network namespace at `path`.
+fn enter_namespace(path: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: setns on a namespace file we hold open; it changes only this thread's network
+    // namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("setns: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// A STUN (RFC 5389) binding success response to `request` from `from`, carrying
+/// XOR-MAPPED-ADDRESS; `None` for anything that is not a binding request. CHANGE-REQUEST is
+/// ignored: the answer always comes from where the request went, as a router's firewall wants.
+fn stun_binding_response(request: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+    if request.len() < 20 || request[0..2] != [0x00, 0x01] {
+        return None;
+    }
+    let SocketAddr::V4(from) = from else {
+        return None;
+    };
+    let cookie: [u8; 4] = request[4..8].try_into().ok()?;
+    let mut reply = vec![0x01, 0x01, 0x00, 12];
+    reply.extend_from_slice(&request[4..20]);
+    let port = from.port() ^ u16::from_be_bytes([cookie[0], cookie[1]]);
+    let ip = u32::from(*from.ip()) ^ u32::from_be_bytes(cookie);
+    reply.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0x00, 0x01]);
+    reply.extend_from_slice(&port.to_be_bytes());
+    reply.extend_from_slice(&ip.to_be_bytes());
+    Some(reply)
+}
+
 impl Drop for Bed {
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.stun.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();

@@ -7,6 +7,7 @@ use callsign_keys::IdentityKey;
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
 use serde::Serialize;
+use std::net::SocketAddr;
 
 /// How a peer is linked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -49,9 +50,36 @@ pub enum Target {
     Whisper(IdentityKey),
 }
 
+/// The port our home router forwards to our QUIC port, as the runtime reports it (UPnP IGD).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortMapping {
+    /// The router forwards this public address to us. Announced once a probe gets in.
+    Mapped {
+        /// The public address.
+        external: SocketAddr,
+        /// How it was asked for (`UPnP IGD`).
+        protocol: String,
+    },
+    /// A mapping we held is gone: removed at shutdown, or renewing it failed.
+    Lost {
+        /// The address that was mapped.
+        external: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// No router mapped a port (none answered, it refused, or it answered nonsense); members
+    /// reach us through hole punching or circuits instead.
+    Unavailable {
+        /// Why, for the user.
+        reason: String,
+    },
+}
+
 /// Something that happened, for the app.
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// What became of the port mapping on our router.
+    PortMapping(PortMapping),
     /// A probe from a stranger's port reached us at `addr` (`reachable`), so presence
     /// announces it and we serve relay circuits to members; or a re-probe failed (not).
     Reachability {

@@ -92,6 +92,8 @@ pub enum Input<'a> {
     Frame(Frame),
     /// Each sender's loss on its way to us over the last second (percent).
     LossReports(Vec<(IdentityKey, u8)>),
+    /// What our router did with the runtime's request to forward a public port to us.
+    PortMapping(super::PortMapping),
     /// A probe's nonce reached our socket.
     ProbeArrived([u8; crate::reachability::NONCE_LEN]),
     /// Our listen addresses, and the external addresses the link layer confirmed.

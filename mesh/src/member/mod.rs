@@ -41,8 +41,9 @@ mod routes;
 mod session;
 mod upkeep;
 
-pub use event::{Event, LinkKind, Target};
+pub use event::{Event, LinkKind, PortMapping, Target};
 pub use io::{Command, DialCondition, Frame, Input, LinkUp, MemberConfig, Output};
+pub use reach::quic_multiaddr;
 pub use routes::{REPLAN_INTERVAL, SWITCH_OVERLAP};
 
 use crate::admission::JoinRequest;
@@ -321,6 +322,7 @@ impl Member {
                 }
             }
             Input::ProbeArrived(nonce) => self.reachability.probe_received(&nonce, now),
+            Input::PortMapping(mapping) => self.port_mapping(mapping, now),
             Input::Addresses {
                 listening,
                 external,

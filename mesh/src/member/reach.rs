@@ -3,7 +3,7 @@
 //! confirms: announce the address, offer relay circuits (a rendezvous for members nobody can
 //! reach), stop reserving circuits elsewhere.
 
-use super::{Event, Member, Output};
+use super::{Event, Member, Output, PortMapping};
 use crate::control::ControlMessage;
 use crate::reachability::{
     may_probe, probe_datagram, Observation, ProbeRequest, ReachabilityEvent,
@@ -53,6 +53,25 @@ impl Member {
             Ok(_) => {}
             Err(e) => tracing::debug!(%peer, %e, "bad observation"),
         }
+    }
+
+    /// Our router mapped a port to us, or the mapping went: a mapped address is a candidate
+    /// like an observed one, announced only once a probe from a stranger's port gets in.
+    pub(super) fn port_mapping(&mut self, mapping: PortMapping, now: Instant) {
+        match &mapping {
+            PortMapping::Mapped { external, protocol } => {
+                tracing::info!(%external, %protocol, "port mapped on our router; probing it");
+                self.reachability.mapped(*external, now);
+            }
+            PortMapping::Lost { external, reason } => {
+                tracing::info!(%external, %reason, "port mapping lost");
+                self.reachability.unmapped(external, now);
+            }
+            PortMapping::Unavailable { reason } => {
+                tracing::info!(%reason, "no port mapping; hole punching and circuits it is");
+            }
+        }
+        self.emit(Event::PortMapping(mapping));
     }
 
     /// `peer` asks us to probe its candidate address.

@@ -5,6 +5,7 @@
 //! - [`muxer`]: a QUIC connection as a libp2p `StreamMuxer`.
 //! - `window`: `VoiceWindow`, congestion control with a floor under it for voice.
 //! - [`links`]: the [`Links`] registry: per-peer datagrams, datagram ping, link events.
+//! - [`portmap`]: [`portmap::PortMapper`], a UPnP IGD port mapping on the home router.
 //! - [`relay`]: [`relay::MemberRelay`], the relay v2 server a reachable member runs for the org.
 //! - [`control`]: the control protocol's stream codec (ordered, acknowledged messages).
 //! - [`swarm`]: the node's libp2p `Swarm` on QUIC with TCP + Noise + Yamux fallback.
@@ -87,6 +88,7 @@ pub mod config;
 pub mod control;
 pub mod links;
 pub mod muxer;
+pub mod portmap;
 pub mod relay;
 mod seeded;
 pub mod socket;

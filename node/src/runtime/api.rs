@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 /// What the node reports: the member's events, and the audio worker's (talkers, our
 /// transmissions).
-pub use callsign_mesh::member::{Event as NodeEvent, LinkKind};
+pub use callsign_mesh::member::{Event as NodeEvent, LinkKind, PortMapping};
 
 /// What the UI, CLI, relay or simulator asks a node to do.
 #[derive(Debug)]

@@ -74,6 +74,10 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Local-network discovery (real sockets only).
     pub mdns: bool,
+    /// Ask the home router to forward a public port to the QUIC port (UPnP IGD; real
+    /// sockets only, and not for a loopback or public socket): the mapped address is
+    /// announced once a probe confirms it.
+    pub port_mapping: bool,
     /// Drop this fraction of outgoing voice datagrams (seeded): loss for demos and tests on
     /// perfect loopback links.
     pub send_loss: f64,
@@ -131,6 +135,7 @@ impl NodeConfig {
             presence_interval: Duration::from_secs(10),
             seed: 0,
             mdns: false,
+            port_mapping: false,
             send_loss: 0.0,
             relay_circuits: false,
             tap_voice: false,

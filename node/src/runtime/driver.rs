@@ -11,6 +11,7 @@ use super::NodeError;
 use crate::audio::mixer::ChannelMix;
 use crate::audio::SAMPLE_RATE;
 use crate::link::control::ControlEvent;
+use crate::link::portmap::PortMapper;
 use crate::link::relay::RelayAllowList;
 use crate::link::socket::ProbeNonces;
 use crate::link::swarm::{answer_echo, NodeBehaviourEvent, NodeNetwork};
@@ -18,7 +19,7 @@ use crate::link::{LinkEvent, Links};
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::ChannelId;
 use callsign_mesh::member::{
-    Command, DialCondition, Frame, Input, LinkKind, LinkUp, Member, Output,
+    Command, DialCondition, Frame, Input, LinkKind, LinkUp, Member, Output, PortMapping,
 };
 use callsign_mesh::voice::VoiceFlags;
 use futures::StreamExt;
@@ -41,6 +42,8 @@ pub(super) const LATENCY_BUCKETS: usize = 16;
 /// Everything the loop owns. Built by `Node::start`.
 pub(crate) struct Driver {
     pub member: Member,
+    /// The port mapping on our home router, when the node asks for one.
+    pub port_mapper: Option<PortMapper>,
     pub network: NodeNetwork,
     pub link_events: mpsc::UnboundedReceiver<LinkEvent>,
     /// Nonces of probes that reached our socket.
@@ -60,6 +63,14 @@ pub(crate) struct Driver {
     pub ticks: u64,
     pub forward_latency: [u64; LATENCY_BUCKETS],
     pub forward_latency_sum_us: u64,
+}
+
+/// The port mapper's next report; never, without one.
+async fn next_mapping(mapper: &mut Option<PortMapper>) -> PortMapping {
+    match mapper {
+        Some(mapper) => mapper.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The runtime's clock: tokio's (virtual under turmoil).
@@ -116,6 +127,9 @@ impl Driver {
                 Some(nonce) = self.probes.recv() => {
                     self.member.handle_input(now(), Input::ProbeArrived(nonce));
                 }
+                mapping = next_mapping(&mut self.port_mapper) => {
+                    self.member.handle_input(now(), Input::PortMapping(mapping));
+                }
                 _ = &mut timeout => {
                     let rtts = self
                         .member
@@ -138,6 +152,9 @@ impl Driver {
         }
         if !linked.is_empty() {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(mapper) = self.port_mapper.take() {
+            mapper.stop().await;
         }
         self.playout.finish()?;
         Ok(stats)

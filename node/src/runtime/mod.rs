@@ -25,12 +25,13 @@ pub mod voice;
 
 pub use api::{
     AudioSettings, AudioStats, FloorStats, ForwardingStats, LatencyMs, LinkKind, NodeCommand,
-    NodeEvent, NodeStats, PeerStats, ReceivedStream, SentStream, StreamChannel,
+    NodeEvent, NodeStats, PeerStats, PortMapping, ReceivedStream, SentStream, StreamChannel,
 };
 pub use config::{AudioInput, NodeConfig, RELAY_IDLE_TIMEOUT};
 pub use stats::describe_floor;
 
 use crate::audio::AudioError;
+use crate::link::portmap::{worth_mapping, PortMapConfig, PortMapper};
 use crate::link::relay::RelayAllowList;
 use crate::link::swarm::{build_swarm, SwarmConfig};
 use crate::link::{socket_to_multiaddr, LinkError, LinkSocket};
@@ -189,8 +190,11 @@ impl Node {
             },
             now,
         );
+        let port_mapper = (config.port_mapping && !simulated && worth_mapping(network.local_addr))
+            .then(|| PortMapper::start(network.local_addr, PortMapConfig::default()));
         let driver = Driver {
             member,
+            port_mapper,
             network,
             link_events,
             probes: network_probes,

@@ -9,7 +9,7 @@ use crate::profile::{DuckingRule, Profile};
 use callsign_keys::{Identity, IdentityKey, PeerId};
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
 use callsign_mesh::topology::Route;
-use callsign_node::runtime::{describe_floor, LinkKind};
+use callsign_node::runtime::{describe_floor, LinkKind, PortMapping};
 use callsign_node::{NodeCommand, NodeEvent, NodeStats};
 use eframe::egui;
 use std::cell::Cell;
@@ -90,6 +90,8 @@ pub struct Radio {
     links: BTreeMap<PeerId, LinkKind>,
     /// Our public addresses a probe from a stranger's port reached (we are a rendezvous).
     reachable: BTreeSet<String>,
+    /// What became of the port mapping on our router (none reported yet: `None`).
+    port_mapping: Option<PortMapping>,
     admin: admin::AdminForm,
     log: VecDeque<String>,
     /// The sound system's devices, listed when the audio settings first show.
@@ -144,6 +146,7 @@ impl Radio {
             roster: BTreeMap::new(),
             links: BTreeMap::new(),
             reachable: BTreeSet::new(),
+            port_mapping: None,
             admin: admin::AdminForm::default(),
             log: VecDeque::new(),
             devices: None,
@@ -292,6 +295,21 @@ impl Radio {
                     self.say(format!("no longer reachable at {addr}"));
                     self.reachable.remove(&addr.to_string());
                 }
+            }
+            NodeEvent::PortMapping(mapping) => {
+                let line = match &mapping {
+                    PortMapping::Mapped { external, protocol } => {
+                        format!("your router forwards {external} to you ({protocol})")
+                    }
+                    PortMapping::Lost { external, reason } => {
+                        format!("port mapping {external} gone: {reason}")
+                    }
+                    PortMapping::Unavailable { reason } => {
+                        format!("no port mapping on your router: {reason}")
+                    }
+                };
+                self.say(line);
+                self.port_mapping = Some(mapping);
             }
             NodeEvent::CharterChanged { .. } => self.request_charter(),
             NodeEvent::RouteChanged { channel, route } => {

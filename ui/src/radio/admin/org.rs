@@ -5,6 +5,7 @@ use super::{role_combo, short};
 use crate::radio::{Radio, INVITE_VALID};
 use callsign_keys::{IdentityKey, InviteGrant, Multiaddr, Ticket};
 use callsign_mesh::charter::{OpBody, RelayInfo};
+use callsign_node::runtime::PortMapping;
 use eframe::egui;
 use multiaddr::Protocol;
 use rand::RngCore;
@@ -160,12 +161,27 @@ impl Radio {
             )
             .labelled_by(label.id);
         });
-        ui.small(if self.reachable.is_empty() {
+        let mapped = matches!(self.port_mapping, Some(PortMapping::Mapped { .. }));
+        ui.small(if self.reachable.is_empty() && mapped {
+            "Where the newcomer dials you: the public address your router maps to you (UPnP)."
+        } else if self.reachable.is_empty() {
             "Where the newcomer dials you: this machine's address on its network; put your \
              public address here if you forwarded the port."
         } else {
             "Where the newcomer dials you: your public address (members confirmed it reaches \
              you)."
+        });
+        ui.small(match &self.port_mapping {
+            None => "Port mapping on your router: not tried yet.".to_string(),
+            Some(PortMapping::Mapped { external, protocol }) => {
+                format!("Port mapping on your router: {external} ({protocol}).")
+            }
+            Some(PortMapping::Lost { external, reason }) => {
+                format!("Port mapping on your router: {external} lost ({reason}).")
+            }
+            Some(PortMapping::Unavailable { reason }) => {
+                format!("Port mapping on your router: none ({reason}).")
+            }
         });
         ui.horizontal_wrapped(|ui| {
             role_combo(ui, "role", &mut self.admin.invite_role, &roles);
@@ -188,11 +204,18 @@ impl Radio {
         }
     }
 
-    /// A public address of ours that a probe confirmed, else our node's address with the
-    /// unspecified IP it listens on (`0.0.0.0`) replaced by the address this machine uses
-    /// toward the internet (no packet is sent to find it).
+    /// A public address of ours that a probe confirmed, else the one our router maps to us
+    /// (nobody may have linked yet to confirm it: a newcomer is often the first), else our
+    /// node's address with the unspecified IP it listens on (`0.0.0.0`) replaced by the
+    /// address this machine uses toward the internet (no packet is sent to find it).
     fn reachable_address(&self) -> Option<String> {
-        if let Some(public) = self.reachable.iter().next() {
+        let mapped = match &self.port_mapping {
+            Some(PortMapping::Mapped { external, .. }) => {
+                Some(callsign_mesh::member::quic_multiaddr(*external).to_string())
+            }
+            _ => None,
+        };
+        if let Some(public) = self.reachable.iter().next().or(mapped.as_ref()) {
             let public: Multiaddr = public.parse().ok()?;
             return Some(
                 public
