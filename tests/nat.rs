@@ -26,6 +26,9 @@ struct Member {
 /// What a member's `callsign up` printed, and when (seconds since it started).
 struct Log {
     lines: Vec<(f64, String)>,
+    /// When the process said it listens (its clock's zero, within a millisecond), seconds
+    /// after the squad's start: the processes' clocks differ by this much.
+    started_s: f64,
 }
 
 impl Log {
@@ -122,12 +125,34 @@ fn timed(line: String) -> (f64, String) {
 }
 
 /// Collects what is left of a member's output, after the `first` lines already read.
-fn read_log(reader: impl BufRead + Send + 'static, first: Vec<(f64, String)>) -> JoinHandle<Log> {
+/// `started_s` is `None` while the first line ("listening on …") is still unread: the reader
+/// notes when it arrives.
+fn read_log(
+    reader: impl BufRead + Send + 'static,
+    first: Vec<(f64, String)>,
+    started_s: Option<f64>,
+    squad_start: std::time::Instant,
+) -> JoinHandle<Log> {
     std::thread::spawn(move || {
         let mut lines = first;
-        lines.extend(reader.lines().map_while(Result::ok).map(timed));
-        Log { lines }
+        let mut started_s = started_s;
+        for line in reader.lines().map_while(Result::ok) {
+            started_s.get_or_insert_with(|| squad_start.elapsed().as_secs_f64());
+            lines.push(timed(line));
+        }
+        Log {
+            lines,
+            started_s: started_s.unwrap_or_default(),
+        }
     })
+}
+
+/// How long each of several talkers keys up, taking turns.
+const TURN_MS: u64 = 1200;
+
+/// When the `k`th of several talkers keys up, seconds after its start.
+fn key_up_s(k: usize) -> f64 {
+    1.0 + 1.5 * k as f64
 }
 
 /// [`run_squad`], or `None` (said on stderr) where this machine cannot host the bed.
@@ -136,18 +161,19 @@ fn squad(layout: &[(&str, Nat)], talker: &str, seconds: f64) -> Option<BTreeMap<
         eprintln!("skipped: {why}");
         return None;
     }
-    Some(run_squad(layout, &[], talker, seconds).unwrap_or_else(|why| panic!("{why}")))
+    Some(run_squad(layout, &[], &[talker], seconds).unwrap_or_else(|why| panic!("{why}")))
 }
 
 /// Runs the squad for `seconds`: the first member is the bootstrap everyone dials (it must be
 /// reachable: public, or behind a router in `upnp`, which maps its port; the others dial the
-/// mapped address, as a newcomer dials the address in an invite ticket); `talker` speaks from
-/// 1 s to the end. Members named in `upnp` have a router that maps ports (miniupnpd).
-/// Returns each member's log.
+/// mapped address, as a newcomer dials the address in an invite ticket; behind a router that
+/// maps nothing, they dial the router's address). One talker speaks from 1 s to the end;
+/// several take turns ([`key_up_s`]). Members named in `upnp` have a router that maps ports
+/// (miniupnpd). Returns each member's log.
 fn run_squad(
     layout: &[(&str, Nat)],
     upnp: &[&str],
-    talker: &str,
+    talkers: &[&str],
     seconds: f64,
 ) -> Result<BTreeMap<String, Log>, String> {
     let mut bed = Bed::new()?;
@@ -165,13 +191,24 @@ fn run_squad(
         })
         .collect::<Result<_, _>>()?;
     let speech = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/tests/data/speech-16k.wav");
-    std::fs::write(
-        d.join("talk.txt"),
-        format!("1000 ptt /Flight {}\n", ((seconds - 1.5) * 1000.0) as u64),
-    )
-    .unwrap();
+    for (k, talker) in talkers.iter().enumerate() {
+        let length_ms = if talkers.len() == 1 {
+            ((seconds - 1.5) * 1000.0) as u64
+        } else {
+            TURN_MS
+        };
+        std::fs::write(
+            d.join(format!("talk-{talker}.txt")),
+            format!(
+                "{} ptt /Flight {length_ms}\n",
+                (key_up_s(k) * 1000.0) as u64
+            ),
+        )
+        .unwrap();
+    }
     let mut readers = BTreeMap::new();
     let mut bootstrap = String::new();
+    let squad_start = std::time::Instant::now();
     for (i, (m, host)) in members.iter().zip(&hosts).enumerate() {
         let mut up = Command::new(binary());
         up.env("HOME", d)
@@ -192,23 +229,28 @@ fn run_squad(
         } else {
             up.args(["--listen", "0.0.0.0:5000", "--bootstrap", &bootstrap]);
         }
-        if m.name == talker {
+        if talkers.contains(&m.name.as_str()) {
             up.arg("--input")
                 .arg(&speech)
-                .args(["--ptt-script", "talk.txt"]);
+                .args(["--ptt-script", &format!("talk-{}.txt", m.name)]);
         }
         let child = bed.spawn(host, up)?;
+        let mut started_s = None;
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut first_lines = Vec::new();
         if i == 0 {
             let mut first = String::new();
             out.read_line(&mut first).map_err(|e| e.to_string())?;
+            started_s = Some(squad_start.elapsed().as_secs_f64());
             bootstrap = first
                 .trim()
                 .strip_prefix("listening on ")
                 .ok_or_else(|| format!("first member said: {first}"))?
                 .to_string();
-            if m.nat != Nat::Public {
+            if m.nat != Nat::Public && !upnp.contains(&m.name.as_str()) {
+                // Behind a router that maps nothing: the address a user would put in a ticket.
+                bootstrap = format!("/ip4/{}/udp/4433/quic-v1/p2p/{}", host.public, m.peer);
+            } else if m.nat != Nat::Public {
                 // Behind its router: the others dial the port the router mapped.
                 let external = loop {
                     let mut line = String::new();
@@ -243,7 +285,10 @@ fn run_squad(
                 );
             }
         }
-        readers.insert(m.name.clone(), read_log(out, first_lines));
+        readers.insert(
+            m.name.clone(),
+            read_log(out, first_lines, started_s, squad_start),
+        );
     }
     let logs: BTreeMap<String, Log> = readers
         .into_iter()
@@ -271,7 +316,13 @@ fn run_squad(
                     (t, line)
                 })
                 .collect();
-            (name, Log { lines })
+            (
+                name,
+                Log {
+                    lines,
+                    started_s: log.started_s,
+                },
+            )
         })
         .collect())
 }
@@ -350,7 +401,8 @@ fn a_squad_behind_home_nats_links_through_the_member_whose_router_maps_ports() {
         ("bravo", Nat::PortRestricted),
         ("charlie", Nat::PortRestricted),
     ];
-    let logs = run_squad(&layout, &["root"], "charlie", 9.0).unwrap_or_else(|why| panic!("{why}"));
+    let logs =
+        run_squad(&layout, &["root"], &["charlie"], 9.0).unwrap_or_else(|why| panic!("{why}"));
     let root = &logs["root"];
     assert!(
         root.lines
@@ -378,6 +430,78 @@ fn a_squad_behind_home_nats_links_through_the_member_whose_router_maps_ports() {
             "{me} heard charlie at {heard:?}\n{}",
             logs[me].text()
         );
+    }
+}
+
+/// Five members, one behind each kind of router: public, full cone with UPnP, full cone
+/// without, port-restricted and symmetric. Each in turn invites the others (it starts first
+/// and the rest dial the address its ticket would carry: its public or mapped address, or its
+/// router's address when it has neither); every member talks in turn. Prints, per inviter,
+/// each pair's path and when each heard each (docs/nat.md holds a copy).
+#[test]
+#[ignore = "about a minute of real NATs; run with --ignored --nocapture"]
+fn matrix_of_five_kinds() {
+    if let Err(why) = Bed::upnp_available() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let kinds: [(&str, Nat); 5] = [
+        ("public", Nat::Public),
+        ("cone-upnp", Nat::FullCone),
+        ("cone", Nat::FullCone),
+        ("restricted", Nat::PortRestricted),
+        ("symmetric", Nat::Symmetric),
+    ];
+    let seconds = 1.0 + 1.5 * kinds.len() as f64 + 1.0;
+    let mut rows = Vec::new();
+    for inviter in 0..kinds.len() {
+        if std::env::var("NATBED_ONLY").is_ok_and(|only| only != kinds[inviter].0) {
+            continue;
+        }
+        let mut layout = vec![kinds[inviter]];
+        layout.extend(
+            kinds
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != inviter)
+                .map(|(_, k)| *k),
+        );
+        let names: Vec<&str> = layout.iter().map(|(n, _)| *n).collect();
+        let logs = match run_squad(&layout, &["cone-upnp"], &names, seconds) {
+            Ok(logs) => logs,
+            Err(why) => {
+                rows.push(format!("| {} | all | failed: {why} | | |", names[0]));
+                continue;
+            }
+        };
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                let path = logs[*a]
+                    .link_to(b, seconds - 0.5)
+                    .unwrap_or_else(|| "none".into());
+                // On one clock: each process's times count from its own start.
+                let heard = |listener: &str, talker: &str| {
+                    let k = names.iter().position(|n| *n == talker).unwrap();
+                    let keyed = logs[talker].started_s + key_up_s(k);
+                    logs[listener]
+                        .first_heard(talker)
+                        .map_or("never".to_string(), |t| {
+                            format!("{:.0} ms", (logs[listener].started_s + t - keyed) * 1000.0)
+                        })
+                };
+                rows.push(format!(
+                    "| {} | {a} – {b} | {path} | {} | {} |",
+                    names[0],
+                    heard(a, b),
+                    heard(b, a)
+                ));
+            }
+        }
+    }
+    println!("| inviter | pair a – b | path | a hears b after b keys up | b hears a |");
+    println!("|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
     }
 }
 

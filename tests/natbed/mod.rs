@@ -43,6 +43,8 @@ pub enum Nat {
 pub struct Host {
     pub ns: String,
     pub addr: Ipv4Addr,
+    /// Where the internet sees it: its router's WAN address (its own when public).
+    pub public: Ipv4Addr,
 }
 
 /// The bed. Dropping it stops every process started in it and deletes its namespaces.
@@ -268,6 +270,7 @@ impl Bed {
             return Ok(Host {
                 ns: host,
                 addr: public,
+                public,
             });
         }
         let router = self.namespace(&format!("{name}-r"))?;
@@ -327,7 +330,11 @@ impl Bed {
         if upnp {
             self.start_miniupnpd(&router, name, gateway)?;
         }
-        Ok(Host { ns: host, addr })
+        Ok(Host {
+            ns: host,
+            addr,
+            public,
+        })
     }
 
     /// miniupnpd in `router`, mapping for its home network behind `gateway`. Its rules go in
