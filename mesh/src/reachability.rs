@@ -295,12 +295,10 @@ impl<P: Ord + Clone> AddressBook<P> {
                 None => return,
             }
         }
-        let candidate = self.candidates.entry(addr).or_insert_with(|| Candidate {
-            observers: BTreeSet::new(),
-            mapped: false,
-            last_seen: now,
-            state: State::Due { confirmed: false },
-        });
+        let candidate = self
+            .candidates
+            .entry(addr)
+            .or_insert_with(|| Candidate::new(now));
         candidate.last_seen = now;
         let new_observer = candidate.observers.insert(reporter);
         // A second witness may make a failed or unprobeable candidate worth another try.
@@ -319,12 +317,10 @@ impl<P: Ord + Clone> AddressBook<P> {
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return;
         }
-        let candidate = self.candidates.entry(addr).or_insert_with(|| Candidate {
-            observers: BTreeSet::new(),
-            mapped: true,
-            last_seen: now,
-            state: State::Due { confirmed: false },
-        });
+        let candidate = self
+            .candidates
+            .entry(addr)
+            .or_insert_with(|| Candidate::new(now));
         candidate.mapped = true;
         candidate.last_seen = now;
         // A mapping is new evidence for an address whose probe failed before it existed.
@@ -493,6 +489,16 @@ impl<P: Ord + Clone> AddressBook<P> {
 }
 
 impl<P> Candidate<P> {
+    /// Seen (or mapped) for the first time at `now`: due for a probe.
+    fn new(now: Instant) -> Self {
+        Self {
+            observers: BTreeSet::new(),
+            mapped: false,
+            last_seen: now,
+            state: State::Due { confirmed: false },
+        }
+    }
+
     fn is_confirmed(&self) -> bool {
         matches!(
             self.state,
