@@ -145,11 +145,13 @@ async fn hold(
             external: held.external,
             protocol: "UPnP IGD".into(),
         });
-        // A permanent lease needs no renewal, but the router may reboot and forget it:
-        // re-assert it as often as a finite one.
-        let renew_every = Duration::from_secs(u64::from(held.lease_s.max(120)) / 2)
-            .min(config.lease / 2)
-            .max(Duration::from_secs(60));
+        // Renewed at half the lease. A permanent lease needs no renewal, but the router may
+        // reboot and forget it: it is re-asserted as often as the lease we asked for.
+        let granted = match held.lease_s {
+            0 => config.lease,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        let renew_every = (granted / 2).max(Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(renew_every) => {
