@@ -1,12 +1,12 @@
-//! Port mapping against routers that misbehave: a "router" on loopback (a real SSDP socket and
-//! a real HTTP server) that answers the search with garbage, points at nonsense, or at nothing.
-//! The mapper reports why it has no mapping, and never panics. (A real router that maps is in
+//! Port mapping against routers that misbehave: a "router" on loopback (a real SSDP socket, a
+//! real HTTP server, a real NAT-PMP socket) that answers with garbage, points at nonsense, or
+//! at nothing. The mapper reports why it has no mapping, and never panics. (A real router that maps is in
 //! the NAT test bed: `tests/nat.rs` at the workspace root, miniupnpd in a namespace.)
 
 use callsign_mesh::member::PortMapping;
 use callsign_node::link::portmap::{PortMapConfig, PortMapper};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 /// An HTTP server on loopback answering every request with `body`; returns its port.
@@ -54,10 +54,15 @@ fn gateway_at(location: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Runs a mapper against the router at `ssdp` and returns its first report.
-async fn first_report(ssdp: SocketAddr) -> PortMapping {
+/// Where no NAT-PMP router listens (a loopback address of its own).
+const NO_NATPMP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// Runs a mapper against the UPnP router at `ssdp` and the NAT-PMP one at `natpmp`, and
+/// returns its first report.
+async fn first_report(ssdp: SocketAddr, natpmp: Ipv4Addr) -> PortMapping {
     let config = PortMapConfig {
         ssdp,
+        natpmp_gateway: Some(natpmp),
         search_timeout: Duration::from_millis(500),
         ..PortMapConfig::default()
     };
@@ -81,7 +86,7 @@ fn reason(report: PortMapping) -> String {
 #[tokio::test]
 async fn a_router_answering_the_search_with_garbage_gives_no_mapping() {
     let ssdp = ssdp_responder(b"\xff\x00\x13 not http at all \r\n\r\n".to_vec());
-    let why = reason(first_report(ssdp).await);
+    let why = reason(first_report(ssdp, NO_NATPMP).await);
     assert!(why.starts_with("no UPnP router answered"), "{why}");
 }
 
@@ -89,7 +94,7 @@ async fn a_router_answering_the_search_with_garbage_gives_no_mapping() {
 async fn a_router_whose_description_is_nonsense_gives_no_mapping() {
     let http = http_server("<html><body>this is a login page, not a device</body></html>");
     let ssdp = ssdp_responder(gateway_at(&format!("http://127.0.0.1:{http}/rootDesc.xml")));
-    let why = reason(first_report(ssdp).await);
+    let why = reason(first_report(ssdp, NO_NATPMP).await);
     assert!(why.starts_with("no UPnP router answered"), "{why}");
 }
 
@@ -104,7 +109,7 @@ async fn a_router_pointing_at_nothing_gives_no_mapping() {
     let ssdp = ssdp_responder(gateway_at(&format!(
         "http://127.0.0.1:{closed}/rootDesc.xml"
     )));
-    let why = reason(first_report(ssdp).await);
+    let why = reason(first_report(ssdp, NO_NATPMP).await);
     assert!(why.starts_with("no UPnP router answered"), "{why}");
 }
 
@@ -112,6 +117,29 @@ async fn a_router_pointing_at_nothing_gives_no_mapping() {
 async fn no_router_at_all_gives_no_mapping() {
     // Nothing answers at this address (a bound socket that never replies).
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let why = reason(first_report(silent.local_addr().unwrap()).await);
+    let why = reason(first_report(silent.local_addr().unwrap(), NO_NATPMP).await);
     assert!(why.starts_with("no UPnP router answered"), "{why}");
+    assert!(
+        why.contains("no NAT-PMP router answered at 127.0.0.3"),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn a_nat_pmp_router_answering_garbage_gives_no_mapping() {
+    // NAT-PMP has a fixed port; this router has a loopback address of its own.
+    let router = UdpSocket::bind("127.0.0.2:5351").unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = router.recv_from(&mut buf) {
+            // Version 7, a made-up opcode, three bytes: nothing a client should take.
+            let _ = router.send_to(&[7, 3, 0], from);
+        }
+    });
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let why = reason(first_report(silent.local_addr().unwrap(), Ipv4Addr::new(127, 0, 0, 2)).await);
+    assert!(
+        why.contains("the NAT-PMP router at 127.0.0.2 refused (unsupported nat-pmp version"),
+        "{why}"
+    );
 }

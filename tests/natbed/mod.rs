@@ -6,7 +6,7 @@
 //! home network a /28 of 203.0.113.0/24.
 //!
 //! A home router may also run miniupnpd (Debian's `miniupnpd-nftables`: UPnP IGD, NAT-PMP and
-//! PCP), which maps ports on request ([`Bed::host_with_upnp`]). miniupnpd refuses to map
+//! PCP), which maps ports on request ([`Bed::host_mapping`]). miniupnpd refuses to map
 //! when its WAN address is in a reserved range, which the documentation ranges are, unless a
 //! STUN check shows nothing filters in front of it; the bed's internet therefore answers STUN
 //! binding requests at 198.51.100.2:3478 (a few lines below, from a thread inside the
@@ -36,6 +36,17 @@ pub enum Nat {
     PortRestricted,
     /// Endpoint-dependent mapping (a new port per destination): masquerade with random ports.
     Symmetric,
+}
+
+/// What a home router running miniupnpd does when asked to map a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Maps {
+    /// Maps over UPnP IGD, NAT-PMP and PCP.
+    Upnp,
+    /// Maps over NAT-PMP and PCP only (UPnP off, as on Apple's routers).
+    NatPmpOnly,
+    /// Answers every protocol and refuses every mapping.
+    Refuses,
 }
 
 /// A host of the bed: the namespace it lives in and its own address.
@@ -243,21 +254,21 @@ impl Bed {
 
     /// A host behind `nat` (its own router namespace unless public).
     pub fn host(&mut self, name: &str, nat: Nat) -> Result<Host, String> {
-        self.add_host(name, nat, false)
+        self.add_host(name, nat, None)
     }
 
-    /// A host behind `nat` whose router also maps ports on request (miniupnpd: UPnP IGD,
-    /// NAT-PMP, PCP); returns once the router answers.
-    pub fn host_with_upnp(&mut self, name: &str, nat: Nat) -> Result<Host, String> {
+    /// A host behind `nat` whose router runs miniupnpd doing what `maps` says; returns once
+    /// the router answers.
+    pub fn host_mapping(&mut self, name: &str, nat: Nat, maps: Maps) -> Result<Host, String> {
         Self::upnp_available()?;
         if nat == Nat::Public {
             return Err("a public host has no router".into());
         }
         self.start_stun()?;
-        self.add_host(name, nat, true)
+        self.add_host(name, nat, Some(maps))
     }
 
-    fn add_host(&mut self, name: &str, nat: Nat, upnp: bool) -> Result<Host, String> {
+    fn add_host(&mut self, name: &str, nat: Nat, maps: Option<Maps>) -> Result<Host, String> {
         self.next += 1;
         let i = self.next;
         if i > 14 {
@@ -327,8 +338,8 @@ impl Bed {
             &["ip", "netns", "exec", &router, "nft", "-f", "-"],
             Some(&table),
         )?;
-        if upnp {
-            self.start_miniupnpd(&router, name, gateway)?;
+        if let Some(maps) = maps {
+            self.start_miniupnpd(&router, name, gateway, maps)?;
         }
         Ok(Host {
             ns: host,
@@ -344,6 +355,7 @@ impl Bed {
         router: &str,
         name: &str,
         gateway: Ipv4Addr,
+        maps: Maps,
     ) -> Result<(), String> {
         let table =
             "table inet upnp {\n chain forward {\n  type filter hook forward priority -5;\n  \
@@ -359,15 +371,25 @@ impl Bed {
         let [a, b, c, d] = gateway.octets();
         let home = Ipv4Addr::new(a, b, c, d & 0xf0);
         let config = self.scratch.path().join(format!("{name}-miniupnpd.conf"));
+        let upnp = if maps == Maps::NatPmpOnly {
+            "no"
+        } else {
+            "yes"
+        };
+        let allow = if maps == Maps::Refuses {
+            String::new()
+        } else {
+            format!("allow 1024-65535 {home}/28 1024-65535\n")
+        };
         std::fs::write(
             &config,
             format!(
-                "ext_ifname=wan\nlistening_ip=lan\nenable_upnp=yes\nenable_natpmp=yes\n\
+                "ext_ifname=wan\nlistening_ip=lan\nenable_upnp={upnp}\nenable_natpmp=yes\n\
                  ext_perform_stun=yes\next_stun_host={STUN_SERVER}\next_stun_port=3478\n\
                  upnp_table_name=upnp\nupnp_nat_table_name=upnp\nsecure_mode=yes\n\
                  system_uptime=no\nlease_file={}\n\
                  uuid=3d3cec3a-8cf0-11e0-98ee-00000000{:04x}\n\
-                 allow 1024-65535 {home}/28 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+                 {allow}deny 0-65535 0.0.0.0/0 0-65535\n",
                 self.scratch.path().join(format!("{name}-leases")).display(),
                 self.next
             ),
@@ -378,6 +400,10 @@ impl Bed {
         let child = Command::new("ip")
             .args(["netns", "exec", router, "/usr/sbin/miniupnpd", "-d", "-f"])
             .arg(&config)
+            // Its own pid file: the default one is shared by every router (and test) on the
+            // machine, and a second miniupnpd refuses to start beside it.
+            .arg("-P")
+            .arg(self.scratch.path().join(format!("{name}-miniupnpd.pid")))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
             .stderr(log_file)
