@@ -157,11 +157,32 @@ fn key_up_s(k: usize) -> f64 {
 
 /// [`run_squad`], or `None` (said on stderr) where this machine cannot host the bed.
 fn squad(layout: &[(&str, Nat)], talker: &str, seconds: f64) -> Option<BTreeMap<String, Log>> {
-    if let Err(why) = Bed::available() {
+    squad_with_routers(layout, &[], &[talker], seconds)
+}
+
+/// Whether this machine can host the bed (with miniupnpd, for routers that map); says why not
+/// on stderr.
+fn bed_here(routers: bool) -> bool {
+    let available = if routers {
+        Bed::upnp_available()
+    } else {
+        Bed::available()
+    };
+    if let Err(why) = &available {
         eprintln!("skipped: {why}");
-        return None;
     }
-    Some(run_squad(layout, &[], &[talker], seconds).unwrap_or_else(|why| panic!("{why}")))
+    available.is_ok()
+}
+
+/// [`run_squad`] with routers that map, or `None` where this machine cannot host the bed.
+fn squad_with_routers(
+    layout: &[(&str, Nat)],
+    routers: &[(&str, Maps)],
+    talkers: &[&str],
+    seconds: f64,
+) -> Option<BTreeMap<String, Log>> {
+    bed_here(!routers.is_empty())
+        .then(|| run_squad(layout, routers, talkers, seconds).unwrap_or_else(|why| panic!("{why}")))
 }
 
 /// Runs the squad for `seconds`: the first member is the bootstrap everyone dials (it must be
@@ -391,18 +412,15 @@ fn symmetric_and_port_restricted_members_talk_through_the_circuit() {
 /// the other three punch direct paths to each other.
 #[test]
 fn a_squad_behind_home_nats_links_through_the_member_whose_router_maps_ports() {
-    if let Err(why) = Bed::upnp_available() {
-        eprintln!("skipped: {why}");
-        return;
-    }
     let layout = [
         ("root", Nat::PortRestricted),
         ("alpha", Nat::PortRestricted),
         ("bravo", Nat::PortRestricted),
         ("charlie", Nat::PortRestricted),
     ];
-    let logs = run_squad(&layout, &[("root", Maps::Upnp)], &["charlie"], 9.0)
-        .unwrap_or_else(|why| panic!("{why}"));
+    let Some(logs) = squad_with_routers(&layout, &[("root", Maps::Upnp)], &["charlie"], 9.0) else {
+        return;
+    };
     let root = &logs["root"];
     assert!(
         root.lines
@@ -440,17 +458,15 @@ fn a_squad_behind_home_nats_links_through_the_member_whose_router_maps_ports() {
 #[ignore = "flaky (2026-11-25): the member behind the refusing router sometimes links to the \
             third member only after 9 s; run with --ignored --nocapture"]
 fn a_nat_pmp_router_maps_and_a_refusing_one_leaves_hole_punching() {
-    if let Err(why) = Bed::upnp_available() {
-        eprintln!("skipped: {why}");
-        return;
-    }
     let layout = [
         ("root", Nat::PortRestricted),
         ("alpha", Nat::PortRestricted),
         ("bravo", Nat::PortRestricted),
     ];
     let routers = [("root", Maps::NatPmpOnly), ("alpha", Maps::Refuses)];
-    let logs = run_squad(&layout, &routers, &["bravo"], 10.0).unwrap_or_else(|why| panic!("{why}"));
+    let Some(logs) = squad_with_routers(&layout, &routers, &["bravo"], 10.0) else {
+        return;
+    };
     let said = |who: &str, prefix: &str| {
         logs[who]
             .lines
@@ -493,8 +509,7 @@ fn a_nat_pmp_router_maps_and_a_refusing_one_leaves_hole_punching() {
 #[test]
 #[ignore = "about a minute of real NATs; run with --ignored --nocapture"]
 fn matrix_of_five_kinds() {
-    if let Err(why) = Bed::upnp_available() {
-        eprintln!("skipped: {why}");
+    if !bed_here(true) {
         return;
     }
     let kinds: [(&str, Nat); 5] = [

@@ -394,19 +394,24 @@ impl ChannelFloor {
         Some(since + sh.config.silence_timeout)
     }
 
+    /// Whether our claim is out and repeated to whoever has not acknowledged it: a request
+    /// the members' rule decides (an arbiter answers with rulings instead), or a release (one
+    /// lost in a burst left members following us as holder, and the next talker silenced, for
+    /// QUIC's doubling probe timeouts: chaos seed 817, 1 s).
+    fn awaits_acks(&self) -> bool {
+        match self.state {
+            LocalFloor::Pending => self.ruling().is_none(),
+            LocalFloor::Releasing => true,
+            _ => false,
+        }
+    }
+
     /// When [`Self::handle_timeout`] has something to do.
     pub(crate) fn poll_timeout(&self, sh: &Shared) -> Option<Instant> {
-        let ack = match self.state {
-            LocalFloor::Pending if self.ruling().is_none() => {
-                let timeout = self.changed_at + sh.config.ack_timeout;
-                Some(self.next_resend.map_or(timeout, |at| at.min(timeout)))
-            }
-            LocalFloor::Releasing => {
-                let timeout = self.changed_at + sh.config.ack_timeout;
-                Some(self.next_resend.map_or(timeout, |at| at.min(timeout)))
-            }
-            _ => None,
-        };
+        let ack = self.awaits_acks().then(|| {
+            let timeout = self.changed_at + sh.config.ack_timeout;
+            self.next_resend.map_or(timeout, |at| at.min(timeout))
+        });
         let talk = match (self.state, self.granted_at, self.mine.request) {
             (LocalFloor::Granted, Some(at), Some(request)) => {
                 sh.config.max_talk(request.priority).map(|max| at + max)
@@ -445,14 +450,7 @@ impl ChannelFloor {
             self.arbiter_silent = true;
             self.decision = None;
         }
-        let waiting = match self.state {
-            LocalFloor::Pending => self.ruling().is_none(),
-            // A release lost in a burst left members following us as holder, and the next
-            // talker silenced, for QUIC's doubling probe timeouts (chaos seed 817: 1 s).
-            LocalFloor::Releasing => true,
-            _ => false,
-        };
-        if waiting && self.next_resend.is_some_and(|at| now >= at) {
+        if self.awaits_acks() && self.next_resend.is_some_and(|at| now >= at) {
             self.resend_claim(sh, now);
         }
         if self.state == LocalFloor::Granted && self.next_heartbeat.is_some_and(|at| now >= at) {
