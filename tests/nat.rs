@@ -455,8 +455,6 @@ fn a_squad_behind_home_nats_links_through_the_member_whose_router_maps_ports() {
 /// the first member's router maps over NAT-PMP, so the others can join at its address; the
 /// second's refuses every mapping, which it reports, and it links by hole punching instead.
 #[test]
-#[ignore = "flaky (2026-11-25): the member behind the refusing router sometimes links to the \
-            third member only after 9 s; run with --ignored --nocapture"]
 fn a_nat_pmp_router_maps_and_a_refusing_one_leaves_hole_punching() {
     let layout = [
         ("root", Nat::PortRestricted),

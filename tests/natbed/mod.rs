@@ -45,7 +45,7 @@ pub enum Maps {
     Upnp,
     /// Maps over NAT-PMP and PCP only (UPnP off, as on Apple's routers).
     NatPmpOnly,
-    /// Answers every protocol and refuses every mapping.
+    /// Answers every protocol and refuses every mapping (its firewall will not take one).
     Refuses,
 }
 
@@ -376,11 +376,7 @@ impl Bed {
         } else {
             "yes"
         };
-        let allow = if maps == Maps::Refuses {
-            String::new()
-        } else {
-            format!("allow 1024-65535 {home}/28 1024-65535\n")
-        };
+        let allow = format!("allow 1024-65535 {home}/28 1024-65535\n");
         std::fs::write(
             &config,
             format!(
@@ -418,6 +414,16 @@ impl Bed {
             if text.contains("Listening for NAT-PMP") {
                 if !text.contains("Port forwarding is now enabled") {
                     return Err(format!("miniupnpd will not map ports:\n{text}"));
+                }
+                if maps == Maps::Refuses {
+                    // Its firewall table gone, every mapping fails at once (UPnP error 501,
+                    // NAT-PMP result 3), as on a router whose firewall will not take the rule.
+                    // (Permission rules that deny everything refuse too, but miniupnpd then
+                    // searches all 65535 ports per request, a minute of CPU each, which
+                    // starved the members sharing this machine.)
+                    run(&[
+                        "ip", "netns", "exec", router, "nft", "delete", "table", "inet", "upnp",
+                    ])?;
                 }
                 return Ok(());
             }
