@@ -2,6 +2,7 @@
 //! (crash, restart, join, leave), and the loop that runs the real `Node` through them, tracing
 //! every event and keeping its final counters.
 
+use crate::network::public_ip;
 use crate::network::SimNetwork;
 use crate::org::Org;
 use crate::scenario::{Action, NatKind, PairLink, Scenario};
@@ -232,6 +233,7 @@ pub(crate) struct HostPlan {
     index: usize,
     name: String,
     nat: NatKind,
+    upnp: bool,
     relay: bool,
     rented_relay: bool,
     uplink_kbps: f64,
@@ -301,6 +303,7 @@ impl HostPlan {
             index,
             name: spec.name.clone(),
             nat: spec.nat,
+            upnp: spec.upnp,
             relay: spec.relay,
             rented_relay,
             uplink_kbps,
@@ -331,6 +334,7 @@ pub(crate) async fn run_host(
         index,
         name,
         nat,
+        upnp,
         relay,
         rented_relay,
         uplink_kbps,
@@ -390,6 +394,14 @@ pub(crate) async fn run_host(
         config.socket = Some(socket);
         config.tcp_fallback = false;
         config.relay_circuits = relay;
+        let public = SocketAddr::new(public_ip(ip), port);
+        if nat == NatKind::None {
+            // A public host knows its address, as a VPS's owner does.
+            config.announce = Some(vec![callsign_node::link::socket_to_multiaddr(public)]);
+        }
+        if upnp {
+            config.mapped_port = Some(network.map_port(ip, port));
+        }
         // The node says what its uplink carries, as a member would configure it.
         config.uplink_kbps = (uplink_kbps > 0.0).then_some(uplink_kbps as u32);
         if rented_relay {
@@ -407,9 +419,11 @@ pub(crate) async fn run_host(
             &everyone
         };
         for (peer_name, key) in dial {
+            // Where its ticket would point: its router's public address (the port it
+            // listens on, which a cone NAT preserves and a UPnP router forwards).
             let addr = format!(
                 "/ip4/{}/udp/{PORT}/quic-v1/p2p/{}",
-                turmoil::lookup(peer_name.as_str()),
+                public_ip(turmoil::lookup(peer_name.as_str())),
                 key.peer_id()
             );
             config.bootstrap.push(addr.parse()?);

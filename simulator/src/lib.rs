@@ -2,7 +2,7 @@
 //!
 //! Owns: scenario files ([`scenario`], version 1, docs/scenarios.md), the simulated network
 //! ([`network::SimNetwork`]: latency, jitter, uniform and Gilbert–Elliott loss, reordering,
-//! duplication, bandwidth queues, partitions, NAT filtering), and the runner ([`run`]) that
+//! duplication, bandwidth queues, partitions, NATs that translate addresses: [`nat`]), and the runner ([`run`]) that
 //! starts the real `callsign_node::Node` for every member on turmoil sockets in virtual time and
 //! reports per-stream delivery, mouth-to-ear latency, paths, charter convergence, floor grants,
 //! drops and a trace hash ([`report`]); chaos runs ([`chaos`]): random scenarios from a seed,
@@ -13,6 +13,7 @@
 
 pub mod chaos;
 mod host;
+pub mod nat;
 pub mod network;
 mod org;
 pub mod report;

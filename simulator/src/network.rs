@@ -1,23 +1,26 @@
 //! The simulated network between nodes: per-path latency, jitter, loss (uniform and
-//! Gilbert–Elliott), reordering, duplication, bandwidth with a queue, partitions and NAT
-//! filtering, all drawn from one seeded RNG in virtual time, so a run replays exactly.
+//! Gilbert–Elliott), reordering, duplication, bandwidth with a queue, partitions and NATs that
+//! translate addresses, all drawn from one seeded RNG in virtual time, so a run replays exactly.
 //!
 //! turmoil itself is set to zero latency; every delay comes from here, applied by the
 //! simulated socket ([`callsign_node::link::PathModel`]).
+//!
+//! Addresses: every host sits on a private address of its own (turmoil's, 192.168.0.0/16),
+//! which nobody else can reach, behind a router with a public address from the documentation
+//! ranges ([`public_ip`]). A host without NAT has a one-to-one router (every port forwarded, as
+//! a cloud VM's); the others have a home router ([`crate::nat`]) that maps and filters as its
+//! [`NatKind`] says.
 
+use crate::nat::Router;
 use crate::scenario::{LinkModel, NatKind};
-use callsign_node::link::PathModel;
+use callsign_node::link::{PathModel, Transit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
-
-/// How long a NAT keeps a mapping without outbound traffic (RFC 4787 asks for ≥ 2 min; many
-/// home routers use 30 s for UDP).
-pub const NAT_MAPPING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How much traffic a capped uplink queues before it drops.
 const UPLINK_QUEUE: Duration = Duration::from_millis(200);
@@ -31,6 +34,8 @@ pub struct NetworkCounts {
     pub queue_drops: u64,
     pub duplicated: u64,
     pub nat_filtered: u64,
+    /// Sent to an address nobody owns (another network's private address, say).
+    pub unroutable: u64,
 }
 
 struct State {
@@ -46,12 +51,8 @@ struct State {
     queue_free_at: BTreeMap<(IpAddr, IpAddr), Duration>,
     /// Per node with a capped uplink: its rate in kbit/s and when its queue drains.
     uplinks: BTreeMap<IpAddr, (f64, Duration)>,
-    nat: BTreeMap<IpAddr, NatKind>,
-    /// Per NATed node: destinations it sent to, and when last.
-    mappings: BTreeMap<IpAddr, BTreeMap<SocketAddr, Duration>>,
-    /// (from, to) pairs where a datagram from `from` reached `to`: `to` then knows the
-    /// external port `from`'s NAT chose for it.
-    delivered: BTreeSet<(SocketAddr, SocketAddr)>,
+    /// Each host's router, by the host's private address.
+    routers: BTreeMap<IpAddr, Router>,
     counts: NetworkCounts,
 }
 
@@ -76,9 +77,7 @@ impl SimNetwork {
                 burst_bad: BTreeMap::new(),
                 queue_free_at: BTreeMap::new(),
                 uplinks: BTreeMap::new(),
-                nat: BTreeMap::new(),
-                mappings: BTreeMap::new(),
-                delivered: BTreeSet::new(),
+                routers: BTreeMap::new(),
                 counts: NetworkCounts::default(),
             }),
         }
@@ -110,8 +109,19 @@ impl SimNetwork {
         }
     }
 
+    /// Puts `node` behind a router of `kind` (a fresh one: mappings are lost, as when a
+    /// router restarts). Hosts never set have a one-to-one router.
     pub fn set_nat(&self, node: IpAddr, kind: NatKind) {
-        self.state().nat.insert(node, kind);
+        self.state()
+            .routers
+            .insert(node, Router::new(public_ip(node), kind));
+    }
+
+    /// Has `node`'s router forward `port` to it for good, as a UPnP IGD router does when
+    /// asked; returns the public address (the same port number if free, else another).
+    pub fn map_port(&self, node: IpAddr, port: u16) -> SocketAddr {
+        let mut state = self.state();
+        router(&mut state.routers, node).forward(SocketAddr::new(node, port), now())
     }
 
     pub fn partition(&self, groups: &[Vec<IpAddr>]) {
@@ -143,25 +153,40 @@ impl SimNetwork {
 }
 
 impl PathModel for SimNetwork {
-    fn transmit(&self, from: SocketAddr, to: SocketAddr, datagram: &[u8]) -> Vec<Duration> {
+    fn transmit(&self, from: SocketAddr, to: SocketAddr, datagram: &[u8]) -> Option<Transit> {
         let len = datagram.len();
         let now = now();
         let mut guard = self.state();
         let s = &mut *guard;
         s.counts.sent += 1;
-        if s.nat.get(&from.ip()).is_some_and(|k| *k != NatKind::None) {
-            s.mappings.entry(from.ip()).or_default().insert(to, now);
-        }
+        let Some(host) = private_ip(to.ip()) else {
+            s.counts.unroutable += 1;
+            return None;
+        };
+        let seen_from = router(&mut s.routers, from.ip()).outbound(from, to, now);
+        let Some(deliver_to) = router(&mut s.routers, host).inbound(host, to.port(), now) else {
+            // No mapping holds that port: the router drops it.
+            s.counts.nat_filtered += 1;
+            return None;
+        };
+        let transit = |delays| {
+            Some(Transit {
+                deliver_to,
+                seen_from,
+                delays,
+            })
+        };
+        let to = deliver_to;
         if s.isolated.contains(&from.ip()) || s.isolated.contains(&to.ip()) {
             s.counts.partitioned += 1;
-            return Vec::new();
+            return None;
         }
         if let Some(groups) = &s.groups {
             // Nodes not named in the partition form their own group each.
             let group = |ip: &IpAddr| groups.get(ip).copied();
             if group(&from.ip()) != group(&to.ip()) || group(&from.ip()).is_none() {
                 s.counts.partitioned += 1;
-                return Vec::new();
+                return None;
             }
         }
         let key = (from.ip(), to.ip());
@@ -170,7 +195,9 @@ impl PathModel for SimNetwork {
         // varies in length from run to run) cross with the base latency only, and take no dice;
         // see docs/scenarios.md.
         if datagram.first().is_some_and(|b| b & 0x80 != 0) {
-            return vec![Duration::from_secs_f64(model.latency_ms.max(0.0) / 1e3)];
+            return transit(vec![Duration::from_secs_f64(
+                model.latency_ms.max(0.0) / 1e3,
+            )]);
         }
         // Dice come from (seed, path, virtual instant) alone: every datagram a path carries in
         // one tick shares its fate. Which datagrams a node sends within one instant, and how
@@ -205,7 +232,7 @@ impl PathModel for SimNetwork {
         }
         if loss > 0.0 && rng.gen_bool(loss.min(1.0)) {
             s.counts.lost += 1;
-            return Vec::new();
+            return None;
         }
         let mut delay_ms = model.latency_ms;
         if model.jitter_ms > 0.0 {
@@ -222,7 +249,7 @@ impl PathModel for SimNetwork {
             let start = (*free_at).max(now);
             if start - now > UPLINK_QUEUE {
                 s.counts.queue_drops += 1;
-                return Vec::new();
+                return None;
             }
             *free_at = start + Duration::from_secs_f64(len as f64 * 8.0 / (*kbps * 1e3));
             delay += *free_at - now;
@@ -233,7 +260,7 @@ impl PathModel for SimNetwork {
             let free_at = s.queue_free_at.get(&key).copied().unwrap_or(now).max(now);
             if free_at - now > Duration::from_secs_f64(model.queue_ms / 1e3) {
                 s.counts.queue_drops += 1;
-                return Vec::new();
+                return None;
             }
             let done = free_at + serialise;
             s.queue_free_at.insert(key, done);
@@ -244,45 +271,70 @@ impl PathModel for SimNetwork {
             s.counts.duplicated += 1;
             copies.push(delay + Duration::from_millis(1));
         }
-        copies
+        transit(copies)
     }
 
-    fn admit(&self, local: SocketAddr, from: SocketAddr) -> bool {
+    fn admit(&self, local: SocketAddr, seen_from: SocketAddr, addressed_to: SocketAddr) -> bool {
         let now = now();
         let mut guard = self.state();
         let s = &mut *guard;
-        let kind = s.nat.get(&local.ip()).copied().unwrap_or_default();
-        let live = |t: &Duration| now.saturating_sub(*t) < NAT_MAPPING_TIMEOUT;
-        let sent_to = |dest: &SocketAddr| {
-            s.mappings
-                .get(&local.ip())
-                .and_then(|m| m.get(dest))
-                .is_some_and(live)
-        };
-        let admitted = match kind {
-            NatKind::None => true,
-            NatKind::FullCone => s
-                .mappings
-                .get(&local.ip())
-                .is_some_and(|m| m.values().any(live)),
-            NatKind::Restricted => s
-                .mappings
-                .get(&local.ip())
-                .is_some_and(|m| m.iter().any(|(dest, t)| dest.ip() == from.ip() && live(t))),
-            NatKind::PortRestricted => sent_to(&from),
-            // A symmetric NAT gives each destination its own external port. `from` can reach
-            // us only at the port our NAT opened for it, which it learns by hearing from us:
-            // so we must have sent to it and one of those datagrams must have arrived. Two
-            // symmetric NATs therefore never link directly (neither hears the other first).
-            NatKind::Symmetric => sent_to(&from) && s.delivered.contains(&(local, from)),
-        };
-        if admitted {
-            s.delivered.insert((from, local));
-        } else {
+        let admitted =
+            router(&mut s.routers, local.ip()).admits(local, seen_from, addressed_to.port(), now);
+        if !admitted {
             s.counts.nat_filtered += 1;
         }
         admitted
     }
+}
+
+/// `host`'s router (a one-to-one one until the scenario says otherwise).
+fn router(routers: &mut BTreeMap<IpAddr, Router>, host: IpAddr) -> &mut Router {
+    routers
+        .entry(host)
+        .or_insert_with(|| Router::new(public_ip(host), NatKind::None))
+}
+
+/// The public address of the router in front of the host at `private` (turmoil's
+/// 192.168.a.b, the host's index a·256 + b): 198.51.100.0/24, then 203.0.113.0/24, then
+/// 192.0.2.0/24 (762 hosts), then the benchmarking range 198.18.0.0/15.
+pub fn public_ip(private: IpAddr) -> IpAddr {
+    let IpAddr::V4(v4) = private else {
+        return private;
+    };
+    let [_, _, a, b] = v4.octets();
+    let index = u32::from(a) * 256 + u32::from(b);
+    let in_range =
+        |base: [u8; 3], n: u32| IpAddr::V4(Ipv4Addr::new(base[0], base[1], base[2], n as u8));
+    match index {
+        1..=254 => in_range([198, 51, 100], index),
+        255..=508 => in_range([203, 0, 113], index - 254),
+        509..=762 => in_range([192, 0, 2], index - 508),
+        _ => IpAddr::V4(Ipv4Addr::from(
+            u32::from(Ipv4Addr::new(198, 18, 0, 0)) + index,
+        )),
+    }
+}
+
+/// The private address of the host behind the router at `public`, if it is one of ours.
+fn private_ip(public: IpAddr) -> Option<IpAddr> {
+    let IpAddr::V4(v4) = public else {
+        return None;
+    };
+    let [p, q, r, n] = v4.octets();
+    let index = match [p, q, r] {
+        [198, 51, 100] if (1..=254).contains(&n) => u32::from(n),
+        [203, 0, 113] if (1..=254).contains(&n) => u32::from(n) + 254,
+        [192, 0, 2] if (1..=254).contains(&n) => u32::from(n) + 508,
+        _ if (p, q & 0xfe) == (198, 18) => u32::from(v4) - u32::from(Ipv4Addr::new(198, 18, 0, 0)),
+        _ => return None,
+    };
+    let private = IpAddr::V4(Ipv4Addr::new(
+        192,
+        168,
+        (index / 256) as u8,
+        (index % 256) as u8,
+    ));
+    (public_ip(private) == public).then_some(private)
 }
 
 /// What a die decides: the two kinds never share a seed.
@@ -330,6 +382,17 @@ mod tests {
         SocketAddr::from(([192, 168, 0, last], 4433))
     }
 
+    /// Where others send to reach `addr`: its router's public address.
+    fn public(addr: SocketAddr) -> SocketAddr {
+        SocketAddr::new(public_ip(addr.ip()), addr.port())
+    }
+
+    fn delays(net: &SimNetwork, from: u8, to: u8, datagram: &[u8]) -> Vec<Duration> {
+        net.transmit(addr(from), public(addr(to)), datagram)
+            .map(|t| t.delays)
+            .unwrap_or_default()
+    }
+
     #[test]
     fn a_capped_uplink_is_shared_by_every_path_and_drops_past_its_queue() {
         // Outside a simulation the clock stands at zero: every datagram is sent at once.
@@ -337,8 +400,8 @@ mod tests {
         net.set_uplink(addr(1).ip(), 80.0); // 10 bytes per ms
         let base = Duration::from_secs_f64(LinkModel::default().latency_ms / 1e3);
         let datagram = [0x40u8; 1000]; // short header: takes the dice; 100 ms to serialise
-        let first = net.transmit(addr(1), addr(2), &datagram);
-        let second = net.transmit(addr(1), addr(3), &datagram);
+        let first = delays(&net, 1, 2, &datagram);
+        let second = delays(&net, 1, 3, &datagram);
         assert_eq!(first, vec![base + Duration::from_millis(100)]);
         assert_eq!(
             second,
@@ -346,10 +409,51 @@ mod tests {
             "queued behind the first"
         );
         // 200 ms queued: the next waits longer than the queue allows.
-        net.transmit(addr(1), addr(2), &datagram);
-        assert!(net.transmit(addr(1), addr(2), &datagram).is_empty());
+        delays(&net, 1, 2, &datagram);
+        assert!(delays(&net, 1, 2, &datagram).is_empty());
         assert_eq!(net.counts().queue_drops, 1);
         // Other senders are not held up.
-        assert_eq!(net.transmit(addr(2), addr(1), &datagram), vec![base]);
+        assert_eq!(delays(&net, 2, 1, &datagram), vec![base]);
+    }
+
+    #[test]
+    fn addresses_are_translated_and_private_ones_lead_nowhere() {
+        let net = SimNetwork::new(1, LinkModel::default());
+        net.set_nat(addr(2).ip(), NatKind::PortRestricted);
+        let datagram = [0x40u8; 100];
+        // Public host 1 to NATed host 2, before 2 sent anything: no mapping, dropped.
+        assert!(net.transmit(addr(1), public(addr(2)), &datagram).is_none());
+        // 2 sends to 1: 1 sees 2's router, with the port preserved.
+        let out = net.transmit(addr(2), public(addr(1)), &datagram).unwrap();
+        assert_eq!(out.seen_from, public(addr(2)));
+        assert_eq!(out.deliver_to, addr(1));
+        // Now 1's answer finds the mapping and passes the filter.
+        let back = net.transmit(addr(1), public(addr(2)), &datagram).unwrap();
+        assert_eq!(back.deliver_to, addr(2));
+        assert!(net.admit(addr(2), back.seen_from, public(addr(2))));
+        // A stranger (host 3) reaches the mapping but not through the filter.
+        let stranger = net.transmit(addr(3), public(addr(2)), &datagram).unwrap();
+        assert!(!net.admit(addr(2), stranger.seen_from, public(addr(2))));
+        // A private address is nobody's on the internet.
+        assert!(net.transmit(addr(1), addr(2), &datagram).is_none());
+        assert_eq!(net.counts().unroutable, 1);
+    }
+
+    #[test]
+    fn public_and_private_addresses_correspond_one_to_one() {
+        for index in [1u32, 254, 255, 508, 509, 762, 763, 5000] {
+            let private = IpAddr::V4(Ipv4Addr::new(
+                192,
+                168,
+                (index / 256) as u8,
+                (index % 256) as u8,
+            ));
+            let public = public_ip(private);
+            assert!(
+                callsign_mesh::reachability::is_beyond_local_network(&SocketAddr::new(public, 1)),
+                "{public}"
+            );
+            assert_eq!(private_ip(public), Some(private), "{index}: {public}");
+        }
     }
 }

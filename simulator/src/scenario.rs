@@ -110,7 +110,7 @@ pub enum FloorSpec {
     HalfDuplex,
 }
 
-/// NAT behaviour in front of a node (RFC 4787 filtering).
+/// The router in front of a node: [`crate::nat`] says how each maps and filters (RFC 4787).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum NatKind {
@@ -135,6 +135,10 @@ pub struct NodeSpec {
     pub admin: bool,
     #[serde(default)]
     pub nat: NatKind,
+    /// Its router forwards the node's port when asked (UPnP IGD): the node starts with that
+    /// mapping, as its port mapper would get it.
+    #[serde(default)]
+    pub upnp: bool,
     /// Serves relay circuits to members who cannot link directly (a reachable volunteer).
     #[serde(default)]
     pub relay: bool,

@@ -98,7 +98,7 @@ mod window;
 
 pub use config::LinkConfig;
 pub use links::{DatagramReceiver, IncomingDatagram, LinkCounts, LinkEvent, Links};
-pub use socket::{LinkSocket, PathModel};
+pub use socket::{LinkSocket, PathModel, Transit};
 pub use transport::QuicTransport;
 
 use libp2p::multiaddr::Protocol;

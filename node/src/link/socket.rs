@@ -62,20 +62,64 @@ pub struct SocketCounts {
 }
 
 /// The simulated network between sockets. Every datagram a simulated socket sends asks
-/// [`PathModel::transmit`] when its copies arrive; every datagram it receives asks
-/// [`PathModel::admit`]. Implementations must be deterministic for a seed: the simulator
+/// [`PathModel::transmit`] where it goes and when its copies arrive; every datagram it receives
+/// asks [`PathModel::admit`]. Implementations must be deterministic for a seed: the simulator
 /// replays runs.
+///
+/// A model may translate addresses, as NATs do: a datagram then reaches a host other than the
+/// address it was sent to names (the host behind the router that owns that address), and the
+/// receiver sees it come from the sender's router rather than the sender. The simulated socket
+/// carries both translated addresses with the datagram ([`Transit`]).
 pub trait PathModel: Send + Sync + 'static {
-    /// Delays after which copies of `datagram` from `from` reach `to`: empty drops it, two
-    /// entries duplicate it.
-    fn transmit(
-        &self,
-        from: SocketAddr,
-        to: SocketAddr,
-        datagram: &[u8],
-    ) -> Vec<std::time::Duration>;
-    /// Whether a datagram from `from` may reach the socket at `local` (NAT filtering).
-    fn admit(&self, local: SocketAddr, from: SocketAddr) -> bool;
+    /// What becomes of `datagram` sent from `from` (the host's own address) to `to`; `None`
+    /// drops it.
+    fn transmit(&self, from: SocketAddr, to: SocketAddr, datagram: &[u8]) -> Option<Transit>;
+    /// Whether a datagram that comes from `seen_from` and was sent to `addressed_to` may reach
+    /// the socket at `local` (NAT filtering, on arrival).
+    fn admit(&self, local: SocketAddr, seen_from: SocketAddr, addressed_to: SocketAddr) -> bool;
+}
+
+/// Where a simulated datagram goes: see [`PathModel::transmit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transit {
+    /// The host and port it reaches (behind any NAT).
+    pub deliver_to: SocketAddr,
+    /// The source its receiver sees (the sender's NAT mapping, or the sender).
+    pub seen_from: SocketAddr,
+    /// Delays after which copies arrive: empty drops it, two entries duplicate it.
+    pub delays: Vec<std::time::Duration>,
+}
+
+/// The envelope a simulated datagram travels in between two modelled sockets: the source its
+/// receiver sees and the address it was sent to, each as 16 address bytes (IPv4 mapped) and a
+/// port. Only simulated sockets ever read or write it.
+const ENVELOPE: usize = 2 * 18;
+
+fn put_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    out.extend_from_slice(&ip.octets());
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+fn get_addr(bytes: &[u8]) -> SocketAddr {
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&bytes[..16]);
+    let ip = std::net::Ipv6Addr::from(ip);
+    let ip = ip
+        .to_ipv4_mapped()
+        .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4);
+    SocketAddr::new(ip, u16::from_be_bytes([bytes[16], bytes[17]]))
+}
+
+fn envelope(seen_from: SocketAddr, addressed_to: SocketAddr, datagram: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENVELOPE + datagram.len());
+    put_addr(&mut out, seen_from);
+    put_addr(&mut out, addressed_to);
+    out.extend_from_slice(datagram);
+    out
 }
 
 fn is_garbage(datagram: &[u8]) -> bool {
@@ -338,14 +382,18 @@ impl AsyncUdpSocket for TurmoilSocket {
                 self.socket.try_send_to(chunk, transmit.destination)?;
                 continue;
             };
-            for delay in model.transmit(self.local, transmit.destination, chunk) {
+            let Some(transit) = model.transmit(self.local, transmit.destination, chunk) else {
+                continue;
+            };
+            let bytes = envelope(transit.seen_from, transmit.destination, chunk);
+            for delay in transit.delays {
+                let to = transit.deliver_to;
                 if delay.is_zero() {
                     // A full simulated queue drops the datagram, as a network would.
-                    let _ = self.socket.try_send_to(chunk, transmit.destination);
+                    let _ = self.socket.try_send_to(&bytes, to);
                     continue;
                 }
-                let (socket, bytes, to) =
-                    (self.socket.clone(), chunk.to_vec(), transmit.destination);
+                let (socket, bytes) = (self.socket.clone(), bytes.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let _ = socket.try_send_to(&bytes, to);
@@ -367,16 +415,25 @@ impl AsyncUdpSocket for TurmoilSocket {
         let mut pending = self.readable.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             match self.socket.try_recv_from(buf) {
-                Ok((_, addr))
-                    if self
-                        .model
-                        .as_ref()
-                        .is_some_and(|m| !m.admit(self.local, addr)) =>
-                {
-                    // Filtered (a NAT without a mapping for this sender): never delivered.
-                    continue;
-                }
                 Ok((len, addr)) => {
+                    let (len, addr) = match &self.model {
+                        None => (len, addr),
+                        Some(model) => {
+                            // Sent by a modelled socket: unwrap the envelope. Anything shorter
+                            // is not from the modelled network.
+                            if len < ENVELOPE {
+                                continue;
+                            }
+                            let seen_from = get_addr(&buf[..18]);
+                            let addressed_to = get_addr(&buf[18..ENVELOPE]);
+                            if !model.admit(self.local, seen_from, addressed_to) {
+                                // Filtered (a NAT without a mapping for this sender).
+                                continue;
+                            }
+                            buf.copy_within(ENVELOPE..len, 0);
+                            (len - ENVELOPE, seen_from)
+                        }
+                    };
                     *pending = None;
                     *m = RecvMeta {
                         addr,

@@ -78,6 +78,10 @@ pub struct NodeConfig {
     /// sockets only, and not for a loopback or public socket): the mapped address is
     /// announced once a probe confirms it.
     pub port_mapping: bool,
+    /// A public address the router already forwards to the QUIC port, known before start
+    /// (the simulator's UPnP router, whose protocol cannot run on simulated sockets): the
+    /// member is told at start, as the port mapper would tell it.
+    pub mapped_port: Option<std::net::SocketAddr>,
     /// Drop this fraction of outgoing voice datagrams (seeded): loss for demos and tests on
     /// perfect loopback links.
     pub send_loss: f64,
@@ -136,6 +140,7 @@ impl NodeConfig {
             seed: 0,
             mdns: false,
             port_mapping: false,
+            mapped_port: None,
             send_loss: 0.0,
             relay_circuits: false,
             tap_voice: false,

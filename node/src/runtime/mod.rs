@@ -37,7 +37,7 @@ use crate::link::swarm::{build_swarm, SwarmConfig};
 use crate::link::{socket_to_multiaddr, LinkError, LinkSocket};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::log::OpLog;
-use callsign_mesh::member::{Member, MemberConfig};
+use callsign_mesh::member::{Input, Member, MemberConfig};
 use driver::Driver;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::BTreeMap;
@@ -136,8 +136,15 @@ impl Node {
         }
         if config.relay_circuits {
             // A relay vouches for its own reachability: reservations it grants tell clients
-            // these addresses, and autonat may be off (simulation) or slow to confirm.
-            network.swarm.add_external_address(listen.clone());
+            // these addresses (the announced ones when named), and autonat may be off
+            // (simulation) or slow to confirm.
+            let vouched = match &config.announce {
+                Some(addrs) if !addrs.is_empty() => addrs.clone(),
+                _ => vec![listen.clone()],
+            };
+            for addr in vouched {
+                network.swarm.add_external_address(addr);
+            }
         }
         let identity = config.keys.identity.public();
         let peer_id = identity.peer_id();
@@ -167,7 +174,7 @@ impl Node {
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let member = Member::new(
+        let mut member = Member::new(
             MemberConfig {
                 keys: config.keys,
                 charter: config.charter,
@@ -190,6 +197,15 @@ impl Node {
             },
             now,
         );
+        if let Some(external) = config.mapped_port {
+            member.handle_input(
+                now,
+                Input::PortMapping(PortMapping::Mapped {
+                    external,
+                    protocol: "UPnP IGD".into(),
+                }),
+            );
+        }
         let port_mapper = (config.port_mapping && !simulated && worth_mapping(network.local_addr))
             .then(|| PortMapper::start(network.local_addr, PortMapConfig::default()));
         let driver = Driver {

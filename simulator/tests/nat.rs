@@ -1,0 +1,116 @@
+//! The NAT matrix of docs/nat.md in the simulator: the same pairs as the kernel test bed
+//! (`tests/nat.rs`), on routers that translate addresses ([`callsign_sim::nat`]).
+
+use callsign_sim::{run, Report, Scenario};
+
+/// A squad of `members` (name, NAT kind, UPnP router); the first is everyone's bootstrap (the
+/// ticket's address), and `talker` keys up at 1 s for 2 s.
+fn squad(members: &[(&str, &str, bool)], talker: &str) -> Report {
+    let mut toml = String::from(
+        "version = 1\nname = \"nat-matrix\"\nseed = 5\nduration_s = 5\n\n[link]\nlatency_ms = 15\n\n\
+         [[channel]]\nname = \"squad\"\nspeak = [\"member\"]\n",
+    );
+    for (i, (name, nat, upnp)) in members.iter().enumerate() {
+        toml += &format!(
+            "\n[[node]]\nname = \"{name}\"\nrole = \"member\"\nadmin = {}\nnat = \"{nat}\"\nupnp = {upnp}\n",
+            i == 0
+        );
+    }
+    toml += &format!(
+        "\n[[event]]\nat_s = 1.0\nkind = \"ptt\"\nnode = \"{talker}\"\nchannels = [\"squad\"]\nduration_s = 2.0\n"
+    );
+    let scenario = Scenario::parse(&toml).unwrap();
+    run(&scenario, None).unwrap()
+}
+
+/// Whether `to` played nearly all of what `from` said.
+fn heard(report: &Report, from: &str, to: &str) -> bool {
+    report
+        .stream(from, to, "squad")
+        .is_some_and(|s| s.frames_sent > 0 && s.frames_played * 100 >= s.frames_sent * 95)
+}
+
+/// Behind a public member (the rendezvous), every pair of NAT kinds links and hears the other;
+/// directly when one side can be reached unasked (public, full cone), otherwise through a
+/// circuit on the public member. The kernel test bed punches a direct path between two
+/// port-restricted NATs where the simulator keeps the circuit: hole punching (dcutr) does not
+/// run in simulation (docs/scenarios.md).
+#[test]
+fn every_pair_of_nat_kinds_links_through_a_public_member() {
+    let kinds = ["none", "full-cone", "port-restricted", "symmetric"];
+    let mut rows = Vec::new();
+    for (i, a) in kinds.iter().enumerate() {
+        for b in &kinds[i..] {
+            let report = squad(
+                &[
+                    ("hq", "none", false),
+                    ("alpha", a, false),
+                    ("bravo", b, false),
+                ],
+                "bravo",
+            );
+            let path = report
+                .path("alpha", "bravo")
+                .expect("alpha and bravo linked");
+            let reachable = |k: &str| matches!(k, "none" | "full-cone");
+            let expected = if reachable(a) || reachable(b) {
+                "direct"
+            } else {
+                "relayed"
+            };
+            rows.push(format!(
+                "| {a} | {b} | {} | {:?} ms |",
+                path.kind, path.first_audio_ms
+            ));
+            assert_eq!(path.kind, expected, "{a} × {b}: {path:?}");
+            assert!(heard(&report, "bravo", "alpha"), "{a} × {b}");
+            assert!(
+                path.first_audio_ms.is_some_and(|ms| ms < 2000),
+                "{a} × {b}: {path:?}"
+            );
+        }
+    }
+    eprintln!("{}", rows.join("\n"));
+}
+
+/// Four members behind port-restricted NATs, one of whose routers maps ports over UPnP: the
+/// others join at its mapped address, it becomes the rendezvous, and everyone hears the talker
+/// with nobody forwarding a port by hand.
+#[test]
+fn a_squad_behind_port_restricted_nats_links_through_the_member_whose_router_maps() {
+    let report = squad(
+        &[
+            ("root", "port-restricted", true),
+            ("alpha", "port-restricted", false),
+            ("bravo", "port-restricted", false),
+            ("charlie", "port-restricted", false),
+        ],
+        "charlie",
+    );
+    for other in ["alpha", "bravo", "charlie"] {
+        assert_eq!(report.path("root", other).unwrap().kind, "direct");
+    }
+    for me in ["root", "alpha", "bravo"] {
+        assert!(heard(&report, "charlie", me), "{me}");
+    }
+}
+
+/// Nobody reachable: the first member sits behind a port-restricted NAT that maps nothing, so
+/// the address its ticket carries lets no newcomer in, and nobody links (docs/nat.md, "What
+/// cannot work").
+#[test]
+fn nobody_links_when_the_inviter_cannot_be_reached() {
+    let report = squad(
+        &[
+            ("root", "port-restricted", false),
+            ("alpha", "port-restricted", false),
+            ("bravo", "full-cone", false),
+        ],
+        "bravo",
+    );
+    assert!(report
+        .path("root", "alpha")
+        .is_none_or(|p| p.kind == "none"));
+    assert!(!heard(&report, "bravo", "root"));
+    assert!(report.network.nat_filtered > 0);
+}
