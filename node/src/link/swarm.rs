@@ -13,7 +13,7 @@
 //! | ping (stream RTT) | yes | off (see the note below; `echo` measures RTT) |
 //! | relay v2 client | yes | runs |
 //! | relay v2 server (members only, [`MemberRelay`]) | when configured; per-peer and per-IP rate limits | runs; no rate limits (libp2p reads them off the wall clock), caps and handshake admission only |
-//! | dcutr | yes | off: the simulated NAT rewrites no addresses and identify is off, so it cannot punch there |
+//! | dcutr | yes | off: it waits half a wall-clock RTT before punching (`web_time::Instant`), which would break replay; simulated pairs that need a punch keep their circuit |
 //! | autonat | yes | off |
 //! | mdns | yes | off (needs real multicast sockets) |
 //! | kad | yes | off |
@@ -122,8 +122,8 @@ pub struct SwarmConfig {
     /// Local-network discovery; only on real sockets.
     pub mdns: bool,
     /// identify, ping, dcutr, autonat and kad: on real sockets. Off in simulation, where members
-    /// learn addresses from presence and the charter and the NAT rewrites none, so they would
-    /// only add traffic to every run.
+    /// learn addresses from presence, the charter and `Observed`, and where dcutr's wall-clock
+    /// RTT would decide when a punch fires.
     pub discovery_behaviours: bool,
     /// How often the ping behaviour measures stream RTT.
     pub ping_interval: Duration,
