@@ -58,6 +58,9 @@ pub enum ControlMessage {
         /// The multiaddr's bytes.
         addr: Vec<u8>,
     },
+    /// A hole punching message (`punch::PunchMessage::encode`), between members linked only
+    /// through a circuit. Sent outside the ordered outbox.
+    Punch(Vec<u8>),
 }
 
 /// The largest control message (the request codec's limit).
@@ -117,7 +120,8 @@ impl ControlMessage {
             | ControlMessage::Subscribe(b)
             | ControlMessage::Join(b)
             | ControlMessage::Observed(b)
-            | ControlMessage::Probe(b) => b.len(),
+            | ControlMessage::Probe(b)
+            | ControlMessage::Punch(b) => b.len(),
             ControlMessage::JoinRefused(reason) => reason.len(),
             ControlMessage::LossReport(_) => 1,
             ControlMessage::Batch(m) => m.iter().map(Self::body_len).sum(),

@@ -7,7 +7,7 @@
 //! sender keys, replay window), the E2EE key schedule and pair sessions, presence records,
 //! floor control on half-duplex channels, the topology rule (mesh or which relay), a relay's
 //! forwarding rule (signed subscriptions; relays see only clear headers), admission,
-//! reachability, and the versioned wire framing they share ([`wire`]).
+//! reachability and hole punching, and the versioned wire framing they share ([`wire`]).
 //!
 //! It must not: open sockets, spawn threads or tasks, read the wall clock, or iterate a std
 //! `HashMap`/`HashSet` where the order could change a decision. Every entry point takes `now`
@@ -26,6 +26,7 @@ pub mod forward;
 pub mod member;
 pub mod pairing;
 pub mod presence;
+pub mod punch;
 pub mod reachability;
 pub mod routing;
 pub mod topology;

@@ -230,6 +230,17 @@ pub enum Output {
         /// When a held link makes the dial moot.
         condition: DialCondition,
     },
+    /// Our half of a hole punch to `peer`, linked through a circuit ([`crate::punch`]): dial
+    /// its addresses, or await its dial while probing them from our QUIC port. A direct link
+    /// that results replaces the circuit.
+    Punch {
+        /// Whom.
+        peer: PeerId,
+        /// Its candidate addresses (QUIC).
+        addrs: Vec<Multiaddr>,
+        /// Which half.
+        role: crate::punch::PunchRole,
+    },
     /// Reserve a relay circuit at this address (`…/p2p/<relay>/p2p-circuit`).
     ReserveCircuit(Multiaddr),
     /// Send `datagram` to `to` from a freshly bound port (a reachability probe).

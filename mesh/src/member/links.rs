@@ -32,6 +32,7 @@ impl Member {
                 rtt,
             },
         );
+        self.punch_link_up(peer, kind, now);
         if let Some(LinkRole::Relay(relay)) = self.link_role(&peer) {
             if let Some(address) = dialed {
                 self.reserve_circuit(peer, address);
@@ -58,6 +59,7 @@ impl Member {
 
     pub(super) fn link_down(&mut self, peer: PeerId, now: Instant) {
         self.links.remove(&peer);
+        self.punches.forget(&peer);
         self.peer_down(&peer, now);
     }
 
@@ -255,6 +257,7 @@ impl Member {
             ControlMessage::Floor(body) => self.floor_message(identity, &body, now),
             ControlMessage::Observed(body) => self.observed(peer, &body, now),
             ControlMessage::Probe(body) => self.probe_request(peer, &body, now),
+            ControlMessage::Punch(body) => self.punch_message(peer, &body, now),
             ControlMessage::RelayAddress { relay, addr } => {
                 self.relay_address_heard(relay, &addr, now)
             }

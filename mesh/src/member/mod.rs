@@ -34,6 +34,7 @@ mod join;
 mod links;
 mod media;
 mod presence;
+mod punch;
 mod reach;
 mod relay;
 mod relay_dial;
@@ -53,6 +54,7 @@ use crate::control::{ControlMessage, PeerControl};
 use crate::floor::FloorControl;
 use crate::forward::Forwarder;
 use crate::presence::PresenceTable;
+use crate::punch::{HolePunches, PunchConfig};
 use crate::reachability::{AddressBook, ReachabilityConfig};
 use crate::topology::{Route, TopologyConfig};
 use crate::voice::{KeySchedule, VoiceReceiver};
@@ -180,6 +182,8 @@ pub struct Member {
     announce: Option<Vec<Multiaddr>>,
     reachability: AddressBook<PeerId>,
     probed_for: BTreeMap<PeerId, Instant>,
+    /// Simultaneous dials to members reached only through a circuit.
+    punches: HolePunches<PeerId>,
     vouched: bool,
     /// The attempt number our next pair session starts at (see `crate::pairing`).
     next_pairing: u64,
@@ -262,6 +266,7 @@ impl Member {
             announce: config.announce,
             reachability: AddressBook::new(ReachabilityConfig::default(), config.seed),
             probed_for: BTreeMap::new(),
+            punches: HolePunches::new(PunchConfig::default(), local.peer_id()),
             vouched: config.vouched,
             // Above any attempt of a previous run of ours (see `crate::pairing`).
             next_pairing: unix << 16,
@@ -359,6 +364,7 @@ impl Member {
             self.schedule.poll_timeout(),
             self.floor.poll_timeout(),
             self.reachability.poll_timeout(),
+            self.punches.poll_timeout(),
             self.peers
                 .values()
                 .filter_map(|c| c.pairing.as_ref()?.poll_timeout())

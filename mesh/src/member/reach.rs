@@ -6,7 +6,7 @@
 use super::{Event, Member, Output, PortMapping};
 use crate::control::ControlMessage;
 use crate::reachability::{
-    may_probe, probe_datagram, Observation, ProbeRequest, ReachabilityEvent,
+    may_probe, probe_datagram, AddressBook, Observation, ProbeRequest, ReachabilityEvent,
 };
 use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
@@ -48,7 +48,13 @@ impl Member {
         match Observation::decode(body) {
             // Only over a direct link does the peer see our address (a circuit shows the relay).
             Ok(seen) if self.links.get(&peer).is_some_and(|l| l.remote.is_some()) => {
-                self.reachability.observed(peer, seen.addr, now)
+                let known = |book: &AddressBook<PeerId>| book.candidates().any(|a| a == seen.addr);
+                let new = !known(&self.reachability);
+                self.reachability.observed(peer, seen.addr, now);
+                if new && known(&self.reachability) {
+                    // Somewhere new to aim a punch at (a new network, a NAT that rebooted).
+                    self.punches.network_changed(now);
+                }
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(%peer, %e, "bad observation"),
@@ -62,6 +68,7 @@ impl Member {
             PortMapping::Mapped { external, protocol } => {
                 tracing::info!(%external, %protocol, "port mapped on our router; probing it");
                 self.reachability.mapped(*external, now);
+                self.punches.network_changed(now);
             }
             PortMapping::Lost { external, reason } => {
                 tracing::info!(%external, %reason, "port mapping lost");

@@ -29,6 +29,7 @@ impl Member {
         self.sync.handle_timeout(now);
         self.floor.handle_timeout(now);
         self.reachability.handle_timeout(now);
+        self.punch_timeouts(now);
         self.pairing_timeouts(now);
         self.keys_dirty = true;
         if now >= self.next_relay_dial {
@@ -173,6 +174,7 @@ impl Member {
             }
         }
         self.flush_reachability(now);
+        self.flush_punches();
         // Floor messages last: the charter changes above may have started floors.
         self.flush_floor();
         for (peer, control) in &mut self.peers {

@@ -13,7 +13,7 @@
 //! | ping (stream RTT) | yes | off (see the note below; `echo` measures RTT) |
 //! | relay v2 client | yes | runs |
 //! | relay v2 server (members only, [`MemberRelay`]) | when configured; per-peer and per-IP rate limits | runs; no rate limits (libp2p reads them off the wall clock), caps and handshake admission only |
-//! | dcutr | yes | off: it waits half a wall-clock RTT before punching (`web_time::Instant`), which would break replay; simulated pairs that need a punch keep their circuit |
+//! | hole punching | the member's own (`callsign_mesh::punch`) | the same: timed on the member's clock over the circuit, dialed through this swarm (libp2p's dcutr is not used: it times the punch with a wall-clock RTT, `web_time::Instant`, which would break replay, and it aims only at identify's observations) |
 //! | autonat | yes | off |
 //! | mdns | yes | off (needs real multicast sockets) |
 //! | kad | yes | off |
@@ -45,7 +45,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    autonat, dcutr, identify, kad, mdns, noise, ping, relay, tcp, yamux, StreamProtocol, Swarm,
+    autonat, identify, kad, mdns, noise, ping, relay, tcp, yamux, StreamProtocol, Swarm,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,7 +94,6 @@ pub struct NodeBehaviour {
     pub ping: Toggle<ping::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<MemberRelay>,
-    pub dcutr: Toggle<dcutr::Behaviour>,
     pub autonat: Toggle<autonat::Behaviour>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
@@ -121,9 +120,8 @@ pub struct SwarmConfig {
     pub link: LinkConfig,
     /// Local-network discovery; only on real sockets.
     pub mdns: bool,
-    /// identify, ping, dcutr, autonat and kad: on real sockets. Off in simulation, where members
-    /// learn addresses from presence, the charter and `Observed`, and where dcutr's wall-clock
-    /// RTT would decide when a punch fires.
+    /// identify, ping, autonat and kad: on real sockets. Off in simulation, where members
+    /// learn addresses from presence, the charter and `Observed`.
     pub discovery_behaviours: bool,
     /// How often the ping behaviour measures stream RTT.
     pub ping_interval: Duration,
@@ -240,7 +238,6 @@ pub fn build_swarm(
                     .as_ref()
                     .map(|allow| MemberRelay::new(peer, allow.clone(), timed))
                     .into(),
-                dcutr: timed.then(|| dcutr::Behaviour::new(peer)).into(),
                 autonat: timed
                     .then(|| autonat::Behaviour::new(peer, autonat::Config::default()))
                     .into(),

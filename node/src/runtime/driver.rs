@@ -21,6 +21,7 @@ use callsign_mesh::charter::ChannelId;
 use callsign_mesh::member::{
     Command, DialCondition, Frame, Input, LinkKind, LinkUp, Member, Output, PortMapping,
 };
+use callsign_mesh::punch::PunchRole;
 use callsign_mesh::voice::VoiceFlags;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
@@ -482,6 +483,18 @@ impl Driver {
                     };
                     if let Err(e) = result {
                         tracing::debug!(%e, "dial");
+                    }
+                }
+                Output::Punch { peer, addrs, role } => {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::Always);
+                    let opts = match role {
+                        PunchRole::Dial => opts,
+                        PunchRole::Await => opts.override_role(),
+                    };
+                    if let Err(e) = self.network.swarm.dial(opts.build()) {
+                        tracing::debug!(%peer, %e, "hole punch dial");
                     }
                 }
                 Output::ReserveCircuit(addr) => match self.network.swarm.listen_on(addr) {
