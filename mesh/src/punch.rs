@@ -82,10 +82,11 @@ impl PunchMessage {
     /// Parses an encoded message; refuses more than [`MAX_PUNCH_ADDRS`] addresses and
     /// addresses nobody can send to (port 0, unspecified, multicast). Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Self, PunchDecodeError> {
-        let message: Self = crate::wire::decode(PUNCH_VERSION, 1024, bytes).map_err(|e| match e {
-            crate::wire::WireError::Version(v) => PunchDecodeError::Version(v),
-            e => PunchDecodeError::Malformed(e.to_string()),
-        })?;
+        let message: Self =
+            crate::wire::decode(PUNCH_VERSION, 1024, bytes).map_err(|e| match e {
+                crate::wire::WireError::Version(v) => PunchDecodeError::Version(v),
+                e => PunchDecodeError::Malformed(e.to_string()),
+            })?;
         if let PunchMessage::Offer { addrs, .. } | PunchMessage::Answer { addrs, .. } = &message {
             if addrs.len() > MAX_PUNCH_ADDRS {
                 return Err(PunchDecodeError::Malformed(format!(
@@ -364,9 +365,7 @@ impl<P: Ord + Clone> HolePunches<P> {
         } = self;
         for (peer, pair) in pairs.iter_mut() {
             match &pair.stage {
-                Stage::Idle {
-                    offer_at: Some(at),
-                } if *at <= now => {
+                Stage::Idle { offer_at: Some(at) } if *at <= now => {
                     if ours.is_empty() {
                         pair.stage = Stage::Idle { offer_at: None };
                         continue;
@@ -385,9 +384,7 @@ impl<P: Ord + Clone> HolePunches<P> {
                         sent_at: now,
                     };
                 }
-                Stage::Synced {
-                    dial_at, addrs, ..
-                } if *dial_at <= now => {
+                Stage::Synced { dial_at, addrs, .. } if *dial_at <= now => {
                     actions.push_back(PunchAction::Dial {
                         peer: peer.clone(),
                         addrs: addrs.clone(),
@@ -587,7 +584,13 @@ mod tests {
                 &ours,
                 start,
             );
-            let answered = matches!(side.poll_action(), Some(PunchAction::Send(1, PunchMessage::Answer { attempt: 9, .. })));
+            let answered = matches!(
+                side.poll_action(),
+                Some(PunchAction::Send(
+                    1,
+                    PunchMessage::Answer { attempt: 9, .. }
+                ))
+            );
             assert_eq!(answered, local > 1, "local {local}");
         }
     }

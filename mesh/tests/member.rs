@@ -130,6 +130,7 @@ fn a_restarted_peer_gets_a_new_session_and_old_keys_are_dropped() {
             circuit: None,
             dialed: None,
             restarted: true,
+            beside_circuit: false,
             rtt: None,
         }),
     );
@@ -140,6 +141,7 @@ fn a_restarted_peer_gets_a_new_session_and_old_keys_are_dropped() {
         circuit: None,
         dialed: None,
         restarted: false,
+        beside_circuit: false,
         rtt: None,
     };
     net.input(0, Input::LinkUp(up));
@@ -177,13 +179,17 @@ fn a_link_that_looked_new_to_one_side_only_gets_a_new_session() {
         circuit: None,
         dialed: None,
         restarted: false,
+        beside_circuit: false,
         rtt: None,
     };
-    let kept = up(
-        net.peers[responder],
-        LinkKind::HolePunched,
-        Net::addr(responder),
-    );
+    let kept = LinkUp {
+        beside_circuit: true,
+        ..up(
+            net.peers[responder],
+            LinkKind::HolePunched,
+            Net::addr(responder),
+        )
+    };
     net.input(initiator, Input::LinkUp(kept));
     net.input(responder, Input::LinkDown(net.peers[initiator]));
     let fresh = up(net.peers[initiator], LinkKind::Direct, Net::addr(initiator));

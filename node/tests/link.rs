@@ -426,7 +426,7 @@ async fn drive(mut transport: QuicTransport) {
     }
 }
 
-/// dcutr's QUIC hole punch: one side "dials" in the listener role (probing the remote from its
+/// The QUIC half of a hole punch (`Output::Punch`): one side "dials" in the listener role (probing the remote from its
 /// listening port and waiting), the other dials normally; the listener-role dial resolves with
 /// the incoming connection from that address.
 #[tokio::test]

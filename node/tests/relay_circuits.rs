@@ -71,10 +71,10 @@ async fn members_reserve_circuits_and_strangers_are_refused() {
     relay.shutdown().await.unwrap();
 }
 
-/// Two members who first reach each other only through a circuit on a third: dcutr, run over
-/// the circuit, punches a direct QUIC path (or, on a machine slow enough that dcutr has not
-/// managed within the member's dial-back time, the hidden member's own direct dial back does),
-/// both sides report a direct link, and voice flows on it. `hidden` announces no direct address
+/// Two members who first reach each other only through a circuit on a third: their hole punch,
+/// timed over the circuit, opens a direct QUIC path (or, on a machine slow enough that it has
+/// not managed within the member's dial-back time, the hidden member's own direct dial back
+/// does), both sides report a direct link, and voice flows on it. `hidden` announces no direct address
 /// (as if behind a NAT), so `seen`, the lower peer id and so the one that dials, can only use
 /// the circuit; on loopback no NAT drops the punch itself.
 #[tokio::test]

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 pub enum LinkKind {
     /// QUIC straight to the peer.
     Direct,
-    /// QUIC straight to the peer, punched through NATs by dcutr over the relay circuit that
-    /// linked the pair first (the circuit then closes).
+    /// QUIC straight to the peer, punched through NATs by a simultaneous dial timed over the
+    /// relay circuit that linked the pair first (`crate::punch`; the circuit then closes).
     HolePunched,
     /// Through a libp2p relay circuit.
     Relayed,

@@ -124,6 +124,9 @@ pub struct LinkUp {
     pub dialed: Option<Multiaddr>,
     /// A second connection to a peer we were linked to: it restarted.
     pub restarted: bool,
+    /// A direct path that came up beside the circuit we held (a hole punch, or our dial of an
+    /// address the peer newly announced): the peer did not restart, and its control carries on.
+    pub beside_circuit: bool,
     /// The link layer's round-trip estimate, if it has one yet.
     pub rtt: Option<Duration>,
 }

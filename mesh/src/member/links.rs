@@ -18,6 +18,7 @@ impl Member {
             circuit,
             dialed,
             restarted,
+            beside_circuit,
             rtt,
         } = up;
         let rtt = rtt.or_else(|| self.links.get(&peer).and_then(|l| l.rtt));
@@ -42,8 +43,8 @@ impl Member {
                 self.relay_seen_at(relay, &super::reach::quic_multiaddr(remote));
             }
         }
-        if kind == LinkKind::HolePunched {
-            // The punched path replaces the circuit; the peer did not restart, so its control
+        if beside_circuit {
+            // The direct path replaces the circuit; the peer did not restart, so its control
             // and session carry on (over whichever connection is left).
             self.reachability_link_up(peer, now);
             return;

@@ -115,8 +115,8 @@ impl Member {
             return;
         }
         // Linked only through a circuit and the peer now announces a direct address (a probe
-        // confirmed it): dial it, whichever of us is lower; dcutr may not have managed (it
-        // dials only one side's observed address).
+        // confirmed it): dial it, whichever of us is lower; a punch may not have managed (or
+        // the peer's NAT maps a port per destination, so its observed address was wrong).
         let held = self.links.get(&subject_peer);
         let link = held.map(|l| l.kind);
         // Our direct link goes to an address the peer announced before and no longer does: it

@@ -253,6 +253,7 @@ impl Net {
                 circuit: None,
                 dialed: None,
                 restarted: false,
+                beside_circuit: false,
                 rtt: Some(self.latency * 2),
             };
             self.input(me, Input::LinkUp(up));

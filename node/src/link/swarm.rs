@@ -44,9 +44,7 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{
-    autonat, identify, kad, mdns, noise, ping, relay, tcp, yamux, StreamProtocol, Swarm,
-};
+use libp2p::{autonat, identify, kad, mdns, noise, ping, relay, tcp, yamux, StreamProtocol, Swarm};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

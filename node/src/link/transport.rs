@@ -295,7 +295,7 @@ impl Transport for QuicTransport {
         let timeout = self.config.handshake_timeout;
 
         if opts.role == Endpoint::Listener {
-            // Hole punch (dcutr): the remote dials us; we open our NAT by sending probes to it
+            // Hole punch (`Output::Punch`, awaiting): the remote dials us; we open our NAT by sending probes to it
             // from our listening port, and hand over its connection when it arrives.
             let (tx, rx) = oneshot::channel();
             self.hole_punch

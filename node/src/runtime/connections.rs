@@ -49,20 +49,17 @@ impl HeldConnection {
     }
 }
 
-/// What a new connection of `kind` to a peer we hold a `held` link to is.
+/// Whether a new connection of `kind` to a peer we hold a `held` link to is a direct path
+/// beside the circuit that upgrades it, rather than a peer that restarted.
 ///
-/// Nobody dials a peer it is linked to, except a hole punch over a relay circuit: a direct
-/// link dialed beside a circuit is one. A punch is a dial at both ends (the side that waits
-/// for the other's packets dials with the listener role), so a plain `inbound` connection
-/// beside a circuit is the peer dialing us anew: after a restart, most likely. Taken for a
-/// punch, a restarted peer's session was never started again (chaos seed 170); taken for a
-/// restart, a punch costs one session handshake.
-pub(crate) fn beside(held: Option<LinkKind>, kind: LinkKind, inbound: bool) -> LinkKind {
-    if kind == LinkKind::Direct && held == Some(LinkKind::Relayed) && !inbound {
-        LinkKind::HolePunched
-    } else {
-        kind
-    }
+/// Nobody dials a peer it is linked to, except to leave a relay circuit: a hole punch, or a
+/// dial of an address the peer newly announced. A punch is a dial at both ends (the side that
+/// waits for the other's packets dials with the listener role), so a plain `inbound`
+/// connection beside a circuit is the peer dialing us anew: after a restart, most likely. Taken
+/// for an upgrade, a restarted peer's session was never started again (chaos seed 170); taken
+/// for a restart, an upgrade costs one session handshake.
+pub(crate) fn upgrades_circuit(held: Option<LinkKind>, kind: LinkKind, inbound: bool) -> bool {
+    kind == LinkKind::Direct && held == Some(LinkKind::Relayed) && !inbound
 }
 
 #[cfg(test)]
@@ -98,14 +95,14 @@ mod tests {
     }
 
     #[test]
-    fn only_a_direct_dial_beside_a_circuit_is_a_hole_punch() {
-        use LinkKind::{Direct, HolePunched, Relayed};
-        assert_eq!(beside(Some(Relayed), Direct, false), HolePunched);
+    fn only_a_direct_dial_beside_a_circuit_upgrades_it() {
+        use LinkKind::{Direct, Relayed};
+        assert!(upgrades_circuit(Some(Relayed), Direct, false));
         // The peer dialed us: it came back (a restart), so the session starts over.
-        assert_eq!(beside(Some(Relayed), Direct, true), Direct);
-        assert_eq!(beside(Some(Direct), Direct, false), Direct);
-        assert_eq!(beside(None, Direct, false), Direct);
-        assert_eq!(beside(Some(Relayed), Relayed, true), Relayed);
+        assert!(!upgrades_circuit(Some(Relayed), Direct, true));
+        assert!(!upgrades_circuit(Some(Direct), Direct, false));
+        assert!(!upgrades_circuit(None, Direct, false));
+        assert!(!upgrades_circuit(Some(Relayed), Relayed, true));
     }
 
     #[test]

@@ -28,13 +28,13 @@ use libp2p::core::transport::ListenerId;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::connections::{beside, HeldConnection};
+use super::connections::{upgrades_circuit, HeldConnection};
 use tokio::sync::mpsc;
 
 /// Forwarding-latency buckets: powers of two microseconds, 1 µs to 32 ms and above.
@@ -55,6 +55,9 @@ pub(crate) struct Driver {
     pub events: mpsc::UnboundedSender<NodeEvent>,
     /// The connection kept to each peer (`connections`).
     pub connections: BTreeMap<PeerId, HeldConnection>,
+    /// Our hole punch dials under way (`Output::Punch`): the connection one brings is
+    /// `LinkKind::HolePunched`.
+    pub punch_dials: BTreeSet<ConnectionId>,
     /// Who may use the relay circuits we serve (the org's members).
     pub relay_allow: RelayAllowList,
     /// The listener of our circuit reservation on a member relay, while we hold or await one.
@@ -300,7 +303,14 @@ impl Driver {
             } => {
                 let held = self.member.link(&peer_id);
                 let inbound = matches!(endpoint, ConnectedPoint::Listener { .. });
-                let kind = beside(held, link_kind(&endpoint), inbound);
+                let beside_circuit = upgrades_circuit(held, link_kind(&endpoint), inbound);
+                // Only our punch's own dial is reported as one: a direct dial beside a circuit
+                // (a newly confirmed address) is a plain direct path.
+                let kind = if self.punch_dials.remove(&connection_id) {
+                    LinkKind::HolePunched
+                } else {
+                    link_kind(&endpoint)
+                };
                 // A relayed link never replaces a direct one, and TCP never replaces QUIC
                 // (both sides may have dialed, on every address the other announced): voice
                 // wants datagrams and no relay in the path. Unless the peer dialed us well
@@ -356,7 +366,8 @@ impl Driver {
                         ConnectedPoint::Listener { .. } => None,
                     },
                     // A replaced connection may have taken control messages with it.
-                    restarted: previous.is_some() && kind != LinkKind::HolePunched,
+                    restarted: previous.is_some() && !beside_circuit,
+                    beside_circuit,
                     rtt: self.network.links.rtt(&peer_id),
                 };
                 self.emit(NodeEvent::LinkUp {
@@ -388,13 +399,17 @@ impl Driver {
             | SwarmEvent::ExternalAddrConfirmed { .. }
             | SwarmEvent::ExternalAddrExpired { .. } => self.addresses_changed(now),
             SwarmEvent::OutgoingConnectionError {
+                connection_id,
                 peer_id: Some(peer),
                 error: DialError::Transport(attempts),
-                ..
             } => {
+                self.punch_dials.remove(&connection_id);
                 let addrs = attempts.into_iter().map(|(addr, _)| addr).collect();
                 self.member
                     .handle_input(now, Input::DialFailed { peer, addrs });
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, .. } => {
+                self.punch_dials.remove(&connection_id);
             }
             SwarmEvent::Behaviour(event) => {
                 let mut event = Some(event);
@@ -493,8 +508,13 @@ impl Driver {
                         PunchRole::Dial => opts,
                         PunchRole::Await => opts.override_role(),
                     };
-                    if let Err(e) = self.network.swarm.dial(opts.build()) {
-                        tracing::debug!(%peer, %e, "hole punch dial");
+                    let opts = opts.build();
+                    let id = opts.connection_id();
+                    match self.network.swarm.dial(opts) {
+                        Ok(()) => {
+                            self.punch_dials.insert(id);
+                        }
+                        Err(e) => tracing::debug!(%peer, %e, "hole punch dial"),
                     }
                 }
                 Output::ReserveCircuit(addr) => match self.network.swarm.listen_on(addr) {

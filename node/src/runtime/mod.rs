@@ -231,6 +231,7 @@ impl Node {
             )?,
             events: events_tx,
             connections: BTreeMap::new(),
+            punch_dials: Default::default(),
             relay_allow,
             reservation: None,
             epoch,
