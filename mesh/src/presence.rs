@@ -187,6 +187,14 @@ impl PresenceRecord {
         body.listening.dedup();
         body.relay_rtt_ms.sort();
         body.relay_rtt_ms.dedup_by_key(|(relay, _)| *relay);
+        if body.relay_rtt_ms.len() > MAX_RELAYS {
+            // The nearest: in a big squad most members are reachable rendezvous, and a record
+            // naming them all would not sign (chaos seed 119: nine members never announced
+            // themselves again, and nobody sent them voice).
+            body.relay_rtt_ms.sort_by_key(|(relay, rtt)| (*rtt, *relay));
+            body.relay_rtt_ms.truncate(MAX_RELAYS);
+            body.relay_rtt_ms.sort();
+        }
         body.routes.sort();
         body.routes.dedup_by_key(|(channel, _)| *channel);
         body.linked.sort_unstable();

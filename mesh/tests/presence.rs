@@ -48,6 +48,24 @@ fn signed_records_round_trip_and_normalise_channels() {
     assert_eq!(PresenceRecord::decode(&bytes).unwrap(), record);
 }
 
+/// Chaos seed 119: in a squad where most members are reachable rendezvous, a member linked to
+/// more than 16 of them could not sign its record and was never heard of again. It names the
+/// 16 nearest.
+#[test]
+fn a_member_linked_to_many_rendezvous_names_the_nearest_sixteen() {
+    let org = identity(1).public();
+    let me = identity(2);
+    let mut many = body(org, 1, 1_000);
+    many.relay_rtt_ms = (0..28u64)
+        .map(|i| (identity(100 + i).public(), 100 - i as u32))
+        .collect();
+    let record = PresenceRecord::sign(&me, many).unwrap();
+    assert_eq!(record.body.relay_rtt_ms.len(), 16);
+    assert!(record.body.relay_rtt_ms.iter().all(|(_, rtt)| *rtt <= 88));
+    assert!(record.body.relay_rtt_ms.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(PresenceRecord::decode(&record.encode()).unwrap(), record);
+}
+
 #[test]
 fn a_record_names_its_linked_peers_by_tag_and_refuses_unsorted_tags() {
     let org = identity(1).public();
