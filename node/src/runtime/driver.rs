@@ -303,13 +303,14 @@ impl Driver {
             } => {
                 let held = self.member.link(&peer_id);
                 let inbound = matches!(endpoint, ConnectedPoint::Listener { .. });
-                let beside_circuit = upgrades_circuit(held, link_kind(&endpoint), inbound);
+                let transport_kind = link_kind(&endpoint);
+                let beside_circuit = upgrades_circuit(held, transport_kind, inbound);
                 // Only our punch's own dial is reported as one: a direct dial beside a circuit
                 // (a newly confirmed address) is a plain direct path.
                 let kind = if self.punch_dials.remove(&connection_id) {
                     LinkKind::HolePunched
                 } else {
-                    link_kind(&endpoint)
+                    transport_kind
                 };
                 // A relayed link never replaces a direct one, and TCP never replaces QUIC
                 // (both sides may have dialed, on every address the other announced): voice
