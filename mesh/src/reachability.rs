@@ -448,6 +448,14 @@ impl<P: Ord + Clone> AddressBook<P> {
             .any(|(addr, c)| c.is_confirmed() && is_beyond_local_network(addr))
     }
 
+    /// Addresses our router forwards to us (port mappings), confirmed or not.
+    pub fn mappings(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.candidates
+            .iter()
+            .filter(|(_, c)| c.mapped)
+            .map(|(a, _)| *a)
+    }
+
     /// Every address peers report, confirmed or not (hole punching tries them all).
     pub fn candidates(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.candidates.keys().copied()

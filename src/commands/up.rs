@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use callsign_keys::IdentityKey;
+use callsign_keys::{IdentityKey, Ticket};
+use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
 use callsign_mesh::topology::Route;
 use callsign_node::audio::wav::read_wav;
@@ -50,6 +51,10 @@ pub struct UpArgs {
     /// only through relay circuits.
     #[arg(long, value_name = "MULTIADDR", num_args = 0..)]
     pub announce: Option<Vec<Multiaddr>>,
+    /// Join the org of this invite ticket (`callsign1…`): dial the addresses it names and
+    /// ask the org's admins to admit us under `--name`. Ignored once we are a member.
+    #[arg(long, value_name = "TICKET")]
+    pub ticket: Option<String>,
     /// Do not ask the home router to forward a port (UPnP IGD). Mapping is also skipped with
     /// `--announce`, which names the addresses by hand.
     #[arg(long)]
@@ -65,7 +70,8 @@ pub struct UpArgs {
     pub output_dir: Option<PathBuf>,
     /// Timed PTT actions, one per line: `AT_MS ptt /a,/b MS`, `AT_MS whisper PEER MS`,
     /// `AT_MS listen /a`, `AT_MS unlisten /a`, `AT_MS vox /a`, `AT_MS vox off`,
-    /// `AT_MS emergency /a MS` or `AT_MS clear-emergency /a PEER`.
+    /// `AT_MS emergency /a MS`, `AT_MS clear-emergency /a PEER` or `AT_MS invite ROLE` (an
+    /// admin prints `invite TICKET`: a 7-day ticket naming where the org can be reached now).
     #[arg(long)]
     pub ptt_script: Option<PathBuf>,
     /// Stop after this many seconds [default: run until Ctrl-C]
@@ -160,6 +166,7 @@ enum Step {
     Vox(Vec<ChannelId>),
     Emergency(ChannelId, Duration),
     ClearEmergency(ChannelId, IdentityKey),
+    Invite(String),
 }
 
 fn channel(state: &CharterState, path: &str) -> Result<ChannelId> {
@@ -212,10 +219,17 @@ fn parse_script(text: &str, state: &CharterState) -> Result<Vec<(Duration, Step)
                     .ok_or_else(|| fail("clear-emergency needs the raiser's peer id"))?;
                 Step::ClearEmergency(channels(words.get(2))?[0], raiser)
             }
+            Some("invite") => {
+                let role = words.get(2).ok_or_else(|| fail("invite needs a role"))?;
+                if !state.roles.contains_key(*role) {
+                    return Err(fail("no such role in the charter"));
+                }
+                Step::Invite(role.to_string())
+            }
             _ => {
                 return Err(fail(
                     "unknown action (ptt, whisper, listen, unlisten, vox, emergency, \
-                     clear-emergency)",
+                     clear-emergency, invite)",
                 ))
             }
         };
@@ -230,15 +244,42 @@ pub fn run(args: UpArgs) -> Result<()> {
     let key_path = super::key_path(args.key.clone())?;
     let (keys, _) = super::keys::unlock(&key_path, args.passphrase_env.as_deref())?;
     let dir = data_dir(args.data_dir.clone())?;
-    let store = OrgStore::select(&dir, args.org.as_deref())?;
+    let ticket = args
+        .ticket
+        .as_deref()
+        .map(Ticket::decode)
+        .transpose()
+        .context("invite ticket")?;
+    let store = match &ticket {
+        Some(ticket) => OrgStore::for_ticket(&dir, &ticket.org)?,
+        None => OrgStore::select(&dir, args.org.as_deref())?,
+    };
     let state = store.charter.state().clone();
     let me = keys.identity.public();
-    if !(state.members.contains_key(&me) || state.is_admin(&me)) {
-        bail!(
-            "{me} is not a member of org {} ({}); ask an admin to add you",
+    let member = state.members.contains_key(&me) || state.is_admin(&me);
+    let join = match (&ticket, member) {
+        (_, true) => None,
+        (None, false) => bail!(
+            "{me} is not a member of org {} ({}); ask an admin to add you, or join with \
+             --ticket",
             state.name,
             state.org
-        );
+        ),
+        (Some(ticket), false) => {
+            let grant = ticket.grant.clone().context(
+                "the ticket carries no invite grant: ask an admin to add you, or for a ticket \
+                 with a role",
+            )?;
+            let name = args
+                .name
+                .as_deref()
+                .context("--name: the name to join as")?;
+            Some(JoinRequest::sign(&keys.identity, grant, name))
+        }
+    };
+    let mut args = args;
+    if let Some(ticket) = &ticket {
+        args.bootstrap.extend(ticket.bootstrap.iter().cloned());
     }
     let name = args.name.clone().unwrap_or_else(|| {
         state
@@ -277,6 +318,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         .listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     config.bootstrap = args.bootstrap.clone();
+    config.join = join;
     config.announce = args.announce.clone();
     config.listening = listening;
     config.input = input;
@@ -296,6 +338,24 @@ pub fn run(args: UpArgs) -> Result<()> {
     runtime.block_on(serve(config, store.log, script, args.seconds, state))
 }
 
+/// How long a ticket from the `invite` script action is good for.
+const INVITE_VALID: Duration = Duration::from_secs(7 * 86_400);
+
+/// A ticket for `role` naming where the org can be reached now (the node knows: our own
+/// confirmed or mapped address, its relays, members that serve as rendezvous).
+async fn invite(
+    node: &Node,
+    identity: &callsign_keys::Identity,
+    state: &CharterState,
+    role: &str,
+) -> Result<String> {
+    if !state.is_admin(&identity.public()) {
+        bail!("only admins can invite");
+    }
+    let addrs = node.invite_addresses().await?;
+    super::org::invite_ticket(identity, state.org, role, INVITE_VALID, addrs)
+}
+
 async fn serve(
     config: NodeConfig,
     log: callsign_mesh::charter::log::OpLog,
@@ -303,6 +363,7 @@ async fn serve(
     seconds: Option<f64>,
     state: CharterState,
 ) -> Result<()> {
+    let identity = config.keys.identity.clone();
     let mut node = Node::start_with_log(config, Some(log))
         .await
         .context("starting the node")?;
@@ -338,7 +399,15 @@ async fn serve(
                 if stop_at.is_some_and(|s| Instant::now() >= s) {
                     break;
                 }
-                if let Some((_, step)) = plan.next() {
+                if let Some((_, Some(Step::Invite(role)))) = plan.peek() {
+                    let role = role.clone();
+                    plan.next();
+                    let t = start.elapsed().as_secs_f64();
+                    match invite(&node, &identity, &state, &role).await {
+                        Ok(ticket) => println!("{t:8.3} invite {ticket}"),
+                        Err(e) => println!("{t:8.3} warning invite: {e:#}"),
+                    }
+                } else if let Some((_, step)) = plan.next() {
                     node.command(match step {
                         None => NodeCommand::PttUp,
                         Some(Step::Ptt(channels, _)) => NodeCommand::PttDown(channels),
@@ -350,6 +419,7 @@ async fn serve(
                         Some(Step::ClearEmergency(channel, raiser)) => {
                             NodeCommand::ClearEmergency { channel, raiser }
                         }
+                        Some(Step::Invite(_)) => unreachable!("handled above"),
                     })?;
                 }
             }

@@ -5,16 +5,25 @@
 //! ops are signed from the org root down, so sync needs no trust in the sender). An admin that
 //! receives a request checks it ([`crate::admission::admit`]) and signs the
 //! `AdmitMember` op; once that op reaches the newcomer, both sides treat the link as a member's
-//! and the usual control plane (presence, E2EE session, keys) starts. Other peers ignore
-//! requests: only admins admit.
+//! and the usual control plane (presence, E2EE session, keys) starts. Only admins admit; any
+//! other member or relay checks the request and passes it on to the admins it is linked to,
+//! so a ticket naming any reachable member (or the org's rented relay) is enough to join when
+//! the inviter's own router lets no stranger in. The admission op comes back by charter
+//! gossip, and the member the newcomer reached then syncs it the charter.
 
+use super::reach::{quic_multiaddr, quic_socket_addr};
 use super::{Event, Member, Output, Role};
 use crate::admission::{admit, AdmitError, JoinRequest};
 use crate::charter::sync::SyncMessage;
 use crate::charter::{OpBody, OpHash};
 use crate::control::{ControlMessage, PeerControl};
+use crate::reachability::is_beyond_local_network;
 use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
 use std::time::Instant;
+
+/// At most this many newcomers' requests wait at a member for an admin to link.
+const MAX_WAITING_JOINS: usize = 64;
 
 impl Member {
     /// A link while we join: ask the peer to admit us, and sync.
@@ -70,11 +79,11 @@ impl Member {
         }
     }
 
-    /// A newcomer asks to be admitted: an admin checks the invite and admits it.
+    /// A newcomer asks to be admitted. Every member checks the invite against its charter
+    /// (refusing a bad one with a reason); an admin then admits it, any other member (or
+    /// relay) passes it on to the admins it is linked to. A newcomer whose ticket reached only
+    /// a member (the inviter's router filters strangers, say) gets in all the same.
     fn join_request(&mut self, peer: PeerId, body: &[u8], now: Instant) {
-        if !self.state().is_admin(&self.local) {
-            return;
-        }
         let unix_secs = self.unix_ms(now) / 1000;
         let result = JoinRequest::decode(body).and_then(|request| {
             if request.joiner.peer_id() != peer {
@@ -83,32 +92,8 @@ impl Member {
             admit(self.state(), &request, unix_secs)
         });
         match result {
-            Ok(op) => {
-                let OpBody::AdmitMember {
-                    peer: joiner,
-                    name,
-                    role,
-                    ..
-                } = op.clone()
-                else {
-                    return;
-                };
-                let unix = self.unix_ms(now);
-                let identity = self.keys.identity.clone();
-                match self.sync.edit(&identity, op, unix) {
-                    Ok(op) => {
-                        self.outputs.push_back(Output::Persist(vec![op.encode()]));
-                        tracing::info!(%joiner, %name, %role, "admitted with an invite");
-                        self.emit(Event::Admitted {
-                            peer: joiner,
-                            name,
-                            role,
-                        });
-                        self.charter_changed(1, now);
-                    }
-                    Err(e) => self.emit(Event::Warning(format!("admission: {e}"))),
-                }
-            }
+            Ok(op) if self.state().is_admin(&self.local) => self.admit_with(op, now),
+            Ok(_) => self.pass_on_join(peer, body.to_vec()),
             // Requests repeat on every link until the op arrives there: no answer needed.
             Err(AdmitError::AlreadyMember) => {}
             Err(e) => {
@@ -118,6 +103,94 @@ impl Member {
                 )));
                 self.send_now(peer, ControlMessage::JoinRefused(e.to_string()));
             }
+        }
+    }
+
+    /// A join request a member or relay passed on (or a member's own, late): admins admit
+    /// it. The newcomer's signature in it proves the newcomer asked; who carried it does not
+    /// matter, so it is checked like a direct one except for the link it came over.
+    pub(super) fn passed_on_join(&mut self, from: PeerId, body: &[u8], now: Instant) {
+        if !self.state().is_admin(&self.local) {
+            return;
+        }
+        let unix_secs = self.unix_ms(now) / 1000;
+        match JoinRequest::decode(body).and_then(|request| admit(self.state(), &request, unix_secs))
+        {
+            Ok(op) => self.admit_with(op, now),
+            Err(AdmitError::AlreadyMember) => {}
+            Err(e) => {
+                tracing::info!(%from, %e, "join request passed on refused");
+                self.emit(Event::Warning(format!(
+                    "join request passed on by {from} refused: {e}"
+                )));
+            }
+        }
+    }
+
+    /// Keeps a stranger's checked request while its link lasts and sends it to every linked
+    /// admin; an admin whose control starts later gets it then ([`Self::pass_on_joins_to`]).
+    fn pass_on_join(&mut self, newcomer: PeerId, body: Vec<u8>) {
+        if !self.waiting_joins.contains_key(&newcomer)
+            && self.waiting_joins.len() >= MAX_WAITING_JOINS
+        {
+            tracing::info!(%newcomer, "too many newcomers waiting: join request dropped");
+            return;
+        }
+        let admins: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|p| self.is_admin_peer(p))
+            .copied()
+            .collect();
+        tracing::info!(%newcomer, admins = admins.len(), "passing a join request on to the admins");
+        for admin in admins {
+            self.send_now(admin, ControlMessage::Join(body.clone()));
+        }
+        self.waiting_joins.insert(newcomer, body);
+    }
+
+    /// An admin's control just started: it gets the requests of newcomers still waiting here.
+    pub(super) fn pass_on_joins_to(&mut self, peer: PeerId) {
+        if self.waiting_joins.is_empty() || !self.is_admin_peer(&peer) {
+            return;
+        }
+        let bodies: Vec<Vec<u8>> = self.waiting_joins.values().cloned().collect();
+        for body in bodies {
+            self.send_now(peer, ControlMessage::Join(body));
+        }
+    }
+
+    fn is_admin_peer(&self, peer: &PeerId) -> bool {
+        self.members
+            .get(peer)
+            .is_some_and(|key| self.state().is_admin(key))
+    }
+
+    /// Signs the op that admits a newcomer.
+    fn admit_with(&mut self, op: OpBody, now: Instant) {
+        let OpBody::AdmitMember {
+            peer: joiner,
+            name,
+            role,
+            ..
+        } = op.clone()
+        else {
+            return;
+        };
+        let unix = self.unix_ms(now);
+        let identity = self.keys.identity.clone();
+        match self.sync.edit(&identity, op, unix) {
+            Ok(op) => {
+                self.outputs.push_back(Output::Persist(vec![op.encode()]));
+                tracing::info!(%joiner, %name, %role, "admitted with an invite");
+                self.emit(Event::Admitted {
+                    peer: joiner,
+                    name,
+                    role,
+                });
+                self.charter_changed(1, now);
+            }
+            Err(e) => self.emit(Event::Warning(format!("admission: {e}"))),
         }
     }
 
@@ -141,5 +214,72 @@ impl Member {
             });
         }
         true
+    }
+}
+
+impl Member {
+    /// Where a newcomer holding an invite can reach the org now, for a ticket's bootstrap
+    /// list, best first, each naming its peer (`/p2p/…`), at most `max`: our own confirmed or
+    /// announced addresses and our router's mapping (we admit at once if we are an admin),
+    /// then the charter's rented relays where members last saw them, then the public
+    /// addresses of members that serve as rendezvous (their presence says so). Any of them
+    /// passes the request on to an admin, so the ticket works when our own router filters
+    /// strangers, as long as one of them is up.
+    pub fn invite_addresses(&self, max: usize) -> Vec<Multiaddr> {
+        /// Addresses per peer: its first few are its best, more only lengthen the ticket.
+        const PER_PEER: usize = 2;
+        let mut out: Vec<Multiaddr> = Vec::new();
+        let mut add = |addrs: Vec<Multiaddr>, peer: PeerId| {
+            for addr in addrs.into_iter().take(PER_PEER) {
+                let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
+                if !out.contains(&addr) {
+                    out.push(addr);
+                }
+            }
+        };
+        let own: Vec<Multiaddr> = match &self.announce {
+            Some(announced) => announced.clone(),
+            None => self
+                .reachability
+                .confirmed()
+                .filter(is_beyond_local_network)
+                .chain(self.reachability.mappings())
+                .map(quic_multiaddr)
+                .collect(),
+        };
+        add(own, self.local_peer);
+        let state = self.sync.charter().state();
+        for (relay, info) in &state.relays {
+            if *relay == self.local {
+                continue;
+            }
+            let mut addrs = self.relay_addrs.get(relay).cloned().unwrap_or_default();
+            for addr in info
+                .addrs
+                .iter()
+                .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+            {
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+            add(addrs, relay.peer_id());
+        }
+        for record in self.presence.present() {
+            let peer = record.body.peer;
+            if peer == self.local || !record.body.relay.public || state.relays.contains_key(&peer) {
+                continue;
+            }
+            let public: Vec<Multiaddr> = record
+                .body
+                .addrs
+                .iter()
+                .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+                .filter(|a| quic_socket_addr(a).is_some_and(|s| is_beyond_local_network(&s)))
+                .collect();
+            add(public, peer.peer_id());
+        }
+        out.truncate(max);
+        out
     }
 }

@@ -61,6 +61,7 @@ impl Member {
     pub(super) fn link_down(&mut self, peer: PeerId, now: Instant) {
         self.links.remove(&peer);
         self.punches.forget(&peer);
+        self.waiting_joins.remove(&peer);
         self.peer_down(&peer, now);
     }
 
@@ -82,6 +83,7 @@ impl Member {
                     control.queue(hint);
                 }
                 self.peers.insert(peer, control);
+                self.pass_on_joins_to(peer);
                 self.sync.handle_link_up(peer, now);
                 // The floor is between members and their arbiter, not between relays.
                 if self.members.contains_key(&peer) || self.role != Role::Relay {
@@ -137,6 +139,7 @@ impl Member {
             self.warn(format!("session start: {e}"));
         }
         self.peers.insert(peer, control);
+        self.pass_on_joins_to(peer);
         // A member volunteering as relay forgot our subscription with the link, like a relay.
         self.subscribed.remove(&identity);
         self.reachability_link_up(peer, now);
@@ -217,6 +220,8 @@ impl Member {
                     ControlMessage::RelayAddress { relay, addr } => {
                         self.relay_address_heard(relay, &addr, now)
                     }
+                    // A newcomer's request a relay passes on.
+                    ControlMessage::Join(body) => self.passed_on_join(peer, &body, now),
                     // Keys, handshakes and voice are for members only.
                     _ => tracing::debug!(%peer, "control message refused on a relay link"),
                 }
@@ -262,11 +267,12 @@ impl Member {
             ControlMessage::RelayAddress { relay, addr } => {
                 self.relay_address_heard(relay, &addr, now)
             }
-            // `decode` refuses nested batches; subscriptions were handled above; a member's
-            // join request arrived after its admission (nothing left to do).
+            // A newcomer's request a member passes on (or the member's own, arriving after
+            // its admission).
+            ControlMessage::Join(body) => self.passed_on_join(peer, &body, now),
+            // `decode` refuses nested batches; subscriptions were handled above.
             ControlMessage::Batch(_)
             | ControlMessage::Subscribe(_)
-            | ControlMessage::Join(_)
             | ControlMessage::JoinRefused(_) => {}
         }
     }

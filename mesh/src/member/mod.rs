@@ -44,7 +44,7 @@ mod upkeep;
 
 pub use event::{Event, LinkKind, PortMapping, Target};
 pub use io::{Command, DialCondition, Frame, Input, LinkUp, MemberConfig, Output};
-pub use reach::quic_multiaddr;
+pub use reach::{quic_multiaddr, quic_socket_addr};
 pub use routes::{REPLAN_INTERVAL, SWITCH_OVERLAP};
 
 use crate::admission::JoinRequest;
@@ -178,6 +178,8 @@ pub struct Member {
     forwarder: Option<Forwarder>,
     subscriptions_refused: u64,
     join: Option<JoinRequest>,
+    /// Checked join requests of strangers linked to us, passed on to admins (`join`).
+    waiting_joins: BTreeMap<PeerId, Vec<u8>>,
     bootstrap: Vec<Multiaddr>,
     announce: Option<Vec<Multiaddr>>,
     reachability: AddressBook<PeerId>,
@@ -262,6 +264,7 @@ impl Member {
                 .map(|c| Forwarder::new(org, c)),
             subscriptions_refused: 0,
             join: config.join,
+            waiting_joins: BTreeMap::new(),
             bootstrap: config.bootstrap,
             announce: config.announce,
             reachability: AddressBook::new(ReachabilityConfig::default(), config.seed),

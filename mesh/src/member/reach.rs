@@ -24,6 +24,22 @@ pub fn quic_multiaddr(addr: SocketAddr) -> Multiaddr {
         .with(Protocol::QuicV1)
 }
 
+/// The UDP address of a direct address (`/ip4|ip6/…/udp/…`, what follows aside); `None` for a
+/// circuit or TCP.
+pub fn quic_socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
+    let mut ip = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
+            Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
+            Protocol::Udp(port) => return ip.map(|ip| SocketAddr::new(ip, port)),
+            Protocol::P2pCircuit | Protocol::Tcp(_) => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
 impl Member {
     /// A control link to `peer` came up: tell it where we see it (not through a circuit: there
     /// we see the relay), and count it as a prober (a circuit peer too: it probes from its own

@@ -75,6 +75,9 @@ pub enum NodeCommand {
     SetOutputDevice(Option<Device>),
     /// A snapshot of the charter's state (for UIs: the channel tree, roles, members).
     Charter(oneshot::Sender<callsign_mesh::charter::CharterState>),
+    /// Where a newcomer with an invite can reach the org now, best first (see
+    /// `callsign_mesh::member::Member::invite_addresses`): for an invite ticket.
+    InviteAddresses(oneshot::Sender<Vec<Multiaddr>>),
     Stats(oneshot::Sender<NodeStats>),
     Shutdown,
 }

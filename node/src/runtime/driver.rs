@@ -29,9 +29,8 @@ use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::connections::{upgrades_circuit, HeldConnection};
@@ -232,6 +231,13 @@ impl Driver {
                 let _ = reply.send(self.member.state().clone());
                 return;
             }
+            NodeCommand::InviteAddresses(reply) => {
+                let _ = reply.send(
+                    self.member
+                        .invite_addresses(callsign_keys::MAX_BOOTSTRAP_ADDRS / 2),
+                );
+                return;
+            }
             NodeCommand::Stats(reply) => {
                 let _ = reply.send(self.stats());
                 return;
@@ -360,7 +366,7 @@ impl Driver {
                 let up = LinkUp {
                     peer: peer_id,
                     kind,
-                    remote: socket_addr(remote),
+                    remote: callsign_mesh::member::quic_socket_addr(remote),
                     circuit: circuit_relay(&endpoint),
                     dialed: match &endpoint {
                         ConnectedPoint::Dialer { address, .. } => Some(address.clone()),
@@ -621,21 +627,6 @@ fn circuit_relay(endpoint: &ConnectedPoint) -> Option<PeerId> {
         match protocol {
             Protocol::P2p(peer) => last = Some(peer),
             Protocol::P2pCircuit => return last,
-            _ => {}
-        }
-    }
-    None
-}
-
-/// The UDP (or TCP) address of a direct address (`/ip4/../udp/../quic-v1`), if it is one.
-fn socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
-    let mut ip = None;
-    for protocol in addr.iter() {
-        match protocol {
-            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
-            Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
-            Protocol::Udp(port) => return ip.map(|ip| SocketAddr::new(ip, port)),
-            Protocol::P2pCircuit | Protocol::Tcp(_) => return None,
             _ => {}
         }
     }

@@ -308,6 +308,14 @@ impl Node {
         .flatten()
     }
 
+    /// Where a newcomer with an invite can reach the org now, best first: the bootstrap
+    /// addresses for an invite ticket.
+    pub async fn invite_addresses(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(NodeCommand::InviteAddresses(tx))?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
     /// A snapshot of the node's counters.
     pub async fn stats(&self) -> Result<NodeStats, NodeError> {
         let (tx, rx) = oneshot::channel();

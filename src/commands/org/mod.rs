@@ -276,6 +276,17 @@ impl OrgStore {
         })
     }
 
+    /// The store for the org an invite ticket names, created empty if we have none (sync
+    /// fills it once we link).
+    pub(crate) fn for_ticket(dir: &Path, org: &IdentityKey) -> Result<Self> {
+        let path = Self::path(dir, org);
+        if !path.exists() {
+            OpLog::create(&path, *org)
+                .with_context(|| format!("cannot create charter log {}", path.display()))?;
+        }
+        Self::open(&path)
+    }
+
     /// Finds the store for `--org`, or the only one.
     pub(crate) fn select(dir: &Path, org: Option<&str>) -> Result<Self> {
         if let Some(org) = org {
@@ -310,6 +321,26 @@ impl OrgStore {
             .context("cannot write charter log")?;
         Ok(())
     }
+}
+
+/// A ticket granting `role` for `valid`, signed by `admin`, naming `bootstrap`.
+pub(crate) fn invite_ticket(
+    admin: &Identity,
+    org: IdentityKey,
+    role: &str,
+    valid: Duration,
+    bootstrap: Vec<Multiaddr>,
+) -> Result<String> {
+    let mut nonce = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let expires_at = unix_ms() / 1000 + valid.as_secs();
+    let grant = InviteGrant::issue(admin, org, role.to_string(), expires_at, nonce)?;
+    let ticket = Ticket {
+        org,
+        bootstrap,
+        grant: Some(grant),
+    };
+    Ok(ticket.encode()?)
 }
 
 fn identity(args: &OrgArgs) -> Result<Identity> {
@@ -383,17 +414,11 @@ pub fn run(args: OrgArgs) -> Result<()> {
             if !store.charter.state().is_admin(&me.public()) {
                 bail!("only admins can invite");
             }
-            let mut nonce = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut nonce);
-            let expires_at = unix_ms() / 1000 + expires.as_secs();
             let org = store.charter.org();
-            let grant = InviteGrant::issue(&me, org, role.clone(), expires_at, nonce)?;
-            let ticket = Ticket {
-                org,
-                bootstrap: addrs.clone(),
-                grant: Some(grant),
-            };
-            println!("{}", ticket.encode()?);
+            println!(
+                "{}",
+                invite_ticket(&me, org, role, *expires, addrs.clone())?
+            );
         }
         command => {
             let me = identity(&args)?;
