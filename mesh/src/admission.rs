@@ -123,6 +123,11 @@ pub fn admit(
     if grant.org != state.org {
         return Err(AdmitError::OtherOrg);
     }
+    // Before the grant's checks: a member's request that arrives after the op that admitted
+    // it (over another link, or passed on) would otherwise read "used already".
+    if state.members.contains_key(&request.joiner) {
+        return Err(AdmitError::AlreadyMember);
+    }
     if !state.is_admin(&grant.issuer) {
         return Err(AdmitError::NotAdmin);
     }
@@ -134,9 +139,6 @@ pub fn admit(
     }
     if state.used_invites.contains(&grant.nonce) {
         return Err(AdmitError::Used);
-    }
-    if state.members.contains_key(&request.joiner) {
-        return Err(AdmitError::AlreadyMember);
     }
     let name = request.name.trim();
     if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {

@@ -232,6 +232,9 @@ pub struct AddressBook<P> {
     rng: ChaCha8Rng,
     linked: BTreeSet<P>,
     candidates: BTreeMap<SocketAddr, Candidate<P>>,
+    /// Addresses our own socket is bound to: a peer that reports one of these cannot be
+    /// lying about where we are, only the probe's answer (does a stranger get in) is news.
+    bound: BTreeSet<SocketAddr>,
     requests: VecDeque<(P, ProbeRequest)>,
     events: VecDeque<ReachabilityEvent>,
 }
@@ -244,6 +247,7 @@ impl<P: Ord + Clone> AddressBook<P> {
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x7265_6163_6861_626c),
             linked: BTreeSet::new(),
             candidates: BTreeMap::new(),
+            bound: BTreeSet::new(),
             requests: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -271,6 +275,17 @@ impl<P: Ord + Clone> AddressBook<P> {
             }
         }
         self.schedule(now);
+    }
+
+    /// Our socket is bound to these addresses (listening on a public IP, say). A candidate
+    /// among them may be probed by any linked peer, its sole reporter too, as a mapping may:
+    /// with a public member and one other, nobody else could ever confirm it.
+    pub fn set_bound(&mut self, bound: impl IntoIterator<Item = SocketAddr>, now: Instant) {
+        let bound: BTreeSet<SocketAddr> = bound.into_iter().collect();
+        if bound != self.bound {
+            self.bound = bound;
+            self.schedule(now);
+        }
     }
 
     /// `reporter` sees us at `addr`.
@@ -467,6 +482,7 @@ impl<P: Ord + Clone> AddressBook<P> {
             rng,
             linked,
             candidates,
+            bound,
             requests,
             ..
         } = self;
@@ -474,10 +490,15 @@ impl<P: Ord + Clone> AddressBook<P> {
             let State::Due { confirmed } = candidate.state else {
                 continue;
             };
-            // A sole witness may not confirm its own report; anyone linked may when two agree.
+            // A sole witness may not confirm its own report; anyone linked may when two agree,
+            // or when we vouch for the address ourselves (our router maps it, our socket is
+            // bound to it), as then no report could have misled us.
+            let ours = candidate.mapped || bound.contains(addr);
             let eligible: Vec<&P> = linked
                 .iter()
-                .filter(|p| candidate.observers.len() >= 2 || !candidate.observers.contains(*p))
+                .filter(|p| {
+                    ours || candidate.observers.len() >= 2 || !candidate.observers.contains(*p)
+                })
                 .collect();
             if eligible.is_empty() {
                 continue;

@@ -397,6 +397,12 @@ fn a_newcomer_with_an_invite_is_admitted_by_an_admin_and_hears_the_squad() {
         .any(|e| matches!(e, Event::Admitted { name, .. } if name == "goose")));
     let hash = net.members[ROOT].state().state_hash();
     assert_eq!(net.members[newcomer].state().state_hash(), hash);
+    assert!(
+        !net.events[newcomer]
+            .iter()
+            .any(|e| matches!(e, Event::JoinRefused { .. })),
+        "no refusal on the way in"
+    );
     // Its links made while joining start over as a member's: sessions, keys, voice. As a
     // member it may now reach the root (here directly; through a circuit at member 1 when
     // the root's router filters it).
@@ -438,8 +444,16 @@ fn a_join_request_waits_at_a_member_until_an_admin_links_and_a_bad_one_is_refuse
         &expired_keys,
         JoinRequest::sign(&expired_keys.identity, grant(10, 1), "late"),
     );
+    // A second newcomer with goose's ticket waits at member 2.
+    let twin_keys = NodeKeys::generate(&mut rand::rngs::StdRng::seed_from_u64(95));
+    let twin = net.add(
+        &org,
+        &twin_keys,
+        JoinRequest::sign(&twin_keys.identity, grant(9, u64::MAX), "twin"),
+    );
     net.link(newcomer, 1);
     net.link(expired, 2);
+    net.link(twin, 2);
     net.run_for(secs(2));
     // No admin online: the request waits at member 1.
     assert_eq!(net.members[newcomer].role(), MemberRole::Joining);
@@ -452,6 +466,11 @@ fn a_join_request_waits_at_a_member_until_an_admin_links_and_a_bad_one_is_refuse
     net.run_for(secs(3));
     assert_eq!(net.members[newcomer].role(), MemberRole::Member);
     assert_eq!(net.members[expired].role(), MemberRole::Joining);
+    // The ticket is used now: member 2 tells the twin that waited with it.
+    assert_eq!(net.members[twin].role(), MemberRole::Joining);
+    assert!(net.events[twin]
+        .iter()
+        .any(|e| matches!(e, Event::JoinRefused { reason } if reason.contains("used"))));
     let state = net.members[ROOT].state();
     assert!(state.members.contains_key(&keys.identity.public()));
     assert!(!state.members.contains_key(&expired_keys.identity.public()));

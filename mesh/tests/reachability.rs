@@ -43,6 +43,24 @@ fn a_sole_witness_is_not_asked_to_confirm_its_own_report() {
 }
 
 #[test]
+fn the_sole_witness_may_probe_an_address_our_socket_is_bound_to() {
+    let t0 = Instant::now();
+    let mut book = book();
+    // A public member with one peer: the peer sees it where it listens, which no report
+    // could fake, so the peer may check that strangers get in.
+    book.set_bound([addr("198.51.100.2:4433")], t0);
+    book.link_up(1, t0);
+    book.observed(1, addr("198.51.100.2:4433"), t0);
+    let (prober, request) = book.poll_request().expect("a probe request");
+    assert_eq!((prober, request.addr), (1, addr("198.51.100.2:4433")));
+    book.probe_received(&request.nonce, t0 + Duration::from_millis(10));
+    assert!(book.is_reachable());
+    // Another address from the same sole witness is still its word alone.
+    book.observed(1, addr("198.51.100.9:4433"), t0);
+    assert_eq!(book.poll_request(), None);
+}
+
+#[test]
 fn two_witnesses_let_either_probe() {
     let t0 = Instant::now();
     let mut book = book();

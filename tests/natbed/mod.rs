@@ -14,6 +14,8 @@
 //! everything (processes, namespaces and the veths in them) is removed on drop, also when a
 //! test fails. Needs root, `ip` (iproute2) and `nft` (nftables); [`Bed::new`] says why not.
 
+pub mod squad;
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -46,6 +46,12 @@ impl Member {
                 self.sync_message(peer, &body, now)
             }
             ControlMessage::Sync(body) => self.removal_notice(peer, &body),
+            // Where the peer sees us: an admin (or the member passing our request on) sends it
+            // as soon as it counts us a member, which is before its op reaches us; dropped,
+            // we would have no address to aim a hole punch at. A lie costs one probe, as ever.
+            ControlMessage::Observed(body) if self.role == Role::Joining => {
+                self.observed(peer, &body, now)
+            }
             ControlMessage::JoinRefused(reason) if self.role == Role::Joining => {
                 let reason: String = reason.chars().take(200).collect();
                 tracing::warn!(%peer, %reason, "join refused");
@@ -149,6 +155,28 @@ impl Member {
         self.waiting_joins.insert(newcomer, body);
     }
 
+    /// After a charter change: newcomers it admitted stop waiting, and those it refuses now
+    /// (another newcomer used the same ticket first, say) hear why.
+    pub(super) fn recheck_waiting_joins(&mut self, now: Instant) {
+        if self.waiting_joins.is_empty() {
+            return;
+        }
+        let unix_secs = self.unix_ms(now) / 1000;
+        let waiting = std::mem::take(&mut self.waiting_joins);
+        for (newcomer, body) in waiting {
+            match JoinRequest::decode(&body).and_then(|r| admit(self.state(), &r, unix_secs)) {
+                Ok(_) => {
+                    self.waiting_joins.insert(newcomer, body);
+                }
+                Err(AdmitError::AlreadyMember) => {}
+                Err(e) => {
+                    tracing::info!(%newcomer, %e, "waiting join request refused");
+                    self.send_now(newcomer, ControlMessage::JoinRefused(e.to_string()));
+                }
+            }
+        }
+    }
+
     /// An admin's control just started: it gets the requests of newcomers still waiting here.
     pub(super) fn pass_on_joins_to(&mut self, peer: PeerId) {
         if self.waiting_joins.is_empty() || !self.is_admin_peer(&peer) {
@@ -222,7 +250,7 @@ impl Member {
     /// list, best first, each naming its peer (`/p2p/…`), at most `max`: our own confirmed or
     /// announced addresses and our router's mapping (we admit at once if we are an admin),
     /// then the charter's rented relays where members last saw them, then the public
-    /// addresses of members that serve as rendezvous (their presence says so). Any of them
+    /// addresses of members, those that serve as rendezvous first. Any of them
     /// passes the request on to an admin, so the ticket works when our own router filters
     /// strangers, as long as one of them is up.
     pub fn invite_addresses(&self, max: usize) -> Vec<Multiaddr> {
@@ -265,19 +293,27 @@ impl Member {
             }
             add(addrs, relay.peer_id());
         }
-        for record in self.presence.present() {
-            let peer = record.body.peer;
-            if peer == self.local || !record.body.relay.public || state.relays.contains_key(&peer) {
-                continue;
+        // Rendezvous members first (a probe confirmed their address), then any other
+        // member's address beyond a local network: a public member linked to one other has
+        // nobody to confirm it yet, and it passes the request on all the same.
+        for rendezvous in [true, false] {
+            for record in self.presence.present() {
+                let peer = record.body.peer;
+                if peer == self.local
+                    || record.body.relay.public != rendezvous
+                    || state.relays.contains_key(&peer)
+                {
+                    continue;
+                }
+                let public: Vec<Multiaddr> = record
+                    .body
+                    .addrs
+                    .iter()
+                    .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+                    .filter(|a| quic_socket_addr(a).is_some_and(|s| is_beyond_local_network(&s)))
+                    .collect();
+                add(public, peer.peer_id());
             }
-            let public: Vec<Multiaddr> = record
-                .body
-                .addrs
-                .iter()
-                .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
-                .filter(|a| quic_socket_addr(a).is_some_and(|s| is_beyond_local_network(&s)))
-                .collect();
-            add(public, peer.peer_id());
         }
         out.truncate(max);
         out

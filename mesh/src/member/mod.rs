@@ -338,6 +338,8 @@ impl Member {
                 let circuit_new = listening
                     .iter()
                     .any(|a| presence::is_circuit(a) && !self.listen_addrs.contains(a));
+                let bound = listening.iter().filter_map(quic_socket_addr);
+                self.reachability.set_bound(bound, now);
                 self.listen_addrs = listening;
                 self.external_addrs = external;
                 if circuit_new {

@@ -69,8 +69,7 @@ impl Member {
 
     pub(super) fn charter_changed(&mut self, ops: usize, now: Instant) {
         self.set_members();
-        let members = &self.members;
-        self.waiting_joins.retain(|p, _| !members.contains_key(p));
+        self.recheck_waiting_joins(now);
         if self.finish_join() {
             // Everything we had was learnt as a stranger: announce ourselves as a member.
             self.listening = self.state().channels.keys().copied().collect();
