@@ -424,13 +424,13 @@ pub fn run_invite(
     };
     let n_online = online.len();
     let mut anchor = String::new();
-    for i in 1..=n_online {
-        let mut up = up_command(d, &members[i].name, seconds);
-        if i > 1 {
+    for (k, (name, _)) in online.iter().enumerate() {
+        let mut up = up_command(d, name, seconds);
+        if k > 0 {
             up.args(["--bootstrap", &anchor]);
         }
-        let (address, _) = start(&mut bed, i, up, "", 0)?;
-        if i == 1 {
+        let (address, _) = start(&mut bed, 1 + k, up, "", 0)?;
+        if k == 0 {
             anchor = address;
         }
     }
