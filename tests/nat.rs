@@ -286,6 +286,80 @@ fn matrix_of_five_kinds() {
     }
 }
 
+/// Real invites, inviter × newcomer: an inviter behind each kind of router, with one public
+/// member online, mints one ticket per newcomer; a newcomer behind each kind of router joins
+/// with nothing but its ticket. Prints, per pair: when the newcomer was admitted (after its
+/// start), its path to the inviter, and when it heard the inviter after the inviter keyed up
+/// (docs/nat.md holds a copy).
+#[test]
+#[ignore = "about a minute of real NATs; run with --ignored --nocapture"]
+fn matrix_of_invites() {
+    if !bed_here(true) {
+        return;
+    }
+    let kinds: [(&str, Nat); 5] = [
+        ("public", Nat::Public),
+        ("cone-upnp", Nat::FullCone),
+        ("cone", Nat::FullCone),
+        ("restricted", Nat::PortRestricted),
+        ("symmetric", Nat::Symmetric),
+    ];
+    let talk_s = 4.0;
+    let mut rows = Vec::new();
+    for (inviter_kind, inviter_nat) in kinds {
+        if std::env::var("NATBED_ONLY").is_ok_and(|only| only != inviter_kind) {
+            continue;
+        }
+        let newcomers: Vec<(String, Nat)> = kinds
+            .iter()
+            .map(|(kind, nat)| (format!("new-{kind}"), *nat))
+            .collect();
+        let newcomer_refs: Vec<(&str, Nat)> =
+            newcomers.iter().map(|(n, nat)| (n.as_str(), *nat)).collect();
+        let mut routers = vec![("new-cone-upnp", Maps::Upnp)];
+        if inviter_kind == "cone-upnp" {
+            routers.push(("inviter", Maps::Upnp));
+        }
+        let result = run_invite(
+            ("inviter", inviter_nat),
+            &[("anchor", Nat::Public)],
+            &newcomer_refs,
+            &routers,
+            talk_s,
+            8.0,
+        );
+        let logs = match result {
+            Ok((logs, _)) => logs,
+            Err(why) => {
+                rows.push(format!("| {inviter_kind} | all | failed: {why} | | |"));
+                continue;
+            }
+        };
+        let keyed = logs["inviter"].started_s + talk_s;
+        for (name, _) in &newcomers {
+            let log = &logs[name];
+            let admitted = log
+                .lines
+                .iter()
+                .find(|(_, l)| l.starts_with(&format!("admitted {name} ")))
+                .map_or("never".to_string(), |(t, _)| format!("{:.0} ms", t * 1000.0));
+            let path = log.link_to("inviter", 7.0).unwrap_or_else(|| "none".into());
+            let heard = log.first_heard("inviter").map_or("never".to_string(), |t| {
+                format!("{:.0} ms", (log.started_s + t - keyed) * 1000.0)
+            });
+            rows.push(format!(
+                "| {inviter_kind} | {} | {admitted} | {path} | {heard} |",
+                name.trim_start_matches("new-")
+            ));
+        }
+    }
+    println!("| inviter | newcomer | admitted after start | path to inviter | hears inviter after key-up |");
+    println!("|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
+
 /// Every pair of NAT kinds, with a public member as the squad's bootstrap: the path each pair
 /// ends up on and when the first words arrive. Prints a table (docs/nat.md holds a copy).
 #[test]
