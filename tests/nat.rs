@@ -314,8 +314,10 @@ fn matrix_of_invites() {
             .iter()
             .map(|(kind, nat)| (format!("new-{kind}"), *nat))
             .collect();
-        let newcomer_refs: Vec<(&str, Nat)> =
-            newcomers.iter().map(|(n, nat)| (n.as_str(), *nat)).collect();
+        let newcomer_refs: Vec<(&str, Nat)> = newcomers
+            .iter()
+            .map(|(n, nat)| (n.as_str(), *nat))
+            .collect();
         let mut routers = vec![("new-cone-upnp", Maps::Upnp)];
         if inviter_kind == "cone-upnp" {
             routers.push(("inviter", Maps::Upnp));
@@ -342,7 +344,9 @@ fn matrix_of_invites() {
                 .lines
                 .iter()
                 .find(|(_, l)| l.starts_with(&format!("admitted {name} ")))
-                .map_or("never".to_string(), |(t, _)| format!("{:.0} ms", t * 1000.0));
+                .map_or("never".to_string(), |(t, _)| {
+                    format!("{:.0} ms", t * 1000.0)
+                });
             let path = log.link_to("inviter", 7.0).unwrap_or_else(|| "none".into());
             let heard = log.first_heard("inviter").map_or("never".to_string(), |t| {
                 format!("{:.0} ms", (log.started_s + t - keyed) * 1000.0)

@@ -50,15 +50,17 @@ fn hotkeys_are_rebound_without_conflicts_and_remembered() {
 #[test]
 fn an_admin_copies_a_signed_invite_ticket_for_a_role() {
     let Opened {
-        dir,
-        ends: _ends,
-        mut h,
-        ..
+        dir, ends, mut h, ..
     } = open_saved();
     h.get_by_label("Org admin").click();
     h.step();
     h.get_by_label("Invites").click();
     h.step();
+    // The node says where else the org can be reached: a public member, say.
+    let anchor = "/ip4/198.51.100.12/udp/4433/quic-v1/p2p/12D3KooWBJS661uaqn5bVnRH2Y3ZE7nyXwcTzUvFsTMGQ1CVJcrB";
+    assert_eq!(answer_invite_addresses(&ends, &[anchor]), 1);
+    h.step();
+    assert!(h.query_by_label_contains(anchor).is_some());
     // Not an address: explained, no ticket.
     type_into(&mut h, "Address in the ticket", "somewhere");
     h.get_by_label("Copy invite ticket").click();
@@ -91,7 +93,7 @@ fn an_admin_copies_a_signed_invite_ticket_for_a_role() {
             .iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>(),
-        vec![public.to_string()]
+        vec![public.to_string(), anchor.to_string()]
     );
     let grant = ticket.grant.expect("a signed grant");
     assert_eq!(grant.role, "pilot");

@@ -70,12 +70,29 @@ pub fn commands(ends: &NodeEnds) -> Vec<String> {
     if let Some((rx, _)) = ends.borrow_mut().as_mut() {
         while let Ok(c) = rx.try_recv() {
             // Snapshot requests (counters, charter) go out on their own schedule.
-            if !matches!(c, NodeCommand::Stats(_) | NodeCommand::Charter(_)) {
+            if !matches!(
+                c,
+                NodeCommand::Stats(_) | NodeCommand::Charter(_) | NodeCommand::InviteAddresses(_)
+            ) {
                 out.push(format!("{c:?}"));
             }
         }
     }
     out
+}
+
+/// Answers the app's pending questions of where the org can be reached with `addrs`.
+pub fn answer_invite_addresses(ends: &NodeEnds, addrs: &[&str]) -> usize {
+    let mut answered = 0;
+    if let Some((rx, _)) = ends.borrow_mut().as_mut() {
+        while let Ok(c) = rx.try_recv() {
+            if let NodeCommand::InviteAddresses(reply) = c {
+                let _ = reply.send(addrs.iter().map(|a| a.parse().unwrap()).collect());
+                answered += 1;
+            }
+        }
+    }
+    answered
 }
 
 pub fn expect(commands: &[NodeCommand]) -> Vec<String> {

@@ -70,6 +70,11 @@ pub struct AdminForm {
     pub invite: Option<String>,
     /// The address the ticket names.
     pub invite_addr: String,
+    /// Where else the org can be reached now (the node's answer), also put in the ticket.
+    pub org_addrs: Vec<callsign_keys::Multiaddr>,
+    /// The node's answer on its way, and when it was asked.
+    pub org_addrs_reply: Option<tokio::sync::oneshot::Receiver<Vec<callsign_keys::Multiaddr>>>,
+    pub org_addrs_asked: Option<std::time::Instant>,
     /// A channel's mesh threshold while its slider is dragged.
     pub threshold: Option<(ChannelId, u8)>,
     /// Why the last form could not be sent.

@@ -6,10 +6,15 @@ use crate::radio::{Radio, INVITE_VALID};
 use callsign_keys::{IdentityKey, InviteGrant, Multiaddr, Ticket};
 use callsign_mesh::charter::{OpBody, RelayInfo};
 use callsign_node::runtime::PortMapping;
+use callsign_node::NodeCommand;
 use eframe::egui;
 use multiaddr::Protocol;
 use rand::RngCore;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// How often the invite page asks the node where the org can be reached.
+const ORG_ADDRS_EVERY: Duration = Duration::from_secs(3);
 
 impl Radio {
     pub(super) fn relays_tab(&mut self, ui: &mut egui::Ui) {
@@ -152,6 +157,7 @@ impl Radio {
         if self.admin.invite_addr.is_empty() {
             self.admin.invite_addr = self.reachable_address().unwrap_or_default();
         }
+        self.poll_org_addrs();
         ui.horizontal_wrapped(|ui| {
             let label = ui.label("Address in the ticket");
             ui.add(
@@ -171,6 +177,24 @@ impl Radio {
             "Where the newcomer dials you: your public address (members confirmed it reaches \
              you)."
         });
+        let others = self.other_org_addrs();
+        if others.is_empty() {
+            ui.small(
+                "Nobody else in the org can be reached now: if your router lets no stranger in, \
+                 the newcomer needs a member with a public address, a mapped port or a rented \
+                 relay online.",
+            );
+        } else {
+            ui.small(format!(
+                "Also in the ticket, where the org can be reached now (any of them passes the \
+                 request on to an admin): {}",
+                others
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         ui.small(match &self.port_mapping {
             None => "Port mapping on your router: not tried yet.".to_string(),
             Some(PortMapping::Mapped { external, protocol }) => {
@@ -202,6 +226,42 @@ impl Radio {
                 INVITE_VALID.as_secs() / 86_400
             ));
         }
+    }
+
+    /// Asks the node where the org can be reached every few seconds while the invite page
+    /// shows; takes the answer when it is there.
+    fn poll_org_addrs(&mut self) {
+        if let Some(reply) = &mut self.admin.org_addrs_reply {
+            match reply.try_recv() {
+                Ok(addrs) => {
+                    self.admin.org_addrs = addrs;
+                    self.admin.org_addrs_reply = None;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => self.admin.org_addrs_reply = None,
+                Err(oneshot::error::TryRecvError::Empty) => return,
+            }
+        }
+        if self
+            .admin
+            .org_addrs_asked
+            .is_none_or(|t| t.elapsed() >= ORG_ADDRS_EVERY)
+        {
+            let (tx, rx) = oneshot::channel();
+            self.bridge.command(NodeCommand::InviteAddresses(tx));
+            self.admin.org_addrs_reply = Some(rx);
+            self.admin.org_addrs_asked = Some(Instant::now());
+        }
+    }
+
+    /// The node's invite addresses other than the one typed in (which goes first).
+    fn other_org_addrs(&self) -> Vec<Multiaddr> {
+        let typed: Option<Multiaddr> = self.admin.invite_addr.trim().parse().ok();
+        self.admin
+            .org_addrs
+            .iter()
+            .filter(|a| Some(*a) != typed.as_ref())
+            .cloned()
+            .collect()
     }
 
     /// A public address of ours that a probe confirmed, else the one our router maps to us
@@ -256,12 +316,14 @@ impl Radio {
             now + INVITE_VALID.as_secs(),
             nonce,
         )?;
-        let bootstrap = match self.admin.invite_addr.trim() {
+        let mut bootstrap: Vec<Multiaddr> = match self.admin.invite_addr.trim() {
             "" => Vec::new(),
             text => vec![text
                 .parse()
                 .map_err(|e| callsign_keys::TicketError::Malformed(format!("address: {e}")))?],
         };
+        bootstrap.extend(self.other_org_addrs());
+        bootstrap.truncate(callsign_keys::MAX_BOOTSTRAP_ADDRS);
         Ticket {
             org: self.state.org,
             bootstrap,
