@@ -172,4 +172,30 @@ fn up_refuses_bad_scripts_configs_and_strangers() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a member"));
+
+    // A damaged ticket, one without a grant, and a ticket joined without a name: each says
+    // what is wrong and starts nothing.
+    let refused = |args: &[&str]| {
+        let out = callsign(d, "stranger", "stranger.key")
+            .args(["up", "--seconds", "1"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused(&["--ticket", "callsign1notaticket"]);
+    assert!(err.contains("invite ticket"), "{err}");
+    let bare = ok(callsign(d, "root", "root.key").args([
+        "ticket",
+        "new",
+        "--addr",
+        "/ip4/192.0.2.7/udp/4433/quic-v1",
+    ]));
+    let err = refused(&["--name", "goose", "--ticket", bare.trim()]);
+    assert!(err.contains("no invite grant"), "{err}");
+    ok(callsign(d, "root", "root.key").args(["org", "role", "add", "pilot", "--perm", "listen"]));
+    let invite = ok(callsign(d, "root", "root.key").args(["org", "invite", "--role", "pilot"]));
+    let err = refused(&["--ticket", invite.trim()]);
+    assert!(err.contains("--name"), "{err}");
 }

@@ -93,6 +93,7 @@ struct UpFile {
     #[serde(default)]
     bootstrap: Vec<String>,
     announce: Option<Vec<String>>,
+    ticket: Option<String>,
     port_mapping: Option<bool>,
     #[serde(default)]
     channels: Vec<String>,
@@ -137,6 +138,7 @@ fn merge(mut args: UpArgs) -> Result<UpArgs> {
     args.org = args.org.or(file.org);
     args.name = args.name.or(file.name);
     args.listen = args.listen.or(file.listen);
+    args.ticket = args.ticket.or(file.ticket);
     if args.bootstrap.is_empty() {
         args.bootstrap = parse_addrs(&file.bootstrap, "bootstrap")?;
     }
