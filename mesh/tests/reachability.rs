@@ -305,3 +305,20 @@ proptest! {
         prop_assert_eq!(Observation::decode(&seen.encode()).unwrap(), seen);
     }
 }
+
+#[test]
+fn only_a_direct_quic_address_has_a_socket_address() {
+    use callsign_mesh::member::quic_socket_addr;
+    let direct: multiaddr::Multiaddr = "/ip4/198.51.100.11/udp/4433/quic-v1".parse().unwrap();
+    assert_eq!(quic_socket_addr(&direct), Some(addr("198.51.100.11:4433")));
+    let v6: multiaddr::Multiaddr = "/ip6/2001:db8::2/udp/4433/quic-v1".parse().unwrap();
+    assert_eq!(quic_socket_addr(&v6), Some(addr("[2001:db8::2]:4433")));
+    // A circuit through a relay at that address is not the relay's socket address.
+    let circuit: multiaddr::Multiaddr =
+        "/ip4/198.51.100.11/udp/4433/quic-v1/p2p/12D3KooWBJS661uaqn5bVnRH2Y3ZE7nyXwcTzUvFsTMGQ1CVJcrB/p2p-circuit"
+            .parse()
+            .unwrap();
+    assert_eq!(quic_socket_addr(&circuit), None);
+    let tcp: multiaddr::Multiaddr = "/ip4/198.51.100.11/tcp/4433".parse().unwrap();
+    assert_eq!(quic_socket_addr(&tcp), None);
+}

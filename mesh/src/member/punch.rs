@@ -2,18 +2,32 @@
 //! through a relay circuit times a simultaneous dial with it over that circuit, aimed at the
 //! candidate addresses each one's address book holds.
 
-use super::reach::quic_multiaddr;
+use super::reach::{quic_multiaddr, quic_socket_addr};
 use super::{LinkKind, LinkRole, Member, Output, Role};
 use crate::control::ControlMessage;
 use crate::punch::{PunchAction, PunchMessage};
+use crate::reachability::is_beyond_local_network;
 use libp2p_identity::PeerId;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 impl Member {
-    /// Every address peers saw us at, and our router's mapping: a punch aims at them all.
+    /// Where a punch may reach us: the public addresses our socket is bound to first (an
+    /// IPv6 address needs no NAT, only a firewall's state, which the simultaneous dial
+    /// opens), then every address peers saw us at, and our router's mapping.
     fn punch_addrs(&self) -> Vec<SocketAddr> {
-        self.reachability.candidates().collect()
+        let mut addrs: Vec<SocketAddr> = self
+            .listen_addrs
+            .iter()
+            .filter_map(quic_socket_addr)
+            .filter(is_beyond_local_network)
+            .collect();
+        for addr in self.reachability.candidates() {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        addrs
     }
 
     /// A link to `peer` came up (or was replaced): a member reached only through a circuit is
@@ -52,7 +66,25 @@ impl Member {
                 PunchAction::Send(peer, message) => {
                     self.send_now(peer, ControlMessage::Punch(message.encode()))
                 }
-                PunchAction::Dial { peer, addrs, role } => {
+                PunchAction::Dial {
+                    peer,
+                    mut addrs,
+                    role,
+                } => {
+                    // Never where another linked peer is: a second connection to it would
+                    // replace the live one and then fail its handshake (not the peer we want),
+                    // taking that link down (a member's own relay's address once reached a
+                    // punch this way). An offer naming one is wrong or hostile.
+                    let taken: Vec<SocketAddr> = self
+                        .links
+                        .iter()
+                        .filter(|(p, _)| **p != peer)
+                        .filter_map(|(_, l)| l.remote)
+                        .collect();
+                    addrs.retain(|a| !taken.contains(a));
+                    if addrs.is_empty() {
+                        continue;
+                    }
                     tracing::info!(%peer, ?addrs, ?role, "hole punching");
                     self.outputs.push_back(Output::Punch {
                         peer,

@@ -24,20 +24,22 @@ pub fn quic_multiaddr(addr: SocketAddr) -> Multiaddr {
         .with(Protocol::QuicV1)
 }
 
-/// The UDP address of a direct address (`/ip4|ip6/…/udp/…`, what follows aside); `None` for a
-/// circuit or TCP.
+/// The UDP address of a direct QUIC address (`/ip4|ip6/…/udp/…/quic-v1`, optionally
+/// `/p2p/…`); `None` for anything else, a circuit through a relay at that address included.
 pub fn quic_socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
-    let mut ip = None;
-    for protocol in addr.iter() {
-        match protocol {
-            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
-            Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
-            Protocol::Udp(port) => return ip.map(|ip| SocketAddr::new(ip, port)),
-            Protocol::P2pCircuit | Protocol::Tcp(_) => return None,
-            _ => {}
-        }
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next()? {
+        Protocol::Ip4(v4) => v4.into(),
+        Protocol::Ip6(v6) => v6.into(),
+        _ => return None,
+    };
+    let (Protocol::Udp(port), Protocol::QuicV1) = (parts.next()?, parts.next()?) else {
+        return None;
+    };
+    match (parts.next(), parts.next()) {
+        (None, _) | (Some(Protocol::P2p(_)), None) => Some(SocketAddr::new(ip, port)),
+        _ => None,
     }
-    None
 }
 
 impl Member {

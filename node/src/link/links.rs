@@ -6,6 +6,7 @@
 //! 0 application payload, 1 ping, 2 pong (the body echoed). Anything else is counted as
 //! malformed and dropped.
 
+use super::socket::canonical;
 use super::LinkError;
 use bytes::{BufMut, Bytes, BytesMut};
 use libp2p::PeerId;
@@ -270,7 +271,7 @@ impl Links {
 
     /// Adds an established connection and starts reading its datagrams.
     pub(crate) fn register(&self, peer: PeerId, connection: quinn::Connection) {
-        let remote = connection.remote_address();
+        let remote = canonical(connection.remote_address());
         let id = connection.stable_id();
         let first = {
             let mut state = self.state();
@@ -288,11 +289,11 @@ impl Links {
     async fn drive(self, peer: PeerId, id: usize, connection: quinn::Connection) {
         // The remote address is tracked here, so the registry is locked only when it changes,
         // not for every voice datagram.
-        let mut remote = connection.remote_address();
+        let mut remote = canonical(connection.remote_address());
         let reason = loop {
             match connection.read_datagram().await {
                 Ok(datagram) => {
-                    let now = connection.remote_address();
+                    let now = canonical(connection.remote_address());
                     if now != remote {
                         let from = std::mem::replace(&mut remote, now);
                         self.emit(LinkEvent::Migrated {

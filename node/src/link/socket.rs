@@ -148,11 +148,27 @@ impl fmt::Debug for LinkSocket {
 }
 
 impl LinkSocket {
-    /// Binds a real UDP socket (inside a tokio runtime).
+    /// Binds a real UDP socket (inside a tokio runtime). `0.0.0.0` binds both families: one
+    /// IPv6 socket that takes IPv4 too (`[::]`, not v6-only), so a node is reachable over IPv6,
+    /// where there is no NAT, on the same port and endpoint; where the host has no IPv6 it is
+    /// the IPv4 socket asked for. Addresses this socket hands up are canonical ([`canonical`]):
+    /// an IPv4 peer is `a.b.c.d`, not `::ffff:a.b.c.d`.
     pub fn bind_tokio(addr: SocketAddr) -> io::Result<Arc<Self>> {
-        let socket = std::net::UdpSocket::bind(addr)?;
+        let socket = match addr {
+            SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
+                dual_stack(v4.port()).or_else(|_| std::net::UdpSocket::bind(addr))?
+            }
+            _ => std::net::UdpSocket::bind(addr)?,
+        };
         let inner = TokioRuntime.wrap_udp_socket(socket)?;
         Ok(Arc::new(Self::new(inner, false, None)))
+    }
+
+    /// Whether this is one socket for both families (see [`Self::bind_tokio`]).
+    pub fn is_dual_stack(&self) -> bool {
+        self.local_addr()
+            .is_ok_and(|a| matches!(a, SocketAddr::V6(v6) if v6.ip().is_unspecified()))
+            && !self.simulated
     }
 
     fn new(
@@ -255,6 +271,14 @@ impl LinkSocket {
     /// Sends one raw datagram from the endpoint's port (hole-punch probes), waiting for the
     /// socket to become writable if needed.
     pub async fn send_raw(&self, destination: SocketAddr, contents: &[u8]) -> io::Result<()> {
+        // An IPv6 socket reaches an IPv4 host at its mapped address (quinn maps its own
+        // sends; these raw ones are ours).
+        let destination = match destination {
+            SocketAddr::V4(v4) if self.local_addr().is_ok_and(|a| a.is_ipv6()) => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            other => other,
+        };
         let transmit = Transmit {
             destination,
             ecn: None,
@@ -276,6 +300,22 @@ impl LinkSocket {
             }
         }
     }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket sees an
+/// IPv4 peer) written as the IPv4 address it is: peers, address books and probes compare
+/// and dial the plain form.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// An IPv6 UDP socket on `port` that takes IPv4 too.
+fn dual_stack(port: u16) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_only_v6(false)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    Ok(socket.into())
 }
 
 /// Newtype so the `Arc<LinkSocket>` can be handed to quinn as its socket.

@@ -8,7 +8,7 @@
 use super::config::{remote_peer_id, LinkConfig};
 use super::links::Links;
 use super::muxer::QuicMuxer;
-use super::socket::{LinkSocket, SharedSocket, SocketStats};
+use super::socket::{canonical, LinkSocket, SharedSocket, SocketStats};
 use super::{multiaddr_to_socket, socket_to_multiaddr, LinkError};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -180,6 +180,13 @@ impl QuicTransport {
         }];
         if let Some(ip) = default_route_ip(local.is_ipv4()) {
             ips.push(ip);
+        }
+        if self.socket.is_dual_stack() {
+            // One socket for both: the IPv4 side too, loopback and toward the internet.
+            ips.insert(0, std::net::Ipv4Addr::LOCALHOST.into());
+            if let Some(ip) = default_route_ip(true) {
+                ips.push(ip);
+            }
         }
         ips.into_iter()
             .map(|ip| socket_to_multiaddr(SocketAddr::new(ip, local.port())))
@@ -425,7 +432,7 @@ impl Transport for QuicTransport {
                         reason: Ok(()),
                     });
                 };
-                let remote = incoming.remote_address();
+                let remote = canonical(incoming.remote_address());
                 // Authenticated before anyone hears of it: a stray Initial (a peer's
                 // retransmission to a connection we already dropped, under that connection's
                 // id) fails here, so neither a waiting hole punch nor the Swarm takes it for a

@@ -112,6 +112,13 @@ impl Node {
             socket,
         )?;
         let listen = socket_to_multiaddr(network.local_addr);
+        // One socket on both families (`LinkSocket::bind_tokio`) is shown, and mapped on the
+        // home router, as the IPv4 socket it also is: what a user reads, and what a NAT maps.
+        let v4_side = if network.socket.is_dual_stack() {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, network.local_addr.port()))
+        } else {
+            network.local_addr
+        };
         network
             .swarm
             .listen_on(listen.clone())
@@ -124,7 +131,7 @@ impl Node {
         let want_tcp = config.tcp_fallback && !simulated;
         if want_tcp {
             let tcp = Multiaddr::empty()
-                .with(network.local_addr.ip().into())
+                .with(v4_side.ip().into())
                 .with(libp2p::multiaddr::Protocol::Tcp(0));
             network
                 .swarm
@@ -153,7 +160,9 @@ impl Node {
         } else {
             tcp_listen_address(&mut network.swarm, peer_id).await
         };
-        let address = listen.with_p2p(peer_id).unwrap_or_else(|a| a);
+        let address = socket_to_multiaddr(v4_side)
+            .with_p2p(peer_id)
+            .unwrap_or_else(|a| a);
         for addr in &config.bootstrap {
             network
                 .swarm
@@ -206,8 +215,8 @@ impl Node {
                 }),
             );
         }
-        let port_mapper = (config.port_mapping && !simulated && worth_mapping(network.local_addr))
-            .then(|| PortMapper::start(network.local_addr, PortMapConfig::default()));
+        let port_mapper = (config.port_mapping && !simulated && worth_mapping(v4_side))
+            .then(|| PortMapper::start(v4_side, PortMapConfig::default()));
         let driver = Driver {
             member,
             port_mapper,
