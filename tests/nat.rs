@@ -7,8 +7,10 @@
 mod common;
 mod natbed;
 
-use natbed::squad::{bed_here, key_up_s, run_invite, run_squad, squad, squad_with_routers};
-use natbed::{Maps, Nat};
+use natbed::squad::{
+    bed_here, key_up_s, run_invite, run_squad, run_squad_on, squad, squad_with_routers,
+};
+use natbed::{Bed, Maps, Nat};
 
 /// The headline case: two members behind ordinary home routers (Linux masquerade:
 /// endpoint-independent mapping, port-restricted filtering) and one public member. They link
@@ -119,6 +121,41 @@ fn symmetric_and_port_restricted_members_talk_through_the_circuit() {
         alpha.text()
     );
     let heard = alpha.first_heard("bravo").expect("alpha heard bravo");
+    assert!(heard < 3.0, "first audio at {heard:.2} s");
+}
+
+/// Two members behind symmetric NATs, which no IPv4 punch gets through, on networks that
+/// also carry IPv6: no NAT there, only each home router's stateful firewall (replies in,
+/// nothing new). Their one socket takes both families; each offers its global IPv6 address
+/// in the punch, and the simultaneous dial opens both firewalls: a direct IPv6 path where
+/// IPv4 alone would stay on the circuit.
+#[test]
+fn members_behind_symmetric_nats_punch_a_direct_ipv6_path() {
+    if !bed_here(false) {
+        return;
+    }
+    let layout = [
+        ("root", Nat::Public),
+        ("alpha", Nat::Symmetric),
+        ("bravo", Nat::Symmetric),
+    ];
+    let logs = Bed::dual_stack()
+        .and_then(|bed| run_squad_on(bed, &layout, &[], &["bravo"], 6.0))
+        .unwrap_or_else(|why| panic!("{why}"));
+    for (me, them) in [("alpha", "bravo"), ("bravo", "alpha")] {
+        let log = &logs[me];
+        let kind = log.link_to(them, 5.5);
+        let addr = log.link_addr(them, 5.5).unwrap_or_default();
+        assert!(
+            matches!(kind.as_deref(), Some("HolePunched" | "Direct"))
+                && addr.starts_with("/ip6/2001:db8:"),
+            "{me} to {them}: {kind:?} {addr}\n{}",
+            log.text()
+        );
+    }
+    let heard = logs["alpha"]
+        .first_heard("bravo")
+        .expect("alpha heard bravo");
     assert!(heard < 3.0, "first audio at {heard:.2} s");
 }
 

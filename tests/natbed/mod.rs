@@ -16,7 +16,7 @@
 
 pub mod squad;
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -58,6 +58,9 @@ pub struct Host {
     pub addr: Ipv4Addr,
     /// Where the internet sees it: its router's WAN address (its own when public).
     pub public: Ipv4Addr,
+    /// Its global IPv6 address, in a dual-stack bed ([`Bed::dual_stack`]): no NAT, and behind
+    /// a router only that router's firewall (replies in, nothing new).
+    pub addr6: Option<Ipv6Addr>,
 }
 
 /// The bed. Dropping it stops every process started in it and deletes its namespaces.
@@ -70,6 +73,9 @@ pub struct Bed {
     scratch: tempfile::TempDir,
     /// Stops the STUN responder, once one runs.
     stun: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+    /// IPv6 beside IPv4: the internet is 2001:db8::/64 (routed by its namespace), home
+    /// network `i` is 2001:db8:i::/64.
+    ipv6: bool,
 }
 
 static BEDS: AtomicU32 = AtomicU32::new(0);
@@ -148,6 +154,7 @@ impl Bed {
             next: 0,
             scratch: tempfile::tempdir().map_err(|e| format!("scratch directory: {e}"))?,
             stun: None,
+            ipv6: false,
         };
         let inet = bed.namespace("inet")?;
         bed.ns(&inet, &["ip", "link", "add", "br0", "type", "bridge"])?;
@@ -161,6 +168,30 @@ impl Bed {
                 &format!("{STUN_SERVER}/24"),
                 "dev",
                 "br0",
+            ],
+        )?;
+        Ok(bed)
+    }
+
+    /// A bed whose internet and home networks carry IPv6 too (the documentation prefix
+    /// 2001:db8::/32): hosts get global addresses, home routers route them with a stateful
+    /// firewall and translate only IPv4.
+    pub fn dual_stack() -> Result<Self, String> {
+        let mut bed = Self::new()?;
+        bed.ipv6 = true;
+        let inet = format!("{}-inet", bed.prefix);
+        bed.ns(&inet, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        bed.ns(
+            &inet,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "2001:db8::1/64",
+                "dev",
+                "br0",
+                "nodad",
             ],
         )?;
         Ok(bed)
@@ -251,7 +282,28 @@ impl Bed {
             ns,
             &["ip", "addr", "add", &format!("{addr}/24"), "dev", "wan"],
         )?;
-        self.ns(ns, &["ip", "link", "set", "wan", "up"])
+        self.ns(ns, &["ip", "link", "set", "wan", "up"])?;
+        if self.ipv6 {
+            let wan6 = format!("2001:db8::{:x}", 0x10 + u16::from(self.next));
+            self.ns(
+                ns,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{wan6}/64"),
+                    "dev",
+                    "wan",
+                    "nodad",
+                ],
+            )?;
+            self.ns(
+                ns,
+                &["ip", "-6", "route", "add", "default", "via", "2001:db8::1"],
+            )?;
+        }
+        Ok(())
     }
 
     /// A host behind `nat` (its own router namespace unless public).
@@ -280,10 +332,14 @@ impl Bed {
         let host = self.namespace(name)?;
         if nat == Nat::Public {
             self.plug(&host, public)?;
+            let addr6 = self
+                .ipv6
+                .then(|| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + u16::from(i)));
             return Ok(Host {
                 ns: host,
                 addr: public,
                 public,
+                addr6,
             });
         }
         let router = self.namespace(&format!("{name}-r"))?;
@@ -309,6 +365,70 @@ impl Bed {
             &["ip", "route", "add", "default", "via", &gateway.to_string()],
         )?;
         self.ns(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let addr6 = if self.ipv6 {
+            // A /64 per home, routed to the router's WAN address by the internet.
+            let i = u16::from(i);
+            let gateway6 = Ipv6Addr::new(0x2001, 0xdb8, i, 0, 0, 0, 0, 1);
+            let addr6 = Ipv6Addr::new(0x2001, 0xdb8, i, 0, 0, 0, 0, 2);
+            self.ns(
+                &router,
+                &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+            )?;
+            self.ns(
+                &router,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{gateway6}/64"),
+                    "dev",
+                    "lan",
+                    "nodad",
+                ],
+            )?;
+            self.ns(
+                &host,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{addr6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+            self.ns(
+                &host,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &gateway6.to_string(),
+                ],
+            )?;
+            let inet = format!("{}-inet", self.prefix);
+            self.ns(
+                &inet,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("2001:db8:{i:x}::/64"),
+                    "via",
+                    &format!("2001:db8::{:x}", 0x10 + i),
+                ],
+            )?;
+            Some(addr6)
+        } else {
+            None
+        };
         let rules = match nat {
             Nat::PortRestricted => "oifname \"wan\" masquerade".to_string(),
             Nat::Symmetric => "oifname \"wan\" masquerade random".to_string(),
@@ -331,7 +451,8 @@ impl Bed {
         let table = format!(
             "table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  {rules}\n }}\n{inbound}}}\n\
              table inet filter {{\n chain input {{\n  type filter hook input priority 0;\n  \
-             iifname \"wan\" ct state established,related accept\n  iifname \"wan\" drop\n }}\n \
+             iifname \"wan\" ct state established,related accept\n  \
+             iifname \"wan\" meta l4proto ipv6-icmp accept\n  iifname \"wan\" drop\n }}\n \
              chain forward {{\n  type filter hook forward priority 0;\n  \
              iifname \"wan\" ct state established,related accept\n  \
              iifname \"wan\" ct status dnat accept\n  iifname \"wan\" drop\n }}\n}}\n"
@@ -347,6 +468,7 @@ impl Bed {
             ns: host,
             addr,
             public,
+            addr6,
         })
     }
 

@@ -50,6 +50,20 @@ impl Log {
             .map(|(t, _)| *t)
     }
 
+    /// Where this member's last link to `peer` before `until` went ("/ip6/…" or "/ip4/…").
+    pub fn link_addr(&self, peer: &str, until: f64) -> Option<String> {
+        let mut addr = None;
+        for (_, line) in self.lines.iter().filter(|(t, _)| *t < until) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["link-up", p, _, a, ..] if *p == peer => addr = Some(a.to_string()),
+                ["link-down", p, ..] if *p == peer => addr = None,
+                _ => {}
+            }
+        }
+        addr
+    }
+
     pub fn text(&self) -> String {
         self.lines
             .iter()
@@ -249,7 +263,17 @@ pub fn run_squad(
     talkers: &[&str],
     seconds: f64,
 ) -> Result<BTreeMap<String, Log>, String> {
-    let mut bed = Bed::new()?;
+    run_squad_on(Bed::new()?, layout, routers, talkers, seconds)
+}
+
+/// [`run_squad`] on a bed of the caller's (a dual-stack one, say).
+pub fn run_squad_on(
+    mut bed: Bed,
+    layout: &[(&str, Nat)],
+    routers: &[(&str, Maps)],
+    talkers: &[&str],
+    seconds: f64,
+) -> Result<BTreeMap<String, Log>, String> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let members = found_org(d, layout);

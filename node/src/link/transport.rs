@@ -59,10 +59,9 @@ struct Listener {
 /// (its Initials dropped until the peer's own dial opened the NAT to us) used to complete
 /// seconds after the peer's connection to us came up, and replaced that live link: both ends
 /// restarted their session, and the floor views it carried flapped (chaos seed 353). Once the
-/// peer's connection is up, the dial is abandoned instead. A dial that crossed the peer's at
-/// about the same moment has finished its handshake before the peer's connection finishes at
-/// our end (the dialing side completes first), so it is never abandoned; the Swarm's rule for
-/// crossing dials still settles those. Our own dial that gets through abandons our other dials
+/// peer's connection is up, the dial is abandoned instead, unless its handshake is done: then
+/// the peer may already hold it (the dialing side completes first, the peer when our last
+/// handshake packet arrives), and the Swarm's rule for crossing dials settles the two. Our own dial that gets through abandons our other dials
 /// to the peer the same way: held up by a NAT and let through together once it opened, they
 /// replaced each other one after another, restarting the session with every one (chaos seed
 /// 947: a symmetric-NAT member's links churned for 80 ms and the floor views flapped).
@@ -363,14 +362,19 @@ impl Transport for QuicTransport {
         Ok(async move {
             let handshake = tokio::time::timeout(timeout, connecting);
             let connection = match superseded {
+                // A handshake that is done wins over the peer's connection that came up in the
+                // same moment: the peer finished its side of ours when our last handshake
+                // packet reached it, so it may keep ours (crossing dials: the lower peer id's)
+                // and close its own; abandoned here too, both would be gone (seen with IPv6
+                // dials that two stateful firewalls let through together).
                 Some(superseded) => tokio::select! {
                     biased;
+                    connection = handshake => connection,
                     Ok(()) = superseded => {
                         return Err(LinkError::Handshake(format!(
                             "dial to {remote} abandoned: the peer linked to us meanwhile"
                         )));
                     }
-                    connection = handshake => connection,
                 },
                 None => handshake.await,
             };
