@@ -204,9 +204,10 @@ fn a_squad_behind_home_nats_links_through_the_member_whose_router_maps_ports() {
     }
 }
 
-/// Routers that speak NAT-PMP but not UPnP (Apple's, among others), and routers that refuse:
-/// the first member's router maps over NAT-PMP, so the others can join at its address; the
-/// second's refuses every mapping, which it reports, and it links by hole punching instead.
+/// Routers that speak PCP and NAT-PMP but not UPnP, and routers that refuse: the first
+/// member's router maps over PCP (asked before NAT-PMP, which the same port answers), so the
+/// others can join at its address; the second's refuses every mapping over all three, which
+/// it reports, and it links by hole punching instead.
 #[test]
 fn a_nat_pmp_router_maps_and_a_refusing_one_leaves_hole_punching() {
     let layout = [
@@ -226,7 +227,7 @@ fn a_nat_pmp_router_maps_and_a_refusing_one_leaves_hole_punching() {
             .map(|(_, l)| l.clone())
     };
     let mapped = said("root", "port-mapped ").expect("root's router mapped");
-    assert!(mapped.ends_with("(NAT-PMP)"), "{mapped}");
+    assert!(mapped.ends_with("(PCP)"), "{mapped}");
     assert!(
         said("root", "reachable-at /ip4/198.51.100.").is_some(),
         "{}",
@@ -234,7 +235,9 @@ fn a_nat_pmp_router_maps_and_a_refusing_one_leaves_hole_punching() {
     );
     let refused = said("alpha", "port-mapping none: ").expect("alpha says why it has no mapping");
     assert!(
-        refused.contains("UPnP router refused") && refused.contains("NAT-PMP router"),
+        refused.contains("UPnP router refused")
+            && refused.contains("PCP gateway")
+            && refused.contains("NAT-PMP router"),
         "{refused}"
     );
     for (a, b) in [("root", "alpha"), ("root", "bravo"), ("alpha", "bravo")] {

@@ -58,9 +58,6 @@ pub struct Host {
     pub addr: Ipv4Addr,
     /// Where the internet sees it: its router's WAN address (its own when public).
     pub public: Ipv4Addr,
-    /// Its global IPv6 address, in a dual-stack bed ([`Bed::dual_stack`]): no NAT, and behind
-    /// a router only that router's firewall (replies in, nothing new).
-    pub addr6: Option<Ipv6Addr>,
 }
 
 /// The bed. Dropping it stops every process started in it and deletes its namespaces.
@@ -332,14 +329,10 @@ impl Bed {
         let host = self.namespace(name)?;
         if nat == Nat::Public {
             self.plug(&host, public)?;
-            let addr6 = self
-                .ipv6
-                .then(|| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + u16::from(i)));
             return Ok(Host {
                 ns: host,
                 addr: public,
                 public,
-                addr6,
             });
         }
         let router = self.namespace(&format!("{name}-r"))?;
@@ -365,8 +358,9 @@ impl Bed {
             &["ip", "route", "add", "default", "via", &gateway.to_string()],
         )?;
         self.ns(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        let addr6 = if self.ipv6 {
-            // A /64 per home, routed to the router's WAN address by the internet.
+        if self.ipv6 {
+            // A /64 per home, routed to the router's WAN address by the internet: the host's
+            // global address, behind only its router's firewall.
             let i = u16::from(i);
             let gateway6 = Ipv6Addr::new(0x2001, 0xdb8, i, 0, 0, 0, 0, 1);
             let addr6 = Ipv6Addr::new(0x2001, 0xdb8, i, 0, 0, 0, 0, 2);
@@ -425,10 +419,7 @@ impl Bed {
                     &format!("2001:db8::{:x}", 0x10 + i),
                 ],
             )?;
-            Some(addr6)
-        } else {
-            None
-        };
+        }
         let rules = match nat {
             Nat::PortRestricted => "oifname \"wan\" masquerade".to_string(),
             Nat::Symmetric => "oifname \"wan\" masquerade random".to_string(),
@@ -468,7 +459,6 @@ impl Bed {
             ns: host,
             addr,
             public,
-            addr6,
         })
     }
 

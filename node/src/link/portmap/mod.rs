@@ -1,15 +1,18 @@
 //! Port mapping on the home router: ask the gateway of the local network to forward a public
 //! UDP port to the node's QUIC port, renew the lease before it runs out, and remove the mapping
-//! when the node stops. UPnP IGD first ([`upnp`]), then NAT-PMP ([`pmp`]).
+//! when the node stops. UPnP IGD first ([`upnp`]), then PCP ([`pcp`]), then NAT-PMP ([`pmp`]).
 //!
 //! What it learns goes to the member as [`PortMapping`] reports. A mapped address is only a
 //! candidate there: it is announced once a probe from a stranger's port gets in, so a router
 //! that lies, sits behind carrier-grade NAT or still filters costs one probe and nothing else.
 //!
-//! UPnP IGD through `igd-next`, the client libp2p-upnp uses; NAT-PMP through `natpmp`. PCP is
-//! not asked yet: no maintained crate here speaks it (iroh's `portmapper` does all three but
-//! needs a newer compiler than ours and brings iroh's networking stack along).
+//! UPnP IGD through `igd-next`, the client libp2p-upnp uses; NAT-PMP through `natpmp`; PCP
+//! encoded here (no maintained crate we could use speaks it: iroh's `portmapper` does all three
+//! but needs a newer compiler than ours and brings iroh's networking stack along). PCP before
+//! NAT-PMP: a gateway that speaks both (miniupnpd) takes either, and one that speaks only
+//! NAT-PMP (Apple's) answers PCP's version with its own at once.
 
+pub mod pcp;
 mod pmp;
 mod upnp;
 
@@ -137,6 +140,7 @@ impl PortMapper {
 /// A mapping the router granted, by the protocol that asked.
 enum Held {
     Upnp(upnp::UpnpMapping),
+    Pcp(pcp::PcpMapping),
     NatPmp(pmp::PmpMapping),
 }
 
@@ -144,6 +148,7 @@ impl Held {
     fn external(&self) -> SocketAddr {
         match self {
             Held::Upnp(m) => m.external,
+            Held::Pcp(m) => m.external,
             Held::NatPmp(m) => m.external,
         }
     }
@@ -151,6 +156,7 @@ impl Held {
     fn protocol(&self) -> &'static str {
         match self {
             Held::Upnp(_) => "UPnP IGD",
+            Held::Pcp(_) => "PCP",
             Held::NatPmp(_) => "NAT-PMP",
         }
     }
@@ -159,6 +165,7 @@ impl Held {
     fn lease_s(&self) -> u32 {
         match self {
             Held::Upnp(m) => m.lease_s,
+            Held::Pcp(m) => m.lease_s,
             Held::NatPmp(m) => m.lease_s,
         }
     }
@@ -166,6 +173,7 @@ impl Held {
     async fn renew(&mut self) -> Result<(), String> {
         match self {
             Held::Upnp(m) => m.renew().await,
+            Held::Pcp(m) => m.renew().await,
             Held::NatPmp(m) => m.renew().await,
         }
     }
@@ -173,20 +181,25 @@ impl Held {
     async fn remove(&mut self) -> Result<(), String> {
         match self {
             Held::Upnp(m) => m.remove().await,
+            Held::Pcp(m) => m.remove().await,
             Held::NatPmp(m) => m.remove().await,
         }
     }
 }
 
-/// UPnP IGD, else NAT-PMP; the reasons of both when neither maps.
+/// UPnP IGD, else PCP, else NAT-PMP; the reasons of all three when none maps.
 async fn map(local: SocketAddr, config: &PortMapConfig) -> Result<Held, String> {
     let upnp = match upnp::map(local, config).await {
         Ok(mapping) => return Ok(Held::Upnp(mapping)),
         Err(why) => why,
     };
+    let pcp = match pcp::map(local, config).await {
+        Ok(mapping) => return Ok(Held::Pcp(mapping)),
+        Err(why) => why,
+    };
     match pmp::map(local, config).await {
         Ok(mapping) => Ok(Held::NatPmp(mapping)),
-        Err(pmp) => Err(format!("{upnp}; {pmp}")),
+        Err(pmp) => Err(format!("{upnp}; {pcp}; {pmp}")),
     }
 }
 

@@ -108,7 +108,7 @@ impl PmpMapping {
 
 /// The default route's gateway. The lookup reads the routing table through blocking system
 /// calls (netlink, /proc), so it runs off the runtime's workers, and is bounded.
-async fn default_gateway(limit: Duration) -> Result<Ipv4Addr, String> {
+pub(super) async fn default_gateway(limit: Duration) -> Result<Ipv4Addr, String> {
     let lookup = tokio::task::spawn_blocking(natpmp::get_default_gateway);
     match tokio::time::timeout(limit, lookup).await {
         Ok(Ok(Ok(gateway))) => Ok(gateway),
