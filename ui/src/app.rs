@@ -307,7 +307,7 @@ fn start(
         .filter(|c| state.may(&me, *c, Permissions::LISTEN))
         .collect();
     config.seed = rand::random();
-    // The router forwards our port if it speaks UPnP: others reach us without a port forward.
+    // The router forwards our port if it speaks UPnP, PCP or NAT-PMP: others reach us without a port forward.
     config.port_mapping = true;
     // Not a member yet: the ticket's grant asks the admins to admit us.
     if !state.members.contains_key(&me) {

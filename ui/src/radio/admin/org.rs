@@ -169,7 +169,7 @@ impl Radio {
         });
         let mapped = matches!(self.port_mapping, Some(PortMapping::Mapped { .. }));
         ui.small(if self.reachable.is_empty() && mapped {
-            "Where the newcomer dials you: the public address your router maps to you (UPnP)."
+            "Where the newcomer dials you: the public address your router maps to you (UPnP, PCP or NAT-PMP)."
         } else if self.reachable.is_empty() {
             "Where the newcomer dials you: this machine's address on its network; put your \
              public address here if you forwarded the port."
