@@ -161,8 +161,8 @@ fn members_behind_symmetric_nats_punch_a_direct_ipv6_path() {
 
 /// No public member and nobody forwarding a port by hand: four members behind ordinary home
 /// routers (port-restricted), one of which maps ports (UPnP IGD). The others join at the
-/// mapped address; a probe confirms it, so that member becomes the rendezvous through which
-/// the other three punch direct paths to each other.
+/// mapped address (a `Mapped` path at both ends); a probe confirms it, so that member becomes
+/// the rendezvous through which the other three punch direct paths to each other.
 #[test]
 fn a_squad_behind_home_nats_links_through_the_member_whose_router_maps_ports() {
     let layout = [
@@ -185,12 +185,20 @@ fn a_squad_behind_home_nats_links_through_the_member_whose_router_maps_ports() {
     let names = ["root", "alpha", "bravo", "charlie"];
     for (i, me) in names.iter().enumerate() {
         for them in &names[i + 1..] {
-            let kind = logs[*me].link_to(them, 8.5);
-            assert!(
-                matches!(kind.as_deref(), Some("HolePunched" | "Direct")),
-                "{me} to {them}: {kind:?}\n{}",
-                logs[*me].text()
-            );
+            // In through root's mapped port (both ends say so), punched between the others.
+            let expected: &[&str] = if *me == "root" {
+                &["Mapped"]
+            } else {
+                &["HolePunched", "Direct"]
+            };
+            for (a, b) in [(me, them), (them, me)] {
+                let kind = logs[*a].link_to(b, 8.5);
+                assert!(
+                    kind.as_deref().is_some_and(|k| expected.contains(&k)),
+                    "{a} to {b}: {kind:?}\n{}",
+                    logs[*a].text()
+                );
+            }
         }
     }
     for me in ["root", "alpha", "bravo"] {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version byte of presence records.
-pub const PRESENCE_VERSION: u8 = 3;
+pub const PRESENCE_VERSION: u8 = 4;
 /// Largest encoded record accepted.
 pub const MAX_PRESENCE_BYTES: usize = 4096;
 /// Longest lifetime a record may claim (a node re-announces well before).
@@ -70,6 +70,9 @@ pub struct PresenceBody {
     /// unique. Those peers get the record from the member itself, so nobody forwards it to them:
     /// without this, gossip in a full mesh of n members sent every record n² times.
     pub linked: Vec<u32>,
+    /// Indices into `addrs` of the addresses the member's own router forwards to it on
+    /// request (UPnP IGD, PCP, NAT-PMP), sorted, unique: a link dialed there is `Mapped`.
+    pub mapped: Vec<u8>,
 }
 
 /// A short tag naming a linked peer in [`PresenceBody::linked`]: the last four bytes of its
@@ -155,10 +158,27 @@ impl PresenceBody {
                 "linked peers: more than 256, or not sorted and unique",
             ));
         }
+        if self.mapped.windows(2).any(|w| w[0] >= w[1])
+            || self
+                .mapped
+                .iter()
+                .any(|i| usize::from(*i) >= self.addrs.len())
+        {
+            return Err(PresenceError::Bounds(
+                "mapped addresses: not sorted and unique, or not among the addresses",
+            ));
+        }
         if self.ttl_ms == 0 || self.ttl_ms > MAX_TTL_MS {
             return Err(PresenceError::Bounds("ttl outside 1 ms to 10 minutes"));
         }
         Ok(())
+    }
+
+    /// The addresses the member's router forwards to it (see [`PresenceBody::mapped`]).
+    pub fn mapped_addrs(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.mapped
+            .iter()
+            .filter_map(|i| self.addrs.get(usize::from(*i)).map(Vec::as_slice))
     }
 
     /// When the record stops being valid.

@@ -259,6 +259,7 @@ fn present(table: &mut PresenceTable, who: &Identity, org: IdentityKey, listenin
             routes: Vec::new(),
             uplink_kbps: 0,
             linked: Vec::new(),
+            mapped: Vec::new(),
         },
     )
     .unwrap();

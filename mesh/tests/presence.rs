@@ -33,6 +33,7 @@ fn body(org: IdentityKey, seq: u64, issued_at_ms: u64) -> PresenceBody {
         routes: vec![(ChannelId(9), org)],
         uplink_kbps: 512,
         linked: Vec::new(),
+        mapped: Vec::new(),
     }
 }
 

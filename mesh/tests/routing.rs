@@ -126,6 +126,7 @@ fn table(org: &Org, says: impl Fn(usize) -> Says) -> PresenceTable {
                 routes: s.routes,
                 uplink_kbps: s.uplink_kbps,
                 linked: Vec::new(),
+                mapped: Vec::new(),
             },
         )
         .unwrap();
@@ -143,6 +144,7 @@ fn route(org: &Org, table: &PresenceTable, me: usize, linked: &[IdentityKey]) ->
         local: &local,
         listening: &[org.ops],
         linked: &linked,
+        mapped: Vec::new(),
         current: &BTreeMap::new(),
     }
     .route(&TopologyConfig::default(), org.ops)

@@ -77,8 +77,8 @@ fn every_pair_of_nat_kinds_links_through_a_public_member() {
 }
 
 /// Four members behind port-restricted NATs, one of whose routers maps ports over UPnP: the
-/// others join at its mapped address, it becomes the rendezvous, and everyone hears the talker
-/// with nobody forwarding a port by hand.
+/// others join at its mapped address (a `mapped` path), it becomes the rendezvous, and everyone
+/// hears the talker with nobody forwarding a port by hand.
 #[test]
 fn a_squad_behind_port_restricted_nats_links_through_the_member_whose_router_maps() {
     let report = squad(
@@ -90,8 +90,14 @@ fn a_squad_behind_port_restricted_nats_links_through_the_member_whose_router_map
         ],
         "charlie",
     );
+    // In through root's mapped port: both ends call it that (root once the other says where
+    // it reached it, the others from root's presence or because they dialed its mapping).
     for other in ["alpha", "bravo", "charlie"] {
-        assert_eq!(report.path("root", other).unwrap().kind, "direct");
+        assert_eq!(
+            report.path("root", other).unwrap().kind,
+            "mapped",
+            "{other}"
+        );
     }
     for me in ["root", "alpha", "bravo"] {
         assert!(heard(&report, "charlie", me), "{me}");

@@ -15,6 +15,10 @@ use std::net::SocketAddr;
 pub enum LinkKind {
     /// QUIC straight to the peer.
     Direct,
+    /// QUIC straight to the peer, in through a port its home router forwards on request
+    /// (UPnP IGD, PCP or NAT-PMP): the side behind that router sees it once the peer says
+    /// where it reached it (`Observed`), the dialer from the peer's presence.
+    Mapped,
     /// QUIC straight to the peer, punched through NATs by a simultaneous dial timed over the
     /// relay circuit that linked the pair first (`crate::punch`; the circuit then closes).
     HolePunched,
@@ -27,7 +31,10 @@ pub enum LinkKind {
 impl LinkKind {
     /// QUIC straight to the peer: datagrams for voice and no relay in the path.
     pub fn is_direct_quic(self) -> bool {
-        matches!(self, LinkKind::Direct | LinkKind::HolePunched)
+        matches!(
+            self,
+            LinkKind::Direct | LinkKind::Mapped | LinkKind::HolePunched
+        )
     }
 
     /// Whether a new link of this kind would be worse for voice than one of kind `held`: a
@@ -36,7 +43,7 @@ impl LinkKind {
         match self {
             LinkKind::Relayed => held != LinkKind::Relayed,
             LinkKind::TcpFallback => held.is_direct_quic(),
-            LinkKind::Direct | LinkKind::HolePunched => false,
+            LinkKind::Direct | LinkKind::Mapped | LinkKind::HolePunched => false,
         }
     }
 }

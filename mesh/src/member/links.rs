@@ -7,6 +7,7 @@ use crate::charter::sync::SyncMessage;
 use crate::control::{ControlMessage, PeerControl};
 use crate::pairing::{Pairing, PairingConfig};
 use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
 use std::time::Instant;
 
 impl Member {
@@ -30,9 +31,16 @@ impl Member {
                 kind,
                 remote: remote.filter(|_| kind != LinkKind::Relayed),
                 circuit: circuit.filter(|_| kind == LinkKind::Relayed),
+                dialed: dialed.is_some(),
                 rtt,
             },
         );
+        // Said with the link's own event (the node reads our kind for it).
+        if self.dialed_a_mapping(&peer) {
+            if let Some(link) = self.links.get_mut(&peer) {
+                link.kind = LinkKind::Mapped;
+            }
+        }
         self.punch_link_up(peer, kind, now);
         if let Some(LinkRole::Relay(relay)) = self.link_role(&peer) {
             if let Some(address) = dialed {
@@ -56,6 +64,43 @@ impl Member {
             self.peer_down(&peer, now);
         }
         self.peer_up(peer, now, restarted);
+    }
+
+    /// Whether our link to `peer` is a direct one we dialed to a port the peer's router
+    /// forwards to it (its presence says which), so `Mapped` where it says `Direct`.
+    pub(super) fn dialed_a_mapping(&self, peer: &PeerId) -> bool {
+        let Some(Link {
+            kind: LinkKind::Direct,
+            dialed: true,
+            remote: Some(remote),
+            ..
+        }) = self.links.get(peer)
+        else {
+            return false;
+        };
+        self.members
+            .get(peer)
+            .and_then(|identity| self.presence.get(identity))
+            .is_some_and(|record| {
+                record
+                    .body
+                    .mapped_addrs()
+                    .filter_map(|a| Multiaddr::try_from(a.to_vec()).ok())
+                    .any(|a| super::reach::quic_socket_addr(&a) == Some(*remote))
+            })
+    }
+
+    /// Calls the link to `peer` `kind` from now on, and tells the app.
+    pub(super) fn relabel(&mut self, peer: PeerId, kind: LinkKind) {
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        link.kind = kind;
+        let remote = link
+            .remote
+            .map(super::reach::quic_multiaddr)
+            .unwrap_or_else(Multiaddr::empty);
+        self.emit(Event::LinkUp { peer, kind, remote });
     }
 
     pub(super) fn link_down(&mut self, peer: PeerId, now: Instant) {

@@ -105,6 +105,8 @@ struct Link {
     remote: Option<SocketAddr>,
     /// The relay a circuit runs through.
     circuit: Option<PeerId>,
+    /// We dialed it (else the peer did).
+    dialed: bool,
     rtt: Option<Duration>,
 }
 

@@ -74,6 +74,9 @@ impl Member {
             name: record.body.display_name.clone(),
             listening: record.body.listening.clone(),
         });
+        if self.dialed_a_mapping(&subject.peer_id()) {
+            self.relabel(subject.peer_id(), LinkKind::Mapped);
+        }
         // Gossip onward, and link to members we heard of but are not linked to (the lower id
         // dials, so a pair makes one connection). A relay passes on only news (a member came,
         // or can be reached elsewhere): it links everyone, and members re-announce often.
@@ -288,6 +291,16 @@ impl Member {
         addrs.sort();
         addrs.dedup();
         addrs.truncate(16);
+        let mappings: Vec<Vec<u8>> = self
+            .reachability
+            .mappings()
+            .map(|a| super::reach::quic_multiaddr(a).to_vec())
+            .collect();
+        let mapped = (0u8..)
+            .zip(&addrs)
+            .filter(|(_, a)| mappings.contains(a))
+            .map(|(i, _)| i)
+            .collect();
         let body = PresenceBody {
             org: self.sync.charter().org(),
             peer: self.local,
@@ -311,6 +324,7 @@ impl Member {
             routes: self.advertised_routes(),
             uplink_kbps: self.uplink_kbps,
             linked: self.peers.keys().map(crate::presence::link_tag).collect(),
+            mapped,
         };
         match PresenceRecord::sign(&self.keys.identity, body) {
             Ok(record) => {

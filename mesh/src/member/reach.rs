@@ -3,7 +3,7 @@
 //! confirms: announce the address, offer relay circuits (a rendezvous for members nobody can
 //! reach), stop reserving circuits elsewhere.
 
-use super::{Event, Member, Output, PortMapping};
+use super::{Event, LinkKind, Member, Output, PortMapping};
 use crate::control::ControlMessage;
 use crate::reachability::{
     may_probe, probe_datagram, AddressBook, Observation, ProbeRequest, ReachabilityEvent,
@@ -69,6 +69,7 @@ impl Member {
                 let known = |book: &AddressBook<PeerId>| book.candidates().any(|a| a == seen.addr);
                 let new = !known(&self.reachability);
                 self.reachability.observed(peer, seen.addr, now);
+                self.through_our_mapping(peer, seen.addr);
                 if new && known(&self.reachability) {
                     // Somewhere new to aim a punch at (a new network, a NAT that rebooted).
                     self.punches.network_changed(now);
@@ -77,6 +78,21 @@ impl Member {
             Ok(_) => {}
             Err(e) => tracing::debug!(%peer, %e, "bad observation"),
         }
+    }
+
+    /// A peer that dialed us says it reached us at `addr`: if that is a port our router
+    /// forwards to us, the link came in through it, and it is `Mapped`.
+    fn through_our_mapping(&mut self, peer: PeerId, addr: SocketAddr) {
+        let Some(link) = self.links.get(&peer) else {
+            return;
+        };
+        if link.kind != LinkKind::Direct
+            || link.dialed
+            || !self.reachability.mappings().any(|m| m == addr)
+        {
+            return;
+        }
+        self.relabel(peer, LinkKind::Mapped);
     }
 
     /// Our router mapped a port to us, or the mapping went: a mapped address is a candidate

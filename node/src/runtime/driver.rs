@@ -377,12 +377,14 @@ impl Driver {
                     beside_circuit,
                     rtt: self.network.links.rtt(&peer_id),
                 };
+                self.member.handle_input(now, Input::LinkUp(up));
+                // The member's word on the kind: a dial to a port the peer's router forwards
+                // is `Mapped`.
                 self.emit(NodeEvent::LinkUp {
                     peer: peer_id,
-                    kind,
+                    kind: self.member.link(&peer_id).unwrap_or(kind),
                     remote: endpoint.get_remote_address().clone(),
                 });
-                self.member.handle_input(now, Input::LinkUp(up));
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,

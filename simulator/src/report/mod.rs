@@ -335,6 +335,7 @@ pub(crate) fn build(
                 .map_or("none".to_string(), |(_, kind)| {
                     match kind {
                         LinkKind::Direct => "direct",
+                        LinkKind::Mapped => "mapped",
                         LinkKind::HolePunched => "hole-punched",
                         LinkKind::Relayed => "relayed",
                         LinkKind::TcpFallback => "tcp-fallback",

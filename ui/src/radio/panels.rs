@@ -24,6 +24,7 @@ impl Radio {
         for (peer, entry) in entries {
             let link = match self.links.get(&peer.peer_id()) {
                 Some(LinkKind::Direct) => "direct",
+                Some(LinkKind::Mapped) => "direct (mapped port)",
                 Some(LinkKind::HolePunched) => "hole-punched",
                 Some(LinkKind::Relayed) => "relayed",
                 Some(LinkKind::TcpFallback) => "TCP fallback",
