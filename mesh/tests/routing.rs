@@ -144,7 +144,6 @@ fn route(org: &Org, table: &PresenceTable, me: usize, linked: &[IdentityKey]) ->
         local: &local,
         listening: &[org.ops],
         linked: &linked,
-        mapped: Vec::new(),
         current: &BTreeMap::new(),
     }
     .route(&TopologyConfig::default(), org.ops)
