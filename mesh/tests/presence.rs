@@ -38,6 +38,27 @@ fn body(org: IdentityKey, seq: u64, issued_at_ms: u64) -> PresenceBody {
 }
 
 #[test]
+fn mapped_addresses_must_be_among_the_addresses() {
+    let org = identity(1).public();
+    let me = identity(2);
+    let mut flagged = body(org, 1, 1_000);
+    flagged.mapped = vec![0];
+    let record = PresenceRecord::sign(&me, flagged).unwrap();
+    assert_eq!(
+        record.body.mapped_addrs().collect::<Vec<_>>(),
+        [b"/ip4/203.0.113.5/udp/4433/quic-v1".as_slice()]
+    );
+    for mapped in [vec![1], vec![0, 0]] {
+        let mut bad = body(org, 1, 1_000);
+        bad.mapped = mapped;
+        assert!(matches!(
+            PresenceRecord::sign(&me, bad),
+            Err(PresenceError::Bounds(_))
+        ));
+    }
+}
+
+#[test]
 fn signed_records_round_trip_and_normalise_channels() {
     let org = identity(1).public();
     let me = identity(2);
@@ -45,7 +66,7 @@ fn signed_records_round_trip_and_normalise_channels() {
     assert_eq!(record.body.peer, me.public());
     assert_eq!(record.body.listening, vec![ChannelId(3), ChannelId(9)]);
     let bytes = record.encode();
-    assert_eq!(bytes[0], 3);
+    assert_eq!(bytes[0], 4);
     assert_eq!(PresenceRecord::decode(&bytes).unwrap(), record);
 }
 
@@ -106,7 +127,7 @@ fn damaged_forged_and_unknown_records_are_refused() {
     for len in 0..bytes.len() {
         assert!(PresenceRecord::decode(&bytes[..len]).is_err());
     }
-    for version in [2, 4] {
+    for version in [3, 5] {
         let mut other = bytes.clone();
         other[0] = version;
         assert_eq!(
