@@ -263,6 +263,15 @@ fn a_nat_pmp_router_maps_and_a_refusing_one_leaves_hole_punching() {
     );
 }
 
+/// One member behind each kind of router, by name ("cone-upnp": its router maps over UPnP).
+const FIVE_KINDS: [(&str, Nat); 5] = [
+    ("public", Nat::Public),
+    ("cone-upnp", Nat::FullCone),
+    ("cone", Nat::FullCone),
+    ("restricted", Nat::PortRestricted),
+    ("symmetric", Nat::Symmetric),
+];
+
 /// Five members, one behind each kind of router: public, full cone with UPnP, full cone
 /// without, port-restricted and symmetric, already in the charter. Each reachable one in turn
 /// is the bootstrap (it starts first and the rest dial its public or mapped address); every
@@ -274,13 +283,7 @@ fn matrix_of_five_kinds() {
     if !bed_here(true) {
         return;
     }
-    let kinds: [(&str, Nat); 5] = [
-        ("public", Nat::Public),
-        ("cone-upnp", Nat::FullCone),
-        ("cone", Nat::FullCone),
-        ("restricted", Nat::PortRestricted),
-        ("symmetric", Nat::Symmetric),
-    ];
+    let kinds = FIVE_KINDS;
     let seconds = 1.0 + 1.5 * kinds.len() as f64 + 1.0;
     let mut rows = Vec::new();
     // Inviters others can reach: for one behind a router that filters and maps nothing, the
@@ -348,13 +351,7 @@ fn matrix_of_invites() {
     if !bed_here(true) {
         return;
     }
-    let kinds: [(&str, Nat); 5] = [
-        ("public", Nat::Public),
-        ("cone-upnp", Nat::FullCone),
-        ("cone", Nat::FullCone),
-        ("restricted", Nat::PortRestricted),
-        ("symmetric", Nat::Symmetric),
-    ];
+    let kinds = FIVE_KINDS;
     let talk_s = 4.0;
     let mut rows = Vec::new();
     for (inviter_kind, inviter_nat) in kinds {

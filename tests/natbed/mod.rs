@@ -194,6 +194,11 @@ impl Bed {
         Ok(bed)
     }
 
+    /// Gives `dev` in `ns` the IPv6 address `cidr`, usable at once (no duplicate detection).
+    fn addr6(&self, ns: &str, cidr: &str, dev: &str) -> Result<(), String> {
+        self.ns(ns, &["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"])
+    }
+
     /// Whether this machine can run a UPnP router in the bed (miniupnpd installed).
     pub fn upnp_available() -> Result<(), String> {
         Self::available()?;
@@ -282,19 +287,7 @@ impl Bed {
         self.ns(ns, &["ip", "link", "set", "wan", "up"])?;
         if self.ipv6 {
             let wan6 = format!("2001:db8::{:x}", 0x10 + u16::from(self.next));
-            self.ns(
-                ns,
-                &[
-                    "ip",
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{wan6}/64"),
-                    "dev",
-                    "wan",
-                    "nodad",
-                ],
-            )?;
+            self.addr6(ns, &format!("{wan6}/64"), "wan")?;
             self.ns(
                 ns,
                 &["ip", "-6", "route", "add", "default", "via", "2001:db8::1"],
@@ -368,32 +361,8 @@ impl Bed {
                 &router,
                 &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
             )?;
-            self.ns(
-                &router,
-                &[
-                    "ip",
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{gateway6}/64"),
-                    "dev",
-                    "lan",
-                    "nodad",
-                ],
-            )?;
-            self.ns(
-                &host,
-                &[
-                    "ip",
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{addr6}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            )?;
+            self.addr6(&router, &format!("{gateway6}/64"), "lan")?;
+            self.addr6(&host, &format!("{addr6}/64"), "eth0")?;
             self.ns(
                 &host,
                 &[

@@ -281,17 +281,10 @@ impl Member {
             if *relay == self.local {
                 continue;
             }
-            let mut addrs = self.relay_addrs.get(relay).cloned().unwrap_or_default();
-            for addr in info
-                .addrs
-                .iter()
-                .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
-            {
-                if !addrs.contains(&addr) {
-                    addrs.push(addr);
-                }
-            }
-            add(addrs, relay.peer_id());
+            add(
+                super::relay_dial::relay_addrs_of(&self.relay_addrs, relay, info),
+                relay.peer_id(),
+            );
         }
         // Rendezvous members first (a probe confirmed their address), then any other
         // member's address beyond a local network: a public member linked to one other has

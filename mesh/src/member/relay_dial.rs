@@ -10,15 +10,37 @@
 //! failed dial and never a link to anyone else.
 
 use super::{DialCondition, Member, Output};
+use crate::charter::RelayInfo;
 use crate::control::ControlMessage;
 use callsign_keys::IdentityKey;
 use multiaddr::{Multiaddr, Protocol};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// How often relays the charter lists but we are not linked to are dialed.
 pub(super) const RELAY_REDIAL: Duration = Duration::from_secs(2);
 /// Addresses remembered per relay, newest first.
 const KEPT: usize = 4;
+
+/// Where `relay` may be: where members last saw it (`seen`, newest first), then the charter's
+/// addresses for it.
+pub(super) fn relay_addrs_of(
+    seen: &BTreeMap<IdentityKey, Vec<Multiaddr>>,
+    relay: &IdentityKey,
+    info: &RelayInfo,
+) -> Vec<Multiaddr> {
+    let mut addrs = seen.get(relay).cloned().unwrap_or_default();
+    for addr in info
+        .addrs
+        .iter()
+        .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+    {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    addrs
+}
 
 /// A direct QUIC address (`/ip4|ip6/…/udp/…/quic-v1`, optionally `/p2p/…`), which is all a
 /// relay hint may be.
@@ -112,17 +134,7 @@ impl Member {
             .filter(|(k, _)| **k != self.local)
             .filter(|(k, _)| !self.links.contains_key(&k.peer_id()))
             .filter_map(|(k, info)| {
-                let mut addrs: Vec<Multiaddr> =
-                    self.relay_addrs.get(k).cloned().unwrap_or_default();
-                for addr in info
-                    .addrs
-                    .iter()
-                    .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
-                {
-                    if !addrs.contains(&addr) {
-                        addrs.push(addr);
-                    }
-                }
+                let addrs = relay_addrs_of(&self.relay_addrs, k, info);
                 if addrs.is_empty() {
                     return None;
                 }
