@@ -59,17 +59,29 @@ struct Listener {
 /// (its Initials dropped until the peer's own dial opened the NAT to us) used to complete
 /// seconds after the peer's connection to us came up, and replaced that live link: both ends
 /// restarted their session, and the floor views it carried flapped (chaos seed 353). Once the
-/// peer's connection is up, the dial is abandoned instead, unless its handshake is done: then
-/// the peer may already hold it (the dialing side completes first, the peer when our last
-/// handshake packet arrives), and the Swarm's rule for crossing dials settles the two. Our own dial that gets through abandons our other dials
-/// to the peer the same way: held up by a NAT and let through together once it opened, they
-/// replaced each other one after another, restarting the session with every one (chaos seed
-/// 947: a symmetric-NAT member's links churned for 80 ms and the floor views flapped).
+/// peer's connection is up, the dial is abandoned instead, unless its handshake is done in
+/// that same moment: then the peer may hold it already (it finishes its side when our last
+/// handshake packet arrives) and keep it by the Swarm's rule for crossing dials, closing its
+/// own; abandoned too, both were gone (IPv6 dials that two stateful firewalls let through
+/// together). Our own dial that gets through abandons our other dials to the peer the same
+/// way, done or not: held up by a NAT and let through together once it opened, they replaced
+/// each other one after another, restarting the session with every one (chaos seed 947: a
+/// symmetric-NAT member's links churned for 80 ms and the floor views flapped; seed 102 when
+/// finished ones were kept).
 #[derive(Clone, Default)]
-struct PendingDials(Arc<Mutex<BTreeMap<PeerId, Vec<oneshot::Sender<()>>>>>);
+struct PendingDials(Arc<Mutex<BTreeMap<PeerId, Vec<oneshot::Sender<Superseded>>>>>);
+
+/// What made a pending dial moot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Superseded {
+    /// The peer's own connection to us came up.
+    ByPeer,
+    /// Another of our dials to the peer got through.
+    ByOurs,
+}
 
 impl PendingDials {
-    fn register(&self, peer: PeerId) -> oneshot::Receiver<()> {
+    fn register(&self, peer: PeerId) -> oneshot::Receiver<Superseded> {
         let (tx, rx) = oneshot::channel();
         let mut dials = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let waiting = dials.entry(peer).or_default();
@@ -78,14 +90,14 @@ impl PendingDials {
         rx
     }
 
-    fn superseded(&self, peer: &PeerId) {
+    fn superseded(&self, peer: &PeerId, by: Superseded) {
         let waiting = self
             .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(peer);
         for tx in waiting.into_iter().flatten() {
-            let _ = tx.send(());
+            let _ = tx.send(by);
         }
     }
 }
@@ -205,7 +217,7 @@ impl QuicTransport {
                 .map_err(|_| LinkError::Handshake("handshake timed out".into()))?
                 .map_err(LinkError::Connection)?;
             let peer = remote_peer_id(&connection)?;
-            dials.superseded(&peer);
+            dials.superseded(&peer, Superseded::ByPeer);
             links.register(peer, connection.clone());
             Ok((peer, QuicMuxer::new(connection)))
         }
@@ -361,22 +373,24 @@ impl Transport for QuicTransport {
         let dials = self.dials.clone();
         Ok(async move {
             let handshake = tokio::time::timeout(timeout, connecting);
+            tokio::pin!(handshake);
             let connection = match superseded {
-                // A handshake that is done wins over the peer's connection that came up in the
-                // same moment: the peer finished its side of ours when our last handshake
-                // packet reached it, so it may keep ours (crossing dials: the lower peer id's)
-                // and close its own; abandoned here too, both would be gone (seen with IPv6
-                // dials that two stateful firewalls let through together).
                 Some(superseded) => tokio::select! {
                     biased;
-                    connection = handshake => connection,
-                    Ok(()) = superseded => {
-                        return Err(LinkError::Handshake(format!(
-                            "dial to {remote} abandoned: the peer linked to us meanwhile"
-                        )));
+                    Ok(by) = superseded => {
+                        // Done in the same moment as the peer's: keep it (`PendingDials`).
+                        match (&mut handshake).now_or_never() {
+                            Some(done) if by == Superseded::ByPeer => done,
+                            _ => {
+                                return Err(LinkError::Handshake(format!(
+                                    "dial to {remote} abandoned: linked to the peer meanwhile"
+                                )))
+                            }
+                        }
                     }
+                    connection = &mut handshake => connection,
                 },
-                None => handshake.await,
+                None => (&mut handshake).await,
             };
             let connection = connection
                 .map_err(|_| LinkError::Handshake(format!("handshake with {remote} timed out")))?
@@ -391,7 +405,7 @@ impl Transport for QuicTransport {
             }
             // Our other dials to the peer still in their handshake are moot now: each would
             // replace this link when it got through.
-            dials.superseded(&peer);
+            dials.superseded(&peer, Superseded::ByOurs);
             links.register(peer, connection.clone());
             Ok((peer, QuicMuxer::new(connection)))
         }
