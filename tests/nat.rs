@@ -101,6 +101,63 @@ fn newcomers_join_from_the_ticket_of_an_inviter_nobody_can_reach() {
     }
 }
 
+/// The squad of the acceptance: four members behind ordinary home routers
+/// (port-restricted), one of which maps ports (UPnP), nobody forwarding a port by hand. Its
+/// member invites the three others: each starts with nothing but a ticket it minted (which
+/// names the mapped address), is admitted, and the four link (in through the mapped port to
+/// the inviter, punched between the others) and hear the inviter.
+#[test]
+fn a_squad_behind_home_nats_joins_from_tickets_of_the_member_whose_router_maps() {
+    if !bed_here(true) {
+        return;
+    }
+    let (logs, _) = run_invite(
+        ("root", Nat::PortRestricted),
+        &[],
+        &[
+            ("alpha", Nat::PortRestricted),
+            ("bravo", Nat::PortRestricted),
+            ("charlie", Nat::PortRestricted),
+        ],
+        &[("root", Maps::Upnp)],
+        4.0,
+        8.0,
+    )
+    .unwrap_or_else(|why| panic!("{why}"));
+    let newcomers = ["alpha", "bravo", "charlie"];
+    for (i, me) in newcomers.iter().enumerate() {
+        let log = &logs[*me];
+        assert!(
+            log.lines
+                .iter()
+                .any(|(t, l)| *t < 1.0 && l.starts_with(&format!("admitted {me} "))),
+            "{me} admitted\n{}",
+            log.text()
+        );
+        // Newcomers stop 1.5 s before the inviter: look just before.
+        let until = 8.0 - 1.5 - 0.5;
+        assert_eq!(
+            log.link_to("root", until).as_deref(),
+            Some("Mapped"),
+            "{me}\n{}",
+            log.text()
+        );
+        for them in &newcomers[i + 1..] {
+            let kind = log.link_to(them, until);
+            assert!(
+                matches!(kind.as_deref(), Some("HolePunched" | "Direct")),
+                "{me} to {them}: {kind:?}\n{}",
+                log.text()
+            );
+        }
+        assert!(
+            log.first_heard("root").is_some(),
+            "{me} heard root\n{}",
+            log.text()
+        );
+    }
+}
+
 /// Endpoint-dependent mapping on one side, port-restricted filtering on the other: no punch
 /// can work, and the pair talks through the circuit at the public member.
 #[test]

@@ -381,7 +381,8 @@ pub fn run_squad_on(
 
 /// A real invite. The `online` members (already in the org; the first is public, the others
 /// dial it) run; the inviter (the org's founder, an admin) starts and dials the first of them,
-/// a squad-mate it knows from an earlier session, and at 1 s prints a ticket per newcomer
+/// a squad-mate it knows from an earlier session (with none, newcomers reach the inviter
+/// itself: its router maps its port), and at 1 s prints a ticket per newcomer
 /// (`invite pilot`: its node names where the org can be reached now). Each newcomer then
 /// starts with nothing but its ticket (`callsign up --ticket`), as a new user pasting it would, and routers in
 /// `routers` map ports. The inviter talks from `talk_s` (its clock) to the end. Returns each
@@ -394,7 +395,8 @@ pub fn run_invite(
     talk_s: f64,
     seconds: f64,
 ) -> Result<(BTreeMap<String, Log>, Vec<String>), String> {
-    assert!(online.first().is_some_and(|(_, nat)| *nat == Nat::Public));
+    // Someone the inviter can dial: a public member, or nobody (its router maps its port).
+    assert!(online.first().is_none_or(|(_, nat)| *nat == Nat::Public));
     let mut bed = Bed::new()?;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -414,8 +416,15 @@ pub fn run_invite(
     // returns where it listens and the rest of those lines.
     let mut start = |bed: &mut Bed, i: usize, mut up: Command, word: &str, count: usize| {
         let m: &Member = &members[i];
+        // Behind a router: every address (so the router is asked to map the port, as for a
+        // user); public: its own.
+        let listen = if m.nat == Nat::Public {
+            format!("{}:4433", hosts[i].addr)
+        } else {
+            "0.0.0.0:4433".to_string()
+        };
         let child = bed.spawn(&hosts[i], {
-            up.args(["--listen", &format!("{}:4433", hosts[i].addr)]);
+            up.args(["--listen", &listen]);
             up
         })?;
         let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -467,8 +476,10 @@ pub fn run_invite(
         );
     std::fs::write(d.join("inviter.txt"), script).unwrap();
     let mut up = up_command(d, &members[0].name, seconds);
-    up.args(["--bootstrap", &anchor])
-        .arg("--input")
+    if !anchor.is_empty() {
+        up.args(["--bootstrap", &anchor]);
+    }
+    up.arg("--input")
         .arg(&speech)
         .args(["--ptt-script", "inviter.txt"]);
     let (_, tickets) = start(&mut bed, 0, up, "invite", newcomers.len())?;

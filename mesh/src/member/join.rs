@@ -46,11 +46,16 @@ impl Member {
                 self.sync_message(peer, &body, now)
             }
             ControlMessage::Sync(body) => self.removal_notice(peer, &body),
-            // Where the peer sees us: an admin (or the member passing our request on) sends it
-            // as soon as it counts us a member, which is before its op reaches us; dropped,
-            // we would have no address to aim a hole punch at. A lie costs one probe, as ever.
+            // Reachability: an admin (or the member passing our request on) starts it as soon
+            // as it counts us a member, which is before its op reaches us. Dropped, we would
+            // have no address to aim a hole punch at (`Observed`), and the admin's own address
+            // would wait minutes for its next probe (`Probe`: it asked us to check it, and a
+            // lone newcomer is the only one who can; the nonce goes only to its own IP).
             ControlMessage::Observed(body) if self.role == Role::Joining => {
                 self.observed(peer, &body, now)
+            }
+            ControlMessage::Probe(body) if self.role == Role::Joining => {
+                self.probe_request(peer, &body, now)
             }
             ControlMessage::JoinRefused(reason) if self.role == Role::Joining => {
                 let reason: String = reason.chars().take(200).collect();
