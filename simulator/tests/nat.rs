@@ -76,6 +76,45 @@ fn every_pair_of_nat_kinds_links_through_a_public_member() {
     eprintln!("{}", rows.join("\n"));
 }
 
+/// The kernel bed's five kinds (`tests/nat.rs`, `matrix_of_five_kinds`): public, full cone
+/// with UPnP, full cone, port-restricted and symmetric, the public member first (everyone's
+/// bootstrap). Every pair links; only port-restricted against symmetric stays on a circuit;
+/// the links into the UPnP member's mapped port are `mapped` at either end, as in the bed.
+#[test]
+fn five_kinds_link_as_on_the_kernel_bed() {
+    let report = squad(
+        &[
+            ("public", "none", false),
+            ("cone-upnp", "full-cone", true),
+            ("cone", "full-cone", false),
+            ("restricted", "port-restricted", false),
+            ("symmetric", "symmetric", false),
+        ],
+        "symmetric",
+    );
+    let names = ["public", "cone-upnp", "cone", "restricted", "symmetric"];
+    let mut rows = Vec::new();
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            let path = report.path(a, b).expect("linked");
+            rows.push(format!("| {a} – {b} | {} |", path.kind));
+            let expected: &[&str] = match (*a, *b) {
+                ("restricted", "symmetric") => &["relayed"],
+                ("cone-upnp", _) | (_, "cone-upnp") => &["mapped", "direct"],
+                _ => &["direct", "hole-punched"],
+            };
+            assert!(
+                expected.contains(&path.kind.as_str()),
+                "{a} – {b}: {path:?}"
+            );
+        }
+    }
+    for me in ["public", "cone-upnp", "cone", "restricted"] {
+        assert!(heard(&report, "symmetric", me), "{me}");
+    }
+    eprintln!("{}", rows.join("\n"));
+}
+
 /// Four members behind port-restricted NATs, one of whose routers maps ports over UPnP: the
 /// others join at its mapped address (a `mapped` path), it becomes the rendezvous, and everyone
 /// hears the talker with nobody forwarding a port by hand.
