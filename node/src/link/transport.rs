@@ -261,7 +261,10 @@ impl Transport for QuicTransport {
         let local = self.local_addr().map_err(TransportError::Other)?;
         let port_matches = wanted.port() == 0 || wanted.port() == local.port();
         let ip_matches = wanted.ip().is_unspecified() || wanted.ip() == local.ip();
-        if !port_matches || !ip_matches || wanted.is_ipv4() != local.is_ipv4() {
+        // One socket for both families takes a listen on either unspecified address.
+        let family_matches = wanted.is_ipv4() == local.is_ipv4()
+            || (self.socket.is_dual_stack() && wanted.ip().is_unspecified());
+        if !port_matches || !ip_matches || !family_matches {
             // One socket per node: listening elsewhere would need a second NAT mapping.
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
