@@ -401,28 +401,33 @@ async fn serve(
                 if stop_at.is_some_and(|s| Instant::now() >= s) {
                     break;
                 }
-                if let Some((_, Some(Step::Invite(role)))) = plan.peek() {
-                    let role = role.clone();
-                    plan.next();
-                    let t = start.elapsed().as_secs_f64();
-                    match invite(&node, &identity, &state, &role).await {
-                        Ok(ticket) => println!("{t:8.3} invite {ticket}"),
-                        Err(e) => println!("{t:8.3} warning invite: {e:#}"),
+                let command = match plan.next().map(|(_, step)| step) {
+                    None => None,
+                    Some(None) => Some(NodeCommand::PttUp),
+                    Some(Some(Step::Ptt(channels, _))) => Some(NodeCommand::PttDown(channels)),
+                    Some(Some(Step::Whisper(peer, _))) => Some(NodeCommand::WhisperDown(peer)),
+                    Some(Some(Step::Listen(c))) => Some(NodeCommand::Listen(c)),
+                    Some(Some(Step::Unlisten(c))) => Some(NodeCommand::Unlisten(c)),
+                    Some(Some(Step::Vox(channels))) => {
+                        Some(NodeCommand::VoiceActivation(channels))
                     }
-                } else if let Some((_, step)) = plan.next() {
-                    node.command(match step {
-                        None => NodeCommand::PttUp,
-                        Some(Step::Ptt(channels, _)) => NodeCommand::PttDown(channels),
-                        Some(Step::Whisper(peer, _)) => NodeCommand::WhisperDown(peer),
-                        Some(Step::Listen(c)) => NodeCommand::Listen(c),
-                        Some(Step::Unlisten(c)) => NodeCommand::Unlisten(c),
-                        Some(Step::Vox(channels)) => NodeCommand::VoiceActivation(channels),
-                        Some(Step::Emergency(channel, _)) => NodeCommand::Emergency(channel),
-                        Some(Step::ClearEmergency(channel, raiser)) => {
-                            NodeCommand::ClearEmergency { channel, raiser }
+                    Some(Some(Step::Emergency(channel, _))) => {
+                        Some(NodeCommand::Emergency(channel))
+                    }
+                    Some(Some(Step::ClearEmergency(channel, raiser))) => {
+                        Some(NodeCommand::ClearEmergency { channel, raiser })
+                    }
+                    Some(Some(Step::Invite(role))) => {
+                        let t = start.elapsed().as_secs_f64();
+                        match invite(&node, &identity, &state, &role).await {
+                            Ok(ticket) => println!("{t:8.3} invite {ticket}"),
+                            Err(e) => println!("{t:8.3} warning invite: {e:#}"),
                         }
-                        Some(Step::Invite(_)) => unreachable!("handled above"),
-                    })?;
+                        None
+                    }
+                };
+                if let Some(command) = command {
+                    node.command(command)?;
                 }
             }
             event = node.next_event() => {

@@ -95,14 +95,7 @@ impl Member {
     /// relay) passes it on to the admins it is linked to. A newcomer whose ticket reached only
     /// a member (the inviter's router filters strangers, say) gets in all the same.
     fn join_request(&mut self, peer: PeerId, body: &[u8], now: Instant) {
-        let unix_secs = self.unix_ms(now) / 1000;
-        let result = JoinRequest::decode(body).and_then(|request| {
-            if request.joiner.peer_id() != peer {
-                return Err(AdmitError::BadSignature);
-            }
-            admit(self.state(), &request, unix_secs)
-        });
-        match result {
+        match self.check_join(body, Some(peer), now) {
             Ok(op) if self.state().is_admin(&self.local) => self.admit_with(op, now),
             Ok(_) => self.pass_on_join(peer, body.to_vec()),
             // Requests repeat on every link until the op arrives there: no answer needed.
@@ -124,9 +117,7 @@ impl Member {
         if !self.state().is_admin(&self.local) {
             return;
         }
-        let unix_secs = self.unix_ms(now) / 1000;
-        match JoinRequest::decode(body).and_then(|request| admit(self.state(), &request, unix_secs))
-        {
+        match self.check_join(body, None, now) {
             Ok(op) => self.admit_with(op, now),
             Err(AdmitError::AlreadyMember) => {}
             Err(e) => {
@@ -166,10 +157,9 @@ impl Member {
         if self.waiting_joins.is_empty() {
             return;
         }
-        let unix_secs = self.unix_ms(now) / 1000;
         let waiting = std::mem::take(&mut self.waiting_joins);
         for (newcomer, body) in waiting {
-            match JoinRequest::decode(&body).and_then(|r| admit(self.state(), &r, unix_secs)) {
+            match self.check_join(&body, None, now) {
                 Ok(_) => {
                     self.waiting_joins.insert(newcomer, body);
                 }
@@ -191,6 +181,21 @@ impl Member {
         for body in bodies {
             self.send_now(peer, ControlMessage::Join(body));
         }
+    }
+
+    /// Checks a join request against our charter now; `sender`, when it came straight from
+    /// the newcomer, must be the joiner itself.
+    fn check_join(
+        &self,
+        body: &[u8],
+        sender: Option<PeerId>,
+        now: Instant,
+    ) -> Result<OpBody, AdmitError> {
+        let request = JoinRequest::decode(body)?;
+        if sender.is_some_and(|peer| request.joiner.peer_id() != peer) {
+            return Err(AdmitError::BadSignature);
+        }
+        admit(self.state(), &request, self.unix_ms(now) / 1000)
     }
 
     fn is_admin_peer(&self, peer: &PeerId) -> bool {
