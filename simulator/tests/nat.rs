@@ -162,3 +162,62 @@ fn nobody_links_when_the_inviter_cannot_be_reached() {
     assert!(!heard(&report, "bravo", "root"));
     assert!(report.network.nat_filtered > 0);
 }
+
+/// The kernel bed's inviter × newcomer matrix (`tests/nat.rs`, `matrix_of_invites`): an
+/// inviter behind each of the five kinds is up with one public member it dialed; a newcomer
+/// behind each kind dials both (the addresses its ticket names) and must hear the inviter. The path kinds
+/// are the bed's: direct (dialed, in through a mapping, or punched) whenever one side can be
+/// reached unasked or both keep one public port per host, the circuit through the public
+/// member only when a symmetric NAT faces a port-restricted or symmetric one.
+#[test]
+fn inviter_by_newcomer_links_as_on_the_kernel_bed() {
+    let kinds = [
+        ("public", "none", false),
+        ("cone-upnp", "full-cone", true),
+        ("cone", "full-cone", false),
+        ("restricted", "port-restricted", false),
+        ("symmetric", "symmetric", false),
+    ];
+    let mut rows = Vec::new();
+    let mut wrong = Vec::new();
+    for (inviter, inviter_nat, inviter_upnp) in kinds {
+        for (newcomer, newcomer_nat, newcomer_upnp) in kinds {
+            let report = squad(
+                &[
+                    ("anchor", "none", false),
+                    ("inviter", inviter_nat, inviter_upnp),
+                    ("newcomer", newcomer_nat, newcomer_upnp),
+                ],
+                "inviter",
+            );
+            let path = report
+                .path("inviter", "newcomer")
+                .expect("inviter and newcomer linked");
+            rows.push(format!(
+                "| {inviter} | {newcomer} | {} | {:?} ms |",
+                path.kind, path.first_audio_ms
+            ));
+            let reachable = |nat: &str| matches!(nat, "none" | "full-cone");
+            let expected: &[&str] = if reachable(inviter_nat) || reachable(newcomer_nat) {
+                if inviter_upnp || newcomer_upnp {
+                    &["direct", "mapped", "hole-punched"]
+                } else {
+                    &["direct", "hole-punched"]
+                }
+            } else if inviter_nat == "symmetric" || newcomer_nat == "symmetric" {
+                &["relayed"]
+            } else {
+                &["hole-punched"]
+            };
+            let in_time = path.first_audio_ms.is_some_and(|ms| ms < 2000);
+            if !expected.contains(&path.kind.as_str())
+                || !heard(&report, "inviter", "newcomer")
+                || !in_time
+            {
+                wrong.push(format!("{inviter} × {newcomer}: {path:?}"));
+            }
+        }
+    }
+    eprintln!("{}", rows.join("\n"));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
