@@ -17,4 +17,4 @@ pub mod audio;
 pub mod link;
 pub mod runtime;
 
-pub use runtime::{Node, NodeCommand, NodeConfig, NodeEvent, NodeStats};
+pub use runtime::{Node, NodeCommand, NodeConfig, NodeControl, NodeEvent, NodeStats};

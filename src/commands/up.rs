@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use callsign_api::{ApiConfig, ApiServer, ApiToken};
 use callsign_keys::{IdentityKey, Ticket};
 use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
@@ -77,6 +78,18 @@ pub struct UpArgs {
     /// Stop after this many seconds [default: run until Ctrl-C]
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Serve the local control API (HTTP + JSON and an event stream, docs/api.md) here.
+    #[arg(long, value_name = "IP:PORT")]
+    pub api: Option<SocketAddr>,
+    /// Where the API's bearer token is written, mode 0600 [default: DATA_DIR/api.token]
+    #[arg(long, value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
+    /// Take the API's token from this environment variable instead of a random one.
+    #[arg(long, value_name = "VAR")]
+    pub api_token_env: Option<String>,
+    /// Let --api listen beyond loopback (the token then crosses the network: add TLS).
+    #[arg(long)]
+    pub api_allow_remote: bool,
 }
 
 /// The `--config` file, version 1. Every field is optional.
@@ -101,6 +114,10 @@ struct UpFile {
     output_dir: Option<PathBuf>,
     ptt_script: Option<PathBuf>,
     seconds: Option<f64>,
+    api: Option<SocketAddr>,
+    api_token_file: Option<PathBuf>,
+    api_token_env: Option<String>,
+    api_allow_remote: Option<bool>,
 }
 
 /// The config file's multiaddrs under `key`.
@@ -155,6 +172,10 @@ fn merge(mut args: UpArgs) -> Result<UpArgs> {
     args.output_dir = args.output_dir.or(rel(file.output_dir));
     args.ptt_script = args.ptt_script.or(rel(file.ptt_script));
     args.seconds = args.seconds.or(file.seconds);
+    args.api = args.api.or(file.api);
+    args.api_token_file = args.api_token_file.or(rel(file.api_token_file));
+    args.api_token_env = args.api_token_env.or(file.api_token_env);
+    args.api_allow_remote |= file.api_allow_remote == Some(true);
     Ok(args)
 }
 
@@ -332,12 +353,16 @@ pub fn run(args: UpArgs) -> Result<()> {
             .with_context(|| format!("creating output directory {}", out.display()))?;
         config.output = Some(out.join("heard.wav"));
     }
+    let api = match args.api {
+        Some(addr) => Some(api_setup(&args, addr, &dir)?),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, store.log, script, args.seconds, state))
+    runtime.block_on(serve(config, store.log, script, args.seconds, state, api))
 }
 
 /// How long a ticket from the `invite` script action is good for.
@@ -358,18 +383,82 @@ async fn invite(
     super::org::invite_ticket(identity, state.org, role, INVITE_VALID, addrs)
 }
 
+/// How `--api` serves: where, with which token (written where), beyond loopback or not.
+struct ApiSetup {
+    addr: SocketAddr,
+    token: ApiToken,
+    token_file: PathBuf,
+    allow_remote: bool,
+}
+
+fn api_setup(args: &UpArgs, addr: SocketAddr, data_dir: &Path) -> Result<ApiSetup> {
+    let token = match &args.api_token_env {
+        Some(var) => ApiToken::new(
+            &std::env::var(var).with_context(|| format!("--api-token-env: ${var} is not set"))?,
+        )?,
+        None => ApiToken::generate(),
+    };
+    let token_file = args
+        .api_token_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("api.token"));
+    Ok(ApiSetup {
+        addr,
+        token,
+        token_file,
+        allow_remote: args.api_allow_remote,
+    })
+}
+
+/// Starts the local API beside the node and says where (and where its token is).
+async fn start_api(
+    setup: ApiSetup,
+    node: &Node,
+    identity: callsign_keys::Identity,
+    name: String,
+    listening: Vec<ChannelId>,
+) -> Result<ApiServer> {
+    setup.token.write_to(&setup.token_file)?;
+    let api = ApiServer::start(
+        ApiConfig {
+            addr: setup.addr,
+            allow_remote: setup.allow_remote,
+            token: setup.token,
+            identity,
+            name,
+            address: node.address().to_string(),
+            listening,
+        },
+        node.control(),
+    )
+    .await
+    .context("starting the local API")?;
+    println!(
+        "api http://{} token-file {}",
+        api.local_addr(),
+        setup.token_file.display()
+    );
+    Ok(api)
+}
+
 async fn serve(
     config: NodeConfig,
     log: callsign_mesh::charter::log::OpLog,
     script: Vec<(Duration, Step)>,
     seconds: Option<f64>,
     state: CharterState,
+    api: Option<ApiSetup>,
 ) -> Result<()> {
     let identity = config.keys.identity.clone();
+    let (name, listening) = (config.display_name.clone(), config.listening.clone());
     let mut node = Node::start_with_log(config, Some(log))
         .await
         .context("starting the node")?;
     println!("listening on {}", node.address());
+    let api = match api {
+        Some(setup) => Some(start_api(setup, &node, identity.clone(), name, listening).await?),
+        None => None,
+    };
     let start = Instant::now();
     let stop_at = seconds.map(|s| start + Duration::from_secs_f64(s.max(0.0)));
     // Releases are scripted actions too: (when, None) means "PTT up".
@@ -432,6 +521,9 @@ async fn serve(
             }
             event = node.next_event() => {
                 let Some(event) = event else { break };
+                if let Some(api) = &api {
+                    api.publish(&event);
+                }
                 let t = start.elapsed().as_secs_f64();
                 let line = match event {
                     NodeEvent::TalkerStarted { name, peer, channels, whisper } => {
@@ -505,6 +597,9 @@ async fn serve(
                 }
             }
         }
+    }
+    if let Some(api) = api {
+        api.shutdown().await;
     }
     let stats = node.shutdown().await?;
     println!(

@@ -2,7 +2,7 @@
 //! edits, diagnostic subscriptions.
 
 use super::{Command, Event, Member, Output, Target};
-use crate::charter::{ChannelId, Permissions};
+use crate::charter::{ChannelId, EditError, OpBody, Permissions};
 use crate::voice::{speakable, whisper_delivery};
 use std::time::Instant;
 
@@ -59,14 +59,8 @@ impl Member {
                 self.outputs.push_back(Output::VoiceActivation(allowed));
             }
             Command::EditCharter(body) => {
-                let unix = self.unix_ms(now);
-                let identity = self.keys.identity.clone();
-                match self.sync.edit(&identity, body, unix) {
-                    Ok(op) => {
-                        self.outputs.push_back(Output::Persist(vec![op.encode()]));
-                        self.charter_changed(1, now);
-                    }
-                    Err(e) => self.warn(format!("charter edit refused: {e}")),
+                if let Err(e) = self.edit_charter(now, body) {
+                    self.warn(format!("charter edit refused: {e}"));
                 }
             }
             Command::Subscribe { relay, channels } => {
@@ -75,6 +69,19 @@ impl Member {
                 }
             }
         }
+    }
+
+    /// Signs a charter edit with our identity and applies it (persisted, then synced to
+    /// peers), or says why the charter refuses it and changes nothing: what
+    /// [`Command::EditCharter`] does, for callers that must answer whoever asked (the local
+    /// API's admin edits).
+    pub fn edit_charter(&mut self, now: Instant, body: OpBody) -> Result<(), EditError> {
+        let unix = self.unix_ms(now);
+        let identity = self.keys.identity.clone();
+        let op = self.sync.edit(&identity, body, unix)?;
+        self.outputs.push_back(Output::Persist(vec![op.encode()]));
+        self.charter_changed(1, now);
+        Ok(())
     }
 
     /// The requested channels the charter lets us speak on; the rest are refused (counted and

@@ -54,6 +54,11 @@ pub enum NodeCommand {
     VoiceActivation(Vec<ChannelId>),
     /// Sign and apply a charter edit with our identity; it reaches peers by sync.
     EditCharter(OpBody),
+    /// [`NodeCommand::EditCharter`] that answers: applied, or why the charter refuses it.
+    TryEditCharter(
+        OpBody,
+        oneshot::Sender<Result<(), callsign_mesh::charter::EditError>>,
+    ),
     /// Send raw bytes as a voice datagram to a peer: fault injection for tests and the
     /// simulator (forged, replayed or malformed packets).
     InjectDatagram {

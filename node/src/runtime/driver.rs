@@ -227,6 +227,11 @@ impl Driver {
                 }
                 return;
             }
+            NodeCommand::TryEditCharter(body, reply) => {
+                let result = self.member.edit_charter(now, body);
+                let _ = reply.send(result);
+                return;
+            }
             NodeCommand::Charter(reply) => {
                 let _ = reply.send(self.member.state().clone());
                 return;

@@ -288,6 +288,14 @@ impl Node {
         self.commands.send(command).map_err(|_| NodeError::Stopped)
     }
 
+    /// A handle that sends commands from elsewhere (another task: the local API) while this
+    /// `Node` keeps its events.
+    pub fn control(&self) -> NodeControl {
+        NodeControl {
+            commands: self.commands.clone(),
+        }
+    }
+
     /// The next event; `None` once the node has stopped.
     pub async fn next_event(&mut self) -> Option<NodeEvent> {
         self.events.recv().await
@@ -320,16 +328,12 @@ impl Node {
     /// Where a newcomer with an invite can reach the org now, best first: the bootstrap
     /// addresses for an invite ticket.
     pub async fn invite_addresses(&self) -> Result<Vec<Multiaddr>, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.command(NodeCommand::InviteAddresses(tx))?;
-        rx.await.map_err(|_| NodeError::Stopped)
+        self.control().invite_addresses().await
     }
 
     /// A snapshot of the node's counters.
     pub async fn stats(&self) -> Result<NodeStats, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.command(NodeCommand::Stats(tx))?;
-        rx.await.map_err(|_| NodeError::Stopped)
+        self.control().stats().await
     }
 
     /// Stops the node, closes its output file and returns its final counters.
@@ -339,6 +343,53 @@ impl Node {
         self.task
             .await
             .map_err(|e| NodeError::Task(e.to_string()))?
+    }
+}
+
+/// Sends commands to a running node and asks it questions; cloned freely. Events stay with
+/// the [`Node`].
+#[derive(Clone, Debug)]
+pub struct NodeControl {
+    commands: mpsc::UnboundedSender<NodeCommand>,
+}
+
+impl NodeControl {
+    /// Sends a command; fails only once the node has stopped.
+    pub fn command(&self, command: NodeCommand) -> Result<(), NodeError> {
+        self.commands.send(command).map_err(|_| NodeError::Stopped)
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> NodeCommand,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(command(tx))?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// See [`Node::invite_addresses`].
+    pub async fn invite_addresses(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        self.ask(NodeCommand::InviteAddresses).await
+    }
+
+    /// See [`Node::stats`].
+    pub async fn stats(&self) -> Result<NodeStats, NodeError> {
+        self.ask(NodeCommand::Stats).await
+    }
+
+    /// The charter's state now.
+    pub async fn charter(&self) -> Result<callsign_mesh::charter::CharterState, NodeError> {
+        self.ask(NodeCommand::Charter).await
+    }
+
+    /// Signs and applies a charter edit; `Ok(Err(why))` when the charter refuses it.
+    pub async fn try_edit_charter(
+        &self,
+        body: callsign_mesh::charter::OpBody,
+    ) -> Result<Result<(), callsign_mesh::charter::EditError>, NodeError> {
+        self.ask(|reply| NodeCommand::TryEditCharter(body, reply))
+            .await
     }
 }
 
