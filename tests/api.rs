@@ -187,8 +187,13 @@ fn a_client_drives_two_nodes_through_the_local_api_alone() {
         .args(["org", "import"])
         .arg(&bundle));
 
-    let root = up(d, "root", "root.key", &["--name", "Ground"]);
     let speech = speech_wav();
+    let root = up(
+        d,
+        "root",
+        "root.key",
+        &["--name", "Ground", "--input", speech.to_str().unwrap()],
+    );
     let pilot_node = up(
         d,
         "pilot",
@@ -253,8 +258,39 @@ fn a_client_drives_two_nodes_through_the_local_api_alone() {
         },
     );
 
+    // The example bot minds the root's node: it answers whoever stops talking on /Flight.
+    let bot_path = Path::new(env!("CARGO_BIN_EXE_callsign"))
+        .parent()
+        .unwrap()
+        .join("examples/bot");
+    if !bot_path.exists() {
+        // `cargo test` builds the examples; `cargo test --test api` alone does not.
+        let built = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", "bot"])
+            .status()
+            .unwrap();
+        assert!(built.success());
+    }
+    let mut bot = std::process::Command::new(&bot_path)
+        .args(["--api", &root.api, "--token-file"])
+        .arg(d.join("root.token"))
+        .args([
+            "--channel",
+            "/Flight",
+            "--reply-ms",
+            "1000",
+            "--answers",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bot_path.display()));
+    let mut bot_lines = BufReader::new(bot.stdout.take().unwrap()).lines();
+    assert_eq!(bot_lines.next().unwrap().unwrap(), "listening on /Flight");
+
     // Key up on the pilot through its API; the root hears it (its event stream, in order).
     let events = root.events();
+    let pilot_events = pilot_node.events();
     let (status, body) = pilot_node.send("POST", "/v1/ptt", &json!({"channels": ["/Flight"]}));
     assert_eq!(status, 200, "{body}");
     std::thread::sleep(Duration::from_millis(1500));
@@ -284,6 +320,24 @@ fn a_client_drives_two_nodes_through_the_local_api_alone() {
     let stats = root.get("/v1/stats");
     let played = stats["received"][0]["frames_played"].as_u64().unwrap_or(0);
     assert!(played > 40, "root played {played} frames: {stats}");
+
+    // The bot answered with its node's WAV, and the pilot heard the answer.
+    assert_eq!(
+        bot_lines.next().unwrap().unwrap(),
+        "answered Maverick on /Flight"
+    );
+    assert!(bot.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (kind, event) = pilot_events
+            .recv_timeout(left)
+            .expect("the pilot hears the bot's answer");
+        if kind == "talker-start" && event["name"] == "Ground" {
+            assert_eq!(event["channels"], json!(["/Flight"]));
+            break;
+        }
+    }
 
     // Admin edits: the root's node may, the pilot's may not; the edit syncs to the pilot.
     let (status, body) = root.send("POST", "/v1/charter/channels", &json!({"path": "/Ops"}));
