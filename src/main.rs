@@ -38,7 +38,7 @@ enum Command {
     /// stream (frames, concealment, mouth-to-ear latency).
     Demo(commands::demo::DemoArgs),
     /// Run a headless node: join the org, log who talks where, until Ctrl-C or --seconds.
-    Up(commands::up::UpArgs),
+    Up(Box<commands::up::UpArgs>),
     /// The deterministic network simulator: run scenarios, replay traces.
     #[command(subcommand)]
     Sim(commands::sim::SimCommand),
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         Command::Audio(cmd) => commands::audio::run(cmd),
         Command::Link(cmd) => commands::link::run(cmd),
         Command::Demo(args) => commands::demo::run(args),
-        Command::Up(args) => commands::up::run(args),
+        Command::Up(args) => commands::up::run(*args),
         Command::Sim(cmd) => commands::sim::run_command(cmd),
     };
     match result {
