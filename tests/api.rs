@@ -385,6 +385,21 @@ fn a_client_drives_two_nodes_through_the_local_api_alone() {
     let (status, _) = root.send("POST", "/v1/whisper", &json!({"peer": "not-a-peer"}));
     assert_eq!(status, 400);
 
+    // Audio settings, field by field; nonsense refused and nothing changed.
+    let (status, body) = root.send("PUT", "/v1/audio", &json!({"bitrate": 32000}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = root.send(
+        "PUT",
+        "/v1/audio",
+        &json!({"ducking": [{"when_active": "/Flight", "ducked": "/Ops", "db": 12.0}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = root.send("PUT", "/v1/audio", &json!({"bitrate": 1}));
+    assert_eq!(status, 400, "{body}");
+    let audio = root.get("/v1/audio");
+    assert_eq!(audio["bitrate"], 32000, "{audio}");
+    assert_eq!(audio["ducking"][0]["ducked"], "/Ops", "{audio}");
+
     // Both nodes carry on.
     assert_eq!(root.get("/v1/status")["admin"], true);
     assert!(pilot_node.get("/v1/roster")["roster"]

@@ -206,8 +206,9 @@ fn members_behind_symmetric_nats_punch_a_direct_ipv6_path() {
         assert!(
             matches!(kind.as_deref(), Some("HolePunched" | "Direct"))
                 && addr.starts_with("/ip6/2001:db8:"),
-            "{me} to {them}: {kind:?} {addr}\n{}",
-            log.text()
+            "{me} to {them}: {kind:?} {addr}\n{}\n== {them}\n{}",
+            log.text(),
+            logs[them].text()
         );
     }
     let heard = logs["alpha"]

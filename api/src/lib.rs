@@ -10,6 +10,7 @@
 //! admin edits are signed by this node's key and refused unless the charter allows them), and
 //! must not serve beyond loopback unless told to.
 
+mod audio;
 mod error;
 mod routes;
 mod server;

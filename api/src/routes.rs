@@ -43,6 +43,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/charter/members", post(put_member))
         .route("/v1/invites", post(invite))
+        .route(
+            "/v1/audio",
+            get(crate::audio::get_audio).put(crate::audio::put_audio),
+        )
         .route("/v1/events", get(events))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(shared)
@@ -138,7 +142,7 @@ struct ChannelBody {
 }
 
 /// The channel `text` names: a path, or an id in hex.
-fn resolve(charter: &CharterState, text: &str) -> Result<ChannelId, ApiError> {
+pub(crate) fn resolve(charter: &CharterState, text: &str) -> Result<ChannelId, ApiError> {
     let found = if text.starts_with('/') {
         charter.find(text)
     } else {

@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use callsign_keys::Identity;
 use callsign_mesh::charter::ChannelId;
+use callsign_node::runtime::AudioSettings;
 use callsign_node::{NodeControl, NodeEvent};
 use tokio::sync::{broadcast, oneshot};
 
@@ -37,6 +38,8 @@ pub struct ApiConfig {
     pub address: String,
     /// The channels the node listens on at start.
     pub listening: Vec<ChannelId>,
+    /// The audio settings the node started with.
+    pub audio: AudioSettings,
 }
 
 /// State shared by the handlers.
@@ -48,12 +51,17 @@ pub(crate) struct Shared {
     pub address: String,
     pub view: Mutex<View>,
     pub listening: Mutex<BTreeSet<ChannelId>>,
+    pub audio: Mutex<AudioSettings>,
     pub events: broadcast::Sender<ApiEvent>,
 }
 
 impl Shared {
     pub fn view(&self) -> std::sync::MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn audio(&self) -> std::sync::MutexGuard<'_, AudioSettings> {
+        self.audio.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn listening(&self) -> std::sync::MutexGuard<'_, BTreeSet<ChannelId>> {
@@ -100,6 +108,7 @@ impl ApiServer {
             address: config.address,
             view: Mutex::new(View::new(charter)),
             listening: Mutex::new(config.listening.into_iter().collect()),
+            audio: Mutex::new(config.audio),
             events,
         });
         let app = routes::router(shared.clone()).layer(axum::middleware::from_fn_with_state(

@@ -428,6 +428,8 @@ async fn start_api(
             name,
             address: node.address().to_string(),
             listening,
+            // `up` starts the node with the default settings.
+            audio: Default::default(),
         },
         node.control(),
     )

@@ -108,6 +108,7 @@ impl Member {
         self.punches.forget(&peer);
         self.waiting_joins.remove(&peer);
         self.peer_down(&peer, now);
+        self.relink(peer, now);
     }
 
     /// Starts control with a linked peer. `restarted`: we had control with it before and lost

@@ -91,24 +91,7 @@ impl Member {
             }
         }
         let subject_peer = subject.peer_id();
-        let addrs: Vec<Multiaddr> = record
-            .body
-            .addrs
-            .iter()
-            .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
-            .collect();
-        // Every QUIC address (a confirmed public one, a LAN one for members on the same
-        // network), TCP only when the peer offers no QUIC: voice needs datagrams.
-        let (quic, tcp): (Vec<Multiaddr>, Vec<Multiaddr>) = addrs
-            .iter()
-            .filter(|a| !is_circuit(a))
-            .cloned()
-            .partition(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)));
-        let direct = if quic.is_empty() {
-            tcp.into_iter().take(1).collect()
-        } else {
-            quic
-        };
+        let (direct, circuits) = dial_candidates(&record);
         if record.body.relay.public {
             if let Some(relay) = direct.first() {
                 self.reserve_circuit(subject_peer, relay.clone());
@@ -154,10 +137,22 @@ impl Member {
             });
         }
         if link.is_none() {
-            // The direct address and any relay circuits at once: the first to connect wins
-            // (direct, unless a NAT is in the way), the others are abandoned.
-            let mut candidates = direct;
-            candidates.extend(addrs.into_iter().filter(is_circuit));
+            self.link_to_member(subject_peer, direct, circuits, now);
+        }
+    }
+
+    /// A member's record names no link to us: links to it. The direct address and any relay
+    /// circuits at once: the first to connect wins (direct, unless a NAT is in the way), the
+    /// others are abandoned.
+    fn link_to_member(
+        &mut self,
+        subject_peer: PeerId,
+        mut candidates: Vec<Multiaddr>,
+        circuits: Vec<Multiaddr>,
+        now: Instant,
+    ) {
+        {
+            candidates.extend(circuits);
             if candidates.is_empty() {
                 return;
             }
@@ -181,6 +176,24 @@ impl Member {
                 self.dial_backs.insert(subject_peer, (at, candidates));
             }
         }
+    }
+
+    /// Our link to `peer` went down. A member still online (its record is current) is linked
+    /// again at once, as when its record first came, rather than at its next presence round:
+    /// two members whose crossing dials both closed (each kept the connection the other had
+    /// just abandoned) were left apart for seconds.
+    pub(super) fn relink(&mut self, peer: PeerId, now: Instant) {
+        if self.role == Role::Relay {
+            return;
+        }
+        let Some(identity) = self.members.get(&peer) else {
+            return;
+        };
+        let Some(record) = self.presence.get(identity) else {
+            return;
+        };
+        let (direct, circuits) = dial_candidates(record);
+        self.link_to_member(peer, direct, circuits, now);
     }
 
     /// A dial to `peer` failed; its circuit addresses are worth another try. Everyone who
@@ -357,4 +370,25 @@ impl Member {
             control.queue(message.clone());
         }
     }
+}
+
+/// Where to dial a member from its presence record: its direct addresses (every QUIC address:
+/// a confirmed public one, a LAN one for members on the same network; TCP only when it offers
+/// no QUIC, since voice needs datagrams) and its relay circuits.
+fn dial_candidates(record: &PresenceRecord) -> (Vec<Multiaddr>, Vec<Multiaddr>) {
+    let (circuits, others): (Vec<Multiaddr>, Vec<Multiaddr>) = record
+        .body
+        .addrs
+        .iter()
+        .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+        .partition(is_circuit);
+    let (quic, tcp): (Vec<Multiaddr>, Vec<Multiaddr>) = others
+        .into_iter()
+        .partition(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)));
+    let direct = if quic.is_empty() {
+        tcp.into_iter().take(1).collect()
+    } else {
+        quic
+    };
+    (direct, circuits)
 }

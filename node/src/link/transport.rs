@@ -17,7 +17,7 @@ use libp2p::core::{Endpoint, Transport};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -102,6 +102,44 @@ impl PendingDials {
     }
 }
 
+/// The addresses we are dialing now. A second dial to an address with one in flight is
+/// refused: both would reach the same listener from our one socket, the first to get through
+/// abandons the other even when that one's handshake is done (`PendingDials`), and the peer,
+/// holding both, cannot tell which we kept (two members lost their only IPv6 path that way,
+/// when a hole punch's dial and a plain dial to the announced address went out together).
+#[derive(Clone, Default)]
+struct DialsInFlight(Arc<Mutex<BTreeSet<SocketAddr>>>);
+
+/// Takes an address out of [`DialsInFlight`] when its dial ends, however it ends.
+struct InFlight {
+    dials: DialsInFlight,
+    remote: SocketAddr,
+}
+
+impl DialsInFlight {
+    fn start(&self, remote: SocketAddr) -> Option<InFlight> {
+        let fresh = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(remote);
+        fresh.then(|| InFlight {
+            dials: self.clone(),
+            remote,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.dials
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.remote);
+    }
+}
+
 /// See the module documentation.
 pub struct QuicTransport {
     keypair: Keypair,
@@ -113,6 +151,7 @@ pub struct QuicTransport {
     closed: VecDeque<ListenerId>,
     hole_punch: Waiters,
     dials: PendingDials,
+    in_flight: DialsInFlight,
     /// Hole punches started, which with [`LinkConfig::rng_seed`] seeds each one's probes.
     punches: u64,
     waker: Option<Waker>,
@@ -150,6 +189,7 @@ impl QuicTransport {
             closed: VecDeque::new(),
             hole_punch: Arc::default(),
             dials: PendingDials::default(),
+            in_flight: DialsInFlight::default(),
             punches: 0,
             waker: None,
         })
@@ -368,6 +408,11 @@ impl Transport for QuicTransport {
             .boxed());
         }
 
+        let in_flight = self.in_flight.start(remote).ok_or_else(|| {
+            TransportError::Other(LinkError::Handshake(format!(
+                "a dial to {remote} is in flight already"
+            )))
+        })?;
         let connecting = self
             .endpoint
             .connect_with(self.client.clone(), remote, "l")
@@ -375,6 +420,7 @@ impl Transport for QuicTransport {
         let superseded = expected.map(|peer| self.dials.register(peer));
         let dials = self.dials.clone();
         Ok(async move {
+            let _in_flight = in_flight;
             let handshake = tokio::time::timeout(timeout, connecting);
             tokio::pin!(handshake);
             let connection = match superseded {

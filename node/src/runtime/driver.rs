@@ -25,7 +25,7 @@ use callsign_mesh::punch::PunchRole;
 use callsign_mesh::voice::VoiceFlags;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
-use libp2p::core::ConnectedPoint;
+use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
@@ -330,7 +330,18 @@ impl Driver {
                 // (a crash: our link to its previous run has not timed out yet) and our NAT
                 // lets only its circuit in.
                 let worse = held.is_some_and(|held| kind.worse_than(held));
-                let dialed_by_us = matches!(endpoint, ConnectedPoint::Dialer { .. });
+                // Who opened the QUIC connection: a hole punch's waiting side "dials" in the
+                // listener role and takes the peer's connection, which the peer counts as its
+                // own dial. Both ends must agree for the crossing-dials rule to keep the same
+                // connection (counted as ours here, a punch took the peer's dial for a second
+                // one of ours, and the two ends each closed the one the other kept).
+                let dialed_by_us = matches!(
+                    endpoint,
+                    ConnectedPoint::Dialer {
+                        role_override: Endpoint::Dialer,
+                        ..
+                    }
+                );
                 let previous = (num_established.get() > 1)
                     .then(|| self.connections.get(&peer_id).copied())
                     .flatten();
