@@ -7,28 +7,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use assert_cmd::cargo::CommandCargoExt;
-use assert_cmd::Command;
-use common::success_stdout;
+use common::{callsign, callsign_process, ok, speech_wav};
 use serde_json::{json, Value};
-
-fn callsign(dir: &Path, data: &str, key: &str) -> Command {
-    let mut cmd = Command::cargo_bin("callsign").unwrap();
-    cmd.env("HOME", dir)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .env("CALLSIGN_DATA_DIR", dir.join(data))
-        .env("CALLSIGN_KEY", dir.join(key));
-    cmd
-}
-
-fn ok(cmd: &mut Command) -> String {
-    String::from_utf8(success_stdout(cmd)).unwrap()
-}
 
 /// A running `callsign up` with its API; killed on drop.
 struct Up {
@@ -49,12 +34,8 @@ impl Drop for Up {
 
 fn up(d: &Path, data: &str, key: &str, extra: &[&str]) -> Up {
     let token_file = d.join(format!("{data}.token"));
-    let mut cmd = std::process::Command::cargo_bin("callsign").unwrap();
-    cmd.env("HOME", d)
-        .env("XDG_CONFIG_HOME", d.join("config"))
-        .env("CALLSIGN_DATA_DIR", d.join(data))
-        .env("CALLSIGN_KEY", d.join(key))
-        .args(["up", "--listen", "127.0.0.1:0", "--no-port-mapping"])
+    let mut cmd = callsign_process(d, data, key);
+    cmd.args(["up", "--listen", "127.0.0.1:0", "--no-port-mapping"])
         .args(["--api", "127.0.0.1:0", "--api-token-file"])
         .arg(&token_file)
         .args(["--seconds", "60"])
@@ -156,10 +137,6 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn speech_wav() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("node/tests/data/speech-16k.wav")
 }
 
 #[test]
@@ -418,35 +395,28 @@ fn the_api_refuses_a_non_loopback_address_unless_allowed() {
     let d = dir.path();
     ok(callsign(d, "root", "root.key").args(["keys", "new"]));
     ok(callsign(d, "root", "root.key").args(["org", "create", "Star Wing"]));
-    let out = callsign(d, "root", "root.key")
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-port-mapping",
-            "--seconds",
-            "1",
-        ])
-        .args(["--api", "0.0.0.0:0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = |api: &[&str], env: (&str, &str)| {
+        let out = callsign(d, "root", "root.key")
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-port-mapping",
+                "--seconds",
+                "1",
+            ])
+            .args(api)
+            .env(env.0, env.1)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused(&["--api", "0.0.0.0:0"], ("UNUSED", ""));
     assert!(err.contains("not a loopback address"), "{err}");
-    let out = callsign(d, "root", "root.key")
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-port-mapping",
-            "--seconds",
-            "1",
-        ])
-        .args(["--api", "127.0.0.1:0", "--api-token-env", "WEAK"])
-        .env("WEAK", "abc")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        &["--api", "127.0.0.1:0", "--api-token-env", "WEAK"],
+        ("WEAK", "abc"),
+    );
     assert!(err.contains("at least 16"), "{err}");
 }

@@ -5,30 +5,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::Stdio;
 
-use assert_cmd::cargo::CommandCargoExt;
-use assert_cmd::Command;
-use common::success_stdout;
+use common::{callsign, callsign_process, ok, speech_wav};
 use serde_json::Value;
-
-fn callsign(dir: &Path, data: &str, key: &str) -> Command {
-    let mut cmd = Command::cargo_bin("callsign").unwrap();
-    cmd.env("HOME", dir)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .env("CALLSIGN_DATA_DIR", dir.join(data))
-        .env("CALLSIGN_KEY", dir.join(key));
-    cmd
-}
-
-fn ok(cmd: &mut Command) -> String {
-    String::from_utf8(success_stdout(cmd)).unwrap()
-}
-
-fn speech_wav() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("node/tests/data/speech-16k.wav")
-}
 
 #[test]
 fn a_scripted_talker_is_heard_and_logged_by_another_node() {
@@ -64,12 +44,8 @@ fn a_scripted_talker_is_heard_and_logged_by_another_node() {
         .arg(&bundle));
 
     // The pilot listens and records.
-    let mut listener = std::process::Command::cargo_bin("callsign").unwrap();
+    let mut listener = callsign_process(d, "pilot", "pilot.key");
     listener
-        .env("HOME", d)
-        .env("XDG_CONFIG_HOME", d.join("config"))
-        .env("CALLSIGN_DATA_DIR", d.join("pilot"))
-        .env("CALLSIGN_KEY", d.join("pilot.key"))
         .args([
             "up",
             "--listen",
