@@ -229,6 +229,9 @@ pub struct ForwardCounts {
     pub bytes_out: u64,
     /// Drops by reason.
     pub drops: BTreeMap<ForwardDrop, u64>,
+    /// Packets accepted (authorised, within the sender's rate, no replay), per channel they
+    /// name.
+    pub channel_packets: BTreeMap<ChannelId, u64>,
 }
 
 #[derive(Debug)]
@@ -425,6 +428,9 @@ impl Forwarder {
         let replay = bucket.replay.entry(header.channels.clone()).or_default();
         if !replay.accept(header.sequence) {
             return Err(ForwardDrop::Duplicate);
+        }
+        for channel in &header.channels {
+            *self.counts.channel_packets.entry(*channel).or_default() += 1;
         }
         let empty = BTreeSet::new();
         let already = match &bucket.served {

@@ -6,7 +6,7 @@ mod common;
 use callsign_keys::{IdentityKey, InviteGrant, NodeKeys};
 use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::{ChannelId, OpBody};
-use callsign_mesh::member::{Command, Event, Input, LinkKind, LinkUp, Role as MemberRole};
+use callsign_mesh::member::{Command, Event, Input, LinkKind, LinkUp, Output, Role as MemberRole};
 use callsign_mesh::topology::Route;
 use common::net::{org, org_with_relays, Net, ROOT};
 use libp2p_identity::PeerId;
@@ -85,6 +85,68 @@ fn members_heard_of_through_presence_are_dialed_by_the_lower_peer_id() {
     net.run_for(secs(1));
     assert_eq!(net.sessions(0).len(), 2);
     assert_eq!(net.sessions(2).len(), 2);
+}
+
+/// A link that drops while both members are still online (two crossing connections each
+/// closed by the other end, say) is dialed again at once by the lower peer id, to the
+/// addresses and circuits in the other's presence record, and dialed back by the other a
+/// moment later if that did not link them: not left until the next presence round.
+#[test]
+fn a_member_whose_link_drops_while_still_online_is_linked_again() {
+    let org = org(2, false, 6);
+    let mut net = Net::new(&org, 0);
+    for i in 0..2 {
+        let listening = vec![format!("/ip4/198.51.100.{}/udp/4433/quic-v1", i + 1)
+            .parse()
+            .unwrap()];
+        net.input(
+            i,
+            Input::Addresses {
+                listening,
+                external: Vec::new(),
+            },
+        );
+    }
+    net.link(0, 1);
+    net.run_for(secs(2));
+    let (low, high) = if net.peers[0] < net.peers[1] {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    // Both ends lose the link; the harness does not dial for them this time.
+    net.links.clear();
+    let dials = |net: &mut Net, me: usize, other: usize| {
+        let peer = net.peers[other];
+        net.members[me].handle_input(net.now, Input::LinkDown(peer));
+        let mut dialed = Vec::new();
+        while let Some(output) = net.members[me].poll_output() {
+            if let Output::Dial {
+                peer: Some(p),
+                addrs,
+                ..
+            } = output
+            {
+                if p == peer {
+                    dialed.extend(addrs);
+                }
+            }
+        }
+        dialed
+    };
+    let from_low = dials(&mut net, low, high);
+    let from_high = dials(&mut net, high, low);
+    let high_addr = format!("/ip4/198.51.100.{}/udp/4433/quic-v1", high + 1);
+    assert!(
+        from_low
+            .iter()
+            .any(|a| a.to_string().starts_with(&high_addr)),
+        "the lower peer id dials at once: {from_low:?}"
+    );
+    assert!(from_high.is_empty(), "the other waits: {from_high:?}");
+    // Its dial went nowhere (say a NAT dropped it): the other dials back.
+    net.run_for(secs(2));
+    assert!(net.linked(0, 1), "linked again by the dial back");
 }
 
 #[test]

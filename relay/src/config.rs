@@ -6,7 +6,9 @@
 //! key = "relay.key"                 # identity key file (`callsign-relay key relay.key`)
 //! # passphrase_env = "RELAY_PASSPHRASE"
 //! listen = "0.0.0.0:4433"           # QUIC, UDP
-//! metrics = "127.0.0.1:9464"        # HTTP: /metrics and /health
+//! metrics = "127.0.0.1:9464"        # HTTP: /metrics, /health and /api/v1/occupancy
+//! # api_token_file = "api.token"    # a random bearer token for /api/v1/ (0600), made at start
+//! # api_token_env = "RELAY_API_TOKEN" # or the token from this variable
 //! data_dir = "state"                # the charter mirror
 //! circuits = true                   # relay v2 circuits for members behind NATs
 //! bootstrap = []                    # members to dial at start (multiaddrs)
@@ -61,6 +63,13 @@ pub struct RelayConfig {
     pub circuits: bool,
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// Where the read-only API's bearer token is written at start (mode 0600). Without it,
+    /// `/api/v1/` answers 404.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// Take the API's token from this environment variable instead of a random one.
+    #[serde(default)]
+    pub api_token_env: Option<String>,
     pub org: OrgSection,
     #[serde(default)]
     pub limits: Limits,
@@ -139,6 +148,9 @@ impl RelayConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.key = base.join(&config.key);
         config.data_dir = base.join(&config.data_dir);
+        if let Some(file) = &mut config.api_token_file {
+            *file = base.join(&*file);
+        }
         if let Some(charter) = &mut config.org.charter {
             *charter = base.join(&*charter);
         }

@@ -1,8 +1,11 @@
-//! `/metrics` (Prometheus text) and `/health` over HTTP/1.1 (hyper). Health is `200` while the
-//! node answers its stats within [`STALE_AFTER`], `503` otherwise.
+//! `/metrics` (Prometheus text), `/health` and the read-only API (`/api/v1/occupancy`, behind
+//! a bearer token) over HTTP/1.1 (hyper). Health is `200` while the node answers its stats
+//! within [`STALE_AFTER`], `503` otherwise.
 
 use crate::metrics::RelayMetrics;
+use crate::occupancy::Occupancy;
 use bytes::Bytes;
+use callsign_api::ApiToken;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -27,6 +30,9 @@ pub struct Status {
     pub org: String,
     pub links: usize,
     pub subscribers: usize,
+    /// The read-only API's token; `None`: the API is off.
+    pub api_token: Option<ApiToken>,
+    pub occupancy: Occupancy,
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -77,12 +83,48 @@ fn answer(request: &Request<Incoming>, status: &Mutex<Status>) -> Response<Full<
             };
             text(code, "application/json", format!("{body}\n"))
         }
+        "/api/v1/occupancy" => occupancy(request, &status),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /metrics or /health\n".into(),
+            "try /metrics, /health or /api/v1/occupancy\n".into(),
         ),
     }
+}
+
+/// Subscribers and packet rates per channel, for a bearer of the API's token.
+fn occupancy(request: &Request<Incoming>, status: &Status) -> Response<Full<Bytes>> {
+    let json = |code: StatusCode, body: serde_json::Value| {
+        text(code, "application/json", format!("{body}\n"))
+    };
+    let Some(token) = &status.api_token else {
+        let why = "the API is off: set api_token_file in the relay's config";
+        return json(StatusCode::NOT_FOUND, serde_json::json!({ "error": why }));
+    };
+    let presented = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|p| token.matches(p.trim())) {
+        let mut refused = json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "missing or wrong bearer token" }),
+        );
+        refused.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return refused;
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "org": status.org,
+            "subscribers": status.occupancy.subscribers,
+            "channels": status.occupancy.channels,
+        }),
+    )
 }
 
 /// Serves until `stop` turns true.

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod occupancy;
 pub mod service;
 pub mod store;
 

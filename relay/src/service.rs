@@ -1,12 +1,14 @@
 //! Runs the relay: unlocks its key, opens the charter mirror, starts the node in relay mode
-//! (forwarding, relay v2 circuits, charter sync; no keys, no presence), serves `/metrics` and
-//! `/health`, and on shutdown says goodbye to every link before it exits.
+//! (forwarding, relay v2 circuits, charter sync; no keys, no presence), serves `/metrics`,
+//! `/health` and the read-only API, and on shutdown says goodbye to every link before it exits.
 
 use crate::config::RelayConfig;
 use crate::http::{serve, Status};
 use crate::metrics::RelayMetrics;
 use crate::store::{CharterStore, StoreError};
+use callsign_api::ApiToken;
 use callsign_keys::{KeyFile, KeyFileError, NodeKeys};
+use callsign_mesh::charter::CharterState;
 use callsign_node::runtime::{NodeError, NodeStats};
 use callsign_node::{Node, NodeConfig, NodeEvent};
 use libp2p::Multiaddr;
@@ -37,6 +39,9 @@ pub enum RelayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The read-only API's token cannot be had (a weak or unset token, an unwritable file).
+    #[error("API token: {0}")]
+    Api(String),
 }
 
 /// Unlocks the relay's key file; the passphrase, if any, comes from the variable `env`.
@@ -101,6 +106,7 @@ impl Relay {
                 addr: config.metrics,
                 source,
             })?;
+        let api_token = api_token(config)?;
         let node = Node::start_with_log(node_config, Some(store.log)).await?;
         let status = Arc::new(Mutex::new(Status {
             metrics: RelayMetrics::new(),
@@ -109,6 +115,8 @@ impl Relay {
             org: org.to_string(),
             links: 0,
             subscribers: 0,
+            api_token,
+            occupancy: Default::default(),
         }));
         let (stop, stopped) = watch::channel(false);
         let http = tokio::spawn(serve(listener, status.clone(), stopped));
@@ -143,7 +151,10 @@ impl Relay {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = poll.tick() => match self.node.stats().await {
-                    Ok(stats) => self.follow(stats),
+                    Ok(stats) => {
+                        let charter = self.node.control().charter().await.ok();
+                        self.follow(stats, charter.as_ref());
+                    }
                     Err(_) => break,
                 },
                 event = self.node.next_event() => match event {
@@ -159,15 +170,37 @@ impl Relay {
         Ok(result?)
     }
 
-    fn follow(&self, stats: NodeStats) {
+    fn follow(&self, stats: NodeStats, charter: Option<&CharterState>) {
         let Ok(mut status) = self.status.lock() else {
             return;
         };
-        status.seen = Some(Instant::now());
+        let now = Instant::now();
+        status.seen = Some(now);
+        status.occupancy.update(&stats, charter, now);
         status.links = stats.peers.len();
         status.subscribers = stats.forwarding.as_ref().map_or(0, |f| f.subscribers);
         status.metrics.update(stats);
     }
+}
+
+/// The read-only API's token, written to its file (0600) at start; `None` without a file.
+fn api_token(config: &RelayConfig) -> Result<Option<ApiToken>, RelayError> {
+    let Some(file) = &config.api_token_file else {
+        return Ok(None);
+    };
+    let token = match &config.api_token_env {
+        Some(var) => {
+            let value = std::env::var(var)
+                .map_err(|_| RelayError::Api(format!("api_token_env: ${var} is not set")))?;
+            ApiToken::new(&value).map_err(|e| RelayError::Api(e.to_string()))?
+        }
+        None => ApiToken::generate(),
+    };
+    token
+        .write_to(file)
+        .map_err(|e| RelayError::Api(e.to_string()))?;
+    tracing::info!(file = %file.display(), "API token written");
+    Ok(Some(token))
 }
 
 fn log_event(event: NodeEvent) {

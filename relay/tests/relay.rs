@@ -14,7 +14,7 @@ use callsign_node::runtime::{AudioInput, StreamChannel};
 use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
 use callsign_relay::service::Relay;
 use callsign_relay::RelayConfig;
-use common::http_get;
+use common::{http_get, http_get_with};
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,8 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
     std::fs::write(
         &config_path,
         "version = 1\nkey = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n\
-         metrics = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[org]\ncharter = \"org.charter\"\n",
+         metrics = \"127.0.0.1:0\"\ndata_dir = \"state\"\napi_token_file = \"api.token\"\n\
+         [org]\ncharter = \"org.charter\"\n",
     )
     .unwrap();
     let relay = Relay::start(&RelayConfig::load(&config_path).unwrap())
@@ -181,6 +182,35 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains("\"status\":\"ok\""), "{health}");
     assert!(health.contains(&format!("\"subscribers\":{n}")), "{health}");
+    // The read-only API: occupancy per channel, for a bearer of the token only.
+    let token = std::fs::read_to_string(dir.path().join("api.token")).unwrap();
+    let (refused, occupancy) = tokio::task::spawn_blocking(move || {
+        let addr = metrics.to_string();
+        let bearer = format!("Authorization: Bearer {}\r\n", token.trim());
+        (
+            http_get_with(
+                &addr,
+                "/api/v1/occupancy",
+                "Authorization: Bearer wrong\r\n",
+            ),
+            http_get_with(&addr, "/api/v1/occupancy", &bearer),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(occupancy.starts_with("HTTP/1.1 200"), "{occupancy}");
+    let body: serde_json::Value =
+        serde_json::from_str(occupancy.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let flight = body["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "/flight")
+        .unwrap_or_else(|| panic!("{body}"))
+        .clone();
+    assert_eq!(flight["subscribers"], n, "{body}");
+    assert!(flight["packets"].as_u64().unwrap() >= 60, "{body}");
     let missing = tokio::task::spawn_blocking(move || http_get(&metrics.to_string(), "/nope"))
         .await
         .unwrap();

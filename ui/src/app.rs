@@ -5,6 +5,7 @@ use crate::bridge::NodeBridge;
 use crate::profile::Profile;
 use crate::radio::Radio;
 use crate::UiError;
+use callsign_api::{ApiConfig, ApiToken};
 use callsign_keys::{KdfParams, KeyFile, NodeKeys, Ticket};
 use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::log::OpLog;
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Starts the node for a profile: [`NodeBridge::start`] in the app; tests may pass their own.
-pub type NodeStarter = Box<dyn FnMut(NodeConfig, OpLog) -> Result<NodeBridge, UiError>>;
+pub type NodeStarter =
+    Box<dyn FnMut(NodeConfig, OpLog, Option<ApiConfig>) -> Result<NodeBridge, UiError>>;
 
 /// The first-run form.
 #[derive(Default)]
@@ -271,6 +273,38 @@ fn create_profile(dir: &Path, form: &FirstRun) -> Result<Profile, UiError> {
     Ok(profile)
 }
 
+/// The local control API's settings: a fresh token each start, in `api.token` beside the
+/// profile (mode 0600; a token that cannot be written leaves the API without one anyone
+/// holds, so it refuses everyone, which the settings show).
+fn api_config(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    identity: &callsign_keys::Identity,
+    profile: &Profile,
+    state: &callsign_mesh::charter::CharterState,
+    listening: &[callsign_mesh::charter::ChannelId],
+) -> ApiConfig {
+    let token = ApiToken::generate();
+    if let Err(e) = token.write_to(&dir.join(API_TOKEN_FILE)) {
+        tracing::warn!("local API token: {e}");
+    }
+    let channel = |path: &str| state.find(path);
+    ApiConfig {
+        addr,
+        allow_remote: false,
+        token,
+        identity: identity.clone(),
+        name: profile.name.clone(),
+        // Filled in by the bridge once the node listens.
+        address: String::new(),
+        listening: listening.to_vec(),
+        audio: profile.audio.settings(channel),
+    }
+}
+
+/// The local control API's token file, beside the profile.
+pub const API_TOKEN_FILE: &str = "api.token";
+
 /// Unlocks the key, loads the charter and starts the node.
 fn start(
     dir: &Path,
@@ -318,7 +352,10 @@ fn start(
             .and_then(|t| t.grant);
         config.join = grant.map(|g| JoinRequest::sign(&identity, g, &profile.name));
     }
-    let bridge = starter(config, loaded.log)?;
+    let api = profile
+        .api
+        .map(|addr| api_config(dir, addr, &identity, profile, &state, &config.listening));
+    let bridge = starter(config, loaded.log, api)?;
     Ok(Radio::new(
         bridge,
         identity,

@@ -1,7 +1,9 @@
 //! The app's line to its node: commands go out on a channel, events come back on another, and
-//! the node runs on its own tokio runtime threads, so the UI thread never waits for it.
+//! the node runs on its own tokio runtime threads, so the UI thread never waits for it. When
+//! the user turned it on, the local control API runs beside the node on the same runtime.
 
 use crate::UiError;
+use callsign_api::{ApiConfig, ApiServer};
 use callsign_mesh::charter::log::OpLog;
 use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
 use tokio::sync::mpsc;
@@ -12,13 +14,17 @@ pub struct NodeBridge {
     events: mpsc::UnboundedReceiver<NodeEvent>,
     /// Where others dial the node, once known.
     pub address: Option<String>,
+    /// The local control API: where it serves, or why it does not (`None`: not asked for).
+    pub api: Option<Result<std::net::SocketAddr, String>>,
     // Dropped last: stopping it stops the node.
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl NodeBridge {
-    /// Starts a node from `config` (appending charter ops to `log`) on a runtime of its own.
-    pub fn start(config: NodeConfig, log: OpLog) -> Result<Self, UiError> {
+    /// Starts a node from `config` (appending charter ops to `log`) on a runtime of its own,
+    /// and the local control API beside it if `api` asks (an API that cannot start is
+    /// reported in [`NodeBridge::api`]; the node runs anyway).
+    pub fn start(config: NodeConfig, log: OpLog, api: Option<ApiConfig>) -> Result<Self, UiError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("callsign-node")
@@ -26,6 +32,19 @@ impl NodeBridge {
             .build()?;
         let mut node = runtime.block_on(Node::start_with_log(config, Some(log)))?;
         let address = Some(node.address().to_string());
+        let server = api.map(|mut api| {
+            api.address = node.address().to_string();
+            runtime
+                .block_on(ApiServer::start(api, node.control()))
+                .map_err(|e| e.to_string())
+        });
+        let api = server
+            .as_ref()
+            .map(|s| s.as_ref().map(ApiServer::local_addr).map_err(Clone::clone));
+        if let Some(Err(e)) = &api {
+            tracing::warn!("local API not started: {e}");
+        }
+        let server = server.and_then(Result::ok);
         let (events_tx, events) = mpsc::unbounded_channel();
         let (commands, mut commands_rx) = mpsc::unbounded_channel::<NodeCommand>();
         runtime.spawn(async move {
@@ -33,6 +52,9 @@ impl NodeBridge {
                 tokio::select! {
                     event = node.next_event() => match event {
                         Some(event) => {
+                            if let Some(server) = &server {
+                                server.publish(&event);
+                            }
                             // The app may be gone; the node keeps running until told.
                             let _ = events_tx.send(event);
                         }
@@ -56,6 +78,7 @@ impl NodeBridge {
             commands,
             events,
             address,
+            api,
             _runtime: Some(runtime),
         })
     }
@@ -70,6 +93,7 @@ impl NodeBridge {
             commands,
             events,
             address: None,
+            api: None,
             _runtime: None,
         }
     }

@@ -9,6 +9,7 @@
 //! listen = "0.0.0.0:47123"   # a port chosen at first run, so invite tickets stay valid
 //! bootstrap = []              # multiaddrs to dial at start (from an invite ticket)
 //! invite = "callsign1…"        # the ticket we joined with, until an admin admits us
+//! api = "127.0.0.1:7070"      # the local control API (docs/api.md); absent: off
 //! [hotkeys]                   # channel path → key (egui key names: F1, Space, A…)
 //! "/flight" = "F2"
 //! [audio]                     # all optional; these are the defaults
@@ -61,6 +62,10 @@ pub struct Profile {
     /// The invite ticket we joined with, kept until an admin admits us.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invite: Option<String>,
+    /// Where the local control API listens (loopback; its token in `api.token` beside the
+    /// profile); `None`: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<SocketAddr>,
 }
 
 /// The user's sound settings (see the module documentation).
@@ -162,6 +167,7 @@ impl Profile {
             hotkeys: BTreeMap::new(),
             audio: AudioProfile::default(),
             invite: None,
+            api: None,
         }
     }
 

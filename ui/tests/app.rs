@@ -14,7 +14,7 @@ use callsign_node::runtime::{
 use callsign_node::{NodeCommand, NodeEvent, NodeStats};
 use callsign_ui::{NodeBridge, Profile, RadioApp};
 use common::*;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -345,4 +345,59 @@ fn first_run_with_an_invite_ticket_joins_a_running_org() {
     assert_eq!(profile.invite, None, "the used ticket is forgotten");
     drop(h);
     drop(runtime);
+}
+
+#[test]
+fn the_local_api_turned_on_in_the_settings_serves_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = RadioApp::new(dir.path().to_path_buf(), Box::new(NodeBridge::start));
+    let mut h = harness(app);
+    h.step();
+    type_into(&mut h, "Callsign", "Maverick");
+    type_into(&mut h, "Org name", "Top Gun");
+    h.get_by_label("Start").click();
+    step_until(&mut h, |h| h.query_by_label("Org admin").is_some());
+    // Off by default; turned on, it waits for the next start.
+    h.get_by_label("Settings").click();
+    h.step();
+    assert!(h.query_by_label("Local API: off").is_some());
+    h.get_by_label_contains("Local API for bots").click();
+    h.step();
+    assert!(h
+        .query_by_label("The change applies at the next start.")
+        .is_some());
+    let mut profile = Profile::load(dir.path()).unwrap().unwrap();
+    assert_eq!(profile.api.map(|a| a.port()), Some(7070));
+    drop(h);
+    // Any free port for the test.
+    profile.api = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    profile.save(dir.path()).unwrap();
+
+    let app = RadioApp::new(dir.path().to_path_buf(), Box::new(NodeBridge::start));
+    let mut h = harness(app);
+    step_until(&mut h, |h| h.query_by_label("Org admin").is_some());
+    h.get_by_label("Settings").click();
+    h.step();
+    let label = h
+        .get_by_label_contains("Local API: on at http://")
+        .accesskit_node()
+        .label()
+        .unwrap_or_default();
+    let url = label
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_end_matches(',')
+        .to_string();
+    let token = std::fs::read_to_string(dir.path().join("api.token")).unwrap();
+    let status: serde_json::Value = ureq::get(&format!("{url}/v1/status"))
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(status["name"], "Maverick", "{status}");
+    assert_eq!(status["admin"], true, "{status}");
+    let refused = ureq::get(&format!("{url}/v1/status")).call();
+    assert!(matches!(refused, Err(ureq::Error::Status(401, _))));
 }

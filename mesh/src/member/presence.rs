@@ -151,30 +151,28 @@ impl Member {
         circuits: Vec<Multiaddr>,
         now: Instant,
     ) {
-        {
-            candidates.extend(circuits);
-            if candidates.is_empty() {
-                return;
-            }
-            if self.local_peer < subject_peer {
-                self.outputs.push_back(Output::Dial {
-                    peer: Some(subject_peer),
-                    addrs: candidates,
-                    condition: DialCondition::Disconnected,
-                });
-            } else {
-                // The lower peer id dials; if its NAT-blocked dial has not linked us by then
-                // (say it restarted on a new port our NAT has never sent to), we dial back,
-                // which opens our NAT to it. To where it says it is now: a member that just
-                // started announces its confirmed address a moment after its first record,
-                // and a dial back to the first one's addresses went nowhere, leaving the pair
-                // apart until the next presence round (chaos seed 363: 10 s).
-                let at = self
-                    .dial_backs
-                    .get(&subject_peer)
-                    .map_or(now + DIAL_BACK_AFTER, |(at, _)| *at);
-                self.dial_backs.insert(subject_peer, (at, candidates));
-            }
+        candidates.extend(circuits);
+        if candidates.is_empty() {
+            return;
+        }
+        if self.local_peer < subject_peer {
+            self.outputs.push_back(Output::Dial {
+                peer: Some(subject_peer),
+                addrs: candidates,
+                condition: DialCondition::Disconnected,
+            });
+        } else {
+            // The lower peer id dials; if its NAT-blocked dial has not linked us by then
+            // (say it restarted on a new port our NAT has never sent to), we dial back,
+            // which opens our NAT to it. To where it says it is now: a member that just
+            // started announces its confirmed address a moment after its first record,
+            // and a dial back to the first one's addresses went nowhere, leaving the pair
+            // apart until the next presence round (chaos seed 363: 10 s).
+            let at = self
+                .dial_backs
+                .get(&subject_peer)
+                .map_or(now + DIAL_BACK_AFTER, |(at, _)| *at);
+            self.dial_backs.insert(subject_peer, (at, candidates));
         }
     }
 

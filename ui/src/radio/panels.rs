@@ -9,6 +9,9 @@ use eframe::egui;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
+/// The local API's port unless the user picks another.
+const DEFAULT_API_PORT: u16 = 7070;
+
 impl Radio {
     pub(super) fn roster_ui(&mut self, ui: &mut egui::Ui) {
         ui.heading("Roster");
@@ -127,6 +130,49 @@ impl Radio {
             }
         }
         ui.label(format!("Simulcast group: {}", SIMULCAST_KEY.name()));
+        ui.separator();
+        self.api_ui(ui);
+    }
+
+    /// The local control API (docs/api.md), off by default: on, it serves on loopback from the
+    /// next start, behind a fresh token in `api.token` beside the profile.
+    fn api_ui(&mut self, ui: &mut egui::Ui) {
+        let before = self.profile.api;
+        let mut on = before.is_some();
+        ui.checkbox(
+            &mut on,
+            "Local API for bots, dashboards and overlays (this machine only)",
+        );
+        self.profile.api = on.then(|| {
+            let mut port = before.map_or(DEFAULT_API_PORT, |a| a.port());
+            ui.horizontal(|ui| {
+                ui.label("API port");
+                ui.add(egui::DragValue::new(&mut port).range(1024..=65535));
+            });
+            std::net::SocketAddr::from(([127, 0, 0, 1], port))
+        });
+        if self.profile.api != before {
+            if let Err(e) = self.profile.save(&self.dir) {
+                self.say(format!("saving the profile: {e}"));
+            }
+        }
+        let running = match &self.bridge.api {
+            None => "off".to_string(),
+            Some(Ok(addr)) => format!(
+                "on at http://{addr}, token in {}",
+                self.dir.join(crate::app::API_TOKEN_FILE).display()
+            ),
+            Some(Err(e)) => format!("not started: {e}"),
+        };
+        ui.label(format!("Local API: {running}"));
+        let serving = self
+            .bridge
+            .api
+            .as_ref()
+            .and_then(|a| a.as_ref().ok().copied());
+        if self.profile.api != serving && !matches!(&self.bridge.api, Some(Err(_))) {
+            ui.label("The change applies at the next start.");
+        }
     }
 
     /// While binding: the next key pressed becomes the channel's, unless another holds it.

@@ -55,7 +55,7 @@ pub type NodeEnds = Rc<
 >;
 
 pub fn channel_starter(ends: NodeEnds) -> NodeStarter {
-    Box::new(move |_config, _log| {
+    Box::new(move |_config, _log, _api| {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::unbounded_channel();
         *ends.borrow_mut() = Some((commands_rx, events_tx));
