@@ -147,19 +147,28 @@ impl Relay {
     ) -> Result<NodeStats, RelayError> {
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         tokio::pin!(shutdown);
+        // The channel names for the API, fetched again only when the charter changes.
+        let mut charter: Option<CharterState> = None;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = poll.tick() => match self.node.stats().await {
                     Ok(stats) => {
-                        let charter = self.node.control().charter().await.ok();
+                        if charter.is_none() {
+                            charter = self.node.control().charter().await.ok();
+                        }
                         self.follow(stats, charter.as_ref());
                     }
                     Err(_) => break,
                 },
                 event = self.node.next_event() => match event {
                     None => break,
-                    Some(event) => log_event(event),
+                    Some(event) => {
+                        if matches!(event, NodeEvent::CharterChanged { .. }) {
+                            charter = None;
+                        }
+                        log_event(event);
+                    }
                 },
             }
         }
