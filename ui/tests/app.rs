@@ -378,15 +378,13 @@ fn the_local_api_turned_on_in_the_settings_serves_the_next_start() {
     step_until(&mut h, |h| h.query_by_label("Org admin").is_some());
     h.get_by_label("Settings").click();
     h.step();
-    let label = h
-        .get_by_label_contains("Local API: on at http://")
-        .accesskit_node()
-        .label()
-        .unwrap_or_default();
+    let node = h.get_by_label_contains("Local API: on at http://");
+    let node = node.accesskit_node();
+    let label = node.label().or_else(|| node.value()).unwrap_or_default();
     let url = label
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
-        .unwrap()
+        .unwrap_or_else(|| panic!("{label:?}"))
         .trim_end_matches(',')
         .to_string();
     let token = std::fs::read_to_string(dir.path().join("api.token")).unwrap();
