@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{callsign, callsign_process, ok, speech_wav};
+use common::{callsign, callsign_process, flight_org, ok, speech_wav};
 use serde_json::{json, Value};
 
 /// A running `callsign up` with its API; killed on drop.
@@ -143,26 +143,7 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 fn a_client_drives_two_nodes_through_the_local_api_alone() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let new_key = |key: &str| -> String {
-        let v: Value =
-            serde_json::from_str(&ok(callsign(d, "root", key).args(["keys", "new", "--json"])))
-                .unwrap();
-        v["peer_id"].as_str().unwrap().to_string()
-    };
-    new_key("root.key");
-    let pilot = new_key("pilot.key");
-    let root_cli = || callsign(d, "root", "root.key");
-    ok(root_cli().args(["org", "create", "Star Wing"]));
-    ok(root_cli().args(["org", "role", "add", "pilot", "--perm", "listen,speak"]));
-    ok(root_cli().args(["org", "channel", "add", "/Flight"]));
-    ok(root_cli().args([
-        "org", "member", "add", &pilot, "--role", "pilot", "--name", "Maverick",
-    ]));
-    let bundle = d.join("org.bundle");
-    ok(root_cli().args(["org", "export"]).arg(&bundle));
-    ok(callsign(d, "pilot", "pilot.key")
-        .args(["org", "import"])
-        .arg(&bundle));
+    flight_org(d);
 
     let speech = speech_wav();
     let root = up(

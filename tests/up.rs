@@ -7,41 +7,13 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use common::{callsign, callsign_process, ok, speech_wav};
-use serde_json::Value;
+use common::{callsign, callsign_process, flight_org, ok, speech_wav};
 
 #[test]
 fn a_scripted_talker_is_heard_and_logged_by_another_node() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let new_key = |key: &str| -> String {
-        let v: Value =
-            serde_json::from_str(&ok(callsign(d, "root", key).args(["keys", "new", "--json"])))
-                .unwrap();
-        v["peer_id"].as_str().unwrap().to_string()
-    };
-    new_key("root.key");
-    let pilot = new_key("pilot.key");
-    ok(callsign(d, "root", "root.key").args(["org", "create", "Star Wing"]));
-    ok(callsign(d, "root", "root.key").args([
-        "org",
-        "role",
-        "add",
-        "pilot",
-        "--perm",
-        "listen,speak",
-    ]));
-    ok(callsign(d, "root", "root.key").args(["org", "channel", "add", "/Flight"]));
-    ok(callsign(d, "root", "root.key").args([
-        "org", "member", "add", &pilot, "--role", "pilot", "--name", "Maverick",
-    ]));
-    let bundle = d.join("org.bundle");
-    ok(callsign(d, "root", "root.key")
-        .args(["org", "export"])
-        .arg(&bundle));
-    ok(callsign(d, "pilot", "pilot.key")
-        .args(["org", "import"])
-        .arg(&bundle));
+    flight_org(d);
 
     // The pilot listens and records.
     let mut listener = callsign_process(d, "pilot", "pilot.key");

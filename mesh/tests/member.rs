@@ -17,6 +17,22 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// Members `0..n` listen at 198.51.100.(i+1):4433, which their presence records announce.
+fn announce_addresses(net: &mut Net, n: usize) {
+    for i in 0..n {
+        let listening = vec![format!("/ip4/198.51.100.{}/udp/4433/quic-v1", i + 1)
+            .parse()
+            .unwrap()];
+        net.input(
+            i,
+            Input::Addresses {
+                listening,
+                external: Vec::new(),
+            },
+        );
+    }
+}
+
 #[test]
 fn linked_members_pair_up_and_hear_each_other() {
     let org = org(3, false, 6);
@@ -68,18 +84,7 @@ fn members_heard_of_through_presence_are_dialed_by_the_lower_peer_id() {
     net.link(0, 1);
     net.link(1, 2);
     // Presence carries addresses: members announce their listeners.
-    for i in 0..3 {
-        let listening = vec![format!("/ip4/198.51.100.{}/udp/4433/quic-v1", i + 1)
-            .parse()
-            .unwrap()];
-        net.input(
-            i,
-            Input::Addresses {
-                listening,
-                external: Vec::new(),
-            },
-        );
-    }
+    announce_addresses(&mut net, 3);
     net.run_for(secs(3));
     assert!(net.linked(0, 2), "0 and 2 found each other through 1");
     net.run_for(secs(1));
@@ -95,18 +100,7 @@ fn members_heard_of_through_presence_are_dialed_by_the_lower_peer_id() {
 fn a_member_whose_link_drops_while_still_online_is_linked_again() {
     let org = org(2, false, 6);
     let mut net = Net::new(&org, 0);
-    for i in 0..2 {
-        let listening = vec![format!("/ip4/198.51.100.{}/udp/4433/quic-v1", i + 1)
-            .parse()
-            .unwrap()];
-        net.input(
-            i,
-            Input::Addresses {
-                listening,
-                external: Vec::new(),
-            },
-        );
-    }
+    announce_addresses(&mut net, 2);
     net.link(0, 1);
     net.run_for(secs(2));
     let (low, high) = if net.peers[0] < net.peers[1] {

@@ -47,3 +47,30 @@ pub fn ok(cmd: &mut Command) -> String {
 pub fn speech_wav() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("node/tests/data/speech-16k.wav")
 }
+
+/// The two-member org the end-to-end tests run: a root (key `root.key`, data `root`) and a
+/// pilot "Maverick" (`pilot.key`, data `pilot`) who may listen and speak on `/Flight`, the
+/// charter exported by the root and imported by the pilot. Returns the pilot's peer id.
+pub fn flight_org(d: &Path) -> String {
+    let new_key = |key: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(callsign(d, "root", key).args(["keys", "new", "--json"])))
+                .unwrap();
+        v["peer_id"].as_str().unwrap().to_string()
+    };
+    new_key("root.key");
+    let pilot = new_key("pilot.key");
+    let root = || callsign(d, "root", "root.key");
+    ok(root().args(["org", "create", "Star Wing"]));
+    ok(root().args(["org", "role", "add", "pilot", "--perm", "listen,speak"]));
+    ok(root().args(["org", "channel", "add", "/Flight"]));
+    ok(root().args([
+        "org", "member", "add", &pilot, "--role", "pilot", "--name", "Maverick",
+    ]));
+    let bundle = d.join("org.bundle");
+    ok(root().args(["org", "export"]).arg(&bundle));
+    ok(callsign(d, "pilot", "pilot.key")
+        .args(["org", "import"])
+        .arg(&bundle));
+    pilot
+}
