@@ -23,7 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::server::Shared;
 use crate::ApiError;
 
-type Shared_ = State<Arc<Shared>>;
+type ApiState = State<Arc<Shared>>;
 type Answer = Result<Json<Value>, ApiError>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -66,7 +66,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
-async fn status(State(s): Shared_) -> Answer {
+async fn status(State(s): ApiState) -> Answer {
     let charter = s.control.charter().await?;
     let me = s.identity.public();
     Ok(Json(json!({
@@ -80,14 +80,14 @@ async fn status(State(s): Shared_) -> Answer {
     })))
 }
 
-async fn stats(State(s): Shared_) -> Answer {
+async fn stats(State(s): ApiState) -> Answer {
     let stats = s.control.stats().await?;
     serde_json::to_value(&stats)
         .map(Json)
         .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-async fn channels(State(s): Shared_) -> Answer {
+async fn channels(State(s): ApiState) -> Answer {
     let charter = s.control.charter().await?;
     let me = s.identity.public();
     let listening = s.listening().clone();
@@ -113,7 +113,7 @@ async fn channels(State(s): Shared_) -> Answer {
     Ok(Json(json!({ "channels": list })))
 }
 
-async fn roster(State(s): Shared_) -> Answer {
+async fn roster(State(s): ApiState) -> Answer {
     let stats = s.control.stats().await?;
     let roster = s.view().roster();
     let entries: Vec<Value> = roster
@@ -171,7 +171,7 @@ fn allowed(
     Ok(id)
 }
 
-async fn listen(State(s): Shared_, Body(body): Body<ChannelBody>) -> Answer {
+async fn listen(State(s): ApiState, Body(body): Body<ChannelBody>) -> Answer {
     let charter = s.control.charter().await?;
     let id = allowed(&s, &charter, &body.channel, Permissions::LISTEN, "listen")?;
     s.control.command(NodeCommand::Listen(id))?;
@@ -179,7 +179,7 @@ async fn listen(State(s): Shared_, Body(body): Body<ChannelBody>) -> Answer {
     Ok(Json(json!({ "listening": body.channel })))
 }
 
-async fn unlisten(State(s): Shared_, Body(body): Body<ChannelBody>) -> Answer {
+async fn unlisten(State(s): ApiState, Body(body): Body<ChannelBody>) -> Answer {
     let charter = s.control.charter().await?;
     let id = resolve(&charter, &body.channel)?;
     s.control.command(NodeCommand::Unlisten(id))?;
@@ -194,7 +194,7 @@ struct PttBody {
     channels: Vec<String>,
 }
 
-async fn ptt_down(State(s): Shared_, Body(body): Body<PttBody>) -> Answer {
+async fn ptt_down(State(s): ApiState, Body(body): Body<PttBody>) -> Answer {
     if body.channels.is_empty() {
         return Err(ApiError::BadRequest("name at least one channel".into()));
     }
@@ -208,7 +208,7 @@ async fn ptt_down(State(s): Shared_, Body(body): Body<PttBody>) -> Answer {
     Ok(Json(json!({ "transmitting": body.channels })))
 }
 
-async fn ptt_up(State(s): Shared_) -> Answer {
+async fn ptt_up(State(s): ApiState) -> Answer {
     s.control.command(NodeCommand::PttUp)?;
     Ok(Json(json!({ "transmitting": [] })))
 }
@@ -224,7 +224,7 @@ fn peer(text: &str) -> Result<IdentityKey, ApiError> {
     IdentityKey::from_str(text).map_err(|_| ApiError::BadRequest(format!("not a peer id: {text}")))
 }
 
-async fn whisper(State(s): Shared_, Body(body): Body<WhisperBody>) -> Answer {
+async fn whisper(State(s): ApiState, Body(body): Body<WhisperBody>) -> Answer {
     let to = peer(&body.peer)?;
     let charter = s.control.charter().await?;
     if !charter.members.contains_key(&to) && !charter.is_admin(&to) {
@@ -234,7 +234,7 @@ async fn whisper(State(s): Shared_, Body(body): Body<WhisperBody>) -> Answer {
     Ok(Json(json!({ "whispering_to": body.peer })))
 }
 
-async fn charter(State(s): Shared_) -> Answer {
+async fn charter(State(s): ApiState) -> Answer {
     let charter = s.control.charter().await?;
     let channels: Vec<Value> = charter
         .channels
@@ -297,7 +297,7 @@ struct NewChannel {
     path: String,
 }
 
-async fn add_channel(State(s): Shared_, Body(body): Body<NewChannel>) -> Answer {
+async fn add_channel(State(s): ApiState, Body(body): Body<NewChannel>) -> Answer {
     let charter = s.control.charter().await?;
     let trimmed = body.path.trim_end_matches('/');
     let (parent, name) = trimmed
@@ -322,7 +322,7 @@ async fn add_channel(State(s): Shared_, Body(body): Body<NewChannel>) -> Answer 
     Ok(Json(json!({ "added": trimmed })))
 }
 
-async fn remove_channel(State(s): Shared_, Body(body): Body<ChannelBody>) -> Answer {
+async fn remove_channel(State(s): ApiState, Body(body): Body<ChannelBody>) -> Answer {
     let charter = s.control.charter().await?;
     let channel = resolve(&charter, &body.channel)?;
     edit(&s, OpBody::RemoveChannel { channel }).await?;
@@ -337,7 +337,7 @@ struct PutMember {
     roles: Vec<String>,
 }
 
-async fn put_member(State(s): Shared_, Body(body): Body<PutMember>) -> Answer {
+async fn put_member(State(s): ApiState, Body(body): Body<PutMember>) -> Answer {
     let peer = peer(&body.peer)?;
     let mut roles = body.roles;
     roles.sort();
@@ -365,7 +365,7 @@ struct InviteBody {
 /// How long an invite is good for unless the request says.
 const INVITE_VALID: Duration = Duration::from_secs(7 * 86_400);
 
-async fn invite(State(s): Shared_, Body(body): Body<InviteBody>) -> Answer {
+async fn invite(State(s): ApiState, Body(body): Body<InviteBody>) -> Answer {
     let charter = s.control.charter().await?;
     if !charter.is_admin(&s.identity.public()) {
         return Err(ApiError::Forbidden(
@@ -401,7 +401,7 @@ async fn invite(State(s): Shared_, Body(body): Body<InviteBody>) -> Answer {
 
 /// Server-sent events: each of the node's events as `event: <type>`, `id: <seq>`, `data:
 /// <json>`, in order; `lagged` says how many a slow client missed.
-async fn events(State(s): Shared_) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn events(State(s): ApiState) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let receiver = s.events.subscribe();
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
         let event = match receiver.recv().await {
