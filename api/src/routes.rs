@@ -106,6 +106,7 @@ async fn channels(State(s): ApiState) -> Answer {
                 "listening": listening.contains(id),
                 "listeners": view.listeners_on(*id),
                 "talkers": view.talkers_on(*id),
+                "recorders": view.recorders_on(*id),
             }))
         })
         .collect();

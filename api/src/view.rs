@@ -27,10 +27,20 @@ pub struct ApiEvent {
 pub struct RosterEntry {
     pub peer: String,
     pub name: String,
-    /// Channel paths it listens on.
+    /// Channel paths it listens on (not those it monitors).
     pub listening: Vec<String>,
+    /// Channel paths it records.
+    pub recording: Vec<String>,
     /// Whether it is talking now, and where (paths, or `whisper`).
     pub talking: Option<Vec<String>>,
+}
+
+/// A member as its presence shows it.
+#[derive(Debug)]
+struct Seen {
+    name: String,
+    listening: Vec<ChannelId>,
+    recording: Vec<ChannelId>,
 }
 
 /// The roster and talkers, kept from the events.
@@ -38,7 +48,7 @@ pub struct RosterEntry {
 pub struct View {
     pub charter: Option<CharterState>,
     seq: u64,
-    presence: BTreeMap<IdentityKey, (String, Vec<ChannelId>)>,
+    presence: BTreeMap<IdentityKey, Seen>,
     talking: BTreeMap<IdentityKey, Talk>,
 }
 
@@ -71,7 +81,7 @@ impl View {
     fn name(&self, peer: &IdentityKey) -> String {
         self.presence
             .get(peer)
-            .map(|(n, _)| n.clone())
+            .map(|seen| seen.name.clone())
             .or_else(|| {
                 let charter = self.charter.as_ref()?;
                 Some(charter.members.get(peer)?.name.clone())
@@ -112,15 +122,31 @@ impl View {
                 peer,
                 name,
                 listening,
+                recording,
             } => {
-                self.presence
-                    .insert(*peer, (name.clone(), listening.clone()));
+                self.presence.insert(
+                    *peer,
+                    Seen {
+                        name: name.clone(),
+                        listening: listening.clone(),
+                        recording: recording.clone(),
+                    },
+                );
                 (
                     "presence",
                     json!({"peer": peer.to_string(), "name": name,
-                           "listening": self.paths(listening)}),
+                           "listening": self.paths(listening),
+                           "recording": self.paths(recording)}),
                 )
             }
+            NodeEvent::Recording { channel, on } => (
+                "recording",
+                json!({"channel": self.path(channel), "on": on}),
+            ),
+            NodeEvent::RecordingRefused { channel, reason } => (
+                "recording-refused",
+                json!({"channel": self.path(channel), "reason": reason}),
+            ),
             NodeEvent::PresenceGone { peer } => {
                 let name = self.name(peer);
                 self.presence.remove(peer);
@@ -204,10 +230,11 @@ impl View {
         let mut roster: Vec<RosterEntry> = self
             .presence
             .iter()
-            .map(|(peer, (name, listening))| RosterEntry {
+            .map(|(peer, seen)| RosterEntry {
                 peer: peer.to_string(),
-                name: name.clone(),
-                listening: self.paths(listening),
+                name: seen.name.clone(),
+                listening: self.paths(&seen.listening),
+                recording: self.paths(&seen.recording),
                 talking: self.talking.get(peer).map(|t| self.talk_paths(t)),
             })
             .collect();
@@ -235,8 +262,17 @@ impl View {
     pub fn listeners_on(&self, channel: ChannelId) -> Vec<String> {
         self.presence
             .values()
-            .filter(|(_, listening)| listening.contains(&channel))
-            .map(|(name, _)| name.clone())
+            .filter(|seen| seen.listening.contains(&channel))
+            .map(|seen| seen.name.clone())
+            .collect()
+    }
+
+    /// Who records `channel`, from presence (names).
+    pub fn recorders_on(&self, channel: ChannelId) -> Vec<String> {
+        self.presence
+            .values()
+            .filter(|seen| seen.recording.contains(&channel))
+            .map(|seen| seen.name.clone())
             .collect()
     }
 }

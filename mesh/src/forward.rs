@@ -288,7 +288,7 @@ impl Forwarder {
         } else if let Some(c) = body
             .channels
             .iter()
-            .find(|c| !state.may(&body.subscriber, **c, Permissions::LISTEN))
+            .find(|c| !state.may_hear(&body.subscriber, **c))
         {
             return Err(SubscriptionError::NotAllowed(*c));
         }
@@ -447,7 +447,7 @@ impl Forwarder {
                 (!relay || !from_relay)
                     && header.channels.iter().any(|c| {
                         s.channels.binary_search(c).is_ok()
-                            && (relay || state.may(&s.subscriber, *c, Permissions::LISTEN))
+                            && (relay || state.may_hear(&s.subscriber, *c))
                     })
             })
             .map(|s| s.subscriber)

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version byte of presence records.
-pub const PRESENCE_VERSION: u8 = 4;
+pub const PRESENCE_VERSION: u8 = 5;
 /// Largest encoded record accepted.
 pub const MAX_PRESENCE_BYTES: usize = 4096;
 /// Longest lifetime a record may claim (a node re-announces well before).
@@ -73,6 +73,12 @@ pub struct PresenceBody {
     /// Indices into `addrs` of the addresses the member's own router forwards to it on
     /// request (UPnP IGD, PCP, NAT-PMP), sorted, unique: a link dialed there is `Mapped`.
     pub mapped: Vec<u8>,
+    /// Of `listening`, the channels the member monitors (hears silently, with the monitor
+    /// permission): senders still send there, rosters leave the member out. Sorted, unique.
+    pub monitoring: Vec<ChannelId>,
+    /// Of `listening`, the channels the member records: shown to everyone listening. Sorted,
+    /// unique.
+    pub recording: Vec<ChannelId>,
 }
 
 /// A short tag naming a linked peer in [`PresenceBody::linked`]: the last four bytes of its
@@ -168,6 +174,17 @@ impl PresenceBody {
                 "mapped addresses: not sorted and unique, or not among the addresses",
             ));
         }
+        for subset in [&self.monitoring, &self.recording] {
+            if subset.windows(2).any(|w| w[0] >= w[1])
+                || subset
+                    .iter()
+                    .any(|c| self.listening.binary_search(c).is_err())
+            {
+                return Err(PresenceError::Bounds(
+                    "monitored or recorded channels: not sorted and unique, or not listened to",
+                ));
+            }
+        }
         if self.ttl_ms == 0 || self.ttl_ms > MAX_TTL_MS {
             return Err(PresenceError::Bounds("ttl outside 1 ms to 10 minutes"));
         }
@@ -191,8 +208,31 @@ impl PresenceRecord {
     /// Whether this member hears `channel`: it says it listens there and the charter lets it.
     /// The one test of an audience, for fan-out, routing and counting.
     pub fn hears(&self, state: &CharterState, channel: ChannelId) -> bool {
-        self.body.listening.binary_search(&channel).is_ok()
-            && state.may(&self.body.peer, channel, Permissions::LISTEN)
+        if self.body.listening.binary_search(&channel).is_err() {
+            return false;
+        }
+        let needed = if self.monitors(channel) {
+            Permissions::MONITOR
+        } else {
+            Permissions::LISTEN
+        };
+        state.may(&self.body.peer, channel, needed)
+    }
+
+    /// Whether the member hears `channel` silently (out of its roster).
+    pub fn monitors(&self, channel: ChannelId) -> bool {
+        self.body.monitoring.binary_search(&channel).is_ok()
+    }
+
+    /// The channels the member shows itself listening to: those it listens to but does not
+    /// monitor.
+    pub fn shown_listening(&self) -> Vec<ChannelId> {
+        self.body
+            .listening
+            .iter()
+            .copied()
+            .filter(|c| !self.monitors(*c))
+            .collect()
     }
 
     /// Whether the member said it is linked to `peer`, so `peer` hears the member first-hand.
@@ -205,6 +245,11 @@ impl PresenceRecord {
         body.peer = identity.public();
         body.listening.sort();
         body.listening.dedup();
+        for subset in [&mut body.monitoring, &mut body.recording] {
+            subset.sort();
+            subset.dedup();
+            subset.retain(|c| body.listening.binary_search(c).is_ok());
+        }
         body.relay_rtt_ms.sort();
         body.relay_rtt_ms.dedup_by_key(|(relay, _)| *relay);
         if body.relay_rtt_ms.len() > MAX_RELAYS {

@@ -260,6 +260,8 @@ fn present(table: &mut PresenceTable, who: &Identity, org: IdentityKey, listenin
             uplink_kbps: 0,
             linked: Vec::new(),
             mapped: Vec::new(),
+            monitoring: Vec::new(),
+            recording: Vec::new(),
         },
     )
     .unwrap();

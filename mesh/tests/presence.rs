@@ -34,6 +34,8 @@ fn body(org: IdentityKey, seq: u64, issued_at_ms: u64) -> PresenceBody {
         uplink_kbps: 512,
         linked: Vec::new(),
         mapped: Vec::new(),
+        monitoring: Vec::new(),
+        recording: Vec::new(),
     }
 }
 
@@ -66,7 +68,7 @@ fn signed_records_round_trip_and_normalise_channels() {
     assert_eq!(record.body.peer, me.public());
     assert_eq!(record.body.listening, vec![ChannelId(3), ChannelId(9)]);
     let bytes = record.encode();
-    assert_eq!(bytes[0], 4);
+    assert_eq!(bytes[0], 5);
     assert_eq!(PresenceRecord::decode(&bytes).unwrap(), record);
 }
 
@@ -127,7 +129,7 @@ fn damaged_forged_and_unknown_records_are_refused() {
     for len in 0..bytes.len() {
         assert!(PresenceRecord::decode(&bytes[..len]).is_err());
     }
-    for version in [3, 5] {
+    for version in [4, 6] {
         let mut other = bytes.clone();
         other[0] = version;
         assert_eq!(

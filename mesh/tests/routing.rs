@@ -127,6 +127,8 @@ fn table(org: &Org, says: impl Fn(usize) -> Says) -> PresenceTable {
                 uplink_kbps: s.uplink_kbps,
                 linked: Vec::new(),
                 mapped: Vec::new(),
+                monitoring: Vec::new(),
+                recording: Vec::new(),
             },
         )
         .unwrap();

@@ -46,6 +46,13 @@ pub enum TraceEvent {
     SessionUp {
         peer: String,
     },
+    Recording {
+        channel: String,
+        on: bool,
+    },
+    RecordingRefused {
+        channel: String,
+    },
     Talker {
         peer: String,
         channels: usize,
@@ -155,6 +162,8 @@ impl fmt::Display for TraceEvent {
             Self::Presence { peer, listening } => write!(f, "presence {peer} {listening}"),
             Self::PresenceGone { peer } => write!(f, "presence-gone {peer}"),
             Self::SessionUp { peer } => write!(f, "session-up {peer}"),
+            Self::Recording { channel, on } => write!(f, "recording {channel} {on}"),
+            Self::RecordingRefused { channel } => write!(f, "recording-refused {channel}"),
             Self::Talker {
                 peer,
                 channels,
@@ -239,6 +248,13 @@ pub(crate) fn describe(
         },
         NodeEvent::PresenceGone { peer } => TraceEvent::PresenceGone { peer: name(peer) },
         NodeEvent::SessionUp { peer } => TraceEvent::SessionUp { peer: name(peer) },
+        NodeEvent::Recording { channel, on } => TraceEvent::Recording {
+            channel: ch(channel),
+            on: *on,
+        },
+        NodeEvent::RecordingRefused { channel, .. } => TraceEvent::RecordingRefused {
+            channel: ch(channel),
+        },
         NodeEvent::TalkerStarted {
             peer,
             channels,

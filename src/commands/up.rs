@@ -533,8 +533,20 @@ async fn serve(
                         Some(format!("talker-start {name} ({peer}) on {on}"))
                     }
                     NodeEvent::TalkerStopped { peer } => Some(format!("talker-stop {peer}")),
-                    NodeEvent::Presence { peer, name, listening } => {
-                        Some(format!("presence {name} ({peer}) listening {}", paths(&listening)))
+                    NodeEvent::Presence { peer, name, listening, recording } => {
+                        let rec = if recording.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" recording {}", paths(&recording))
+                        };
+                        Some(format!("presence {name} ({peer}) listening {}{rec}", paths(&listening)))
+                    }
+                    NodeEvent::Recording { channel, on } => {
+                        let what = if on { "recording-started" } else { "recording-stopped" };
+                        Some(format!("{what} {}", paths(&[channel])))
+                    }
+                    NodeEvent::RecordingRefused { channel, reason } => {
+                        Some(format!("recording-refused {}: {reason}", paths(&[channel])))
                     }
                     NodeEvent::PresenceGone { peer } => Some(format!("presence-gone {peer}")),
                     NodeEvent::SessionUp { peer } => Some(format!("session-up {peer}")),

@@ -125,6 +125,7 @@ fn a_row_shows_its_floor_state_and_route() {
             peer: goose,
             name: "Goose".into(),
             listening: Vec::new(),
+            recording: Vec::new(),
         })
         .unwrap();
     let squad = h.state_mut().radio().unwrap().channels()[1].0;
@@ -209,6 +210,7 @@ fn the_roster_shows_each_member_s_link_round_trip_loss_and_buffer() {
             peer: goose,
             name: "Goose".into(),
             listening: vec![ops],
+            recording: vec![ops],
         })
         .unwrap();
     events
@@ -253,6 +255,8 @@ fn the_roster_shows_each_member_s_link_round_trip_loss_and_buffer() {
     step_with_stats(&mut h, &ends, &stats, row, |h| {
         h.query_by_label(row).is_some()
     });
+    // Goose records /ops, and everyone listening sees it.
+    assert!(h.query_by_label("● recording /ops").is_some());
 }
 
 #[test]

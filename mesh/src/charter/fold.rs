@@ -119,6 +119,9 @@ struct Pass<'a> {
     relays: BTreeMap<IdentityKey, RelayInfo>,
     presets: BTreeMap<String, super::model::Preset>,
     invites: BTreeSet<[u8; 16]>,
+    links: BTreeSet<(ChannelId, ChannelId)>,
+    conferences: BTreeMap<String, BTreeSet<ChannelId>>,
+    recording: BTreeMap<ChannelId, super::model::RecordingPolicy>,
     revocations: Vec<(u32, IdentityKey)>,
 }
 
@@ -280,6 +283,9 @@ impl Pass<'_> {
             | OpBody::RemoveChannel { .. }
             | OpBody::SetChannelAcl { .. }
             | OpBody::SetChannelPolicy { .. } => self.apply_channel(at, dag_op),
+            OpBody::LinkChannel { .. }
+            | OpBody::SetConference { .. }
+            | OpBody::SetRecording { .. } => self.apply_routing(at, dag_op),
             OpBody::PutRole { .. }
             | OpBody::RemoveRole { .. }
             | OpBody::PutMember { .. }
@@ -356,6 +362,26 @@ impl Pass<'_> {
                 ch.acl.insert(role.clone(), *perms);
             }
         }
+        // Links, conferences and policies outlive nothing: a removed channel takes its own.
+        let live = |c: &ChannelId| state.channels.contains_key(c);
+        state.links = self
+            .links
+            .iter()
+            .filter(|(from, to)| live(from) && live(to))
+            .copied()
+            .collect();
+        state.conferences = self
+            .conferences
+            .iter()
+            .map(|(name, chs)| (name.clone(), chs.iter().copied().filter(live).collect()))
+            .filter(|(_, chs): &(String, BTreeSet<ChannelId>)| chs.len() >= 2)
+            .collect();
+        state.recording = self
+            .recording
+            .iter()
+            .filter(|(c, _)| live(c))
+            .map(|(c, p)| (*c, *p))
+            .collect();
         state.relays = self.relays;
         state.presets = self.presets;
         state.used_invites = self.invites;
@@ -404,6 +430,9 @@ pub fn fold(org: IdentityKey, order: &[&DagOp]) -> Fold {
             relays: BTreeMap::new(),
             presets: BTreeMap::new(),
             invites: BTreeSet::new(),
+            links: BTreeSet::new(),
+            conferences: BTreeMap::new(),
+            recording: BTreeMap::new(),
             revocations: Vec::new(),
         };
         let mut outcomes = BTreeMap::new();

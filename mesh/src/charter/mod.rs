@@ -4,6 +4,7 @@
 pub mod bundle;
 mod dag;
 mod fold;
+mod links;
 pub mod log;
 pub mod model;
 mod op;
@@ -15,7 +16,7 @@ pub use dag::{DagOp, OpDag};
 pub use fold::{Fold, Outcome};
 pub use model::{
     ChannelId, ChannelPolicy, FloorMode, Member, Permissions, Preset, PresetChannel, Priority,
-    RelayInfo, Role,
+    RecordingPolicy, RelayInfo, Role,
 };
 pub use op::{Op, OpBody, OpDecodeError, OpHash, MAX_OP_BYTES, OP_VERSION};
 pub use replica::{Charter, EditError, IngestReport, ReplicaLimits, ReplicaStats};

@@ -38,16 +38,20 @@ impl Permissions {
     pub const WHISPER: Self = Self(4);
     /// Edit the channel's subtree, ACLs and policy.
     pub const MANAGE: Self = Self(8);
+    /// Hear the channel silently: out of its roster, never transmitting on it (staff
+    /// monitoring a net).
+    pub const MONITOR: Self = Self(16);
     /// No permission.
     pub const NONE: Self = Self(0);
     /// Every permission.
-    pub const ALL: Self = Self(15);
+    pub const ALL: Self = Self(31);
 
-    const NAMES: [(Self, &'static str); 4] = [
+    const NAMES: [(Self, &'static str); 5] = [
         (Self::LISTEN, "listen"),
         (Self::SPEAK, "speak"),
         (Self::WHISPER, "whisper"),
         (Self::MANAGE, "manage"),
+        (Self::MONITOR, "monitor"),
     ];
 
     /// Whether every permission in `other` is in `self`.
@@ -73,7 +77,7 @@ impl Permissions {
                 .iter()
                 .find(|(_, name)| name.eq_ignore_ascii_case(word))
                 .ok_or_else(|| {
-                    format!("unknown permission {word:?} (listen, speak, whisper, manage)")
+                    format!("unknown permission {word:?} (listen, speak, whisper, manage, monitor)")
                 })?;
             perms = perms.union(*perm);
         }
@@ -171,6 +175,46 @@ impl Default for ChannelPolicy {
             mesh_threshold: 6,
             preferred_relays: Vec::new(),
             floor: FloorMode::Open,
+        }
+    }
+}
+
+/// Whether members may record a channel (what they hear of it, to a file of their own).
+/// Recorders are always shown to everyone listening; relays never record (they cannot
+/// decrypt).
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize,
+)]
+pub enum RecordingPolicy {
+    /// Recording allowed; recorders are marked in the roster.
+    Allowed,
+    /// Recording allowed; recorders are marked and every listener is told when one starts
+    /// (the app's banner, the API's `recording` event). The default.
+    #[default]
+    Notice,
+    /// Nobody records this channel: nodes refuse, and stop a running recording.
+    Forbidden,
+}
+
+impl RecordingPolicy {
+    /// Parses `allowed`, `notice` or `forbidden`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "allowed" | "allow" => Ok(Self::Allowed),
+            "notice" => Ok(Self::Notice),
+            "forbidden" | "forbid" => Ok(Self::Forbidden),
+            other => Err(format!(
+                "unknown recording policy {other:?} (allowed, notice, forbidden)"
+            )),
+        }
+    }
+
+    /// The policy's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Notice => "notice",
+            Self::Forbidden => "forbidden",
         }
     }
 }

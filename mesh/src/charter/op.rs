@@ -11,7 +11,9 @@ use callsign_keys::{context::CHARTER_OP, Identity, IdentityKey, Signature};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::model::{ChannelId, ChannelPolicy, Permissions, Preset, RelayInfo, Role};
+use super::model::{
+    ChannelId, ChannelPolicy, Permissions, Preset, RecordingPolicy, RelayInfo, Role,
+};
 
 /// The op encoding version this build writes and reads.
 pub const OP_VERSION: u8 = 1;
@@ -185,6 +187,31 @@ pub enum OpBody {
         role: String,
         /// The grant's single-use nonce.
         invite: [u8; 16],
+    },
+    /// Links (or, with `linked: false`, unlinks) `from` into `to`: listeners of `to` hear the
+    /// talkers of `from`. One way; both ways is two ops. Needs manage on both channels.
+    LinkChannel {
+        /// Whose talkers are carried.
+        from: ChannelId,
+        /// Whose listeners hear them.
+        to: ChannelId,
+        /// Linked or not.
+        linked: bool,
+    },
+    /// Defines or replaces a conference: channels heard as one (every talker on any of them is
+    /// heard on all). Fewer than two channels removes it. Admins only.
+    SetConference {
+        /// Conference name.
+        name: String,
+        /// Its channels.
+        channels: Vec<ChannelId>,
+    },
+    /// Sets (or, with `None`, inherits from the parent again) a channel's recording policy.
+    SetRecording {
+        /// The channel.
+        channel: ChannelId,
+        /// The policy.
+        policy: Option<RecordingPolicy>,
     },
 }
 

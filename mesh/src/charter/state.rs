@@ -7,7 +7,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::model::{
-    ChannelId, ChannelPolicy, Member, Permissions, Preset, PresetChannel, Priority, RelayInfo, Role,
+    ChannelId, ChannelPolicy, Member, Permissions, Preset, PresetChannel, Priority,
+    RecordingPolicy, RelayInfo, Role,
 };
 
 /// One channel as folded.
@@ -44,6 +45,14 @@ pub struct CharterState {
     pub presets: BTreeMap<String, Preset>,
     /// Nonces of invite grants that admitted someone (each admits once).
     pub used_invites: BTreeSet<[u8; 16]>,
+    /// Channel links `(from, to)`: listeners of `to` hear the talkers of `from` (see
+    /// `links`).
+    pub links: BTreeSet<(ChannelId, ChannelId)>,
+    /// Conferences by name: channels heard as one.
+    pub conferences: BTreeMap<String, BTreeSet<ChannelId>>,
+    /// Recording policies set on channels (others inherit; see
+    /// [`CharterState::recording_policy`]).
+    pub recording: BTreeMap<ChannelId, RecordingPolicy>,
 }
 
 impl CharterState {
@@ -58,6 +67,9 @@ impl CharterState {
             relays: BTreeMap::new(),
             presets: BTreeMap::new(),
             used_invites: BTreeSet::new(),
+            links: BTreeSet::new(),
+            conferences: BTreeMap::new(),
+            recording: BTreeMap::new(),
         }
     }
 
@@ -112,12 +124,18 @@ impl CharterState {
         self.effective_permissions(peer, channel).contains(perms)
     }
 
-    /// Members and admins allowed to listen on `channel`, sorted.
+    /// Whether `peer` may hear `channel`: listen, or monitor silently.
+    pub fn may_hear(&self, peer: &IdentityKey, channel: ChannelId) -> bool {
+        let perms = self.effective_permissions(peer, channel);
+        perms.contains(Permissions::LISTEN) || perms.contains(Permissions::MONITOR)
+    }
+
+    /// Members and admins allowed to hear `channel` (listeners and monitors), sorted.
     pub fn listeners(&self, channel: ChannelId) -> Vec<IdentityKey> {
         let mut out: BTreeSet<IdentityKey> = self
             .members
             .keys()
-            .filter(|peer| self.may(peer, channel, Permissions::LISTEN))
+            .filter(|peer| self.may_hear(peer, channel))
             .copied()
             .collect();
         if self.channels.contains_key(&channel) {

@@ -20,13 +20,30 @@ impl Member {
                     self.warn(format!("the charter does not let us listen on {channel}"));
                 }
             }
+            Command::Monitor(channel) => {
+                if self.state().may(&self.local, channel, Permissions::MONITOR) {
+                    // A monitor never transmits where it listens unseen.
+                    if self.ptt_channels.contains(&channel) {
+                        self.ptt_up(now);
+                    }
+                    insert_sorted(&mut self.listening, channel);
+                    insert_sorted(&mut self.monitoring, channel);
+                    self.replan(now);
+                    self.announce_presence(now);
+                } else {
+                    self.warn(format!("the charter does not let us monitor {channel}"));
+                }
+            }
             Command::Unlisten(channel) => {
                 if let Ok(at) = self.listening.binary_search(&channel) {
                     self.listening.remove(at);
+                    self.monitoring.retain(|c| *c != channel);
+                    self.stop_recording(channel, "no longer listening");
                     self.replan(now);
                     self.announce_presence(now);
                 }
             }
+            Command::Record { channel, on } => self.record(channel, on, now),
             Command::PttDown(channels) => {
                 let allowed = self.speakable_or_refuse(&channels);
                 self.ptt_down(allowed, false, now);
@@ -87,7 +104,20 @@ impl Member {
     /// The requested channels the charter lets us speak on; the rest are refused (counted and
     /// reported).
     fn speakable_or_refuse(&mut self, channels: &[ChannelId]) -> Vec<ChannelId> {
-        let (allowed, denied) = speakable(self.state(), &self.local, channels);
+        let (mut allowed, denied) = speakable(self.state(), &self.local, channels);
+        let monitored: Vec<ChannelId> = allowed
+            .iter()
+            .copied()
+            .filter(|c| self.monitoring.contains(c))
+            .collect();
+        if !monitored.is_empty() {
+            allowed.retain(|c| !monitored.contains(c));
+            self.ptt_denied += 1;
+            self.emit(Event::PttDenied {
+                channels: monitored,
+                reason: "we only monitor there".into(),
+            });
+        }
         if !denied.is_empty() {
             self.ptt_denied += 1;
             self.emit(Event::PttDenied {
@@ -96,5 +126,11 @@ impl Member {
             });
         }
         allowed
+    }
+}
+
+fn insert_sorted(set: &mut Vec<ChannelId>, channel: ChannelId) {
+    if let Err(at) = set.binary_search(&channel) {
+        set.insert(at, channel);
     }
 }

@@ -115,8 +115,24 @@ pub enum Event {
         peer: IdentityKey,
         /// Its display name.
         name: String,
-        /// What it listens to.
+        /// What it shows itself listening to (channels it monitors are left out).
         listening: Vec<ChannelId>,
+        /// What it records, of what it listens to.
+        recording: Vec<ChannelId>,
+    },
+    /// We started or stopped recording a channel (asked to, or the charter forbade it).
+    Recording {
+        /// Which.
+        channel: ChannelId,
+        /// Recording now.
+        on: bool,
+    },
+    /// A request to record was refused.
+    RecordingRefused {
+        /// Which.
+        channel: ChannelId,
+        /// Why.
+        reason: String,
     },
     /// A member's presence expired.
     PresenceGone {

@@ -136,8 +136,18 @@ pub struct LinkUp {
 pub enum Command {
     /// Hear a channel (if the charter allows it).
     Listen(ChannelId),
-    /// Stop hearing a channel.
+    /// Hear a channel silently: out of its roster, never transmitting there (the charter's
+    /// monitor permission).
+    Monitor(ChannelId),
+    /// Stop hearing (or monitoring) a channel; stops recording it too.
     Unlisten(ChannelId),
+    /// Start or stop recording a channel we listen to (if its recording policy allows).
+    Record {
+        /// Which.
+        channel: ChannelId,
+        /// Start (true) or stop.
+        on: bool,
+    },
     /// Transmit on these channels (simulcast); half-duplex ones ask for the floor.
     PttDown(Vec<ChannelId>),
     /// Raise an emergency on a half-duplex channel.

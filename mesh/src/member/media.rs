@@ -4,12 +4,13 @@
 //! replay, ACL, floor) and handed to playout.
 
 use super::{Event, Frame, Member, Output, Role, Target};
-use crate::charter::ChannelId;
+use crate::charter::{ChannelId, FloorMode, Permissions};
 use crate::control::ControlMessage;
 use crate::forward::open_envelope;
 use crate::topology::Route;
 use crate::voice::{
     channel_deliveries, speakable, whisper_delivery, SenderShortId, VoiceFlags, VoiceHeader,
+    MAX_CHANNELS,
 };
 use callsign_keys::IdentityKey;
 use libp2p_identity::PeerId;
@@ -35,7 +36,18 @@ impl Member {
                 // The closing frame still goes where the transmission went (the floor may
                 // already be released or lost).
                 let closing = flags.contains(VoiceFlags::END);
-                allowed.retain(|c| closing || self.floor.may_transmit(*c));
+                allowed.retain(|c| {
+                    (closing || self.floor.may_transmit(*c)) && !self.monitoring.contains(c)
+                });
+                // Links carry the frame on to more channels, each hop only where we may speak
+                // too. Half-duplex channels are not entered by a link: their floor is theirs.
+                let allowed = state.reach(&allowed, MAX_CHANNELS, |c| {
+                    state.may(&self.local, c, Permissions::SPEAK)
+                        && state.channels.get(&c).is_some_and(|ch| {
+                            ch.policy.floor == FloorMode::Open
+                        })
+                        && !self.monitoring.contains(&c)
+                });
                 let deliveries = channel_deliveries(
                     state,
                     &self.presence,

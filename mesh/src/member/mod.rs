@@ -29,6 +29,7 @@ mod circuit_dials;
 mod commands;
 mod event;
 mod floor;
+mod hearing;
 mod io;
 mod join;
 mod links;
@@ -127,6 +128,10 @@ pub struct Member {
     next_presence: Instant,
     display_name: String,
     listening: Vec<ChannelId>,
+    /// Of `listening`, the channels we monitor (silently, never transmitting).
+    monitoring: Vec<ChannelId>,
+    /// Of `listening`, the channels we record (announced in presence).
+    recording: Vec<ChannelId>,
     receiver: VoiceReceiver,
     schedule: KeySchedule,
     keys_dirty: bool,
@@ -227,6 +232,8 @@ impl Member {
             circuit_dials: Default::default(),
             display_name: config.display_name,
             listening,
+            monitoring: Vec::new(),
+            recording: Vec::new(),
             receiver: VoiceReceiver::new(local),
             schedule: KeySchedule::new(local, config.keys_schedule, config.seed ^ 0x6b65_7973),
             keys_dirty: true,

@@ -72,7 +72,8 @@ impl Member {
         self.emit(Event::Presence {
             peer: subject,
             name: record.body.display_name.clone(),
-            listening: record.body.listening.clone(),
+            listening: record.shown_listening(),
+            recording: record.body.recording.clone(),
         });
         if self.dialed_a_mapping(&subject.peer_id()) {
             self.relabel(subject.peer_id(), LinkKind::Mapped);
@@ -320,6 +321,8 @@ impl Member {
             ttl_ms: (self.presence_interval.as_millis() as u32).saturating_mul(3),
             display_name: self.display_name.clone(),
             listening: self.listening.clone(),
+            monitoring: self.monitoring.clone(),
+            recording: self.recording.clone(),
             relay: RelayCapability {
                 public: self.is_rendezvous(),
                 // Only a configured relay volunteers to forward voice; a member that is merely

@@ -3,7 +3,6 @@
 
 use super::{DialCondition, Event, Member, Output, Role, CONTROL_TIMEOUT};
 use crate::charter::sync::SyncEvent;
-use crate::charter::Permissions;
 use crate::control::ControlMessage;
 use callsign_keys::IdentityKey;
 use libp2p_identity::PeerId;
@@ -75,8 +74,7 @@ impl Member {
             self.listening = self.state().channels.keys().copied().collect();
         }
         let state = self.state().clone();
-        self.listening
-            .retain(|c| state.may(&self.local, *c, Permissions::LISTEN));
+        self.retain_hearing(&state);
         self.floor.update_charter(&state, now);
         self.keys_dirty = true;
         // Links to peers that are no longer members (or relays) lose their control state.

@@ -235,18 +235,20 @@ impl VoiceReceiver {
                     if !key_fits {
                         return Err(DropReason::Acl);
                     }
-                    let (needed, ours) = if whisper {
-                        (Permissions::WHISPER, Permissions::NONE)
+                    let needed = if whisper {
+                        Permissions::WHISPER
                     } else {
-                        (Permissions::SPEAK, Permissions::LISTEN)
+                        Permissions::SPEAK
                     };
+                    // A linked channel is checked like a keyed one: the sender must speak
+                    // there, we must hear there (listen, or monitor).
                     let allowed: Vec<ChannelId> = header
                         .channels
                         .iter()
                         .copied()
                         .filter(|c| charter.channels.contains_key(c))
                         .filter(|c| charter.may(&sender, *c, needed))
-                        .filter(|c| charter.may(&self.local, *c, ours))
+                        .filter(|c| whisper || charter.may_hear(&self.local, *c))
                         .collect();
                     if allowed.is_empty() {
                         return Err(DropReason::Acl);

@@ -58,6 +58,7 @@ pub enum Keyed {
 pub struct RosterEntry {
     pub name: String,
     pub listening: Vec<ChannelId>,
+    pub recording: Vec<ChannelId>,
 }
 
 /// See the module documentation.
@@ -273,8 +274,16 @@ impl Radio {
                 peer,
                 name,
                 listening,
+                recording,
             } => {
-                self.roster.insert(peer, RosterEntry { name, listening });
+                self.roster.insert(
+                    peer,
+                    RosterEntry {
+                        name,
+                        listening,
+                        recording,
+                    },
+                );
             }
             NodeEvent::PresenceGone { peer } => {
                 self.roster.remove(&peer);

@@ -70,6 +70,15 @@ impl Radio {
                     .small()
                     .weak(),
             );
+            if !entry.recording.is_empty() {
+                // Everyone listening sees who records: the charter's recording notice.
+                let rec: Vec<String> = entry.recording.iter().map(|c| self.path(*c)).collect();
+                ui.label(
+                    egui::RichText::new(format!("● recording {}", rec.join(", ")))
+                        .small()
+                        .color(egui::Color32::from_rgb(220, 60, 60)),
+                );
+            }
         }
     }
 

@@ -6,6 +6,10 @@ use super::{derived_channel_id, reject, skip, ChannelNode, Pass, Verdict};
 use crate::charter::dag::DagOp;
 use crate::charter::model::{check_name, ChannelId, Member};
 use crate::charter::op::{OpBody, OpHash};
+use std::collections::BTreeSet;
+
+/// Channels in one conference, at most.
+const MAX_CONFERENCE: usize = 64;
 
 impl Pass<'_> {
     /// A channel op: add, move, rename, remove, ACL, policy.
@@ -89,6 +93,51 @@ impl Pass<'_> {
                 self.require_manage(author, Some(*channel), pos)?;
                 self.require_alive(Some(*channel))?;
                 self.policies.insert(*channel, policy.clone());
+            }
+            _ => unreachable!("dispatched by kind"),
+        }
+        Ok(())
+    }
+
+    /// A routing op: channel links, conferences, recording policy.
+    pub(super) fn apply_routing(&mut self, at: (u32, OpHash), dag_op: &DagOp) -> Verdict {
+        let pos = at.0;
+        let author = &dag_op.op.author;
+        match &dag_op.op.body {
+            OpBody::LinkChannel { from, to, linked } => {
+                if from == to {
+                    return reject("a channel cannot link to itself");
+                }
+                self.require_manage(author, Some(*from), pos)?;
+                self.require_manage(author, Some(*to), pos)?;
+                if *linked {
+                    self.require_alive(Some(*from))?;
+                    self.require_alive(Some(*to))?;
+                    self.links.insert((*from, *to));
+                } else {
+                    self.links.remove(&(*from, *to));
+                }
+            }
+            OpBody::SetConference { name, channels } => {
+                check_name("conference", name).or_else(reject)?;
+                if channels.len() > MAX_CONFERENCE {
+                    return reject(format!("a conference has at most {MAX_CONFERENCE} channels"));
+                }
+                self.require_admin(author, pos)?;
+                let channels: BTreeSet<ChannelId> = channels.iter().copied().collect();
+                if channels.len() < 2 {
+                    self.conferences.remove(name);
+                } else {
+                    self.conferences.insert(name.clone(), channels);
+                }
+            }
+            OpBody::SetRecording { channel, policy } => {
+                self.require_manage(author, Some(*channel), pos)?;
+                self.require_alive(Some(*channel))?;
+                match policy {
+                    Some(p) => self.recording.insert(*channel, *p),
+                    None => self.recording.remove(channel),
+                };
             }
             _ => unreachable!("dispatched by kind"),
         }
