@@ -15,6 +15,7 @@
 
 pub mod audio;
 pub mod link;
+pub mod recording;
 pub mod runtime;
 
 pub use runtime::{Node, NodeCommand, NodeConfig, NodeControl, NodeEvent, NodeStats};

@@ -43,9 +43,10 @@ impl Member {
                 // too. Half-duplex channels are not entered by a link: their floor is theirs.
                 let allowed = state.reach(&allowed, MAX_CHANNELS, |c| {
                     state.may(&self.local, c, Permissions::SPEAK)
-                        && state.channels.get(&c).is_some_and(|ch| {
-                            ch.policy.floor == FloorMode::Open
-                        })
+                        && state
+                            .channels
+                            .get(&c)
+                            .is_some_and(|ch| ch.policy.floor == FloorMode::Open)
                         && !self.monitoring.contains(&c)
                 });
                 let deliveries = channel_deliveries(

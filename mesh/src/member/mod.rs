@@ -412,6 +412,11 @@ impl Member {
         self.sync.charter().len()
     }
 
+    /// Our own name, as we announce it.
+    pub fn own_name(&self) -> &str {
+        &self.display_name
+    }
+
     /// What we are to the org.
     pub fn role(&self) -> Role {
         self.role
@@ -490,7 +495,8 @@ impl Member {
         self.emit(Event::Warning(warning));
     }
 
-    fn unix_ms(&self, now: Instant) -> u64 {
+    /// Unix milliseconds at `now`, by the clock the member started with.
+    pub fn unix_ms(&self, now: Instant) -> u64 {
         self.unix_at_start_ms + now.saturating_duration_since(self.start).as_millis() as u64
     }
 

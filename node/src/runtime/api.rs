@@ -26,6 +26,15 @@ pub enum NodeCommand {
     /// Hear a channel (if the charter allows it).
     Listen(ChannelId),
     Unlisten(ChannelId),
+    /// Hear a channel silently (the charter's monitor permission): out of its roster, never
+    /// transmitting there.
+    Monitor(ChannelId),
+    /// Start or stop recording a channel we hear, to the node's recordings folder (if its
+    /// charter policy allows; everyone listening sees it).
+    Record {
+        channel: ChannelId,
+        on: bool,
+    },
     /// Keep listening (presence, talker events) but play nothing from the channel.
     Mute(ChannelId, bool),
     /// Linear gain, 0.0–2.0.

@@ -59,6 +59,8 @@ pub struct NodeConfig {
     pub jitter: JitterConfig,
     pub capture: CaptureConfig,
     pub input: AudioInput,
+    /// Where recordings go (`NodeCommand::Record`); `None`: this node does not record.
+    pub recordings: Option<PathBuf>,
     /// Write what the node plays (stereo mix) to this WAV file.
     pub output: Option<PathBuf>,
     /// Also play the mix on this sound card (needs the `device-audio` feature).
@@ -132,6 +134,7 @@ impl NodeConfig {
             },
             capture: CaptureConfig::default(),
             input: AudioInput::Silence,
+            recordings: None,
             output: None,
             output_device: None,
             media_epoch: None,

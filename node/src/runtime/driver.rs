@@ -66,6 +66,7 @@ pub(crate) struct Driver {
     pub ticks: u64,
     pub forward_latency: [u64; LATENCY_BUCKETS],
     pub forward_latency_sum_us: u64,
+    pub recorder: super::recorder::Recorder,
 }
 
 /// The port mapper's next report; never, without one.
@@ -180,6 +181,16 @@ impl Driver {
             }
             NodeCommand::Listen(channel) => Command::Listen(channel),
             NodeCommand::Unlisten(channel) => Command::Unlisten(channel),
+            NodeCommand::Monitor(channel) => Command::Monitor(channel),
+            NodeCommand::Record { channel, on } => {
+                if on && !self.recorder.can_record() {
+                    return self.emit(NodeEvent::RecordingRefused {
+                        channel,
+                        reason: "this node has no recordings folder".into(),
+                    });
+                }
+                Command::Record { channel, on }
+            }
             NodeCommand::PttDown(channels) => Command::PttDown(channels),
             NodeCommand::Emergency(channel) => Command::Emergency(channel),
             NodeCommand::ClearEmergency { channel, raiser } => {
@@ -566,16 +577,13 @@ impl Driver {
                         }
                     }
                 }
-                Output::Play(frame) => match self.playout.receive(&frame, now) {
-                    Ok(true) => self.emit(NodeEvent::TalkerStarted {
-                        peer: frame.sender,
-                        name: self.member.display_name(&frame.sender),
-                        channels: frame.channels.clone(),
-                        whisper: frame.whisper,
-                    }),
-                    Ok(false) => {}
-                    Err(e) => self.emit(NodeEvent::Warning(format!("playout: {e}"))),
-                },
+                Output::Play(frame) => {
+                    self.record(&frame, now);
+                    self.play(frame, now);
+                }
+                Output::Event(NodeEvent::Recording { channel, on }) => {
+                    self.recording_changed(channel, on, now)
+                }
                 Output::Transmit(Some(target)) => self.transmitter.press(target),
                 Output::Transmit(None) => self.transmitter.release(),
                 Output::VoiceActivation(channels) => {
@@ -589,6 +597,58 @@ impl Driver {
                 Output::Event(event) => self.emit(event),
             }
         }
+    }
+
+    fn play(&mut self, frame: callsign_mesh::voice::ReceivedFrame, now: Instant) {
+        match self.playout.receive(&frame, now) {
+            Ok(true) => self.emit(NodeEvent::TalkerStarted {
+                peer: frame.sender,
+                name: self.member.display_name(&frame.sender),
+                channels: frame.channels,
+                whisper: frame.whisper,
+            }),
+            Ok(false) => {}
+            Err(e) => self.emit(NodeEvent::Warning(format!("playout: {e}"))),
+        }
+    }
+
+    /// Writes a played frame to the channels we record; a recording that cannot be written
+    /// stops (and the member stops announcing it).
+    fn record(&mut self, frame: &callsign_mesh::voice::ReceivedFrame, now: Instant) {
+        let name = self.member.display_name(&frame.sender);
+        for e in self.recorder.frame(frame, &name, now) {
+            self.emit(NodeEvent::Warning(e.to_string()));
+            for channel in &frame.channels {
+                self.member.handle_input(
+                    now,
+                    Input::Command(Command::Record {
+                        channel: *channel,
+                        on: false,
+                    }),
+                );
+            }
+        }
+    }
+
+    /// The member started or stopped recording a channel: open or close its file.
+    fn recording_changed(&mut self, channel: ChannelId, on: bool, now: Instant) {
+        if on {
+            let path = self.member.state().path(channel).unwrap_or_default();
+            let by = self.member.own_name().to_string();
+            let unix = self.member.unix_ms(now);
+            match self.recorder.start(channel, &path, &by, unix, now) {
+                Ok(file) => tracing::info!(file = %file.display(), "recording"),
+                Err(e) => {
+                    self.emit(NodeEvent::Warning(e.to_string()));
+                    self.member
+                        .handle_input(now, Input::Command(Command::Record { channel, on: false }));
+                    return;
+                }
+            }
+        } else if let Some(Err(e)) = self.recorder.stop(channel) {
+            self.emit(NodeEvent::Warning(e.to_string()));
+        }
+        self.emit(NodeEvent::Recording { channel, on });
     }
 
     /// A relay's copies: framed once, every copy shares the buffer.

@@ -20,6 +20,7 @@ mod connections;
 pub mod demo_org;
 mod driver;
 mod playout;
+mod recorder;
 mod stats;
 pub mod voice;
 
@@ -248,6 +249,7 @@ impl Node {
             ticks: 0,
             forward_latency: [0; driver::LATENCY_BUCKETS],
             forward_latency_sum_us: 0,
+            recorder: recorder::Recorder::new(config.recordings),
         };
         // In the caller's span: the simulator names each node's log lines that way.
         let task = tokio::spawn(tracing::Instrument::in_current_span(

@@ -121,7 +121,9 @@ impl Pass<'_> {
             OpBody::SetConference { name, channels } => {
                 check_name("conference", name).or_else(reject)?;
                 if channels.len() > MAX_CONFERENCE {
-                    return reject(format!("a conference has at most {MAX_CONFERENCE} channels"));
+                    return reject(format!(
+                        "a conference has at most {MAX_CONFERENCE} channels"
+                    ));
                 }
                 self.require_admin(author, pos)?;
                 let channels: BTreeSet<ChannelId> = channels.iter().copied().collect();
