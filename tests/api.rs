@@ -315,6 +315,51 @@ fn a_client_drives_two_nodes_through_the_local_api_alone() {
             .is_some_and(|cs| cs.iter().any(|c| c["path"] == "/Ops"))
     });
 
+    // Links, ACLs and recording policy: admin edits too, refused to the pilot's node.
+    let link = json!({"from": "/Flight", "to": "/Ops", "both": true});
+    let (status, body) = pilot_node.send("POST", "/v1/charter/links", &link);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = root.send("POST", "/v1/charter/links", &link);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = root.send(
+        "POST",
+        "/v1/charter/recording",
+        &json!({"channel": "/Ops", "policy": "forbidden"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["policy"], "forbidden");
+    let (status, body) = root.send(
+        "POST",
+        "/v1/charter/acl",
+        &json!({"channel": "/Ops", "role": "pilot", "perms": ["listen", "teleport"]}),
+    );
+    assert_eq!(status, 400, "{body}");
+    wait_until("the link at the pilot", Duration::from_secs(10), || {
+        pilot_node.get("/v1/charter")["links"]
+            .as_array()
+            .is_some_and(|l| l.len() == 2)
+    });
+    // Recording: refused where the charter forbids it, started where it allows it, and
+    // everyone listening sees who records.
+    let (status, body) = pilot_node.send("POST", "/v1/record", &json!({"channel": "/Ops"}));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = pilot_node.send("POST", "/v1/record", &json!({"channel": "/Flight"}));
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        "the root sees the pilot record",
+        Duration::from_secs(10),
+        || {
+            root.get("/v1/channels")["channels"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["path"] == "/Flight" && c["recorders"] == json!(["Maverick"]))
+                })
+        },
+    );
+    let (status, _) = pilot_node.send("DELETE", "/v1/record", &json!({"channel": "/Flight"}));
+    assert_eq!(status, 200);
+
     // Invites: only an admin's node mints them.
     let (status, body) = root.send("POST", "/v1/invites", &json!({"role": "pilot"}));
     assert_eq!(status, 200, "{body}");

@@ -11,6 +11,7 @@
 //! must not serve beyond loopback unless told to.
 
 mod audio;
+mod edits;
 mod error;
 mod routes;
 mod server;

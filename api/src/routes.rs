@@ -23,8 +23,8 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::server::Shared;
 use crate::ApiError;
 
-type ApiState = State<Arc<Shared>>;
-type Answer = Result<Json<Value>, ApiError>;
+pub(crate) type ApiState = State<Arc<Shared>>;
+pub(crate) type Answer = Result<Json<Value>, ApiError>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -42,6 +42,22 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             post(add_channel).delete(remove_channel),
         )
         .route("/v1/charter/members", post(put_member))
+        .route("/v1/charter/roles", post(crate::edits::put_role))
+        .route("/v1/charter/acl", post(crate::edits::set_acl))
+        .route(
+            "/v1/charter/links",
+            post(crate::edits::link).delete(crate::edits::unlink),
+        )
+        .route("/v1/charter/conferences", post(crate::edits::conference))
+        .route(
+            "/v1/charter/recording",
+            post(crate::edits::recording_policy),
+        )
+        .route("/v1/monitor", post(crate::edits::monitor))
+        .route(
+            "/v1/record",
+            post(crate::edits::record_start).delete(crate::edits::record_stop),
+        )
         .route("/v1/invites", post(invite))
         .route(
             "/v1/audio",
@@ -137,9 +153,9 @@ async fn roster(State(s): ApiState) -> Answer {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChannelBody {
+pub(crate) struct ChannelBody {
     /// A path (`/Command/Flight`) or an id (16 hex digits).
-    channel: String,
+    pub(crate) channel: String,
 }
 
 /// The channel `text` names: a path, or an id in hex.
@@ -156,7 +172,7 @@ pub(crate) fn resolve(charter: &CharterState, text: &str) -> Result<ChannelId, A
 }
 
 /// `channel` resolved, if this node holds `perms` there.
-fn allowed(
+pub(crate) fn allowed(
     s: &Shared,
     charter: &CharterState,
     text: &str,
@@ -248,6 +264,7 @@ async fn charter(State(s): ApiState) -> Answer {
                 "mesh_threshold": ch.policy.mesh_threshold,
                 "acl": ch.acl.iter().map(|(role, p)| (role.clone(), json!(p.names())))
                     .collect::<serde_json::Map<_, _>>(),
+                "recording": charter.recording_policy(*id).name(),
             }))
         })
         .collect();
@@ -275,11 +292,17 @@ async fn charter(State(s): ApiState) -> Answer {
         "channels": channels,
         "roles": roles,
         "members": members,
+        "links": charter.links.iter()
+            .map(|(from, to)| json!({"from": charter.path(*from), "to": charter.path(*to)}))
+            .collect::<Vec<_>>(),
+        "conferences": charter.conferences.iter()
+            .map(|(name, cs)| (name.clone(), json!(cs.iter().map(|c| charter.path(*c)).collect::<Vec<_>>())))
+            .collect::<serde_json::Map<_, _>>(),
     })))
 }
 
 /// Signs and applies an edit with the node's key; the charter decides whether it may.
-async fn edit(s: &Shared, body: OpBody) -> Result<(), ApiError> {
+pub(crate) async fn edit(s: &Shared, body: OpBody) -> Result<(), ApiError> {
     match s.control.try_edit_charter(body).await? {
         Ok(()) => Ok(()),
         Err(EditError::Rejected(why)) => Err(ApiError::Forbidden(format!(

@@ -69,8 +69,13 @@ pub struct UpArgs {
     /// Write what the node hears to DIR/heard.wav.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+    /// Where `record` writes recordings (Ogg Opus and a JSON sidecar per channel)
+    /// [default: DATA_DIR/recordings]
+    #[arg(long, value_name = "DIR")]
+    pub recordings: Option<PathBuf>,
     /// Timed PTT actions, one per line: `AT_MS ptt /a,/b MS`, `AT_MS whisper PEER MS`,
-    /// `AT_MS listen /a`, `AT_MS unlisten /a`, `AT_MS vox /a`, `AT_MS vox off`,
+    /// `AT_MS listen /a`, `AT_MS unlisten /a`, `AT_MS monitor /a` (hear silently),
+    /// `AT_MS record /a`, `AT_MS record /a off`, `AT_MS vox /a`, `AT_MS vox off`,
     /// `AT_MS emergency /a MS`, `AT_MS clear-emergency /a PEER` or `AT_MS invite ROLE` (an
     /// admin prints `invite TICKET`: a 7-day ticket naming where the org can be reached now).
     #[arg(long)]
@@ -112,6 +117,7 @@ struct UpFile {
     channels: Vec<String>,
     input: Option<PathBuf>,
     output_dir: Option<PathBuf>,
+    recordings: Option<PathBuf>,
     ptt_script: Option<PathBuf>,
     seconds: Option<f64>,
     api: Option<SocketAddr>,
@@ -170,6 +176,7 @@ fn merge(mut args: UpArgs) -> Result<UpArgs> {
     }
     args.input = args.input.or(rel(file.input));
     args.output_dir = args.output_dir.or(rel(file.output_dir));
+    args.recordings = args.recordings.or(rel(file.recordings));
     args.ptt_script = args.ptt_script.or(rel(file.ptt_script));
     args.seconds = args.seconds.or(file.seconds);
     args.api = args.api.or(file.api);
@@ -186,6 +193,8 @@ enum Step {
     Whisper(IdentityKey, Duration),
     Listen(ChannelId),
     Unlisten(ChannelId),
+    Monitor(ChannelId),
+    Record(ChannelId, bool),
     Vox(Vec<ChannelId>),
     Emergency(ChannelId, Duration),
     ClearEmergency(ChannelId, IdentityKey),
@@ -232,6 +241,10 @@ fn parse_script(text: &str, state: &CharterState) -> Result<Vec<(Duration, Step)
             }
             Some("listen") => Step::Listen(channels(words.get(2))?[0]),
             Some("unlisten") => Step::Unlisten(channels(words.get(2))?[0]),
+            Some("monitor") => Step::Monitor(channels(words.get(2))?[0]),
+            Some("record") => {
+                Step::Record(channels(words.get(2))?[0], words.get(3) != Some(&"off"))
+            }
             Some("vox") if words.get(2) == Some(&"off") => Step::Vox(Vec::new()),
             Some("vox") => Step::Vox(channels(words.get(2))?),
             Some("emergency") => Step::Emergency(channels(words.get(2))?[0], ms(words.get(3))?),
@@ -249,12 +262,10 @@ fn parse_script(text: &str, state: &CharterState) -> Result<Vec<(Duration, Step)
                 }
                 Step::Invite(role.to_string())
             }
-            _ => {
-                return Err(fail(
-                    "unknown action (ptt, whisper, listen, unlisten, vox, emergency, \
+            _ => return Err(fail(
+                "unknown action (ptt, whisper, listen, unlisten, monitor, record, vox, emergency, \
                      clear-emergency, invite)",
-                ))
-            }
+            )),
         };
         steps.push((at, step));
     }
@@ -353,6 +364,11 @@ pub fn run(args: UpArgs) -> Result<()> {
             .with_context(|| format!("creating output directory {}", out.display()))?;
         config.output = Some(out.join("heard.wav"));
     }
+    config.recordings = Some(
+        args.recordings
+            .clone()
+            .unwrap_or_else(|| dir.join("recordings")),
+    );
     let api = match args.api {
         Some(addr) => Some(api_setup(&args, addr, &dir)?),
         None => None,
@@ -499,6 +515,10 @@ async fn serve(
                     Some(Some(Step::Whisper(peer, _))) => Some(NodeCommand::WhisperDown(peer)),
                     Some(Some(Step::Listen(c))) => Some(NodeCommand::Listen(c)),
                     Some(Some(Step::Unlisten(c))) => Some(NodeCommand::Unlisten(c)),
+                    Some(Some(Step::Monitor(c))) => Some(NodeCommand::Monitor(c)),
+                    Some(Some(Step::Record(channel, on))) => {
+                        Some(NodeCommand::Record { channel, on })
+                    }
                     Some(Some(Step::Vox(channels))) => {
                         Some(NodeCommand::VoiceActivation(channels))
                     }
