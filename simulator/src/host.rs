@@ -11,7 +11,7 @@ use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{ChannelId, OpBody};
 use callsign_node::link::LinkSocket;
 use callsign_node::runtime::{AudioInput, NodeStats};
-use callsign_node::{Node, NodeCommand, NodeConfig};
+use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -135,7 +135,12 @@ pub(crate) struct Shared {
     pub(crate) baselines: Mutex<BTreeMap<usize, NodeStats>>,
     /// The nodes still running when the scenario ended.
     pub(crate) live_at_end: Mutex<BTreeSet<usize>>,
+    /// Each node's roster when it last stopped: per channel, the members it saw listening.
+    pub(crate) rosters: Mutex<BTreeMap<usize, Roster>>,
 }
+
+/// Channel name → names of the members shown listening there.
+pub(crate) type Roster = BTreeMap<String, BTreeSet<String>>;
 
 pub(crate) fn sim_now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
@@ -150,7 +155,11 @@ fn script(
 ) -> Vec<(Duration, NodeCommand)> {
     let me = &scenario.nodes[index].name;
     let at = |s: f64| Duration::from_secs_f64(s);
-    let mut out = Vec::new();
+    let mut out: Vec<(Duration, NodeCommand)> = scenario.nodes[index]
+        .monitor
+        .iter()
+        .map(|c| (Duration::ZERO, NodeCommand::Monitor(org.channels[c])))
+        .collect();
     for event in &scenario.events {
         match &event.action {
             Action::Ptt {
@@ -430,6 +439,8 @@ pub(crate) async fn run_host(
         }
         let mut node = Node::start(config).await?;
         incarnation += 1;
+        // What this incarnation's presence shows: who listens where.
+        let mut seen: BTreeMap<IdentityKey, Vec<ChannelId>> = BTreeMap::new();
         let stop = lifecycle.peek().map(|(t, life)| (start + *t, *life));
         let run_until = stop.map_or(end, |(t, _)| t.min(end));
         // The node stops by itself when an admin removed it.
@@ -450,6 +461,15 @@ pub(crate) async fn run_host(
                         stopped_itself = true;
                         break;
                     };
+                    match &event {
+                        NodeEvent::Presence { peer, listening, .. } => {
+                            seen.insert(*peer, listening.clone());
+                        }
+                        NodeEvent::PresenceGone { peer } => {
+                            seen.remove(peer);
+                        }
+                        _ => {}
+                    }
                     if let Some(line) = describe(&event, &by_key, &channel_names) {
                         shared.trace.lock().unwrap_or_else(|e| e.into_inner())
                             .push((sim_now(), index, line));
@@ -476,6 +496,19 @@ pub(crate) async fn run_host(
             // No goodbye: the network swallows whatever the shutdown sends.
             network.isolate(ip, true);
         }
+        let mut roster = Roster::new();
+        for (peer, listening) in &seen {
+            for channel in listening {
+                if let (Some(c), Some(who)) = (channel_names.get(channel), by_key.get(peer)) {
+                    roster.entry(c.clone()).or_default().insert(who.clone());
+                }
+            }
+        }
+        shared
+            .rosters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index, roster);
         let stats = node.shutdown().await?;
         total = Some(match total {
             None => stats,

@@ -90,13 +90,19 @@ pub(crate) fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError
             .union(Permissions::SPEAK)
             .union(Permissions::WHISPER);
         for role in &roles {
-            let perms = if spec.speak.iter().any(|r| r == role) {
+            let mut perms = if spec.speak.iter().any(|r| r == role) {
                 speak
             } else if spec.listen.iter().any(|r| r == role) {
                 Permissions::LISTEN
             } else {
-                continue;
+                Permissions::NONE
             };
+            if spec.monitor.iter().any(|r| r == role) {
+                perms = perms.union(Permissions::MONITOR);
+            }
+            if perms == Permissions::NONE {
+                continue;
+            }
             charter.edit(
                 &root,
                 OpBody::SetChannelAcl {
@@ -107,6 +113,29 @@ pub(crate) fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError
                 0,
             )?;
         }
+    }
+    for spec in &scenario.channels {
+        for to in &spec.links {
+            charter.edit(
+                &root,
+                OpBody::LinkChannel {
+                    from: channels[&spec.name],
+                    to: channels[to],
+                    linked: true,
+                },
+                0,
+            )?;
+        }
+    }
+    for conference in &scenario.conferences {
+        charter.edit(
+            &root,
+            OpBody::SetConference {
+                name: conference.name.clone(),
+                channels: conference.channels.iter().map(|c| channels[c]).collect(),
+            },
+            0,
+        )?;
     }
     for (spec, k) in scenario.nodes.iter().zip(&keys) {
         if spec.member {

@@ -60,6 +60,7 @@ pub fn run(scenario: &Scenario, seed: Option<u64>) -> Result<Report, RunError> {
         stats: take(&shared.stats),
         baselines: take(&shared.baselines),
         live_at_end: take(&shared.live_at_end),
+        rosters: take(&shared.rosters),
         trace,
         last_edit: *shared.last_edit.lock().unwrap_or_else(|e| e.into_inner()),
     };

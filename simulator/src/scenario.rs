@@ -99,6 +99,21 @@ pub struct ChannelSpec {
     /// Rented relays the channel prefers (node names); two or more cascade.
     #[serde(default)]
     pub relays: Vec<String>,
+    /// Channels this channel is linked into: their listeners hear its talkers (one way; list
+    /// each other for both ways).
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// Roles that may monitor the channel: hear it silently, out of its roster.
+    #[serde(default)]
+    pub monitor: Vec<String>,
+}
+
+/// Channels heard as one (a charter conference).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConferenceSpec {
+    pub name: String,
+    pub channels: Vec<String>,
 }
 
 /// A channel's floor mode.
@@ -131,6 +146,9 @@ pub struct NodeSpec {
     /// Channels it listens to [default: all its role may hear].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<Vec<String>>,
+    /// Channels it monitors from the start (hears silently; its role needs `monitor` there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub monitor: Vec<String>,
     #[serde(default)]
     pub admin: bool,
     #[serde(default)]
@@ -271,6 +289,8 @@ pub struct Scenario {
     pub pairs: Vec<PairLink>,
     #[serde(rename = "channel")]
     pub channels: Vec<ChannelSpec>,
+    #[serde(default, rename = "conference", skip_serializing_if = "Vec::is_empty")]
+    pub conferences: Vec<ConferenceSpec>,
     #[serde(rename = "node")]
     pub nodes: Vec<NodeSpec>,
     /// Floor priority (0 to 4) per role name [default: 2].
@@ -375,7 +395,20 @@ impl Scenario {
             check_model(&pair.model, "pair")?;
         }
         for n in &self.nodes {
-            for c in n.listen.iter().flatten() {
+            for c in n.listen.iter().flatten().chain(&n.monitor) {
+                channel(c)?;
+            }
+        }
+        for c in &self.channels {
+            for to in &c.links {
+                channel(to)?;
+                if *to == c.name {
+                    return invalid(format!("channel {to:?} links to itself"));
+                }
+            }
+        }
+        for conference in &self.conferences {
+            for c in &conference.channels {
                 channel(c)?;
             }
         }

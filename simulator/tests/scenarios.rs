@@ -228,3 +228,67 @@ fn a_crashed_member_restarts_and_hears_again_and_a_late_joiner_is_heard() {
     assert!(report.events.iter().any(|r| r.node == "bravo"
         && matches!(&r.event, TraceEvent::SessionUp { peer } if peer == "alpha")));
 }
+
+#[test]
+fn links_carry_talkers_once_and_monitors_stay_unseen() {
+    let report = run(&scenario("links"), None).unwrap();
+    eprintln!("{}", show(&report));
+    let heard = [
+        // The one-way bridge alpha → command.
+        ("a1", "a2", "alpha"),
+        ("a1", "cmd", "command"),
+        ("a1", "guest", "command"),
+        // The cycle east → west → north → east, from two of its channels.
+        ("e1", "w1", "west"),
+        ("e1", "n1", "north"),
+        ("e1", "all", "east"),
+        ("e1", "all", "west"),
+        ("e1", "all", "north"),
+        ("w1", "n1", "north"),
+        ("w1", "e1", "east"),
+        ("w1", "all", "west"),
+        // The conference, both ways.
+        ("e1", "w1", "debrief"),
+        ("w1", "e1", "brief"),
+        // The monitor hears ops.
+        ("o1", "o2", "ops"),
+        ("o1", "staff", "ops"),
+    ];
+    for (from, to, channel) in heard {
+        let s = report
+            .stream(from, to, channel)
+            .unwrap_or_else(|| panic!("{from} -> {to} on {channel} missing"));
+        assert!(
+            s.frames_sent >= 45 && s.frames_played * 100 >= s.frames_sent * 95,
+            "{s:?}"
+        );
+    }
+    let silent = |from: &str, to: &str| {
+        report
+            .streams
+            .iter()
+            .filter(|s| s.from == from && s.to == to)
+            .all(|s| s.frames_played == 0)
+    };
+    // One way: command's talker is not heard on alpha.
+    assert!(silent("cmd", "a1") && silent("cmd", "a2"));
+    // The guest may not speak on command: hush's link into it is not crossed.
+    assert!(silent("guest", "cmd"));
+    // The monitor never transmits.
+    assert!(report.streams.iter().all(|s| s.from != "staff"));
+    // Nobody hears themselves through the cycle, and no second copy of a frame arrived.
+    assert!(report.heard_themselves.is_empty(), "{:?}", report.heard_themselves);
+    assert_eq!(report.drops.replay, 0);
+    for s in &report.streams {
+        assert!(s.frames_played <= s.frames_sent, "{s:?}");
+    }
+    // The monitor is in no node's roster of ops; the listeners are.
+    for (node, roster) in &report.rosters {
+        let ops = roster.get("ops").cloned().unwrap_or_default();
+        assert!(!ops.contains("staff"), "{node} shows staff on ops: {ops:?}");
+        if !["o1", "o2"].contains(&node.as_str()) {
+            assert!(ops.contains("o1") && ops.contains("o2"), "{node}: {ops:?}");
+        }
+    }
+    assert!(report.charter.converged);
+}

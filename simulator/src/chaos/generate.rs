@@ -172,6 +172,7 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
                     "pilot".into()
                 },
                 listen: None,
+                monitor: Vec::new(),
                 admin: i == 0 || (i == 1 && rng.gen_bool(0.5)),
                 nat,
                 upnp: false,
@@ -198,6 +199,7 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
             name: name.clone(),
             role: "relay".into(),
             listen: None,
+            monitor: Vec::new(),
             admin: false,
             nat: NatKind::None,
             upnp: false,
@@ -233,6 +235,8 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
                 } else {
                     vec![]
                 },
+                links: Vec::new(),
+                monitor: Vec::new(),
             }
         })
         .collect();
@@ -334,6 +338,7 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
         link: base,
         pairs: Vec::new(),
         channels: b.channels,
+        conferences: Vec::new(),
         nodes: b.nodes,
         priorities: [("officer".to_string(), 3), ("pilot".to_string(), 2)]
             .into_iter()

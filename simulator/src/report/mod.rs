@@ -153,6 +153,11 @@ pub struct Report {
     pub nodes: Vec<NodeEnd>,
     /// Receive-side drops over all nodes, by reason.
     pub drops: DropCounts,
+    /// Each node's roster when it last stopped: per channel, whom it saw listening there
+    /// (monitors never appear).
+    pub rosters: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// Nodes that played frames they sent themselves (mix-minus broken): empty.
+    pub heard_themselves: Vec<String>,
     /// What the simulated network did to datagrams. Diagnostic, outside the trace hash: it
     /// counts QUIC/TLS handshake datagrams too, whose number can differ by a few between runs
     /// because their random key material varies in encoded length.
@@ -171,6 +176,7 @@ pub(crate) struct Collected {
     pub(crate) stats: BTreeMap<usize, NodeStats>,
     pub(crate) baselines: BTreeMap<usize, NodeStats>,
     pub(crate) live_at_end: BTreeSet<usize>,
+    pub(crate) rosters: BTreeMap<usize, crate::host::Roster>,
     pub(crate) trace: Vec<TraceLine>,
     pub(crate) last_edit: Option<Duration>,
 }
@@ -270,6 +276,7 @@ pub(crate) fn build(
         stats,
         baselines,
         live_at_end,
+        rosters,
         trace,
         last_edit,
     } = collected;
@@ -433,6 +440,20 @@ pub(crate) fn build(
         nodes,
         drops,
         network,
+        rosters: rosters
+            .into_iter()
+            .map(|(i, r)| (scenario.nodes[i].name.clone(), r))
+            .collect(),
+        heard_themselves: stats
+            .iter()
+            .filter(|(i, s)| {
+                let me = namer.keys[**i];
+                s.received
+                    .iter()
+                    .any(|r| r.from == me && r.frames_played > 0)
+            })
+            .map(|(i, _)| scenario.nodes[*i].name.clone())
+            .collect(),
         trace_lines: trace.len(),
         trace: trace
             .iter()
