@@ -339,6 +339,40 @@ fn a_client_drives_two_nodes_through_the_local_api_alone() {
             .as_array()
             .is_some_and(|l| l.len() == 2)
     });
+    // A support line from the template: pilots call, agents answer, observers listen.
+    for (role, perms) in [("agent", json!(["listen"])), ("observer", json!([]))] {
+        let (status, body) = root.send(
+            "POST",
+            "/v1/charter/roles",
+            &json!({"name": role, "perms": perms}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let line =
+        json!({"path": "/Help", "agents": "agent", "callers": "pilot", "observers": "observer"});
+    wait_until("the roles at the pilot", Duration::from_secs(10), || {
+        pilot_node.get("/v1/charter")["roles"]["observer"].is_object()
+    });
+    let (status, body) = pilot_node.send("POST", "/v1/charter/support", &line);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = root.send("POST", "/v1/charter/support", &line);
+    assert_eq!(status, 200, "{body}");
+    let charter = root.get("/v1/charter");
+    let help = charter["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "/Help")
+        .cloned()
+        .unwrap_or_else(|| panic!("no /Help: {charter}"));
+    assert_eq!(help["acl"]["pilot"], json!(["listen", "speak"]), "{help}");
+    assert_eq!(
+        help["acl"]["agent"],
+        json!(["listen", "speak", "whisper"]),
+        "{help}"
+    );
+    assert_eq!(help["acl"]["observer"], json!(["listen"]), "{help}");
+
     // Recording: refused where the charter forbids it, started where it allows it, and
     // everyone listening sees who records.
     let (status, body) = pilot_node.send("POST", "/v1/record", &json!({"channel": "/Ops"}));

@@ -1,11 +1,12 @@
-//! Endpoints for the charter's roles, ACLs, links, conferences and recording policy (edits
-//! this node signs; the charter decides whether its author may), and for hearing: monitoring
-//! a channel silently and recording it.
+//! Endpoints for the charter's roles, ACLs, links, conferences, support lines and recording
+//! policy (edits this node signs; the charter decides whether its author may), and for
+//! hearing: monitoring a channel silently and recording it.
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
+use callsign_mesh::charter::templates::{support_line, SupportRoles};
 use callsign_mesh::charter::{OpBody, Permissions, Priority, RecordingPolicy, Role};
 use callsign_node::NodeCommand;
 use serde::Deserialize;
@@ -230,4 +231,62 @@ pub(crate) async fn record_stop(State(s): ApiState, Body(body): Body<ChannelBody
         on: false,
     })?;
     Ok(Json(json!({ "stopped": body.channel })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SupportBody {
+    /// The line's path; its parent must exist (`/Support/Line 1`).
+    path: String,
+    agents: String,
+    callers: String,
+    observers: String,
+}
+
+/// A support line from the template (`callsign_mesh::charter::templates::support_line`).
+pub(crate) async fn support(State(s): ApiState, Body(body): Body<SupportBody>) -> Answer {
+    let charter = s.control.charter().await?;
+    let trimmed = body.path.trim_end_matches('/');
+    let (parent, name) = trimmed
+        .rsplit_once('/')
+        .filter(|(_, name)| !name.is_empty())
+        .ok_or_else(|| ApiError::BadRequest(format!("not a channel path: {}", body.path)))?;
+    let parent = match parent {
+        "" => None,
+        p => Some(resolve(&charter, p)?),
+    };
+    if charter.find(trimmed).is_some() {
+        return Err(ApiError::Conflict(format!("{trimmed} exists")));
+    }
+    for role in [&body.agents, &body.callers, &body.observers] {
+        if !charter.roles.contains_key(role) {
+            return Err(ApiError::NotFound(format!(
+                "no role {role:?} in the charter"
+            )));
+        }
+    }
+    let roles = SupportRoles {
+        agents: &body.agents,
+        callers: &body.callers,
+        observers: &body.observers,
+    };
+    let preset = support_line(name, &roles, charter.roles.keys());
+    let preset_name: String = format!("support {name}").chars().take(64).collect();
+    edit(
+        &s,
+        OpBody::DefinePreset {
+            name: preset_name.clone(),
+            preset,
+        },
+    )
+    .await?;
+    edit(
+        &s,
+        OpBody::ApplyPreset {
+            name: preset_name,
+            parent,
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "support_line": trimmed })))
 }

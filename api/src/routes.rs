@@ -49,6 +49,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             post(crate::edits::link).delete(crate::edits::unlink),
         )
         .route("/v1/charter/conferences", post(crate::edits::conference))
+        .route("/v1/charter/support", post(crate::edits::support))
         .route(
             "/v1/charter/recording",
             post(crate::edits::recording_policy),

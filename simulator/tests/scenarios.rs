@@ -277,7 +277,11 @@ fn links_carry_talkers_once_and_monitors_stay_unseen() {
     // The monitor never transmits.
     assert!(report.streams.iter().all(|s| s.from != "staff"));
     // Nobody hears themselves through the cycle, and no second copy of a frame arrived.
-    assert!(report.heard_themselves.is_empty(), "{:?}", report.heard_themselves);
+    assert!(
+        report.heard_themselves.is_empty(),
+        "{:?}",
+        report.heard_themselves
+    );
     assert_eq!(report.drops.replay, 0);
     for s in &report.streams {
         assert!(s.frames_played <= s.frames_sent, "{s:?}");

@@ -11,6 +11,7 @@ mod op;
 mod replica;
 mod state;
 pub mod sync;
+pub mod templates;
 
 pub use dag::{DagOp, OpDag};
 pub use fold::{Fold, Outcome};

@@ -98,6 +98,9 @@ impl Member {
         let op = self.sync.edit(&identity, body, unix)?;
         self.outputs.push_back(Output::Persist(vec![op.encode()]));
         self.charter_changed(1, now);
+        // Called outside `handle_input` too (the API's edits): push the op to peers now, not
+        // at the next input (seven seconds later on a quiet org).
+        self.flush(now);
         Ok(())
     }
 

@@ -43,12 +43,12 @@ pub fn check(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation
     out.extend(relay_keys(scenario, report));
     out.extend(delivery(scenario, plan, report));
     out.extend(floor_agreement(scenario, report));
-    out.extend(report.heard_themselves.iter().map(|node| {
-        violation(
-            "mix-minus",
-            format!("{node} played frames it sent itself"),
-        )
-    }));
+    out.extend(
+        report
+            .heard_themselves
+            .iter()
+            .map(|node| violation("mix-minus", format!("{node} played frames it sent itself"))),
+    );
     out
 }
 
