@@ -340,6 +340,7 @@ fn start(
         .copied()
         .filter(|c| state.may(&me, *c, Permissions::LISTEN))
         .collect();
+    config.recordings = Some(dir.join("recordings"));
     config.seed = rand::random();
     // The router forwards our port if it speaks UPnP, PCP or NAT-PMP: others reach us without a port forward.
     config.port_mapping = true;

@@ -74,6 +74,27 @@ fn buttons_and_hotkeys_send_the_node_its_commands_and_talkers_show_in_their_row(
     h.get_by_label("listen /ops").click();
     h.step();
     assert_eq!(commands(&ends), expect(&[NodeCommand::Listen(ops)]));
+    // Record toggle: asks the node; the box follows what the node says it records.
+    h.get_by_label("record /ops").click();
+    h.step();
+    assert_eq!(
+        commands(&ends),
+        expect(&[NodeCommand::Record {
+            channel: ops,
+            on: true
+        }])
+    );
+    node_events(&ends)
+        .send(NodeEvent::Recording {
+            channel: ops,
+            on: true,
+        })
+        .unwrap();
+    h.step();
+    assert_eq!(
+        h.get_by_label("record /ops").accesskit_node().toggled(),
+        Some(eframe::egui::accesskit::Toggled::True)
+    );
     // The PTT button: down on press, up on release.
     h.get_by_label("PTT /ops").click();
     h.step();

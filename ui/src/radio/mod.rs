@@ -79,6 +79,8 @@ pub struct Radio {
     charter_reply: Option<oneshot::Receiver<CharterState>>,
     listening: BTreeSet<ChannelId>,
     muted: BTreeSet<ChannelId>,
+    /// Channels the node records (from its events).
+    recording: BTreeSet<ChannelId>,
     volume: BTreeMap<ChannelId, f32>,
     simulcast: BTreeSet<ChannelId>,
     hotkeys: BTreeMap<ChannelId, egui::Key>,
@@ -136,6 +138,7 @@ impl Radio {
             charter_reply: None,
             listening: BTreeSet::new(),
             muted: BTreeSet::new(),
+            recording: BTreeSet::new(),
             volume: BTreeMap::new(),
             simulcast: BTreeSet::new(),
             hotkeys: BTreeMap::new(),
@@ -270,6 +273,7 @@ impl Radio {
             }
             NodeEvent::Transmitting { channels, .. } => self.transmitting = channels,
             NodeEvent::TransmitStopped => self.transmitting.clear(),
+            NodeEvent::Recording { channel, on } => set_member(&mut self.recording, channel, on),
             NodeEvent::Presence {
                 peer,
                 name,

@@ -1,23 +1,24 @@
 //! The channel rows: a titled table with one row per channel we may hear (TX light, talkers
-//! with their link quality, listen, mute, volume, pan, push-to-talk with its key, simulcast
+//! with their link quality, listen, mute, record, volume, pan, push-to-talk with its key, simulcast
 //! membership, floor state, route), and the simulcast group's button.
 
 use super::{
     labelled, set_member, titled_table, toggled, Keyed, Radio, SIMULCAST_KEY, TALKER_COLOR,
 };
 use callsign_keys::IdentityKey;
-use callsign_mesh::charter::{ChannelId, FloorMode, Permissions};
+use callsign_mesh::charter::{ChannelId, FloorMode, Permissions, RecordingPolicy};
 use callsign_mesh::topology::Route;
 use callsign_node::NodeCommand;
 use eframe::egui;
 
 /// The radio stack's column titles, in row order.
-const STACK_COLUMNS: [&str; 11] = [
+const STACK_COLUMNS: [&str; 12] = [
     "",
     "Channel",
     "Talking",
     "Listen",
     "Mute",
+    "Rec",
     "Volume",
     "Pan",
     "Talk",
@@ -84,6 +85,26 @@ impl Radio {
         if toggle.changed() {
             set_member(&mut self.muted, channel, muted);
             self.bridge.command(NodeCommand::Mute(channel, muted));
+        }
+        // Recording: what the node says it records; everyone listening sees it in the roster.
+        let mut recording = self.recording.contains(&channel);
+        let forbidden = self.state.recording_policy(channel) == RecordingPolicy::Forbidden;
+        let toggle = ui
+            .add_enabled(
+                !forbidden || recording,
+                egui::Checkbox::without_text(&mut recording),
+            )
+            .on_hover_text(if forbidden {
+                "the charter forbids recording this channel"
+            } else {
+                "record what you hear here (Ogg Opus; everyone listening sees it)"
+            });
+        toggle.widget_info(|| toggled(recording, format!("record {path}")));
+        if toggle.changed() {
+            self.bridge.command(NodeCommand::Record {
+                channel,
+                on: recording,
+            });
         }
         ui.spacing_mut().slider_width = 80.0;
         let volume = self.volume.entry(channel).or_insert(1.0);
