@@ -278,6 +278,8 @@ fn the_roster_shows_each_member_s_link_round_trip_loss_and_buffer() {
     });
     // Goose records /ops, and everyone listening sees it.
     assert!(h.query_by_label("● recording /ops").is_some());
+    // The default policy (notice) has the app say so when it starts.
+    assert!(h.query_by_label("● Goose is recording /ops").is_some());
 }
 
 #[test]

@@ -7,7 +7,7 @@ use crate::bridge::NodeBridge;
 use crate::global_keys::GlobalKeys;
 use crate::profile::{DuckingRule, Profile};
 use callsign_keys::{Identity, IdentityKey, PeerId};
-use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
+use callsign_mesh::charter::{ChannelId, CharterState, Permissions, RecordingPolicy};
 use callsign_mesh::topology::Route;
 use callsign_node::runtime::{describe_floor, LinkKind, PortMapping};
 use callsign_node::{NodeCommand, NodeEvent, NodeStats};
@@ -280,6 +280,21 @@ impl Radio {
                 listening,
                 recording,
             } => {
+                // The charter's recording notice: say so when someone starts recording a
+                // channel we hear (the roster shows it as long as it lasts).
+                let before = self
+                    .roster
+                    .get(&peer)
+                    .map(|e| e.recording.clone())
+                    .unwrap_or_default();
+                for channel in recording.iter().filter(|c| !before.contains(c)) {
+                    if self.listening.contains(channel)
+                        && self.state.recording_policy(*channel) == RecordingPolicy::Notice
+                    {
+                        let path = self.path(*channel);
+                        self.say(format!("● {name} is recording {path}"));
+                    }
+                }
                 self.roster.insert(
                     peer,
                     RosterEntry {
