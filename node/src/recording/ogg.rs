@@ -182,7 +182,7 @@ mod tests {
         let (mut w, headers) = OggOpusWriter::start(7, &["TITLE=x".into()]);
         assert_eq!(&headers[..4], b"OggS");
         assert_eq!(headers[5], 0x02, "the first page begins the stream");
-        let mut pages = Vec::new();
+        let mut pages: Vec<Vec<u8>> = Vec::new();
         for _ in 0..120 {
             pages.extend(w.push(&SILENCE_FRAME, 960));
         }
@@ -194,7 +194,9 @@ mod tests {
             120 * 960
         );
         // Two full pages of 50 and the last of 20.
-        assert_eq!(pages.len(), 2 * (27 + 50 + 150));
+        assert_eq!(pages.len(), 2);
+        assert!(pages.iter().all(|p| p.len() == 27 + 50 + 150));
+        assert_eq!(u32::from_le_bytes(pages[1][18..22].try_into().unwrap()), 3);
         assert_eq!(last[26], 20);
     }
 }
