@@ -11,8 +11,11 @@ impl Member {
         match command {
             Command::Listen(channel) => {
                 if self.state().may(&self.local, channel, Permissions::LISTEN) {
-                    if let Err(at) = self.listening.binary_search(&channel) {
-                        self.listening.insert(at, channel);
+                    // Listening where we monitored makes us seen there.
+                    let was_monitoring = self.monitoring.contains(&channel);
+                    self.monitoring.retain(|c| *c != channel);
+                    if self.listening.binary_search(&channel).is_err() || was_monitoring {
+                        insert_sorted(&mut self.listening, channel);
                         self.replan(now);
                         self.announce_presence(now);
                     }

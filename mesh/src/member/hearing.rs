@@ -21,16 +21,13 @@ impl Member {
         });
         let listening = self.listening.clone();
         self.monitoring.retain(|c| listening.contains(c));
-        let stopped: Vec<ChannelId> = self
-            .recording
-            .iter()
-            .copied()
-            .filter(|c| {
-                !listening.contains(c) || state.recording_policy(*c) == RecordingPolicy::Forbidden
-            })
-            .collect();
-        for channel in stopped {
-            self.stop_recording(channel, "the charter forbids recording it now");
+        let recording = self.recording.clone();
+        for channel in recording {
+            if !listening.contains(&channel) {
+                self.stop_recording(channel, "the charter no longer lets us hear it");
+            } else if state.recording_policy(channel) == RecordingPolicy::Forbidden {
+                self.stop_recording(channel, "the charter forbids recording it now");
+            }
         }
     }
 

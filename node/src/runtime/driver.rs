@@ -616,17 +616,10 @@ impl Driver {
     /// stops (and the member stops announcing it).
     fn record(&mut self, frame: &callsign_mesh::voice::ReceivedFrame, now: Instant) {
         let name = self.member.display_name(&frame.sender);
-        for e in self.recorder.frame(frame, &name, now) {
+        for (channel, e) in self.recorder.frame(frame, &name, now) {
             self.emit(NodeEvent::Warning(e.to_string()));
-            for channel in &frame.channels {
-                self.member.handle_input(
-                    now,
-                    Input::Command(Command::Record {
-                        channel: *channel,
-                        on: false,
-                    }),
-                );
-            }
+            self.member
+                .handle_input(now, Input::Command(Command::Record { channel, on: false }));
         }
     }
 

@@ -75,7 +75,7 @@ impl Recorder {
         frame: &ReceivedFrame,
         name: &str,
         now: Instant,
-    ) -> Vec<RecordingError> {
+    ) -> Vec<(ChannelId, RecordingError)> {
         let mut errors = Vec::new();
         if frame.whisper || self.active.is_empty() {
             return errors;
@@ -91,7 +91,7 @@ impl Recorder {
                     &frame.payload,
                     now,
                 ) {
-                    errors.push(e);
+                    errors.push((*channel, e));
                 }
             }
         }
