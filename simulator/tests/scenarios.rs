@@ -296,3 +296,30 @@ fn links_carry_talkers_once_and_monitors_stay_unseen() {
     }
     assert!(report.charter.converged);
 }
+
+#[test]
+fn links_and_monitors_hold_through_a_relay_behind_nats() {
+    let report = run(&scenario("links-relay"), None).unwrap();
+    eprintln!("{}", show(&report));
+    let relay = report.relays.iter().find(|r| r.node == "r0").expect("r0");
+    assert!(relay.packets_out > 0 && relay.audio_keys_held == 0, "{relay:?}");
+    // a0 keys alpha, heard on command through the relay; c3 keys command, heard on alpha.
+    for (from, to, channel) in [
+        ("a0", "a1", "alpha"),
+        ("a0", "c0", "command"),
+        ("a0", "c8", "command"),
+        ("c3", "a0", "alpha"),
+        ("c3", "c5", "command"),
+        ("c4", "staff", "ops"),
+    ] {
+        let s = report
+            .stream(from, to, channel)
+            .unwrap_or_else(|| panic!("{from} -> {to} on {channel} missing"));
+        assert!(s.frames_played * 100 >= s.frames_sent * 90, "{s:?}");
+    }
+    assert!(report.heard_themselves.is_empty());
+    assert!(report
+        .rosters
+        .values()
+        .all(|r| !r.get("ops").is_some_and(|ops| ops.contains("staff"))));
+}
