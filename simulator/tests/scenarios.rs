@@ -302,7 +302,10 @@ fn links_and_monitors_hold_through_a_relay_behind_nats() {
     let report = run(&scenario("links-relay"), None).unwrap();
     eprintln!("{}", show(&report));
     let relay = report.relays.iter().find(|r| r.node == "r0").expect("r0");
-    assert!(relay.packets_out > 0 && relay.audio_keys_held == 0, "{relay:?}");
+    assert!(
+        relay.packets_out > 0 && relay.audio_keys_held == 0,
+        "{relay:?}"
+    );
     // a0 keys alpha, heard on command through the relay; c3 keys command, heard on alpha.
     for (from, to, channel) in [
         ("a0", "a1", "alpha"),

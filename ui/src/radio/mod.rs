@@ -172,13 +172,13 @@ impl Radio {
         radio
     }
 
-    /// Channels we may hear, in tree order (by path).
+    /// Channels we may hear (listen, or monitor), in tree order (by path).
     pub fn channels(&self) -> Vec<(ChannelId, String)> {
         let mut out: Vec<(ChannelId, String)> = self
             .state
             .channels
             .keys()
-            .filter(|c| self.state.may(&self.me, **c, Permissions::LISTEN))
+            .filter(|c| self.state.may_hear(&self.me, **c))
             .map(|c| (*c, self.path(*c)))
             .collect();
         out.sort_by(|a, b| a.1.cmp(&b.1));
@@ -213,8 +213,9 @@ impl Radio {
         let profile = &self.profile;
         let channels = self.channels();
         for (channel, path) in &channels {
-            if !known.contains(channel) {
-                // New channels start heard, as the node starts listening to all it may.
+            if !known.contains(channel) && !self.monitor_only(*channel) {
+                // New channels start heard, as the node starts listening to all it may
+                // (never monitored: that is the user's choice).
                 self.listening.insert(*channel);
             }
             let bound = profile
@@ -393,10 +394,19 @@ impl Radio {
         self.charter_reply = Some(rx);
     }
 
+    /// A channel the charter lets us monitor but not listen to: we hear it unseen.
+    fn monitor_only(&self, channel: ChannelId) -> bool {
+        !self.state.may(&self.me, channel, Permissions::LISTEN)
+    }
+
     fn set_listening(&mut self, channel: ChannelId, on: bool) {
         let command = if on {
             self.listening.insert(channel);
-            NodeCommand::Listen(channel)
+            if self.monitor_only(channel) {
+                NodeCommand::Monitor(channel)
+            } else {
+                NodeCommand::Listen(channel)
+            }
         } else {
             self.listening.remove(&channel);
             NodeCommand::Unlisten(channel)

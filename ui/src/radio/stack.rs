@@ -74,8 +74,13 @@ impl Radio {
                 .widget_info(|| labelled(egui::WidgetType::Label, format!("{path}: {text}")));
         }
         let mut listening = self.listening.contains(&channel);
-        let toggle = ui.add(egui::Checkbox::without_text(&mut listening));
-        toggle.widget_info(|| toggled(listening, format!("listen {path}")));
+        let monitor = self.monitor_only(channel);
+        let mut toggle = ui.add(egui::Checkbox::without_text(&mut listening));
+        if monitor {
+            toggle = toggle.on_hover_text("monitor: hear it without showing in its roster");
+        }
+        let verb = if monitor { "monitor" } else { "listen" };
+        toggle.widget_info(|| toggled(listening, format!("{verb} {path}")));
         if toggle.changed() {
             self.set_listening(channel, listening);
         }
