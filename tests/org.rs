@@ -89,6 +89,22 @@ fn build_show_export_import() {
     assert_eq!(show["channels"][1]["acl"]["pilot"], "listen,speak");
     assert_eq!(show["members"][0][1], pilot.as_str());
 
+    // Links, recording policy and conferences, from the CLI.
+    let root = || callsign(dir.path(), "root.key");
+    ok(root().args(["org", "channel", "link", "/Command/Flight", "/Command"]));
+    ok(root().args(["org", "channel", "recording", "/Command", "forbidden"]));
+    let refused = failed(root().args(["org", "channel", "recording", "/Command", "maybe"]));
+    assert!(refused.contains("unknown recording policy"), "{refused}");
+    let edited: Value = serde_json::from_str(&ok(root().args(["org", "show", "--json"]))).unwrap();
+    assert_eq!(
+        edited["links"],
+        serde_json::json!([["/Command/Flight", "/Command"]])
+    );
+    assert_eq!(edited["channels"][0]["recording"], "forbidden");
+    assert_eq!(edited["channels"][1]["recording"], "forbidden", "inherited");
+    ok(root().args(["org", "channel", "unlink", "/Command/Flight", "/Command"]));
+    ok(root().args(["org", "channel", "recording", "/Command", "inherit"]));
+
     let bundle = dir.path().join("org.bundle");
     ok(callsign(dir.path(), "root.key")
         .args(["org", "export"])
@@ -97,7 +113,7 @@ fn build_show_export_import() {
     let out = ok(callsign(other.path(), "x.key")
         .args(["org", "import"])
         .arg(&bundle));
-    assert!(out.contains("imported 10 of 10"), "{out}");
+    assert!(out.contains("imported 14 of 14"), "{out}");
     let again: Value = serde_json::from_str(&ok(
         callsign(other.path(), "x.key").args(["org", "show", "--json"])
     ))
@@ -108,7 +124,7 @@ fn build_show_export_import() {
         .args(["org", "import"])
         .arg(&bundle));
     assert!(
-        out.contains("up to date") && out.contains("all 10 ops"),
+        out.contains("up to date") && out.contains("all 14 ops"),
         "{out}"
     );
 }

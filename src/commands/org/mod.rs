@@ -13,7 +13,7 @@ use callsign_mesh::charter::bundle::encode_bundle;
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::{
     ChannelId, ChannelPolicy, Charter, CharterState, FloorMode, OpBody, Permissions, Priority,
-    RelayInfo, Role,
+    RecordingPolicy, RelayInfo, Role,
 };
 use clap::{Args, Subcommand};
 
@@ -127,6 +127,18 @@ pub enum ChannelCommand {
     Remove {
         /// Channel path.
         path: String,
+    },
+    /// Link FROM into TO: listeners of TO hear FROM's talkers (one way; link back for both).
+    Link { from: String, to: String },
+    /// Remove the link FROM -> TO.
+    Unlink { from: String, to: String },
+    /// Set a channel's recording policy: allowed, notice, forbidden, or inherit.
+    Recording { path: String, policy: String },
+    /// Define (or with fewer than two channels, remove) a conference: channels heard as one.
+    Conference {
+        name: String,
+        #[arg(num_args = 0..)]
+        paths: Vec<String>,
     },
 }
 
@@ -489,6 +501,26 @@ fn edit_body(state: &CharterState, command: &OrgCommand) -> Result<OpBody> {
         }
         OrgCommand::Channel(ChannelCommand::Remove { path }) => OpBody::RemoveChannel {
             channel: channel(state, path)?,
+        },
+        OrgCommand::Channel(ChannelCommand::Link { from, to })
+        | OrgCommand::Channel(ChannelCommand::Unlink { from, to }) => OpBody::LinkChannel {
+            from: channel(state, from)?,
+            to: channel(state, to)?,
+            linked: matches!(command, OrgCommand::Channel(ChannelCommand::Link { .. })),
+        },
+        OrgCommand::Channel(ChannelCommand::Recording { path, policy }) => OpBody::SetRecording {
+            channel: channel(state, path)?,
+            policy: match policy.as_str() {
+                "inherit" => None,
+                other => Some(RecordingPolicy::parse(other).map_err(|e| anyhow!(e))?),
+            },
+        },
+        OrgCommand::Channel(ChannelCommand::Conference { name, paths }) => OpBody::SetConference {
+            name: name.clone(),
+            channels: paths
+                .iter()
+                .map(|p| channel(state, p))
+                .collect::<Result<_>>()?,
         },
         OrgCommand::Role(RoleCommand::Add {
             name,

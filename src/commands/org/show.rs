@@ -12,6 +12,7 @@ struct ChannelView {
     floor: &'static str,
     mesh_threshold: u8,
     acl: BTreeMap<String, String>,
+    recording: &'static str,
 }
 
 #[derive(Serialize)]
@@ -24,6 +25,9 @@ struct OrgView {
     members: Vec<(String, String, Vec<String>)>,
     relays: Vec<(String, u32)>,
     presets: Vec<String>,
+    /// `(from, to)`: listeners of `to` hear the talkers of `from`.
+    links: Vec<(String, String)>,
+    conferences: BTreeMap<String, Vec<String>>,
 }
 
 pub(super) fn show(state: &CharterState, json: bool) -> Result<()> {
@@ -44,6 +48,7 @@ pub(super) fn show(state: &CharterState, json: bool) -> Result<()> {
                 .iter()
                 .map(|(r, p)| (r.clone(), p.to_string()))
                 .collect(),
+            recording: state.recording_policy(id).name(),
         });
         stack.extend(state.children(Some(id)).into_iter().rev());
     }
@@ -71,6 +76,22 @@ pub(super) fn show(state: &CharterState, json: bool) -> Result<()> {
             .map(|(k, r)| (k.to_string(), r.capacity))
             .collect(),
         presets: state.presets.keys().cloned().collect(),
+        links: state
+            .links
+            .iter()
+            .map(|(from, to)| {
+                let path = |c| state.path(c).unwrap_or_default();
+                (path(*from), path(*to))
+            })
+            .collect(),
+        conferences: state
+            .conferences
+            .iter()
+            .map(|(name, cs)| {
+                let paths = cs.iter().filter_map(|c| state.path(*c)).collect();
+                (name.clone(), paths)
+            })
+            .collect(),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
@@ -87,13 +108,18 @@ pub(super) fn show(state: &CharterState, json: bool) -> Result<()> {
         let depth = ch.path.matches('/').count();
         let acl: Vec<String> = ch.acl.iter().map(|(r, p)| format!("{r}={p}")).collect();
         println!(
-            "  {}{}{}{}",
+            "  {}{}{}{}{}",
             "  ".repeat(depth - 1),
             ch.path.rsplit('/').next().unwrap_or_default(),
             if ch.floor == "half-duplex" {
                 " [half-duplex]"
             } else {
                 ""
+            },
+            if ch.recording == "notice" {
+                String::new()
+            } else {
+                format!(" [recording {}]", ch.recording)
             },
             if acl.is_empty() {
                 String::new()
@@ -114,6 +140,12 @@ pub(super) fn show(state: &CharterState, json: bool) -> Result<()> {
     }
     if !view.presets.is_empty() {
         println!("presets: {}", view.presets.join(", "));
+    }
+    for (from, to) in &view.links {
+        println!("link: {from} -> {to}");
+    }
+    for (name, paths) in &view.conferences {
+        println!("conference {name}: {}", paths.join(", "));
     }
     Ok(())
 }
