@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 /// The sidecar's format version.
 pub const SIDECAR_VERSION: u32 = 1;
 
+/// How far (48 kHz samples) a frame may sit ahead of its arrival on the file's timeline: a
+/// jitter buffer's worth; beyond it the spurt is re-anchored where the frame arrived.
+const AHEAD_OF_ARRIVAL: u32 = 48_000 / 2;
+
 /// After this long without a frame, a talker's spurt is over (a lost END frame).
 const SPURT_GAP: Duration = Duration::from_millis(200);
 
@@ -201,7 +205,14 @@ impl ChannelRecording {
             self.sidecar.late += 1;
             return Ok(());
         }
-        let slot = anchor.granule + u64::from(offset);
+        let mut slot = anchor.granule + u64::from(offset);
+        if slot > arrival + u64::from(AHEAD_OF_ARRIVAL) {
+            // The sender's clock ran ahead of ours (or lies): the file's timeline follows
+            // arrival, so a jumping timestamp cannot fill the disk with silence.
+            anchor.timestamp = timestamp;
+            anchor.granule = arrival.max(written);
+            slot = anchor.granule;
+        }
         let segment = anchor.segment;
         if slot < written {
             self.sidecar.late += 1;
@@ -313,4 +324,77 @@ pub fn sidecar_path(recording: &Path) -> PathBuf {
 fn samples_since(start: Instant, now: Instant) -> u64 {
     let elapsed = now.saturating_duration_since(start);
     (elapsed.as_micros() * 48 / 1000) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callsign_keys::Identity;
+
+    fn talker(seed: u8) -> IdentityKey {
+        Identity::from_secret_bytes([seed; 32]).public()
+    }
+
+    /// Frames of `who` every 20 ms from `from_ms` for `count` frames, timestamps from `ts`.
+    fn spurt(
+        r: &mut ChannelRecording,
+        start: Instant,
+        who: IdentityKey,
+        from_ms: u64,
+        count: u32,
+        ts: u32,
+    ) {
+        for i in 0..count {
+            let now = start + Duration::from_millis(from_ms + 20 * u64::from(i));
+            r.frame(who, "t", ts + 960 * i, i == 0, &SILENCE_FRAME, now)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn talkers_gaps_overlaps_and_lying_timestamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let mut r = ChannelRecording::create(dir.path(), "ch", "/ch", "me", 0, start).unwrap();
+        let (a, b) = (talker(1), talker(2));
+        // a talks 0.5 s from 100 ms; b overlaps from 300 ms and goes on after a stops.
+        spurt(&mut r, start, a, 100, 25, 5_000);
+        spurt(&mut r, start, b, 300, 10, 90_000);
+        // b again alone at 1 s; then a with a timestamp that jumps 10 hours mid-spurt.
+        spurt(&mut r, start, b, 1_000, 10, 200_000);
+        spurt(&mut r, start, a, 1_500, 5, 7_000);
+        for i in 0..5u32 {
+            let now = start + Duration::from_millis(1_600 + 20 * u64::from(i));
+            let ts = 7_000 + 48_000 * 36_000 + 960 * i;
+            r.frame(a, "t", ts, false, &SILENCE_FRAME, now).unwrap();
+        }
+        // A frame from a's first spurt arriving now is late.
+        r.frame(
+            a,
+            "t",
+            5_000,
+            false,
+            &SILENCE_FRAME,
+            start + Duration::from_millis(1_700),
+        )
+        .unwrap();
+        let path = r.path().to_path_buf();
+        let side = r.finish().unwrap();
+        let spans: Vec<(u64, u64, u64, u64)> = side
+            .segments
+            .iter()
+            .map(|s| (s.start_ms, s.end_ms, s.frames, s.overlapped))
+            .collect();
+        assert_eq!(spans[0], (100, 600, 25, 0));
+        // b's overlapping frames are counted, not written.
+        assert_eq!((spans[1].2, spans[1].3), (0, 10));
+        assert_eq!(spans[2], (1_000, 1_200, 10, 0));
+        assert_eq!(spans[3].0, 1_500);
+        // The jump re-anchors at arrival: the file is 1.7 s long, not ten hours.
+        assert_eq!(side.duration_ms, 1_700);
+        assert_eq!(side.late, 1);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() < 10_000, "{} bytes", bytes.len());
+        assert!(sidecar_path(&path).exists());
+    }
 }
