@@ -29,12 +29,28 @@ impl FloorControl {
 
     /// Follows the charter: a floor for each half-duplex channel; a channel that stops being
     /// one (or goes away) releases what we held on it.
+    ///
+    /// A node that is no member (a rented relay, a newcomer not yet admitted) never requests,
+    /// so it keeps a floor only where it is the arbiter: a relay that merely forwards a channel
+    /// would otherwise apply the members' rule to the claims it happens to see and name a
+    /// holder the arbiter never granted (chaos seed 189: the cascade's second relay named
+    /// another holder than its arbiter and every member for a second).
     pub fn update_charter(&mut self, state: &CharterState, now: Instant) {
+        let local = self.shared.local;
+        self.shared.requesters = state
+            .members
+            .keys()
+            .chain(&state.admins)
+            .chain(std::iter::once(&state.org))
+            .copied()
+            .collect();
+        let member = self.shared.requesters.contains(&local);
         let half_duplex: BTreeSet<ChannelId> = state
             .channels
             .iter()
             .filter(|(_, c)| c.policy.floor == FloorMode::HalfDuplex)
             .map(|(id, _)| *id)
+            .filter(|id| member || super::arbiter_for(state, *id) == Some(local))
             .collect();
         let gone: Vec<ChannelId> = self
             .channels
@@ -57,7 +73,6 @@ impl FloorControl {
             }
         }
         // Someone whose role lost the priority loses what it held.
-        let local = self.shared.local;
         let lost: Vec<ChannelId> = self
             .channels
             .iter()

@@ -19,6 +19,10 @@ pub(crate) struct Shared {
     /// idle timeout (its goodbye may be lost); without this every press waited the full
     /// acknowledgement timeout on it (chaos seeds 8, 16, 20).
     pub(crate) silent: BTreeSet<IdentityKey>,
+    /// Who may request a floor at all (the charter's members and admins): only their
+    /// acknowledgements are waited for, since only their requests can cross ours. A rented
+    /// relay hears claims (to arbitrate) but never requests.
+    pub(crate) requesters: BTreeSet<IdentityKey>,
     epoch: Instant,
     epoch_unix_ms: u64,
     /// The hybrid logical clock (ms): never behind the Unix clock or any stamp seen.
@@ -34,6 +38,7 @@ impl Shared {
             config,
             participants: BTreeSet::new(),
             silent: BTreeSet::new(),
+            requesters: BTreeSet::new(),
             epoch: now,
             epoch_unix_ms: unix_ms,
             hlc: 0,

@@ -31,7 +31,7 @@ impl ChannelFloor {
     pub(super) fn all_acked(&self, sh: &Shared, rev: u32) -> bool {
         sh.participants
             .iter()
-            .filter(|p| !sh.silent.contains(*p))
+            .filter(|p| !sh.silent.contains(*p) && sh.requesters.contains(*p))
             .all(|p| self.acked(p, rev))
     }
 
@@ -45,7 +45,7 @@ impl ChannelFloor {
         let quiet: Vec<IdentityKey> = sh
             .participants
             .iter()
-            .filter(|p| !self.acked(p, rev))
+            .filter(|p| sh.requesters.contains(*p) && !self.acked(p, rev))
             .copied()
             .collect();
         sh.silent.extend(quiet);
