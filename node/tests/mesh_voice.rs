@@ -11,30 +11,7 @@ use callsign_node::{Node, NodeCommand, NodeConfig, NodeEvent, NodeStats};
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
 
-use common::squad::{config, squad, WAIT};
-
-/// Members 0 (talker, adjusted by `tweak`) and 1 (listener) of `org`, linked, with an E2EE
-/// session each way and grants delivered.
-async fn linked_pair(
-    org: &DemoOrg,
-    seed: u64,
-    tweak: impl FnOnce(&mut NodeConfig),
-) -> (Node, Node) {
-    let epoch = Instant::now();
-    let mut talker_config = config(org, 0, epoch, seed);
-    tweak(&mut talker_config);
-    let mut talker = Node::start(talker_config).await.unwrap();
-    let mut listener_config = config(org, 1, epoch, seed);
-    listener_config.bootstrap = vec![talker.address().clone()];
-    let mut listener = Node::start(listener_config).await.unwrap();
-    for node in [&mut talker, &mut listener] {
-        node.wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
-            .await
-            .expect("session");
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    (talker, listener)
-}
+use common::squad::{config, linked_pair, squad, WAIT};
 
 async fn talk(node: &Node, command: NodeCommand, millis: u64) {
     node.command(command).unwrap();
@@ -270,7 +247,12 @@ async fn removing_a_member_rotates_keys_it_cannot_use() {
 #[tokio::test]
 async fn listeners_report_loss_and_the_sender_strengthens_fec() {
     let org = DemoOrg::new(2, 11).unwrap();
-    let (talker, listener) = linked_pair(&org, 300, |c| c.send_loss = 0.2).await;
+    let (talker, listener) = linked_pair(&org, 300, |i, c| {
+        if i == 0 {
+            c.send_loss = 0.2
+        }
+    })
+    .await;
     assert_eq!(
         talker.stats().await.unwrap().expected_loss_pct,
         1,
@@ -290,8 +272,12 @@ async fn voice_activation_transmits_while_speech_is_heard() {
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/speech-16k.wav"),
     )
     .unwrap();
-    let (mut talker, mut listener) =
-        linked_pair(&org, 400, |c| c.input = AudioInput::Samples(speech)).await;
+    let (mut talker, mut listener) = linked_pair(&org, 400, |i, c| {
+        if i == 0 {
+            c.input = AudioInput::Samples(speech.clone())
+        }
+    })
+    .await;
     talker
         .command(NodeCommand::VoiceActivation(vec![org.flight]))
         .unwrap();

@@ -7,12 +7,12 @@ mod common;
 use callsign_mesh::charter::{OpBody, RecordingPolicy};
 use callsign_node::audio::wav::read_wav;
 use callsign_node::runtime::demo_org::DemoOrg;
-use callsign_node::{Node, NodeCommand, NodeEvent};
+use callsign_node::{NodeCommand, NodeEvent};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::squad::{config, WAIT};
+use common::squad::{linked_pair, WAIT};
 
 fn tool(name: &str) -> Command {
     let found = Command::new("sh")
@@ -56,18 +56,12 @@ async fn a_recording_plays_in_opus_tools_with_the_talkers_where_they_spoke() {
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let epoch = Instant::now();
-    let mut talker = Node::start(config(&org, 0, epoch, 5)).await.unwrap();
-    let mut listener_config = config(&org, 1, epoch, 5);
-    listener_config.bootstrap = vec![talker.address().clone()];
-    listener_config.recordings = Some(dir.path().to_path_buf());
-    let mut listener = Node::start(listener_config).await.unwrap();
-    for node in [&mut talker, &mut listener] {
-        node.wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
-            .await
-            .expect("session");
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut talker, mut listener) = linked_pair(&org, 5, |i, c| {
+        if i == 1 {
+            c.recordings = Some(dir.path().to_path_buf());
+        }
+    })
+    .await;
 
     listener
         .command(NodeCommand::Record {

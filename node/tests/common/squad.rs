@@ -55,3 +55,27 @@ pub async fn squad(n: usize) -> Squad {
     tokio::time::sleep(Duration::from_millis(300)).await;
     Squad { org, nodes }
 }
+
+/// Members 0 (talker) and 1 (listener) of `org`, each adjusted by `tweak(index, config)`,
+/// linked, with an E2EE session each way and grants delivered.
+pub async fn linked_pair(
+    org: &DemoOrg,
+    seed: u64,
+    mut tweak: impl FnMut(usize, &mut NodeConfig),
+) -> (Node, Node) {
+    let epoch = Instant::now();
+    let mut talker_config = config(org, 0, epoch, seed);
+    tweak(0, &mut talker_config);
+    let mut talker = Node::start(talker_config).await.unwrap();
+    let mut listener_config = config(org, 1, epoch, seed);
+    listener_config.bootstrap = vec![talker.address().clone()];
+    tweak(1, &mut listener_config);
+    let mut listener = Node::start(listener_config).await.unwrap();
+    for node in [&mut talker, &mut listener] {
+        node.wait_for(WAIT, |e| matches!(e, NodeEvent::SessionUp { .. }))
+            .await
+            .expect("session");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (talker, listener)
+}
