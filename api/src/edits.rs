@@ -12,7 +12,9 @@ use callsign_node::NodeCommand;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::routes::{allowed, edit, resolve, Answer, ApiState, Body, ChannelBody};
+use crate::routes::{
+    allowed, edit, new_place, resolve, Answer, ApiState, Body, ChannelBody, NewPlace,
+};
 use crate::ApiError;
 
 #[derive(Deserialize)]
@@ -246,18 +248,11 @@ pub(crate) struct SupportBody {
 /// A support line from the template (`callsign_mesh::charter::templates::support_line`).
 pub(crate) async fn support(State(s): ApiState, Body(body): Body<SupportBody>) -> Answer {
     let charter = s.control.charter().await?;
-    let trimmed = body.path.trim_end_matches('/');
-    let (parent, name) = trimmed
-        .rsplit_once('/')
-        .filter(|(_, name)| !name.is_empty())
-        .ok_or_else(|| ApiError::BadRequest(format!("not a channel path: {}", body.path)))?;
-    let parent = match parent {
-        "" => None,
-        p => Some(resolve(&charter, p)?),
-    };
-    if charter.find(trimmed).is_some() {
-        return Err(ApiError::Conflict(format!("{trimmed} exists")));
-    }
+    let NewPlace {
+        path: trimmed,
+        parent,
+        name,
+    } = new_place(&charter, &body.path)?;
     for role in [&body.agents, &body.callers, &body.observers] {
         if !charter.roles.contains_key(role) {
             return Err(ApiError::NotFound(format!(

@@ -322,20 +322,46 @@ struct NewChannel {
     path: String,
 }
 
-async fn add_channel(State(s): ApiState, Body(body): Body<NewChannel>) -> Answer {
-    let charter = s.control.charter().await?;
-    let trimmed = body.path.trim_end_matches('/');
+/// Where a new channel goes: its path without a trailing slash, its (existing) parent and its
+/// name.
+pub(crate) struct NewPlace<'a> {
+    pub(crate) path: &'a str,
+    pub(crate) parent: Option<ChannelId>,
+    pub(crate) name: &'a str,
+}
+
+/// Reads `path` as the place of a channel to create: 400 if it is no path, 404 if its parent
+/// does not exist, 409 if the channel does.
+pub(crate) fn new_place<'a>(
+    charter: &CharterState,
+    path: &'a str,
+) -> Result<NewPlace<'a>, ApiError> {
+    let trimmed = path.trim_end_matches('/');
     let (parent, name) = trimmed
         .rsplit_once('/')
         .filter(|(_, name)| !name.is_empty())
-        .ok_or_else(|| ApiError::BadRequest(format!("not a channel path: {}", body.path)))?;
+        .ok_or_else(|| ApiError::BadRequest(format!("not a channel path: {path}")))?;
     let parent = match parent {
         "" => None,
-        p => Some(resolve(&charter, p)?),
+        p => Some(resolve(charter, p)?),
     };
     if charter.find(trimmed).is_some() {
         return Err(ApiError::Conflict(format!("{trimmed} exists")));
     }
+    Ok(NewPlace {
+        path: trimmed,
+        parent,
+        name,
+    })
+}
+
+async fn add_channel(State(s): ApiState, Body(body): Body<NewChannel>) -> Answer {
+    let charter = s.control.charter().await?;
+    let NewPlace {
+        path: trimmed,
+        parent,
+        name,
+    } = new_place(&charter, &body.path)?;
     edit(
         &s,
         OpBody::AddChannel {

@@ -21,12 +21,7 @@ use std::time::Duration;
 #[test]
 fn first_run_creates_an_identity_and_an_org_and_the_admin_adds_a_channel() {
     let dir = tempfile::tempdir().unwrap();
-    let app = RadioApp::new(dir.path().to_path_buf(), Box::new(NodeBridge::start));
-    let mut h = harness(app);
-    h.step();
-    type_into(&mut h, "Callsign", "Maverick");
-    type_into(&mut h, "Org name", "Top Gun");
-    h.get_by_label("Start").click();
+    let mut h = first_run(dir.path(), "Maverick", "Org name", "Top Gun");
     h.step();
     // The profile is remembered, with its key and the charter log.
     let profile = Profile::load(dir.path()).unwrap().expect("profile saved");
@@ -356,12 +351,7 @@ fn first_run_with_an_invite_ticket_joins_a_running_org() {
     .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let app = RadioApp::new(dir.path().to_path_buf(), Box::new(NodeBridge::start));
-    let mut h = harness(app);
-    h.step();
-    type_into(&mut h, "Callsign", "Goose");
-    type_into(&mut h, "Invite ticket", &ticket);
-    h.get_by_label("Start").click();
+    let mut h = first_run(dir.path(), "Goose", "Invite ticket", &ticket);
     h.step();
     // Admitted by the admin's node, the charter arrives and the org's channels appear.
     step_until(&mut h, |h| h.query_by_label("PTT /flight").is_some());
@@ -377,12 +367,7 @@ fn first_run_with_an_invite_ticket_joins_a_running_org() {
 #[test]
 fn the_local_api_turned_on_in_the_settings_serves_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    let app = RadioApp::new(dir.path().to_path_buf(), Box::new(NodeBridge::start));
-    let mut h = harness(app);
-    h.step();
-    type_into(&mut h, "Callsign", "Maverick");
-    type_into(&mut h, "Org name", "Top Gun");
-    h.get_by_label("Start").click();
+    let mut h = first_run(dir.path(), "Maverick", "Org name", "Top Gun");
     step_until(&mut h, |h| h.query_by_label("Org admin").is_some());
     // Off by default; turned on, it waits for the next start.
     h.get_by_label("Settings").click();

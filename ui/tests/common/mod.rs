@@ -37,6 +37,23 @@ pub fn step_until(
     }
 }
 
+/// The app on a fresh profile in `dir` with the real node bridge, its first-run form filled
+/// (`callsign`, and `field` with `value`: the org name or an invite ticket) and Start clicked.
+pub fn first_run(
+    dir: &Path,
+    callsign: &str,
+    field: &str,
+    value: &str,
+) -> Harness<'static, RadioApp> {
+    let app = RadioApp::new(dir.to_path_buf(), Box::new(NodeBridge::start));
+    let mut h = harness(app);
+    h.step();
+    type_into(&mut h, "Callsign", callsign);
+    type_into(&mut h, field, value);
+    h.get_by_label("Start").click();
+    h
+}
+
 pub fn type_into(h: &mut Harness<'static, RadioApp>, label: &str, text: &str) {
     h.get_by_label(label).focus();
     h.step();
