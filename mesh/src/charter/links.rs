@@ -48,6 +48,10 @@ impl CharterState {
                 out.push(*c);
             }
         }
+        // Every voice frame asks: an org without links pays nothing more.
+        if self.links.is_empty() && self.conferences.is_empty() {
+            return out;
+        }
         let mut refused: BTreeSet<ChannelId> = BTreeSet::new();
         let mut queue: VecDeque<ChannelId> = out.iter().copied().collect();
         while let Some(at) = queue.pop_front() {

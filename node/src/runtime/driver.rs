@@ -615,6 +615,9 @@ impl Driver {
     /// Writes a played frame to the channels we record; a recording that cannot be written
     /// stops (and the member stops announcing it).
     fn record(&mut self, frame: &callsign_mesh::voice::ReceivedFrame, now: Instant) {
+        if self.recorder.is_idle() {
+            return;
+        }
         let name = self.member.display_name(&frame.sender);
         for (channel, e) in self.recorder.frame(frame, &name, now) {
             self.emit(NodeEvent::Warning(e.to_string()));

@@ -23,6 +23,11 @@ impl Recorder {
         }
     }
 
+    /// Whether nothing is being recorded (the common case, checked for every played frame).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.active.is_empty()
+    }
+
     /// Whether recordings have somewhere to go.
     pub(crate) fn can_record(&self) -> bool {
         self.dir.is_some()
@@ -77,7 +82,7 @@ impl Recorder {
         now: Instant,
     ) -> Vec<(ChannelId, RecordingError)> {
         let mut errors = Vec::new();
-        if frame.whisper || self.active.is_empty() {
+        if frame.whisper {
             return errors;
         }
         let start = frame.header.flags.contains(VoiceFlags::START);
