@@ -260,18 +260,18 @@ impl View {
 
     /// Who listens on `channel`, from presence (names).
     pub fn listeners_on(&self, channel: ChannelId) -> Vec<String> {
-        self.presence
-            .values()
-            .filter(|seen| seen.listening.contains(&channel))
-            .map(|seen| seen.name.clone())
-            .collect()
+        self.names_where(|seen| seen.listening.contains(&channel))
     }
 
     /// Who records `channel`, from presence (names).
     pub fn recorders_on(&self, channel: ChannelId) -> Vec<String> {
+        self.names_where(|seen| seen.recording.contains(&channel))
+    }
+
+    fn names_where(&self, pick: impl Fn(&Seen) -> bool) -> Vec<String> {
         self.presence
             .values()
-            .filter(|seen| seen.recording.contains(&channel))
+            .filter(|seen| pick(seen))
             .map(|seen| seen.name.clone())
             .collect()
     }
