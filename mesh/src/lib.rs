@@ -29,6 +29,7 @@ pub mod presence;
 pub mod punch;
 pub mod reachability;
 pub mod routing;
+pub mod spatial;
 pub mod topology;
 pub mod voice;
 pub mod wire;

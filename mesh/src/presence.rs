@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version byte of presence records.
-pub const PRESENCE_VERSION: u8 = 5;
+pub const PRESENCE_VERSION: u8 = 6;
 /// Largest encoded record accepted.
 pub const MAX_PRESENCE_BYTES: usize = 4096;
 /// Longest lifetime a record may claim (a node re-announces well before).
@@ -79,6 +79,9 @@ pub struct PresenceBody {
     /// Of `listening`, the channels the member records: shown to everyone listening. Sorted,
     /// unique.
     pub recording: Vec<ChannelId>,
+    /// Where the member is (context, decimetres), announced only in orgs with proximity
+    /// channels: their senders skip listeners out of reach.
+    pub position: Option<(crate::spatial::ContextId, [i32; 3])>,
 }
 
 /// A short tag naming a linked peer in [`PresenceBody::linked`]: the last four bytes of its

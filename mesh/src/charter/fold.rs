@@ -122,6 +122,7 @@ struct Pass<'a> {
     links: BTreeSet<(ChannelId, ChannelId)>,
     conferences: BTreeMap<String, BTreeSet<ChannelId>>,
     recording: BTreeMap<ChannelId, super::model::RecordingPolicy>,
+    spatial: BTreeMap<ChannelId, crate::spatial::Spatial>,
     revocations: Vec<(u32, IdentityKey)>,
 }
 
@@ -285,7 +286,8 @@ impl Pass<'_> {
             | OpBody::SetChannelPolicy { .. } => self.apply_channel(at, dag_op),
             OpBody::LinkChannel { .. }
             | OpBody::SetConference { .. }
-            | OpBody::SetRecording { .. } => self.apply_routing(at, dag_op),
+            | OpBody::SetRecording { .. }
+            | OpBody::SetSpatial { .. } => self.apply_routing(at, dag_op),
             OpBody::PutRole { .. }
             | OpBody::RemoveRole { .. }
             | OpBody::PutMember { .. }
@@ -382,6 +384,12 @@ impl Pass<'_> {
             .filter(|(c, _)| live(c))
             .map(|(c, p)| (*c, *p))
             .collect();
+        state.spatial = self
+            .spatial
+            .iter()
+            .filter(|(c, _)| live(c))
+            .map(|(c, s)| (*c, *s))
+            .collect();
         state.relays = self.relays;
         state.presets = self.presets;
         state.used_invites = self.invites;
@@ -433,6 +441,7 @@ pub fn fold(org: IdentityKey, order: &[&DagOp]) -> Fold {
             links: BTreeSet::new(),
             conferences: BTreeMap::new(),
             recording: BTreeMap::new(),
+            spatial: BTreeMap::new(),
             revocations: Vec::new(),
         };
         let mut outcomes = BTreeMap::new();

@@ -213,6 +213,13 @@ pub enum OpBody {
         /// The policy.
         policy: Option<RecordingPolicy>,
     },
+    /// Makes a channel positional or proximity (or, with `None`, plain again).
+    SetSpatial {
+        /// The channel.
+        channel: ChannelId,
+        /// Its settings.
+        spatial: Option<crate::spatial::Spatial>,
+    },
 }
 
 /// A signed charter operation.

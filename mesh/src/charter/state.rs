@@ -53,6 +53,8 @@ pub struct CharterState {
     /// Recording policies set on channels (others inherit; see
     /// [`CharterState::recording_policy`]).
     pub recording: BTreeMap<ChannelId, RecordingPolicy>,
+    /// Positional and proximity channels (not inherited: each is set on its own).
+    pub spatial: BTreeMap<ChannelId, crate::spatial::Spatial>,
 }
 
 impl CharterState {
@@ -70,6 +72,7 @@ impl CharterState {
             links: BTreeSet::new(),
             conferences: BTreeMap::new(),
             recording: BTreeMap::new(),
+            spatial: BTreeMap::new(),
         }
     }
 

@@ -83,6 +83,7 @@ impl Member {
                     self.warn(format!("charter edit refused: {e}"));
                 }
             }
+            Command::SetPosition(position) => self.set_position(position, now),
             Command::Subscribe { relay, channels } => {
                 if !self.subscribe_at(relay, channels) {
                     self.warn(format!("no link to relay {relay}"));

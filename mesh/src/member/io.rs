@@ -167,6 +167,9 @@ pub enum Command {
     VoiceActivation(Vec<ChannelId>),
     /// Sign and apply a charter edit.
     EditCharter(OpBody),
+    /// Set (or clear) where we are in the game: positional channels place our voice by it,
+    /// proximity channels reach only members near it.
+    SetPosition(Option<crate::spatial::Position>),
     /// Subscribe at a relay whatever the routes say (diagnostics).
     Subscribe {
         /// The relay.

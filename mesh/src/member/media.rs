@@ -73,6 +73,12 @@ impl Member {
         if channels.is_empty() {
             return;
         }
+        let (payload, flags) = match &target {
+            Target::Channels(_) => self.positioned(&channels, payload, flags),
+            Target::Whisper(_) => (payload, flags),
+        };
+        let mut deliveries = deliveries;
+        self.skip_out_of_reach(&channels, &mut deliveries);
         let header = VoiceHeader {
             flags,
             channels: channels.clone(),
@@ -233,10 +239,13 @@ impl Member {
                 self.floor_drops += 1;
                 tracing::debug!(peer = %from, "voice out of turn dropped");
             }
-            Ok(frame) => {
-                self.floor.audio_from(&frame.sender, &frame.channels, now);
-                self.outputs.push_back(Output::Play(frame));
-            }
+            Ok(frame) => match self.within_reach(frame) {
+                Some(frame) => {
+                    self.floor.audio_from(&frame.sender, &frame.channels, now);
+                    self.outputs.push_back(Output::Play(frame));
+                }
+                None => self.receiver.count_drop(crate::voice::DropReason::OutOfRange),
+            },
             Err(reason) => {
                 tracing::debug!(peer = %from, ?reason, "voice datagram dropped");
             }

@@ -30,6 +30,8 @@ mod commands;
 mod event;
 mod floor;
 mod hearing;
+mod position;
+pub use position::record_point;
 mod io;
 mod join;
 mod links;
@@ -132,6 +134,16 @@ pub struct Member {
     monitoring: Vec<ChannelId>,
     /// Of `listening`, the channels we record (announced in presence).
     recording: Vec<ChannelId>,
+    /// Where we are in the game (positional and proximity channels).
+    position: Option<crate::spatial::Position>,
+    /// The point our presence last announced, and when.
+    announced_point: Option<(crate::spatial::Point, Instant)>,
+    /// When our presence was last signed.
+    announced_at: Option<Instant>,
+    /// A move announcement held back by the rate limit.
+    position_due: Option<Instant>,
+    /// Which talkers are within reach on proximity channels.
+    proximity: crate::spatial::ProximityGate,
     receiver: VoiceReceiver,
     schedule: KeySchedule,
     keys_dirty: bool,
@@ -234,6 +246,11 @@ impl Member {
             listening,
             monitoring: Vec::new(),
             recording: Vec::new(),
+            position: None,
+            announced_point: None,
+            announced_at: None,
+            position_due: None,
+            proximity: Default::default(),
             receiver: VoiceReceiver::new(local),
             schedule: KeySchedule::new(local, config.keys_schedule, config.seed ^ 0x6b65_7973),
             keys_dirty: true,
@@ -384,6 +401,7 @@ impl Member {
                 .filter_map(|c| c.pairing.as_ref()?.poll_timeout())
                 .min(),
             Some(self.next_presence),
+            self.position_due,
             self.replan_due,
             self.relay_missing().then_some(self.next_relay_dial),
             self.dial_backs.values().map(|(at, _)| *at).min(),

@@ -339,6 +339,7 @@ impl Member {
             uplink_kbps: self.uplink_kbps,
             linked: self.peers.keys().map(crate::presence::link_tag).collect(),
             mapped,
+            position: self.presence_position(now),
         };
         match PresenceRecord::sign(&self.keys.identity, body) {
             Ok(record) => {

@@ -29,6 +29,7 @@ impl Member {
         self.floor.handle_timeout(now);
         self.reachability.handle_timeout(now);
         self.punch_timeouts(now);
+        self.position_timer(now);
         self.pairing_timeouts(now);
         self.keys_dirty = true;
         if now >= self.next_relay_dial {

@@ -54,7 +54,10 @@ impl VoiceFlags {
     pub const FEC: Self = Self(4);
     /// A whisper: addressed to chosen peers, not to channel listeners.
     pub const WHISPER: Self = Self(8);
-    const KNOWN: u8 = 15;
+    /// The sealed payload ends with the talker's [`crate::spatial::Point`] (20 bytes, see
+    /// `spatial::POINT_LEN`): positional and proximity channels place the voice by it.
+    pub const POSITIONED: Self = Self(16);
+    const KNOWN: u8 = 31;
 
     /// No flags.
     pub const fn empty() -> Self {

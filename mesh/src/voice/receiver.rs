@@ -12,6 +12,7 @@ use super::packet::{SenderKey, SenderShortId, VoiceFlags, VoiceHeader, VoicePack
 use super::replay::ReplayWindow;
 use crate::charter::{ChannelId, CharterState, Permissions};
 use crate::e2ee::SenderKeyGrant;
+use crate::spatial::{Point, POINT_LEN};
 use callsign_keys::IdentityKey;
 use std::collections::BTreeMap;
 
@@ -30,6 +31,8 @@ pub enum DropReason {
     Acl,
     /// Valid, but for channels we do not listen to.
     NotListening,
+    /// Only for proximity channels where the talker is out of our reach (or unplaced).
+    OutOfRange,
 }
 
 /// Drops by reason.
@@ -47,6 +50,9 @@ pub struct DropCounts {
     pub acl: u64,
     /// See [`DropReason::NotListening`].
     pub not_listening: u64,
+    /// See [`DropReason::OutOfRange`].
+    #[serde(default)]
+    pub out_of_range: u64,
 }
 
 impl DropCounts {
@@ -58,9 +64,10 @@ impl DropCounts {
         self.auth += other.auth;
         self.acl += other.acl;
         self.not_listening += other.not_listening;
+        self.out_of_range += other.out_of_range;
     }
 
-    fn count(&mut self, reason: DropReason) {
+    pub(crate) fn count(&mut self, reason: DropReason) {
         let counter = match reason {
             DropReason::Malformed => &mut self.malformed,
             DropReason::UnknownSender => &mut self.unknown_sender,
@@ -68,13 +75,14 @@ impl DropCounts {
             DropReason::Auth => &mut self.auth,
             DropReason::Acl => &mut self.acl,
             DropReason::NotListening => &mut self.not_listening,
+            DropReason::OutOfRange => &mut self.out_of_range,
         };
         *counter += 1;
     }
 }
 
 /// A frame that passed every check.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ReceivedFrame {
     /// Who spoke.
     pub sender: IdentityKey,
@@ -87,6 +95,8 @@ pub struct ReceivedFrame {
     pub whisper: bool,
     /// The Opus frame.
     pub payload: Vec<u8>,
+    /// Where the talker was ([`VoiceFlags::POSITIONED`]).
+    pub position: Option<Point>,
 }
 
 struct KeyState {
@@ -183,6 +193,11 @@ impl VoiceReceiver {
         &self.drops
     }
 
+    /// Counts a drop decided after [`receive`](Self::receive) (proximity reach).
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.drops.count(reason);
+    }
+
     /// Runs a packet through every check. `listening` is the set of channels this node listens
     /// to, sorted.
     pub fn receive(
@@ -219,7 +234,7 @@ impl VoiceReceiver {
                 continue;
             }
             match state.key.open(packet) {
-                Ok((header, payload)) => {
+                Ok((header, mut payload)) => {
                     let sender = *sender;
                     // Authentic: record it so copies and replays are refused from now on.
                     state.replay.accept(header.sequence);
@@ -264,12 +279,25 @@ impl VoiceReceiver {
                     if channels.is_empty() {
                         return Err(DropReason::NotListening);
                     }
+                    let position = if header.flags.contains(VoiceFlags::POSITIONED) {
+                        let at = payload
+                            .len()
+                            .checked_sub(POINT_LEN)
+                            .ok_or(DropReason::Malformed)?;
+                        let point =
+                            Point::from_bytes(&payload[at..]).ok_or(DropReason::Malformed)?;
+                        payload.truncate(at);
+                        Some(point)
+                    } else {
+                        None
+                    };
                     return Ok(ReceivedFrame {
                         sender,
                         header,
                         channels,
                         whisper,
                         payload,
+                        position,
                     });
                 }
                 Err(VoicePacketError::Authentication) => outcome = Err(DropReason::Auth),

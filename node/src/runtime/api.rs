@@ -35,6 +35,9 @@ pub enum NodeCommand {
         channel: ChannelId,
         on: bool,
     },
+    /// Where we are in the game (`None`: nowhere): positional channels place our voice and
+    /// others' by it, proximity channels reach only members near it.
+    SetPosition(Option<callsign_mesh::spatial::Position>),
     /// Keep listening (presence, talker events) but play nothing from the channel.
     Mute(ChannelId, bool),
     /// Linear gain, 0.0–2.0.
@@ -212,6 +215,37 @@ pub struct ReceivedStream {
     /// media epoch.
     pub mouth_to_ear_ms: Option<LatencyMs>,
     pub jitter_delay_ms: f64,
+    /// How the talker was placed on a positional or proximity channel (`None`: never placed).
+    pub placed: Option<PlacedRange>,
+}
+
+/// The gains and pan a placed stream played at.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PlacedRange {
+    /// Quietest and loudest gain, dB (-inf for silence is reported as -120).
+    pub min_gain_db: f32,
+    pub max_gain_db: f32,
+    /// The last gain and pan (-1 left, +1 right).
+    pub last_gain_db: f32,
+    pub last_pan: f32,
+}
+
+impl PlacedRange {
+    /// Widens the range by one placement.
+    pub fn add(range: Option<Self>, gain: f32, pan: f32) -> Self {
+        let db = if gain > 1e-6 {
+            20.0 * gain.log10()
+        } else {
+            -120.0
+        };
+        let (min, max) = range.map_or((db, db), |r| (r.min_gain_db.min(db), r.max_gain_db.max(db)));
+        Self {
+            min_gain_db: min,
+            max_gain_db: max,
+            last_gain_db: db,
+            last_pan: pan,
+        }
+    }
 }
 
 /// Frames this node sent to one peer on one channel.

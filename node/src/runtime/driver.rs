@@ -4,6 +4,7 @@
 //! the probe socket, the audio worker, the charter log and the app's event channel. Protocol
 //! decisions are the member's; this file only translates.
 
+use callsign_mesh::spatial::Placement;
 use super::api::{NodeCommand, NodeEvent, NodeStats};
 use super::playout::Playout;
 use super::voice::{Encoded, Transmitter};
@@ -201,6 +202,7 @@ impl Driver {
             NodeCommand::VoiceActivation(channels) => Command::VoiceActivation(channels),
             NodeCommand::EditCharter(body) => Command::EditCharter(body),
             NodeCommand::Subscribe { relay, channels } => Command::Subscribe { relay, channels },
+            NodeCommand::SetPosition(position) => Command::SetPosition(position),
             NodeCommand::Mute(channel, muted) => {
                 return self.update_mix(channel, |m| m.muted = muted);
             }
@@ -600,7 +602,17 @@ impl Driver {
     }
 
     fn play(&mut self, frame: callsign_mesh::voice::ReceivedFrame, now: Instant) {
-        match self.playout.receive(&frame, now) {
+        // Placed by the first positioned channel it is heard on.
+        let state = self.member.state();
+        let placement = frame
+            .channels
+            .iter()
+            .find_map(|c| state.spatial.get(c))
+            .filter(|_| !frame.whisper)
+            .map_or(Placement::Unplaced, |spatial| {
+                spatial.place(self.member.position().as_ref(), frame.position.as_ref())
+            });
+        match self.playout.receive(&frame, placement, now) {
             Ok(true) => self.emit(NodeEvent::TalkerStarted {
                 peer: frame.sender,
                 name: self.member.display_name(&frame.sender),

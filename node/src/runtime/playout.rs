@@ -2,11 +2,12 @@
 //! mixes them, and writes the mix to a WAV file and/or a sound card, with the per-stream
 //! counters and latency histograms the stats report.
 
-use super::api::{AudioSettings, LatencyMs, ReceivedStream, StreamChannel};
+use super::api::{AudioSettings, LatencyMs, PlacedRange, ReceivedStream, StreamChannel};
 use crate::audio::codec::DecodeKind;
 use crate::audio::feed::{FeedCounters, PlaybackFeed, StreamGuard};
 use crate::audio::jitter::{IncomingFrame, JitterConfig};
-use crate::audio::mixer::{MixInput, Mixer};
+use crate::audio::mixer::{MixInput, Mixer, SourceMix};
+use callsign_mesh::spatial::Placement;
 use crate::audio::realtime::CallbackCounters;
 use crate::audio::stream::ReceiveStream;
 use crate::audio::wav::WavSink;
@@ -82,6 +83,8 @@ struct RemoteStream {
     counters: BTreeMap<StreamChannel, Counters>,
     /// (lost, played) at the last loss report.
     reported: (u64, u64),
+    /// Gains and pan it was placed at (positional channels).
+    placed: Option<PlacedRange>,
 }
 
 impl RemoteStream {
@@ -148,8 +151,14 @@ impl Playout {
         })
     }
 
-    /// Buffers a frame that passed every check. Returns true when it starts a transmission.
-    pub fn receive(&mut self, frame: &ReceivedFrame, now: Instant) -> Result<bool, AudioError> {
+    /// Buffers a frame that passed every check, placed as `placement` says. Returns true when
+    /// it starts a transmission.
+    pub fn receive(
+        &mut self,
+        frame: &ReceivedFrame,
+        placement: Placement,
+        now: Instant,
+    ) -> Result<bool, AudioError> {
         if !self.streams.contains_key(&frame.sender) {
             let stream = RemoteStream {
                 stream: ReceiveStream::new(self.jitter.clone())?,
@@ -160,6 +169,7 @@ impl Playout {
                 pcm: vec![0.0; self.frame_len],
                 counters: BTreeMap::new(),
                 reported: (0, 0),
+                placed: None,
             };
             self.next_source += 1;
             self.streams.insert(frame.sender, stream);
@@ -169,6 +179,26 @@ impl Playout {
         };
         remote.channels.clone_from(&frame.channels);
         remote.whisper = frame.whisper;
+        match placement {
+            Placement::Unplaced => self.mixer.clear_source(remote.source),
+            Placement::Silent => self.mixer.set_source(
+                remote.source,
+                SourceMix {
+                    gain: 0.0,
+                    pan: None,
+                },
+            ),
+            Placement::Placed { gain, pan } => {
+                self.mixer.set_source(
+                    remote.source,
+                    SourceMix {
+                        gain,
+                        pan: Some(pan),
+                    },
+                );
+                remote.placed = Some(PlacedRange::add(remote.placed, gain, pan));
+            }
+        }
         let flags = frame.header.flags;
         remote.stream.push(
             IncomingFrame {
@@ -299,6 +329,7 @@ impl Playout {
                     frames_fec: c.fec,
                     mouth_to_ear_ms: c.latency.summary(),
                     jitter_delay_ms: jitter.mean_buffer_delay_ms,
+                    placed: remote.placed,
                 });
             }
         }

@@ -141,6 +141,17 @@ impl Pass<'_> {
                     None => self.recording.remove(channel),
                 };
             }
+            OpBody::SetSpatial { channel, spatial } => {
+                self.require_manage(author, Some(*channel), pos)?;
+                self.require_alive(Some(*channel))?;
+                match spatial {
+                    Some(s) => {
+                        s.check().map_err(|e| e.to_string()).or_else(reject)?;
+                        self.spatial.insert(*channel, *s)
+                    }
+                    None => self.spatial.remove(channel),
+                };
+            }
             _ => unreachable!("dispatched by kind"),
         }
         Ok(())
