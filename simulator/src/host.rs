@@ -5,7 +5,7 @@
 use crate::network::public_ip;
 use crate::network::SimNetwork;
 use crate::org::Org;
-use crate::scenario::{Action, NatKind, PairLink, Scenario};
+use crate::scenario::{Action, NatKind, PairLink, Scenario, WALK_STEP_S};
 use crate::trace::{describe, TraceLine};
 use callsign_keys::IdentityKey;
 use callsign_mesh::charter::{ChannelId, OpBody};
@@ -160,8 +160,34 @@ fn script(
         .iter()
         .map(|c| (Duration::ZERO, NodeCommand::Monitor(org.channels[c])))
         .collect();
+    if let Some(place) = &scenario.nodes[index].position {
+        out.push((
+            Duration::ZERO,
+            NodeCommand::SetPosition(Some(place.to_position())),
+        ));
+    }
     for event in &scenario.events {
         match &event.action {
+            Action::Move { node, .. } if node == me => out.push((
+                at(event.at_s),
+                NodeCommand::SetPosition(
+                    scenario.position_at(me, event.at_s).map(|p| p.to_position()),
+                ),
+            )),
+            Action::Walk {
+                node, duration_s, ..
+            } if node == me => {
+                let steps = (duration_s / WALK_STEP_S).ceil() as u64;
+                for step in 1..=steps {
+                    let t = event.at_s + (step as f64 * WALK_STEP_S).min(*duration_s);
+                    out.push((
+                        at(t),
+                        NodeCommand::SetPosition(
+                            scenario.position_at(me, t).map(|p| p.to_position()),
+                        ),
+                    ));
+                }
+            }
             Action::Ptt {
                 node,
                 channels,

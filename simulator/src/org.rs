@@ -115,6 +115,16 @@ pub(crate) fn build_org(scenario: &Scenario, seed: u64) -> Result<Org, EditError
         }
     }
     for spec in &scenario.channels {
+        if let Some(spatial) = spec.spatial {
+            charter.edit(
+                &root,
+                OpBody::SetSpatial {
+                    channel: channels[&spec.name],
+                    spatial: Some(spatial.to_charter()),
+                },
+                0,
+            )?;
+        }
         for to in &spec.links {
             charter.edit(
                 &root,

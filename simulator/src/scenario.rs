@@ -106,6 +106,97 @@ pub struct ChannelSpec {
     /// Roles that may monitor the channel: hear it silently, out of its roster.
     #[serde(default)]
     pub monitor: Vec<String>,
+    /// Positional or proximity audio on the channel (charter `SetSpatial`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spatial: Option<SpatialSpec>,
+}
+
+/// A channel's positional settings.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpatialSpec {
+    /// `positional` (everyone placed) or `proximity` (only those within range heard).
+    pub mode: SpatialModeSpec,
+    /// Metres.
+    pub range_m: f64,
+    /// Full volume within this many metres [default: 0].
+    #[serde(default)]
+    pub full_m: f64,
+    /// `linear` [default] or `inverse`.
+    #[serde(default)]
+    pub falloff: FalloffSpec,
+}
+
+/// See [`SpatialSpec::mode`].
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpatialModeSpec {
+    Positional,
+    Proximity,
+}
+
+/// See [`SpatialSpec::falloff`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FalloffSpec {
+    #[default]
+    Linear,
+    Inverse,
+}
+
+impl SpatialSpec {
+    /// The charter's form (centimetres).
+    pub fn to_charter(self) -> callsign_mesh::spatial::Spatial {
+        use callsign_mesh::spatial::{Falloff, Spatial, SpatialMode};
+        Spatial {
+            mode: match self.mode {
+                SpatialModeSpec::Positional => SpatialMode::Positional,
+                SpatialModeSpec::Proximity => SpatialMode::Proximity,
+            },
+            range_cm: (self.range_m * 100.0).round() as u32,
+            full_cm: (self.full_m * 100.0).round() as u32,
+            falloff: match self.falloff {
+                FalloffSpec::Linear => Falloff::Linear,
+                FalloffSpec::Inverse => Falloff::Inverse,
+            },
+        }
+    }
+}
+
+/// Where a node is in the game.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceSpec {
+    /// The game context [default: "world"].
+    #[serde(default = "default_context")]
+    pub context: String,
+    /// Metres, X right, Y up, Z forward.
+    pub at: [f64; 3],
+    /// The way it faces [default: +Z].
+    #[serde(default = "default_front")]
+    pub front: [f64; 3],
+}
+
+fn default_context() -> String {
+    "world".into()
+}
+
+fn default_front() -> [f64; 3] {
+    [0.0, 0.0, 1.0]
+}
+
+impl PlaceSpec {
+    /// The node's position.
+    pub fn to_position(&self) -> callsign_mesh::spatial::Position {
+        use callsign_mesh::spatial::{ContextId, Position};
+        let f = |v: [f64; 3]| v.map(|x| x as f32);
+        Position {
+            context: ContextId::of(&self.context),
+            at: f(self.at),
+            front: f(self.front),
+            top: [0.0, 1.0, 0.0],
+        }
+    }
 }
 
 /// Channels heard as one (a charter conference).
@@ -175,6 +266,9 @@ pub struct NodeSpec {
     /// A rented relay's capacity in subscribers (charter `PutRelay`) [default: 1000].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
+    /// Where it is in the game from the start (positional and proximity channels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<PlaceSpec>,
 }
 
 fn yes() -> bool {
@@ -272,6 +366,62 @@ pub enum Action {
         relay: String,
         channels: Vec<String>,
     },
+    /// `node` is now at `to` (in its context, or in `context` when given).
+    Move {
+        node: String,
+        to: [f64; 3],
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<String>,
+    },
+    /// `node` walks in a straight line from where it is to `to` over `duration_s` (its
+    /// position is set every 100 ms, as a game would feed it).
+    Walk {
+        node: String,
+        to: [f64; 3],
+        duration_s: f64,
+    },
+}
+
+/// How often a walking node's position is set.
+pub const WALK_STEP_S: f64 = 0.1;
+
+impl Scenario {
+    /// Where `node` is at `t` seconds: its start position, moved by the `move` and `walk`
+    /// events before `t`. `None` for a node never placed.
+    pub fn position_at(&self, node: &str, t: f64) -> Option<PlaceSpec> {
+        let mut place = self.nodes.iter().find(|n| n.name == node)?.position.clone();
+        let mut events: Vec<&EventSpec> = self.events.iter().collect();
+        events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        for e in events.into_iter().filter(|e| e.at_s <= t) {
+            match &e.action {
+                Action::Move { node: n, to, context } if n == node => {
+                    let context = context
+                        .clone()
+                        .or_else(|| place.as_ref().map(|p| p.context.clone()))
+                        .unwrap_or_else(default_context);
+                    let front = place.as_ref().map_or_else(default_front, |p| p.front);
+                    place = Some(PlaceSpec {
+                        context,
+                        at: *to,
+                        front,
+                    });
+                }
+                Action::Walk {
+                    node: n,
+                    to,
+                    duration_s,
+                } if n == node => {
+                    if let Some(p) = &mut place {
+                        let share = ((t - e.at_s) / duration_s).clamp(0.0, 1.0);
+                        let from = p.at;
+                        p.at = [0, 1, 2].map(|i| from[i] + (to[i] - from[i]) * share);
+                    }
+                }
+                _ => {}
+            }
+        }
+        place
+    }
 }
 
 /// A whole scenario file.
@@ -441,6 +591,25 @@ impl Scenario {
                 Action::Whisper { node: n, to, .. } => {
                     node(n)?;
                     node(to)?;
+                }
+                Action::Move { node: n, to, .. } => {
+                    node(n)?;
+                    if !to.iter().all(|v| v.is_finite()) {
+                        return invalid("move: coordinates must be finite".into());
+                    }
+                }
+                Action::Walk {
+                    node: n,
+                    to,
+                    duration_s,
+                } => {
+                    node(n)?;
+                    if !to.iter().all(|v| v.is_finite()) || !(*duration_s > 0.0) {
+                        return invalid("walk: finite coordinates, positive duration_s".into());
+                    }
+                    if self.position_at(n, e.at_s).is_none() {
+                        return invalid(format!("walk: {n:?} has no position to walk from"));
+                    }
                 }
                 Action::Partition { groups } => {
                     for n in groups.iter().flatten() {

@@ -181,6 +181,7 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
                 rented_relay: false,
                 member: true,
                 capacity: None,
+                position: None,
             }
         })
         .collect();
@@ -208,6 +209,7 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
             rented_relay: true,
             member: false,
             capacity: None,
+            position: None,
         });
     }
     let channels: Vec<ChannelSpec> = (0..rng.gen_range(1..=3))
@@ -237,6 +239,7 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
                 },
                 links: Vec::new(),
                 monitor: Vec::new(),
+                spatial: None,
             }
         })
         .collect();

@@ -34,6 +34,10 @@ pub struct StreamReport {
     /// Frames the network lost on this stream (some recovered by FEC).
     pub frames_lost: u64,
     pub mouth_to_ear_ms: Option<LatencyReport>,
+    /// On positional and proximity channels: the gains (dB) and last pan the listener played
+    /// the talker at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placed: Option<callsign_node::runtime::api::PlacedRange>,
 }
 
 /// Totals per channel.
@@ -236,6 +240,7 @@ fn stream_reports(namer: &Namer, stats: &BTreeMap<usize, NodeStats>) -> Vec<Stre
                         p95: l.p95,
                         p99: l.p99,
                     }),
+                placed: heard.and_then(|h| h.placed),
             });
         }
     }
