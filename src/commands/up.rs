@@ -69,6 +69,10 @@ pub struct UpArgs {
     /// Write what the node hears to DIR/heard.wav.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+    /// Voice datagrams leave marked with this DSCP (0–63, or `off`); routers with a voice
+    /// queue (WMM on home Wi-Fi) send them first [default: 46, Expedited Forwarding]
+    #[arg(long, value_name = "DSCP|off", value_parser = parse_dscp)]
+    pub dscp: Option<Dscp>,
     /// Where `record` writes recordings (Ogg Opus and a JSON sidecar per channel)
     /// [default: DATA_DIR/recordings]
     #[arg(long, value_name = "DIR")]
@@ -118,6 +122,7 @@ struct UpFile {
     input: Option<PathBuf>,
     output_dir: Option<PathBuf>,
     recordings: Option<PathBuf>,
+    dscp: Option<Dscp>,
     ptt_script: Option<PathBuf>,
     seconds: Option<f64>,
     api: Option<SocketAddr>,
@@ -177,6 +182,7 @@ fn merge(mut args: UpArgs) -> Result<UpArgs> {
     args.input = args.input.or(rel(file.input));
     args.output_dir = args.output_dir.or(rel(file.output_dir));
     args.recordings = args.recordings.or(rel(file.recordings));
+    args.dscp = args.dscp.or(file.dscp);
     args.ptt_script = args.ptt_script.or(rel(file.ptt_script));
     args.seconds = args.seconds.or(file.seconds);
     args.api = args.api.or(file.api);
@@ -363,6 +369,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         std::fs::create_dir_all(out)
             .with_context(|| format!("creating output directory {}", out.display()))?;
         config.output = Some(out.join("heard.wav"));
+    }
+    if let Some(Dscp(dscp)) = args.dscp {
+        config.dscp = dscp;
     }
     config.recordings = Some(
         args.recordings
@@ -646,4 +655,27 @@ async fn serve(
         bail!("an admin ({by}) removed this member from the org");
     }
     Ok(())
+}
+
+/// A DSCP value, or none (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct Dscp(pub Option<u8>);
+
+impl TryFrom<String> for Dscp {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        parse_dscp(&text)
+    }
+}
+
+fn parse_dscp(text: &str) -> Result<Dscp, String> {
+    match text.trim() {
+        "off" | "none" => Ok(Dscp(None)),
+        "ef" | "EF" => Ok(Dscp(Some(46))),
+        n => match n.parse::<u8>() {
+            Ok(v) if v <= 63 => Ok(Dscp(Some(v))),
+            _ => Err(format!("DSCP must be 0-63, `ef` or `off`, not {n:?}")),
+        },
+    }
 }

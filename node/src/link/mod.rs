@@ -86,6 +86,7 @@ macro_rules! delegate_connection_hooks {
 
 pub mod config;
 pub mod control;
+pub mod dscp;
 pub mod links;
 pub mod muxer;
 pub mod portmap;

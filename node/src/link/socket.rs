@@ -137,6 +137,8 @@ pub struct LinkSocket {
     /// For a simulated socket: the path model and this host's IP, which probes from fresh
     /// ports go through too.
     model: Option<(Arc<dyn PathModel>, std::net::IpAddr)>,
+    /// DSCP marking of every datagram sent (real sockets; see `link::dscp`).
+    marker: Option<super::dscp::TosMarker>,
 }
 
 impl fmt::Debug for LinkSocket {
@@ -153,15 +155,34 @@ impl LinkSocket {
     /// where there is no NAT, on the same port and endpoint; where the host has no IPv6 it is
     /// the IPv4 socket asked for. Addresses this socket hands up are canonical ([`canonical`]):
     /// an IPv4 peer is `a.b.c.d`, not `::ffff:a.b.c.d`.
+    ///
+    /// Datagrams leave marked Expedited Forwarding ([`super::dscp`]); see
+    /// [`Self::bind_tokio_marked`] for another mark or none.
     pub fn bind_tokio(addr: SocketAddr) -> io::Result<Arc<Self>> {
+        Self::bind_tokio_marked(addr, Some(super::dscp::DSCP_EF))
+    }
+
+    /// [`Self::bind_tokio`] with the DSCP to mark datagrams with (`None`: unmarked).
+    pub fn bind_tokio_marked(addr: SocketAddr, dscp: Option<u8>) -> io::Result<Arc<Self>> {
         let socket = match addr {
             SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
                 dual_stack(v4.port()).or_else(|_| std::net::UdpSocket::bind(addr))?
             }
             _ => std::net::UdpSocket::bind(addr)?,
         };
+        let marker = match dscp {
+            Some(dscp) => super::dscp::TosMarker::new(&socket, dscp)?,
+            None => None,
+        };
         let inner = TokioRuntime.wrap_udp_socket(socket)?;
-        Ok(Arc::new(Self::new(inner, false, None)))
+        let mut socket = Self::new(inner, false, None);
+        socket.marker = marker;
+        Ok(Arc::new(socket))
+    }
+
+    /// The DSCP datagrams leave marked with, if any.
+    pub fn dscp(&self) -> Option<u8> {
+        self.marker.as_ref().map(|m| m.dscp())
     }
 
     /// Whether this is one socket for both families (see [`Self::bind_tokio`]).
@@ -184,6 +205,7 @@ impl LinkSocket {
             probes,
             probe_nonces: Mutex::new(Some(nonces)),
             model,
+            marker: None,
         }
     }
 
@@ -328,7 +350,18 @@ impl AsyncUdpSocket for SharedSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.0.inner.try_send(transmit)?;
+        let marked = match &self.0.marker {
+            // A full socket buffer: quinn's own path says so too, and clears the readiness
+            // its poller waits on.
+            Some(marker) => marker.send(transmit).or_else(|e| match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(false),
+                _ => Err(e),
+            })?,
+            None => false,
+        };
+        if !marked {
+            self.0.inner.try_send(transmit)?;
+        }
         self.0.stats.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

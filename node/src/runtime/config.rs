@@ -39,6 +39,9 @@ pub struct NodeConfig {
     pub display_name: String,
     /// The UDP address of the node's QUIC endpoint (`127.0.0.1:0` picks a port).
     pub listen: SocketAddr,
+    /// The DSCP voice datagrams leave marked with (`link::dscp`; `None`: unmarked)
+    /// [default: 46, Expedited Forwarding].
+    pub dscp: Option<u8>,
     /// A socket already bound (the simulator's turmoil socket); `listen` is then ignored.
     pub socket: Option<Arc<LinkSocket>>,
     /// Also listen on TCP (+ Noise + Yamux) for networks that block UDP. Off in simulation.
@@ -116,6 +119,7 @@ impl NodeConfig {
             charter,
             display_name: display_name.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dscp: Some(crate::link::dscp::DSCP_EF),
             socket: None,
             tcp_fallback: true,
             unix_time_ms: None,

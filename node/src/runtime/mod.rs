@@ -86,7 +86,8 @@ impl Node {
     ) -> Result<Self, NodeError> {
         let socket = match config.socket.take() {
             Some(socket) => socket,
-            None => LinkSocket::bind_tokio(config.listen).map_err(LinkError::from)?,
+            None => LinkSocket::bind_tokio_marked(config.listen, config.dscp)
+                .map_err(LinkError::from)?,
         };
         let simulated = socket.is_simulated();
         if simulated && config.link.rng_seed.is_none() {

@@ -1,0 +1,158 @@
+//! Voice QoS: every datagram of a real link socket leaves marked with a DSCP (Expedited
+//! Forwarding by default, RFC 3246 / RFC 8837 for real-time audio), keeping quinn's ECN bits.
+//!
+//! quinn's own send path sets the whole TOS / traffic-class byte per datagram from its ECN
+//! codepoint, which would wipe a DSCP set on the socket, so marked sockets send through
+//! [`TosMarker`] instead: one `sendmsg` per datagram with an `IP_TOS` (IPv4, and IPv4-mapped
+//! on a dual-stack socket) or `IPV6_TCLASS` control message of `dscp << 2 | ecn`. Where the
+//! kernel refuses the control message the marker turns itself off and quinn's path takes over
+//! (unmarked). Linux only; elsewhere sockets are not marked.
+//!
+//! What routers do with the mark: home routers with WMM put EF in the voice queue on Wi-Fi,
+//! which is most of the gain on a busy home network; many ISPs bleach or ignore it at their
+//! edge, which costs nothing.
+
+use quinn::udp::Transmit;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+#[cfg(target_os = "linux")]
+use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool;
+
+/// Expedited Forwarding: the DSCP for interactive voice.
+pub const DSCP_EF: u8 = 46;
+
+/// Sends datagrams with a DSCP mark (see the module documentation).
+#[derive(Debug)]
+pub struct TosMarker {
+    socket: UdpSocket,
+    dscp: u8,
+    ipv6_socket: bool,
+    working: AtomicBool,
+}
+
+impl TosMarker {
+    /// A marker sending on a duplicate of `socket`'s descriptor (non-blocking as the original)
+    /// with `dscp` (0–63). `None` where this platform cannot mark.
+    pub fn new(socket: &UdpSocket, dscp: u8) -> io::Result<Option<Self>> {
+        if !cfg!(target_os = "linux") || dscp > 63 {
+            return Ok(None);
+        }
+        let ipv6_socket = socket.local_addr()?.is_ipv6();
+        Ok(Some(Self {
+            socket: socket.try_clone()?,
+            dscp,
+            ipv6_socket,
+            working: AtomicBool::new(true),
+        }))
+    }
+
+    /// The DSCP marked.
+    pub fn dscp(&self) -> u8 {
+        self.dscp
+    }
+
+    /// Sends `transmit` marked. `Ok(false)`: the marker is off (the kernel refused it, or
+    /// this platform cannot mark); the caller sends the transmit its own way.
+    #[cfg(not(target_os = "linux"))]
+    pub fn send(&self, _transmit: &Transmit) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    /// Sends `transmit` marked. `Ok(false)`: the marker is off (the kernel refused it); the
+    /// caller sends the transmit its own way.
+    #[cfg(target_os = "linux")]
+    pub fn send(&self, transmit: &Transmit) -> io::Result<bool> {
+        if !self.working.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let (destination, ipv4) = match transmit.destination {
+            SocketAddr::V4(v4) if self.ipv6_socket => (
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+                true,
+            ),
+            SocketAddr::V4(_) => (transmit.destination, true),
+            SocketAddr::V6(v6) => (transmit.destination, v6.ip().to_ipv4_mapped().is_some()),
+        };
+        let tos = i32::from(self.dscp << 2 | transmit.ecn.map_or(0, |e| e as u8));
+        let (level, kind) = if ipv4 {
+            (libc::IPPROTO_IP, libc::IP_TOS)
+        } else {
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+        };
+        let mut control = [0u8; 64];
+        let control = encode_cmsg(&mut control, level, kind, tos);
+        let address = socket2::SockAddr::from(destination);
+        let socket = socket2::SockRef::from(&self.socket);
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for (i, chunk) in transmit.contents.chunks(segment).enumerate() {
+            let buffers = [io::IoSlice::new(chunk)];
+            let message = socket2::MsgHdr::new()
+                .with_addr(&address)
+                .with_buffers(&buffers)
+                .with_control(control);
+            match socket.sendmsg(&message, 0) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && i == 0 => return Err(e),
+                // Later segments of a batch: quinn treats the batch as sent, as its own
+                // path does when the socket buffer fills mid-batch.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if i == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!("the kernel refuses DSCP marking; voice goes unmarked");
+                    self.working.store(false, Ordering::Relaxed);
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(target_os = "linux")]
+/// Writes one control message carrying an `int` into `buf` (the layout of `struct cmsghdr`:
+/// length, level, type, then the data aligned to the word size) and returns its bytes.
+fn encode_cmsg(buf: &mut [u8; 64], level: i32, kind: i32, value: i32) -> &[u8] {
+    let word = std::mem::size_of::<usize>();
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let len = header + 4;
+    let space = header + 4usize.next_multiple_of(word);
+    buf[..word].copy_from_slice(&len.to_ne_bytes());
+    buf[word..word + 4].copy_from_slice(&level.to_ne_bytes());
+    buf[word + 4..word + 8].copy_from_slice(&kind.to_ne_bytes());
+    buf[header..header + 4].copy_from_slice(&value.to_ne_bytes());
+    &buf[..space]
+}
+
+#[cfg(target_os = "linux")]
+/// Reads the first `IP_TOS` / `IPV6_TCLASS` value from received control messages (what
+/// `IP_RECVTOS` / `IPV6_RECVTCLASS` deliver): for tests and diagnostics.
+pub fn received_tos(control: &[u8]) -> Option<u8> {
+    let word = std::mem::size_of::<usize>();
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let mut at = 0;
+    while at + header <= control.len() {
+        let len = usize::from_ne_bytes(control[at..at + word].try_into().ok()?);
+        let level = i32::from_ne_bytes(control[at + word..at + word + 4].try_into().ok()?);
+        let kind = i32::from_ne_bytes(control[at + word + 4..at + word + 8].try_into().ok()?);
+        if len < header || at + len > control.len() {
+            return None;
+        }
+        let data = &control[at + header..at + len];
+        let tos = (level == libc::IPPROTO_IP && kind == libc::IP_TOS)
+            || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_TCLASS);
+        if tos && !data.is_empty() {
+            // IP_TOS arrives as one byte, IPV6_TCLASS as an int.
+            return Some(if data.len() >= 4 {
+                i32::from_ne_bytes(data[..4].try_into().ok()?) as u8
+            } else {
+                data[0]
+            });
+        }
+        at += len.next_multiple_of(word);
+    }
+    None
+}
