@@ -334,6 +334,40 @@ fn a_client_drives_two_nodes_through_the_local_api_alone() {
         &json!({"channel": "/Ops", "role": "pilot", "perms": ["listen", "teleport"]}),
     );
     assert_eq!(status, 400, "{body}");
+    // Proximity voice on /Ops (admins only), and positions fed by a game.
+    let proximity = json!({"channel": "/Ops", "mode": "proximity", "range_m": 30, "full_m": 2});
+    let (status, body) = pilot_node.send("POST", "/v1/charter/spatial", &proximity);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = root.send("POST", "/v1/charter/spatial", &proximity);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = root.send(
+        "POST",
+        "/v1/charter/spatial",
+        &json!({"channel": "/Ops", "mode": "proximity", "range_m": 10, "full_m": 20}),
+    );
+    assert_eq!(status, 400, "full volume beyond the range: {body}");
+    let place = json!({"context": "game/world", "at": [1.0, 0.0, 4.5], "front": [1.0, 0.0, 0.0]});
+    let (status, body) = pilot_node.send("POST", "/v1/position", &place);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = pilot_node.send(
+        "POST",
+        "/v1/position",
+        &json!({"context": "game/world", "at": [0.0, 0.0, 0.0], "front": [0.0, 2.0, 0.0]}),
+    );
+    assert_eq!(status, 400, "front along top: {body}");
+    let (status, _) = pilot_node.send("DELETE", "/v1/position", &json!({}));
+    assert_eq!(status, 200);
+    wait_until("/Ops proximity at the pilot", Duration::from_secs(10), || {
+        pilot_node.get("/v1/charter")["channels"]
+            .as_array()
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["path"] == "/Ops"
+                        && c["spatial"]["mode"] == "proximity"
+                        && c["spatial"]["range_m"] == 30.0
+                })
+            })
+    });
     wait_until("the link at the pilot", Duration::from_secs(10), || {
         pilot_node.get("/v1/charter")["links"]
             .as_array()

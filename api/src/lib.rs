@@ -15,6 +15,7 @@ mod edits;
 mod error;
 mod routes;
 mod server;
+mod spatial;
 mod token;
 mod view;
 

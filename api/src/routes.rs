@@ -54,6 +54,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1/charter/recording",
             post(crate::edits::recording_policy),
         )
+        .route("/v1/charter/spatial", post(crate::spatial::set_spatial))
+        .route(
+            "/v1/position",
+            post(crate::spatial::set_position).delete(crate::spatial::clear_position),
+        )
         .route("/v1/monitor", post(crate::edits::monitor))
         .route(
             "/v1/record",
@@ -266,6 +271,7 @@ async fn charter(State(s): ApiState) -> Answer {
                 "acl": ch.acl.iter().map(|(role, p)| (role.clone(), json!(p.names())))
                     .collect::<serde_json::Map<_, _>>(),
                 "recording": charter.recording_policy(*id).name(),
+                "spatial": crate::spatial::describe(charter.spatial.get(id).copied()),
             }))
         })
         .collect();

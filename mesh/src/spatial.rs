@@ -246,6 +246,48 @@ pub enum SpatialError {
     Full,
 }
 
+impl std::str::FromStr for SpatialMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "positional" => Ok(Self::Positional),
+            "proximity" => Ok(Self::Proximity),
+            other => Err(format!("unknown spatial mode {other:?} (positional, proximity)")),
+        }
+    }
+}
+
+impl std::str::FromStr for Falloff {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "linear" => Ok(Self::Linear),
+            "inverse" => Ok(Self::Inverse),
+            other => Err(format!("unknown falloff {other:?} (linear, inverse)")),
+        }
+    }
+}
+
+impl SpatialMode {
+    /// The mode's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Positional => "positional",
+            Self::Proximity => "proximity",
+        }
+    }
+}
+
+impl Falloff {
+    /// The falloff's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Linear => "linear",
+            Self::Inverse => "inverse",
+        }
+    }
+}
+
 /// How a talker sounds to a listener.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Placement {
@@ -264,6 +306,27 @@ pub enum Placement {
 }
 
 impl Spatial {
+    /// Settings from metres, checked.
+    pub fn from_metres(
+        mode: SpatialMode,
+        range_m: f64,
+        full_m: f64,
+        falloff: Falloff,
+    ) -> Result<Self, SpatialError> {
+        let cm = |m: f64| {
+            (m.is_finite() && m >= 0.0 && m * 100.0 <= f64::from(MAX_RANGE_CM))
+                .then(|| (m * 100.0).round() as u32)
+        };
+        let spatial = Self {
+            mode,
+            range_cm: cm(range_m).ok_or(SpatialError::Range)?,
+            full_cm: cm(full_m).ok_or(SpatialError::Full)?,
+            falloff,
+        };
+        spatial.check()?;
+        Ok(spatial)
+    }
+
     /// Checks the numbers.
     pub fn check(&self) -> Result<(), SpatialError> {
         if self.range_cm == 0 || self.range_cm > MAX_RANGE_CM {

@@ -134,6 +134,22 @@ pub enum ChannelCommand {
     Unlink { from: String, to: String },
     /// Set a channel's recording policy: allowed, notice, forbidden, or inherit.
     Recording { path: String, policy: String },
+    /// Make a channel positional (talkers placed by where they are in the game) or proximity
+    /// (heard only within range), or plain again with `off`.
+    Spatial {
+        path: String,
+        /// positional, proximity, or off.
+        mode: String,
+        /// Metres: beyond this a proximity talker is out of reach.
+        #[arg(long, default_value_t = 50.0)]
+        range: f64,
+        /// Metres of full volume.
+        #[arg(long, default_value_t = 2.0)]
+        full: f64,
+        /// How volume falls from full to the range: linear (to silence) or inverse.
+        #[arg(long, default_value = "linear")]
+        falloff: String,
+    },
     /// Define (or with fewer than two channels, remove) a conference: channels heard as one.
     Conference {
         name: String,
@@ -513,6 +529,24 @@ fn edit_body(state: &CharterState, command: &OrgCommand) -> Result<OpBody> {
             policy: match policy.as_str() {
                 "inherit" => None,
                 other => Some(RecordingPolicy::parse(other).map_err(|e| anyhow!(e))?),
+            },
+        },
+        OrgCommand::Channel(ChannelCommand::Spatial {
+            path,
+            mode,
+            range,
+            full,
+            falloff,
+        }) => OpBody::SetSpatial {
+            channel: channel(state, path)?,
+            spatial: match mode.as_str() {
+                "off" => None,
+                mode => Some(callsign_mesh::spatial::Spatial::from_metres(
+                    mode.parse().map_err(|e: String| anyhow!(e))?,
+                    *range,
+                    *full,
+                    falloff.parse().map_err(|e: String| anyhow!(e))?,
+                )?),
             },
         },
         OrgCommand::Channel(ChannelCommand::Conference { name, paths }) => OpBody::SetConference {

@@ -13,6 +13,9 @@ struct ChannelView {
     mesh_threshold: u8,
     acl: BTreeMap<String, String>,
     recording: &'static str,
+    /// `positional 50 m` / `proximity 20 m`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spatial: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +52,15 @@ pub(super) fn show(state: &CharterState, json: bool) -> Result<()> {
                 .map(|(r, p)| (r.clone(), p.to_string()))
                 .collect(),
             recording: state.recording_policy(id).name(),
+            spatial: state.spatial.get(&id).map(|s| {
+                format!(
+                    "{} {} m ({} from {} m)",
+                    s.mode.name(),
+                    s.range_m(),
+                    s.falloff.name(),
+                    s.full_m()
+                )
+            }),
         });
         stack.extend(state.children(Some(id)).into_iter().rev());
     }
@@ -108,7 +120,7 @@ pub(super) fn show(state: &CharterState, json: bool) -> Result<()> {
         let depth = ch.path.matches('/').count();
         let acl: Vec<String> = ch.acl.iter().map(|(r, p)| format!("{r}={p}")).collect();
         println!(
-            "  {}{}{}{}{}",
+            "  {}{}{}{}{}{}",
             "  ".repeat(depth - 1),
             ch.path.rsplit('/').next().unwrap_or_default(),
             if ch.floor == "half-duplex" {
@@ -121,6 +133,10 @@ pub(super) fn show(state: &CharterState, json: bool) -> Result<()> {
             } else {
                 format!(" [recording {}]", ch.recording)
             },
+            ch.spatial
+                .as_ref()
+                .map(|s| format!(" [{s}]"))
+                .unwrap_or_default(),
             if acl.is_empty() {
                 String::new()
             } else {
