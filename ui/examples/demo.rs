@@ -10,6 +10,10 @@
 //! xdotool mousemove 646 219 click 1; sleep 1
 //! xwd -root -display :99 | convert xwd:- docs/screenshot.png
 //! ```
+//!
+//! With `CALLSIGN_DEMO_OVERLAY=1` the in-game overlay shows too, over the window's right side
+//! (`docs/overlay.png`). Xvfb has no window manager to keep it on top, so raise it first:
+//! `xdotool search --name "Callsign overlay" windowraise`, then capture as above.
 
 use callsign_keys::KeyFile;
 use callsign_mesh::charter::log::OpLog;
@@ -54,6 +58,10 @@ fn main() -> eframe::Result {
     // Xvfb has no sound card: the pilots' audio is synthetic, ours silent.
     profile.audio.input = callsign_ui::profile::NO_DEVICE.into();
     profile.audio.output = callsign_ui::profile::NO_DEVICE.into();
+    if std::env::var_os("CALLSIGN_DEMO_OVERLAY").is_some() {
+        profile.overlay.shown = true;
+        profile.overlay.at = [940.0, 70.0];
+    }
     KeyFile::seal(&me.keys, None, &mut rand::rngs::OsRng)
         .expect("key")
         .save(&dir.join(&profile.key), false)

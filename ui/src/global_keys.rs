@@ -27,6 +27,10 @@ use tokio::sync::mpsc::UnboundedSender;
 struct Bindings {
     channels: BTreeMap<u32, Vec<ChannelId>>,
     held: Option<u32>,
+    /// The hotkey id that shows and hides the overlay.
+    overlay: Option<u32>,
+    /// Overlay toggles not yet taken by the app.
+    overlay_presses: u32,
 }
 
 /// See the module documentation.
@@ -73,6 +77,10 @@ impl GlobalKeys {
                     let command = {
                         let Ok(mut b) = shared.lock() else { return };
                         match event.state {
+                            HotKeyState::Pressed if b.overlay == Some(event.id) => {
+                                b.overlay_presses += 1;
+                                None
+                            }
                             HotKeyState::Pressed if b.held.is_none() => {
                                 let channels = b.channels.get(&event.id).cloned();
                                 channels.map(|c| {
@@ -91,9 +99,9 @@ impl GlobalKeys {
                         if commands.send(command).is_err() {
                             return;
                         }
-                        if let Some(ctx) = &ctx {
-                            ctx.request_repaint();
-                        }
+                    }
+                    if let Some(ctx) = &ctx {
+                        ctx.request_repaint();
                     }
                 }
             })
@@ -106,9 +114,22 @@ impl GlobalKeys {
         })
     }
 
-    /// Replaces the bound keys: each key transmits on its channels. Returns the keys that
-    /// could not be grabbed (another program holds them, or no global key exists for them).
-    pub fn bind(&mut self, keys: &[(egui::Key, Vec<ChannelId>)]) -> Vec<String> {
+    /// Whether the overlay key was pressed an odd number of times since the last call
+    /// (`Some(true)`: flip the overlay).
+    pub fn take_overlay_toggle(&self) -> Option<bool> {
+        let mut b = self.bindings.lock().ok()?;
+        let presses = std::mem::take(&mut b.overlay_presses);
+        (presses % 2 == 1).then_some(true)
+    }
+
+    /// Replaces the bound keys: each key transmits on its channels, and `overlay` shows and
+    /// hides the overlay. Returns the keys that could not be grabbed (another program holds
+    /// them, or no global key exists for them).
+    pub fn bind(
+        &mut self,
+        keys: &[(egui::Key, Vec<ChannelId>)],
+        overlay: Option<egui::Key>,
+    ) -> Vec<String> {
         let _ = self.manager.unregister_all(&self.registered);
         self.registered.clear();
         let mut channels = BTreeMap::new();
@@ -127,8 +148,19 @@ impl GlobalKeys {
                 Err(_) => failed.push(key.name().to_string()),
             }
         }
+        let mut overlay_id = None;
+        if let Some(key) = overlay {
+            match code_for(key).map(|code| HotKey::new(None, code)) {
+                Some(hotkey) if self.manager.register(hotkey).is_ok() => {
+                    self.registered.push(hotkey);
+                    overlay_id = Some(hotkey.id());
+                }
+                _ => failed.push(key.name().to_string()),
+            }
+        }
         if let Ok(mut b) = self.bindings.lock() {
             b.channels = channels;
+            b.overlay = overlay_id;
         }
         failed
     }

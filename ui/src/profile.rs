@@ -66,6 +66,31 @@ pub struct Profile {
     /// profile); `None`: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<SocketAddr>,
+    /// The in-game overlay.
+    #[serde(default)]
+    pub overlay: OverlayProfile,
+}
+
+/// The in-game overlay's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OverlayProfile {
+    /// Shown now.
+    pub shown: bool,
+    /// Top-left corner on the screen, points.
+    pub at: [f32; 2],
+    /// The key that shows and hides it (an egui key name).
+    pub key: String,
+}
+
+impl Default for OverlayProfile {
+    fn default() -> Self {
+        Self {
+            shown: false,
+            at: [24.0, 24.0],
+            key: "F10".into(),
+        }
+    }
 }
 
 /// The user's sound settings (see the module documentation).
@@ -167,6 +192,7 @@ impl Profile {
             hotkeys: BTreeMap::new(),
             audio: AudioProfile::default(),
             invite: None,
+            overlay: OverlayProfile::default(),
             api: None,
         }
     }

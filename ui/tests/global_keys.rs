@@ -153,11 +153,12 @@ fn next_command(rx: &mut tokio::sync::mpsc::UnboundedReceiver<NodeCommand>) -> N
 fn a_global_key_keys_the_node_while_another_window_has_focus() {
     let (_server, display) = xvfb();
     let (conn, _) = x11rb::connect(Some(&display)).unwrap();
-    // XK_F2, XK_F3, XK_F4.
-    let (f2, f3, f4) = (
+    // XK_F2, XK_F3, XK_F4, XK_F5.
+    let (f2, f3, f4, f5) = (
         keycode(&conn, 0xffbf),
         keycode(&conn, 0xffc0),
         keycode(&conn, 0xffc1),
+        keycode(&conn, 0xffc2),
     );
     // The game has the focus and gets the keys nobody grabbed.
     let _game = focused_game_window(&conn, f4);
@@ -166,7 +167,10 @@ fn a_global_key_keys_the_node_while_another_window_has_focus() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut keys = GlobalKeys::start(tx, None).expect("global keys on X11");
     let flight = ChannelId(7);
-    let failed = keys.bind(&[(eframe::egui::Key::F2, vec![flight])]);
+    let failed = keys.bind(
+        &[(eframe::egui::Key::F2, vec![flight])],
+        Some(eframe::egui::Key::F5),
+    );
     assert!(failed.is_empty(), "{failed:?}");
 
     fake_key(&conn, KEY_PRESS_EVENT, f2);
@@ -174,13 +178,24 @@ fn a_global_key_keys_the_node_while_another_window_has_focus() {
     fake_key(&conn, KEY_RELEASE_EVENT, f2);
     assert!(matches!(next_command(&mut rx), NodeCommand::PttUp));
 
+    // The overlay key toggles the overlay, system-wide, and keys nothing.
+    assert_eq!(keys.take_overlay_toggle(), None);
+    fake_key(&conn, KEY_PRESS_EVENT, f5);
+    fake_key(&conn, KEY_RELEASE_EVENT, f5);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while keys.take_overlay_toggle().is_none() {
+        assert!(Instant::now() < deadline, "the overlay key never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(rx.try_recv().is_err());
+
     // A key bound to nothing does nothing; rebinding moves the channel to it.
     fake_key(&conn, KEY_PRESS_EVENT, f3);
     fake_key(&conn, KEY_RELEASE_EVENT, f3);
     std::thread::sleep(Duration::from_millis(300));
     assert!(rx.try_recv().is_err());
     assert!(keys
-        .bind(&[(eframe::egui::Key::F3, vec![flight])])
+        .bind(&[(eframe::egui::Key::F3, vec![flight])], None)
         .is_empty());
     fake_key(&conn, KEY_PRESS_EVENT, f3);
     assert!(matches!(next_command(&mut rx), NodeCommand::PttDown(c) if c == vec![flight]));

@@ -27,7 +27,8 @@ impl Radio {
         if !self.simulcast.is_empty() {
             keys.push((SIMULCAST_KEY, self.simulcast.iter().copied().collect()));
         }
-        let failed = global.bind(&keys);
+        let overlay_key = egui::Key::from_name(&self.profile.overlay.key);
+        let failed = global.bind(&keys, overlay_key);
         self.global_status = if failed.is_empty() {
             "keys work system-wide, also while the game has focus".into()
         } else {
@@ -61,6 +62,15 @@ impl Radio {
     pub(super) fn hotkeys_ui(&mut self, ctx: &egui::Context) {
         let keys: Vec<(ChannelId, egui::Key)> =
             self.hotkeys.iter().map(|(c, k)| (*c, *k)).collect();
+        // System-wide keys deliver the overlay toggle themselves.
+        if self.global.is_none() {
+            if let Some(key) = self.overlay_key() {
+                if ctx.input(|i| i.key_pressed(key)) {
+                    self.profile.overlay.shown ^= true;
+                    self.profile_unsaved = true;
+                }
+            }
+        }
         let (pressed, released): (Vec<Keyed>, Vec<Keyed>) = ctx.input(|i| {
             let mut pressed = Vec::new();
             let mut released = Vec::new();

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 mod admin;
 mod audio;
 mod keys;
+pub mod overlay;
 mod panels;
 mod stack;
 
@@ -435,6 +436,7 @@ impl Radio {
                 Err(reason) => self.global_status = reason,
             }
         }
+        self.overlay_ui(ctx);
         if self.binding.is_some() {
             self.bind_ui(ctx);
         } else if !ctx.wants_keyboard_input() {

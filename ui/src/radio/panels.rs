@@ -124,6 +124,7 @@ impl Radio {
     /// kept in the profile.
     pub(super) fn settings_ui(&mut self, ui: &mut egui::Ui) {
         ui.label(format!("Push-to-talk keys: {}.", self.global_status));
+        self.overlay_settings_ui(ui);
         for (channel, path) in self.channels() {
             let key = self
                 .hotkeys
