@@ -30,10 +30,15 @@ impl Radio {
         let overlay_key = egui::Key::from_name(&self.profile.overlay.key);
         let failed = global.bind(&keys, overlay_key);
         self.global_status = if failed.is_empty() {
-            "keys work system-wide, also while the game has focus".into()
+            format!(
+                "keys work system-wide through {}, also while the game has focus",
+                global.backend()
+            )
         } else {
             format!(
-                "system-wide keys on, but {} could not be grabbed (another program holds them)",
+                "system-wide keys on ({}), but {} could not be grabbed (another program holds \
+                 them)",
+                global.backend(),
                 failed.join(", ")
             )
         };

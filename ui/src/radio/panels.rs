@@ -124,6 +124,9 @@ impl Radio {
     /// kept in the profile.
     pub(super) fn settings_ui(&mut self, ui: &mut egui::Ui) {
         ui.label(format!("Push-to-talk keys: {}.", self.global_status));
+        if let Some(assigned) = self.global.as_ref().and_then(|g| g.assigned()) {
+            ui.label(format!("The desktop assigned: {assigned}."));
+        }
         self.overlay_settings_ui(ui);
         for (channel, path) in self.channels() {
             let key = self
