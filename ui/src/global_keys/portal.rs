@@ -129,7 +129,10 @@ async fn run(
     status: Arc<Mutex<Option<String>>>,
 ) {
     let opened = async {
-        let portal = GlobalShortcuts::new().await?;
+        // A connection of our own, on this thread's runtime: ashpd's shared one would live on
+        // whichever runtime first made it.
+        let connection = zbus::Connection::session().await?;
+        let portal = GlobalShortcuts::with_connection(connection).await?;
         let activated = portal.receive_activated().await?;
         let deactivated = portal.receive_deactivated().await?;
         let session = portal.create_session(Default::default()).await?;
