@@ -1,5 +1,6 @@
 //! Audio engine benchmarks: Opus encode/decode per 20 ms frame (and as a real-time factor),
-//! mixing 16 streams, and the jitter buffer's cost per packet. Each figure is printed next to a
+//! mixing 16 streams (and placing them, for positional channels), and the jitter buffer's cost
+//! per packet. Each figure is printed next to a
 //! baseline measured in the same run, so the ratio means something on a noisy machine.
 //!
 //! Run: `cargo bench -p callsign-node --bench audio`. Prints numbers; asserts nothing.
@@ -11,7 +12,10 @@ use std::time::{Duration, Instant};
 use callsign_mesh::charter::ChannelId;
 use callsign_node::audio::codec::{EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET};
 use callsign_node::audio::jitter::{IncomingFrame, JitterBuffer, JitterConfig};
-use callsign_node::audio::mixer::{ChannelMix, DuckRule, MixInput, Mixer};
+use callsign_mesh::spatial::{
+    ContextId, Falloff, Placement, Point, Position, Spatial, SpatialMode,
+};
+use callsign_node::audio::mixer::{ChannelMix, DuckRule, MixInput, Mixer, SourceMix};
 use callsign_node::audio::synth::SpeechLike;
 use callsign_node::audio::FrameDuration;
 
@@ -137,6 +141,50 @@ fn main() {
         us(bare),
         mix.as_secs_f64() / bare.as_secs_f64(),
         rtf(mix)
+    );
+
+    // Positional mixing: 16 talkers placed every block (direction, distance, rear cue, as a
+    // frame with a position arrives) against the same 16 unplaced.
+    let spatial = Spatial {
+        mode: SpatialMode::Positional,
+        range_cm: 5000,
+        full_cm: 200,
+        falloff: Falloff::Inverse,
+    };
+    let world = ContextId::of("bench");
+    let listener = Position::facing_forward(world, [0.0, 0.0, 0.0]);
+    let mut step = 0f32;
+    let mut placed_mixer = Mixer::new();
+    let placed = measure(2000, || {
+        step += 0.01;
+        for s in 0..16u64 {
+            let angle = step + s as f32;
+            let talker = Point {
+                context: world,
+                at: [10.0 * angle.sin(), 0.0, 10.0 * angle.cos()],
+            };
+            if let Placement::Placed { gain, pan } =
+                spatial.place(Some(&listener), Some(black_box(&talker)))
+            {
+                placed_mixer.set_source(s, SourceMix { gain, pan: Some(pan) });
+            }
+        }
+        placed_mixer.mix(black_box(&inputs), &mut out).unwrap();
+    });
+    let mut plain_mixer = Mixer::new();
+    let unplaced = measure(2000, || {
+        plain_mixer.mix(black_box(&inputs), &mut out).unwrap();
+    });
+    let per_talker = (placed.as_secs_f64() - unplaced.as_secs_f64()).max(0.0) / 16.0;
+    println!("positional mixing, 16 talkers placed every 20 ms block:");
+    println!(
+        "  placed     {:>8.1} µs/block   unplaced {:.1} µs   ratio {:.2}   {:.3} µs per \
+         positioned talker ({:.4} % of a core)",
+        us(placed),
+        us(unplaced),
+        placed.as_secs_f64() / unplaced.as_secs_f64(),
+        per_talker * 1e6,
+        per_talker / 0.020 * 100.0
     );
 
     // Jitter buffer: push + pop per packet with 2 % reordering, against a VecDeque of copies.
