@@ -357,17 +357,21 @@ fn a_client_drives_two_nodes_through_the_local_api_alone() {
     assert_eq!(status, 400, "front along top: {body}");
     let (status, _) = pilot_node.send("DELETE", "/v1/position", &json!({}));
     assert_eq!(status, 200);
-    wait_until("/Ops proximity at the pilot", Duration::from_secs(10), || {
-        pilot_node.get("/v1/charter")["channels"]
-            .as_array()
-            .is_some_and(|cs| {
-                cs.iter().any(|c| {
-                    c["path"] == "/Ops"
-                        && c["spatial"]["mode"] == "proximity"
-                        && c["spatial"]["range_m"] == 30.0
+    wait_until(
+        "/Ops proximity at the pilot",
+        Duration::from_secs(10),
+        || {
+            pilot_node.get("/v1/charter")["channels"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c["path"] == "/Ops"
+                            && c["spatial"]["mode"] == "proximity"
+                            && c["spatial"]["range_m"] == 30.0
+                    })
                 })
-            })
-    });
+        },
+    );
     wait_until("the link at the pilot", Duration::from_secs(10), || {
         pilot_node.get("/v1/charter")["links"]
             .as_array()

@@ -44,7 +44,8 @@ pub(crate) async fn set_position(State(s): ApiState, Body(body): Body<PositionBo
     position
         .check()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    s.control.command(NodeCommand::SetPosition(Some(position)))?;
+    s.control
+        .command(NodeCommand::SetPosition(Some(position)))?;
     Ok(Json(json!({ "context": body.context, "at": body.at })))
 }
 
@@ -89,7 +90,9 @@ pub(crate) async fn set_spatial(State(s): ApiState, Body(body): Body<SpatialBody
         }
     };
     edit(&s, OpBody::SetSpatial { channel, spatial }).await?;
-    Ok(Json(json!({ "channel": body.channel, "spatial": describe(spatial) })))
+    Ok(Json(
+        json!({ "channel": body.channel, "spatial": describe(spatial) }),
+    ))
 }
 
 /// A channel's spatial settings as the API shows them.

@@ -252,7 +252,9 @@ impl std::str::FromStr for SpatialMode {
         match text.trim().to_ascii_lowercase().as_str() {
             "positional" => Ok(Self::Positional),
             "proximity" => Ok(Self::Proximity),
-            other => Err(format!("unknown spatial mode {other:?} (positional, proximity)")),
+            other => Err(format!(
+                "unknown spatial mode {other:?} (positional, proximity)"
+            )),
         }
     }
 }
@@ -412,7 +414,11 @@ impl ProximityGate {
         spatial: &Spatial,
         distance: Option<f32>,
     ) -> bool {
-        let was_inside = self.inside.get(&(talker, channel)).copied().unwrap_or(false);
+        let was_inside = self
+            .inside
+            .get(&(talker, channel))
+            .copied()
+            .unwrap_or(false);
         let inside = match distance {
             None => false,
             Some(d) if was_inside => d <= spatial.range_m() + spatial.band_m(),
@@ -528,7 +534,8 @@ mod tests {
         };
         let talker = {
             use rand::SeedableRng;
-            callsign_keys::Identity::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(3)).public()
+            callsign_keys::Identity::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(3))
+                .public()
         };
         let mut gate = ProximityGate::new();
         let ch = ChannelId(1);

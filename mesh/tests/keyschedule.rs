@@ -262,6 +262,7 @@ fn present(table: &mut PresenceTable, who: &Identity, org: IdentityKey, listenin
             mapped: Vec::new(),
             monitoring: Vec::new(),
             recording: Vec::new(),
+            position: None,
         },
     )
     .unwrap();

@@ -36,6 +36,7 @@ fn body(org: IdentityKey, seq: u64, issued_at_ms: u64) -> PresenceBody {
         mapped: Vec::new(),
         monitoring: Vec::new(),
         recording: Vec::new(),
+        position: None,
     }
 }
 

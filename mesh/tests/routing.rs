@@ -129,6 +129,7 @@ fn table(org: &Org, says: impl Fn(usize) -> Says) -> PresenceTable {
                 mapped: Vec::new(),
                 monitoring: Vec::new(),
                 recording: Vec::new(),
+                position: None,
             },
         )
         .unwrap();

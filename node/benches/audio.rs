@@ -10,11 +10,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use callsign_mesh::charter::ChannelId;
-use callsign_node::audio::codec::{EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET};
-use callsign_node::audio::jitter::{IncomingFrame, JitterBuffer, JitterConfig};
 use callsign_mesh::spatial::{
     ContextId, Falloff, Placement, Point, Position, Spatial, SpatialMode,
 };
+use callsign_node::audio::codec::{EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET};
+use callsign_node::audio::jitter::{IncomingFrame, JitterBuffer, JitterConfig};
 use callsign_node::audio::mixer::{ChannelMix, DuckRule, MixInput, Mixer, SourceMix};
 use callsign_node::audio::synth::SpeechLike;
 use callsign_node::audio::FrameDuration;
@@ -166,7 +166,13 @@ fn main() {
             if let Placement::Placed { gain, pan } =
                 spatial.place(Some(&listener), Some(black_box(&talker)))
             {
-                placed_mixer.set_source(s, SourceMix { gain, pan: Some(pan) });
+                placed_mixer.set_source(
+                    s,
+                    SourceMix {
+                        gain,
+                        pan: Some(pan),
+                    },
+                );
             }
         }
         placed_mixer.mix(black_box(&inputs), &mut out).unwrap();

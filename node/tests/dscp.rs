@@ -39,7 +39,9 @@ fn recv_with_tos(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAdd
             .with_addr(&mut from)
             .with_buffers(&mut buffers)
             .with_control(&mut control);
-        let len = socket2::SockRef::from(socket).recvmsg(&mut message, 0).ok()?;
+        let len = socket2::SockRef::from(socket)
+            .recvmsg(&mut message, 0)
+            .ok()?;
         (len, message.control_len())
     };
     // SAFETY: recvmsg wrote `len` bytes of data and `control_len` bytes of control.
@@ -89,21 +91,33 @@ impl Tally {
     }
 }
 
-type Node = (libp2p::PeerId, Links, callsign_node::link::DatagramReceiver, QuicTransport);
+type Node = (
+    libp2p::PeerId,
+    Links,
+    callsign_node::link::DatagramReceiver,
+    QuicTransport,
+);
 
 fn node(dscp: Option<u8>) -> Node {
     let keypair = Keypair::generate_ed25519();
     let (links, datagrams) = Links::new(4096);
     let socket = LinkSocket::bind_tokio_marked("127.0.0.1:0".parse().unwrap(), dscp).unwrap();
     assert_eq!(socket.dscp(), dscp);
-    let transport =
-        QuicTransport::new(keypair.clone(), LinkConfig::default(), socket, links.clone()).unwrap();
+    let transport = QuicTransport::new(
+        keypair.clone(),
+        LinkConfig::default(),
+        socket,
+        links.clone(),
+    )
+    .unwrap();
     (keypair.public().to_peer_id(), links, datagrams, transport)
 }
 
 /// A link between two nodes through the TOS-reading relay; 50 voice-sized datagrams each way.
 /// Returns the TOS values seen, by side, and how many datagrams each node got.
-async fn voice_through_relay(dscp: Option<u8>) -> (BTreeMap<(&'static str, Option<u8>), u64>, usize) {
+async fn voice_through_relay(
+    dscp: Option<u8>,
+) -> (BTreeMap<(&'static str, Option<u8>), u64>, usize) {
     let (server_peer, server_links, mut server_datagrams, mut server) = node(dscp);
     let (client_peer, client_links, _client_datagrams, mut client) = node(dscp);
     server
@@ -177,17 +191,27 @@ async fn voice_datagrams_leave_marked_expedited_forwarding() {
     eprintln!("marked: {seen:?}, {got} datagrams delivered");
     assert!(got >= 45, "{got} of 50 voice datagrams arrived");
     for side in ["client", "server"] {
-        let total: u64 = seen.iter().filter(|((s, _), _)| *s == side).map(|(_, n)| n).sum();
+        let total: u64 = seen
+            .iter()
+            .filter(|((s, _), _)| *s == side)
+            .map(|(_, n)| n)
+            .sum();
         let ef: u64 = seen
             .iter()
             .filter(|((s, tos), _)| *s == side && tos.is_some_and(|t| t >> 2 == DSCP_EF))
             .map(|(_, n)| n)
             .sum();
         assert!(total >= 45, "{side}: {seen:?}");
-        assert_eq!(ef, total, "{side}: every datagram EF (TOS 0xb8 | ECN): {seen:?}");
+        assert_eq!(
+            ef, total,
+            "{side}: every datagram EF (TOS 0xb8 | ECN): {seen:?}"
+        );
     }
     // Unmarked sockets, for contrast: the relay sees DSCP 0.
     let (seen, _) = voice_through_relay(None).await;
     eprintln!("unmarked: {seen:?}");
-    assert!(seen.keys().all(|(_, tos)| tos.is_some_and(|t| t >> 2 == 0)), "{seen:?}");
+    assert!(
+        seen.keys().all(|(_, tos)| tos.is_some_and(|t| t >> 2 == 0)),
+        "{seen:?}"
+    );
 }

@@ -29,7 +29,11 @@ fn talker(distance: f32, degrees: f32) -> Point {
     let a = degrees.to_radians();
     Point {
         context: world(),
-        at: [l.at[0] + distance * a.sin(), l.at[1], l.at[2] + distance * a.cos()],
+        at: [
+            l.at[0] + distance * a.sin(),
+            l.at[1],
+            l.at[2] + distance * a.cos(),
+        ],
     }
 }
 
@@ -117,7 +121,12 @@ fn direction_sets_the_interaural_level_difference() {
         ("90° right", 90.0, 0.0, side_ild),
         ("90° left", -90.0, 0.0, -side_ild),
         ("behind", 180.0, -3.0, 0.0),
-        ("45° right", 45.0, 0.0, db(((1.0 + 0.8 * 0.7071f32) * std::f32::consts::PI / 4.0).tan())),
+        (
+            "45° right",
+            45.0,
+            0.0,
+            db(((1.0 + 0.8 * std::f32::consts::FRAC_1_SQRT_2) * std::f32::consts::PI / 4.0).tan()),
+        ),
     ];
     for (name, degrees, want_gain, want_ild) in cases {
         let placement = s.place(Some(&l), Some(&talker(5.0, degrees)));
@@ -166,14 +175,23 @@ fn another_context_or_out_of_reach_is_silent_on_proximity() {
         context: ContextId::of("arma/stratis/server-3"),
         ..talker(3.0, 0.0)
     };
-    assert_eq!(proximity.place(Some(&l), Some(&elsewhere)), Placement::Silent);
-    assert_eq!(proximity.place(None, Some(&talker(3.0, 0.0))), Placement::Silent);
+    assert_eq!(
+        proximity.place(Some(&l), Some(&elsewhere)),
+        Placement::Silent
+    );
+    assert_eq!(
+        proximity.place(None, Some(&talker(3.0, 0.0))),
+        Placement::Silent
+    );
     assert_eq!(proximity.place(Some(&l), None), Placement::Silent);
     let (g, _) = gain_and_ild(Placement::Silent);
     assert!(g < -100.0);
     // A positional channel plays another context's talker unplaced, as a plain channel.
     let positional = positional(Falloff::Inverse, 100);
-    assert_eq!(positional.place(Some(&l), Some(&elsewhere)), Placement::Unplaced);
+    assert_eq!(
+        positional.place(Some(&l), Some(&elsewhere)),
+        Placement::Unplaced
+    );
     let (g, ild) = gain_and_ild(Placement::Unplaced);
     close("unplaced gain", g, 0.0);
     close("unplaced ILD", ild, 0.0);

@@ -171,7 +171,9 @@ fn script(
             Action::Move { node, .. } if node == me => out.push((
                 at(event.at_s),
                 NodeCommand::SetPosition(
-                    scenario.position_at(me, event.at_s).map(|p| p.to_position()),
+                    scenario
+                        .position_at(me, event.at_s)
+                        .map(|p| p.to_position()),
                 ),
             )),
             Action::Walk {

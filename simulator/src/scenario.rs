@@ -394,7 +394,11 @@ impl Scenario {
         events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
         for e in events.into_iter().filter(|e| e.at_s <= t) {
             match &e.action {
-                Action::Move { node: n, to, context } if n == node => {
+                Action::Move {
+                    node: n,
+                    to,
+                    context,
+                } if n == node => {
                     let context = context
                         .clone()
                         .or_else(|| place.as_ref().map(|p| p.context.clone()))
@@ -604,7 +608,10 @@ impl Scenario {
                     duration_s,
                 } => {
                     node(n)?;
-                    if !to.iter().all(|v| v.is_finite()) || !(*duration_s > 0.0) {
+                    if !to.iter().all(|v| v.is_finite())
+                        || duration_s.is_nan()
+                        || *duration_s <= 0.0
+                    {
                         return invalid("walk: finite coordinates, positive duration_s".into());
                     }
                     if self.position_at(n, e.at_s).is_none() {

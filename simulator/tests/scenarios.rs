@@ -332,9 +332,7 @@ fn proximity_reaches_exactly_those_in_range_with_hysteresis() {
     let s = scenario("proximity");
     let report = run(&s, None).unwrap();
     let played = |from: &str, to: &str, ch: &str| {
-        report
-            .stream(from, to, ch)
-            .map_or(0, |st| st.frames_played)
+        report.stream(from, to, ch).map_or(0, |st| st.frames_played)
     };
     let placed = |from: &str, to: &str, ch: &str| {
         report
@@ -351,17 +349,25 @@ fn proximity_reaches_exactly_those_in_range_with_hysteresis() {
     // alpha straight behind (3 dB rear cue).
     let b = placed("alpha", "bravo", "squad");
     let want = 20.0 * (1.0f32 - 3.0 / 18.0).log10();
-    assert!((b.max_gain_db - want).abs() < 0.5 && (b.min_gain_db - want).abs() < 0.5, "{b:?}");
+    assert!(
+        (b.max_gain_db - want).abs() < 0.5 && (b.min_gain_db - want).abs() < 0.5,
+        "{b:?}"
+    );
     assert!((b.last_pan + 0.8).abs() < 0.01, "{b:?}");
     let d = placed("alpha", "delta", "squad");
     let want = 20.0 * (1.0f32 - 17.0 / 18.0).log10() - 3.0;
-    assert!((d.max_gain_db - want).abs() < 0.5 && d.last_pan.abs() < 0.01, "{d:?}");
+    assert!(
+        (d.max_gain_db - want).abs() < 0.5 && d.last_pan.abs() < 0.01,
+        "{d:?}"
+    );
     // Out of reach, another world, no position: nothing played, and alpha sent them nothing
     // (their presence said where they were).
     for far in ["charlie", "echo", "foxtrot"] {
         assert_eq!(played("alpha", far, "squad"), 0, "{far}: {}", show(&report));
         assert!(
-            report.stream("alpha", far, "squad").is_none_or(|st| st.frames_sent == 0),
+            report
+                .stream("alpha", far, "squad")
+                .is_none_or(|st| st.frames_sent == 0),
             "{far} was sent frames: {}",
             show(&report)
         );
@@ -371,27 +377,50 @@ fn proximity_reaches_exactly_those_in_range_with_hysteresis() {
     // would miss 500.
     let walker = played("alpha", "walker", "squad");
     let missed = full as i64 - walker as i64;
-    eprintln!("proximity: alpha→bravo {full} frames, walker missed {missed}; walker {w:?}", w = report.stream("alpha", "walker", "squad").and_then(|st| st.placed));
-    assert!((missed - 450).abs() <= 15, "walker missed {missed} frames: {}", show(&report));
+    eprintln!(
+        "proximity: alpha→bravo {full} frames, walker missed {missed}; walker {w:?}",
+        w = report
+            .stream("alpha", "walker", "squad")
+            .and_then(|st| st.placed)
+    );
+    assert!(
+        (missed - 450).abs() <= 15,
+        "walker missed {missed} frames: {}",
+        show(&report)
+    );
     assert!(report.drops.out_of_range > 0);
     // Loudest at 15 m (alpha behind it), silent at the edge of reach.
     let w = placed("alpha", "walker", "squad");
     let want = 20.0 * (1.0f32 - 13.0 / 18.0).log10() - 3.0;
-    assert!((w.max_gain_db - want).abs() < 0.5 && w.min_gain_db < -30.0, "{w:?}");
+    assert!(
+        (w.max_gain_db - want).abs() < 0.5 && w.min_gain_db < -30.0,
+        "{w:?}"
+    );
     // Positional radio: everyone hears bravo; in-world listeners placed by distance,
     // echo (another world) and foxtrot (no position) unplaced at full gain.
     for to in ["alpha", "charlie", "delta", "echo", "foxtrot", "walker"] {
-        assert!(played("bravo", to, "radio") >= 90, "{to}: {}", show(&report));
+        assert!(
+            played("bravo", to, "radio") >= 90,
+            "{to}: {}",
+            show(&report)
+        );
     }
     let a = placed("bravo", "alpha", "radio");
-    assert!((a.max_gain_db - 0.0).abs() < 0.5 && (a.last_pan - 0.8).abs() < 0.01, "{a:?}");
+    assert!(
+        (a.max_gain_db - 0.0).abs() < 0.5 && (a.last_pan - 0.8).abs() < 0.01,
+        "{a:?}"
+    );
     let c = placed("bravo", "charlie", "radio");
     // Charlie: bravo 30.4 m away, behind and a little right.
     let distance = (25.0f32 + 900.0).sqrt();
     let want = 20.0 * (5.0 / distance).log10() - 3.0 * 30.0 / distance;
     assert!((c.max_gain_db - want).abs() < 0.5, "{c:?}");
     for unplaced in ["echo", "foxtrot"] {
-        assert!(report.stream("bravo", unplaced, "radio").unwrap().placed.is_none());
+        assert!(report
+            .stream("bravo", unplaced, "radio")
+            .unwrap()
+            .placed
+            .is_none());
     }
     assert!(s.position_at("walker", 9.0).unwrap().at[2] == 20.0);
 }

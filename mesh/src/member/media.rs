@@ -244,7 +244,9 @@ impl Member {
                     self.floor.audio_from(&frame.sender, &frame.channels, now);
                     self.outputs.push_back(Output::Play(frame));
                 }
-                None => self.receiver.count_drop(crate::voice::DropReason::OutOfRange),
+                None => self
+                    .receiver
+                    .count_drop(crate::voice::DropReason::OutOfRange),
             },
             Err(reason) => {
                 tracing::debug!(peer = %from, ?reason, "voice datagram dropped");

@@ -45,7 +45,10 @@ impl Member {
     }
 
     /// What our presence record says of our position (and remembers saying it).
-    pub(super) fn presence_position(&mut self, now: Instant) -> Option<(crate::spatial::ContextId, [i32; 3])> {
+    pub(super) fn presence_position(
+        &mut self,
+        now: Instant,
+    ) -> Option<(crate::spatial::ContextId, [i32; 3])> {
         self.position_due = None;
         self.announced_at = Some(now);
         let point = self
@@ -54,6 +57,18 @@ impl Member {
             .map(|p| p.point());
         self.announced_point = point.map(|p| (p, now));
         point.map(|p| p.to_decimetres())
+    }
+
+    /// The charter changed: presence says where we are as soon as a proximity channel needs
+    /// it, and stops saying it when none does.
+    pub(super) fn position_charter_changed(&mut self, now: Instant) {
+        let needed = has_proximity(self.state()) && self.position.is_some();
+        if needed != self.announced_point.is_some() {
+            self.position_due = Some(
+                self.announced_at
+                    .map_or(now, |at| (at + POSITION_ANNOUNCE_GAP).max(now)),
+            );
+        }
     }
 
     /// A move announcement held back by the rate limit, when due.
@@ -157,4 +172,3 @@ pub fn record_point(record: &PresenceRecord) -> Option<Point> {
         .position
         .map(|(context, at)| Point::from_decimetres(context, at))
 }
-

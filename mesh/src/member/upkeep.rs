@@ -76,6 +76,7 @@ impl Member {
         }
         let state = self.state().clone();
         self.retain_hearing(&state);
+        self.position_charter_changed(now);
         self.floor.update_charter(&state, now);
         self.keys_dirty = true;
         // Links to peers that are no longer members (or relays) lose their control state.

@@ -15,9 +15,9 @@
 use quinn::udp::Transmit;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::AtomicBool;
 #[cfg(target_os = "linux")]
 use std::sync::atomic::Ordering;
-use std::sync::atomic::AtomicBool;
 
 /// Expedited Forwarding: the DSCP for interactive voice.
 pub const DSCP_EF: u8 = 46;

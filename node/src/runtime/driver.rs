@@ -4,7 +4,6 @@
 //! the probe socket, the audio worker, the charter log and the app's event channel. Protocol
 //! decisions are the member's; this file only translates.
 
-use callsign_mesh::spatial::Placement;
 use super::api::{NodeCommand, NodeEvent, NodeStats};
 use super::playout::Playout;
 use super::voice::{Encoded, Transmitter};
@@ -23,6 +22,7 @@ use callsign_mesh::member::{
     Command, DialCondition, Frame, Input, LinkKind, LinkUp, Member, Output, PortMapping,
 };
 use callsign_mesh::punch::PunchRole;
+use callsign_mesh::spatial::Placement;
 use callsign_mesh::voice::VoiceFlags;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;

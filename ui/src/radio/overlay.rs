@@ -34,7 +34,10 @@ pub fn overlay_contents(ui: &mut egui::Ui, view: &OverlayView) {
         ui.label(egui::RichText::new("Callsign: quiet").color(egui::Color32::LIGHT_GRAY));
     }
     for channel in &view.transmitting {
-        ui.label(strong(format!("TX {channel}"), egui::Color32::from_rgb(255, 80, 80)));
+        ui.label(strong(
+            format!("TX {channel}"),
+            egui::Color32::from_rgb(255, 80, 80),
+        ));
     }
     for (who, channel) in &view.talkers {
         ui.label(strong(
@@ -120,9 +123,7 @@ impl Radio {
     /// The overlay's settings: on or off, where, and its key.
     pub(super) fn overlay_settings_ui(&mut self, ui: &mut egui::Ui) {
         let overlay = &mut self.profile.overlay;
-        let mut changed = ui
-            .checkbox(&mut overlay.shown, "In-game overlay")
-            .changed();
+        let mut changed = ui.checkbox(&mut overlay.shown, "In-game overlay").changed();
         ui.horizontal(|ui| {
             ui.label("at");
             changed |= ui
