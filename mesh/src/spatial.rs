@@ -197,7 +197,8 @@ pub enum Falloff {
     /// Amplitude falls in a straight line from 1 at `full` to 0 at `range`: silence at the
     /// edge, so nobody pops in or out of a proximity channel.
     Linear,
-    /// Amplitude `full / distance` (6 dB per doubling, as sound in open air), cut at `range`.
+    /// Amplitude `reference / distance` (6 dB per doubling, as sound in open air) with the
+    /// reference distance `full`, at least 1 m; held at its `range` value beyond.
     Inverse,
 }
 
@@ -368,7 +369,10 @@ impl Spatial {
         let d = distance.clamp(full, range);
         match self.falloff {
             Falloff::Linear => 1.0 - (d - full) / (range - full),
-            Falloff::Inverse => full.max(0.01) / d.max(full.max(0.01)),
+            Falloff::Inverse => {
+                let reference = full.max(1.0);
+                reference / d.max(reference)
+            }
         }
     }
 
@@ -430,11 +434,6 @@ impl ProximityGate {
             self.inside.remove(&(talker, channel));
         }
         inside
-    }
-
-    /// Forgets a talker (gone from the org or the channel).
-    pub fn forget(&mut self, talker: &IdentityKey) {
-        self.inside.retain(|(t, _), _| t != talker);
     }
 }
 

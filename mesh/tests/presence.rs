@@ -65,11 +65,16 @@ fn mapped_addresses_must_be_among_the_addresses() {
 fn signed_records_round_trip_and_normalise_channels() {
     let org = identity(1).public();
     let me = identity(2);
-    let record = PresenceRecord::sign(&me, body(org, 1, 1_000)).unwrap();
+    let mut placed = body(org, 1, 1_000);
+    placed.position = Some((
+        callsign_mesh::spatial::ContextId::of("world"),
+        [120, -5, 3_000],
+    ));
+    let record = PresenceRecord::sign(&me, placed).unwrap();
     assert_eq!(record.body.peer, me.public());
     assert_eq!(record.body.listening, vec![ChannelId(3), ChannelId(9)]);
     let bytes = record.encode();
-    assert_eq!(bytes[0], 5);
+    assert_eq!(bytes[0], 6);
     assert_eq!(PresenceRecord::decode(&bytes).unwrap(), record);
 }
 
@@ -130,7 +135,7 @@ fn damaged_forged_and_unknown_records_are_refused() {
     for len in 0..bytes.len() {
         assert!(PresenceRecord::decode(&bytes[..len]).is_err());
     }
-    for version in [4, 6] {
+    for version in [5, 7] {
         let mut other = bytes.clone();
         other[0] = version;
         assert_eq!(

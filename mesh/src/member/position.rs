@@ -74,6 +74,8 @@ impl Member {
     /// A move announcement held back by the rate limit, when due.
     pub(super) fn position_timer(&mut self, now: Instant) {
         if self.position_due.is_some_and(|at| now >= at) {
+            // Cleared here too: a node that announces nothing (a relay) must not stay due.
+            self.position_due = None;
             self.announce_presence(now);
         }
     }

@@ -400,7 +400,11 @@ impl AsyncUdpSocket for SharedSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.0.inner.max_transmit_segments()
+        // A marked socket sends each datagram on its own (`link::dscp`): no GSO batches.
+        match &self.0.marker {
+            Some(_) => 1,
+            None => self.0.inner.max_transmit_segments(),
+        }
     }
 
     fn max_receive_segments(&self) -> usize {

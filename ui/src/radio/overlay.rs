@@ -96,6 +96,8 @@ impl Radio {
             .with_decorations(false)
             .with_transparent(true)
             .with_always_on_top()
+            // Opening it must not take the keyboard from the game.
+            .with_active(false)
             .with_mouse_passthrough(true)
             .with_taskbar(false)
             .with_resizable(false);
