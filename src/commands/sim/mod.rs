@@ -157,8 +157,14 @@ fn print_summary(report: &Report, duration_s: f64, wall: std::time::Duration) {
                 l.p50, l.p95, l.p99
             )
         });
+        let placed = s.placed.map_or(String::new(), |p| {
+            format!(
+                ", placed {:.1} to {:.1} dB, pan {:+.2}",
+                p.min_gain_db, p.max_gain_db, p.last_pan
+            )
+        });
         println!(
-            "  {} -> {} on {}: sent {}, played {} ({:.1}%), concealed {}, lost {}{latency}",
+            "  {} -> {} on {}: sent {}, played {} ({:.1}%), concealed {}, lost {}{latency}{placed}",
             s.from,
             s.to,
             s.channel,
