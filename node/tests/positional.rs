@@ -103,6 +103,7 @@ fn positional(falloff: Falloff, full_cm: u32) -> Spatial {
 }
 
 fn close(what: &str, got: f32, want: f32) {
+    eprintln!("{what}: {got:.2} dB (want {want:.2})");
     assert!(
         (got - want).abs() <= 1.0,
         "{what}: {got:.2} dB, expected {want:.2} dB (±1 dB)"
