@@ -4,17 +4,15 @@
 
 #![cfg(target_os = "linux")]
 
+mod common;
+use common::link::{dial_opts, marked_node, serve};
+
 use callsign_node::link::dscp::{received_tos, DSCP_EF};
-use callsign_node::link::{LinkConfig, LinkSocket, Links, QuicTransport};
-use libp2p::core::transport::{DialOpts, ListenerId, PortUse, TransportEvent};
-use libp2p::core::{Endpoint, Transport};
-use libp2p::identity::Keypair;
+use libp2p::core::Transport;
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use std::collections::BTreeMap;
-use std::future::poll_fn;
 use std::net::{SocketAddr, UdpSocket};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,64 +89,20 @@ impl Tally {
     }
 }
 
-type Node = (
-    libp2p::PeerId,
-    Links,
-    callsign_node::link::DatagramReceiver,
-    QuicTransport,
-);
-
-fn node(dscp: Option<u8>) -> Node {
-    let keypair = Keypair::generate_ed25519();
-    let (links, datagrams) = Links::new(4096);
-    let socket = LinkSocket::bind_tokio_marked("127.0.0.1:0".parse().unwrap(), dscp).unwrap();
-    assert_eq!(socket.dscp(), dscp);
-    let transport = QuicTransport::new(
-        keypair.clone(),
-        LinkConfig::default(),
-        socket,
-        links.clone(),
-    )
-    .unwrap();
-    (keypair.public().to_peer_id(), links, datagrams, transport)
-}
-
 /// A link between two nodes through the TOS-reading relay; 50 voice-sized datagrams each way.
-/// Returns the TOS values seen, by side, and how many datagrams each node got.
+/// Returns the TOS values seen, by side, and how many datagrams the server got.
 async fn voice_through_relay(
     dscp: Option<u8>,
 ) -> (BTreeMap<(&'static str, Option<u8>), u64>, usize) {
-    let (server_peer, server_links, mut server_datagrams, mut server) = node(dscp);
-    let (client_peer, client_links, _client_datagrams, mut client) = node(dscp);
-    server
-        .listen_on(
-            ListenerId::next(),
-            "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
-        )
-        .unwrap();
-    let listen = loop {
-        if let TransportEvent::NewAddress { listen_addr, .. } =
-            poll_fn(|cx| Pin::new(&mut server).poll(cx)).await
-        {
-            break listen_addr;
-        }
-    };
+    let server = marked_node(dscp);
+    let mut client = marked_node(dscp);
+    let (server_peer, server_links, mut server_datagrams) =
+        (server.peer, server.links.clone(), server.datagrams);
+    let (listen, _accepted) = serve(server.transport, server.peer).await;
     let server_addr = match listen.iter().collect::<Vec<_>>()[..] {
         [Protocol::Ip4(ip), Protocol::Udp(port), ..] => SocketAddr::from((ip, port)),
         _ => panic!("{listen}"),
     };
-    tokio::spawn(async move {
-        loop {
-            if let TransportEvent::Incoming { upgrade, .. } =
-                poll_fn(|cx| Pin::new(&mut server).poll(cx)).await
-            {
-                tokio::spawn(async move {
-                    let _connection = upgrade.await;
-                    std::future::pending::<()>().await;
-                });
-            }
-        }
-    });
     let (front, back) = (tos_socket(), tos_socket());
     let via: Multiaddr = format!(
         "/ip4/127.0.0.1/udp/{}/quic-v1",
@@ -159,19 +113,20 @@ async fn voice_through_relay(
     .with(Protocol::P2p(server_peer));
     let tally = Arc::new(Mutex::new(Tally::default()));
     relay(front, back, server_addr, tally.clone());
-    let dial = DialOpts {
-        role: Endpoint::Dialer,
-        port_use: PortUse::Reuse,
-    };
-    let (_, _connection) = client.dial(via, dial).unwrap().await.unwrap();
+    let (_, _connection) = client
+        .transport
+        .dial(via, dial_opts())
+        .unwrap()
+        .await
+        .unwrap();
     // Settle the handshake, then count only voice-time traffic.
     tokio::time::sleep(Duration::from_millis(200)).await;
     tally.lock().unwrap().tos.clear();
     for i in 0..50u32 {
         let mut frame = vec![0u8; 90];
         frame[..4].copy_from_slice(&i.to_be_bytes());
-        client_links.send_datagram(&server_peer, &frame).unwrap();
-        let _ = server_links.send_datagram(&client_peer, &frame);
+        client.links.send_datagram(&server_peer, &frame).unwrap();
+        let _ = server_links.send_datagram(&client.peer, &frame);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut got = 0;

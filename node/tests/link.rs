@@ -2,101 +2,20 @@
 //! 1000 datagrams, clean disconnect, and hostile input (garbage UDP, malformed and oversized
 //! datagrams).
 
-use callsign_node::link::muxer::QuicMuxer;
-use callsign_node::link::{
-    DatagramReceiver, LinkConfig, LinkError, LinkEvent, LinkSocket, Links, QuicTransport,
-};
+use callsign_node::link::{LinkConfig, LinkError, LinkEvent, LinkSocket, Links, QuicTransport};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::core::muxing::StreamMuxerExt;
 use libp2p::core::transport::{DialOpts, ListenerId, PortUse, TransportEvent};
 use libp2p::core::{Endpoint, Transport};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::Multiaddr;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
-struct Node {
-    peer: PeerId,
-    links: Links,
-    datagrams: DatagramReceiver,
-    transport: QuicTransport,
-}
-
-fn node() -> Node {
-    let keypair = Keypair::generate_ed25519();
-    let (links, datagrams) = Links::new(4096);
-    let socket = LinkSocket::bind_tokio("127.0.0.1:0".parse().unwrap()).unwrap();
-    let transport = QuicTransport::new(
-        keypair.clone(),
-        LinkConfig::default(),
-        socket,
-        links.clone(),
-    )
-    .unwrap();
-    Node {
-        peer: keypair.public().to_peer_id(),
-        links,
-        datagrams,
-        transport,
-    }
-}
-
-/// Starts listening and drives the transport in a task; accepted connections arrive on the
-/// returned channel. Returns the listen address with `/p2p/`.
-async fn serve(
-    transport: QuicTransport,
-    peer: PeerId,
-) -> (Multiaddr, mpsc::UnboundedReceiver<(PeerId, QuicMuxer)>) {
-    serve_on(
-        transport,
-        peer,
-        "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
-    )
-    .await
-}
-
-async fn serve_on(
-    mut transport: QuicTransport,
-    peer: PeerId,
-    listen: Multiaddr,
-) -> (Multiaddr, mpsc::UnboundedReceiver<(PeerId, QuicMuxer)>) {
-    transport.listen_on(ListenerId::next(), listen).unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut addr_tx = Some(addr_tx);
-        loop {
-            match poll_fn(|cx| Pin::new(&mut transport).poll(cx)).await {
-                TransportEvent::NewAddress { listen_addr, .. } => {
-                    if let Some(a) = addr_tx.take() {
-                        let _ = a.send(listen_addr);
-                    }
-                }
-                TransportEvent::Incoming { upgrade, .. } => {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        if let Ok(out) = upgrade.await {
-                            let _ = tx.send(out);
-                        }
-                    });
-                }
-                _ => {}
-            }
-        }
-    });
-    let addr = addr_rx.await.unwrap();
-    (addr.with(Protocol::P2p(peer)), rx)
-}
-
-fn dial_opts() -> DialOpts {
-    DialOpts {
-        role: Endpoint::Dialer,
-        port_use: PortUse::Reuse,
-    }
-}
+mod common;
+use common::link::{dial_opts, node, serve, serve_on};
 
 #[tokio::test]
 async fn connect_stream_1000_datagrams_and_disconnect() {

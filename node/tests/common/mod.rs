@@ -1,6 +1,7 @@
-//! Helpers shared by the audio tests.
+//! Helpers shared by the node tests: speech fixtures, squads of nodes, link endpoints.
 #![allow(dead_code)]
 
+pub mod link;
 pub mod squad;
 
 use callsign_node::audio::wav::read_wav;
