@@ -105,20 +105,11 @@ fn buttons_and_hotkeys_send_the_node_its_commands_and_talkers_show_in_their_row(
     h.step();
     assert_eq!(commands(&ends), expect(&[NodeCommand::PttUp]));
     // A talker's name shows in the row of the channel it talks on, and goes when it stops.
-    let goose = Identity::from_secret_bytes([9; 32]).public();
-    let events = node_events(&ends);
-    events
-        .send(NodeEvent::TalkerStarted {
-            peer: goose,
-            name: "Goose".into(),
-            channels: vec![ops],
-            whisper: false,
-        })
-        .unwrap();
+    goose_talks(&ends, ops);
     h.step();
     assert!(h.query_by_label("/ops: Goose").is_some());
-    events
-        .send(NodeEvent::TalkerStopped { peer: goose })
+    node_events(&ends)
+        .send(NodeEvent::TalkerStopped { peer: goose() })
         .unwrap();
     h.step();
     assert!(h.query_by_label("/ops: Goose").is_none());
@@ -260,14 +251,7 @@ fn the_roster_shows_each_member_s_link_round_trip_loss_and_buffer() {
         h.query_by_label(want).is_some()
     });
     // When Goose talks, the channel's row shows the link's quality beside the name.
-    events
-        .send(NodeEvent::TalkerStarted {
-            peer: goose,
-            name: "Goose".into(),
-            channels: vec![ops],
-            whisper: false,
-        })
-        .unwrap();
+    goose_talks(&ends, ops);
     let row = "/ops: Goose (42 ms, 5 % lost)";
     step_with_stats(&mut h, &ends, &stats, row, |h| {
         h.query_by_label(row).is_some()

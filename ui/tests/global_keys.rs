@@ -3,9 +3,11 @@
 //! and its release as `PttUp`.
 //! Needs `Xvfb` (scripts/setup installs it).
 
+mod common;
 use callsign_mesh::charter::ChannelId;
 use callsign_node::NodeCommand;
 use callsign_ui::global_keys::GlobalKeys;
+use common::next_command;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -135,18 +137,6 @@ fn fake_key(conn: &impl Connection, kind: u8, code: u8) {
         .check()
         .unwrap();
     conn.flush().unwrap();
-}
-
-#[track_caller]
-fn next_command(rx: &mut tokio::sync::mpsc::UnboundedReceiver<NodeCommand>) -> NodeCommand {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Ok(command) = rx.try_recv() {
-            return command;
-        }
-        assert!(Instant::now() < deadline, "no command from the global key");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -3,8 +3,6 @@
 
 mod common;
 
-use callsign_keys::Identity;
-use callsign_node::NodeEvent;
 use callsign_ui::radio::overlay::{overlay_contents, OverlayView, OVERLAY_TITLE};
 use callsign_ui::Profile;
 use common::*;
@@ -38,15 +36,7 @@ fn its_key_shows_the_overlay_with_the_talkers_and_hides_it() {
     } = open_saved();
     h.step();
     assert!(h.query_by_label(OVERLAY_TITLE).is_none());
-    let goose = Identity::from_secret_bytes([9; 32]).public();
-    node_events(&ends)
-        .send(NodeEvent::TalkerStarted {
-            peer: goose,
-            name: "Goose".into(),
-            channels: vec![ops],
-            whisper: false,
-        })
-        .unwrap();
+    goose_talks(&ends, ops);
     // F10 (the default key) shows it; the app embeds it where it cannot open a window.
     h.key_press(eframe::egui::Key::F10);
     step_until(&mut h, |h| h.query_by_label("▶ Goose on /ops").is_some());

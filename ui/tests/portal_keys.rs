@@ -7,9 +7,11 @@
 
 #![cfg(target_os = "linux")]
 
+mod common;
 use callsign_mesh::charter::ChannelId;
 use callsign_node::NodeCommand;
 use callsign_ui::global_keys::GlobalKeys;
+use common::next_command;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -179,18 +181,6 @@ fn session_bus() -> Bus {
     Bus {
         daemon,
         address: address.trim().to_string(),
-    }
-}
-
-#[track_caller]
-fn next_command(rx: &mut tokio::sync::mpsc::UnboundedReceiver<NodeCommand>) -> NodeCommand {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Ok(command) = rx.try_recv() {
-            return command;
-        }
-        assert!(Instant::now() < deadline, "no command from the portal");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

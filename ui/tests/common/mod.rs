@@ -264,3 +264,33 @@ pub fn step_with_stats(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The other member the tests hear from.
+pub fn goose() -> callsign_keys::IdentityKey {
+    callsign_keys::Identity::from_secret_bytes([9; 32]).public()
+}
+
+/// The node reports Goose talking on `channel`.
+pub fn goose_talks(ends: &NodeEnds, channel: ChannelId) {
+    node_events(ends)
+        .send(NodeEvent::TalkerStarted {
+            peer: goose(),
+            name: "Goose".into(),
+            channels: vec![channel],
+            whisper: false,
+        })
+        .unwrap();
+}
+
+/// The next command a key sent to the node (within 5 s).
+#[track_caller]
+pub fn next_command(rx: &mut mpsc::UnboundedReceiver<NodeCommand>) -> NodeCommand {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(command) = rx.try_recv() {
+            return command;
+        }
+        assert!(Instant::now() < deadline, "no command from the key");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
