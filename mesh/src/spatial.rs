@@ -247,27 +247,39 @@ pub enum SpatialError {
     Full,
 }
 
+/// The one of `all` whose name is `text` (any case), or an error listing the names.
+fn by_name<T: Copy>(
+    what: &str,
+    text: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<T, String> {
+    let text = text.trim().to_ascii_lowercase();
+    all.iter()
+        .copied()
+        .find(|v| name(*v) == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|v| name(*v)).collect();
+            format!("unknown {what} {text:?} ({})", names.join(", "))
+        })
+}
+
 impl std::str::FromStr for SpatialMode {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "positional" => Ok(Self::Positional),
-            "proximity" => Ok(Self::Proximity),
-            other => Err(format!(
-                "unknown spatial mode {other:?} (positional, proximity)"
-            )),
-        }
+        by_name(
+            "spatial mode",
+            text,
+            &[Self::Positional, Self::Proximity],
+            Self::name,
+        )
     }
 }
 
 impl std::str::FromStr for Falloff {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "linear" => Ok(Self::Linear),
-            "inverse" => Ok(Self::Inverse),
-            other => Err(format!("unknown falloff {other:?} (linear, inverse)")),
-        }
+        by_name("falloff", text, &[Self::Linear, Self::Inverse], Self::name)
     }
 }
 

@@ -28,7 +28,7 @@ impl Member {
             payload,
         } = frame;
         let state = self.sync.charter().state();
-        let (channels, deliveries, flags) = match &target {
+        let (channels, mut deliveries, flags) = match &target {
             Target::Channels(channels) => {
                 // The charter may have changed since PTT was pressed, and the floor with it:
                 // check again.
@@ -77,7 +77,6 @@ impl Member {
             Target::Channels(_) => self.positioned(&channels, payload, flags),
             Target::Whisper(_) => (payload, flags),
         };
-        let mut deliveries = deliveries;
         self.skip_out_of_reach(&channels, &mut deliveries);
         let header = VoiceHeader {
             flags,

@@ -127,12 +127,13 @@ impl Member {
     /// Keeps of a received frame the channels where its talker is heard: all but proximity
     /// channels, and those where the talker is within reach. `None`: nowhere.
     pub(super) fn within_reach(&mut self, mut frame: ReceivedFrame) -> Option<ReceivedFrame> {
-        if frame.whisper {
+        let state = self.sync.charter().state();
+        // Every played frame passes here: most name no proximity channel.
+        if frame.whisper || !frame.channels.iter().any(|c| is_proximity(state, *c)) {
             return Some(frame);
         }
         let here = self.position.map(|p| p.point());
         let distance = here.zip(frame.position).and_then(|(a, b)| a.distance(&b));
-        let state = self.sync.charter().state();
         let gate = &mut self.proximity;
         frame.channels.retain(|c| match state.spatial.get(c) {
             Some(s) if s.mode == SpatialMode::Proximity => {

@@ -200,12 +200,12 @@ impl GlobalKeys {
         }
     }
 
-    /// Whether the overlay key was pressed an odd number of times since the last call
-    /// (`Some(true)`: flip the overlay).
-    pub fn take_overlay_toggle(&self) -> Option<bool> {
-        let mut b = self.bindings.lock().ok()?;
-        let presses = std::mem::take(&mut b.overlay_presses);
-        (presses % 2 == 1).then_some(true)
+    /// Whether the overlay key was pressed an odd number of times since the last call (flip
+    /// the overlay).
+    pub fn take_overlay_toggle(&self) -> bool {
+        self.bindings
+            .lock()
+            .is_ok_and(|mut b| std::mem::take(&mut b.overlay_presses) % 2 == 1)
     }
 
     /// Replaces the bound keys: each key transmits on its channels, and `overlay` shows and

@@ -8,7 +8,6 @@
 //! game's renderer for that, which we do not.
 
 use super::Radio;
-use crate::profile::OverlayProfile;
 use eframe::egui;
 
 /// What the overlay shows.
@@ -79,12 +78,12 @@ impl Radio {
     /// (tests, some backends) egui shows it as a window inside this one.
     pub(super) fn overlay_ui(&mut self, ctx: &egui::Context) {
         if let Some(global) = &self.global {
-            if let Some(shown) = global.take_overlay_toggle() {
-                self.profile.overlay.shown ^= shown;
+            if global.take_overlay_toggle() {
+                self.profile.overlay.shown ^= true;
                 self.profile_unsaved = true;
             }
         }
-        let overlay: &OverlayProfile = &self.profile.overlay;
+        let overlay = &self.profile.overlay;
         if !overlay.shown {
             return;
         }
