@@ -1,17 +1,26 @@
-//! Opus round trip, FEC recovery versus concealment, and hostile packets.
+//! Opus round trip, FEC and DRED recovery versus concealment, loss-adaptive protection, and
+//! hostile packets.
 
 mod common;
 
 use callsign_node::audio::codec::{
-    DecodeKind, EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET,
+    DecodeKind, EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET, MAX_REDUNDANCY_BPS,
+    UNKNOWN_PATH_LOSS_PCT,
 };
+use callsign_node::audio::libopus::{self, Dred};
 use callsign_node::audio::{AudioError, FrameDuration};
 use common::*;
 use proptest::prelude::*;
 
 fn encode_all(signal: &[f32], config: EncoderConfig) -> Vec<Vec<u8>> {
+    encode_at_loss(signal, config, UNKNOWN_PATH_LOSS_PCT)
+}
+
+/// Encodes with the receivers reporting `loss_pct` from the start.
+fn encode_at_loss(signal: &[f32], config: EncoderConfig, loss_pct: u8) -> Vec<Vec<u8>> {
     let frame = config.frame.samples();
     let mut encoder = VoiceEncoder::new(config).unwrap();
+    encoder.set_expected_loss(loss_pct).unwrap();
     let mut out = [0u8; MAX_PACKET];
     signal
         .chunks_exact(frame)
@@ -80,7 +89,9 @@ fn fec_recovers_a_lost_frame_better_than_concealment() {
                 decoder.decode(p, &mut out).unwrap();
             }
             let kind = if use_fec {
-                decoder.recover(&packets[lost + 1], &mut out).unwrap()
+                decoder
+                    .recover(&packets[lost + 1], 1, lost as i64 + 1, &mut out)
+                    .unwrap()
             } else {
                 decoder.conceal(&mut out).unwrap()
             };
@@ -99,6 +110,93 @@ fn fec_recovers_a_lost_frame_better_than_concealment() {
     assert!(
         fec_error * 2.0 < plc_error,
         "FEC error {fec_error:.2} is not well below PLC error {plc_error:.2}"
+    );
+}
+
+#[test]
+fn clean_path_packets_carry_no_redundancy_and_lossy_ones_carry_both_kinds() {
+    let speech = speech();
+    let clean = encode_at_loss(&speech, EncoderConfig::default(), 0);
+    let lossy = encode_at_loss(&speech, EncoderConfig::default(), 20);
+    let mut dred = Dred::new().unwrap();
+    let mut count = |packets: &[Vec<u8>]| {
+        let lbrr = packets.iter().filter(|p| libopus::has_lbrr(p)).count();
+        let with_dred = packets
+            .iter()
+            .filter(|p| dred.parse(p, 48_000).unwrap() > 0)
+            .count();
+        let bytes: usize = packets.iter().map(Vec::len).sum();
+        (lbrr, with_dred, bytes * 8 * 50 / packets.len() / 1000)
+    };
+    let (lbrr, with_dred, kbps) = count(&clean);
+    assert_eq!((lbrr, with_dred), (0, 0), "clean path");
+    assert!(kbps <= 24, "clean path {kbps} kb/s");
+    let (lbrr, with_dred, kbps) = count(&lossy);
+    let n = lossy.len();
+    assert!(lbrr > n / 2, "LBRR in {lbrr} of {n}");
+    assert!(with_dred > n / 2, "DRED in {with_dred} of {n}");
+    assert!(
+        kbps <= 24 + MAX_REDUNDANCY_BPS as usize / 1000,
+        "{kbps} kb/s"
+    );
+}
+
+#[test]
+fn dred_rebuilds_a_burst_that_concealment_fades_out() {
+    let speech = speech();
+    let frame = FrameDuration::Ms20;
+    let n = frame.samples();
+    let packets = encode_at_loss(&speech, EncoderConfig::default(), 20);
+    let clean = decode_all(&packets, frame);
+    // Lose 6 frames (120 ms, past the 100 ms concealment fade) in voiced places. At 24 kb/s
+    // plus redundancy libopus affords DRED for the last 135-175 ms of each packet.
+    let gap = 6;
+    let (mut dred_energy, mut plc_energy, mut reference_energy, mut trials) = (0.0, 0.0, 0.0, 0);
+    for start in (20..packets.len() - gap - 1).step_by(37) {
+        let reference = &clean[start * n..(start + gap) * n];
+        if energy(reference) < 1.0 {
+            continue;
+        }
+        let after = start + gap;
+        for rebuild in [true, false] {
+            let mut decoder = VoiceDecoder::new(frame).unwrap();
+            let mut out = vec![0.0; n];
+            for p in &packets[..start] {
+                decoder.decode(p, &mut out).unwrap();
+            }
+            let mut heard = Vec::new();
+            for k in 0..gap {
+                let kind = if rebuild {
+                    decoder
+                        .recover(&packets[after], after - (start + k), after as i64, &mut out)
+                        .unwrap()
+                } else {
+                    decoder.conceal(&mut out).unwrap()
+                };
+                if rebuild && k + 1 < gap {
+                    assert_eq!(kind, DecodeKind::Dred, "frame {k} of the gap at {start}");
+                }
+                heard.extend_from_slice(&out);
+            }
+            if rebuild {
+                dred_energy += energy(&heard[(gap - 2) * n..]);
+            } else {
+                plc_energy += energy(&heard[(gap - 2) * n..]);
+            }
+        }
+        reference_energy += energy(&reference[(gap - 2) * n..]);
+        trials += 1;
+    }
+    assert!(trials > 5, "only {trials} voiced gaps");
+    // The gap's last 40 ms: rebuilt speech is there at about its level, concealment has
+    // faded out.
+    assert!(
+        dred_energy > reference_energy * 0.25 && dred_energy < reference_energy * 4.0,
+        "rebuilt {dred_energy:.2} vs reference {reference_energy:.2}"
+    );
+    assert!(
+        plc_energy < dred_energy * 0.3,
+        "concealed {plc_energy:.2} vs rebuilt {dred_energy:.2}"
     );
 }
 
@@ -155,14 +253,30 @@ fn encoder_rejects_bad_settings_and_frames() {
 }
 
 #[test]
-fn expected_loss_follows_measurement_with_a_floor_when_fec_is_on() {
+fn protection_follows_the_reported_loss_and_is_nothing_on_a_clean_path() {
     let mut encoder = VoiceEncoder::new(EncoderConfig::default()).unwrap();
+    // Nobody has reported yet: protected.
+    assert_eq!(encoder.expected_loss_pct(), UNKNOWN_PATH_LOSS_PCT);
+    assert!(encoder.protection().lbrr);
     encoder.set_expected_loss(0).unwrap();
-    assert_eq!(encoder.expected_loss_pct(), 1);
+    let clean = encoder.protection();
+    assert_eq!(clean.loss_pct, 0);
+    assert!(!clean.lbrr);
+    assert_eq!(clean.dred_ms, 0);
+    assert_eq!(clean.bitrate, 24_000);
     encoder.set_expected_loss(30).unwrap();
-    assert_eq!(encoder.expected_loss_pct(), 30);
+    let lossy = encoder.protection();
+    assert_eq!(lossy.loss_pct, 30);
+    assert!(lossy.lbrr);
+    assert_eq!(lossy.dred_ms, 1000);
+    assert_eq!(lossy.bitrate, 24_000 + MAX_REDUNDANCY_BPS);
     encoder.set_expected_loss(90).unwrap();
     assert_eq!(encoder.expected_loss_pct(), 50);
+    // The legacy path keeps its 1 % floor and adds nothing.
+    let legacy = EncoderConfig::default().legacy();
+    assert_eq!(legacy.protection(0).loss_pct, 1);
+    assert_eq!(legacy.protection(30).bitrate, 24_000);
+    assert_eq!(legacy.protection(30).dred_ms, 0);
     let mut plain = VoiceEncoder::new(EncoderConfig {
         fec: false,
         ..EncoderConfig::default()
@@ -197,7 +311,7 @@ proptest! {
         let mut decoder = VoiceDecoder::new(FrameDuration::Ms20).unwrap();
         let mut out = vec![0.0; FrameDuration::Ms20.samples()];
         for (i, p) in packets.iter().enumerate() {
-            let kind = if i % 2 == 0 { decoder.decode(p, &mut out) } else { decoder.recover(p, &mut out) };
+            let kind = if i % 2 == 0 { decoder.decode(p, &mut out) } else { decoder.recover(p, 1 + i % 3, i as i64, &mut out) };
             prop_assert!(kind.is_ok());
             prop_assert!(out.iter().all(|s| s.is_finite()));
         }

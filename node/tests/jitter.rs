@@ -48,8 +48,10 @@ fn pop(buffer: &mut JitterBuffer, now: Instant) -> Out {
     match buffer.pop(now) {
         Playout::Idle => Out::Idle,
         Playout::Frame(p) => Out::Frame(u16::from_be_bytes([p[0], p[1]])),
-        Playout::Missing { next: Some(p) } => Out::Fec(u16::from_be_bytes([p[0], p[1]])),
-        Playout::Missing { next: None } => Out::Conceal,
+        Playout::Missing { ahead: Some(a) } if a.frames == 1 => {
+            Out::Fec(u16::from_be_bytes([a.packet[0], a.packet[1]]))
+        }
+        Playout::Missing { .. } => Out::Conceal,
     }
 }
 

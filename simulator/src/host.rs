@@ -89,6 +89,7 @@ fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
                 r.frames_played += heard.frames_played;
                 r.frames_concealed += heard.frames_concealed;
                 r.frames_fec += heard.frames_fec;
+                r.frames_dred += heard.frames_dred;
                 r.frames_lost += heard.frames_lost;
             }
             None => acc.received.push(heard),

@@ -58,9 +58,16 @@ pub struct LoopbackArgs {
     /// Frame size in milliseconds: 10, 20, 40 or 60.
     #[arg(long, default_value_t = 20, value_parser = parse_frame)]
     pub frame_ms: u32,
-    /// Turn Opus in-band FEC off (on by default).
+    /// Turn loss protection (in-band FEC and DRED) off (on by default).
     #[arg(long)]
     pub no_fec: bool,
+    /// Run the libopus 1.3-era path instead, to compare: FEC always on, no DRED, no added
+    /// bitrate, classic PLC, no speech enhancement.
+    #[arg(long)]
+    pub legacy: bool,
+    /// Protect with in-band FEC only, without DRED.
+    #[arg(long)]
+    pub no_dred: bool,
     /// Discontinuous transmission: near-silent frames shrink to a few bytes.
     #[arg(long)]
     pub dtx: bool,
@@ -172,6 +179,7 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
             fec: !args.no_fec,
             dtx: args.dtx,
             complexity: args.complexity,
+            dred: !args.no_dred,
             ..EncoderConfig::default()
         },
         jitter: JitterConfig {
@@ -186,6 +194,7 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
             reorder: args.reorder,
         },
         seed: args.seed,
+        legacy: args.legacy,
     };
     let (output, report) = run_loopback(&input, &config).context("loopback failed")?;
     let mut sink = WavSink::create(&args.output, 1)

@@ -240,6 +240,7 @@ fn the_roster_shows_each_member_s_link_round_trip_loss_and_buffer() {
             frames_concealed: 5,
             frames_lost: 5,
             frames_fec: 0,
+            frames_dred: 0,
             mouth_to_ear_ms: None,
             jitter_delay_ms: 38.0,
             placed: None,

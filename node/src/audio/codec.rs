@@ -1,27 +1,59 @@
-//! Opus voice encoder and per-stream decoder.
+//! Opus voice encoder and per-stream decoder (libopus 1.6, see [`super::libopus`]).
 //!
-//! The decoder side implements the loss policy: a missing frame whose successor has arrived is
-//! rebuilt from the successor's in-band FEC (LBRR); otherwise libopus conceals it (PLC); after a
-//! long gap the output fades to silence instead of droning on a concealed vowel.
+//! The encoder protects the stream only as much as the path needs: on a clean path it spends
+//! no bits on redundancy; once receivers report loss it turns on in-band FEC (LBRR, the
+//! previous frame again at a lower rate) and DRED (deep redundancy: a neural coding of the
+//! last 200 ms to 1 s of speech in a few kb/s), and raises the bitrate by half, at most
+//! [`MAX_REDUNDANCY_BPS`], so the primary stream keeps its bits (libopus takes both kinds of
+//! redundancy out of the bitrate it is given).
+//!
+//! The decoder fills a missing frame from what is there, best first: the next packet's LBRR
+//! when that packet is the very next frame, else DRED from the nearest later packet, else
+//! deep packet-loss concealment (the PLC model, decoder complexity ≥ 5); after a long
+//! concealed gap the output fades to silence instead of droning on a concealed vowel.
 
+use super::libopus::{self, Bandwidth, Dred};
 use super::{AudioError, FrameDuration, SAMPLE_RATE};
-use opus::{Application, Bitrate, Channels};
 
-/// Largest Opus packet the engine produces (a 60 ms frame at 64 kb/s is ~480 bytes; libopus
-/// recommends 4000 as a safe upper bound).
+/// Largest Opus packet the engine produces (a 60 ms frame at 64 kb/s is ~480 bytes, plus
+/// DRED; libopus recommends 4000 as a safe upper bound, 1275 is the largest single frame).
 pub const MAX_PACKET: usize = 1275;
 
-/// Encoder settings. Defaults: 24 kb/s, 20 ms, FEC on, DTX off, complexity 9.
+/// The most the encoder adds to the configured bitrate for redundancy, under heavy loss.
+pub const MAX_REDUNDANCY_BPS: u32 = 12_000;
+
+/// The loss assumed before any receiver has reported.
+pub const UNKNOWN_PATH_LOSS_PCT: u8 = 5;
+
+/// Decoder complexity: 5 enables deep PLC, 6 LACE and 7 NoLACE speech enhancement (OSCE).
+pub const DECODER_COMPLEXITY: u8 = 7;
+
+/// Encoder settings. Defaults: 24 kb/s, 20 ms, loss protection on, DTX off, complexity 9.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EncoderConfig {
     pub bitrate: u32,
     pub frame: FrameDuration,
+    /// Loss protection: in-band FEC and DRED, sized from the receivers' loss reports.
     pub fec: bool,
     pub dtx: bool,
     pub complexity: u8,
-    /// The lowest expected-loss figure handed to the encoder while FEC is on. At 0 % libopus
-    /// emits no LBRR at all, so the first losses of a call would be unrecoverable.
+    /// The lowest expected-loss figure handed to the encoder while protection is on. 0 spends
+    /// nothing on a clean path (the first losses are then concealed, not rebuilt).
     pub fec_min_loss_pct: u8,
+    /// DRED on top of FEC when loss is reported.
+    #[serde(default = "dred_default")]
+    pub dred: bool,
+    /// The most added to `bitrate` for redundancy when loss is reported.
+    #[serde(default = "redundancy_bps_default")]
+    pub redundancy_bps: u32,
+}
+
+fn dred_default() -> bool {
+    true
+}
+
+fn redundancy_bps_default() -> u32 {
+    MAX_REDUNDANCY_BPS
 }
 
 impl Default for EncoderConfig {
@@ -32,20 +64,33 @@ impl Default for EncoderConfig {
             fec: true,
             dtx: false,
             complexity: 9,
-            fec_min_loss_pct: 1,
+            fec_min_loss_pct: 0,
+            dred: true,
+            redundancy_bps: MAX_REDUNDANCY_BPS,
         }
     }
 }
 
 impl EncoderConfig {
-    /// Below 32 kb/s with FEC on, audio is kept wideband (8 kHz, SILK-only): in hybrid
+    /// Below 32 kb/s with protection on, audio is kept wideband (8 kHz, SILK-only): in hybrid
     /// super-/fullband mode the SILK layer gets too few bits and libopus silently drops LBRR
     /// at low expected loss, so FEC would be on in name only. Above that, fullband.
-    pub fn max_bandwidth(&self) -> opus::Bandwidth {
+    pub fn max_bandwidth(&self) -> Bandwidth {
         if self.fec && self.bitrate < 32_000 {
-            opus::Bandwidth::Wideband
+            Bandwidth::Wideband
         } else {
-            opus::Bandwidth::Fullband
+            Bandwidth::Fullband
+        }
+    }
+
+    /// The protection of the libopus 1.3 era, kept to measure against: LBRR always on (1 %
+    /// expected loss at least), no DRED, no added bitrate.
+    pub fn legacy(self) -> Self {
+        Self {
+            fec_min_loss_pct: if self.fec { 1 } else { 0 },
+            dred: false,
+            redundancy_bps: 0,
+            ..self
         }
     }
 
@@ -58,30 +103,82 @@ impl EncoderConfig {
         }
         Ok(())
     }
+
+    /// What the encoder spends on redundancy at `loss_pct` measured loss.
+    pub fn protection(&self, loss_pct: u8) -> Protection {
+        if !self.fec {
+            return Protection {
+                loss_pct: loss_pct.min(50),
+                lbrr: false,
+                dred_ms: 0,
+                bitrate: self.bitrate,
+            };
+        }
+        let loss_pct = loss_pct.clamp(self.fec_min_loss_pct, 50);
+        if loss_pct == 0 {
+            return Protection {
+                loss_pct: 0,
+                lbrr: false,
+                dred_ms: 0,
+                bitrate: self.bitrate,
+            };
+        }
+        // Deeper history as loss grows: bursts come with heavier loss, and DRED's cost grows
+        // slowly with depth (it codes a latent every 40 ms, most bits in the newest).
+        let dred_ms = if !self.dred {
+            0
+        } else if loss_pct < 5 {
+            200
+        } else if loss_pct < 15 {
+            500
+        } else {
+            1000
+        };
+        let extra = (self.bitrate / 2).min(self.redundancy_bps);
+        Protection {
+            loss_pct,
+            lbrr: true,
+            dred_ms,
+            bitrate: (self.bitrate + extra).min(64_000),
+        }
+    }
+}
+
+/// The redundancy settings for one loss level (see [`EncoderConfig::protection`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Protection {
+    /// The expected loss handed to libopus (it sizes LBRR and DRED from it).
+    pub loss_pct: u8,
+    pub lbrr: bool,
+    /// DRED history carried in each packet, ms (0: none).
+    pub dred_ms: u32,
+    /// The total bitrate, redundancy included.
+    pub bitrate: u32,
 }
 
 /// Encodes 48 kHz mono frames to Opus packets (VOIP application).
 pub struct VoiceEncoder {
-    inner: opus::Encoder,
+    inner: libopus::Encoder,
     config: EncoderConfig,
-    expected_loss_pct: u8,
+    protection: Protection,
 }
 
 impl VoiceEncoder {
     pub fn new(config: EncoderConfig) -> Result<Self, AudioError> {
         config.validate()?;
-        let mut inner = opus::Encoder::new(SAMPLE_RATE, Channels::Mono, Application::Voip)?;
-        inner.set_bitrate(Bitrate::Bits(config.bitrate as i32))?;
-        inner.set_inband_fec(config.fec)?;
+        let mut inner = libopus::Encoder::new(SAMPLE_RATE)?;
         inner.set_dtx(config.dtx)?;
-        inner.set_complexity(i32::from(config.complexity))?;
+        inner.set_complexity(config.complexity)?;
         inner.set_max_bandwidth(config.max_bandwidth())?;
+        // Until a receiver reports, the path is unknown, not clean: start protected, so the
+        // first losses of a call are rebuilt rather than concealed.
+        let protection = config.protection(UNKNOWN_PATH_LOSS_PCT);
         let mut encoder = Self {
             inner,
+            protection,
             config,
-            expected_loss_pct: 0,
         };
-        encoder.set_expected_loss(0)?;
+        encoder.apply(protection)?;
         Ok(encoder)
     }
 
@@ -89,38 +186,50 @@ impl VoiceEncoder {
         &self.config
     }
 
-    /// Feeds the loss the receivers measured back into the encoder, so it spends more bits on
+    fn apply(&mut self, protection: Protection) -> Result<(), AudioError> {
+        self.inner.set_bitrate(protection.bitrate)?;
+        self.inner.set_inband_fec(protection.lbrr)?;
+        self.inner.set_packet_loss_perc(protection.loss_pct)?;
+        self.inner
+            .set_dred_duration((protection.dred_ms / 10).min(104) as u8)?;
+        self.protection = protection;
+        Ok(())
+    }
+
+    /// Feeds the loss the receivers measured back into the encoder, so it spends bits on
     /// redundancy when the path is bad and none when it is clean.
     pub fn set_expected_loss(&mut self, measured_pct: u8) -> Result<(), AudioError> {
-        let pct = if self.config.fec {
-            measured_pct.clamp(self.config.fec_min_loss_pct, 50)
-        } else {
-            measured_pct.min(50)
-        };
-        self.inner.set_packet_loss_perc(i32::from(pct))?;
-        self.expected_loss_pct = pct;
+        let protection = self.config.protection(measured_pct);
+        if protection != self.protection {
+            self.apply(protection)?;
+        }
         Ok(())
     }
 
     pub fn expected_loss_pct(&self) -> u8 {
-        self.expected_loss_pct
+        self.protection.loss_pct
+    }
+
+    /// The redundancy in use now.
+    pub fn protection(&self) -> Protection {
+        self.protection
     }
 
     /// Changes the bitrate from the next frame on (6000–64000 b/s).
     pub fn set_bitrate(&mut self, bitrate: u32) -> Result<(), AudioError> {
-        EncoderConfig {
+        let config = EncoderConfig {
             bitrate,
             ..self.config.clone()
-        }
-        .validate()?;
-        self.inner.set_bitrate(Bitrate::Bits(bitrate as i32))?;
-        self.config.bitrate = bitrate;
-        Ok(())
+        };
+        config.validate()?;
+        let protection = config.protection(self.protection.loss_pct);
+        self.config = config;
+        self.apply(protection)
     }
 
     /// Samples of algorithmic delay the codec adds (decoder output lags the input by this).
     pub fn lookahead(&mut self) -> Result<usize, AudioError> {
-        Ok(usize::try_from(self.inner.get_lookahead()?).unwrap_or(0))
+        Ok(self.inner.lookahead()?)
     }
 
     /// Encodes one frame into `out`, returning the packet length. With DTX on, a silent frame
@@ -144,6 +253,8 @@ pub enum DecodeKind {
     Normal,
     /// Rebuilt from the next packet's in-band FEC.
     Fec,
+    /// Rebuilt from a later packet's deep redundancy (DRED).
+    Dred,
     /// Concealed by libopus PLC.
     Concealed,
     /// Silence: the gap is too long to conceal, or nothing has been received yet.
@@ -152,7 +263,10 @@ pub enum DecodeKind {
 
 /// Decodes one remote stream. One per sender: Opus decoder state is per stream.
 pub struct VoiceDecoder {
-    inner: opus::Decoder,
+    inner: libopus::Decoder,
+    dred: Dred,
+    /// The sequence number of the packet `dred` last parsed.
+    dred_parsed: Option<i64>,
     frame: FrameDuration,
     /// Consecutive samples produced without a real packet.
     gap_samples: usize,
@@ -166,8 +280,17 @@ impl VoiceDecoder {
     pub const DEFAULT_FADE_AFTER_MS: usize = 100;
 
     pub fn new(frame: FrameDuration) -> Result<Self, AudioError> {
+        Self::with_complexity(frame, DECODER_COMPLEXITY)
+    }
+
+    /// A decoder at another complexity: 0–4 conceal with classic PLC, no enhancement.
+    pub fn with_complexity(frame: FrameDuration, complexity: u8) -> Result<Self, AudioError> {
+        let mut inner = libopus::Decoder::new(SAMPLE_RATE)?;
+        inner.set_complexity(complexity)?;
         Ok(Self {
-            inner: opus::Decoder::new(SAMPLE_RATE, Channels::Mono)?,
+            inner,
+            dred: Dred::new()?,
+            dred_parsed: None,
             frame,
             gap_samples: 0,
             fade_after_samples: Self::DEFAULT_FADE_AFTER_MS * super::SAMPLES_PER_MS,
@@ -200,10 +323,7 @@ impl VoiceDecoder {
     /// holds a different duration than this stream's frame, is counted and concealed.
     pub fn decode(&mut self, packet: &[u8], out: &mut [f32]) -> Result<DecodeKind, AudioError> {
         self.check_len(out)?;
-        let matches_frame = self
-            .inner
-            .get_nb_samples(packet)
-            .is_ok_and(|n| n == out.len());
+        let matches_frame = self.inner.samples_in(packet).is_ok_and(|n| n == out.len());
         if matches_frame {
             if let Ok(n) = self.inner.decode_float(packet, out, false) {
                 if n == out.len() {
@@ -217,27 +337,44 @@ impl VoiceDecoder {
         self.conceal(out)
     }
 
-    /// Rebuilds the missing frame before `next_packet` from its in-band FEC. Without LBRR data
-    /// in `next_packet`, libopus falls back to concealment, which is still the right output.
+    /// Rebuilds a missing frame from a later packet already received: `frames` after the
+    /// missing one, with extended sequence number `seq`. The next packet's LBRR when it is
+    /// the very next frame, else its DRED, else concealment.
     pub fn recover(
         &mut self,
-        next_packet: &[u8],
+        ahead: &[u8],
+        frames: usize,
+        seq: i64,
         out: &mut [f32],
     ) -> Result<DecodeKind, AudioError> {
         self.check_len(out)?;
-        if !self.received_any || self.inner.get_nb_samples(next_packet).is_err() {
+        if !self.received_any || self.inner.samples_in(ahead).is_err() {
             return self.conceal(out);
         }
-        match self.inner.decode_float(next_packet, out, true) {
-            Ok(n) if n == out.len() => {
-                self.gap_samples = 0;
-                Ok(DecodeKind::Fec)
-            }
-            _ => {
-                self.malformed += 1;
-                self.conceal(out)
+        if frames == 1 && has_lbrr(ahead) {
+            if let Ok(n) = self.inner.decode_float(ahead, out, true) {
+                if n == out.len() {
+                    self.gap_samples = 0;
+                    return Ok(DecodeKind::Fec);
+                }
             }
         }
+        let offset = frames * out.len();
+        if self.dred_parsed != Some(seq) {
+            self.dred_parsed = Some(seq);
+            if self.dred.parse(ahead, 48_000).is_err() {
+                self.malformed += 1;
+            }
+        }
+        if self.dred.covers() >= offset {
+            if let Ok(n) = self.inner.decode_dred(&self.dred, offset, out) {
+                if n == out.len() {
+                    self.gap_samples = 0;
+                    return Ok(DecodeKind::Dred);
+                }
+            }
+        }
+        self.conceal(out)
     }
 
     /// Produces a frame for a packet that never arrived.
@@ -271,9 +408,15 @@ impl VoiceDecoder {
 
     /// Starts a new stream (the sender restarted): forget codec state and the gap.
     pub fn reset(&mut self) -> Result<(), AudioError> {
-        self.inner.reset_state()?;
+        self.inner.reset()?;
+        self.dred_parsed = None;
         self.gap_samples = 0;
         self.received_any = false;
         Ok(())
     }
+}
+
+/// Whether `packet` carries LBRR (in-band FEC) for the frame before it.
+fn has_lbrr(packet: &[u8]) -> bool {
+    libopus::has_lbrr(packet)
 }

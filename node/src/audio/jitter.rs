@@ -26,6 +26,10 @@ const SLOTS: usize = 64;
 /// Packets of transit history the delay estimate looks at.
 const HISTORY: usize = 128;
 
+/// How far past a missing frame to look for a packet whose redundancy may cover it: DRED
+/// reaches back at most ~1 s, and the window holds 64 frames.
+const AHEAD_FRAMES: usize = 50;
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JitterConfig {
     pub frame: FrameDuration,
@@ -86,9 +90,20 @@ pub enum Playout<'a> {
     Idle,
     /// Decode this packet.
     Frame(&'a [u8]),
-    /// The frame is missing. `next` is the following packet when it is here and carries FEC
-    /// (recover from it); `None` means conceal.
-    Missing { next: Option<&'a [u8]> },
+    /// The frame is missing. `ahead` is the nearest later packet already here from a sender
+    /// that protects its stream (its LBRR or DRED may rebuild this frame); `None` means
+    /// conceal.
+    Missing { ahead: Option<Ahead<'a>> },
+}
+
+/// The nearest later packet, for rebuilding a missing frame from its redundancy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ahead<'a> {
+    pub packet: &'a [u8],
+    /// How many frames after the missing one it is (1: the very next frame).
+    pub frames: usize,
+    /// Its extended sequence number, so a decoder can parse it once for a whole gap.
+    pub seq: i64,
 }
 
 /// Counters and the current delay.
@@ -419,10 +434,20 @@ impl JitterBuffer {
             self.played_through = Some(self.next);
             self.next += 1;
             self.mode = Mode::Playing { dry_since: None };
-            let following = &self.slots[Self::slot_index(self.next)];
-            let next = (following.seq == Some(self.next) && following.fec)
-                .then_some(&following.payload[..]);
-            return Playout::Missing { next };
+            let missing = self.next - 1;
+            let ahead = (1..=AHEAD_FRAMES).find_map(|frames| {
+                let seq = missing + frames as i64;
+                let slot = &self.slots[Self::slot_index(seq)];
+                (slot.seq == Some(seq)).then_some((slot, frames, seq))
+            });
+            let ahead = ahead
+                .filter(|(slot, _, _)| slot.fec)
+                .map(|(slot, frames, seq)| Ahead {
+                    packet: &slot.payload,
+                    frames,
+                    seq,
+                });
+            return Playout::Missing { ahead };
         }
         let dry_since = dry_since.unwrap_or(now);
         if now.saturating_duration_since(dry_since) >= self.config.spurt_timeout {
@@ -434,7 +459,7 @@ impl JitterBuffer {
         self.mode = Mode::Playing {
             dry_since: Some(dry_since),
         };
-        Playout::Missing { next: None }
+        Playout::Missing { ahead: None }
     }
 
     fn start_due(&self, now: Instant) -> bool {

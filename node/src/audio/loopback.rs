@@ -5,7 +5,7 @@
 //! feedback would), so FEC strength follows the path. Output is deterministic for a seed.
 
 use super::clock::VirtualClock;
-use super::codec::{EncoderConfig, VoiceEncoder, MAX_PACKET};
+use super::codec::{EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET};
 use super::impairment::{Impairment, ImpairmentConfig};
 use super::jitter::{IncomingFrame, JitterConfig};
 use super::stream::{ReceiveStream, StreamStats};
@@ -18,6 +18,9 @@ pub struct LoopbackConfig {
     pub jitter: JitterConfig,
     pub impairment: ImpairmentConfig,
     pub seed: u64,
+    /// Run the libopus 1.3-era path instead (see [`EncoderConfig::legacy`]; the decoder at
+    /// complexity 0: classic PLC, no DRED, no enhancement), to measure against.
+    pub legacy: bool,
 }
 
 /// What happened to the stream.
@@ -30,6 +33,8 @@ pub struct LoopbackReport {
     /// Mean capture-to-playout delay of played frames (network plus jitter buffer).
     pub mean_playout_delay_ms: f64,
     pub final_expected_loss_pct: u8,
+    /// Mean sent bitrate, redundancy included, kb/s.
+    pub mean_kbps: f64,
     #[serde(flatten)]
     pub receiver: StreamStats,
 }
@@ -52,12 +57,22 @@ pub fn run_loopback(
     let frame = config.encoder.frame;
     let frame_len = frame.samples();
     let frame_time = frame.duration();
-    let mut encoder = VoiceEncoder::new(config.encoder.clone())?;
+    let encoder_config = if config.legacy {
+        config.encoder.clone().legacy()
+    } else {
+        config.encoder.clone()
+    };
+    let mut encoder = VoiceEncoder::new(encoder_config)?;
     let jitter = JitterConfig {
         frame,
         ..config.jitter.clone()
     };
-    let mut stream = ReceiveStream::new(jitter)?;
+    let decoder = if config.legacy {
+        VoiceDecoder::with_complexity(frame, 0)?
+    } else {
+        VoiceDecoder::new(frame)?
+    };
+    let mut stream = ReceiveStream::with_decoder(decoder, jitter)?;
     let mut impairment = Impairment::new(config.impairment.clone(), config.seed);
     let mut report = LoopbackReport::default();
 
@@ -104,6 +119,8 @@ pub fn run_loopback(
         }
     }
     report.final_expected_loss_pct = encoder.expected_loss_pct();
+    report.mean_kbps =
+        report.bytes_sent as f64 * 8.0 / (frames as f64 * frame_time.as_secs_f64()) / 1e3;
     let delivered = in_flight.len() as u64;
     if delivered > 0 {
         report.mean_network_delay_ms = network_delay_total.as_secs_f64() * 1e3 / delivered as f64;

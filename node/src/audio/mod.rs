@@ -11,6 +11,7 @@ pub mod dsp;
 pub mod feed;
 pub mod impairment;
 pub mod jitter;
+pub mod libopus;
 pub mod loopback;
 pub mod mixer;
 pub mod realtime;
@@ -101,8 +102,8 @@ impl FrameDuration {
 /// Errors from the audio engine.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
-    #[error("opus: {0}")]
-    Opus(#[from] opus::Error),
+    #[error(transparent)]
+    Opus(#[from] libopus::OpusError),
     #[error("bitrate {0} b/s is outside 6000..=64000")]
     Bitrate(u32),
     #[error("complexity {0} is outside 0..=10")]

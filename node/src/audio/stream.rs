@@ -12,6 +12,8 @@ pub struct StreamStats {
     pub jitter: JitterStats,
     pub decoded: u64,
     pub recovered_fec: u64,
+    /// Missing frames rebuilt from a later packet's deep redundancy.
+    pub recovered_dred: u64,
     pub concealed: u64,
     pub decode_errors: u64,
 }
@@ -22,16 +24,23 @@ pub struct ReceiveStream {
     decoder: VoiceDecoder,
     decoded: u64,
     recovered_fec: u64,
+    recovered_dred: u64,
     concealed: u64,
 }
 
 impl ReceiveStream {
     pub fn new(config: JitterConfig) -> Result<Self, AudioError> {
+        Self::with_decoder(VoiceDecoder::new(config.frame)?, config)
+    }
+
+    /// A stream decoding with `decoder` (e.g. one at another complexity).
+    pub fn with_decoder(decoder: VoiceDecoder, config: JitterConfig) -> Result<Self, AudioError> {
         Ok(Self {
-            decoder: VoiceDecoder::new(config.frame)?,
+            decoder,
             buffer: JitterBuffer::new(config),
             decoded: 0,
             recovered_fec: 0,
+            recovered_dred: 0,
             concealed: 0,
         })
     }
@@ -75,12 +84,15 @@ impl ReceiveStream {
                 return Ok(None);
             }
             Playout::Frame(packet) => self.decoder.decode(packet, out)?,
-            Playout::Missing { next: Some(next) } => self.decoder.recover(next, out)?,
-            Playout::Missing { next: None } => self.decoder.conceal(out)?,
+            Playout::Missing { ahead: Some(a) } => {
+                self.decoder.recover(a.packet, a.frames, a.seq, out)?
+            }
+            Playout::Missing { ahead: None } => self.decoder.conceal(out)?,
         };
         match kind {
             DecodeKind::Normal => self.decoded += 1,
             DecodeKind::Fec => self.recovered_fec += 1,
+            DecodeKind::Dred => self.recovered_dred += 1,
             DecodeKind::Concealed | DecodeKind::Silence => self.concealed += 1,
         }
         Ok(Some(kind))
@@ -96,6 +108,7 @@ impl ReceiveStream {
             jitter: self.buffer.stats(),
             decoded: self.decoded,
             recovered_fec: self.recovered_fec,
+            recovered_dred: self.recovered_dred,
             concealed: self.concealed,
             decode_errors: self.decoder.malformed(),
         }

@@ -204,13 +204,16 @@ pub struct ReceivedStream {
     pub from: IdentityKey,
     #[serde(skip)]
     pub channel: StreamChannel,
-    /// Frames decoded from their own packet or recovered by FEC.
+    /// Frames decoded from their own packet or recovered by FEC or DRED.
     pub frames_played: u64,
     /// Frame periods filled by concealment inside transmissions.
     pub frames_concealed: u64,
     /// Frames the network lost (some then recovered by FEC), over the sender's whole stream.
     pub frames_lost: u64,
     pub frames_fec: u64,
+    /// Missing frames rebuilt from a later packet's deep redundancy (DRED).
+    #[serde(default)]
+    pub frames_dred: u64,
     /// Capture (end of the frame's block at the sender) to playout, when both nodes share a
     /// media epoch.
     pub mouth_to_ear_ms: Option<LatencyMs>,

@@ -70,6 +70,7 @@ struct Counters {
     played: u64,
     concealed: u64,
     fec: u64,
+    dred: u64,
     latency: LatencyHistogram,
 }
 
@@ -244,6 +245,7 @@ impl Playout {
                             played: 0,
                             concealed: 0,
                             fec: 0,
+                            dred: 0,
                             latency: LatencyHistogram::new(),
                         });
                         match kind {
@@ -251,6 +253,10 @@ impl Playout {
                             DecodeKind::Fec => {
                                 counters.played += 1;
                                 counters.fec += 1;
+                            }
+                            DecodeKind::Dred => {
+                                counters.played += 1;
+                                counters.dred += 1;
                             }
                             DecodeKind::Concealed | DecodeKind::Silence => counters.concealed += 1,
                         }
@@ -327,6 +333,7 @@ impl Playout {
                     frames_concealed: c.concealed,
                     frames_lost: jitter.lost,
                     frames_fec: c.fec,
+                    frames_dred: c.dred,
                     mouth_to_ear_ms: c.latency.summary(),
                     jitter_delay_ms: jitter.mean_buffer_delay_ms,
                     placed: remote.placed,
