@@ -34,6 +34,9 @@ pub(crate) struct AudioJson {
     noise_suppression: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     agc: Option<bool>,
+    /// Echo cancellation (runs while input and output are sound cards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    echo_cancellation: Option<bool>,
     /// Opus bitrate, bits per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     bitrate: Option<u32>,
@@ -54,6 +57,7 @@ impl AudioJson {
         Self {
             noise_suppression: Some(settings.noise_suppression),
             agc: Some(settings.agc),
+            echo_cancellation: Some(settings.echo_cancellation),
             bitrate: Some(settings.bitrate),
             vad_threshold: Some(settings.vad_threshold),
             jitter_min_ms: Some(settings.jitter_min.as_millis() as u64),
@@ -83,6 +87,9 @@ impl AudioJson {
         }
         if let Some(v) = self.agc {
             settings.agc = v;
+        }
+        if let Some(v) = self.echo_cancellation {
+            settings.echo_cancellation = v;
         }
         if let Some(v) = self.bitrate {
             settings.bitrate = v;

@@ -255,12 +255,22 @@ async fn listeners_report_loss_and_the_sender_strengthens_fec() {
     .await;
     assert_eq!(
         talker.stats().await.unwrap().expected_loss_pct,
-        1,
-        "FEC floor"
+        callsign_node::audio::codec::UNKNOWN_PATH_LOSS_PCT,
+        "protected until a listener reports"
     );
     talk(&talker, NodeCommand::PttDown(vec![org.flight]), 2500).await;
     let pct = talker.stats().await.unwrap().expected_loss_pct;
     assert!((8..=35).contains(&pct), "sender tuned FEC for {pct}% loss");
+    listener.shutdown().await.unwrap();
+    talker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn on_a_clean_path_the_sender_drops_its_redundancy() {
+    let org = DemoOrg::new(2, 11).unwrap();
+    let (talker, listener) = linked_pair(&org, 300, |_, _| {}).await;
+    talk(&talker, NodeCommand::PttDown(vec![org.flight]), 1500).await;
+    assert_eq!(talker.stats().await.unwrap().expected_loss_pct, 0);
     listener.shutdown().await.unwrap();
     talker.shutdown().await.unwrap();
 }

@@ -136,7 +136,15 @@ fn warm_mixer_jitter_buffer_and_decoder_do_not_allocate() {
             let _ = buffer.pop(now + Duration::from_millis(10));
             match k % 3 {
                 0 => decoder.decode(&packet[..len], &mut pcm).unwrap(),
-                1 => decoder.recover(&packet[..len], &mut pcm).unwrap(),
+                // Rebuilds from one to three frames back (LBRR, then DRED).
+                1 => decoder
+                    .recover(
+                        &packet[..len],
+                        1 + (k as usize / 3) % 3,
+                        i64::from(k),
+                        &mut pcm,
+                    )
+                    .unwrap(),
                 _ => decoder.conceal(&mut pcm).unwrap(),
             };
         }

@@ -20,6 +20,42 @@ pub enum AudioCommand {
     /// Encode a WAV file, pass it through simulated loss/jitter, the jitter buffer and the
     /// decoder, and write what a listener would hear.
     Loopback(LoopbackArgs),
+    /// Measure the echo canceller in a synthetic room: far-end speech from a loudspeaker
+    /// echoes into the microphone, then the near end talks over it. Prints ERLE and writes the
+    /// near end's output for PESQ scoring (scripts/echo-bench).
+    Echo(EchoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EchoArgs {
+    /// Far-end speech (what the loudspeaker plays), any WAV.
+    #[arg(long)]
+    pub far: PathBuf,
+    /// Near-end speech (the local talker), any WAV.
+    #[arg(long)]
+    pub near: PathBuf,
+    /// Directory for near.wav (the near end as it went in), microphone.wav (near end plus
+    /// echo, uncancelled), double-talk.wav and near-alone.wav (what the canceller let through),
+    /// 48 kHz mono.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Loudspeaker-to-microphone delay, ms.
+    #[arg(long, default_value_t = 50.0)]
+    pub delay_ms: f64,
+    /// Reverberation time of the room, ms.
+    #[arg(long, default_value_t = 200.0)]
+    pub rt60_ms: f64,
+    /// Echo return loss (echo level below the far end), dB.
+    #[arg(long, default_value_t = 6.0)]
+    pub erl_db: f64,
+    /// Seconds of far end alone before the near end talks.
+    #[arg(long, default_value_t = 10.0)]
+    pub far_only_s: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -124,6 +160,7 @@ pub fn run(cmd: AudioCommand) -> Result<()> {
     match cmd {
         AudioCommand::Devices(args) => devices(args),
         AudioCommand::Loopback(args) => loopback(args),
+        AudioCommand::Echo(args) => echo(args),
     }
 }
 
@@ -228,5 +265,58 @@ fn loopback(args: LoopbackArgs) -> Result<()> {
         "bitrate              {:.1} kb/s",
         report.bytes_sent as f64 * 8.0 / (report.frames.max(1) as f64 * frame.millis() as f64)
     );
+    Ok(())
+}
+
+fn echo(args: EchoArgs) -> Result<()> {
+    use callsign_node::audio::echo_room::{run_echo_room, RoomConfig};
+    let config = RoomConfig {
+        delay_ms: args.delay_ms,
+        rt60_ms: args.rt60_ms,
+        erl_db: args.erl_db,
+        far_only_s: args.far_only_s,
+        seed: args.seed,
+        ..RoomConfig::default()
+    };
+    if !(0.0..=500.0).contains(&config.delay_ms) || !(1.0..=2000.0).contains(&config.rt60_ms) {
+        bail!("--delay-ms must be 0–500 and --rt60-ms 1–2000");
+    }
+    if !config.erl_db.is_finite() || !(config.settle_s..=120.0).contains(&config.far_only_s) {
+        bail!("--erl-db must be a number and --far-only-s between 2 and 120");
+    }
+    let far = read_wav(&args.far).with_context(|| format!("reading {}", args.far.display()))?;
+    let near = read_wav(&args.near).with_context(|| format!("reading {}", args.near.display()))?;
+    let (output, report) = run_echo_room(&far, &near, &config);
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    for (name, samples) in [
+        ("near.wav", &near),
+        ("microphone.wav", &output.microphone),
+        ("double-talk.wav", &output.double_talk),
+        ("near-alone.wav", &output.near_alone),
+    ] {
+        let path = args.out_dir.join(name);
+        let mut sink = WavSink::create(&path, 1)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        sink.write(samples)?;
+        sink.finish()
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "ERLE {:.1} dB after {} s (whole far-end-only phase {:.1} dB); reached 20 dB at {}; \
+             added latency {:.1} ms; AEC3 delay estimate {} ms",
+            report.erle_db,
+            config.settle_s,
+            report.erle_whole_db,
+            report
+                .converged_s
+                .map_or("never".into(), |s| format!("{s:.2} s")),
+            report.added_latency_ms,
+            report.aec3_delay_ms.map_or("-".into(), |d| d.to_string()),
+        );
+    }
     Ok(())
 }

@@ -102,6 +102,8 @@ pub struct AudioProfile {
     pub voice_activation: Option<String>,
     pub noise_suppression: bool,
     pub agc: bool,
+    /// Echo cancellation while both input and output are sound cards.
+    pub echo_cancellation: bool,
     pub bitrate: u32,
     pub vad_threshold: f32,
     pub jitter_min_ms: u64,
@@ -131,6 +133,7 @@ impl Default for AudioProfile {
             voice_activation: None,
             noise_suppression: node.noise_suppression,
             agc: node.agc,
+            echo_cancellation: node.echo_cancellation,
             bitrate: node.bitrate,
             vad_threshold: node.vad_threshold,
             jitter_min_ms: node.jitter_min.as_millis() as u64,
@@ -147,6 +150,7 @@ impl AudioProfile {
         AudioSettings {
             noise_suppression: self.noise_suppression,
             agc: self.agc,
+            echo_cancellation: self.echo_cancellation,
             bitrate: self.bitrate,
             vad_threshold: self.vad_threshold,
             jitter_min: Duration::from_millis(self.jitter_min_ms),

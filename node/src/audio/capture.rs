@@ -1,10 +1,11 @@
 //! The capture chain: device-rate samples in, gated 48 kHz frames ready for the encoder out.
 //!
-//! resample (rubato) → high-pass → noise suppression + VAD (nnnoiseless, 10 ms sub-frames) →
-//! optional AGC → gate (push-to-talk, or voice activation with a hangover so word endings are
+//! resample (rubato) → high-pass → echo cancellation (AEC3, when on: see [`super::echo`]) →
+//! noise suppression + VAD (nnnoiseless, 10 ms sub-frames) → optional AGC → gate (push-to-talk, or voice activation with a hangover so word endings are
 //! not clipped).
 
 use super::dsp::{Agc, Biquad};
+use super::echo::{EchoCanceller, EchoStats};
 use super::resample::StreamResampler;
 use super::{AudioError, FrameDuration, SAMPLE_RATE};
 use nnnoiseless::DenoiseState;
@@ -85,6 +86,7 @@ pub struct CaptureChain {
     agc: Agc,
     ptt: bool,
     hangover_left: usize,
+    echo: Option<Box<EchoCanceller>>,
 }
 
 impl CaptureChain {
@@ -110,6 +112,7 @@ impl CaptureChain {
             agc: Agc::default(),
             ptt: false,
             hangover_left: 0,
+            echo: None,
             config,
         })
     }
@@ -133,6 +136,32 @@ impl CaptureChain {
 
     pub fn set_agc(&mut self, on: bool) {
         self.config.agc = on;
+    }
+
+    /// Turns echo cancellation on (a fresh canceller) or off.
+    pub fn set_echo_cancellation(&mut self, on: bool) {
+        if on != self.echo.is_some() {
+            self.echo = on.then(|| Box::new(EchoCanceller::new()));
+        }
+    }
+
+    /// The far end, as played (interleaved stereo at 48 kHz), for the echo canceller.
+    pub fn render_reference(&mut self, stereo: &[f32]) {
+        if let Some(echo) = &mut self.echo {
+            echo.render_stereo(stereo);
+        }
+    }
+
+    /// The devices' delay, as a hint for the echo canceller.
+    pub fn set_echo_device_delay_ms(&mut self, ms: u32) {
+        if let Some(echo) = &mut self.echo {
+            echo.set_device_delay_ms(ms);
+        }
+    }
+
+    /// The echo canceller's figures, while it is on.
+    pub fn echo_stats(&self) -> Option<EchoStats> {
+        self.echo.as_ref().map(|e| e.stats())
     }
 
     pub fn set_gate(&mut self, gate: GateMode) {
@@ -177,6 +206,9 @@ impl CaptureChain {
     fn process_sub_frame(&mut self, on_frame: &mut impl FnMut(CapturedFrame<'_>)) {
         if let Some(filter) = &mut self.high_pass {
             filter.process(&mut self.sub_in);
+        }
+        if let Some(echo) = &mut self.echo {
+            echo.process(&mut self.sub_in);
         }
         for s in &mut self.sub_in {
             *s *= I16_SCALE;

@@ -26,7 +26,7 @@ pub const MAX_REDUNDANCY_BPS: u32 = 12_000;
 pub const UNKNOWN_PATH_LOSS_PCT: u8 = 5;
 
 /// Decoder complexity: 5 enables deep PLC, 6 LACE and 7 NoLACE speech enhancement (OSCE).
-pub const DECODER_COMPLEXITY: u8 = 7;
+pub const DECODER_COMPLEXITY: u8 = 6;
 
 /// Encoder settings. Defaults: 24 kb/s, 20 ms, loss protection on, DTX off, complexity 9.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

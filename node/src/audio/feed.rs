@@ -127,9 +127,15 @@ pub struct PlaybackFeed {
     max_queued: usize,
     started: bool,
     counters: FeedCounters,
+    device_rate: u32,
 }
 
 impl PlaybackFeed {
+    /// How long a block written now waits before the device takes it, ms.
+    pub fn queued_ms(&self) -> u32 {
+        (self.writer.queued_frames() as u64 * 1000 / u64::from(self.device_rate.max(1))) as u32
+    }
+
     /// `writer` feeds a device at `device_rate`; blocks come in as 48 kHz stereo, `frame` long.
     /// The ring must hold at least five frames at the device rate.
     pub fn new(
@@ -156,6 +162,7 @@ impl PlaybackFeed {
             max_queued: PLAYBACK_MAX_FRAMES * device_frame,
             started: false,
             counters: FeedCounters::default(),
+            device_rate,
         })
     }
 

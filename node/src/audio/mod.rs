@@ -8,6 +8,8 @@ pub mod capture;
 pub mod clock;
 pub mod codec;
 pub mod dsp;
+pub mod echo;
+pub mod echo_room;
 pub mod feed;
 pub mod impairment;
 pub mod jitter;

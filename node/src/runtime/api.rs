@@ -115,6 +115,14 @@ pub struct AudioSettings {
     pub jitter_max: Duration,
     /// Channels that play quieter while another has a talker.
     pub ducking: Vec<DuckRule>,
+    /// Echo cancellation on the microphone. It runs only while both input and output are
+    /// sound cards (a WAV file or a bot has no echo).
+    #[serde(default = "echo_cancellation_default")]
+    pub echo_cancellation: bool,
+}
+
+fn echo_cancellation_default() -> bool {
+    true
 }
 
 /// Voice activation's default threshold (speech probability).
@@ -131,6 +139,7 @@ impl Default for AudioSettings {
             jitter_min: jitter.min_delay,
             jitter_max: jitter.max_delay,
             ducking: Vec::new(),
+            echo_cancellation: true,
         }
     }
 }
@@ -181,6 +190,8 @@ pub struct AudioStats {
     /// What the device feeds padded or dropped (`None` without a sound card).
     pub capture_feed: Option<FeedCounters>,
     pub playback_feed: Option<FeedCounters>,
+    /// The echo canceller's ERLE and delay, while it runs.
+    pub echo: Option<crate::audio::echo::EchoStats>,
 }
 
 /// A channel a stream is heard on, or a whisper.

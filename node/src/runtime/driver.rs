@@ -238,6 +238,8 @@ impl Driver {
                 if let Err(e) = self.playout.set_output_device(device.as_ref()) {
                     self.emit(NodeEvent::Warning(format!("output unchanged: {e}")));
                 }
+                self.transmitter
+                    .set_output_is_device(self.playout.has_device());
                 return;
             }
             NodeCommand::TryEditCharter(body, reply) => {
@@ -301,6 +303,11 @@ impl Driver {
             self.emit(NodeEvent::TransmitStopped);
         }
         let changes = self.playout.tick(now())?;
+        let (played, output_delay_ms) = self.playout.last_block();
+        // The capture side's delay is about one frame in the feed.
+        let frame_ms = self.frame.as_millis() as u32;
+        self.transmitter
+            .echo_reference(played, output_delay_ms + frame_ms);
         for peer in changes.stopped {
             self.emit(NodeEvent::TalkerStopped { peer });
         }

@@ -219,7 +219,7 @@ impl Node {
         }
         let port_mapper = (config.port_mapping && !simulated && worth_mapping(v4_side))
             .then(|| PortMapper::start(v4_side, PortMapConfig::default()));
-        let driver = Driver {
+        let mut driver = Driver {
             member,
             port_mapper,
             network,
@@ -252,6 +252,9 @@ impl Node {
             forward_latency_sum_us: 0,
             recorder: recorder::Recorder::new(config.recordings),
         };
+        driver
+            .transmitter
+            .set_output_is_device(driver.playout.has_device());
         // In the caller's span: the simulator names each node's log lines that way.
         let task = tokio::spawn(tracing::Instrument::in_current_span(
             driver.run(commands_rx),

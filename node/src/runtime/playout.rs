@@ -291,6 +291,18 @@ impl Playout {
         Ok(changes)
     }
 
+    /// Whether a sound card plays what we mix.
+    pub fn has_device(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// The block the last tick mixed (interleaved stereo) and how long until the device plays
+    /// it, ms.
+    pub fn last_block(&self) -> (&[f32], u32) {
+        let queued = self.device.as_ref().map_or(0, |(feed, _)| feed.queued_ms());
+        (&self.out, queued)
+    }
+
     /// Plays on this sound card from now on (`None`: on none). On error the old one stays.
     pub fn set_output_device(&mut self, device: Option<&Device>) -> Result<(), AudioError> {
         self.device = device

@@ -111,6 +111,7 @@ impl Driver {
             playback_underruns,
             capture_feed,
             playback_feed,
+            echo: self.transmitter.echo_stats(),
         }
     }
 }

@@ -119,6 +119,9 @@ pub struct Transmitter {
     level_db: f32,
     speech: f32,
     device_counters: Arc<CallbackCounters>,
+    /// The user wants echo cancellation; it runs while input and output are sound cards.
+    echo_wanted: bool,
+    output_is_device: bool,
 }
 
 /// The quietest level the input meter reports.
@@ -151,12 +154,41 @@ impl Transmitter {
             level_db: SILENT_DB,
             speech: 0.0,
             device_counters,
+            echo_wanted: true,
+            output_is_device: false,
         })
+    }
+
+    /// Echo cancellation runs when wanted and both ends are sound cards.
+    fn update_echo(&mut self) {
+        let on = self.echo_wanted
+            && self.output_is_device
+            && matches!(self.source, Source::Device { .. });
+        self.capture.set_echo_cancellation(on);
+    }
+
+    /// Whether the node plays on a sound card (its sound may echo into the microphone).
+    pub fn set_output_is_device(&mut self, on: bool) {
+        self.output_is_device = on;
+        self.update_echo();
+    }
+
+    /// What the node played this frame period (interleaved stereo), and how long until it
+    /// leaves the loudspeaker plus how long the microphone's samples wait: the far end for
+    /// the echo canceller.
+    pub fn echo_reference(&mut self, played: &[f32], device_delay_ms: u32) {
+        self.capture.set_echo_device_delay_ms(device_delay_ms);
+        self.capture.render_reference(played);
+    }
+
+    pub fn echo_stats(&self) -> Option<crate::audio::echo::EchoStats> {
+        self.capture.echo_stats()
     }
 
     /// Switches the input (a device is opened here; on error the old input stays).
     pub fn set_input(&mut self, input: AudioInput) -> Result<(), AudioError> {
         self.source = Source::open(input, self.encoder.config().frame, &self.device_counters)?;
+        self.update_echo();
         Ok(())
     }
 
@@ -166,6 +198,8 @@ impl Transmitter {
         self.capture
             .set_noise_suppression(settings.noise_suppression);
         self.capture.set_agc(settings.agc);
+        self.echo_wanted = settings.echo_cancellation;
+        self.update_echo();
         self.vad_threshold = settings.vad_threshold;
         if !self.vad_channels.is_empty() {
             self.capture.set_gate(self.vad_gate());

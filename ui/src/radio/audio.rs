@@ -142,6 +142,11 @@ impl Radio {
         );
         ui.checkbox(&mut audio.noise_suppression, "noise suppression");
         ui.checkbox(&mut audio.agc, "automatic gain");
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut audio.echo_cancellation, "echo cancellation");
+            let echo = self.stats.as_ref().and_then(|s| s.audio.echo);
+            ui.small(echo_text(audio.echo_cancellation, echo));
+        });
         let mut kbps = audio.bitrate / 1000;
         if ui
             .add(egui::Slider::new(&mut kbps, 6..=64).text("bitrate kb/s"))
@@ -237,4 +242,24 @@ fn path_choice(ui: &mut egui::Ui, label: &str, chosen: &mut String, paths: &[Str
             format!("{label}: {shown}"),
         )
     });
+}
+
+/// What the echo canceller is doing, in words.
+pub(crate) fn echo_text(
+    wanted: bool,
+    echo: Option<callsign_node::audio::echo::EchoStats>,
+) -> String {
+    match (wanted, echo) {
+        (false, _) => "off".into(),
+        (true, None) => "runs while input and output are sound cards".into(),
+        (true, Some(e)) => {
+            let erle = e.erle_db.map_or("measuring".into(), |db| {
+                format!("removes {db:.0} dB of echo")
+            });
+            let delay = e
+                .delay_ms
+                .map_or(String::new(), |ms| format!(", echo delay {ms} ms"));
+            format!("{erle}{delay} (devices report {} ms)", e.device_delay_ms)
+        }
+    }
 }
