@@ -46,7 +46,9 @@ fn main() {
     // Encode: 24 kb/s on a clean path (no redundancy), then protected at 20 % loss (LBRR and
     // DRED, +12 kb/s).
     let mut encoder = VoiceEncoder::new(EncoderConfig::default()).unwrap();
-    encoder.set_expected_loss(0).unwrap();
+    for _ in 0..callsign_node::audio::codec::CLEAN_REPORTS_TO_DROP {
+        encoder.set_expected_loss(0).unwrap();
+    }
     let mut packet = [0u8; MAX_PACKET];
     let mut i = 0;
     let encode_clean = measure(500, || {

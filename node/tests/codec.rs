@@ -20,7 +20,9 @@ fn encode_all(signal: &[f32], config: EncoderConfig) -> Vec<Vec<u8>> {
 fn encode_at_loss(signal: &[f32], config: EncoderConfig, loss_pct: u8) -> Vec<Vec<u8>> {
     let frame = config.frame.samples();
     let mut encoder = VoiceEncoder::new(config).unwrap();
-    encoder.set_expected_loss(loss_pct).unwrap();
+    for _ in 0..3 {
+        encoder.set_expected_loss(loss_pct).unwrap();
+    }
     let mut out = [0u8; MAX_PACKET];
     signal
         .chunks_exact(frame)
@@ -257,6 +259,10 @@ fn protection_follows_the_reported_loss_and_is_nothing_on_a_clean_path() {
     let mut encoder = VoiceEncoder::new(EncoderConfig::default()).unwrap();
     // Nobody has reported yet: protected.
     assert_eq!(encoder.expected_loss_pct(), UNKNOWN_PATH_LOSS_PCT);
+    assert!(encoder.protection().lbrr);
+    // One or two clean reports keep it; the third drops it.
+    encoder.set_expected_loss(0).unwrap();
+    encoder.set_expected_loss(0).unwrap();
     assert!(encoder.protection().lbrr);
     encoder.set_expected_loss(0).unwrap();
     let clean = encoder.protection();

@@ -269,7 +269,7 @@ async fn listeners_report_loss_and_the_sender_strengthens_fec() {
 async fn on_a_clean_path_the_sender_drops_its_redundancy() {
     let org = DemoOrg::new(2, 11).unwrap();
     let (talker, listener) = linked_pair(&org, 300, |_, _| {}).await;
-    talk(&talker, NodeCommand::PttDown(vec![org.flight]), 1500).await;
+    talk(&talker, NodeCommand::PttDown(vec![org.flight]), 4500).await;
     assert_eq!(talker.stats().await.unwrap().expected_loss_pct, 0);
     listener.shutdown().await.unwrap();
     talker.shutdown().await.unwrap();

@@ -56,7 +56,9 @@ fn check_impaired(name: &str, min_delivery: f64) -> Report {
 
 #[test]
 fn five_percent_uniform_loss() {
-    let r = check_impaired("loss-5pct", 0.97);
+    // A missing frame counts as played only when the next packet's LBRR or a later packet's
+    // DRED rebuilt it; quiet frames carry no LBRR and are concealed (and counted so).
+    let r = check_impaired("loss-5pct", 0.96);
     assert!(r.network.lost > 50, "{:?}", r.network);
 }
 

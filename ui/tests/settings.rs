@@ -100,6 +100,39 @@ fn an_admin_copies_a_signed_invite_ticket_for_a_role() {
 }
 
 #[test]
+fn echo_cancellation_shows_what_it_removes_and_can_be_turned_off() {
+    let Opened { ends, mut h, .. } = open_saved();
+    commands(&ends);
+    h.get_by_label("Audio").click();
+    h.step();
+    let stats = NodeStats {
+        audio: AudioStats {
+            echo: Some(callsign_node::audio::echo::EchoStats {
+                erle_db: Some(31.4),
+                delay_ms: Some(48),
+                device_delay_ms: 40,
+            }),
+            ..AudioStats::default()
+        },
+        ..NodeStats::default()
+    };
+    step_with_stats(&mut h, &ends, &stats, "the echo canceller's figures", |h| {
+        h.query_by_label_contains("removes 31 dB of echo, echo delay 48 ms (devices report 40 ms)")
+            .is_some()
+    });
+    h.get_by_label("echo cancellation").click();
+    h.step();
+    assert_eq!(
+        answer_stats(&ends, &stats),
+        expect(&[NodeCommand::SetAudio(AudioSettings {
+            echo_cancellation: false,
+            ..AudioSettings::default()
+        })])
+    );
+    assert!(h.query_by_label("off").is_some());
+}
+
+#[test]
 fn audio_settings_reach_the_node_and_stay_in_the_profile() {
     let Opened {
         dir,

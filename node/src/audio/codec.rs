@@ -1,7 +1,7 @@
 //! Opus voice encoder and per-stream decoder (libopus 1.6, see [`super::libopus`]).
 //!
-//! The encoder protects the stream only as much as the path needs: on a clean path it spends
-//! no bits on redundancy; once receivers report loss it turns on in-band FEC (LBRR, the
+//! The encoder protects the stream only as much as the path needs: on a clean path (no loss in
+//! three reports in a row) it spends no bits on redundancy; while receivers report loss it turns on in-band FEC (LBRR, the
 //! previous frame again at a lower rate) and DRED (deep redundancy: a neural coding of the
 //! last 200 ms to 1 s of speech in a few kb/s), and raises the bitrate by half, at most
 //! [`MAX_REDUNDANCY_BPS`], so the primary stream keeps its bits (libopus takes both kinds of
@@ -21,6 +21,9 @@ pub const MAX_PACKET: usize = 1275;
 
 /// The most the encoder adds to the configured bitrate for redundancy, under heavy loss.
 pub const MAX_REDUNDANCY_BPS: u32 = 12_000;
+
+/// Loss-free reports in a row (about a second each) before the encoder stops protecting.
+pub const CLEAN_REPORTS_TO_DROP: u32 = 3;
 
 /// The loss assumed before any receiver has reported.
 pub const UNKNOWN_PATH_LOSS_PCT: u8 = 5;
@@ -161,6 +164,8 @@ pub struct VoiceEncoder {
     inner: libopus::Encoder,
     config: EncoderConfig,
     protection: Protection,
+    /// Loss-free reports in a row; protection is dropped after [`CLEAN_REPORTS_TO_DROP`].
+    clean_reports: u32,
 }
 
 impl VoiceEncoder {
@@ -177,6 +182,7 @@ impl VoiceEncoder {
             inner,
             protection,
             config,
+            clean_reports: 0,
         };
         encoder.apply(protection)?;
         Ok(encoder)
@@ -199,7 +205,20 @@ impl VoiceEncoder {
     /// Feeds the loss the receivers measured back into the encoder, so it spends bits on
     /// redundancy when the path is bad and none when it is clean.
     pub fn set_expected_loss(&mut self, measured_pct: u8) -> Result<(), AudioError> {
-        let protection = self.config.protection(measured_pct);
+        // One loss-free second says little on a path that lost 5 %: keep the protection until
+        // the path has been clean for a few reports in a row.
+        let pct = if measured_pct == 0 && self.config.fec {
+            self.clean_reports = self.clean_reports.saturating_add(1);
+            if self.clean_reports >= CLEAN_REPORTS_TO_DROP {
+                0
+            } else {
+                self.protection.loss_pct
+            }
+        } else {
+            self.clean_reports = 0;
+            measured_pct
+        };
+        let protection = self.config.protection(pct);
         if protection != self.protection {
             self.apply(protection)?;
         }
