@@ -148,7 +148,7 @@ impl EncoderConfig {
 }
 
 /// The redundancy settings for one loss level (see [`EncoderConfig::protection`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Protection {
     /// The expected loss handed to libopus (it sizes LBRR and DRED from it).
     pub loss_pct: u8,
@@ -370,7 +370,7 @@ impl VoiceDecoder {
         if !self.received_any || self.inner.samples_in(ahead).is_err() {
             return self.conceal(out);
         }
-        if frames == 1 && has_lbrr(ahead) {
+        if frames == 1 && libopus::has_lbrr(ahead) {
             if let Ok(n) = self.inner.decode_float(ahead, out, true) {
                 if n == out.len() {
                     self.gap_samples = 0;
@@ -379,9 +379,11 @@ impl VoiceDecoder {
             }
         }
         let offset = frames * out.len();
+        // A gap is filled oldest frame first, so the first parse of `ahead` asks for the most
+        // history the gap needs; the rest of the gap reuses it.
         if self.dred_parsed != Some(seq) {
             self.dred_parsed = Some(seq);
-            if self.dred.parse(ahead, 48_000).is_err() {
+            if self.dred.parse(ahead, offset).is_err() {
                 self.malformed += 1;
             }
         }
@@ -433,9 +435,4 @@ impl VoiceDecoder {
         self.received_any = false;
         Ok(())
     }
-}
-
-/// Whether `packet` carries LBRR (in-band FEC) for the frame before it.
-fn has_lbrr(packet: &[u8]) -> bool {
-    libopus::has_lbrr(packet)
 }

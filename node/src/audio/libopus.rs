@@ -31,6 +31,19 @@ fn check(code: c_int) -> Result<c_int, OpusError> {
     }
 }
 
+/// A state libopus created, checked: its error code, then the pointer.
+fn created<T>(state: *mut T, error: c_int) -> Result<NonNull<T>, OpusError> {
+    check(error)?;
+    NonNull::new(state).ok_or(OpusError {
+        code: sys::OPUS_ALLOC_FAIL,
+    })
+}
+
+/// A length or offset as libopus's `int`, or `code` when it does not fit.
+fn arg(n: usize, code: c_int) -> Result<i32, OpusError> {
+    i32::try_from(n).map_err(|_| OpusError { code })
+}
+
 /// libopus's version string, e.g. "libopus 1.6.1".
 pub fn version() -> String {
     // SAFETY: a static NUL-terminated string.
@@ -75,11 +88,9 @@ impl Encoder {
                 &mut error,
             )
         };
-        check(error)?;
-        let state = NonNull::new(state).ok_or(OpusError {
-            code: sys::OPUS_ALLOC_FAIL,
-        })?;
-        let mut encoder = Self { state };
+        let mut encoder = Self {
+            state: created(state, error)?,
+        };
         encoder.set(sys::OPUS_SET_SIGNAL_REQUEST, sys::OPUS_SIGNAL_VOICE)?;
         Ok(encoder)
     }
@@ -143,9 +154,7 @@ impl Encoder {
 
     /// Encodes one frame of mono samples into `out`; returns the packet length.
     pub fn encode_float(&mut self, pcm: &[f32], out: &mut [u8]) -> Result<usize, OpusError> {
-        let frame = c_int::try_from(pcm.len()).map_err(|_| OpusError {
-            code: sys::OPUS_BAD_ARG,
-        })?;
+        let frame = arg(pcm.len(), sys::OPUS_BAD_ARG)?;
         let max = i32::try_from(out.len()).unwrap_or(i32::MAX);
         // SAFETY: `pcm` holds `frame` samples (mono) and `out` at least `max` bytes.
         let n = check(unsafe {
@@ -181,11 +190,9 @@ impl Decoder {
         let mut error = 0;
         // SAFETY: valid arguments; the result is checked.
         let state = unsafe { sys::opus_decoder_create(sample_rate as i32, 1, &mut error) };
-        check(error)?;
-        let state = NonNull::new(state).ok_or(OpusError {
-            code: sys::OPUS_ALLOC_FAIL,
-        })?;
-        Ok(Self { state })
+        Ok(Self {
+            state: created(state, error)?,
+        })
     }
 
     /// 0–10. From 5 the decoder conceals with the deep PLC model; from 6 it enhances SILK
@@ -204,9 +211,7 @@ impl Decoder {
 
     /// Samples (at the decoder's rate) in `packet`, or an error for a malformed packet.
     pub fn samples_in(&self, packet: &[u8]) -> Result<usize, OpusError> {
-        let len = i32::try_from(packet.len()).map_err(|_| OpusError {
-            code: sys::OPUS_INVALID_PACKET,
-        })?;
+        let len = arg(packet.len(), sys::OPUS_INVALID_PACKET)?;
         if len == 0 {
             return Err(OpusError {
                 code: sys::OPUS_INVALID_PACKET,
@@ -227,12 +232,8 @@ impl Decoder {
         out: &mut [f32],
         fec: bool,
     ) -> Result<usize, OpusError> {
-        let len = i32::try_from(packet.len()).map_err(|_| OpusError {
-            code: sys::OPUS_INVALID_PACKET,
-        })?;
-        let frame = c_int::try_from(out.len()).map_err(|_| OpusError {
-            code: sys::OPUS_BAD_ARG,
-        })?;
+        let len = arg(packet.len(), sys::OPUS_INVALID_PACKET)?;
+        let frame = arg(out.len(), sys::OPUS_BAD_ARG)?;
         let data = if packet.is_empty() {
             std::ptr::null()
         } else {
@@ -260,12 +261,8 @@ impl Decoder {
         offset: usize,
         out: &mut [f32],
     ) -> Result<usize, OpusError> {
-        let frame = i32::try_from(out.len()).map_err(|_| OpusError {
-            code: sys::OPUS_BAD_ARG,
-        })?;
-        let offset = i32::try_from(offset).map_err(|_| OpusError {
-            code: sys::OPUS_BAD_ARG,
-        })?;
+        let frame = arg(out.len(), sys::OPUS_BAD_ARG)?;
+        let offset = arg(offset, sys::OPUS_BAD_ARG)?;
         // SAFETY: `dred` holds a processed DRED state; `out` holds `frame` samples.
         let n = check(unsafe {
             sys::opus_decoder_dred_decode_float(
@@ -308,21 +305,14 @@ impl Dred {
     pub fn new() -> Result<Self, OpusError> {
         let mut error = 0;
         // SAFETY: the results are checked for null and the error code.
-        let decoder = unsafe { sys::opus_dred_decoder_create(&mut error) };
-        check(error)?;
-        let decoder = NonNull::new(decoder).ok_or(OpusError {
-            code: sys::OPUS_ALLOC_FAIL,
-        })?;
+        let decoder = created(unsafe { sys::opus_dred_decoder_create(&mut error) }, error)?;
         // SAFETY: as above.
-        let state = unsafe { sys::opus_dred_alloc(&mut error) };
-        let state = match (check(error), NonNull::new(state)) {
-            (Ok(_), Some(state)) => state,
-            (result, _) => {
+        let state = match created(unsafe { sys::opus_dred_alloc(&mut error) }, error) {
+            Ok(state) => state,
+            Err(e) => {
                 // SAFETY: created above, freed once.
                 unsafe { sys::opus_dred_decoder_destroy(decoder.as_ptr()) };
-                return Err(result.err().unwrap_or(OpusError {
-                    code: sys::OPUS_ALLOC_FAIL,
-                }));
+                return Err(e);
             }
         };
         Ok(Self {
@@ -336,9 +326,7 @@ impl Dred {
     /// how many samples before the packet it covers (0 when it carries none).
     pub fn parse(&mut self, packet: &[u8], max_samples: usize) -> Result<usize, OpusError> {
         self.covers = 0;
-        let len = i32::try_from(packet.len()).map_err(|_| OpusError {
-            code: sys::OPUS_INVALID_PACKET,
-        })?;
+        let len = arg(packet.len(), sys::OPUS_INVALID_PACKET)?;
         let mut end: c_int = 0;
         // SAFETY: `packet` holds `len` bytes; both states are valid.
         let offset = check(unsafe {

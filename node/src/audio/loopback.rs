@@ -72,7 +72,7 @@ pub fn run_loopback(
     } else {
         VoiceDecoder::new(frame)?
     };
-    let mut stream = ReceiveStream::with_decoder(decoder, jitter)?;
+    let mut stream = ReceiveStream::with_decoder(decoder, jitter);
     let mut impairment = Impairment::new(config.impairment.clone(), config.seed);
     let mut report = LoopbackReport::default();
 

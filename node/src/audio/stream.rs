@@ -30,19 +30,19 @@ pub struct ReceiveStream {
 
 impl ReceiveStream {
     pub fn new(config: JitterConfig) -> Result<Self, AudioError> {
-        Self::with_decoder(VoiceDecoder::new(config.frame)?, config)
+        Ok(Self::with_decoder(VoiceDecoder::new(config.frame)?, config))
     }
 
     /// A stream decoding with `decoder` (e.g. one at another complexity).
-    pub fn with_decoder(decoder: VoiceDecoder, config: JitterConfig) -> Result<Self, AudioError> {
-        Ok(Self {
+    pub fn with_decoder(decoder: VoiceDecoder, config: JitterConfig) -> Self {
+        Self {
             decoder,
             buffer: JitterBuffer::new(config),
             decoded: 0,
             recovered_fec: 0,
             recovered_dred: 0,
             concealed: 0,
-        })
+        }
     }
 
     pub fn push(
