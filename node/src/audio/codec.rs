@@ -22,6 +22,9 @@ pub const MAX_PACKET: usize = 1275;
 /// The most the encoder adds to the configured bitrate for redundancy, under heavy loss.
 pub const MAX_REDUNDANCY_BPS: u32 = 12_000;
 
+/// The most history DRED carries (1 s at 48 kHz).
+const DRED_MAX_HISTORY: usize = SAMPLE_RATE as usize;
+
 /// Loss-free reports in a row (about a second each) before the encoder stops protecting.
 pub const CLEAN_REPORTS_TO_DROP: u32 = 3;
 
@@ -379,11 +382,11 @@ impl VoiceDecoder {
             }
         }
         let offset = frames * out.len();
-        // A gap is filled oldest frame first, so the first parse of `ahead` asks for the most
-        // history the gap needs; the rest of the gap reuses it.
+        // Parsed once per packet for the whole gap, all the history it carries: asking for
+        // just `offset` decodes too few latents to reach it.
         if self.dred_parsed != Some(seq) {
             self.dred_parsed = Some(seq);
-            if self.dred.parse(ahead, offset).is_err() {
+            if self.dred.parse(ahead, DRED_MAX_HISTORY).is_err() {
                 self.malformed += 1;
             }
         }
