@@ -142,6 +142,9 @@ fn noise_suppression_lowers_steady_noise() {
     })
     .unwrap();
     let mut suppressed = CaptureChain::new(CaptureConfig::default()).unwrap();
+    // What is sent is denoised: the key is down.
+    plain.set_ptt(true);
+    suppressed.set_ptt(true);
     let a = run(&mut plain, &noise, 960);
     let b = run(&mut suppressed, &noise, 960);
     assert!(energy(&b.samples[48_000..]) * 10.0 < energy(&a.samples[48_000..]));
@@ -171,6 +174,9 @@ fn agc_brings_quiet_speech_up_toward_its_target() {
         ..CaptureConfig::default()
     })
     .unwrap();
+    // The AGC follows the VAD, which runs while the key is down.
+    plain.set_ptt(true);
+    agc.set_ptt(true);
     let a = run(&mut plain, &quiet, 960);
     let b = run(&mut agc, &quiet, 960);
     let tail = a.samples.len() / 2;
@@ -253,4 +259,28 @@ fn an_idle_transmitter_without_analysis_skips_the_chain_until_the_key_goes_down(
     let end = skipping.tick().unwrap().expect("the closing frame");
     assert!(end.flags.contains(callsign_mesh::voice::VoiceFlags::END));
     assert!(skipping.tick().unwrap().is_none());
+}
+
+#[test]
+fn the_denoiser_rests_while_the_key_is_up_and_a_press_starts_without_stale_audio() {
+    let mut chain = CaptureChain::new(CaptureConfig::default()).unwrap();
+    let speech = speech();
+    chain.set_ptt(true);
+    let talking = run(&mut chain, &speech[..48_000], 960);
+    assert!(energy(&talking.samples) > 0.0);
+    // Key up while the talker goes on, then falls silent: after the frame with the end marker
+    // nothing is sent, and the denoiser rests (no speech probability).
+    chain.set_ptt(false);
+    let mut input = speech[48_000..72_000].to_vec();
+    input.resize(48_000, 0.0);
+    let idle = run(&mut chain, &input, 960);
+    assert!(!idle.transmit[1..].iter().any(|t| *t));
+    assert!(idle.speech[1..].iter().all(|p| *p == 0.0));
+    // A press over silence sends silence: nothing of the speech before the rest is left in
+    // the denoiser's window.
+    chain.set_ptt(true);
+    let pressed = run(&mut chain, &[0.0; 9_600], 960);
+    assert!(pressed.transmit.iter().all(|t| *t));
+    let peak = pressed.samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+    assert!(peak < 1e-3, "stale audio after the press: peak {peak}");
 }

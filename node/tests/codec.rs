@@ -137,10 +137,9 @@ fn clean_path_packets_carry_no_redundancy_and_lossy_ones_carry_both_kinds() {
     let n = lossy.len();
     assert!(lbrr > n / 2, "LBRR in {lbrr} of {n}");
     assert!(with_dred > n / 2, "DRED in {with_dred} of {n}");
-    assert!(
-        kbps <= 24 + MAX_REDUNDANCY_BPS as usize / 1000,
-        "{kbps} kb/s"
-    );
+    // VBR meets its target on average; over a short clip it may overshoot by a few percent.
+    let most = 24 + MAX_REDUNDANCY_BPS as usize / 1000;
+    assert!(kbps * 100 <= most * 105, "{kbps} kb/s, most {most}");
 }
 
 #[test]
@@ -278,6 +277,16 @@ fn protection_follows_the_reported_loss_and_is_nothing_on_a_clean_path() {
     assert_eq!(lossy.bitrate, 24_000 + MAX_REDUNDANCY_BPS);
     encoder.set_expected_loss(90).unwrap();
     assert_eq!(encoder.expected_loss_pct(), 50);
+    // The overhead grows with the loss, within its stated maximum.
+    let config = EncoderConfig::default();
+    assert_eq!(config.protection(1).bitrate, 38_400);
+    assert_eq!(config.protection(5).bitrate, 48_000);
+    assert_eq!(config.protection(15).bitrate, 24_000 + MAX_REDUNDANCY_BPS);
+    let wide = EncoderConfig {
+        bitrate: 48_000,
+        ..EncoderConfig::default()
+    };
+    assert_eq!(wide.protection(15).bitrate, 64_000);
     // The legacy path keeps its 1 % floor and adds nothing.
     let legacy = EncoderConfig::default().legacy();
     assert_eq!(legacy.protection(0).loss_pct, 1);

@@ -4,6 +4,7 @@
 mod common;
 
 use callsign_node::audio::capture::{CaptureChain, CaptureConfig};
+use callsign_node::audio::echo::{EchoCanceller, DORMANT_AFTER_MS, ECHO_FRAME, PROCESSING_DELAY};
 use callsign_node::audio::echo_room::{impulse_response, run_echo_room, RoomConfig};
 use callsign_node::audio::synth::SpeechLike;
 use common::*;
@@ -93,4 +94,102 @@ fn the_capture_chain_cancels_echo_only_when_asked() {
     let off = chain_echo_left(false);
     assert!(on >= 20.0, "with cancellation the echo drops {on:.1} dB");
     assert!(off.abs() < 3.0, "without it the echo passes: {off:.1} dB");
+}
+
+#[test]
+fn the_canceller_sleeps_through_silence_and_wakes_converged() {
+    let far = speech();
+    let delay = 40 * 48;
+    let mut canceller = EchoCanceller::new();
+    // Returns the echo's energy and what was left of it over `seconds` of far-end speech.
+    let talk = |canceller: &mut EchoCanceller, seconds: usize| {
+        let mut history = vec![0.0f32; delay];
+        let (mut echo_e, mut left_e) = (0.0, 0.0);
+        for k in 0..seconds * 100 {
+            let start = (k * ECHO_FRAME) % (far.len() - ECHO_FRAME);
+            let played = &far[start..start + ECHO_FRAME];
+            canceller.render(played);
+            history.extend_from_slice(played);
+            let mut mic = [0.0f32; ECHO_FRAME];
+            for (m, s) in mic.iter_mut().zip(&history[..ECHO_FRAME]) {
+                *m = 0.5 * s;
+            }
+            history.drain(..ECHO_FRAME);
+            echo_e += energy(&mic);
+            canceller.process(&mut mic);
+            left_e += energy(&mic);
+        }
+        10.0 * (echo_e / left_e.max(1e-12)).log10()
+    };
+    talk(&mut canceller, 4);
+    // The loudspeaker goes quiet: after the echo tail the canceller sleeps, and the
+    // microphone passes untouched.
+    let silence = [0.0f32; ECHO_FRAME];
+    let mut near = [0.0f32; ECHO_FRAME];
+    SpeechLike::new(3, 0.3).fill(&mut near);
+    for _ in 0..(DORMANT_AFTER_MS / 10 + 100) {
+        canceller.render(&silence);
+        let mut mic = near;
+        let was_dormant = canceller.dormant();
+        canceller.process(&mut mic);
+        if was_dormant {
+            // Passed untouched, only delayed.
+            let keep = ECHO_FRAME - PROCESSING_DELAY;
+            assert_eq!(mic[PROCESSING_DELAY..], near[..keep]);
+            assert_eq!(mic[..PROCESSING_DELAY], near[keep..]);
+        }
+    }
+    assert!(canceller.dormant());
+    // Sound again: it wakes with what it learnt and cancels at once.
+    let erle = talk(&mut canceller, 1);
+    assert!(!canceller.dormant());
+    assert!(
+        erle >= 20.0,
+        "{erle:.1} dB in the first second after waking"
+    );
+}
+
+/// The lag (samples, 0–20 ms) at which `output` best matches `input`.
+fn lag(input: &[f32], output: &[f32]) -> usize {
+    let n = input.len().min(output.len()) - 960;
+    (0..960)
+        .max_by(|a, b| {
+            let c = |l: usize| -> f64 {
+                (0..n)
+                    .map(|i| f64::from(input[i]) * f64::from(output[i + l]))
+                    .sum()
+            };
+            c(*a).total_cmp(&c(*b))
+        })
+        .unwrap()
+}
+
+#[test]
+fn asleep_or_awake_the_canceller_delays_the_capture_alike() {
+    let far = speech();
+    let mut near = vec![0.0f32; 48_000 * 5];
+    SpeechLike::new(5, 0.3).fill(&mut near);
+    let mut canceller = EchoCanceller::new();
+    let mut out = Vec::with_capacity(near.len());
+    // Awake for 2 s, asleep from about 2.6 s, awake again from 4 s.
+    for (k, chunk) in near.chunks_exact(ECHO_FRAME).enumerate() {
+        let t = k * ECHO_FRAME;
+        let playing = !(96_000..192_000).contains(&t);
+        let played: Vec<f32> = (t..t + ECHO_FRAME)
+            .map(|i| if playing { far[i % far.len()] } else { 0.0 })
+            .collect();
+        canceller.render(&played);
+        let mut mic: [f32; ECHO_FRAME] = chunk.try_into().unwrap();
+        canceller.process(&mut mic);
+        out.extend_from_slice(&mic);
+    }
+    // Awake, asleep and awake again: the same delay throughout (awake, the band split's delay
+    // is fractional, so the best whole-sample lag may be one off).
+    for (from, to) in [(48_000, 96_000), (144_000, 168_000), (200_000, 230_000)] {
+        let l = lag(&near[from..to], &out[from..to + 960]);
+        assert!(
+            l.abs_diff(PROCESSING_DELAY) <= 1,
+            "window {from}..{to}: lag {l}"
+        );
+    }
 }

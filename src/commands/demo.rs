@@ -35,6 +35,10 @@ pub struct DemoArgs {
     /// Seed for keys, synthetic voices and loss.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Run each node's echo canceller on its synthetic voice, with what it plays as the far
+    /// end (it is off without sound cards): to measure what it costs.
+    #[arg(long)]
+    pub echo_cancellation: bool,
 }
 
 #[derive(Serialize)]
@@ -119,12 +123,17 @@ pub fn run(args: DemoArgs) -> Result<()> {
         }
         println!(
             "acl drops {}, decrypt failures {}, refused at sender {}, unauthorised frames {}, \
-             cpu {:.1}% of a core per node",
+             cpu {:.1}% of a core per node{}",
             report.acl_drops,
             report.decrypt_failures,
             report.ptt_denied,
             report.unauthorised_frames,
-            report.cpu_per_node_pct
+            report.cpu_per_node_pct,
+            if args.echo_cancellation {
+                " (echo canceller on)"
+            } else {
+                ""
+            }
         );
         for line in &report.floor {
             println!("floor: {line}");
@@ -173,6 +182,7 @@ async fn session(args: &DemoArgs) -> Result<Report> {
         config.media_epoch = Some(epoch);
         config.seed = args.seed.wrapping_mul(1000) + i as u64;
         config.send_loss = args.loss;
+        config.capture.echo_without_devices = args.echo_cancellation;
         config.bootstrap = nodes.iter().map(|n| n.address().clone()).collect();
         config.output = args
             .out

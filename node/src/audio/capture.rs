@@ -1,8 +1,11 @@
 //! The capture chain: device-rate samples in, gated 48 kHz frames ready for the encoder out.
 //!
 //! resample (rubato) → high-pass → echo cancellation (AEC3, when on: see [`super::echo`]) →
-//! noise suppression + VAD (nnnoiseless, 10 ms sub-frames) → optional AGC → gate (push-to-talk, or voice activation with a hangover so word endings are
-//! not clipped).
+//! noise suppression + VAD (nnnoiseless, 10 ms sub-frames) → optional AGC → gate
+//! (push-to-talk, or voice activation with a hangover so word endings are not clipped).
+//!
+//! With push-to-talk up the denoiser rests (nothing is sent, nothing needs its speech
+//! probability): the input level is read before it.
 
 use super::dsp::{Agc, Biquad};
 use super::echo::{EchoCanceller, EchoStats};
@@ -14,6 +17,9 @@ use std::time::Duration;
 /// nnnoiseless works on 10 ms at 48 kHz and expects 16-bit-scaled samples.
 const DENOISE_FRAME: usize = DenoiseState::FRAME_SIZE;
 const I16_SCALE: f32 = 32_767.0;
+
+/// Sub-frames a resting denoiser is fed again when it wakes: its pitch history spans 36 ms.
+const PRIME_SUB_FRAMES: usize = 4;
 
 /// When the capture chain opens the gate.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -40,6 +46,10 @@ pub struct CaptureConfig {
     /// third of its CPU.
     #[serde(default = "analyse_when_idle_default")]
     pub analyse_when_idle: bool,
+    /// Run the echo canceller (when the user wants it) even if input or output is not a sound
+    /// card: `callsign demo --echo-cancellation` measures its cost on synthetic voices.
+    #[serde(default)]
+    pub echo_without_devices: bool,
 }
 
 fn analyse_when_idle_default() -> bool {
@@ -56,6 +66,7 @@ impl Default for CaptureConfig {
             agc: false,
             gate: GateMode::PushToTalk,
             analyse_when_idle: true,
+            echo_without_devices: false,
         }
     }
 }
@@ -81,11 +92,16 @@ pub struct CaptureChain {
     denoise: Box<DenoiseState<'static>>,
     sub_in: [f32; DENOISE_FRAME],
     sub_out: [f32; DENOISE_FRAME],
+    /// The last sub-frames the resting denoiser skipped (oldest first), and whether it rested.
+    rest_history: Box<[[f32; DENOISE_FRAME]; PRIME_SUB_FRAMES]>,
+    denoise_rested: bool,
     frame: Vec<f32>,
     frame_speech: f32,
     agc: Agc,
     ptt: bool,
     hangover_left: usize,
+    /// The last frame was sent: the frame after it still is (it carries the end marker).
+    last_transmit: bool,
     echo: Option<Box<EchoCanceller>>,
 }
 
@@ -107,11 +123,14 @@ impl CaptureChain {
             denoise: DenoiseState::new(),
             sub_in: [0.0; DENOISE_FRAME],
             sub_out: [0.0; DENOISE_FRAME],
+            rest_history: Box::new([[0.0; DENOISE_FRAME]; PRIME_SUB_FRAMES]),
+            denoise_rested: false,
             frame: Vec::with_capacity(config.frame.samples()),
             frame_speech: 0.0,
             agc: Agc::default(),
             ptt: false,
             hangover_left: 0,
+            last_transmit: false,
             echo: None,
             config,
         })
@@ -213,8 +232,27 @@ impl CaptureChain {
         for s in &mut self.sub_in {
             *s *= I16_SCALE;
         }
-        let speech = self.denoise.process_frame(&mut self.sub_out, &self.sub_in);
-        let processed = if self.config.noise_suppression {
+        // With push-to-talk up nothing is sent and no speech probability gates anything, so
+        // the denoiser (RNNoise: most of an idle member's CPU) rests; the level meter reads
+        // the signal before it. It picks up again within a frame or two of a press.
+        let rests =
+            matches!(self.config.gate, GateMode::PushToTalk) && !self.ptt && !self.last_transmit;
+        let speech = if rests {
+            self.rest_history.rotate_left(1);
+            self.rest_history[PRIME_SUB_FRAMES - 1].copy_from_slice(&self.sub_in);
+            0.0
+        } else {
+            if self.denoise_rested {
+                // Its window and pitch history still hold audio from before the rest: refill
+                // them with what came just before this sub-frame, so nothing stale leaks out.
+                for sub in self.rest_history.iter() {
+                    self.denoise.process_frame(&mut self.sub_out, sub);
+                }
+            }
+            self.denoise.process_frame(&mut self.sub_out, &self.sub_in)
+        };
+        self.denoise_rested = rests;
+        let processed = if self.config.noise_suppression && !rests {
             &self.sub_out
         } else {
             &self.sub_in
@@ -247,6 +285,7 @@ impl CaptureChain {
         if self.config.agc {
             self.agc.process(&mut self.frame, speech >= 0.5);
         }
+        self.last_transmit = transmit;
         on_frame(CapturedFrame {
             samples: &self.frame,
             speech_probability: speech,

@@ -8,13 +8,30 @@
 //! node's driver does, since it runs playout and capture in the same frame tick. The device
 //! delay (playback queue plus capture buffer) is handed over as a hint; AEC3 estimates and
 //! tracks the real echo path delay itself.
+//!
+//! While the loudspeaker has been silent for longer than any echo lasts
+//! ([`DORMANT_AFTER_MS`]), the canceller sleeps: there is no echo to remove or learn from, so
+//! neither side is fed, and both pick up together with the next sound played. Asleep, it
+//! delays the capture by as much as it does awake ([`PROCESSING_DELAY`]), so the capture's
+//! latency never jumps (a jump would repeat or drop a few milliseconds mid-sentence).
 
 use super::SAMPLES_PER_MS;
-use sonora::config::EchoCanceller as Aec3Config;
+use sonora::config::{EchoCanceller as Aec3Config, MaxProcessingRate, Pipeline};
 use sonora::{AudioProcessing, Config, StreamConfig};
 
 /// AEC3 works on 10 ms frames.
 pub const ECHO_FRAME: usize = 10 * SAMPLES_PER_MS;
+
+/// Loudspeaker silence after which the canceller sleeps: past the longest delay AEC3 tracks
+/// plus a room's echo tail.
+pub const DORMANT_AFTER_MS: usize = 600;
+
+/// What AEC3 at 48 kHz delays the capture by, in samples (9 ms: its three-band split and
+/// block framing); pinned by `node/tests/echo.rs`.
+pub const PROCESSING_DELAY: usize = 432;
+
+/// A render frame whose peak is below this is silence (−80 dBFS).
+const SILENT_PEAK: f32 = 1e-4;
 
 /// What the canceller reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -34,7 +51,14 @@ pub struct EchoCanceller {
     render_fill: usize,
     scratch: [f32; ECHO_FRAME],
     device_delay_ms: u32,
-    rendered: bool,
+    /// AEC3 is not being fed: nothing played yet, or asleep.
+    asleep: bool,
+    /// Just woken: the next capture sub-frame first refills AEC3 with the one before it.
+    refill: bool,
+    /// 10 ms render frames in a row that were silent.
+    silent_frames: usize,
+    /// The previous capture sub-frame as it came in.
+    last_capture: [f32; ECHO_FRAME],
 }
 
 impl Default for EchoCanceller {
@@ -51,6 +75,12 @@ impl EchoCanceller {
                 enforce_high_pass_filtering: false,
                 ..Aec3Config::default()
             }),
+            // At the capture rate: the default 32 kHz resamples both sides there and back
+            // and cuts the band at 16 kHz.
+            pipeline: Pipeline {
+                maximum_internal_processing_rate: MaxProcessingRate::Rate48kHz,
+                ..Pipeline::default()
+            },
             ..Config::default()
         };
         let stream = StreamConfig::new(super::SAMPLE_RATE, 1);
@@ -64,7 +94,10 @@ impl EchoCanceller {
             render_fill: 0,
             scratch: [0.0; ECHO_FRAME],
             device_delay_ms: 0,
-            rendered: false,
+            asleep: true,
+            refill: false,
+            silent_frames: 0,
+            last_capture: [0.0; ECHO_FRAME],
         }
     }
 
@@ -84,11 +117,27 @@ impl EchoCanceller {
             self.render_fill += 1;
             if self.render_fill == ECHO_FRAME {
                 self.render_fill = 0;
+                let silent = self.render_in.iter().all(|s| s.abs() < SILENT_PEAK);
+                self.silent_frames = if silent { self.silent_frames + 1 } else { 0 };
+                if self.dormant() {
+                    self.asleep = true;
+                    continue;
+                }
+                if self.asleep {
+                    // Waking: the capture side is fed the sub-frame before the next one again
+                    // (see `process`), so the render side gets the silence that went before,
+                    // and the two stay in step.
+                    self.asleep = false;
+                    self.refill = true;
+                    let silence = [0.0; ECHO_FRAME];
+                    let _ = self
+                        .apm
+                        .process_render_f32(&[&silence], &mut [&mut self.scratch]);
+                }
                 // A format error cannot happen: the frame is always one 10 ms mono block.
                 let _ = self
                     .apm
                     .process_render_f32(&[&self.render_in], &mut [&mut self.scratch]);
-                self.rendered = true;
             }
         }
     }
@@ -100,19 +149,38 @@ impl EchoCanceller {
         let _ = self.apm.set_stream_delay_ms(ms.min(500) as i32);
     }
 
+    /// The loudspeaker has been silent past any echo: nothing is processed.
+    pub fn dormant(&self) -> bool {
+        self.silent_frames * ECHO_FRAME >= DORMANT_AFTER_MS * SAMPLES_PER_MS
+    }
+
     /// Cleans one 10 ms capture sub-frame (48 kHz mono, [-1, 1]) in place.
     pub fn process(&mut self, capture: &mut [f32; ECHO_FRAME]) {
-        if !self.rendered {
-            // Nothing has been played: there is no echo to remove.
-            return;
+        let input = *capture;
+        if self.asleep {
+            // Nothing has been played, or not for a while: there is no echo to remove. The
+            // capture passes, delayed as AEC3 would delay it.
+            let keep = ECHO_FRAME - PROCESSING_DELAY;
+            capture.copy_within(..keep, PROCESSING_DELAY);
+            capture[..PROCESSING_DELAY].copy_from_slice(&self.last_capture[keep..]);
+        } else {
+            if self.refill {
+                // AEC3's band split still holds audio from before it slept: refill it with the
+                // sub-frame before this one, so its output carries on from the delayed one.
+                let _ = self
+                    .apm
+                    .process_capture_f32(&[&self.last_capture[..]], &mut [&mut self.scratch]);
+                self.refill = false;
+            }
+            if self
+                .apm
+                .process_capture_f32(&[&capture[..]], &mut [&mut self.scratch])
+                .is_ok()
+            {
+                capture.copy_from_slice(&self.scratch);
+            }
         }
-        if self
-            .apm
-            .process_capture_f32(&[&capture[..]], &mut [&mut self.scratch])
-            .is_ok()
-        {
-            capture.copy_from_slice(&self.scratch);
-        }
+        self.last_capture = input;
     }
 
     pub fn stats(&self) -> EchoStats {

@@ -161,9 +161,8 @@ impl Transmitter {
 
     /// Echo cancellation runs when wanted and both ends are sound cards.
     fn update_echo(&mut self) {
-        let on = self.echo_wanted
-            && self.output_is_device
-            && matches!(self.source, Source::Device { .. });
+        let devices = self.output_is_device && matches!(self.source, Source::Device { .. });
+        let on = self.echo_wanted && (devices || self.capture.config().echo_without_devices);
         self.capture.set_echo_cancellation(on);
     }
 
