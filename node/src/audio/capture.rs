@@ -234,7 +234,7 @@ impl CaptureChain {
         }
         // With push-to-talk up nothing is sent and no speech probability gates anything, so
         // the denoiser (RNNoise: most of an idle member's CPU) rests; the level meter reads
-        // the signal before it. It picks up again within a frame or two of a press.
+        // the signal before it.
         let rests =
             matches!(self.config.gate, GateMode::PushToTalk) && !self.ptt && !self.last_transmit;
         let speech = if rests {
