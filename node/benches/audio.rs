@@ -37,6 +37,20 @@ fn measure(iterations: u32, mut f: impl FnMut()) -> Duration {
         .unwrap()
 }
 
+/// Frame `j` of a stream where three frames in four are lost: decoded or concealed.
+fn three_of_four_concealed(
+    decoder: &mut VoiceDecoder,
+    packets: &[Vec<u8>],
+    j: usize,
+    pcm: &mut [f32],
+) {
+    if j % 4 == 0 {
+        black_box(decoder.decode(&packets[j % packets.len()], pcm).unwrap());
+    } else {
+        black_box(decoder.conceal(pcm).unwrap());
+    }
+}
+
 fn main() {
     let n = FRAME.samples();
     let mut speech = vec![0.0f32; n * 500];
@@ -96,15 +110,7 @@ fn main() {
         j += 1;
     });
     let plc = measure(500, || {
-        if j % 4 == 0 {
-            black_box(
-                decoder
-                    .decode(&packets[j % packets.len()], &mut pcm)
-                    .unwrap(),
-            );
-        } else {
-            black_box(decoder.conceal(&mut pcm).unwrap());
-        }
+        three_of_four_concealed(&mut decoder, &packets, j, &mut pcm);
         j += 1;
     });
     let mut classic = VoiceDecoder::with_complexity(FRAME, 0).unwrap();
@@ -117,15 +123,7 @@ fn main() {
         j += 1;
     });
     let classic_plc = measure(500, || {
-        if j % 4 == 0 {
-            black_box(
-                classic
-                    .decode(&packets[j % packets.len()], &mut pcm)
-                    .unwrap(),
-            );
-        } else {
-            black_box(classic.conceal(&mut pcm).unwrap());
-        }
+        three_of_four_concealed(&mut classic, &packets, j, &mut pcm);
         j += 1;
     });
     // Echo cancellation: 20 ms of far end in, two 10 ms capture blocks cleaned.

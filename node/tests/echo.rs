@@ -5,7 +5,7 @@ mod common;
 
 use callsign_node::audio::capture::{CaptureChain, CaptureConfig};
 use callsign_node::audio::echo::{EchoCanceller, DORMANT_AFTER_MS, ECHO_FRAME, PROCESSING_DELAY};
-use callsign_node::audio::echo_room::{impulse_response, run_echo_room, RoomConfig};
+use callsign_node::audio::echo_room::{impulse_response, lag_samples, run_echo_room, RoomConfig};
 use callsign_node::audio::synth::SpeechLike;
 use common::*;
 
@@ -149,21 +149,6 @@ fn the_canceller_sleeps_through_silence_and_wakes_converged() {
     );
 }
 
-/// The lag (samples, 0–20 ms) at which `output` best matches `input`.
-fn lag(input: &[f32], output: &[f32]) -> usize {
-    let n = input.len().min(output.len()) - 960;
-    (0..960)
-        .max_by(|a, b| {
-            let c = |l: usize| -> f64 {
-                (0..n)
-                    .map(|i| f64::from(input[i]) * f64::from(output[i + l]))
-                    .sum()
-            };
-            c(*a).total_cmp(&c(*b))
-        })
-        .unwrap()
-}
-
 #[test]
 fn asleep_or_awake_the_canceller_delays_the_capture_alike() {
     let far = speech();
@@ -186,7 +171,7 @@ fn asleep_or_awake_the_canceller_delays_the_capture_alike() {
     // Awake, asleep and awake again: the same delay throughout (awake, the band split's delay
     // is fractional, so the best whole-sample lag may be one off).
     for (from, to) in [(48_000, 96_000), (144_000, 168_000), (200_000, 230_000)] {
-        let l = lag(&near[from..to], &out[from..to + 960]);
+        let l = lag_samples(&near[from..to], &out[from..to + 960]);
         assert!(
             l.abs_diff(PROCESSING_DELAY) <= 1,
             "window {from}..{to}: lag {l}"

@@ -230,9 +230,15 @@ pub fn run_echo_room(far: &[f32], near: &[f32], config: &RoomConfig) -> (EchoOut
 
 /// The lag (0–20 ms) at which `output` best matches `input`.
 fn lag_ms(input: &[f32], output: &[f32]) -> f64 {
+    lag_samples(input, output) as f64 / super::SAMPLES_PER_MS as f64
+}
+
+/// The lag in samples (0–20 ms) at which `output` best matches `input`: where their
+/// correlation peaks.
+pub fn lag_samples(input: &[f32], output: &[f32]) -> usize {
     let max_lag = 20 * super::SAMPLES_PER_MS;
     let n = input.len().min(output.len()).saturating_sub(max_lag);
-    let best = (0..=max_lag)
+    (0..=max_lag)
         .map(|lag| {
             let c: f64 = (0..n)
                 .step_by(4)
@@ -241,6 +247,5 @@ fn lag_ms(input: &[f32], output: &[f32]) -> f64 {
             (lag, c)
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map_or(0, |(lag, _)| lag);
-    best as f64 / super::SAMPLES_PER_MS as f64
+        .map_or(0, |(lag, _)| lag)
 }
