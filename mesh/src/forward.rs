@@ -16,6 +16,10 @@
 //! a relay gets from a member goes to its member subscribers and to its relay subscribers, what
 //! it gets from a relay goes to members only, so a packet crosses at most two relays.
 //!
+//! Who may hear a channel (subscribed, and allowed by the charter) is worked out once per
+//! channel and kept until a subscription or the charter changes (the caller names the
+//! charter's generation), so a packet costs its sender's checks and one pass over the list.
+//!
 //! A sender asks a relay to forward by wrapping the voice packet in an envelope (one tag byte,
 //! [`ENVELOPE_V1`], then the packet as sealed): a voice packet that arrives bare is for the
 //! relay itself, if it is a member, and is never forwarded.
@@ -25,7 +29,7 @@ use crate::voice::{ReplayWindow, SenderShortId, VoiceFlags, VoiceHeader, MAX_CHA
 use callsign_keys::context::SUBSCRIPTION;
 use callsign_keys::{Identity, IdentityKey, Signature};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// First byte of a datagram that asks its receiver to forward the voice packet after it.
@@ -242,9 +246,29 @@ struct SenderState {
     /// Per channel list: a simulcast frame arrives as one packet per channel (each sealed with
     /// that channel's key), all with the frame's sequence number.
     replay: BTreeMap<Vec<ChannelId>, ReplayWindow>,
-    /// The latest frame's sequence number and who got a copy of it, so a subscriber of several
-    /// of its channels gets one copy.
-    served: Option<(u16, BTreeSet<IdentityKey>)>,
+    /// The latest frame's sequence number and who got a copy of it (sorted), so a subscriber
+    /// of several of its channels gets one copy.
+    served: Option<(u16, Vec<IdentityKey>)>,
+}
+
+/// A subscriber a packet goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recipient {
+    /// The subscriber.
+    pub key: IdentityKey,
+    /// Its peer id, which links are keyed by.
+    pub peer: libp2p_identity::PeerId,
+    /// One of the org's relays (cascading): it gets packets enveloped, and nothing another
+    /// relay sent.
+    pub relay: bool,
+}
+
+/// Per channel, the subscribers the charter lets hear it, in key order; valid for one
+/// charter generation and set of subscriptions.
+#[derive(Debug, Default)]
+struct Audience {
+    generation: Option<u64>,
+    channels: BTreeMap<ChannelId, Vec<Recipient>>,
 }
 
 /// See the module documentation.
@@ -255,6 +279,7 @@ pub struct Forwarder {
     subscriptions: BTreeMap<IdentityKey, SubscriptionBody>,
     senders: BTreeMap<IdentityKey, SenderState>,
     counts: ForwardCounts,
+    audience: Audience,
 }
 
 impl Forwarder {
@@ -266,6 +291,7 @@ impl Forwarder {
             subscriptions: BTreeMap::new(),
             senders: BTreeMap::new(),
             counts: ForwardCounts::default(),
+            audience: Audience::default(),
         }
     }
 
@@ -299,6 +325,7 @@ impl Forwarder {
         {
             return Err(SubscriptionError::Stale);
         }
+        self.audience.channels.clear();
         if body.channels.is_empty() {
             self.subscriptions.remove(&body.subscriber);
         } else if !self.subscriptions.contains_key(&body.subscriber)
@@ -313,6 +340,7 @@ impl Forwarder {
 
     /// The member's link went: it gets nothing until it subscribes again.
     pub fn remove(&mut self, peer: &IdentityKey) {
+        self.audience.channels.clear();
         self.subscriptions.remove(peer);
         self.senders.remove(peer);
     }
@@ -345,7 +373,8 @@ impl Forwarder {
     }
 
     /// Who gets `packet`, received at `now` from member `from` over an authenticated link, in
-    /// key order; or why nobody does.
+    /// key order; or why nobody does. Works the audience out afresh: see
+    /// [`Forwarder::forward_to`] for the relay's path.
     pub fn forward(
         &mut self,
         state: &CharterState,
@@ -353,6 +382,28 @@ impl Forwarder {
         packet: &[u8],
         now: Instant,
     ) -> Result<Vec<IdentityKey>, ForwardDrop> {
+        self.audience = Audience::default();
+        self.forward_to(state, None, from, packet, now)
+            .map(|to| to.into_iter().map(|r| r.key).collect())
+    }
+
+    /// [`Forwarder::forward`] for a charter at `generation` (any number that changes whenever
+    /// its state may have: the op count), keeping each channel's audience while it holds.
+    /// `None` works it out afresh.
+    pub fn forward_to(
+        &mut self,
+        state: &CharterState,
+        generation: Option<u64>,
+        from: &IdentityKey,
+        packet: &[u8],
+        now: Instant,
+    ) -> Result<Vec<Recipient>, ForwardDrop> {
+        if generation.is_none() || self.audience.generation != generation {
+            self.audience = Audience {
+                generation,
+                channels: BTreeMap::new(),
+            };
+        }
         self.counts.packets_in += 1;
         self.counts.bytes_in += packet.len() as u64;
         let result = self.route(state, from, packet, now);
@@ -372,7 +423,7 @@ impl Forwarder {
         from: &IdentityKey,
         packet: &[u8],
         now: Instant,
-    ) -> Result<Vec<IdentityKey>, ForwardDrop> {
+    ) -> Result<Vec<Recipient>, ForwardDrop> {
         if packet.len() > self.config.max_packet {
             return Err(ForwardDrop::Oversize);
         }
@@ -432,34 +483,60 @@ impl Forwarder {
         for channel in &header.channels {
             *self.counts.channel_packets.entry(*channel).or_default() += 1;
         }
-        let empty = BTreeSet::new();
-        let already = match &bucket.served {
+        let already: &[IdentityKey] = match &bucket.served {
             Some((seq, served)) if *seq == header.sequence => served,
-            _ => &empty,
+            _ => &[],
         };
-        let to: Vec<IdentityKey> = self
-            .subscriptions
-            .values()
-            .filter(|s| s.subscriber != sender && s.subscriber != *from)
-            .filter(|s| {
-                let relay = is_relay(state, &s.subscriber);
-                // What came from a relay goes to members only: one hop between relays.
-                (!relay || !from_relay)
-                    && header.channels.iter().any(|c| {
-                        s.channels.binary_search(c).is_ok()
-                            && (relay || state.may_hear(&s.subscriber, *c))
-                    })
-            })
-            .map(|s| s.subscriber)
-            .filter(|k| !already.contains(k))
-            .collect();
+        let mut to: Vec<Recipient> = Vec::new();
+        for channel in &header.channels {
+            let audience = self
+                .audience
+                .channels
+                .entry(*channel)
+                .or_insert_with(|| audience(&self.subscriptions, state, *channel));
+            // What came from a relay goes to members only: one hop between relays.
+            to.extend(audience.iter().filter(|r| {
+                r.key != sender
+                    && r.key != *from
+                    && !(r.relay && from_relay)
+                    && already.binary_search(&r.key).is_err()
+            }));
+        }
+        if header.channels.len() > 1 {
+            to.sort_by_key(|r| r.key);
+            to.dedup_by_key(|r| r.key);
+        }
         match &mut bucket.served {
-            Some((seq, served)) if *seq == header.sequence => served.extend(to.iter().copied()),
-            served => *served = Some((header.sequence, to.iter().copied().collect())),
+            Some((seq, served)) if *seq == header.sequence => {
+                served.extend(to.iter().map(|r| r.key));
+                served.sort_unstable();
+            }
+            served => *served = Some((header.sequence, to.iter().map(|r| r.key).collect())),
         }
         if to.is_empty() {
             return Err(ForwardDrop::NoSubscribers);
         }
         Ok(to)
     }
+}
+
+/// The subscribers of `channel` whom the charter lets hear it (a relay subscriber, cascading,
+/// hears any), in key order.
+fn audience(
+    subscriptions: &BTreeMap<IdentityKey, SubscriptionBody>,
+    state: &CharterState,
+    channel: ChannelId,
+) -> Vec<Recipient> {
+    subscriptions
+        .values()
+        .filter(|s| s.channels.binary_search(&channel).is_ok())
+        .filter_map(|s| {
+            let relay = is_relay(state, &s.subscriber);
+            (relay || state.may_hear(&s.subscriber, channel)).then(|| Recipient {
+                key: s.subscriber,
+                peer: s.subscriber.peer_id(),
+                relay,
+            })
+        })
+        .collect()
 }

@@ -375,3 +375,49 @@ fn relays_cascade_one_hop_and_never_back() {
         Err(ForwardDrop::Stranger)
     );
 }
+
+#[test]
+fn the_audience_is_kept_per_charter_generation_and_redone_when_subscriptions_change() {
+    let org = org();
+    let mut f = forwarder(&org);
+    let (officer, pilot, recruit) = (
+        org.ids[0].public(),
+        org.ids[1].public(),
+        org.ids[2].public(),
+    );
+    let now = Instant::now();
+    let keys = |to: Result<Vec<callsign_mesh::forward::Recipient>, ForwardDrop>| {
+        to.unwrap()
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.peer, r.key.peer_id());
+                assert!(!r.relay);
+                r.key
+            })
+            .collect::<Vec<_>>()
+    };
+    let flight = |seq| packet(&officer, vec![org.flight], seq, VoiceFlags::empty());
+    let to = f.forward_to(&org.state, Some(1), &officer, &flight(1), now);
+    assert_eq!(keys(to), vec![recruit]);
+    // A new subscription counts at once, within the same generation.
+    f.subscribe(
+        &org.state,
+        subscription(&org, 1, 2, vec![org.command, org.flight]),
+    )
+    .unwrap();
+    let to = f.forward_to(&org.state, Some(1), &officer, &flight(2), now);
+    let mut both = vec![pilot, recruit];
+    both.sort();
+    assert_eq!(keys(to), both);
+    // The charter drops the recruit: the next generation's audience has it gone.
+    let mut changed = org.state.clone();
+    changed.members.remove(&recruit);
+    let to = f.forward_to(&changed, Some(2), &officer, &flight(3), now);
+    assert_eq!(keys(to), vec![pilot]);
+    // A link going takes its subscriber with it.
+    f.remove(&pilot);
+    assert_eq!(
+        f.forward_to(&changed, Some(2), &officer, &flight(4), now),
+        Err(ForwardDrop::NoSubscribers)
+    );
+}

@@ -67,6 +67,14 @@ async fn connect_stream_1000_datagrams_and_disconnect() {
         seen.len()
     );
     assert_eq!(a_links.counts().malformed, 0);
+    // Announced during the handshake, the voice plane carried them (`link::plane`).
+    let plane = a_links.counts().plane;
+    assert!(plane.received >= 990, "{plane:?}");
+    assert_eq!(
+        plane.malformed + plane.unknown_link + plane.unauthentic + plane.replayed,
+        0,
+        "{plane:?}"
+    );
 
     // Datagram RTT on loopback is well under 50 ms.
     let rtt = b
@@ -241,6 +249,9 @@ fn handshake_and_datagrams_in_a_turmoil_simulation() {
             links.send_datagram(&peer, &i.to_be_bytes())?;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The first few went in QUIC while a's announcement of the voice plane was on its way.
+        let plane = links.counts().plane;
+        assert!((95..100).contains(&plane.sent), "{plane:?}");
         for _ in 0..10 {
             let rtt = links.ping_datagram(&peer, Duration::from_secs(1)).await?;
             b_rtts

@@ -266,11 +266,24 @@ fn over_long_lossy_paths_every_member_follows_the_relays_rulings() {
     assert!(report.floor.presses.iter().all(|p| p.grant_ms.is_some()));
     // Nothing a holder sent in its turn was dropped as out of turn.
     assert!(report.floor.drops <= 8, "{}", report.floor.drops);
-    // 12 s of ops from each talker, through the same relay links, at 6 % loss per hop.
+    // Ops from each talker, through the same relay links, at 6 % loss per hop: from 5 s on
+    // (keys exchanged), every listener plays at least 90 % as many frames as were sent.
+    let settled = report
+        .settled
+        .as_ref()
+        .expect("the scenario measures from 5 s");
     for talker in ["echo", "foxtrot"] {
         for listener in members.iter().filter(|m| **m != talker) {
-            let s = report.stream(talker, listener, "ops").expect("ops heard");
-            assert!(s.frames_played >= 540, "{talker} -> {listener}: {s:?}");
+            let s = settled
+                .streams
+                .iter()
+                .find(|s| s.from == talker && s.to == *listener && s.channel == "ops")
+                .expect("ops heard");
+            assert!(s.frames_sent >= 400, "{talker} -> {listener}: {s:?}");
+            assert!(
+                s.frames_played * 10 >= s.frames_sent * 9,
+                "{talker} -> {listener}: {s:?}"
+            );
         }
     }
 }

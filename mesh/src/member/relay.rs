@@ -5,7 +5,7 @@
 
 use super::{Event, Member, Output, Role};
 use crate::charter::ChannelId;
-use crate::forward::{is_relay, ForwardDrop, Subscription, SubscriptionError};
+use crate::forward::{is_relay, ForwardDrop, Recipient, Subscription, SubscriptionError};
 use crate::topology::Route;
 use crate::voice::VoiceHeader;
 use callsign_keys::IdentityKey;
@@ -96,8 +96,9 @@ impl Member {
             forwarder.refuse_stranger(packet);
             return;
         };
-        let state = self.sync.charter().state();
-        let to = forwarder.forward(state, &from, packet, now);
+        let charter = self.sync.charter();
+        let generation = Some(charter.len() as u64);
+        let to = forwarder.forward_to(charter.state(), generation, &from, packet, now);
         self.send_copies(to, packet, received_at);
         // A member relay plays what it forwards on channels routed through it; on mesh
         // channels (a circuit's forwarded copies) the sender sent it a direct copy too.
@@ -117,13 +118,15 @@ impl Member {
         let Some(forwarder) = self.forwarder.as_mut() else {
             return;
         };
-        let to = forwarder.forward(self.sync.charter().state(), &self.local, packet, now);
+        let charter = self.sync.charter();
+        let generation = Some(charter.len() as u64);
+        let to = forwarder.forward_to(charter.state(), generation, &self.local, packet, now);
         self.send_copies(to, packet, now);
     }
 
     fn send_copies(
         &mut self,
-        to: Result<Vec<IdentityKey>, ForwardDrop>,
+        to: Result<Vec<Recipient>, ForwardDrop>,
         packet: &[u8],
         received_at: Instant,
     ) {
@@ -136,16 +139,15 @@ impl Member {
         };
         let mut plain = Vec::with_capacity(to.len());
         let mut enveloped = Vec::new();
-        let state = self.sync.charter().state();
-        for subscriber in to {
-            if subscriber == self.local {
+        for recipient in to {
+            if recipient.key == self.local {
                 continue;
             }
             // A fellow relay forwards on what it gets: it gets it enveloped.
-            if is_relay(state, &subscriber) {
-                enveloped.push(subscriber.peer_id());
+            if recipient.relay {
+                enveloped.push(recipient.peer);
             } else {
-                plain.push(subscriber.peer_id());
+                plain.push(recipient.peer);
             }
         }
         self.outputs.push_back(Output::Forward {

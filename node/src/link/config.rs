@@ -32,6 +32,10 @@ pub struct LinkConfig {
     /// Bytes per second the congestion window always allows, however lossy the path
     /// (`link::window`): enough for about twenty voice streams.
     pub min_send_rate: u64,
+    /// A relay's promise to its peers (`link::plane`): a voice-plane heartbeat on every link it
+    /// has sent nothing on for this long, so they notice within a few of these that it is
+    /// gone. `None` for members.
+    pub plane_heartbeat: Option<Duration>,
 }
 
 impl Default for LinkConfig {
@@ -44,6 +48,7 @@ impl Default for LinkConfig {
             datagram_queue: 4096,
             rng_seed: None,
             min_send_rate: 125_000,
+            plane_heartbeat: None,
         }
     }
 }
@@ -52,6 +57,9 @@ impl LinkConfig {
     pub(crate) fn endpoint(&self) -> quinn::EndpointConfig {
         let mut endpoint = quinn::EndpointConfig::default();
         endpoint.rng_seed(self.rng_seed);
+        // Every QUIC packet to us keeps the fixed bit, so a datagram with it clear is the voice
+        // plane's or a probe (`link::socket`), never QUIC.
+        endpoint.grease_quic_bit(false);
         if let Some(seed) = self.seed() {
             endpoint.cid_generator(move || Box::new(SeededCids::new(seed)));
             endpoint.reset_key(seed.reset_key());

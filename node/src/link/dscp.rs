@@ -66,22 +66,12 @@ impl TosMarker {
         if !self.working.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let (destination, ipv4) = match transmit.destination {
-            SocketAddr::V4(v4) if self.ipv6_socket => (
-                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
-                true,
-            ),
-            SocketAddr::V4(_) => (transmit.destination, true),
-            SocketAddr::V6(v6) => (transmit.destination, v6.ip().to_ipv4_mapped().is_some()),
-        };
-        let tos = i32::from(self.dscp << 2 | transmit.ecn.map_or(0, |e| e as u8));
-        let (level, kind) = if ipv4 {
-            (libc::IPPROTO_IP, libc::IP_TOS)
-        } else {
-            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
-        };
         let mut control = [0u8; 64];
-        let control = encode_cmsg(&mut control, level, kind, tos);
+        let (destination, control) = self.mark(
+            transmit.destination,
+            transmit.ecn.map_or(0, |e| e as u8),
+            &mut control,
+        );
         let address = socket2::SockAddr::from(destination);
         let socket = socket2::SockRef::from(&self.socket);
         let segment = transmit
@@ -109,6 +99,40 @@ impl TosMarker {
             }
         }
         Ok(true)
+    }
+}
+
+impl TosMarker {
+    /// Whether marking still works (the kernel has not refused it).
+    #[cfg(target_os = "linux")]
+    pub(super) fn working(&self) -> bool {
+        self.working.load(Ordering::Relaxed)
+    }
+
+    /// The address to send to from this socket (IPv4 mapped on an IPv6 socket) and the control
+    /// message that marks a datagram to it with the DSCP and `ecn`, written into `buf`.
+    #[cfg(target_os = "linux")]
+    pub(super) fn mark<'b>(
+        &self,
+        destination: SocketAddr,
+        ecn: u8,
+        buf: &'b mut [u8; 64],
+    ) -> (SocketAddr, &'b [u8]) {
+        let (destination, ipv4) = match destination {
+            SocketAddr::V4(v4) if self.ipv6_socket => (
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+                true,
+            ),
+            SocketAddr::V4(_) => (destination, true),
+            SocketAddr::V6(v6) => (destination, v6.ip().to_ipv4_mapped().is_some()),
+        };
+        let tos = i32::from(self.dscp << 2 | ecn);
+        let (level, kind) = if ipv4 {
+            (libc::IPPROTO_IP, libc::IP_TOS)
+        } else {
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+        };
+        (destination, encode_cmsg(buf, level, kind, tos))
     }
 }
 

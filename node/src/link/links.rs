@@ -3,10 +3,17 @@
 //! node sends with [`Links::send_datagram`] and receives from [`DatagramReceiver`].
 //!
 //! Datagram layout (docs/protocol.md, "Link datagrams"): `version (1) | kind | body`. Kinds:
-//! 0 application payload, 1 ping, 2 pong (the body echoed). Anything else is counted as
-//! malformed and dropped.
+//! 0 application payload, 1 ping, 2 pong (the body echoed), 3 voice plane ready (empty, or the
+//! sender's heartbeat interval in ms as a u16), 4 heartbeat (empty). Anything else is counted
+//! as malformed and dropped.
+//!
+//! Application datagrams go on the voice plane (`link::plane`) once the peer has announced it:
+//! sealed per link and sent beside the QUIC connection, in one system call for many peers
+//! ([`Links::send_framed_to_many`]). Pings, pongs and announcements stay in QUIC.
 
-use super::socket::canonical;
+use super::heartbeat::{announcement, Watchdog};
+use super::plane::{PlaneCounts, PlaneKeys, PlaneLink, PlaneReceivers, SealedBatch};
+use super::socket::{canonical, LinkSocket};
 use super::LinkError;
 use bytes::{BufMut, Bytes, BytesMut};
 use libp2p::PeerId;
@@ -19,10 +26,20 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Version byte of every link datagram.
 pub const DATAGRAM_VERSION: u8 = 1;
-const KIND_APP: u8 = 0;
+pub(crate) const KIND_APP: u8 = 0;
 const KIND_PING: u8 = 1;
 const KIND_PONG: u8 = 2;
-const HEADER: usize = 2;
+/// The sender has the voice plane (keys installed): the peer may send on it.
+pub(super) const KIND_PLANE_READY: u8 = 3;
+/// Liveness only: a link that promised heartbeats had nothing else to send.
+pub(crate) const KIND_HEARTBEAT: u8 = 4;
+/// Version and kind.
+pub(crate) const FRAME_HEADER: usize = 2;
+const HEADER: usize = FRAME_HEADER;
+/// A frame at most this long fits any path: QUIC needs 1,200-byte datagrams to work at all.
+const ALWAYS_FITS: usize = 1100;
+/// How often a link announces the plane again to a peer still sending in QUIC.
+pub(super) const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 
 /// A datagram from a peer, header removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,25 +90,48 @@ pub struct LinkCounts {
     pub oversized: u64,
     /// Dropped because the application was not reading.
     pub queue_full: u64,
+    /// The voice plane's share of the above, and its drops by reason.
+    pub plane: PlaneCounts,
 }
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     /// Each peer's open connections, oldest first; datagrams go on the newest. A peer briefly
     /// has two when dials cross or it restarted, and the node closes one of them (not always
     /// the older one: `runtime::connections`), so the registry falls back to the one left.
-    peers: BTreeMap<PeerId, Vec<quinn::Connection>>,
+    pub(super) peers: BTreeMap<PeerId, Vec<Connection>>,
     pings: BTreeMap<u64, oneshot::Sender<()>>,
     next_ping: u64,
     events: Vec<mpsc::UnboundedSender<LinkEvent>>,
+    /// The endpoint's socket, which plane datagrams leave by.
+    pub(super) socket: Option<Arc<LinkSocket>>,
+    /// The heartbeat this end promises its peers (`LinkConfig::plane_heartbeat`), and whether
+    /// its task runs.
+    pub(super) heartbeat: Option<Duration>,
+    heartbeat_running: bool,
+}
+
+/// One QUIC connection and its voice plane, if both ends have one.
+pub(super) struct Connection {
+    pub(super) quic: quinn::Connection,
+    pub(super) plane: Option<Arc<PlaneLink>>,
+}
+
+/// How a datagram to a peer goes.
+enum Route {
+    Quic(quinn::Connection),
+    Plane(Arc<PlaneLink>, SocketAddr),
 }
 
 /// See the module documentation. Cheap to clone; all clones share the registry.
 #[derive(Clone)]
 pub struct Links {
+    /// Zero of the clock plane send times are kept on (tokio time).
+    epoch: tokio::time::Instant,
     state: Arc<Mutex<State>>,
     counters: Arc<Counters>,
     incoming: mpsc::Sender<IncomingDatagram>,
+    plane: Arc<PlaneReceivers>,
 }
 
 /// The stream of datagrams from all peers.
@@ -113,11 +153,39 @@ impl Links {
     pub fn new(queue: usize) -> (Self, DatagramReceiver) {
         let (incoming, rx) = mpsc::channel(queue.max(1));
         let links = Self {
+            epoch: tokio::time::Instant::now(),
             state: Arc::default(),
             counters: Arc::default(),
+            plane: Arc::new(PlaneReceivers::new(incoming.clone())),
             incoming,
         };
         (links, DatagramReceiver { rx })
+    }
+
+    /// Sends plane datagrams from `socket` and opens the ones that reach it. The transport
+    /// calls this for its socket, and again when it moves to another.
+    pub(crate) fn attach(&self, socket: &Arc<LinkSocket>, heartbeat: Option<Duration>) {
+        socket.attach_plane(self.plane.clone());
+        let start = {
+            let mut state = self.state();
+            state.socket = Some(socket.clone());
+            state.heartbeat = heartbeat.filter(|h| !h.is_zero());
+            let start = state.heartbeat.is_some() && !state.heartbeat_running;
+            state.heartbeat_running |= start;
+            start
+        };
+        if start {
+            tokio::spawn(super::heartbeat::send_heartbeats(
+                self.epoch,
+                Arc::downgrade(&self.state),
+                self.plane.clone(),
+            ));
+        }
+    }
+
+    /// Milliseconds since [`Links::epoch`].
+    pub(super) fn clock_ms(epoch: tokio::time::Instant) -> u64 {
+        epoch.elapsed().as_millis().min(u128::from(u64::MAX - 1)) as u64
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -148,12 +216,14 @@ impl Links {
 
     pub fn counts(&self) -> LinkCounts {
         let c = &self.counters;
+        let plane = self.plane.counts();
         LinkCounts {
             sent: c.sent.load(Ordering::Relaxed),
-            received: c.received.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed) + plane.received,
             malformed: c.malformed.load(Ordering::Relaxed),
             oversized: c.oversized.load(Ordering::Relaxed),
-            queue_full: c.queue_full.load(Ordering::Relaxed),
+            queue_full: c.queue_full.load(Ordering::Relaxed) + plane.queue_full,
+            plane,
         }
     }
 
@@ -162,8 +232,47 @@ impl Links {
             .peers
             .get(peer)
             .and_then(|connections| connections.last())
-            .cloned()
+            .map(|c| c.quic.clone())
             .ok_or(LinkError::NotConnected(*peer))
+    }
+
+    /// How an application datagram to `peer` goes: on the plane of its newest connection if
+    /// the peer has announced one, else in QUIC.
+    fn route(&self, state: &State, peer: &PeerId, frame: &[u8]) -> Result<Route, LinkError> {
+        let newest = state
+            .peers
+            .get(peer)
+            .and_then(|connections| connections.last())
+            .ok_or(LinkError::NotConnected(*peer))?;
+        Ok(match &newest.plane {
+            Some(plane) if plane.is_ready() && state.socket.is_some() => {
+                if frame.len() > ALWAYS_FITS {
+                    self.check_size(&newest.quic, frame)?;
+                }
+                // A relay's heartbeat task looks at every connection's address each beat;
+                // other nodes send little, and look each time.
+                let to = match state.heartbeat {
+                    Some(_) => plane.last_destination(),
+                    None => plane.destination(canonical(newest.quic.remote_address())),
+                };
+                Route::Plane(plane.clone(), to)
+            }
+            _ => Route::Quic(newest.quic.clone()),
+        })
+    }
+
+    /// A frame too large for the path to `peer` (its MTU less QUIC's overhead, which is more
+    /// than the plane's, so either way fits).
+    fn check_size(&self, connection: &quinn::Connection, frame: &[u8]) -> Result<(), LinkError> {
+        let max = connection.max_datagram_size().unwrap_or(0);
+        if frame.len() > max {
+            self.counters.oversized.fetch_add(1, Ordering::Relaxed);
+            return Err(LinkError::DatagramTooLarge {
+                size: frame.len().saturating_sub(HEADER),
+                max: max.saturating_sub(HEADER),
+            });
+        }
+        Ok(())
     }
 
     /// Largest payload `send_datagram` accepts for this peer right now (path MTU minus headers).
@@ -180,7 +289,7 @@ impl Links {
     }
 
     /// A link datagram: header then body.
-    fn frame(kind: u8, body: &[u8]) -> Bytes {
+    pub(super) fn frame(kind: u8, body: &[u8]) -> Bytes {
         let mut datagram = BytesMut::with_capacity(HEADER + body.len());
         datagram.put_u8(DATAGRAM_VERSION);
         datagram.put_u8(kind);
@@ -188,8 +297,9 @@ impl Links {
         datagram.freeze()
     }
 
+    /// A link-layer datagram (ping, pong, announcement): always in QUIC.
     fn send_kind(&self, peer: &PeerId, kind: u8, body: &[u8]) -> Result<(), LinkError> {
-        self.send_framed(peer, Self::frame(kind, body))
+        self.send_quic(self.connection(peer)?, Self::frame(kind, body))
     }
 
     /// An application datagram framed once, for [`Links::send_framed`] to several peers (a
@@ -200,7 +310,66 @@ impl Links {
 
     /// Sends a datagram framed by [`Links::frame_datagram`] to `peer`.
     pub fn send_framed(&self, peer: &PeerId, frame: Bytes) -> Result<(), LinkError> {
-        let connection = self.connection(peer)?;
+        let (route, socket) = {
+            let state = self.state();
+            (self.route(&state, peer, &frame)?, state.socket.clone())
+        };
+        match (route, socket) {
+            (Route::Plane(plane, to), Some(socket)) => {
+                let mut sealed = Vec::with_capacity(frame.len() + super::plane::OVERHEAD);
+                plane.seal_into(&frame, &mut sealed);
+                plane.sent_at(Self::clock_ms(self.epoch));
+                self.plane_sent(socket.send_many(&[(to, &sealed)]));
+                Ok(())
+            }
+            (Route::Quic(connection), _) => self.send_quic(connection, frame),
+            (Route::Plane(..), None) => Err(LinkError::NotConnected(*peer)),
+        }
+    }
+
+    /// Sends one framed datagram (from [`Links::frame_datagram`]) to each of `peers`: what a
+    /// relay does with a packet. Copies on the plane are sealed per peer and handed to the
+    /// kernel together; the rest go in QUIC. Returns how many were sent; a peer without a link
+    /// is skipped.
+    pub fn send_framed_to_many(&self, peers: &[PeerId], frame: &Bytes) -> usize {
+        let mut batch = SealedBatch::with_capacity(peers.len(), frame.len());
+        let mut quic = Vec::new();
+        let now_ms = Self::clock_ms(self.epoch);
+        let socket = {
+            let state = self.state();
+            for peer in peers {
+                match self.route(&state, peer, frame) {
+                    Ok(Route::Plane(plane, to)) => {
+                        batch.push(&plane, frame, to);
+                        plane.sent_at(now_ms);
+                    }
+                    Ok(Route::Quic(connection)) => quic.push(connection),
+                    Err(_) => {}
+                }
+            }
+            state.socket.clone()
+        };
+        let mut sent = quic
+            .into_iter()
+            .filter(|c| self.send_quic(c.clone(), frame.clone()).is_ok())
+            .count();
+        if let Some(socket) = socket {
+            let n = batch.send(&socket);
+            self.plane_sent(n);
+            sent += n;
+        }
+        sent
+    }
+
+    fn plane_sent(&self, n: usize) {
+        self.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+        self.plane
+            .stats()
+            .sent
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn send_quic(&self, connection: quinn::Connection, frame: Bytes) -> Result<(), LinkError> {
         let size = frame.len().saturating_sub(HEADER);
         match connection.send_datagram(frame) {
             Ok(()) => {
@@ -222,7 +391,7 @@ impl Links {
 
     /// Sends one unreliable datagram to `peer`.
     pub fn send_datagram(&self, peer: &PeerId, payload: &[u8]) -> Result<(), LinkError> {
-        self.send_kind(peer, KIND_APP, payload)
+        self.send_framed(peer, Self::frame(KIND_APP, payload))
     }
 
     /// Like [`Links::send_datagram`], but waits for room in the send buffer instead of dropping
@@ -273,10 +442,23 @@ impl Links {
     pub(crate) fn register(&self, peer: PeerId, connection: quinn::Connection) {
         let remote = canonical(connection.remote_address());
         let id = connection.stable_id();
+        // Receive keys go in before the announcement leaves, so the peer's first plane
+        // datagram finds them.
+        let plane = PlaneKeys::derive(&connection).and_then(|keys| {
+            let (link, receive) = PlaneLink::new(keys, remote);
+            self.plane.add(peer, id, receive).then_some(link)
+        });
         let first = {
             let mut state = self.state();
+            if let Some(plane) = &plane {
+                plane.should_announce(tokio::time::Instant::now(), ANNOUNCE_EVERY);
+                let _ = connection.send_datagram(announcement(state.heartbeat));
+            }
             let connections = state.peers.entry(peer).or_default();
-            connections.push(connection.clone());
+            connections.push(Connection {
+                quic: connection.clone(),
+                plane,
+            });
             connections.len() == 1
         };
         if first {
@@ -286,31 +468,59 @@ impl Links {
         tokio::spawn(async move { links.drive(peer, id, connection).await });
     }
 
+    /// The plane of connection `id` to `peer`, if it has one.
+    fn plane_of(&self, peer: &PeerId, id: usize) -> Option<Arc<PlaneLink>> {
+        self.state()
+            .peers
+            .get(peer)?
+            .iter()
+            .find(|c| c.quic.stable_id() == id)?
+            .plane
+            .clone()
+    }
+
     async fn drive(self, peer: PeerId, id: usize, connection: quinn::Connection) {
         // The remote address is tracked here, so the registry is locked only when it changes,
-        // not for every voice datagram.
+        // not for every voice datagram. It changes under QUIC (seen when a QUIC datagram
+        // arrives) or on the plane (the peer's authenticated datagrams come from elsewhere).
         let mut remote = canonical(connection.remote_address());
+        let plane = self.plane_of(&peer, id);
+        let moved = async |plane: &Option<Arc<PlaneLink>>| match plane {
+            Some(plane) => plane.moved().await,
+            None => std::future::pending().await,
+        };
+        let mut watchdog = Watchdog::new(plane.clone());
         let reason = loop {
-            match connection.read_datagram().await {
-                Ok(datagram) => {
-                    let now = canonical(connection.remote_address());
-                    if now != remote {
-                        let from = std::mem::replace(&mut remote, now);
-                        self.emit(LinkEvent::Migrated {
-                            peer,
-                            from,
-                            to: now,
-                        });
+            let (now, datagram) = tokio::select! {
+                datagram = connection.read_datagram() => match datagram {
+                    Ok(datagram) => (canonical(connection.remote_address()), Some(datagram)),
+                    Err(e) => break e.to_string(),
+                },
+                to = moved(&plane) => (to, None),
+                () = watchdog.tick() => {
+                    if watchdog.silent(&connection) {
+                        connection.close(VARINT_SILENT, b"no heartbeat");
                     }
-                    self.on_datagram(peer, datagram);
+                    continue;
                 }
-                Err(e) => break e.to_string(),
+            };
+            if now != remote {
+                let from = std::mem::replace(&mut remote, now);
+                self.emit(LinkEvent::Migrated {
+                    peer,
+                    from,
+                    to: now,
+                });
+            }
+            if let Some(datagram) = datagram {
+                self.on_datagram(peer, id, &connection, datagram);
             }
         };
+        self.plane.remove(id);
         let last = {
             let mut state = self.state();
             let connections = state.peers.entry(peer).or_default();
-            connections.retain(|c| c.stable_id() != id);
+            connections.retain(|c| c.quic.stable_id() != id);
             let empty = connections.is_empty();
             if empty {
                 state.peers.remove(&peer);
@@ -322,7 +532,13 @@ impl Links {
         }
     }
 
-    fn on_datagram(&self, peer: PeerId, datagram: Bytes) {
+    fn on_datagram(
+        &self,
+        peer: PeerId,
+        id: usize,
+        connection: &quinn::Connection,
+        datagram: Bytes,
+    ) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         if datagram.len() < HEADER || datagram[0] != DATAGRAM_VERSION {
             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -331,6 +547,7 @@ impl Links {
         let body = datagram.slice(HEADER..);
         match datagram[1] {
             KIND_APP => {
+                self.announce_again(&peer, id, connection);
                 let incoming = IncomingDatagram {
                     peer,
                     payload: body,
@@ -344,6 +561,16 @@ impl Links {
                 // Best effort: a pong that does not fit or cannot be sent is just a lost ping.
                 let _ = self.send_kind(&peer, KIND_PONG, &body);
             }
+            KIND_PLANE_READY if body.is_empty() || body.len() == 2 => {
+                if let Some(plane) = self.plane_of(&peer, id) {
+                    plane.set_ready();
+                    if let [high, low] = body[..] {
+                        let ms = u16::from_be_bytes([high, low]);
+                        plane.set_peer_heartbeat(Duration::from_millis(u64::from(ms)));
+                    }
+                }
+            }
+            KIND_HEARTBEAT if body.is_empty() => self.announce_again(&peer, id, connection),
             KIND_PONG if body.len() == 8 => {
                 let mut id = [0u8; 8];
                 id.copy_from_slice(&body);
@@ -353,6 +580,17 @@ impl Links {
             }
             _ => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The peer still sends in QUIC although this end has the plane: it may have missed the
+    /// announcement, so repeat it (at most every [`ANNOUNCE_EVERY`]).
+    fn announce_again(&self, peer: &PeerId, id: usize, connection: &quinn::Connection) {
+        if let Some(plane) = self.plane_of(peer, id) {
+            if plane.should_announce(tokio::time::Instant::now(), ANNOUNCE_EVERY) {
+                let heartbeat = self.state().heartbeat;
+                let _ = connection.send_datagram(announcement(heartbeat));
             }
         }
     }
@@ -375,3 +613,5 @@ impl Links {
 
 /// Application close code for a normal hang-up.
 pub(crate) const VARINT_NORMAL: quinn::VarInt = quinn::VarInt::from_u32(0);
+/// Application close code for a peer that promised heartbeats and went silent.
+const VARINT_SILENT: quinn::VarInt = quinn::VarInt::from_u32(1);

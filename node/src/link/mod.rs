@@ -5,6 +5,9 @@
 //! - [`muxer`]: a QUIC connection as a libp2p `StreamMuxer`.
 //! - `window`: `VoiceWindow`, congestion control with a floor under it for voice.
 //! - [`links`]: the [`Links`] registry: per-peer datagrams, datagram ping, link events.
+//! - [`plane`]: the voice plane, datagrams sealed per link and sent beside QUIC.
+//! - `batch`: many datagrams to many destinations in one system call.
+//! - `heartbeat`: a relay's heartbeats on the plane, and the member's watchdog on them.
 //! - [`portmap`]: [`portmap::PortMapper`], a UPnP IGD port mapping on the home router.
 //! - [`relay`]: [`relay::MemberRelay`], the relay v2 server a reachable member runs for the org.
 //! - [`control`]: the control protocol's stream codec (ordered, acknowledged messages).
@@ -84,11 +87,14 @@ macro_rules! delegate_connection_hooks {
     };
 }
 
+mod batch;
 pub mod config;
 pub mod control;
 pub mod dscp;
+mod heartbeat;
 pub mod links;
 pub mod muxer;
+pub mod plane;
 pub mod portmap;
 pub mod relay;
 mod seeded;

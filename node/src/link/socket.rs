@@ -10,7 +10,12 @@
 //! Reachability probes (`callsign_mesh::reachability`) are not QUIC: one arriving here is taken
 //! out for the node ([`LinkSocket::take_probes`]; quinn drops it as garbage), and
 //! [`LinkSocket::send_probe`] sends one from a fresh port, as a stranger to the target's NAT.
+//!
+//! Voice-plane datagrams (`link::plane`) are not QUIC either: one arriving here is opened by the
+//! plane's receivers before quinn sees it (quinn then drops it), and
+//! [`LinkSocket::send_many`] sends a batch of them from the endpoint's port.
 
+use super::plane::{is_plane, PlaneReceivers};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
 use std::fmt;
@@ -139,6 +144,10 @@ pub struct LinkSocket {
     model: Option<(Arc<dyn PathModel>, std::net::IpAddr)>,
     /// DSCP marking of every datagram sent (real sockets; see `link::dscp`).
     marker: Option<super::dscp::TosMarker>,
+    /// A duplicate of a real socket's descriptor, for batches of plane datagrams.
+    raw: Option<std::net::UdpSocket>,
+    /// Opens the voice-plane datagrams that arrive (`Links::attach`).
+    plane: std::sync::OnceLock<Arc<PlaneReceivers>>,
 }
 
 impl fmt::Debug for LinkSocket {
@@ -174,9 +183,11 @@ impl LinkSocket {
             Some(dscp) => super::dscp::TosMarker::new(&socket, dscp)?,
             None => None,
         };
+        let raw = socket.try_clone()?;
         let inner = TokioRuntime.wrap_udp_socket(socket)?;
         let mut socket = Self::new(inner, false, None);
         socket.marker = marker;
+        socket.raw = Some(raw);
         Ok(Arc::new(socket))
     }
 
@@ -206,6 +217,8 @@ impl LinkSocket {
             probe_nonces: Mutex::new(Some(nonces)),
             model,
             marker: None,
+            raw: None,
+            plane: std::sync::OnceLock::new(),
         }
     }
 
@@ -288,6 +301,41 @@ impl LinkSocket {
                 tokio::time::sleep(SPACING).await;
             }
         });
+    }
+
+    /// Hands voice-plane datagrams that arrive to `receivers`. A socket serves one registry;
+    /// a second call is ignored.
+    pub(crate) fn attach_plane(&self, receivers: Arc<PlaneReceivers>) {
+        let _ = self.plane.set(receivers);
+    }
+
+    /// Sends each `(destination, datagram)` from the endpoint's port without waiting: on a real
+    /// socket in one system call where the platform has one (`link::batch`), on a simulated
+    /// one through its path model. Returns how many left; the rest met a full socket buffer.
+    pub fn send_many(&self, batch: &[(SocketAddr, &[u8])]) -> usize {
+        let sent = match &self.raw {
+            Some(raw) => {
+                super::batch::send_many(raw, self.marker.as_ref(), batch).unwrap_or_else(|e| {
+                    tracing::debug!(%e, "plane send");
+                    0
+                })
+            }
+            None => batch
+                .iter()
+                .filter(|(destination, contents)| {
+                    let transmit = Transmit {
+                        destination: *destination,
+                        ecn: None,
+                        contents,
+                        segment_size: None,
+                        src_ip: None,
+                    };
+                    self.inner.try_send(&transmit).is_ok()
+                })
+                .count(),
+        };
+        self.stats.sent.fetch_add(sent as u64, Ordering::Relaxed);
+        sent
     }
 
     /// Sends one raw datagram from the endpoint's port (hole-punch probes), waiting for the
@@ -379,6 +427,10 @@ impl AsyncUdpSocket for SharedSocket {
                 for segment in buf[..m.len.min(buf.len())].chunks(stride) {
                     self.0.stats.received.fetch_add(1, Ordering::Relaxed);
                     if is_garbage(segment) {
+                        if let Some(plane) = self.0.plane.get().filter(|_| is_plane(segment)) {
+                            plane.receive(segment, canonical(m.addr));
+                            continue;
+                        }
                         match callsign_mesh::reachability::parse_probe(segment) {
                             // The node may have stopped listening; then nobody asked.
                             Some(nonce) => {

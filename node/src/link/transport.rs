@@ -177,6 +177,7 @@ impl QuicTransport {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(LinkError::Io)?;
+        links.attach(&socket, config.plane_heartbeat);
         let client = config.client(&keypair)?;
         Ok(Self {
             client,
@@ -201,6 +202,7 @@ impl QuicTransport {
         self.endpoint
             .rebind_abstract(Arc::new(SharedSocket(socket.clone())))
             .map_err(LinkError::Io)?;
+        self.links.attach(&socket, self.config.plane_heartbeat);
         self.socket = socket;
         Ok(())
     }

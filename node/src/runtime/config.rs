@@ -160,10 +160,15 @@ impl NodeConfig {
     }
 }
 
-/// A relay's QUIC idle timeout. QUIC uses the smaller of the two ends' timeouts, so members
-/// notice a crashed relay about this fast (never below three probe timeouts) and fail over; the
-/// relay's keep-alive pings (a quarter of it) keep healthy links up.
-pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a relay's links hear from it at least: voice, or a voice-plane heartbeat
+/// (`link::plane`). Members close a relay link silent for four of these (half a second) and
+/// fail over.
+pub const RELAY_HEARTBEAT: Duration = Duration::from_millis(125);
+
+/// A relay's QUIC idle timeout, with keep-alive pings at a quarter of it. Quick failure
+/// detection is the heartbeat's job; this only bounds how long a relay keeps a member that
+/// vanished (QUIC uses the smaller of the two ends' timeouts).
+pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 
 impl NodeConfig {
     /// Makes the node forward voice for subscribing members, with a relay's short link idle
@@ -172,5 +177,6 @@ impl NodeConfig {
         self.forwarding = Some(forwarder);
         self.link.idle_timeout = RELAY_IDLE_TIMEOUT;
         self.link.keep_alive = RELAY_IDLE_TIMEOUT / 4;
+        self.link.plane_heartbeat = Some(RELAY_HEARTBEAT);
     }
 }

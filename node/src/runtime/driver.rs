@@ -68,7 +68,13 @@ pub(crate) struct Driver {
     pub forward_latency: [u64; LATENCY_BUCKETS],
     pub forward_latency_sum_us: u64,
     pub recorder: super::recorder::Recorder,
+    /// When the links' round-trip times were last handed to the member.
+    pub rtts_given: Option<Instant>,
 }
+
+/// How often the member hears the links' round-trip times: reading them locks every link, which
+/// on a relay with hundreds of links was a visible share of an idle process.
+const RTT_EVERY: Duration = Duration::from_millis(500);
 
 /// The port mapper's next report; never, without one.
 async fn next_mapping(mapper: &mut Option<PortMapper>) -> PortMapping {
@@ -136,13 +142,16 @@ impl Driver {
                     self.member.handle_input(now(), Input::PortMapping(mapping));
                 }
                 _ = &mut timeout => {
-                    let rtts = self
-                        .member
-                        .links()
-                        .filter_map(|(peer, _)| Some((*peer, self.network.links.rtt(peer)?)))
-                        .collect();
                     let now = now();
-                    self.member.handle_input(now, Input::Rtts(rtts));
+                    if self.rtts_given.is_none_or(|at| now.saturating_duration_since(at) >= RTT_EVERY) {
+                        self.rtts_given = Some(now);
+                        let rtts = self
+                            .member
+                            .links()
+                            .filter_map(|(peer, _)| Some((*peer, self.network.links.rtt(peer)?)))
+                            .collect();
+                        self.member.handle_input(now, Input::Rtts(rtts));
+                    }
                     self.member.handle_input(now, Input::Timeout);
                 }
             }
@@ -674,16 +683,14 @@ impl Driver {
         enveloped: &[PeerId],
         received_at: Instant,
     ) {
-        let frame = Links::frame_datagram(packet);
-        for peer in plain {
-            // A subscriber whose link just went is simply skipped.
-            let _ = self.network.links.send_framed(peer, frame.clone());
+        // A subscriber whose link just went is simply skipped.
+        if !plain.is_empty() {
+            let frame = Links::frame_datagram(packet);
+            self.network.links.send_framed_to_many(plain, &frame);
         }
         if !enveloped.is_empty() {
             let frame = Links::frame_datagram(&callsign_mesh::forward::envelope(packet));
-            for peer in enveloped {
-                let _ = self.network.links.send_framed(peer, frame.clone());
-            }
+            self.network.links.send_framed_to_many(enveloped, &frame);
         }
         let spent = now().saturating_duration_since(received_at);
         let us = spent.as_micros().min(u128::from(u64::MAX)) as u64;

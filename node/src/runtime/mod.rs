@@ -251,6 +251,7 @@ impl Node {
             forward_latency: [0; driver::LATENCY_BUCKETS],
             forward_latency_sum_us: 0,
             recorder: recorder::Recorder::new(config.recordings),
+            rtts_given: None,
         };
         driver
             .transmitter

@@ -1,0 +1,377 @@
+//! The voice plane: link datagrams sealed once with a per-link key and sent as plain UDP on the
+//! QUIC endpoint's own socket, beside the QUIC connection they belong to.
+//!
+//! Why: a relay forwarding one packet to a hundred subscribers paid, per copy, quinn's whole
+//! per-packet path (packet building, sent-packet tracking, ACKs coming back, loss timers) and
+//! one system call. Voice needs none of that: it is never retransmitted and its rate is set by
+//! the codec. So once both ends of a QUIC connection have the plane, datagrams go as
+//! `header | AEAD(link datagram)`: one AES-256-GCM per copy, no acknowledgement, and a relay
+//! hands all copies of a packet to the kernel in one `sendmmsg` ([`super::batch`]).
+//!
+//! What is kept from QUIC:
+//! - **Keys and identity.** Both directions' keys and link ids come from the connection's TLS
+//!   exporter (RFC 8446 §7.5, label [`EXPORTER_LABEL`]), the way SRTP is keyed from DTLS. Only
+//!   the two ends of that TLS session know them, so a datagram that opens came from the peer
+//!   the connection authenticated.
+//! - **Replay protection.** Each direction numbers its datagrams; the counter is the AEAD nonce
+//!   and the receiver keeps a window of the ones it has taken ([`CounterWindow`]).
+//! - **Liveness and addresses.** The QUIC connection stays up (keep-alives, control streams);
+//!   when it closes, its plane keys go with it. A peer's plane address follows the source of
+//!   its latest authenticated datagram (as WireGuard roams) and the connection's migrations.
+//!
+//! Wire format (docs/protocol.md, "Voice plane"), all integers big-endian:
+//! `0x11 | link id (4) | counter (8) | ciphertext | tag (16)`, the first 13 bytes authenticated
+//! as associated data. The first byte has QUIC's fixed bit (0x40) clear, so it cannot be a QUIC
+//! packet (the endpoint does not allow greasing that bit); the socket takes these out before
+//! quinn sees them. The plaintext is a link datagram exactly as it would travel in a QUIC
+//! DATAGRAM frame (`links`: version, kind, body).
+//!
+//! A peer uses the plane only after it has heard the other end announce it (link datagram kind
+//! `PLANE_READY` over QUIC), so an endpoint without it is never sent one.
+//!
+//! **Heartbeats.** A relay must be seen to die fast (members fail over), which QUIC alone did
+//! with a short idle timeout and keep-alive pings every 125 ms on every link: two packets
+//! through quinn per link and period even while voice flowed beside it. Instead, a relay's
+//! announcement carries a heartbeat interval; it sends an empty plane datagram (kind
+//! `HEARTBEAT`) on each link it sent nothing on for that long, and the member closes a link
+//! that stays silent for [`SILENT_BEATS`] intervals. Voice itself is the heartbeat while it
+//! flows, and nothing is acknowledged.
+
+mod receivers;
+mod window;
+
+pub use receivers::{PlaneCounts, PlaneReceivers, PlaneStats};
+pub use window::CounterWindow;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// First byte of a voice-plane datagram (version 1). Bit 0x40 is clear: not QUIC.
+pub const PLANE_V1: u8 = 0x11;
+/// The TLS exporter label both ends derive the plane's keys with.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-callsign-voice-plane-v1";
+/// Marker, link id, counter.
+pub const HEADER_LEN: usize = 1 + 4 + 8;
+/// AES-256-GCM tag.
+pub const TAG_LEN: usize = 16;
+/// Bytes the plane adds to a link datagram.
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+/// Heartbeat intervals without a word from the peer after which its link is closed.
+pub const SILENT_BEATS: u32 = 4;
+
+const KEY_LEN: usize = 32;
+/// Exported bytes: a key and a link id per direction.
+pub(crate) const EXPORT_LEN: usize = 2 * (KEY_LEN + 4);
+
+/// Why a datagram that looked like the plane's was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlaneDrop {
+    /// Shorter than a header and a tag, or another version.
+    Malformed,
+    /// No live link has this id.
+    UnknownLink,
+    /// The tag did not verify: forged, corrupted, or keyed for another link.
+    Unauthentic,
+    /// Already taken, or older than the window.
+    Replayed,
+}
+
+/// The plane's keys for one QUIC connection, both directions.
+pub struct PlaneKeys {
+    send: PlaneSender,
+    receive_key: LessSafeKey,
+    receive_id: u32,
+}
+
+impl PlaneKeys {
+    /// Derives both directions from the connection's TLS exporter: the client's send key is the
+    /// server's receive key and the other way round. `None` if the exporter refuses (the
+    /// handshake is not complete).
+    pub fn derive(connection: &quinn::Connection) -> Option<Self> {
+        let mut okm = [0u8; EXPORT_LEN];
+        connection
+            .export_keying_material(&mut okm, EXPORTER_LABEL, b"")
+            .ok()?;
+        Self::from_exported(&okm, connection.side().is_client())
+    }
+
+    /// The keys from exported bytes: the client-to-server half first.
+    pub(crate) fn from_exported(okm: &[u8; EXPORT_LEN], client: bool) -> Option<Self> {
+        let (to_server, to_client) = okm.split_at(KEY_LEN + 4);
+        let (send, receive) = if client {
+            (to_server, to_client)
+        } else {
+            (to_client, to_server)
+        };
+        let key = |half: &[u8]| {
+            UnboundKey::new(&AES_256_GCM, &half[..KEY_LEN])
+                .ok()
+                .map(LessSafeKey::new)
+        };
+        let id = |half: &[u8]| u32::from_be_bytes([half[32], half[33], half[34], half[35]]);
+        Some(Self {
+            send: PlaneSender {
+                key: key(send)?,
+                id: id(send),
+                next: AtomicU64::new(0),
+            },
+            receive_key: key(receive)?,
+            receive_id: id(receive),
+        })
+    }
+}
+
+/// One link's sending half and where the peer is.
+pub struct PlaneLink {
+    send: PlaneSender,
+    /// Where plane datagrams go: the connection's address, or the source of the peer's latest
+    /// authenticated plane datagram if that came later.
+    address: Mutex<Addresses>,
+    /// The peer announced the plane (or used it): datagrams to it may go on the plane.
+    ready: AtomicBool,
+    /// When this end last announced the plane to the peer (tokio time).
+    announced: Mutex<Option<tokio::time::Instant>>,
+    /// Woken when an authenticated datagram comes from a new address.
+    moved: tokio::sync::Notify,
+    /// When a datagram last left on this link, ms on the `Links` clock (`u64::MAX`: never).
+    last_sent_ms: AtomicU64,
+    /// Something authentic arrived since the watchdog last looked.
+    heard: AtomicBool,
+    /// The heartbeat interval the peer promised, ms (0: none).
+    peer_heartbeat_ms: AtomicU64,
+}
+
+struct Addresses {
+    /// The connection's remote address when last looked at.
+    quic: SocketAddr,
+    /// Where to send.
+    current: SocketAddr,
+}
+
+impl PlaneLink {
+    pub(crate) fn new(keys: PlaneKeys, remote: SocketAddr) -> (Arc<Self>, PlaneKeysReceive) {
+        let link = Arc::new(Self {
+            send: keys.send,
+            address: Mutex::new(Addresses {
+                quic: remote,
+                current: remote,
+            }),
+            ready: AtomicBool::new(false),
+            announced: Mutex::new(None),
+            moved: tokio::sync::Notify::new(),
+            last_sent_ms: AtomicU64::new(u64::MAX),
+            heard: AtomicBool::new(false),
+            peer_heartbeat_ms: AtomicU64::new(0),
+        });
+        let receive = PlaneKeysReceive {
+            key: keys.receive_key,
+            id: keys.receive_id,
+            link: link.clone(),
+        };
+        (link, receive)
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The peer promises a datagram at least every `every` (its announcement).
+    pub(crate) fn set_peer_heartbeat(&self, every: Duration) {
+        let ms = every.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.peer_heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The interval the peer promised, if any.
+    pub(crate) fn peer_heartbeat(&self) -> Option<Duration> {
+        match self.peer_heartbeat_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// A datagram left at `now_ms`.
+    pub(crate) fn sent_at(&self, now_ms: u64) {
+        self.last_sent_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether nothing left for `quiet_ms` up to `now_ms`.
+    pub(crate) fn quiet_for(&self, now_ms: u64, quiet_ms: u64) -> bool {
+        match self.last_sent_ms.load(Ordering::Relaxed) {
+            u64::MAX => true,
+            at => now_ms.saturating_sub(at) >= quiet_ms,
+        }
+    }
+
+    /// Whether anything authentic arrived since the last call.
+    pub(crate) fn take_heard(&self) -> bool {
+        self.heard.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether to announce the plane to the peer now: not more than once per `every`.
+    pub(crate) fn should_announce(&self, now: tokio::time::Instant, every: Duration) -> bool {
+        let mut last = lock(&self.announced);
+        if last.is_some_and(|at| now.saturating_duration_since(at) < every) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Where to send, given the connection's remote address now: a QUIC migration since the
+    /// last look wins, as does a later authenticated plane datagram from elsewhere.
+    pub(crate) fn destination(&self, quic_now: SocketAddr) -> SocketAddr {
+        let mut a = lock(&self.address);
+        if a.quic != quic_now {
+            a.quic = quic_now;
+            a.current = quic_now;
+        }
+        a.current
+    }
+
+    /// Where to send, as of the last [`PlaneLink::destination`] or authenticated datagram.
+    pub(crate) fn last_destination(&self) -> SocketAddr {
+        lock(&self.address).current
+    }
+
+    /// An authentic datagram came from `from`: the peer has the plane, is alive, and is there.
+    fn heard_from(&self, from: SocketAddr) {
+        self.set_ready();
+        self.heard.store(true, Ordering::Relaxed);
+        let mut a = lock(&self.address);
+        if a.current != from {
+            a.current = from;
+            self.moved.notify_one();
+        }
+    }
+
+    /// Waits until the peer's authenticated datagrams come from a new address; returns it.
+    pub(crate) async fn moved(&self) -> SocketAddr {
+        self.moved.notified().await;
+        lock(&self.address).current
+    }
+
+    /// Appends `frame` sealed as one plane datagram to `out`.
+    pub(crate) fn seal_into(&self, frame: &[u8], out: &mut Vec<u8>) {
+        self.send.seal_into(frame, out)
+    }
+}
+
+/// The receiving half of [`PlaneKeys`], for [`PlaneReceivers::add`].
+pub(crate) struct PlaneKeysReceive {
+    key: LessSafeKey,
+    id: u32,
+    link: Arc<PlaneLink>,
+}
+
+impl PlaneKeysReceive {
+    /// The link id datagrams for these keys carry.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub(crate) fn into_parts(self) -> (LessSafeKey, Arc<PlaneLink>) {
+        (self.key, self.link)
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One direction's sending half: the key, the peer's link id, the next counter.
+struct PlaneSender {
+    key: LessSafeKey,
+    id: u32,
+    next: AtomicU64,
+}
+
+impl PlaneSender {
+    fn seal_into(&self, frame: &[u8], out: &mut Vec<u8>) {
+        let counter = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = out.len();
+        out.push(PLANE_V1);
+        out.extend_from_slice(&self.id.to_be_bytes());
+        out.extend_from_slice(&counter.to_be_bytes());
+        out.extend_from_slice(frame);
+        let (header, body) = out[start..].split_at_mut(HEADER_LEN);
+        // Sealing fails only for inputs beyond AES-GCM's limits (64 GiB), not a datagram.
+        if let Ok(tag) =
+            self.key
+                .seal_in_place_separate_tag(nonce(counter), Aad::from(&header[..]), body)
+        {
+            out.extend_from_slice(tag.as_ref());
+        } else {
+            out.truncate(start);
+        }
+    }
+}
+
+pub(crate) fn nonce(counter: u64) -> Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::assume_unique_for_key(bytes)
+}
+
+/// Whether a datagram that is not QUIC is the plane's.
+pub fn is_plane(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&PLANE_V1)
+}
+
+/// Link id and counter of a plane datagram.
+pub fn parse_header(datagram: &[u8]) -> Result<(u32, u64), PlaneDrop> {
+    if datagram.len() < OVERHEAD || datagram[0] != PLANE_V1 {
+        return Err(PlaneDrop::Malformed);
+    }
+    let id = u32::from_be_bytes([datagram[1], datagram[2], datagram[3], datagram[4]]);
+    let mut counter = [0u8; 8];
+    counter.copy_from_slice(&datagram[5..HEADER_LEN]);
+    Ok((id, u64::from_be_bytes(counter)))
+}
+
+/// Plane datagrams sealed one after another into one buffer, each with its destination, for
+/// one [`LinkSocket::send_many`](crate::link::LinkSocket::send_many).
+pub(crate) struct SealedBatch {
+    bytes: Vec<u8>,
+    /// Destination and end offset in `bytes` of each datagram.
+    ends: Vec<(SocketAddr, usize)>,
+}
+
+impl SealedBatch {
+    pub(crate) fn with_capacity(datagrams: usize, frame_len: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(datagrams * (frame_len + OVERHEAD)),
+            ends: Vec::with_capacity(datagrams),
+        }
+    }
+
+    /// Seals `frame` for `link`, to go to `to`.
+    pub(crate) fn push(&mut self, link: &PlaneLink, frame: &[u8], to: SocketAddr) {
+        link.seal_into(frame, &mut self.bytes);
+        self.ends.push((to, self.bytes.len()));
+    }
+
+    /// Sends them all; returns how many left.
+    pub(crate) fn send(&self, socket: &crate::link::LinkSocket) -> usize {
+        if self.ends.is_empty() {
+            return 0;
+        }
+        let mut start = 0;
+        let batch: Vec<(SocketAddr, &[u8])> = self
+            .ends
+            .iter()
+            .map(|&(to, end)| {
+                let datagram = &self.bytes[start..end];
+                start = end;
+                (to, datagram)
+            })
+            .collect();
+        socket.send_many(&batch)
+    }
+}
