@@ -36,6 +36,9 @@ pub struct LinkConfig {
     /// has sent nothing on for this long, so they notice within a few of these that it is
     /// gone. `None` for members.
     pub plane_heartbeat: Option<Duration>,
+    /// Streams a peer may have open to us at once. quinn keeps state for each from the start
+    /// (about 80 bytes), so a relay with a thousand links takes fewer.
+    pub max_streams: u32,
 }
 
 impl Default for LinkConfig {
@@ -49,6 +52,7 @@ impl Default for LinkConfig {
             rng_seed: None,
             min_send_rate: 125_000,
             plane_heartbeat: None,
+            max_streams: 256,
         }
     }
 }
@@ -70,7 +74,7 @@ impl LinkConfig {
     fn transport(&self) -> Result<Arc<TransportConfig>, LinkError> {
         let mut transport = TransportConfig::default();
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
-        transport.max_concurrent_bidi_streams(VarInt::from_u32(256));
+        transport.max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams));
         transport.datagram_receive_buffer_size(Some(self.datagram_receive_buffer));
         transport.datagram_send_buffer_size(self.datagram_receive_buffer);
         transport.keep_alive_interval(Some(self.keep_alive));

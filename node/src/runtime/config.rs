@@ -165,6 +165,9 @@ impl NodeConfig {
 /// fail over.
 pub const RELAY_HEARTBEAT: Duration = Duration::from_millis(125);
 
+/// QUIC streams a member may have open to a relay at once (members allow 256).
+pub const RELAY_MAX_STREAMS: u32 = 32;
+
 /// A relay's QUIC idle timeout, with keep-alive pings at a quarter of it. Quick failure
 /// detection is the heartbeat's job; this only bounds how long a relay keeps a member that
 /// vanished (QUIC uses the smaller of the two ends' timeouts).
@@ -178,5 +181,7 @@ impl NodeConfig {
         self.link.idle_timeout = RELAY_IDLE_TIMEOUT;
         self.link.keep_alive = RELAY_IDLE_TIMEOUT / 4;
         self.link.plane_heartbeat = Some(RELAY_HEARTBEAT);
+        // A member's control traffic to a relay is a few messages at a time.
+        self.link.max_streams = RELAY_MAX_STREAMS;
     }
 }
