@@ -491,7 +491,9 @@ impl Links {
         };
         let mut watchdog = Watchdog::new(plane.clone());
         let reason = loop {
+            // `biased`: a fixed order, so a simulated run replays exactly.
             let (now, datagram) = tokio::select! {
+                biased;
                 datagram = connection.read_datagram() => match datagram {
                     Ok(datagram) => (canonical(connection.remote_address()), Some(datagram)),
                     Err(e) => break e.to_string(),

@@ -5,7 +5,8 @@
 //!    blocking socket, `recv_from` then one `send_to` per subscriber, no checks);
 //! 2. the relay itself (`callsign-relay run`, a child process from a generated config): QUIC
 //!    links with TLS, signed subscriptions checked against a charter, enveloped voice packets
-//!    sealed with a real sender key, checked and forwarded as in production.
+//!    sealed with a real sender key, checked and forwarded as in production (on the voice
+//!    plane: sealed per link, copies batched into `sendmmsg`).
 //!
 //! Each child's CPU time (`/proc/<pid>/schedstat`) and peak memory (`VmHWM`) are read around
 //! the measurement, so the parent's own work (the subscribers) does not count. Reported:
