@@ -107,7 +107,9 @@ impl Node {
             SwarmConfig {
                 link: config.link.clone(),
                 mdns: config.mdns,
-                discovery_behaviours: !simulated,
+                // A rented relay is dialed at the addresses the charter gives; identify, ping,
+                // autonat and kad would only cost it memory and wake-ups on every link.
+                discovery_behaviours: !simulated && config.forwarding.is_none(),
                 relay_for: Some(relay_allow.clone()),
                 ..SwarmConfig::default()
             },
