@@ -26,11 +26,12 @@
 
 use crate::charter::{ChannelId, CharterState, Permissions};
 use crate::voice::{ReplayWindow, SenderShortId, VoiceFlags, VoiceHeader, MAX_CHANNELS};
+use crate::rate::{Rate, TokenBucket};
 use callsign_keys::context::SUBSCRIPTION;
 use callsign_keys::{Identity, IdentityKey, Signature};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// First byte of a datagram that asks its receiver to forward the voice packet after it.
 /// Voice packets start with their version (1), so the two never clash.
@@ -190,6 +191,9 @@ pub enum ForwardDrop {
     Whisper,
     /// The sender exceeded its packet rate.
     RateLimited,
+    /// The org as a whole exceeded its packet rate ([`ForwarderConfig::org_rate`]), on a relay
+    /// shared by several orgs.
+    OrgRateLimited,
     /// Seen before (network duplicate or replay).
     Duplicate,
     /// Nobody to forward to.
@@ -207,6 +211,9 @@ pub struct ForwarderConfig {
     pub burst: u32,
     /// Members served at once; further subscriptions are refused.
     pub max_subscribers: usize,
+    /// Packets per second from all the org's senders together (after each sender's own
+    /// limit), so one org cannot take a shared relay from the others. `None`: no org limit.
+    pub org_rate: Option<Rate>,
 }
 
 impl Default for ForwarderConfig {
@@ -216,6 +223,7 @@ impl Default for ForwarderConfig {
             packets_per_second: 100,
             burst: 50,
             max_subscribers: 1000,
+            org_rate: None,
         }
     }
 }
@@ -240,9 +248,7 @@ pub struct ForwardCounts {
 
 #[derive(Debug)]
 struct SenderState {
-    /// Token bucket, in thousandths of a packet.
-    milli_tokens: u64,
-    refilled: Instant,
+    bucket: TokenBucket,
     /// Per channel list: a simulcast frame arrives as one packet per channel (each sealed with
     /// that channel's key), all with the frame's sequence number.
     replay: BTreeMap<Vec<ChannelId>, ReplayWindow>,
@@ -280,6 +286,8 @@ pub struct Forwarder {
     senders: BTreeMap<IdentityKey, SenderState>,
     counts: ForwardCounts,
     audience: Audience,
+    /// The whole org's bucket, with [`ForwarderConfig::org_rate`].
+    org_bucket: Option<TokenBucket>,
 }
 
 impl Forwarder {
@@ -292,6 +300,7 @@ impl Forwarder {
             senders: BTreeMap::new(),
             counts: ForwardCounts::default(),
             audience: Audience::default(),
+            org_bucket: None,
         }
     }
 
@@ -456,25 +465,23 @@ impl Forwarder {
         {
             return Err(ForwardDrop::Unauthorised);
         }
-        let (rate, burst) = (
-            u64::from(self.config.packets_per_second),
-            u64::from(self.config.burst),
-        );
+        let rate = Rate::new(self.config.packets_per_second, self.config.burst);
         let bucket = self.senders.entry(sender).or_insert_with(|| SenderState {
-            milli_tokens: burst * 1000,
-            refilled: now,
+            bucket: TokenBucket::new(rate, now),
             replay: BTreeMap::new(),
             served: None,
         });
-        let elapsed = now.saturating_duration_since(bucket.refilled);
-        bucket.refilled = now;
-        bucket.milli_tokens = (bucket.milli_tokens
-            + (elapsed.min(Duration::from_secs(60)).as_millis() as u64) * rate)
-            .min(burst * 1000);
-        if bucket.milli_tokens < 1000 {
+        if !bucket.bucket.take(rate, now) {
             return Err(ForwardDrop::RateLimited);
         }
-        bucket.milli_tokens -= 1000;
+        if let Some(org_rate) = self.config.org_rate {
+            let org = self
+                .org_bucket
+                .get_or_insert_with(|| TokenBucket::new(org_rate, now));
+            if !org.take(org_rate, now) {
+                return Err(ForwardDrop::OrgRateLimited);
+            }
+        }
         // Channel lists are bounded: the sender may speak on each channel named.
         let replay = bucket.replay.entry(header.channels.clone()).or_default();
         if !replay.accept(header.sequence) {

@@ -27,6 +27,7 @@ pub mod member;
 pub mod pairing;
 pub mod presence;
 pub mod punch;
+pub mod rate;
 pub mod reachability;
 pub mod routing;
 pub mod spatial;

@@ -12,6 +12,7 @@ use callsign_mesh::voice::{SenderKey, SenderShortId, VoiceFlags, VoiceHeader};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 struct Org {
@@ -276,6 +277,40 @@ fn each_sender_is_held_to_its_rate() {
     let later = start + Duration::from_secs(1);
     let bytes = packet(&officer, vec![org.flight], 500, VoiceFlags::empty());
     assert!(f.forward(&org.state, &officer, &bytes, later).is_ok());
+}
+
+#[test]
+fn an_org_over_its_rate_is_throttled_after_each_senders_own_limit() {
+    let org = org();
+    let config = ForwarderConfig {
+        org_rate: Some(callsign_mesh::rate::Rate::new(30, 30)),
+        ..ForwarderConfig::default()
+    };
+    let mut f = Forwarder::new(org.state.org, config);
+    f.subscribe(&org.state, subscription(&org, 2, 1, vec![org.flight]))
+        .unwrap();
+    let (officer, pilot) = (org.ids[0].public(), org.ids[1].public());
+    let start = Instant::now();
+    // The officer floods 200 packets at once: its own burst (50) passes its bucket, and the
+    // org's 30 of those are forwarded; the rest are the officer's drops or the org's.
+    let mut outcomes = BTreeMap::new();
+    for seq in 0..200u16 {
+        let bytes = packet(&officer, vec![org.flight], seq, VoiceFlags::empty());
+        let outcome = f.forward(&org.state, &officer, &bytes, start).map(|_| ());
+        *outcomes.entry(outcome).or_insert(0) += 1;
+    }
+    assert_eq!(outcomes.get(&Ok(())), Some(&30));
+    assert_eq!(outcomes.get(&Err(ForwardDrop::RateLimited)), Some(&150));
+    assert_eq!(outcomes.get(&Err(ForwardDrop::OrgRateLimited)), Some(&20));
+    // The org's bucket refills at 30 a second whoever sends.
+    let later = start + Duration::from_millis(100);
+    let sent = (0..10u16)
+        .filter(|seq| {
+            let bytes = packet(&pilot, vec![org.flight], *seq, VoiceFlags::empty());
+            f.forward(&org.state, &pilot, &bytes, later).is_ok()
+        })
+        .count();
+    assert_eq!(sent, 3);
 }
 
 proptest! {

@@ -4,6 +4,7 @@
 use super::seeded::{FixedTokenClock, Seed, SeededCids};
 use super::window::VoiceWindowConfig;
 use super::LinkError;
+use callsign_mesh::rate::Rate;
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -39,6 +40,12 @@ pub struct LinkConfig {
     /// Streams a peer may have open to us at once. quinn keeps state for each from the start
     /// (about 80 bytes), so a relay with a thousand links takes fewer.
     pub max_streams: u32,
+    /// Voice-plane datagrams each link may send us, checked before they are decrypted
+    /// (`link::plane`). `None`: no limit.
+    pub plane_rate: Option<Rate>,
+    /// QUIC Initial packets each source address may send us, checked before quinn sees them
+    /// (`link::socket`). `None`: no limit.
+    pub handshake_rate: Option<Rate>,
 }
 
 impl Default for LinkConfig {
@@ -53,6 +60,8 @@ impl Default for LinkConfig {
             min_send_rate: 125_000,
             plane_heartbeat: None,
             max_streams: 256,
+            plane_rate: None,
+            handshake_rate: None,
         }
     }
 }

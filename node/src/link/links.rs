@@ -164,8 +164,15 @@ impl Links {
 
     /// Sends plane datagrams from `socket` and opens the ones that reach it. The transport
     /// calls this for its socket, and again when it moves to another.
-    pub(crate) fn attach(&self, socket: &Arc<LinkSocket>, heartbeat: Option<Duration>) {
+    pub(crate) fn attach(&self, socket: &Arc<LinkSocket>, config: &super::LinkConfig) {
+        let heartbeat = config.plane_heartbeat;
         socket.attach_plane(self.plane.clone());
+        if let Some(rate) = config.plane_rate {
+            self.plane.limit(rate);
+        }
+        if let Some(rate) = config.handshake_rate {
+            socket.limit_handshakes(rate);
+        }
         let start = {
             let mut state = self.state();
             state.socket = Some(socket.clone());

@@ -105,7 +105,7 @@ mod window;
 
 pub use config::LinkConfig;
 pub use links::{DatagramReceiver, IncomingDatagram, LinkCounts, LinkEvent, Links};
-pub use socket::{LinkSocket, PathModel, Transit};
+pub use socket::{LinkSocket, PathModel, SocketCounts, Transit};
 pub use transport::QuicTransport;
 
 use libp2p::multiaddr::Protocol;

@@ -21,7 +21,9 @@ use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use callsign_mesh::rate::{Rate, TokenBucket};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,9 @@ pub struct SocketStats {
     /// they are counted here so an operator can see someone spraying the port.
     pub garbage: AtomicU64,
     pub probes_sent: AtomicU64,
+    /// QUIC Initial packets from a source address over its handshake rate
+    /// ([`LinkSocket::limit_handshakes`]): quinn never saw them.
+    pub handshakes_limited: AtomicU64,
 }
 
 impl SocketStats {
@@ -53,6 +58,7 @@ impl SocketStats {
             sent: self.sent.load(Ordering::Relaxed),
             garbage: self.garbage.load(Ordering::Relaxed),
             probes_sent: self.probes_sent.load(Ordering::Relaxed),
+            handshakes_limited: self.handshakes_limited.load(Ordering::Relaxed),
         }
     }
 }
@@ -64,6 +70,7 @@ pub struct SocketCounts {
     pub sent: u64,
     pub garbage: u64,
     pub probes_sent: u64,
+    pub handshakes_limited: u64,
 }
 
 /// The simulated network between sockets. Every datagram a simulated socket sends asks
@@ -132,6 +139,53 @@ fn is_garbage(datagram: &[u8]) -> bool {
     datagram.len() < MIN_QUIC_DATAGRAM || datagram[0] & 0x40 == 0
 }
 
+/// A QUIC v1 Initial packet: long header, fixed bit, type 0 (RFC 9000 §17.2.2). Clients open
+/// handshakes with these; nothing else a peer sends an established link is one.
+fn is_initial(datagram: &[u8]) -> bool {
+    datagram.len() >= MIN_QUIC_DATAGRAM && datagram[0] & 0xf0 == 0xc0
+}
+
+/// Per source address, a bucket of QUIC Initial packets. The table is bounded: full buckets
+/// (sources quiet long enough) are forgotten first, and past [`HandshakeLimiter::MAX_SOURCES`]
+/// of busy ones every further source shares one bucket, so spoofed addresses cannot grow it.
+struct HandshakeLimiter {
+    rate: Rate,
+    sources: Mutex<(BTreeMap<IpAddr, TokenBucket>, Option<TokenBucket>)>,
+}
+
+impl HandshakeLimiter {
+    const MAX_SOURCES: usize = 4096;
+
+    fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            sources: Mutex::default(),
+        }
+    }
+
+    fn admit(&self, source: IpAddr) -> bool {
+        let now = tokio::time::Instant::now().into_std();
+        let rate = self.rate;
+        let mut guard = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let (sources, overflow) = &mut *guard;
+        if !sources.contains_key(&source) && sources.len() >= Self::MAX_SOURCES {
+            sources.retain(|_, bucket| !bucket.is_full(rate, now));
+        }
+        if let Some(bucket) = sources.get_mut(&source) {
+            return bucket.take(rate, now);
+        }
+        if sources.len() < Self::MAX_SOURCES {
+            let mut bucket = TokenBucket::new(rate, now);
+            let admitted = bucket.take(rate, now);
+            sources.insert(source, bucket);
+            return admitted;
+        }
+        overflow
+            .get_or_insert_with(|| TokenBucket::new(rate, now))
+            .take(rate, now)
+    }
+}
+
 /// The endpoint's socket: real or simulated, with counters.
 pub struct LinkSocket {
     inner: Arc<dyn AsyncUdpSocket>,
@@ -148,6 +202,8 @@ pub struct LinkSocket {
     raw: Option<std::net::UdpSocket>,
     /// Opens the voice-plane datagrams that arrive (`Links::attach`).
     plane: std::sync::OnceLock<Arc<PlaneReceivers>>,
+    /// Holds each source address to a rate of QUIC Initial packets.
+    handshakes: std::sync::OnceLock<HandshakeLimiter>,
 }
 
 impl fmt::Debug for LinkSocket {
@@ -219,6 +275,7 @@ impl LinkSocket {
             marker: None,
             raw: None,
             plane: std::sync::OnceLock::new(),
+            handshakes: std::sync::OnceLock::new(),
         }
     }
 
@@ -307,6 +364,13 @@ impl LinkSocket {
     /// a second call is ignored.
     pub(crate) fn attach_plane(&self, receivers: Arc<PlaneReceivers>) {
         let _ = self.plane.set(receivers);
+    }
+
+    /// Holds every source address to `rate` QUIC Initial packets (a handshake takes one to
+    /// three), before quinn spends anything on them: a stranger spraying handshakes costs a
+    /// table lookup each. Set once; later calls are ignored.
+    pub fn limit_handshakes(&self, rate: Rate) {
+        let _ = self.handshakes.set(HandshakeLimiter::new(rate));
     }
 
     /// Sends each `(destination, datagram)` from the endpoint's port without waiting: on a real
@@ -422,10 +486,20 @@ impl AsyncUdpSocket for SharedSocket {
     ) -> Poll<io::Result<usize>> {
         let result = self.0.inner.poll_recv(cx, bufs, meta);
         if let Poll::Ready(Ok(count)) = &result {
-            for (buf, m) in bufs.iter().zip(meta.iter()).take(*count) {
+            for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(*count) {
                 let stride = m.stride.max(1);
-                for segment in buf[..m.len.min(buf.len())].chunks(stride) {
+                let len = m.len.min(buf.len());
+                for segment in buf[..len].chunks_mut(stride) {
                     self.0.stats.received.fetch_add(1, Ordering::Relaxed);
+                    if let Some(limiter) = self.0.handshakes.get() {
+                        if is_initial(segment) && !limiter.admit(canonical(m.addr).ip()) {
+                            // With the fixed bit clear quinn drops it unread (as it does
+                            // plane datagrams) and answers nothing.
+                            segment[0] = 0;
+                            self.0.stats.handshakes_limited.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
                     if is_garbage(segment) {
                         if let Some(plane) = self.0.plane.get().filter(|_| is_plane(segment)) {
                             plane.receive(segment, canonical(m.addr));
@@ -598,5 +672,42 @@ impl AsyncUdpSocket for TurmoilSocket {
 
     fn may_fragment(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initials_are_told_from_other_quic_packets() {
+        let mut packet = vec![0u8; 1200];
+        for (first, initial) in [(0xc3, true), (0xd0, false), (0xe1, false), (0x43, false)] {
+            packet[0] = first;
+            assert_eq!(is_initial(&packet), initial, "{first:#x}");
+        }
+        assert!(!is_initial(&packet[..10]));
+    }
+
+    #[test]
+    fn each_source_gets_its_own_handshake_bucket_and_the_table_stays_bounded() {
+        let limiter = HandshakeLimiter::new(Rate::new(1, 3));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!((0..10).filter(|_| limiter.admit(a)).count(), 3);
+        assert_eq!((0..10).filter(|_| limiter.admit(b)).count(), 3);
+        // Thousands of spoofed sources, each busy: the table stops at its bound, and the rest
+        // share one bucket (its burst, then nothing).
+        let spoofed = (0..HandshakeLimiter::MAX_SOURCES as u32 * 2)
+            .filter(|i| {
+                let ip = IpAddr::from(std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | *i as u128));
+                limiter.admit(ip) && limiter.admit(ip) && limiter.admit(ip)
+            })
+            .count();
+        let sources = limiter.sources.lock().unwrap().0.len();
+        assert_eq!(sources, HandshakeLimiter::MAX_SOURCES);
+        assert!(spoofed <= HandshakeLimiter::MAX_SOURCES + 1, "{spoofed}");
+        // A known source keeps its own (spent) bucket.
+        assert!(!limiter.admit(a));
     }
 }

@@ -177,7 +177,7 @@ impl QuicTransport {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(LinkError::Io)?;
-        links.attach(&socket, config.plane_heartbeat);
+        links.attach(&socket, &config);
         let client = config.client(&keypair)?;
         Ok(Self {
             client,
@@ -202,7 +202,7 @@ impl QuicTransport {
         self.endpoint
             .rebind_abstract(Arc::new(SharedSocket(socket.clone())))
             .map_err(LinkError::Io)?;
-        self.links.attach(&socket, self.config.plane_heartbeat);
+        self.links.attach(&socket, &self.config);
         self.socket = socket;
         Ok(())
     }

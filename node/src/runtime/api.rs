@@ -350,4 +350,9 @@ pub struct ForwardingStats {
     pub latency_us: Vec<u64>,
     /// Sum of those times, microseconds.
     pub latency_sum_us: u64,
+    /// The links' datagram counters, with the voice plane's drops by reason (over a link's
+    /// rate, unauthentic, replayed, unknown link).
+    pub links: crate::link::LinkCounts,
+    /// What reached the socket, with handshakes refused over a source's rate.
+    pub socket: crate::link::SocketCounts,
 }

@@ -97,6 +97,8 @@ impl Driver {
             subscriptions_refused: self.member.subscriptions_refused(),
             latency_us: self.forward_latency.to_vec(),
             latency_sum_us: self.forward_latency_sum_us,
+            links: self.network.links.counts(),
+            socket: self.network.socket_stats.snapshot(),
         })
     }
 

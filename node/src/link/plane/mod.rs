@@ -77,6 +77,8 @@ pub enum PlaneDrop {
     Unauthentic,
     /// Already taken, or older than the window.
     Replayed,
+    /// Over the link's rate: dropped before it was opened.
+    RateLimited,
 }
 
 /// The plane's keys for one QUIC connection, both directions.

@@ -13,7 +13,8 @@ use ring::aead::{Aad, LessSafeKey};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use callsign_mesh::rate::{Rate, TokenBucket};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::mpsc;
 
 /// A link's receiving half.
@@ -24,6 +25,8 @@ struct PlaneReceiver {
     key: LessSafeKey,
     window: CounterWindow,
     link: Arc<PlaneLink>,
+    /// With [`PlaneReceivers::limit`]: what this link may send, spent before the AEAD opens.
+    bucket: Option<TokenBucket>,
 }
 
 /// Counters of what the plane did, across links.
@@ -35,6 +38,8 @@ pub struct PlaneStats {
     pub unknown_link: AtomicU64,
     pub unauthentic: AtomicU64,
     pub replayed: AtomicU64,
+    /// Over the link's rate ([`PlaneReceivers::limit`]): dropped unopened.
+    pub rate_limited: AtomicU64,
     /// Opened, but the node was not reading fast enough.
     pub queue_full: AtomicU64,
     /// Heartbeats sent to idle links and heard from the peer.
@@ -51,6 +56,7 @@ impl PlaneStats {
             unknown_link: self.unknown_link.load(Ordering::Relaxed),
             unauthentic: self.unauthentic.load(Ordering::Relaxed),
             replayed: self.replayed.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
             queue_full: self.queue_full.load(Ordering::Relaxed),
             heartbeats_sent: self.heartbeats_sent.load(Ordering::Relaxed),
             heartbeats_heard: self.heartbeats_heard.load(Ordering::Relaxed),
@@ -67,6 +73,7 @@ pub struct PlaneCounts {
     pub unknown_link: u64,
     pub unauthentic: u64,
     pub replayed: u64,
+    pub rate_limited: u64,
     pub queue_full: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_heard: u64,
@@ -81,6 +88,7 @@ pub struct PlaneReceivers {
     links: Mutex<BTreeMap<u32, PlaneReceiver>>,
     stats: PlaneStats,
     incoming: mpsc::Sender<IncomingDatagram>,
+    rate: OnceLock<Rate>,
 }
 
 impl PlaneReceivers {
@@ -89,7 +97,15 @@ impl PlaneReceivers {
             links: Mutex::default(),
             stats: PlaneStats::default(),
             incoming,
+            rate: OnceLock::new(),
         }
+    }
+
+    /// Holds every link to `rate` datagrams (voice and heartbeats), checked before anything is
+    /// decrypted, so a member flooding a relay costs it a lookup per datagram, not an AEAD.
+    /// Set once; later calls are ignored.
+    pub(crate) fn limit(&self, rate: Rate) {
+        let _ = self.rate.set(rate);
     }
 
     fn links(&self) -> MutexGuard<'_, BTreeMap<u32, PlaneReceiver>> {
@@ -113,6 +129,7 @@ impl PlaneReceivers {
                 key,
                 window: CounterWindow::default(),
                 link,
+                bucket: None,
             },
         );
         true
@@ -144,6 +161,7 @@ impl PlaneReceivers {
             Err(PlaneDrop::UnknownLink) => &self.stats.unknown_link,
             Err(PlaneDrop::Unauthentic) => &self.stats.unauthentic,
             Err(PlaneDrop::Replayed) => &self.stats.replayed,
+            Err(PlaneDrop::RateLimited) => &self.stats.rate_limited,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -157,6 +175,15 @@ impl PlaneReceivers {
         let (id, counter) = parse_header(datagram)?;
         let mut links = self.links();
         let link = links.get_mut(&id).ok_or(PlaneDrop::UnknownLink)?;
+        let now = tokio::time::Instant::now().into_std();
+        if let Some(rate) = self.rate.get() {
+            // Whoever knows the link id spends its tokens: only the two ends and the path
+            // between them, which could as well drop the datagrams.
+            let bucket = link.bucket.get_or_insert_with(|| TokenBucket::new(*rate, now));
+            if !bucket.take(*rate, now) {
+                return Err(PlaneDrop::RateLimited);
+            }
+        }
         if !link.window.check(counter) {
             return Err(PlaneDrop::Replayed);
         }
@@ -183,7 +210,7 @@ impl PlaneReceivers {
         Ok(Some(IncomingDatagram {
             peer: link.peer,
             payload,
-            received_at: tokio::time::Instant::now().into_std(),
+            received_at: now,
         }))
     }
 }
@@ -260,6 +287,32 @@ mod tests {
         e.at_client
             .receive(&sealed(&e.server, b"\x01\x00back"), FROM);
         assert_eq!(&e.to_client.try_recv().unwrap().payload[..], b"back");
+    }
+
+    #[test]
+    fn a_link_over_its_rate_is_dropped_before_it_is_opened() {
+        let mut e = ends(PeerId::random());
+        e.at_server.limit(Rate::new(10, 5));
+        for _ in 0..20 {
+            e.at_server
+                .receive(&sealed(&e.client, b"\x01\x00flood"), FROM);
+        }
+        let mut delivered = 0;
+        while e.to_server.try_recv().is_ok() {
+            delivered += 1;
+        }
+        // The burst, and at most one more if the loop took over 100 ms.
+        assert!((5..=6).contains(&delivered), "{delivered}");
+        let counts = e.at_server.counts();
+        assert_eq!(counts.rate_limited, 20 - delivered);
+        // Refused datagrams were never opened: nothing counted them unauthentic or replayed.
+        assert_eq!(counts.unauthentic + counts.replayed, 0);
+        // The other direction has its own bucket (none here).
+        for _ in 0..10 {
+            e.at_client
+                .receive(&sealed(&e.server, b"\x01\x00back"), FROM);
+        }
+        assert_eq!(e.at_client.counts().received, 10);
     }
 
     #[test]
