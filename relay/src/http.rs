@@ -1,6 +1,7 @@
-//! `/metrics` (Prometheus text), `/health` and the read-only API (`/api/v1/occupancy`, behind
-//! a bearer token) over HTTP/1.1 (hyper). Health is `200` while the node answers its stats
-//! within [`STALE_AFTER`], `503` otherwise.
+//! `/metrics` (Prometheus text, every series labelled by org), `/health` (all orgs),
+//! `/health/<org>` (one) and the read-only API (`/api/v1/occupancy[?org=<name>]`, behind a
+//! bearer token) over HTTP/1.1 (hyper). An org is healthy while its node answers its stats
+//! within [`STALE_AFTER`]; `/health` is `200` while every org is, `503` otherwise.
 
 use crate::metrics::RelayMetrics;
 use crate::occupancy::Occupancy;
@@ -12,6 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,15 +26,50 @@ pub const STALE_AFTER: Duration = Duration::from_secs(5);
 /// What the endpoints show, updated by the service.
 pub struct Status {
     pub metrics: RelayMetrics,
-    /// When the node last answered.
-    pub seen: Option<Instant>,
     pub peer_id: String,
-    pub org: String,
-    pub links: usize,
-    pub subscribers: usize,
     /// The read-only API's token; `None`: the API is off.
     pub api_token: Option<ApiToken>,
+    /// Each org served, by name.
+    pub orgs: BTreeMap<String, OrgStatus>,
+    /// The configuration's original one-org form: `/health` also names the org at the top.
+    pub single: bool,
+}
+
+/// One org's part of the status.
+pub struct OrgStatus {
+    /// The org's key.
+    pub org: String,
+    /// Where members reach it (multiaddr).
+    pub address: String,
+    /// When its node last answered.
+    pub seen: Option<Instant>,
+    pub links: usize,
+    pub subscribers: usize,
     pub occupancy: Occupancy,
+}
+
+impl OrgStatus {
+    fn fresh(&self) -> bool {
+        self.seen.is_some_and(|t| t.elapsed() < STALE_AFTER)
+    }
+
+    fn health(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": if self.fresh() { "ok" } else { "stalled" },
+            "org": self.org,
+            "address": self.address,
+            "links": self.links,
+            "subscribers": self.subscribers,
+        })
+    }
+}
+
+fn code(ok: bool) -> StatusCode {
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -68,31 +105,42 @@ fn answer(request: &Request<Incoming>, status: &Mutex<Status>) -> Response<Full<
             status.metrics.render(),
         ),
         "/health" => {
-            let fresh = status.seen.is_some_and(|t| t.elapsed() < STALE_AFTER);
-            let body = serde_json::json!({
+            let fresh = !status.orgs.is_empty() && status.orgs.values().all(OrgStatus::fresh);
+            let mut body = serde_json::json!({
                 "status": if fresh { "ok" } else { "stalled" },
                 "peer_id": status.peer_id,
-                "org": status.org,
-                "links": status.links,
-                "subscribers": status.subscribers,
+                "links": status.orgs.values().map(|o| o.links).sum::<usize>(),
+                "subscribers": status.orgs.values().map(|o| o.subscribers).sum::<usize>(),
+                "orgs": status.orgs.iter()
+                    .map(|(name, org)| (name.clone(), org.health()))
+                    .collect::<serde_json::Map<_, _>>(),
             });
-            let code = if fresh {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            text(code, "application/json", format!("{body}\n"))
+            if let (true, Some(org)) = (status.single, status.orgs.values().next()) {
+                body["org"] = org.org.clone().into();
+            }
+            text(code(fresh), "application/json", format!("{body}\n"))
+        }
+        path if path.starts_with("/health/") => {
+            match status.orgs.get(&path["/health/".len()..]) {
+                Some(org) => text(
+                    code(org.fresh()),
+                    "application/json",
+                    format!("{}\n", org.health()),
+                ),
+                None => text(StatusCode::NOT_FOUND, "text/plain", "no such org\n".into()),
+            }
         }
         "/api/v1/occupancy" => occupancy(request, &status),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /metrics, /health or /api/v1/occupancy\n".into(),
+            "try /metrics, /health, /health/<org> or /api/v1/occupancy\n".into(),
         ),
     }
 }
 
-/// Subscribers and packet rates per channel, for a bearer of the API's token.
+/// Subscribers and packet rates per channel of one org (`?org=<name>`, which may be left out
+/// when the relay serves one), for a bearer of the API's token.
 fn occupancy(request: &Request<Incoming>, status: &Status) -> Response<Full<Bytes>> {
     let json = |code: StatusCode, body: serde_json::Value| {
         text(code, "application/json", format!("{body}\n"))
@@ -117,12 +165,33 @@ fn occupancy(request: &Request<Incoming>, status: &Status) -> Response<Full<Byte
         );
         return refused;
     }
+    let named = request
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("org="));
+    let org = match (named, status.orgs.len()) {
+        (Some(name), _) => status.orgs.get(name),
+        (None, 1) => status.orgs.values().next(),
+        (None, _) => {
+            let names: Vec<&String> = status.orgs.keys().collect();
+            let why = format!("this relay serves several orgs: add ?org=<name>, one of {names:?}");
+            return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": why }));
+        }
+    };
+    let Some(org) = org else {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": "no such org" }),
+        );
+    };
     json(
         StatusCode::OK,
         serde_json::json!({
-            "org": status.org,
-            "subscribers": status.occupancy.subscribers,
-            "channels": status.occupancy.channels,
+            "org": org.org,
+            "subscribers": org.occupancy.subscribers,
+            "channels": org.occupancy.channels,
         }),
     )
 }

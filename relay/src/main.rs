@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the relay from its configuration file until SIGINT or SIGTERM.
+    /// Run the relay from its configuration file until SIGINT or SIGTERM; SIGHUP re-reads the
+    /// file and starts or stops the orgs that changed.
     Run {
         /// The TOML configuration.
         #[arg(long, short)]
@@ -76,18 +77,59 @@ fn run(path: PathBuf) -> Result<()> {
         let relay = Relay::start(&config)
             .await
             .with_context(|| format!("starting the relay from {}", path.display()))?;
-        // Scripts and tests read these two lines.
-        println!("relay listening on {}", relay.address());
+        // Scripts and tests read these lines.
+        if config.single {
+            println!("relay listening on {}", relay.address());
+        } else {
+            for (name, address) in relay.addresses() {
+                println!("org {name} listening on {address}");
+            }
+        }
         println!("metrics on http://{}/metrics", relay.metrics_addr());
-        let stats = relay.run(shutdown_signal()).await?;
-        if let Some(f) = &stats.forwarding {
-            println!(
-                "stopped: {} packets in, {} out, {} subscribers",
-                f.counts.packets_in, f.counts.packets_out, f.subscribers
-            );
+        let stats = relay.run(shutdown_signal(), reloads(path)).await?;
+        for (name, stats) in &stats {
+            if let Some(f) = &stats.forwarding {
+                let org = if config.single {
+                    String::new()
+                } else {
+                    format!("org {name}: ")
+                };
+                println!(
+                    "stopped: {org}{} packets in, {} out, {} subscribers",
+                    f.counts.packets_in, f.counts.packets_out, f.subscribers
+                );
+            }
         }
         Ok(())
     })
+}
+
+/// The configuration re-read on each SIGHUP (Unix); a file that does not load is logged and
+/// changes nothing.
+fn reloads(path: PathBuf) -> tokio::sync::mpsc::UnboundedReceiver<RelayConfig> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reloads are off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match RelayConfig::load(&path) {
+                Ok(config) => {
+                    tracing::info!(path = %path.display(), "SIGHUP: reloading");
+                    if tx.send(config).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(%e, "SIGHUP: the configuration does not load; nothing changed"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop((tx, path));
+    rx
 }
 
 /// SIGINT (Ctrl-C) or, on Unix, SIGTERM (systemd, docker stop).

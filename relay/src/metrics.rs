@@ -1,20 +1,31 @@
-//! Prometheus metrics (text exposition via `prometheus-client`) fed from the node's counters:
-//! [`RelayMetrics::update`] takes a [`NodeStats`] snapshot and advances each counter by what
-//! changed since the last one.
+//! Prometheus metrics (text exposition via `prometheus-client`) fed from each org's node
+//! counters: [`RelayMetrics::update`] takes an org's [`NodeStats`] snapshot and advances that
+//! org's series (label `org`) by what changed since the last one.
+//!
+//! Drops are one family labelled by org and reason: the forwarder's reasons (`stranger`,
+//! `ratelimited`, `orgratelimited`, ...), the voice plane's (`plane_rate_limited`,
+//! `plane_unauthentic`, ...) and the socket's (`handshake_rate_limited`).
 
 use callsign_node::runtime::NodeStats;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-/// The label of a drop counter.
+/// The label of an org's series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
+struct Org {
+    org: String,
+}
+
+/// The labels of a drop counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Drop {
+    org: String,
     reason: String,
 }
 
@@ -52,23 +63,31 @@ impl EncodeMetric for LatencyHistogram {
     }
 }
 
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
 /// See the module documentation.
 pub struct RelayMetrics {
     registry: Registry,
-    packets_in: Counter,
-    bytes_in: Counter,
-    packets_out: Counter,
-    bytes_out: Counter,
-    drops: Family<Reason, Counter>,
-    subscriptions_refused: Counter,
-    subscribers: Gauge,
-    channels: Gauge,
-    links: Gauge,
-    audio_keys: Gauge,
-    charter_ops: Gauge,
-    latency: LatencyHistogram,
-    last: Option<NodeStats>,
+    packets_in: Family<Org, Counter>,
+    bytes_in: Family<Org, Counter>,
+    packets_out: Family<Org, Counter>,
+    bytes_out: Family<Org, Counter>,
+    drops: Family<Drop, Counter>,
+    subscriptions_refused: Family<Org, Counter>,
+    subscribers: Family<Org, Gauge>,
+    channels: Family<Org, Gauge>,
+    links: Family<Org, Gauge>,
+    audio_keys: Family<Org, Gauge>,
+    charter_ops: Family<Org, Gauge>,
+    latency: Family<Org, LatencyHistogram>,
+    /// Each org's last snapshot's drop counts by reason, and the snapshot's other counters.
+    last: BTreeMap<String, Snapshot>,
 }
+
+/// The cumulative counters of one snapshot, by name.
+type Snapshot = BTreeMap<String, u64>;
 
 impl Default for RelayMetrics {
     fn default() -> Self {
@@ -80,19 +99,19 @@ impl RelayMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("callsign_relay");
         let metrics = Self {
-            packets_in: Counter::default(),
-            bytes_in: Counter::default(),
-            packets_out: Counter::default(),
-            bytes_out: Counter::default(),
+            packets_in: Family::default(),
+            bytes_in: Family::default(),
+            packets_out: Family::default(),
+            bytes_out: Family::default(),
             drops: Family::default(),
-            subscriptions_refused: Counter::default(),
-            subscribers: Gauge::default(),
-            channels: Gauge::default(),
-            links: Gauge::default(),
-            audio_keys: Gauge::default(),
-            charter_ops: Gauge::default(),
-            latency: LatencyHistogram::default(),
-            last: None,
+            subscriptions_refused: Family::default(),
+            subscribers: Family::default(),
+            channels: Family::default(),
+            links: Family::default(),
+            audio_keys: Family::default(),
+            charter_ops: Family::default(),
+            latency: Family::default(),
+            last: BTreeMap::new(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -116,7 +135,11 @@ impl RelayMetrics {
             "Voice bytes sent to subscribers",
             m.bytes_out.clone(),
         );
-        registry.register("drops", "Packets not forwarded, by reason", m.drops.clone());
+        registry.register(
+            "drops",
+            "Packets not forwarded or not let in, by reason",
+            m.drops.clone(),
+        );
         registry.register(
             "subscriptions_refused",
             "Subscriptions refused (not a member, no listen right, bad signature, full)",
@@ -150,44 +173,108 @@ impl RelayMetrics {
         }
     }
 
-    /// Advances the metrics to `stats`.
-    pub fn update(&mut self, stats: NodeStats) {
+    /// Advances `org`'s series to `stats`.
+    pub fn update(&mut self, org: &str, stats: &NodeStats) {
         let Some(now) = &stats.forwarding else {
             return;
         };
-        let before = self.last.as_ref().and_then(|s| s.forwarding.clone());
-        let (c, b) = (&now.counts, before.as_ref().map(|f| &f.counts));
-        let delta = |now: u64, then: Option<u64>| now.saturating_sub(then.unwrap_or(0));
-        self.packets_in
-            .inc_by(delta(c.packets_in, b.map(|b| b.packets_in)));
-        self.bytes_in
-            .inc_by(delta(c.bytes_in, b.map(|b| b.bytes_in)));
-        self.packets_out
-            .inc_by(delta(c.packets_out, b.map(|b| b.packets_out)));
-        self.bytes_out
-            .inc_by(delta(c.bytes_out, b.map(|b| b.bytes_out)));
-        let held: BTreeMap<_, u64> = b.map(|b| b.drops.clone()).unwrap_or_default();
+        let label = Org { org: org.into() };
+        let mut counters: Snapshot = BTreeMap::new();
+        let c = &now.counts;
+        counters.insert("packets_in".into(), c.packets_in);
+        counters.insert("bytes_in".into(), c.bytes_in);
+        counters.insert("packets_out".into(), c.packets_out);
+        counters.insert("bytes_out".into(), c.bytes_out);
+        counters.insert("refused".into(), now.subscriptions_refused);
         for (reason, n) in &c.drops {
-            let label = Reason {
-                reason: format!("{reason:?}").to_lowercase(),
-            };
-            self.drops
-                .get_or_create(&label)
-                .inc_by(delta(*n, held.get(reason).copied()));
+            counters.insert(format!("drop:{reason:?}").to_lowercase(), *n);
         }
-        self.subscriptions_refused.inc_by(delta(
-            now.subscriptions_refused,
-            before.as_ref().map(|f| f.subscriptions_refused),
-        ));
-        self.subscribers.set(now.subscribers as i64);
-        self.channels.set(now.channels.len() as i64);
-        self.links.set(stats.peers.len() as i64);
-        self.audio_keys.set(stats.audio_keys_held as i64);
-        self.charter_ops.set(stats.charter_ops as i64);
-        if let Ok(mut latency) = self.latency.inner.lock() {
+        let plane = &now.links.plane;
+        for (reason, n) in [
+            ("plane_rate_limited", plane.rate_limited),
+            ("plane_unauthentic", plane.unauthentic),
+            ("plane_replayed", plane.replayed),
+            ("plane_unknown_link", plane.unknown_link),
+            ("plane_malformed", plane.malformed),
+            ("queue_full", now.links.queue_full),
+            ("link_malformed", now.links.malformed),
+            ("handshake_rate_limited", now.socket.handshakes_limited),
+        ] {
+            counters.insert(format!("drop:{reason}"), n);
+        }
+        let before = self.last.remove(org).unwrap_or_default();
+        let delta = |name: &str| {
+            counters[name].saturating_sub(before.get(name).copied().unwrap_or(0))
+        };
+        self.packets_in.get_or_create(&label).inc_by(delta("packets_in"));
+        self.bytes_in.get_or_create(&label).inc_by(delta("bytes_in"));
+        self.packets_out.get_or_create(&label).inc_by(delta("packets_out"));
+        self.bytes_out.get_or_create(&label).inc_by(delta("bytes_out"));
+        self.subscriptions_refused
+            .get_or_create(&label)
+            .inc_by(delta("refused"));
+        for name in counters.keys() {
+            if let Some(reason) = name.strip_prefix("drop:") {
+                let drop = Drop {
+                    org: org.into(),
+                    reason: reason.into(),
+                };
+                self.drops.get_or_create(&drop).inc_by(delta(name));
+            }
+        }
+        self.subscribers
+            .get_or_create(&label)
+            .set(now.subscribers as i64);
+        self.channels
+            .get_or_create(&label)
+            .set(now.channels.len() as i64);
+        self.links
+            .get_or_create(&label)
+            .set(stats.peers.len() as i64);
+        self.audio_keys
+            .get_or_create(&label)
+            .set(stats.audio_keys_held as i64);
+        self.charter_ops
+            .get_or_create(&label)
+            .set(stats.charter_ops as i64);
+        if let Ok(mut latency) = self.latency.get_or_create(&label).inner.lock() {
             *latency = (now.latency_us.clone(), now.latency_sum_us);
         }
-        self.last = Some(stats);
+        self.last.insert(org.into(), counters);
+    }
+
+    /// Forgets `org` (no longer served): its series leave the exposition.
+    pub fn remove(&mut self, org: &str) {
+        let label = Org { org: org.into() };
+        for family in [
+            &self.packets_in,
+            &self.bytes_in,
+            &self.packets_out,
+            &self.bytes_out,
+            &self.subscriptions_refused,
+        ] {
+            family.remove(&label);
+        }
+        for family in [
+            &self.subscribers,
+            &self.channels,
+            &self.links,
+            &self.audio_keys,
+            &self.charter_ops,
+        ] {
+            family.remove(&label);
+        }
+        self.latency.remove(&label);
+        if let Some(last) = self.last.remove(org) {
+            for name in last.keys() {
+                if let Some(reason) = name.strip_prefix("drop:") {
+                    self.drops.remove(&Drop {
+                        org: org.into(),
+                        reason: reason.into(),
+                    });
+                }
+            }
+        }
     }
 
     /// The exposition text.

@@ -1,9 +1,15 @@
-//! Runs the relay: unlocks its key, opens the charter mirror, starts the node in relay mode
-//! (forwarding, relay v2 circuits, charter sync; no keys, no presence), serves `/metrics`,
-//! `/health` and the read-only API, and on shutdown says goodbye to every link before it exits.
+//! Runs the relay: unlocks its key, and for each org it serves opens the charter mirror and
+//! starts a node in relay mode (forwarding, relay v2 circuits, charter sync; no keys, no
+//! presence) on the org's own port; serves `/metrics`, `/health` and the read-only API for all
+//! of them; applies a re-read configuration (orgs added, removed or changed) without touching
+//! the orgs that stayed; and on shutdown says goodbye to every link before it exits.
+//!
+//! Orgs share the process, not their state: each has its own socket, node, charter mirror,
+//! queues and limits, so one org's flood meets its own limits (`config::Limits`) and its own
+//! queue, and the others' links never notice a reload.
 
-use crate::config::RelayConfig;
-use crate::http::{serve, Status};
+use crate::config::{OrgConfig, RelayConfig};
+use crate::http::{serve, OrgStatus, Status};
 use crate::metrics::RelayMetrics;
 use crate::store::{CharterStore, StoreError};
 use callsign_api::ApiToken;
@@ -12,14 +18,14 @@ use callsign_mesh::charter::CharterState;
 use callsign_node::runtime::{NodeError, NodeStats};
 use callsign_node::{Node, NodeConfig, NodeEvent};
 use libp2p::Multiaddr;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-
 /// How often the metrics follow the node's counters.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -42,6 +48,12 @@ pub enum RelayError {
     /// The read-only API's token cannot be had (a weak or unset token, an unwritable file).
     #[error("API token: {0}")]
     Api(String),
+    /// One org could not start.
+    #[error("org {org}: {source}")]
+    Org {
+        org: String,
+        source: Box<RelayError>,
+    },
 }
 
 /// Unlocks the relay's key file; the passphrase, if any, comes from the variable `env`.
@@ -59,41 +71,38 @@ pub fn unlock(path: &Path, env: Option<&str>) -> Result<NodeKeys, RelayError> {
         .map_err(key_error)
 }
 
+/// One org being served: its node runs on a task until told to stop.
+struct ServedOrg {
+    config: OrgConfig,
+    address: Multiaddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<NodeStats, NodeError>>,
+}
+
 /// A started relay.
 pub struct Relay {
-    node: Node,
+    keys: NodeKeys,
+    config: RelayConfig,
+    orgs: BTreeMap<String, ServedOrg>,
     status: Arc<Mutex<Status>>,
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
     metrics_addr: SocketAddr,
 }
 
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+    /// Orgs that could not start, with why.
+    pub failed: Vec<(String, String)>,
+}
+
 impl Relay {
-    /// Starts from `config` (inside a tokio runtime).
+    /// Starts every org in `config` (inside a tokio runtime); fails if any cannot start.
     pub async fn start(config: &RelayConfig) -> Result<Self, RelayError> {
         let keys = unlock(&config.key, config.passphrase_env.as_deref())?;
-        let store = CharterStore::open(
-            &config.data_dir,
-            config.org.charter.as_deref(),
-            keys.identity.public(),
-        )?;
-        if let Some(repair) = &store.repaired {
-            tracing::warn!(%repair, "charter log repaired");
-        }
-        let org = store.charter.org();
-        tracing::info!(%org, imported = store.imported, ops = store.charter.len(), "charter");
-        let mut node_config = NodeConfig::new(keys, store.charter, "relay");
-        node_config.listen = config.listen;
-        node_config.bootstrap = config
-            .bootstrap
-            .iter()
-            .filter_map(|a| a.parse::<Multiaddr>().ok())
-            .collect();
-        node_config.relay_circuits = config.circuits;
-        // Voice over TCP rides members' control streams, which a relay does not forward.
-        node_config.tcp_fallback = false;
-        node_config.seed = rand::random();
-        node_config.serve_as_relay(config.limits.forwarder());
         let listener = tokio::net::TcpListener::bind(config.metrics)
             .await
             .map_err(|source| RelayError::Metrics {
@@ -106,22 +115,24 @@ impl Relay {
                 addr: config.metrics,
                 source,
             })?;
-        let api_token = api_token(config)?;
-        let node = Node::start_with_log(node_config, Some(store.log)).await?;
         let status = Arc::new(Mutex::new(Status {
             metrics: RelayMetrics::new(),
-            seen: None,
-            peer_id: node.peer_id().to_string(),
-            org: org.to_string(),
-            links: 0,
-            subscribers: 0,
-            api_token,
-            occupancy: Default::default(),
+            peer_id: keys.identity.peer_id().to_string(),
+            api_token: api_token(config)?,
+            orgs: BTreeMap::new(),
+            single: config.single,
         }));
+        let mut orgs = BTreeMap::new();
+        for org in &config.orgs {
+            let served = start_org(&keys, config, org, &status).await?;
+            orgs.insert(org.name.clone(), served);
+        }
         let (stop, stopped) = watch::channel(false);
         let http = tokio::spawn(serve(listener, status.clone(), stopped));
         Ok(Self {
-            node,
+            keys,
+            config: config.clone(),
+            orgs,
             status,
             stop,
             http,
@@ -129,9 +140,18 @@ impl Relay {
         })
     }
 
-    /// Where members reach the relay (QUIC).
+    /// Where members reach the first org (QUIC).
     pub fn address(&self) -> &Multiaddr {
-        self.node.address()
+        let first = &self.config.orgs[0].name;
+        &self.orgs[first].address
+    }
+
+    /// Where members reach each org, by name.
+    pub fn addresses(&self) -> Vec<(String, Multiaddr)> {
+        self.orgs
+            .iter()
+            .map(|(name, org)| (name.clone(), org.address.clone()))
+            .collect()
     }
 
     /// Where `/metrics` and `/health` answer.
@@ -139,57 +159,240 @@ impl Relay {
         self.metrics_addr
     }
 
-    /// Runs until `shutdown` completes (or the node stops), then closes every link and the
-    /// HTTP endpoints, and returns the final counters.
+    /// Runs until `shutdown` completes (or every org's node stops), applying each
+    /// configuration that arrives on `reloads` (see [`Relay::reload`]); then closes every link
+    /// and the HTTP endpoints, and returns each org's final counters.
     pub async fn run(
         mut self,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<NodeStats, RelayError> {
-        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        mut reloads: mpsc::UnboundedReceiver<RelayConfig>,
+    ) -> Result<BTreeMap<String, NodeStats>, RelayError> {
         tokio::pin!(shutdown);
-        // The channel names for the API, fetched again only when the charter changes.
-        let mut charter: Option<CharterState> = None;
+        let mut watch = tokio::time::interval(POLL_INTERVAL);
+        let mut reloading = true;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = poll.tick() => match self.node.stats().await {
-                    Ok(stats) => {
-                        if charter.is_none() {
-                            charter = self.node.control().charter().await.ok();
-                        }
-                        self.follow(stats, charter.as_ref());
+                config = reloads.recv(), if reloading => match config {
+                    Some(config) => {
+                        let done = self.reload(&config).await;
+                        tracing::info!(?done.started, ?done.stopped, ?done.failed, "reloaded");
                     }
-                    Err(_) => break,
+                    None => reloading = false,
                 },
-                event = self.node.next_event() => match event {
-                    None => break,
-                    Some(event) => {
-                        if matches!(event, NodeEvent::CharterChanged { .. }) {
-                            charter = None;
+                _ = watch.tick() => {
+                    for (name, org) in &self.orgs {
+                        if org.task.is_finished() {
+                            tracing::error!(org = %name, "the org's node stopped");
                         }
-                        log_event(event);
                     }
-                },
+                    if self.orgs.values().all(|o| o.task.is_finished()) {
+                        break;
+                    }
+                }
             }
         }
         tracing::info!("shutting down");
+        let mut last = BTreeMap::new();
+        let names: Vec<String> = self.orgs.keys().cloned().collect();
+        for name in names {
+            if let Some(stats) = self.stop_org(&name).await? {
+                last.insert(name, stats);
+            }
+        }
         let _ = self.stop.send(true);
-        let result = self.node.shutdown().await;
         let _ = self.http.await;
-        Ok(result?)
+        Ok(last)
     }
 
-    fn follow(&self, stats: NodeStats, charter: Option<&CharterState>) {
-        let Ok(mut status) = self.status.lock() else {
-            return;
+    /// Applies a re-read configuration: stops the orgs it no longer lists or whose section
+    /// changed, then starts the new and changed ones. Orgs whose section is the same are not
+    /// touched: their links stay up. Settings of the relay itself (key, metrics address,
+    /// circuits, bootstrap, API) take a restart; a change to them is logged and ignored.
+    pub async fn reload(&mut self, config: &RelayConfig) -> Reloaded {
+        let mut done = Reloaded::default();
+        let itself = |c: &RelayConfig| {
+            (
+                c.key.clone(),
+                c.passphrase_env.clone(),
+                c.metrics,
+                c.circuits,
+                c.bootstrap.clone(),
+                c.api_token_file.clone(),
+                c.api_token_env.clone(),
+            )
         };
-        let now = Instant::now();
-        status.seen = Some(now);
-        status.occupancy.update(&stats, charter, now);
-        status.links = stats.peers.len();
-        status.subscribers = stats.forwarding.as_ref().map_or(0, |f| f.subscribers);
-        status.metrics.update(stats);
+        if itself(config) != itself(&self.config) {
+            tracing::warn!("key, metrics, circuits, bootstrap and API settings take a restart");
+        }
+        let stale: Vec<String> = self
+            .orgs
+            .iter()
+            .filter(|(name, served)| config.org(name) != Some(&served.config))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            match self.stop_org(&name).await {
+                Ok(_) => done.stopped.push(name),
+                Err(e) => done.failed.push((name, e.to_string())),
+            }
+        }
+        for org in &config.orgs {
+            if self.orgs.contains_key(&org.name) {
+                continue;
+            }
+            match start_org(&self.keys, &self.config, org, &self.status).await {
+                Ok(served) => {
+                    tracing::info!(org = %org.name, address = %served.address, "org started");
+                    self.orgs.insert(org.name.clone(), served);
+                    done.started.push(org.name.clone());
+                }
+                Err(e) => {
+                    tracing::error!(org = %org.name, %e, "org did not start");
+                    done.failed.push((org.name.clone(), e.to_string()));
+                }
+            }
+        }
+        self.config.orgs = config.orgs.clone();
+        done
     }
+
+    /// Stops one org's node (goodbyes to its links) and forgets its status and metrics.
+    async fn stop_org(&mut self, name: &str) -> Result<Option<NodeStats>, RelayError> {
+        let Some(org) = self.orgs.remove(name) else {
+            return Ok(None);
+        };
+        let _ = org.stop.send(());
+        let result = org.task.await;
+        if let Ok(mut status) = self.status.lock() {
+            status.orgs.remove(name);
+            status.metrics.remove(name);
+        }
+        match result {
+            Ok(stats) => Ok(Some(stats?)),
+            // The task panicked: nothing to report, and nothing left running.
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// Opens `org`'s mirror, starts its node and the task that serves it.
+async fn start_org(
+    keys: &NodeKeys,
+    relay: &RelayConfig,
+    org: &OrgConfig,
+    status: &Arc<Mutex<Status>>,
+) -> Result<ServedOrg, RelayError> {
+    let store = CharterStore::open(
+        &org.data_dir,
+        org.charter.as_deref(),
+        keys.identity.public(),
+    )
+    .map_err(|e| RelayError::Org {
+        org: org.name.clone(),
+        source: Box::new(e.into()),
+    })?;
+    if let Some(repair) = &store.repaired {
+        tracing::warn!(org = %org.name, %repair, "charter log repaired");
+    }
+    let org_key = store.charter.org();
+    tracing::info!(org = %org.name, key = %org_key, imported = store.imported,
+        ops = store.charter.len(), "charter");
+    let mut node_config = NodeConfig::new(keys.clone(), store.charter, "relay");
+    node_config.listen = org.listen;
+    node_config.bootstrap = relay
+        .bootstrap
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .collect();
+    node_config.relay_circuits = relay.circuits;
+    // Voice over TCP rides members' control streams, which a relay does not forward.
+    node_config.tcp_fallback = false;
+    node_config.seed = rand::random();
+    node_config.serve_as_relay(org.limits.forwarder());
+    node_config.link.plane_rate = Some(org.limits.link_rate());
+    node_config.link.handshake_rate = Some(org.limits.handshake_rate());
+    let node = Node::start_with_log(node_config, Some(store.log))
+        .await
+        .map_err(|e| RelayError::Org {
+            org: org.name.clone(),
+            source: Box::new(e.into()),
+        })?;
+    let address = node.address().clone();
+    if let Ok(mut status) = status.lock() {
+        status.orgs.insert(
+            org.name.clone(),
+            OrgStatus {
+                org: org_key.to_string(),
+                address: address.to_string(),
+                seen: None,
+                links: 0,
+                subscribers: 0,
+                occupancy: Default::default(),
+            },
+        );
+    }
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(serve_org(org.name.clone(), node, status.clone(), stopped));
+    Ok(ServedOrg {
+        config: org.clone(),
+        address,
+        stop,
+        task,
+    })
+}
+
+/// Follows one org's node (stats into the status once a second, events into the log) until
+/// told to stop or the node stops; then shuts it down.
+async fn serve_org(
+    name: String,
+    mut node: Node,
+    status: Arc<Mutex<Status>>,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<NodeStats, NodeError> {
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    // The channel names for the API, fetched again only when the charter changes.
+    let mut charter: Option<CharterState> = None;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = poll.tick() => match node.stats().await {
+                Ok(stats) => {
+                    if charter.is_none() {
+                        charter = node.control().charter().await.ok();
+                    }
+                    follow(&status, &name, stats, charter.as_ref());
+                }
+                Err(_) => break,
+            },
+            event = node.next_event() => match event {
+                None => break,
+                Some(event) => {
+                    if matches!(event, NodeEvent::CharterChanged { .. }) {
+                        charter = None;
+                    }
+                    log_event(&name, event);
+                }
+            },
+        }
+    }
+    node.shutdown().await
+}
+
+fn follow(status: &Mutex<Status>, name: &str, stats: NodeStats, charter: Option<&CharterState>) {
+    let Ok(mut status) = status.lock() else {
+        return;
+    };
+    let status = &mut *status;
+    let Some(org) = status.orgs.get_mut(name) else {
+        return;
+    };
+    let now = Instant::now();
+    org.seen = Some(now);
+    org.occupancy.update(&stats, charter, now);
+    org.links = stats.peers.len();
+    org.subscribers = stats.forwarding.as_ref().map_or(0, |f| f.subscribers);
+    status.metrics.update(name, &stats);
 }
 
 /// The read-only API's token, written to its file (0600) at start; `None` without a file.
@@ -212,17 +415,17 @@ fn api_token(config: &RelayConfig) -> Result<Option<ApiToken>, RelayError> {
     Ok(Some(token))
 }
 
-fn log_event(event: NodeEvent) {
+fn log_event(org: &str, event: NodeEvent) {
     match event {
-        NodeEvent::LinkUp { peer, kind, .. } => tracing::info!(%peer, ?kind, "link up"),
-        NodeEvent::LinkDown { peer } => tracing::info!(%peer, "link down"),
+        NodeEvent::LinkUp { peer, kind, .. } => tracing::info!(org, %peer, ?kind, "link up"),
+        NodeEvent::LinkDown { peer } => tracing::info!(org, %peer, "link down"),
         NodeEvent::SubscriptionRefused { peer, reason } => {
-            tracing::warn!(%peer, %reason, "subscription refused")
+            tracing::warn!(org, %peer, %reason, "subscription refused")
         }
-        NodeEvent::CharterChanged { ops } => tracing::info!(ops, "charter changed"),
-        NodeEvent::Warning(w) => tracing::warn!("{w}"),
+        NodeEvent::CharterChanged { ops } => tracing::info!(org, ops, "charter changed"),
+        NodeEvent::Warning(w) => tracing::warn!(org, "{w}"),
         NodeEvent::Reachability { addr, reachable } => {
-            tracing::info!(%addr, reachable, "reachability")
+            tracing::info!(org, %addr, reachable, "reachability")
         }
         _ => {}
     }

@@ -98,8 +98,14 @@ fn runs_from_a_config_answers_health_and_stops_on_sigterm() {
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains("\"status\":\"ok\""), "{health}");
     let text = http_get(&addr, "/metrics");
-    assert!(text.contains("callsign_relay_charter_ops "), "{text}");
-    assert!(text.contains("callsign_relay_audio_keys_held 0"), "{text}");
+    assert!(
+        text.contains("callsign_relay_charter_ops{org=\"default\"} "),
+        "{text}"
+    );
+    assert!(
+        text.contains("callsign_relay_audio_keys_held{org=\"default\"} 0"),
+        "{text}"
+    );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -74,9 +74,14 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
     let relay_addr = relay.address().clone();
     let metrics = relay.metrics_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay_task = tokio::spawn(relay.run(async {
-        let _ = stopped.await;
-    }));
+    // Reloads are tested with several orgs (tests/orgs.rs); here the sender just stays.
+    let (_reload, reloads) = tokio::sync::mpsc::unbounded_channel();
+    let relay_task = tokio::spawn(relay.run(
+        async {
+            let _ = stopped.await;
+        },
+        reloads,
+    ));
 
     let epoch = Instant::now();
     let mut nodes: Vec<Node> = Vec::new();
@@ -156,22 +161,25 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
         .await
         .unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let out = metric(&text, "callsign_relay_packets_out_total");
-    let packets_in = metric(&text, "callsign_relay_packets_in_total");
+    let out = metric(&text, "callsign_relay_packets_out_total{org=\"default\"}");
+    let packets_in = metric(&text, "callsign_relay_packets_in_total{org=\"default\"}");
     assert!(packets_in >= 60.0 && out >= 7.0 * 60.0, "{text}");
     assert_eq!(
-        metric(&text, "callsign_relay_subscriptions_refused_total"),
+        metric(&text, "callsign_relay_subscriptions_refused_total{org=\"default\"}"),
         1.0
     );
-    assert_eq!(metric(&text, "callsign_relay_audio_keys_held"), 0.0);
+    assert_eq!(metric(&text, "callsign_relay_audio_keys_held{org=\"default\"}"), 0.0);
     // The exposition format spells the last bucket `+Inf`, and it counts every observation.
     let inf = metric(
         &text,
-        "callsign_relay_forward_latency_seconds_bucket{le=\"+Inf\"}",
+        "callsign_relay_forward_latency_seconds_bucket{le=\"+Inf\",org=\"default\"}",
     );
     assert_eq!(
         inf,
-        metric(&text, "callsign_relay_forward_latency_seconds_count"),
+        metric(
+            &text,
+            "callsign_relay_forward_latency_seconds_count{org=\"default\"}"
+        ),
         "{text}"
     );
     assert!(inf > 0.0, "{text}");
@@ -219,7 +227,7 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
     // A graceful stop closes the links at once: members go back to the mesh.
     stop.send(()).unwrap();
     let final_stats = relay_task.await.unwrap().unwrap();
-    assert_eq!(final_stats.audio_keys_held, 0);
+    assert_eq!(final_stats["default"].audio_keys_held, 0);
     let stopped_at = Instant::now();
     let on_mesh = |e: &NodeEvent| matches!(e, NodeEvent::RouteChanged { channel, route: Route::Mesh } if *channel == org.flight);
     for node in &mut nodes {
