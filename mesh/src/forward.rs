@@ -25,8 +25,8 @@
 //! relay itself, if it is a member, and is never forwarded.
 
 use crate::charter::{ChannelId, CharterState, Permissions};
-use crate::voice::{ReplayWindow, SenderShortId, VoiceFlags, VoiceHeader, MAX_CHANNELS};
 use crate::rate::{Rate, TokenBucket};
+use crate::voice::{ReplayWindow, SenderShortId, VoiceFlags, VoiceHeader, MAX_CHANNELS};
 use callsign_keys::context::SUBSCRIPTION;
 use callsign_keys::{Identity, IdentityKey, Signature};
 use serde::{Deserialize, Serialize};

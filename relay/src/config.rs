@@ -230,10 +230,12 @@ impl Limits {
             || self.handshakes_per_second == 0
             || self.handshake_burst == 0
         {
-            return Err("limits: max_subscribers, packets_per_second, org_packets_per_second, \
+            return Err(
+                "limits: max_subscribers, packets_per_second, org_packets_per_second, \
                         link_packets_per_second, handshakes_per_second and handshake_burst \
                         must be positive, max_packet at least 64"
-                .into());
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -327,7 +329,9 @@ impl RelayConfig {
                 let listen = match (file.listen, org.listen) {
                     (Some(l), None) | (None, Some(l)) => l,
                     (Some(_), Some(_)) => {
-                        return Err(invalid("listen: set it once, at the top or in [org]".into()))
+                        return Err(invalid(
+                            "listen: set it once, at the top or in [org]".into(),
+                        ))
                     }
                     (None, None) => return Err(invalid("missing `listen`".into())),
                 };
@@ -352,10 +356,9 @@ impl RelayConfig {
                 }
                 let mut orgs = Vec::new();
                 for (i, org) in sections.iter().enumerate() {
-                    let name = org
-                        .name
-                        .clone()
-                        .ok_or_else(|| invalid(format!("[[org]] number {}: missing name", i + 1)))?;
+                    let name = org.name.clone().ok_or_else(|| {
+                        invalid(format!("[[org]] number {}: missing name", i + 1))
+                    })?;
                     let listen = org
                         .listen
                         .ok_or_else(|| invalid(format!("org {name:?}: missing listen")))?;
@@ -451,9 +454,7 @@ mod tests {
     fn a_minimal_file_parses_with_default_limits() {
         let c = RelayConfig::parse(GOOD).unwrap();
         assert!(c.circuits && c.single);
-        let [org] = &c.orgs[..] else {
-            panic!("{c:?}")
-        };
+        let [org] = &c.orgs[..] else { panic!("{c:?}") };
         assert_eq!(org.name, DEFAULT_ORG_NAME);
         assert_eq!(org.limits, Limits::default());
         assert_eq!(org.charter.as_deref(), Some(Path::new("org.charter")));

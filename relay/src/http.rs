@@ -120,16 +120,14 @@ fn answer(request: &Request<Incoming>, status: &Mutex<Status>) -> Response<Full<
             }
             text(code(fresh), "application/json", format!("{body}\n"))
         }
-        path if path.starts_with("/health/") => {
-            match status.orgs.get(&path["/health/".len()..]) {
-                Some(org) => text(
-                    code(org.fresh()),
-                    "application/json",
-                    format!("{}\n", org.health()),
-                ),
-                None => text(StatusCode::NOT_FOUND, "text/plain", "no such org\n".into()),
-            }
-        }
+        path if path.starts_with("/health/") => match status.orgs.get(&path["/health/".len()..]) {
+            Some(org) => text(
+                code(org.fresh()),
+                "application/json",
+                format!("{}\n", org.health()),
+            ),
+            None => text(StatusCode::NOT_FOUND, "text/plain", "no such org\n".into()),
+        },
         "/api/v1/occupancy" => occupancy(request, &status),
         _ => text(
             StatusCode::NOT_FOUND,

@@ -74,6 +74,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(path: PathBuf) -> Result<()> {
     let config = RelayConfig::load(&path)?;
     runtime()?.block_on(async {
+        let reloads = reloads(path.clone());
         let relay = Relay::start(&config)
             .await
             .with_context(|| format!("starting the relay from {}", path.display()))?;
@@ -86,7 +87,7 @@ fn run(path: PathBuf) -> Result<()> {
             }
         }
         println!("metrics on http://{}/metrics", relay.metrics_addr());
-        let stats = relay.run(shutdown_signal(), reloads(path)).await?;
+        let stats = relay.run(shutdown_signal(), reloads).await?;
         for (name, stats) in &stats {
             if let Some(f) = &stats.forwarding {
                 let org = if config.single {
@@ -109,24 +110,30 @@ fn run(path: PathBuf) -> Result<()> {
 fn reloads(path: PathBuf) -> tokio::sync::mpsc::UnboundedReceiver<RelayConfig> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
+        // Installed now, before the addresses are printed: a SIGHUP's default action is to
+        // end the process.
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP: reloads are off");
-            return;
+            return rx;
         };
-        while hangups.recv().await.is_some() {
-            match RelayConfig::load(&path) {
-                Ok(config) => {
-                    tracing::info!(path = %path.display(), "SIGHUP: reloading");
-                    if tx.send(config).is_err() {
-                        return;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match RelayConfig::load(&path) {
+                    Ok(config) => {
+                        tracing::info!(path = %path.display(), "SIGHUP: reloading");
+                        if tx.send(config).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(%e, "SIGHUP: the configuration does not load; nothing changed")
                     }
                 }
-                Err(e) => tracing::error!(%e, "SIGHUP: the configuration does not load; nothing changed"),
             }
-        }
-    });
+        });
+    }
     #[cfg(not(unix))]
     drop((tx, path));
     rx

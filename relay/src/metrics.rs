@@ -203,13 +203,20 @@ impl RelayMetrics {
             counters.insert(format!("drop:{reason}"), n);
         }
         let before = self.last.remove(org).unwrap_or_default();
-        let delta = |name: &str| {
-            counters[name].saturating_sub(before.get(name).copied().unwrap_or(0))
-        };
-        self.packets_in.get_or_create(&label).inc_by(delta("packets_in"));
-        self.bytes_in.get_or_create(&label).inc_by(delta("bytes_in"));
-        self.packets_out.get_or_create(&label).inc_by(delta("packets_out"));
-        self.bytes_out.get_or_create(&label).inc_by(delta("bytes_out"));
+        let delta =
+            |name: &str| counters[name].saturating_sub(before.get(name).copied().unwrap_or(0));
+        self.packets_in
+            .get_or_create(&label)
+            .inc_by(delta("packets_in"));
+        self.bytes_in
+            .get_or_create(&label)
+            .inc_by(delta("bytes_in"));
+        self.packets_out
+            .get_or_create(&label)
+            .inc_by(delta("packets_out"));
+        self.bytes_out
+            .get_or_create(&label)
+            .inc_by(delta("bytes_out"));
         self.subscriptions_refused
             .get_or_create(&label)
             .inc_by(delta("refused"));

@@ -186,3 +186,64 @@ fn the_bench_runs_both_forwarders_and_every_copy_arrives() {
     }
     assert!(report["efficiency_ratio"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn sighup_starts_an_org_added_to_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = make_key(dir.path());
+    write_charter(dir.path(), Some(relay));
+    let orgs = |names: &[&str]| {
+        let mut text = "version = 1\nkey = \"relay.key\"\nmetrics = \"127.0.0.1:0\"\n\
+                        data_dir = \"state\"\n"
+            .to_string();
+        for name in names {
+            text += &format!(
+                "[[org]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ncharter = \"org.charter\"\n"
+            );
+        }
+        text
+    };
+    std::fs::write(dir.path().join("relay.toml"), orgs(&["alpha"])).unwrap();
+    let mut child = start(dir.path());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    assert!(
+        listening.starts_with("org alpha listening on /ip4/127.0.0.1/udp/"),
+        "{listening}"
+    );
+    let metrics = lines.next().unwrap().unwrap();
+    let addr = metrics
+        .strip_prefix("metrics on http://")
+        .and_then(|m| m.strip_suffix("/metrics"))
+        .unwrap()
+        .to_string();
+    assert!(http_get(&addr, "/health/bravo").starts_with("HTTP/1.1 404"));
+    // A broken file changes nothing; the relay keeps running.
+    std::fs::write(dir.path().join("relay.toml"), "version = 1\n[[org]]\n").unwrap();
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    hup();
+    std::fs::write(dir.path().join("relay.toml"), orgs(&["alpha", "bravo"])).unwrap();
+    hup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = http_get(&addr, "/health/bravo");
+        if health.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{health}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(http_get(&addr, "/health/alpha").starts_with("HTTP/1.1 200"));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+}

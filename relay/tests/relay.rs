@@ -165,10 +165,16 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
     let packets_in = metric(&text, "callsign_relay_packets_in_total{org=\"default\"}");
     assert!(packets_in >= 60.0 && out >= 7.0 * 60.0, "{text}");
     assert_eq!(
-        metric(&text, "callsign_relay_subscriptions_refused_total{org=\"default\"}"),
+        metric(
+            &text,
+            "callsign_relay_subscriptions_refused_total{org=\"default\"}"
+        ),
         1.0
     );
-    assert_eq!(metric(&text, "callsign_relay_audio_keys_held{org=\"default\"}"), 0.0);
+    assert_eq!(
+        metric(&text, "callsign_relay_audio_keys_held{org=\"default\"}"),
+        0.0
+    );
     // The exposition format spells the last bucket `+Inf`, and it counts every observation.
     let inf = metric(
         &text,

@@ -16,13 +16,13 @@
 //! [`LinkSocket::send_many`] sends a batch of them from the endpoint's port.
 
 use super::plane::{is_plane, PlaneReceivers};
+use callsign_mesh::rate::{Rate, TokenBucket};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
-use callsign_mesh::rate::{Rate, TokenBucket};
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -496,7 +496,10 @@ impl AsyncUdpSocket for SharedSocket {
                             // With the fixed bit clear quinn drops it unread (as it does
                             // plane datagrams) and answers nothing.
                             segment[0] = 0;
-                            self.0.stats.handshakes_limited.fetch_add(1, Ordering::Relaxed);
+                            self.0
+                                .stats
+                                .handshakes_limited
+                                .fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                     }
@@ -700,7 +703,9 @@ mod tests {
         // share one bucket (its burst, then nothing).
         let spoofed = (0..HandshakeLimiter::MAX_SOURCES as u32 * 2)
             .filter(|i| {
-                let ip = IpAddr::from(std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | *i as u128));
+                let ip = IpAddr::from(std::net::Ipv6Addr::from(
+                    0x2001_0db8_u128 << 96 | *i as u128,
+                ));
                 limiter.admit(ip) && limiter.admit(ip) && limiter.admit(ip)
             })
             .count();

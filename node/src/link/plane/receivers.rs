@@ -8,12 +8,12 @@ use crate::link::links::{
     IncomingDatagram, DATAGRAM_VERSION, FRAME_HEADER, KIND_APP, KIND_HEARTBEAT,
 };
 use bytes::Bytes;
+use callsign_mesh::rate::{Rate, TokenBucket};
 use libp2p::PeerId;
 use ring::aead::{Aad, LessSafeKey};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use callsign_mesh::rate::{Rate, TokenBucket};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::mpsc;
 
@@ -179,7 +179,9 @@ impl PlaneReceivers {
         if let Some(rate) = self.rate.get() {
             // Whoever knows the link id spends its tokens: only the two ends and the path
             // between them, which could as well drop the datagrams.
-            let bucket = link.bucket.get_or_insert_with(|| TokenBucket::new(*rate, now));
+            let bucket = link
+                .bucket
+                .get_or_insert_with(|| TokenBucket::new(*rate, now));
             if !bucket.take(*rate, now) {
                 return Err(PlaneDrop::RateLimited);
             }
