@@ -247,3 +247,49 @@ fn sighup_starts_an_org_added_to_the_file() {
     assert!(status.success());
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn the_orgs_bench_keeps_a_quiet_org_whole_while_another_floods() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--orgs",
+            "2",
+            "--subscribers",
+            "3",
+            "--seconds",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for org in report["quiet"]["orgs"].as_array().unwrap() {
+        assert_eq!(org["copies_delivered"], org["copies_expected"], "{report}");
+    }
+    let flood = &report["flood"];
+    // org0 sent 20 × 100 packets a second: most were refused, by its link's limit before
+    // decryption or by its members' limit after.
+    assert!(
+        flood["orgs"][0]["packets_sent"].as_u64().unwrap() >= 1900,
+        "{report}"
+    );
+    let refused: u64 = ["org0/plane_rate_limited", "org0/ratelimited"]
+        .iter()
+        .filter_map(|k| flood["drops"][*k].as_u64())
+        .sum();
+    assert!(refused >= 1500, "{report}");
+    assert!(
+        flood["drops"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| k.starts_with("org0/")),
+        "{report}"
+    );
+    assert_eq!(
+        flood["orgs"][1]["copies_delivered"], flood["orgs"][1]["copies_expected"],
+        "{report}"
+    );
+}

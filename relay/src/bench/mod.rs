@@ -14,6 +14,7 @@
 //! forwarder's CPU share, sender-to-subscriber latency p50/p99, and the relay/baseline ratios.
 
 mod baseline;
+mod orgs;
 mod process;
 mod relayed;
 
@@ -46,6 +47,16 @@ pub struct BenchOptions {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Serve this many orgs from one relay process (each with `--subscribers` members and
+    /// `--speakers` speakers), quiet and then with the first org flooding; no baseline.
+    #[arg(long, default_value_t = 1)]
+    pub orgs: usize,
+    /// With `--orgs`: the flooding org's speakers send this many times `--member-limit`.
+    #[arg(long, default_value_t = 20)]
+    pub flood: u32,
+    /// With `--orgs`: packets per second the relay lets each member send.
+    #[arg(long, default_value_t = 100)]
+    pub member_limit: u32,
 }
 
 /// One forwarder's numbers.
@@ -90,10 +101,22 @@ pub fn run(options: BenchOptions) -> Result<()> {
     if options.rate == 0 || options.seconds <= 0.0 {
         bail!("rate and seconds must be positive");
     }
+    if options.orgs == 0 || options.member_limit == 0 {
+        bail!("orgs and member-limit must be positive");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if options.orgs > 1 {
+        let report = runtime.block_on(orgs::measure(&options))?;
+        if options.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            orgs::print(&report);
+        }
+        return Ok(());
+    }
     let baseline = runtime.block_on(baseline::measure(&options))?;
     let relay = runtime.block_on(relayed::measure(&options))?;
     let report = BenchReport {

@@ -16,31 +16,47 @@ use callsign_node::link::LinkSocket;
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The org, the relay's files and everyone's keys.
-struct BenchOrg {
-    dir: std::path::PathBuf,
+/// One org: everyone's keys and the bench channel.
+pub(super) struct BenchOrg {
+    pub(super) name: String,
     members: Vec<NodeKeys>,
     org: callsign_keys::IdentityKey,
     channel: ChannelId,
 }
 
-fn bench_org(subscribers: usize) -> Result<BenchOrg> {
-    let dir = std::env::temp_dir().join(format!("callsign-relay-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+/// The relay's files and the orgs it serves.
+pub(super) struct BenchSetup {
+    dir: std::path::PathBuf,
+    pub(super) orgs: Vec<BenchOrg>,
+}
+
+impl Drop for BenchSetup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An org named `name` with `subscribers` members who may all speak and listen on `/ops`,
+/// renting `relay`; its bundle goes to `dir/<name>.charter`.
+fn bench_org(
+    dir: &std::path::Path,
+    name: &str,
+    subscribers: usize,
+    relay: &NodeKeys,
+) -> Result<BenchOrg> {
     let mut rng = rand::rngs::OsRng;
     let root = Identity::generate(&mut rng);
-    let relay = NodeKeys::generate(&mut rng);
     let members: Vec<NodeKeys> = (0..subscribers)
         .map(|_| NodeKeys::generate(&mut rng))
         .collect();
-    let (mut charter, _) = Charter::create(&root, "bench", 0)?;
+    let (mut charter, _) = Charter::create(&root, name, 0)?;
     let everything = Permissions::LISTEN.union(Permissions::SPEAK);
     charter.edit(
         &root,
@@ -87,21 +103,12 @@ fn bench_org(subscribers: usize) -> Result<BenchOrg> {
         &charter.org(),
         charter.dag().iter().map(|o| o.encoded.as_slice()),
     );
-    std::fs::write(dir.join("org.charter"), bundle)?;
-    KeyFile::seal(&relay, None, &mut rng)?.save(&dir.join("relay.key"), true)?;
-    std::fs::write(
-        dir.join("relay.toml"),
-        format!(
-            "version = 1\nkey = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n\
-             metrics = \"127.0.0.1:0\"\ndata_dir = \"state\"\ncircuits = false\n\
-             [org]\ncharter = \"org.charter\"\n[limits]\nmax_subscribers = {subscribers}\n\
-             packets_per_second = 100000\nburst = 1000\n"
-        ),
-    )?;
+    let file = dir.join(format!("{name}.charter"));
+    std::fs::write(&file, bundle)?;
     // Fail here, with the store's reason, rather than in the child.
     CharterStore::open(
-        &dir.join("check"),
-        Some(&dir.join("org.charter")),
+        &dir.join("check").join(name),
+        Some(&file),
         relay.identity.public(),
     )?;
     let channel = charter
@@ -109,11 +116,46 @@ fn bench_org(subscribers: usize) -> Result<BenchOrg> {
         .find("/ops")
         .ok_or_else(|| anyhow!("the bench channel is missing"))?;
     Ok(BenchOrg {
-        dir,
+        name: name.to_string(),
         members,
         org: charter.org(),
         channel,
     })
+}
+
+/// `orgs` orgs of `subscribers` members each, and a relay config serving them with `limits`
+/// (a TOML `[limits]` body). One org uses the original `[org]` form, more use `[[org]]`.
+pub(super) fn bench_setup(orgs: usize, subscribers: usize, limits: &str) -> Result<BenchSetup> {
+    let dir = std::env::temp_dir().join(format!("callsign-relay-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let relay = NodeKeys::generate(&mut rand::rngs::OsRng);
+    KeyFile::seal(&relay, None, &mut rand::rngs::OsRng)?.save(&dir.join("relay.key"), true)?;
+    let mut config = "version = 1\nkey = \"relay.key\"\nmetrics = \"127.0.0.1:0\"\n\
+                      data_dir = \"state\"\ncircuits = false\n"
+        .to_string();
+    let setup = BenchSetup {
+        orgs: (0..orgs)
+            .map(|i| bench_org(&dir, &format!("org{i}"), subscribers, &relay))
+            .collect::<Result<_>>()?,
+        dir,
+    };
+    if orgs == 1 {
+        config += "listen = \"127.0.0.1:0\"\n";
+    }
+    config += &format!("[limits]\nmax_subscribers = {subscribers}\n{limits}\n");
+    if orgs == 1 {
+        config += "[org]\ncharter = \"org0.charter\"\n";
+    } else {
+        for org in &setup.orgs {
+            config += &format!(
+                "[[org]]\nname = \"{0}\"\nlisten = \"127.0.0.1:0\"\ncharter = \"{0}.charter\"\n",
+                org.name
+            );
+        }
+    }
+    std::fs::write(setup.dir.join("relay.toml"), config)?;
+    Ok(setup)
 }
 
 /// `GET path` on the relay's metrics address.
@@ -207,7 +249,7 @@ impl Client {
     }
 }
 
-/// The relay's `/health` `subscribers` figure.
+/// The relay's `/health` `subscribers` figure (all orgs).
 fn subscribers(metrics: SocketAddr) -> Option<usize> {
     let response = http_get(metrics, "/health").ok()?;
     let body = response.split("\r\n\r\n").nth(1)?;
@@ -215,91 +257,200 @@ fn subscribers(metrics: SocketAddr) -> Option<usize> {
     health.get("subscribers")?.as_u64().map(|n| n as usize)
 }
 
-pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
-    let org = bench_org(options.subscribers)?;
+/// The relay's drop counters, by (org, reason), from `/metrics`.
+fn drops(metrics: SocketAddr) -> BTreeMap<(String, String), u64> {
+    let Ok(text) = http_get(metrics, "/metrics") else {
+        return BTreeMap::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("callsign_relay_drops_total{org=\"")?;
+            let (org, rest) = rest.split_once("\",reason=\"")?;
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((
+                (org.to_string(), reason.to_string()),
+                value.trim().parse().ok()?,
+            ))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// What one org's members sent and heard in a run.
+pub(super) struct OrgHeard {
+    pub(super) sent: u64,
+    pub(super) heard: Heard,
+}
+
+/// One run of the relay process.
+pub(super) struct Run {
+    pub(super) orgs: Vec<OrgHeard>,
+    pub(super) cpu: Duration,
+    pub(super) elapsed: Duration,
+    pub(super) peak_rss_kib: u64,
+    /// Drops by (org, reason) at the end.
+    pub(super) drops: BTreeMap<(String, String), u64>,
+}
+
+/// Starts the relay from `setup`, links and subscribes every member, then for
+/// `options.seconds` has each org's first `options.speakers` members send `per_tick(org)`
+/// packets each per tick of `options.rate`, and counts what everyone hears.
+pub(super) async fn run(
+    options: &BenchOptions,
+    setup: &BenchSetup,
+    per_tick: impl Fn(usize) -> usize,
+) -> Result<Run> {
     let child = Measured::spawn(&[
         "run".into(),
         "--config".into(),
-        org.dir.join("relay.toml").display().to_string(),
+        setup.dir.join("relay.toml").display().to_string(),
     ])?;
-    let relay_addr: Multiaddr = child.line("relay listening on")?.parse()?;
+    let addresses: Vec<Multiaddr> = if setup.orgs.len() == 1 {
+        vec![child.line("relay listening on")?.parse()?]
+    } else {
+        setup
+            .orgs
+            .iter()
+            .map(|org| {
+                Ok(child
+                    .line(&format!("org {} listening on", org.name))?
+                    .parse()?)
+            })
+            .collect::<Result<_>>()?
+    };
     let metrics: SocketAddr = child
         .line("metrics on http://")?
         .trim_end_matches("/metrics")
         .parse()?;
-    let relay_peer = relay_addr
+    let relay_peer = addresses[0]
         .iter()
         .find_map(|p| match p {
             libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
             _ => None,
         })
         .ok_or_else(|| anyhow!("the relay's address names no peer"))?;
-    let times = SendTimes::new(options.speakers);
-    let speakers: Arc<Vec<SenderShortId>> = Arc::new(
-        org.members[..options.speakers]
-            .iter()
-            .map(|k| SenderShortId::of(&k.identity.public()))
-            .collect(),
-    );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Per org: the speakers' short ids, their send times, their links, the listeners' tasks.
+    let mut speakers = Vec::new();
+    let mut times = Vec::new();
     let mut links = Vec::new();
     let mut tasks = Vec::new();
-    for keys in &org.members {
-        let client = Client::connect(keys, &org, &relay_addr, relay_peer)?;
-        links.push(client.network.links.clone());
-        tasks.push(tokio::spawn(client.run(
-            speakers.clone(),
-            times.clone(),
-            stop.clone(),
-        )));
+    for (org, address) in setup.orgs.iter().zip(&addresses) {
+        let ids: Arc<Vec<SenderShortId>> = Arc::new(
+            org.members[..options.speakers]
+                .iter()
+                .map(|k| SenderShortId::of(&k.identity.public()))
+                .collect(),
+        );
+        let sent_at = SendTimes::new(options.speakers);
+        let mut org_links = Vec::new();
+        let mut org_tasks = Vec::new();
+        for keys in &org.members {
+            let client = Client::connect(keys, org, address, relay_peer)?;
+            org_links.push(client.network.links.clone());
+            org_tasks.push(tokio::spawn(client.run(
+                ids.clone(),
+                sent_at.clone(),
+                stop.clone(),
+            )));
+        }
+        speakers.push(ids);
+        times.push(sent_at);
+        links.push(org_links);
+        tasks.push(org_tasks);
     }
     // Everyone linked and subscribed before the clock starts.
+    let everyone = options.subscribers * setup.orgs.len();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let n = tokio::task::spawn_blocking(move || subscribers(metrics))
             .await?
             .unwrap_or(0);
-        if n == options.subscribers {
+        if n == everyone {
             break;
         }
         if Instant::now() > deadline {
-            bail!("only {n} of {} subscribers got in", options.subscribers);
+            bail!("only {n} of {everyone} subscribers got in");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut rng = rand::rngs::OsRng;
-    let keys: Vec<SenderKey> = (0..options.speakers)
-        .map(|_| SenderKey::generate(1, &mut rng))
+    let keys: Vec<Vec<SenderKey>> = setup
+        .orgs
+        .iter()
+        .map(|_| {
+            (0..options.speakers)
+                .map(|_| SenderKey::generate(1, &mut rng))
+                .collect()
+        })
         .collect();
+    let counts: Vec<usize> = (0..setup.orgs.len()).map(&per_tick).collect();
     let payload = vec![0x5a; options.payload];
+    let mut sent = vec![0u64; setup.orgs.len()];
     let cpu_before = child.cpu()?;
     let started = Instant::now();
-    let sent = speak(options, |speaker, seq| {
-        let header = VoiceHeader {
-            flags: VoiceFlags::empty(),
-            channels: vec![org.channel],
-            sender: speakers[speaker],
-            sequence: seq,
-            timestamp: u32::from(seq) * 960,
-            key_id: keys[speaker].id(),
-        };
-        if let Ok(packet) = keys[speaker].seal(&header, &payload) {
-            times.sent(speaker, seq);
-            let _ = links[speaker].send_datagram(&relay_peer, &envelope(&packet));
+    speak(options, |speaker, tick| {
+        for (o, org) in setup.orgs.iter().enumerate() {
+            for k in 0..counts[o] {
+                let seq = (usize::from(tick) * counts[o] + k) as u16;
+                let header = VoiceHeader {
+                    flags: VoiceFlags::empty(),
+                    channels: vec![org.channel],
+                    sender: speakers[o][speaker],
+                    sequence: seq,
+                    timestamp: u32::from(seq) * 960,
+                    key_id: keys[o][speaker].id(),
+                };
+                if let Ok(packet) = keys[o][speaker].seal(&header, &payload) {
+                    times[o].sent(speaker, seq);
+                    let _ = links[o][speaker].send_datagram(&relay_peer, &envelope(&packet));
+                    sent[o] += 1;
+                }
+            }
         }
     })
     .await;
     let elapsed = started.elapsed();
     let cpu = child.cpu()? - cpu_before;
-    let peak = child.peak_rss_kib();
+    let peak_rss_kib = child.peak_rss_kib();
+    let drops = tokio::task::spawn_blocking(move || drops(metrics)).await?;
     stop.store(true, Ordering::Relaxed);
-    let mut heard = Heard::default();
-    for task in tasks {
-        heard.merge(task.await?);
+    let mut orgs = Vec::new();
+    for (org_tasks, sent) in tasks.into_iter().zip(sent) {
+        let mut heard = Heard::default();
+        for task in org_tasks {
+            heard.merge(task.await?);
+        }
+        orgs.push(OrgHeard { sent, heard });
     }
     drop(child);
-    let _ = std::fs::remove_dir_all(&org.dir);
+    Ok(Run {
+        orgs,
+        cpu,
+        elapsed,
+        peak_rss_kib,
+        drops,
+    })
+}
+
+/// The relay alone: one org, limits out of the way, every speaker at the bench's rate.
+pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
+    // All the bench's members share one source address, so its handshake limit is lifted too.
+    let setup = bench_setup(
+        1,
+        options.subscribers,
+        "packets_per_second = 100000\nburst = 1000\n\
+         handshakes_per_second = 100000\nhandshake_burst = 100000",
+    )?;
+    let mut run = run(options, &setup, |_| 1).await?;
+    let org = run.orgs.remove(0);
     Ok(measurement(
-        "relay", options, sent, heard, cpu, elapsed, peak,
+        "relay",
+        options,
+        org.sent,
+        org.heard,
+        run.cpu,
+        run.elapsed,
+        run.peak_rss_kib,
     ))
 }
