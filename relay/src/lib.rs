@@ -1,13 +1,15 @@
-//! The relay node an org rents (a VPS): it forwards members' end-to-end encrypted voice to the
-//! members who subscribe, serves relay v2 circuits to members behind NATs, mirrors the org's
-//! charter, and reports what it does on `/metrics` (Prometheus text) and `/health`.
+//! The relay node orgs rent (a VPS): for each org it serves (one, or several in one process,
+//! each on its own port) it forwards members' end-to-end encrypted voice to the members who
+//! subscribe, serves relay v2 circuits to members behind NATs, mirrors the org's charter, and
+//! reports what it does on `/metrics` (Prometheus text, labelled by org) and `/health`.
 //!
 //! - [`config`]: the TOML file it runs from.
-//! - [`store`]: the charter mirror on disk (first filled from an admin's export).
-//! - [`metrics`]: Prometheus metrics from the node's counters.
-//! - [`http`]: the `/metrics` and `/health` endpoints.
-//! - [`service`]: starts the node in relay mode and runs until told to stop.
-//! - [`bench`]: one sender to many subscribers over loopback, against a plain UDP forwarder.
+//! - [`store`]: an org's charter mirror on disk (first filled from an admin's export).
+//! - [`metrics`]: Prometheus metrics from each org's node counters.
+//! - [`http`]: the `/metrics`, `/health` and API endpoints.
+//! - [`service`]: starts a node in relay mode per org, applies reloads, runs until told to stop.
+//! - [`bench`]: one sender to many subscribers over loopback, against a plain UDP forwarder;
+//!   or several orgs, one flooding.
 //!
 //! Must not: hold or ask for a voice key (the relay is no member; the charter's key schedule
 //! never grants it one), decide protocol questions (forwarding rules live in

@@ -12,6 +12,9 @@
 //! the measurement, so the parent's own work (the subscribers) does not count. Reported:
 //! copies delivered per second, copies per CPU-second of the forwarder ("per core"), the
 //! forwarder's CPU share, sender-to-subscriber latency p50/p99, and the relay/baseline ratios.
+//!
+//! With `--orgs N` ([`orgs`]) the relay serves N orgs at once instead, measured quiet and then
+//! with the first org flooding, and the report is per org.
 
 mod baseline;
 mod orgs;
