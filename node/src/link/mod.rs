@@ -88,6 +88,7 @@ macro_rules! delegate_connection_hooks {
 }
 
 mod batch;
+pub mod boxed;
 pub mod config;
 pub mod control;
 pub mod dscp;

@@ -33,6 +33,7 @@
 //!
 //! The simulator therefore drives `QuicTransport` + `Links` directly for anything timing-sensitive.
 
+use super::boxed::Boxed;
 use super::config::LinkConfig;
 use super::control::ControlBehaviour;
 use super::links::{DatagramReceiver, Links};
@@ -88,13 +89,15 @@ pub fn answer_echo(swarm: &mut Swarm<NodeBehaviour>, event: &mut Option<NodeBeha
 /// The node's composed behaviour.
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
-    pub identify: Toggle<identify::Behaviour>,
-    pub ping: Toggle<ping::Behaviour>,
+    // Behaviours a node may run without have their handlers boxed (`link::boxed`): off, they
+    // cost each connection a pointer, not their handler's size.
+    pub identify: Toggle<Boxed<identify::Behaviour>>,
+    pub ping: Toggle<Boxed<ping::Behaviour>>,
     pub relay_client: relay::client::Behaviour,
-    pub relay_server: Toggle<MemberRelay>,
-    pub autonat: Toggle<autonat::Behaviour>,
+    pub relay_server: Toggle<Boxed<MemberRelay>>,
+    pub autonat: Toggle<Boxed<autonat::Behaviour>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    pub kad: Toggle<Boxed<kad::Behaviour<kad::store::MemoryStore>>>,
     pub echo: EchoBehaviour,
     pub control: ControlBehaviour,
 }
@@ -214,39 +217,39 @@ pub fn build_swarm(
             Ok(NodeBehaviour {
                 identify: timed
                     .then(|| {
-                        identify::Behaviour::new(
+                        Boxed(identify::Behaviour::new(
                             identify::Config::new(PROTOCOL_VERSION.into(), key.public())
                                 .with_agent_version(format!(
                                     "callsign/{}",
                                     env!("CARGO_PKG_VERSION")
                                 )),
-                        )
+                        ))
                     })
                     .into(),
                 ping: timed
                     .then(|| {
-                        ping::Behaviour::new(
+                        Boxed(ping::Behaviour::new(
                             ping::Config::new().with_interval(config.ping_interval),
-                        )
+                        ))
                     })
                     .into(),
                 relay_client,
                 relay_server: config
                     .relay_for
                     .as_ref()
-                    .map(|allow| MemberRelay::new(peer, allow.clone(), timed))
+                    .map(|allow| Boxed(MemberRelay::new(peer, allow.clone(), timed)))
                     .into(),
                 autonat: timed
-                    .then(|| autonat::Behaviour::new(peer, autonat::Config::default()))
+                    .then(|| Boxed(autonat::Behaviour::new(peer, autonat::Config::default())))
                     .into(),
                 mdns: mdns.into(),
                 kad: timed
                     .then(|| {
-                        kad::Behaviour::with_config(
+                        Boxed(kad::Behaviour::with_config(
                             peer,
                             kad::store::MemoryStore::new(peer),
                             kad_config,
-                        )
+                        ))
                     })
                     .into(),
                 echo: EchoBehaviour::new(
