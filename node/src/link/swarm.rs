@@ -283,3 +283,16 @@ pub fn build_swarm(
         socket,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection's task holds the composed handler inline (more than once): a handler
+    /// that grows it belongs in `Boxed`.
+    #[test]
+    fn the_composed_connection_handler_stays_small() {
+        let size = std::mem::size_of::<<NodeBehaviour as NetworkBehaviour>::ConnectionHandler>();
+        assert!(size <= 2048, "{size} bytes");
+    }
+}
