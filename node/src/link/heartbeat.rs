@@ -13,13 +13,16 @@ use std::time::Duration;
 
 /// An empty datagram on each link that carried nothing for most of a heartbeat interval,
 /// looked at four times an interval so no link goes longer than one without a datagram:
-/// on the plane where the peer has it, else in QUIC. Ends with the registry.
+/// on the plane where the peer has it, else in QUIC. Once an interval it also follows each
+/// link's QUIC address (a migration), which the relay's sends read without asking quinn.
+/// Ends with the registry.
 pub(super) async fn send_heartbeats(
     epoch: tokio::time::Instant,
     state: std::sync::Weak<Mutex<State>>,
     plane: Arc<PlaneReceivers>,
 ) {
     let beat = Links::frame(KIND_HEARTBEAT, &[]);
+    let mut looks = 0u32;
     loop {
         let every = {
             let Some(state) = state.upgrade() else { return };
@@ -32,15 +35,20 @@ pub(super) async fn send_heartbeats(
         let quiet_ms = (every - step).as_millis() as u64;
         let now_ms = Links::clock_ms(epoch);
         let Some(state) = state.upgrade() else { return };
+        // quinn's address needs its connection's lock: once an interval is enough.
+        let follow = looks % 4 == 0;
+        looks = looks.wrapping_add(1);
         let mut batch = SealedBatch::with_capacity(0, beat.len());
         let socket = {
             let state = state.lock().unwrap_or_else(|e| e.into_inner());
             for connection in state.peers.values().flatten() {
                 match &connection.plane {
                     Some(link) if link.is_ready() => {
-                        let to = link.destination(canonical(connection.quic.remote_address()));
+                        if follow {
+                            link.destination(canonical(connection.quic.remote_address()));
+                        }
                         if link.quiet_for(now_ms, quiet_ms) {
-                            batch.push(link, &beat, to);
+                            batch.push(link, &beat, link.last_destination());
                             link.sent_at(now_ms);
                         }
                     }

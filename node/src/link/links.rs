@@ -256,7 +256,7 @@ impl Links {
                 if frame.len() > ALWAYS_FITS {
                     self.check_size(&newest.quic, frame)?;
                 }
-                // A relay's heartbeat task looks at every connection's address each beat;
+                // A relay's heartbeat task follows every connection's address once an interval;
                 // other nodes send little, and look each time.
                 let to = match state.heartbeat {
                     Some(_) => plane.last_destination(),

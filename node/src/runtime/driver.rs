@@ -64,6 +64,9 @@ pub(crate) struct Driver {
     pub reservation: Option<ListenerId>,
     pub epoch: Instant,
     pub frame: Duration,
+    /// Whether the audio engine runs (its 20 ms tick): not on a relay, which neither captures
+    /// nor plays and holds no key.
+    pub audio: bool,
     pub ticks: u64,
     pub forward_latency: [u64; LATENCY_BUCKETS],
     pub forward_latency_sum_us: u64,
@@ -120,7 +123,7 @@ impl Driver {
                     None | Some(NodeCommand::Shutdown) => break,
                     Some(command) => self.command(command, now()),
                 },
-                at = tick.tick() => self.audio_tick(at.into_std())?,
+                at = tick.tick(), if self.audio => self.audio_tick(at.into_std())?,
                 Some(datagram) = self.network.datagrams.recv() => {
                     let input = Input::Datagram {
                         peer: datagram.peer,

@@ -199,7 +199,7 @@ impl Node {
                 floor: config.floor,
                 topology: config.topology,
                 uplink_kbps: config.uplink_kbps.unwrap_or(0),
-                forwarding: config.forwarding,
+                forwarding: config.forwarding.clone(),
                 vouched: config.relay_circuits,
                 join: config.join,
                 bootstrap: config.bootstrap,
@@ -219,6 +219,7 @@ impl Node {
                 }),
             );
         }
+        let relay = config.forwarding.is_some();
         let port_mapper = (config.port_mapping && !simulated && worth_mapping(v4_side))
             .then(|| PortMapper::start(v4_side, PortMapConfig::default()));
         let mut driver = Driver {
@@ -249,6 +250,7 @@ impl Node {
             reservation: None,
             epoch,
             frame: config.encoder.frame.duration(),
+            audio: !relay,
             ticks: 0,
             forward_latency: [0; driver::LATENCY_BUCKETS],
             forward_latency_sum_us: 0,
