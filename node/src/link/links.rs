@@ -118,9 +118,10 @@ pub(super) struct Connection {
 }
 
 /// How a datagram to a peer goes.
-enum Route {
+enum Route<'a> {
     Quic(quinn::Connection),
-    Plane(Arc<PlaneLink>, SocketAddr),
+    /// The link, where to, and the socket to send from (borrowed from the registry's state).
+    Plane(&'a PlaneLink, SocketAddr, &'a Arc<LinkSocket>),
 }
 
 /// See the module documentation. Cheap to clone; all clones share the registry.
@@ -245,14 +246,19 @@ impl Links {
 
     /// How an application datagram to `peer` goes: on the plane of its newest connection if
     /// the peer has announced one, else in QUIC.
-    fn route(&self, state: &State, peer: &PeerId, frame: &[u8]) -> Result<Route, LinkError> {
+    fn route<'a>(
+        &self,
+        state: &'a State,
+        peer: &PeerId,
+        frame: &[u8],
+    ) -> Result<Route<'a>, LinkError> {
         let newest = state
             .peers
             .get(peer)
             .and_then(|connections| connections.last())
             .ok_or(LinkError::NotConnected(*peer))?;
-        Ok(match &newest.plane {
-            Some(plane) if plane.is_ready() && state.socket.is_some() => {
+        Ok(match (&newest.plane, &state.socket) {
+            (Some(plane), Some(socket)) if plane.is_ready() => {
                 if frame.len() > ALWAYS_FITS {
                     self.check_size(&newest.quic, frame)?;
                 }
@@ -262,7 +268,7 @@ impl Links {
                     Some(_) => plane.last_destination(),
                     None => plane.destination(canonical(newest.quic.remote_address())),
                 };
-                Route::Plane(plane.clone(), to)
+                Route::Plane(plane, to, socket)
             }
             _ => Route::Quic(newest.quic.clone()),
         })
@@ -317,21 +323,24 @@ impl Links {
 
     /// Sends a datagram framed by [`Links::frame_datagram`] to `peer`.
     pub fn send_framed(&self, peer: &PeerId, frame: Bytes) -> Result<(), LinkError> {
-        let (route, socket) = {
+        // Sealed under the registry's lock; sent after it.
+        let (sealed, to, socket) = {
             let state = self.state();
-            (self.route(&state, peer, &frame)?, state.socket.clone())
-        };
-        match (route, socket) {
-            (Route::Plane(plane, to), Some(socket)) => {
-                let mut sealed = Vec::with_capacity(frame.len() + super::plane::OVERHEAD);
-                plane.seal_into(&frame, &mut sealed);
-                plane.sent_at(Self::clock_ms(self.epoch));
-                self.plane_sent(socket.send_many(&[(to, &sealed)]));
-                Ok(())
+            match self.route(&state, peer, &frame)? {
+                Route::Quic(connection) => {
+                    drop(state);
+                    return self.send_quic(connection, frame);
+                }
+                Route::Plane(plane, to, socket) => {
+                    let mut sealed = Vec::with_capacity(frame.len() + super::plane::OVERHEAD);
+                    plane.seal_into(&frame, &mut sealed);
+                    plane.sent_at(Self::clock_ms(self.epoch));
+                    (sealed, to, socket.clone())
+                }
             }
-            (Route::Quic(connection), _) => self.send_quic(connection, frame),
-            (Route::Plane(..), None) => Err(LinkError::NotConnected(*peer)),
-        }
+        };
+        self.plane_sent(socket.send_many(&[(to, &sealed)]));
+        Ok(())
     }
 
     /// Sends one framed datagram (from [`Links::frame_datagram`]) to each of `peers`: what a
@@ -346,8 +355,8 @@ impl Links {
             let state = self.state();
             for peer in peers {
                 match self.route(&state, peer, frame) {
-                    Ok(Route::Plane(plane, to)) => {
-                        batch.push(&plane, frame, to);
+                    Ok(Route::Plane(plane, to, _)) => {
+                        batch.push(plane, frame, to);
                         plane.sent_at(now_ms);
                     }
                     Ok(Route::Quic(connection)) => quic.push(connection),
@@ -458,7 +467,7 @@ impl Links {
         let first = {
             let mut state = self.state();
             if let Some(plane) = &plane {
-                plane.should_announce(tokio::time::Instant::now(), ANNOUNCE_EVERY);
+                plane.announced_at(tokio::time::Instant::now());
                 let _ = connection.send_datagram(announcement(state.heartbeat));
             }
             let connections = state.peers.entry(peer).or_default();

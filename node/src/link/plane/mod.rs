@@ -226,6 +226,11 @@ impl PlaneLink {
         true
     }
 
+    /// The plane was announced to the peer at `now` (the first time, as the link registers).
+    pub(crate) fn announced_at(&self, now: tokio::time::Instant) {
+        *lock(&self.announced) = Some(now);
+    }
+
     /// Where to send, given the connection's remote address now: a QUIC migration since the
     /// last look wins, as does a later authenticated plane datagram from elsewhere.
     pub(crate) fn destination(&self, quic_now: SocketAddr) -> SocketAddr {
