@@ -276,6 +276,50 @@ fn drops(metrics: SocketAddr) -> BTreeMap<(String, String), u64> {
         .collect()
 }
 
+/// The relay's own forwarding latency (arrival at its link layer to the last copy handed to
+/// the kernel) in µs, read off its `/metrics` histogram over all orgs: the mean (from the
+/// histogram's sum and count) and p99 (a power-of-two bucket's upper bound).
+fn forward_latency(metrics: SocketAddr) -> (u64, u64) {
+    let Ok(text) = http_get(metrics, "/metrics") else {
+        return (0, 0);
+    };
+    let mut buckets: BTreeMap<u64, u64> = BTreeMap::new();
+    let (mut sum_s, mut count) = (0.0f64, 0u64);
+    for line in text.lines() {
+        let value = || line.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok());
+        if line.starts_with("callsign_relay_forward_latency_seconds_sum") {
+            sum_s += value().unwrap_or(0.0);
+        }
+        if line.starts_with("callsign_relay_forward_latency_seconds_count") {
+            count += value().unwrap_or(0.0) as u64;
+        }
+        let Some(rest) = line.strip_prefix("callsign_relay_forward_latency_seconds_bucket{le=\"")
+        else {
+            continue;
+        };
+        let Some((le, rest)) = rest.split_once('"') else {
+            continue;
+        };
+        let Some(count) = rest.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        let upper_us = match le.parse::<f64>() {
+            Ok(seconds) => (seconds * 1e6).round() as u64,
+            Err(_) => u64::MAX,
+        };
+        *buckets.entry(upper_us).or_default() += count;
+    }
+    let total = buckets.values().last().copied().unwrap_or(0);
+    let at = |q: f64| {
+        let want = (total as f64 * q).ceil() as u64;
+        buckets
+            .iter()
+            .find(|(_, n)| **n >= want.max(1))
+            .map_or(0, |(le, _)| *le)
+    };
+    ((sum_s * 1e6 / count.max(1) as f64).round() as u64, at(0.99))
+}
+
 /// What one org's members sent and heard in a run.
 pub(super) struct OrgHeard {
     pub(super) sent: u64,
@@ -290,6 +334,8 @@ pub(super) struct Run {
     pub(super) peak_rss_kib: u64,
     /// Drops by (org, reason) at the end.
     pub(super) drops: BTreeMap<(String, String), u64>,
+    /// The relay's own forwarding latency, mean and p99 (a bucket bound), µs.
+    pub(super) forward_latency_us: (u64, u64),
 }
 
 /// Starts the relay from `setup`, links and subscribes every member, then for
@@ -413,7 +459,8 @@ pub(super) async fn run(
     let elapsed = started.elapsed();
     let cpu = child.cpu()? - cpu_before;
     let peak_rss_kib = child.peak_rss_kib();
-    let drops = tokio::task::spawn_blocking(move || drops(metrics)).await?;
+    let (drops, forward_latency_us) =
+        tokio::task::spawn_blocking(move || (drops(metrics), forward_latency(metrics))).await?;
     stop.store(true, Ordering::Relaxed);
     let mut orgs = Vec::new();
     for (org_tasks, sent) in tasks.into_iter().zip(sent) {
@@ -430,6 +477,7 @@ pub(super) async fn run(
         elapsed,
         peak_rss_kib,
         drops,
+        forward_latency_us,
     })
 }
 
@@ -444,7 +492,7 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
     )?;
     let mut run = run(options, &setup, |_| 1).await?;
     let org = run.orgs.remove(0);
-    Ok(measurement(
+    let mut m = measurement(
         "relay",
         options,
         org.sent,
@@ -452,5 +500,8 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
         run.cpu,
         run.elapsed,
         run.peak_rss_kib,
-    ))
+    );
+    m.inside_mean_us = Some(run.forward_latency_us.0);
+    m.inside_p99_us = Some(run.forward_latency_us.1);
+    Ok(m)
 }
