@@ -167,7 +167,11 @@ fn print_report(r: &BenchReport) {
         );
     }
     if let (Some(mean), Some(p99)) = (r.relay.inside_mean_us, r.relay.inside_p99_us) {
-        println!("  inside the relay, arrival to last copy sent: mean {mean} µs, p99 ≤ {p99} µs");
+        let p99 = match p99 {
+            u64::MAX => "beyond the histogram's last bound".to_string(),
+            p99 => format!("≤ {p99} µs"),
+        };
+        println!("  inside the relay, arrival to last copy sent: mean {mean} µs, p99 {p99}");
     }
     println!(
         "  relay / baseline, copies per CPU-second: {:.3}; added latency p50 {} µs, p99 {} µs",
