@@ -2,12 +2,9 @@
 //! `/health` and `/metrics`, stop cleanly on SIGTERM; and clear errors for a relay the charter
 //! does not rent, an empty mirror and a bad config.
 
-use callsign_mesh::charter::bundle::encode_bundle;
-use callsign_mesh::charter::{OpBody, RelayInfo};
-use callsign_node::runtime::demo_org::DemoOrg;
 mod common;
 
-use common::http_get;
+use common::{http_get, metrics_addr, org_renting, orgs_config};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -27,30 +24,7 @@ fn make_key(dir: &Path) -> callsign_keys::IdentityKey {
 }
 
 fn write_charter(dir: &Path, rent: Option<callsign_keys::IdentityKey>) {
-    let mut org = DemoOrg::new(2, 3).unwrap();
-    if let Some(relay) = rent {
-        org.charter
-            .edit(
-                &org.root,
-                OpBody::PutRelay {
-                    peer: relay,
-                    info: RelayInfo {
-                        addrs: Vec::new(),
-                        capacity: 10,
-                    },
-                },
-                0,
-            )
-            .unwrap();
-    }
-    std::fs::write(
-        dir.join("org.charter"),
-        encode_bundle(
-            &org.charter.org(),
-            org.charter.dag().iter().map(|o| o.encoded.as_slice()),
-        ),
-    )
-    .unwrap();
+    org_renting(&dir.join("org.charter"), 3, rent);
 }
 
 const CONFIG: &str = "version = 1\nkey = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n\
@@ -86,12 +60,7 @@ fn runs_from_a_config_answers_health_and_stops_on_sigterm() {
         listening.ends_with(&relay.peer_id().to_string()),
         "{listening}"
     );
-    let metrics = lines.next().unwrap().unwrap();
-    let addr = metrics
-        .strip_prefix("metrics on http://")
-        .and_then(|m| m.strip_suffix("/metrics"))
-        .unwrap()
-        .to_string();
+    let addr = metrics_addr(&lines.next().unwrap().unwrap());
     // The first stats poll lands within a second.
     std::thread::sleep(Duration::from_millis(1500));
     let health = http_get(&addr, "/health");
@@ -192,17 +161,7 @@ fn sighup_starts_an_org_added_to_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let relay = make_key(dir.path());
     write_charter(dir.path(), Some(relay));
-    let orgs = |names: &[&str]| {
-        let mut text = "version = 1\nkey = \"relay.key\"\nmetrics = \"127.0.0.1:0\"\n\
-                        data_dir = \"state\"\n"
-            .to_string();
-        for name in names {
-            text += &format!(
-                "[[org]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ncharter = \"org.charter\"\n"
-            );
-        }
-        text
-    };
+    let orgs = |names: &[&str]| orgs_config(names, |_| "org.charter".into());
     std::fs::write(dir.path().join("relay.toml"), orgs(&["alpha"])).unwrap();
     let mut child = start(dir.path());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -211,12 +170,7 @@ fn sighup_starts_an_org_added_to_the_file() {
         listening.starts_with("org alpha listening on /ip4/127.0.0.1/udp/"),
         "{listening}"
     );
-    let metrics = lines.next().unwrap().unwrap();
-    let addr = metrics
-        .strip_prefix("metrics on http://")
-        .and_then(|m| m.strip_suffix("/metrics"))
-        .unwrap()
-        .to_string();
+    let addr = metrics_addr(&lines.next().unwrap().unwrap());
     assert!(http_get(&addr, "/health/bravo").starts_with("HTTP/1.1 404"));
     // A broken file changes nothing; the relay keeps running.
     std::fs::write(dir.path().join("relay.toml"), "version = 1\n[[org]]\n").unwrap();

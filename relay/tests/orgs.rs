@@ -4,60 +4,18 @@
 
 mod common;
 
-use callsign_keys::{IdentityKey, KeyFile, NodeKeys};
-use callsign_mesh::charter::bundle::encode_bundle;
-use callsign_mesh::charter::{OpBody, RelayInfo};
+use callsign_keys::{KeyFile, NodeKeys};
 use callsign_node::runtime::demo_org::DemoOrg;
 use callsign_node::{Node, NodeConfig, NodeEvent};
 use callsign_relay::service::Relay;
 use callsign_relay::RelayConfig;
-use common::http_get;
+use common::{http_get, org_renting, orgs_config};
 use libp2p::{Multiaddr, PeerId};
 use rand::SeedableRng;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A two-member demo org that rents `relay`, its bundle written to `dir/<name>.charter`.
-fn org_renting(dir: &Path, name: &str, seed: u64, relay: IdentityKey) -> DemoOrg {
-    let mut org = DemoOrg::new(2, seed).unwrap();
-    org.charter
-        .edit(
-            &org.root,
-            OpBody::PutRelay {
-                peer: relay,
-                info: RelayInfo {
-                    addrs: Vec::new(),
-                    capacity: 10,
-                },
-            },
-            0,
-        )
-        .unwrap();
-    std::fs::write(
-        dir.join(format!("{name}.charter")),
-        encode_bundle(
-            &org.charter.org(),
-            org.charter.dag().iter().map(|o| o.encoded.as_slice()),
-        ),
-    )
-    .unwrap();
-    org
-}
-
-fn config(orgs: &[&str]) -> String {
-    let mut text = "version = 1\nkey = \"relay.key\"\nmetrics = \"127.0.0.1:0\"\n\
-                    data_dir = \"state\"\ncircuits = false\n"
-        .to_string();
-    for name in orgs {
-        text += &format!(
-            "[[org]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ncharter = \"{name}.charter\"\n"
-        );
-    }
-    text
-}
 
 async fn member(org: &DemoOrg, relay: &Multiaddr) -> Node {
     let keys = org.members[0].keys.clone();
@@ -100,9 +58,15 @@ async fn orgs_share_a_relay_and_a_reload_leaves_the_others_links_alone() {
         .unwrap()
         .save(&dir.path().join("relay.key"), false)
         .unwrap();
-    let alpha = org_renting(dir.path(), "alpha", 21, relay_key);
-    let bravo = org_renting(dir.path(), "bravo", 22, relay_key);
-    let charlie = org_renting(dir.path(), "charlie", 23, relay_key);
+    let org = |name: &str, seed| {
+        org_renting(
+            &dir.path().join(format!("{name}.charter")),
+            seed,
+            Some(relay_key),
+        )
+    };
+    let (alpha, bravo, charlie) = (org("alpha", 21), org("bravo", 22), org("charlie", 23));
+    let config = |names: &[&str]| orgs_config(names, |name| format!("{name}.charter"));
     let path = dir.path().join("relay.toml");
     std::fs::write(&path, config(&["alpha", "bravo"])).unwrap();
     let relay = Relay::start(&RelayConfig::load(&path).unwrap())
