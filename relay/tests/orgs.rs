@@ -9,7 +9,7 @@ use callsign_node::runtime::demo_org::DemoOrg;
 use callsign_node::{Node, NodeConfig, NodeEvent};
 use callsign_relay::service::Relay;
 use callsign_relay::RelayConfig;
-use common::{http_get, org_renting, orgs_config};
+use common::{http_get, http_get_with, org_renting, orgs_config};
 use libp2p::{Multiaddr, PeerId};
 use rand::SeedableRng;
 use std::net::SocketAddr;
@@ -66,7 +66,13 @@ async fn orgs_share_a_relay_and_a_reload_leaves_the_others_links_alone() {
         )
     };
     let (alpha, bravo, charlie) = (org("alpha", 21), org("bravo", 22), org("charlie", 23));
-    let config = |names: &[&str]| orgs_config(names, |name| format!("{name}.charter"));
+    let config = |names: &[&str]| {
+        orgs_config(names, |name| format!("{name}.charter")).replacen(
+            "data_dir",
+            "api_token_file = \"api.token\"\ndata_dir",
+            1,
+        )
+    };
     let path = dir.path().join("relay.toml");
     std::fs::write(&path, config(&["alpha", "bravo"])).unwrap();
     let relay = Relay::start(&RelayConfig::load(&path).unwrap())
@@ -106,6 +112,20 @@ async fn orgs_share_a_relay_and_a_reload_leaves_the_others_links_alone() {
     assert!(get(metrics, "/health/alpha")
         .await
         .starts_with("HTTP/1.1 200"));
+    // The API names one org when there are several.
+    let token = std::fs::read_to_string(dir.path().join("api.token")).unwrap();
+    let bearer = format!("Authorization: Bearer {}\r\n", token.trim());
+    let api = |path: &'static str| {
+        let bearer = bearer.clone();
+        tokio::task::spawn_blocking(move || http_get_with(&metrics.to_string(), path, &bearer))
+    };
+    let unnamed = api("/api/v1/occupancy").await.unwrap();
+    assert!(unnamed.starts_with("HTTP/1.1 400"), "{unnamed}");
+    let named = api("/api/v1/occupancy?org=bravo").await.unwrap();
+    assert!(named.starts_with("HTTP/1.1 200"), "{named}");
+    assert_eq!(body(&named)["org"], bravo.charter.org().to_string());
+    let unknown = api("/api/v1/occupancy?org=nope").await.unwrap();
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
     let text = get(metrics, "/metrics").await;
     for org in ["alpha", "bravo"] {
         let line = format!("callsign_relay_links{{org=\"{org}\"}} 1");
