@@ -146,11 +146,20 @@ fn is_initial(datagram: &[u8]) -> bool {
 }
 
 /// Per source address, a bucket of QUIC Initial packets. The table is bounded: full buckets
-/// (sources quiet long enough) are forgotten first, and past [`HandshakeLimiter::MAX_SOURCES`]
-/// of busy ones every further source shares one bucket, so spoofed addresses cannot grow it.
+/// (sources quiet long enough) are forgotten first, at most once a second so a flood of new
+/// sources does not scan the table per packet, and past [`HandshakeLimiter::MAX_SOURCES`] of
+/// busy ones every further source shares one bucket, so spoofed addresses cannot grow it.
 struct HandshakeLimiter {
     rate: Rate,
-    sources: Mutex<(BTreeMap<IpAddr, TokenBucket>, Option<TokenBucket>)>,
+    sources: Mutex<HandshakeSources>,
+}
+
+#[derive(Default)]
+struct HandshakeSources {
+    buckets: BTreeMap<IpAddr, TokenBucket>,
+    /// Shared by sources that find the table full.
+    overflow: Option<TokenBucket>,
+    pruned: Option<std::time::Instant>,
 }
 
 impl HandshakeLimiter {
@@ -166,21 +175,25 @@ impl HandshakeLimiter {
     fn admit(&self, source: IpAddr) -> bool {
         let now = tokio::time::Instant::now().into_std();
         let rate = self.rate;
-        let mut guard = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let (sources, overflow) = &mut *guard;
-        if !sources.contains_key(&source) && sources.len() >= Self::MAX_SOURCES {
-            sources.retain(|_, bucket| !bucket.is_full(rate, now));
-        }
-        if let Some(bucket) = sources.get_mut(&source) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut *sources;
+        if let Some(bucket) = s.buckets.get_mut(&source) {
             return bucket.take(rate, now);
         }
-        if sources.len() < Self::MAX_SOURCES {
+        let prune_due = s.pruned.is_none_or(|at| {
+            now.saturating_duration_since(at) >= std::time::Duration::from_secs(1)
+        });
+        if s.buckets.len() >= Self::MAX_SOURCES && prune_due {
+            s.pruned = Some(now);
+            s.buckets.retain(|_, bucket| !bucket.is_full(rate, now));
+        }
+        if s.buckets.len() < Self::MAX_SOURCES {
             let mut bucket = TokenBucket::new(rate, now);
             let admitted = bucket.take(rate, now);
-            sources.insert(source, bucket);
+            s.buckets.insert(source, bucket);
             return admitted;
         }
-        overflow
+        s.overflow
             .get_or_insert_with(|| TokenBucket::new(rate, now))
             .take(rate, now)
     }
@@ -709,7 +722,7 @@ mod tests {
                 limiter.admit(ip) && limiter.admit(ip) && limiter.admit(ip)
             })
             .count();
-        let sources = limiter.sources.lock().unwrap().0.len();
+        let sources = limiter.sources.lock().unwrap().buckets.len();
         assert_eq!(sources, HandshakeLimiter::MAX_SOURCES);
         assert!(spoofed <= HandshakeLimiter::MAX_SOURCES + 1, "{spoofed}");
         // A known source keeps its own (spent) bucket.

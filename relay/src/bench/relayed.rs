@@ -257,11 +257,8 @@ fn subscribers(metrics: SocketAddr) -> Option<usize> {
     health.get("subscribers")?.as_u64().map(|n| n as usize)
 }
 
-/// The relay's drop counters, by (org, reason), from `/metrics`.
-fn drops(metrics: SocketAddr) -> BTreeMap<(String, String), u64> {
-    let Ok(text) = http_get(metrics, "/metrics") else {
-        return BTreeMap::new();
-    };
+/// The relay's drop counters, by (org, reason), from its `/metrics` text.
+fn drops(text: &str) -> BTreeMap<(String, String), u64> {
     text.lines()
         .filter_map(|line| {
             let rest = line.strip_prefix("callsign_relay_drops_total{org=\"")?;
@@ -277,12 +274,9 @@ fn drops(metrics: SocketAddr) -> BTreeMap<(String, String), u64> {
 }
 
 /// The relay's own forwarding latency (arrival at its link layer to the last copy handed to
-/// the kernel) in µs, read off its `/metrics` histogram over all orgs: the mean (from the
+/// the kernel) in µs, read off the histogram in its `/metrics` text over all orgs: the mean (from the
 /// histogram's sum and count) and p99 (a power-of-two bucket's upper bound).
-fn forward_latency(metrics: SocketAddr) -> (u64, u64) {
-    let Ok(text) = http_get(metrics, "/metrics") else {
-        return (0, 0);
-    };
+fn forward_latency(text: &str) -> (u64, u64) {
     let mut buckets: BTreeMap<u64, u64> = BTreeMap::new();
     let (mut sum_s, mut count) = (0.0f64, 0u64);
     for line in text.lines() {
@@ -459,8 +453,10 @@ pub(super) async fn run(
     let elapsed = started.elapsed();
     let cpu = child.cpu()? - cpu_before;
     let peak_rss_kib = child.peak_rss_kib();
-    let (drops, forward_latency_us) =
-        tokio::task::spawn_blocking(move || (drops(metrics), forward_latency(metrics))).await?;
+    let text = tokio::task::spawn_blocking(move || http_get(metrics, "/metrics"))
+        .await?
+        .unwrap_or_default();
+    let (drops, forward_latency_us) = (drops(&text), forward_latency(&text));
     stop.store(true, Ordering::Relaxed);
     let mut orgs = Vec::new();
     for (org_tasks, sent) in tasks.into_iter().zip(sent) {
