@@ -307,7 +307,7 @@ fn echo(args: EchoArgs) -> Result<()> {
     } else {
         println!(
             "ERLE {:.1} dB after {} s (whole far-end-only phase {:.1} dB); reached 20 dB at {}; \
-             added latency {:.1} ms; AEC3 delay estimate {} ms",
+             added latency {:.1} ms; echo path delay found {} ms; linear stage ERLE {}",
             report.erle_db,
             config.settle_s,
             report.erle_whole_db,
@@ -315,7 +315,10 @@ fn echo(args: EchoArgs) -> Result<()> {
                 .converged_s
                 .map_or("never".into(), |s| format!("{s:.2} s")),
             report.added_latency_ms,
-            report.aec3_delay_ms.map_or("-".into(), |d| d.to_string()),
+            report.delay_ms.map_or("-".into(), |d| d.to_string()),
+            report
+                .linear_erle_db
+                .map_or("-".into(), |db| format!("{db:.1} dB")),
         );
     }
     Ok(())

@@ -109,6 +109,7 @@ fn echo_cancellation_shows_what_it_removes_and_can_be_turned_off() {
         audio: AudioStats {
             echo: Some(callsign_node::audio::echo::EchoStats {
                 erle_db: Some(31.4),
+                linear_erle_db: Some(27.5),
                 delay_ms: Some(48),
                 device_delay_ms: 40,
             }),

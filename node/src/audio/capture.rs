@@ -1,6 +1,6 @@
 //! The capture chain: device-rate samples in, gated 48 kHz frames ready for the encoder out.
 //!
-//! resample (rubato) → high-pass → echo cancellation (AEC3, when on: see [`super::echo`]) →
+//! resample (rubato) → high-pass → echo cancellation (when on: see [`super::echo`]) →
 //! noise suppression + VAD (nnnoiseless, 10 ms sub-frames) → optional AGC → gate
 //! (push-to-talk, or voice activation with a hangover so word endings are not clipped).
 //!

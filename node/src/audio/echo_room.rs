@@ -31,7 +31,7 @@ pub struct RoomConfig {
     pub far_only_s: f64,
     /// ERLE is measured from this far into phase 1.
     pub settle_s: f64,
-    /// The delay the devices would report, ms (AEC3 estimates its own).
+    /// The delay the devices would report, ms (the canceller finds its own).
     pub device_delay_ms: u32,
     pub seed: u64,
 }
@@ -59,9 +59,11 @@ pub struct EchoReport {
     pub converged_s: Option<f64>,
     /// ERLE over the whole of phase 1, dB.
     pub erle_whole_db: f64,
-    /// What AEC3 reported at the end.
-    pub aec3_erle_db: Option<f64>,
-    pub aec3_delay_ms: Option<i32>,
+    /// What the canceller reported at the end: its ERLE and the echo path delay it found.
+    pub canceller_erle_db: Option<f64>,
+    pub delay_ms: Option<i32>,
+    /// What its linear stage reported at the end.
+    pub linear_erle_db: Option<f64>,
     /// Lag of the near-end output behind its input, ms (added capture latency).
     pub added_latency_ms: f64,
     /// The echo at the microphone relative to the near-end speech in double talk, dB.
@@ -171,8 +173,9 @@ pub fn run_echo_room(far: &[f32], near: &[f32], config: &RoomConfig) -> (EchoOut
         out[start..start + ECHO_FRAME].copy_from_slice(&block);
     }
     let stats = canceller.stats();
-    report.aec3_erle_db = stats.erle_db;
-    report.aec3_delay_ms = stats.delay_ms;
+    report.canceller_erle_db = stats.erle_db;
+    report.delay_ms = stats.delay_ms;
+    report.linear_erle_db = stats.linear_erle_db;
 
     // ERLE over far-end-active blocks of phase 1.
     let far_floor = energy(&loudspeaker[..phase1]) / phase1 as f64 * ECHO_FRAME as f64 * 0.01;

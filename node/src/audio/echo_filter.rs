@@ -1,0 +1,510 @@
+//! The linear stage of echo cancellation: a partitioned-block frequency-domain adaptive
+//! filter that models the whole loudspeaker-to-microphone path (320 ms at full band) and
+//! subtracts its echo estimate from the capture, ahead of the residual suppressor
+//! ([`super::echo_suppress`]).
+//!
+//! Why it spans the room: a filter shorter than the echo's tail, or one that cancels only
+//! the lower band (AEC3's), leaves the suppressor so much echo that it must duck the near end
+//! whenever the far end talks. Once this filter has converged, the echo it leaves is 20–30 dB
+//! down (measured in the synthetic room) and the suppressor has little to hide.
+//!
+//! The design follows the multidelay block filter of Soo and Pang, with the robustness of
+//! Speex's MDF (Valin, "On adjusting the learning rate in frequency domain echo cancellation
+//! with double-talk", 2007):
+//! - two filters: the background adapts, the foreground cancels; the background is copied to
+//!   the foreground only when it has cancelled measurably better, and is reset from it when it
+//!   has measurably diverged (double talk);
+//! - the step size per frequency bin is the residual-echo-to-error ratio, from an estimate of
+//!   how much echo the filter still leaks, so it falls by itself while the near end talks;
+//! - partitions get a share of each step in proportion to their weight (proportionate
+//!   adaptation), so the direct path and early reflections are learnt first;
+//! - the gradient constraint is applied to two partitions per block in turn, not to all.
+//!
+//! Everything is allocated in [`EchoPathFilter::new`]; a block does no allocation or I/O.
+
+use super::echo::ECHO_FRAME;
+use realfft::num_complex::Complex32;
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+use std::sync::Arc;
+
+/// Samples per block: one 10 ms capture sub-frame.
+const BLOCK: usize = ECHO_FRAME;
+const FFT: usize = 2 * BLOCK;
+const BINS: usize = BLOCK + 1;
+
+/// Blocks the filter spans: 320 ms, the device delay plus a room's tail.
+pub const PARTITIONS: usize = 32;
+
+/// Partitions whose gradient constraint is applied per block.
+const CONSTRAINED_PER_BLOCK: usize = 2;
+
+/// Blocks between looks for the echo path's delay (half a second).
+const DELAY_EVERY: usize = 50;
+
+/// A far-end block whose energy per sample is below this (−70 dBFS) is not adapted on.
+const QUIET_FAR: f32 = 1e-7;
+
+/// See the module documentation.
+pub struct EchoPathFilter {
+    forward: Arc<dyn RealToComplex<f32>>,
+    inverse: Arc<dyn ComplexToReal<f32>>,
+    scratch: Vec<Complex32>,
+    time: Vec<f32>,
+    spectrum: Vec<Complex32>,
+    error_spectrum: Vec<Complex32>,
+    /// Power per bin of each filter's echo estimate for this block, by [`Weights`].
+    echo_bins: [[f32; BINS]; 2],
+    /// Far-end block spectra, `PARTITIONS × BINS`; partition `p` of the filter meets the one
+    /// `p` blocks old, at `(newest + p) % PARTITIONS`.
+    far: Vec<Complex32>,
+    newest: usize,
+    far_previous: [f32; BLOCK],
+    background: Vec<Complex32>,
+    foreground: Vec<Complex32>,
+    /// Smoothed far-end power per bin.
+    far_power: Vec<f32>,
+    /// Smoothed error and echo-estimate power per bin (leak estimation).
+    error_power: Vec<f32>,
+    echo_power: Vec<f32>,
+    step: Vec<f32>,
+    proportion: [f32; PARTITIONS],
+    echo_background: [f32; BLOCK],
+    error_background: [f32; BLOCK],
+    /// Correlation of error and echo-estimate power fluctuations, and the latter's variance.
+    pey: f64,
+    pyy: f64,
+    /// The share of the echo the filter still leaks, 0–1.
+    leak: f64,
+    /// Enough far end has been seen to trust the leak estimate.
+    adapted: bool,
+    adapt_sum: f64,
+    /// Foreground/background comparison, smoothed over a few blocks at two speeds.
+    difference: [f64; 2],
+    variance: [f64; 2],
+    constrain_next: usize,
+    /// The echo estimate subtracted from the last block.
+    echo: [f32; BLOCK],
+    /// Blocks until the echo path delay is looked for again, and what was found, samples.
+    delay_countdown: usize,
+    delay: Option<usize>,
+    /// Far-end-active blocks: capture energy and output energy, decaying (linear ERLE).
+    erle_in: f64,
+    erle_out: f64,
+}
+
+impl Default for EchoPathFilter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EchoPathFilter {
+    pub fn new() -> Self {
+        let mut planner = RealFftPlanner::<f32>::new();
+        let forward = planner.plan_fft_forward(FFT);
+        let inverse = planner.plan_fft_inverse(FFT);
+        let scratch_len = forward.get_scratch_len().max(inverse.get_scratch_len());
+        let zero = Complex32::new(0.0, 0.0);
+        Self {
+            forward,
+            inverse,
+            scratch: vec![zero; scratch_len],
+            time: vec![0.0; FFT],
+            spectrum: vec![zero; BINS],
+            error_spectrum: vec![zero; BINS],
+            echo_bins: [[0.0; BINS]; 2],
+            far: vec![zero; PARTITIONS * BINS],
+            newest: 0,
+            far_previous: [0.0; BLOCK],
+            background: vec![zero; PARTITIONS * BINS],
+            foreground: vec![zero; PARTITIONS * BINS],
+            far_power: vec![0.0; BINS],
+            error_power: vec![0.0; BINS],
+            echo_power: vec![0.0; BINS],
+            step: vec![0.0; BINS],
+            proportion: [1.0 / PARTITIONS as f32; PARTITIONS],
+            echo_background: [0.0; BLOCK],
+            error_background: [0.0; BLOCK],
+            pey: 1.0,
+            pyy: 1.0,
+            leak: 1.0,
+            adapted: false,
+            adapt_sum: 0.0,
+            difference: [0.0; 2],
+            variance: [0.0; 2],
+            constrain_next: 0,
+            erle_in: 0.0,
+            erle_out: 0.0,
+            echo: [0.0; BLOCK],
+            delay_countdown: 0,
+            delay: None,
+        }
+    }
+
+    /// Echo return loss enhancement of this stage over the last few seconds of far end, dB.
+    pub fn erle_db(&self) -> Option<f64> {
+        (self.adapted && self.erle_out > 0.0).then(|| 10.0 * (self.erle_in / self.erle_out).log10())
+    }
+
+    /// The echo estimate subtracted from the last block.
+    pub fn echo(&self) -> &[f32; BLOCK] {
+        &self.echo
+    }
+
+    /// The share of the echo's power the filter is estimated still to leak, 0–1.
+    pub fn leak(&self) -> f32 {
+        self.leak as f32
+    }
+
+    /// The echo path's delay: where the foreground's impulse response peaks, in samples.
+    pub fn delay_samples(&self) -> Option<usize> {
+        self.delay
+    }
+
+    /// The loudspeaker has been silent for longer than the filter spans: its far-end history
+    /// is silence, whatever came before.
+    pub fn forget_far(&mut self) {
+        self.far.fill(Complex32::new(0.0, 0.0));
+        self.far_previous = [0.0; BLOCK];
+    }
+
+    /// Removes the echo of `far` (the loudspeaker's block that goes with this capture block)
+    /// from `capture`, in place, and learns from the block.
+    pub fn process(&mut self, far: &[f32; BLOCK], capture: &mut [f32; BLOCK]) {
+        self.push_far(far);
+        let far_energy: f64 = far.iter().map(|s| f64::from(*s) * f64::from(*s)).sum();
+
+        let mut echo_foreground = [0.0f32; BLOCK];
+        self.estimate(Weights::Foreground, &mut echo_foreground);
+        let mut echo_background = [0.0f32; BLOCK];
+        self.estimate(Weights::Background, &mut echo_background);
+        self.echo_background = echo_background;
+
+        let (mut sff, mut see, mut dbf) = (0.0f64, 0.0f64, 1e-12f64);
+        for i in 0..BLOCK {
+            let ef = capture[i] - echo_foreground[i];
+            let eb = capture[i] - echo_background[i];
+            self.error_background[i] = eb;
+            sff += f64::from(ef) * f64::from(ef);
+            see += f64::from(eb) * f64::from(eb);
+            dbf += f64::from(ef - eb) * f64::from(ef - eb);
+        }
+        let mut output_echo = &echo_foreground;
+        match self.compare(sff, see, dbf) {
+            Verdict::BackgroundBetter => {
+                self.foreground.copy_from_slice(&self.background);
+                output_echo = &echo_background;
+            }
+            Verdict::BackgroundDiverged => {
+                self.background.copy_from_slice(&self.foreground);
+                self.echo_background = echo_foreground;
+                self.echo_bins[Weights::Background as usize] =
+                    self.echo_bins[Weights::Foreground as usize];
+                for i in 0..BLOCK {
+                    self.error_background[i] = capture[i] - echo_foreground[i];
+                }
+                see = sff;
+            }
+            Verdict::Keep => {}
+        }
+
+        self.echo = *output_echo;
+        let (mut mic, mut out) = (0.0f64, 0.0f64);
+        for (sample, echo) in capture.iter_mut().zip(output_echo) {
+            mic += f64::from(*sample) * f64::from(*sample);
+            *sample -= echo;
+            out += f64::from(*sample) * f64::from(*sample);
+        }
+        if far_energy > f64::from(QUIET_FAR) * BLOCK as f64 {
+            // A few seconds' memory, so the figure follows the room.
+            self.erle_in = 0.995 * self.erle_in + mic;
+            self.erle_out = 0.995 * self.erle_out + out;
+            self.adapt(far_energy, see);
+        }
+        if self.delay_countdown == 0 {
+            self.delay_countdown = DELAY_EVERY;
+            self.find_delay();
+        }
+        self.delay_countdown -= 1;
+    }
+
+    /// The foreground's peak: its largest tap (32 inverse transforms every half second).
+    fn find_delay(&mut self) {
+        if !self.adapted {
+            return;
+        }
+        let mut best = (0, 0.0f32);
+        for p in 0..PARTITIONS {
+            self.spectrum
+                .copy_from_slice(&self.foreground[p * BINS..(p + 1) * BINS]);
+            self.inverse_into_time();
+            for (i, tap) in self.time[..BLOCK].iter().enumerate() {
+                if tap.abs() > best.1 {
+                    best = (p * BLOCK + i, tap.abs());
+                }
+            }
+        }
+        self.delay = Some(best.0);
+    }
+
+    fn push_far(&mut self, far: &[f32; BLOCK]) {
+        self.time[..BLOCK].copy_from_slice(&self.far_previous);
+        self.time[BLOCK..].copy_from_slice(far);
+        self.far_previous = *far;
+        self.newest = (self.newest + PARTITIONS - 1) % PARTITIONS;
+        let slot = &mut self.far[self.newest * BINS..(self.newest + 1) * BINS];
+        // Lengths come from the plan, so this cannot fail.
+        let _ = self
+            .forward
+            .process_with_scratch(&mut self.time, slot, &mut self.scratch);
+    }
+
+    /// The echo estimate of one set of weights for the newest block, in the time domain.
+    fn estimate(&mut self, which: Weights, out: &mut [f32; BLOCK]) {
+        let weights = match which {
+            Weights::Foreground => &self.foreground,
+            Weights::Background => &self.background,
+        };
+        self.spectrum.fill(Complex32::new(0.0, 0.0));
+        for p in 0..PARTITIONS {
+            let slot = (self.newest + p) % PARTITIONS;
+            let far = &self.far[slot * BINS..(slot + 1) * BINS];
+            let w = &weights[p * BINS..(p + 1) * BINS];
+            for ((acc, x), w) in self.spectrum.iter_mut().zip(far).zip(w) {
+                *acc += x * w;
+            }
+        }
+        for (bin, y) in self.echo_bins[which as usize]
+            .iter_mut()
+            .zip(&self.spectrum)
+        {
+            *bin = y.norm_sqr() / FFT as f32;
+        }
+        self.inverse_into_time();
+        let scale = 1.0 / FFT as f32;
+        for (o, t) in out.iter_mut().zip(&self.time[BLOCK..]) {
+            *o = t * scale;
+        }
+    }
+
+    /// Inverse FFT of `spectrum` into `time` (unscaled).
+    fn inverse_into_time(&mut self) {
+        // A real signal's spectrum has real DC and Nyquist bins; rounding may leave dust.
+        self.spectrum[0].im = 0.0;
+        self.spectrum[BINS - 1].im = 0.0;
+        let _ = self.inverse.process_with_scratch(
+            &mut self.spectrum,
+            &mut self.time,
+            &mut self.scratch,
+        );
+    }
+
+    /// Speex's test: is the background's lower error more than chance, over one block or a
+    /// few?
+    fn compare(&mut self, sff: f64, see: f64, dbf: f64) -> Verdict {
+        let diff = sff - see;
+        self.difference[0] = 0.6 * self.difference[0] + 0.4 * diff;
+        self.difference[1] = 0.85 * self.difference[1] + 0.15 * diff;
+        self.variance[0] = 0.36 * self.variance[0] + 0.16 * sff * dbf;
+        self.variance[1] = 0.7225 * self.variance[1] + 0.0225 * sff * dbf;
+        let signed_square = |x: f64| x * x.abs();
+        let [d1, d2] = self.difference;
+        let [v1, v2] = self.variance;
+        let verdict = if signed_square(diff) > sff * dbf
+            || signed_square(d1) > 0.5 * v1
+            || signed_square(d2) > 0.25 * v2
+        {
+            Verdict::BackgroundBetter
+        } else if -signed_square(diff) > 4.0 * sff * dbf
+            || -signed_square(d1) > 4.0 * v1
+            || -signed_square(d2) > 4.0 * v2
+        {
+            Verdict::BackgroundDiverged
+        } else {
+            Verdict::Keep
+        };
+        if verdict != Verdict::Keep {
+            self.difference = [0.0; 2];
+            self.variance = [0.0; 2];
+        }
+        verdict
+    }
+
+    /// One step of the background towards this block's error.
+    fn adapt(&mut self, far_energy: f64, see: f64) {
+        // The error's spectrum: its block, zero-padded in front (overlap-save).
+        let echo_bins = self.echo_bins[Weights::Background as usize];
+        self.time[..BLOCK].fill(0.0);
+        self.time[BLOCK..].copy_from_slice(&self.error_background);
+        let _ = self.forward.process_with_scratch(
+            &mut self.time,
+            &mut self.error_spectrum,
+            &mut self.scratch,
+        );
+        let newest = self.newest;
+        let far_now = &self.far[newest * BINS..(newest + 1) * BINS];
+        let smoothing = 0.35 / PARTITIONS as f32;
+        let spectral_average = BLOCK as f32 / super::SAMPLE_RATE as f32;
+        let (mut pey, mut pyy) = (0.0f64, 0.0f64);
+        for k in 0..BINS {
+            let far_bin = far_now[k].norm_sqr() / FFT as f32;
+            self.far_power[k] = (1.0 - smoothing) * self.far_power[k] + smoothing * far_bin;
+            let error_bin = self.error_spectrum[k].norm_sqr() / FFT as f32;
+            self.error_power[k] += spectral_average * (error_bin - self.error_power[k]);
+            self.echo_power[k] += spectral_average * (echo_bins[k] - self.echo_power[k]);
+            let de = f64::from(error_bin - self.error_power[k]);
+            let dy = f64::from(echo_bins[k] - self.echo_power[k]);
+            pey += de * dy;
+            pyy += dy * dy;
+        }
+        let syy: f64 = self
+            .echo_background
+            .iter()
+            .map(|s| f64::from(*s) * f64::from(*s))
+            .sum();
+        let sey: f64 = self
+            .echo_background
+            .iter()
+            .zip(&self.error_background)
+            .map(|(y, e)| f64::from(*y) * f64::from(*e))
+            .sum();
+        let rate = f64::from(super::SAMPLE_RATE);
+        let beta = (2.0 * BLOCK as f64 / rate * syy / (see + 1e-12)).min(0.5 * BLOCK as f64 / rate);
+        self.pey = (1.0 - beta) * self.pey + beta * pey;
+        self.pyy = ((1.0 - beta) * self.pyy + beta * pyy).max(1e-12);
+        self.leak = (self.pey.max(0.0) / self.pyy).min(1.0);
+        let rer = ((1e-4 * far_energy + 3.0 * self.leak * syy) / (see + 1e-12))
+            .max(sey * sey / (1.0 + see * syy))
+            .min(0.5) as f32;
+
+        if !self.adapted && self.adapt_sum > PARTITIONS as f64 && self.leak > 0.03 {
+            self.adapted = true;
+        }
+        if self.adapted {
+            let leak = self.leak as f32;
+            let bins = self.error_spectrum.iter().zip(&echo_bins).zip(&self.far_power);
+            for (step, ((error, echo), far)) in self.step.iter_mut().zip(bins) {
+                let error_bin = error.norm_sqr() / FFT as f32 + 1e-9;
+                let residual = (leak * echo).min(0.5 * error_bin);
+                let residual = 0.7 * residual + 0.3 * rer * error_bin;
+                *step = residual / (error_bin * (far + 1e-7));
+            }
+        } else {
+            // Until the leak can be told, a fixed share of the far end's weight.
+            let rate = (0.25 * far_energy).min(0.25 * see) / (see + 1e-12);
+            self.adapt_sum += rate;
+            for k in 0..BINS {
+                self.step[k] = rate as f32 / (self.far_power[k] + 1e-7);
+            }
+        }
+
+        self.update_proportion();
+        let scale = 1.0 / FFT as f32;
+        for k in 0..BINS {
+            self.error_spectrum[k] *= self.step[k] * scale;
+        }
+        for p in 0..PARTITIONS {
+            let slot = (newest + p) % PARTITIONS;
+            let share = self.proportion[p];
+            let far = &self.far[slot * BINS..(slot + 1) * BINS];
+            let weights = &mut self.background[p * BINS..(p + 1) * BINS];
+            for ((w, x), e) in weights.iter_mut().zip(far).zip(&self.error_spectrum) {
+                *w += x.conj() * e * share;
+            }
+        }
+        for _ in 0..CONSTRAINED_PER_BLOCK {
+            self.constrain(self.constrain_next);
+            self.constrain_next = (self.constrain_next + 1) % PARTITIONS;
+        }
+    }
+
+    /// Each partition's share of a step: its weight's magnitude, plus a tenth of the largest
+    /// so that no partition stops learning.
+    fn update_proportion(&mut self) {
+        let mut magnitude = [0.0f32; PARTITIONS];
+        for (p, m) in magnitude.iter_mut().enumerate() {
+            let w = &self.background[p * BINS..(p + 1) * BINS];
+            *m = w.iter().map(|c| c.norm_sqr()).sum::<f32>().sqrt() + 1e-9;
+        }
+        let floor = 0.1 * magnitude.iter().fold(0.0f32, |a, b| a.max(*b));
+        let total: f32 = magnitude.iter().map(|m| m + floor).sum();
+        for (share, m) in self.proportion.iter_mut().zip(magnitude) {
+            *share = 0.99 * (m + floor) / total;
+        }
+    }
+
+    /// Zeroes the second half of partition `p`'s impulse response: overlap-save's linear
+    /// (not circular) convolution.
+    fn constrain(&mut self, p: usize) {
+        let weights = &mut self.background[p * BINS..(p + 1) * BINS];
+        self.spectrum.copy_from_slice(weights);
+        self.inverse_into_time();
+        let scale = 1.0 / FFT as f32;
+        for t in &mut self.time[..BLOCK] {
+            *t *= scale;
+        }
+        self.time[BLOCK..].fill(0.0);
+        let weights = &mut self.background[p * BINS..(p + 1) * BINS];
+        let _ = self
+            .forward
+            .process_with_scratch(&mut self.time, weights, &mut self.scratch);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Weights {
+    Foreground = 0,
+    Background = 1,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Verdict {
+    BackgroundBetter,
+    BackgroundDiverged,
+    Keep,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// White noise through a pure delay and gain: returns the filter, and the echo left over
+    /// the last second against the echo.
+    fn learn(delay: usize, seconds: usize) -> (EchoPathFilter, f64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let total = seconds * 100 * BLOCK;
+        let far: Vec<f32> = (0..total).map(|_| rng.gen_range(-0.3..0.3)).collect();
+        let mut filter = EchoPathFilter::new();
+        let (mut echo_e, mut left_e) = (0.0, 0.0);
+        for k in 0..total / BLOCK {
+            let block: [f32; BLOCK] = far[k * BLOCK..(k + 1) * BLOCK].try_into().unwrap();
+            let mut mic = [0.0f32; BLOCK];
+            for (i, m) in mic.iter_mut().enumerate() {
+                let n = k * BLOCK + i;
+                *m = if n >= delay {
+                    0.5 * far[n - delay]
+                } else {
+                    0.0
+                };
+            }
+            let e: f64 = mic.iter().map(|s| f64::from(*s).powi(2)).sum();
+            filter.process(&block, &mut mic);
+            if k >= total / BLOCK - 100 {
+                echo_e += e;
+                left_e += mic.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>();
+            }
+        }
+        (filter, 10.0 * (echo_e / left_e.max(1e-30)).log10())
+    }
+
+    #[test]
+    fn a_delayed_echo_is_learnt_and_its_delay_found() {
+        for delay in [0, 700, 2400, 9000] {
+            let (filter, erle) = learn(delay, 6);
+            assert!(erle > 30.0, "delay {delay}: ERLE {erle:.1} dB");
+            assert_eq!(filter.delay_samples(), Some(delay), "delay {delay}");
+        }
+    }
+}
