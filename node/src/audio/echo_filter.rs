@@ -38,6 +38,9 @@ pub const PARTITIONS: usize = 32;
 /// Partitions whose gradient constraint is applied per block.
 const CONSTRAINED_PER_BLOCK: usize = 2;
 
+/// Blocks between updates of the partitions' shares of a step: weights move slowly.
+const PROPORTION_EVERY: usize = 4;
+
 /// Blocks between looks for the echo path's delay (half a second).
 const DELAY_EVERY: usize = 50;
 
@@ -56,11 +59,11 @@ pub struct EchoPathFilter {
     echo_bins: [[f32; BINS]; 2],
     /// Far-end block spectra, `PARTITIONS × BINS`; partition `p` of the filter meets the one
     /// `p` blocks old, at `(newest + p) % PARTITIONS`.
-    far: Vec<Complex32>,
+    far: Spectra,
     newest: usize,
     far_previous: [f32; BLOCK],
-    background: Vec<Complex32>,
-    foreground: Vec<Complex32>,
+    background: Spectra,
+    foreground: Spectra,
     /// Smoothed far-end power per bin.
     far_power: Vec<f32>,
     /// Smoothed error and echo-estimate power per bin (leak estimation).
@@ -87,6 +90,8 @@ pub struct EchoPathFilter {
     /// Blocks until the echo path delay is looked for again, and what was found, samples.
     delay_countdown: usize,
     delay: Option<usize>,
+    /// Blocks adapted on.
+    blocks: usize,
     /// Far-end-active blocks: capture energy and output energy, decaying (linear ERLE).
     erle_in: f64,
     erle_out: f64,
@@ -113,11 +118,11 @@ impl EchoPathFilter {
             spectrum: vec![zero; BINS],
             error_spectrum: vec![zero; BINS],
             echo_bins: [[0.0; BINS]; 2],
-            far: vec![zero; PARTITIONS * BINS],
+            far: Spectra::new(),
             newest: 0,
             far_previous: [0.0; BLOCK],
-            background: vec![zero; PARTITIONS * BINS],
-            foreground: vec![zero; PARTITIONS * BINS],
+            background: Spectra::new(),
+            foreground: Spectra::new(),
             far_power: vec![0.0; BINS],
             error_power: vec![0.0; BINS],
             echo_power: vec![0.0; BINS],
@@ -138,6 +143,7 @@ impl EchoPathFilter {
             echo: [0.0; BLOCK],
             delay_countdown: 0,
             delay: None,
+            blocks: 0,
         }
     }
 
@@ -164,7 +170,7 @@ impl EchoPathFilter {
     /// The loudspeaker has been silent for longer than the filter spans: its far-end history
     /// is silence, whatever came before.
     pub fn forget_far(&mut self) {
-        self.far.fill(Complex32::new(0.0, 0.0));
+        self.far.clear();
         self.far_previous = [0.0; BLOCK];
     }
 
@@ -192,11 +198,11 @@ impl EchoPathFilter {
         let mut output_echo = &echo_foreground;
         match self.compare(sff, see, dbf) {
             Verdict::BackgroundBetter => {
-                self.foreground.copy_from_slice(&self.background);
+                self.foreground.copy_from(&self.background);
                 output_echo = &echo_background;
             }
             Verdict::BackgroundDiverged => {
-                self.background.copy_from_slice(&self.foreground);
+                self.background.copy_from(&self.foreground);
                 self.echo_background = echo_foreground;
                 self.echo_bins[Weights::Background as usize] =
                     self.echo_bins[Weights::Foreground as usize];
@@ -235,8 +241,7 @@ impl EchoPathFilter {
         }
         let mut best = (0, 0.0f32);
         for p in 0..PARTITIONS {
-            self.spectrum
-                .copy_from_slice(&self.foreground[p * BINS..(p + 1) * BINS]);
+            self.foreground.get(p, &mut self.spectrum);
             self.inverse_into_time();
             for (i, tap) in self.time[..BLOCK].iter().enumerate() {
                 if tap.abs() > best.1 {
@@ -252,11 +257,13 @@ impl EchoPathFilter {
         self.time[BLOCK..].copy_from_slice(far);
         self.far_previous = *far;
         self.newest = (self.newest + PARTITIONS - 1) % PARTITIONS;
-        let slot = &mut self.far[self.newest * BINS..(self.newest + 1) * BINS];
         // Lengths come from the plan, so this cannot fail.
-        let _ = self
-            .forward
-            .process_with_scratch(&mut self.time, slot, &mut self.scratch);
+        let _ = self.forward.process_with_scratch(
+            &mut self.time,
+            &mut self.spectrum,
+            &mut self.scratch,
+        );
+        self.far.set(self.newest, &self.spectrum);
     }
 
     /// The echo estimate of one set of weights for the newest block, in the time domain.
@@ -265,14 +272,19 @@ impl EchoPathFilter {
             Weights::Foreground => &self.foreground,
             Weights::Background => &self.background,
         };
-        self.spectrum.fill(Complex32::new(0.0, 0.0));
+        let (mut acc_re, mut acc_im) = ([0.0f32; BINS], [0.0f32; BINS]);
         for p in 0..PARTITIONS {
-            let slot = (self.newest + p) % PARTITIONS;
-            let far = &self.far[slot * BINS..(slot + 1) * BINS];
-            let w = &weights[p * BINS..(p + 1) * BINS];
-            for ((acc, x), w) in self.spectrum.iter_mut().zip(far).zip(w) {
-                *acc += x * w;
+            let (xr, xi) = self.far.partition((self.newest + p) % PARTITIONS);
+            let (wr, wi) = weights.partition(p);
+            // Slices of a known length: no bounds checks in the loop, so it vectorises.
+            let (xr, xi, wr, wi) = (&xr[..BINS], &xi[..BINS], &wr[..BINS], &wi[..BINS]);
+            for k in 0..BINS {
+                acc_re[k] += xr[k] * wr[k] - xi[k] * wi[k];
+                acc_im[k] += xr[k] * wi[k] + xi[k] * wr[k];
             }
+        }
+        for ((c, re), im) in self.spectrum.iter_mut().zip(acc_re).zip(acc_im) {
+            *c = Complex32::new(re, im);
         }
         for (bin, y) in self.echo_bins[which as usize]
             .iter_mut()
@@ -342,12 +354,12 @@ impl EchoPathFilter {
             &mut self.scratch,
         );
         let newest = self.newest;
-        let far_now = &self.far[newest * BINS..(newest + 1) * BINS];
+        let (far_re, far_im) = self.far.partition(newest);
         let smoothing = 0.35 / PARTITIONS as f32;
         let spectral_average = BLOCK as f32 / super::SAMPLE_RATE as f32;
         let (mut pey, mut pyy) = (0.0f64, 0.0f64);
         for k in 0..BINS {
-            let far_bin = far_now[k].norm_sqr() / FFT as f32;
+            let far_bin = (far_re[k] * far_re[k] + far_im[k] * far_im[k]) / FFT as f32;
             self.far_power[k] = (1.0 - smoothing) * self.far_power[k] + smoothing * far_bin;
             let error_bin = self.error_spectrum[k].norm_sqr() / FFT as f32;
             self.error_power[k] += spectral_average * (error_bin - self.error_power[k]);
@@ -382,7 +394,11 @@ impl EchoPathFilter {
         }
         if self.adapted {
             let leak = self.leak as f32;
-            let bins = self.error_spectrum.iter().zip(&echo_bins).zip(&self.far_power);
+            let bins = self
+                .error_spectrum
+                .iter()
+                .zip(&echo_bins)
+                .zip(&self.far_power);
             for (step, ((error, echo), far)) in self.step.iter_mut().zip(bins) {
                 let error_bin = error.norm_sqr() / FFT as f32 + 1e-9;
                 let residual = (leak * echo).min(0.5 * error_bin);
@@ -398,18 +414,28 @@ impl EchoPathFilter {
             }
         }
 
-        self.update_proportion();
+        if self.blocks % PROPORTION_EVERY == 0 {
+            self.update_proportion();
+        }
+        self.blocks += 1;
         let scale = 1.0 / FFT as f32;
         for k in 0..BINS {
             self.error_spectrum[k] *= self.step[k] * scale;
         }
+        let (mut er, mut ei) = ([0.0f32; BINS], [0.0f32; BINS]);
+        for ((r, i), e) in er.iter_mut().zip(&mut ei).zip(&self.error_spectrum) {
+            (*r, *i) = (e.re, e.im);
+        }
         for p in 0..PARTITIONS {
-            let slot = (newest + p) % PARTITIONS;
             let share = self.proportion[p];
-            let far = &self.far[slot * BINS..(slot + 1) * BINS];
-            let weights = &mut self.background[p * BINS..(p + 1) * BINS];
-            for ((w, x), e) in weights.iter_mut().zip(far).zip(&self.error_spectrum) {
-                *w += x.conj() * e * share;
+            let (xr, xi) = self.far.partition((newest + p) % PARTITIONS);
+            let (wr, wi) = self.background.partition_mut(p);
+            let (xr, xi) = (&xr[..BINS], &xi[..BINS]);
+            let (wr, wi) = (&mut wr[..BINS], &mut wi[..BINS]);
+            for k in 0..BINS {
+                // w += share · conj(x) · e
+                wr[k] += share * (xr[k] * er[k] + xi[k] * ei[k]);
+                wi[k] += share * (xr[k] * ei[k] - xi[k] * er[k]);
             }
         }
         for _ in 0..CONSTRAINED_PER_BLOCK {
@@ -423,8 +449,8 @@ impl EchoPathFilter {
     fn update_proportion(&mut self) {
         let mut magnitude = [0.0f32; PARTITIONS];
         for (p, m) in magnitude.iter_mut().enumerate() {
-            let w = &self.background[p * BINS..(p + 1) * BINS];
-            *m = w.iter().map(|c| c.norm_sqr()).sum::<f32>().sqrt() + 1e-9;
+            let (re, im) = self.background.partition(p);
+            *m = power(re, im).sqrt() + 1e-9;
         }
         let floor = 0.1 * magnitude.iter().fold(0.0f32, |a, b| a.max(*b));
         let total: f32 = magnitude.iter().map(|m| m + floor).sum();
@@ -436,18 +462,86 @@ impl EchoPathFilter {
     /// Zeroes the second half of partition `p`'s impulse response: overlap-save's linear
     /// (not circular) convolution.
     fn constrain(&mut self, p: usize) {
-        let weights = &mut self.background[p * BINS..(p + 1) * BINS];
-        self.spectrum.copy_from_slice(weights);
+        self.background.get(p, &mut self.spectrum);
         self.inverse_into_time();
         let scale = 1.0 / FFT as f32;
         for t in &mut self.time[..BLOCK] {
             *t *= scale;
         }
         self.time[BLOCK..].fill(0.0);
-        let weights = &mut self.background[p * BINS..(p + 1) * BINS];
-        let _ = self
-            .forward
-            .process_with_scratch(&mut self.time, weights, &mut self.scratch);
+        let _ = self.forward.process_with_scratch(
+            &mut self.time,
+            &mut self.spectrum,
+            &mut self.scratch,
+        );
+        self.background.set(p, &self.spectrum);
+    }
+}
+
+/// Σ|c|² over a spectrum held as real and imaginary parts, in eight lanes so that it
+/// vectorises (a single float sum cannot be reordered by the compiler).
+fn power(re: &[f32], im: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (re_chunks, im_chunks) = (re.chunks_exact(8), im.chunks_exact(8));
+    let rest: f32 = (re_chunks.remainder().iter())
+        .zip(im_chunks.remainder())
+        .map(|(r, i)| r * r + i * i)
+        .sum();
+    for (r, i) in re_chunks.zip(im_chunks) {
+        for lane in 0..8 {
+            lanes[lane] += r[lane] * r[lane] + i[lane] * i[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// `PARTITIONS` spectra of `BINS` bins, real and imaginary parts apart so that the per-bin
+/// loops over them vectorise.
+struct Spectra {
+    re: Vec<f32>,
+    im: Vec<f32>,
+}
+
+impl Spectra {
+    fn new() -> Self {
+        Self {
+            re: vec![0.0; PARTITIONS * BINS],
+            im: vec![0.0; PARTITIONS * BINS],
+        }
+    }
+
+    fn partition(&self, p: usize) -> (&[f32], &[f32]) {
+        let range = p * BINS..(p + 1) * BINS;
+        (&self.re[range.clone()], &self.im[range])
+    }
+
+    fn partition_mut(&mut self, p: usize) -> (&mut [f32], &mut [f32]) {
+        let range = p * BINS..(p + 1) * BINS;
+        (&mut self.re[range.clone()], &mut self.im[range])
+    }
+
+    fn set(&mut self, p: usize, spectrum: &[Complex32]) {
+        let (re, im) = self.partition_mut(p);
+        for ((r, i), c) in re.iter_mut().zip(im).zip(spectrum) {
+            (*r, *i) = (c.re, c.im);
+        }
+    }
+
+    fn get(&self, p: usize, spectrum: &mut [Complex32]) {
+        let (re, im) = self.partition(p);
+        for ((c, r), i) in spectrum.iter_mut().zip(re).zip(im) {
+            *c = Complex32::new(*r, *i);
+        }
+    }
+
+    fn copy_from(&mut self, other: &Spectra) {
+        self.re.copy_from_slice(&other.re);
+        self.im.copy_from_slice(&other.im);
+    }
+
+    fn clear(&mut self) {
+        self.re.fill(0.0);
+        self.im.fill(0.0);
     }
 }
 
