@@ -49,9 +49,7 @@ const QUIET_FAR: f32 = 1e-7;
 
 /// See the module documentation.
 pub struct EchoPathFilter {
-    forward: Arc<dyn RealToComplex<f32>>,
-    inverse: Arc<dyn ComplexToReal<f32>>,
-    scratch: Vec<Complex32>,
+    fft: BlockFft,
     time: Vec<f32>,
     spectrum: Vec<Complex32>,
     error_spectrum: Vec<Complex32>,
@@ -105,15 +103,9 @@ impl Default for EchoPathFilter {
 
 impl EchoPathFilter {
     pub fn new() -> Self {
-        let mut planner = RealFftPlanner::<f32>::new();
-        let forward = planner.plan_fft_forward(FFT);
-        let inverse = planner.plan_fft_inverse(FFT);
-        let scratch_len = forward.get_scratch_len().max(inverse.get_scratch_len());
         let zero = Complex32::new(0.0, 0.0);
         Self {
-            forward,
-            inverse,
-            scratch: vec![zero; scratch_len],
+            fft: BlockFft::new(),
             time: vec![0.0; FFT],
             spectrum: vec![zero; BINS],
             error_spectrum: vec![zero; BINS],
@@ -258,11 +250,7 @@ impl EchoPathFilter {
         self.far_previous = *far;
         self.newest = (self.newest + PARTITIONS - 1) % PARTITIONS;
         // Lengths come from the plan, so this cannot fail.
-        let _ = self.forward.process_with_scratch(
-            &mut self.time,
-            &mut self.spectrum,
-            &mut self.scratch,
-        );
+        self.fft.forward(&mut self.time, &mut self.spectrum);
         self.far.set(self.newest, &self.spectrum);
     }
 
@@ -301,14 +289,7 @@ impl EchoPathFilter {
 
     /// Inverse FFT of `spectrum` into `time` (unscaled).
     fn inverse_into_time(&mut self) {
-        // A real signal's spectrum has real DC and Nyquist bins; rounding may leave dust.
-        self.spectrum[0].im = 0.0;
-        self.spectrum[BINS - 1].im = 0.0;
-        let _ = self.inverse.process_with_scratch(
-            &mut self.spectrum,
-            &mut self.time,
-            &mut self.scratch,
-        );
+        self.fft.inverse(&mut self.spectrum, &mut self.time);
     }
 
     /// Speex's test: is the background's lower error more than chance, over one block or a
@@ -348,11 +329,7 @@ impl EchoPathFilter {
         let echo_bins = self.echo_bins[Weights::Background as usize];
         self.time[..BLOCK].fill(0.0);
         self.time[BLOCK..].copy_from_slice(&self.error_background);
-        let _ = self.forward.process_with_scratch(
-            &mut self.time,
-            &mut self.error_spectrum,
-            &mut self.scratch,
-        );
+        self.fft.forward(&mut self.time, &mut self.error_spectrum);
         let newest = self.newest;
         let (far_re, far_im) = self.far.partition(newest);
         let smoothing = 0.35 / PARTITIONS as f32;
@@ -469,12 +446,49 @@ impl EchoPathFilter {
             *t *= scale;
         }
         self.time[BLOCK..].fill(0.0);
-        let _ = self.forward.process_with_scratch(
-            &mut self.time,
-            &mut self.spectrum,
-            &mut self.scratch,
-        );
+        self.fft.forward(&mut self.time, &mut self.spectrum);
         self.background.set(p, &self.spectrum);
+    }
+}
+
+/// A real FFT of `FFT` points both ways with its scratch, planned once: no allocation after
+/// [`BlockFft::new`]. Shared by both stages of the canceller.
+pub(super) struct BlockFft {
+    forward: Arc<dyn RealToComplex<f32>>,
+    inverse: Arc<dyn ComplexToReal<f32>>,
+    scratch: Vec<Complex32>,
+}
+
+impl BlockFft {
+    pub(super) fn new() -> Self {
+        let mut planner = RealFftPlanner::<f32>::new();
+        let forward = planner.plan_fft_forward(FFT);
+        let inverse = planner.plan_fft_inverse(FFT);
+        let scratch_len = forward.get_scratch_len().max(inverse.get_scratch_len());
+        Self {
+            forward,
+            inverse,
+            scratch: vec![Complex32::new(0.0, 0.0); scratch_len],
+        }
+    }
+
+    /// `time` (`FFT` samples, used as scratch) to `spectrum` (`FFT / 2 + 1` bins).
+    pub(super) fn forward(&mut self, time: &mut [f32], spectrum: &mut [Complex32]) {
+        // Lengths come from the plan, so this cannot fail.
+        let _ = self
+            .forward
+            .process_with_scratch(time, spectrum, &mut self.scratch);
+    }
+
+    /// Back to the time domain, unscaled (`FFT` times the signal).
+    pub(super) fn inverse(&mut self, spectrum: &mut [Complex32], time: &mut [f32]) {
+        // A real signal's spectrum has real DC and Nyquist bins; rounding may leave dust,
+        // which the inverse refuses.
+        spectrum[0].im = 0.0;
+        spectrum[BINS - 1].im = 0.0;
+        let _ = self
+            .inverse
+            .process_with_scratch(spectrum, time, &mut self.scratch);
     }
 }
 

@@ -14,9 +14,8 @@
 //! every gain is one. Allocated in [`EchoSuppressor::new`]; a block does no allocation or I/O.
 
 use super::echo::ECHO_FRAME;
+use super::echo_filter::BlockFft;
 use realfft::num_complex::Complex32;
-use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
-use std::sync::Arc;
 
 const BLOCK: usize = ECHO_FRAME;
 const FFT: usize = 2 * BLOCK;
@@ -38,9 +37,7 @@ const RESIDUAL_HOLD: f32 = 0.8;
 
 /// See the module documentation.
 pub struct EchoSuppressor {
-    forward: Arc<dyn RealToComplex<f32>>,
-    inverse: Arc<dyn ComplexToReal<f32>>,
-    scratch: Vec<Complex32>,
+    fft: BlockFft,
     window: Vec<f32>,
     time: Vec<f32>,
     signal: Vec<Complex32>,
@@ -60,10 +57,6 @@ impl Default for EchoSuppressor {
 
 impl EchoSuppressor {
     pub fn new() -> Self {
-        let mut planner = RealFftPlanner::<f32>::new();
-        let forward = planner.plan_fft_forward(FFT);
-        let inverse = planner.plan_fft_inverse(FFT);
-        let scratch_len = forward.get_scratch_len().max(inverse.get_scratch_len());
         let zero = Complex32::new(0.0, 0.0);
         // Periodic square-root Hann: its square sums to one at a half-window hop.
         let window = (0..FFT)
@@ -73,9 +66,7 @@ impl EchoSuppressor {
             })
             .collect();
         Self {
-            forward,
-            inverse,
-            scratch: vec![zero; scratch_len],
+            fft: BlockFft::new(),
             window,
             time: vec![0.0; FFT],
             signal: vec![zero; BINS],
@@ -99,11 +90,7 @@ impl EchoSuppressor {
             let gain = (1.0 - OVER_SUBTRACTION * self.residual[k] / power).max(FLOOR);
             self.signal[k] *= gain / FFT as f32;
         }
-        self.signal[0].im = 0.0;
-        self.signal[BINS - 1].im = 0.0;
-        let _ =
-            self.inverse
-                .process_with_scratch(&mut self.signal, &mut self.time, &mut self.scratch);
+        self.fft.inverse(&mut self.signal, &mut self.time);
         for (t, w) in self.time.iter_mut().zip(&self.window) {
             *t *= w;
         }
@@ -149,10 +136,7 @@ impl EchoSuppressor {
             Target::Signal => &mut self.signal,
             Target::Echo => &mut self.echo,
         };
-        // Lengths come from the plan, so this cannot fail.
-        let _ = self
-            .forward
-            .process_with_scratch(&mut self.time, out, &mut self.scratch);
+        self.fft.forward(&mut self.time, out);
     }
 }
 #[derive(Clone, Copy)]
