@@ -187,3 +187,33 @@ fn asleep_or_awake_the_canceller_delays_the_capture_alike() {
         );
     }
 }
+
+#[test]
+fn samples_that_are_not_numbers_are_heard_as_silence_and_do_not_poison_the_canceller() {
+    let far = speech();
+    let mut canceller = EchoCanceller::new();
+    let mut history = vec![0.0f32; 40 * 48];
+    for k in 0..300 {
+        let start = (k * ECHO_FRAME) % (far.len() - ECHO_FRAME);
+        let mut played = far[start..start + ECHO_FRAME].to_vec();
+        if k == 100 {
+            played[7] = f32::NAN;
+        }
+        canceller.render(&played);
+        history.extend_from_slice(&far[start..start + ECHO_FRAME]);
+        let mut mic = [0.0f32; ECHO_FRAME];
+        for (m, s) in mic.iter_mut().zip(&history[..ECHO_FRAME]) {
+            *m = 0.5 * s;
+        }
+        history.drain(..ECHO_FRAME);
+        if k == 150 {
+            mic[3] = f32::INFINITY;
+        }
+        canceller.process(&mut mic);
+        assert!(mic.iter().all(|s| s.is_finite()), "block {k}");
+    }
+    assert!(canceller
+        .stats()
+        .erle_db
+        .is_some_and(|db| db.is_finite() && db > 10.0));
+}

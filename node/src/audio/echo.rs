@@ -116,7 +116,8 @@ impl EchoCanceller {
 
     fn feed_render(&mut self, samples: impl Iterator<Item = f32>) {
         for sample in samples {
-            self.render_in[self.render_fill] = sample;
+            // A NaN or infinity from a driver would poison the filter's weights for good.
+            self.render_in[self.render_fill] = if sample.is_finite() { sample } else { 0.0 };
             self.render_fill += 1;
             if self.render_fill == ECHO_FRAME {
                 self.render_fill = 0;
@@ -175,6 +176,9 @@ impl EchoCanceller {
     /// [`PROCESSING_DELAY`] late.
     pub fn process(&mut self, capture: &mut [f32; ECHO_FRAME]) {
         let far = self.next_render();
+        for sample in capture.iter_mut().filter(|s| !s.is_finite()) {
+            *sample = 0.0;
+        }
         if self.asleep {
             // Nothing has been played, or not for a while: there is no echo to remove. The
             // capture passes, delayed as the suppressor would delay it.
