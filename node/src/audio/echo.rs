@@ -74,10 +74,9 @@ pub struct EchoCanceller {
     asleep: bool,
     /// 10 ms render frames in a row that were silent.
     silent_frames: usize,
-    /// Far-end-active sub-frames: capture energy and output energy, decaying (ERLE). The
-    /// output is one sub-frame late, which a few seconds' sums do not notice.
-    erle_in: f64,
-    erle_out: f64,
+    /// Over far-end-active sub-frames, both stages. The output is one sub-frame late, which a
+    /// few seconds' sums do not notice.
+    erle: ErleMeter,
 }
 
 impl Default for EchoCanceller {
@@ -99,8 +98,7 @@ impl EchoCanceller {
             device_delay_ms: 0,
             asleep: true,
             silent_frames: 0,
-            erle_in: 0.0,
-            erle_out: 0.0,
+            erle: ErleMeter::default(),
         }
     }
 
@@ -191,16 +189,13 @@ impl EchoCanceller {
         self.suppressor
             .process(capture, self.linear.echo(), self.linear.leak());
         if far_active {
-            self.erle_in = 0.995 * self.erle_in + input_energy;
-            self.erle_out = 0.995 * self.erle_out + energy(capture);
+            self.erle.add(input_energy, energy(capture));
         }
     }
 
     pub fn stats(&self) -> EchoStats {
-        let erle_db = (self.linear.erle_db().is_some() && self.erle_out > 0.0)
-            .then(|| 10.0 * (self.erle_in / self.erle_out).log10());
         EchoStats {
-            erle_db,
+            erle_db: self.linear.erle_db().and(self.erle.db()),
             linear_erle_db: self.linear.erle_db(),
             delay_ms: self
                 .linear
@@ -211,6 +206,28 @@ impl EchoCanceller {
     }
 }
 
-fn energy(block: &[f32]) -> f64 {
+/// Σx², in f64: a block's energy, summed without float rounding piling up.
+pub(super) fn energy(block: &[f32]) -> f64 {
     block.iter().map(|s| f64::from(*s) * f64::from(*s)).sum()
+}
+
+/// Echo return loss enhancement over the last few seconds: what went in against what came
+/// out, both decaying, so the figure follows the room.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct ErleMeter {
+    input: f64,
+    output: f64,
+}
+
+impl ErleMeter {
+    /// One block's energy before and after cancellation.
+    pub(super) fn add(&mut self, input: f64, output: f64) {
+        self.input = 0.995 * self.input + input;
+        self.output = 0.995 * self.output + output;
+    }
+
+    /// dB; none before anything came out.
+    pub(super) fn db(&self) -> Option<f64> {
+        (self.output > 0.0).then(|| 10.0 * (self.input / self.output).log10())
+    }
 }

@@ -22,7 +22,7 @@
 //!
 //! Everything is allocated in [`EchoPathFilter::new`]; a block does no allocation or I/O.
 
-use super::echo::ECHO_FRAME;
+use super::echo::{energy, ErleMeter, ECHO_FRAME};
 use realfft::num_complex::Complex32;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use std::sync::Arc;
@@ -41,9 +41,6 @@ const CONSTRAINED_PER_BLOCK: usize = 2;
 /// Blocks between updates of the partitions' shares of a step: weights move slowly.
 const PROPORTION_EVERY: usize = 4;
 
-/// Blocks between looks for the echo path's delay (half a second).
-const DELAY_EVERY: usize = 50;
-
 /// A far-end block whose energy per sample is below this (−70 dBFS) is not adapted on.
 const QUIET_FAR: f32 = 1e-7;
 
@@ -53,8 +50,8 @@ pub struct EchoPathFilter {
     time: Vec<f32>,
     spectrum: Vec<Complex32>,
     error_spectrum: Vec<Complex32>,
-    /// Power per bin of each filter's echo estimate for this block, by [`Weights`].
-    echo_bins: [[f32; BINS]; 2],
+    /// Power per bin of the background's echo estimate for this block.
+    echo_bins: [f32; BINS],
     /// Far-end block spectra, `PARTITIONS × BINS`; partition `p` of the filter meets the one
     /// `p` blocks old, at `(newest + p) % PARTITIONS`.
     far: Spectra,
@@ -85,14 +82,15 @@ pub struct EchoPathFilter {
     constrain_next: usize,
     /// The echo estimate subtracted from the last block.
     echo: [f32; BLOCK],
-    /// Blocks until the echo path delay is looked for again, and what was found, samples.
-    delay_countdown: usize,
+    /// The foreground's largest tap: the partition the scan looks at next, the largest so
+    /// far in this scan (sample, magnitude), and the last whole scan's, in samples.
+    delay_scan: usize,
+    delay_best: (usize, f32),
     delay: Option<usize>,
     /// Blocks adapted on.
     blocks: usize,
-    /// Far-end-active blocks: capture energy and output energy, decaying (linear ERLE).
-    erle_in: f64,
-    erle_out: f64,
+    /// Over far-end-active blocks, this stage alone.
+    erle: ErleMeter,
 }
 
 impl Default for EchoPathFilter {
@@ -109,7 +107,7 @@ impl EchoPathFilter {
             time: vec![0.0; FFT],
             spectrum: vec![zero; BINS],
             error_spectrum: vec![zero; BINS],
-            echo_bins: [[0.0; BINS]; 2],
+            echo_bins: [0.0; BINS],
             far: Spectra::new(),
             newest: 0,
             far_previous: [0.0; BLOCK],
@@ -130,10 +128,10 @@ impl EchoPathFilter {
             difference: [0.0; 2],
             variance: [0.0; 2],
             constrain_next: 0,
-            erle_in: 0.0,
-            erle_out: 0.0,
+            erle: ErleMeter::default(),
             echo: [0.0; BLOCK],
-            delay_countdown: 0,
+            delay_scan: 0,
+            delay_best: (0, 0.0),
             delay: None,
             blocks: 0,
         }
@@ -141,7 +139,7 @@ impl EchoPathFilter {
 
     /// Echo return loss enhancement of this stage over the last few seconds of far end, dB.
     pub fn erle_db(&self) -> Option<f64> {
-        (self.adapted && self.erle_out > 0.0).then(|| 10.0 * (self.erle_in / self.erle_out).log10())
+        self.erle.db().filter(|_| self.adapted)
     }
 
     /// The echo estimate subtracted from the last block.
@@ -170,7 +168,7 @@ impl EchoPathFilter {
     /// from `capture`, in place, and learns from the block.
     pub fn process(&mut self, far: &[f32; BLOCK], capture: &mut [f32; BLOCK]) {
         self.push_far(far);
-        let far_energy: f64 = far.iter().map(|s| f64::from(*s) * f64::from(*s)).sum();
+        let far_energy = energy(far);
 
         let mut echo_foreground = [0.0f32; BLOCK];
         self.estimate(Weights::Foreground, &mut echo_foreground);
@@ -196,8 +194,10 @@ impl EchoPathFilter {
             Verdict::BackgroundDiverged => {
                 self.background.copy_from(&self.foreground);
                 self.echo_background = echo_foreground;
-                self.echo_bins[Weights::Background as usize] =
-                    self.echo_bins[Weights::Foreground as usize];
+                // Rare (double talk), so the foreground's bins are worked out again here
+                // rather than kept for every block.
+                self.echo_spectrum(Weights::Foreground);
+                self.store_echo_bins();
                 for i in 0..BLOCK {
                     self.error_background[i] = capture[i] - echo_foreground[i];
                 }
@@ -207,41 +207,36 @@ impl EchoPathFilter {
         }
 
         self.echo = *output_echo;
-        let (mut mic, mut out) = (0.0f64, 0.0f64);
+        let mic = energy(capture);
         for (sample, echo) in capture.iter_mut().zip(output_echo) {
-            mic += f64::from(*sample) * f64::from(*sample);
             *sample -= echo;
-            out += f64::from(*sample) * f64::from(*sample);
         }
         if far_energy > f64::from(QUIET_FAR) * BLOCK as f64 {
-            // A few seconds' memory, so the figure follows the room.
-            self.erle_in = 0.995 * self.erle_in + mic;
-            self.erle_out = 0.995 * self.erle_out + out;
+            self.erle.add(mic, energy(capture));
             self.adapt(far_energy, see);
         }
-        if self.delay_countdown == 0 {
-            self.delay_countdown = DELAY_EVERY;
-            self.find_delay();
+        if self.adapted {
+            self.scan_for_delay();
         }
-        self.delay_countdown -= 1;
     }
 
-    /// The foreground's peak: its largest tap (32 inverse transforms every half second).
-    fn find_delay(&mut self) {
-        if !self.adapted {
-            return;
-        }
-        let mut best = (0, 0.0f32);
-        for p in 0..PARTITIONS {
-            self.foreground.get(p, &mut self.spectrum);
-            self.inverse_into_time();
-            for (i, tap) in self.time[..BLOCK].iter().enumerate() {
-                if tap.abs() > best.1 {
-                    best = (p * BLOCK + i, tap.abs());
-                }
+    /// Looks at one more partition of the foreground's impulse response for its largest tap
+    /// (one inverse transform a block, rather than all 32 at once); after the last, that tap
+    /// is the echo path's delay.
+    fn scan_for_delay(&mut self) {
+        let p = self.delay_scan;
+        self.foreground.get(p, &mut self.spectrum);
+        self.inverse_into_time();
+        for (i, tap) in self.time[..BLOCK].iter().enumerate() {
+            if tap.abs() > self.delay_best.1 {
+                self.delay_best = (p * BLOCK + i, tap.abs());
             }
         }
-        self.delay = Some(best.0);
+        self.delay_scan = (p + 1) % PARTITIONS;
+        if self.delay_scan == 0 {
+            self.delay = Some(self.delay_best.0);
+            self.delay_best = (0, 0.0);
+        }
     }
 
     fn push_far(&mut self, far: &[f32; BLOCK]) {
@@ -254,8 +249,22 @@ impl EchoPathFilter {
         self.far.set(self.newest, &self.spectrum);
     }
 
-    /// The echo estimate of one set of weights for the newest block, in the time domain.
+    /// The echo estimate of one set of weights for the newest block, in the time domain; the
+    /// background's power per bin is kept for adaptation.
     fn estimate(&mut self, which: Weights, out: &mut [f32; BLOCK]) {
+        self.echo_spectrum(which);
+        if which == Weights::Background {
+            self.store_echo_bins();
+        }
+        self.inverse_into_time();
+        let scale = 1.0 / FFT as f32;
+        for (o, t) in out.iter_mut().zip(&self.time[BLOCK..]) {
+            *o = t * scale;
+        }
+    }
+
+    /// Into `spectrum`: the echo estimate of one set of weights for the newest block.
+    fn echo_spectrum(&mut self, which: Weights) {
         let weights = match which {
             Weights::Foreground => &self.foreground,
             Weights::Background => &self.background,
@@ -274,16 +283,12 @@ impl EchoPathFilter {
         for ((c, re), im) in self.spectrum.iter_mut().zip(acc_re).zip(acc_im) {
             *c = Complex32::new(re, im);
         }
-        for (bin, y) in self.echo_bins[which as usize]
-            .iter_mut()
-            .zip(&self.spectrum)
-        {
+    }
+
+    /// `spectrum`'s power per bin as the background's echo estimate.
+    fn store_echo_bins(&mut self) {
+        for (bin, y) in self.echo_bins.iter_mut().zip(&self.spectrum) {
             *bin = y.norm_sqr() / FFT as f32;
-        }
-        self.inverse_into_time();
-        let scale = 1.0 / FFT as f32;
-        for (o, t) in out.iter_mut().zip(&self.time[BLOCK..]) {
-            *o = t * scale;
         }
     }
 
@@ -326,7 +331,7 @@ impl EchoPathFilter {
     /// One step of the background towards this block's error.
     fn adapt(&mut self, far_energy: f64, see: f64) {
         // The error's spectrum: its block, zero-padded in front (overlap-save).
-        let echo_bins = self.echo_bins[Weights::Background as usize];
+        let echo_bins = self.echo_bins;
         self.time[..BLOCK].fill(0.0);
         self.time[BLOCK..].copy_from_slice(&self.error_background);
         self.fft.forward(&mut self.time, &mut self.error_spectrum);
@@ -346,11 +351,7 @@ impl EchoPathFilter {
             pey += de * dy;
             pyy += dy * dy;
         }
-        let syy: f64 = self
-            .echo_background
-            .iter()
-            .map(|s| f64::from(*s) * f64::from(*s))
-            .sum();
+        let syy = energy(&self.echo_background);
         let sey: f64 = self
             .echo_background
             .iter()
@@ -561,8 +562,8 @@ impl Spectra {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Weights {
-    Foreground = 0,
-    Background = 1,
+    Foreground,
+    Background,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -597,11 +598,11 @@ mod tests {
                     0.0
                 };
             }
-            let e: f64 = mic.iter().map(|s| f64::from(*s).powi(2)).sum();
+            let e = energy(&mic);
             filter.process(&block, &mut mic);
             if k >= total / BLOCK - 100 {
                 echo_e += e;
-                left_e += mic.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>();
+                left_e += energy(&mic);
             }
         }
         (filter, 10.0 * (echo_e / left_e.max(1e-30)).log10())

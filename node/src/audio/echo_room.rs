@@ -13,7 +13,7 @@
 //! near-end speech going in and coming out (the canceller's added latency). The near-end
 //! output of phases 2 and 3 is returned for PESQ scoring against the near-end input.
 
-use super::echo::{EchoCanceller, ECHO_FRAME};
+use super::echo::{energy, EchoCanceller, ECHO_FRAME};
 use super::SAMPLE_RATE;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -110,10 +110,6 @@ fn convolve(signal: &[f32], ir: &[f32]) -> Vec<f32> {
     let _ = inverse.process(&mut product, &mut out);
     out.truncate(signal.len());
     out.iter().map(|s| (s / n as f64) as f32).collect()
-}
-
-fn energy(x: &[f32]) -> f64 {
-    x.iter().map(|s| f64::from(*s) * f64::from(*s)).sum()
 }
 
 /// The near end's output of phases 2 and 3.
