@@ -47,8 +47,21 @@ pub fn compress_ops<'a>(ops: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
 
 /// Decompresses a payload into ops (wire form), refusing more than `max` decompressed bytes.
 pub fn decompress_ops(payload: &[u8], max: usize) -> Result<Vec<Vec<u8>>, BundleError> {
-    let raw = zstd::bulk::decompress(payload, max)
-        .map_err(|e| BundleError::Compression(e.to_string()))?;
+    use std::io::Read;
+    // Streamed, so memory follows what the payload holds: a bulk decompress reserves `max`
+    // up front (256 MiB for every sync message).
+    let compression = |e: std::io::Error| BundleError::Compression(e.to_string());
+    let decoder = zstd::stream::read::Decoder::with_buffer(payload).map_err(compression)?;
+    let mut raw = Vec::new();
+    decoder
+        .take(max as u64 + 1)
+        .read_to_end(&mut raw)
+        .map_err(compression)?;
+    if raw.len() > max {
+        return Err(BundleError::Compression(format!(
+            "more than {max} bytes decompressed"
+        )));
+    }
     let mut ops = Vec::new();
     let mut rest = &raw[..];
     while !rest.is_empty() {
@@ -88,4 +101,25 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<(IdentityKey, Vec<Vec<u8>>), Bundle
     let org = IdentityKey::from_bytes(&bytes[9..41]).map_err(|_| BundleError::BadOrg)?;
     let ops = decompress_ops(&bytes[41..], MAX_BUNDLE_DECOMPRESSED)?;
     Ok((org, ops))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        let op = vec![7u8; 1000];
+        let payload = compress_ops([&op[..], &op[..]]);
+        let whole = 2 * (4 + op.len());
+        assert_eq!(decompress_ops(&payload, whole), Ok(vec![op.clone(), op]));
+        assert!(matches!(
+            decompress_ops(&payload, whole - 1),
+            Err(BundleError::Compression(_))
+        ));
+        assert!(matches!(
+            decompress_ops(b"not zstd at all", whole),
+            Err(BundleError::Compression(_))
+        ));
+    }
 }
