@@ -71,11 +71,11 @@ pub fn unlock(path: &Path, env: Option<&str>) -> Result<NodeKeys, RelayError> {
         .map_err(key_error)
 }
 
-/// One org being served: its node runs on a runtime of its own (two worker threads at most,
-/// started from a thread of its own) until told to stop, so a busy org's work queues behind
-/// its own and orgs spread over the host's cores. (A single-threaded runtime per org measured
-/// about 30 % fewer CPU-seconds per copy on a 2-core machine, but half a millisecond more
-/// latency: kept at two workers for the latency.)
+/// One org being served: its node runs on a single-threaded runtime on a thread of its own
+/// until told to stop, so a busy org's work queues behind its own and orgs spread over the
+/// host's cores. Why one thread: with two workers, every forwarded packet woke the other
+/// worker several times over (about 40 context switches per packet); one thread took 25–30 %
+/// fewer CPU-seconds per copy, with no more latency (`callsign-relay bench`, 2-core machine).
 struct ServedOrg {
     config: OrgConfig,
     address: Multiaddr,
@@ -342,10 +342,7 @@ async fn start_org(
     let thread = std::thread::Builder::new()
         .name(format!("org {}", org.name))
         .spawn(move || {
-            let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .thread_name(format!("org {name}"))
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {

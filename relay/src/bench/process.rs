@@ -34,9 +34,21 @@ pub(super) struct Measured {
 }
 
 impl Measured {
+    /// Runs our own binary with `args`; under `CALLSIGN_BENCH_WRAP` if set (a profiler such
+    /// as `heaptrack` or `perf record -g --`, split at spaces): then CPU time and memory are
+    /// read off the wrapper, and are not the forwarder's.
     pub(super) fn spawn(args: &[String]) -> Result<Self> {
         let exe = std::env::current_exe().context("finding our own binary")?;
-        let mut child = Command::new(exe)
+        let wrap = std::env::var("CALLSIGN_BENCH_WRAP").unwrap_or_default();
+        let mut command = match wrap.split_whitespace().collect::<Vec<_>>().split_first() {
+            Some((program, wrap_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrap_args).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
