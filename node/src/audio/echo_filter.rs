@@ -41,6 +41,13 @@ const CONSTRAINED_PER_BLOCK: usize = 2;
 /// Blocks between updates of the partitions' shares of a step: weights move slowly.
 const PROPORTION_EVERY: usize = 4;
 
+/// How strongly the leak estimate starts out believing that all the echo leaks, against the
+/// evidence gathered since, whatever the signals' level. Speex starts its correlations at
+/// 1 in absolute units instead, a prior that a loud echo outgrew in a second (ERLE 20 dB
+/// after 2 s with the echo as loud as the far end) and a quiet one held for long (the near
+/// end suppressed in double talk). 2 measured best over the echo bench's rooms and levels.
+const LEAK_PRIOR: f64 = 2.0;
+
 /// A far-end block whose energy per sample is below this (−70 dBFS) is not adapted on.
 const QUIET_FAR: f32 = 1e-7;
 
@@ -68,9 +75,13 @@ pub struct EchoPathFilter {
     proportion: [f32; PARTITIONS],
     echo_background: [f32; BLOCK],
     error_background: [f32; BLOCK],
-    /// Correlation of error and echo-estimate power fluctuations, and the latter's variance.
+    /// Correlation of error and echo-estimate power fluctuations, and the latter's variance,
+    /// gathered from nothing; the prior is apart, in `prior`.
     pey: f64,
     pyy: f64,
+    /// The weight the evidence has not yet replaced of the prior belief that all the echo
+    /// leaks: 1 at the start, fading at the pace the correlations gather evidence.
+    prior: f64,
     /// The share of the echo the filter still leaks, 0–1.
     leak: f64,
     /// Enough far end has been seen to trust the leak estimate.
@@ -120,8 +131,9 @@ impl EchoPathFilter {
             proportion: [1.0 / PARTITIONS as f32; PARTITIONS],
             echo_background: [0.0; BLOCK],
             error_background: [0.0; BLOCK],
-            pey: 1.0,
-            pyy: 1.0,
+            pey: 0.0,
+            pyy: 0.0,
+            prior: 1.0,
             leak: 1.0,
             adapted: false,
             adapt_sum: 0.0,
@@ -361,8 +373,15 @@ impl EchoPathFilter {
         let rate = f64::from(super::SAMPLE_RATE);
         let beta = (2.0 * BLOCK as f64 / rate * syy / (see + 1e-12)).min(0.5 * BLOCK as f64 / rate);
         self.pey = (1.0 - beta) * self.pey + beta * pey;
-        self.pyy = ((1.0 - beta) * self.pyy + beta * pyy).max(1e-12);
-        self.leak = (self.pey.max(0.0) / self.pyy).min(1.0);
+        self.pyy = (1.0 - beta) * self.pyy + beta * pyy;
+        self.prior *= 1.0 - beta;
+        let evidence = if self.pyy > 1e-30 {
+            self.pey.max(0.0) / self.pyy
+        } else {
+            1.0
+        };
+        let prior = LEAK_PRIOR * self.prior / (1.0 - self.prior).max(1e-12);
+        self.leak = ((evidence + prior) / (1.0 + prior)).min(1.0);
         let rer = ((1e-4 * far_energy + 3.0 * self.leak * syy) / (see + 1e-12))
             .max(sey * sey / (1.0 + see * syy))
             .min(0.5) as f32;
@@ -582,6 +601,10 @@ mod tests {
     /// White noise through a pure delay and gain: returns the filter, and the echo left over
     /// the last second against the echo.
     fn learn(delay: usize, seconds: usize) -> (EchoPathFilter, f64) {
+        learn_with_gain(delay, seconds, 0.5)
+    }
+
+    fn learn_with_gain(delay: usize, seconds: usize, gain: f32) -> (EchoPathFilter, f64) {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let total = seconds * 100 * BLOCK;
         let far: Vec<f32> = (0..total).map(|_| rng.gen_range(-0.3..0.3)).collect();
@@ -593,7 +616,7 @@ mod tests {
             for (i, m) in mic.iter_mut().enumerate() {
                 let n = k * BLOCK + i;
                 *m = if n >= delay {
-                    0.5 * far[n - delay]
+                    gain * far[n - delay]
                 } else {
                     0.0
                 };
@@ -606,6 +629,20 @@ mod tests {
             }
         }
         (filter, 10.0 * (echo_e / left_e.max(1e-30)).log10())
+    }
+
+    /// How much echo the filter believes it leaks must not depend on how loud the echo is:
+    /// an absolute prior let a loud echo through early and held back a quiet near end.
+    #[test]
+    fn the_leak_estimate_does_not_depend_on_the_echo_level() {
+        let (quiet, _) = learn_with_gain(700, 1, 0.03);
+        let (loud, _) = learn_with_gain(700, 1, 1.0);
+        let (quiet, loud) = (quiet.leak(), loud.leak());
+        assert!(quiet > 0.01 && loud > 0.01, "leaks {quiet} and {loud}");
+        assert!(
+            (0.7..1.4).contains(&(quiet / loud)),
+            "30 dB apart, the leaks are {quiet} and {loud}"
+        );
     }
 
     #[test]
