@@ -27,14 +27,15 @@ fn the_canceller_removes_the_room_echo_quickly_without_adding_latency() {
     assert!((delay - 60).abs() <= 1, "{report:?}");
     // In double talk the near end comes through nearly whole: what differs from it (echo
     // left, near end lost) is far below it. A suppressor that ducks the near end while the far
-    // end talks does not get near this.
+    // end talks does not get near this. (−15.8 dB with the Kalman linear stage; Speex's MDF
+    // left −13.6.)
     let delay = PROCESSING_DELAY;
     let n = near.len() - delay;
     let error: f64 = (0..n)
         .map(|i| f64::from(output.double_talk[i + delay] - near[i]).powi(2))
         .sum();
     let distortion_db = 10.0 * (error / energy(&near[..n])).log10();
-    assert!(distortion_db < -10.0, "double talk: {distortion_db:.1} dB");
+    assert!(distortion_db < -14.5, "double talk: {distortion_db:.1} dB");
     // The near end alone comes through at about its level.
     let ratio = energy(&output.near_alone) / energy(&near);
     assert!(
