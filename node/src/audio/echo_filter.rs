@@ -106,6 +106,8 @@ pub struct EchoPathFilter {
     /// Far-end block spectra, `PARTITIONS × BINS`; partition `p` of the filter meets the one
     /// `p` blocks old, at `(newest + p) % PARTITIONS`.
     far: Spectra,
+    /// `|far|²` of each of `far`'s bins, laid out alike: the Kalman step reads it twice.
+    far_power: Vec<f32>,
     newest: usize,
     far_previous: [f32; BLOCK],
     background: Spectra,
@@ -128,8 +130,6 @@ pub struct EchoPathFilter {
     prior: f64,
     /// The share of the echo the filter still leaks, 0–1.
     leak: f64,
-    /// Enough far end has been seen to trust the leak estimate.
-    adapted: bool,
     /// Foreground/background comparison, smoothed over a few blocks at two speeds.
     difference: [f64; 2],
     variance: [f64; 2],
@@ -163,6 +163,7 @@ impl EchoPathFilter {
             error_spectrum: vec![zero; BINS],
             echo_bins: [0.0; BINS],
             far: Spectra::new(),
+            far_power: vec![0.0; PARTITIONS * BINS],
             newest: 0,
             far_previous: [0.0; BLOCK],
             background: Spectra::new(),
@@ -177,7 +178,6 @@ impl EchoPathFilter {
             pyy: 0.0,
             prior: 1.0,
             leak: 1.0,
-            adapted: false,
             difference: [0.0; 2],
             variance: [0.0; 2],
             constrain_next: 0,
@@ -192,7 +192,12 @@ impl EchoPathFilter {
 
     /// Echo return loss enhancement of this stage over the last few seconds of far end, dB.
     pub fn erle_db(&self) -> Option<f64> {
-        self.erle.db().filter(|_| self.adapted)
+        self.erle.db().filter(|_| self.adapted())
+    }
+
+    /// Enough far end has been seen (the filter's span) to trust the leak estimate.
+    fn adapted(&self) -> bool {
+        self.blocks >= PARTITIONS
     }
 
     /// The echo estimate subtracted from the last block.
@@ -214,6 +219,7 @@ impl EchoPathFilter {
     /// is silence, whatever came before.
     pub fn forget_far(&mut self) {
         self.far.clear();
+        self.far_power.fill(0.0);
         self.far_previous = [0.0; BLOCK];
     }
 
@@ -268,7 +274,7 @@ impl EchoPathFilter {
             self.erle.add(mic, energy(capture));
             self.adapt(see);
         }
-        if self.adapted {
+        if self.adapted() {
             self.scan_for_delay();
         }
     }
@@ -304,6 +310,10 @@ impl EchoPathFilter {
         // Lengths come from the plan, so this cannot fail.
         self.fft.forward(&mut self.time, &mut self.spectrum);
         self.far.set(self.newest, &self.spectrum);
+        let power = &mut self.far_power[self.newest * BINS..(self.newest + 1) * BINS];
+        for (power, x) in power.iter_mut().zip(&self.spectrum) {
+            *power = x.re * x.re + x.im * x.im;
+        }
     }
 
     /// The echo estimate of one set of weights for the newest block, in the time domain; the
@@ -393,9 +403,6 @@ impl EchoPathFilter {
         self.fft.forward(&mut self.time, &mut self.error_spectrum);
         self.estimate_leak(see);
         self.blocks += 1;
-        if self.blocks >= PARTITIONS {
-            self.adapted = true;
-        }
         self.kalman_step();
         if self.blocks % RESHAPE_EVERY == 0 {
             self.reshape_uncertainty();
@@ -444,11 +451,11 @@ impl EchoPathFilter {
         // The echo the weights' uncertainty predicts is still in the error, per bin.
         let mut predicted = [0.0f32; BINS];
         for p in 0..PARTITIONS {
-            let (xr, xi) = self.far.partition((newest + p) % PARTITIONS);
+            let older = (newest + p) % PARTITIONS;
+            let x2 = &self.far_power[older * BINS..(older + 1) * BINS];
             let u = &self.uncertainty[p * BINS..(p + 1) * BINS];
-            let (xr, xi, u) = (&xr[..BINS], &xi[..BINS], &u[..BINS]);
-            for k in 0..BINS {
-                predicted[k] += (xr[k] * xr[k] + xi[k] * xi[k]) * u[k];
+            for ((predicted, x2), u) in predicted.iter_mut().zip(x2).zip(u) {
+                *predicted += x2 * u;
             }
         }
         // The error over the gain's denominator, and that denominator's inverse.
@@ -469,18 +476,19 @@ impl EchoPathFilter {
             ei[k] = error.im * d;
         }
         for p in 0..PARTITIONS {
-            let (xr, xi) = self.far.partition((newest + p) % PARTITIONS);
+            let older = (newest + p) % PARTITIONS;
+            let (xr, xi) = self.far.partition(older);
+            let x2 = &self.far_power[older * BINS..(older + 1) * BINS];
             let (wr, wi) = self.background.partition_mut(p);
             let u = &mut self.uncertainty[p * BINS..(p + 1) * BINS];
-            let (xr, xi) = (&xr[..BINS], &xi[..BINS]);
+            let (xr, xi, x2) = (&xr[..BINS], &xi[..BINS], &x2[..BINS]);
             let (wr, wi, u) = (&mut wr[..BINS], &mut wi[..BINS], &mut u[..BINS]);
             for k in 0..BINS {
                 // w += u · conj(x) · e / d; u shrinks by what this block taught it.
                 let g = u[k];
                 wr[k] += g * (xr[k] * er[k] + xi[k] * ei[k]);
                 wi[k] += g * (xr[k] * ei[k] - xi[k] * er[k]);
-                let x2 = xr[k] * xr[k] + xi[k] * xi[k];
-                u[k] = g * (1.0 - VISIBLE_SHARE * g * x2 * inverse[k])
+                u[k] = g * (1.0 - VISIBLE_SHARE * g * x2[k] * inverse[k])
                     + PATH_DRIFT * (wr[k] * wr[k] + wi[k] * wi[k]);
             }
         }
@@ -492,7 +500,7 @@ impl EchoPathFilter {
         let mut shares = [0.0f32; PARTITIONS];
         for (p, share) in shares.iter_mut().enumerate() {
             let (re, im) = self.background.partition(p);
-            *share = re.iter().zip(im).map(|(r, i)| r * r + i * i).sum();
+            *share = power(re, im);
         }
         let strongest = shares.iter().fold(0.0f32, |a, b| a.max(*b));
         if strongest <= 0.0 {
@@ -570,6 +578,23 @@ impl BlockFft {
             .inverse
             .process_with_scratch(spectrum, time, &mut self.scratch);
     }
+}
+
+/// Σ|c|² over a spectrum held as real and imaginary parts, in eight lanes so that it
+/// vectorises (a single float sum cannot be reordered by the compiler).
+fn power(re: &[f32], im: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (re_chunks, im_chunks) = (re.chunks_exact(8), im.chunks_exact(8));
+    let rest: f32 = (re_chunks.remainder().iter())
+        .zip(im_chunks.remainder())
+        .map(|(r, i)| r * r + i * i)
+        .sum();
+    for (r, i) in re_chunks.zip(im_chunks) {
+        for lane in 0..8 {
+            lanes[lane] += r[lane] * r[lane] + i[lane] * i[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
 }
 
 /// `PARTITIONS` spectra of `BINS` bins, real and imaginary parts apart so that the per-bin
