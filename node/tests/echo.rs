@@ -27,7 +27,7 @@ fn the_canceller_removes_the_room_echo_quickly_without_adding_latency() {
     assert!((delay - 60).abs() <= 1, "{report:?}");
     // In double talk the near end comes through nearly whole: what differs from it (echo
     // left, near end lost) is far below it. A suppressor that ducks the near end while the far
-    // end talks does not get near this. (−15.8 dB with the Kalman linear stage; Speex's MDF
+    // end talks does not get near this. (−17.3 dB with the Kalman linear stage; Speex's MDF
     // left −13.6.)
     let delay = PROCESSING_DELAY;
     let n = near.len() - delay;
