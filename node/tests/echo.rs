@@ -27,21 +27,44 @@ fn the_canceller_removes_the_room_echo_quickly_without_adding_latency() {
     assert!((delay - 60).abs() <= 1, "{report:?}");
     // In double talk the near end comes through nearly whole: what differs from it (echo
     // left, near end lost) is far below it. A suppressor that ducks the near end while the far
-    // end talks does not get near this. (−17.3 dB with the Kalman linear stage; Speex's MDF
-    // left −13.6.)
+    // end talks does not get near this. (−18.4 dB with each bin's own leak, −17.3 with one
+    // leak for all bins, −13.6 with Speex's MDF as the linear stage.)
     let delay = PROCESSING_DELAY;
     let n = near.len() - delay;
     let error: f64 = (0..n)
         .map(|i| f64::from(output.double_talk[i + delay] - near[i]).powi(2))
         .sum();
     let distortion_db = 10.0 * (error / energy(&near[..n])).log10();
-    assert!(distortion_db < -14.5, "double talk: {distortion_db:.1} dB");
+    assert!(distortion_db < -16.0, "double talk: {distortion_db:.1} dB");
     // The near end alone comes through at about its level.
     let ratio = energy(&output.near_alone) / energy(&near);
     assert!(
         (0.5..2.0).contains(&ratio),
         "near end kept {ratio:.2} of its energy"
     );
+}
+
+#[test]
+fn a_moved_echo_path_is_learnt_again() {
+    let far = speech();
+    let near = vec![0.0f32; 48_000];
+    let config = RoomConfig {
+        far_only_s: 9.0,
+        moved_at_s: Some(4.0),
+        ..RoomConfig::default()
+    };
+    let (_, report) = run_echo_room(&far, &near, &config);
+    // The old path's estimate adds echo at first; the filter notices within about 250 ms
+    // and learns the new path as it learnt the first (20 dB again after 1.4 s, 23.7 dB from
+    // 2 s on). Before, the Kalman filter that had learnt its path took the new echo for a
+    // near end and never relearnt: ERLE 1 dB.
+    assert!(report.reconverged_s.is_some_and(|s| s <= 2.0), "{report:?}");
+    assert!(
+        report.moved_erle_db.is_some_and(|db| db >= 20.0),
+        "{report:?}"
+    );
+    let delay = report.delay_ms.expect("the canceller finds the new delay");
+    assert!((delay - 60).abs() <= 1, "{report:?}");
 }
 
 #[test]

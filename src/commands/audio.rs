@@ -53,6 +53,10 @@ pub struct EchoArgs {
     pub far_only_s: f64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Seconds into the far-end-only phase at which the echo path changes to another room's
+    /// (someone moved the laptop); re-convergence is reported.
+    #[arg(long)]
+    pub move_at_s: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -276,8 +280,14 @@ fn echo(args: EchoArgs) -> Result<()> {
         erl_db: args.erl_db,
         far_only_s: args.far_only_s,
         seed: args.seed,
+        moved_at_s: args.move_at_s,
         ..RoomConfig::default()
     };
+    if let Some(at) = config.moved_at_s {
+        if !(0.0..=config.far_only_s - config.settle_s).contains(&at) {
+            bail!("--move-at-s must leave --far-only-s at least 2 s after the move");
+        }
+    }
     if !(0.0..=500.0).contains(&config.delay_ms) || !(1.0..=2000.0).contains(&config.rt60_ms) {
         bail!("--delay-ms must be 0–500 and --rt60-ms 1–2000");
     }
@@ -320,6 +330,15 @@ fn echo(args: EchoArgs) -> Result<()> {
                 .linear_erle_db
                 .map_or("-".into(), |db| format!("{db:.1} dB")),
         );
+        if let Some(db) = report.moved_erle_db {
+            println!(
+                "after the move: reached 20 dB again {} later; ERLE {db:.1} dB after {} s",
+                report
+                    .reconverged_s
+                    .map_or("never".into(), |s| format!("{s:.2} s")),
+                config.settle_s,
+            );
+        }
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! Why not WebRTC's AEC3 (through `sonora`), which this replaced: its linear filter is short
 //! and full-band only below 8 kHz, so its suppressor ducked the near end by 10–20 dB whenever
 //! the far end talked; in double talk the near end scored PESQ 1.15 against 3.88 alone. A
-//! linear stage that spans the room and a suppressor sized by that stage's own leak keep the
+//! linear stage that spans the room and a suppressor sized by what it leaks in each bin keep the
 //! near end whole once the filter has converged.
 //!
 //! The far end (what the loudspeaker plays: the mixer's output, downmixed to mono) goes in
@@ -185,9 +185,12 @@ impl EchoCanceller {
         }
         let far_active = far.iter().any(|s| s.abs() >= SILENT_PEAK);
         let input_energy = energy(capture);
+        let restarts = self.linear.restarts();
         self.linear.process(&far, capture);
-        self.suppressor
-            .process(capture, self.linear.echo(), self.linear.leak());
+        if self.linear.restarts() != restarts {
+            self.suppressor.forget_leaks();
+        }
+        self.suppressor.process(capture, self.linear.echo());
         if far_active {
             self.erle.add(input_energy, energy(capture));
         }

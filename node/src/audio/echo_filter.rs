@@ -29,7 +29,10 @@
 //!   the foreground only when it has cancelled measurably better, and is reset from it when it
 //!   has measurably diverged (double talk), as in Speex's MDF;
 //! - the leak estimate (Valin, "On adjusting the learning rate in frequency domain echo
-//!   cancellation with double-talk", 2007) also tells the suppressor how much echo is left;
+//!   cancellation with double-talk", 2007) is the one named there: the correlation of the
+//!   error's and the echo estimate's power fluctuations;
+//! - when the filter adds echo rather than removes it for a while, the path has moved and
+//!   it starts over ([`DIVERGED_BLOCKS`]);
 //! - the gradient constraint is applied to four partitions per block in turn, not to all:
 //!   with two, an echo whose peak sat at a partition's edge was learnt to only 26 dB on white
 //!   noise (66 with four, 68 with all 32, at eight times the cost).
@@ -92,6 +95,13 @@ const ERROR_SMOOTHING: f32 = 0.5;
 /// end suppressed in double talk). 2 measured best over the echo bench's rooms and levels.
 const LEAK_PRIOR: f64 = 2.0;
 
+/// How long the filter may add echo rather than remove it before it starts over, in
+/// far-end blocks: its output's energy above its input's, smoothed. A near end talking over
+/// a right filter cannot do that (it is in both); a moved loudspeaker or microphone does
+/// (the old path's estimate is subtracted from the new path's echo), and a Kalman filter
+/// that has learnt its path takes the new echo for a near end and would never relearn.
+const DIVERGED_BLOCKS: usize = 15;
+
 /// A far-end block whose energy per sample is below this (−70 dBFS) is not adapted on.
 const QUIET_FAR: f32 = 1e-7;
 
@@ -143,6 +153,13 @@ pub struct EchoPathFilter {
     delay: Option<usize>,
     /// Blocks adapted on.
     blocks: usize,
+    /// The foreground's output and input energy over far-end blocks, smoothed, and the
+    /// far-end blocks in a row in which the output was the larger.
+    output_energy: f64,
+    input_energy: f64,
+    diverged_for: usize,
+    /// Times it started over.
+    restarts: u32,
     /// Over far-end-active blocks, this stage alone.
     erle: ErleMeter,
 }
@@ -187,7 +204,42 @@ impl EchoPathFilter {
             delay_best: (0, 0.0),
             delay: None,
             blocks: 0,
+            output_energy: 0.0,
+            input_energy: 0.0,
+            diverged_for: 0,
+            restarts: 0,
         }
+    }
+
+    /// How many times the filter has found its path moved and started over.
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// Forgets the echo path and everything learnt about it (not the far end's history): the
+    /// filter learns again as it did from the start. In place: no allocation.
+    fn start_over(&mut self) {
+        self.background.clear();
+        self.foreground.clear();
+        self.uncertainty.fill(INITIAL_UNCERTAINTY);
+        self.error_power.fill(0.0);
+        self.echo_power.fill(0.0);
+        self.error_smooth = [0.0; BINS];
+        self.pey = 0.0;
+        self.pyy = 0.0;
+        self.prior = 1.0;
+        self.leak = 1.0;
+        self.difference = [0.0; 2];
+        self.variance = [0.0; 2];
+        self.delay_scan = 0;
+        self.delay_best = (0, 0.0);
+        self.delay = None;
+        self.blocks = 0;
+        self.output_energy = 0.0;
+        self.input_energy = 0.0;
+        self.diverged_for = 0;
+        self.erle = ErleMeter::default();
+        self.restarts += 1;
     }
 
     /// Echo return loss enhancement of this stage over the last few seconds of far end, dB.
@@ -271,12 +323,31 @@ impl EchoPathFilter {
             *sample -= echo;
         }
         if far_energy > f64::from(QUIET_FAR) * BLOCK as f64 {
-            self.erle.add(mic, energy(capture));
+            let output = energy(capture);
+            self.erle.add(mic, output);
+            if self.has_diverged(mic, output) {
+                self.start_over();
+                return;
+            }
             self.adapt(see);
         }
         if self.adapted() {
             self.scan_for_delay();
         }
+    }
+
+    /// Has the filter added more echo than it removed for [`DIVERGED_BLOCKS`] far-end blocks
+    /// in a row? The energies are smoothed over about 100 ms, so a single block's burst does
+    /// not count, and the output must exceed the input by 1 dB.
+    fn has_diverged(&mut self, input: f64, output: f64) -> bool {
+        self.input_energy = 0.9 * self.input_energy + input;
+        self.output_energy = 0.9 * self.output_energy + output;
+        if self.output_energy > 1.25 * self.input_energy + 1e-9 {
+            self.diverged_for += 1;
+        } else {
+            self.diverged_for = 0;
+        }
+        self.diverged_for >= DIVERGED_BLOCKS
     }
 
     /// Looks at one more partition of the foreground's impulse response for its largest tap

@@ -34,6 +34,9 @@ pub struct RoomConfig {
     /// The delay the devices would report, ms (the canceller finds its own).
     pub device_delay_ms: u32,
     pub seed: u64,
+    /// This far into phase 1 the echo path jumps to another room's (the next seed's, 10 ms
+    /// longer): the laptop was moved. Re-convergence is measured from here.
+    pub moved_at_s: Option<f64>,
 }
 
 impl Default for RoomConfig {
@@ -47,6 +50,7 @@ impl Default for RoomConfig {
             settle_s: 2.0,
             device_delay_ms: 40,
             seed: 1,
+            moved_at_s: None,
         }
     }
 }
@@ -68,6 +72,10 @@ pub struct EchoReport {
     pub added_latency_ms: f64,
     /// The echo at the microphone relative to the near-end speech in double talk, dB.
     pub echo_to_near_db: f64,
+    /// With a moved path: how long after the move a 500 ms window reached 20 dB ERLE again,
+    /// s, and ERLE from `settle_s` after the move to the end of phase 1, dB.
+    pub reconverged_s: Option<f64>,
+    pub moved_erle_db: Option<f64>,
 }
 
 /// The room's impulse response at 48 kHz.
@@ -136,8 +144,18 @@ pub fn run_echo_room(far: &[f32], near: &[f32], config: &RoomConfig) -> (EchoOut
             }
         })
         .collect();
-    let ir = impulse_response(config);
-    let echo = convolve(&loudspeaker, &ir);
+    let mut echo = convolve(&loudspeaker, &impulse_response(config));
+    let moved_at = config
+        .moved_at_s
+        .map(|s| ((s * rate as f64) as usize / ECHO_FRAME * ECHO_FRAME).min(phase1));
+    if let Some(at) = moved_at {
+        let moved = RoomConfig {
+            seed: config.seed + 1,
+            delay_ms: config.delay_ms + 10.0,
+            ..config.clone()
+        };
+        echo[at..].copy_from_slice(&convolve(&loudspeaker, &impulse_response(&moved))[at..]);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6563686f);
     let noise_amp = 10f64.powf(config.noise_dbfs / 20.0) as f32 * 3f32.sqrt();
     let mut noise = move || noise_amp * (rng.gen::<f32>() * 2.0 - 1.0);
@@ -173,39 +191,23 @@ pub fn run_echo_room(far: &[f32], near: &[f32], config: &RoomConfig) -> (EchoOut
     report.delay_ms = stats.delay_ms;
     report.linear_erle_db = stats.linear_erle_db;
 
-    // ERLE over far-end-active blocks of phase 1.
-    let far_floor = energy(&loudspeaker[..phase1]) / phase1 as f64 * ECHO_FRAME as f64 * 0.01;
+    // ERLE over far-end-active blocks of phase 1, before and after any move.
     let settle = (config.settle_s * rate as f64) as usize;
-    let (mut mic_e, mut out_e, mut mic_all, mut out_all) = (0.0, 0.0, 0.0, 0.0);
-    let window = rate / 2 / ECHO_FRAME;
-    let mut recent: std::collections::VecDeque<(f64, f64)> = Default::default();
-    for start in (0..phase1).step_by(ECHO_FRAME) {
-        let range = start..start + ECHO_FRAME;
-        if energy(&loudspeaker[range.clone()]) < far_floor {
-            continue;
-        }
-        let (m, o) = (energy(&echo[range.clone()]), energy(&out[range]));
-        mic_all += m;
-        out_all += o;
-        if start >= settle {
-            mic_e += m;
-            out_e += o;
-        }
-        recent.push_back((m, o));
-        if recent.len() > window {
-            recent.pop_front();
-        }
-        if report.converged_s.is_none() && recent.len() == window {
-            let (wm, wo) = recent
-                .iter()
-                .fold((0.0, 0.0), |(a, b), (m, o)| (a + m, b + o));
-            if 10.0 * (wm / wo.max(1e-12)).log10() >= 20.0 {
-                report.converged_s = Some(start as f64 / rate as f64);
-            }
-        }
+    let meter = ErleWindows {
+        loudspeaker: &loudspeaker,
+        echo: &echo,
+        out: &out,
+        far_floor: energy(&loudspeaker[..phase1]) / phase1 as f64 * ECHO_FRAME as f64 * 0.01,
+    };
+    let before = meter.measure(0..moved_at.unwrap_or(phase1), settle);
+    report.erle_db = before.settled_db;
+    report.erle_whole_db = before.whole_db;
+    report.converged_s = before.converged_s;
+    if let Some(at) = moved_at {
+        let after = meter.measure(at..phase1, settle);
+        report.moved_erle_db = Some(after.settled_db);
+        report.reconverged_s = after.converged_s;
     }
-    report.erle_db = 10.0 * (mic_e / out_e.max(1e-12)).log10();
-    report.erle_whole_db = 10.0 * (mic_all / out_all.max(1e-12)).log10();
 
     // Phase 3: the same canceller state carries on with the loudspeaker silent.
     let mut near_alone = vec![0.0f32; near_len];
@@ -225,6 +227,64 @@ pub fn run_echo_room(far: &[f32], near: &[f32], config: &RoomConfig) -> (EchoOut
         near_alone: near_alone[..near.len()].to_vec(),
     };
     (output, report)
+}
+
+/// ERLE in 10 ms blocks where the far end is active.
+struct ErleWindows<'a> {
+    loudspeaker: &'a [f32],
+    echo: &'a [f32],
+    out: &'a [f32],
+    /// A block with less far-end energy than this is not counted.
+    far_floor: f64,
+}
+
+struct ErleMeasured {
+    /// From `settle` samples into the span to its end, dB.
+    settled_db: f64,
+    /// Over the whole span, dB.
+    whole_db: f64,
+    /// When a 500 ms window first reached 20 dB, s from the span's start.
+    converged_s: Option<f64>,
+}
+
+impl ErleWindows<'_> {
+    fn measure(&self, span: std::ops::Range<usize>, settle: usize) -> ErleMeasured {
+        let rate = SAMPLE_RATE as usize;
+        let (mut mic_e, mut out_e, mut mic_all, mut out_all) = (0.0, 0.0, 0.0, 0.0);
+        let window = rate / 2 / ECHO_FRAME;
+        let mut recent: std::collections::VecDeque<(f64, f64)> = Default::default();
+        let mut converged_s = None;
+        for start in span.clone().step_by(ECHO_FRAME) {
+            let range = start..start + ECHO_FRAME;
+            if energy(&self.loudspeaker[range.clone()]) < self.far_floor {
+                continue;
+            }
+            let (m, o) = (energy(&self.echo[range.clone()]), energy(&self.out[range]));
+            mic_all += m;
+            out_all += o;
+            if start >= span.start + settle {
+                mic_e += m;
+                out_e += o;
+            }
+            recent.push_back((m, o));
+            if recent.len() > window {
+                recent.pop_front();
+            }
+            if converged_s.is_none() && recent.len() == window {
+                let (wm, wo) = recent
+                    .iter()
+                    .fold((0.0, 0.0), |(a, b), (m, o)| (a + m, b + o));
+                if 10.0 * (wm / wo.max(1e-12)).log10() >= 20.0 {
+                    converged_s = Some((start - span.start) as f64 / rate as f64);
+                }
+            }
+        }
+        ErleMeasured {
+            settled_db: 10.0 * (mic_e / out_e.max(1e-12)).log10(),
+            whole_db: 10.0 * (mic_all / out_all.max(1e-12)).log10(),
+            converged_s,
+        }
+    }
 }
 
 /// The lag (0–20 ms) at which `output` best matches `input`.
