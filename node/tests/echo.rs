@@ -23,6 +23,8 @@ fn the_canceller_removes_the_room_echo_quickly_without_adding_latency() {
     assert!(report.erle_db >= 25.0, "{report:?}");
     assert!(report.converged_s.is_some_and(|s| s <= 2.0), "{report:?}");
     assert!(report.added_latency_ms <= 10.0, "{report:?}");
+    // Double talk is not a moved path.
+    assert_eq!(report.path_restarts, 0, "{report:?}");
     let delay = report.delay_ms.expect("the canceller finds the delay");
     assert!((delay - 60).abs() <= 1, "{report:?}");
     // In double talk the near end comes through nearly whole: what differs from it (echo
@@ -58,6 +60,7 @@ fn a_moved_echo_path_is_learnt_again() {
     // and learns the new path as it learnt the first (20 dB again after 1.4 s, 23.7 dB from
     // 2 s on). Before, the Kalman filter that had learnt its path took the new echo for a
     // near end and never relearnt: ERLE 1 dB.
+    assert_eq!(report.path_restarts, 1, "{report:?}");
     assert!(report.reconverged_s.is_some_and(|s| s <= 2.0), "{report:?}");
     assert!(
         report.moved_erle_db.is_some_and(|db| db >= 20.0),

@@ -1,10 +1,11 @@
 //! Proves the real-time paths do not allocate: the device callbacks (capture downmix into the
-//! ring, playback out of it), and the worker's per-frame mixer, jitter-buffer and decoder steps
-//! once warm.
+//! ring, playback out of it), the worker's per-frame mixer, jitter-buffer and decoder steps
+//! once warm, and the echo canceller the worker runs on every capture frame.
 //! A counting global allocator counts allocations made by this thread while a probe is armed.
 
 use callsign_mesh::charter::ChannelId;
 use callsign_node::audio::codec::{EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET};
+use callsign_node::audio::echo::{EchoCanceller, ECHO_FRAME};
 use callsign_node::audio::jitter::{IncomingFrame, JitterBuffer, JitterConfig};
 use callsign_node::audio::mixer::{ChannelMix, DuckRule, MixInput, Mixer};
 use callsign_node::audio::realtime::{capture_ring, playback_ring, CallbackCounters};
@@ -154,4 +155,37 @@ fn warm_mixer_jitter_buffer_and_decoder_do_not_allocate() {
         "mixer/jitter buffer/decoder allocated {count} times"
     );
     assert!(buffer.stats().played > 900);
+}
+
+#[test]
+fn the_echo_canceller_does_not_allocate_awake_asleep_or_starting_over() {
+    let mut far = vec![0.0f32; 48_000 * 8];
+    SpeechLike::new(5, 0.5).fill(&mut far);
+    // Two seconds of silence (it sleeps), and the echo path changes at 5 s (it starts over).
+    far[48_000 * 2..48_000 * 4].fill(0.0);
+    let echo = |i: usize, far: &[f32]| {
+        let (delay, gain) = if i < 48_000 * 5 {
+            (2400, 0.5)
+        } else {
+            (3000, -0.7)
+        };
+        i.checked_sub(delay).map_or(0.0, |j| gain * far[j])
+    };
+    let mut canceller = EchoCanceller::new();
+    let mut block = [0.0f32; ECHO_FRAME];
+    let count = allocations(|| {
+        for start in (0..far.len()).step_by(ECHO_FRAME) {
+            canceller.render(&far[start..start + ECHO_FRAME]);
+            for (i, s) in block.iter_mut().enumerate() {
+                *s = echo(start + i, &far);
+            }
+            canceller.process(&mut block);
+        }
+    });
+    assert_eq!(count, 0, "the echo canceller allocated {count} times");
+    assert!(
+        canceller.stats().erle_db.is_some_and(|db| db > 10.0),
+        "{:?}",
+        canceller.stats()
+    );
 }

@@ -332,11 +332,13 @@ fn echo(args: EchoArgs) -> Result<()> {
         );
         if let Some(db) = report.moved_erle_db {
             println!(
-                "after the move: reached 20 dB again {} later; ERLE {db:.1} dB after {} s",
+                "after the move: reached 20 dB again {} later; ERLE {db:.1} dB after {} s; \
+                 started over {} time(s)",
                 report
                     .reconverged_s
                     .map_or("never".into(), |s| format!("{s:.2} s")),
                 config.settle_s,
+                report.path_restarts,
             );
         }
     }

@@ -112,6 +112,7 @@ fn echo_cancellation_shows_what_it_removes_and_can_be_turned_off() {
                 linear_erle_db: Some(27.5),
                 delay_ms: Some(48),
                 device_delay_ms: 40,
+                path_restarts: 0,
             }),
             ..AudioStats::default()
         },

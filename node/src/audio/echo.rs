@@ -57,6 +57,9 @@ pub struct EchoStats {
     pub delay_ms: Option<i32>,
     /// The device delay handed over as a hint, ms.
     pub device_delay_ms: u32,
+    /// Times the echo path moved (the linear stage added echo) and it started over.
+    #[serde(default)]
+    pub path_restarts: u32,
 }
 
 /// See the module documentation.
@@ -205,6 +208,7 @@ impl EchoCanceller {
                 .delay_samples()
                 .map(|d| (d / SAMPLES_PER_MS) as i32),
             device_delay_ms: self.device_delay_ms,
+            path_restarts: self.linear.restarts(),
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct EchoReport {
     /// s, and ERLE from `settle_s` after the move to the end of phase 1, dB.
     pub reconverged_s: Option<f64>,
     pub moved_erle_db: Option<f64>,
+    /// Times the canceller found its path moved and started over.
+    pub path_restarts: u32,
 }
 
 /// The room's impulse response at 48 kHz.
@@ -189,6 +191,7 @@ pub fn run_echo_room(far: &[f32], near: &[f32], config: &RoomConfig) -> (EchoOut
     let stats = canceller.stats();
     report.canceller_erle_db = stats.erle_db;
     report.delay_ms = stats.delay_ms;
+    report.path_restarts = stats.path_restarts;
     report.linear_erle_db = stats.linear_erle_db;
 
     // ERLE over far-end-active blocks of phase 1, before and after any move.
