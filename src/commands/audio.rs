@@ -46,8 +46,11 @@ pub struct EchoArgs {
     #[arg(long, default_value_t = 200.0)]
     pub rt60_ms: f64,
     /// Echo return loss (echo level below the far end), dB.
-    #[arg(long, default_value_t = 6.0)]
+    #[arg(long, default_value_t = 6.0, allow_negative_numbers = true)]
     pub erl_db: f64,
+    /// The microphone's noise floor, dBFS.
+    #[arg(long, default_value_t = -70.0, allow_negative_numbers = true)]
+    pub noise_dbfs: f64,
     /// Seconds of far end alone before the near end talks.
     #[arg(long, default_value_t = 10.0)]
     pub far_only_s: f64,
@@ -281,6 +284,7 @@ fn echo(args: EchoArgs) -> Result<()> {
         far_only_s: args.far_only_s,
         seed: args.seed,
         moved_at_s: args.move_at_s,
+        noise_dbfs: args.noise_dbfs,
         ..RoomConfig::default()
     };
     if let Some(at) = config.moved_at_s {
@@ -293,6 +297,9 @@ fn echo(args: EchoArgs) -> Result<()> {
     }
     if !config.erl_db.is_finite() || !(config.settle_s..=120.0).contains(&config.far_only_s) {
         bail!("--erl-db must be a number and --far-only-s between 2 and 120");
+    }
+    if !(-120.0..=0.0).contains(&config.noise_dbfs) {
+        bail!("--noise-dbfs must be between -120 and 0");
     }
     let far = read_wav(&args.far).with_context(|| format!("reading {}", args.far.display()))?;
     let near = read_wav(&args.near).with_context(|| format!("reading {}", args.near.display()))?;
