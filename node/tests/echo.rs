@@ -47,6 +47,22 @@ fn the_canceller_removes_the_room_echo_quickly_without_adding_latency() {
 }
 
 #[test]
+fn an_echo_louder_than_the_far_end_is_learnt_as_quickly() {
+    // A loudspeaker turned up next to the microphone: the echo 6 dB above the far end. The
+    // filter's first uncertainty suits a quieter path; it is raised once the path's gain is
+    // measured (before: ERLE 13.9 dB after 2 s, 20 dB only after 4.9 s).
+    let config = RoomConfig {
+        erl_db: -6.0,
+        far_only_s: 4.0,
+        ..RoomConfig::default()
+    };
+    let (_, report) = run_echo_room(&speech(), &[0.0; 4800], &config);
+    assert!(report.erle_db >= 25.0, "{report:?}");
+    assert!(report.converged_s.is_some_and(|s| s <= 2.0), "{report:?}");
+    assert_eq!(report.path_restarts, 0, "{report:?}");
+}
+
+#[test]
 fn a_moved_echo_path_is_learnt_again() {
     let far = speech();
     let near = vec![0.0f32; 48_000];

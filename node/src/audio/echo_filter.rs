@@ -33,6 +33,8 @@
 //!   error's and the echo estimate's power fluctuations;
 //! - when the filter adds echo rather than removes it for a while, the path has moved and
 //!   it starts over ([`DIVERGED_BLOCKS`]);
+//! - the first uncertainty suits an echo below the far end; after [`GAIN_BLOCKS`] it is
+//!   raised for a louder path, measured meanwhile;
 //! - the gradient constraint is applied to four partitions per block in turn, not to all:
 //!   with two, an echo whose peak sat at a partition's edge was learnt to only 26 dB on white
 //!   noise (66 with four, 68 with all 32, at eight times the cost).
@@ -63,6 +65,12 @@ const DELAY_BAND_BINS: usize = BINS * 8000 / 24000;
 /// 10 dB below unity gain in every partition, more than a room puts in any one of them, so
 /// the first steps are as long as the error allows.
 const INITIAL_UNCERTAINTY: f32 = 0.1;
+
+/// Far-end blocks over which the echo path's gain is first measured (the capture's energy
+/// over the far end's), after which the uncertainty is raised to match a loud path:
+/// [`INITIAL_UNCERTAINTY`] suits an echo below the far end. With the echo 6 dB above the far
+/// end, ERLE after 2 s was 13.9 dB and the double-talk gap 2.51; raised, 39.8 dB and 0.58.
+const GAIN_BLOCKS: usize = 30;
 
 /// How much of a weight's power its uncertainty grows by each block: the echo path may move.
 /// 1e-4 let the filter wander more in double talk (near-end PESQ 0.05–0.1 lower).
@@ -160,6 +168,9 @@ pub struct EchoPathFilter {
     diverged_for: usize,
     /// Times it started over.
     restarts: u32,
+    /// The capture's and the far end's energy over the first [`GAIN_BLOCKS`] far-end blocks.
+    gain_input: f64,
+    gain_far: f64,
     /// Over far-end-active blocks, this stage alone.
     erle: ErleMeter,
 }
@@ -208,6 +219,8 @@ impl EchoPathFilter {
             input_energy: 0.0,
             diverged_for: 0,
             restarts: 0,
+            gain_input: 0.0,
+            gain_far: 0.0,
         }
     }
 
@@ -239,6 +252,8 @@ impl EchoPathFilter {
         self.input_energy = 0.0;
         self.diverged_for = 0;
         self.erle = ErleMeter::default();
+        self.gain_input = 0.0;
+        self.gain_far = 0.0;
         self.restarts += 1;
     }
 
@@ -329,10 +344,32 @@ impl EchoPathFilter {
                 self.start_over();
                 return;
             }
+            self.measure_gain(mic, far_energy);
             self.adapt(see);
         }
         if self.adapted() {
             self.scan_for_delay();
+        }
+    }
+
+    /// Over the first [`GAIN_BLOCKS`] far-end blocks, measures the path's gain; then raises
+    /// the uncertainty to what a path that loud needs, if it is more than it holds.
+    fn measure_gain(&mut self, input: f64, far: f64) {
+        if self.blocks >= GAIN_BLOCKS {
+            return;
+        }
+        self.gain_input += input;
+        self.gain_far += far;
+        if self.blocks + 1 == GAIN_BLOCKS && self.gain_far > 0.0 {
+            // Twice what was measured: the first blocks hold only the start of the echo (its
+            // delay, a tail still building up).
+            let gain = 2.0 * (self.gain_input / self.gain_far) as f32;
+            if gain > 1.0 {
+                let floor = INITIAL_UNCERTAINTY * gain.min(100.0);
+                for u in &mut self.uncertainty {
+                    *u = u.max(floor);
+                }
+            }
         }
     }
 
