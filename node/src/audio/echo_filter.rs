@@ -272,11 +272,6 @@ impl EchoPathFilter {
         &self.echo
     }
 
-    /// The share of the echo's power the filter is estimated still to leak, 0–1.
-    pub fn leak(&self) -> f32 {
-        self.leak as f32
-    }
-
     /// The echo path's delay: where the foreground's impulse response peaks, in samples.
     pub fn delay_samples(&self) -> Option<usize> {
         self.delay
@@ -813,7 +808,7 @@ mod tests {
     fn the_leak_estimate_does_not_depend_on_the_echo_level() {
         let (quiet, _) = learn_with_gain(700, 1, 0.03);
         let (loud, _) = learn_with_gain(700, 1, 1.0);
-        let (quiet, loud) = (quiet.leak(), loud.leak());
+        let (quiet, loud) = (quiet.leak, loud.leak);
         assert!(quiet > 0.01 && loud > 0.01, "leaks {quiet} and {loud}");
         assert!(
             (0.7..1.4).contains(&(quiet / loud)),
