@@ -4,8 +4,8 @@
 mod common;
 
 use callsign_node::audio::codec::{
-    DecodeKind, EncoderConfig, VoiceDecoder, VoiceEncoder, MAX_PACKET, MAX_REDUNDANCY_BPS,
-    UNKNOWN_PATH_LOSS_PCT,
+    DecodeKind, EncoderConfig, VoiceDecoder, VoiceEncoder, DRED_LOSS_FLOOR_PCT, MAX_PACKET,
+    MAX_REDUNDANCY_BPS, UNKNOWN_PATH_LOSS_PCT,
 };
 use callsign_node::audio::libopus::{self, Dred};
 use callsign_node::audio::{AudioError, FrameDuration};
@@ -277,11 +277,23 @@ fn protection_follows_the_reported_loss_and_is_nothing_on_a_clean_path() {
     assert_eq!(lossy.bitrate, 24_000 + MAX_REDUNDANCY_BPS);
     encoder.set_expected_loss(90).unwrap();
     assert_eq!(encoder.expected_loss_pct(), 50);
-    // The overhead grows with the loss, within its stated maximum.
+    // With DRED on, libopus is told enough loss to code DRED at all, whatever was measured.
     let config = EncoderConfig::default();
-    assert_eq!(config.protection(1).bitrate, 38_400);
-    assert_eq!(config.protection(5).bitrate, 48_000);
-    assert_eq!(config.protection(15).bitrate, 24_000 + MAX_REDUNDANCY_BPS);
+    assert_eq!(config.protection(1).loss_pct, DRED_LOSS_FLOOR_PCT);
+    assert_eq!(config.protection(1).bitrate, 24_000 + MAX_REDUNDANCY_BPS);
+    assert_eq!(config.protection(1).dred_ms, 200);
+    assert_eq!(config.protection(30).loss_pct, 30);
+    // Without DRED the overhead grows with the loss, within its stated maximum.
+    let lbrr_only = EncoderConfig {
+        dred: false,
+        ..EncoderConfig::default()
+    };
+    assert_eq!(lbrr_only.protection(1).bitrate, 38_400);
+    assert_eq!(lbrr_only.protection(5).bitrate, 48_000);
+    assert_eq!(
+        lbrr_only.protection(15).bitrate,
+        24_000 + MAX_REDUNDANCY_BPS
+    );
     let wide = EncoderConfig {
         bitrate: 48_000,
         ..EncoderConfig::default()
@@ -299,6 +311,28 @@ fn protection_follows_the_reported_loss_and_is_nothing_on_a_clean_path() {
     .unwrap();
     plain.set_expected_loss(0).unwrap();
     assert_eq!(plain.expected_loss_pct(), 0);
+}
+
+#[test]
+fn a_lossy_second_is_remembered_through_the_quiet_seconds_after_it() {
+    let mut encoder = VoiceEncoder::new(EncoderConfig::default()).unwrap();
+    encoder.set_expected_loss(20).unwrap();
+    // Bursty paths lose little in the seconds between bursts: protection stays up for them.
+    for _ in 0..5 {
+        encoder.set_expected_loss(2).unwrap();
+    }
+    let held = encoder.expected_loss_pct();
+    assert!((10..20).contains(&held), "held {held} %");
+    assert_eq!(encoder.protection().dred_ms, 500);
+    // A worse report is followed at once.
+    encoder.set_expected_loss(30).unwrap();
+    assert_eq!(encoder.expected_loss_pct(), 30);
+    // And a clean path drops it all after three clean reports, not slowly.
+    for _ in 0..3 {
+        encoder.set_expected_loss(0).unwrap();
+    }
+    assert_eq!(encoder.expected_loss_pct(), 0);
+    assert_eq!(encoder.protection().bitrate, 24_000);
 }
 
 #[test]

@@ -310,7 +310,7 @@ pub struct NodeStats {
     pub peers: Vec<PeerStats>,
     /// Frames this node encoded and sent (any number of copies each).
     pub frames_encoded: u64,
-    /// The loss the encoder's FEC is tuned for (the worst listener's report).
+    /// The loss the encoder protects for (the worst listener's report, let go of slowly).
     pub expected_loss_pct: u8,
     /// The charter's state hash (hex): equal on every node once they have converged.
     pub charter_hash: String,
