@@ -284,24 +284,8 @@ fn the_end_marker_ends_the_spurt_and_the_next_spurt_plays() {
 
 #[test]
 fn delay_grows_with_jitter_and_stays_within_bounds() {
-    /// Three 50-frame spurts a second apart; frame `i` of a spurt arrives `extra(i)` late and
-    /// is popped `pop_after` after arriving. Returns the target delay the buffer settled on.
     fn settle(extra: impl Fn(u16) -> Duration, pop_after: Duration) -> f64 {
-        let mut buffer = JitterBuffer::new(config());
-        let t0 = Instant::now();
-        for spurt in 0..3u16 {
-            let base = spurt * 60;
-            let start = FRAME * u32::from(base) + Duration::from_secs(u64::from(spurt));
-            for i in 0..50u16 {
-                let seq = base + i;
-                let p = payload(seq);
-                let ts = (u32::from(seq) * TS_STEP).wrapping_add(u32::from(spurt) * 48_000);
-                let at = t0 + start + FRAME * u32::from(i) + extra(i);
-                buffer.push(frame(seq, ts, i == 49, &p), at);
-                buffer.pop(at + pop_after);
-            }
-        }
-        buffer.stats().target_delay_ms
+        settle_with(config(), extra, pop_after)
     }
 
     // Calm path: the target stays near the minimum.
@@ -318,6 +302,45 @@ fn delay_grows_with_jitter_and_stays_within_bounds() {
         (120.0..=400.0).contains(&rough_target),
         "rough target {rough_target}"
     );
+}
+
+#[test]
+fn the_delay_is_the_measured_jitter_plus_half_a_frame() {
+    // The pull's phase already adds up to a frame after the scheduled time: a calm path plays
+    // half a frame behind, not a whole one (a third of the mouth-to-ear latency on a LAN).
+    let calm = settle_with(
+        JitterConfig::default(),
+        |_| Duration::ZERO,
+        Duration::from_millis(1),
+    );
+    assert!((10.0..=11.0).contains(&calm), "calm target {calm}");
+    // Up to 8 ms of jitter: about 8 ms more.
+    let jittery = settle_with(
+        JitterConfig::default(),
+        |i| Duration::from_millis(u64::from(i % 9)),
+        Duration::ZERO,
+    );
+    assert!((17.0..=19.0).contains(&jittery), "jittery target {jittery}");
+}
+
+/// Three 50-frame spurts a second apart; frame `i` of a spurt arrives `extra(i)` late and is
+/// popped `pop_after` after arriving. Returns the target delay the buffer settled on.
+fn settle_with(config: JitterConfig, extra: impl Fn(u16) -> Duration, pop_after: Duration) -> f64 {
+    let mut buffer = JitterBuffer::new(config);
+    let t0 = Instant::now();
+    for spurt in 0..3u16 {
+        let base = spurt * 60;
+        let start = FRAME * u32::from(base) + Duration::from_secs(u64::from(spurt));
+        for i in 0..50u16 {
+            let seq = base + i;
+            let p = payload(seq);
+            let ts = (u32::from(seq) * TS_STEP).wrapping_add(u32::from(spurt) * 48_000);
+            let at = t0 + start + FRAME * u32::from(i) + extra(i);
+            buffer.push(frame(seq, ts, i == 49, &p), at);
+            buffer.pop(at + pop_after);
+        }
+    }
+    buffer.stats().target_delay_ms
 }
 
 #[test]

@@ -20,7 +20,7 @@
 //! agc = false
 //! bitrate = 24000
 //! vad_threshold = 0.6
-//! jitter_min_ms = 20
+//! jitter_min_ms = 10
 //! jitter_max_ms = 400
 //! ducking = [{ when = "/command", duck = "/flight", db = 12.0 }]
 //! ```

@@ -48,7 +48,7 @@ impl Default for JitterConfig {
     fn default() -> Self {
         Self {
             frame: FrameDuration::Ms20,
-            min_delay: Duration::from_millis(20),
+            min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(400),
             initial_delay: Duration::from_millis(60),
             quantile: 0.95,
@@ -384,9 +384,11 @@ impl JitterBuffer {
         }
         let rank = ((n - 1) as f64 * self.config.quantile.clamp(0.0, 1.0)).round() as usize;
         let (_, quantile, _) = self.scratch[..n].select_nth_unstable_by(rank, f64::total_cmp);
-        // One frame on top: playout is pulled once per frame period, so a frame may wait up to
-        // a period after its scheduled time before it is taken.
-        let secs = *quantile + self.config.frame.duration().as_secs_f64();
+        // Half a frame on top, for the clocks: the playout pull and the sender's capture tick
+        // drift and wake late by a millisecond or two. Not a whole frame: the pull's phase
+        // already adds 0 to 20 ms (10 on average) after the scheduled time, and on a calm
+        // path a whole frame more was a third of the mouth-to-ear latency.
+        let secs = *quantile + self.config.frame.duration().as_secs_f64() / 2.0;
         Duration::from_secs_f64(secs.max(0.0)).clamp(min, max)
     }
 
