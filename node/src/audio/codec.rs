@@ -26,8 +26,9 @@ use super::{AudioError, FrameDuration, SAMPLE_RATE};
 /// DRED; libopus recommends 4000 as a safe upper bound, 1275 is the largest single frame).
 pub const MAX_PACKET: usize = 1275;
 
-/// The most the encoder adds to the configured bitrate for redundancy, under heavy loss
-/// (a 24 kb/s channel sends at most 60 kb/s at 15 % loss or more).
+/// The most the encoder adds to the configured bitrate for redundancy (a 24 kb/s channel with
+/// DRED asks libopus for 60 kb/s whenever it protects; libopus's DRED estimate may overshoot
+/// that by a few percent).
 pub const MAX_REDUNDANCY_BPS: u32 = 36_000;
 
 /// The most history DRED carries (1 s at 48 kHz).
