@@ -285,7 +285,7 @@ fn the_end_marker_ends_the_spurt_and_the_next_spurt_plays() {
 #[test]
 fn delay_grows_with_jitter_and_stays_within_bounds() {
     fn settle(extra: impl Fn(u16) -> Duration, pop_after: Duration) -> f64 {
-        settle_with(config(), extra, pop_after)
+        settle_with(config(), true, extra, pop_after)
     }
 
     // Calm path: the target stays near the minimum.
@@ -305,27 +305,80 @@ fn delay_grows_with_jitter_and_stays_within_bounds() {
 }
 
 #[test]
-fn the_delay_is_the_measured_jitter_plus_half_a_frame() {
-    // The pull's phase already adds up to a frame after the scheduled time: a calm path plays
-    // half a frame behind, not a whole one (a third of the mouth-to-ear latency on a LAN).
-    let calm = settle_with(
-        JitterConfig::default(),
-        |_| Duration::ZERO,
-        Duration::from_millis(1),
-    );
-    assert!((10.0..=11.0).contains(&calm), "calm target {calm}");
-    // Up to 8 ms of jitter: about 8 ms more.
-    let jittery = settle_with(
-        JitterConfig::default(),
-        |i| Duration::from_millis(u64::from(i % 9)),
-        Duration::ZERO,
-    );
-    assert!((17.0..=19.0).contains(&jittery), "jittery target {jittery}");
+fn the_delay_is_the_measured_jitter_plus_a_frame_or_half_of_one() {
+    // A sender that protects its stream: a frame on top, so the packet that rebuilds a lost
+    // frame is here in time. One that does not (a clean path): half a frame, since the pull's
+    // phase already adds up to a frame after the scheduled time.
+    for (fec, calm_range, jittery_range) in [
+        (true, 20.0..=21.0, 27.0..=29.0),
+        (false, 10.0..=11.0, 17.0..=19.0),
+    ] {
+        let calm = settle_with(
+            JitterConfig::default(),
+            fec,
+            |_| Duration::ZERO,
+            Duration::from_millis(1),
+        );
+        assert!(calm_range.contains(&calm), "fec {fec}: calm target {calm}");
+        // Up to 8 ms of jitter: about 8 ms more.
+        let jittery = settle_with(
+            JitterConfig::default(),
+            fec,
+            |i| Duration::from_millis(u64::from(i % 9)),
+            Duration::ZERO,
+        );
+        assert!(
+            jittery_range.contains(&jittery),
+            "fec {fec}: jittery target {jittery}"
+        );
+    }
 }
 
-/// Three 50-frame spurts a second apart; frame `i` of a spurt arrives `extra(i)` late and is
-/// popped `pop_after` after arriving. Returns the target delay the buffer settled on.
-fn settle_with(config: JitterConfig, extra: impl Fn(u16) -> Duration, pop_after: Duration) -> f64 {
+#[test]
+fn on_a_calm_protected_path_a_lost_frame_is_rebuilt_in_place_at_any_pull_phase() {
+    // A stretch would make the rest of the spurt play a frame later.
+    for phase_ms in 0..20u64 {
+        let mut buffer = JitterBuffer::new(JitterConfig::default());
+        let t0 = Instant::now();
+        let latency = Duration::from_millis(5);
+        // Two spurts 200 ms apart: the first measures the path, the second loses frame 40.
+        let mut arrivals = on_time(0..20u16, 0, latency);
+        arrivals.extend(on_time(30..60u16, 0, latency));
+        arrivals.retain(|(seq, _)| *seq != 40);
+        let mut ends = arrivals.clone();
+        ends.sort_by_key(|a| a.1);
+        let mut next = 0;
+        let mut played = Vec::new();
+        for k in 0..120u32 {
+            let now = t0 + FRAME * k + Duration::from_millis(phase_ms);
+            while next < ends.len() && t0 + ends[next].1 <= now {
+                let (seq, at) = ends[next];
+                let p = payload(seq);
+                let ts = u32::from(seq) * TS_STEP;
+                buffer.push(frame(seq, ts, seq == 19 || seq == 59, &p), t0 + at);
+                next += 1;
+            }
+            let out = pop(&mut buffer, now);
+            if out != Out::Idle {
+                played.push(out);
+            }
+        }
+        assert!(
+            played.contains(&Out::Fec(41)) && !played.contains(&Out::Conceal),
+            "phase {phase_ms} ms: {played:?}"
+        );
+    }
+}
+
+/// Three 50-frame spurts a second apart, marked protected or not by `fec`; frame `i` of a spurt
+/// arrives `extra(i)` late and is popped `pop_after` after arriving. Returns the target delay
+/// the buffer settled on.
+fn settle_with(
+    config: JitterConfig,
+    fec: bool,
+    extra: impl Fn(u16) -> Duration,
+    pop_after: Duration,
+) -> f64 {
     let mut buffer = JitterBuffer::new(config);
     let t0 = Instant::now();
     for spurt in 0..3u16 {
@@ -336,7 +389,11 @@ fn settle_with(config: JitterConfig, extra: impl Fn(u16) -> Duration, pop_after:
             let p = payload(seq);
             let ts = (u32::from(seq) * TS_STEP).wrapping_add(u32::from(spurt) * 48_000);
             let at = t0 + start + FRAME * u32::from(i) + extra(i);
-            buffer.push(frame(seq, ts, i == 49, &p), at);
+            let frame = IncomingFrame {
+                fec,
+                ..frame(seq, ts, i == 49, &p)
+            };
+            buffer.push(frame, at);
             buffer.pop(at + pop_after);
         }
     }

@@ -158,6 +158,8 @@ pub struct JitterBuffer {
     played_through: Option<i64>,
     played_timestamp: Option<u32>,
     origin: Option<(Instant, u32)>,
+    /// The sender's latest frame said it protects its stream (LBRR or DRED in later packets).
+    protected: bool,
     transit: [f64; HISTORY],
     transit_len: usize,
     transit_pos: usize,
@@ -193,6 +195,7 @@ impl JitterBuffer {
             played_through: None,
             played_timestamp: None,
             origin: None,
+            protected: false,
             transit: [0.0; HISTORY],
             transit_len: 0,
             transit_pos: 0,
@@ -322,6 +325,7 @@ impl JitterBuffer {
         slot.timestamp = frame.timestamp;
         slot.end = frame.end;
         slot.fec = frame.fec;
+        self.protected = frame.fec;
         slot.arrival = Some(now);
         slot.payload.clear();
         slot.payload.extend_from_slice(frame.payload);
@@ -384,11 +388,16 @@ impl JitterBuffer {
         }
         let rank = ((n - 1) as f64 * self.config.quantile.clamp(0.0, 1.0)).round() as usize;
         let (_, quantile, _) = self.scratch[..n].select_nth_unstable_by(rank, f64::total_cmp);
-        // Half a frame on top, for the clocks: the playout pull and the sender's capture tick
-        // drift and wake late by a millisecond or two. Not a whole frame: the pull's phase
-        // already adds 0 to 20 ms (10 on average) after the scheduled time, and on a calm
-        // path a whole frame more was a third of the mouth-to-ear latency.
-        let secs = *quantile + self.config.frame.duration().as_secs_f64() / 2.0;
+        // A frame on top while the sender protects its stream: a lost frame is rebuilt from
+        // the next packet, which must be here by then (else playout stretches, and the spurt
+        // plays a frame later from there on). On a clean path, where the sender has dropped
+        // its redundancy, half a frame is enough for the clocks (the playout pull and the
+        // sender's capture tick drift and wake late by a millisecond or two): the pull's phase
+        // already adds 0 to 20 ms after the scheduled time, and a whole frame more was a third
+        // of the mouth-to-ear latency on a LAN.
+        let frame = self.config.frame.duration().as_secs_f64();
+        let margin = if self.protected { frame } else { frame / 2.0 };
+        let secs = *quantile + margin;
         Duration::from_secs_f64(secs.max(0.0)).clamp(min, max)
     }
 
