@@ -44,8 +44,9 @@ pub const UNKNOWN_PATH_LOSS_PCT: u8 = 5;
 /// above 20 kb/s per point of expected loss and codes none unless that buys two 40 ms chunks:
 /// at 60 kb/s that takes 11 %; 15 % buys four (160 ms, longer than all but 4 % of the bursts of
 /// a path whose bursts average 60 ms). Measured on espeak speech in 60 ms Gilbert–Elliott
-/// bursts averaging 10 % loss, eight loss seeds: PESQ 2.79 → 3.06 (one phrase) and 2.96 → 3.30
-/// (another); scattered 5 % loss 4.01 → 3.86, 15 % unchanged within 0.1.
+/// bursts averaging 10 % loss, eight loss seeds (with [`LOSS_RELEASE`]): mean PESQ 2.79 → 3.09
+/// (one phrase) and 2.96 → 3.36 (another); scattered 5 % loss 4.01 → 3.85 and 3.90 → 4.07,
+/// 15 % within 0.15 either way.
 pub const DRED_LOSS_FLOOR_PCT: u8 = 15;
 
 /// How much of the loss estimate one better report lets go of: a burst's second is remembered

@@ -130,10 +130,11 @@ impl NodeConfig {
             encoder: EncoderConfig::default(),
             jitter: JitterConfig {
                 // Until a sender's first eight packets have measured the path, a spurt plays
-                // this far behind; the target adapts from the next spurt on. 20 ms is what the
-                // buffer itself picks for 10 ms of jitter (the measured quantile plus half a
-                // frame), and the pull's phase adds 0 to 20 ms more, so a squad's first words
-                // are snappy; the audio engine's stand-alone default (60 ms) is internet-safe.
+                // this far behind; the target adapts from the next spurt on. One frame: until
+                // its listeners report, a sender protects its stream, and a lost frame is
+                // rebuilt in place only if the next packet is here by then. The pull's phase
+                // adds 0 to 20 ms more, which absorbs some jitter while a squad's first words
+                // stay snappy; the audio engine's stand-alone default (60 ms) is internet-safe.
                 initial_delay: Duration::from_millis(20),
                 ..JitterConfig::default()
             },
