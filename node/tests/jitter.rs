@@ -345,14 +345,13 @@ fn on_a_calm_protected_path_a_lost_frame_is_rebuilt_in_place_at_any_pull_phase()
         let mut arrivals = on_time(0..20u16, 0, latency);
         arrivals.extend(on_time(30..60u16, 0, latency));
         arrivals.retain(|(seq, _)| *seq != 40);
-        let mut ends = arrivals.clone();
-        ends.sort_by_key(|a| a.1);
         let mut next = 0;
         let mut played = Vec::new();
         for k in 0..120u32 {
             let now = t0 + FRAME * k + Duration::from_millis(phase_ms);
-            while next < ends.len() && t0 + ends[next].1 <= now {
-                let (seq, at) = ends[next];
+            // Unlike `run`, each spurt ends with its end marker.
+            while next < arrivals.len() && t0 + arrivals[next].1 <= now {
+                let (seq, at) = arrivals[next];
                 let p = payload(seq);
                 let ts = u32::from(seq) * TS_STEP;
                 buffer.push(frame(seq, ts, seq == 19 || seq == 59, &p), t0 + at);
