@@ -289,7 +289,10 @@ fn echo(args: EchoArgs) -> Result<()> {
     };
     if let Some(at) = config.moved_at_s {
         if !(0.0..=config.far_only_s - config.settle_s).contains(&at) {
-            bail!("--move-at-s must leave --far-only-s at least 2 s after the move");
+            bail!(
+                "--move-at-s must leave --far-only-s at least {} s after the move",
+                config.settle_s
+            );
         }
     }
     if !(0.0..=500.0).contains(&config.delay_ms) || !(1.0..=2000.0).contains(&config.rt60_ms) {

@@ -135,10 +135,23 @@ pub struct EchoPathFilter {
     echo_power: Vec<f32>,
     /// Each background weight's uncertainty, `PARTITIONS × BINS` like the weights.
     uncertainty: Vec<f32>,
-    /// The background's error power per bin, smoothed (it rises at once).
-    error_smooth: [f32; BINS],
     echo_background: [f32; BLOCK],
     error_background: [f32; BLOCK],
+    constrain_next: usize,
+    /// The echo estimate subtracted from the last block.
+    echo: [f32; BLOCK],
+    /// Times it started over.
+    restarts: u32,
+    learnt: Learnt,
+    /// Over far-end-active blocks, this stage alone.
+    erle: ErleMeter,
+}
+
+/// What the filter has learnt about the echo path and its own progress, beside its weights
+/// and their uncertainty: all of it goes when it starts over.
+struct Learnt {
+    /// The background's error power per bin, smoothed (it rises at once).
+    error_smooth: [f32; BINS],
     /// Correlation of error and echo-estimate power fluctuations, and the latter's variance,
     /// gathered from nothing; the prior is apart, in `prior`.
     pey: f64,
@@ -151,9 +164,6 @@ pub struct EchoPathFilter {
     /// Foreground/background comparison, smoothed over a few blocks at two speeds.
     difference: [f64; 2],
     variance: [f64; 2],
-    constrain_next: usize,
-    /// The echo estimate subtracted from the last block.
-    echo: [f32; BLOCK],
     /// The foreground's largest tap: the partition the scan looks at next, the largest so
     /// far in this scan (sample, magnitude), and the last whole scan's, in samples.
     delay_scan: usize,
@@ -166,13 +176,30 @@ pub struct EchoPathFilter {
     output_energy: f64,
     input_energy: f64,
     diverged_for: usize,
-    /// Times it started over.
-    restarts: u32,
     /// The capture's and the far end's energy over the first [`GAIN_BLOCKS`] far-end blocks.
     gain_input: f64,
     gain_far: f64,
-    /// Over far-end-active blocks, this stage alone.
-    erle: ErleMeter,
+}
+
+impl Learnt {
+    const START: Self = Self {
+        error_smooth: [0.0; BINS],
+        pey: 0.0,
+        pyy: 0.0,
+        prior: 1.0,
+        leak: 1.0,
+        difference: [0.0; 2],
+        variance: [0.0; 2],
+        delay_scan: 0,
+        delay_best: (0, 0.0),
+        delay: None,
+        blocks: 0,
+        output_energy: 0.0,
+        input_energy: 0.0,
+        diverged_for: 0,
+        gain_input: 0.0,
+        gain_far: 0.0,
+    };
 }
 
 impl Default for EchoPathFilter {
@@ -199,28 +226,13 @@ impl EchoPathFilter {
             error_power: vec![0.0; BINS],
             echo_power: vec![0.0; BINS],
             uncertainty: vec![INITIAL_UNCERTAINTY; PARTITIONS * BINS],
-            error_smooth: [0.0; BINS],
             echo_background: [0.0; BLOCK],
             error_background: [0.0; BLOCK],
-            pey: 0.0,
-            pyy: 0.0,
-            prior: 1.0,
-            leak: 1.0,
-            difference: [0.0; 2],
-            variance: [0.0; 2],
             constrain_next: 0,
             erle: ErleMeter::default(),
             echo: [0.0; BLOCK],
-            delay_scan: 0,
-            delay_best: (0, 0.0),
-            delay: None,
-            blocks: 0,
-            output_energy: 0.0,
-            input_energy: 0.0,
-            diverged_for: 0,
             restarts: 0,
-            gain_input: 0.0,
-            gain_far: 0.0,
+            learnt: Learnt::START,
         }
     }
 
@@ -237,23 +249,8 @@ impl EchoPathFilter {
         self.uncertainty.fill(INITIAL_UNCERTAINTY);
         self.error_power.fill(0.0);
         self.echo_power.fill(0.0);
-        self.error_smooth = [0.0; BINS];
-        self.pey = 0.0;
-        self.pyy = 0.0;
-        self.prior = 1.0;
-        self.leak = 1.0;
-        self.difference = [0.0; 2];
-        self.variance = [0.0; 2];
-        self.delay_scan = 0;
-        self.delay_best = (0, 0.0);
-        self.delay = None;
-        self.blocks = 0;
-        self.output_energy = 0.0;
-        self.input_energy = 0.0;
-        self.diverged_for = 0;
+        self.learnt = Learnt::START;
         self.erle = ErleMeter::default();
-        self.gain_input = 0.0;
-        self.gain_far = 0.0;
         self.restarts += 1;
     }
 
@@ -264,7 +261,7 @@ impl EchoPathFilter {
 
     /// Enough far end has been seen (the filter's span) to trust the leak estimate.
     fn adapted(&self) -> bool {
-        self.blocks >= PARTITIONS
+        self.learnt.blocks >= PARTITIONS
     }
 
     /// The echo estimate subtracted from the last block.
@@ -274,7 +271,7 @@ impl EchoPathFilter {
 
     /// The echo path's delay: where the foreground's impulse response peaks, in samples.
     pub fn delay_samples(&self) -> Option<usize> {
-        self.delay
+        self.learnt.delay
     }
 
     /// The loudspeaker has been silent for longer than the filter spans: its far-end history
@@ -350,15 +347,15 @@ impl EchoPathFilter {
     /// Over the first [`GAIN_BLOCKS`] far-end blocks, measures the path's gain; then raises
     /// the uncertainty to what a path that loud needs, if it is more than it holds.
     fn measure_gain(&mut self, input: f64, far: f64) {
-        if self.blocks >= GAIN_BLOCKS {
+        if self.learnt.blocks >= GAIN_BLOCKS {
             return;
         }
-        self.gain_input += input;
-        self.gain_far += far;
-        if self.blocks + 1 == GAIN_BLOCKS && self.gain_far > 0.0 {
+        self.learnt.gain_input += input;
+        self.learnt.gain_far += far;
+        if self.learnt.blocks + 1 == GAIN_BLOCKS && self.learnt.gain_far > 0.0 {
             // Twice what was measured: the first blocks hold only the start of the echo (its
             // delay, a tail still building up).
-            let gain = 2.0 * (self.gain_input / self.gain_far) as f32;
+            let gain = 2.0 * (self.learnt.gain_input / self.learnt.gain_far) as f32;
             if gain > 1.0 {
                 let floor = INITIAL_UNCERTAINTY * gain.min(100.0);
                 for u in &mut self.uncertainty {
@@ -372,21 +369,21 @@ impl EchoPathFilter {
     /// in a row? The energies are smoothed over about 100 ms, so a single block's burst does
     /// not count, and the output must exceed the input by 1 dB.
     fn has_diverged(&mut self, input: f64, output: f64) -> bool {
-        self.input_energy = 0.9 * self.input_energy + input;
-        self.output_energy = 0.9 * self.output_energy + output;
-        if self.output_energy > 1.25 * self.input_energy + 1e-9 {
-            self.diverged_for += 1;
+        self.learnt.input_energy = 0.9 * self.learnt.input_energy + input;
+        self.learnt.output_energy = 0.9 * self.learnt.output_energy + output;
+        if self.learnt.output_energy > 1.25 * self.learnt.input_energy + 1e-9 {
+            self.learnt.diverged_for += 1;
         } else {
-            self.diverged_for = 0;
+            self.learnt.diverged_for = 0;
         }
-        self.diverged_for >= DIVERGED_BLOCKS
+        self.learnt.diverged_for >= DIVERGED_BLOCKS
     }
 
     /// Looks at one more partition of the foreground's impulse response for its largest tap
     /// (one inverse transform a block, rather than all 32 at once); after the last, that tap
     /// is the echo path's delay.
     fn scan_for_delay(&mut self) {
-        let p = self.delay_scan;
+        let p = self.learnt.delay_scan;
         self.foreground.get(p, &mut self.spectrum);
         // Only the speech band: above it the far end may have excited nothing, and weights
         // never excited hold what the gradient constraint leaves, which in the time domain
@@ -394,14 +391,14 @@ impl EchoPathFilter {
         self.spectrum[DELAY_BAND_BINS..].fill(Complex32::new(0.0, 0.0));
         self.inverse_into_time();
         for (i, tap) in self.time[..BLOCK].iter().enumerate() {
-            if tap.abs() > self.delay_best.1 {
-                self.delay_best = (p * BLOCK + i, tap.abs());
+            if tap.abs() > self.learnt.delay_best.1 {
+                self.learnt.delay_best = (p * BLOCK + i, tap.abs());
             }
         }
-        self.delay_scan = (p + 1) % PARTITIONS;
-        if self.delay_scan == 0 {
-            self.delay = Some(self.delay_best.0);
-            self.delay_best = (0, 0.0);
+        self.learnt.delay_scan = (p + 1) % PARTITIONS;
+        if self.learnt.delay_scan == 0 {
+            self.learnt.delay = Some(self.learnt.delay_best.0);
+            self.learnt.delay_best = (0, 0.0);
         }
     }
 
@@ -471,13 +468,13 @@ impl EchoPathFilter {
     /// few?
     fn compare(&mut self, sff: f64, see: f64, dbf: f64) -> Verdict {
         let diff = sff - see;
-        self.difference[0] = 0.6 * self.difference[0] + 0.4 * diff;
-        self.difference[1] = 0.85 * self.difference[1] + 0.15 * diff;
-        self.variance[0] = 0.36 * self.variance[0] + 0.16 * sff * dbf;
-        self.variance[1] = 0.7225 * self.variance[1] + 0.0225 * sff * dbf;
+        self.learnt.difference[0] = 0.6 * self.learnt.difference[0] + 0.4 * diff;
+        self.learnt.difference[1] = 0.85 * self.learnt.difference[1] + 0.15 * diff;
+        self.learnt.variance[0] = 0.36 * self.learnt.variance[0] + 0.16 * sff * dbf;
+        self.learnt.variance[1] = 0.7225 * self.learnt.variance[1] + 0.0225 * sff * dbf;
         let signed_square = |x: f64| x * x.abs();
-        let [d1, d2] = self.difference;
-        let [v1, v2] = self.variance;
+        let [d1, d2] = self.learnt.difference;
+        let [v1, v2] = self.learnt.variance;
         let verdict = if signed_square(diff) > sff * dbf
             || signed_square(d1) > 0.5 * v1
             || signed_square(d2) > 0.25 * v2
@@ -492,8 +489,8 @@ impl EchoPathFilter {
             Verdict::Keep
         };
         if verdict != Verdict::Keep {
-            self.difference = [0.0; 2];
-            self.variance = [0.0; 2];
+            self.learnt.difference = [0.0; 2];
+            self.learnt.variance = [0.0; 2];
         }
         verdict
     }
@@ -505,9 +502,9 @@ impl EchoPathFilter {
         self.time[BLOCK..].copy_from_slice(&self.error_background);
         self.fft.forward(&mut self.time, &mut self.error_spectrum);
         self.estimate_leak(see);
-        self.blocks += 1;
+        self.learnt.blocks += 1;
         self.kalman_step();
-        if self.blocks % RESHAPE_EVERY == 0 {
+        if self.learnt.blocks % RESHAPE_EVERY == 0 {
             self.reshape_uncertainty();
         }
         for _ in 0..CONSTRAINED_PER_BLOCK {
@@ -534,16 +531,16 @@ impl EchoPathFilter {
         let syy = energy(&self.echo_background);
         let rate = f64::from(super::SAMPLE_RATE);
         let beta = (2.0 * BLOCK as f64 / rate * syy / (see + 1e-12)).min(0.5 * BLOCK as f64 / rate);
-        self.pey = (1.0 - beta) * self.pey + beta * pey;
-        self.pyy = (1.0 - beta) * self.pyy + beta * pyy;
-        self.prior *= 1.0 - beta;
-        let evidence = if self.pyy > 1e-30 {
-            self.pey.max(0.0) / self.pyy
+        self.learnt.pey = (1.0 - beta) * self.learnt.pey + beta * pey;
+        self.learnt.pyy = (1.0 - beta) * self.learnt.pyy + beta * pyy;
+        self.learnt.prior *= 1.0 - beta;
+        let evidence = if self.learnt.pyy > 1e-30 {
+            self.learnt.pey.max(0.0) / self.learnt.pyy
         } else {
             1.0
         };
-        let prior = LEAK_PRIOR * self.prior / (1.0 - self.prior).max(1e-12);
-        self.leak = ((evidence + prior) / (1.0 + prior)).min(1.0);
+        let prior = LEAK_PRIOR * self.learnt.prior / (1.0 - self.learnt.prior).max(1e-12);
+        self.learnt.leak = ((evidence + prior) / (1.0 + prior)).min(1.0);
     }
 
     /// The Kalman update of the background's weights and their uncertainty (see the module
@@ -563,13 +560,14 @@ impl EchoPathFilter {
         }
         // The error over the gain's denominator, and that denominator's inverse.
         let (mut er, mut ei, mut inverse) = ([0.0f32; BINS], [0.0f32; BINS], [0.0f32; BINS]);
-        let leak = self.leak as f32;
+        let leak = self.learnt.leak as f32;
         for k in 0..BINS {
             let error = self.error_spectrum[k];
             let power = error.norm_sqr();
-            let smooth = (ERROR_SMOOTHING * self.error_smooth[k] + (1.0 - ERROR_SMOOTHING) * power)
+            let smooth = (ERROR_SMOOTHING * self.learnt.error_smooth[k]
+                + (1.0 - ERROR_SMOOTHING) * power)
                 .max(power);
-            self.error_smooth[k] = smooth;
+            self.learnt.error_smooth[k] = smooth;
             let measured = 0.5 * leak * self.echo_bins[k] * FFT as f32;
             let echo_left = (VISIBLE_SHARE * predicted[k]).max(measured);
             let near = (smooth - echo_left).max(NEAR_FLOOR * smooth) + 1e-6;
@@ -808,7 +806,7 @@ mod tests {
     fn the_leak_estimate_does_not_depend_on_the_echo_level() {
         let (quiet, _) = learn_with_gain(700, 1, 0.03);
         let (loud, _) = learn_with_gain(700, 1, 1.0);
-        let (quiet, loud) = (quiet.leak, loud.leak);
+        let (quiet, loud) = (quiet.learnt.leak, loud.learnt.leak);
         assert!(quiet > 0.01 && loud > 0.01, "leaks {quiet} and {loud}");
         assert!(
             (0.7..1.4).contains(&(quiet / loud)),

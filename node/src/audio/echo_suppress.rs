@@ -240,6 +240,23 @@ mod tests {
         }
     }
 
+    /// Each block of `input` through the suppressor, with the echo estimate beside it.
+    fn suppress_all(
+        suppressor: &mut EchoSuppressor,
+        input: &[[f32; BLOCK]],
+        echo: &[[f32; BLOCK]],
+    ) -> Vec<[f32; BLOCK]> {
+        input
+            .iter()
+            .zip(echo)
+            .map(|(block, e)| {
+                let mut out = *block;
+                suppressor.process(&mut out, e);
+                out
+            })
+            .collect()
+    }
+
     /// How much quieter the output is than the input from block `from` on, dB.
     fn attenuation_db(input: &[[f32; BLOCK]], output: &[[f32; BLOCK]], from: usize) -> f64 {
         let e = |blocks: &[[f32; BLOCK]]| -> f64 {
@@ -257,14 +274,7 @@ mod tests {
     fn a_bin_leaks_whole_until_learnt_and_what_is_learnt_is_forgotten_on_a_restart() {
         let echo = blocks(2, 60);
         let run = |suppressor: &mut EchoSuppressor| {
-            let out: Vec<_> = echo
-                .iter()
-                .map(|e| {
-                    let mut out = *e;
-                    suppressor.process(&mut out, e);
-                    out
-                })
-                .collect();
+            let out = suppress_all(suppressor, &echo, &echo);
             attenuation_db(&echo, &out, 10)
         };
         let mut suppressor = EchoSuppressor::new();
@@ -301,16 +311,7 @@ mod tests {
                 b
             })
             .collect();
-        let mut suppressor = EchoSuppressor::new();
-        let out: Vec<_> = input
-            .iter()
-            .zip(&echo)
-            .map(|(block, e)| {
-                let mut out = *block;
-                suppressor.process(&mut out, e);
-                out
-            })
-            .collect();
+        let out = suppress_all(&mut EchoSuppressor::new(), &input, &echo);
         let echo_only = attenuation_db(&input[..300], &out[..301], 200);
         assert!(echo_only > 10.0, "the residual lost only {echo_only:.1} dB");
         let double_talk = attenuation_db(&input, &out, 310);
