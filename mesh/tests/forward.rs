@@ -6,7 +6,8 @@ use callsign_mesh::charter::{
     ChannelId, Charter, CharterState, OpBody, Permissions, Priority, RelayInfo, Role,
 };
 use callsign_mesh::forward::{
-    ForwardDrop, Forwarder, ForwarderConfig, Subscription, SubscriptionBody, SubscriptionError,
+    lock, ForwardDrop, ForwardView, Forwarder, ForwarderConfig, Subscription, SubscriptionBody,
+    SubscriptionError,
 };
 use callsign_mesh::voice::{SenderKey, SenderShortId, VoiceFlags, VoiceHeader};
 use proptest::prelude::*;
@@ -455,4 +456,55 @@ fn the_audience_is_kept_per_charter_generation_and_redone_when_subscriptions_cha
         f.forward_to(&changed, Some(2), &officer, &flight(4), now),
         Err(ForwardDrop::NoSubscribers)
     );
+}
+
+#[test]
+fn the_view_forwards_as_the_member_would_and_splits_relays_from_members() {
+    let org = org();
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(forwarder(&org)));
+    let (here, there) = (org.ids[5].public(), org.ids[6].public());
+    // The other rented relay cascades: it subscribes at this one for /flight.
+    lock(&shared)
+        .subscribe(&org.state, subscription(&org, 6, 1, vec![org.flight]))
+        .unwrap();
+    let senders: BTreeMap<_, _> = org.ids[..3]
+        .iter()
+        .chain(&org.ids[6..])
+        .map(|i| (i.public().peer_id(), i.public()))
+        .collect();
+    let view = ForwardView::new(org.state.clone(), 7, senders, here);
+    assert_eq!(view.generation(), 7);
+    let (officer, pilot) = (org.ids[0].public(), org.ids[1].public());
+    let now = Instant::now();
+    let flight = |seq| packet(&officer, vec![org.flight], seq, VoiceFlags::empty());
+    let copies = view
+        .forward(&mut lock(&shared), &officer.peer_id(), &flight(1), now)
+        .unwrap();
+    assert_eq!(copies.plain, vec![org.ids[2].public().peer_id()]);
+    assert_eq!(copies.enveloped, vec![there.peer_id()]);
+    // The same packet again is a replay, whichever path sees it: one forwarder.
+    assert_eq!(
+        view.forward(&mut lock(&shared), &officer.peer_id(), &flight(1), now),
+        Err(ForwardDrop::Duplicate)
+    );
+    // A peer the view does not name is a stranger, counted as the member's path counts it.
+    let stranger = org.ids[3].public().peer_id();
+    assert_eq!(
+        view.forward(&mut lock(&shared), &stranger, &flight(2), now),
+        Err(ForwardDrop::Stranger)
+    );
+    // What a fellow relay sends goes to members only (one hop between relays).
+    let relayed = packet(&pilot, vec![org.flight], 1, VoiceFlags::empty());
+    let copies = view
+        .forward(&mut lock(&shared), &there.peer_id(), &relayed, now)
+        .unwrap();
+    let mut members = vec![officer.peer_id(), org.ids[2].public().peer_id()];
+    members.sort();
+    let mut plain = copies.plain.clone();
+    plain.sort();
+    assert_eq!((plain, copies.enveloped), (members, Vec::new()));
+    let counts = lock(&shared).counts().clone();
+    assert_eq!(counts.packets_in, 4);
+    assert_eq!(counts.drops.get(&ForwardDrop::Stranger), Some(&1));
+    assert_eq!(counts.drops.get(&ForwardDrop::Duplicate), Some(&1));
 }

@@ -72,6 +72,7 @@ pub struct RelayMetrics {
     registry: Registry,
     packets_in: Family<Org, Counter>,
     bytes_in: Family<Org, Counter>,
+    packets_fast: Family<Org, Counter>,
     packets_out: Family<Org, Counter>,
     bytes_out: Family<Org, Counter>,
     drops: Family<Drop, Counter>,
@@ -101,6 +102,7 @@ impl RelayMetrics {
         let metrics = Self {
             packets_in: Family::default(),
             bytes_in: Family::default(),
+            packets_fast: Family::default(),
             packets_out: Family::default(),
             bytes_out: Family::default(),
             drops: Family::default(),
@@ -124,6 +126,11 @@ impl RelayMetrics {
             "bytes_in",
             "Voice bytes received to forward",
             m.bytes_in.clone(),
+        );
+        registry.register(
+            "packets_in_fast_path",
+            "Of the voice packets received, those forwarded where the voice plane opened them",
+            m.packets_fast.clone(),
         );
         registry.register(
             "packets_out",
@@ -184,6 +191,7 @@ impl RelayMetrics {
         counters.insert("packets_in".into(), c.packets_in);
         counters.insert("bytes_in".into(), c.bytes_in);
         counters.insert("packets_out".into(), c.packets_out);
+        counters.insert("packets_fast".into(), now.links.plane.forwarded);
         counters.insert("bytes_out".into(), c.bytes_out);
         counters.insert("refused".into(), now.subscriptions_refused);
         for (reason, n) in &c.drops {
@@ -214,6 +222,9 @@ impl RelayMetrics {
         self.packets_out
             .get_or_create(&label)
             .inc_by(delta("packets_out"));
+        self.packets_fast
+            .get_or_create(&label)
+            .inc_by(delta("packets_fast"));
         self.bytes_out
             .get_or_create(&label)
             .inc_by(delta("bytes_out"));
@@ -256,6 +267,7 @@ impl RelayMetrics {
         for family in [
             &self.packets_in,
             &self.bytes_in,
+            &self.packets_fast,
             &self.packets_out,
             &self.bytes_out,
             &self.subscriptions_refused,

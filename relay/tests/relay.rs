@@ -164,6 +164,13 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
     let out = metric(&text, "callsign_relay_packets_out_total{org=\"default\"}");
     let packets_in = metric(&text, "callsign_relay_packets_in_total{org=\"default\"}");
     assert!(packets_in >= 60.0 && out >= 7.0 * 60.0, "{text}");
+    // Members send on the voice plane once their links are up: the relay forwards those
+    // where they arrive, not through its node's task.
+    let fast = metric(
+        &text,
+        "callsign_relay_packets_in_fast_path_total{org=\"default\"}",
+    );
+    assert!(fast >= 0.9 * packets_in && fast <= packets_in, "{text}");
     assert_eq!(
         metric(
             &text,

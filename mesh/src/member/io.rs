@@ -237,6 +237,9 @@ pub enum Output {
         /// When the packet arrived (forwarding latency).
         received_at: Instant,
     },
+    /// As a rented relay: the charter to check voice against where it arrives, for the
+    /// forwarder shared with the link layer ([`crate::forward::SharedForwarder`]). Replaces the last one.
+    ForwardView(std::sync::Arc<crate::forward::ForwardView>),
     /// Dial a peer (or, without one, an address).
     Dial {
         /// Whom.

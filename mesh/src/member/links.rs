@@ -201,8 +201,8 @@ impl Member {
             if let Some(identity) = self.link_role(peer).map(LinkRole::identity) {
                 self.floor.peer_down(&identity, now);
                 self.update_arbiters(now);
-                if let Some(forwarder) = &mut self.forwarder {
-                    forwarder.remove(&identity);
+                if let Some(forwarder) = &self.forwarder {
+                    crate::forward::lock(forwarder).remove(&identity);
                 }
                 self.subscribed.remove(&identity);
                 self.replan(now);

@@ -55,7 +55,7 @@ use crate::charter::sync::{CharterSync, SyncConfig};
 use crate::charter::{ChannelId, CharterState, Permissions};
 use crate::control::{ControlMessage, PeerControl};
 use crate::floor::FloorControl;
-use crate::forward::Forwarder;
+use crate::forward::{Forwarder, SharedForwarder};
 use crate::presence::PresenceTable;
 use crate::punch::{HolePunches, PunchConfig};
 use crate::reachability::{AddressBook, ReachabilityConfig};
@@ -67,6 +67,7 @@ use multiaddr::Multiaddr;
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// What a link's peer is to us.
@@ -194,7 +195,9 @@ pub struct Member {
     route_switched: BTreeMap<ChannelId, Instant>,
     subscribed: BTreeMap<IdentityKey, Vec<ChannelId>>,
     subscription_seq: u64,
-    forwarder: Option<Forwarder>,
+    forwarder: Option<SharedForwarder>,
+    /// The charter generation of the last [`Output::ForwardView`] (a rented relay's).
+    forward_view: Option<u64>,
     subscriptions_refused: u64,
     join: Option<JoinRequest>,
     /// Checked join requests of strangers linked to us, passed on to admins (`join`).
@@ -287,7 +290,8 @@ impl Member {
             forwarder: config
                 .forwarding
                 .or_else(|| config.vouched.then(Default::default))
-                .map(|c| Forwarder::new(org, c)),
+                .map(|c| Arc::new(Mutex::new(Forwarder::new(org, c)))),
+            forward_view: None,
             subscriptions_refused: 0,
             join: config.join,
             waiting_joins: BTreeMap::new(),
@@ -474,8 +478,14 @@ impl Member {
     }
 
     /// The forwarder, when we forward.
-    pub fn forwarder(&self) -> Option<&Forwarder> {
-        self.forwarder.as_ref()
+    pub fn forwarder(&self) -> Option<MutexGuard<'_, Forwarder>> {
+        self.forwarder.as_ref().map(crate::forward::lock)
+    }
+
+    /// The forwarder as the link layer shares it, when we forward: a rented relay forwards
+    /// what arrives on the voice plane there, with the [`Output::ForwardView`]s we publish.
+    pub fn shared_forwarder(&self) -> Option<SharedForwarder> {
+        self.forwarder.clone()
     }
 
     /// Subscriptions we refused as a relay.

@@ -5,25 +5,28 @@
 
 use super::{Event, Member, Output, Role};
 use crate::charter::ChannelId;
-use crate::forward::{is_relay, ForwardDrop, Recipient, Subscription, SubscriptionError};
+use crate::forward::{
+    is_relay, lock, Copies, ForwardDrop, ForwardView, Recipient, Subscription, SubscriptionError,
+};
 use crate::topology::Route;
 use crate::voice::VoiceHeader;
 use callsign_keys::IdentityKey;
 use libp2p_identity::PeerId;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 impl Member {
     /// A subscription from `peer` (checked: signature, signer is the link's peer, the charter
     /// lets it listen on every channel it names).
     pub(super) fn subscription(&mut self, peer: PeerId, body: &[u8]) {
-        let Some(forwarder) = self.forwarder.as_mut() else {
+        let Some(forwarder) = &self.forwarder else {
             return;
         };
         let state = self.sync.charter().state();
         let result = Subscription::decode(body).and_then(|s| {
             if s.body.subscriber.peer_id() == peer {
-                forwarder.subscribe(state, s)
+                lock(forwarder).subscribe(state, s)
             } else {
                 Err(SubscriptionError::NotSender)
             }
@@ -53,7 +56,7 @@ impl Member {
         };
         let state = self.sync.charter().state();
         let mut desired: BTreeMap<IdentityKey, Vec<ChannelId>> = BTreeMap::new();
-        for (subscriber, channels) in forwarder.subscriptions() {
+        for (subscriber, channels) in lock(forwarder).subscriptions() {
             if is_relay(state, subscriber) {
                 continue;
             }
@@ -87,10 +90,11 @@ impl Member {
         received_at: Instant,
         now: Instant,
     ) {
-        let Some(forwarder) = self.forwarder.as_mut() else {
+        let Some(forwarder) = &self.forwarder else {
             tracing::debug!(%peer, "enveloped voice, but we do not forward");
             return;
         };
+        let mut forwarder = lock(forwarder);
         let from = self.members.get(&peer).or(self.relays.get(&peer));
         let Some(from) = from.copied() else {
             forwarder.refuse_stranger(packet);
@@ -99,6 +103,7 @@ impl Member {
         let charter = self.sync.charter();
         let generation = Some(charter.len() as u64);
         let to = forwarder.forward_to(charter.state(), generation, &from, packet, now);
+        drop(forwarder);
         self.send_copies(to, packet, received_at);
         // A member relay plays what it forwards on channels routed through it; on mesh
         // channels (a circuit's forwarded copies) the sender sent it a direct copy too.
@@ -115,12 +120,12 @@ impl Member {
 
     /// Our own frame, when we are the channel's relay (a volunteering member).
     pub(super) fn forward_own(&mut self, packet: &[u8], now: Instant) {
-        let Some(forwarder) = self.forwarder.as_mut() else {
+        let Some(forwarder) = &self.forwarder else {
             return;
         };
         let charter = self.sync.charter();
         let generation = Some(charter.len() as u64);
-        let to = forwarder.forward_to(charter.state(), generation, &self.local, packet, now);
+        let to = lock(forwarder).forward_to(charter.state(), generation, &self.local, packet, now);
         self.send_copies(to, packet, now);
     }
 
@@ -137,24 +142,35 @@ impl Member {
                 return;
             }
         };
-        let mut plain = Vec::with_capacity(to.len());
-        let mut enveloped = Vec::new();
-        for recipient in to {
-            if recipient.key == self.local {
-                continue;
-            }
-            // A fellow relay forwards on what it gets: it gets it enveloped.
-            if recipient.relay {
-                enveloped.push(recipient.peer);
-            } else {
-                plain.push(recipient.peer);
-            }
-        }
+        // A fellow relay forwards on what it gets: it gets it enveloped.
+        let Copies { plain, enveloped } = Copies::split(to, &self.local);
         self.outputs.push_back(Output::Forward {
             packet: packet.to_vec(),
             plain,
             enveloped,
             received_at,
         });
+    }
+
+    /// As a rented relay: publishes the charter the link layer's fast path checks voice
+    /// against, once per charter generation.
+    pub(super) fn publish_forward_view(&mut self) {
+        if self.role != Role::Relay || self.forwarder.is_none() {
+            return;
+        }
+        let charter = self.sync.charter();
+        let generation = charter.len() as u64;
+        if self.forward_view == Some(generation) {
+            return;
+        }
+        self.forward_view = Some(generation);
+        let senders = self
+            .members
+            .iter()
+            .chain(&self.relays)
+            .map(|(p, k)| (*p, *k))
+            .collect();
+        let view = ForwardView::new(charter.state().clone(), generation, senders, self.local);
+        self.outputs.push_back(Output::ForwardView(Arc::new(view)));
     }
 }

@@ -190,5 +190,6 @@ impl Member {
             }
         }
         self.pace_circuit_dials(now);
+        self.publish_forward_view();
     }
 }

@@ -10,17 +10,39 @@ use std::net::{SocketAddr, UdpSocket};
 #[cfg(target_os = "linux")]
 const MAX_BATCH: usize = 1024;
 
-/// Sends each `(destination, datagram)` of `batch` from `socket` (non-blocking), marked by
-/// `marker` if given. Returns how many the kernel took: when its buffer fills the rest are
-/// dropped, as a congested network would (voice is not retransmitted).
+/// A socket that sends batches, and its family, looked up once rather than per batch.
+#[derive(Debug)]
+pub(crate) struct BatchSocket {
+    socket: UdpSocket,
+    ipv6: bool,
+}
+
+impl BatchSocket {
+    pub(crate) fn new(socket: UdpSocket) -> io::Result<Self> {
+        let ipv6 = socket.local_addr()?.is_ipv6();
+        Ok(Self { socket, ipv6 })
+    }
+
+    /// Sends each `(destination, datagram)` of `batch` (non-blocking), marked by `marker` if
+    /// given. Returns how many the kernel took: when its buffer fills the rest are dropped, as
+    /// a congested network would (voice is not retransmitted).
+    pub(crate) fn send_many(
+        &self,
+        marker: Option<&TosMarker>,
+        batch: &[(SocketAddr, &[u8])],
+    ) -> io::Result<usize> {
+        send_many(&self.socket, self.ipv6, marker, batch)
+    }
+}
+
 #[cfg(target_os = "linux")]
-pub(crate) fn send_many(
+fn send_many(
     socket: &UdpSocket,
+    ipv6_socket: bool,
     marker: Option<&TosMarker>,
     batch: &[(SocketAddr, &[u8])],
 ) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
-    let ipv6_socket = socket.local_addr()?.is_ipv6();
     let marker = marker.filter(|m| m.working());
     let (mut sent, mut failed) = (0, None);
     for chunk in batch.chunks(MAX_BATCH) {
@@ -102,12 +124,12 @@ pub(crate) fn send_many(
 
 /// See the Linux version: one `send_to` per datagram here.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn send_many(
+fn send_many(
     socket: &UdpSocket,
+    ipv6_socket: bool,
     _marker: Option<&TosMarker>,
     batch: &[(SocketAddr, &[u8])],
 ) -> io::Result<usize> {
-    let ipv6_socket = socket.local_addr()?.is_ipv6();
     let mut sent = 0;
     for (destination, datagram) in batch {
         match socket.send_to(datagram, mapped(*destination, ipv6_socket)) {
@@ -147,7 +169,8 @@ mod tests {
             .zip(&bodies)
             .map(|(r, b)| (r.local_addr().unwrap(), b.as_slice()))
             .collect();
-        assert_eq!(send_many(&sender, marker.as_ref(), &batch).unwrap(), 40);
+        let batch_socket = BatchSocket::new(sender.try_clone().unwrap()).unwrap();
+        assert_eq!(batch_socket.send_many(marker.as_ref(), &batch).unwrap(), 40);
         for (r, b) in receivers.iter().zip(&bodies) {
             r.set_read_timeout(Some(std::time::Duration::from_secs(2)))
                 .unwrap();

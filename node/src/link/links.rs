@@ -11,11 +11,13 @@
 //! sealed per link and sent beside the QUIC connection, in one system call for many peers
 //! ([`Links::send_framed_to_many`]). Pings, pongs and announcements stay in QUIC.
 
+use super::forwarding::{ForwardLatency, PlaneForwarder};
 use super::heartbeat::{announcement, Watchdog};
-use super::plane::{PlaneCounts, PlaneKeys, PlaneLink, PlaneReceivers, SealedBatch};
+use super::plane::{PlaneCounts, PlaneKeys, PlaneLink, PlaneReceivers, PlaneStats, SealedBatch};
 use super::socket::{canonical, LinkSocket};
 use super::LinkError;
 use bytes::{BufMut, Bytes, BytesMut};
+use callsign_mesh::forward::{ForwardView, SharedForwarder};
 use libp2p::PeerId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -244,48 +246,13 @@ impl Links {
             .ok_or(LinkError::NotConnected(*peer))
     }
 
-    /// How an application datagram to `peer` goes: on the plane of its newest connection if
-    /// the peer has announced one, else in QUIC.
     fn route<'a>(
         &self,
         state: &'a State,
         peer: &PeerId,
         frame: &[u8],
     ) -> Result<Route<'a>, LinkError> {
-        let newest = state
-            .peers
-            .get(peer)
-            .and_then(|connections| connections.last())
-            .ok_or(LinkError::NotConnected(*peer))?;
-        Ok(match (&newest.plane, &state.socket) {
-            (Some(plane), Some(socket)) if plane.is_ready() => {
-                if frame.len() > ALWAYS_FITS {
-                    self.check_size(&newest.quic, frame)?;
-                }
-                // A relay's heartbeat task follows every connection's address once an interval;
-                // other nodes send little, and look each time.
-                let to = match state.heartbeat {
-                    Some(_) => plane.last_destination(),
-                    None => plane.destination(canonical(newest.quic.remote_address())),
-                };
-                Route::Plane(plane, to, socket)
-            }
-            _ => Route::Quic(newest.quic.clone()),
-        })
-    }
-
-    /// A frame too large for the path to `peer` (its MTU less QUIC's overhead, which is more
-    /// than the plane's, so either way fits).
-    fn check_size(&self, connection: &quinn::Connection, frame: &[u8]) -> Result<(), LinkError> {
-        let max = connection.max_datagram_size().unwrap_or(0);
-        if frame.len() > max {
-            self.counters.oversized.fetch_add(1, Ordering::Relaxed);
-            return Err(LinkError::DatagramTooLarge {
-                size: frame.len().saturating_sub(HEADER),
-                max: max.saturating_sub(HEADER),
-            });
-        }
-        Ok(())
+        route(state, &self.counters, peer, frame)
     }
 
     /// Largest payload `send_datagram` accepts for this peer right now (path MTU minus headers).
@@ -348,61 +315,37 @@ impl Links {
     /// kernel together; the rest go in QUIC. Returns how many were sent; a peer without a link
     /// is skipped.
     pub fn send_framed_to_many(&self, peers: &[PeerId], frame: &Bytes) -> usize {
-        let mut batch = SealedBatch::with_capacity(peers.len(), frame.len());
-        let mut quic = Vec::new();
-        let now_ms = Self::clock_ms(self.epoch);
-        let socket = {
-            let state = self.state();
-            for peer in peers {
-                match self.route(&state, peer, frame) {
-                    Ok(Route::Plane(plane, to, _)) => {
-                        batch.push(plane, frame, to);
-                        plane.sent_at(now_ms);
-                    }
-                    Ok(Route::Quic(connection)) => quic.push(connection),
-                    Err(_) => {}
-                }
-            }
-            state.socket.clone()
-        };
-        let mut sent = quic
-            .into_iter()
-            .filter(|c| self.send_quic(c.clone(), frame.clone()).is_ok())
-            .count();
-        if let Some(socket) = socket {
-            let n = batch.send(&socket);
-            self.plane_sent(n);
-            sent += n;
+        self.copies().send(peers, frame, self.plane.stats())
+    }
+
+    /// What sends a relay's copies, without keeping the registry alive.
+    fn copies(&self) -> CopySender {
+        CopySender {
+            epoch: self.epoch,
+            state: Arc::downgrade(&self.state),
+            counters: self.counters.clone(),
         }
-        sent
+    }
+
+    /// Forwards enveloped voice that arrives on the plane where it is opened, through
+    /// `forwarder` (shared with the member), with the views installed by
+    /// [`Links::set_forward_view`]: a rented relay's fast path (`link::forwarding`).
+    pub fn forward_on_plane(&self, forwarder: SharedForwarder, latency: Arc<ForwardLatency>) {
+        self.plane
+            .forward_with(PlaneForwarder::new(forwarder, self.copies(), latency));
+    }
+
+    /// The charter the plane's forwarding checks voice against from now on.
+    pub fn set_forward_view(&self, view: Arc<ForwardView>) {
+        self.plane.set_forward_view(view);
     }
 
     fn plane_sent(&self, n: usize) {
-        self.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
-        self.plane
-            .stats()
-            .sent
-            .fetch_add(n as u64, Ordering::Relaxed);
+        plane_sent(&self.counters, self.plane.stats(), n);
     }
 
     fn send_quic(&self, connection: quinn::Connection, frame: Bytes) -> Result<(), LinkError> {
-        let size = frame.len().saturating_sub(HEADER);
-        match connection.send_datagram(frame) {
-            Ok(()) => {
-                self.counters.sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(quinn::SendDatagramError::TooLarge) => {
-                self.counters.oversized.fetch_add(1, Ordering::Relaxed);
-                Err(LinkError::DatagramTooLarge {
-                    size,
-                    max: connection
-                        .max_datagram_size()
-                        .map_or(0, |n| n.saturating_sub(HEADER)),
-                })
-            }
-            Err(e) => Err(LinkError::Datagram(e.to_string())),
-        }
+        send_quic(&self.counters, connection, frame)
     }
 
     /// Sends one unreliable datagram to `peer`.
@@ -626,6 +569,151 @@ impl Links {
         if let Ok(connection) = self.connection(peer) {
             connection.close(VARINT_NORMAL, b"closed");
         }
+    }
+}
+
+/// How an application datagram to `peer` goes: on the plane of its newest connection if the
+/// peer has announced one, else in QUIC.
+fn route<'a>(
+    state: &'a State,
+    counters: &Counters,
+    peer: &PeerId,
+    frame: &[u8],
+) -> Result<Route<'a>, LinkError> {
+    let newest = state
+        .peers
+        .get(peer)
+        .and_then(|connections| connections.last())
+        .ok_or(LinkError::NotConnected(*peer))?;
+    route_connection(state, counters, newest, frame)
+}
+
+/// [`route`] on the peer's newest connection.
+fn route_connection<'a>(
+    state: &'a State,
+    counters: &Counters,
+    newest: &'a Connection,
+    frame: &[u8],
+) -> Result<Route<'a>, LinkError> {
+    Ok(match (&newest.plane, &state.socket) {
+        (Some(plane), Some(socket)) if plane.is_ready() => {
+            if frame.len() > ALWAYS_FITS {
+                check_size(counters, &newest.quic, frame)?;
+            }
+            // A relay's heartbeat task follows every connection's address once an interval;
+            // other nodes send little, and look each time.
+            let to = match state.heartbeat {
+                Some(_) => plane.last_destination(),
+                None => plane.destination(canonical(newest.quic.remote_address())),
+            };
+            Route::Plane(plane, to, socket)
+        }
+        _ => Route::Quic(newest.quic.clone()),
+    })
+}
+
+/// A frame too large for the path to `peer` (its MTU less QUIC's overhead, which is more than
+/// the plane's, so either way fits).
+fn check_size(
+    counters: &Counters,
+    connection: &quinn::Connection,
+    frame: &[u8],
+) -> Result<(), LinkError> {
+    let max = connection.max_datagram_size().unwrap_or(0);
+    if frame.len() > max {
+        counters.oversized.fetch_add(1, Ordering::Relaxed);
+        return Err(LinkError::DatagramTooLarge {
+            size: frame.len().saturating_sub(HEADER),
+            max: max.saturating_sub(HEADER),
+        });
+    }
+    Ok(())
+}
+
+fn plane_sent(counters: &Counters, plane: &PlaneStats, n: usize) {
+    counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+    plane.sent.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+fn send_quic(
+    counters: &Counters,
+    connection: quinn::Connection,
+    frame: Bytes,
+) -> Result<(), LinkError> {
+    let size = frame.len().saturating_sub(HEADER);
+    match connection.send_datagram(frame) {
+        Ok(()) => {
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(quinn::SendDatagramError::TooLarge) => {
+            counters.oversized.fetch_add(1, Ordering::Relaxed);
+            Err(LinkError::DatagramTooLarge {
+                size,
+                max: connection
+                    .max_datagram_size()
+                    .map_or(0, |n| n.saturating_sub(HEADER)),
+            })
+        }
+        Err(e) => Err(LinkError::Datagram(e.to_string())),
+    }
+}
+
+/// Sends a relay's copies of one packet through the registry, holding it weakly: the plane's
+/// fast path keeps one, and the registry's socket keeps the plane.
+pub(crate) struct CopySender {
+    epoch: tokio::time::Instant,
+    state: std::sync::Weak<Mutex<State>>,
+    counters: Arc<Counters>,
+}
+
+impl CopySender {
+    /// Sends one framed datagram (from [`Links::frame_datagram`]) to each of `peers`: copies on
+    /// the plane are sealed per peer and handed to the kernel together, the rest go in QUIC.
+    /// Returns how many were sent; a peer without a link is skipped.
+    pub(crate) fn send(&self, peers: &[PeerId], frame: &Bytes, plane: &PlaneStats) -> usize {
+        let Some(state) = self.state.upgrade() else {
+            return 0;
+        };
+        let mut quic = Vec::new();
+        let now_ms = Links::clock_ms(self.epoch);
+        let (batch, socket) = {
+            let state = state.lock().unwrap_or_else(|e| e.into_inner());
+            // In phases, each reading one thing of every peer: one peer's loads do not wait for
+            // another's, so the processor overlaps their cache misses. Between a relay's
+            // packets (20 ms) the kernel's work evicts every link's state, and one pass per
+            // copy queued two misses per copy one behind another.
+            let newest: Vec<&Connection> = peers
+                .iter()
+                .filter_map(|peer| state.peers.get(peer)?.last())
+                .collect();
+            let ready = newest
+                .iter()
+                .filter(|c| c.plane.as_deref().is_some_and(PlaneLink::is_ready))
+                .count();
+            let mut batch = SealedBatch::with_capacity(ready, frame.len());
+            for connection in newest {
+                match route_connection(&state, &self.counters, connection, frame) {
+                    Ok(Route::Plane(link, to, _)) => {
+                        batch.push(link, frame, to);
+                        link.sent_at(now_ms);
+                    }
+                    Ok(Route::Quic(connection)) => quic.push(connection),
+                    Err(_) => {}
+                }
+            }
+            (batch, state.socket.clone())
+        };
+        let mut sent = quic
+            .into_iter()
+            .filter(|c| send_quic(&self.counters, c.clone(), frame.clone()).is_ok())
+            .count();
+        if let Some(socket) = socket {
+            let n = batch.send(&socket);
+            plane_sent(&self.counters, plane, n);
+            sent += n;
+        }
+        sent
     }
 }
 

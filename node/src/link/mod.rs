@@ -6,6 +6,7 @@
 //! - `window`: `VoiceWindow`, congestion control with a floor under it for voice.
 //! - [`links`]: the [`Links`] registry: per-peer datagrams, datagram ping, link events.
 //! - [`plane`]: the voice plane, datagrams sealed per link and sent beside QUIC.
+//! - [`forwarding`]: a rented relay's fast path, forwarding voice where the plane opens it.
 //! - `batch`: many datagrams to many destinations in one system call.
 //! - `heartbeat`: a relay's heartbeats on the plane, and the member's watchdog on them.
 //! - [`portmap`]: [`portmap::PortMapper`], a UPnP IGD port mapping on the home router.
@@ -92,6 +93,7 @@ pub mod boxed;
 pub mod config;
 pub mod control;
 pub mod dscp;
+pub mod forwarding;
 mod heartbeat;
 pub mod links;
 pub mod muxer;

@@ -212,7 +212,7 @@ pub struct LinkSocket {
     /// DSCP marking of every datagram sent (real sockets; see `link::dscp`).
     marker: Option<super::dscp::TosMarker>,
     /// A duplicate of a real socket's descriptor, for batches of plane datagrams.
-    raw: Option<std::net::UdpSocket>,
+    raw: Option<super::batch::BatchSocket>,
     /// Opens the voice-plane datagrams that arrive (`Links::attach`).
     plane: std::sync::OnceLock<Arc<PlaneReceivers>>,
     /// Holds each source address to a rate of QUIC Initial packets.
@@ -252,7 +252,7 @@ impl LinkSocket {
             Some(dscp) => super::dscp::TosMarker::new(&socket, dscp)?,
             None => None,
         };
-        let raw = socket.try_clone()?;
+        let raw = super::batch::BatchSocket::new(socket.try_clone()?)?;
         let inner = TokioRuntime.wrap_udp_socket(socket)?;
         let mut socket = Self::new(inner, false, None);
         socket.marker = marker;
@@ -391,12 +391,12 @@ impl LinkSocket {
     /// one through its path model. Returns how many left; the rest met a full socket buffer.
     pub fn send_many(&self, batch: &[(SocketAddr, &[u8])]) -> usize {
         let sent = match &self.raw {
-            Some(raw) => {
-                super::batch::send_many(raw, self.marker.as_ref(), batch).unwrap_or_else(|e| {
+            Some(raw) => raw
+                .send_many(self.marker.as_ref(), batch)
+                .unwrap_or_else(|e| {
                     tracing::debug!(%e, "plane send");
                     0
-                })
-            }
+                }),
             None => batch
                 .iter()
                 .filter(|(destination, contents)| {

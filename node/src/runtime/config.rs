@@ -170,9 +170,11 @@ pub const RELAY_HEARTBEAT: Duration = Duration::from_millis(125);
 /// QUIC streams a member may have open to a relay at once (members allow 256).
 pub const RELAY_MAX_STREAMS: u32 = 32;
 
-/// A relay's QUIC idle timeout, with keep-alive pings at a quarter of it. Quick failure
-/// detection is the heartbeat's job; this only bounds how long a relay keeps a member that
-/// vanished (QUIC uses the smaller of the two ends' timeouts).
+/// A relay's QUIC idle timeout, with keep-alive pings after three quarters of it without a
+/// packet. Quick failure detection is the heartbeat's job; this only bounds how long a relay
+/// keeps a member that vanished (QUIC uses the smaller of the two ends' timeouts). Members ping
+/// every 5 s (`LinkConfig::keep_alive`), which keeps the link up with the relay only
+/// acknowledging: a relay pinging every link every 2 s cost it as much as a talker's voice.
 pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 
 impl NodeConfig {
@@ -181,7 +183,7 @@ impl NodeConfig {
     pub fn serve_as_relay(&mut self, forwarder: ForwarderConfig) {
         self.forwarding = Some(forwarder);
         self.link.idle_timeout = RELAY_IDLE_TIMEOUT;
-        self.link.keep_alive = RELAY_IDLE_TIMEOUT / 4;
+        self.link.keep_alive = RELAY_IDLE_TIMEOUT * 3 / 4;
         self.link.plane_heartbeat = Some(RELAY_HEARTBEAT);
         // A member's control traffic to a relay is a few messages at a time.
         self.link.max_streams = RELAY_MAX_STREAMS;

@@ -11,6 +11,7 @@ use super::NodeError;
 use crate::audio::mixer::ChannelMix;
 use crate::audio::SAMPLE_RATE;
 use crate::link::control::ControlEvent;
+use crate::link::forwarding::ForwardLatency;
 use crate::link::portmap::PortMapper;
 use crate::link::relay::RelayAllowList;
 use crate::link::socket::ProbeNonces;
@@ -32,13 +33,11 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::PeerId;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::connections::{upgrades_circuit, HeldConnection};
 use tokio::sync::mpsc;
-
-/// Forwarding-latency buckets: powers of two microseconds, 1 µs to 32 ms and above.
-pub(super) const LATENCY_BUCKETS: usize = 16;
 
 /// Everything the loop owns. Built by `Node::start`.
 pub(crate) struct Driver {
@@ -68,8 +67,8 @@ pub(crate) struct Driver {
     /// nor plays and holds no key.
     pub audio: bool,
     pub ticks: u64,
-    pub forward_latency: [u64; LATENCY_BUCKETS],
-    pub forward_latency_sum_us: u64,
+    /// Shared with the links' fast path, which forwards most of a rented relay's voice.
+    pub forward_latency: Arc<ForwardLatency>,
     pub recorder: super::recorder::Recorder,
     /// When the links' round-trip times were last handed to the member.
     pub rtts_given: Option<Instant>,
@@ -530,6 +529,7 @@ impl Driver {
                     enveloped,
                     received_at,
                 } => self.forward(&packet, &plain, &enveloped, received_at),
+                Output::ForwardView(view) => self.network.links.set_forward_view(view),
                 Output::Dial {
                     peer,
                     addrs,
@@ -695,11 +695,7 @@ impl Driver {
             let frame = Links::frame_datagram(&callsign_mesh::forward::envelope(packet));
             self.network.links.send_framed_to_many(enveloped, &frame);
         }
-        let spent = now().saturating_duration_since(received_at);
-        let us = spent.as_micros().min(u128::from(u64::MAX)) as u64;
-        let bucket = (64 - us.leading_zeros() as usize).min(LATENCY_BUCKETS - 1);
-        self.forward_latency[bucket] += 1;
-        self.forward_latency_sum_us += us;
+        self.forward_latency.record(received_at);
     }
 }
 

@@ -32,6 +32,7 @@ pub use config::{AudioInput, NodeConfig, RELAY_IDLE_TIMEOUT};
 pub use stats::describe_floor;
 
 use crate::audio::AudioError;
+use crate::link::forwarding::ForwardLatency;
 use crate::link::portmap::{worth_mapping, PortMapConfig, PortMapper};
 use crate::link::relay::RelayAllowList;
 use crate::link::swarm::{build_swarm, SwarmConfig};
@@ -42,6 +43,7 @@ use callsign_mesh::member::{Input, Member, MemberConfig};
 use driver::Driver;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -220,6 +222,12 @@ impl Node {
             );
         }
         let relay = config.forwarding.is_some();
+        let forward_latency = Arc::new(ForwardLatency::default());
+        if let Some(forwarder) = member.shared_forwarder().filter(|_| relay) {
+            network
+                .links
+                .forward_on_plane(forwarder, forward_latency.clone());
+        }
         let port_mapper = (config.port_mapping && !simulated && worth_mapping(v4_side))
             .then(|| PortMapper::start(v4_side, PortMapConfig::default()));
         let mut driver = Driver {
@@ -252,8 +260,7 @@ impl Node {
             frame: config.encoder.frame.duration(),
             audio: !relay,
             ticks: 0,
-            forward_latency: [0; driver::LATENCY_BUCKETS],
-            forward_latency_sum_us: 0,
+            forward_latency,
             recorder: recorder::Recorder::new(config.recordings),
             rtts_given: None,
         };

@@ -84,6 +84,7 @@ impl Driver {
 
     fn forwarding_stats(&self) -> Option<ForwardingStats> {
         let forwarder = self.member.forwarder()?;
+        let (latency_us, latency_sum_us) = self.forward_latency.snapshot();
         let mut channels: BTreeMap<_, usize> = BTreeMap::new();
         for (_, subscribed) in forwarder.subscriptions() {
             for c in subscribed {
@@ -95,8 +96,8 @@ impl Driver {
             subscribers: forwarder.subscriptions().count(),
             channels: channels.into_iter().collect(),
             subscriptions_refused: self.member.subscriptions_refused(),
-            latency_us: self.forward_latency.to_vec(),
-            latency_sum_us: self.forward_latency_sum_us,
+            latency_us,
+            latency_sum_us,
             links: self.network.links.counts(),
             socket: self.network.socket_stats.snapshot(),
         })

@@ -127,23 +127,27 @@ impl PlaneKeys {
 }
 
 /// One link's sending half and where the peer is.
+///
+/// Laid out in this order (`repr(C)`): what every copy a relay sends reads (ready, the
+/// destination, the send time) shares the first cache lines, and the key follows them.
+#[repr(C)]
 pub struct PlaneLink {
-    send: PlaneSender,
+    /// The peer announced the plane (or used it): datagrams to it may go on the plane.
+    ready: AtomicBool,
+    /// Something authentic arrived since the watchdog last looked.
+    heard: AtomicBool,
+    /// When a datagram last left on this link, ms on the `Links` clock (`u64::MAX`: never).
+    last_sent_ms: AtomicU64,
     /// Where plane datagrams go: the connection's address, or the source of the peer's latest
     /// authenticated plane datagram if that came later.
     address: Mutex<Addresses>,
-    /// The peer announced the plane (or used it): datagrams to it may go on the plane.
-    ready: AtomicBool,
+    send: PlaneSender,
+    /// The heartbeat interval the peer promised, ms (0: none).
+    peer_heartbeat_ms: AtomicU64,
     /// When this end last announced the plane to the peer (tokio time).
     announced: Mutex<Option<tokio::time::Instant>>,
     /// Woken when an authenticated datagram comes from a new address.
     moved: tokio::sync::Notify,
-    /// When a datagram last left on this link, ms on the `Links` clock (`u64::MAX`: never).
-    last_sent_ms: AtomicU64,
-    /// Something authentic arrived since the watchdog last looked.
-    heard: AtomicBool,
-    /// The heartbeat interval the peer promised, ms (0: none).
-    peer_heartbeat_ms: AtomicU64,
 }
 
 struct Addresses {
@@ -292,11 +296,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One direction's sending half: the key, the peer's link id, the next counter.
+/// One direction's sending half: the peer's link id, the next counter, the key (in this order,
+/// beside [`PlaneLink`]'s hot fields).
+#[repr(C)]
 struct PlaneSender {
-    key: LessSafeKey,
     id: u32,
     next: AtomicU64,
+    key: LessSafeKey,
 }
 
 impl PlaneSender {

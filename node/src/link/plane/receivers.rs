@@ -4,10 +4,12 @@
 
 use super::HEADER_LEN;
 use super::{lock, nonce, parse_header, CounterWindow, PlaneDrop, PlaneKeysReceive, PlaneLink};
+use crate::link::forwarding::PlaneForwarder;
 use crate::link::links::{
     IncomingDatagram, DATAGRAM_VERSION, FRAME_HEADER, KIND_APP, KIND_HEARTBEAT,
 };
 use bytes::Bytes;
+use callsign_mesh::forward::ForwardView;
 use callsign_mesh::rate::{Rate, TokenBucket};
 use libp2p::PeerId;
 use ring::aead::{Aad, LessSafeKey};
@@ -42,6 +44,9 @@ pub struct PlaneStats {
     pub rate_limited: AtomicU64,
     /// Opened, but the node was not reading fast enough.
     pub queue_full: AtomicU64,
+    /// Of `received`: enveloped voice a rented relay forwarded where it was opened
+    /// (`link::forwarding`), without the node's task.
+    pub forwarded: AtomicU64,
     /// Heartbeats sent to idle links and heard from the peer.
     pub heartbeats_sent: AtomicU64,
     pub heartbeats_heard: AtomicU64,
@@ -58,6 +63,7 @@ impl PlaneStats {
             replayed: self.replayed.load(Ordering::Relaxed),
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             queue_full: self.queue_full.load(Ordering::Relaxed),
+            forwarded: self.forwarded.load(Ordering::Relaxed),
             heartbeats_sent: self.heartbeats_sent.load(Ordering::Relaxed),
             heartbeats_heard: self.heartbeats_heard.load(Ordering::Relaxed),
         }
@@ -75,6 +81,7 @@ pub struct PlaneCounts {
     pub replayed: u64,
     pub rate_limited: u64,
     pub queue_full: u64,
+    pub forwarded: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_heard: u64,
 }
@@ -89,6 +96,8 @@ pub struct PlaneReceivers {
     stats: PlaneStats,
     incoming: mpsc::Sender<IncomingDatagram>,
     rate: OnceLock<Rate>,
+    /// A rented relay's fast path: enveloped voice is forwarded here, not queued.
+    forwarding: OnceLock<PlaneForwarder>,
 }
 
 impl PlaneReceivers {
@@ -98,6 +107,20 @@ impl PlaneReceivers {
             stats: PlaneStats::default(),
             incoming,
             rate: OnceLock::new(),
+            forwarding: OnceLock::new(),
+        }
+    }
+
+    /// Forwards enveloped voice with `forwarder` from now on. Set once; later calls are
+    /// ignored.
+    pub(crate) fn forward_with(&self, forwarder: PlaneForwarder) {
+        let _ = self.forwarding.set(forwarder);
+    }
+
+    /// The charter [`PlaneReceivers::forward_with`]'s forwarder checks against from now on.
+    pub(crate) fn set_forward_view(&self, view: Arc<ForwardView>) {
+        if let Some(forwarding) = self.forwarding.get() {
+            forwarding.set_view(view);
         }
     }
 
@@ -153,6 +176,19 @@ impl PlaneReceivers {
     pub(crate) fn receive(&self, datagram: &[u8], from: SocketAddr) {
         let counter = match self.open(datagram, from) {
             Ok(None) => &self.stats.heartbeats_heard,
+            Ok(Some(opened))
+                if self.forwarding.get().is_some_and(|f| {
+                    f.forward(
+                        &opened.peer,
+                        &opened.payload,
+                        opened.received_at,
+                        &self.stats,
+                    )
+                }) =>
+            {
+                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                &self.stats.received
+            }
             Ok(Some(opened)) => match self.incoming.try_send(opened) {
                 Ok(()) => &self.stats.received,
                 Err(_) => &self.stats.queue_full,

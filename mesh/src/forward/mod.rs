@@ -24,6 +24,10 @@
 //! [`ENVELOPE_V1`], then the packet as sealed): a voice packet that arrives bare is for the
 //! relay itself, if it is a member, and is never forwarded.
 
+mod view;
+
+pub use view::{lock, Copies, ForwardView, SharedForwarder};
+
 use crate::charter::{ChannelId, CharterState, Permissions};
 use crate::rate::{Rate, TokenBucket};
 use crate::voice::{ReplayWindow, SenderShortId, VoiceFlags, VoiceHeader, MAX_CHANNELS};
