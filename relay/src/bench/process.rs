@@ -35,8 +35,9 @@ pub(super) struct Measured {
 
 impl Measured {
     /// Runs our own binary with `args`; under `CALLSIGN_BENCH_WRAP` if set (a profiler such
-    /// as `heaptrack` or `perf record -g --`, split at spaces): then CPU time and memory are
-    /// read off the wrapper, and are not the forwarder's.
+    /// as `perf record -g --`, or `env LD_PRELOAD=…/libheaptrack_preload.so
+    /// DUMP_HEAPTRACK_OUTPUT=FILE`, split at spaces): CPU time and memory are then read off the
+    /// wrapper, which is the forwarder itself only when it execs it (`env`).
     pub(super) fn spawn(args: &[String]) -> Result<Self> {
         let exe = std::env::current_exe().context("finding our own binary")?;
         let wrap = std::env::var("CALLSIGN_BENCH_WRAP").unwrap_or_default();
@@ -117,7 +118,22 @@ impl Measured {
 }
 
 impl Drop for Measured {
+    /// Asks the child to stop (SIGTERM: the relay shuts down gracefully, so a heap profiler
+    /// preloaded through `CALLSIGN_BENCH_WRAP` writes its data), and kills it if it has not
+    /// within five seconds.
     fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; it only sends a signal.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
