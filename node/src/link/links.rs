@@ -689,7 +689,9 @@ impl CopySender {
                 .collect();
             let ready = newest
                 .iter()
-                .filter(|c| c.plane.as_deref().is_some_and(PlaneLink::is_ready))
+                .filter_map(|c| c.plane.as_deref())
+                .filter(|link| link.is_ready())
+                .inspect(|link| link.prefetch())
                 .count();
             let mut batch = SealedBatch::with_capacity(ready, frame.len());
             for connection in newest {

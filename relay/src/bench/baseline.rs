@@ -33,10 +33,11 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
                 let got =
                     tokio::time::timeout(Duration::from_millis(50), socket.recv(&mut buf)).await;
                 if let Ok(Ok(n)) = got {
+                    let arrived = Instant::now();
                     if n >= 3 {
                         heard.copies += 1;
                         let seq = u16::from_be_bytes([buf[1], buf[2]]);
-                        if let Some(l) = times.latency_us(usize::from(buf[0]), seq) {
+                        if let Some(l) = times.latency_us(usize::from(buf[0]), seq, arrived) {
                             heard.latencies_us.push(l);
                         }
                     }

@@ -12,6 +12,9 @@
 //! the measurement, so the parent's own work (the subscribers) does not count. Reported:
 //! copies delivered per second, copies per CPU-second of the forwarder ("per core"), the
 //! forwarder's CPU share, sender-to-subscriber latency p50/p99, and the relay/baseline ratios.
+//! Latency runs from the speaker's send to the moment the subscriber's socket reader took the
+//! copy: the baseline's `recv` returning, the relay subscriber's link layer opening it (its
+//! `received_at`), so the bench's own task scheduling after that counts on neither side.
 //!
 //! With `--orgs N` ([`orgs`]) the relay serves N orgs at once instead, measured quiet and then
 //! with the first org flooding, and the report is per org.
@@ -198,12 +201,13 @@ impl SendTimes {
         self.at[speaker * 65536 + usize::from(seq)].store(ns, Ordering::Relaxed);
     }
 
-    fn latency_us(&self, speaker: usize, seq: u16) -> Option<u64> {
+    /// From the send to `arrived`: when the subscriber's socket reader took the datagram.
+    fn latency_us(&self, speaker: usize, seq: u16, arrived: Instant) -> Option<u64> {
         let sent = self
             .at
             .get(speaker * 65536 + usize::from(seq))?
             .load(Ordering::Relaxed);
-        let now = self.start.elapsed().as_nanos() as u64;
+        let now = arrived.saturating_duration_since(self.start).as_nanos() as u64;
         (sent > 0).then(|| now.saturating_sub(sent) / 1000)
     }
 }

@@ -236,7 +236,8 @@ impl Client {
                     heard.copies += 1;
                     if let Ok((header, _)) = VoiceHeader::parse(&datagram.payload) {
                         if let Some(speaker) = speakers.iter().position(|s| *s == header.sender) {
-                            if let Some(l) = times.latency_us(speaker, header.sequence) {
+                            let arrived = datagram.received_at;
+                            if let Some(l) = times.latency_us(speaker, header.sequence, arrived) {
                                 heard.latencies_us.push(l);
                             }
                         }

@@ -268,6 +268,22 @@ impl PlaneLink {
         lock(&self.address).current
     }
 
+    /// Asks the processor to start loading this link's state (the key among it) into the
+    /// cache, so a relay sealing copies for many links in a row does not wait for each link's
+    /// state in turn. A hint: it changes no result.
+    pub(crate) fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let start = (self as *const Self).cast::<i8>();
+            for offset in (0..std::mem::size_of::<Self>()).step_by(64) {
+                // SAFETY: a prefetch never faults and reads nothing into the program; the
+                // address is inside `self` all the same.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset)) };
+            }
+        }
+    }
+
     /// Appends `frame` sealed as one plane datagram to `out`.
     pub(crate) fn seal_into(&self, frame: &[u8], out: &mut Vec<u8>) {
         self.send.seal_into(frame, out)
