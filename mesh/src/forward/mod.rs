@@ -20,6 +20,9 @@
 //! channel and kept until a subscription or the charter changes (the caller names the
 //! charter's generation), so a packet costs its sender's checks and one pass over the list.
 //!
+//! A rented relay's link layer forwards most packets itself, without a hop to the member
+//! ([`ForwardView`], module `view`): both go through one [`SharedForwarder`].
+//!
 //! A sender asks a relay to forward by wrapping the voice packet in an envelope (one tag byte,
 //! [`ENVELOPE_V1`], then the packet as sealed): a voice packet that arrives bare is for the
 //! relay itself, if it is a member, and is never forwarded.
