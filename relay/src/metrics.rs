@@ -129,7 +129,7 @@ impl RelayMetrics {
         );
         registry.register(
             "packets_in_fast_path",
-            "Of the voice packets received, those forwarded where the voice plane opened them",
+            "Of the voice packets received, those handled where the voice plane opened them",
             m.packets_fast.clone(),
         );
         registry.register(

@@ -44,8 +44,9 @@ pub struct PlaneStats {
     pub rate_limited: AtomicU64,
     /// Opened, but the node was not reading fast enough.
     pub queue_full: AtomicU64,
-    /// Of `received`: enveloped voice a rented relay forwarded where it was opened
-    /// (`link::forwarding`), without the node's task.
+    /// Of `received`: enveloped voice a rented relay handled where it was opened
+    /// (`link::forwarding`: forwarded, or refused and counted by the forwarder), without the
+    /// node's task.
     pub forwarded: AtomicU64,
     /// Heartbeats sent to idle links and heard from the peer.
     pub heartbeats_sent: AtomicU64,
