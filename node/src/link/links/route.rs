@@ -1,0 +1,166 @@
+//! How a link datagram goes to a peer (on the plane of its newest connection, or in QUIC), and
+//! a relay's copies of one packet to many peers.
+
+use super::{Connection, Counters, Links, State, ALWAYS_FITS, HEADER};
+use crate::link::plane::{PlaneLink, PlaneStats, SealedBatch};
+use crate::link::socket::{canonical, LinkSocket};
+use crate::link::LinkError;
+use bytes::Bytes;
+use libp2p::PeerId;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// How a datagram to a peer goes.
+pub(super) enum Route<'a> {
+    Quic(quinn::Connection),
+    /// The link, where to, and the socket to send from (borrowed from the registry's state).
+    Plane(&'a PlaneLink, SocketAddr, &'a Arc<LinkSocket>),
+}
+
+/// How an application datagram to `peer` goes: on the plane of its newest connection if the
+/// peer has announced one, else in QUIC.
+pub(super) fn route<'a>(
+    state: &'a State,
+    counters: &Counters,
+    peer: &PeerId,
+    frame: &[u8],
+) -> Result<Route<'a>, LinkError> {
+    let newest = state
+        .peers
+        .get(peer)
+        .and_then(|connections| connections.last())
+        .ok_or(LinkError::NotConnected(*peer))?;
+    route_connection(state, counters, newest, frame)
+}
+
+/// [`route`] on the peer's newest connection.
+fn route_connection<'a>(
+    state: &'a State,
+    counters: &Counters,
+    newest: &'a Connection,
+    frame: &[u8],
+) -> Result<Route<'a>, LinkError> {
+    Ok(match (&newest.plane, &state.socket) {
+        (Some(plane), Some(socket)) if plane.is_ready() => {
+            if frame.len() > ALWAYS_FITS {
+                check_size(counters, &newest.quic, frame)?;
+            }
+            // A relay's heartbeat task follows every connection's address once an interval;
+            // other nodes send little, and look each time.
+            let to = match state.heartbeat {
+                Some(_) => plane.last_destination(),
+                None => plane.destination(canonical(newest.quic.remote_address())),
+            };
+            Route::Plane(plane, to, socket)
+        }
+        _ => Route::Quic(newest.quic.clone()),
+    })
+}
+
+/// A frame too large for the path to `peer` (its MTU less QUIC's overhead, which is more than
+/// the plane's, so either way fits).
+fn check_size(
+    counters: &Counters,
+    connection: &quinn::Connection,
+    frame: &[u8],
+) -> Result<(), LinkError> {
+    let max = connection.max_datagram_size().unwrap_or(0);
+    if frame.len() > max {
+        counters.oversized.fetch_add(1, Ordering::Relaxed);
+        return Err(LinkError::DatagramTooLarge {
+            size: frame.len().saturating_sub(HEADER),
+            max: max.saturating_sub(HEADER),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn plane_sent(counters: &Counters, plane: &PlaneStats, n: usize) {
+    counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+    plane.sent.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+pub(super) fn send_quic(
+    counters: &Counters,
+    connection: quinn::Connection,
+    frame: Bytes,
+) -> Result<(), LinkError> {
+    let size = frame.len().saturating_sub(HEADER);
+    match connection.send_datagram(frame) {
+        Ok(()) => {
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(quinn::SendDatagramError::TooLarge) => {
+            counters.oversized.fetch_add(1, Ordering::Relaxed);
+            Err(LinkError::DatagramTooLarge {
+                size,
+                max: connection
+                    .max_datagram_size()
+                    .map_or(0, |n| n.saturating_sub(HEADER)),
+            })
+        }
+        Err(e) => Err(LinkError::Datagram(e.to_string())),
+    }
+}
+
+/// Sends a relay's copies of one packet through the registry, holding it weakly: the plane's
+/// fast path keeps one, and the registry's socket keeps the plane.
+pub(crate) struct CopySender {
+    pub(super) epoch: tokio::time::Instant,
+    pub(super) state: std::sync::Weak<Mutex<State>>,
+    pub(super) counters: Arc<Counters>,
+}
+
+impl CopySender {
+    /// Sends one framed datagram (from [`Links::frame_datagram`]) to each of `peers`: copies on
+    /// the plane are sealed per peer and handed to the kernel together, the rest go in QUIC.
+    /// Returns how many were sent; a peer without a link is skipped.
+    pub(crate) fn send(&self, peers: &[PeerId], frame: &Bytes, plane: &PlaneStats) -> usize {
+        let Some(state) = self.state.upgrade() else {
+            return 0;
+        };
+        let mut quic = Vec::new();
+        let now_ms = Links::clock_ms(self.epoch);
+        let (batch, socket) = {
+            let state = state.lock().unwrap_or_else(|e| e.into_inner());
+            // In phases, each reading one thing of every peer: one peer's loads do not wait for
+            // another's, so the processor overlaps their cache misses. Between a relay's
+            // packets (20 ms) the kernel's work evicts every link's state, and one pass per
+            // copy queued two misses per copy one behind another.
+            let newest: Vec<&Connection> = peers
+                .iter()
+                .filter_map(|peer| state.peers.get(peer)?.last())
+                .collect();
+            let ready = newest
+                .iter()
+                .filter_map(|c| c.plane.as_deref())
+                .filter(|link| link.is_ready())
+                .inspect(|link| link.prefetch())
+                .count();
+            let mut batch = SealedBatch::with_capacity(ready, frame.len());
+            for connection in newest {
+                match route_connection(&state, &self.counters, connection, frame) {
+                    Ok(Route::Plane(link, to, _)) => {
+                        batch.push(link, frame, to);
+                        link.sent_at(now_ms);
+                    }
+                    Ok(Route::Quic(connection)) => quic.push(connection),
+                    Err(_) => {}
+                }
+            }
+            (batch, state.socket.clone())
+        };
+        let mut sent = quic
+            .into_iter()
+            .filter(|c| send_quic(&self.counters, c.clone(), frame.clone()).is_ok())
+            .count();
+        if let Some(socket) = socket {
+            let n = batch.send(&socket);
+            plane_sent(&self.counters, plane, n);
+            sent += n;
+        }
+        sent
+    }
+}
