@@ -175,6 +175,11 @@ impl<P: Ord + Clone> CharterSync<P> {
         }
     }
 
+    /// Announces to each peer every `every` (jittered) from the next announcement on.
+    pub fn set_announce_interval(&mut self, every: Duration) {
+        self.config.announce_interval = every;
+    }
+
     /// The replica.
     pub fn charter(&self) -> &Charter {
         &self.charter
