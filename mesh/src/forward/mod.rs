@@ -403,6 +403,26 @@ impl Forwarder {
             .map(|to| to.into_iter().map(|r| r.key).collect())
     }
 
+    /// The copies of `packet` that the relay `local` sends, for a charter at `generation`:
+    /// `from` is the member or fellow relay the link's peer is, `None` for a stranger (refused
+    /// and counted). What both a relay's paths do with a packet ([`ForwardView`]).
+    pub fn forward_copies(
+        &mut self,
+        state: &CharterState,
+        generation: u64,
+        from: Option<&IdentityKey>,
+        packet: &[u8],
+        now: Instant,
+        local: &IdentityKey,
+    ) -> Result<Copies, ForwardDrop> {
+        let Some(from) = from else {
+            self.refuse_stranger(packet);
+            return Err(ForwardDrop::Stranger);
+        };
+        self.forward_to(state, Some(generation), from, packet, now)
+            .map(|to| Copies::split(to, local))
+    }
+
     /// [`Forwarder::forward`] for a charter at `generation` (any number that changes whenever
     /// its state may have: the op count), keeping each channel's audience while it holds.
     /// `None` works it out afresh.

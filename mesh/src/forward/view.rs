@@ -95,12 +95,13 @@ impl ForwardView {
         packet: &[u8],
         now: Instant,
     ) -> Result<Copies, ForwardDrop> {
-        let Some(from) = self.senders.get(peer) else {
-            forwarder.refuse_stranger(packet);
-            return Err(ForwardDrop::Stranger);
-        };
-        forwarder
-            .forward_to(&self.state, Some(self.generation), from, packet, now)
-            .map(|to| Copies::split(to, &self.local))
+        forwarder.forward_copies(
+            &self.state,
+            self.generation,
+            self.senders.get(peer),
+            packet,
+            now,
+            &self.local,
+        )
     }
 }

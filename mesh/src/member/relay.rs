@@ -6,7 +6,7 @@
 use super::{Event, Member, Output, Role};
 use crate::charter::ChannelId;
 use crate::forward::{
-    is_relay, lock, Copies, ForwardDrop, ForwardView, Recipient, Subscription, SubscriptionError,
+    is_relay, lock, Copies, ForwardDrop, ForwardView, Subscription, SubscriptionError,
 };
 use crate::topology::Route;
 use crate::voice::VoiceHeader;
@@ -94,17 +94,17 @@ impl Member {
             tracing::debug!(%peer, "enveloped voice, but we do not forward");
             return;
         };
-        let mut forwarder = lock(forwarder);
         let from = self.members.get(&peer).or(self.relays.get(&peer));
-        let Some(from) = from.copied() else {
-            forwarder.refuse_stranger(packet);
-            return;
-        };
         let charter = self.sync.charter();
-        let generation = Some(charter.len() as u64);
-        let to = forwarder.forward_to(charter.state(), generation, &from, packet, now);
-        drop(forwarder);
-        self.send_copies(to, packet, received_at);
+        let copies = lock(forwarder).forward_copies(
+            charter.state(),
+            charter.len() as u64,
+            from,
+            packet,
+            now,
+            &self.local,
+        );
+        self.send_copies(copies, packet, received_at);
         // A member relay plays what it forwards on channels routed through it; on mesh
         // channels (a circuit's forwarded copies) the sender sent it a direct copy too.
         let through_us = VoiceHeader::parse(packet).is_ok_and(|(header, _)| {
@@ -124,26 +124,31 @@ impl Member {
             return;
         };
         let charter = self.sync.charter();
-        let generation = Some(charter.len() as u64);
-        let to = lock(forwarder).forward_to(charter.state(), generation, &self.local, packet, now);
-        self.send_copies(to, packet, now);
+        let copies = lock(forwarder).forward_copies(
+            charter.state(),
+            charter.len() as u64,
+            Some(&self.local),
+            packet,
+            now,
+            &self.local,
+        );
+        self.send_copies(copies, packet, now);
     }
 
     fn send_copies(
         &mut self,
-        to: Result<Vec<Recipient>, ForwardDrop>,
+        copies: Result<Copies, ForwardDrop>,
         packet: &[u8],
         received_at: Instant,
     ) {
-        let to = match to {
-            Ok(to) => to,
+        // A fellow relay forwards on what it gets: it gets it enveloped.
+        let Copies { plain, enveloped } = match copies {
+            Ok(copies) => copies,
             Err(reason) => {
                 tracing::trace!(?reason, "not forwarded");
                 return;
             }
         };
-        // A fellow relay forwards on what it gets: it gets it enveloped.
-        let Copies { plain, enveloped } = Copies::split(to, &self.local);
         self.outputs.push_back(Output::Forward {
             packet: packet.to_vec(),
             plain,
