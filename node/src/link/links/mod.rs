@@ -243,15 +243,6 @@ impl Links {
             .ok_or(LinkError::NotConnected(*peer))
     }
 
-    fn route<'a>(
-        &self,
-        state: &'a State,
-        peer: &PeerId,
-        frame: &[u8],
-    ) -> Result<Route<'a>, LinkError> {
-        route(state, &self.counters, peer, frame)
-    }
-
     /// Largest payload `send_datagram` accepts for this peer right now (path MTU minus headers).
     pub fn max_datagram_size(&self, peer: &PeerId) -> Option<usize> {
         let connection = self.connection(peer).ok()?;
@@ -290,7 +281,7 @@ impl Links {
         // Sealed under the registry's lock; sent after it.
         let (sealed, to, socket) = {
             let state = self.state();
-            match self.route(&state, peer, &frame)? {
+            match route(&state, &self.counters, peer, &frame)? {
                 Route::Quic(connection) => {
                     drop(state);
                     return self.send_quic(connection, frame);
@@ -303,7 +294,8 @@ impl Links {
                 }
             }
         };
-        self.plane_sent(socket.send_many(&[(to, &sealed)]));
+        let n = socket.send_many(&[(to, &sealed)]);
+        plane_sent(&self.counters, self.plane.stats(), n);
         Ok(())
     }
 
@@ -335,10 +327,6 @@ impl Links {
     /// The charter the plane's forwarding checks voice against from now on.
     pub fn set_forward_view(&self, view: Arc<ForwardView>) {
         self.plane.set_forward_view(view);
-    }
-
-    fn plane_sent(&self, n: usize) {
-        plane_sent(&self.counters, self.plane.stats(), n);
     }
 
     fn send_quic(&self, connection: quinn::Connection, frame: Bytes) -> Result<(), LinkError> {

@@ -177,23 +177,7 @@ impl PlaneReceivers {
     pub(crate) fn receive(&self, datagram: &[u8], from: SocketAddr) {
         let counter = match self.open(datagram, from) {
             Ok(None) => &self.stats.heartbeats_heard,
-            Ok(Some(opened))
-                if self.forwarding.get().is_some_and(|f| {
-                    f.forward(
-                        &opened.peer,
-                        &opened.payload,
-                        opened.received_at,
-                        &self.stats,
-                    )
-                }) =>
-            {
-                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                &self.stats.received
-            }
-            Ok(Some(opened)) => match self.incoming.try_send(opened) {
-                Ok(()) => &self.stats.received,
-                Err(_) => &self.stats.queue_full,
-            },
+            Ok(Some(opened)) => self.deliver(opened),
             Err(PlaneDrop::Malformed) => &self.stats.malformed,
             Err(PlaneDrop::UnknownLink) => &self.stats.unknown_link,
             Err(PlaneDrop::Unauthentic) => &self.stats.unauthentic,
@@ -201,6 +185,27 @@ impl PlaneReceivers {
             Err(PlaneDrop::RateLimited) => &self.stats.rate_limited,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Forwards an opened datagram here if it is a rented relay's enveloped voice, else queues
+    /// it for the node; returns the counter it counts under.
+    fn deliver(&self, opened: IncomingDatagram) -> &AtomicU64 {
+        let here = self.forwarding.get().is_some_and(|f| {
+            f.forward(
+                &opened.peer,
+                &opened.payload,
+                opened.received_at,
+                &self.stats,
+            )
+        });
+        if here {
+            self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            return &self.stats.received;
+        }
+        match self.incoming.try_send(opened) {
+            Ok(()) => &self.stats.received,
+            Err(_) => &self.stats.queue_full,
+        }
     }
 
     /// The application datagram inside, or `None` for a heartbeat.
