@@ -33,10 +33,10 @@ pub struct LinkConfig {
     /// Bytes per second the congestion window always allows, however lossy the path
     /// (`link::window`): enough for about twenty voice streams.
     pub min_send_rate: u64,
-    /// A relay's promise to its peers (`link::plane`): a voice-plane heartbeat on every link it
-    /// has sent nothing on for this long, so they notice within a few of these that it is
-    /// gone. `None` for members.
-    pub plane_heartbeat: Option<Duration>,
+    /// A relay's promise to its peers (`link::plane`, `link::heartbeat`): a voice-plane
+    /// heartbeat on every link it has sent nothing on for the promised gap, so they notice
+    /// within a few of these that it is gone. `None` for members.
+    pub plane_heartbeat: Option<super::Heartbeat>,
     /// Streams a peer may have open to us at once. quinn keeps state for each from the start
     /// (about 80 bytes), so a relay with a thousand links takes fewer.
     pub max_streams: u32,

@@ -107,6 +107,7 @@ pub mod transport;
 mod window;
 
 pub use config::LinkConfig;
+pub use heartbeat::Heartbeat;
 pub use links::{DatagramReceiver, IncomingDatagram, LinkCounts, LinkEvent, Links};
 pub use socket::{LinkSocket, PathModel, SocketCounts, Transit};
 pub use transport::QuicTransport;

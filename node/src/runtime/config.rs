@@ -4,7 +4,7 @@ use crate::audio::capture::CaptureConfig;
 use crate::audio::codec::EncoderConfig;
 use crate::audio::jitter::JitterConfig;
 use crate::audio::Device;
-use crate::link::{LinkConfig, LinkSocket};
+use crate::link::{Heartbeat, LinkConfig, LinkSocket};
 use callsign_keys::NodeKeys;
 use callsign_mesh::charter::{ChannelId, Charter};
 use callsign_mesh::floor::FloorConfig;
@@ -163,9 +163,14 @@ impl NodeConfig {
 }
 
 /// How often a relay's links hear from it at least: voice, or a voice-plane heartbeat
-/// (`link::plane`). Members close a relay link silent for four of these (half a second) and
-/// fail over.
-pub const RELAY_HEARTBEAT: Duration = Duration::from_millis(125);
+/// (`link::heartbeat`). Every 125 ms on a link with voice either way in the last 3 s, so
+/// members close a relay link silent for four of these (half a second) and fail over; every
+/// 500 ms on a quiet link (found dead within 2 s, or half a second after the next word).
+pub const RELAY_HEARTBEAT: Heartbeat = Heartbeat {
+    every: Duration::from_millis(125),
+    quiet: Duration::from_millis(500),
+    active: Duration::from_secs(3),
+};
 
 /// QUIC streams a member may have open to a relay at once (members allow 256).
 pub const RELAY_MAX_STREAMS: u32 = 32;

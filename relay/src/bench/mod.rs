@@ -86,6 +86,9 @@ pub struct Measurement {
     /// histogram bucket; the baseline has none.
     pub inside_mean_us: Option<u64>,
     pub inside_p99_us: Option<u64>,
+    /// The relay's CPU with every subscriber linked and nobody talking, ms per second; the
+    /// baseline has no links.
+    pub idle_cpu_ms_per_s: Option<f64>,
 }
 
 /// Both runs and their ratios.
@@ -176,6 +179,9 @@ fn print_report(r: &BenchReport) {
         };
         println!("  inside the relay, arrival to last copy sent: mean {mean} µs, p99 {p99}");
     }
+    if let Some(idle) = r.relay.idle_cpu_ms_per_s {
+        println!("  relay idle (everyone linked, nobody talking): {idle:.1} ms CPU per second");
+    }
     println!(
         "  relay / baseline, copies per CPU-second: {:.3}; added latency p50 {} µs, p99 {} µs",
         r.efficiency_ratio, r.added_latency_p50_us, r.added_latency_p99_us
@@ -259,6 +265,7 @@ fn measurement(
         peak_rss_kib,
         inside_mean_us: None,
         inside_p99_us: None,
+        idle_cpu_ms_per_s: None,
     }
 }
 

@@ -315,6 +315,11 @@ fn forward_latency(text: &str) -> (u64, u64) {
     ((sum_s * 1e6 / count.max(1) as f64).round() as u64, at(0.99))
 }
 
+/// Time given to the links after everyone subscribed, before the idle measurement.
+const IDLE_SETTLE: Duration = Duration::from_secs(1);
+/// How long the relay's idle CPU is measured for.
+const IDLE_MEASURED: Duration = Duration::from_secs(3);
+
 /// What one org's members sent and heard in a run.
 pub(super) struct OrgHeard {
     pub(super) sent: u64,
@@ -325,6 +330,8 @@ pub(super) struct OrgHeard {
 pub(super) struct Run {
     pub(super) orgs: Vec<OrgHeard>,
     pub(super) cpu: Duration,
+    /// The relay's CPU per second of wall time with everyone linked and nobody talking.
+    pub(super) idle_cpu: f64,
     pub(super) elapsed: Duration,
     pub(super) peak_rss_kib: u64,
     /// Drops by (org, reason) at the end.
@@ -415,6 +422,12 @@ pub(super) async fn run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Everyone linked and nobody talking: what the links cost by themselves. A second first,
+    // so the handshakes' and subscriptions' work is done.
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let idle_before = child.cpu()?;
+    tokio::time::sleep(IDLE_MEASURED).await;
+    let idle_cpu = (child.cpu()? - idle_before).as_secs_f64() / IDLE_MEASURED.as_secs_f64();
     let mut rng = rand::rngs::OsRng;
     let keys: Vec<Vec<SenderKey>> = setup
         .orgs
@@ -471,6 +484,7 @@ pub(super) async fn run(
     Ok(Run {
         orgs,
         cpu,
+        idle_cpu,
         elapsed,
         peak_rss_kib,
         drops,
@@ -500,5 +514,6 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
     );
     m.inside_mean_us = Some(run.forward_latency_us.0);
     m.inside_p99_us = Some(run.forward_latency_us.1);
+    m.idle_cpu_ms_per_s = Some(run.idle_cpu * 1e3);
     Ok(m)
 }

@@ -14,7 +14,7 @@
 mod route;
 
 use super::forwarding::{ForwardLatency, PlaneForwarder};
-use super::heartbeat::{announcement, Watchdog};
+use super::heartbeat::{announcement, parse_announcement, Watchdog};
 use super::plane::{PlaneCounts, PlaneKeys, PlaneLink, PlaneReceivers};
 use super::socket::{canonical, LinkSocket};
 use super::LinkError;
@@ -113,7 +113,7 @@ pub(super) struct State {
     pub(super) socket: Option<Arc<LinkSocket>>,
     /// The heartbeat this end promises its peers (`LinkConfig::plane_heartbeat`), and whether
     /// its task runs.
-    pub(super) heartbeat: Option<Duration>,
+    pub(super) heartbeat: Option<super::Heartbeat>,
     heartbeat_running: bool,
 }
 
@@ -152,11 +152,12 @@ impl DatagramReceiver {
 impl Links {
     pub fn new(queue: usize) -> (Self, DatagramReceiver) {
         let (incoming, rx) = mpsc::channel(queue.max(1));
+        let epoch = tokio::time::Instant::now();
         let links = Self {
-            epoch: tokio::time::Instant::now(),
+            epoch,
             state: Arc::default(),
             counters: Arc::default(),
-            plane: Arc::new(PlaneReceivers::new(incoming.clone())),
+            plane: Arc::new(PlaneReceivers::new(incoming.clone(), epoch)),
             incoming,
         };
         (links, DatagramReceiver { rx })
@@ -176,7 +177,7 @@ impl Links {
         let start = {
             let mut state = self.state();
             state.socket = Some(socket.clone());
-            state.heartbeat = heartbeat.filter(|h| !h.is_zero());
+            state.heartbeat = heartbeat.filter(|h| !h.every.is_zero());
             let start = state.heartbeat.is_some() && !state.heartbeat_running;
             state.heartbeat_running |= start;
             start
@@ -289,7 +290,9 @@ impl Links {
                 Route::Plane(plane, to, socket) => {
                     let mut sealed = Vec::with_capacity(frame.len() + super::plane::OVERHEAD);
                     plane.seal_into(&frame, &mut sealed);
-                    plane.sent_at(Self::clock_ms(self.epoch));
+                    let now_ms = Self::clock_ms(self.epoch);
+                    plane.sent_at(now_ms);
+                    plane.voice_at(now_ms);
                     (sealed, to, socket.clone())
                 }
             }
@@ -433,7 +436,7 @@ impl Links {
             Some(plane) => plane.moved().await,
             None => std::future::pending().await,
         };
-        let mut watchdog = Watchdog::new(plane.clone());
+        let mut watchdog = Watchdog::new(plane.clone(), self.epoch);
         let reason = loop {
             // `biased`: a fixed order, so a simulated run replays exactly.
             let (now, datagram) = tokio::select! {
@@ -507,15 +510,19 @@ impl Links {
                 // Best effort: a pong that does not fit or cannot be sent is just a lost ping.
                 let _ = self.send_kind(&peer, KIND_PONG, &body);
             }
-            KIND_PLANE_READY if body.is_empty() || body.len() == 2 => {
-                if let Some(plane) = self.plane_of(&peer, id) {
-                    plane.set_ready();
-                    if let [high, low] = body[..] {
-                        let ms = u16::from_be_bytes([high, low]);
-                        plane.set_peer_heartbeat(Duration::from_millis(u64::from(ms)));
+            KIND_PLANE_READY => match parse_announcement(&body) {
+                Ok(promise) => {
+                    if let Some(plane) = self.plane_of(&peer, id) {
+                        plane.set_ready();
+                        if let Some(promise) = promise {
+                            plane.set_peer_heartbeat(promise);
+                        }
                     }
                 }
-            }
+                Err(()) => {
+                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            },
             KIND_HEARTBEAT if body.is_empty() => self.announce_again(&peer, id, connection),
             KIND_PONG if body.len() == 8 => {
                 let mut id = [0u8; 8];

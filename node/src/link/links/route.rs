@@ -145,6 +145,7 @@ impl CopySender {
                     Ok(Route::Plane(link, to, _)) => {
                         batch.push(link, frame, to);
                         link.sent_at(now_ms);
+                        link.voice_at(now_ms);
                     }
                     Ok(Route::Quic(connection)) => quic.push(connection),
                     Err(_) => {}

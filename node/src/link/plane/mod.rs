@@ -32,10 +32,11 @@
 //! **Heartbeats.** A relay must be seen to die fast (members fail over), which QUIC alone did
 //! with a short idle timeout and keep-alive pings every 125 ms on every link: two packets
 //! through quinn per link and period even while voice flowed beside it. Instead, a relay's
-//! announcement carries a heartbeat interval; it sends an empty plane datagram (kind
-//! `HEARTBEAT`) on each link it sent nothing on for that long, and the member closes a link
-//! that stays silent for [`SILENT_BEATS`] intervals. Voice itself is the heartbeat while it
-//! flows, and nothing is acknowledged.
+//! announcement carries a heartbeat promise (`link::heartbeat`: fast on links with recent
+//! voice, slower on quiet ones); it sends an empty plane datagram (kind `HEARTBEAT`) on each
+//! link it sent nothing on for that long, and the member closes a link that stays silent for
+//! [`SILENT_BEATS`] promised gaps. Voice itself is the heartbeat while it flows, and nothing
+//! is acknowledged.
 
 mod receivers;
 mod window;
@@ -43,6 +44,7 @@ mod window;
 pub use receivers::{PlaneCounts, PlaneReceivers, PlaneStats};
 pub use window::CounterWindow;
 
+use crate::link::heartbeat::Heartbeat;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,7 +61,7 @@ pub const HEADER_LEN: usize = 1 + 4 + 8;
 pub const TAG_LEN: usize = 16;
 /// Bytes the plane adds to a link datagram.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
-/// Heartbeat intervals without a word from the peer after which its link is closed.
+/// Promised heartbeat gaps without a word from the peer after which its link is closed.
 pub const SILENT_BEATS: u32 = 4;
 
 const KEY_LEN: usize = 32;
@@ -138,12 +140,15 @@ pub struct PlaneLink {
     heard: AtomicBool,
     /// When a datagram last left on this link, ms on the `Links` clock (`u64::MAX`: never).
     last_sent_ms: AtomicU64,
+    /// When voice (an application datagram) last went either way on the plane, ms on the
+    /// `Links` clock (`u64::MAX`: never): the heartbeat is fast only after voice.
+    last_voice_ms: AtomicU64,
     /// Where plane datagrams go: the connection's address, or the source of the peer's latest
     /// authenticated plane datagram if that came later.
     address: Mutex<Addresses>,
     send: PlaneSender,
-    /// The heartbeat interval the peer promised, ms (0: none).
-    peer_heartbeat_ms: AtomicU64,
+    /// The heartbeat the peer promised, if any.
+    peer_heartbeat: Mutex<Option<Heartbeat>>,
     /// When this end last announced the plane to the peer (tokio time).
     announced: Mutex<Option<tokio::time::Instant>>,
     /// Woken when an authenticated datagram comes from a new address.
@@ -169,8 +174,9 @@ impl PlaneLink {
             announced: Mutex::new(None),
             moved: tokio::sync::Notify::new(),
             last_sent_ms: AtomicU64::new(u64::MAX),
+            last_voice_ms: AtomicU64::new(u64::MAX),
             heard: AtomicBool::new(false),
-            peer_heartbeat_ms: AtomicU64::new(0),
+            peer_heartbeat: Mutex::new(None),
         });
         let receive = PlaneKeysReceive {
             key: keys.receive_key,
@@ -188,23 +194,29 @@ impl PlaneLink {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    /// The peer promises a datagram at least every `every` (its announcement).
-    pub(crate) fn set_peer_heartbeat(&self, every: Duration) {
-        let ms = every.as_millis().min(u128::from(u64::MAX)) as u64;
-        self.peer_heartbeat_ms.store(ms, Ordering::Relaxed);
+    /// What the peer promised (its announcement).
+    pub(crate) fn set_peer_heartbeat(&self, promise: Heartbeat) {
+        *lock(&self.peer_heartbeat) = Some(promise);
     }
 
-    /// The interval the peer promised, if any.
-    pub(crate) fn peer_heartbeat(&self) -> Option<Duration> {
-        match self.peer_heartbeat_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
+    /// The heartbeat the peer promised, if any.
+    pub(crate) fn peer_heartbeat(&self) -> Option<Heartbeat> {
+        *lock(&self.peer_heartbeat)
     }
 
     /// A datagram left at `now_ms`.
     pub(crate) fn sent_at(&self, now_ms: u64) {
         self.last_sent_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Voice left (a datagram, so [`PlaneLink::sent_at`] too) or arrived at `now_ms`.
+    pub(crate) fn voice_at(&self, now_ms: u64) {
+        self.last_voice_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When voice last went either way (`u64::MAX`: never).
+    pub(crate) fn last_voice_ms(&self) -> u64 {
+        self.last_voice_ms.load(Ordering::Relaxed)
     }
 
     /// Whether nothing left for `quiet_ms` up to `now_ms`.

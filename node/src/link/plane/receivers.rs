@@ -99,11 +99,17 @@ pub struct PlaneReceivers {
     rate: OnceLock<Rate>,
     /// A rented relay's fast path: enveloped voice is forwarded here, not queued.
     forwarding: OnceLock<PlaneForwarder>,
+    /// The `Links` clock's start, for when each link last carried voice.
+    epoch: tokio::time::Instant,
 }
 
 impl PlaneReceivers {
-    pub(crate) fn new(incoming: mpsc::Sender<IncomingDatagram>) -> Self {
+    pub(crate) fn new(
+        incoming: mpsc::Sender<IncomingDatagram>,
+        epoch: tokio::time::Instant,
+    ) -> Self {
         Self {
+            epoch,
             links: Mutex::default(),
             stats: PlaneStats::default(),
             incoming,
@@ -217,7 +223,8 @@ impl PlaneReceivers {
         let (id, counter) = parse_header(datagram)?;
         let mut links = self.links();
         let link = links.get_mut(&id).ok_or(PlaneDrop::UnknownLink)?;
-        let now = tokio::time::Instant::now().into_std();
+        let tokio_now = tokio::time::Instant::now();
+        let now = tokio_now.into_std();
         if let Some(rate) = self.rate.get() {
             // Whoever knows the link id spends its tokens: only the two ends and the path
             // between them, which could as well drop the datagrams.
@@ -245,7 +252,11 @@ impl PlaneReceivers {
             return Err(PlaneDrop::Malformed);
         }
         match body[1] {
-            KIND_APP => {}
+            KIND_APP => {
+                let now_ms = tokio_now.saturating_duration_since(self.epoch).as_millis();
+                link.link
+                    .voice_at(now_ms.min(u128::from(u64::MAX - 1)) as u64);
+            }
             KIND_HEARTBEAT if len == FRAME_HEADER => return Ok(None),
             _ => return Err(PlaneDrop::Malformed),
         }
@@ -286,7 +297,7 @@ mod tests {
             let (link, receive) =
                 PlaneLink::new(PlaneKeys::from_exported(&okm, client).unwrap(), FROM);
             let (tx, rx) = mpsc::channel(16);
-            let receivers = PlaneReceivers::new(tx);
+            let receivers = PlaneReceivers::new(tx, tokio::time::Instant::now());
             assert!(receivers.add(peer, 1, receive));
             (link, receivers, rx)
         };
