@@ -5,6 +5,7 @@
 
 mod common;
 
+use callsign_sim::scenario::{Action, EventSpec};
 use callsign_sim::{run, Report, TraceEvent};
 use common::scenario;
 
@@ -77,6 +78,70 @@ fn a_twelve_member_channel_moves_to_the_relay_and_survives_its_crash() {
         .any(|e| matches!(e, TraceEvent::Talker { .. })));
     // The relays never held a key that opens the audio.
     assert_eq!((a.audio_keys_held, b.audio_keys_held), (0, 0));
+}
+
+#[test]
+fn a_relay_that_dies_in_the_quiet_is_found_once_someone_keys_up() {
+    // relay-failover's channel, but alpha talks only from 3 s to 3.5 s, relay-a crashes at 7 s
+    // (its links quiet for 3.5 s, so beating every 500 ms) and alpha keys up again at 7.5 s.
+    let mut s = scenario("relay-failover");
+    s.duration_s = 12.0;
+    for event in &mut s.events {
+        match &mut event.action {
+            Action::Ptt { duration_s, .. } => *duration_s = 0.5,
+            Action::Crash { .. } => event.at_s = 7.0,
+            _ => {}
+        }
+    }
+    s.events.push(EventSpec {
+        at_s: 7.5,
+        action: Action::Ptt {
+            node: "alpha".into(),
+            channels: vec!["ops".into()],
+            duration_s: 4.0,
+        },
+    });
+    let report = run(&s, None).unwrap();
+    eprintln!("{}", relay_trace(&report));
+    for member in MEMBERS {
+        assert_eq!(
+            report.route(member, "ops", 6_900),
+            Some(Some("relay-a")),
+            "{member}"
+        );
+        assert_eq!(
+            report.route(member, "ops", 11_900),
+            Some(Some("relay-b")),
+            "{member}"
+        );
+    }
+    // alpha, keying up, expects the fast beat and leaves relay-a within a second, long before
+    // the quiet beat's four gaps (2 s) would have told it; the listeners find it dead by those
+    // (2 s after the crash) or sooner, and hear alpha through relay-b.
+    assert_eq!(report.route("alpha", "ops", 8_400), Some(Some("relay-b")));
+    for member in &MEMBERS[1..] {
+        assert_eq!(
+            report.route(member, "ops", 9_500),
+            Some(Some("relay-b")),
+            "{member}"
+        );
+    }
+    let mut worst_resume = 0;
+    for listener in &MEMBERS[1..] {
+        let resumed = report
+            .first_after(
+                listener,
+                7_500,
+                |e| matches!(e, TraceEvent::Talker { peer, .. } if peer == "alpha"),
+            )
+            .unwrap_or_else(|| panic!("{listener} never heard alpha again"));
+        worst_resume = worst_resume.max(resumed - 7_500);
+        let stream = report.stream("alpha", listener, "ops").unwrap();
+        // 0.5 s before the crash, and all but what the failover costs of the 4 s after.
+        assert!(stream.frames_played >= 25 + 100, "{stream:?}");
+    }
+    eprintln!("audio resumed {worst_resume} ms after alpha keyed up (worst listener)");
+    assert!(worst_resume < 2_500, "{worst_resume} ms");
 }
 
 #[test]
