@@ -263,6 +263,7 @@ impl Node {
             forward_latency,
             recorder: recorder::Recorder::new(config.recordings),
             rtts_given: None,
+            peer_names: BTreeMap::new(),
         };
         driver
             .transmitter

@@ -11,12 +11,18 @@ use callsign_mesh::floor::{FloorEvent, LocalFloor};
 use std::collections::BTreeMap;
 
 impl Driver {
-    pub(super) fn stats(&self) -> NodeStats {
+    pub(super) fn stats(&mut self) -> NodeStats {
+        // Names of the peers still linked carry over; the rest are dropped.
+        let mut known = std::mem::take(&mut self.peer_names);
+        for (peer, _) in self.member.links() {
+            let name = known.remove(peer).unwrap_or_else(|| peer.to_string());
+            self.peer_names.insert(*peer, name);
+        }
         let member = &self.member;
         let mut peers: Vec<PeerStats> = member
             .links()
             .map(|(peer, kind)| PeerStats {
-                peer: peer.to_string(),
+                peer: self.peer_names.get(peer).cloned().unwrap_or_default(),
                 kind,
                 rtt: self.network.links.rtt(peer),
             })
