@@ -24,6 +24,35 @@ fn relay_trace(report: &Report) -> String {
         .join("\n")
 }
 
+/// Each of `members` routes `ops` through `relay` at `at_ms`.
+fn assert_routes(report: &Report, members: &[&str], at_ms: u64, relay: &str) {
+    for member in members {
+        assert_eq!(
+            report.route(member, "ops", at_ms),
+            Some(Some(relay)),
+            "{member} at {at_ms} ms"
+        );
+    }
+}
+
+/// The longest any listener waited after `from_ms` to hear alpha again.
+fn worst_resume(report: &Report, from_ms: u64) -> u64 {
+    MEMBERS[1..]
+        .iter()
+        .map(|listener| {
+            let resumed = report
+                .first_after(
+                    listener,
+                    from_ms,
+                    |e| matches!(e, TraceEvent::Talker { peer, .. } if peer == "alpha"),
+                )
+                .unwrap_or_else(|| panic!("{listener} never heard alpha again"));
+            resumed - from_ms
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[test]
 fn a_twelve_member_channel_moves_to_the_relay_and_survives_its_crash() {
     let report = run(&scenario("relay-failover"), None).unwrap();
@@ -31,33 +60,15 @@ fn a_twelve_member_channel_moves_to_the_relay_and_survives_its_crash() {
     eprintln!("{}", serde_json::to_string_pretty(&report.relays).unwrap());
     // Past the threshold of 6 listeners, every member routes the channel through the nearer
     // rented relay before alpha talks at 3 s, and through the other one after the crash.
-    for member in MEMBERS {
-        assert_eq!(
-            report.route(member, "ops", 2_900),
-            Some(Some("relay-a")),
-            "{member}"
-        );
-        assert_eq!(
-            report.route(member, "ops", 10_000),
-            Some(Some("relay-b")),
-            "{member}"
-        );
-    }
+    assert_routes(&report, &MEMBERS, 2_900, "relay-a");
+    assert_routes(&report, &MEMBERS, 10_000, "relay-b");
     // Everyone hears alpha, first through relay-a, then through relay-b: audio resumes within
     // a second of the crash at 5 s (the last frame through relay-a left at 5.0 s).
-    let mut worst_resume = 0;
     for listener in &MEMBERS[1..] {
         let stream = report.stream("alpha", listener, "ops").unwrap();
         assert!(stream.frames_played >= 200, "{stream:?}");
-        let resumed = report
-            .first_after(
-                listener,
-                5_000,
-                |e| matches!(e, TraceEvent::Talker { peer, .. } if peer == "alpha"),
-            )
-            .unwrap_or_else(|| panic!("{listener} never heard alpha again"));
-        worst_resume = worst_resume.max(resumed - 5_000);
     }
+    let worst_resume = worst_resume(&report, 5_000);
     eprintln!("audio resumed {worst_resume} ms after the crash (worst listener)");
     assert!(worst_resume < 1_000, "{worst_resume} ms");
     // Both relays forwarded: one packet in per frame, one copy out per subscribed listener.
@@ -103,43 +114,19 @@ fn a_relay_that_dies_in_the_quiet_is_found_once_someone_keys_up() {
     });
     let report = run(&s, None).unwrap();
     eprintln!("{}", relay_trace(&report));
-    for member in MEMBERS {
-        assert_eq!(
-            report.route(member, "ops", 6_900),
-            Some(Some("relay-a")),
-            "{member}"
-        );
-        assert_eq!(
-            report.route(member, "ops", 11_900),
-            Some(Some("relay-b")),
-            "{member}"
-        );
-    }
+    assert_routes(&report, &MEMBERS, 6_900, "relay-a");
+    assert_routes(&report, &MEMBERS, 11_900, "relay-b");
     // alpha, keying up, expects the fast beat and leaves relay-a within a second, long before
     // the quiet beat's four gaps (2 s) would have told it; the listeners find it dead by those
     // (2 s after the crash) or sooner, and hear alpha through relay-b.
-    assert_eq!(report.route("alpha", "ops", 8_400), Some(Some("relay-b")));
-    for member in &MEMBERS[1..] {
-        assert_eq!(
-            report.route(member, "ops", 9_500),
-            Some(Some("relay-b")),
-            "{member}"
-        );
-    }
-    let mut worst_resume = 0;
+    assert_routes(&report, &MEMBERS[..1], 8_400, "relay-b");
+    assert_routes(&report, &MEMBERS[1..], 9_500, "relay-b");
     for listener in &MEMBERS[1..] {
-        let resumed = report
-            .first_after(
-                listener,
-                7_500,
-                |e| matches!(e, TraceEvent::Talker { peer, .. } if peer == "alpha"),
-            )
-            .unwrap_or_else(|| panic!("{listener} never heard alpha again"));
-        worst_resume = worst_resume.max(resumed - 7_500);
         let stream = report.stream("alpha", listener, "ops").unwrap();
         // 0.5 s before the crash, and all but what the failover costs of the 4 s after.
         assert!(stream.frames_played >= 25 + 100, "{stream:?}");
     }
+    let worst_resume = worst_resume(&report, 7_500);
     eprintln!("audio resumed {worst_resume} ms after alpha keyed up (worst listener)");
     assert!(worst_resume < 2_500, "{worst_resume} ms");
 }
