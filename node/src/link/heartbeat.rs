@@ -149,7 +149,8 @@ pub(super) fn announcement(heartbeat: Option<Heartbeat>) -> Bytes {
 }
 
 /// The promise in an announcement's body: empty (none), an interval alone (an older relay:
-/// always fast), or all three. `None` for anything else, or a zero interval.
+/// always fast), or all three; a zero interval promises nothing. Any other length is
+/// malformed.
 pub(super) fn parse_announcement(body: &[u8]) -> Result<Option<Heartbeat>, ()> {
     let ms = |pair: &[u8]| Duration::from_millis(u64::from(u16::from_be_bytes([pair[0], pair[1]])));
     let promise = match body.len() {

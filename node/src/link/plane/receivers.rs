@@ -6,7 +6,7 @@ use super::HEADER_LEN;
 use super::{lock, nonce, parse_header, CounterWindow, PlaneDrop, PlaneKeysReceive, PlaneLink};
 use crate::link::forwarding::PlaneForwarder;
 use crate::link::links::{
-    IncomingDatagram, DATAGRAM_VERSION, FRAME_HEADER, KIND_APP, KIND_HEARTBEAT,
+    IncomingDatagram, Links, DATAGRAM_VERSION, FRAME_HEADER, KIND_APP, KIND_HEARTBEAT,
 };
 use bytes::Bytes;
 use callsign_mesh::forward::ForwardView;
@@ -223,8 +223,7 @@ impl PlaneReceivers {
         let (id, counter) = parse_header(datagram)?;
         let mut links = self.links();
         let link = links.get_mut(&id).ok_or(PlaneDrop::UnknownLink)?;
-        let tokio_now = tokio::time::Instant::now();
-        let now = tokio_now.into_std();
+        let now = tokio::time::Instant::now().into_std();
         if let Some(rate) = self.rate.get() {
             // Whoever knows the link id spends its tokens: only the two ends and the path
             // between them, which could as well drop the datagrams.
@@ -252,11 +251,7 @@ impl PlaneReceivers {
             return Err(PlaneDrop::Malformed);
         }
         match body[1] {
-            KIND_APP => {
-                let now_ms = tokio_now.saturating_duration_since(self.epoch).as_millis();
-                link.link
-                    .voice_at(now_ms.min(u128::from(u64::MAX - 1)) as u64);
-            }
+            KIND_APP => link.link.voice_at(Links::clock_ms(self.epoch)),
             KIND_HEARTBEAT if len == FRAME_HEADER => return Ok(None),
             _ => return Err(PlaneDrop::Malformed),
         }
