@@ -47,8 +47,14 @@ impl Heartbeat {
         if voice_within(now_ms, voice_ms, self.active) {
             self.every
         } else {
-            self.quiet.max(self.every)
+            self.quiet_gap()
         }
+    }
+
+    /// The gap on a quiet link; a promise whose quiet gap is no longer than `every` is always
+    /// fast.
+    fn quiet_gap(&self) -> Duration {
+        self.quiet.max(self.every)
     }
 }
 
@@ -253,7 +259,7 @@ impl Silence {
             self.heard_ms = Some(now_ms);
         }
         let window = promise.active.saturating_sub(ACTIVE_MARGIN);
-        let active = promise.quiet > promise.every && voice_within(now_ms, voice_ms, window);
+        let active = promise.quiet_gap() > promise.every && voice_within(now_ms, voice_ms, window);
         self.active_since_ms = match (active, self.active_since_ms) {
             (false, _) => None,
             (true, None) => Some(now_ms),
@@ -264,7 +270,7 @@ impl Silence {
         // its last quiet beat.
         let (gap, since) = match self.active_since_ms {
             Some(since) => (promise.every, heard_ms.max(since)),
-            None => (promise.quiet.max(promise.every), heard_ms),
+            None => (promise.quiet_gap(), heard_ms),
         };
         let silent_for = u128::from(now_ms.saturating_sub(since));
         silent_for >= gap.as_millis() * u128::from(super::plane::SILENT_BEATS)

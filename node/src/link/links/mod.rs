@@ -193,7 +193,14 @@ impl Links {
 
     /// Milliseconds since [`Links::epoch`].
     pub(super) fn clock_ms(epoch: tokio::time::Instant) -> u64 {
-        epoch.elapsed().as_millis().min(u128::from(u64::MAX - 1)) as u64
+        Self::clock_ms_at(epoch, tokio::time::Instant::now())
+    }
+
+    /// [`Links::clock_ms`] at `at`, for a caller that has just read the clock.
+    pub(super) fn clock_ms_at(epoch: tokio::time::Instant, at: tokio::time::Instant) -> u64 {
+        at.saturating_duration_since(epoch)
+            .as_millis()
+            .min(u128::from(u64::MAX - 1)) as u64
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -291,8 +298,7 @@ impl Links {
                     let mut sealed = Vec::with_capacity(frame.len() + super::plane::OVERHEAD);
                     plane.seal_into(&frame, &mut sealed);
                     let now_ms = Self::clock_ms(self.epoch);
-                    plane.sent_at(now_ms);
-                    plane.voice_at(now_ms);
+                    plane.sent_voice_at(now_ms);
                     (sealed, to, socket.clone())
                 }
             }

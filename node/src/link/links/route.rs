@@ -144,8 +144,7 @@ impl CopySender {
                 match route_connection(&state, &self.counters, connection, frame) {
                     Ok(Route::Plane(link, to, _)) => {
                         batch.push(link, frame, to);
-                        link.sent_at(now_ms);
-                        link.voice_at(now_ms);
+                        link.sent_voice_at(now_ms);
                     }
                     Ok(Route::Quic(connection)) => quic.push(connection),
                     Err(_) => {}

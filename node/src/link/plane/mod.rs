@@ -209,7 +209,14 @@ impl PlaneLink {
         self.last_sent_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// Voice left (a datagram, so [`PlaneLink::sent_at`] too) or arrived at `now_ms`.
+    /// Voice left at `now_ms`: a datagram ([`PlaneLink::sent_at`]) that keeps the heartbeat
+    /// fast.
+    pub(crate) fn sent_voice_at(&self, now_ms: u64) {
+        self.sent_at(now_ms);
+        self.voice_at(now_ms);
+    }
+
+    /// Voice arrived at `now_ms`.
     pub(crate) fn voice_at(&self, now_ms: u64) {
         self.last_voice_ms.store(now_ms, Ordering::Relaxed);
     }

@@ -223,7 +223,8 @@ impl PlaneReceivers {
         let (id, counter) = parse_header(datagram)?;
         let mut links = self.links();
         let link = links.get_mut(&id).ok_or(PlaneDrop::UnknownLink)?;
-        let now = tokio::time::Instant::now().into_std();
+        let clock = tokio::time::Instant::now();
+        let now = clock.into_std();
         if let Some(rate) = self.rate.get() {
             // Whoever knows the link id spends its tokens: only the two ends and the path
             // between them, which could as well drop the datagrams.
@@ -251,7 +252,7 @@ impl PlaneReceivers {
             return Err(PlaneDrop::Malformed);
         }
         match body[1] {
-            KIND_APP => link.link.voice_at(Links::clock_ms(self.epoch)),
+            KIND_APP => link.link.voice_at(Links::clock_ms_at(self.epoch, clock)),
             KIND_HEARTBEAT if len == FRAME_HEADER => return Ok(None),
             _ => return Err(PlaneDrop::Malformed),
         }
