@@ -433,3 +433,88 @@ async fn rebinding_the_socket_migrates_the_connection() {
         other => panic!("expected a migration, got {other:?}"),
     }
 }
+
+/// A relay's copies of a packet go on each subscriber's newest connection, also after the
+/// subscriber reconnected: the relay keeps its copy lists looked up (`route::CopyRoutes`) only
+/// while the registry is unchanged.
+#[tokio::test]
+async fn a_relays_copies_follow_a_subscriber_that_reconnects() {
+    let relay = node();
+    let relay_links = relay.links.clone();
+    let mut relay_events = relay.links.events();
+    let (addr, mut accepted) = serve(relay.transport, relay.peer).await;
+    let mut a = node();
+    let mut b = node();
+    let (_, _a_muxer) = a
+        .transport
+        .dial(addr.clone(), dial_opts())
+        .unwrap()
+        .await
+        .unwrap();
+    let (_, b_muxer) = b
+        .transport
+        .dial(addr.clone(), dial_opts())
+        .unwrap()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        accepted.recv().await.unwrap();
+    }
+    let subscribers = [a.peer, b.peer];
+    // Heard by both, several times (the first copies may travel in QUIC before the plane is
+    // announced): returns what b heard.
+    async fn copies_heard(
+        relay: &Links,
+        subscribers: &[libp2p::PeerId],
+        a: &mut callsign_node::link::DatagramReceiver,
+        b: &mut callsign_node::link::DatagramReceiver,
+        tag: u8,
+    ) -> usize {
+        let frame = Links::frame_datagram(&[tag; 40]);
+        for _ in 0..20 {
+            relay.send_framed_to_many(subscribers, &frame);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut heard = 0;
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), b.recv()).await {
+            heard += usize::from(d.payload[0] == tag);
+        }
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(10), a.recv()).await {}
+        heard
+    }
+    assert!(
+        copies_heard(
+            &relay_links,
+            &subscribers,
+            &mut a.datagrams,
+            &mut b.datagrams,
+            1
+        )
+        .await
+            >= 15
+    );
+
+    // b hangs up and dials again: a new connection, with new plane keys.
+    drop(b_muxer);
+    b.links.close(&relay.peer);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !matches!(relay_events.recv().await, Some(LinkEvent::Down { peer, .. }) if peer == b.peer) {}
+    })
+    .await
+    .expect("the relay saw b go");
+    let (_, _b_muxer) = b.transport.dial(addr, dial_opts()).unwrap().await.unwrap();
+    accepted.recv().await.unwrap();
+    let heard = copies_heard(
+        &relay_links,
+        &subscribers,
+        &mut a.datagrams,
+        &mut b.datagrams,
+        2,
+    )
+    .await;
+    assert!(
+        heard >= 15,
+        "b heard {heard} of 20 copies after reconnecting"
+    );
+    assert_eq!(b.links.counts().plane.unknown_link, 0);
+}

@@ -545,7 +545,13 @@ impl Forwarder {
                 served.extend(to.iter().map(|r| r.key));
                 served.sort_unstable();
             }
-            served => *served = Some((header.sequence, to.iter().map(|r| r.key).collect())),
+            // A new sequence: the last one's list is reused (`to` is in key order).
+            Some((seq, served)) => {
+                *seq = header.sequence;
+                served.clear();
+                served.extend(to.iter().map(|r| r.key));
+            }
+            None => bucket.served = Some((header.sequence, to.iter().map(|r| r.key).collect())),
         }
         if to.is_empty() {
             return Err(ForwardDrop::NoSubscribers);

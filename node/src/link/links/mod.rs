@@ -106,6 +106,10 @@ pub(super) struct State {
     /// has two when dials cross or it restarted, and the node closes one of them (not always
     /// the older one: `runtime::connections`), so the registry falls back to the one left.
     pub(super) peers: BTreeMap<PeerId, Vec<Connection>>,
+    /// Changes whenever `peers` does, so what was looked up in it can be kept until then.
+    generation: u64,
+    /// A relay's recent copy lists, looked up in `peers` ([`route::CopyRoutes`]).
+    copy_routes: route::CopyRoutes,
     pings: BTreeMap<u64, oneshot::Sender<()>>,
     next_ping: u64,
     events: Vec<mpsc::UnboundedSender<LinkEvent>>,
@@ -118,6 +122,7 @@ pub(super) struct State {
 }
 
 /// One QUIC connection and its voice plane, if both ends have one.
+#[derive(Clone)]
 pub(super) struct Connection {
     pub(super) quic: quinn::Connection,
     pub(super) plane: Option<Arc<PlaneLink>>,
@@ -407,6 +412,7 @@ impl Links {
                 plane.announced_at(tokio::time::Instant::now());
                 let _ = connection.send_datagram(announcement(state.heartbeat));
             }
+            state.generation += 1;
             let connections = state.peers.entry(peer).or_default();
             connections.push(Connection {
                 quic: connection.clone(),
@@ -474,6 +480,7 @@ impl Links {
         self.plane.remove(id);
         let last = {
             let mut state = self.state();
+            state.generation += 1;
             let connections = state.peers.entry(peer).or_default();
             connections.retain(|c| c.quic.stable_id() != id);
             let empty = connections.is_empty();

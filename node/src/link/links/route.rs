@@ -7,6 +7,7 @@ use crate::link::socket::{canonical, LinkSocket};
 use crate::link::LinkError;
 use bytes::Bytes;
 use libp2p::PeerId;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -124,15 +125,17 @@ impl CopySender {
         let mut quic = Vec::new();
         let now_ms = Links::clock_ms(self.epoch);
         let (batch, socket) = {
-            let state = state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+            let state = &mut *guard;
+            let route = state
+                .copy_routes
+                .resolve(state.generation, peers, &state.peers);
+            let state = &*state;
+            let newest = &state.copy_routes.entries[route].connections;
             // In phases, each reading one thing of every peer: one peer's loads do not wait for
             // another's, so the processor overlaps their cache misses. Between a relay's
             // packets (20 ms) the kernel's work evicts every link's state, and one pass per
             // copy queued two misses per copy one behind another.
-            let newest: Vec<&Connection> = peers
-                .iter()
-                .filter_map(|peer| state.peers.get(peer)?.last())
-                .collect();
             let ready = newest
                 .iter()
                 .filter_map(|c| c.plane.as_deref())
@@ -141,7 +144,7 @@ impl CopySender {
                 .count();
             let mut batch = SealedBatch::with_capacity(ready, frame.len());
             for connection in newest {
-                match route_connection(&state, &self.counters, connection, frame) {
+                match route_connection(state, &self.counters, connection, frame) {
                     Ok(Route::Plane(link, to, _)) => {
                         batch.push(link, frame, to);
                         link.sent_voice_at(now_ms);
@@ -162,5 +165,58 @@ impl CopySender {
             sent += n;
         }
         sent
+    }
+}
+
+/// How many copy lists a relay keeps looked up: one per talker and channel set it forwards for
+/// at once, about.
+const COPY_ROUTES: usize = 8;
+
+/// The newest connection of each peer in a relay's recent copy lists.
+///
+/// Why: a forwarded packet goes to the same subscribers as the talker's packet before, and
+/// looking each of them up in the registry's map again (a comparison of peer ids per level)
+/// was a tenth of the relay's own work per copy. A list is kept until the registry changes
+/// ([`State::generation`]); readiness, size and destination are still read per send.
+#[derive(Default)]
+pub(super) struct CopyRoutes {
+    /// Most recently used last.
+    pub(super) entries: Vec<CopyRoute>,
+}
+
+pub(super) struct CopyRoute {
+    generation: u64,
+    peers: Vec<PeerId>,
+    /// Each peer's newest connection, in `peers` order; peers without one are left out.
+    pub(super) connections: Vec<Connection>,
+}
+
+impl CopyRoutes {
+    /// The index in `entries` of `peers` looked up in `registry` at `generation`.
+    pub(super) fn resolve(
+        &mut self,
+        generation: u64,
+        peers: &[PeerId],
+        registry: &BTreeMap<PeerId, Vec<Connection>>,
+    ) -> usize {
+        self.entries.retain(|e| e.generation == generation);
+        if let Some(at) = self.entries.iter().position(|e| e.peers == peers) {
+            let entry = self.entries.remove(at);
+            self.entries.push(entry);
+        } else {
+            if self.entries.len() == COPY_ROUTES {
+                self.entries.remove(0);
+            }
+            let connections = peers
+                .iter()
+                .filter_map(|peer| registry.get(peer)?.last().cloned())
+                .collect();
+            self.entries.push(CopyRoute {
+                generation,
+                peers: peers.to_vec(),
+                connections,
+            });
+        }
+        self.entries.len() - 1
     }
 }
