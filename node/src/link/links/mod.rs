@@ -106,9 +106,8 @@ pub(super) struct State {
     /// has two when dials cross or it restarted, and the node closes one of them (not always
     /// the older one: `runtime::connections`), so the registry falls back to the one left.
     pub(super) peers: BTreeMap<PeerId, Vec<Connection>>,
-    /// Changes whenever `peers` does, so what was looked up in it can be kept until then.
-    generation: u64,
-    /// A relay's recent copy lists, looked up in `peers` ([`route::CopyRoutes`]).
+    /// A relay's recent copy lists, looked up in `peers` ([`route::CopyRoutes`]); cleared
+    /// whenever `peers` changes.
     copy_routes: route::CopyRoutes,
     pings: BTreeMap<u64, oneshot::Sender<()>>,
     next_ping: u64,
@@ -412,7 +411,7 @@ impl Links {
                 plane.announced_at(tokio::time::Instant::now());
                 let _ = connection.send_datagram(announcement(state.heartbeat));
             }
-            state.generation += 1;
+            state.copy_routes.clear();
             let connections = state.peers.entry(peer).or_default();
             connections.push(Connection {
                 quic: connection.clone(),
@@ -480,7 +479,7 @@ impl Links {
         self.plane.remove(id);
         let last = {
             let mut state = self.state();
-            state.generation += 1;
+            state.copy_routes.clear();
             let connections = state.peers.entry(peer).or_default();
             connections.retain(|c| c.quic.stable_id() != id);
             let empty = connections.is_empty();

@@ -127,9 +127,7 @@ impl CopySender {
         let (batch, socket) = {
             let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
             let state = &mut *guard;
-            let route = state
-                .copy_routes
-                .resolve(state.generation, peers, &state.peers);
+            let route = state.copy_routes.resolve(peers, &state.peers);
             let state = &*state;
             let newest = &state.copy_routes.entries[route].connections;
             // In phases, each reading one thing of every peer: one peer's loads do not wait for
@@ -176,8 +174,9 @@ const COPY_ROUTES: usize = 8;
 ///
 /// Why: a forwarded packet goes to the same subscribers as the talker's packet before, and
 /// looking each of them up in the registry's map again (a comparison of peer ids per level)
-/// was a tenth of the relay's own work per copy. A list is kept until the registry changes
-/// ([`State::generation`]); readiness, size and destination are still read per send.
+/// was a tenth of the relay's own work per copy. The lists are dropped whenever a connection
+/// comes or goes (so none keeps a closed one); readiness, size and destination are still read
+/// per send.
 #[derive(Default)]
 pub(super) struct CopyRoutes {
     /// Most recently used last.
@@ -185,21 +184,18 @@ pub(super) struct CopyRoutes {
 }
 
 pub(super) struct CopyRoute {
-    generation: u64,
     peers: Vec<PeerId>,
     /// Each peer's newest connection, in `peers` order; peers without one are left out.
     pub(super) connections: Vec<Connection>,
 }
 
 impl CopyRoutes {
-    /// The index in `entries` of `peers` looked up in `registry` at `generation`.
+    /// The index in `entries` of `peers` looked up in `registry`.
     pub(super) fn resolve(
         &mut self,
-        generation: u64,
         peers: &[PeerId],
         registry: &BTreeMap<PeerId, Vec<Connection>>,
     ) -> usize {
-        self.entries.retain(|e| e.generation == generation);
         if let Some(at) = self.entries.iter().position(|e| e.peers == peers) {
             let entry = self.entries.remove(at);
             self.entries.push(entry);
@@ -212,11 +208,15 @@ impl CopyRoutes {
                 .filter_map(|peer| registry.get(peer)?.last().cloned())
                 .collect();
             self.entries.push(CopyRoute {
-                generation,
                 peers: peers.to_vec(),
                 connections,
             });
         }
         self.entries.len() - 1
+    }
+
+    /// Forgets every list: the registry changed.
+    pub(super) fn clear(&mut self) {
+        self.entries.clear();
     }
 }
