@@ -99,8 +99,14 @@ pub(super) async fn send_heartbeats(
         looks = looks.wrapping_add(1);
         let mut batch = SealedBatch::with_capacity(0, beat.len());
         let socket = {
-            let state = state.lock().unwrap_or_else(|e| e.into_inner());
-            for connection in state.peers.values().flatten() {
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            let socket = state.socket.clone();
+            let planes = state.planes();
+            // Each link's times load while the ones before are looked at.
+            for link in planes.iter().filter_map(|c| c.plane.as_deref()) {
+                link.prefetch_times();
+            }
+            for connection in planes {
                 match &connection.plane {
                     Some(link) if link.is_ready() => {
                         if follow {
@@ -126,7 +132,7 @@ pub(super) async fn send_heartbeats(
                     None => {}
                 }
             }
-            state.socket.clone()
+            socket
         };
         if let Some(socket) = socket {
             let n = batch.send(&socket);

@@ -109,6 +109,9 @@ pub(super) struct State {
     /// A relay's recent copy lists, looked up in `peers` ([`route::CopyRoutes`]); cleared
     /// whenever `peers` changes.
     copy_routes: route::CopyRoutes,
+    /// Every connection with a plane, in `peers` order, for the heartbeat's looks; dropped
+    /// whenever `peers` changes.
+    planes: Option<Vec<Connection>>,
     pings: BTreeMap<u64, oneshot::Sender<()>>,
     next_ping: u64,
     events: Vec<mpsc::UnboundedSender<LinkEvent>>,
@@ -118,6 +121,28 @@ pub(super) struct State {
     /// its task runs.
     pub(super) heartbeat: Option<super::Heartbeat>,
     heartbeat_running: bool,
+}
+
+impl State {
+    /// `peers` changed: what was looked up in it goes.
+    fn changed(&mut self) {
+        self.copy_routes.clear();
+        self.planes = None;
+    }
+
+    /// Every connection with a plane, side by side (a relay's heartbeat looks at each of them
+    /// several times a second; walking the map instead missed the cache twice per link).
+    pub(super) fn planes(&mut self) -> &[Connection] {
+        let peers = &self.peers;
+        self.planes.get_or_insert_with(|| {
+            peers
+                .values()
+                .flatten()
+                .filter(|c| c.plane.is_some())
+                .cloned()
+                .collect()
+        })
+    }
 }
 
 /// One QUIC connection and its voice plane, if both ends have one.
@@ -411,7 +436,7 @@ impl Links {
                 plane.announced_at(tokio::time::Instant::now());
                 let _ = connection.send_datagram(announcement(state.heartbeat));
             }
-            state.copy_routes.clear();
+            state.changed();
             let connections = state.peers.entry(peer).or_default();
             connections.push(Connection {
                 quic: connection.clone(),
@@ -479,7 +504,7 @@ impl Links {
         self.plane.remove(id);
         let last = {
             let mut state = self.state();
-            state.copy_routes.clear();
+            state.changed();
             let connections = state.peers.entry(peer).or_default();
             connections.retain(|c| c.quic.stable_id() != id);
             let empty = connections.is_empty();
