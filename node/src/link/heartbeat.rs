@@ -106,30 +106,29 @@ pub(super) async fn send_heartbeats(
             for link in planes.iter().filter_map(|c| c.plane.as_deref()) {
                 link.prefetch_times();
             }
+            // Connections without a plane are left out: their other end keeps no `Watchdog`.
             for connection in planes {
-                match &connection.plane {
-                    Some(link) if link.is_ready() => {
-                        if follow {
-                            link.destination(canonical(connection.quic.remote_address()));
-                        }
-                        if due(link) {
-                            batch.push(link, &beat, link.last_destination());
-                            link.sent_at(now_ms);
-                        }
+                let Some(link) = &connection.plane else {
+                    continue;
+                };
+                if link.is_ready() {
+                    if follow {
+                        link.destination(canonical(connection.quic.remote_address()));
                     }
+                    if due(link) {
+                        batch.push(link, &beat, link.last_destination());
+                        link.sent_at(now_ms);
+                    }
+                } else {
                     // A peer that has not taken up the plane hears it in QUIC, with the
                     // announcement again now and then (it may have been lost).
-                    Some(link) => {
-                        if due(link) {
-                            link.sent_at(now_ms);
-                            let _ = connection.quic.send_datagram(beat.clone());
-                        }
-                        if link.should_announce(tokio::time::Instant::now(), ANNOUNCE_EVERY) {
-                            let _ = connection.quic.send_datagram(announcement(Some(promise)));
-                        }
+                    if due(link) {
+                        link.sent_at(now_ms);
+                        let _ = connection.quic.send_datagram(beat.clone());
                     }
-                    // No plane, no watchdog at the other end (`Watchdog`).
-                    None => {}
+                    if link.should_announce(tokio::time::Instant::now(), ANNOUNCE_EVERY) {
+                        let _ = connection.quic.send_datagram(announcement(Some(promise)));
+                    }
                 }
             }
             socket
