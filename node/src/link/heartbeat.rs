@@ -103,17 +103,15 @@ pub(super) async fn send_heartbeats(
             let socket = state.socket.clone();
             let planes = state.planes();
             // Each link's times load while the ones before are looked at.
-            for link in planes.iter().filter_map(|c| c.plane.as_deref()) {
+            for (_, link) in planes {
                 link.prefetch_times();
             }
-            // Connections without a plane are left out: their other end keeps no `Watchdog`.
-            for connection in planes {
-                let Some(link) = &connection.plane else {
-                    continue;
-                };
+            // Connections without a plane are not among them: their other end keeps no
+            // `Watchdog`.
+            for (quic, link) in planes {
                 if link.is_ready() {
                     if follow {
-                        link.destination(canonical(connection.quic.remote_address()));
+                        link.destination(canonical(quic.remote_address()));
                     }
                     if due(link) {
                         batch.push(link, &beat, link.last_destination());
@@ -124,10 +122,10 @@ pub(super) async fn send_heartbeats(
                     // announcement again now and then (it may have been lost).
                     if due(link) {
                         link.sent_at(now_ms);
-                        let _ = connection.quic.send_datagram(beat.clone());
+                        let _ = quic.send_datagram(beat.clone());
                     }
                     if link.should_announce(tokio::time::Instant::now(), ANNOUNCE_EVERY) {
-                        let _ = connection.quic.send_datagram(announcement(Some(promise)));
+                        let _ = quic.send_datagram(announcement(Some(promise)));
                     }
                 }
             }

@@ -111,7 +111,7 @@ pub(super) struct State {
     copy_routes: route::CopyRoutes,
     /// Every connection with a plane, in `peers` order, for the heartbeat's looks; dropped
     /// whenever `peers` changes.
-    planes: Option<Vec<Connection>>,
+    planes: Option<Vec<(quinn::Connection, Arc<PlaneLink>)>>,
     pings: BTreeMap<u64, oneshot::Sender<()>>,
     next_ping: u64,
     events: Vec<mpsc::UnboundedSender<LinkEvent>>,
@@ -132,14 +132,13 @@ impl State {
 
     /// Every connection with a plane, side by side (a relay's heartbeat looks at each of them
     /// several times a second; walking the map instead missed the cache twice per link).
-    pub(super) fn planes(&mut self) -> &[Connection] {
+    pub(super) fn planes(&mut self) -> &[(quinn::Connection, Arc<PlaneLink>)] {
         let peers = &self.peers;
         self.planes.get_or_insert_with(|| {
             peers
                 .values()
                 .flatten()
-                .filter(|c| c.plane.is_some())
-                .cloned()
+                .filter_map(|c| Some((c.quic.clone(), c.plane.clone()?)))
                 .collect()
         })
     }

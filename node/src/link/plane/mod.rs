@@ -291,27 +291,29 @@ impl PlaneLink {
     /// cache, so a relay sealing copies for many links in a row does not wait for each link's
     /// state in turn. A hint: it changes no result.
     pub(crate) fn prefetch(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let start = (self as *const Self).cast::<i8>();
-            for offset in (0..std::mem::size_of::<Self>()).step_by(64) {
-                // SAFETY: a prefetch never faults and reads nothing into the program; the
-                // address is inside `self` all the same.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset)) };
-            }
-        }
+        self.prefetch_first(std::mem::size_of::<Self>());
     }
 
     /// [`PlaneLink::prefetch`] of the first cache line only: readiness and the send and voice
     /// times, which is all a heartbeat's look reads of a link it does not beat.
     pub(crate) fn prefetch_times(&self) {
+        self.prefetch_first(1);
+    }
+
+    /// Prefetches the cache lines holding `self`'s first `bytes` bytes.
+    fn prefetch_first(&self, bytes: usize) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: as in `prefetch`; the address is `self`'s first byte.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>((self as *const Self).cast::<i8>()) };
+            let start = (self as *const Self).cast::<i8>();
+            for offset in (0..bytes.min(std::mem::size_of::<Self>())).step_by(64) {
+                // SAFETY: a prefetch never faults and reads nothing into the program; the
+                // address is inside `self` all the same.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset)) };
+            }
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = bytes;
     }
 
     /// Appends `frame` sealed as one plane datagram to `out`.
