@@ -5,9 +5,8 @@ use super::process::Measured;
 use super::{measurement, speak, BenchOptions, Heard, Measurement, SendTimes};
 use anyhow::Result;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
     let mut sockets = Vec::new();
@@ -21,18 +20,23 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
     let child = Measured::spawn(&["udp-forward".into(), format!("--to={}", ports.join(","))])?;
     let forwarder: SocketAddr = child.line("udp-forward on")?.parse()?;
     let times = SendTimes::new(options.speakers);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     let sockets: Vec<Arc<tokio::net::UdpSocket>> = sockets.into_iter().map(Arc::new).collect();
     for socket in &sockets {
-        let (socket, times, stop) = (socket.clone(), times.clone(), stop.clone());
+        let (socket, times, mut stop) = (socket.clone(), times.clone(), stopped.clone());
         tasks.push(tokio::spawn(async move {
             let mut heard = Heard::default();
             let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                let got =
-                    tokio::time::timeout(Duration::from_millis(50), socket.recv(&mut buf)).await;
-                if let Ok(Ok(n)) = got {
+            let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
+            loop {
+                // What already arrived is counted before the stop.
+                let got = tokio::select! {
+                    biased;
+                    got = socket.recv(&mut buf) => got,
+                    _ = &mut stopped => break,
+                };
+                if let Ok(n) = got {
                     let arrived = Instant::now();
                     if n >= 3 {
                         heard.copies += 1;
@@ -60,7 +64,7 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
     .await;
     let elapsed = started.elapsed();
     let cpu = child.cpu()? - cpu_before;
-    stop.store(true, Ordering::Relaxed);
+    let _ = stop.send(true);
     let mut heard = Heard::default();
     for task in tasks {
         heard.merge(task.await?);

@@ -19,7 +19,6 @@ use libp2p::{Multiaddr, PeerId};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -212,27 +211,51 @@ impl Client {
         })
     }
 
+    /// Drives the swarm (the link, the subscription, the relay's control requests) in one task
+    /// and counts the relay's copies in another until `stop` turns true. Counting apart keeps
+    /// each copy's cost in this process to one wake-up and a header parse, so the subscribers'
+    /// own work (a swarm poll per datagram) does not delay the copies the others time.
     async fn run(
-        mut self,
+        self,
         speakers: Arc<Vec<SenderShortId>>,
         times: Arc<SendTimes>,
-        stop: Arc<std::sync::atomic::AtomicBool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> Heard {
+        let Self {
+            network,
+            relay,
+            subscription,
+        } = self;
+        let mut swarm = network.swarm;
+        let mut datagrams = network.datagrams;
+        let mut swarm_stop = stop.clone();
+        let driver = tokio::spawn(async move {
+            let mut stopped = std::pin::pin!(swarm_stop.wait_for(|s| *s));
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return swarm,
+                    event = swarm.select_next_some() => match event {
+                        SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == relay => {
+                            let request = subscription.clone();
+                            swarm.behaviour_mut().control.send(&peer_id, request, None);
+                        }
+                        SwarmEvent::Behaviour(event) => {
+                            // The control behaviour acknowledges requests itself.
+                            answer_echo(&mut swarm, &mut Some(event));
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        });
         let mut heard = Heard::default();
-        while !stop.load(Ordering::Relaxed) {
+        let mut stop = stop;
+        let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
+        loop {
+            // What already arrived is counted before the stop.
             tokio::select! {
-                event = self.network.swarm.select_next_some() => match event {
-                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == self.relay => {
-                        let request = self.subscription.clone();
-                        self.network.swarm.behaviour_mut().control.send(&peer_id, request, None);
-                    }
-                    SwarmEvent::Behaviour(event) => {
-                        // The control behaviour acknowledges requests itself.
-                        answer_echo(&mut self.network.swarm, &mut Some(event));
-                    }
-                    _ => {}
-                },
-                Some(datagram) = self.network.datagrams.recv() => {
+                biased;
+                Some(datagram) = datagrams.recv() => {
                     heard.copies += 1;
                     if let Ok((header, _)) = VoiceHeader::parse(&datagram.payload) {
                         if let Some(speaker) = speakers.iter().position(|s| *s == header.sender) {
@@ -243,9 +266,11 @@ impl Client {
                         }
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = &mut stopped => break,
             }
         }
+        // The links close with the swarm, after the last copy is counted.
+        drop(driver.await);
         heard
     }
 }
@@ -377,7 +402,7 @@ pub(super) async fn run(
             _ => None,
         })
         .ok_or_else(|| anyhow!("the relay's address names no peer"))?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     // Per org: the speakers' short ids, their send times, their links, the listeners' tasks.
     let mut speakers = Vec::new();
     let mut times = Vec::new();
@@ -399,7 +424,7 @@ pub(super) async fn run(
             org_tasks.push(tokio::spawn(client.run(
                 ids.clone(),
                 sent_at.clone(),
-                stop.clone(),
+                stopped.clone(),
             )));
         }
         speakers.push(ids);
@@ -471,7 +496,7 @@ pub(super) async fn run(
         .await?
         .unwrap_or_default();
     let (drops, forward_latency_us) = (drops(&text), forward_latency(&text));
-    stop.store(true, Ordering::Relaxed);
+    let _ = stop.send(true);
     let mut orgs = Vec::new();
     for (org_tasks, sent) in tasks.into_iter().zip(sent) {
         let mut heard = Heard::default();
