@@ -53,6 +53,11 @@ pub struct BenchOptions {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Without `--orgs`: measure both forwarders this many times, alternating; the report's
+    /// ratios are the medians over rounds, as one round's machine noise (±0.05 in the ratio)
+    /// is larger than most changes worth measuring.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Serve this many orgs from one relay process (each with `--subscribers` members and
     /// `--speakers` speakers), quiet and then with the first org flooding; no baseline.
     #[arg(long, default_value_t = 1)]
@@ -91,13 +96,34 @@ pub struct Measurement {
     pub idle_cpu_ms_per_s: Option<f64>,
 }
 
-/// Both runs and their ratios.
+/// One round's ratios.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Round {
+    pub efficiency_ratio: f64,
+    pub added_latency_p50_us: i64,
+    pub added_latency_p99_us: i64,
+}
+
+impl Round {
+    fn of(baseline: &Measurement, relay: &Measurement) -> Self {
+        Self {
+            efficiency_ratio: relay.copies_per_cpu_second
+                / baseline.copies_per_cpu_second.max(1e-9),
+            added_latency_p50_us: relay.latency_p50_us as i64 - baseline.latency_p50_us as i64,
+            added_latency_p99_us: relay.latency_p99_us as i64 - baseline.latency_p99_us as i64,
+        }
+    }
+}
+
+/// Both runs and their ratios: with several rounds, each ratio is its median over them, and
+/// `baseline` and `relay` are the round with the median efficiency.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub subscribers: usize,
     pub speakers: usize,
     pub rate: u32,
     pub seconds: f64,
+    pub rounds: Vec<Round>,
     pub baseline: Measurement,
     pub relay: Measurement,
     /// relay / baseline, copies per CPU-second.
@@ -115,8 +141,8 @@ pub fn run(options: BenchOptions) -> Result<()> {
     if options.rate == 0 || options.seconds <= 0.0 {
         bail!("rate and seconds must be positive");
     }
-    if options.orgs == 0 || options.member_limit == 0 {
-        bail!("orgs and member-limit must be positive");
+    if options.orgs == 0 || options.member_limit == 0 || options.rounds == 0 {
+        bail!("orgs, member-limit and rounds must be positive");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -131,16 +157,32 @@ pub fn run(options: BenchOptions) -> Result<()> {
         }
         return Ok(());
     }
-    let baseline = runtime.block_on(baseline::measure(&options))?;
-    let relay = runtime.block_on(relayed::measure(&options))?;
+    let mut measured = Vec::new();
+    for _ in 0..options.rounds {
+        let baseline = runtime.block_on(baseline::measure(&options))?;
+        let relay = runtime.block_on(relayed::measure(&options))?;
+        measured.push((Round::of(&baseline, &relay), baseline, relay));
+    }
+    let rounds: Vec<Round> = measured.iter().map(|(round, _, _)| *round).collect();
+    let median = |value: fn(&Round) -> f64| {
+        let mut values: Vec<f64> = rounds.iter().map(value).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let efficiency_ratio = median(|r| r.efficiency_ratio);
+    let (_, baseline, relay) = measured
+        .into_iter()
+        .find(|(round, _, _)| round.efficiency_ratio == efficiency_ratio)
+        .ok_or_else(|| anyhow::anyhow!("no round measured"))?;
     let report = BenchReport {
         subscribers: options.subscribers,
         speakers: options.speakers,
         rate: options.rate,
         seconds: options.seconds,
-        efficiency_ratio: relay.copies_per_cpu_second / baseline.copies_per_cpu_second.max(1e-9),
-        added_latency_p50_us: relay.latency_p50_us as i64 - baseline.latency_p50_us as i64,
-        added_latency_p99_us: relay.latency_p99_us as i64 - baseline.latency_p99_us as i64,
+        efficiency_ratio,
+        added_latency_p50_us: median(|r| r.added_latency_p50_us as f64) as i64,
+        added_latency_p99_us: median(|r| r.added_latency_p99_us as f64) as i64,
+        rounds,
         baseline,
         relay,
     };
@@ -181,6 +223,20 @@ fn print_report(r: &BenchReport) {
     }
     if let Some(idle) = r.relay.idle_cpu_ms_per_s {
         println!("  relay idle (everyone linked, nobody talking): {idle:.1} ms CPU per second");
+    }
+    if r.rounds.len() > 1 {
+        for (n, round) in r.rounds.iter().enumerate() {
+            println!(
+                "  round {}: relay / baseline {:.3}; added latency p50 {} µs, p99 {} µs",
+                n + 1,
+                round.efficiency_ratio,
+                round.added_latency_p50_us,
+                round.added_latency_p99_us
+            );
+        }
+        println!(
+            "  (the lines above the rounds are the round with the median ratio; below, medians)"
+        );
     }
     println!(
         "  relay / baseline, copies per CPU-second: {:.3}; added latency p50 {} µs, p99 {} µs",
