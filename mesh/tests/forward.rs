@@ -422,9 +422,9 @@ fn the_audience_is_kept_per_charter_generation_and_redone_when_subscriptions_cha
         org.ids[2].public(),
     );
     let now = Instant::now();
-    let keys = |to: Result<Vec<callsign_mesh::forward::Recipient>, ForwardDrop>| {
+    let keys = |to: Result<std::sync::Arc<[callsign_mesh::forward::Recipient]>, ForwardDrop>| {
         to.unwrap()
-            .into_iter()
+            .iter()
             .map(|r| {
                 assert_eq!(r.peer, r.key.peer_id());
                 assert!(!r.relay);
@@ -480,8 +480,8 @@ fn the_view_forwards_as_the_member_would_and_splits_relays_from_members() {
     let copies = view
         .forward(&mut lock(&shared), &officer.peer_id(), &flight(1), now)
         .unwrap();
-    assert_eq!(copies.plain, vec![org.ids[2].public().peer_id()]);
-    assert_eq!(copies.enveloped, vec![there.peer_id()]);
+    assert_eq!(copies.plain[..], [org.ids[2].public().peer_id()]);
+    assert_eq!(copies.enveloped[..], [there.peer_id()]);
     // The same packet again is a replay, whichever path sees it: one forwarder.
     assert_eq!(
         view.forward(&mut lock(&shared), &officer.peer_id(), &flight(1), now),
@@ -500,11 +500,52 @@ fn the_view_forwards_as_the_member_would_and_splits_relays_from_members() {
         .unwrap();
     let mut members = vec![officer.peer_id(), org.ids[2].public().peer_id()];
     members.sort();
-    let mut plain = copies.plain.clone();
+    let mut plain = copies.plain.to_vec();
     plain.sort();
-    assert_eq!((plain, copies.enveloped), (members, Vec::new()));
+    assert_eq!((plain, copies.enveloped.to_vec()), (members, Vec::new()));
     let counts = lock(&shared).counts().clone();
     assert_eq!(counts.packets_in, 4);
     assert_eq!(counts.drops.get(&ForwardDrop::Stranger), Some(&1));
     assert_eq!(counts.drops.get(&ForwardDrop::Duplicate), Some(&1));
+}
+
+#[test]
+fn a_talkers_recipients_are_reused_only_for_the_same_link_and_channels() {
+    let org = org();
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(forwarder(&org)));
+    let (here, there) = (org.ids[5].public(), org.ids[6].public());
+    lock(&shared)
+        .subscribe(&org.state, subscription(&org, 6, 1, vec![org.flight]))
+        .unwrap();
+    let senders: BTreeMap<_, _> = org.ids[..3]
+        .iter()
+        .chain(&org.ids[6..])
+        .map(|i| (i.public().peer_id(), i.public()))
+        .collect();
+    let view = ForwardView::new(org.state.clone(), 7, senders, here);
+    let officer = org.ids[0].public();
+    let (pilot, recruit) = (org.ids[1].public().peer_id(), org.ids[2].public().peer_id());
+    let now = Instant::now();
+    let on = |channels: Vec<ChannelId>, seq| packet(&officer, channels, seq, VoiceFlags::empty());
+    let forward = |from: &IdentityKey, packet: Vec<u8>| {
+        let copies = view
+            .forward(&mut lock(&shared), &from.peer_id(), &packet, now)
+            .unwrap();
+        (copies.plain.to_vec(), copies.enveloped.to_vec())
+    };
+    let direct = (vec![recruit], vec![there.peer_id()]);
+    assert_eq!(forward(&officer, on(vec![org.flight], 1)), direct);
+    assert_eq!(forward(&officer, on(vec![org.flight], 2)), direct);
+    // The same talker's next frame through the fellow relay goes to members only.
+    assert_eq!(
+        forward(&there, on(vec![org.flight], 3)),
+        (vec![recruit], Vec::new())
+    );
+    assert_eq!(forward(&officer, on(vec![org.flight], 4)), direct);
+    // On /command instead: its listener, and no relay subscribes there.
+    assert_eq!(
+        forward(&officer, on(vec![org.command], 5)),
+        (vec![pilot], Vec::new())
+    );
+    assert_eq!(forward(&officer, on(vec![org.flight], 6)), direct);
 }

@@ -18,7 +18,9 @@
 //!
 //! Who may hear a channel (subscribed, and allowed by the charter) is worked out once per
 //! channel and kept until a subscription or the charter changes (the caller names the
-//! charter's generation), so a packet costs its sender's checks and one pass over the list.
+//! charter's generation); a talker's recipients are kept for its next packet on the same
+//! channels over the same link, so its steady stream costs the sender's checks per packet
+//! (`cargo bench -p callsign-mesh --bench forward`).
 //!
 //! A rented relay's link layer forwards most packets itself, without a hop to the member
 //! ([`ForwardView`], module `view`): both go through one [`SharedForwarder`].
@@ -38,6 +40,7 @@ use callsign_keys::context::SUBSCRIPTION;
 use callsign_keys::{Identity, IdentityKey, Signature};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// First byte of a datagram that asks its receiver to forward the voice packet after it.
@@ -259,9 +262,24 @@ struct SenderState {
     /// Per channel list: a simulcast frame arrives as one packet per channel (each sealed with
     /// that channel's key), all with the frame's sequence number.
     replay: BTreeMap<Vec<ChannelId>, ReplayWindow>,
-    /// The latest frame's sequence number and who got a copy of it (sorted), so a subscriber
-    /// of several of its channels gets one copy.
-    served: Option<(u16, Vec<IdentityKey>)>,
+    /// The latest frame's sequence number and who got a copy of it (in key order), so a
+    /// subscriber of several of its channels gets one copy.
+    served: Option<(u16, Arc<[Recipient]>)>,
+    /// The recipients of this sender's last new frame, and what they were worked out for.
+    recent: Option<Recent>,
+}
+
+/// A sender's recipients kept for its next frame: a talker's frames go to the same people
+/// until the audience, its channel list or the link they come over changes, and working the
+/// list out again per frame (a pass over every subscriber) was most of a relay's forwarding
+/// decision.
+#[derive(Debug)]
+struct Recent {
+    /// [`Audience::epoch`] when worked out.
+    epoch: u64,
+    channels: Vec<ChannelId>,
+    from: IdentityKey,
+    to: Arc<[Recipient]>,
 }
 
 /// A subscriber a packet goes to.
@@ -281,8 +299,24 @@ pub struct Recipient {
 #[derive(Debug, Default)]
 struct Audience {
     generation: Option<u64>,
+    /// Changes whenever the lists are dropped, so what was worked out from them ([`Recent`])
+    /// is known stale.
+    epoch: u64,
     channels: BTreeMap<ChannelId, Vec<Recipient>>,
 }
+
+impl Audience {
+    /// Drops every list: the charter is now at `generation`, or a subscription changed.
+    fn clear(&mut self, generation: Option<u64>) {
+        self.generation = generation;
+        self.epoch += 1;
+        self.channels.clear();
+    }
+}
+
+/// How many recipient lists [`Forwarder::forward_copies`] keeps split into copies: one per
+/// talker at once, about.
+const SPLITS: usize = 8;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -295,6 +329,10 @@ pub struct Forwarder {
     audience: Audience,
     /// The whole org's bucket, with [`ForwarderConfig::org_rate`].
     org_bucket: Option<TokenBucket>,
+    /// Recent recipient lists (senders' [`Recent`] lists) with the relay they were split for
+    /// and the copies; most recent last. An entry holds its list, so no other list can take
+    /// its address while it is here: the pointer names it.
+    splits: Vec<(Arc<[Recipient]>, IdentityKey, Copies)>,
 }
 
 impl Forwarder {
@@ -308,6 +346,7 @@ impl Forwarder {
             counts: ForwardCounts::default(),
             audience: Audience::default(),
             org_bucket: None,
+            splits: Vec::new(),
         }
     }
 
@@ -341,7 +380,7 @@ impl Forwarder {
         {
             return Err(SubscriptionError::Stale);
         }
-        self.audience.channels.clear();
+        self.audience.clear(self.audience.generation);
         if body.channels.is_empty() {
             self.subscriptions.remove(&body.subscriber);
         } else if !self.subscriptions.contains_key(&body.subscriber)
@@ -356,7 +395,7 @@ impl Forwarder {
 
     /// The member's link went: it gets nothing until it subscribes again.
     pub fn remove(&mut self, peer: &IdentityKey) {
-        self.audience.channels.clear();
+        self.audience.clear(self.audience.generation);
         self.subscriptions.remove(peer);
         self.senders.remove(peer);
     }
@@ -398,9 +437,9 @@ impl Forwarder {
         packet: &[u8],
         now: Instant,
     ) -> Result<Vec<IdentityKey>, ForwardDrop> {
-        self.audience = Audience::default();
+        self.audience.clear(None);
         self.forward_to(state, None, from, packet, now)
-            .map(|to| to.into_iter().map(|r| r.key).collect())
+            .map(|to| to.iter().map(|r| r.key).collect())
     }
 
     /// The copies of `packet` that the relay `local` sends, for a charter at `generation`:
@@ -419,8 +458,23 @@ impl Forwarder {
             self.refuse_stranger(packet);
             return Err(ForwardDrop::Stranger);
         };
-        self.forward_to(state, Some(generation), from, packet, now)
-            .map(|to| Copies::split(to, local))
+        let to = self.forward_to(state, Some(generation), from, packet, now)?;
+        if let Some(at) = self
+            .splits
+            .iter()
+            .position(|(list, relay, _)| Arc::ptr_eq(list, &to) && relay == local)
+        {
+            let split = self.splits.remove(at);
+            let copies = split.2.clone();
+            self.splits.push(split);
+            return Ok(copies);
+        }
+        if self.splits.len() == SPLITS {
+            self.splits.remove(0);
+        }
+        let copies = Copies::split(&to, local);
+        self.splits.push((to, *local, copies.clone()));
+        Ok(copies)
     }
 
     /// [`Forwarder::forward`] for a charter at `generation` (any number that changes whenever
@@ -433,12 +487,9 @@ impl Forwarder {
         from: &IdentityKey,
         packet: &[u8],
         now: Instant,
-    ) -> Result<Vec<Recipient>, ForwardDrop> {
+    ) -> Result<Arc<[Recipient]>, ForwardDrop> {
         if generation.is_none() || self.audience.generation != generation {
-            self.audience = Audience {
-                generation,
-                channels: BTreeMap::new(),
-            };
+            self.audience.clear(generation);
         }
         self.counts.packets_in += 1;
         self.counts.bytes_in += packet.len() as u64;
@@ -459,7 +510,7 @@ impl Forwarder {
         from: &IdentityKey,
         packet: &[u8],
         now: Instant,
-    ) -> Result<Vec<Recipient>, ForwardDrop> {
+    ) -> Result<Arc<[Recipient]>, ForwardDrop> {
         if packet.len() > self.config.max_packet {
             return Err(ForwardDrop::Oversize);
         }
@@ -497,6 +548,7 @@ impl Forwarder {
             bucket: TokenBucket::new(rate, now),
             replay: BTreeMap::new(),
             served: None,
+            recent: None,
         });
         if !bucket.bucket.take(rate, now) {
             return Err(ForwardDrop::RateLimited);
@@ -517,42 +569,61 @@ impl Forwarder {
         for channel in &header.channels {
             *self.counts.channel_packets.entry(*channel).or_default() += 1;
         }
-        let already: &[IdentityKey] = match &bucket.served {
-            Some((seq, served)) if *seq == header.sequence => served,
-            _ => &[],
+        let already = match &bucket.served {
+            Some((seq, served)) if *seq == header.sequence => Some(served.clone()),
+            _ => None,
         };
-        let mut to: Vec<Recipient> = Vec::new();
-        for channel in &header.channels {
-            let audience = self
-                .audience
-                .channels
-                .entry(*channel)
-                .or_insert_with(|| audience(&self.subscriptions, state, *channel));
-            // What came from a relay goes to members only: one hop between relays.
-            to.extend(audience.iter().filter(|r| {
-                r.key != sender
-                    && r.key != *from
-                    && !(r.relay && from_relay)
-                    && already.binary_search(&r.key).is_err()
-            }));
-        }
-        if header.channels.len() > 1 {
-            to.sort_by_key(|r| r.key);
-            to.dedup_by_key(|r| r.key);
-        }
-        match &mut bucket.served {
-            Some((seq, served)) if *seq == header.sequence => {
-                served.extend(to.iter().map(|r| r.key));
-                served.sort_unstable();
+        let epoch = self.audience.epoch;
+        let to: Arc<[Recipient]> = match (&already, &bucket.recent) {
+            (None, Some(recent))
+                if recent.epoch == epoch
+                    && recent.from == *from
+                    && recent.channels == header.channels =>
+            {
+                recent.to.clone()
             }
-            // A new sequence: the last one's list is reused (`to` is in key order).
-            Some((seq, served)) => {
-                *seq = header.sequence;
-                served.clear();
-                served.extend(to.iter().map(|r| r.key));
+            _ => {
+                let already = already.as_deref().unwrap_or_default();
+                let mut to: Vec<Recipient> = Vec::new();
+                for channel in &header.channels {
+                    let audience = self
+                        .audience
+                        .channels
+                        .entry(*channel)
+                        .or_insert_with(|| audience(&self.subscriptions, state, *channel));
+                    // What came from a relay goes to members only: one hop between relays.
+                    to.extend(audience.iter().filter(|r| {
+                        r.key != sender
+                            && r.key != *from
+                            && !(r.relay && from_relay)
+                            && already.binary_search_by_key(&r.key, |a| a.key).is_err()
+                    }));
+                }
+                if header.channels.len() > 1 {
+                    to.sort_by_key(|r| r.key);
+                    to.dedup_by_key(|r| r.key);
+                }
+                let to: Arc<[Recipient]> = to.into();
+                if already.is_empty() {
+                    bucket.recent = Some(Recent {
+                        epoch,
+                        channels: header.channels.clone(),
+                        from: *from,
+                        to: to.clone(),
+                    });
+                }
+                to
             }
-            None => bucket.served = Some((header.sequence, to.iter().map(|r| r.key).collect())),
-        }
+        };
+        bucket.served = Some(match already {
+            // The same frame on more channels: who got it so far, in key order.
+            Some(served) => {
+                let mut all: Vec<Recipient> = served.iter().chain(to.iter()).copied().collect();
+                all.sort_by_key(|r| r.key);
+                (header.sequence, all.into())
+            }
+            None => (header.sequence, to.clone()),
+        });
         if to.is_empty() {
             return Err(ForwardDrop::NoSubscribers);
         }

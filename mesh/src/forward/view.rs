@@ -24,33 +24,34 @@ pub fn lock(forwarder: &SharedForwarder) -> MutexGuard<'_, Forwarder> {
     forwarder.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The copies a forwarded packet makes.
+/// The copies a forwarded packet makes (shared: a talker's next packet makes the same).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Copies {
     /// Subscribers: the packet as it came.
-    pub plain: Vec<PeerId>,
+    pub plain: Arc<[PeerId]>,
     /// Fellow relays (cascading): the packet enveloped, so they forward it on.
-    pub enveloped: Vec<PeerId>,
+    pub enveloped: Arc<[PeerId]>,
 }
 
 impl Copies {
     /// Splits the forwarder's recipients, leaving out `local` (a member relay's own copy).
-    pub fn split(to: Vec<Recipient>, local: &IdentityKey) -> Self {
-        let mut copies = Self {
-            plain: Vec::with_capacity(to.len()),
-            enveloped: Vec::new(),
-        };
+    pub fn split(to: &[Recipient], local: &IdentityKey) -> Self {
+        let mut plain = Vec::with_capacity(to.len());
+        let mut enveloped = Vec::new();
         for recipient in to {
             if recipient.key == *local {
                 continue;
             }
             if recipient.relay {
-                copies.enveloped.push(recipient.peer);
+                enveloped.push(recipient.peer);
             } else {
-                copies.plain.push(recipient.peer);
+                plain.push(recipient.peer);
             }
         }
-        copies
+        Self {
+            plain: plain.into(),
+            enveloped: enveloped.into(),
+        }
     }
 }
 

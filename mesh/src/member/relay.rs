@@ -151,8 +151,8 @@ impl Member {
         };
         self.outputs.push_back(Output::Forward {
             packet: packet.to_vec(),
-            plain,
-            enveloped,
+            plain: plain.to_vec(),
+            enveloped: enveloped.to_vec(),
             received_at,
         });
     }
