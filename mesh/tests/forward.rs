@@ -6,8 +6,8 @@ use callsign_mesh::charter::{
     ChannelId, Charter, CharterState, OpBody, Permissions, Priority, RelayInfo, Role,
 };
 use callsign_mesh::forward::{
-    lock, ForwardDrop, ForwardView, Forwarder, ForwarderConfig, Subscription, SubscriptionBody,
-    SubscriptionError,
+    lock, ForwardDrop, ForwardView, Forwarder, ForwarderConfig, SharedForwarder, Subscription,
+    SubscriptionBody, SubscriptionError,
 };
 use callsign_mesh::voice::{SenderKey, SenderShortId, VoiceFlags, VoiceHeader};
 use proptest::prelude::*;
@@ -458,14 +458,14 @@ fn the_audience_is_kept_per_charter_generation_and_redone_when_subscriptions_cha
     );
 }
 
-#[test]
-fn the_view_forwards_as_the_member_would_and_splits_relays_from_members() {
-    let org = org();
-    let shared = std::sync::Arc::new(std::sync::Mutex::new(forwarder(&org)));
+/// Relay 5's shared forwarder (the member path's [`forwarder`]) with relay 6 cascading from it
+/// on /flight, and its view at generation 7 naming the members and relay 6.
+fn relay_view(org: &Org) -> (SharedForwarder, ForwardView, IdentityKey) {
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(forwarder(org)));
     let (here, there) = (org.ids[5].public(), org.ids[6].public());
     // The other rented relay cascades: it subscribes at this one for /flight.
     lock(&shared)
-        .subscribe(&org.state, subscription(&org, 6, 1, vec![org.flight]))
+        .subscribe(&org.state, subscription(org, 6, 1, vec![org.flight]))
         .unwrap();
     let senders: BTreeMap<_, _> = org.ids[..3]
         .iter()
@@ -473,6 +473,13 @@ fn the_view_forwards_as_the_member_would_and_splits_relays_from_members() {
         .map(|i| (i.public().peer_id(), i.public()))
         .collect();
     let view = ForwardView::new(org.state.clone(), 7, senders, here);
+    (shared, view, there)
+}
+
+#[test]
+fn the_view_forwards_as_the_member_would_and_splits_relays_from_members() {
+    let org = org();
+    let (shared, view, there) = relay_view(&org);
     assert_eq!(view.generation(), 7);
     let (officer, pilot) = (org.ids[0].public(), org.ids[1].public());
     let now = Instant::now();
@@ -512,17 +519,7 @@ fn the_view_forwards_as_the_member_would_and_splits_relays_from_members() {
 #[test]
 fn a_talkers_recipients_are_reused_only_for_the_same_link_and_channels() {
     let org = org();
-    let shared = std::sync::Arc::new(std::sync::Mutex::new(forwarder(&org)));
-    let (here, there) = (org.ids[5].public(), org.ids[6].public());
-    lock(&shared)
-        .subscribe(&org.state, subscription(&org, 6, 1, vec![org.flight]))
-        .unwrap();
-    let senders: BTreeMap<_, _> = org.ids[..3]
-        .iter()
-        .chain(&org.ids[6..])
-        .map(|i| (i.public().peer_id(), i.public()))
-        .collect();
-    let view = ForwardView::new(org.state.clone(), 7, senders, here);
+    let (shared, view, there) = relay_view(&org);
     let officer = org.ids[0].public();
     let (pilot, recruit) = (org.ids[1].public().peer_id(), org.ids[2].public().peer_id());
     let now = Instant::now();
