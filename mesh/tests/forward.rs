@@ -528,7 +528,10 @@ fn a_talkers_recipients_are_reused_only_for_the_same_link_and_channels() {
         let copies = view
             .forward(&mut lock(&shared), &from.peer_id(), &packet, now)
             .unwrap();
-        (copies.plain.to_vec(), copies.enveloped.to_vec())
+        // In key order; compared as sets of peers.
+        let mut plain = copies.plain.to_vec();
+        plain.sort();
+        (plain, copies.enveloped.to_vec())
     };
     let direct = (vec![recruit], vec![there.peer_id()]);
     assert_eq!(forward(&officer, on(vec![org.flight], 1)), direct);
@@ -538,6 +541,12 @@ fn a_talkers_recipients_are_reused_only_for_the_same_link_and_channels() {
         forward(&there, on(vec![org.flight], 3)),
         (vec![recruit], Vec::new())
     );
+    // Another talker's frame through the same relay is worked out for that talker.
+    let pilot_key = org.ids[1].public();
+    let relayed = packet(&pilot_key, vec![org.flight], 1, VoiceFlags::empty());
+    let mut members = vec![officer.peer_id(), recruit];
+    members.sort();
+    assert_eq!(forward(&there, relayed), (members, Vec::new()));
     assert_eq!(forward(&officer, on(vec![org.flight], 4)), direct);
     // On /command instead: its listener, and no relay subscribes there.
     assert_eq!(

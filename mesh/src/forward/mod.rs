@@ -262,19 +262,17 @@ struct SenderState {
     /// Per channel list: a simulcast frame arrives as one packet per channel (each sealed with
     /// that channel's key), all with the frame's sequence number.
     replay: BTreeMap<Vec<ChannelId>, ReplayWindow>,
-    /// The latest frame's sequence number and who got a copy of it (in key order), so a
-    /// subscriber of several of its channels gets one copy.
-    served: Option<(u16, Arc<[Recipient]>)>,
-    /// The recipients of this sender's last new frame, and what they were worked out for.
-    recent: Option<Recent>,
+    /// The latest frame's sequence number and who got a copy of it (sorted), so a subscriber
+    /// of several of its channels gets one copy.
+    served: Option<(u16, Vec<IdentityKey>)>,
 }
 
-/// A sender's recipients kept for its next frame: a talker's frames go to the same people
-/// until the audience, its channel list or the link they come over changes, and working the
-/// list out again per frame (a pass over every subscriber) was most of a relay's forwarding
-/// decision.
+/// A talker's recipients kept for its next frame: its frames go to the same people until the
+/// audience, its channel list or the link they come over changes, and working the list out
+/// again per frame (a pass over every subscriber) was most of a relay's forwarding decision.
 #[derive(Debug)]
 struct Recent {
+    sender: IdentityKey,
     /// [`Audience::epoch`] when worked out.
     epoch: u64,
     channels: Vec<ChannelId>,
@@ -314,9 +312,10 @@ impl Audience {
     }
 }
 
-/// How many recipient lists [`Forwarder::forward_copies`] keeps split into copies: one per
-/// talker at once, about.
-const SPLITS: usize = 8;
+/// How many talkers' recipient lists ([`Recent`]) a forwarder keeps, and how many of them
+/// [`Forwarder::forward_copies`] keeps split into copies: one per talker at once, about. A
+/// bound, as a list is the channel's size (120 bytes a subscriber) and everyone talks once.
+const KEPT: usize = 8;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -329,7 +328,9 @@ pub struct Forwarder {
     audience: Audience,
     /// The whole org's bucket, with [`ForwarderConfig::org_rate`].
     org_bucket: Option<TokenBucket>,
-    /// Recent recipient lists (senders' [`Recent`] lists) with the relay they were split for
+    /// Talkers' recipient lists, most recent last.
+    recent: Vec<Recent>,
+    /// Recent recipient lists (talkers' [`Recent`] lists) with the relay they were split for
     /// and the copies; most recent last. An entry holds its list, so no other list can take
     /// its address while it is here: the pointer names it.
     splits: Vec<(Arc<[Recipient]>, IdentityKey, Copies)>,
@@ -346,6 +347,7 @@ impl Forwarder {
             counts: ForwardCounts::default(),
             audience: Audience::default(),
             org_bucket: None,
+            recent: Vec::new(),
             splits: Vec::new(),
         }
     }
@@ -469,7 +471,7 @@ impl Forwarder {
             self.splits.push(split);
             return Ok(copies);
         }
-        if self.splits.len() == SPLITS {
+        if self.splits.len() == KEPT {
             self.splits.remove(0);
         }
         let copies = Copies::split(&to, local);
@@ -548,7 +550,6 @@ impl Forwarder {
             bucket: TokenBucket::new(rate, now),
             replay: BTreeMap::new(),
             served: None,
-            recent: None,
         });
         if !bucket.bucket.take(rate, now) {
             return Err(ForwardDrop::RateLimited);
@@ -569,21 +570,26 @@ impl Forwarder {
         for channel in &header.channels {
             *self.counts.channel_packets.entry(*channel).or_default() += 1;
         }
-        let already = match &bucket.served {
-            Some((seq, served)) if *seq == header.sequence => Some(served.clone()),
-            _ => None,
+        let already: &[IdentityKey] = match &bucket.served {
+            Some((seq, served)) if *seq == header.sequence => served,
+            _ => &[],
         };
         let epoch = self.audience.epoch;
-        let to: Arc<[Recipient]> = match (&already, &bucket.recent) {
-            (None, Some(recent))
-                if recent.epoch == epoch
-                    && recent.from == *from
-                    && recent.channels == header.channels =>
-            {
-                recent.to.clone()
+        let kept = self.recent.iter().position(|r| {
+            already.is_empty()
+                && r.sender == sender
+                && r.epoch == epoch
+                && r.from == *from
+                && r.channels == header.channels
+        });
+        let to: Arc<[Recipient]> = match kept {
+            Some(at) => {
+                let recent = self.recent.remove(at);
+                let to = recent.to.clone();
+                self.recent.push(recent);
+                to
             }
-            _ => {
-                let already = already.as_deref().unwrap_or_default();
+            None => {
                 let mut to: Vec<Recipient> = Vec::new();
                 for channel in &header.channels {
                     let audience = self
@@ -596,7 +602,7 @@ impl Forwarder {
                         r.key != sender
                             && r.key != *from
                             && !(r.relay && from_relay)
-                            && already.binary_search_by_key(&r.key, |a| a.key).is_err()
+                            && already.binary_search(&r.key).is_err()
                     }));
                 }
                 if header.channels.len() > 1 {
@@ -605,7 +611,11 @@ impl Forwarder {
                 }
                 let to: Arc<[Recipient]> = to.into();
                 if already.is_empty() {
-                    bucket.recent = Some(Recent {
+                    if self.recent.len() == KEPT {
+                        self.recent.remove(0);
+                    }
+                    self.recent.push(Recent {
+                        sender,
                         epoch,
                         channels: header.channels.clone(),
                         from: *from,
@@ -615,15 +625,19 @@ impl Forwarder {
                 to
             }
         };
-        bucket.served = Some(match already {
-            // The same frame on more channels: who got it so far, in key order.
-            Some(served) => {
-                let mut all: Vec<Recipient> = served.iter().chain(to.iter()).copied().collect();
-                all.sort_by_key(|r| r.key);
-                (header.sequence, all.into())
+        match &mut bucket.served {
+            Some((seq, served)) if *seq == header.sequence => {
+                served.extend(to.iter().map(|r| r.key));
+                served.sort_unstable();
             }
-            None => (header.sequence, to.clone()),
-        });
+            // A new sequence: the last one's list is reused (`to` is in key order).
+            Some((seq, served)) => {
+                *seq = header.sequence;
+                served.clear();
+                served.extend(to.iter().map(|r| r.key));
+            }
+            None => bucket.served = Some((header.sequence, to.iter().map(|r| r.key).collect())),
+        }
         if to.is_empty() {
             return Err(ForwardDrop::NoSubscribers);
         }
