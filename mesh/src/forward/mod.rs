@@ -278,6 +278,8 @@ struct Recent {
     channels: Vec<ChannelId>,
     from: IdentityKey,
     to: Arc<[Recipient]>,
+    /// `to` split into copies by [`Forwarder::forward_copies`] for the relay named, once.
+    copies: Option<(IdentityKey, Copies)>,
 }
 
 /// A subscriber a packet goes to.
@@ -312,9 +314,9 @@ impl Audience {
     }
 }
 
-/// How many talkers' recipient lists ([`Recent`]) a forwarder keeps, and how many of them
-/// [`Forwarder::forward_copies`] keeps split into copies: one per talker at once, about. A
-/// bound, as a list is the channel's size (120 bytes a subscriber) and everyone talks once.
+/// How many talkers' recipient lists ([`Recent`]) a forwarder keeps: one per talker at once,
+/// about. A bound, as a list is the channel's size (120 bytes a subscriber) and everyone talks
+/// once.
 const KEPT: usize = 8;
 
 /// See the module documentation.
@@ -330,10 +332,6 @@ pub struct Forwarder {
     org_bucket: Option<TokenBucket>,
     /// Talkers' recipient lists, most recent last.
     recent: Vec<Recent>,
-    /// Recent recipient lists (talkers' [`Recent`] lists) with the relay they were split for
-    /// and the copies; most recent last. An entry holds its list, so no other list can take
-    /// its address while it is here: the pointer names it.
-    splits: Vec<(Arc<[Recipient]>, IdentityKey, Copies)>,
 }
 
 impl Forwarder {
@@ -348,7 +346,6 @@ impl Forwarder {
             audience: Audience::default(),
             org_bucket: None,
             recent: Vec::new(),
-            splits: Vec::new(),
         }
     }
 
@@ -461,22 +458,19 @@ impl Forwarder {
             return Err(ForwardDrop::Stranger);
         };
         let to = self.forward_to(state, Some(generation), from, packet, now)?;
-        if let Some(at) = self
-            .splits
-            .iter()
-            .position(|(list, relay, _)| Arc::ptr_eq(list, &to) && relay == local)
-        {
-            let split = self.splits.remove(at);
-            let copies = split.2.clone();
-            self.splits.push(split);
-            return Ok(copies);
+        // A list kept for the talker is the last one used; one worked out for a frame's
+        // second channel list is not kept, and is split afresh.
+        let Some(recent) = self.recent.last_mut().filter(|r| Arc::ptr_eq(&r.to, &to)) else {
+            return Ok(Copies::split(&to, local));
+        };
+        match &recent.copies {
+            Some((relay, copies)) if relay == local => Ok(copies.clone()),
+            _ => {
+                let copies = Copies::split(&to, local);
+                recent.copies = Some((*local, copies.clone()));
+                Ok(copies)
+            }
         }
-        if self.splits.len() == KEPT {
-            self.splits.remove(0);
-        }
-        let copies = Copies::split(&to, local);
-        self.splits.push((to, *local, copies.clone()));
-        Ok(copies)
     }
 
     /// [`Forwarder::forward`] for a charter at `generation` (any number that changes whenever
@@ -620,6 +614,7 @@ impl Forwarder {
                         channels: header.channels.clone(),
                         from: *from,
                         to: to.clone(),
+                        copies: None,
                     });
                 }
                 to

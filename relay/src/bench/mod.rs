@@ -169,11 +169,10 @@ pub fn run(options: BenchOptions) -> Result<()> {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let efficiency_ratio = median(|r| r.efficiency_ratio);
-    let (_, baseline, relay) = measured
-        .into_iter()
-        .find(|(round, _, _)| round.efficiency_ratio == efficiency_ratio)
-        .ok_or_else(|| anyhow::anyhow!("no round measured"))?;
+    // The round with the median ratio: the middle one once sorted by it (at least one ran).
+    measured.sort_by(|a, b| a.0.efficiency_ratio.total_cmp(&b.0.efficiency_ratio));
+    let (median_round, baseline, relay) = measured.swap_remove(measured.len() / 2);
+    let efficiency_ratio = median_round.efficiency_ratio;
     let report = BenchReport {
         subscribers: options.subscribers,
         speakers: options.speakers,

@@ -219,7 +219,7 @@ impl Client {
         self,
         speakers: Arc<Vec<SenderShortId>>,
         times: Arc<SendTimes>,
-        stop: tokio::sync::watch::Receiver<bool>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Heard {
         let Self {
             network,
@@ -249,7 +249,6 @@ impl Client {
             }
         });
         let mut heard = Heard::default();
-        let mut stop = stop;
         let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
         loop {
             // What already arrived is counted before the stop.
