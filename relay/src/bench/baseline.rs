@@ -17,7 +17,10 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
         .iter()
         .map(|s| s.local_addr().map(|a| a.port().to_string()))
         .collect::<Result<_, _>>()?;
-    let child = Measured::spawn(&["udp-forward".into(), format!("--to={}", ports.join(","))])?;
+    let child = Measured::spawn(
+        &["udp-forward".into(), format!("--to={}", ports.join(","))],
+        options.forwarder_cpu,
+    )?;
     let forwarder: SocketAddr = child.line("udp-forward on")?.parse()?;
     let times = SendTimes::new(options.speakers);
     let (stop, stopped) = tokio::sync::watch::channel(false);

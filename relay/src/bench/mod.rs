@@ -68,6 +68,15 @@ pub struct BenchOptions {
     /// With `--orgs`: packets per second the relay lets each member send.
     #[arg(long, default_value_t = 100)]
     pub member_limit: u32,
+    /// Run the forwarder under test on a core of its own and the bench's clients on the others
+    /// (Linux, two cores or more), for both forwarders alike: the clients' work then never
+    /// interrupts the forwarder's, and rounds spread less. For comparing changes; the
+    /// headline figures are measured without it, as most relays share their core.
+    #[arg(long)]
+    pub pin: bool,
+    /// With `--pin`: the core the forwarders run on (the last one the bench may use).
+    #[arg(skip)]
+    pub forwarder_cpu: Option<usize>,
 }
 
 /// One forwarder's numbers.
@@ -123,6 +132,8 @@ pub struct BenchReport {
     pub speakers: usize,
     pub rate: u32,
     pub seconds: f64,
+    /// The core both forwarders ran on alone (`--pin`).
+    pub forwarder_cpu: Option<usize>,
     pub rounds: Vec<Round>,
     pub baseline: Measurement,
     pub relay: Measurement,
@@ -143,6 +154,11 @@ pub fn run(options: BenchOptions) -> Result<()> {
     }
     if options.orgs == 0 || options.member_limit == 0 || options.rounds == 0 {
         bail!("orgs, member-limit and rounds must be positive");
+    }
+    let mut options = options;
+    if options.pin {
+        // Before the runtime starts its threads: they inherit the clients' cores.
+        options.forwarder_cpu = Some(process::pin_apart()?);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -178,6 +194,7 @@ pub fn run(options: BenchOptions) -> Result<()> {
         speakers: options.speakers,
         rate: options.rate,
         seconds: options.seconds,
+        forwarder_cpu: options.forwarder_cpu,
         efficiency_ratio,
         added_latency_p50_us: median(|r| r.added_latency_p50_us as f64) as i64,
         added_latency_p99_us: median(|r| r.added_latency_p99_us as f64) as i64,
@@ -194,8 +211,12 @@ pub fn run(options: BenchOptions) -> Result<()> {
 }
 
 fn print_report(r: &BenchReport) {
+    let pinned = r
+        .forwarder_cpu
+        .map(|cpu| format!("; forwarders alone on core {cpu}"))
+        .unwrap_or_default();
     println!(
-        "{} subscribers, {} speaker(s) at {} packets/s, {} s",
+        "{} subscribers, {} speaker(s) at {} packets/s, {} s{pinned}",
         r.subscribers, r.speakers, r.rate, r.seconds
     );
     for m in [&r.baseline, &r.relay] {

@@ -27,6 +27,68 @@ pub fn udp_forward(to: &[u16]) -> Result<()> {
     }
 }
 
+/// Keeps this process (and the threads it starts from now on) off the last core it may use,
+/// and returns that core, for the forwarders (`--pin`).
+#[cfg(target_os = "linux")]
+pub(super) fn pin_apart() -> Result<usize> {
+    // SAFETY: sched_{get,set}affinity on this thread with a zeroed, properly sized set; the
+    // CPU_* helpers only touch the set.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut allowed) != 0 {
+            return Err(std::io::Error::last_os_error()).context("reading the CPU affinity");
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &allowed))
+            .collect();
+        let Some((&forwarder, clients)) = cpus.split_last().filter(|(_, rest)| !rest.is_empty())
+        else {
+            bail!(
+                "--pin needs two cores or more; this process may use {}",
+                cpus.len()
+            );
+        };
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in clients {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, size, &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("pinning the clients");
+        }
+        Ok(forwarder)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn pin_apart() -> Result<usize> {
+    bail!("--pin is for Linux")
+}
+
+/// Starts `command` on `cpu` alone.
+#[cfg(target_os = "linux")]
+fn pin_child(command: &mut Command, cpu: usize) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and makes one system call
+    // (async-signal-safe) on a set built on its own stack.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            match libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_child(_: &mut Command, _: usize) -> Result<()> {
+    bail!("--pin is for Linux")
+}
+
 /// A child process we measure; killed when dropped.
 pub(super) struct Measured {
     child: Child,
@@ -38,7 +100,8 @@ impl Measured {
     /// as `perf record -g --`, or `env LD_PRELOAD=…/libheaptrack_preload.so
     /// DUMP_HEAPTRACK_OUTPUT=FILE`, split at spaces): CPU time and memory are then read off the
     /// wrapper, which is the forwarder itself only when it execs it (`env`).
-    pub(super) fn spawn(args: &[String]) -> Result<Self> {
+    /// On `cpu` alone if given (`--pin`).
+    pub(super) fn spawn(args: &[String], cpu: Option<usize>) -> Result<Self> {
         let exe = std::env::current_exe().context("finding our own binary")?;
         let wrap = std::env::var("CALLSIGN_BENCH_WRAP").unwrap_or_default();
         let mut command = match wrap.split_whitespace().collect::<Vec<_>>().split_first() {
@@ -49,12 +112,28 @@ impl Measured {
             }
             None => Command::new(exe),
         };
+        if let Some(cpu) = cpu {
+            pin_child(&mut command, cpu)?;
+        }
         let mut child = command
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("starting the forwarder")?;
+        if let Some(cpu) = cpu {
+            // What the kernel says, not what we asked: a pin that did not take would compare
+            // the forwarders on a machine other than the one reported.
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+            let allowed = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(str::trim);
+            if allowed != Some(cpu.to_string().as_str()) {
+                let _ = child.kill();
+                bail!("the forwarder runs on cores {allowed:?}, not on core {cpu} alone");
+            }
+        }
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

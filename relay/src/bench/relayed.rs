@@ -372,11 +372,14 @@ pub(super) async fn run(
     setup: &BenchSetup,
     per_tick: impl Fn(usize) -> usize,
 ) -> Result<Run> {
-    let child = Measured::spawn(&[
-        "run".into(),
-        "--config".into(),
-        setup.dir.join("relay.toml").display().to_string(),
-    ])?;
+    let child = Measured::spawn(
+        &[
+            "run".into(),
+            "--config".into(),
+            setup.dir.join("relay.toml").display().to_string(),
+        ],
+        options.forwarder_cpu,
+    )?;
     let addresses: Vec<Multiaddr> = if setup.orgs.len() == 1 {
         vec![child.line("relay listening on")?.parse()?]
     } else {
