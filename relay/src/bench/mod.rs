@@ -71,7 +71,7 @@ pub struct BenchOptions {
     /// Run the forwarder under test on a core of its own and the bench's clients on the others
     /// (Linux, two cores or more), for both forwarders alike: the clients' work then never
     /// interrupts the forwarder's, and rounds spread less. For comparing changes; the
-    /// headline figures are measured without it, as most relays share their core.
+    /// headline figures are measured without it, as they always were, so they stay comparable.
     #[arg(long)]
     pub pin: bool,
     /// With `--pin`: the core the forwarders run on (the last one the bench may use).
