@@ -145,7 +145,7 @@ pub struct BenchReport {
 }
 
 /// Runs both measurements and prints the report.
-pub fn run(options: BenchOptions) -> Result<()> {
+pub fn run(mut options: BenchOptions) -> Result<()> {
     if options.subscribers < 2 || options.speakers == 0 || options.speakers > options.subscribers {
         bail!("need at least 2 subscribers and 1 to subscribers speakers");
     }
@@ -155,7 +155,6 @@ pub fn run(options: BenchOptions) -> Result<()> {
     if options.orgs == 0 || options.member_limit == 0 || options.rounds == 0 {
         bail!("orgs, member-limit and rounds must be positive");
     }
-    let mut options = options;
     if options.pin {
         // Before the runtime starts its threads: they inherit the clients' cores.
         options.forwarder_cpu = Some(process::pin_apart()?);

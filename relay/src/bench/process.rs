@@ -99,8 +99,8 @@ impl Measured {
     /// Runs our own binary with `args`; under `CALLSIGN_BENCH_WRAP` if set (a profiler such
     /// as `perf record -g --`, or `env LD_PRELOAD=…/libheaptrack_preload.so
     /// DUMP_HEAPTRACK_OUTPUT=FILE`, split at spaces): CPU time and memory are then read off the
-    /// wrapper, which is the forwarder itself only when it execs it (`env`).
-    /// On `cpu` alone if given (`--pin`).
+    /// wrapper, which is the forwarder itself only when it execs it (`env`). On `cpu` alone if
+    /// given (`--pin`).
     pub(super) fn spawn(args: &[String], cpu: Option<usize>) -> Result<Self> {
         let exe = std::env::current_exe().context("finding our own binary")?;
         let wrap = std::env::var("CALLSIGN_BENCH_WRAP").unwrap_or_default();
@@ -124,12 +124,8 @@ impl Measured {
         if let Some(cpu) = cpu {
             // What the kernel says, not what we asked: a pin that did not take would compare
             // the forwarders on a machine other than the one reported.
-            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
-            let allowed = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(str::trim);
-            if allowed != Some(cpu.to_string().as_str()) {
+            let allowed = status_field(child.id(), "Cpus_allowed_list");
+            if allowed.as_deref() != Some(cpu.to_string().as_str()) {
                 let _ = child.kill();
                 bail!("the forwarder runs on cores {allowed:?}, not on core {cpu} alone");
             }
@@ -185,15 +181,19 @@ impl Measured {
 
     /// Peak resident memory, KiB.
     pub(super) fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            })
+        status_field(self.child.id(), "VmHWM")
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// The value of one `/proc/<pid>/status` line (`name:` stripped, trimmed).
+fn status_field(pid: u32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(':')?;
+        Some(value.trim().to_owned())
+    })
 }
 
 impl Drop for Measured {
