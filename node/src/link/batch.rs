@@ -43,7 +43,8 @@ fn send_many(
     batch: &[(SocketAddr, &[u8])],
 ) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
-    let marker = marker.filter(|m| m.working());
+    // A socket marked by default marks these without a control message per datagram.
+    let marker = marker.filter(|m| m.working() && !m.marks_by_default());
     let (mut sent, mut failed) = (0, None);
     for chunk in batch.chunks(MAX_BATCH) {
         let mut controls = vec![[0u8; 64]; if marker.is_some() { chunk.len() } else { 0 }];

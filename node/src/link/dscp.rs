@@ -6,7 +6,10 @@
 //! [`TosMarker`] instead: one `sendmsg` per datagram with an `IP_TOS` (IPv4, and IPv4-mapped
 //! on a dual-stack socket) or `IPV6_TCLASS` control message of `dscp << 2 | ecn`. Where the
 //! kernel refuses the control message the marker turns itself off and quinn's path takes over
-//! (unmarked). Linux only; elsewhere sockets are not marked.
+//! (unmarked). The socket's own TOS is set to the mark as well, so the voice plane's datagrams,
+//! which carry no ECN bits, leave marked without a control message each (a relay's copies:
+//! one fewer thing for the kernel to parse per copy). Linux only; elsewhere sockets are not
+//! marked.
 //!
 //! What routers do with the mark: home routers with WMM put EF in the voice queue on Wi-Fi,
 //! which is most of the gain on a busy home network; many ISPs bleach or ignore it at their
@@ -29,6 +32,9 @@ pub struct TosMarker {
     dscp: u8,
     ipv6_socket: bool,
     working: AtomicBool,
+    /// The socket's own TOS / traffic class is the mark, so a datagram without ECN bits needs
+    /// no control message: the kernel parses none per datagram.
+    by_default: bool,
 }
 
 impl TosMarker {
@@ -39,12 +45,21 @@ impl TosMarker {
             return Ok(None);
         }
         let ipv6_socket = socket.local_addr()?.is_ipv6();
+        let by_default = mark_socket(socket, dscp << 2, ipv6_socket);
         Ok(Some(Self {
             socket: socket.try_clone()?,
             dscp,
             ipv6_socket,
             working: AtomicBool::new(true),
+            by_default,
         }))
+    }
+
+    /// Whether datagrams without ECN bits leave marked with no control message (the socket's
+    /// own TOS is the mark).
+    #[cfg(target_os = "linux")]
+    pub(super) fn marks_by_default(&self) -> bool {
+        self.by_default
     }
 
     /// The DSCP marked.
@@ -134,6 +149,33 @@ impl TosMarker {
         };
         (destination, encode_cmsg(buf, level, kind, tos))
     }
+}
+
+/// Sets `socket`'s own TOS (and, on an IPv6 socket, its traffic class; IPv4-mapped
+/// destinations take the TOS) to `tos`. Whether the kernel took every option.
+#[cfg(target_os = "linux")]
+fn mark_socket(socket: &UdpSocket, tos: u8, ipv6_socket: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let set = |level: i32, name: i32| {
+        let value = i32::from(tos);
+        // SAFETY: `value` is a live int of the size passed; the descriptor is `socket`'s.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&value as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    let v4 = set(libc::IPPROTO_IP, libc::IP_TOS);
+    v4 && (!ipv6_socket || set(libc::IPPROTO_IPV6, libc::IPV6_TCLASS))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn mark_socket(_socket: &UdpSocket, _tos: u8, _ipv6_socket: bool) -> bool {
+    false
 }
 
 #[cfg(target_os = "linux")]
