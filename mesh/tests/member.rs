@@ -5,7 +5,9 @@ mod common;
 
 use callsign_keys::{IdentityKey, InviteGrant, NodeKeys};
 use callsign_mesh::admission::JoinRequest;
+use callsign_mesh::charter::sync::SyncMessage;
 use callsign_mesh::charter::{ChannelId, OpBody};
+use callsign_mesh::control::ControlMessage;
 use callsign_mesh::member::{Command, Event, Input, LinkKind, LinkUp, Output, Role as MemberRole};
 use callsign_mesh::topology::Route;
 use common::net::{org, org_with_relays, Net, ROOT};
@@ -291,6 +293,63 @@ fn a_busy_channel_moves_to_the_rented_relay_which_forwards_what_it_cannot_open()
     assert_eq!(net.members[relay].role(), MemberRole::Relay);
     assert_eq!(net.members[relay].receiver().keys_held(), 0, "no audio key");
     assert!(net.played[relay].is_empty());
+}
+
+#[test]
+fn periodic_presence_and_heads_on_relay_links_are_announcements_and_nothing_else_is() {
+    let org = org(4, true, 2);
+    let relay = 4;
+    let mut net = Net::new(&org, 1);
+    net.mesh(&[0, 1, 2, 3]);
+    net.run_for(secs(80));
+    let count = |from: usize, to: usize| {
+        let (mut presence, mut heads) = (0, 0);
+        for (f, t, message) in &net.announced {
+            if (*f, *t) != (from, to) {
+                continue;
+            }
+            match message {
+                ControlMessage::Presence(_) => presence += 1,
+                ControlMessage::Sync(body) => match SyncMessage::decode(body) {
+                    Ok(SyncMessage::Heads { .. }) => heads += 1,
+                    other => panic!("{from} announced {other:?} to {to}"),
+                },
+                other => panic!("{from} announced {other:?} to {to}"),
+            }
+        }
+        (presence, heads)
+    };
+    for i in 0..4 {
+        // Presence every 10 s, heads every 15 s (jittered by a quarter), after the first of
+        // each, which goes reliably as the link comes up.
+        let (presence, heads) = count(i, relay);
+        assert!(
+            presence >= 5,
+            "member {i} announced its presence {presence} times"
+        );
+        assert!(heads >= 2, "member {i} announced its heads {heads} times");
+        // The relay announces its heads every minute (45 to 75 s apart).
+        assert!(
+            count(relay, i).1 >= 1,
+            "the relay announced its heads to {i}"
+        );
+        for j in (0..4).filter(|j| *j != i) {
+            assert_eq!(
+                count(i, j),
+                (0, 0),
+                "{i} → {j}: control between members stays ordered"
+            );
+        }
+    }
+    // What went as announcements kept the relay's view: it still forwards to everyone.
+    net.talk(2, org.channel, 50);
+    net.run_for(secs(1));
+    for listener in [0, 1, 3] {
+        assert!(
+            net.heard(listener, 2) >= 50,
+            "member {listener} heard the talker"
+        );
+    }
 }
 
 #[test]

@@ -76,6 +76,20 @@ async fn connect_stream_1000_datagrams_and_disconnect() {
         "{plane:?}"
     );
 
+    // Lossy control (a member's periodic announcement) rides the plane now that it is up and
+    // arrives as control; one larger than any path takes is left to the caller to send as
+    // control.
+    assert!(b.links.send_lossy_control(&a.peer, b"presence").unwrap());
+    let d = tokio::time::timeout(Duration::from_secs(2), a_datagrams.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (d.peer, &d.payload[..], d.control),
+        (b.peer, &b"presence"[..], true)
+    );
+    assert!(!b.links.send_lossy_control(&a.peer, &[7u8; 1200]).unwrap());
+
     // Datagram RTT on loopback is well under 50 ms.
     let rtt = b
         .links

@@ -158,7 +158,9 @@ pub struct CharterSync<P> {
     config: SyncConfig,
     rng: StdRng,
     peers: BTreeMap<P, Instant>,
-    outbox: VecDeque<(P, SyncMessage)>,
+    /// What to send, to whom, and whether it is a periodic announcement (which the next one
+    /// replaces, so a transport may lose it).
+    outbox: VecDeque<(P, SyncMessage, bool)>,
     events: VecDeque<SyncEvent>,
 }
 
@@ -206,13 +208,14 @@ impl<P: Ord + Clone> CharterSync<P> {
     pub fn handle_link_up(&mut self, peer: P, now: Instant) {
         let at = self.next_announce(now);
         self.peers.insert(peer.clone(), at);
-        self.outbox.push_back((peer, self.heads_message()));
+        let heads = self.heads_message();
+        self.queue((peer, heads));
     }
 
     /// The link to `peer` went down.
     pub fn handle_link_down(&mut self, peer: &P) {
         self.peers.remove(peer);
-        self.outbox.retain(|(p, _)| p != peer);
+        self.outbox.retain(|(p, _, _)| p != peer);
     }
 
     /// Periodic announcements.
@@ -226,7 +229,8 @@ impl<P: Ord + Clone> CharterSync<P> {
         for peer in due {
             let at = self.next_announce(now);
             self.peers.insert(peer.clone(), at);
-            self.outbox.push_back((peer, self.heads_message()));
+            let heads = self.heads_message();
+            self.outbox.push_back((peer, heads, true));
         }
     }
 
@@ -237,7 +241,18 @@ impl<P: Ord + Clone> CharterSync<P> {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<(P, SyncMessage)> {
+        self.poll_transmission()
+            .map(|(peer, message, _)| (peer, message))
+    }
+
+    /// The next message to send, and whether it is a periodic announcement of our heads: the
+    /// next one follows within the announce interval, so it may travel where it can be lost.
+    pub fn poll_transmission(&mut self) -> Option<(P, SyncMessage, bool)> {
         self.outbox.pop_front()
+    }
+
+    fn queue(&mut self, (peer, message): (P, SyncMessage)) {
+        self.outbox.push_back((peer, message, false));
     }
 
     /// The next event.
@@ -252,7 +267,7 @@ impl<P: Ord + Clone> CharterSync<P> {
         let encoded = op.encode();
         let peers: Vec<P> = self.peers.keys().cloned().collect();
         for peer in peers {
-            self.outbox.push_back((
+            self.queue((
                 peer,
                 SyncMessage::Ops {
                     org: self.org(),
@@ -280,7 +295,7 @@ impl<P: Ord + Clone> CharterSync<P> {
                     .copied()
                     .collect();
                 if !unknown.is_empty() {
-                    self.outbox.push_back((
+                    self.queue((
                         peer.clone(),
                         SyncMessage::Want {
                             org: self.org(),
@@ -312,7 +327,7 @@ impl<P: Ord + Clone> CharterSync<P> {
 
     fn send_difference(&mut self, peer: &P, want: &[OpHash], have: &[OpHash]) {
         for msg in self.difference(want, have) {
-            self.outbox.push_back((peer.clone(), msg));
+            self.queue((peer.clone(), msg));
         }
     }
 
@@ -345,7 +360,7 @@ impl<P: Ord + Clone> CharterSync<P> {
 
     fn send_chunk(&mut self, peer: &P, ops: Vec<Vec<u8>>, size: usize) {
         let msg = self.chunk(ops, size);
-        self.outbox.push_back((peer.clone(), msg));
+        self.queue((peer.clone(), msg));
     }
 
     fn chunk(&self, ops: Vec<Vec<u8>>, size: usize) -> SyncMessage {
@@ -368,7 +383,7 @@ impl<P: Ord + Clone> CharterSync<P> {
             self.events.push_back(SyncEvent::Rejected { hash, reason });
         }
         if !report.missing.is_empty() {
-            self.outbox.push_back((
+            self.queue((
                 from.clone(),
                 SyncMessage::Want {
                     org: self.org(),

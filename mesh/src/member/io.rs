@@ -218,6 +218,16 @@ pub enum Output {
         /// The outbox request number, for ordered messages.
         ordered: Option<u64>,
     },
+    /// A periodic control message that a newer one replaces (our presence, our charter heads)
+    /// on a link to or from a rented relay: it may travel unacknowledged (the link's voice
+    /// plane) and be lost, since the next one follows within the period. Where the runtime
+    /// cannot send it so, it sends it as unordered [`Output::Control`].
+    Announce {
+        /// To whom.
+        peer: PeerId,
+        /// An encoded [`ControlMessage`].
+        bytes: Vec<u8>,
+    },
     /// One voice datagram (already sealed, maybe enveloped) to each of `peers`, in order.
     Datagram {
         /// To whom.

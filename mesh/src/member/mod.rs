@@ -166,6 +166,8 @@ pub struct Member {
     next_relay_dial: Instant,
     /// The addresses of our last dial to each charter relay (`relay_dial`).
     relay_dialed_at: BTreeMap<IdentityKey, Vec<Multiaddr>>,
+    /// Where our own last link to each charter relay came from, as we told our peers.
+    relay_told: BTreeMap<IdentityKey, Multiaddr>,
     /// Members heard of but not linked, to dial at the given time unless they dial us first.
     dial_backs: BTreeMap<PeerId, (Instant, Vec<Multiaddr>)>,
     /// Circuit dials retried since the last link to each peer (`presence::dial_failed`).
@@ -245,6 +247,7 @@ impl Member {
             relay_addrs: BTreeMap::new(),
             next_relay_dial: now,
             relay_dialed_at: BTreeMap::new(),
+            relay_told: BTreeMap::new(),
             dial_backs: BTreeMap::new(),
             circuit_retries: BTreeMap::new(),
             circuit_dials: Default::default(),
@@ -539,6 +542,20 @@ impl Member {
             bytes: message.encode(),
             ordered: None,
         });
+    }
+
+    /// Sends a periodic `message` to `peer`: as an [`Output::Announce`] on a relay link, whose
+    /// members are many and whose upkeep the relay pays for, else in the outbox like all
+    /// control between members (where the order of presence and key grants matters).
+    fn announce(&mut self, peer: PeerId, message: ControlMessage) {
+        if matches!(self.link_role(&peer), Some(LinkRole::Relay(_))) {
+            self.outputs.push_back(Output::Announce {
+                peer,
+                bytes: message.encode(),
+            });
+        } else if let Some(control) = self.peers.get_mut(&peer) {
+            control.queue(message);
+        }
     }
 
     fn set_members(&mut self) {

@@ -368,8 +368,9 @@ impl Member {
             return;
         };
         let message = ControlMessage::Presence(record.encode());
-        for control in self.peers.values_mut() {
-            control.queue(message.clone());
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.announce(peer, message.clone());
         }
     }
 }

@@ -54,11 +54,20 @@ fn is_direct_quic(addr: &Multiaddr) -> bool {
 
 impl Member {
     /// A link to the charter relay `relay` came up from `remote`: remember it, and tell the
-    /// members we are linked to when it is news.
+    /// peers we are linked to unless our last link to it came from there too. Whether a peer
+    /// had told us of the address first does not matter: we pass on what we saw, not what we
+    /// heard, and the peers that told us are not the only ones that need it (a fellow relay of
+    /// our region learns where a relay restarted during a partition from its members, which
+    /// heard it from the other region's before they could link).
     pub(super) fn relay_seen_at(&mut self, relay: IdentityKey, remote: &Multiaddr) {
-        if !self.learn_relay_address(relay, remote) {
+        self.learn_relay_address(relay, remote);
+        if !self.state().relays.contains_key(&relay)
+            || !is_direct_quic(remote)
+            || self.relay_told.get(&relay) == Some(remote)
+        {
             return;
         }
+        self.relay_told.insert(relay, remote.clone());
         let message = ControlMessage::RelayAddress {
             relay,
             addr: remote.to_vec(),

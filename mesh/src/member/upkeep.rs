@@ -125,9 +125,12 @@ impl Member {
         if self.replan_due.is_some_and(|due| due <= now) {
             self.replan(now);
         }
-        while let Some((peer, message)) = self.sync.poll_transmit() {
-            if let Some(control) = self.peers.get_mut(&peer) {
-                control.queue(ControlMessage::Sync(message.encode()));
+        while let Some((peer, message, periodic)) = self.sync.poll_transmission() {
+            let message = ControlMessage::Sync(message.encode());
+            if periodic {
+                self.announce(peer, message);
+            } else if let Some(control) = self.peers.get_mut(&peer) {
+                control.queue(message);
             }
         }
         let mut added = 0;

@@ -7,6 +7,7 @@ use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::{
     ChannelId, ChannelPolicy, Charter, OpBody, Permissions, Priority, RelayInfo, Role,
 };
+use callsign_mesh::control::ControlMessage;
 use callsign_mesh::forward::{envelope, ForwarderConfig};
 use callsign_mesh::member::{
     Command, Event, Frame, Input, LinkKind, LinkUp, Member, MemberConfig, Output, Target,
@@ -57,6 +58,8 @@ pub struct Net {
     pub events: Vec<Vec<Event>>,
     pub transmit: Vec<Option<Target>>,
     pub forwarded: Vec<u64>,
+    /// Every `Output::Announce`: (from, to, the message).
+    pub announced: Vec<(usize, usize, ControlMessage)>,
 }
 
 pub struct Org {
@@ -224,6 +227,7 @@ impl Net {
             events: vec![Vec::new(); n],
             transmit: vec![None; n],
             forwarded: vec![0; n],
+            announced: Vec::new(),
         };
         for i in 0..n {
             net.drain(i);
@@ -326,6 +330,19 @@ impl Net {
                             ordered,
                         },
                     );
+                }
+                // Delivered as the unordered control it is where the runtime has no plane.
+                Output::Announce { peer, bytes } => {
+                    if let Some(to) = self.index(&peer) {
+                        let message = ControlMessage::decode(&bytes).expect("announced");
+                        self.announced.push((i, to, message));
+                        let control = Delivery::Control {
+                            from: i,
+                            bytes,
+                            ordered: None,
+                        };
+                        self.send(i, to, control);
+                    }
                 }
                 Output::Datagram { peers, bytes } => {
                     for peer in peers {

@@ -127,10 +127,14 @@ impl Driver {
                 },
                 at = tick.tick(), if self.audio => self.audio_tick(at.into_std())?,
                 Some(datagram) = self.network.datagrams.recv() => {
-                    let input = Input::Datagram {
-                        peer: datagram.peer,
-                        bytes: &datagram.payload,
-                        received_at: datagram.received_at,
+                    let input = if datagram.control {
+                        Input::Control(datagram.peer, datagram.payload.to_vec())
+                    } else {
+                        Input::Datagram {
+                            peer: datagram.peer,
+                            bytes: &datagram.payload,
+                            received_at: datagram.received_at,
+                        }
                     };
                     self.member.handle_input(now(), input);
                 }
@@ -516,6 +520,15 @@ impl Driver {
                 } => {
                     let control = &mut self.network.swarm.behaviour_mut().control;
                     control.send(&peer, bytes, ordered);
+                }
+                Output::Announce { peer, bytes } => {
+                    if !matches!(
+                        self.network.links.send_lossy_control(&peer, &bytes),
+                        Ok(true)
+                    ) {
+                        let control = &mut self.network.swarm.behaviour_mut().control;
+                        control.send(&peer, bytes, None);
+                    }
                 }
                 Output::Datagram { peers, bytes } => {
                     // Framed once: every copy shares the buffer.

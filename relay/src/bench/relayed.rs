@@ -254,7 +254,11 @@ impl Client {
             // What already arrived is counted before the stop.
             tokio::select! {
                 biased;
+                // The relay's periodic heads may arrive as lossy control: not a copy.
                 Some(datagram) = datagrams.recv() => {
+                    if datagram.control {
+                        continue;
+                    }
                     heard.copies += 1;
                     if let Ok((header, _)) = VoiceHeader::parse(&datagram.payload) {
                         if let Some(speaker) = speakers.iter().position(|s| *s == header.sender) {

@@ -4,12 +4,15 @@
 //!
 //! Datagram layout (docs/protocol.md, "Link datagrams"): `version (1) | kind | body`. Kinds:
 //! 0 application payload, 1 ping, 2 pong (the body echoed), 3 voice plane ready (empty, or the
-//! sender's heartbeat interval in ms as a u16), 4 heartbeat (empty). Anything else is counted
-//! as malformed and dropped.
+//! sender's heartbeat interval in ms as a u16), 4 heartbeat (empty), 5 lossy control (an encoded
+//! control message that may be lost; on the voice plane only). Anything else is counted as malformed and
+//! dropped.
 //!
 //! Application datagrams go on the voice plane (`link::plane`) once the peer has announced it:
 //! sealed per link and sent beside the QUIC connection, in one system call for many peers
-//! ([`Links::send_framed_to_many`]). Pings, pongs and announcements stay in QUIC.
+//! ([`Links::send_framed_to_many`]). Pings, pongs and announcements stay in QUIC. Lossy control
+//! goes on the plane only ([`Links::send_lossy_control`]); until the plane is up its sender
+//! sends it as control.
 
 mod route;
 
@@ -39,6 +42,10 @@ const KIND_PONG: u8 = 2;
 pub(super) const KIND_PLANE_READY: u8 = 3;
 /// Liveness only: a link that promised heartbeats had nothing else to send.
 pub(crate) const KIND_HEARTBEAT: u8 = 4;
+/// A periodic control message that the next one replaces (`mesh::member::Output::Announce`):
+/// on the voice plane only, never acknowledged, handed to the node as control from the link's
+/// peer.
+pub(crate) const KIND_CONTROL: u8 = 5;
 /// Version and kind.
 pub(crate) const FRAME_HEADER: usize = 2;
 const HEADER: usize = FRAME_HEADER;
@@ -54,6 +61,8 @@ pub struct IncomingDatagram {
     pub payload: Bytes,
     /// When the link layer handed it over (tokio time): a relay's forwarding latency starts here.
     pub received_at: std::time::Instant,
+    /// Lossy control (kind 5): `payload` is a control message, not voice.
+    pub control: bool,
 }
 
 /// Something that happened to a link.
@@ -336,6 +345,32 @@ impl Links {
         Ok(())
     }
 
+    /// Sends lossy control (an encoded control message the next one replaces: the member's
+    /// `Output::Announce`) to `peer` on the voice plane. `Ok(false)`: it cannot go there (the plane is not up yet, or the
+    /// message is larger than any path takes), and the caller sends it as control instead.
+    /// Once handed to the kernel it may be lost, like voice.
+    pub fn send_lossy_control(&self, peer: &PeerId, message: &[u8]) -> Result<bool, LinkError> {
+        if message.len() + HEADER > ALWAYS_FITS {
+            return Ok(false);
+        }
+        let frame = Self::frame(KIND_CONTROL, message);
+        let (sealed, to, socket) = {
+            let state = self.state();
+            match route(&state, &self.counters, peer, &frame)? {
+                Route::Quic(_) => return Ok(false),
+                Route::Plane(plane, to, socket) => {
+                    let mut sealed = Vec::with_capacity(frame.len() + super::plane::OVERHEAD);
+                    plane.seal_into(&frame, &mut sealed);
+                    plane.sent_at(Self::clock_ms(self.epoch));
+                    (sealed, to, socket.clone())
+                }
+            }
+        };
+        let n = socket.send_many(&[(to, &sealed)]);
+        plane_sent(&self.counters, self.plane.stats(), n);
+        Ok(true)
+    }
+
     /// Sends one framed datagram (from [`Links::frame_datagram`]) to each of `peers`: what a
     /// relay does with a packet. Copies on the plane are sealed per peer and handed to the
     /// kernel together; the rest go in QUIC. Returns how many were sent; a peer without a link
@@ -537,6 +572,7 @@ impl Links {
                     peer,
                     payload: body,
                     received_at: tokio::time::Instant::now().into_std(),
+                    control: false,
                 };
                 if self.incoming.try_send(incoming).is_err() {
                     self.counters.queue_full.fetch_add(1, Ordering::Relaxed);

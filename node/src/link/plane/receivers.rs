@@ -6,7 +6,7 @@ use super::HEADER_LEN;
 use super::{lock, nonce, parse_header, CounterWindow, PlaneDrop, PlaneKeysReceive, PlaneLink};
 use crate::link::forwarding::PlaneForwarder;
 use crate::link::links::{
-    IncomingDatagram, Links, DATAGRAM_VERSION, FRAME_HEADER, KIND_APP, KIND_HEARTBEAT,
+    IncomingDatagram, Links, DATAGRAM_VERSION, FRAME_HEADER, KIND_APP, KIND_CONTROL, KIND_HEARTBEAT,
 };
 use bytes::Bytes;
 use callsign_mesh::forward::ForwardView;
@@ -196,14 +196,15 @@ impl PlaneReceivers {
     /// Forwards an opened datagram here if it is a rented relay's enveloped voice, else queues
     /// it for the node; returns the counter it counts under.
     fn deliver(&self, opened: IncomingDatagram) -> &AtomicU64 {
-        let here = self.forwarding.get().is_some_and(|f| {
-            f.forward(
-                &opened.peer,
-                &opened.payload,
-                opened.received_at,
-                &self.stats,
-            )
-        });
+        let here = !opened.control
+            && self.forwarding.get().is_some_and(|f| {
+                f.forward(
+                    &opened.peer,
+                    &opened.payload,
+                    opened.received_at,
+                    &self.stats,
+                )
+            });
         if here {
             self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             return &self.stats.received;
@@ -251,17 +252,22 @@ impl PlaneReceivers {
         if len < FRAME_HEADER || body[0] != DATAGRAM_VERSION {
             return Err(PlaneDrop::Malformed);
         }
-        match body[1] {
-            KIND_APP => link.link.voice_at(Links::clock_ms_at(self.epoch, clock)),
+        let control = match body[1] {
+            KIND_APP => {
+                link.link.voice_at(Links::clock_ms_at(self.epoch, clock));
+                false
+            }
+            KIND_CONTROL if len > FRAME_HEADER => true,
             KIND_HEARTBEAT if len == FRAME_HEADER => return Ok(None),
             _ => return Err(PlaneDrop::Malformed),
-        }
+        };
         body.truncate(len);
         let payload = Bytes::from(body).slice(FRAME_HEADER..);
         Ok(Some(IncomingDatagram {
             peer: link.peer,
             payload,
             received_at: now,
+            control,
         }))
     }
 }
@@ -397,7 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn an_authentic_datagram_is_voice_a_heartbeat_or_malformed() {
+    fn an_authentic_datagram_is_voice_lossy_control_a_heartbeat_or_malformed() {
         let mut e = ends(PeerId::random());
         for frame in [
             &b""[..],
@@ -405,11 +411,24 @@ mod tests {
             b"\x02\x00v",
             b"\x01\x01ping",
             b"\x01\x04x",
+            b"\x01\x05",
         ] {
             e.at_server.receive(&sealed(&e.client, frame), FROM);
         }
         assert!(e.to_server.try_recv().is_err());
-        assert_eq!(e.at_server.counts().malformed, 5);
+        assert_eq!(e.at_server.counts().malformed, 6);
+        // Voice and lossy control (a control message) are told apart.
+        e.at_server
+            .receive(&sealed(&e.client, b"\x01\x00voice"), FROM);
+        e.at_server
+            .receive(&sealed(&e.client, b"\x01\x05control"), FROM);
+        let voice = e.to_server.try_recv().unwrap();
+        let control = e.to_server.try_recv().unwrap();
+        assert_eq!((&voice.payload[..], voice.control), (&b"voice"[..], false));
+        assert_eq!(
+            (&control.payload[..], control.control),
+            (&b"control"[..], true)
+        );
         // An empty heartbeat is liveness only.
         assert!(e.server.take_heard());
         e.at_server.receive(&sealed(&e.client, b"\x01\x04"), FROM);
