@@ -153,6 +153,13 @@ impl State {
     }
 }
 
+/// A datagram sealed for a peer's plane (with its destination and the socket it leaves by), or
+/// the connection to send it in QUIC instead.
+enum Sealed {
+    Plane((Vec<u8>, SocketAddr, Arc<LinkSocket>)),
+    Quic(quinn::Connection),
+}
+
 /// One QUIC connection and its voice plane, if both ends have one.
 #[derive(Clone)]
 pub(super) struct Connection {
@@ -323,52 +330,63 @@ impl Links {
 
     /// Sends a datagram framed by [`Links::frame_datagram`] to `peer`.
     pub fn send_framed(&self, peer: &PeerId, frame: Bytes) -> Result<(), LinkError> {
-        // Sealed under the registry's lock; sent after it.
-        let (sealed, to, socket) = {
-            let state = self.state();
-            match route(&state, &self.counters, peer, &frame)? {
-                Route::Quic(connection) => {
-                    drop(state);
-                    return self.send_quic(connection, frame);
-                }
-                Route::Plane(plane, to, socket) => {
-                    let mut sealed = Vec::with_capacity(frame.len() + super::plane::OVERHEAD);
-                    plane.seal_into(&frame, &mut sealed);
-                    let now_ms = Self::clock_ms(self.epoch);
-                    plane.sent_voice_at(now_ms);
-                    (sealed, to, socket.clone())
-                }
+        match self.seal_for_plane(peer, &frame, true)? {
+            Sealed::Quic(connection) => self.send_quic(connection, frame),
+            Sealed::Plane(sealed) => {
+                self.send_sealed(sealed);
+                Ok(())
             }
-        };
-        let n = socket.send_many(&[(to, &sealed)]);
-        plane_sent(&self.counters, self.plane.stats(), n);
-        Ok(())
+        }
     }
 
     /// Sends lossy control (an encoded control message the next one replaces: the member's
-    /// `Output::Announce`) to `peer` on the voice plane. `Ok(false)`: it cannot go there (the plane is not up yet, or the
-    /// message is larger than any path takes), and the caller sends it as control instead.
-    /// Once handed to the kernel it may be lost, like voice.
+    /// `Output::Announce`) to `peer` on the voice plane. `Ok(false)`: it cannot go there (the
+    /// plane is not up yet, or the message is larger than any path takes), and the caller
+    /// sends it as control instead. Once handed to the kernel it may be lost, like voice.
     pub fn send_lossy_control(&self, peer: &PeerId, message: &[u8]) -> Result<bool, LinkError> {
         if message.len() + HEADER > ALWAYS_FITS {
             return Ok(false);
         }
         let frame = Self::frame(KIND_CONTROL, message);
-        let (sealed, to, socket) = {
-            let state = self.state();
-            match route(&state, &self.counters, peer, &frame)? {
-                Route::Quic(_) => return Ok(false),
-                Route::Plane(plane, to, socket) => {
-                    let mut sealed = Vec::with_capacity(frame.len() + super::plane::OVERHEAD);
-                    plane.seal_into(&frame, &mut sealed);
-                    plane.sent_at(Self::clock_ms(self.epoch));
-                    (sealed, to, socket.clone())
-                }
+        match self.seal_for_plane(peer, &frame, false)? {
+            Sealed::Quic(_) => Ok(false),
+            Sealed::Plane(sealed) => {
+                self.send_sealed(sealed);
+                Ok(true)
             }
-        };
+        }
+    }
+
+    /// `frame` sealed on `peer`'s plane (the link marked as sent now, and as carrying voice if
+    /// `voice`), under the registry's lock; or, where the peer has no plane yet, its
+    /// connection for QUIC.
+    fn seal_for_plane(
+        &self,
+        peer: &PeerId,
+        frame: &[u8],
+        voice: bool,
+    ) -> Result<Sealed, LinkError> {
+        let state = self.state();
+        Ok(match route(&state, &self.counters, peer, frame)? {
+            Route::Quic(connection) => Sealed::Quic(connection),
+            Route::Plane(plane, to, socket) => {
+                let mut sealed = Vec::with_capacity(frame.len() + super::plane::OVERHEAD);
+                plane.seal_into(frame, &mut sealed);
+                let now_ms = Self::clock_ms(self.epoch);
+                if voice {
+                    plane.sent_voice_at(now_ms);
+                } else {
+                    plane.sent_at(now_ms);
+                }
+                Sealed::Plane((sealed, to, socket.clone()))
+            }
+        })
+    }
+
+    /// Sends what [`Links::seal_for_plane`] sealed, after the registry's lock.
+    fn send_sealed(&self, (sealed, to, socket): (Vec<u8>, SocketAddr, Arc<LinkSocket>)) {
         let n = socket.send_many(&[(to, &sealed)]);
         plane_sent(&self.counters, self.plane.stats(), n);
-        Ok(true)
     }
 
     /// Sends one framed datagram (from [`Links::frame_datagram`]) to each of `peers`: what a
