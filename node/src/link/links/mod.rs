@@ -4,9 +4,9 @@
 //!
 //! Datagram layout (docs/protocol.md, "Link datagrams"): `version (1) | kind | body`. Kinds:
 //! 0 application payload, 1 ping, 2 pong (the body echoed), 3 voice plane ready (empty, or the
-//! sender's heartbeat interval in ms as a u16), 4 heartbeat (empty), 5 lossy control (an encoded
-//! control message that may be lost; on the voice plane only). Anything else is counted as malformed and
-//! dropped.
+//! sender's heartbeat interval in ms as a u16), 4 heartbeat (empty), 5 lossy control (an
+//! encoded control message that may be lost; on the voice plane only). Anything else is
+//! counted as malformed and dropped.
 //!
 //! Application datagrams go on the voice plane (`link::plane`) once the peer has announced it:
 //! sealed per link and sent beside the QUIC connection, in one system call for many peers
