@@ -176,6 +176,31 @@ fn the_bench_runs_both_forwarders_and_every_copy_arrives() {
 }
 
 #[test]
+fn the_bench_can_run_both_forwarders_at_once() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--subscribers",
+            "4",
+            "--seconds",
+            "1",
+            "--together",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["together"], true, "{report}");
+    for side in ["baseline", "relay"] {
+        let m = &report[side];
+        assert_eq!(m["copies_delivered"], 150, "{report}");
+        // Each forwarder's CPU is its own, measured over the same second.
+        assert!(m["cpu_percent"].as_f64().unwrap() > 0.0, "{report}");
+    }
+}
+
+#[test]
 fn sighup_starts_an_org_added_to_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let relay = make_key(dir.path());

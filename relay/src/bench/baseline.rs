@@ -54,6 +54,7 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
         }));
     }
     let payload = vec![0x5a; options.payload + 30];
+    options.ready().await;
     let cpu_before = child.cpu()?;
     let started = Instant::now();
     let sent = speak(options, |speaker, seq| {

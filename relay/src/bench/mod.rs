@@ -54,8 +54,8 @@ pub struct BenchOptions {
     #[arg(long)]
     pub json: bool,
     /// Without `--orgs`: measure both forwarders this many times, alternating; the report's
-    /// ratios are the medians over rounds, as one round's machine noise (±0.05 in the ratio)
-    /// is larger than most changes worth measuring.
+    /// ratios are the medians over rounds, as one round's machine noise (±0.05 to ±0.2 in the
+    /// ratio) is larger than most changes worth measuring (see also `--together`).
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// Serve this many orgs from one relay process (each with `--subscribers` members and
@@ -77,6 +77,24 @@ pub struct BenchOptions {
     /// With `--pin`: the core the forwarders run on (the last one the bench may use).
     #[arg(skip)]
     pub forwarder_cpu: Option<usize>,
+    /// Without `--orgs`: in each round both forwarders forward at the same time, each for its
+    /// own clients, so whatever slows the machine for a while (a neighbour on the host, the
+    /// clock) weighs on both alike instead of on one round's turn. Their latencies then
+    /// include each other's load: for comparing changes by their ratios.
+    #[arg(long)]
+    pub together: bool,
+    /// With `--together`: where both forwarders' clients wait for each other before speaking.
+    #[arg(skip)]
+    start: Option<Arc<tokio::sync::Barrier>>,
+}
+
+impl BenchOptions {
+    /// Waits until the other forwarder's clients are ready too (`--together`).
+    async fn ready(&self) {
+        if let Some(start) = &self.start {
+            start.wait().await;
+        }
+    }
 }
 
 /// One forwarder's numbers.
@@ -134,6 +152,8 @@ pub struct BenchReport {
     pub seconds: f64,
     /// The core both forwarders ran on alone (`--pin`).
     pub forwarder_cpu: Option<usize>,
+    /// Both forwarders forwarded at the same time (`--together`).
+    pub together: bool,
     pub rounds: Vec<Round>,
     pub baseline: Measurement,
     pub relay: Measurement,
@@ -174,8 +194,18 @@ pub fn run(mut options: BenchOptions) -> Result<()> {
     }
     let mut measured = Vec::new();
     for _ in 0..options.rounds {
-        let baseline = runtime.block_on(baseline::measure(&options))?;
-        let relay = runtime.block_on(relayed::measure(&options))?;
+        let (baseline, relay) = if options.together {
+            let both = BenchOptions {
+                start: Some(Arc::new(tokio::sync::Barrier::new(2))),
+                ..options.clone()
+            };
+            runtime.block_on(async {
+                tokio::try_join!(baseline::measure(&both), relayed::measure(&both))
+            })?
+        } else {
+            let baseline = runtime.block_on(baseline::measure(&options))?;
+            (baseline, runtime.block_on(relayed::measure(&options))?)
+        };
         measured.push((Round::of(&baseline, &relay), baseline, relay));
     }
     let rounds: Vec<Round> = measured.iter().map(|(round, _, _)| *round).collect();
@@ -194,6 +224,7 @@ pub fn run(mut options: BenchOptions) -> Result<()> {
         rate: options.rate,
         seconds: options.seconds,
         forwarder_cpu: options.forwarder_cpu,
+        together: options.together,
         efficiency_ratio,
         added_latency_p50_us: median(|r| r.added_latency_p50_us as f64) as i64,
         added_latency_p99_us: median(|r| r.added_latency_p99_us as f64) as i64,
@@ -214,6 +245,10 @@ fn print_report(r: &BenchReport) {
         .forwarder_cpu
         .map(|cpu| format!("; forwarders alone on core {cpu}"))
         .unwrap_or_default();
+    let pinned = match r.together {
+        true => format!("{pinned}; both forwarders at once"),
+        false => pinned,
+    };
     println!(
         "{} subscribers, {} speaker(s) at {} packets/s, {} s{pinned}",
         r.subscribers, r.speakers, r.rate, r.seconds

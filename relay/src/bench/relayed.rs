@@ -472,6 +472,7 @@ pub(super) async fn run(
     let counts: Vec<usize> = (0..setup.orgs.len()).map(&per_tick).collect();
     let payload = vec![0x5a; options.payload];
     let mut sent = vec![0u64; setup.orgs.len()];
+    options.ready().await;
     let cpu_before = child.cpu()?;
     let started = Instant::now();
     speak(options, |speaker, tick| {
