@@ -135,26 +135,25 @@ fn refuses_to_start_with_a_clear_reason() {
     run_fails(dir.path(), "unknown config version 9");
 }
 
+/// `callsign-relay bench --json` with `args`, which must succeed: its report.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn the_bench_runs_both_forwarders_and_every_copy_arrives() {
     // Where there are two cores, the forwarders run alone on one of them.
     let pin = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "--subscribers",
-            "4",
-            "--seconds",
-            "1",
-            "--rounds",
-            "2",
-            "--json",
-        ])
-        .args(pin.then_some("--pin"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args = vec!["--subscribers", "4", "--seconds", "1", "--rounds", "2"];
+    args.extend(pin.then_some("--pin"));
+    let report = bench_json(&args);
     for side in ["baseline", "relay"] {
         let m = &report[side];
         // 50 frames to 3 other subscribers each.
@@ -177,20 +176,7 @@ fn the_bench_runs_both_forwarders_and_every_copy_arrives() {
 
 #[test]
 fn the_bench_can_run_both_forwarders_at_once() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "--subscribers",
-            "4",
-            "--seconds",
-            "1",
-            "--together",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = bench_json(&["--subscribers", "4", "--seconds", "1", "--together"]);
     assert_eq!(report["together"], true, "{report}");
     for side in ["baseline", "relay"] {
         let m = &report[side];
@@ -248,21 +234,7 @@ fn sighup_starts_an_org_added_to_the_file() {
 
 #[test]
 fn the_orgs_bench_keeps_a_quiet_org_whole_while_another_floods() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "--orgs",
-            "2",
-            "--subscribers",
-            "3",
-            "--seconds",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = bench_json(&["--orgs", "2", "--subscribers", "3", "--seconds", "1"]);
     for org in report["quiet"]["orgs"].as_array().unwrap() {
         assert_eq!(org["copies_delivered"], org["copies_expected"], "{report}");
     }
