@@ -209,7 +209,7 @@ impl<P: Ord + Clone> CharterSync<P> {
         let at = self.next_announce(now);
         self.peers.insert(peer.clone(), at);
         let heads = self.heads_message();
-        self.queue((peer, heads));
+        self.queue(peer, heads);
     }
 
     /// The link to `peer` went down.
@@ -251,7 +251,7 @@ impl<P: Ord + Clone> CharterSync<P> {
         self.outbox.pop_front()
     }
 
-    fn queue(&mut self, (peer, message): (P, SyncMessage)) {
+    fn queue(&mut self, peer: P, message: SyncMessage) {
         self.outbox.push_back((peer, message, false));
     }
 
@@ -267,13 +267,13 @@ impl<P: Ord + Clone> CharterSync<P> {
         let encoded = op.encode();
         let peers: Vec<P> = self.peers.keys().cloned().collect();
         for peer in peers {
-            self.queue((
+            self.queue(
                 peer,
                 SyncMessage::Ops {
                     org: self.org(),
                     ops: vec![encoded.clone()],
                 },
-            ));
+            );
         }
         Ok(op)
     }
@@ -295,14 +295,14 @@ impl<P: Ord + Clone> CharterSync<P> {
                     .copied()
                     .collect();
                 if !unknown.is_empty() {
-                    self.queue((
+                    self.queue(
                         peer.clone(),
                         SyncMessage::Want {
                             org: self.org(),
                             want: unknown,
                             have: self.charter.heads(),
                         },
-                    ));
+                    );
                 }
                 if heads != self.charter.heads() {
                     // Whatever they lack of ours, without waiting for them to ask.
@@ -327,7 +327,7 @@ impl<P: Ord + Clone> CharterSync<P> {
 
     fn send_difference(&mut self, peer: &P, want: &[OpHash], have: &[OpHash]) {
         for msg in self.difference(want, have) {
-            self.queue((peer.clone(), msg));
+            self.queue(peer.clone(), msg);
         }
     }
 
@@ -360,7 +360,7 @@ impl<P: Ord + Clone> CharterSync<P> {
 
     fn send_chunk(&mut self, peer: &P, ops: Vec<Vec<u8>>, size: usize) {
         let msg = self.chunk(ops, size);
-        self.queue((peer.clone(), msg));
+        self.queue(peer.clone(), msg);
     }
 
     fn chunk(&self, ops: Vec<Vec<u8>>, size: usize) -> SyncMessage {
@@ -383,14 +383,14 @@ impl<P: Ord + Clone> CharterSync<P> {
             self.events.push_back(SyncEvent::Rejected { hash, reason });
         }
         if !report.missing.is_empty() {
-            self.queue((
+            self.queue(
                 from.clone(),
                 SyncMessage::Want {
                     org: self.org(),
                     want: report.missing,
                     have: self.charter.heads(),
                 },
-            ));
+            );
         }
         if report.added.is_empty() {
             return;

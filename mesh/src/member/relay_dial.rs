@@ -61,10 +61,7 @@ impl Member {
     /// heard it from the other region's before they could link).
     pub(super) fn relay_seen_at(&mut self, relay: IdentityKey, remote: &Multiaddr) {
         self.learn_relay_address(relay, remote);
-        if !self.state().relays.contains_key(&relay)
-            || !is_direct_quic(remote)
-            || self.relay_told.get(&relay) == Some(remote)
-        {
+        if !self.is_relay_hint(&relay, remote) || self.relay_told.get(&relay) == Some(remote) {
             return;
         }
         self.relay_told.insert(relay, remote.clone());
@@ -105,8 +102,13 @@ impl Member {
         }
     }
 
+    /// Whether `addr` may be a hint for `relay`: a charter relay, at a direct QUIC address.
+    fn is_relay_hint(&self, relay: &IdentityKey, addr: &Multiaddr) -> bool {
+        self.state().relays.contains_key(relay) && is_direct_quic(addr)
+    }
+
     fn learn_relay_address(&mut self, relay: IdentityKey, addr: &Multiaddr) -> bool {
-        if !self.state().relays.contains_key(&relay) || !is_direct_quic(addr) {
+        if !self.is_relay_hint(&relay, addr) {
             return false;
         }
         let kept = self.relay_addrs.entry(relay).or_default();
