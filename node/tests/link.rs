@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 mod common;
-use common::link::{dial_opts, node, serve, serve_on};
+use common::link::{configured_node, dial_opts, node, serve, serve_on};
 
 #[tokio::test]
 async fn connect_stream_1000_datagrams_and_disconnect() {
@@ -112,6 +112,58 @@ async fn connect_stream_1000_datagrams_and_disconnect() {
     .unwrap();
     assert_eq!(down, b.peer);
     assert!(!b.links.is_connected(&a.peer));
+}
+
+/// A dial to a peer marked as the org's rented relay keeps the link open with
+/// `relay_keep_alive`; other dials ping at `keep_alive`. (Shortened here: 100 ms and 1 s.)
+#[tokio::test]
+async fn links_to_a_rented_relay_ping_at_the_relay_keep_alive() {
+    // The relay's end pings only after 2 s without a packet, as a relay does, so the pings
+    // counted are the dialers' own.
+    let relay = configured_node(LinkConfig {
+        keep_alive: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(3),
+        ..LinkConfig::default()
+    });
+    let member = || {
+        configured_node(LinkConfig {
+            keep_alive: Duration::from_millis(100),
+            relay_keep_alive: Duration::from_secs(1),
+            relay_idle_timeout: Duration::from_secs(3),
+            ..LinkConfig::default()
+        })
+    };
+    let (plain, mut marked) = (member(), member());
+    let relay_peer = relay.peer;
+    let (addr, mut accepted) = serve(relay.transport, relay_peer).await;
+    marked.links.set_rented_relay(relay_peer, true);
+    assert!(marked.links.is_rented_relay(&relay_peer));
+    let mut muxers = Vec::new();
+    for dialer in [&mut marked, &mut { plain }] {
+        let (peer, muxer) = dialer
+            .transport
+            .dial(addr.clone(), dial_opts())
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(peer, relay_peer);
+        muxers.push((dialer.links.clone(), muxer, accepted.recv().await.unwrap()));
+    }
+    // Path MTU probes are pings too: counted from when they are over.
+    let pings = |links: &Links| links.quic_stats(&relay_peer).unwrap().frame_tx.ping;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = [pings(&muxers[0].0), pings(&muxers[1].0)];
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let marked_pings = pings(&muxers[0].0) - before[0];
+    let plain_pings = pings(&muxers[1].0) - before[1];
+    assert!(
+        plain_pings >= 8,
+        "a plain link pinged {plain_pings} times in 2 s"
+    );
+    assert!(
+        marked_pings <= 3,
+        "a rented relay's link pinged {marked_pings} times in 2 s"
+    );
 }
 
 #[tokio::test]

@@ -159,6 +159,8 @@ pub struct QuicTransport {
     /// certificate (a P-256 key and two signatures), which was a large share of a big mesh's
     /// start. The dialed peer's identity is checked once the handshake is done.
     client: quinn::ClientConfig,
+    /// `client` for dials to the org's rented relays ([`Links::set_rented_relay`]).
+    client_to_relay: quinn::ClientConfig,
 }
 
 impl QuicTransport {
@@ -179,8 +181,10 @@ impl QuicTransport {
         .map_err(LinkError::Io)?;
         links.attach(&socket, &config);
         let client = config.client(&keypair)?;
+        let client_to_relay = config.client_to_relay(&client)?;
         Ok(Self {
             client,
+            client_to_relay,
             keypair,
             config,
             socket,
@@ -415,9 +419,13 @@ impl Transport for QuicTransport {
                 "a dial to {remote} is in flight already"
             )))
         })?;
+        let client = match expected {
+            Some(peer) if self.links.is_rented_relay(&peer) => &self.client_to_relay,
+            _ => &self.client,
+        };
         let connecting = self
             .endpoint
-            .connect_with(self.client.clone(), remote, "l")
+            .connect_with(client.clone(), remote, "l")
             .map_err(|e| TransportError::Other(LinkError::Connect(e)))?;
         let superseded = expected.map(|peer| self.dials.register(peer));
         let dials = self.dials.clone();

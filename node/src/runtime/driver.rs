@@ -551,6 +551,15 @@ impl Driver {
                     addrs,
                     condition,
                 } => {
+                    if let Some(peer) = peer {
+                        let rented = self
+                            .member
+                            .state()
+                            .relays
+                            .keys()
+                            .any(|r| r.peer_id() == peer);
+                        self.network.links.set_rented_relay(peer, rented);
+                    }
                     let result = match peer {
                         Some(peer) => self.network.swarm.dial(
                             DialOpts::peer_id(peer)

@@ -26,17 +26,20 @@ pub fn node() -> Node {
 
 /// A link endpoint on loopback marking its datagrams with `dscp` (`None`: unmarked).
 pub fn marked_node(dscp: Option<u8>) -> Node {
+    endpoint(LinkConfig::default(), dscp)
+}
+
+/// A link endpoint on loopback with `config`.
+pub fn configured_node(config: LinkConfig) -> Node {
+    endpoint(config, Some(DSCP_EF))
+}
+
+fn endpoint(config: LinkConfig, dscp: Option<u8>) -> Node {
     let keypair = Keypair::generate_ed25519();
     let (links, datagrams) = Links::new(4096);
     let socket = LinkSocket::bind_tokio_marked("127.0.0.1:0".parse().unwrap(), dscp).unwrap();
     assert_eq!(socket.dscp(), dscp);
-    let transport = QuicTransport::new(
-        keypair.clone(),
-        LinkConfig::default(),
-        socket,
-        links.clone(),
-    )
-    .unwrap();
+    let transport = QuicTransport::new(keypair.clone(), config, socket, links.clone()).unwrap();
     Node {
         peer: keypair.public().to_peer_id(),
         links,

@@ -194,6 +194,8 @@ impl Client {
             },
             socket,
         )?;
+        // Dialed as a member's node dials its org's rented relay.
+        network.links.set_rented_relay(relay_peer, true);
         network.swarm.dial(relay.clone())?;
         let subscription = Subscription::sign(
             &keys.identity,

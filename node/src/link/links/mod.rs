@@ -128,6 +128,8 @@ pub(super) struct State {
     /// its task runs.
     pub(super) heartbeat: Option<super::Heartbeat>,
     heartbeat_running: bool,
+    /// Peers that are the org's rented relays: dialed with `LinkConfig::relay_keep_alive`.
+    rented_relays: std::collections::BTreeSet<PeerId>,
 }
 
 impl State {
@@ -258,6 +260,27 @@ impl Links {
 
     pub fn peers(&self) -> Vec<PeerId> {
         self.state().peers.keys().copied().collect()
+    }
+
+    /// Says whether `peer` is one of the org's rented relays, which this node's dials to it
+    /// then treat as such (`LinkConfig::relay_keep_alive`).
+    pub fn set_rented_relay(&self, peer: PeerId, rented: bool) {
+        let mut state = self.state();
+        if rented {
+            state.rented_relays.insert(peer);
+        } else {
+            state.rented_relays.remove(&peer);
+        }
+    }
+
+    pub fn is_rented_relay(&self, peer: &PeerId) -> bool {
+        self.state().rented_relays.contains(peer)
+    }
+
+    /// QUIC's statistics for the link to `peer` (its newest connection), for tests.
+    #[doc(hidden)]
+    pub fn quic_stats(&self, peer: &PeerId) -> Option<quinn::ConnectionStats> {
+        self.connection(peer).ok().map(|c| c.stats())
     }
 
     pub fn is_connected(&self, peer: &PeerId) -> bool {
