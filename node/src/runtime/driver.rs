@@ -154,10 +154,11 @@ impl Driver {
                     let now = now();
                     if self.rtts_given.is_none_or(|at| now.saturating_duration_since(at) >= RTT_EVERY) {
                         self.rtts_given = Some(now);
+                        let all = self.network.links.rtts();
                         let rtts = self
                             .member
                             .links()
-                            .filter_map(|(peer, _)| Some((*peer, self.network.links.rtt(peer)?)))
+                            .filter_map(|(peer, _)| Some((*peer, *all.get(peer)?)))
                             .collect();
                         self.member.handle_input(now, Input::Rtts(rtts));
                     }

@@ -19,12 +19,13 @@ impl Driver {
             self.peer_names.insert(*peer, name);
         }
         let member = &self.member;
+        let rtts = self.network.links.rtts();
         let mut peers: Vec<PeerStats> = member
             .links()
             .map(|(peer, kind)| PeerStats {
                 peer: self.peer_names.get(peer).cloned().unwrap_or_default(),
                 kind,
-                rtt: self.network.links.rtt(peer),
+                rtt: rtts.get(peer).copied(),
             })
             .collect();
         peers.sort_by(|a, b| a.peer.cmp(&b.peer));

@@ -322,6 +322,16 @@ impl Links {
         self.connection(peer).ok().map(|c| c.rtt())
     }
 
+    /// [`Links::rtt`] of every peer, looked up under one lock (a relay's stats ask once a
+    /// second for each of its members).
+    pub fn rtts(&self) -> BTreeMap<PeerId, Duration> {
+        self.state()
+            .peers
+            .iter()
+            .filter_map(|(peer, connections)| Some((*peer, connections.last()?.quic.rtt())))
+            .collect()
+    }
+
     /// Adds an established connection and starts reading its datagrams.
     pub(crate) fn register(&self, peer: PeerId, connection: quinn::Connection) {
         let remote = canonical(connection.remote_address());
