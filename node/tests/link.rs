@@ -133,13 +133,14 @@ async fn links_to_a_rented_relay_ping_at_the_relay_keep_alive() {
             ..LinkConfig::default()
         })
     };
-    let (plain, mut marked) = (member(), member());
+    // The first marks the relay as its org's rented relay, the second does not.
+    let mut dialers = [member(), member()];
     let relay_peer = relay.peer;
     let (addr, mut accepted) = serve(relay.transport, relay_peer).await;
-    marked.links.set_rented_relay(relay_peer, true);
-    assert!(marked.links.is_rented_relay(&relay_peer));
+    dialers[0].links.set_rented_relay(relay_peer, true);
+    assert!(dialers[0].links.is_rented_relay(&relay_peer));
     let mut muxers = Vec::new();
-    for dialer in [&mut marked, &mut { plain }] {
+    for dialer in &mut dialers {
         let (peer, muxer) = dialer
             .transport
             .dial(addr.clone(), dial_opts())
@@ -147,15 +148,15 @@ async fn links_to_a_rented_relay_ping_at_the_relay_keep_alive() {
             .await
             .unwrap();
         assert_eq!(peer, relay_peer);
-        muxers.push((dialer.links.clone(), muxer, accepted.recv().await.unwrap()));
+        muxers.push((muxer, accepted.recv().await.unwrap()));
     }
     // Path MTU probes are pings too: counted from when they are over.
-    let pings = |links: &Links| links.quic_stats(&relay_peer).unwrap().frame_tx.ping;
+    let pings =
+        |dialer: &common::link::Node| dialer.links.quic_stats(&relay_peer).unwrap().frame_tx.ping;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = [pings(&muxers[0].0), pings(&muxers[1].0)];
+    let before = dialers.each_ref().map(pings);
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let marked_pings = pings(&muxers[0].0) - before[0];
-    let plain_pings = pings(&muxers[1].0) - before[1];
+    let [marked_pings, plain_pings] = [0, 1].map(|i| pings(&dialers[i]) - before[i]);
     assert!(
         plain_pings >= 8,
         "a plain link pinged {plain_pings} times in 2 s"
@@ -164,6 +165,7 @@ async fn links_to_a_rented_relay_ping_at_the_relay_keep_alive() {
         marked_pings <= 3,
         "a rented relay's link pinged {marked_pings} times in 2 s"
     );
+    drop(muxers);
 }
 
 #[tokio::test]
