@@ -63,18 +63,18 @@ fn voice_within(now_ms: u64, voice_ms: u64, window: Duration) -> bool {
     voice_ms != u64::MAX && (now_ms.saturating_sub(voice_ms) as u128) < window.as_millis()
 }
 
-/// An empty datagram on each link that carried nothing for its gap (the promise's `every`
-/// where voice went either way lately, `quiet` elsewhere) less half of `every`, looked at twice
-/// per `every` so no link goes longer than its gap without a datagram: on the plane where the
-/// peer has it, else in QUIC. Once every [`FOLLOW_EVERY`] it also follows each link's QUIC
-/// address (a migration), which the relay's sends read without asking quinn. Ends with the
-/// registry.
 /// How often the heartbeat task follows each link's QUIC address. Only a QUIC migration
 /// without plane datagrams from the new address needs it (an authenticated plane datagram moves
 /// the destination at once), and locking every connection at every other look took 1.3 % of a
 /// relay's CPU while it forwarded a talker to 100 members.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
+/// An empty datagram on each link that carried nothing for its gap (the promise's `every`
+/// where voice went either way lately, `quiet` elsewhere) less half of `every`, looked at twice
+/// per `every` so no link goes longer than its gap without a datagram: on the plane where the
+/// peer has it, else in QUIC. Once every [`FOLLOW_EVERY`] it also follows each link's QUIC
+/// address (a migration), which the relay's sends read without asking quinn. Ends with the
+/// registry.
 pub(super) async fn send_heartbeats(
     epoch: tokio::time::Instant,
     state: std::sync::Weak<Mutex<State>>,
