@@ -445,6 +445,15 @@ impl Member {
         &self.display_name
     }
 
+    /// Whether `peer` is one of the charter's rented relays (a member or not).
+    pub fn is_charter_relay(&self, peer: &PeerId) -> bool {
+        self.relays.contains_key(peer)
+            || self
+                .members
+                .get(peer)
+                .is_some_and(|key| self.state().relays.contains_key(key))
+    }
+
     /// What we are to the org.
     pub fn role(&self) -> Role {
         self.role

@@ -553,12 +553,7 @@ impl Driver {
                     condition,
                 } => {
                     if let Some(peer) = peer {
-                        let rented = self
-                            .member
-                            .state()
-                            .relays
-                            .keys()
-                            .any(|r| r.peer_id() == peer);
+                        let rented = self.member.is_charter_relay(&peer);
                         self.network.links.set_rented_relay(peer, rented);
                     }
                     let result = match peer {
