@@ -188,6 +188,7 @@ fn a_restarted_peer_gets_a_new_session_and_old_keys_are_dropped() {
             circuit: None,
             dialed: None,
             restarted: true,
+            resumed: false,
             beside_circuit: false,
             rtt: None,
         }),
@@ -199,6 +200,7 @@ fn a_restarted_peer_gets_a_new_session_and_old_keys_are_dropped() {
         circuit: None,
         dialed: None,
         restarted: false,
+        resumed: false,
         beside_circuit: false,
         rtt: None,
     };
@@ -237,6 +239,7 @@ fn a_link_that_looked_new_to_one_side_only_gets_a_new_session() {
         circuit: None,
         dialed: None,
         restarted: false,
+        resumed: false,
         beside_circuit: false,
         rtt: None,
     };

@@ -177,6 +177,10 @@ pub struct Limits {
     /// QUIC Initial packets per source address (a handshake sends one to three).
     pub handshakes_per_second: u32,
     pub handshake_burst: u32,
+    /// QUIC connections open at once; a handshake beyond them is refused, and the member
+    /// retries. Members whose ordered control has been quiet have their links parked (QUIC
+    /// closed, voice kept: `node::link::Links::park`), so this bounds memory, not members.
+    pub quic_connections: usize,
 }
 
 impl Default for Limits {
@@ -191,6 +195,7 @@ impl Default for Limits {
             link_packets_per_second: None,
             handshakes_per_second: 50,
             handshake_burst: 200,
+            quic_connections: 128,
         }
     }
 }
@@ -229,11 +234,12 @@ impl Limits {
             || self.link_packets_per_second == Some(0)
             || self.handshakes_per_second == 0
             || self.handshake_burst == 0
+            || self.quic_connections == 0
         {
             return Err(
                 "limits: max_subscribers, packets_per_second, org_packets_per_second, \
-                        link_packets_per_second, handshakes_per_second and handshake_burst \
-                        must be positive, max_packet at least 64"
+                        link_packets_per_second, handshakes_per_second, handshake_burst and \
+                        quic_connections must be positive, max_packet at least 64"
                     .into(),
             );
         }

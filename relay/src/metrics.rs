@@ -4,7 +4,7 @@
 //!
 //! Drops are one family labelled by org and reason: the forwarder's reasons (`stranger`,
 //! `ratelimited`, `orgratelimited`, ...), the voice plane's (`plane_rate_limited`,
-//! `plane_unauthentic`, ...) and the socket's (`handshake_rate_limited`).
+//! `plane_unauthentic`, ...) the socket's (`handshake_rate_limited`) and the transport's (`connection_limit`).
 
 use callsign_node::runtime::NodeStats;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
@@ -207,6 +207,7 @@ impl RelayMetrics {
             ("queue_full", now.links.queue_full),
             ("link_malformed", now.links.malformed),
             ("handshake_rate_limited", now.socket.handshakes_limited),
+            ("connection_limit", now.links.refused),
         ] {
             counters.insert(format!("drop:{reason}"), n);
         }

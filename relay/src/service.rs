@@ -318,6 +318,7 @@ async fn start_org(
     node_config.serve_as_relay(org.limits.forwarder());
     node_config.link.plane_rate = Some(org.limits.link_rate());
     node_config.link.handshake_rate = Some(org.limits.handshake_rate());
+    node_config.link.max_connections = Some(org.limits.quic_connections);
     let org_error = |source: RelayError| RelayError::Org {
         org: org.name.clone(),
         source: Box::new(source),

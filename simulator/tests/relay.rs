@@ -1,7 +1,7 @@
 //! Relays on the real node stack in virtual time: a channel that outgrows the mesh moves to the
 //! org's rented relay, fails over when that relay crashes, a non-member is refused, members
-//! behind symmetric NATs link through a rented relay's or a reachable member's circuits, and no
-//! relay ever holds a key.
+//! behind symmetric NATs link through a rented relay's or a reachable member's circuits, idle
+//! links are parked and come back, and no relay ever holds a key.
 
 mod common;
 
@@ -292,4 +292,42 @@ fn a_reachable_member_carries_circuits_for_every_symmetric_pair() {
             assert!(s.frames_played * 100 >= s.frames_sent * 95, "{s:?}");
         }
     }
+}
+
+#[test]
+fn a_relay_parks_idle_links_which_carry_voice_and_come_back_for_control() {
+    let s = scenario("relay-parked");
+    let report = run(&s, None).unwrap();
+    let relay = report.relay("relay").unwrap();
+    // Every member's link went quiet and was parked; presence the relay passed on, and the
+    // restarted member's new run, brought some back on new connections.
+    assert!(relay.links_parked >= 7, "{relay:?}");
+    assert!(relay.links_unparked >= 2, "{relay:?}");
+    assert_eq!(relay.audio_keys_held, 0, "{relay:?}");
+    // bravo talks on its parked link at 22 s; charlie after the links came back. Everyone up
+    // hears every frame, as without parking.
+    for (from, listeners) in [
+        (
+            "bravo",
+            &["alpha", "charlie", "echo", "foxtrot", "golf"][..],
+        ),
+        (
+            "charlie",
+            &[
+                "alpha", "bravo", "delta", "echo", "foxtrot", "golf", "hotel",
+            ][..],
+        ),
+    ] {
+        for to in listeners {
+            let heard = report.stream(from, to, "net").unwrap();
+            assert!(heard.frames_sent >= 140, "{heard:?}");
+            assert_eq!(heard.frames_played, heard.frames_sent, "{heard:?}");
+        }
+    }
+    assert!(
+        relay.packets_in >= 140,
+        "the net went through the relay: {relay:?}"
+    );
+    // Parked links replay like any others.
+    assert_eq!(run(&s, None).unwrap().trace_hash, report.trace_hash);
 }

@@ -372,12 +372,12 @@ impl Forwarder {
         {
             return Err(SubscriptionError::NotAllowed(*c));
         }
-        if self
-            .subscriptions
-            .get(&body.subscriber)
-            .is_some_and(|held| held.seq >= body.seq)
-        {
-            return Err(SubscriptionError::Stale);
+        match self.subscriptions.get(&body.subscriber) {
+            // The one we hold, again: a subscriber whose parked link reopens sends it on the
+            // voice plane first and then as ordered control.
+            Some(held) if *held == body => return Ok(()),
+            Some(held) if held.seq >= body.seq => return Err(SubscriptionError::Stale),
+            _ => {}
         }
         self.audience.clear(self.audience.generation);
         if body.channels.is_empty() {

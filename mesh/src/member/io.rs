@@ -124,6 +124,12 @@ pub struct LinkUp {
     pub dialed: Option<Multiaddr>,
     /// A second connection to a peer we were linked to: it restarted.
     pub restarted: bool,
+    /// With `restarted`: the link had been parked (its QUIC connection closed, its voice kept)
+    /// and came back on a new connection for ordered control. The control session starts
+    /// over, but what the peer asked of us and still wants stays: its subscription here and
+    /// its floor requests. Dropped and sent again, they cost a member that keys up after a
+    /// quiet spell a gap in what it hears and the floor it holds.
+    pub resumed: bool,
     /// A direct path that came up beside the circuit we held (a hole punch, or our dial of an
     /// address the peer newly announced): the peer did not restart, and its control carries on.
     pub beside_circuit: bool,

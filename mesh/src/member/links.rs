@@ -19,6 +19,7 @@ impl Member {
             circuit,
             dialed,
             restarted,
+            resumed,
             beside_circuit,
             rtt,
         } = up;
@@ -61,7 +62,7 @@ impl Member {
         // not timed out yet: its control and E2EE state is gone, so ours for it must start
         // over too.
         if restarted {
-            self.peer_down(&peer, now);
+            self.session_down(&peer, now, resumed);
         }
         self.peer_up(peer, now, restarted);
     }
@@ -196,17 +197,30 @@ impl Member {
     }
 
     pub(super) fn peer_down(&mut self, peer: &PeerId, now: Instant) {
+        self.session_down(peer, now, false);
+    }
+
+    /// Ends the control session with `peer`; `resumed`: it starts again at once on a link that
+    /// was parked and never went, so the peer's subscription here and floor requests stay,
+    /// and routes are planned again only once it is back (planned without it in between, a
+    /// channel would move to another relay and stay there by the incumbent's margin).
+    fn session_down(&mut self, peer: &PeerId, now: Instant, resumed: bool) {
         if self.peers.remove(peer).is_some() {
-            self.reachability_link_down(peer, now);
+            if !resumed {
+                self.reachability_link_down(peer, now);
+            }
             if let Some(identity) = self.link_role(peer).map(LinkRole::identity) {
-                self.floor.peer_down(&identity, now);
-                self.update_arbiters(now);
-                if let Some(forwarder) = &self.forwarder {
-                    crate::forward::lock(forwarder).remove(&identity);
-                }
+                // Ours at the peer is sent again when the session is back.
                 self.subscribed.remove(&identity);
-                self.replan(now);
-                self.cascade();
+                if !resumed {
+                    self.floor.peer_down(&identity, now);
+                    self.update_arbiters(now);
+                    if let Some(forwarder) = &self.forwarder {
+                        crate::forward::lock(forwarder).remove(&identity);
+                    }
+                    self.replan(now);
+                    self.cascade();
+                }
             }
         }
         self.listener_loss.remove(peer);

@@ -257,6 +257,7 @@ impl Net {
                 circuit: None,
                 dialed: None,
                 restarted: false,
+                resumed: false,
                 beside_circuit: false,
                 rtt: Some(self.latency * 2),
             };

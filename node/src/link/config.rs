@@ -55,6 +55,14 @@ pub struct LinkConfig {
     /// QUIC Initial packets each source address may send us, checked before quinn sees them
     /// (`link::socket`). `None`: no limit.
     pub handshake_rate: Option<Rate>,
+    /// A parked link (`Links::park`: QUIC closed, the voice plane kept) whose peer sent nothing
+    /// on the plane for this long is down. The end without a heartbeat of its own (a member)
+    /// sends one on a parked link every third of it, so its peer (a relay, which beats anyway)
+    /// hears it and its NAT keeps the mapping.
+    pub parked_silence: Duration,
+    /// QUIC connections open at once (dialed and accepted); a handshake that would pass it is
+    /// refused at once, and the peer dials again later. `None`: no limit.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for LinkConfig {
@@ -73,6 +81,8 @@ impl Default for LinkConfig {
             max_streams: 256,
             plane_rate: None,
             handshake_rate: None,
+            parked_silence: Duration::from_secs(30),
+            max_connections: None,
         }
     }
 }

@@ -146,10 +146,29 @@ impl ControlBehaviour {
     /// Sends one message to `peer`; with a `token`, its acknowledgement or loss is reported
     /// ([`ControlEvent::Acked`], [`ControlEvent::Failed`]).
     pub fn send(&mut self, peer: &PeerId, bytes: Vec<u8>, token: Option<u64>) {
-        let id = self.inner.send_request(peer, bytes);
+        self.send_dialing(peer, bytes, token, Vec::new());
+    }
+
+    /// [`ControlBehaviour::send`], dialing `addresses` if the peer has no connection (a parked
+    /// link's peer: `Links::parked_address`).
+    pub fn send_dialing(
+        &mut self,
+        peer: &PeerId,
+        bytes: Vec<u8>,
+        token: Option<u64>,
+        addresses: Vec<libp2p::Multiaddr>,
+    ) {
+        let id = self
+            .inner
+            .send_request_with_addresses(peer, bytes, addresses);
         if let Some(token) = token {
             self.tracked.insert(id, (*peer, token));
         }
+    }
+
+    /// Whether a tracked request to `peer` awaits its acknowledgement.
+    pub fn awaits_ack(&self, peer: &PeerId) -> bool {
+        self.tracked.values().any(|(p, _)| p == peer)
     }
 
     fn handle(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {

@@ -118,14 +118,14 @@ pub(super) async fn send_heartbeats(
             // `Watchdog`.
             for (quic, link) in planes {
                 if link.is_ready() {
-                    if follow {
+                    if let Some(quic) = quic.as_ref().filter(|_| follow) {
                         link.destination(canonical(quic.remote_address()));
                     }
                     if due(link) {
                         batch.push(link, &beat, link.last_destination());
                         link.sent_at(now_ms);
                     }
-                } else {
+                } else if let Some(quic) = quic {
                     // A peer that has not taken up the plane hears it in QUIC, with the
                     // announcement again now and then (it may have been lost).
                     if due(link) {
@@ -234,15 +234,16 @@ impl Watchdog {
         self.next = Some(next + every);
     }
 
-    /// Whether the peer has now been silent too long.
-    pub(super) fn silent(&mut self, connection: &quinn::Connection) -> bool {
+    /// Whether the peer has now been silent too long (on a parked link, `connection` is
+    /// `None`: only the plane counts).
+    pub(super) fn silent(&mut self, connection: Option<&quinn::Connection>) -> bool {
         let Some(plane) = &self.plane else {
             return false;
         };
         let Some(promise) = plane.peer_heartbeat() else {
             return false;
         };
-        let packets = connection.stats().udp_rx.datagrams;
+        let packets = connection.map_or(self.quic_packets, |c| c.stats().udp_rx.datagrams);
         let heard = plane.take_heard() || packets != self.quic_packets;
         self.quic_packets = packets;
         let now_ms = Links::clock_ms(self.epoch);

@@ -12,7 +12,7 @@
 use libp2p::relay;
 use libp2p::swarm::{FromSwarm, NetworkBehaviour, THandler, THandlerInEvent, ToSwarm};
 use libp2p::{Multiaddr, PeerId};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -94,6 +94,9 @@ impl CircuitAdmission {
 pub struct MemberRelay {
     inner: relay::Behaviour,
     admission: CircuitAdmission,
+    /// Each peer's reservation (1) and circuits (1 per end) here: its connection to us carries
+    /// them, so a relay never parks it (`Links::park`).
+    relaying: BTreeMap<PeerId, usize>,
 }
 
 impl MemberRelay {
@@ -104,6 +107,23 @@ impl MemberRelay {
         Self {
             inner: relay::Behaviour::new(local, relay_config(allow, admission.clone(), timed)),
             admission,
+            relaying: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `peer` holds a reservation here or is an end of a circuit through us.
+    pub fn relays_for(&self, peer: &PeerId) -> bool {
+        self.relaying.contains_key(peer)
+    }
+
+    fn count(&mut self, peer: PeerId, up: bool) {
+        let n = self.relaying.entry(peer).or_default();
+        match up {
+            true => *n += 1,
+            false => *n = n.saturating_sub(1),
+        }
+        if *n == 0 {
+            self.relaying.remove(&peer);
         }
     }
 
@@ -112,6 +132,30 @@ impl MemberRelay {
     /// `OutboundConnectFailed`, then again as a denial to the source, which is skipped here), or
     /// no reservation for the destination. Refusals at the limits were never admitted.
     fn observe(&mut self, event: &relay::Event) {
+        match *event {
+            relay::Event::ReservationReqAccepted {
+                src_peer_id,
+                renewed: false,
+            } => self.count(src_peer_id, true),
+            relay::Event::ReservationClosed { src_peer_id }
+            | relay::Event::ReservationTimedOut { src_peer_id } => self.count(src_peer_id, false),
+            relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            } => {
+                self.count(src_peer_id, true);
+                self.count(dst_peer_id, true);
+            }
+            relay::Event::CircuitClosed {
+                src_peer_id,
+                dst_peer_id,
+                ..
+            } => {
+                self.count(src_peer_id, false);
+                self.count(dst_peer_id, false);
+            }
+            _ => {}
+        }
         #[allow(deprecated)]
         match event {
             relay::Event::CircuitReqAccepted { src_peer_id, .. }
@@ -189,6 +233,7 @@ impl NetworkBehaviour for MemberRelay {
         if let FromSwarm::ConnectionClosed(closed) = &event {
             if closed.remaining_established == 0 {
                 self.admission.gone(&closed.peer_id);
+                self.relaying.remove(&closed.peer_id);
             }
         }
         self.inner.on_swarm_event(event);

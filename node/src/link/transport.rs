@@ -510,6 +510,15 @@ impl Transport for QuicTransport {
                     });
                 };
                 let remote = canonical(incoming.remote_address());
+                // Full: refused before any TLS work; the peer dials again (a member dials its
+                // relays every 2 s) and finds room once idle links are parked.
+                let open = this.endpoint.open_connections();
+                if this.config.max_connections.is_some_and(|max| open >= max) {
+                    tracing::debug!(%remote, open, "connection refused: at the limit");
+                    incoming.refuse();
+                    this.links.refused_connection();
+                    continue;
+                }
                 // Authenticated before anyone hears of it: a stray Initial (a peer's
                 // retransmission to a connection we already dropped, under that connection's
                 // id) fails here, so neither a waiting hole punch nor the Swarm takes it for a

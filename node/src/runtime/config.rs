@@ -101,6 +101,11 @@ pub struct NodeConfig {
     /// Forward voice for members who subscribe (a rented relay, which is no member and never
     /// holds a key, or a volunteering member that also serves circuits). `None`: never forward.
     pub forwarding: Option<ForwarderConfig>,
+    /// Park the link to a member (close its QUIC connection, keep the voice plane:
+    /// `link::Links::park`) once ordered control with it has been quiet this long. A rented
+    /// relay's QUIC connection to a listening member is most of what the member costs it.
+    /// `None`: never park.
+    pub park_idle_links: Option<Duration>,
     /// The topology rule's constants (the same on every member).
     pub topology: TopologyConfig,
     /// The upload this member may spend on voice, kbit/s, advertised so that channels it
@@ -155,6 +160,7 @@ impl NodeConfig {
             tap_voice: false,
             floor: FloorConfig::default(),
             forwarding: None,
+            park_idle_links: None,
             topology: TopologyConfig::default(),
             uplink_kbps: None,
             join: None,
@@ -184,6 +190,12 @@ pub const RELAY_MAX_STREAMS: u32 = 32;
 /// pings every 5 s cost it 4 % of its CPU while it forwarded a talker to 100 of them.
 pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a rented relay waits after the last ordered control with a member before it parks
+/// their link (`NodeConfig::park_idle_links`). Control comes in bursts (joining, a
+/// subscription, a floor request); a burst's next message reopens QUIC, which costs a
+/// handshake and a restart of the control session.
+pub const RELAY_PARK_AFTER: Duration = Duration::from_secs(10);
+
 impl NodeConfig {
     /// Makes the node forward voice for subscribing members, with a relay's short link idle
     /// timeout.
@@ -194,5 +206,6 @@ impl NodeConfig {
         self.link.plane_heartbeat = Some(RELAY_HEARTBEAT);
         // A member's control traffic to a relay is a few messages at a time.
         self.link.max_streams = RELAY_MAX_STREAMS;
+        self.park_idle_links = Some(RELAY_PARK_AFTER);
     }
 }

@@ -75,6 +75,8 @@ pub(crate) struct Driver {
     /// Each linked peer's id in text, kept between snapshots: base58 costs microseconds a
     /// peer, which a relay polled every second with a thousand links paid every time.
     pub peer_names: BTreeMap<PeerId, String>,
+    /// Parked links, and on a rented relay which links to park.
+    pub parking: super::parking::Parking,
 }
 
 /// How often the member hears the links' round-trip times: reading them locks every link, which
@@ -108,6 +110,8 @@ impl Driver {
         // event was a visible share of a large simulation's CPU.
         let timeout = tokio::time::sleep_until(self.member.poll_timeout().into());
         tokio::pin!(timeout);
+        let mut park_look = tokio::time::interval(super::parking::LOOK_TICK);
+        park_look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.member.is_removed() {
                 // An admin removed us: the node stops, as after a shutdown.
@@ -139,11 +143,18 @@ impl Driver {
                     self.member.handle_input(now(), input);
                 }
                 event = self.network.swarm.select_next_some() => self.swarm_event(event, now()),
-                Some(event) = self.link_events.recv() => {
-                    if let LinkEvent::Migrated { peer, to, .. } = event {
+                Some(event) = self.link_events.recv() => match event {
+                    LinkEvent::Migrated { peer, to, .. } => {
                         tracing::debug!(%peer, %to, "link migrated");
                     }
-                }
+                    // A parked link's end: no connection closes under it.
+                    LinkEvent::Down { peer, reason } if self.parking.dropped(&peer) => {
+                        tracing::debug!(%peer, reason, "parked link down");
+                        self.link_down(peer, now());
+                    }
+                    LinkEvent::Up { .. } | LinkEvent::Down { .. } => {}
+                },
+                _ = park_look.tick(), if self.parking.enabled() => self.park_idle_links(now()),
                 Some(nonce) = self.probes.recv() => {
                     self.member.handle_input(now(), Input::ProbeArrived(nonce));
                 }
@@ -389,6 +400,12 @@ impl Driver {
                     self.network.swarm.close_connection(connection_id);
                     return;
                 }
+                // A parked link's peer (both ends parked it) dialed or was dialed for ordered
+                // control: the control session starts over on the new connection.
+                let unparked = self.parking.connected(&peer_id);
+                if unparked {
+                    tracing::debug!(%peer_id, dialed_by_us, "parked link back on a new connection");
+                }
                 // One connection per peer: an older one is most likely to a previous run of it
                 // (restarted, its connection not yet timed out), and request-response would keep
                 // sending control messages into it; a better kind (a hole punch beside a
@@ -428,7 +445,8 @@ impl Driver {
                         ConnectedPoint::Listener { .. } => None,
                     },
                     // A replaced connection may have taken control messages with it.
-                    restarted: previous.is_some() && !beside_circuit,
+                    restarted: (previous.is_some() || unparked) && !beside_circuit,
+                    resumed: unparked && !beside_circuit,
                     beside_circuit,
                     rtt: self.network.links.rtt(&peer_id),
                 };
@@ -447,8 +465,13 @@ impl Driver {
                 ..
             } => {
                 self.connections.remove(&peer_id);
-                self.member.handle_input(now, Input::LinkDown(peer_id));
-                self.emit(NodeEvent::LinkDown { peer: peer_id });
+                let parked = self.network.links.is_parked(&peer_id);
+                self.parking.closed(peer_id, parked);
+                if parked {
+                    tracing::debug!(peer = %peer_id, "link parked");
+                } else {
+                    self.link_down(peer_id, now);
+                }
             }
             SwarmEvent::ListenerClosed { listener_id, .. } => {
                 if self.reservation == Some(listener_id) {
@@ -486,7 +509,55 @@ impl Driver {
         }
     }
 
+    /// Sends a control message (`ordered`: its token). To a parked link's peer it goes on
+    /// the plane at once if it fits (a new connection takes a round trip or two more; every
+    /// control message a relay and a member exchange may arrive twice) and as control over a
+    /// connection dialed where the plane sends.
+    fn send_control(&mut self, peer: PeerId, bytes: Vec<u8>, ordered: Option<u64>, now: Instant) {
+        self.parking.control(peer, now);
+        let dial = match self.parking.is_parked(&peer) {
+            true => self.network.links.parked_address(&peer),
+            false => None,
+        };
+        if dial.is_some() {
+            let _ = self.network.links.send_lossy_control(&peer, &bytes);
+        }
+        let addresses = dial.map(crate::link::socket_to_multiaddr).into_iter();
+        let control = &mut self.network.swarm.behaviour_mut().control;
+        control.send_dialing(&peer, bytes, ordered, addresses.collect());
+    }
+
+    fn link_down(&mut self, peer: PeerId, now: Instant) {
+        self.member.handle_input(now, Input::LinkDown(peer));
+        self.emit(NodeEvent::LinkDown { peer });
+    }
+
+    /// On a rented relay: parks the links to members whose ordered control has been quiet for
+    /// `NodeConfig::park_idle_links` (none awaiting an acknowledgement). Links to fellow relays
+    /// stay: they carry cascaded voice and subscriptions both ways; so do links that carry a
+    /// relay v2 reservation or circuit, which need the connection.
+    fn park_idle_links(&mut self, now: Instant) {
+        let member = &self.member;
+        let behaviour = self.network.swarm.behaviour();
+        let (control, circuits) = (&behaviour.control, behaviour.relay_server.as_ref());
+        let refused = self.network.links.refused_connections();
+        let idle = self.parking.idle(now, refused, &self.connections, |peer| {
+            !member.is_charter_relay(peer)
+                && !control.awaits_ack(peer)
+                && !circuits.is_some_and(|c| c.0.relays_for(peer))
+        });
+        for peer in idle {
+            self.network.links.park(&peer);
+        }
+    }
+
     fn control_event(&mut self, event: ControlEvent, now: Instant) {
+        let peer = match &event {
+            ControlEvent::Message { peer, .. }
+            | ControlEvent::Acked { peer, .. }
+            | ControlEvent::Failed { peer, .. } => *peer,
+        };
+        self.parking.control(peer, now);
         let input = match event {
             ControlEvent::Message { peer, bytes } => Input::Control(peer, bytes),
             ControlEvent::Acked { peer, token } => Input::ControlAcked(peer, token),
@@ -518,17 +589,13 @@ impl Driver {
                     peer,
                     bytes,
                     ordered,
-                } => {
-                    let control = &mut self.network.swarm.behaviour_mut().control;
-                    control.send(&peer, bytes, ordered);
-                }
+                } => self.send_control(peer, bytes, ordered, now),
                 Output::Announce { peer, bytes } => {
                     if !matches!(
                         self.network.links.send_lossy_control(&peer, &bytes),
                         Ok(true)
                     ) {
-                        let control = &mut self.network.swarm.behaviour_mut().control;
-                        control.send(&peer, bytes, None);
+                        self.send_control(peer, bytes, None, now);
                     }
                 }
                 Output::Datagram { peers, bytes } => {

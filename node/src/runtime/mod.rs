@@ -19,6 +19,7 @@ pub mod config;
 mod connections;
 pub mod demo_org;
 mod driver;
+mod parking;
 mod playout;
 mod recorder;
 mod stats;
@@ -102,8 +103,10 @@ impl Node {
         }
         let keypair = config.keys.identity.to_libp2p();
         // Every node can serve circuits to members; it offers them once it is known to be
-        // reachable (configured, or confirmed by a probe).
+        // reachable (configured, or confirmed by a probe). Not a relay told not to: a member's
+        // reservation holds its QUIC connection open, which a relay otherwise parks when idle.
         let relay_allow = RelayAllowList::default();
+        let serves_circuits = config.relay_circuits || config.forwarding.is_none();
         let mut network = build_swarm(
             keypair,
             SwarmConfig {
@@ -112,7 +115,7 @@ impl Node {
                 // A rented relay is dialed at the addresses the charter gives; identify, ping,
                 // autonat and kad would only cost it memory and wake-ups on every link.
                 discovery_behaviours: !simulated && config.forwarding.is_none(),
-                relay_for: Some(relay_allow.clone()),
+                relay_for: serves_circuits.then(|| relay_allow.clone()),
                 ..SwarmConfig::default()
             },
             socket,
@@ -264,6 +267,7 @@ impl Node {
             recorder: recorder::Recorder::new(config.recordings),
             rtts_given: None,
             peer_names: BTreeMap::new(),
+            parking: parking::Parking::new(config.park_idle_links),
         };
         driver
             .transmitter

@@ -121,6 +121,9 @@ pub struct Measurement {
     /// The relay's CPU with every subscriber linked and nobody talking, ms per second; the
     /// baseline has no links.
     pub idle_cpu_ms_per_s: Option<f64>,
+    /// Seconds from the relay's members' first dials until all of them subscribed: more than
+    /// `limits.quic_connections` join in waves, as links go quiet and are parked.
+    pub joined_s: Option<f64>,
 }
 
 /// One round's ratios.
@@ -278,6 +281,10 @@ fn print_report(r: &BenchReport) {
     if let Some(idle) = r.relay.idle_cpu_ms_per_s {
         println!("  relay idle (everyone linked, nobody talking): {idle:.1} ms CPU per second");
     }
+    if let Some(joined) = r.relay.joined_s {
+        let per = r.relay.peak_rss_kib as f64 / r.subscribers.max(1) as f64;
+        println!("  relay: everyone subscribed {joined:.1} s after the first dial; peak RSS {per:.1} KiB per subscriber");
+    }
     if r.rounds.len() > 1 {
         for (n, round) in r.rounds.iter().enumerate() {
             println!(
@@ -376,6 +383,7 @@ fn measurement(
         inside_mean_us: None,
         inside_p99_us: None,
         idle_cpu_ms_per_s: None,
+        joined_s: None,
     }
 }
 

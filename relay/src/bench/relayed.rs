@@ -175,8 +175,13 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 struct Client {
     network: callsign_node::link::swarm::NodeNetwork,
     relay: PeerId,
+    address: Multiaddr,
     subscription: Vec<u8>,
 }
+
+/// How long a member whose dial failed (the relay refused it at its connection limit) waits
+/// before it dials again; members' nodes dial their org's relays every 2 s.
+const REDIAL: Duration = Duration::from_secs(1);
 
 impl Client {
     fn connect(
@@ -209,6 +214,7 @@ impl Client {
         Ok(Self {
             network,
             relay: relay_peer,
+            address: relay.clone(),
             subscription: ControlMessage::Subscribe(subscription.encode()).encode(),
         })
     }
@@ -226,6 +232,7 @@ impl Client {
         let Self {
             network,
             relay,
+            address,
             subscription,
         } = self;
         let mut swarm = network.swarm;
@@ -233,13 +240,29 @@ impl Client {
         let mut swarm_stop = stop.clone();
         let driver = tokio::spawn(async move {
             let mut stopped = std::pin::pin!(swarm_stop.wait_for(|s| *s));
+            let mut redial_at = None;
             loop {
+                let redial = async {
+                    match redial_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = &mut stopped => return swarm,
+                    () = redial => {
+                        redial_at = None;
+                        let _ = swarm.dial(address.clone());
+                    }
                     event = swarm.select_next_some() => match event {
                         SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == relay => {
                             let request = subscription.clone();
                             swarm.behaviour_mut().control.send(&peer_id, request, None);
+                        }
+                        // Refused at the relay's connection limit, as a member's node would be.
+                        // (A parked link closes its connection too, and needs no dial.)
+                        SwarmEvent::OutgoingConnectionError { .. } => {
+                            redial_at = Some(tokio::time::Instant::now() + REDIAL);
                         }
                         SwarmEvent::Behaviour(event) => {
                             // The control behaviour acknowledges requests itself.
@@ -362,6 +385,8 @@ pub(super) struct Run {
     pub(super) cpu: Duration,
     /// The relay's CPU per second of wall time with everyone linked and nobody talking.
     pub(super) idle_cpu: f64,
+    /// From the first dial until every member subscribed.
+    pub(super) joined: Duration,
     pub(super) elapsed: Duration,
     pub(super) peak_rss_kib: u64,
     /// Drops by (org, reason) at the end.
@@ -442,7 +467,8 @@ pub(super) async fn run(
     }
     // Everyone linked and subscribed before the clock starts.
     let everyone = options.subscribers * setup.orgs.len();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let joining = Instant::now();
+    let deadline = joining + Duration::from_secs(60);
     loop {
         let n = tokio::task::spawn_blocking(move || subscribers(metrics))
             .await?
@@ -455,6 +481,7 @@ pub(super) async fn run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let joined = joining.elapsed();
     // Everyone linked and nobody talking: what the links cost by themselves. A second first,
     // so the handshakes' and subscriptions' work is done.
     tokio::time::sleep(IDLE_SETTLE).await;
@@ -519,6 +546,7 @@ pub(super) async fn run(
         orgs,
         cpu,
         idle_cpu,
+        joined,
         elapsed,
         peak_rss_kib,
         drops,
@@ -549,5 +577,6 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
     m.inside_mean_us = Some(run.forward_latency_us.0);
     m.inside_p99_us = Some(run.forward_latency_us.1);
     m.idle_cpu_ms_per_s = Some(run.idle_cpu * 1e3);
+    m.joined_s = Some(run.joined.as_secs_f64());
     Ok(m)
 }

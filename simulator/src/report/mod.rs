@@ -114,6 +114,10 @@ pub struct RelayReport {
     pub subscriptions_refused: u64,
     /// Voice keys it held at the end: a rented relay must hold none.
     pub audio_keys_held: usize,
+    /// Links it parked (QUIC closed, the voice plane kept), and parked links that came back
+    /// on a new connection for ordered control (its last incarnation's).
+    pub links_parked: u64,
+    pub links_unparked: u64,
 }
 
 /// Delivery from the scenario's `measure_from_s` to the end, every stream on its own.
@@ -438,6 +442,8 @@ pub(crate) fn build(
                     subscribers: f.subscribers,
                     subscriptions_refused: f.subscriptions_refused,
                     audio_keys_held: s.audio_keys_held,
+                    links_parked: f.links.parked,
+                    links_unparked: f.links.unparked,
                 })
             })
             .collect(),

@@ -14,6 +14,7 @@
 //! goes on the plane only ([`Links::send_lossy_control`]); until the plane is up its sender
 //! sends it as control.
 
+mod parked;
 mod route;
 mod send;
 
@@ -90,6 +91,9 @@ struct Counters {
     malformed: AtomicU64,
     oversized: AtomicU64,
     queue_full: AtomicU64,
+    refused: AtomicU64,
+    parked: AtomicU64,
+    unparked: AtomicU64,
 }
 
 /// A copy of the datagram counters.
@@ -103,6 +107,12 @@ pub struct LinkCounts {
     pub oversized: u64,
     /// Dropped because the application was not reading.
     pub queue_full: u64,
+    /// QUIC handshakes refused at `LinkConfig::max_connections`.
+    pub refused: u64,
+    /// Links parked (`Links::park`, by either end), and parked links a new connection took
+    /// over.
+    pub parked: u64,
+    pub unparked: u64,
     /// The voice plane's share of the above, and its drops by reason.
     pub plane: PlaneCounts,
 }
@@ -118,7 +128,7 @@ pub(super) struct State {
     copy_routes: route::CopyRoutes,
     /// Every connection with a plane, in `peers` order, for the heartbeat's looks; dropped
     /// whenever `peers` changes.
-    planes: Option<Vec<(quinn::Connection, Arc<PlaneLink>)>>,
+    planes: Option<Vec<(Option<quinn::Connection>, Arc<PlaneLink>)>>,
     pings: BTreeMap<u64, oneshot::Sender<()>>,
     next_ping: u64,
     events: Vec<mpsc::UnboundedSender<LinkEvent>>,
@@ -130,6 +140,12 @@ pub(super) struct State {
     heartbeat_running: bool,
     /// Peers that are the org's rented relays: dialed with `LinkConfig::relay_keep_alive`.
     rented_relays: std::collections::BTreeSet<PeerId>,
+    /// How long a parked link lives without a word from its peer (`LinkConfig::parked_silence`).
+    pub(super) parked_silence: Duration,
+    /// The last connection id given out. Ours, not quinn's `stable_id` (the address of the
+    /// connection's state, which a later connection may be allocated at while a parked link
+    /// still holds the id).
+    last_id: usize,
 }
 
 impl State {
@@ -141,7 +157,7 @@ impl State {
 
     /// Every connection with a plane, side by side (a relay's heartbeat looks at each of them
     /// several times a second; walking the map instead missed the cache twice per link).
-    pub(super) fn planes(&mut self) -> &[(quinn::Connection, Arc<PlaneLink>)] {
+    pub(super) fn planes(&mut self) -> &[(Option<quinn::Connection>, Arc<PlaneLink>)] {
         let peers = &self.peers;
         self.planes.get_or_insert_with(|| {
             peers
@@ -156,8 +172,14 @@ impl State {
 /// One QUIC connection and its voice plane, if both ends have one.
 #[derive(Clone)]
 pub(super) struct Connection {
-    pub(super) quic: quinn::Connection,
+    /// `None` once parked (`links::parked`): QUIC closed and the plane lives on.
+    pub(super) quic: Option<quinn::Connection>,
+    /// The registry's id for the connection ([`State::last_id`]), which also keys its plane's
+    /// receive side.
+    pub(super) id: usize,
     pub(super) plane: Option<Arc<PlaneLink>>,
+    /// This end is closing QUIC to park the link ([`Links::park`]).
+    pub(super) parking: bool,
 }
 
 /// See the module documentation. Cheap to clone; all clones share the registry.
@@ -215,6 +237,7 @@ impl Links {
             let mut state = self.state();
             state.socket = Some(socket.clone());
             state.heartbeat = heartbeat.filter(|h| !h.every.is_zero());
+            state.parked_silence = config.parked_silence;
             let start = state.heartbeat.is_some() && !state.heartbeat_running;
             state.heartbeat_running |= start;
             start
@@ -296,21 +319,29 @@ impl Links {
             malformed: c.malformed.load(Ordering::Relaxed),
             oversized: c.oversized.load(Ordering::Relaxed),
             queue_full: c.queue_full.load(Ordering::Relaxed) + plane.queue_full,
+            refused: c.refused.load(Ordering::Relaxed),
+            parked: c.parked.load(Ordering::Relaxed),
+            unparked: c.unparked.load(Ordering::Relaxed),
             plane,
         }
     }
 
+    /// The QUIC connection of `peer`'s newest link; none while that link is parked.
     fn connection(&self, peer: &PeerId) -> Result<quinn::Connection, LinkError> {
         self.state()
             .peers
             .get(peer)
             .and_then(|connections| connections.last())
-            .map(|c| c.quic.clone())
+            .and_then(|c| c.quic.clone())
             .ok_or(LinkError::NotConnected(*peer))
     }
 
-    /// Largest payload `send_datagram` accepts for this peer right now (path MTU minus headers).
+    /// Largest payload `send_datagram` accepts for this peer right now (path MTU minus headers;
+    /// on a parked link, what any path takes).
     pub fn max_datagram_size(&self, peer: &PeerId) -> Option<usize> {
+        if self.is_parked(peer) {
+            return Some(ALWAYS_FITS - HEADER);
+        }
         let connection = self.connection(peer).ok()?;
         connection
             .max_datagram_size()
@@ -328,21 +359,37 @@ impl Links {
         self.state()
             .peers
             .iter()
-            .filter_map(|(peer, connections)| Some((*peer, connections.last()?.quic.rtt())))
+            .filter_map(|(peer, connections)| {
+                Some((*peer, connections.last()?.quic.as_ref()?.rtt()))
+            })
             .collect()
+    }
+
+    /// The transport refused a handshake at its connection limit.
+    pub(crate) fn refused_connection(&self) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// [`LinkCounts::refused`] alone.
+    pub fn refused_connections(&self) -> u64 {
+        self.counters.refused.load(Ordering::Relaxed)
     }
 
     /// Adds an established connection and starts reading its datagrams.
     pub(crate) fn register(&self, peer: PeerId, connection: quinn::Connection) {
         let remote = canonical(connection.remote_address());
-        let id = connection.stable_id();
+        let id = {
+            let mut state = self.state();
+            state.last_id += 1;
+            state.last_id
+        };
         // Receive keys go in before the announcement leaves, so the peer's first plane
         // datagram finds them.
         let plane = PlaneKeys::derive(&connection).and_then(|keys| {
             let (link, receive) = PlaneLink::new(keys, remote);
             self.plane.add(peer, id, receive).then_some(link)
         });
-        let first = {
+        let (first, unparked) = {
             let mut state = self.state();
             if let Some(plane) = &plane {
                 plane.announced_at(tokio::time::Instant::now());
@@ -350,12 +397,26 @@ impl Links {
             }
             state.changed();
             let connections = state.peers.entry(peer).or_default();
+            let first = connections.is_empty();
+            // A new connection to a parked peer takes over: the parked plane's keys go.
+            let unparked: Vec<usize> = connections
+                .iter()
+                .filter(|c| c.quic.is_none())
+                .map(|c| c.id)
+                .collect();
+            connections.retain(|c| c.quic.is_some());
             connections.push(Connection {
-                quic: connection.clone(),
+                quic: Some(connection.clone()),
+                id,
                 plane,
+                parking: false,
             });
-            connections.len() == 1
+            (first, unparked)
         };
+        if !unparked.is_empty() {
+            self.counters.unparked.fetch_add(1, Ordering::Relaxed);
+            self.retire(unparked);
+        }
         if first {
             self.emit(LinkEvent::Up { peer, remote });
         }
@@ -369,7 +430,7 @@ impl Links {
             .peers
             .get(peer)?
             .iter()
-            .find(|c| c.quic.stable_id() == id)?
+            .find(|c| c.id == id)?
             .plane
             .clone()
     }
@@ -395,7 +456,7 @@ impl Links {
                 },
                 to = moved(&plane) => (to, None),
                 () = watchdog.tick() => {
-                    if watchdog.silent(&connection) {
+                    if watchdog.silent(Some(&connection)) {
                         connection.close(VARINT_SILENT, b"no heartbeat");
                     }
                     continue;
@@ -413,12 +474,22 @@ impl Links {
                 self.on_datagram(peer, id, &connection, datagram);
             }
         };
+        if let Some(plane) = plane.filter(|_| self.keep_parked(peer, id, &connection)) {
+            tracing::debug!(%peer, "link parked");
+            tokio::spawn(self.watch_parked(peer, id, plane));
+            return;
+        }
+        self.remove(peer, id, reason);
+    }
+
+    /// Removes connection `id` of `peer` and its plane; the link is down if it was the last.
+    fn remove(&self, peer: PeerId, id: usize, reason: String) {
         self.plane.remove(id);
         let last = {
             let mut state = self.state();
             state.changed();
             let connections = state.peers.entry(peer).or_default();
-            connections.retain(|c| c.quic.stable_id() != id);
+            connections.retain(|c| c.id != id);
             let empty = connections.is_empty();
             if empty {
                 state.peers.remove(&peer);
@@ -506,10 +577,13 @@ impl Links {
             .map_err(|e| LinkError::Datagram(e.to_string()))
     }
 
-    /// Closes the link to `peer` (both directions).
+    /// Closes the link to `peer` (both directions). A parked link goes at once; its peer
+    /// notices the silence.
     pub fn close(&self, peer: &PeerId) {
         if let Ok(connection) = self.connection(peer) {
             connection.close(VARINT_NORMAL, b"closed");
+        } else if let Some(id) = self.parked_id(peer) {
+            self.remove(*peer, id, "closed".into());
         }
     }
 }

@@ -42,20 +42,22 @@ fn route_connection<'a>(
     newest: &'a Connection,
     frame: &[u8],
 ) -> Result<Route<'a>, LinkError> {
-    Ok(match (&newest.plane, &state.socket) {
-        (Some(plane), Some(socket)) if plane.is_ready() => {
+    Ok(match (&newest.plane, &state.socket, &newest.quic) {
+        (Some(plane), Some(socket), quic) if plane.is_ready() => {
             if frame.len() > ALWAYS_FITS {
-                check_size(counters, &newest.quic, frame)?;
+                check_size(counters, quic.as_ref(), frame)?;
             }
             // A relay's heartbeat task follows every connection's address once an interval;
-            // other nodes send little, and look each time.
-            let to = match state.heartbeat {
-                Some(_) => plane.last_destination(),
-                None => plane.destination(canonical(newest.quic.remote_address())),
+            // other nodes send little, and look each time. A parked link has only the plane's.
+            let to = match (state.heartbeat, quic) {
+                (None, Some(quic)) => plane.destination(canonical(quic.remote_address())),
+                _ => plane.last_destination(),
             };
             Route::Plane(plane, to, socket)
         }
-        _ => Route::Quic(newest.quic.clone()),
+        (_, _, Some(quic)) => Route::Quic(quic.clone()),
+        // Parking keeps only a ready plane, and the socket stays: not reached.
+        (_, _, None) => return Err(LinkError::Datagram("parked link without a plane".into())),
     })
 }
 
@@ -63,10 +65,11 @@ fn route_connection<'a>(
 /// the plane's, so either way fits).
 fn check_size(
     counters: &Counters,
-    connection: &quinn::Connection,
+    connection: Option<&quinn::Connection>,
     frame: &[u8],
 ) -> Result<(), LinkError> {
-    let max = connection.max_datagram_size().unwrap_or(0);
+    // A parked link has no QUIC path MTU to go by: only what any path takes.
+    let max = connection.map_or(ALWAYS_FITS, |c| c.max_datagram_size().unwrap_or(0));
     if frame.len() > max {
         counters.oversized.fetch_add(1, Ordering::Relaxed);
         return Err(LinkError::DatagramTooLarge {

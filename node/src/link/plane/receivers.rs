@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 /// A link's receiving half.
 struct PlaneReceiver {
     peer: PeerId,
-    /// quinn's `stable_id` of the connection the keys came from.
+    /// The registry's id of the connection the keys came from (`Links::register`).
     connection: usize,
     key: LessSafeKey,
     window: CounterWindow,
