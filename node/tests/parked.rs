@@ -39,6 +39,15 @@ async fn carries(
     assert_eq!(next(at).await, (from, payload.to_vec()));
 }
 
+/// One end of the link: its registry, its peer id and what it receives.
+type End<'a> = (&'a Links, PeerId, &'a mut DatagramReceiver);
+
+/// `payload` from the member to the relay and back the other way.
+async fn both_ways(member: End<'_>, relay: End<'_>, payload: &[u8]) {
+    carries(member.0, relay.1, relay.2, member.1, payload).await;
+    carries(relay.0, member.1, member.2, relay.1, payload).await;
+}
+
 /// The first `Down` within `within`, if any (other events are skipped).
 async fn down_within(
     events: &mut UnboundedReceiver<LinkEvent>,
@@ -106,13 +115,10 @@ async fn a_parked_link_carries_voice_both_ways_and_lives_until_its_peer_falls_si
     let (_, mut relay_muxer) = accepted.recv().await.unwrap();
 
     // Nothing parks before the plane is up both ways.
-    carries(&member_links, relay_peer, &mut at_relay, member_peer, b"up").await;
-    carries(
-        &relay_links,
-        member_peer,
-        &mut at_member,
-        relay_peer,
-        b"down",
+    both_ways(
+        (&member_links, member_peer, &mut at_member),
+        (&relay_links, relay_peer, &mut at_relay),
+        b"up",
     )
     .await;
     until("the member takes up the plane", || {
@@ -144,20 +150,10 @@ async fn a_parked_link_carries_voice_both_ways_and_lives_until_its_peer_falls_si
     // Voice both ways on the parked plane, for three times the silence that would end it:
     // the relay's heartbeats keep it up at the member, the member's at the relay.
     for round in 0..6u8 {
-        carries(
-            &member_links,
-            relay_peer,
-            &mut at_relay,
-            member_peer,
-            &[1, round],
-        )
-        .await;
-        carries(
-            &relay_links,
-            member_peer,
-            &mut at_member,
-            relay_peer,
-            &[2, round],
+        both_ways(
+            (&member_links, member_peer, &mut at_member),
+            (&relay_links, relay_peer, &mut at_relay),
+            &[round],
         )
         .await;
         assert_eq!(
@@ -180,19 +176,9 @@ async fn a_parked_link_carries_voice_both_ways_and_lives_until_its_peer_falls_si
         !relay_links.is_parked(&member_peer) && !member_links.is_parked(&relay_peer)
     })
     .await;
-    carries(
-        &member_links,
-        relay_peer,
-        &mut at_relay,
-        member_peer,
-        b"again",
-    )
-    .await;
-    carries(
-        &relay_links,
-        member_peer,
-        &mut at_member,
-        relay_peer,
+    both_ways(
+        (&member_links, member_peer, &mut at_member),
+        (&relay_links, relay_peer, &mut at_relay),
         b"again",
     )
     .await;

@@ -4,8 +4,9 @@
 //!
 //! A parked link is still up for the member: voice, lossy control and heartbeats ride its
 //! plane. It goes down when `Links` says so (its peer fell silent). Ordered control to a parked
-//! peer dials it at the plane's address; the new connection restarts the control session at
-//! both ends (`LinkUp::restarted`), which both ends can tell, as both parked the link.
+//! peer dials it at the plane's address; the new connection resumes the link at both ends
+//! (`LinkUp::resumed`: the control session starts over, what the peer asked for stays), which
+//! both ends can tell, as both parked the link.
 
 use super::connections::HeldConnection;
 use libp2p::PeerId;
