@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 mod common;
-use common::link::{configured_node, dial_opts, node, serve, serve_on};
+use common::link::{configured_node, connect, dial_opts, node, serve, serve_on};
 
 #[tokio::test]
 async fn connect_stream_1000_datagrams_and_disconnect() {
@@ -141,12 +141,7 @@ async fn links_to_a_rented_relay_ping_at_the_relay_keep_alive() {
     assert!(dialers[0].links.is_rented_relay(&relay_peer));
     let mut muxers = Vec::new();
     for dialer in &mut dialers {
-        let (peer, muxer) = dialer
-            .transport
-            .dial(addr.clone(), dial_opts())
-            .unwrap()
-            .await
-            .unwrap();
+        let (peer, muxer) = connect(&mut dialer.transport, &addr).await;
         assert_eq!(peer, relay_peer);
         muxers.push((muxer, accepted.recv().await.unwrap()));
     }
@@ -202,12 +197,7 @@ async fn garbage_and_malformed_input_is_counted_and_dropped() {
     let stats = a.transport.socket_stats();
     let mut a_datagrams = a.datagrams;
     let (addr, _accepted) = serve(a.transport, a.peer).await;
-    let (peer, _muxer) = b
-        .transport
-        .dial(addr.clone(), dial_opts())
-        .unwrap()
-        .await
-        .unwrap();
+    let (peer, _muxer) = connect(&mut b.transport, &addr).await;
 
     // Garbage UDP to the port: short packets, and packets with the QUIC fixed bit clear.
     let port = addr

@@ -6,14 +6,13 @@
 use callsign_node::link::muxer::QuicMuxer;
 use callsign_node::link::{DatagramReceiver, Heartbeat, LinkConfig, LinkEvent, Links};
 use libp2p::core::muxing::StreamMuxerExt;
-use libp2p::core::Transport;
 use libp2p::PeerId;
 use std::future::poll_fn;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod common;
-use common::link::{configured_node, dial_opts, serve};
+use common::link::{configured_node, connect, serve};
 
 /// A parked link with no word from its peer for this long is down (shortened from 30 s).
 const SILENCE: Duration = Duration::from_millis(1500);
@@ -106,12 +105,7 @@ async fn a_parked_link_carries_voice_both_ways_and_lives_until_its_peer_falls_si
     let mut relay_events = relay_links.events();
     let mut member_events = member_links.events();
     let (addr, mut accepted) = serve(relay.transport, relay_peer).await;
-    let (_, mut member_muxer) = member
-        .transport
-        .dial(addr.clone(), dial_opts())
-        .unwrap()
-        .await
-        .unwrap();
+    let (_, mut member_muxer) = connect(&mut member.transport, &addr).await;
     let (_, mut relay_muxer) = accepted.recv().await.unwrap();
 
     // Nothing parks before the plane is up both ways.
@@ -165,12 +159,7 @@ async fn a_parked_link_carries_voice_both_ways_and_lives_until_its_peer_falls_si
     assert_eq!(relay_links.counts().plane.unauthentic, 0);
 
     // A new connection takes over from the parked link, with no link event.
-    let (_, _member_muxer) = member
-        .transport
-        .dial(addr.clone(), dial_opts())
-        .unwrap()
-        .await
-        .unwrap();
+    let (_, _member_muxer) = connect(&mut member.transport, &addr).await;
     let (_, _relay_muxer) = accepted.recv().await.unwrap();
     until("the new connection replaces the parked link", || {
         !relay_links.is_parked(&member_peer) && !member_links.is_parked(&relay_peer)
@@ -223,12 +212,7 @@ async fn a_member_drops_a_parked_link_to_a_relay_that_stopped_beating() {
     let mut at_relay = relay.datagrams;
     let mut member_events = member_links.events();
     let (addr, mut accepted) = serve(relay.transport, relay_peer).await;
-    let (_, _member_muxer) = member
-        .transport
-        .dial(addr, dial_opts())
-        .unwrap()
-        .await
-        .unwrap();
+    let (_, _member_muxer) = connect(&mut member.transport, &addr).await;
     let (_, _relay_muxer) = accepted.recv().await.unwrap();
     carries(&member_links, relay_peer, &mut at_relay, member_peer, b"up").await;
     until("the member takes up the plane", || {

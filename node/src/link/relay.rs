@@ -116,56 +116,55 @@ impl MemberRelay {
         self.relaying.contains_key(peer)
     }
 
-    fn count(&mut self, peer: PeerId, up: bool) {
-        let n = self.relaying.entry(peer).or_default();
-        match up {
-            true => *n += 1,
-            false => *n = n.saturating_sub(1),
-        }
-        if *n == 0 {
-            self.relaying.remove(&peer);
+    /// One more (`up`) or one fewer reservation or circuit end for each of `peers`.
+    fn count(&mut self, peers: &[PeerId], up: bool) {
+        for peer in peers {
+            let n = self.relaying.entry(*peer).or_default();
+            match up {
+                true => *n += 1,
+                false => *n = n.saturating_sub(1),
+            }
+            if *n == 0 {
+                self.relaying.remove(peer);
+            }
         }
     }
 
-    /// Frees the slot of a handshake that ended. Each admitted handshake ends in exactly one of:
-    /// accepted, accept failed, the destination refused or unreachable (reported as
-    /// `OutboundConnectFailed`, then again as a denial to the source, which is skipped here), or
-    /// no reservation for the destination. Refusals at the limits were never admitted.
+    /// Counts reservations and circuits ([`MemberRelay::relays_for`]), and frees the slot of a
+    /// handshake that ended. Each admitted handshake ends in exactly one of: accepted, accept
+    /// failed, the destination refused or unreachable (reported as `OutboundConnectFailed`,
+    /// then again as a denial to the source, which is skipped here), or no reservation for the
+    /// destination. Refusals at the limits were never admitted.
     fn observe(&mut self, event: &relay::Event) {
+        #[allow(deprecated)]
         match *event {
             relay::Event::ReservationReqAccepted {
                 src_peer_id,
                 renewed: false,
-            } => self.count(src_peer_id, true),
+            } => self.count(&[src_peer_id], true),
             relay::Event::ReservationClosed { src_peer_id }
-            | relay::Event::ReservationTimedOut { src_peer_id } => self.count(src_peer_id, false),
+            | relay::Event::ReservationTimedOut { src_peer_id } => {
+                self.count(&[src_peer_id], false)
+            }
             relay::Event::CircuitReqAccepted {
                 src_peer_id,
                 dst_peer_id,
             } => {
-                self.count(src_peer_id, true);
-                self.count(dst_peer_id, true);
+                self.admission.finished(&src_peer_id);
+                self.count(&[src_peer_id, dst_peer_id], true);
             }
             relay::Event::CircuitClosed {
                 src_peer_id,
                 dst_peer_id,
                 ..
-            } => {
-                self.count(src_peer_id, false);
-                self.count(dst_peer_id, false);
-            }
-            _ => {}
-        }
-        #[allow(deprecated)]
-        match event {
-            relay::Event::CircuitReqAccepted { src_peer_id, .. }
-            | relay::Event::CircuitReqAcceptFailed { src_peer_id, .. }
+            } => self.count(&[src_peer_id, dst_peer_id], false),
+            relay::Event::CircuitReqAcceptFailed { src_peer_id, .. }
             | relay::Event::CircuitReqOutboundConnectFailed { src_peer_id, .. }
             | relay::Event::CircuitReqDenied {
                 src_peer_id,
                 status: relay::StatusCode::NoReservation,
                 ..
-            } => self.admission.finished(src_peer_id),
+            } => self.admission.finished(&src_peer_id),
             _ => {}
         }
     }

@@ -148,7 +148,7 @@ impl Driver {
                         tracing::debug!(%peer, %to, "link migrated");
                     }
                     // A parked link's end: no connection closes under it.
-                    LinkEvent::Down { peer, reason } if self.parking.dropped(&peer) => {
+                    LinkEvent::Down { peer, reason } if self.parking.unpark(&peer) => {
                         tracing::debug!(%peer, reason, "parked link down");
                         self.link_down(peer, now());
                     }
@@ -402,7 +402,7 @@ impl Driver {
                 }
                 // A parked link's peer (both ends parked it) dialed or was dialed for ordered
                 // control: the control session starts over on the new connection.
-                let unparked = self.parking.connected(&peer_id);
+                let unparked = self.parking.unpark(&peer_id);
                 if unparked {
                     tracing::debug!(%peer_id, dialed_by_us, "parked link back on a new connection");
                 }

@@ -77,13 +77,9 @@ impl Parking {
         }
     }
 
-    /// A connection to `peer` came up: whether it replaces a parked link.
-    pub(crate) fn connected(&mut self, peer: &PeerId) -> bool {
-        self.parked.remove(peer)
-    }
-
-    /// `Links` dropped `peer`'s link: whether it was a parked one (then the link is down).
-    pub(crate) fn dropped(&mut self, peer: &PeerId) -> bool {
+    /// `peer`'s link is parked no more: a connection to it came up (it took over), or `Links`
+    /// dropped the link (it is down). Whether it was parked.
+    pub(crate) fn unpark(&mut self, peer: &PeerId) -> bool {
         self.parked.remove(peer)
     }
 
@@ -191,11 +187,11 @@ mod tests {
         let mut parking = Parking::new(Some(Duration::from_secs(10)));
         parking.closed(peer, true);
         assert!(parking.is_parked(&peer));
-        assert!(parking.connected(&peer));
-        assert!(!parking.connected(&peer));
+        assert!(parking.unpark(&peer));
+        assert!(!parking.unpark(&peer));
         parking.closed(peer, true);
-        assert!(parking.dropped(&peer));
-        assert!(!parking.dropped(&peer));
+        assert!(parking.unpark(&peer));
+        assert!(!parking.unpark(&peer));
         parking.closed(peer, false);
         assert!(!parking.is_parked(&peer));
     }

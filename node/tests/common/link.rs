@@ -95,6 +95,15 @@ pub async fn serve_on(
     (addr.with(Protocol::P2p(peer)), rx)
 }
 
+/// Dials `addr` from `transport` and waits for the link.
+pub async fn connect(transport: &mut QuicTransport, addr: &Multiaddr) -> (PeerId, QuicMuxer) {
+    transport
+        .dial(addr.clone(), dial_opts())
+        .unwrap()
+        .await
+        .unwrap()
+}
+
 pub fn dial_opts() -> DialOpts {
     DialOpts {
         role: Endpoint::Dialer,

@@ -326,26 +326,25 @@ impl Links {
         }
     }
 
+    /// `read` of `peer`'s newest connection, under the registry's lock.
+    fn newest<R>(&self, peer: &PeerId, read: impl FnOnce(&Connection) -> Option<R>) -> Option<R> {
+        read(self.state().peers.get(peer)?.last()?)
+    }
+
     /// The QUIC connection of `peer`'s newest link; none while that link is parked.
     fn connection(&self, peer: &PeerId) -> Result<quinn::Connection, LinkError> {
-        self.state()
-            .peers
-            .get(peer)
-            .and_then(|connections| connections.last())
-            .and_then(|c| c.quic.clone())
+        self.newest(peer, |c| c.quic.clone())
             .ok_or(LinkError::NotConnected(*peer))
     }
 
     /// Largest payload `send_datagram` accepts for this peer right now (path MTU minus headers;
     /// on a parked link, what any path takes).
     pub fn max_datagram_size(&self, peer: &PeerId) -> Option<usize> {
-        if self.is_parked(peer) {
-            return Some(ALWAYS_FITS - HEADER);
-        }
-        let connection = self.connection(peer).ok()?;
-        connection
-            .max_datagram_size()
-            .map(|n| n.saturating_sub(HEADER))
+        let max = self.newest(peer, |c| match c.parked() {
+            true => Some(ALWAYS_FITS),
+            false => c.quic.as_ref()?.max_datagram_size(),
+        })?;
+        Some(max.saturating_sub(HEADER))
     }
 
     /// Smoothed round-trip time QUIC measures for this peer.

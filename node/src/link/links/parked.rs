@@ -12,7 +12,7 @@
 //! ([`Watchdog`]); one that did not (a member) sends a heartbeat on the plane every third of
 //! `LinkConfig::parked_silence`, and is down once silent that long.
 
-use super::{Links, KIND_HEARTBEAT};
+use super::{Connection, Links, KIND_HEARTBEAT};
 use crate::link::heartbeat::Watchdog;
 use crate::link::plane::{PlaneLink, SealedBatch};
 use libp2p::PeerId;
@@ -34,6 +34,15 @@ fn closed_to_park(connection: &quinn::Connection) -> bool {
         connection.close_reason(),
         Some(quinn::ConnectionError::ApplicationClosed(close)) if close.error_code == VARINT_PARKED
     )
+}
+
+impl Connection {
+    /// Parked, or its QUIC connection closing to park it.
+    pub(super) fn parked(&self) -> bool {
+        self.quic
+            .as_ref()
+            .is_none_or(|quic| self.parking || closed_to_park(quic))
+    }
 }
 
 impl Links {
@@ -58,27 +67,16 @@ impl Links {
 
     /// Whether the link to `peer` is parked, or its QUIC connection is closing to park it.
     pub fn is_parked(&self, peer: &PeerId) -> bool {
-        let state = self.state();
-        state
-            .peers
-            .get(peer)
-            .and_then(|c| c.last())
-            .is_some_and(|c| match &c.quic {
-                None => true,
-                Some(quic) => c.parking || closed_to_park(quic),
-            })
+        self.newest(peer, |c| Some(c.parked())).unwrap_or(false)
     }
 
     /// Where the peer of a parked link is (its plane's destination): a new QUIC connection for
     /// ordered control is dialed there.
     pub fn parked_address(&self, peer: &PeerId) -> Option<SocketAddr> {
-        let state = self.state();
-        let newest = state.peers.get(peer)?.last()?;
-        newest
-            .quic
-            .is_none()
-            .then(|| newest.plane.as_ref().map(|p| p.last_destination()))
-            .flatten()
+        self.newest(peer, |c| match c.quic {
+            None => Some(c.plane.as_ref()?.last_destination()),
+            Some(_) => None,
+        })
     }
 
     /// A new connection took over from the parked connections `ids` (already out of the
@@ -95,9 +93,7 @@ impl Links {
 
     /// The id of `peer`'s parked link, if its newest is one.
     pub(super) fn parked_id(&self, peer: &PeerId) -> Option<usize> {
-        let state = self.state();
-        let newest = state.peers.get(peer)?.last()?;
-        newest.quic.is_none().then_some(newest.id)
+        self.newest(peer, |c| c.quic.is_none().then_some(c.id))
     }
 
     /// Connection `id` of `peer` has closed: keeps it parked if it was closed to park (by
