@@ -389,7 +389,7 @@ impl LinkSocket {
     /// Sends each `(destination, datagram)` from the endpoint's port without waiting: on a real
     /// socket in one system call where the platform has one (`link::batch`), on a simulated
     /// one through its path model. Returns how many left; the rest met a full socket buffer.
-    pub fn send_many(&self, batch: &[(SocketAddr, &[u8])]) -> usize {
+    pub fn send_many<'a>(&self, batch: impl IntoIterator<Item = (SocketAddr, &'a [u8])>) -> usize {
         let sent = match &self.raw {
             Some(raw) => raw
                 .send_many(self.marker.as_ref(), batch)
@@ -398,7 +398,7 @@ impl LinkSocket {
                     0
                 }),
             None => batch
-                .iter()
+                .into_iter()
                 .filter(|(destination, contents)| {
                     let transmit = Transmit {
                         destination: *destination,

@@ -10,7 +10,7 @@ use libp2p::PeerId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 
 /// How a datagram to a peer goes.
 pub(super) enum Route<'a> {
@@ -115,6 +115,10 @@ pub(crate) struct CopySender {
     pub(super) epoch: tokio::time::Instant,
     pub(super) state: std::sync::Weak<Mutex<State>>,
     pub(super) counters: Arc<Counters>,
+    /// The last packet's copies, emptied and filled again for the next: a relay's copies of a
+    /// packet take kilobytes, and allocating them afresh each time cost more than the rest of
+    /// its own work per packet but the sealing.
+    pub(super) batch: Mutex<SealedBatch>,
 }
 
 impl CopySender {
@@ -127,7 +131,16 @@ impl CopySender {
         };
         let mut quic = Vec::new();
         let now_ms = Links::clock_ms(self.epoch);
-        let (batch, socket) = {
+        // Another thread sending copies at the same moment fills a batch of its own.
+        let mut reused = match self.batch.try_lock() {
+            Ok(batch) => Some(batch),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        let mut fresh = SealedBatch::default();
+        let batch = reused.as_deref_mut().unwrap_or(&mut fresh);
+        batch.clear();
+        let socket = {
             let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
             let state = &mut *guard;
             let route = state.copy_routes.resolve(peers, &state.peers);
@@ -143,7 +156,7 @@ impl CopySender {
                 .filter(|link| link.is_ready())
                 .inspect(|link| link.prefetch())
                 .count();
-            let mut batch = SealedBatch::with_capacity(ready, frame.len());
+            batch.reserve(ready, frame.len());
             for connection in newest {
                 match route_connection(state, &self.counters, connection, frame) {
                     Ok(Route::Plane(link, to, _)) => {
@@ -154,7 +167,7 @@ impl CopySender {
                     Err(_) => {}
                 }
             }
-            (batch, state.socket.clone())
+            state.socket.clone()
         };
         let mut sent = quic
             .into_iter()

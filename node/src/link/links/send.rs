@@ -100,7 +100,7 @@ impl Links {
 
     /// Sends what [`Links::seal_for_plane`] sealed, after the registry's lock.
     fn send_sealed(&self, (sealed, to, socket): (Vec<u8>, SocketAddr, Arc<LinkSocket>)) {
-        let n = socket.send_many(&[(to, &sealed)]);
+        let n = socket.send_many([(to, sealed.as_slice())]);
         plane_sent(&self.counters, self.plane.stats(), n);
     }
 
@@ -118,6 +118,7 @@ impl Links {
             epoch: self.epoch,
             state: Arc::downgrade(&self.state),
             counters: self.counters.clone(),
+            batch: std::sync::Mutex::default(),
         }
     }
 

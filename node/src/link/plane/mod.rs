@@ -398,6 +398,7 @@ pub fn parse_header(datagram: &[u8]) -> Result<(u32, u64), PlaneDrop> {
 
 /// Plane datagrams sealed one after another into one buffer, each with its destination, for
 /// one [`LinkSocket::send_many`](crate::link::LinkSocket::send_many).
+#[derive(Default)]
 pub(crate) struct SealedBatch {
     bytes: Vec<u8>,
     /// Destination and end offset in `bytes` of each datagram.
@@ -418,21 +419,32 @@ impl SealedBatch {
         self.ends.push((to, self.bytes.len()));
     }
 
+    /// Makes room for `datagrams` more sealed frames of `frame_len` bytes.
+    pub(crate) fn reserve(&mut self, datagrams: usize, frame_len: usize) {
+        self.bytes.reserve(datagrams * (frame_len + OVERHEAD));
+        self.ends.reserve(datagrams);
+    }
+
+    /// Empties it, keeping its buffers for the next packet's copies.
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Each datagram and where it goes, in the order pushed.
+    fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|&(_, end)| end));
+        self.ends
+            .iter()
+            .zip(starts)
+            .map(|(&(to, end), start)| (to, &self.bytes[start..end]))
+    }
+
     /// Sends them all; returns how many left.
     pub(crate) fn send(&self, socket: &crate::link::LinkSocket) -> usize {
         if self.ends.is_empty() {
             return 0;
         }
-        let mut start = 0;
-        let batch: Vec<(SocketAddr, &[u8])> = self
-            .ends
-            .iter()
-            .map(|&(to, end)| {
-                let datagram = &self.bytes[start..end];
-                start = end;
-                (to, datagram)
-            })
-            .collect();
-        socket.send_many(&batch)
+        socket.send_many(self.datagrams())
     }
 }
