@@ -70,18 +70,18 @@ fn voice_within(now_ms: u64, voice_ms: u64, window: Duration) -> bool {
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 /// An empty datagram on each link that carried nothing for its gap (the promise's `every`
-/// where voice went either way lately, `quiet` elsewhere) less half of `every`, looked at twice
-/// per `every` so no link goes longer than its gap without a datagram: on the plane where the
-/// peer has it, else in QUIC. Once every [`FOLLOW_EVERY`] it also follows each link's QUIC
-/// address (a migration), which the relay's sends read without asking quinn. Ends with the
-/// registry.
+/// where voice went either way lately, `quiet` elsewhere) less half of `every`: on the plane
+/// where the peer has it, else in QUIC. Looks are timed by the links' gaps ([`next_look`]).
+/// Once every [`FOLLOW_EVERY`] a look also follows each link's QUIC address (a migration),
+/// which the relay's sends read without asking quinn. Ends with the registry.
 pub(super) async fn send_heartbeats(
     epoch: tokio::time::Instant,
     state: std::sync::Weak<Mutex<State>>,
     plane: Arc<PlaneReceivers>,
 ) {
     let beat = Links::frame(KIND_HEARTBEAT, &[]);
-    let mut looks = 0u32;
+    let mut followed_ms: Option<u64> = None;
+    let mut next_ms: Option<u64> = None;
     loop {
         let promise = {
             let Some(state) = state.upgrade() else { return };
@@ -91,21 +91,21 @@ pub(super) async fn send_heartbeats(
             };
             promise
         };
-        // Each look walks every link: while voice flows to them all, that is the whole cost.
-        let step = promise.every / 2;
-        tokio::time::sleep(step).await;
+        // The first look comes half a fast gap in.
+        let at = next_ms.unwrap_or_else(|| {
+            Links::clock_ms(epoch).saturating_add(promise.every.as_millis() as u64 / 2)
+        });
+        tokio::time::sleep_until(epoch + Duration::from_millis(at)).await;
         let now_ms = Links::clock_ms(epoch);
-        // Beaten once quiet for its gap less a step, so the next look is never too late.
-        let due = |link: &PlaneLink| {
-            let gap = promise.gap(now_ms, link.last_voice_ms());
-            link.quiet_for(now_ms, gap.saturating_sub(step).as_millis() as u64)
-        };
         let Some(state) = state.upgrade() else { return };
         // quinn's address needs its connection's lock: once a second is enough.
-        let follow_looks = (FOLLOW_EVERY.as_millis() / step.as_millis().max(1)).max(1) as u32;
-        let follow = looks % follow_looks == 0;
-        looks = looks.wrapping_add(1);
+        let follow = followed_ms
+            .is_none_or(|at| u128::from(now_ms.saturating_sub(at)) >= FOLLOW_EVERY.as_millis());
+        if follow {
+            followed_ms = Some(now_ms);
+        }
         let mut batch = SealedBatch::with_capacity(0, beat.len());
+        let mut earliest_ms = u64::MAX;
         let socket = {
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
             let socket = state.socket.clone();
@@ -117,18 +117,19 @@ pub(super) async fn send_heartbeats(
             // Connections without a plane are not among them: their other end keeps no
             // `Watchdog`.
             for (quic, link) in planes {
+                let due = beat_due(&promise, now_ms, link.last_sent_ms(), link.last_voice_ms());
                 if link.is_ready() {
                     if let Some(quic) = quic.as_ref().filter(|_| follow) {
                         link.destination(canonical(quic.remote_address()));
                     }
-                    if due(link) {
+                    if due {
                         batch.push(link, &beat, link.last_destination());
                         link.sent_at(now_ms);
                     }
                 } else if let Some(quic) = quic {
                     // A peer that has not taken up the plane hears it in QUIC, with the
                     // announcement again now and then (it may have been lost).
-                    if due(link) {
+                    if due {
                         link.sent_at(now_ms);
                         let _ = quic.send_datagram(beat.clone());
                     }
@@ -136,9 +137,13 @@ pub(super) async fn send_heartbeats(
                         let _ = quic.send_datagram(announcement(Some(promise)));
                     }
                 }
+                let gap = promise.gap(now_ms, link.last_voice_ms());
+                let deadline = link.last_sent_ms().saturating_add(gap.as_millis() as u64);
+                earliest_ms = earliest_ms.min(deadline);
             }
             socket
         };
+        next_ms = Some(next_look(&promise, now_ms, earliest_ms));
         if let Some(socket) = socket {
             let n = batch.send(&socket);
             plane
@@ -147,6 +152,32 @@ pub(super) async fn send_heartbeats(
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether a look at `now_ms` beats a link last sent on at `sent_ms` (`u64::MAX`: never) with
+/// voice last at `voice_ms`: once it has been quiet for its gap less half a fast gap, so a
+/// look that comes no later than half a fast gap before the gap runs out finds it in time.
+fn beat_due(promise: &Heartbeat, now_ms: u64, sent_ms: u64, voice_ms: u64) -> bool {
+    let gap = promise.gap(now_ms, voice_ms);
+    let early = gap.saturating_sub(promise.every / 2).as_millis();
+    sent_ms == u64::MAX || u128::from(now_ms.saturating_sub(sent_ms)) >= early
+}
+
+/// When to look again after a look at `now_ms` that left `earliest_ms` as the first moment a
+/// link's gap runs out: an eighth of a fast gap before it (for a late timer), but no sooner
+/// than half a fast gap (no link still has its gap running out sooner: the look beat those)
+/// and no later than a fast gap less that eighth, because a quiet link whose peer starts
+/// talking expects the fast beat from then on.
+///
+/// Why not a look every half fast gap, as before: while a relay forwards a talker, voice
+/// stands in for the beat on every link but the talker's, and the looks themselves, each a
+/// wake-up walking every link, were most of what the heartbeat cost.
+fn next_look(promise: &Heartbeat, now_ms: u64, earliest_ms: u64) -> u64 {
+    let every = promise.every.as_millis().min(u128::from(u64::MAX / 4)) as u64;
+    let margin = every / 8;
+    let soonest = now_ms.saturating_add((every / 2).max(1));
+    let latest = now_ms.saturating_add(every - margin).max(soonest);
+    earliest_ms.saturating_sub(margin).clamp(soonest, latest)
 }
 
 /// The plane announcement, with the heartbeat this end promises: empty (none), or `every`,
@@ -311,6 +342,82 @@ mod tests {
         (from..=to)
             .step_by(125)
             .find(|&now| silence.look(&PROMISE, now, heard(now), voice(now)))
+    }
+
+    /// Runs the relay's looks for `seconds` over links that each get voice sent to them
+    /// (`sent_voice[i]`) or heard from them (`heard_voice[i]`) every 20 ms from `voice_from`
+    /// ms, or neither; returns the looks made and each link's longest gap between datagrams
+    /// from then on (ms; the first counted from `voice_from`).
+    fn run_looks(
+        seconds: u64,
+        voice_from: u64,
+        sent_voice: &[bool],
+        heard_voice: &[bool],
+    ) -> (u64, Vec<u64>) {
+        let n = sent_voice.len();
+        let (mut sent, mut voice) = (vec![u64::MAX; n], vec![u64::MAX; n]);
+        let mut longest = vec![0u64; n];
+        let mut send = |sent: &mut Vec<u64>, i: usize, now: u64| {
+            if sent[i] != u64::MAX && now >= voice_from {
+                longest[i] = longest[i].max(now - sent[i].max(voice_from));
+            }
+            sent[i] = now;
+        };
+        let (mut looks, mut next) = (0, PROMISE.every.as_millis() as u64 / 2);
+        for now in 0..seconds * 1000 {
+            if now % 20 == 0 && now >= voice_from {
+                for i in 0..n {
+                    if sent_voice[i] {
+                        send(&mut sent, i, now);
+                    }
+                    if sent_voice[i] || heard_voice[i] {
+                        voice[i] = now;
+                    }
+                }
+            }
+            if now == next {
+                looks += 1;
+                let mut earliest = u64::MAX;
+                for i in 0..n {
+                    if beat_due(&PROMISE, now, sent[i], voice[i]) {
+                        send(&mut sent, i, now);
+                    }
+                    let gap = PROMISE.gap(now, voice[i]).as_millis() as u64;
+                    earliest = earliest.min(sent[i].saturating_add(gap));
+                }
+                next = next_look(&PROMISE, now, earliest);
+            }
+        }
+        (looks, longest)
+    }
+
+    #[test]
+    fn looks_come_as_the_gaps_need_them_and_no_gap_runs_over() {
+        // A talker's relay: voice goes out on three links and comes in on the fourth, which
+        // only the heartbeat keeps. Every half fast gap (the old schedule) would be 160 looks.
+        let talk = [true, true, true, false];
+        let (looks, longest) = run_looks(10, 0, &talk, &talk.map(|s| !s));
+        assert!(longest.iter().all(|&gap| gap <= 125), "{longest:?}");
+        assert!(looks <= 115, "{looks} looks");
+        // Quiet links: the quiet gap holds, and the looks stay within the fast gap.
+        let (looks, longest) = run_looks(10, 0, &[false; 3], &[false; 3]);
+        assert!(longest.iter().all(|&gap| gap <= 500), "{longest:?}");
+        assert!((80..=115).contains(&looks), "{looks} looks");
+        // A quiet link whose peer starts talking has the fast beat from its first word: no
+        // gap from then on is longer than a fast one.
+        for from in [3_000, 3_013, 3_070] {
+            let (_, longest) = run_looks(6, from, &[false, false], &[false, true]);
+            assert!(longest[1] <= 125, "talking from {from}: {longest:?}");
+        }
+    }
+
+    #[test]
+    fn a_look_is_never_sooner_than_half_a_fast_gap_nor_later_than_most_of_one() {
+        assert_eq!(next_look(&PROMISE, 1000, 1010), 1062);
+        assert_eq!(next_look(&PROMISE, 1000, 1100), 1085);
+        assert_eq!(next_look(&PROMISE, 1000, u64::MAX), 1110);
+        let tiny = Heartbeat::constant(Duration::from_millis(1));
+        assert_eq!(next_look(&tiny, 1000, 1000), 1001);
     }
 
     #[test]

@@ -110,8 +110,8 @@ impl Driver {
         // event was a visible share of a large simulation's CPU.
         let timeout = tokio::time::sleep_until(self.member.poll_timeout().into());
         tokio::pin!(timeout);
-        let mut park_look = tokio::time::interval(super::parking::LOOK_TICK);
-        park_look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let park_look = tokio::time::sleep(self.parking.look_every(now()));
+        tokio::pin!(park_look);
         loop {
             if self.member.is_removed() {
                 // An admin removed us: the node stops, as after a shutdown.
@@ -154,7 +154,12 @@ impl Driver {
                     }
                     LinkEvent::Up { .. } | LinkEvent::Down { .. } => {}
                 },
-                _ = park_look.tick(), if self.parking.enabled() => self.park_idle_links(now()),
+                _ = &mut park_look, if self.parking.enabled() => {
+                    let now = now();
+                    self.park_idle_links(now);
+                    let next = tokio::time::Instant::now() + self.parking.look_every(now);
+                    park_look.as_mut().reset(next);
+                }
                 Some(nonce) = self.probes.recv() => {
                     self.member.handle_input(now(), Input::ProbeArrived(nonce));
                 }

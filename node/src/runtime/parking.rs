@@ -24,8 +24,6 @@ const PRESSED_AFTER: Duration = Duration::from_secs(1);
 const PRESSED_LOOK_EVERY: Duration = Duration::from_millis(250);
 /// A relay is pressed from a refused handshake until this long after the last one.
 const PRESSED_FOR: Duration = Duration::from_secs(5);
-/// How often the driver asks [`Parking::idle`], which looks only as often as it should.
-pub(crate) const LOOK_TICK: Duration = PRESSED_LOOK_EVERY;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -52,6 +50,17 @@ impl Parking {
             looked_at: None,
             refused: 0,
             pressed_until: None,
+        }
+    }
+
+    /// How long after a look at `now` the next is due: [`PRESSED_LOOK_EVERY`] while pressed,
+    /// else [`LOOK_EVERY`] (a relay that starts refusing handshakes is found pressed at its
+    /// next look). The driver sleeps that long, not a fixed short tick: each wake-up of an
+    /// idle relay is a cost of its own.
+    pub(crate) fn look_every(&self, now: Instant) -> Duration {
+        match self.pressed_until.is_some_and(|until| now < until) {
+            true => PRESSED_LOOK_EVERY,
+            false => LOOK_EVERY,
         }
     }
 
@@ -170,12 +179,15 @@ mod tests {
         // A handshake refused: links quiet for a second go too, looked at more often, until
         // none has been refused for a while.
         let mut pressed = Parking::new(Some(after));
+        assert_eq!(pressed.look_every(t0), LOOK_EVERY);
         let idle = pressed.idle(t0 + PRESSED_AFTER, 1, &connections, |p| *p != a);
         assert_eq!(idle.len(), 2, "{idle:?}");
+        assert_eq!(pressed.look_every(t0 + PRESSED_AFTER), PRESSED_LOOK_EVERY);
         let soon = t0 + PRESSED_AFTER + PRESSED_LOOK_EVERY;
         assert_eq!(pressed.idle(soon, 1, &connections, |_| true).len(), 3);
         let calm = t0 + PRESSED_AFTER + PRESSED_FOR;
         assert!(pressed.idle(calm, 1, &connections, |_| true).is_empty());
+        assert_eq!(pressed.look_every(calm), LOOK_EVERY);
         // Never, without the setting.
         let mut never = Parking::new(None);
         assert!(never.idle(later, 0, &connections, |_| true).is_empty());

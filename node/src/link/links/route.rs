@@ -32,15 +32,17 @@ pub(super) fn route<'a>(
         .get(peer)
         .and_then(|connections| connections.last())
         .ok_or(LinkError::NotConnected(*peer))?;
-    route_connection(state, counters, newest, frame)
+    route_connection(state, counters, newest, frame, None)
 }
 
-/// [`route`] on the peer's newest connection.
+/// [`route`] on the peer's newest connection; `cache` keeps its plane destination between
+/// calls where the caller can ([`PlaneLink::cached_destination`]).
 fn route_connection<'a>(
     state: &'a State,
     counters: &Counters,
     newest: &'a Connection,
     frame: &[u8],
+    cache: Option<&mut Option<(u32, SocketAddr)>>,
 ) -> Result<Route<'a>, LinkError> {
     Ok(match (&newest.plane, &state.socket, &newest.quic) {
         (Some(plane), Some(socket), quic) if plane.is_ready() => {
@@ -49,9 +51,10 @@ fn route_connection<'a>(
             }
             // A relay's heartbeat task follows every connection's address once an interval;
             // other nodes send little, and look each time. A parked link has only the plane's.
-            let to = match (state.heartbeat, quic) {
-                (None, Some(quic)) => plane.destination(canonical(quic.remote_address())),
-                _ => plane.last_destination(),
+            let to = match (state.heartbeat, quic, cache) {
+                (None, Some(quic), _) => plane.destination(canonical(quic.remote_address())),
+                (_, _, Some(cache)) => plane.cached_destination(cache),
+                (_, _, None) => plane.last_destination(),
             };
             Route::Plane(plane, to, socket)
         }
@@ -125,7 +128,7 @@ impl CopySender {
     /// Sends one framed datagram (from [`Links::frame_datagram`]) to each of `peers`: copies on
     /// the plane are sealed per peer and handed to the kernel together, the rest go in QUIC.
     /// Returns how many were sent; a peer without a link is skipped.
-    pub(crate) fn send(&self, peers: &[PeerId], frame: &Bytes, plane: &PlaneStats) -> usize {
+    pub(crate) fn send(&self, peers: &Arc<[PeerId]>, frame: &Bytes, plane: &PlaneStats) -> usize {
         let Some(state) = self.state.upgrade() else {
             return 0;
         };
@@ -144,6 +147,9 @@ impl CopySender {
             let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
             let state = &mut *guard;
             let route = state.copy_routes.resolve(peers, &state.peers);
+            // Taken out for the loop, which reads the rest of the registry, and put back.
+            let mut destinations =
+                std::mem::take(&mut state.copy_routes.entries[route].destinations);
             let state = &*state;
             let newest = &state.copy_routes.entries[route].connections;
             // In phases, each reading one thing of every peer: one peer's loads do not wait for
@@ -157,8 +163,8 @@ impl CopySender {
                 .inspect(|link| link.prefetch())
                 .count();
             batch.reserve(ready, frame.len());
-            for connection in newest {
-                match route_connection(state, &self.counters, connection, frame) {
+            for (connection, cache) in newest.iter().zip(destinations.iter_mut()) {
+                match route_connection(state, &self.counters, connection, frame, Some(cache)) {
                     Ok(Route::Plane(link, to, _)) => {
                         batch.push(link, frame, to);
                         link.sent_voice_at(now_ms);
@@ -167,7 +173,9 @@ impl CopySender {
                     Err(_) => {}
                 }
             }
-            state.socket.clone()
+            let socket = state.socket.clone();
+            guard.copy_routes.entries[route].destinations = destinations;
+            socket
         };
         let mut sent = quic
             .into_iter()
@@ -200,31 +208,37 @@ pub(super) struct CopyRoutes {
 }
 
 pub(super) struct CopyRoute {
-    peers: Vec<PeerId>,
+    /// The list as the forwarder shares it: the same list is most often the same allocation,
+    /// which this one keeps alive, so a pointer comparison finds it.
+    peers: Arc<[PeerId]>,
     /// Each peer's newest connection, in `peers` order; peers without one are left out.
     pub(super) connections: Vec<Connection>,
+    /// Each connection's plane destination when last sent to ([`PlaneLink::cached_destination`]).
+    pub(super) destinations: Vec<Option<(u32, SocketAddr)>>,
 }
 
 impl CopyRoutes {
     /// The index in `entries` of `peers` looked up in `registry`.
     pub(super) fn resolve(
         &mut self,
-        peers: &[PeerId],
+        peers: &Arc<[PeerId]>,
         registry: &BTreeMap<PeerId, Vec<Connection>>,
     ) -> usize {
-        if let Some(at) = self.entries.iter().position(|e| e.peers == peers) {
+        let same = |e: &CopyRoute| Arc::ptr_eq(&e.peers, peers) || e.peers == *peers;
+        if let Some(at) = self.entries.iter().position(same) {
             let entry = self.entries.remove(at);
             self.entries.push(entry);
         } else {
             if self.entries.len() == COPY_ROUTES {
                 self.entries.remove(0);
             }
-            let connections = peers
+            let connections: Vec<Connection> = peers
                 .iter()
                 .filter_map(|peer| registry.get(peer)?.last().cloned())
                 .collect();
             self.entries.push(CopyRoute {
-                peers: peers.to_vec(),
+                peers: peers.clone(),
+                destinations: vec![None; connections.len()],
                 connections,
             });
         }

@@ -109,7 +109,7 @@ impl Links {
     /// kernel together; the rest go in QUIC. Returns how many were sent; a peer without a link
     /// is skipped.
     pub fn send_framed_to_many(&self, peers: &[PeerId], frame: &Bytes) -> usize {
-        self.copies().send(peers, frame, self.plane.stats())
+        self.copies().send(&peers.into(), frame, self.plane.stats())
     }
 
     /// What sends a relay's copies, without keeping the registry alive.

@@ -47,7 +47,7 @@ pub use window::CounterWindow;
 use crate::link::heartbeat::Heartbeat;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -143,6 +143,10 @@ pub struct PlaneLink {
     /// When voice (an application datagram) last went either way on the plane, ms on the
     /// `Links` clock (`u64::MAX`: never): the heartbeat is fast only after voice.
     last_voice_ms: AtomicU64,
+    /// How many times `address.current` has changed: a relay's copy lists keep each link's
+    /// destination and look here, not in the lock, whether it still holds
+    /// ([`PlaneLink::cached_destination`]).
+    address_changes: AtomicU32,
     /// Where plane datagrams go: the connection's address, or the source of the peer's latest
     /// authenticated plane datagram if that came later.
     address: Mutex<Addresses>,
@@ -175,6 +179,7 @@ impl PlaneLink {
             moved: tokio::sync::Notify::new(),
             last_sent_ms: AtomicU64::new(u64::MAX),
             last_voice_ms: AtomicU64::new(u64::MAX),
+            address_changes: AtomicU32::new(0),
             heard: AtomicBool::new(false),
             peer_heartbeat: Mutex::new(None),
         });
@@ -226,6 +231,11 @@ impl PlaneLink {
         self.last_voice_ms.load(Ordering::Relaxed)
     }
 
+    /// When a datagram last left (`u64::MAX`: never), ms on the `Links` clock.
+    pub(crate) fn last_sent_ms(&self) -> u64 {
+        self.last_sent_ms.load(Ordering::Relaxed)
+    }
+
     /// Whether nothing left for `quiet_ms` up to `now_ms`.
     pub(crate) fn quiet_for(&self, now_ms: u64, quiet_ms: u64) -> bool {
         match self.last_sent_ms.load(Ordering::Relaxed) {
@@ -260,9 +270,29 @@ impl PlaneLink {
         let mut a = lock(&self.address);
         if a.quic != quic_now {
             a.quic = quic_now;
-            a.current = quic_now;
+            if a.current != quic_now {
+                a.current = quic_now;
+                self.address_changes.fetch_add(1, Ordering::Release);
+            }
         }
         a.current
+    }
+
+    /// [`PlaneLink::last_destination`] through `cache`, what an earlier call found: the lock
+    /// is taken only if the destination changed since. Why: a relay sends a copy per
+    /// subscriber per packet, and taking each link's lock (two atomic writes to a line the
+    /// processor had to fetch) was most of its per-copy work besides the sealing.
+    pub(crate) fn cached_destination(&self, cache: &mut Option<(u32, SocketAddr)>) -> SocketAddr {
+        let changes = self.address_changes.load(Ordering::Acquire);
+        match cache {
+            Some((seen, address)) if *seen == changes => *address,
+            _ => {
+                // A change between the load and the lock is seen at the next call.
+                let address = self.last_destination();
+                *cache = Some((changes, address));
+                address
+            }
+        }
     }
 
     /// Where to send, as of the last [`PlaneLink::destination`] or authenticated datagram.
@@ -277,6 +307,7 @@ impl PlaneLink {
         let mut a = lock(&self.address);
         if a.current != from {
             a.current = from;
+            self.address_changes.fetch_add(1, Ordering::Release);
             self.moved.notify_one();
         }
     }
