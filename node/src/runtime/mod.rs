@@ -29,7 +29,7 @@ pub use api::{
     AudioSettings, AudioStats, FloorStats, ForwardingStats, LatencyMs, LinkKind, NodeCommand,
     NodeEvent, NodeStats, PeerStats, PortMapping, ReceivedStream, SentStream, StreamChannel,
 };
-pub use config::{AudioInput, NodeConfig, RELAY_IDLE_TIMEOUT};
+pub use config::{AudioInput, NodeConfig, RELAY_IDLE_TIMEOUT, RELAY_PARK_AFTER};
 pub use stats::describe_floor;
 
 use crate::audio::AudioError;

@@ -13,6 +13,7 @@ use callsign_mesh::forward::{envelope, Subscription, SubscriptionBody};
 use callsign_mesh::voice::{SenderKey, SenderShortId, VoiceFlags, VoiceHeader};
 use callsign_node::link::swarm::{answer_echo, build_swarm, SwarmConfig};
 use callsign_node::link::LinkSocket;
+use callsign_node::runtime::RELAY_PARK_AFTER;
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
@@ -368,8 +369,11 @@ fn forward_latency(text: &str) -> (u64, u64) {
     ((sum_s * 1e6 / count.max(1) as f64).round() as u64, at(0.99))
 }
 
-/// Time given to the links after everyone subscribed, before the idle measurement.
-const IDLE_SETTLE: Duration = Duration::from_secs(1);
+/// Time given to the links after everyone subscribed, before the idle measurement: until the
+/// relay has parked them (`RELAY_PARK_AFTER` of quiet control, a look a second, the closing),
+/// so both measurements see a relay as it runs once its members are in, not the one-off
+/// closing of every member's QUIC connection (which fell inside 10 s rounds).
+const IDLE_SETTLE: Duration = Duration::from_secs(RELAY_PARK_AFTER.as_secs() + 3);
 /// How long the relay's idle CPU is measured for.
 const IDLE_MEASURED: Duration = Duration::from_secs(3);
 
@@ -482,8 +486,8 @@ pub(super) async fn run(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let joined = joining.elapsed();
-    // Everyone linked and nobody talking: what the links cost by themselves. A second first,
-    // so the handshakes' and subscriptions' work is done.
+    // Everyone linked and nobody talking: what the links cost by themselves, once the
+    // handshakes' and subscriptions' work is done and the links are parked.
     tokio::time::sleep(IDLE_SETTLE).await;
     let idle_before = child.cpu()?;
     tokio::time::sleep(IDLE_MEASURED).await;
