@@ -9,7 +9,9 @@
 //!    plane: sealed per link, copies batched into `sendmmsg`).
 //!
 //! Each child's CPU time (`/proc/<pid>/schedstat`) and peak memory (`VmHWM`) are read around
-//! the measurement, so the parent's own work (the subscribers) does not count. Reported:
+//! the measurement, so the parent's own work (the subscribers) does not count. The relay is
+//! measured once it has parked its members' idle links (`RELAY_PARK_AFTER` after the last
+//! subscription), as it runs for the rest of an op. Reported:
 //! copies delivered per second, copies per CPU-second of the forwarder ("per core"), the
 //! forwarder's CPU share, sender-to-subscriber latency p50/p99, and the relay/baseline ratios.
 //! Latency runs from the speaker's send to the moment the subscriber's socket reader took the
