@@ -518,12 +518,12 @@ async fn a_relays_copies_follow_a_subscriber_that_reconnects() {
     for _ in 0..2 {
         accepted.recv().await.unwrap();
     }
-    let subscribers = [a.peer, b.peer];
+    let subscribers: std::sync::Arc<[libp2p::PeerId]> = [a.peer, b.peer].into();
     // Heard by both, several times (the first copies may travel in QUIC before the plane is
     // announced): returns what b heard.
     async fn copies_heard(
         relay: &Links,
-        subscribers: &[libp2p::PeerId],
+        subscribers: &std::sync::Arc<[libp2p::PeerId]>,
         a: &mut callsign_node::link::DatagramReceiver,
         b: &mut callsign_node::link::DatagramReceiver,
         tag: u8,

@@ -246,10 +246,10 @@ pub enum Output {
     Forward {
         /// The sealed voice packet.
         packet: Vec<u8>,
-        /// Subscribers.
-        plain: Vec<PeerId>,
+        /// Subscribers (the forwarder's list, shared: the next packet's is the same one).
+        plain: std::sync::Arc<[PeerId]>,
         /// Fellow relays.
-        enveloped: Vec<PeerId>,
+        enveloped: std::sync::Arc<[PeerId]>,
         /// When the packet arrived (forwarding latency).
         received_at: Instant,
     },

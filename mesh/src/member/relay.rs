@@ -151,8 +151,8 @@ impl Member {
         };
         self.outputs.push_back(Output::Forward {
             packet: packet.to_vec(),
-            plain: plain.to_vec(),
-            enveloped: enveloped.to_vec(),
+            plain,
+            enveloped,
             received_at,
         });
     }

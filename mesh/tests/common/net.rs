@@ -359,15 +359,15 @@ impl Net {
                     enveloped,
                     ..
                 } => {
-                    for peer in plain {
-                        if let Some(to) = self.index(&peer) {
+                    for peer in plain.iter() {
+                        if let Some(to) = self.index(peer) {
                             self.forwarded[i] += 1;
                             let bytes = packet.clone();
                             self.send(i, to, Delivery::Datagram { from: i, bytes });
                         }
                     }
-                    for peer in enveloped {
-                        if let Some(to) = self.index(&peer) {
+                    for peer in enveloped.iter() {
+                        if let Some(to) = self.index(peer) {
                             let bytes = envelope(&packet);
                             self.send(i, to, Delivery::Datagram { from: i, bytes });
                         }

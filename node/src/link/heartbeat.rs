@@ -137,8 +137,8 @@ pub(super) async fn send_heartbeats(
                         let _ = quic.send_datagram(announcement(Some(promise)));
                     }
                 }
-                let gap = promise.gap(now_ms, link.last_voice_ms());
-                let deadline = link.last_sent_ms().saturating_add(gap.as_millis() as u64);
+                let deadline =
+                    gap_ends_ms(&promise, now_ms, link.last_sent_ms(), link.last_voice_ms());
                 earliest_ms = earliest_ms.min(deadline);
             }
             socket
@@ -161,6 +161,12 @@ fn beat_due(promise: &Heartbeat, now_ms: u64, sent_ms: u64, voice_ms: u64) -> bo
     let gap = promise.gap(now_ms, voice_ms);
     let early = gap.saturating_sub(promise.every / 2).as_millis();
     sent_ms == u64::MAX || u128::from(now_ms.saturating_sub(sent_ms)) >= early
+}
+
+/// When the gap of a link last sent on at `sent_ms` with voice last at `voice_ms` runs out.
+fn gap_ends_ms(promise: &Heartbeat, now_ms: u64, sent_ms: u64, voice_ms: u64) -> u64 {
+    let gap = promise.gap(now_ms, voice_ms);
+    sent_ms.saturating_add(gap.as_millis() as u64)
 }
 
 /// When to look again after a look at `now_ms` that left `earliest_ms` as the first moment a
@@ -382,8 +388,7 @@ mod tests {
                     if beat_due(&PROMISE, now, sent[i], voice[i]) {
                         send(&mut sent, i, now);
                     }
-                    let gap = PROMISE.gap(now, voice[i]).as_millis() as u64;
-                    earliest = earliest.min(sent[i].saturating_add(gap));
+                    earliest = earliest.min(gap_ends_ms(&PROMISE, now, sent[i], voice[i]));
                 }
                 next = next_look(&PROMISE, now, earliest);
             }

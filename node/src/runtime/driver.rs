@@ -775,8 +775,8 @@ impl Driver {
     fn forward(
         &mut self,
         packet: &[u8],
-        plain: &[PeerId],
-        enveloped: &[PeerId],
+        plain: &Arc<[PeerId]>,
+        enveloped: &Arc<[PeerId]>,
         received_at: Instant,
     ) {
         // A subscriber whose link just went is simply skipped.

@@ -108,8 +108,8 @@ impl Links {
     /// relay does with a packet. Copies on the plane are sealed per peer and handed to the
     /// kernel together; the rest go in QUIC. Returns how many were sent; a peer without a link
     /// is skipped.
-    pub fn send_framed_to_many(&self, peers: &[PeerId], frame: &Bytes) -> usize {
-        self.copies().send(&peers.into(), frame, self.plane.stats())
+    pub fn send_framed_to_many(&self, peers: &Arc<[PeerId]>, frame: &Bytes) -> usize {
+        self.copies().send(peers, frame, self.plane.stats())
     }
 
     /// What sends a relay's copies, without keeping the registry alive.
