@@ -7,6 +7,7 @@
 //! - [`links`]: the [`Links`] registry: per-peer datagrams, datagram ping, link events.
 //! - [`plane`]: the voice plane, datagrams sealed per link and sent beside QUIC.
 //! - [`forwarding`]: a rented relay's fast path, forwarding voice where the plane opens it.
+//! - `udp`: the real socket as quinn's, registered with tokio for reading only.
 //! - `batch`: many datagrams to many destinations in one system call.
 //! - `heartbeat`: a relay's heartbeats on the plane, and the member's watchdog on them.
 //! - [`portmap`]: [`portmap::PortMapper`], a UPnP IGD port mapping on the home router.
@@ -104,6 +105,8 @@ mod seeded;
 pub mod socket;
 pub mod swarm;
 pub mod transport;
+#[cfg(unix)]
+mod udp;
 mod window;
 
 pub use config::LinkConfig;

@@ -18,7 +18,9 @@
 use super::plane::{is_plane, PlaneReceivers};
 use callsign_mesh::rate::{Rate, TokenBucket};
 use quinn::udp::{RecvMeta, Transmit};
-use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
+use quinn::{AsyncUdpSocket, UdpPoller};
+#[cfg(not(unix))]
+use quinn::{Runtime, TokioRuntime};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
@@ -253,6 +255,9 @@ impl LinkSocket {
             None => None,
         };
         let raw = super::batch::BatchSocket::new(socket.try_clone()?)?;
+        #[cfg(unix)]
+        let inner: Arc<dyn AsyncUdpSocket> = super::udp::ReadableUdpSocket::new(socket)?;
+        #[cfg(not(unix))]
         let inner = TokioRuntime.wrap_udp_socket(socket)?;
         let mut socket = Self::new(inner, false, None);
         socket.marker = marker;
