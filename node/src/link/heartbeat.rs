@@ -69,81 +69,126 @@ fn voice_within(now_ms: u64, voice_ms: u64, window: Duration) -> bool {
 /// relay's CPU while it forwarded a talker to 100 members.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
-/// An empty datagram on each link that carried nothing for its gap (the promise's `every`
-/// where voice went either way lately, `quiet` elsewhere) less half of `every`: on the plane
-/// where the peer has it, else in QUIC. Looks are timed by the links' gaps ([`next_look`]).
-/// Once every [`FOLLOW_EVERY`] a look also follows each link's QUIC address (a migration),
-/// which the relay's sends read without asking quinn. Ends with the registry.
+/// When the heartbeat looks at the links: the next look, and when one last followed the
+/// links' QUIC addresses. Kept in the registry, because two paths look: the heartbeat task on
+/// its timer, and a relay's copies of a packet ([`Looks::due_soon`]), which look on the way
+/// when the next look is near. While a relay forwards voice it is awake every 20 ms anyway, so
+/// the looks ride along and the timer never has to wake it (ten wake-ups a second fewer).
+#[derive(Debug, Default)]
+pub(super) struct Looks {
+    /// ms on the `Links` clock; `None` before the first look.
+    next_ms: Option<u64>,
+    followed_ms: Option<u64>,
+    /// Tells the task that a look was taken without it, so it sleeps until the new next one.
+    moved: Arc<tokio::sync::Notify>,
+}
+
+impl Looks {
+    /// Whether a look is due within a quarter of a fast gap of `now_ms`: early enough that a
+    /// packet path 20 ms apart catches it before the timer would.
+    pub(super) fn due_soon(&self, promise: &Heartbeat, now_ms: u64) -> bool {
+        let slack = promise.every.as_millis().min(u128::from(u64::MAX)) as u64 / 4;
+        self.next_ms
+            .is_some_and(|next| now_ms.saturating_add(slack) >= next)
+    }
+}
+
+/// Looks at every link at `now_ms`: an empty datagram into `batch` for each plane link that
+/// carried nothing for its gap (the promise's `every` where voice went either way lately,
+/// `quiet` elsewhere) less half of `every`; in QUIC for a peer that has not taken up the plane.
+/// Once every [`FOLLOW_EVERY`] it also follows each link's QUIC address (a migration), which
+/// the relay's sends read without asking quinn. Schedules the next look ([`next_look`]).
+pub(super) fn look(
+    state: &mut State,
+    promise: &Heartbeat,
+    now_ms: u64,
+    beat: &Bytes,
+    batch: &mut SealedBatch,
+) {
+    // quinn's address needs its connection's lock: once a second is enough.
+    let follow = state
+        .looks
+        .followed_ms
+        .is_none_or(|at| u128::from(now_ms.saturating_sub(at)) >= FOLLOW_EVERY.as_millis());
+    if follow {
+        state.looks.followed_ms = Some(now_ms);
+    }
+    let mut earliest_ms = u64::MAX;
+    let planes = state.planes();
+    // Each link's times load while the ones before are looked at.
+    for (_, link) in planes {
+        link.prefetch_times();
+    }
+    // Connections without a plane are not among them: their other end keeps no `Watchdog`.
+    for (quic, link) in planes {
+        let due = beat_due(promise, now_ms, link.last_sent_ms(), link.last_voice_ms());
+        if link.is_ready() {
+            if let Some(quic) = quic.as_ref().filter(|_| follow) {
+                link.destination(canonical(quic.remote_address()));
+            }
+            if due {
+                batch.push(link, beat, link.last_destination());
+                link.sent_at(now_ms);
+            }
+        } else if let Some(quic) = quic {
+            // A peer that has not taken up the plane hears it in QUIC, with the announcement
+            // again now and then (it may have been lost).
+            if due {
+                link.sent_at(now_ms);
+                let _ = quic.send_datagram(beat.clone());
+            }
+            if link.should_announce(tokio::time::Instant::now(), ANNOUNCE_EVERY) {
+                let _ = quic.send_datagram(announcement(Some(*promise)));
+            }
+        }
+        let deadline = gap_ends_ms(promise, now_ms, link.last_sent_ms(), link.last_voice_ms());
+        earliest_ms = earliest_ms.min(deadline);
+    }
+    state.looks.next_ms = Some(next_look(promise, now_ms, earliest_ms));
+}
+
+/// The empty datagram a heartbeat is.
+pub(super) fn beat() -> Bytes {
+    Links::frame(KIND_HEARTBEAT, &[])
+}
+
+/// The heartbeat task: [`look`]s whenever the next look is due and nothing else took it
+/// first. Ends with the registry.
 pub(super) async fn send_heartbeats(
     epoch: tokio::time::Instant,
     state: std::sync::Weak<Mutex<State>>,
     plane: Arc<PlaneReceivers>,
 ) {
-    let beat = Links::frame(KIND_HEARTBEAT, &[]);
-    let mut followed_ms: Option<u64> = None;
-    let mut next_ms: Option<u64> = None;
+    let beat = beat();
     loop {
-        let promise = {
+        let (promise, at, moved) = {
             let Some(state) = state.upgrade() else { return };
-            let state = state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
             let Some(promise) = state.heartbeat else {
                 return;
             };
-            promise
+            // The first look comes half a fast gap in.
+            let first = Links::clock_ms(epoch).saturating_add(promise.every.as_millis() as u64 / 2);
+            let at = *state.looks.next_ms.get_or_insert(first);
+            (promise, at, state.looks.moved.clone())
         };
-        // The first look comes half a fast gap in.
-        let at = next_ms.unwrap_or_else(|| {
-            Links::clock_ms(epoch).saturating_add(promise.every.as_millis() as u64 / 2)
-        });
-        tokio::time::sleep_until(epoch + Duration::from_millis(at)).await;
+        tokio::select! {
+            biased;
+            _ = moved.notified() => continue,
+            _ = tokio::time::sleep_until(epoch + Duration::from_millis(at)) => {}
+        }
         let now_ms = Links::clock_ms(epoch);
         let Some(state) = state.upgrade() else { return };
-        // quinn's address needs its connection's lock: once a second is enough.
-        let follow = followed_ms
-            .is_none_or(|at| u128::from(now_ms.saturating_sub(at)) >= FOLLOW_EVERY.as_millis());
-        if follow {
-            followed_ms = Some(now_ms);
-        }
         let mut batch = SealedBatch::with_capacity(0, beat.len());
-        let mut earliest_ms = u64::MAX;
         let socket = {
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-            let socket = state.socket.clone();
-            let planes = state.planes();
-            // Each link's times load while the ones before are looked at.
-            for (_, link) in planes {
-                link.prefetch_times();
+            if state.looks.next_ms.is_some_and(|next| next > now_ms) {
+                // Taken on a packet's way meanwhile.
+                continue;
             }
-            // Connections without a plane are not among them: their other end keeps no
-            // `Watchdog`.
-            for (quic, link) in planes {
-                let due = beat_due(&promise, now_ms, link.last_sent_ms(), link.last_voice_ms());
-                if link.is_ready() {
-                    if let Some(quic) = quic.as_ref().filter(|_| follow) {
-                        link.destination(canonical(quic.remote_address()));
-                    }
-                    if due {
-                        batch.push(link, &beat, link.last_destination());
-                        link.sent_at(now_ms);
-                    }
-                } else if let Some(quic) = quic {
-                    // A peer that has not taken up the plane hears it in QUIC, with the
-                    // announcement again now and then (it may have been lost).
-                    if due {
-                        link.sent_at(now_ms);
-                        let _ = quic.send_datagram(beat.clone());
-                    }
-                    if link.should_announce(tokio::time::Instant::now(), ANNOUNCE_EVERY) {
-                        let _ = quic.send_datagram(announcement(Some(promise)));
-                    }
-                }
-                let deadline =
-                    gap_ends_ms(&promise, now_ms, link.last_sent_ms(), link.last_voice_ms());
-                earliest_ms = earliest_ms.min(deadline);
-            }
-            socket
+            look(&mut state, &promise, now_ms, &beat, &mut batch);
+            state.socket.clone()
         };
-        next_ms = Some(next_look(&promise, now_ms, earliest_ms));
         if let Some(socket) = socket {
             let n = batch.send(&socket);
             plane
@@ -152,6 +197,11 @@ pub(super) async fn send_heartbeats(
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// A look taken on a packet's way: the task sleeps until the next one.
+pub(super) fn looked_without_task(state: &State) {
+    state.looks.moved.notify_one();
 }
 
 /// Whether a look at `now_ms` beats a link last sent on at `sent_ms` (`u64::MAX`: never) with
@@ -350,70 +400,116 @@ mod tests {
             .find(|&now| silence.look(&PROMISE, now, heard(now), voice(now)))
     }
 
+    /// What [`run_looks`] saw.
+    struct Looked {
+        /// Looks the timer made.
+        timer: u64,
+        /// Looks taken on a forwarded packet's way ([`Looks::due_soon`]).
+        on_packets: u64,
+        /// Each link's longest gap between datagrams (ms; the first counted from `voice_from`).
+        longest: Vec<u64>,
+    }
+
     /// Runs the relay's looks for `seconds` over links that each get voice sent to them
     /// (`sent_voice[i]`) or heard from them (`heard_voice[i]`) every 20 ms from `voice_from`
-    /// ms, or neither; returns the looks made and each link's longest gap between datagrams
-    /// from then on (ms; the first counted from `voice_from`).
+    /// ms until `voice_until`, or neither. As in the relay, a packet it forwards takes a look
+    /// due soon with it.
     fn run_looks(
         seconds: u64,
-        voice_from: u64,
+        (voice_from, voice_until): (u64, u64),
         sent_voice: &[bool],
         heard_voice: &[bool],
-    ) -> (u64, Vec<u64>) {
+    ) -> Looked {
         let n = sent_voice.len();
         let (mut sent, mut voice) = (vec![u64::MAX; n], vec![u64::MAX; n]);
-        let mut longest = vec![0u64; n];
-        let mut send = |sent: &mut Vec<u64>, i: usize, now: u64| {
+        let mut looked = Looked {
+            timer: 0,
+            on_packets: 0,
+            longest: vec![0u64; n],
+        };
+        let send = |sent: &mut Vec<u64>, longest: &mut Vec<u64>, i: usize, now: u64| {
             if sent[i] != u64::MAX && now >= voice_from {
                 longest[i] = longest[i].max(now - sent[i].max(voice_from));
             }
             sent[i] = now;
         };
-        let (mut looks, mut next) = (0, PROMISE.every.as_millis() as u64 / 2);
+        let mut looks = Looks {
+            next_ms: Some(PROMISE.every.as_millis() as u64 / 2),
+            ..Looks::default()
+        };
         for now in 0..seconds * 1000 {
-            if now % 20 == 0 && now >= voice_from {
+            let mut forwarded = false;
+            if now % 20 == 0 && (voice_from..voice_until).contains(&now) {
                 for i in 0..n {
                     if sent_voice[i] {
-                        send(&mut sent, i, now);
+                        send(&mut sent, &mut looked.longest, i, now);
+                        forwarded = true;
                     }
                     if sent_voice[i] || heard_voice[i] {
                         voice[i] = now;
                     }
                 }
             }
-            if now == next {
-                looks += 1;
+            let on_packet = forwarded && looks.due_soon(&PROMISE, now);
+            if on_packet || looks.next_ms == Some(now) {
+                match on_packet {
+                    true => looked.on_packets += 1,
+                    false => looked.timer += 1,
+                }
                 let mut earliest = u64::MAX;
                 for i in 0..n {
                     if beat_due(&PROMISE, now, sent[i], voice[i]) {
-                        send(&mut sent, i, now);
+                        send(&mut sent, &mut looked.longest, i, now);
                     }
                     earliest = earliest.min(gap_ends_ms(&PROMISE, now, sent[i], voice[i]));
                 }
-                next = next_look(&PROMISE, now, earliest);
+                looks.next_ms = Some(next_look(&PROMISE, now, earliest));
             }
         }
-        (looks, longest)
+        looked
     }
 
     #[test]
     fn looks_come_as_the_gaps_need_them_and_no_gap_runs_over() {
         // A talker's relay: voice goes out on three links and comes in on the fourth, which
-        // only the heartbeat keeps. Every half fast gap (the old schedule) would be 160 looks.
+        // only the heartbeat keeps. Every half fast gap (the old schedule) would be 160 looks;
+        // they all ride on the packets the relay forwards, and the timer never wakes it.
         let talk = [true, true, true, false];
-        let (looks, longest) = run_looks(10, 0, &talk, &talk.map(|s| !s));
-        assert!(longest.iter().all(|&gap| gap <= 125), "{longest:?}");
-        assert!(looks <= 115, "{looks} looks");
-        // Quiet links: the quiet gap holds, and the looks stay within the fast gap.
-        let (looks, longest) = run_looks(10, 0, &[false; 3], &[false; 3]);
-        assert!(longest.iter().all(|&gap| gap <= 500), "{longest:?}");
-        assert!((80..=115).contains(&looks), "{looks} looks");
+        let looked = run_looks(10, (0, u64::MAX), &talk, &talk.map(|s| !s));
+        assert!(
+            looked.longest.iter().all(|&gap| gap <= 125),
+            "{:?}",
+            looked.longest
+        );
+        assert_eq!(looked.timer, 0);
+        assert!(looked.on_packets <= 160, "{} looks", looked.on_packets);
+        // Quiet links: the quiet gap holds, and the timer's looks stay within the fast gap.
+        let looked = run_looks(10, (0, u64::MAX), &[false; 3], &[false; 3]);
+        assert!(
+            looked.longest.iter().all(|&gap| gap <= 500),
+            "{:?}",
+            looked.longest
+        );
+        assert!((80..=115).contains(&looked.timer), "{} looks", looked.timer);
         // A quiet link whose peer starts talking has the fast beat from its first word: no
         // gap from then on is longer than a fast one.
         for from in [3_000, 3_013, 3_070] {
-            let (_, longest) = run_looks(6, from, &[false, false], &[false, true]);
-            assert!(longest[1] <= 125, "talking from {from}: {longest:?}");
+            let looked = run_looks(6, (from, u64::MAX), &[false, false], &[false, true]);
+            assert!(
+                looked.longest[1] <= 125,
+                "talking from {from}: {:?}",
+                looked.longest
+            );
         }
+        // Relayed voice that stops: the timer takes over and the links that had it keep the
+        // fast beat for as long as they count as active.
+        let looked = run_looks(7, (0, 5_010), &[true, true], &[false, false]);
+        assert!(
+            looked.longest.iter().all(|&gap| gap <= 125),
+            "{:?}",
+            looked.longest
+        );
+        assert!(looked.timer >= 15, "{} timer looks", looked.timer);
     }
 
     #[test]

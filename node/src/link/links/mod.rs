@@ -138,6 +138,8 @@ pub(super) struct State {
     /// its task runs.
     pub(super) heartbeat: Option<super::Heartbeat>,
     heartbeat_running: bool,
+    /// When the heartbeat looks next (`heartbeat::Looks`).
+    pub(super) looks: super::heartbeat::Looks,
     /// Peers that are the org's rented relays: dialed with `LinkConfig::relay_keep_alive`.
     rented_relays: std::collections::BTreeSet<PeerId>,
     /// How long a parked link lives without a word from its peer (`LinkConfig::parked_silence`).

@@ -4,7 +4,7 @@
 use super::{Connection, Counters, Links, State, ALWAYS_FITS, HEADER};
 use crate::link::plane::{PlaneLink, PlaneStats, SealedBatch};
 use crate::link::socket::{canonical, LinkSocket};
-use crate::link::LinkError;
+use crate::link::{heartbeat, LinkError};
 use bytes::Bytes;
 use libp2p::PeerId;
 use std::collections::BTreeMap;
@@ -133,6 +133,7 @@ impl CopySender {
             return 0;
         };
         let mut quic = Vec::new();
+        let mut beats = None;
         let now_ms = Links::clock_ms(self.epoch);
         // Another thread sending copies at the same moment fills a batch of its own.
         let mut reused = match self.batch.try_lock() {
@@ -172,6 +173,13 @@ impl CopySender {
             }
             let socket = state.socket.clone();
             guard.copy_routes.entries[route].destinations = destinations;
+            // A heartbeat look due soon rides along, so the timer need not wake the relay.
+            if let Some(promise) = guard.heartbeat.filter(|p| guard.looks.due_soon(p, now_ms)) {
+                let mut batch = SealedBatch::default();
+                heartbeat::look(&mut guard, &promise, now_ms, &heartbeat::beat(), &mut batch);
+                heartbeat::looked_without_task(&guard);
+                beats = Some(batch);
+            }
             socket
         };
         let mut sent = quic
@@ -182,6 +190,10 @@ impl CopySender {
             let n = batch.send(&socket);
             plane_sent(&self.counters, plane, n);
             sent += n;
+            if let Some(beats) = beats {
+                let n = beats.send(&socket);
+                plane.heartbeats_sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
         sent
     }
