@@ -454,6 +454,61 @@ impl LinkSocket {
     }
 }
 
+/// Batches of received datagrams without QUIC in them that [`SharedSocket::poll_recv`] takes in a
+/// row before it hands one to quinn anyway.
+const NOT_QUIC_IN_A_ROW: usize = 4;
+
+impl LinkSocket {
+    /// Counts the `count` datagrams received into `bufs` and takes out what is not QUIC:
+    /// voice-plane datagrams are opened, probes handed to the node, handshakes over their
+    /// source's rate refused (their first byte zeroed, so quinn drops them unread) and garbage
+    /// counted. Whether any QUIC is left for quinn.
+    fn take_what_is_not_quic(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &[RecvMeta],
+        count: usize,
+    ) -> bool {
+        let mut quic = false;
+        for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(count) {
+            let stride = m.stride.max(1);
+            let len = m.len.min(buf.len());
+            for segment in buf[..len].chunks_mut(stride) {
+                self.stats.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(limiter) = self.handshakes.get() {
+                    if is_initial(segment) && !limiter.admit(canonical(m.addr).ip()) {
+                        // With the fixed bit clear quinn drops it unread (as it does plane
+                        // datagrams) and answers nothing.
+                        segment[0] = 0;
+                        self.stats
+                            .handshakes_limited
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+                if !is_garbage(segment) {
+                    quic = true;
+                    continue;
+                }
+                if let Some(plane) = self.plane.get().filter(|_| is_plane(segment)) {
+                    plane.receive(segment, canonical(m.addr));
+                    continue;
+                }
+                match callsign_mesh::reachability::parse_probe(segment) {
+                    // The node may have stopped listening; then nobody asked.
+                    Some(nonce) => {
+                        let _ = self.probes.send(nonce);
+                    }
+                    None => {
+                        self.stats.garbage.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        quic
+    }
+}
+
 /// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket sees an
 /// IPv4 peer) written as the IPv4 address it is: peers, address books and probes compare
 /// and dial the plain form.
@@ -502,44 +557,19 @@ impl AsyncUdpSocket for SharedSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let result = self.0.inner.poll_recv(cx, bufs, meta);
-        if let Poll::Ready(Ok(count)) = &result {
-            for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(*count) {
-                let stride = m.stride.max(1);
-                let len = m.len.min(buf.len());
-                for segment in buf[..len].chunks_mut(stride) {
-                    self.0.stats.received.fetch_add(1, Ordering::Relaxed);
-                    if let Some(limiter) = self.0.handshakes.get() {
-                        if is_initial(segment) && !limiter.admit(canonical(m.addr).ip()) {
-                            // With the fixed bit clear quinn drops it unread (as it does
-                            // plane datagrams) and answers nothing.
-                            segment[0] = 0;
-                            self.0
-                                .stats
-                                .handshakes_limited
-                                .fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                    }
-                    if is_garbage(segment) {
-                        if let Some(plane) = self.0.plane.get().filter(|_| is_plane(segment)) {
-                            plane.receive(segment, canonical(m.addr));
-                            continue;
-                        }
-                        match callsign_mesh::reachability::parse_probe(segment) {
-                            // The node may have stopped listening; then nobody asked.
-                            Some(nonce) => {
-                                let _ = self.0.probes.send(nonce);
-                            }
-                            None => {
-                                self.0.stats.garbage.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
+        // A batch with no QUIC in it (voice-plane datagrams, probes, refused handshakes,
+        // garbage) is not handed to quinn, which would copy each datagram out and parse it only
+        // to drop it: a relay's voice arrives one datagram a batch. A few such batches in a
+        // row at most, so a flood still meets quinn's own limit on work per turn.
+        for _ in 1..NOT_QUIC_IN_A_ROW {
+            let count = std::task::ready!(self.0.inner.poll_recv(cx, bufs, meta))?;
+            if self.0.take_what_is_not_quic(bufs, meta, count) {
+                return Poll::Ready(Ok(count));
             }
         }
-        result
+        let count = std::task::ready!(self.0.inner.poll_recv(cx, bufs, meta))?;
+        self.0.take_what_is_not_quic(bufs, meta, count);
+        Poll::Ready(Ok(count))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -132,6 +132,9 @@ pub struct Measurement {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Round {
     pub efficiency_ratio: f64,
+    /// Each forwarder's CPU per copy delivered, µs: which side a round's noise fell on.
+    pub baseline_cpu_per_copy_us: f64,
+    pub relay_cpu_per_copy_us: f64,
     pub added_latency_p50_us: i64,
     pub added_latency_p99_us: i64,
 }
@@ -141,6 +144,8 @@ impl Round {
         Self {
             efficiency_ratio: relay.copies_per_cpu_second
                 / baseline.copies_per_cpu_second.max(1e-9),
+            baseline_cpu_per_copy_us: 1e6 / baseline.copies_per_cpu_second.max(1e-9),
+            relay_cpu_per_copy_us: 1e6 / relay.copies_per_cpu_second.max(1e-9),
             added_latency_p50_us: relay.latency_p50_us as i64 - baseline.latency_p50_us as i64,
             added_latency_p99_us: relay.latency_p99_us as i64 - baseline.latency_p99_us as i64,
         }
@@ -290,9 +295,12 @@ fn print_report(r: &BenchReport) {
     if r.rounds.len() > 1 {
         for (n, round) in r.rounds.iter().enumerate() {
             println!(
-                "  round {}: relay / baseline {:.3}; added latency p50 {} µs, p99 {} µs",
+                "  round {}: relay / baseline {:.3} (CPU per copy: udp {:.2} µs, relay {:.2} µs); \
+                 added latency p50 {} µs, p99 {} µs",
                 n + 1,
                 round.efficiency_ratio,
+                round.baseline_cpu_per_copy_us,
+                round.relay_cpu_per_copy_us,
                 round.added_latency_p50_us,
                 round.added_latency_p99_us
             );
