@@ -1,6 +1,7 @@
 //! Links: QUIC connections between nodes, with datagrams for voice and streams for control.
 //!
 //! - [`socket`]: the UDP socket under quinn, real (tokio) or simulated (turmoil), with counters.
+//! - `simulated`: the turmoil socket and the simulator's [`PathModel`] applied to it.
 //! - [`transport`]: [`QuicTransport`], a libp2p `Transport` on one quinn endpoint.
 //! - [`muxer`]: a QUIC connection as a libp2p `StreamMuxer`.
 //! - `window`: `VoiceWindow`, congestion control with a floor under it for voice.
@@ -102,6 +103,7 @@ pub mod plane;
 pub mod portmap;
 pub mod relay;
 mod seeded;
+mod simulated;
 pub mod socket;
 pub mod swarm;
 pub mod transport;
