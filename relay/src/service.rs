@@ -343,8 +343,11 @@ async fn start_org(
     let thread = std::thread::Builder::new()
         .name(format!("org {}", org.name))
         .spawn(move || {
+            // Sockets and timers only: with the process and signal drivers too, every
+            // wake-up of a forwarding relay also looked for exited children.
             let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
+                .enable_time()
                 .build()
             {
                 Ok(runtime) => runtime,

@@ -496,15 +496,14 @@ impl AsyncUdpSocket for SharedSocket {
         // garbage) is not handed to quinn, which would copy each datagram out and parse it only
         // to drop it: a relay's voice arrives one datagram a batch. A few such batches in a
         // row at most, so a flood still meets quinn's own limit on work per turn.
-        for _ in 1..NOT_QUIC_IN_A_ROW {
+        let mut batches = 0;
+        loop {
             let count = std::task::ready!(self.0.inner.poll_recv(cx, bufs, meta))?;
-            if self.0.take_what_is_not_quic(bufs, meta, count) {
+            batches += 1;
+            if self.0.take_what_is_not_quic(bufs, meta, count) || batches == NOT_QUIC_IN_A_ROW {
                 return Poll::Ready(Ok(count));
             }
         }
-        let count = std::task::ready!(self.0.inner.poll_recv(cx, bufs, meta))?;
-        self.0.take_what_is_not_quic(bufs, meta, count);
-        Poll::Ready(Ok(count))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
