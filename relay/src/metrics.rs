@@ -207,6 +207,7 @@ impl RelayMetrics {
             ("queue_full", now.links.queue_full),
             ("link_malformed", now.links.malformed),
             ("handshake_rate_limited", now.socket.handshakes_limited),
+            ("quic_queue_full", now.socket.quic_queue_full),
             ("connection_limit", now.links.refused),
         ] {
             counters.insert(format!("drop:{reason}"), n);

@@ -15,6 +15,7 @@ use crate::store::{CharterStore, StoreError};
 use callsign_api::ApiToken;
 use callsign_keys::{KeyFile, KeyFileError, NodeKeys};
 use callsign_mesh::charter::CharterState;
+use callsign_node::link::LinkSocket;
 use callsign_node::runtime::{NodeError, NodeStats};
 use callsign_node::{Node, NodeConfig, NodeEvent};
 use libp2p::Multiaddr;
@@ -357,6 +358,15 @@ async fn start_org(
                 }
             };
             runtime.block_on(async move {
+                // Read on a thread of its own: voice is forwarded there, without waking this
+                // runtime for each packet.
+                match LinkSocket::bind_tokio_read_apart(node_config.listen, node_config.dscp) {
+                    Ok(socket) => node_config.socket = Some(socket),
+                    Err(e) => {
+                        let _ = ready.send(Err(NodeError::Link(e.into())));
+                        return;
+                    }
+                }
                 let node = match Node::start_with_log(node_config, Some(log)).await {
                     Ok(node) => node,
                     Err(e) => {

@@ -101,6 +101,8 @@ pub mod links;
 pub mod muxer;
 pub mod plane;
 pub mod portmap;
+#[cfg(target_os = "linux")]
+mod read_thread;
 pub mod relay;
 mod seeded;
 mod simulated;

@@ -52,6 +52,9 @@ pub struct SocketStats {
     /// QUIC Initial packets from a source address over its handshake rate
     /// ([`LinkSocket::limit_handshakes`]): quinn never saw them.
     pub handshakes_limited: AtomicU64,
+    /// Datagrams holding QUIC that a socket read on its own thread
+    /// ([`LinkSocket::bind_tokio_read_apart`]) dropped because quinn had fallen behind.
+    pub quic_queue_full: AtomicU64,
 }
 
 impl SocketStats {
@@ -62,6 +65,7 @@ impl SocketStats {
             garbage: self.garbage.load(Ordering::Relaxed),
             probes_sent: self.probes_sent.load(Ordering::Relaxed),
             handshakes_limited: self.handshakes_limited.load(Ordering::Relaxed),
+            quic_queue_full: self.quic_queue_full.load(Ordering::Relaxed),
         }
     }
 }
@@ -74,9 +78,10 @@ pub struct SocketCounts {
     pub garbage: u64,
     pub probes_sent: u64,
     pub handshakes_limited: u64,
+    pub quic_queue_full: u64,
 }
 
-fn is_garbage(datagram: &[u8]) -> bool {
+pub(super) fn is_garbage(datagram: &[u8]) -> bool {
     // RFC 9000 §17: every QUIC v1 packet has the fixed bit (0x40) set.
     datagram.len() < MIN_QUIC_DATAGRAM || datagram[0] & 0x40 == 0
 }
@@ -155,6 +160,9 @@ pub struct LinkSocket {
     marker: Option<super::dscp::TosMarker>,
     /// A duplicate of a real socket's descriptor, for batches of plane datagrams.
     raw: Option<super::batch::BatchSocket>,
+    /// Read on a thread of its own, which takes out what is not QUIC before quinn polls
+    /// ([`Self::bind_tokio_read_apart`]).
+    read_apart: bool,
     /// Opens the voice-plane datagrams that arrive (`Links::attach`).
     plane: std::sync::OnceLock<Arc<PlaneReceivers>>,
     /// Holds each source address to a rate of QUIC Initial packets.
@@ -184,17 +192,7 @@ impl LinkSocket {
 
     /// [`Self::bind_tokio`] with the DSCP to mark datagrams with (`None`: unmarked).
     pub fn bind_tokio_marked(addr: SocketAddr, dscp: Option<u8>) -> io::Result<Arc<Self>> {
-        let socket = match addr {
-            SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
-                dual_stack(v4.port()).or_else(|_| std::net::UdpSocket::bind(addr))?
-            }
-            _ => std::net::UdpSocket::bind(addr)?,
-        };
-        let marker = match dscp {
-            Some(dscp) => super::dscp::TosMarker::new(&socket, dscp)?,
-            None => None,
-        };
-        let raw = super::batch::BatchSocket::new(socket.try_clone()?)?;
+        let (socket, marker, raw) = open_real(addr, dscp)?;
         #[cfg(unix)]
         let inner: Arc<dyn AsyncUdpSocket> = super::udp::ReadableUdpSocket::new(socket)?;
         #[cfg(not(unix))]
@@ -203,6 +201,26 @@ impl LinkSocket {
         socket.marker = marker;
         socket.raw = Some(raw);
         Ok(Arc::new(socket))
+    }
+
+    /// [`Self::bind_tokio_marked`], read on a thread of its own (`link::read_thread`, Linux;
+    /// elsewhere the same as `bind_tokio_marked`): for a relay, whose voice is then forwarded
+    /// without waking the runtime.
+    pub fn bind_tokio_read_apart(addr: SocketAddr, dscp: Option<u8>) -> io::Result<Arc<Self>> {
+        #[cfg(target_os = "linux")]
+        {
+            let (socket, marker, raw) = open_real(addr, dscp)?;
+            let (inner, thread) = super::read_thread::ThreadReadUdpSocket::new(socket)?;
+            let mut socket = Self::new(inner, false, None);
+            socket.marker = marker;
+            socket.raw = Some(raw);
+            socket.read_apart = true;
+            let socket = Arc::new(socket);
+            thread.spawn(Arc::downgrade(&socket))?;
+            Ok(socket)
+        }
+        #[cfg(not(target_os = "linux"))]
+        Self::bind_tokio_marked(addr, dscp)
     }
 
     /// The DSCP datagrams leave marked with, if any.
@@ -232,6 +250,7 @@ impl LinkSocket {
             model,
             marker: None,
             raw: None,
+            read_apart: false,
             plane: std::sync::OnceLock::new(),
             handshakes: std::sync::OnceLock::new(),
         }
@@ -398,7 +417,7 @@ impl LinkSocket {
     /// voice-plane datagrams are opened, probes handed to the node, handshakes over their
     /// source's rate refused (their first byte zeroed, so quinn drops them unread) and garbage
     /// counted. Whether any QUIC is left for quinn.
-    fn take_what_is_not_quic(
+    pub(super) fn take_what_is_not_quic(
         &self,
         bufs: &mut [IoSliceMut<'_>],
         meta: &[RecvMeta],
@@ -444,11 +463,43 @@ impl LinkSocket {
     }
 }
 
+impl LinkSocket {
+    /// Counts a datagram holding QUIC dropped before quinn saw it (`link::read_thread`).
+    #[cfg(target_os = "linux")]
+    pub(super) fn count_quic_queue_full(&self) {
+        self.stats.quic_queue_full.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket sees an
 /// IPv4 peer) written as the IPv4 address it is: peers, address books and probes compare
 /// and dial the plain form.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// A real socket bound as [`LinkSocket::bind_tokio`] says, its DSCP marker and a duplicate
+/// for batches of plane datagrams.
+fn open_real(
+    addr: SocketAddr,
+    dscp: Option<u8>,
+) -> io::Result<(
+    std::net::UdpSocket,
+    Option<super::dscp::TosMarker>,
+    super::batch::BatchSocket,
+)> {
+    let socket = match addr {
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
+            dual_stack(v4.port()).or_else(|_| std::net::UdpSocket::bind(addr))?
+        }
+        _ => std::net::UdpSocket::bind(addr)?,
+    };
+    let marker = match dscp {
+        Some(dscp) => super::dscp::TosMarker::new(&socket, dscp)?,
+        None => None,
+    };
+    let raw = super::batch::BatchSocket::new(socket.try_clone()?)?;
+    Ok((socket, marker, raw))
 }
 
 /// An IPv6 UDP socket on `port` that takes IPv4 too.
@@ -496,6 +547,10 @@ impl AsyncUdpSocket for SharedSocket {
         // garbage) is not handed to quinn, which would copy each datagram out and parse it only
         // to drop it: a relay's voice arrives one datagram a batch. A few such batches in a
         // row at most, so a flood still meets quinn's own limit on work per turn.
+        if self.0.read_apart {
+            // The thread took out what is not QUIC already (and counted it).
+            return self.0.inner.poll_recv(cx, bufs, meta);
+        }
         let mut batches = 0;
         loop {
             let count = std::task::ready!(self.0.inner.poll_recv(cx, bufs, meta))?;

@@ -22,44 +22,30 @@ use tokio::io::Interest;
 /// See the module documentation.
 #[derive(Debug)]
 pub(crate) struct ReadableUdpSocket {
+    /// A duplicate of the socket's descriptor, registered for reading.
     io: AsyncFd<std::net::UdpSocket>,
-    state: UdpSocketState,
-    /// A send met a full socket buffer and no poller has seen it drain since.
-    blocked: AtomicBool,
+    sender: Arc<UdpSender>,
 }
 
 impl ReadableUdpSocket {
     /// Takes `socket` over (inside a tokio runtime).
     pub(crate) fn new(socket: std::net::UdpSocket) -> io::Result<Arc<Self>> {
-        socket.set_nonblocking(true)?;
-        let state = UdpSocketState::new((&socket).into())?;
+        let reader = socket.try_clone()?;
+        let sender = UdpSender::new(socket)?;
         // SAFETY: a std `UdpSocket` owns its descriptor and never changes or closes it
         // while alive.
-        let io = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE)? };
-        Ok(Arc::new(Self {
-            io,
-            state,
-            blocked: AtomicBool::new(false),
-        }))
+        let io = unsafe { AsyncFd::register_with_interest(reader, Interest::READABLE)? };
+        Ok(Arc::new(Self { io, sender }))
     }
 }
 
 impl AsyncUdpSocket for ReadableUdpSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(WritablePoller {
-            socket: self,
-            waiting: None,
-        })
+        self.sender.clone().poller()
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let sent = self.state.send(self.io.get_ref().into(), transmit);
-        if let Err(e) = &sent {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                self.blocked.store(true, Ordering::Release);
-            }
-        }
-        sent
+        self.sender.try_send(transmit)
     }
 
     fn poll_recv(
@@ -72,7 +58,8 @@ impl AsyncUdpSocket for ReadableUdpSocket {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
             let room = bufs.len().min(meta.len()).min(quinn::udp::BATCH_SIZE);
             // A would-block clears the readiness and we wait for the next edge.
-            if let Ok(result) = guard.try_io(|io| self.state.recv(io.get_ref().into(), bufs, meta))
+            if let Ok(result) =
+                guard.try_io(|io| self.sender.state.recv(io.get_ref().into(), bufs, meta))
             {
                 // Fewer datagrams than there was room for: the queue was empty, and whatever
                 // arrives after will signal anew, so the next poll need not ask the kernel to
@@ -86,26 +73,80 @@ impl AsyncUdpSocket for ReadableUdpSocket {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.get_ref().local_addr()
+        self.sender.local_addr()
     }
 
     fn may_fragment(&self) -> bool {
-        self.state.may_fragment()
+        self.sender.may_fragment()
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        self.sender.max_transmit_segments()
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.state.gro_segments()
+        self.sender.state.gro_segments()
+    }
+}
+
+/// The sending half of a real socket: sends never wait for writability, and a poller waits
+/// for it only after a send met a full buffer.
+#[derive(Debug)]
+pub(crate) struct UdpSender {
+    socket: std::net::UdpSocket,
+    state: UdpSocketState,
+    /// A send met a full socket buffer and no poller has seen it drain since.
+    blocked: AtomicBool,
+}
+
+impl UdpSender {
+    /// Takes `socket` over, non-blocking; nothing is registered with tokio until a send meets
+    /// a full buffer.
+    pub(crate) fn new(socket: std::net::UdpSocket) -> io::Result<Arc<Self>> {
+        socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&socket).into())?;
+        Ok(Arc::new(Self {
+            socket,
+            state,
+            blocked: AtomicBool::new(false),
+        }))
+    }
+
+    /// quinn's poller for this sender (inside a tokio runtime).
+    pub(crate) fn poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(WritablePoller {
+            socket: self,
+            waiting: None,
+        })
+    }
+
+    pub(crate) fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let sent = self.state.send((&self.socket).into(), transmit);
+        if let Err(e) = &sent {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                self.blocked.store(true, Ordering::Release);
+            }
+        }
+        sent
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub(crate) fn may_fragment(&self) -> bool {
+        self.state.may_fragment()
+    }
+
+    pub(crate) fn max_transmit_segments(&self) -> usize {
+        self.state.max_gso_segments()
     }
 }
 
 /// Writable unless a send met a full buffer; then waits on a duplicate descriptor registered
 /// for writing, dropped (and deregistered) as soon as the socket drains.
 struct WritablePoller {
-    socket: Arc<ReadableUdpSocket>,
+    socket: Arc<UdpSender>,
     waiting: Option<AsyncFd<OwnedFd>>,
 }
 
@@ -120,8 +161,8 @@ impl UdpPoller for WritablePoller {
             // Registering reports the socket's state now, so a buffer that drained between
             // the failed send and here is seen at once.
             None => {
-                let duplicate = self.socket.io.get_ref().as_fd().try_clone_to_owned()?;
-                // SAFETY: as in `new`, for an `OwnedFd`.
+                let duplicate = self.socket.socket.as_fd().try_clone_to_owned()?;
+                // SAFETY: as in `ReadableUdpSocket::new`, for an `OwnedFd`.
                 unsafe { AsyncFd::register_with_interest(duplicate, Interest::WRITABLE)? }
             }
         };
@@ -215,7 +256,7 @@ mod tests {
         assert!(matches!(writable(&mut poller), Poll::Ready(Ok(()))));
         // As after a send that met a full buffer: the poller registers for writing and, the
         // socket being writable (registering reports its state), lets the next send try.
-        socket.blocked.store(true, Ordering::Release);
+        socket.sender.blocked.store(true, Ordering::Release);
         let ready = tokio::time::timeout(
             Duration::from_secs(5),
             poll_fn(|cx| poller.as_mut().poll_writable(cx)),
@@ -223,7 +264,7 @@ mod tests {
         .await
         .expect("a writable socket is reported writable");
         assert!(ready.is_ok());
-        assert!(!socket.blocked.load(Ordering::Acquire));
+        assert!(!socket.sender.blocked.load(Ordering::Acquire));
         assert!(matches!(writable(&mut poller), Poll::Ready(Ok(()))));
     }
 }
