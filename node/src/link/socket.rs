@@ -461,9 +461,7 @@ impl LinkSocket {
         }
         quic
     }
-}
 
-impl LinkSocket {
     /// Counts a datagram holding QUIC dropped before quinn saw it (`link::read_thread`).
     #[cfg(target_os = "linux")]
     pub(super) fn count_quic_queue_full(&self) {
