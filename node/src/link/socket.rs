@@ -197,10 +197,7 @@ impl LinkSocket {
         let inner: Arc<dyn AsyncUdpSocket> = super::udp::ReadableUdpSocket::new(socket)?;
         #[cfg(not(unix))]
         let inner = TokioRuntime.wrap_udp_socket(socket)?;
-        let mut socket = Self::new(inner, false, None);
-        socket.marker = marker;
-        socket.raw = Some(raw);
-        Ok(Arc::new(socket))
+        Ok(Arc::new(Self::real(inner, marker, raw)))
     }
 
     /// [`Self::bind_tokio_marked`], read on a thread of its own (`link::read_thread`, Linux;
@@ -211,11 +208,10 @@ impl LinkSocket {
         {
             let (socket, marker, raw) = open_real(addr, dscp)?;
             let (inner, thread) = super::read_thread::ThreadReadUdpSocket::new(socket)?;
-            let mut socket = Self::new(inner, false, None);
-            socket.marker = marker;
-            socket.raw = Some(raw);
-            socket.read_apart = true;
-            let socket = Arc::new(socket);
+            let socket = Arc::new(Self {
+                read_apart: true,
+                ..Self::real(inner, marker, raw)
+            });
             thread.spawn(Arc::downgrade(&socket))?;
             Ok(socket)
         }
@@ -253,6 +249,20 @@ impl LinkSocket {
             read_apart: false,
             plane: std::sync::OnceLock::new(),
             handshakes: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A real socket's `LinkSocket` around `inner`, marking with `marker` and sending plane
+    /// batches on `raw`.
+    fn real(
+        inner: Arc<dyn AsyncUdpSocket>,
+        marker: Option<super::dscp::TosMarker>,
+        raw: super::batch::BatchSocket,
+    ) -> Self {
+        Self {
+            marker,
+            raw: Some(raw),
+            ..Self::new(inner, false, None)
         }
     }
 
