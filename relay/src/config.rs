@@ -13,6 +13,7 @@
 //! # api_token_env = "RELAY_API_TOKEN" # or the token from this variable
 //! data_dir = "state"                # the charter mirror
 //! circuits = true                   # relay v2 circuits for members behind NATs
+//! voice_priority = "realtime"       # or "normal": see below
 //! bootstrap = []                    # members to dial at start (multiaddrs)
 //!
 //! [org]
@@ -28,6 +29,13 @@
 //! # handshakes_per_second = 50      # QUIC Initial packets per source address
 //! # handshake_burst = 200
 //! ```
+//!
+//! `voice_priority`: each org's socket is read, and its voice forwarded, on a thread of its own.
+//! With `"realtime"` (the default) that thread runs at the lowest real-time priority while it
+//! is not busy, so other work on the machine does not hold up a packet's copies; it returns to
+//! normal priority while it uses more than half a core (a flood). Real-time needs
+//! `CAP_SYS_NICE` or `LimitRTPRIO=1`; without either the relay logs so and runs at normal
+//! priority. See `callsign_node::link::priority`.
 //!
 //! Several orgs in one process (hosting: TeamSpeak's "virtual servers"), each on its own port
 //! with its own charter mirror (`data_dir/<name>`) and limits (the top-level `[limits]` are the
@@ -53,6 +61,7 @@
 //! ```
 
 use callsign_mesh::rate::Rate;
+use callsign_node::link::ReadPriority;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -102,6 +111,8 @@ struct RelayFile {
     api_token_file: Option<PathBuf>,
     #[serde(default)]
     api_token_env: Option<String>,
+    #[serde(default)]
+    voice_priority: ReadPriority,
     /// `[org]` (one) or `[[org]]` (several), told apart by hand: serde's untagged enums
     /// would swallow the field errors an operator needs to see.
     org: toml::Value,
@@ -136,6 +147,8 @@ pub struct RelayConfig {
     pub api_token_file: Option<PathBuf>,
     /// Take the API's token from this environment variable instead of a random one.
     pub api_token_env: Option<String>,
+    /// The priority each org's read thread forwards voice at.
+    pub voice_priority: ReadPriority,
     /// The orgs served, in the file's order; names and ports are distinct.
     pub orgs: Vec<OrgConfig>,
     /// Whether the file used the original one-org form (`listen` and `[org]`).
@@ -414,6 +427,7 @@ impl RelayConfig {
             bootstrap: file.bootstrap,
             api_token_file: file.api_token_file,
             api_token_env: file.api_token_env,
+            voice_priority: file.voice_priority,
             orgs,
             single,
         })
@@ -466,6 +480,10 @@ mod tests {
         assert_eq!(org.charter.as_deref(), Some(Path::new("org.charter")));
         assert_eq!(org.data_dir, Path::new("state"));
         assert_eq!(org.listen, "0.0.0.0:4433".parse().unwrap());
+        assert_eq!(c.voice_priority, ReadPriority::Realtime);
+        let normal = GOOD.replace("[org]", "voice_priority = \"normal\"\n[org]");
+        let c = RelayConfig::parse(&normal).unwrap();
+        assert_eq!(c.voice_priority, ReadPriority::Normal);
     }
 
     #[test]
@@ -522,6 +540,10 @@ mod tests {
                 "not a multiaddr",
             ),
             ("version = ".to_string(), "<config>"),
+            (
+                GOOD.replace("[org]", "voice_priority = \"highest\"\n[org]"),
+                "unknown variant `highest`",
+            ),
             (MANY.replace("\"bravo\"", "\"alpha\""), "listed twice"),
             (MANY.replace("4434", "4433"), "another org's listen"),
             (MANY.replace("name = \"bravo\"", ""), "missing name"),

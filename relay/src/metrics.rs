@@ -6,6 +6,7 @@
 //! `ratelimited`, `orgratelimited`, ...), the voice plane's (`plane_rate_limited`,
 //! `plane_unauthentic`, ...) the socket's (`handshake_rate_limited`) and the transport's (`connection_limit`).
 
+use callsign_node::link::ReadPriorityNow;
 use callsign_node::runtime::NodeStats;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -82,6 +83,7 @@ pub struct RelayMetrics {
     links: Family<Org, Gauge>,
     audio_keys: Family<Org, Gauge>,
     charter_ops: Family<Org, Gauge>,
+    voice_realtime: Family<Org, Gauge>,
     latency: Family<Org, LatencyHistogram>,
     /// Each org's last snapshot's drop counts by reason, and the snapshot's other counters.
     last: BTreeMap<String, Snapshot>,
@@ -112,6 +114,7 @@ impl RelayMetrics {
             links: Family::default(),
             audio_keys: Family::default(),
             charter_ops: Family::default(),
+            voice_realtime: Family::default(),
             latency: Family::default(),
             last: BTreeMap::new(),
             registry: Registry::default(),
@@ -169,6 +172,11 @@ impl RelayMetrics {
             m.audio_keys.clone(),
         );
         registry.register("charter_ops", "Charter ops mirrored", m.charter_ops.clone());
+        registry.register(
+            "voice_thread_realtime",
+            "1 while the thread forwarding voice runs at real-time priority (voice_priority)",
+            m.voice_realtime.clone(),
+        );
         registry.register(
             "forward_latency_seconds",
             "From a packet's arrival at the link layer to its last copy handed to the links",
@@ -257,6 +265,10 @@ impl RelayMetrics {
         self.charter_ops
             .get_or_create(&label)
             .set(stats.charter_ops as i64);
+        let realtime = now.socket.read_priority == ReadPriorityNow::Realtime;
+        self.voice_realtime
+            .get_or_create(&label)
+            .set(i64::from(realtime));
         if let Ok(mut latency) = self.latency.get_or_create(&label).inner.lock() {
             *latency = (now.latency_us.clone(), now.latency_sum_us);
         }
@@ -282,6 +294,7 @@ impl RelayMetrics {
             &self.links,
             &self.audio_keys,
             &self.charter_ops,
+            &self.voice_realtime,
         ] {
             family.remove(&label);
         }

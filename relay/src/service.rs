@@ -214,7 +214,7 @@ impl Relay {
     /// Applies a re-read configuration: stops the orgs it no longer lists or whose section
     /// changed, then starts the new and changed ones. Orgs whose section is the same are not
     /// touched: their links stay up. Settings of the relay itself (key, metrics address,
-    /// circuits, bootstrap, API) take a restart; a change to them is logged and ignored.
+    /// circuits, bootstrap, API, voice priority) take a restart; a change to them is logged and ignored.
     pub async fn reload(&mut self, config: &RelayConfig) -> Reloaded {
         let mut done = Reloaded::default();
         let itself = |c: &RelayConfig| {
@@ -226,10 +226,13 @@ impl Relay {
                 c.bootstrap.clone(),
                 c.api_token_file.clone(),
                 c.api_token_env.clone(),
+                c.voice_priority,
             )
         };
         if itself(config) != itself(&self.config) {
-            tracing::warn!("key, metrics, circuits, bootstrap and API settings take a restart");
+            tracing::warn!(
+                "key, metrics, circuits, bootstrap, API and voice priority settings take a restart"
+            );
         }
         let stale: Vec<String> = self
             .orgs
@@ -341,6 +344,7 @@ async fn start_org(
     let (stop, stopped) = oneshot::channel();
     let (finished, done) = oneshot::channel();
     let (name, shared, log) = (org.name.clone(), status.clone(), store.log);
+    let priority = relay.voice_priority;
     let thread = std::thread::Builder::new()
         .name(format!("org {}", org.name))
         .spawn(move || {
@@ -360,7 +364,11 @@ async fn start_org(
             runtime.block_on(async move {
                 // Read on a thread of its own: voice is forwarded there, without waking this
                 // runtime for each packet.
-                match LinkSocket::bind_tokio_read_apart(node_config.listen, node_config.dscp) {
+                match LinkSocket::bind_tokio_read_apart(
+                    node_config.listen,
+                    node_config.dscp,
+                    priority,
+                ) {
                     Ok(socket) => node_config.socket = Some(socket),
                     Err(e) => {
                         let _ = ready.send(Err(NodeError::Link(e.into())));

@@ -21,6 +21,17 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The value of an un-labelled metric line `name value`.
+/// Whether a thread of this process may take real-time priority (tried on a thread of its own).
+fn realtime_permitted() -> bool {
+    std::thread::spawn(|| {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: pid 0 is this short-lived thread; `param` is a live sched_param.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) == 0 }
+    })
+    .join()
+    .unwrap_or(false)
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -181,6 +192,14 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
     assert_eq!(
         metric(&text, "callsign_relay_audio_keys_held{org=\"default\"}"),
         0.0
+    );
+    // The relay runs as this test does: real-time where this process may take it.
+    assert_eq!(
+        metric(
+            &text,
+            "callsign_relay_voice_thread_realtime{org=\"default\"}"
+        ),
+        if realtime_permitted() { 1.0 } else { 0.0 }
     );
     // The exposition format spells the last bucket `+Inf`, and it counts every observation.
     let inf = metric(

@@ -9,6 +9,8 @@
 //! - [`plane`]: the voice plane, datagrams sealed per link and sent beside QUIC.
 //! - [`forwarding`]: a rented relay's fast path, forwarding voice where the plane opens it.
 //! - `udp`: the real socket as quinn's, registered with tokio for reading only.
+//! - `read_thread`: a relay's socket, read on a thread of its own ([`priority`]: at what
+//!   priority).
 //! - `batch`: many datagrams to many destinations in one system call.
 //! - `heartbeat`: a relay's heartbeats on the plane, and the member's watchdog on them.
 //! - [`portmap`]: [`portmap::PortMapper`], a UPnP IGD port mapping on the home router.
@@ -101,6 +103,7 @@ pub mod links;
 pub mod muxer;
 pub mod plane;
 pub mod portmap;
+pub mod priority;
 #[cfg(target_os = "linux")]
 mod read_thread;
 pub mod relay;
@@ -116,6 +119,7 @@ mod window;
 pub use config::LinkConfig;
 pub use heartbeat::Heartbeat;
 pub use links::{DatagramReceiver, IncomingDatagram, LinkCounts, LinkEvent, Links};
+pub use priority::{ReadPriority, ReadPriorityNow};
 pub use socket::{LinkSocket, PathModel, SocketCounts, Transit};
 pub use transport::QuicTransport;
 

@@ -8,10 +8,14 @@
 //! handshakes are taken out as before, and only datagrams that hold QUIC are queued for
 //! quinn, whose endpoint task is woken for them alone.
 //!
+//! The thread runs at real-time priority while it is not busy, if the process may
+//! ([`super::priority`]).
+//!
 //! Sends are as on `link::udp`'s socket ([`UdpSender`]): quinn's path and the plane's batches
 //! go straight to the kernel. The thread ends when the socket is dropped (an eventfd wakes it)
 //! or when its [`LinkSocket`] is gone.
 
+use super::priority::{ReadPriority, ThreadPriority};
 use super::socket::{is_garbage, LinkSocket};
 use super::udp::UdpSender;
 use futures::task::AtomicWaker;
@@ -61,7 +65,10 @@ impl std::fmt::Debug for ThreadReadUdpSocket {
 impl ThreadReadUdpSocket {
     /// Takes `socket` over (inside a tokio runtime, for the send path's writability waits).
     /// Nothing reads it until [`ReadThread::spawn`].
-    pub(crate) fn new(socket: std::net::UdpSocket) -> io::Result<(Arc<Self>, ReadThread)> {
+    pub(crate) fn new(
+        socket: std::net::UdpSocket,
+        priority: ReadPriority,
+    ) -> io::Result<(Arc<Self>, ReadThread)> {
         let reader = socket.try_clone()?;
         let sender = UdpSender::new(socket)?;
         // SAFETY: eventfd takes no pointers; a non-negative result is a descriptor we own.
@@ -77,6 +84,7 @@ impl ThreadReadUdpSocket {
             socket: reader,
             stop: stop.try_clone()?,
             queue: queue.clone(),
+            priority,
         };
         let socket = Arc::new(Self {
             sender,
@@ -160,6 +168,7 @@ pub(crate) struct ReadThread {
     state: UdpSocketState,
     stop: OwnedFd,
     queue: Arc<QuicQueue>,
+    priority: ReadPriority,
 }
 
 impl ReadThread {
@@ -175,6 +184,11 @@ impl ReadThread {
         // One datagram a buffer: a coalesced batch would not fit quinn's buffers, which are
         // sized for what `max_receive_segments` says.
         disable_gro(&self.socket);
+        let (mut priority, now) = ThreadPriority::start(self.priority);
+        match link.upgrade() {
+            Some(link) => link.set_read_priority(now),
+            None => return,
+        }
         let mut storage = vec![0u8; DATAGRAM_ROOM * BATCH_SIZE];
         let mut bufs: Vec<IoSliceMut> = storage
             .chunks_mut(DATAGRAM_ROOM)
@@ -206,6 +220,9 @@ impl ReadThread {
                 if count < bufs.len() {
                     break;
                 }
+            }
+            if let Some(now) = priority.after_wake() {
+                link.set_read_priority(now);
             }
         }
     }
@@ -284,6 +301,7 @@ fn disable_gro(socket: &std::net::UdpSocket) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::priority::ReadPriorityNow;
     use super::super::socket::SharedSocket;
     use super::*;
     use std::future::poll_fn;
@@ -314,8 +332,12 @@ mod tests {
 
     #[tokio::test]
     async fn quic_reaches_quinn_and_what_is_not_quic_is_taken_out_on_the_thread() {
-        let link =
-            LinkSocket::bind_tokio_read_apart("127.0.0.1:0".parse().unwrap(), None).expect("bind");
+        let link = LinkSocket::bind_tokio_read_apart(
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            ReadPriority::Normal,
+        )
+        .expect("bind");
         let address = link.local_addr().expect("address");
         let shared = SharedSocket(link.clone());
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -334,9 +356,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_thread_says_what_priority_it_reads_at() {
+        let link = LinkSocket::bind_tokio_read_apart(
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            ReadPriority::Realtime,
+        )
+        .expect("bind");
+        let expected = match super::super::priority::tests::realtime_permitted() {
+            true => ReadPriorityNow::Realtime,
+            false => ReadPriorityNow::NotPermitted,
+        };
+        // The thread sets it as it starts.
+        for _ in 0..250 {
+            if link.stats().snapshot().read_priority != ReadPriorityNow::Normal {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(link.stats().snapshot().read_priority, expected);
+    }
+
+    #[tokio::test]
     async fn the_thread_ends_and_lets_the_port_go_when_the_socket_is_dropped() {
-        let link =
-            LinkSocket::bind_tokio_read_apart("127.0.0.1:0".parse().unwrap(), None).expect("bind");
+        let link = LinkSocket::bind_tokio_read_apart(
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            ReadPriority::Normal,
+        )
+        .expect("bind");
         let address = link.local_addr().expect("address");
         drop(link);
         // The thread holds a duplicate of the descriptor until it ends.

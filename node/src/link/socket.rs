@@ -16,6 +16,7 @@
 //! [`LinkSocket::send_many`] sends a batch of them from the endpoint's port.
 
 use super::plane::{is_plane, PlaneReceivers};
+use super::priority::{ReadPriority, ReadPriorityNow};
 use super::simulated::TurmoilSocket;
 pub use super::simulated::{PathModel, Transit};
 use callsign_mesh::rate::{Rate, TokenBucket};
@@ -55,6 +56,8 @@ pub struct SocketStats {
     /// Datagrams holding QUIC that a socket read on its own thread
     /// ([`LinkSocket::bind_tokio_read_apart`]) dropped because quinn had fallen behind.
     pub quic_queue_full: AtomicU64,
+    /// What the read thread runs at (a [`ReadPriorityNow`] as `u8`), if there is one.
+    pub read_priority: std::sync::atomic::AtomicU8,
 }
 
 impl SocketStats {
@@ -66,6 +69,7 @@ impl SocketStats {
             probes_sent: self.probes_sent.load(Ordering::Relaxed),
             handshakes_limited: self.handshakes_limited.load(Ordering::Relaxed),
             quic_queue_full: self.quic_queue_full.load(Ordering::Relaxed),
+            read_priority: ReadPriorityNow::from_u8(self.read_priority.load(Ordering::Relaxed)),
         }
     }
 }
@@ -79,6 +83,7 @@ pub struct SocketCounts {
     pub probes_sent: u64,
     pub handshakes_limited: u64,
     pub quic_queue_full: u64,
+    pub read_priority: ReadPriorityNow,
 }
 
 pub(super) fn is_garbage(datagram: &[u8]) -> bool {
@@ -201,13 +206,17 @@ impl LinkSocket {
     }
 
     /// [`Self::bind_tokio_marked`], read on a thread of its own (`link::read_thread`, Linux;
-    /// elsewhere the same as `bind_tokio_marked`): for a relay, whose voice is then forwarded
-    /// without waking the runtime.
-    pub fn bind_tokio_read_apart(addr: SocketAddr, dscp: Option<u8>) -> io::Result<Arc<Self>> {
+    /// elsewhere the same as `bind_tokio_marked`) at `priority`: for a relay, whose voice is
+    /// then forwarded without waking the runtime.
+    pub fn bind_tokio_read_apart(
+        addr: SocketAddr,
+        dscp: Option<u8>,
+        priority: ReadPriority,
+    ) -> io::Result<Arc<Self>> {
         #[cfg(target_os = "linux")]
         {
             let (socket, marker, raw) = open_real(addr, dscp)?;
-            let (inner, thread) = super::read_thread::ThreadReadUdpSocket::new(socket)?;
+            let (inner, thread) = super::read_thread::ThreadReadUdpSocket::new(socket, priority)?;
             let socket = Arc::new(Self {
                 read_apart: true,
                 ..Self::real(inner, marker, raw)
@@ -216,7 +225,10 @@ impl LinkSocket {
             Ok(socket)
         }
         #[cfg(not(target_os = "linux"))]
-        Self::bind_tokio_marked(addr, dscp)
+        {
+            let _ = priority;
+            Self::bind_tokio_marked(addr, dscp)
+        }
     }
 
     /// The DSCP datagrams leave marked with, if any.
@@ -470,6 +482,13 @@ impl LinkSocket {
             }
         }
         quic
+    }
+
+    /// Records what the read thread runs at (`link::read_thread`).
+    #[cfg(target_os = "linux")]
+    pub(super) fn set_read_priority(&self, now: ReadPriorityNow) {
+        let now = now.to_u8();
+        self.stats.read_priority.store(now, Ordering::Relaxed);
     }
 
     /// Counts a datagram holding QUIC dropped before quinn saw it (`link::read_thread`).
