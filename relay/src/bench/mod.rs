@@ -85,9 +85,29 @@ pub struct BenchOptions {
     /// include each other's load: for comparing changes by their ratios.
     #[arg(long)]
     pub together: bool,
+    /// The relay's `voice_priority` (the production default: real-time while not busy; see
+    /// `callsign_node::link::priority`). `normal` for comparing.
+    #[arg(long, value_enum, default_value_t = VoicePriority::Realtime)]
+    pub voice_priority: VoicePriority,
     /// With `--together`: where both forwarders' clients wait for each other before speaking.
     #[arg(skip)]
     start: Option<Arc<tokio::sync::Barrier>>,
+}
+
+/// `--voice-priority`, as written in the relay's config.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoicePriority {
+    Realtime,
+    Normal,
+}
+
+impl VoicePriority {
+    fn config_line(self) -> &'static str {
+        match self {
+            Self::Realtime => "voice_priority = \"realtime\"\n",
+            Self::Normal => "voice_priority = \"normal\"\n",
+        }
+    }
 }
 
 impl BenchOptions {

@@ -86,7 +86,12 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<OrgsReport> {
          handshakes_per_second = 100000\nhandshake_burst = 100000",
         (limit / 2).max(1)
     );
-    let setup = bench_setup(options.orgs, options.subscribers, &limits)?;
+    let setup = bench_setup(
+        options.orgs,
+        options.subscribers,
+        &limits,
+        options.voice_priority,
+    )?;
     let names: Vec<String> = setup.orgs.iter().map(|o| o.name.clone()).collect();
     let quiet = summarise(options, &names, run(options, &setup, |_| 1).await?);
     // The first org's speakers each send flood × limit packets a second.

@@ -2,7 +2,7 @@
 //! subscriber a bare QUIC endpoint and swarm (no node runtime) that subscribes and counts.
 
 use super::process::Measured;
-use super::{measurement, speak, BenchOptions, Heard, Measurement, SendTimes};
+use super::{measurement, speak, BenchOptions, Heard, Measurement, SendTimes, VoicePriority};
 use crate::store::CharterStore;
 use anyhow::{anyhow, bail, Result};
 use callsign_keys::{Identity, KeyFile, NodeKeys};
@@ -124,8 +124,14 @@ fn bench_org(
 }
 
 /// `orgs` orgs of `subscribers` members each, and a relay config serving them with `limits`
-/// (a TOML `[limits]` body). One org uses the original `[org]` form, more use `[[org]]`.
-pub(super) fn bench_setup(orgs: usize, subscribers: usize, limits: &str) -> Result<BenchSetup> {
+/// (a TOML `[limits]` body) and `priority`. One org uses the original `[org]` form, more use
+/// `[[org]]`.
+pub(super) fn bench_setup(
+    orgs: usize,
+    subscribers: usize,
+    limits: &str,
+    priority: VoicePriority,
+) -> Result<BenchSetup> {
     let dir = std::env::temp_dir().join(format!("callsign-relay-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -134,6 +140,7 @@ pub(super) fn bench_setup(orgs: usize, subscribers: usize, limits: &str) -> Resu
     let mut config = "version = 1\nkey = \"relay.key\"\nmetrics = \"127.0.0.1:0\"\n\
                       data_dir = \"state\"\ncircuits = false\n"
         .to_string();
+    config += priority.config_line();
     let setup = BenchSetup {
         orgs: (0..orgs)
             .map(|i| bench_org(&dir, &format!("org{i}"), subscribers, &relay))
@@ -566,6 +573,7 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
         options.subscribers,
         "packets_per_second = 100000\nburst = 1000\n\
          handshakes_per_second = 100000\nhandshake_burst = 100000",
+        options.voice_priority,
     )?;
     let mut run = run(options, &setup, |_| 1).await?;
     let org = run.orgs.remove(0);
