@@ -185,6 +185,16 @@ impl ThreadPriority {
         }
     }
 
+    /// How long the thread may sleep before it calls [`Self::after_wake`] even with nothing to
+    /// read: while lowered, a calm window, so it takes real-time back when a flood ends rather
+    /// than at the next packet.
+    pub(crate) fn wait_limit(&self) -> Option<Duration> {
+        self.watch
+            .as_ref()
+            .filter(|w| !w.realtime)
+            .map(|_| CALM_WINDOW)
+    }
+
     /// Called after each wake-up's work; returns what the thread runs at if that changed.
     pub(crate) fn after_wake(&mut self) -> Option<ReadPriorityNow> {
         let change = self
@@ -333,20 +343,27 @@ pub(crate) mod tests {
             while started.elapsed() < BUSY_WINDOW + ms(20) {
                 std::hint::black_box(thread_cpu_time());
             }
+            let limit_at_start = priority.wait_limit();
             let lowered = (priority.after_wake(), policy());
+            // Lowered, the thread wakes by itself after a calm window to look again.
+            let limit_lowered = priority.wait_limit();
             std::thread::sleep(CALM_WINDOW + ms(50));
             let raised = (priority.after_wake(), policy());
-            (at_start, lowered, raised)
+            let limits = (limit_at_start, limit_lowered, priority.wait_limit());
+            ((at_start, limits), lowered, raised)
         })
         .join()
         .expect("thread");
+        let (policy_at_start, limits) = policy_at_start;
         if permitted {
+            assert_eq!(limits, (None, Some(CALM_WINDOW), None));
             let rr = libc::SCHED_RR;
             assert_eq!(policy_at_start, (ReadPriorityNow::Realtime, rr));
             let normal = libc::SCHED_OTHER;
             assert_eq!(lowered, (Some(ReadPriorityNow::LoweredWhileBusy), normal));
             assert_eq!(raised, (Some(ReadPriorityNow::Realtime), rr));
         } else {
+            assert_eq!(limits, (None, None, None));
             let normal = libc::SCHED_OTHER;
             assert_eq!(policy_at_start, (ReadPriorityNow::NotPermitted, normal));
             assert_eq!(lowered, (None, normal));

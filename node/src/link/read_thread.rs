@@ -196,7 +196,7 @@ impl ReadThread {
             .collect();
         let mut meta = [RecvMeta::default(); BATCH_SIZE];
         loop {
-            if !self.wait() {
+            if !self.wait(priority.wait_limit()) {
                 return;
             }
             let Some(link) = link.upgrade() else {
@@ -227,8 +227,10 @@ impl ReadThread {
         }
     }
 
-    /// Waits until the socket is readable; false once told to stop.
-    fn wait(&self) -> bool {
+    /// Waits until the socket is readable or `limit` has passed (`None`: no limit); false once
+    /// told to stop.
+    fn wait(&self, limit: Option<std::time::Duration>) -> bool {
+        let timeout = limit.map_or(-1, |l| l.as_millis().min(i32::MAX as u128) as i32);
         let mut fds = [
             libc::pollfd {
                 fd: self.socket.as_raw_fd(),
@@ -243,7 +245,7 @@ impl ReadThread {
         ];
         loop {
             // SAFETY: `fds` is a live array of two pollfds for the duration of the call.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if ready < 0 {
                 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                     continue;
