@@ -316,6 +316,12 @@ mod tests {
         datagram
     }
 
+    /// A socket on loopback read on its thread at `priority`.
+    fn bind(priority: ReadPriority) -> Arc<LinkSocket> {
+        let address = "127.0.0.1:0".parse().unwrap();
+        LinkSocket::bind_tokio_read_apart(address, None, priority).expect("bind")
+    }
+
     async fn receive(socket: &SharedSocket) -> Vec<Vec<u8>> {
         let mut storage = vec![[0u8; 1500]; BATCH_SIZE];
         let mut bufs: Vec<IoSliceMut> = storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
@@ -334,12 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn quic_reaches_quinn_and_what_is_not_quic_is_taken_out_on_the_thread() {
-        let link = LinkSocket::bind_tokio_read_apart(
-            "127.0.0.1:0".parse().unwrap(),
-            None,
-            ReadPriority::Normal,
-        )
-        .expect("bind");
+        let link = bind(ReadPriority::Normal);
         let address = link.local_addr().expect("address");
         let shared = SharedSocket(link.clone());
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -359,12 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_thread_says_what_priority_it_reads_at() {
-        let link = LinkSocket::bind_tokio_read_apart(
-            "127.0.0.1:0".parse().unwrap(),
-            None,
-            ReadPriority::Realtime,
-        )
-        .expect("bind");
+        let link = bind(ReadPriority::Realtime);
         let expected = match super::super::priority::tests::realtime_permitted() {
             true => ReadPriorityNow::Realtime,
             false => ReadPriorityNow::NotPermitted,
@@ -381,12 +377,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_thread_ends_and_lets_the_port_go_when_the_socket_is_dropped() {
-        let link = LinkSocket::bind_tokio_read_apart(
-            "127.0.0.1:0".parse().unwrap(),
-            None,
-            ReadPriority::Normal,
-        )
-        .expect("bind");
+        let link = bind(ReadPriority::Normal);
         let address = link.local_addr().expect("address");
         drop(link);
         // The thread holds a duplicate of the descriptor until it ends.
