@@ -5,10 +5,11 @@
 //! beside the relay) can take the core in the middle of a packet's fan-out. The copies then
 //! wait, and the thread comes back to caches the other work has emptied. At the lowest
 //! real-time priority (`SCHED_RR` 1) nothing at normal priority interrupts it. Measured with
-//! `callsign-relay bench` on a 2-core VM, 15 rounds each: at 100 subscribers the relay spent
-//! 1.11–1.32 µs of CPU per copy, against 1.17–2.23 µs at normal priority; at 500 subscribers
-//! and 3 speakers its CPU was alike, and the latency it added at the median 142–226 µs
-//! against 376–723 µs.
+//! `callsign-relay bench` on a 2-core VM, 15 rounds each within an hour: at 100 subscribers the
+//! relay spent 1.11–1.32 µs of CPU per copy, against 1.17–2.23 µs at normal priority (a slow
+//! phase of the machine later raised it to 1.5–3.0 µs, and the plain forwarder's with it); at
+//! 500 subscribers and 3 speakers its CPU was alike, and the latency it added at the median
+//! 142–226 µs against 376–723 µs.
 //!
 //! Why it gives the priority back: a real-time thread that never sleeps starves the rest of the
 //! machine (the kernel keeps only 5 % of each second for everyone else), including the org's
