@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod common;
-use common::link::{configured_node, connect, serve};
+use common::link::{configured_node, connect, relay_node, serve};
 
 /// A parked link with no word from its peer for this long is down (shortened from 30 s).
 const SILENCE: Duration = Duration::from_millis(1500);
@@ -195,17 +195,33 @@ async fn a_parked_link_carries_voice_both_ways_and_lives_until_its_peer_falls_si
     assert!(!relay_links.is_connected(&member_peer));
 }
 
+const PROMISE: Heartbeat = Heartbeat {
+    every: Duration::from_millis(100),
+    quiet: Duration::from_millis(200),
+    active: Duration::from_secs(3),
+};
+
+fn promising() -> LinkConfig {
+    LinkConfig {
+        plane_heartbeat: Some(PROMISE),
+        ..LinkConfig::default()
+    }
+}
+
 #[tokio::test]
 async fn a_member_drops_a_parked_link_to_a_relay_that_stopped_beating() {
-    let promise = Heartbeat {
-        every: Duration::from_millis(100),
-        quiet: Duration::from_millis(200),
-        active: Duration::from_secs(3),
-    };
-    let relay = configured_node(LinkConfig {
-        plane_heartbeat: Some(promise),
-        ..LinkConfig::default()
-    });
+    drops_when_the_beats_stop(configured_node(promising())).await;
+}
+
+/// As a rented relay's socket is read: the read thread takes the looks, and no task does.
+#[tokio::test]
+async fn a_relay_read_on_a_thread_of_its_own_beats_from_that_thread() {
+    drops_when_the_beats_stop(relay_node(promising())).await;
+}
+
+/// A parked link to `relay` (promising [`PROMISE`]) lives on its beats and goes when they stop.
+async fn drops_when_the_beats_stop(relay: common::link::Node) {
+    let promise = PROMISE;
     let mut member = configured_node(LinkConfig::default());
     let (relay_peer, member_peer) = (relay.peer, member.peer);
     let (relay_links, member_links) = (relay.links.clone(), member.links.clone());

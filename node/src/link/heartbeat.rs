@@ -73,7 +73,8 @@ const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 /// links' QUIC addresses. Kept in the registry, because two paths look: the heartbeat task on
 /// its timer, and a relay's copies of a packet ([`Looks::due_soon`]), which look on the way
 /// when the next look is near. While a relay forwards voice it is awake every 20 ms anyway, so
-/// the looks ride along and the timer never has to wake it (ten wake-ups a second fewer).
+/// the looks ride along, and on a socket read by a thread of its own ([`ThreadLooks`]) nothing
+/// else wakes for them.
 #[derive(Debug, Default)]
 pub(super) struct Looks {
     /// ms on the `Links` clock; `None` before the first look.
@@ -152,50 +153,110 @@ pub(super) fn beat() -> Bytes {
     Links::frame(KIND_HEARTBEAT, &[])
 }
 
+/// Looks if a look is due now ([`look`]) and sends its beats; the next look's time on the
+/// `Links` clock. `None`: there is nothing to look for (the registry promises no heartbeat).
+fn look_if_due(
+    epoch: tokio::time::Instant,
+    state: &Mutex<State>,
+    plane: &PlaneReceivers,
+    beat: &Bytes,
+) -> Option<u64> {
+    let now_ms = Links::clock_ms(epoch);
+    let mut batch = SealedBatch::with_capacity(0, beat.len());
+    let (next, socket) = {
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let promise = state.heartbeat?;
+        // The first look comes half a fast gap in.
+        let first = now_ms.saturating_add(promise.every.as_millis() as u64 / 2);
+        let next = *state.looks.next_ms.get_or_insert(first);
+        if next > now_ms {
+            // Not due yet, or taken on a packet's way meanwhile.
+            return Some(next);
+        }
+        look(&mut state, &promise, now_ms, beat, &mut batch);
+        (state.looks.next_ms.unwrap_or(first), state.socket.clone())
+    };
+    if let Some(socket) = socket {
+        let n = batch.send(&socket);
+        plane
+            .stats()
+            .heartbeats_sent
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+    Some(next)
+}
+
 /// The heartbeat task: [`look`]s whenever the next look is due and nothing else took it
-/// first. Ends with the registry.
+/// first. Ends with the registry. A socket read on a thread of its own looks there instead
+/// ([`ThreadLooks`]).
 pub(super) async fn send_heartbeats(
     epoch: tokio::time::Instant,
     state: std::sync::Weak<Mutex<State>>,
     plane: Arc<PlaneReceivers>,
 ) {
     let beat = beat();
+    let moved = match state.upgrade() {
+        Some(state) => state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .looks
+            .moved
+            .clone(),
+        None => return,
+    };
     loop {
-        let (promise, at, moved) = {
+        let next = {
             let Some(state) = state.upgrade() else { return };
-            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(promise) = state.heartbeat else {
+            let Some(next) = look_if_due(epoch, &state, &plane, &beat) else {
                 return;
             };
-            // The first look comes half a fast gap in.
-            let first = Links::clock_ms(epoch).saturating_add(promise.every.as_millis() as u64 / 2);
-            let at = *state.looks.next_ms.get_or_insert(first);
-            (promise, at, state.looks.moved.clone())
+            next
         };
         tokio::select! {
             biased;
             _ = moved.notified() => continue,
-            _ = tokio::time::sleep_until(epoch + Duration::from_millis(at)) => {}
+            _ = tokio::time::sleep_until(epoch + Duration::from_millis(next)) => {}
         }
-        let now_ms = Links::clock_ms(epoch);
-        let Some(state) = state.upgrade() else { return };
-        let mut batch = SealedBatch::with_capacity(0, beat.len());
-        let socket = {
-            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-            if state.looks.next_ms.is_some_and(|next| next > now_ms) {
-                // Taken on a packet's way meanwhile.
-                continue;
-            }
-            look(&mut state, &promise, now_ms, &beat, &mut batch);
-            state.socket.clone()
-        };
-        if let Some(socket) = socket {
-            let n = batch.send(&socket);
-            plane
-                .stats()
-                .heartbeats_sent
-                .fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The heartbeat's looks, for a socket read on a thread of its own (`link::read_thread`): the
+/// thread waits for the next look as it waits for datagrams, and looks itself.
+///
+/// Why: the task's timer woke a forwarding relay's runtime about twenty times a second
+/// (each look taken on a packet's way told the task to sleep anew, and its timer still fired
+/// now and then), most of what woke the runtime while voice flowed. On the thread, a look due
+/// while voice flows rides along on a packet's way as before, and one due in the quiet costs
+/// a return from `poll`, not a runtime's wake-up.
+pub(crate) struct ThreadLooks {
+    epoch: tokio::time::Instant,
+    state: std::sync::Weak<Mutex<State>>,
+    plane: Arc<PlaneReceivers>,
+    beat: Bytes,
+}
+
+impl ThreadLooks {
+    pub(super) fn new(
+        epoch: tokio::time::Instant,
+        state: std::sync::Weak<Mutex<State>>,
+        plane: Arc<PlaneReceivers>,
+    ) -> Self {
+        Self {
+            epoch,
+            state,
+            plane,
+            beat: beat(),
         }
+    }
+
+    /// Looks if a look is due; how long until the next one. `None`: none is to come (the
+    /// registry is gone, or promises no heartbeat).
+    pub(crate) fn look(&self) -> Option<Duration> {
+        let state = self.state.upgrade()?;
+        let next = look_if_due(self.epoch, &state, &self.plane, &self.beat)?;
+        Some(Duration::from_millis(
+            next.saturating_sub(Links::clock_ms(self.epoch)),
+        ))
     }
 }
 

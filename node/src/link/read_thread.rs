@@ -28,6 +28,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// Datagrams holding QUIC that wait for quinn at most; more are dropped (and counted), as a
 /// full socket buffer would drop them.
@@ -195,8 +196,10 @@ impl ReadThread {
             .map(IoSliceMut::new)
             .collect();
         let mut meta = [RecvMeta::default(); BATCH_SIZE];
+        // Until the next heartbeat look (`LinkSocket::take_heartbeat_looks`), if any.
+        let mut look_in = None;
         loop {
-            if !self.wait(priority.wait_limit()) {
+            if !self.wait(earliest(priority.wait_limit(), look_in)) {
                 return;
             }
             let Some(link) = link.upgrade() else {
@@ -224,13 +227,18 @@ impl ReadThread {
             if let Some(now) = priority.after_wake() {
                 link.set_read_priority(now);
             }
+            look_in = link.heartbeat_look();
         }
     }
 
     /// Waits until the socket is readable or `limit` has passed (`None`: no limit); false once
     /// told to stop.
     fn wait(&self, limit: Option<std::time::Duration>) -> bool {
-        let timeout = limit.map_or(-1, |l| l.as_millis().min(i32::MAX as u128) as i32);
+        // Rounded up: a wait that ends early would find the look not yet due and wait again
+        // for nothing, over and over within the last millisecond.
+        let timeout = limit.map_or(-1, |l| {
+            l.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
+        });
         let mut fds = [
             libc::pollfd {
                 fd: self.socket.as_raw_fd(),
@@ -286,6 +294,14 @@ impl ReadThread {
     }
 }
 
+/// The sooner of two waits (`None`: no limit).
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Turns UDP generic receive offload off on `socket` (quinn's socket setup turns it on).
 fn disable_gro(socket: &std::net::UdpSocket) {
     let off: libc::c_int = 0;
@@ -307,7 +323,6 @@ mod tests {
     use super::super::socket::SharedSocket;
     use super::*;
     use std::future::poll_fn;
-    use std::time::Duration;
 
     /// A datagram quinn would parse: the fixed bit set, and long enough.
     fn quic_looking(tag: u8) -> Vec<u8> {

@@ -15,6 +15,7 @@
 //! plane's receivers before quinn sees it (quinn then drops it), and
 //! [`LinkSocket::send_many`] sends a batch of them from the endpoint's port.
 
+use super::heartbeat::ThreadLooks;
 use super::plane::{is_plane, PlaneReceivers};
 use super::priority::{ReadPriority, ReadPriorityNow};
 use super::simulated::TurmoilSocket;
@@ -170,6 +171,8 @@ pub struct LinkSocket {
     read_apart: bool,
     /// Opens the voice-plane datagrams that arrive (`Links::attach`).
     plane: std::sync::OnceLock<Arc<PlaneReceivers>>,
+    /// The heartbeat looks the read thread takes (`Links::attach`), where there is one.
+    looks: std::sync::OnceLock<ThreadLooks>,
     /// Holds each source address to a rate of QUIC Initial packets.
     handshakes: std::sync::OnceLock<HandshakeLimiter>,
 }
@@ -260,6 +263,7 @@ impl LinkSocket {
             raw: None,
             read_apart: false,
             plane: std::sync::OnceLock::new(),
+            looks: std::sync::OnceLock::new(),
             handshakes: std::sync::OnceLock::new(),
         }
     }
@@ -358,6 +362,25 @@ impl LinkSocket {
     /// a second call is ignored.
     pub(crate) fn attach_plane(&self, receivers: Arc<PlaneReceivers>) {
         let _ = self.plane.set(receivers);
+    }
+
+    /// Has this socket's read thread take the heartbeat's `looks`; false where it has no read
+    /// thread, and the caller looks in a task. A socket serves one registry: once set, the
+    /// first registry's looks stay.
+    ///
+    /// The thread first looks when it first wakes: a look has links to beat only once
+    /// datagrams came in on this socket, and they wake it.
+    pub(crate) fn take_heartbeat_looks(&self, looks: ThreadLooks) -> bool {
+        if !self.read_apart {
+            return false;
+        }
+        let _ = self.looks.set(looks);
+        true
+    }
+
+    /// Looks if a heartbeat look is due (the read thread); how long until the next one.
+    pub(super) fn heartbeat_look(&self) -> Option<std::time::Duration> {
+        self.looks.get()?.look()
     }
 
     /// Holds every source address to `rate` QUIC Initial packets (a handshake takes one to

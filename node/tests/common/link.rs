@@ -2,7 +2,9 @@
 
 use callsign_node::link::dscp::DSCP_EF;
 use callsign_node::link::muxer::QuicMuxer;
-use callsign_node::link::{DatagramReceiver, LinkConfig, LinkSocket, Links, QuicTransport};
+use callsign_node::link::{
+    DatagramReceiver, LinkConfig, LinkSocket, Links, QuicTransport, ReadPriority,
+};
 use libp2p::core::transport::{DialOpts, ListenerId, PortUse, TransportEvent};
 use libp2p::core::{Endpoint, Transport};
 use libp2p::identity::Keypair;
@@ -34,11 +36,24 @@ pub fn configured_node(config: LinkConfig) -> Node {
     endpoint(config, Some(DSCP_EF))
 }
 
+/// A link endpoint with `config` on a loopback socket read on a thread of its own, as a rented
+/// relay's is (`LinkSocket::bind_tokio_read_apart`).
+pub fn relay_node(config: LinkConfig) -> Node {
+    let address = "127.0.0.1:0".parse().unwrap();
+    let socket =
+        LinkSocket::bind_tokio_read_apart(address, Some(DSCP_EF), ReadPriority::Normal).unwrap();
+    endpoint_on(config, socket)
+}
+
 fn endpoint(config: LinkConfig, dscp: Option<u8>) -> Node {
-    let keypair = Keypair::generate_ed25519();
-    let (links, datagrams) = Links::new(4096);
     let socket = LinkSocket::bind_tokio_marked("127.0.0.1:0".parse().unwrap(), dscp).unwrap();
     assert_eq!(socket.dscp(), dscp);
+    endpoint_on(config, socket)
+}
+
+fn endpoint_on(config: LinkConfig, socket: std::sync::Arc<LinkSocket>) -> Node {
+    let keypair = Keypair::generate_ed25519();
+    let (links, datagrams) = Links::new(4096);
     let transport = QuicTransport::new(keypair.clone(), config, socket, links.clone()).unwrap();
     Node {
         peer: keypair.public().to_peer_id(),

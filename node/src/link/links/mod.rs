@@ -18,7 +18,7 @@ mod parked;
 mod route;
 mod send;
 
-use super::heartbeat::{announcement, parse_announcement, Watchdog};
+use super::heartbeat::{announcement, parse_announcement, ThreadLooks, Watchdog};
 use super::plane::{PlaneCounts, PlaneKeys, PlaneLink, PlaneReceivers};
 use super::socket::{canonical, LinkSocket};
 use super::LinkError;
@@ -235,14 +235,19 @@ impl Links {
         if let Some(rate) = config.handshake_rate {
             socket.limit_handshakes(rate);
         }
-        let start = {
+        let promised = {
             let mut state = self.state();
             state.socket = Some(socket.clone());
             state.heartbeat = heartbeat.filter(|h| !h.every.is_zero());
             state.parked_silence = config.parked_silence;
-            let start = state.heartbeat.is_some() && !state.heartbeat_running;
-            state.heartbeat_running |= start;
-            start
+            state.heartbeat.is_some()
+        };
+        // A socket read on a thread of its own looks there; the task is for the others.
+        let looks =
+            || ThreadLooks::new(self.epoch, Arc::downgrade(&self.state), self.plane.clone());
+        let start = promised && !socket.take_heartbeat_looks(looks()) && {
+            let mut state = self.state();
+            !std::mem::replace(&mut state.heartbeat_running, true)
         };
         if start {
             tokio::spawn(super::heartbeat::send_heartbeats(
