@@ -8,6 +8,9 @@
 //! handshakes are taken out as before, and only datagrams that hold QUIC are queued for
 //! quinn, whose endpoint task is woken for them alone.
 //!
+//! The thread also keeps a relay's heartbeat clock (`heartbeat::ThreadLooks`): it waits for
+//! the next look as it waits for datagrams, so the looks never wake the runtime either.
+//!
 //! The thread runs at real-time priority while it is not busy, if the process may
 //! ([`super::priority`]).
 //!
