@@ -153,17 +153,15 @@ pub(super) fn beat() -> Bytes {
     Links::frame(KIND_HEARTBEAT, &[])
 }
 
-/// Looks if a look is due now ([`look`]) and sends its beats; the next look's time on the
-/// `Links` clock. `None`: there is nothing to look for (the registry promises no heartbeat).
+/// Looks if a look is due at `now_ms` on the `Links` clock ([`look`]) and sends its beats; the
+/// next look's time. `None`: there is nothing to look for (the registry promises no heartbeat).
 fn look_if_due(
-    epoch: tokio::time::Instant,
+    now_ms: u64,
     state: &Mutex<State>,
     plane: &PlaneReceivers,
     beat: &Bytes,
 ) -> Option<u64> {
-    let now_ms = Links::clock_ms(epoch);
-    let mut batch = SealedBatch::with_capacity(0, beat.len());
-    let (next, socket) = {
+    let (next, batch, socket) = {
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let promise = state.heartbeat?;
         // The first look comes half a fast gap in.
@@ -173,8 +171,13 @@ fn look_if_due(
             // Not due yet, or taken on a packet's way meanwhile.
             return Some(next);
         }
+        let mut batch = SealedBatch::with_capacity(0, beat.len());
         look(&mut state, &promise, now_ms, beat, &mut batch);
-        (state.looks.next_ms.unwrap_or(first), state.socket.clone())
+        (
+            state.looks.next_ms.unwrap_or(first),
+            batch,
+            state.socket.clone(),
+        )
     };
     if let Some(socket) = socket {
         let n = batch.send(&socket);
@@ -207,7 +210,7 @@ pub(super) async fn send_heartbeats(
     loop {
         let next = {
             let Some(state) = state.upgrade() else { return };
-            let Some(next) = look_if_due(epoch, &state, &plane, &beat) else {
+            let Some(next) = look_if_due(Links::clock_ms(epoch), &state, &plane, &beat) else {
                 return;
             };
             next
@@ -251,12 +254,15 @@ impl ThreadLooks {
 
     /// Looks if a look is due; how long until the next one. `None`: none is to come (the
     /// registry is gone, or promises no heartbeat).
+    ///
+    /// Called on every wake-up, so the clock is read once: after a look the wait counts from
+    /// before it, later by the look's own time, well inside the eighth of a fast gap
+    /// [`next_look`] leaves for a late look.
     pub(crate) fn look(&self) -> Option<Duration> {
         let state = self.state.upgrade()?;
-        let next = look_if_due(self.epoch, &state, &self.plane, &self.beat)?;
-        Some(Duration::from_millis(
-            next.saturating_sub(Links::clock_ms(self.epoch)),
-        ))
+        let now_ms = Links::clock_ms(self.epoch);
+        let next = look_if_due(now_ms, &state, &self.plane, &self.beat)?;
+        Some(Duration::from_millis(next.saturating_sub(now_ms)))
     }
 }
 

@@ -243,9 +243,8 @@ impl Links {
             state.heartbeat.is_some()
         };
         // A socket read on a thread of its own looks there; the task is for the others.
-        let looks =
-            || ThreadLooks::new(self.epoch, Arc::downgrade(&self.state), self.plane.clone());
-        let start = promised && !socket.take_heartbeat_looks(looks()) && {
+        let looks = ThreadLooks::new(self.epoch, Arc::downgrade(&self.state), self.plane.clone());
+        let start = promised && !socket.take_heartbeat_looks(looks) && {
             let mut state = self.state();
             !std::mem::replace(&mut state.heartbeat_running, true)
         };
