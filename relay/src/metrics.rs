@@ -4,7 +4,8 @@
 //!
 //! Drops are one family labelled by org and reason: the forwarder's reasons (`stranger`,
 //! `ratelimited`, `orgratelimited`, ...), the voice plane's (`plane_rate_limited`,
-//! `plane_unauthentic`, ...) the socket's (`handshake_rate_limited`) and the transport's (`connection_limit`).
+//! `plane_unauthentic`, ...) the socket's (`handshake_rate_limited`, `not_quic`) and the
+//! transport's (`connection_limit`).
 
 use callsign_node::link::ReadPriorityNow;
 use callsign_node::runtime::NodeStats;
@@ -215,6 +216,7 @@ impl RelayMetrics {
             ("queue_full", now.links.queue_full),
             ("link_malformed", now.links.malformed),
             ("handshake_rate_limited", now.socket.handshakes_limited),
+            ("not_quic", now.socket.garbage),
             ("quic_queue_full", now.socket.quic_queue_full),
             ("connection_limit", now.links.refused),
         ] {

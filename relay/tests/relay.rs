@@ -166,6 +166,20 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
         })
         .unwrap();
 
+    // A stranger sprays the relay's port with datagrams that are neither QUIC nor the
+    // plane's: dropped unread, and counted by reason.
+    let port = relay_addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Udp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let spray = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for n in 0..5u8 {
+        spray.send_to(&[n; 40], ("127.0.0.1", port)).unwrap();
+    }
+
     // Metrics and health (the metrics follow the node once a second).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let text = tokio::task::spawn_blocking(move || http_get(&metrics.to_string(), "/metrics"))
@@ -192,6 +206,14 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
     assert_eq!(
         metric(&text, "callsign_relay_audio_keys_held{org=\"default\"}"),
         0.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "callsign_relay_drops_total{org=\"default\",reason=\"not_quic\"}"
+        ),
+        5.0,
+        "{text}"
     );
     // The relay runs as this test does: real-time where this process may take it.
     assert_eq!(

@@ -67,6 +67,9 @@ pub struct BenchOptions {
     /// With `--orgs`: the flooding org's speakers send this many times `--member-limit`.
     #[arg(long, default_value_t = 20)]
     pub flood: u32,
+    /// With `--orgs`: what the first org is flooded with.
+    #[arg(long, value_enum, default_value_t = FloodKind::Voice)]
+    pub flood_with: FloodKind,
     /// With `--orgs`: packets per second the relay lets each member send.
     #[arg(long, default_value_t = 100)]
     pub member_limit: u32,
@@ -92,6 +95,20 @@ pub struct BenchOptions {
     /// With `--together`: where both forwarders' clients wait for each other before speaking.
     #[arg(skip)]
     start: Option<Arc<tokio::sync::Barrier>>,
+}
+
+/// `--flood-with`: what the first org's port gets in the flood run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloodKind {
+    /// Its own members' speakers send `--flood` times their limit: authentic voice, refused
+    /// above each member's rate.
+    Voice,
+    /// A stranger sends datagrams as fast as one core can, from one socket on another
+    /// loopback address: junk, forged voice-plane datagrams, QUIC short headers for no
+    /// connection and QUIC Initials that do not open, in turn (`orgs::garbage`). Its own
+    /// members talk as in the quiet run.
+    Garbage,
 }
 
 /// `--voice-priority`, as written in the relay's config.

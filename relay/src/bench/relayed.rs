@@ -404,15 +404,19 @@ pub(super) struct Run {
     pub(super) drops: BTreeMap<(String, String), u64>,
     /// The relay's own forwarding latency, mean and p99 (a bucket bound), µs.
     pub(super) forward_latency_us: (u64, u64),
+    /// Datagrams the stranger sent to the flooded org's port (`--flood-with garbage`).
+    pub(super) garbage_sent: u64,
 }
 
 /// Starts the relay from `setup`, links and subscribes every member, then for
 /// `options.seconds` has each org's first `options.speakers` members send `per_tick(org)`
-/// packets each per tick of `options.rate`, and counts what everyone hears.
+/// packets each per tick of `options.rate`, and counts what everyone hears. With
+/// `garbage_to`, a stranger floods that org's port meanwhile ([`super::orgs::flood`]).
 pub(super) async fn run(
     options: &BenchOptions,
     setup: &BenchSetup,
     per_tick: impl Fn(usize) -> usize,
+    garbage_to: Option<usize>,
 ) -> Result<Run> {
     let child = Measured::spawn(
         &[
@@ -512,9 +516,13 @@ pub(super) async fn run(
     let counts: Vec<usize> = (0..setup.orgs.len()).map(&per_tick).collect();
     let payload = vec![0x5a; options.payload];
     let mut sent = vec![0u64; setup.orgs.len()];
+    let garbage = garbage_to
+        .map(|org| udp_address(&addresses[org]).and_then(super::orgs::flood))
+        .transpose()?;
     options.ready().await;
     let cpu_before = child.cpu()?;
     let started = Instant::now();
+    let garbage = garbage.map(super::orgs::Flood::start);
     speak(options, |speaker, tick| {
         for (o, org) in setup.orgs.iter().enumerate() {
             for k in 0..counts[o] {
@@ -536,6 +544,10 @@ pub(super) async fn run(
         }
     })
     .await;
+    let garbage_sent = match garbage {
+        Some(flood) => flood.finish().await?,
+        None => 0,
+    };
     let elapsed = started.elapsed();
     let cpu = child.cpu()? - cpu_before;
     let peak_rss_kib = child.peak_rss_kib();
@@ -562,7 +574,27 @@ pub(super) async fn run(
         peak_rss_kib,
         drops,
         forward_latency_us,
+        garbage_sent,
     })
+}
+
+/// The UDP address in a relay's listen address (`/ip4/…/udp/…/quic-v1/p2p/…`).
+fn udp_address(address: &Multiaddr) -> Result<SocketAddr> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    for protocol in address.iter() {
+        match protocol {
+            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
+            Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
+            Protocol::Udp(port) => {
+                if let Some(ip) = ip {
+                    return Ok(SocketAddr::new(ip, port));
+                }
+            }
+            _ => {}
+        }
+    }
+    bail!("{address} names no UDP address")
 }
 
 /// The relay alone: one org, limits out of the way, every speaker at the bench's rate.
@@ -575,7 +607,7 @@ pub(super) async fn measure(options: &BenchOptions) -> Result<Measurement> {
          handshakes_per_second = 100000\nhandshake_burst = 100000",
         options.voice_priority,
     )?;
-    let mut run = run(options, &setup, |_| 1).await?;
+    let mut run = run(options, &setup, |_| 1, None).await?;
     let org = run.orgs.remove(0);
     let mut m = measurement(
         "relay",
