@@ -4,8 +4,9 @@
 //!
 //! Drops are one family labelled by org and reason: the forwarder's reasons (`stranger`,
 //! `ratelimited`, `orgratelimited`, ...), the voice plane's (`plane_rate_limited`,
-//! `plane_unauthentic`, ...) the socket's (`handshake_rate_limited`, `not_quic`) and the
-//! transport's (`connection_limit`).
+//! `plane_unauthentic`, ...) the socket's (`handshake_rate_limited`, `not_quic`,
+//! `socket_overflow`: dropped by the kernel before it was read) and the transport's
+//! (`connection_limit`).
 
 use callsign_node::link::ReadPriorityNow;
 use callsign_node::runtime::NodeStats;
@@ -217,6 +218,7 @@ impl RelayMetrics {
             ("link_malformed", now.links.malformed),
             ("handshake_rate_limited", now.socket.handshakes_limited),
             ("not_quic", now.socket.garbage),
+            ("socket_overflow", now.socket.kernel_drops),
             ("quic_queue_full", now.socket.quic_queue_full),
             ("connection_limit", now.links.refused),
         ] {

@@ -215,6 +215,12 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
         5.0,
         "{text}"
     );
+    // What the kernel dropped before the relay read it is exported too (`metric` panics
+    // without the series; its count depends on the machine's load).
+    metric(
+        &text,
+        "callsign_relay_drops_total{org=\"default\",reason=\"socket_overflow\"}",
+    );
     // The relay runs as this test does: real-time where this process may take it.
     assert_eq!(
         metric(

@@ -23,6 +23,11 @@ impl BatchSocket {
         Ok(Self { socket, ipv6 })
     }
 
+    /// The socket itself (a duplicate of the one quinn reads).
+    pub(crate) fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
     /// Sends each `(destination, datagram)` of `batch` (non-blocking), marked by `marker` if
     /// given. Returns how many the kernel took: when its buffer fills the rest are dropped, as
     /// a congested network would (voice is not retransmitted).

@@ -12,6 +12,7 @@
 //! - `read_thread`: a relay's socket, read on a thread of its own ([`priority`]: at what
 //!   priority).
 //! - `batch`: many datagrams to many destinations in one system call.
+//! - `kernel_drops`: what the kernel dropped for a real socket before it was read.
 //! - `heartbeat`: a relay's heartbeats on the plane, and the member's watchdog on them.
 //! - [`portmap`]: [`portmap::PortMapper`], a UPnP IGD port mapping on the home router.
 //! - [`relay`]: [`relay::MemberRelay`], the relay v2 server a reachable member runs for the org.
@@ -99,6 +100,7 @@ pub mod control;
 pub mod dscp;
 pub mod forwarding;
 mod heartbeat;
+mod kernel_drops;
 pub mod links;
 pub mod muxer;
 pub mod plane;

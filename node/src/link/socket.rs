@@ -59,6 +59,8 @@ pub struct SocketStats {
     pub quic_queue_full: AtomicU64,
     /// What the read thread runs at (a [`ReadPriorityNow`] as `u8`), if there is one.
     pub read_priority: std::sync::atomic::AtomicU8,
+    /// Where the kernel counts what it dropped for a real socket before it was read.
+    kernel: std::sync::OnceLock<super::kernel_drops::KernelDrops>,
 }
 
 impl SocketStats {
@@ -71,6 +73,7 @@ impl SocketStats {
             handshakes_limited: self.handshakes_limited.load(Ordering::Relaxed),
             quic_queue_full: self.quic_queue_full.load(Ordering::Relaxed),
             read_priority: ReadPriorityNow::from_u8(self.read_priority.load(Ordering::Relaxed)),
+            kernel_drops: self.kernel.get().and_then(|k| k.read()).unwrap_or(0),
         }
     }
 }
@@ -85,6 +88,9 @@ pub struct SocketCounts {
     pub handshakes_limited: u64,
     pub quic_queue_full: u64,
     pub read_priority: ReadPriorityNow,
+    /// Datagrams the kernel dropped before the socket was read: its receive buffer was full
+    /// (Linux; 0 elsewhere and for simulated sockets). Read off `/proc` at each snapshot.
+    pub kernel_drops: u64,
 }
 
 pub(super) fn is_garbage(datagram: &[u8]) -> bool {
@@ -275,10 +281,16 @@ impl LinkSocket {
         marker: Option<super::dscp::TosMarker>,
         raw: super::batch::BatchSocket,
     ) -> Self {
-        Self {
+        let socket = Self {
             marker,
-            raw: Some(raw),
             ..Self::new(inner, false, None)
+        };
+        if let Some(kernel) = super::kernel_drops::KernelDrops::of(raw.socket()) {
+            let _ = socket.stats.kernel.set(kernel);
+        }
+        Self {
+            raw: Some(raw),
+            ..socket
         }
     }
 
