@@ -263,3 +263,41 @@ fn the_orgs_bench_keeps_a_quiet_org_whole_while_another_floods() {
         "{report}"
     );
 }
+
+#[test]
+fn a_strangers_garbage_is_dropped_and_counted_against_the_org_it_was_sent_to() {
+    let report = bench_json(&[
+        "--orgs",
+        "2",
+        "--subscribers",
+        "3",
+        "--seconds",
+        "1",
+        "--flood-with",
+        "garbage",
+    ]);
+    let flood = &report["flood"];
+    assert!(
+        flood["garbage_per_second"].as_f64().unwrap() > 1000.0,
+        "{report}"
+    );
+    // Each kind the stranger sends is refused by its own check, before any work for a link.
+    for reason in ["not_quic", "plane_unknown_link", "handshake_rate_limited"] {
+        assert!(
+            flood["drops"][format!("org0/{reason}")]
+                .as_u64()
+                .unwrap_or(0)
+                > 0,
+            "{reason}: {report}"
+        );
+    }
+    let drops = flood["drops"].as_object().unwrap();
+    assert!(drops.keys().all(|k| k.starts_with("org0/")), "{report}");
+    // The other org, on its own port and thread, hears its speaker throughout.
+    let other = &flood["orgs"][1];
+    let (heard, expected) = (
+        other["copies_delivered"].as_u64().unwrap(),
+        other["copies_expected"].as_u64().unwrap(),
+    );
+    assert!(heard * 100 >= expected * 95, "{report}");
+}
