@@ -178,7 +178,7 @@ pub(super) fn print(r: &OrgsReport) {
 }
 
 /// Distinct datagrams the stranger cycles through.
-const GARBAGE_KINDS: usize = 1024;
+const GARBAGE_DATAGRAMS: usize = 1024;
 
 /// What a stranger who knows an org's port but holds no link sends it, in turn: datagrams
 /// without QUIC's fixed bit (dropped unread), voice-plane datagrams under made-up link ids,
@@ -186,7 +186,7 @@ const GARBAGE_KINDS: usize = 1024;
 /// open. Seeded, so every run floods alike.
 fn garbage() -> Vec<Vec<u8>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6761_7262);
-    (0..GARBAGE_KINDS)
+    (0..GARBAGE_DATAGRAMS)
         .map(|n| {
             let mut datagram = vec![0u8; rng.gen_range(24..=160)];
             rng.fill(&mut datagram[..]);
