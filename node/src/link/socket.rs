@@ -281,14 +281,12 @@ impl LinkSocket {
         marker: Option<super::dscp::TosMarker>,
         raw: super::batch::BatchSocket,
     ) -> Self {
-        let socket = Self {
-            marker,
-            ..Self::new(inner, false, None)
-        };
+        let socket = Self::new(inner, false, None);
         if let Some(kernel) = super::kernel_drops::KernelDrops::of(raw.socket()) {
             let _ = socket.stats.kernel.set(kernel);
         }
         Self {
+            marker,
             raw: Some(raw),
             ..socket
         }

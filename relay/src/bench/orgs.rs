@@ -245,8 +245,9 @@ impl Flood {
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut sent = 0u64;
-            for datagram in self.datagrams.iter().cycle() {
-                if sent % 64 == 0 && stopped.load(Ordering::Relaxed) {
+            // The stop is looked at by attempts, not by sends, so failing sends still stop.
+            for (n, datagram) in self.datagrams.iter().cycle().enumerate() {
+                if n % 64 == 0 && stopped.load(Ordering::Relaxed) {
                     break;
                 }
                 if self.socket.send_to(datagram, self.to).is_ok() {

@@ -12,7 +12,7 @@ use callsign_mesh::control::ControlMessage;
 use callsign_mesh::forward::{envelope, Subscription, SubscriptionBody};
 use callsign_mesh::voice::{SenderKey, SenderShortId, VoiceFlags, VoiceHeader};
 use callsign_node::link::swarm::{answer_echo, build_swarm, SwarmConfig};
-use callsign_node::link::LinkSocket;
+use callsign_node::link::{multiaddr_to_socket, LinkSocket};
 use callsign_node::runtime::RELAY_PARK_AFTER;
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
@@ -464,8 +464,7 @@ pub(super) async fn run(
     let mut times = Vec::new();
     let mut links = Vec::new();
     let mut tasks = Vec::new();
-    let mut members = 0;
-    for (org, address) in setup.orgs.iter().zip(&addresses) {
+    for (o, (org, address)) in setup.orgs.iter().zip(&addresses).enumerate() {
         let ids: Arc<Vec<SenderShortId>> = Arc::new(
             org.members[..options.speakers]
                 .iter()
@@ -475,9 +474,9 @@ pub(super) async fn run(
         let sent_at = SendTimes::new(options.speakers);
         let mut org_links = Vec::new();
         let mut org_tasks = Vec::new();
-        for keys in &org.members {
-            let client = Client::connect(keys, members, org, address, relay_peer)?;
-            members += 1;
+        for (k, keys) in org.members.iter().enumerate() {
+            let n = o * org.members.len() + k;
+            let client = Client::connect(keys, n, org, address, relay_peer)?;
             org_links.push(client.network.links.clone());
             org_tasks.push(tokio::spawn(client.run(
                 ids.clone(),
@@ -527,7 +526,11 @@ pub(super) async fn run(
     let payload = vec![0x5a; options.payload];
     let mut sent = vec![0u64; setup.orgs.len()];
     let garbage = garbage_to
-        .map(|org| udp_address(&addresses[org]).and_then(super::orgs::flood))
+        .map(|org| {
+            let (to, _) = multiaddr_to_socket(&addresses[org])
+                .ok_or_else(|| anyhow!("{} is not a QUIC address", addresses[org]))?;
+            super::orgs::flood(to)
+        })
         .transpose()?;
     options.ready().await;
     let cpu_before = child.cpu()?;
@@ -586,25 +589,6 @@ pub(super) async fn run(
         forward_latency_us,
         garbage_sent,
     })
-}
-
-/// The UDP address in a relay's listen address (`/ip4/…/udp/…/quic-v1/p2p/…`).
-fn udp_address(address: &Multiaddr) -> Result<SocketAddr> {
-    use libp2p::multiaddr::Protocol;
-    let mut ip = None;
-    for protocol in address.iter() {
-        match protocol {
-            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
-            Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
-            Protocol::Udp(port) => {
-                if let Some(ip) = ip {
-                    return Ok(SocketAddr::new(ip, port));
-                }
-            }
-            _ => {}
-        }
-    }
-    bail!("{address} names no UDP address")
 }
 
 /// The relay alone: one org, its packet limits out of the way, every speaker at the bench's rate.
