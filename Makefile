@@ -14,4 +14,4 @@ lint:
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
-	cargo test --workspace --locked
+	cargo test --workspace --locked --no-fail-fast

@@ -399,11 +399,13 @@ impl Bed {
         };
         let inbound = if nat == Nat::FullCone {
             format!(
-                " chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"wan\" meta l4proto udp dnat to {addr}\n }}\n"
+                " chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"wan\" meta l4proto 17 dnat to {addr}\n }}\n"
             )
         } else {
             String::new()
         };
+        // Protocols are given by number (17 UDP, 58 ICMPv6): nft resolves names through
+        // /etc/protocols, which a minimal system (no `netbase`) does not have.
         // A home router's firewall: from the WAN, only replies (and, behind a full cone, what
         // the NAT maps to the host). Dropping the rest in `input` matters: a stray packet to
         // the router's own port would otherwise leave a conntrack entry that makes the NAT
@@ -412,7 +414,7 @@ impl Bed {
             "table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  {rules}\n }}\n{inbound}}}\n\
              table inet filter {{\n chain input {{\n  type filter hook input priority 0;\n  \
              iifname \"wan\" ct state established,related accept\n  \
-             iifname \"wan\" meta l4proto ipv6-icmp accept\n  iifname \"wan\" drop\n }}\n \
+             iifname \"wan\" meta l4proto 58 accept\n  iifname \"wan\" drop\n }}\n \
              chain forward {{\n  type filter hook forward priority 0;\n  \
              iifname \"wan\" ct state established,related accept\n  \
              iifname \"wan\" ct status dnat accept\n  iifname \"wan\" drop\n }}\n}}\n"
