@@ -4,6 +4,9 @@
 //! Needs root; elsewhere each test says why it did not run and passes. The full matrix of
 //! NAT pairs is `cargo test --test nat -- --ignored --nocapture` (about a minute per row).
 
+// Network namespaces and nftables: Linux only.
+#![cfg(target_os = "linux")]
+
 mod common;
 mod natbed;
 

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The value of an un-labelled metric line `name value`.
 /// Whether a thread of this process may take real-time priority (tried on a thread of its own).
+#[cfg(target_os = "linux")]
 fn realtime_permitted() -> bool {
     std::thread::spawn(|| {
         let param = libc::sched_param { sched_priority: 1 };
@@ -32,6 +32,13 @@ fn realtime_permitted() -> bool {
     .unwrap_or(false)
 }
 
+/// Relays read on a real-time thread on Linux only (`link::read_thread`).
+#[cfg(not(target_os = "linux"))]
+fn realtime_permitted() -> bool {
+    false
+}
+
+/// The value of an un-labelled metric line `name value`.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())

@@ -17,7 +17,9 @@
 
 use quinn::udp::Transmit;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+#[cfg(target_os = "linux")]
+use std::net::SocketAddr;
+use std::net::UdpSocket;
 use std::sync::atomic::AtomicBool;
 #[cfg(target_os = "linux")]
 use std::sync::atomic::Ordering;
@@ -25,8 +27,9 @@ use std::sync::atomic::Ordering;
 /// Expedited Forwarding: the DSCP for interactive voice.
 pub const DSCP_EF: u8 = 46;
 
-/// Sends datagrams with a DSCP mark (see the module documentation).
+/// Sends datagrams with a DSCP mark (see the module documentation). Never made off Linux.
 #[derive(Debug)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub struct TosMarker {
     socket: UdpSocket,
     dscp: u8,

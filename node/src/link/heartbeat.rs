@@ -231,6 +231,7 @@ pub(super) async fn send_heartbeats(
 /// now and then), most of what woke the runtime while voice flowed. On the thread, a look due
 /// while voice flows rides along on a packet's way as before, and one due in the quiet costs
 /// a return from `poll`, not a runtime's wake-up.
+#[cfg(target_os = "linux")]
 pub(crate) struct ThreadLooks {
     epoch: tokio::time::Instant,
     state: std::sync::Weak<Mutex<State>>,
@@ -238,6 +239,7 @@ pub(crate) struct ThreadLooks {
     beat: Bytes,
 }
 
+#[cfg(target_os = "linux")]
 impl ThreadLooks {
     pub(super) fn new(
         epoch: tokio::time::Instant,

@@ -4,52 +4,63 @@
 //! `/proc/net/udp` and `/proc/net/udp6`, on the line with the socket's inode.
 //!
 //! Read when counters are snapshot (a relay: once a second), never per datagram.
+//!
+//! Other systems keep no per-socket count an unprivileged process can read (Windows has only
+//! system-wide UDP error totals), so there [`KernelDrops::of`] answers `None` and the count
+//! stays 0: "not on this platform", not "nothing dropped".
 
-use std::os::fd::AsFd;
+use std::net::UdpSocket;
 
 /// Where to find one socket's kernel drop count.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KernelDrops {
+    #[cfg(target_os = "linux")]
     inode: u64,
 }
 
 impl KernelDrops {
-    /// For the socket `fd` (or a duplicate of it: both name one socket, one inode); `None`
-    /// off Linux or if `fstat` fails.
-    pub(crate) fn of(fd: impl AsFd) -> Option<Self> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: fstat on a descriptor we borrow, into a zeroed stat it fills.
-            let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-            let fd = fd.as_fd();
-            if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
-                return None;
-            }
-            Some(Self {
-                inode: stat.st_ino as u64,
-            })
+    /// For `socket` (or a duplicate of it: both name one socket, one inode); `None` off Linux
+    /// or if `fstat` fails.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn of(socket: &UdpSocket) -> Option<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fstat on a descriptor we borrow, into a zeroed stat it fills.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(socket.as_raw_fd(), &mut stat) } != 0 {
+            return None;
         }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = fd;
-            None
-        }
+        Some(Self {
+            inode: stat.st_ino as u64,
+        })
+    }
+
+    /// Not on this platform (see the module documentation).
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn of(_socket: &UdpSocket) -> Option<Self> {
+        None
     }
 
     /// The socket's drops so far; `None` if no table lists it (it is closed, or `/proc` is not
     /// mounted).
+    #[cfg(target_os = "linux")]
     pub(crate) fn read(&self) -> Option<u64> {
         ["/proc/net/udp", "/proc/net/udp6"].iter().find_map(|path| {
             let table = std::fs::read_to_string(path).ok()?;
             drops_in(&table, self.inode)
         })
     }
+
+    /// Never made off Linux.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn read(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The `drops` column of the row whose `inode` column is `inode`, in a `/proc/net/udp` table
 /// (a header line, then per socket: `sl local rem st tx:rx tr:when retrnsmt uid timeout inode
 /// ref pointer drops`).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn drops_in(table: &str, inode: u64) -> Option<u64> {
     table.lines().skip(1).find_map(|row| {
         let columns: Vec<&str> = row.split_whitespace().collect();

@@ -21,6 +21,10 @@
 //! Real-time needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of 1 or more (systemd's
 //! `LimitRTPRIO=1`). Without either the thread runs at normal priority and says so once.
 
+// The watch and the constants below serve the read thread, which is Linux only; they are pure
+// and their tests run everywhere.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
+
 use std::time::{Duration, Instant};
 
 /// The priority a read thread asks for (in a relay's configuration: `voice_priority`).

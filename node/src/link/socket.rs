@@ -15,6 +15,7 @@
 //! plane's receivers before quinn sees it (quinn then drops it), and
 //! [`LinkSocket::send_many`] sends a batch of them from the endpoint's port.
 
+#[cfg(target_os = "linux")]
 use super::heartbeat::ThreadLooks;
 use super::plane::{is_plane, PlaneReceivers};
 use super::priority::{ReadPriority, ReadPriorityNow};
@@ -178,6 +179,7 @@ pub struct LinkSocket {
     /// Opens the voice-plane datagrams that arrive (`Links::attach`).
     plane: std::sync::OnceLock<Arc<PlaneReceivers>>,
     /// The heartbeat looks the read thread takes (`Links::attach`), where there is one.
+    #[cfg(target_os = "linux")]
     looks: std::sync::OnceLock<ThreadLooks>,
     /// Holds each source address to a rate of QUIC Initial packets.
     handshakes: std::sync::OnceLock<HandshakeLimiter>,
@@ -269,6 +271,7 @@ impl LinkSocket {
             raw: None,
             read_apart: false,
             plane: std::sync::OnceLock::new(),
+            #[cfg(target_os = "linux")]
             looks: std::sync::OnceLock::new(),
             handshakes: std::sync::OnceLock::new(),
         }
@@ -380,6 +383,7 @@ impl LinkSocket {
     ///
     /// The thread first looks when it first wakes: a look has links to beat only once
     /// datagrams came in on this socket, and they wake it.
+    #[cfg(target_os = "linux")]
     pub(crate) fn take_heartbeat_looks(&self, looks: ThreadLooks) -> bool {
         if !self.read_apart {
             return false;
@@ -389,6 +393,7 @@ impl LinkSocket {
     }
 
     /// Looks if a heartbeat look is due (the read thread); how long until the next one.
+    #[cfg(target_os = "linux")]
     pub(super) fn heartbeat_look(&self) -> Option<std::time::Duration> {
         self.looks.get()?.look()
     }

@@ -266,12 +266,16 @@ impl GlobalKeys {
 impl Drop for GlobalKeys {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Backend::Hotkeys {
-            manager,
-            registered,
-        } = &self.backend
-        {
-            let _ = manager.unregister_all(registered);
+        match &self.backend {
+            Backend::Hotkeys {
+                manager,
+                registered,
+            } => {
+                let _ = manager.unregister_all(registered);
+            }
+            // The portal's session closes with its connection.
+            #[cfg(target_os = "linux")]
+            Backend::Portal(_) => {}
         }
     }
 }

@@ -18,7 +18,9 @@ mod parked;
 mod route;
 mod send;
 
-use super::heartbeat::{announcement, parse_announcement, ThreadLooks, Watchdog};
+#[cfg(target_os = "linux")]
+use super::heartbeat::ThreadLooks;
+use super::heartbeat::{announcement, parse_announcement, Watchdog};
 use super::plane::{PlaneCounts, PlaneKeys, PlaneLink, PlaneReceivers};
 use super::socket::{canonical, LinkSocket};
 use super::LinkError;
@@ -242,9 +244,7 @@ impl Links {
             state.parked_silence = config.parked_silence;
             state.heartbeat.is_some()
         };
-        // A socket read on a thread of its own looks there; the task is for the others.
-        let looks = ThreadLooks::new(self.epoch, Arc::downgrade(&self.state), self.plane.clone());
-        let start = promised && !socket.take_heartbeat_looks(looks) && {
+        let start = promised && !self.looks_on_read_thread(socket) && {
             let mut state = self.state();
             !std::mem::replace(&mut state.heartbeat_running, true)
         };
@@ -255,6 +255,20 @@ impl Links {
                 self.plane.clone(),
             ));
         }
+    }
+
+    /// Hands the heartbeat's looks to `socket`'s read thread, if it has one: it looks there,
+    /// and the task is for the other sockets.
+    #[cfg(target_os = "linux")]
+    fn looks_on_read_thread(&self, socket: &LinkSocket) -> bool {
+        let looks = ThreadLooks::new(self.epoch, Arc::downgrade(&self.state), self.plane.clone());
+        socket.take_heartbeat_looks(looks)
+    }
+
+    /// Read threads are Linux only (`link::read_thread`): elsewhere the task looks.
+    #[cfg(not(target_os = "linux"))]
+    fn looks_on_read_thread(&self, _socket: &LinkSocket) -> bool {
+        false
     }
 
     /// Milliseconds since [`Links::epoch`].
