@@ -1,10 +1,10 @@
 # The two quick-start commands (see README.md), plus their parts.
-.PHONY: demo test setup lint unit
+.PHONY: demo test setup lint unit windows
 
 demo: setup
 	bash scripts/demo
 
-test: setup lint unit
+test: setup lint unit windows
 
 setup:
 	bash scripts/setup
@@ -15,3 +15,7 @@ lint:
 
 unit:
 	cargo test --workspace --locked --no-fail-fast
+
+# The Windows build from Linux: clippy, a test build and the tests Wine can run.
+windows:
+	bash scripts/windows/check

@@ -14,9 +14,11 @@ const PASSPHRASE: &str = "correct horse battery staple";
 
 fn callsign(home: &Path) -> Command {
     let mut cmd = Command::cargo_bin("callsign").unwrap();
-    // Keep the default key path inside the test's directory.
+    // Keep the default key path and data inside the test's directory, on every platform.
     cmd.env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("CALLSIGN_CONFIG_DIR", home.join("config"))
+        .env("CALLSIGN_DATA_DIR", home.join("data"))
         .env_remove("CALLSIGN_KEY")
         .env("PW", PASSPHRASE)
         .env("WRONG_PW", "not the passphrase");

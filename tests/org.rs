@@ -9,6 +9,7 @@ fn callsign(dir: &Path, key: &str) -> Command {
     let mut cmd = Command::cargo_bin("callsign").unwrap();
     cmd.env("HOME", dir)
         .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("CALLSIGN_CONFIG_DIR", dir.join("config"))
         .env("CALLSIGN_DATA_DIR", dir.join("data"))
         .env("CALLSIGN_KEY", dir.join(key));
     cmd

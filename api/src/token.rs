@@ -45,7 +45,8 @@ impl ApiToken {
     }
 
     /// Writes the token to `path`, readable and writable by its owner only (mode 0600 on
-    /// Unix), replacing what was there.
+    /// Unix, an owner-only DACL on Windows: `callsign_keys::private_file`), replacing what was
+    /// there.
     pub fn write_to(&self, path: &Path) -> Result<(), ApiError> {
         let io =
             |e: std::io::Error| ApiError::Config(format!("token file {}: {e}", path.display()));
@@ -62,6 +63,9 @@ impl ApiToken {
             options.mode(0o600);
         }
         let mut file = options.open(path).map_err(io)?;
+        // Before the token is written (on Unix the mode above already holds).
+        #[cfg(not(unix))]
+        callsign_keys::private_file::restrict_file(path).map_err(io)?;
         file.write_all(self.0.as_bytes()).map_err(io)?;
         file.write_all(b"\n").map_err(io)?;
         file.sync_all().map_err(io)
@@ -99,18 +103,22 @@ mod tests {
         assert!(ApiToken::new("0123456789abcdef").is_ok());
     }
 
-    #[cfg(unix)]
     #[test]
     fn the_token_file_is_private() {
-        use std::os::unix::fs::PermissionsExt;
+        use callsign_keys::private_file::owner_only;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.token");
+        // An old token file open to everyone (on Windows: inheriting the folder's DACL).
         std::fs::write(&path, "old").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        assert!(!owner_only(&path).unwrap());
         let token = ApiToken::generate();
         token.write_to(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        assert!(owner_only(&path).unwrap());
         assert_eq!(
             std::fs::read_to_string(&path).unwrap().trim(),
             token.as_str()

@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 use crate::identity::Identity;
 use crate::node_keys::NodeKeys;
 use crate::noise::NoiseKeypair;
+use crate::private_file;
 
 /// File signature at offset 0.
 pub const MAGIC: &[u8; 8] = b"CSIGNKEY";
@@ -53,6 +54,9 @@ const MAX_P: u32 = 16;
 /// Why a key file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
+    /// There is no file at the path.
+    #[error("no such file: {}", .0.display())]
+    NotFound(PathBuf),
     /// The operating system refused.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -335,12 +339,17 @@ impl KeyFile {
 
     /// Reads and verifies a key file.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let bytes = fs::read(path)?;
+        // Named here, not by the OS: its wording differs by platform and language.
+        let bytes = fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => KeyFileError::NotFound(path.to_path_buf()),
+            _ => e.into(),
+        })?;
         Self::parse(&bytes)
     }
 
     /// Writes the file atomically (temp file in the same directory, fsync, rename, fsync the
-    /// directory) with mode 0600 on Unix. Refuses to replace an existing file unless `overwrite`.
+    /// directory), readable by its owner only ([`crate::private_file`]: mode 0600 on Unix, an
+    /// owner-only DACL on Windows). Refuses to replace an existing file unless `overwrite`.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), KeyFileError> {
         if !overwrite && path.exists() {
             return Err(KeyFileError::AlreadyExists(path.to_path_buf()));
@@ -349,12 +358,13 @@ impl KeyFile {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
-        create_private_dir(dir)?;
-        // tempfile creates the file with mode 0600 on Unix, so the secret is never readable by
-        // others, not even briefly.
+        private_file::create_private_dir(dir)?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".callsign-key-")
             .tempfile_in(dir)?;
+        // Before the secret is written, so it is never readable by others, not even briefly
+        // (tempfile makes it 0600 on Unix already; on Windows it inherits the folder's DACL).
+        private_file::restrict_file(tmp.path())?;
         tmp.write_all(&self.bytes)?;
         tmp.as_file().sync_all()?;
         if overwrite {
@@ -372,20 +382,6 @@ impl KeyFile {
         sync_dir(dir)?;
         Ok(())
     }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.exists() {
-        return Ok(());
-    }
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
 }
 
 #[cfg(unix)]

@@ -6,7 +6,8 @@
 //! - [`NoiseKeypair`] and [`NoiseKeyCert`]: the X25519 static key for Noise sessions, certified
 //!   by the identity;
 //! - [`KeyFile`]: the versioned, checksummed, optionally passphrase-encrypted key file;
-//! - [`Ticket`] and [`InviteGrant`]: the copy-pastable invite.
+//! - [`Ticket`] and [`InviteGrant`]: the copy-pastable invite;
+//! - [`private_file`]: files only their owner may read (mode bits on Unix, a DACL on Windows).
 //!
 //! ```
 //! use callsign_keys::{context, Identity};
@@ -22,7 +23,8 @@
 //! charters, channels or audio. Every parser here is fed untrusted bytes and must return an
 //! error, never panic.
 
-#![forbid(unsafe_code)]
+// Unsafe only in `private_file`'s Windows module, which calls the Win32 security API.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod context;
@@ -30,6 +32,7 @@ mod identity;
 mod key_file;
 mod node_keys;
 mod noise;
+pub mod private_file;
 mod ticket;
 mod verified;
 

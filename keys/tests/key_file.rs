@@ -157,6 +157,12 @@ fn save_is_private_and_refuses_to_overwrite() {
     let file = KeyFile::parse(&bytes).unwrap();
     file.save(&path, false).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    // Only its owner may read it (Windows: a protected DACL with the user alone), nor list
+    // the directory made for it; the test's own directory was not made private.
+    use callsign_keys::private_file::owner_only;
+    assert!(owner_only(&path).unwrap());
+    assert!(owner_only(path.parent().unwrap()).unwrap());
+    assert!(!owner_only(dir.path()).unwrap() || cfg!(unix));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -188,10 +194,13 @@ fn save_is_private_and_refuses_to_overwrite() {
 #[test]
 fn load_reports_missing_file() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        KeyFile::load(&dir.path().join("absent.key")),
-        Err(KeyFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound
-    ));
+    let path = dir.path().join("absent.key");
+    match KeyFile::load(&path) {
+        Err(e @ KeyFileError::NotFound(_)) => {
+            assert_eq!(e.to_string(), format!("no such file: {}", path.display()))
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 proptest! {

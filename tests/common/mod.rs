@@ -23,6 +23,7 @@ pub fn callsign(dir: &Path, data: &str, key: &str) -> Command {
     let mut cmd = Command::cargo_bin("callsign").unwrap();
     cmd.env("HOME", dir)
         .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("CALLSIGN_CONFIG_DIR", dir.join("config"))
         .env("CALLSIGN_DATA_DIR", dir.join(data))
         .env("CALLSIGN_KEY", dir.join(key));
     cmd
@@ -33,6 +34,7 @@ pub fn callsign_process(dir: &Path, data: &str, key: &str) -> std::process::Comm
     let mut cmd = std::process::Command::cargo_bin("callsign").unwrap();
     cmd.env("HOME", dir)
         .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("CALLSIGN_CONFIG_DIR", dir.join("config"))
         .env("CALLSIGN_DATA_DIR", dir.join(data))
         .env("CALLSIGN_KEY", dir.join(key));
     cmd

@@ -81,6 +81,7 @@ pub fn cli(dir: &Path, who: &str) -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::new(binary());
     cmd.env("HOME", dir)
         .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("CALLSIGN_CONFIG_DIR", dir.join("config"))
         .env("CALLSIGN_DATA_DIR", dir.join(who))
         .env("CALLSIGN_KEY", dir.join(format!("{who}.key")));
     cmd
@@ -201,6 +202,7 @@ fn up_command(d: &Path, name: &str, seconds: f64) -> Command {
     let mut up = Command::new(binary());
     up.env("HOME", d)
         .env("XDG_CONFIG_HOME", d.join("config"))
+        .env("CALLSIGN_CONFIG_DIR", d.join("config"))
         .env("CALLSIGN_DATA_DIR", d.join(name))
         .env("CALLSIGN_KEY", d.join(format!("{name}.key")))
         .env(

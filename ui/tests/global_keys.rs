@@ -1,7 +1,10 @@
 //! System-wide push-to-talk keys on a real (headless) X server: a key pressed while another
 //! program's window (the game's) has the focus reaches the node as `PttDown` for its channel,
 //! and its release as `PttUp`.
-//! Needs `Xvfb` (scripts/setup installs it).
+//! Needs `Xvfb` (scripts/setup installs it). X11 only: the Windows backend (`RegisterHotKey`)
+//! needs a real desktop session (docs/windows.md).
+
+#![cfg(target_os = "linux")]
 
 mod common;
 use callsign_mesh::charter::ChannelId;

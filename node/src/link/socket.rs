@@ -567,8 +567,9 @@ fn open_real(
     Ok((socket, marker, raw))
 }
 
-/// An IPv6 UDP socket on `port` that takes IPv4 too.
-fn dual_stack(port: u16) -> io::Result<std::net::UdpSocket> {
+/// An IPv6 UDP socket on `port` that takes IPv4 too (IPv4 peers appear as `::ffff:a.b.c.d`).
+/// Asked for explicitly: Linux makes IPv6 sockets dual-stack by default, Windows does not.
+pub(crate) fn dual_stack(port: u16) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_only_v6(false)?;
