@@ -15,6 +15,7 @@
 pub mod app;
 pub mod bridge;
 pub mod global_keys;
+pub mod log_file;
 pub mod profile;
 pub mod radio;
 

@@ -101,6 +101,8 @@ impl Driver {
         mut self,
         mut commands: mpsc::UnboundedReceiver<NodeCommand>,
     ) -> Result<NodeStats, NodeError> {
+        // Held while the loop runs: the frame tick needs a fine OS timer (`os_timer`).
+        let _fine_timer = self.audio.then(super::os_timer::FineTimer::acquire);
         let first_tick = tokio::time::Instant::now() + self.frame;
         let mut tick = tokio::time::interval_at(first_tick, self.frame);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

@@ -19,6 +19,7 @@ pub mod config;
 mod connections;
 pub mod demo_org;
 mod driver;
+mod os_timer;
 mod parking;
 mod playout;
 mod recorder;

@@ -145,6 +145,12 @@ impl Radio {
         ui.label(format!("Simulcast group: {}", SIMULCAST_KEY.name()));
         ui.separator();
         self.api_ui(ui);
+        ui.separator();
+        // Where a player finds what to attach to a problem report.
+        match crate::log_file::path() {
+            Some(path) => ui.label(format!("Log file: {}", path.display())),
+            None => ui.label("Log: not written to a file in this run"),
+        };
     }
 
     /// The local control API (docs/api.md), off by default: on, it serves on loopback from the
