@@ -46,7 +46,7 @@ fn a_scripted_talker_is_heard_and_logged_by_another_node() {
         d.join("root.toml"),
         format!(
             "version = 1\nname = \"Ground\"\nlisten = \"127.0.0.1:0\"\nbootstrap = [\"{address}\"]\n\
-             ptt_script = \"script.txt\"\nseconds = 5.5\ninput = \"{}\"\n",
+             ptt_script = \"script.txt\"\nseconds = 5.5\ninput = '{}'\n",
             speech_wav().display()
         ),
     )

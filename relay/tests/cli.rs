@@ -4,11 +4,17 @@
 
 mod common;
 
-use common::{http_get, metrics_addr, org_renting, orgs_config};
-use std::io::{BufRead, BufReader};
+use common::org_renting;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
+// For the tests that start a relay and signal it (Unix).
+#[cfg(unix)]
+use {
+    common::{http_get, metrics_addr, orgs_config},
+    std::io::{BufRead, BufReader},
+    std::process::Stdio,
+    std::time::Duration,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_callsign-relay");
 
@@ -31,6 +37,7 @@ const CONFIG: &str = "version = 1\nkey = \"relay.key\"\nlisten = \"127.0.0.1:0\"
     metrics = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[org]\ncharter = \"org.charter\"\n";
 
 /// Starts the relay from `dir/relay.toml`, its stdout piped.
+#[cfg(unix)]
 fn start(dir: &Path) -> std::process::Child {
     Command::new(BIN)
         .args(["run", "--config"])
@@ -41,6 +48,8 @@ fn start(dir: &Path) -> std::process::Child {
         .unwrap()
 }
 
+// Signals: Unix. On Windows the relay stops on Ctrl-C (docs/windows.md).
+#[cfg(unix)]
 #[test]
 fn runs_from_a_config_answers_health_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,8 +158,9 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn the_bench_runs_both_forwarders_and_every_copy_arrives() {
-    // Where there are two cores, the forwarders run alone on one of them.
-    let pin = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    // Where there are two cores, the forwarders run alone on one of them (Linux only).
+    let pin = cfg!(target_os = "linux")
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
     let mut args = vec!["--subscribers", "4", "--seconds", "1", "--rounds", "2"];
     args.extend(pin.then_some("--pin"));
     let report = bench_json(&args);
@@ -186,6 +196,7 @@ fn the_bench_can_run_both_forwarders_at_once() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn sighup_starts_an_org_added_to_the_file() {
     let dir = tempfile::tempdir().unwrap();

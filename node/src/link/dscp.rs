@@ -24,6 +24,11 @@ use std::sync::atomic::AtomicBool;
 #[cfg(target_os = "linux")]
 use std::sync::atomic::Ordering;
 
+/// Whether this platform marks datagrams; elsewhere [`TosMarker::new`] answers `None` and
+/// sockets asked to mark send unmarked (on Windows, marking takes a QoS policy:
+/// docs/windows.md).
+pub const MARKS: bool = cfg!(target_os = "linux");
+
 /// Expedited Forwarding: the DSCP for interactive voice.
 pub const DSCP_EF: u8 = 46;
 
@@ -44,7 +49,7 @@ impl TosMarker {
     /// A marker sending on a duplicate of `socket`'s descriptor (non-blocking as the original)
     /// with `dscp` (0–63). `None` where this platform cannot mark.
     pub fn new(socket: &UdpSocket, dscp: u8) -> io::Result<Option<Self>> {
-        if !cfg!(target_os = "linux") || dscp > 63 {
+        if !MARKS || dscp > 63 {
             return Ok(None);
         }
         let ipv6_socket = socket.local_addr()?.is_ipv6();

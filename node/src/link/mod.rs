@@ -8,7 +8,8 @@
 //! - [`links`]: the [`Links`] registry: per-peer datagrams, datagram ping, link events.
 //! - [`plane`]: the voice plane, datagrams sealed per link and sent beside QUIC.
 //! - [`forwarding`]: a rented relay's fast path, forwarding voice where the plane opens it.
-//! - `udp`: the real socket as quinn's, registered with tokio for reading only.
+//! - `udp`: the real socket as quinn's, registered with tokio for reading only (Unix).
+//! - `plain_udp`: elsewhere, the fallback where the stack refuses quinn's socket options.
 //! - `read_thread`: a relay's socket, read on a thread of its own ([`priority`]: at what
 //!   priority).
 //! - `batch`: many datagrams to many destinations in one system call.
@@ -103,6 +104,8 @@ mod heartbeat;
 mod kernel_drops;
 pub mod links;
 pub mod muxer;
+#[cfg(not(unix))]
+mod plain_udp;
 pub mod plane;
 pub mod portmap;
 pub mod priority;

@@ -212,7 +212,17 @@ impl LinkSocket {
         #[cfg(unix)]
         let inner: Arc<dyn AsyncUdpSocket> = super::udp::ReadableUdpSocket::new(socket)?;
         #[cfg(not(unix))]
-        let inner = TokioRuntime.wrap_udp_socket(socket)?;
+        let inner: Arc<dyn AsyncUdpSocket> = match TokioRuntime.wrap_udp_socket(socket.try_clone()?)
+        {
+            Ok(inner) => inner,
+            Err(e) => {
+                tracing::warn!(
+                    %e,
+                    "this network stack refuses quinn's socket options: plain UDP, without ECN"
+                );
+                super::plain_udp::PlainUdpSocket::new(socket)?
+            }
+        };
         Ok(Arc::new(Self::real(inner, marker, raw)))
     }
 
