@@ -16,6 +16,9 @@ lint:
 unit:
 	cargo test --workspace --locked --no-fail-fast
 
-# The Windows build from Linux: clippy, a test build and the tests Wine can run.
+# The Windows build from Linux: clippy, a test build and the tests Wine can run; then the
+# installer and portable zip (target/windows-dist/), installed and uninstalled under Wine.
 windows:
 	bash scripts/windows/check
+	bash scripts/windows/package
+	bash scripts/windows/installer-test

@@ -145,6 +145,7 @@ fn refuses_to_start_with_a_clear_reason() {
 }
 
 /// `callsign-relay bench --json` with `args`, which must succeed: its report.
+#[cfg(target_os = "linux")]
 fn bench_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(BIN)
         .arg("bench")
@@ -156,6 +157,8 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+// The bench reads its forwarders' CPU time from /proc: Linux only.
+#[cfg(target_os = "linux")]
 #[test]
 fn the_bench_runs_both_forwarders_and_every_copy_arrives() {
     // Where there are two cores, the forwarders run alone on one of them (Linux only).
@@ -184,6 +187,8 @@ fn the_bench_runs_both_forwarders_and_every_copy_arrives() {
         .any(|r| r["efficiency_ratio"] == report["efficiency_ratio"]));
 }
 
+// The bench reads its forwarders' CPU time from /proc: Linux only.
+#[cfg(target_os = "linux")]
 #[test]
 fn the_bench_can_run_both_forwarders_at_once() {
     let report = bench_json(&["--subscribers", "4", "--seconds", "1", "--together"]);
@@ -243,6 +248,8 @@ fn sighup_starts_an_org_added_to_the_file() {
     assert!(child.wait().unwrap().success());
 }
 
+// The bench reads its forwarders' CPU time from /proc: Linux only.
+#[cfg(target_os = "linux")]
 #[test]
 fn the_orgs_bench_keeps_a_quiet_org_whole_while_another_floods() {
     let report = bench_json(&["--orgs", "2", "--subscribers", "3", "--seconds", "1"]);
@@ -275,6 +282,8 @@ fn the_orgs_bench_keeps_a_quiet_org_whole_while_another_floods() {
     );
 }
 
+// The bench reads its forwarders' CPU time from /proc: Linux only.
+#[cfg(target_os = "linux")]
 #[test]
 fn a_strangers_garbage_is_dropped_and_counted_against_the_org_it_was_sent_to() {
     let report = bench_json(&[
