@@ -6,7 +6,11 @@ use callsign_relay::bench::{self, BenchOptions};
 use callsign_relay::service::{unlock, Relay};
 use callsign_relay::RelayConfig;
 use clap::{Parser, Subcommand};
+use std::future::Future;
 use std::path::PathBuf;
+
+#[cfg(windows)]
+mod win_service;
 
 #[derive(Parser, Debug)]
 #[command(name = "callsign-relay", version, about = "Callsign relay node")]
@@ -33,6 +37,11 @@ enum Command {
         #[arg(long)]
         passphrase_env: Option<String>,
     },
+    /// The relay as a Windows service (Windows only; on Linux use the systemd unit in deploy/):
+    /// `sc start callsign-relay`, `sc stop callsign-relay`, and
+    /// `sc control callsign-relay paramchange` to re-read the configuration.
+    #[command(subcommand)]
+    Service(ServiceAction),
     /// Forward over real loopback sockets, against a plain UDP forwarder in the same run.
     Bench(BenchOptions),
     /// The plain UDP forwarder the benchmark compares with (started by `bench`).
@@ -44,8 +53,29 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum ServiceAction {
+    /// Register the service (as LocalService, started at boot) to run from this configuration.
+    Install {
+        /// The TOML configuration (made absolute).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Stop and remove the service.
+    Uninstall,
+    /// What the service manager starts; logs to `callsign-relay.log` beside the configuration.
+    #[command(hide = true)]
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::Service(action) = cli.command {
+        return service(action);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -59,6 +89,7 @@ fn main() -> Result<()> {
             path,
             passphrase_env,
         } => key(path, passphrase_env),
+        Command::Service(_) => unreachable!("handled above"),
         Command::Bench(options) => bench::run(options),
         Command::UdpForward { to } => bench::udp_forward(&to),
     }
@@ -71,10 +102,43 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+#[cfg(windows)]
+fn service(action: ServiceAction) -> Result<()> {
+    match action {
+        ServiceAction::Install { config } => win_service::install(&config),
+        ServiceAction::Uninstall => win_service::uninstall(),
+        ServiceAction::Run { config } => win_service::run(config),
+    }
+}
+
+#[cfg(not(windows))]
+fn service(_: ServiceAction) -> Result<()> {
+    anyhow::bail!(
+        "the service commands are for Windows; on Linux run the relay under systemd \
+         (deploy/callsign-relay.service)"
+    )
+}
+
 fn run(path: PathBuf) -> Result<()> {
+    let rt = runtime()?;
+    // The SIGHUP listener needs the runtime it will run on.
+    let reloads = {
+        let _entered = rt.enter();
+        reloads(path.clone())
+    };
+    run_until(rt, path, shutdown_signal(), reloads)
+}
+
+/// Runs the relay from the configuration at `path` until `stop`, taking each configuration
+/// `reloads` yields: for a terminal (signals) and for the Windows service (its controls).
+fn run_until(
+    runtime: tokio::runtime::Runtime,
+    path: PathBuf,
+    stop: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::UnboundedReceiver<RelayConfig>,
+) -> Result<()> {
     let config = RelayConfig::load(&path)?;
-    runtime()?.block_on(async {
-        let reloads = reloads(path.clone());
+    runtime.block_on(async {
         let relay = Relay::start(&config)
             .await
             .with_context(|| format!("starting the relay from {}", path.display()))?;
@@ -87,7 +151,7 @@ fn run(path: PathBuf) -> Result<()> {
             }
         }
         println!("metrics on http://{}/metrics", relay.metrics_addr());
-        let stats = relay.run(shutdown_signal(), reloads).await?;
+        let stats = relay.run(stop, reloads).await?;
         for (name, stats) in &stats {
             if let Some(f) = &stats.forwarding {
                 let org = if config.single {
