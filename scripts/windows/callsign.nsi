@@ -93,6 +93,8 @@ Section "Uninstall"
   Delete "$INSTDIR\README.txt"
   Delete "$INSTDIR\uninstall.exe"
   RMDir "$INSTDIR"
+  ; Programs\ too if we made it and nothing else is installed there (RMDir leaves a full one).
+  RMDir "$LOCALAPPDATA\Programs"
   DeleteRegKey HKCU "${UNINSTALL_KEY}"
 
   ; Take the install directory off PATH, wherever it sits in the list.
