@@ -1,4 +1,5 @@
-//! Owner-only files on Unix: permission bits.
+//! Owner-only files on Unix: permission bits. Compiled on Unix only (`#[cfg(unix)] mod unix`
+//! in `private_file`); Windows has `windows.rs`.
 
 use std::fs::Permissions;
 use std::io;

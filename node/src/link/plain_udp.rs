@@ -5,12 +5,27 @@
 //! congestion control falls back to loss) and without segmentation offload.
 
 use quinn::udp::{RecvMeta, Transmit};
-use quinn::{AsyncUdpSocket, UdpPoller};
+use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+/// quinn's own socket for `socket` where the stack takes its options, else a [`PlainUdpSocket`]
+/// (inside a tokio runtime).
+pub(crate) fn quinn_or_plain(socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+    match TokioRuntime.wrap_udp_socket(socket.try_clone()?) {
+        Ok(inner) => Ok(inner),
+        Err(e) => {
+            tracing::warn!(
+                %e,
+                "this network stack refuses quinn's socket options: plain UDP, without ECN"
+            );
+            Ok(PlainUdpSocket::new(socket)?)
+        }
+    }
+}
 
 /// See the module documentation.
 #[derive(Debug)]

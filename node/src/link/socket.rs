@@ -24,8 +24,6 @@ pub use super::simulated::{PathModel, Transit};
 use callsign_mesh::rate::{Rate, TokenBucket};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-#[cfg(not(unix))]
-use quinn::{Runtime, TokioRuntime};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -212,17 +210,7 @@ impl LinkSocket {
         #[cfg(unix)]
         let inner: Arc<dyn AsyncUdpSocket> = super::udp::ReadableUdpSocket::new(socket)?;
         #[cfg(not(unix))]
-        let inner: Arc<dyn AsyncUdpSocket> = match TokioRuntime.wrap_udp_socket(socket.try_clone()?)
-        {
-            Ok(inner) => inner,
-            Err(e) => {
-                tracing::warn!(
-                    %e,
-                    "this network stack refuses quinn's socket options: plain UDP, without ECN"
-                );
-                super::plain_udp::PlainUdpSocket::new(socket)?
-            }
-        };
+        let inner = super::plain_udp::quinn_or_plain(socket)?;
         Ok(Arc::new(Self::real(inner, marker, raw)))
     }
 
