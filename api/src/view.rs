@@ -193,6 +193,19 @@ impl View {
                     json!({"channel": self.path(channel), "route": via}),
                 )
             }
+            NodeEvent::PathRepair {
+                talker,
+                channels,
+                rung,
+            } => (
+                "path-repair",
+                json!({
+                    "talker": talker.to_string(),
+                    "name": self.name(talker),
+                    "channels": self.paths(channels),
+                    "rung": format!("{rung:?}").to_lowercase(),
+                }),
+            ),
             NodeEvent::SubscriptionRefused { peer, reason } => (
                 "subscription-refused",
                 json!({"peer": peer.to_string(), "reason": reason}),

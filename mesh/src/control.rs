@@ -61,6 +61,9 @@ pub enum ControlMessage {
     /// A hole punching message (`punch::PunchMessage::encode`), between members linked only
     /// through a circuit. Sent outside the ordered outbox.
     Punch(Vec<u8>),
+    /// A path message (`path::PathMessage::encode`): a talker on or off air, a listener asking
+    /// for a repair. Sent outside the ordered outbox.
+    Path(Vec<u8>),
 }
 
 /// The largest control message (the request codec's limit).
@@ -121,7 +124,8 @@ impl ControlMessage {
             | ControlMessage::Join(b)
             | ControlMessage::Observed(b)
             | ControlMessage::Probe(b)
-            | ControlMessage::Punch(b) => b.len(),
+            | ControlMessage::Punch(b)
+            | ControlMessage::Path(b) => b.len(),
             ControlMessage::JoinRefused(reason) => reason.len(),
             ControlMessage::LossReport(_) => 1,
             ControlMessage::Batch(m) => m.iter().map(Self::body_len).sum(),

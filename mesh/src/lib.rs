@@ -25,6 +25,7 @@ pub mod floor;
 pub mod forward;
 pub mod member;
 pub mod pairing;
+pub mod path;
 pub mod presence;
 pub mod punch;
 pub mod rate;

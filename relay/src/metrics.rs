@@ -80,6 +80,7 @@ pub struct RelayMetrics {
     bytes_out: Family<Org, Counter>,
     drops: Family<Drop, Counter>,
     subscriptions_refused: Family<Org, Counter>,
+    resubscribed: Family<Org, Counter>,
     subscribers: Family<Org, Gauge>,
     channels: Family<Org, Gauge>,
     links: Family<Org, Gauge>,
@@ -111,6 +112,7 @@ impl RelayMetrics {
             bytes_out: Family::default(),
             drops: Family::default(),
             subscriptions_refused: Family::default(),
+            resubscribed: Family::default(),
             subscribers: Family::default(),
             channels: Family::default(),
             links: Family::default(),
@@ -156,6 +158,12 @@ impl RelayMetrics {
             "subscriptions_refused",
             "Subscriptions refused (not a member, no listen right, bad signature, full)",
             m.subscriptions_refused.clone(),
+        );
+        registry.register(
+            "resubscribed",
+            "Subscriptions sent again for the channels already held: members repairing their \
+             voice path (the first rung of the repair ladder) or restarting their session",
+            m.resubscribed.clone(),
         );
         registry.register(
             "subscribers",
@@ -204,6 +212,7 @@ impl RelayMetrics {
         counters.insert("packets_fast".into(), now.links.plane.forwarded);
         counters.insert("bytes_out".into(), c.bytes_out);
         counters.insert("refused".into(), now.subscriptions_refused);
+        counters.insert("resubscribed".into(), c.resubscribed);
         for (reason, n) in &c.drops {
             counters.insert(format!("drop:{reason:?}").to_lowercase(), *n);
         }
@@ -245,6 +254,9 @@ impl RelayMetrics {
         self.subscriptions_refused
             .get_or_create(&label)
             .inc_by(delta("refused"));
+        self.resubscribed
+            .get_or_create(&label)
+            .inc_by(delta("resubscribed"));
         for name in counters.keys() {
             if let Some(reason) = name.strip_prefix("drop:") {
                 let drop = Drop {
@@ -289,6 +301,7 @@ impl RelayMetrics {
             &self.packets_out,
             &self.bytes_out,
             &self.subscriptions_refused,
+            &self.resubscribed,
         ] {
             family.remove(&label);
         }

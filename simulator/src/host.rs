@@ -99,6 +99,8 @@ fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
     acc.ptt_denied += next.ptt_denied;
     acc.frames_encoded += next.frames_encoded;
     acc.floor_drops += next.floor_drops;
+    acc.repairs.add(&next.repairs);
+    acc.unreachable = next.unreachable;
     acc.charter_hash = next.charter_hash;
     acc.charter_ops = next.charter_ops;
     acc.peers = next.peers;
@@ -112,6 +114,7 @@ fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
             x.bytes_in += y.bytes_in;
             x.packets_out += y.packets_out;
             x.bytes_out += y.bytes_out;
+            x.resubscribed += y.resubscribed;
             for (reason, n) in &y.drops {
                 *x.drops.entry(*reason).or_default() += n;
             }

@@ -70,6 +70,10 @@ pub enum TraceEvent {
         peer: String,
         reason: String,
     },
+    PathRepair {
+        talker: String,
+        rung: callsign_mesh::path::Rung,
+    },
     Transmit {
         channels: usize,
         whisper: bool,
@@ -181,6 +185,7 @@ impl fmt::Display for TraceEvent {
             Self::SubscriptionRefused { peer, reason } => {
                 write!(f, "subscription-refused {peer} {reason}")
             }
+            Self::PathRepair { talker, rung } => write!(f, "path-repair {talker} {rung:?}"),
             Self::Transmit { channels, whisper } => write!(f, "transmit {channels} {whisper}"),
             Self::TransmitStop => write!(f, "transmit-stop"),
             Self::PttDenied { channels } => write!(f, "ptt-denied {channels}"),
@@ -272,6 +277,10 @@ pub(crate) fn describe(
                 Route::Mesh => None,
                 Route::Relay(k) => Some(name(k)),
             },
+        },
+        NodeEvent::PathRepair { talker, rung, .. } => TraceEvent::PathRepair {
+            talker: name(talker),
+            rung: *rung,
         },
         NodeEvent::SubscriptionRefused { peer, reason } => TraceEvent::SubscriptionRefused {
             peer: peer_name(peer),

@@ -11,6 +11,7 @@ use callsign_api::{ApiConfig, ApiServer, ApiToken};
 use callsign_keys::{IdentityKey, Ticket};
 use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::{ChannelId, CharterState, Permissions};
+use callsign_mesh::path::Rung;
 use callsign_mesh::topology::Route;
 use callsign_node::audio::wav::read_wav;
 use callsign_node::runtime::{describe_floor, AudioInput, PortMapping};
@@ -617,6 +618,29 @@ async fn serve(
                     NodeEvent::SubscriptionRefused { peer, reason } => {
                         Some(format!("subscription-refused {peer}: {reason}"))
                     }
+                    NodeEvent::PathRepair {
+                        talker,
+                        channels,
+                        rung,
+                    } => {
+                        let name = state
+                            .members
+                            .get(&talker)
+                            .map_or_else(|| talker.to_string(), |m| m.name.clone());
+                        let on: Vec<String> = channels.iter().map(|c| path(c)).collect();
+                        Some(match rung {
+                            Rung::Mesh => format!(
+                                "unreachable {name} on {}: no frame after every repair; \
+                                 off the relay, asking for direct copies",
+                                on.join(",")
+                            ),
+                            rung => format!(
+                                "path-repair {name} on {}: {}",
+                                on.join(","),
+                                format!("{rung:?}").to_lowercase()
+                            ),
+                        })
+                    }
                     NodeEvent::Warning(w) => Some(format!("warning {w}")),
                     NodeEvent::Reachability { addr, reachable } => Some(format!(
                         "{} {addr}",
@@ -646,10 +670,11 @@ async fn serve(
     }
     let stats = node.shutdown().await?;
     println!(
-        "stopped: {} frames sent, {} streams heard, drops {}",
+        "stopped: {} frames sent, {} streams heard, drops {}, repairs {}",
         stats.frames_encoded,
         stats.received.len(),
-        serde_json::to_string(&stats.drops)?
+        serde_json::to_string(&stats.drops)?,
+        serde_json::to_string(&stats.repairs)?
     );
     if let Some(by) = removed_by {
         bail!("an admin ({by}) removed this member from the org");

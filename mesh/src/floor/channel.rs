@@ -70,6 +70,8 @@ pub(crate) struct ChannelFloor {
     /// [`FloorConfig::heartbeat`](super::FloorConfig::heartbeat) so that members who hear no
     /// audio, such as an arbiter, can tell it is alive).
     last_heard: Option<Instant>,
+    /// When the holder's audio was last played (claims do not count).
+    audio_at: Option<Instant>,
     next_heartbeat: Option<Instant>,
     /// While we lead but wait for acknowledgements: when to repeat our claim to those that
     /// have not acknowledged it ([`FloorConfig::claim_resend`](super::FloorConfig::claim_resend)).
@@ -102,6 +104,7 @@ impl ChannelFloor {
             previous: None,
             leader_since: now,
             last_heard: None,
+            audio_at: None,
             next_heartbeat: None,
             next_resend: None,
         }
@@ -366,6 +369,19 @@ impl ChannelFloor {
         }
     }
 
+    /// Audio from `peer` played.
+    pub(crate) fn audio_from(&mut self, peer: &IdentityKey, now: Instant) {
+        self.heard_from(peer, now);
+        if self.leader.as_ref() == Some(peer) {
+            self.audio_at = Some(now);
+        }
+    }
+
+    /// When the holder's audio was last played, if it has been since it took the floor.
+    pub(crate) fn holder_audio_at(&self) -> Option<Instant> {
+        self.audio_at
+    }
+
     fn live(&self, local: IdentityKey) -> Vec<(IdentityKey, FloorRequest)> {
         let theirs = self.claims.iter().filter_map(|(peer, claim)| {
             let vanished = self.vanished.get(peer).is_some_and(|v| claim.rev <= *v);
@@ -509,6 +525,7 @@ impl ChannelFloor {
             self.leader = leader;
             self.leader_since = now;
             self.last_heard = None;
+            self.audio_at = None;
             sh.events.push_back(FloorEvent::Holder {
                 channel: self.channel,
                 holder: leader,

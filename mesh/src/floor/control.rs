@@ -8,7 +8,13 @@ use super::{FloorConfig, FloorError, FloorEvent, LocalFloor};
 use crate::charter::{ChannelId, CharterState, FloorMode, Permissions, Priority};
 use callsign_keys::IdentityKey;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long after the floor holder's last played frame it still counts as on air: a talker
+/// that also believes it holds the floor is heard only once the holder has gone quiet
+/// ([`FloorControl::holder_heard`]). Several frame periods, so jitter does not let two
+/// talkers interleave.
+pub const HOLDER_AUDIBLE: Duration = Duration::from_millis(250);
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -265,7 +271,7 @@ impl FloorControl {
     pub fn audio_from(&mut self, peer: &IdentityKey, channels: &[ChannelId], now: Instant) {
         for channel in channels {
             if let Some(floor) = self.channels.get_mut(channel) {
-                floor.heard_from(peer, now);
+                floor.audio_from(peer, now);
             }
         }
     }
@@ -365,6 +371,16 @@ impl FloorControl {
     pub fn may_be_heard(&self, peer: &IdentityKey, channel: ChannelId, closing: bool) -> bool {
         self.channels.get(&channel).is_none_or(|f| {
             f.leader().as_ref() == Some(peer) || (closing && f.previous().as_ref() == Some(peer))
+        })
+    }
+
+    /// Whether the holder of `channel`'s floor, someone else, is on air to us: its audio
+    /// played within [`HOLDER_AUDIBLE`].
+    pub fn holder_heard(&self, channel: ChannelId, now: Instant) -> bool {
+        self.channels.get(&channel).is_some_and(|f| {
+            f.leader() != Some(self.shared.local)
+                && f.holder_audio_at()
+                    .is_some_and(|at| now < at + HOLDER_AUDIBLE)
         })
     }
 

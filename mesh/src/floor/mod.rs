@@ -25,7 +25,7 @@ mod control;
 pub mod message;
 mod shared;
 
-pub use control::FloorControl;
+pub use control::{FloorControl, HOLDER_AUDIBLE};
 pub use message::{Claim, Decision, FloorDecodeError, FloorMessage, FloorRequest, Slot};
 
 use crate::charter::{ChannelId, CharterState, Priority};

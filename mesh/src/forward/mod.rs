@@ -254,6 +254,9 @@ pub struct ForwardCounts {
     /// Packets accepted (authorised, within the sender's rate, no replay), per channel they
     /// name.
     pub channel_packets: BTreeMap<ChannelId, u64>,
+    /// Newer subscriptions naming the channels already held: a member repairing its path
+    /// (`crate::path`, the first rung) or starting its session over.
+    pub resubscribed: u64,
 }
 
 #[derive(Debug)]
@@ -377,6 +380,7 @@ impl Forwarder {
             // voice plane first and then as ordered control.
             Some(held) if *held == body => return Ok(()),
             Some(held) if held.seq >= body.seq => return Err(SubscriptionError::Stale),
+            Some(held) if held.channels == body.channels => self.counts.resubscribed += 1,
             _ => {}
         }
         self.audience.clear(self.audience.generation);

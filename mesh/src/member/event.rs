@@ -188,6 +188,17 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A talker on air to a channel we hear sent us no frame in time: we climbed this rung of
+    /// the repair ladder (`crate::path`). [`crate::path::Rung::Mesh`]: the whole ladder did
+    /// not reach it; it stays unreachable until a frame comes.
+    PathRepair {
+        /// The talker we are deaf to.
+        talker: IdentityKey,
+        /// Its channels we hear.
+        channels: Vec<ChannelId>,
+        /// What we did.
+        rung: crate::path::Rung,
+    },
     /// As a relay: a subscription was refused.
     SubscriptionRefused {
         /// From whom.

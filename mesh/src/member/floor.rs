@@ -66,6 +66,7 @@ impl Member {
         self.ptt_channels.clear();
         self.tx_channels.clear();
         self.outputs.push_back(Output::Transmit(None));
+        self.note_on_air(&[], now);
         self.floor.release(now);
     }
 
@@ -115,14 +116,21 @@ impl Member {
         self.tx_channels = now_on;
     }
 
-    /// Whether a received frame may play: a whisper, or a channel it is in turn on.
-    pub(super) fn in_turn(&self, frame: &ReceivedFrame) -> bool {
+    /// Whether a received frame may play: a whisper, or a channel it is in turn on. In turn
+    /// is the holder in our view of the floor; or a talker that told us it is on air there
+    /// (it transmits on a half-duplex channel only while it holds the floor in its own view)
+    /// while the holder in ours is not heard. Views differ while a fault lasts — an arbiter
+    /// some members hear and others do not, an arbiter restarted with no memory, a member
+    /// that granted itself while cut off — and a stale view must never silence the one talker
+    /// on air; two talkers on air at once still play only the holder (docs/protocol.md,
+    /// "Floor messages").
+    pub(super) fn in_turn(&self, frame: &ReceivedFrame, now: Instant) -> bool {
         let closing = frame.header.flags.contains(VoiceFlags::END);
         frame.whisper
-            || frame
-                .channels
-                .iter()
-                .any(|c| self.floor.may_be_heard(&frame.sender, *c, closing))
+            || frame.channels.iter().any(|c| {
+                self.floor.may_be_heard(&frame.sender, *c, closing)
+                    || (self.path.on_air(&frame.sender, *c) && !self.floor.holder_heard(*c, now))
+            })
     }
 
     pub(super) fn floor_message(&mut self, from: IdentityKey, body: &[u8], now: Instant) {

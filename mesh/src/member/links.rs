@@ -194,6 +194,7 @@ impl Member {
         self.floor.peer_up(identity);
         self.update_arbiters(now);
         self.replan(now);
+        self.tell_on_air(peer);
     }
 
     pub(super) fn peer_down(&mut self, peer: &PeerId, now: Instant) {
@@ -213,6 +214,7 @@ impl Member {
                 // Ours at the peer is sent again when the session is back.
                 self.subscribed.remove(&identity);
                 if !resumed {
+                    self.path.off_air(&identity);
                     self.floor.peer_down(&identity, now);
                     self.update_arbiters(now);
                     if let Some(forwarder) = &self.forwarder {
@@ -324,6 +326,7 @@ impl Member {
             ControlMessage::Observed(body) => self.observed(peer, &body, now),
             ControlMessage::Probe(body) => self.probe_request(peer, &body, now),
             ControlMessage::Punch(body) => self.punch_message(peer, &body, now),
+            ControlMessage::Path(body) => self.path_message(peer, identity, &body, now),
             ControlMessage::RelayAddress { relay, addr } => {
                 self.relay_address_heard(relay, &addr, now)
             }

@@ -70,7 +70,11 @@ impl Member {
                 }
             }
         };
+        let to_channels = matches!(target, Target::Channels(_));
         if channels.is_empty() {
+            if to_channels {
+                self.note_on_air(&[], now);
+            }
             return;
         }
         let (payload, flags) = match &target {
@@ -212,6 +216,14 @@ impl Member {
             }
             self.send_via_relays(&header, &via, &payload, now);
         }
+        if to_channels {
+            let on_air = if flags.contains(VoiceFlags::END) {
+                &[][..]
+            } else {
+                &channels[..]
+            };
+            self.note_on_air(on_air, now);
+        }
     }
 
     pub(super) fn datagram(
@@ -233,8 +245,13 @@ impl Member {
     /// A voice packet for us: opened, checked (keys, replay, ACL, floor) and played.
     pub(super) fn receive_voice(&mut self, from: PeerId, packet: &[u8], now: Instant) {
         let state = self.sync.charter().state();
-        match self.receiver.receive(state, &self.listening, packet) {
-            Ok(frame) if !self.in_turn(&frame) => {
+        let received = self.receiver.receive(state, &self.listening, packet);
+        if let Ok(frame) = &received {
+            // The path works, whatever the floor and proximity gates decide next.
+            self.path.opened(&frame.sender, now);
+        }
+        match received {
+            Ok(frame) if !self.in_turn(&frame, now) => {
                 self.floor_drops += 1;
                 tracing::debug!(peer = %from, "voice out of turn dropped");
             }

@@ -23,6 +23,7 @@
 //! - `routes`: mesh or relay per channel, subscriptions at relays.
 //! - `relay`: the relay role (forwarding for subscribers, cascading).
 //! - `media`: frames out, datagrams in.
+//! - `path`: the voice path's check and repair (on-air announcements, the repair ladder).
 //! - `reach`: address observations and probes.
 
 mod circuit_dials;
@@ -36,6 +37,7 @@ mod io;
 mod join;
 mod links;
 mod media;
+mod path;
 mod presence;
 mod punch;
 mod reach;
@@ -192,6 +194,8 @@ pub struct Member {
     /// Those we transmit on now: open ones, and half-duplex ones whose floor we hold.
     tx_channels: Vec<ChannelId>,
     floor_drops: u64,
+    /// The voice path's check and repair, both ends.
+    path: crate::path::PathCheck,
     topology: TopologyConfig,
     uplink_kbps: u32,
     routes: BTreeMap<ChannelId, Route>,
@@ -284,6 +288,7 @@ impl Member {
             ptt_channels: Vec::new(),
             tx_channels: Vec::new(),
             floor_drops: 0,
+            path: crate::path::PathCheck::new(Default::default()),
             topology: config.topology,
             uplink_kbps: config.uplink_kbps,
             routes: BTreeMap::new(),
@@ -404,6 +409,7 @@ impl Member {
             self.sync.poll_timeout(),
             self.schedule.poll_timeout(),
             self.floor.poll_timeout(),
+            self.path.poll_timeout(),
             self.reachability.poll_timeout(),
             self.punches.poll_timeout(),
             self.peers
@@ -516,6 +522,11 @@ impl Member {
     /// Transmissions refused at the sender.
     pub fn ptt_denied(&self) -> u64 {
         self.ptt_denied
+    }
+
+    /// The voice path's check: repairs by cause, talkers we cannot hear.
+    pub fn path(&self) -> &crate::path::PathCheck {
+        &self.path
     }
 
     /// Frames dropped on receipt because their sender did not hold the floor.

@@ -87,6 +87,14 @@ impl Member {
             current: &self.routes,
         }
         .routes(&self.topology);
+        // Channels a deaf listener took off their relay (`crate::path`, the ladder's top rung).
+        let routes: BTreeMap<ChannelId, Route> = routes
+            .into_iter()
+            .map(|(c, r)| match r {
+                Route::Relay(_) if self.path.mesh_fallback(c, now) => (c, Route::Mesh),
+                r => (c, r),
+            })
+            .collect();
         if routes != self.routes {
             for (channel, route) in &routes {
                 if self.routes.get(channel) == Some(route) {
@@ -208,6 +216,10 @@ impl Member {
         let Some(Route::Relay(ours)) = self.routes.get(&channel) else {
             return true;
         };
+        // A listener deaf to us asked for direct copies (`crate::path`).
+        if self.path.direct_copy_to(&listener.body.peer, now) {
+            return true;
+        }
         if self.route_switched.get(&channel).is_some_and(|t| *t > now) {
             return true;
         }

@@ -27,6 +27,7 @@ impl Member {
         self.dial_back(now);
         self.sync.handle_timeout(now);
         self.floor.handle_timeout(now);
+        self.path_timeouts(now);
         self.reachability.handle_timeout(now);
         self.punch_timeouts(now);
         self.position_timer(now);

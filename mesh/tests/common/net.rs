@@ -52,6 +52,11 @@ pub struct Net {
     pub queue: BTreeMap<(Instant, u64), (usize, Delivery)>,
     pub seq: u64,
     pub links: BTreeSet<(usize, usize)>,
+    /// (from, to): datagrams between them vanish while control still flows (a relay that
+    /// forwards nothing to one member, a path that carries only streams).
+    pub blackholed: BTreeSet<(usize, usize)>,
+    /// Pairs (lower index first) that cannot link: dials between them go nowhere.
+    pub cut: BTreeSet<(usize, usize)>,
     /// Ordered requests whose delivery fails instead (to test restarts), by sender.
     pub fail_next_ordered: BTreeSet<usize>,
     pub played: Vec<Vec<ReceivedFrame>>,
@@ -222,6 +227,8 @@ impl Net {
             queue: BTreeMap::new(),
             seq: 0,
             links: BTreeSet::new(),
+            blackholed: BTreeSet::new(),
+            cut: BTreeSet::new(),
             fail_next_ordered: BTreeSet::new(),
             played: vec![Vec::new(); n],
             events: vec![Vec::new(); n],
@@ -246,7 +253,7 @@ impl Net {
     /// Links `a` and `b` (both see a direct QUIC link come up).
     pub fn link(&mut self, a: usize, b: usize) {
         let key = (a.min(b), a.max(b));
-        if !self.links.insert(key) {
+        if self.cut.contains(&key) || !self.links.insert(key) {
             return;
         }
         for (me, other) in [(a, b), (b, a)] {
@@ -292,7 +299,9 @@ impl Net {
     }
 
     pub fn send(&mut self, from: usize, to: usize, what: Delivery) {
-        if !self.linked(from, to) {
+        if !self.linked(from, to)
+            || (matches!(what, Delivery::Datagram { .. }) && self.blackholed.contains(&(from, to)))
+        {
             return;
         }
         self.seq += 1;

@@ -320,6 +320,11 @@ pub struct NodeStats {
     pub floor_drops: u64,
     /// Every half-duplex channel's floor.
     pub floor: Vec<FloorStats>,
+    /// The voice path's repairs by cause (`callsign_mesh::path`).
+    pub repairs: callsign_mesh::path::RepairCounts,
+    /// Talkers on air whose frames the whole repair ladder has not brought to us.
+    #[serde(skip)]
+    pub unreachable: Vec<IdentityKey>,
     /// How each channel we listen or speak on travels.
     #[serde(skip)]
     pub routes: Vec<(ChannelId, Route)>,

@@ -57,6 +57,8 @@ impl Driver {
             charter_ops: member.charter_ops(),
             floor_drops: member.floor_drops(),
             floor: self.floor_stats(),
+            repairs: member.path().counts().clone(),
+            unreachable: member.path().unreachable().copied().collect(),
             routes: member.routes().iter().map(|(c, r)| (*c, *r)).collect(),
             audio_keys_held: member.receiver().keys_held(),
             forwarding: self.forwarding_stats(),

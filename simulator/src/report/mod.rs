@@ -138,6 +138,8 @@ pub struct NodeEnd {
     pub live: bool,
     /// Its charter state hash when it last stopped or at the end.
     pub charter_hash: String,
+    /// The voice path's repairs, as listener and as talker (`callsign_mesh::path`).
+    pub repairs: callsign_mesh::path::RepairCounts,
 }
 
 /// See the module documentation.
@@ -161,6 +163,8 @@ pub struct Report {
     pub nodes: Vec<NodeEnd>,
     /// Receive-side drops over all nodes, by reason.
     pub drops: DropCounts,
+    /// The voice path's repairs over all nodes, by cause.
+    pub repairs: callsign_mesh::path::RepairCounts,
     /// Each node's roster when it last stopped: per channel, whom it saw listening there
     /// (monitors never appear).
     pub rosters: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
@@ -329,6 +333,7 @@ pub(crate) fn build(
                 .get(&i)
                 .map(|s| s.charter_hash.clone())
                 .unwrap_or_default(),
+            repairs: stats.get(&i).map(|s| s.repairs.clone()).unwrap_or_default(),
         })
         .collect();
     let mut paths = Vec::new();
@@ -387,8 +392,10 @@ pub(crate) fn build(
         _ => None,
     };
     let mut drops = DropCounts::default();
+    let mut repairs = callsign_mesh::path::RepairCounts::default();
     for s in stats.values() {
         drops.add(&s.drops);
+        repairs.add(&s.repairs);
     }
     let mut hasher = Sha256::new();
     // The trace names its scenario and seed, as a trace file's header would.
@@ -450,6 +457,7 @@ pub(crate) fn build(
         settled,
         nodes,
         drops,
+        repairs,
         network,
         rosters: rosters
             .into_iter()

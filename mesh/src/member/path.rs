@@ -1,0 +1,185 @@
+//! The voice path's check and repair ([`crate::path`]) within the member: announcing when we
+//! are on air, hearing others' announcements, climbing the repair ladder when a talker on air
+//! stays silent to us, and serving the rungs listeners ask of us.
+
+use super::{Event, Member, Role};
+use crate::charter::{ChannelId, Permissions};
+use crate::control::ControlMessage;
+use crate::path::{PathMessage, Repair, Rung};
+use crate::topology::Route;
+use callsign_keys::IdentityKey;
+use libp2p_identity::PeerId;
+use std::time::{Duration, Instant};
+
+/// The round trip assumed to a talker whose link has not measured one yet.
+const UNMEASURED_RTT: Duration = Duration::from_millis(100);
+
+impl Member {
+    /// Our frame carries `channels` now (empty: we went off air). Tells every linked member
+    /// that hears them, and those that heard the previous set, when it changed.
+    pub(super) fn note_on_air(&mut self, channels: &[ChannelId], now: Instant) {
+        let before = self.path.announced().to_vec();
+        let Some(announced) = self.path.transmitting(channels, now) else {
+            return;
+        };
+        let state = self.sync.charter().state();
+        let to: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter_map(|p| Some((*p, *self.members.get(p)?)))
+            .filter(|(_, identity)| {
+                self.presence.get(identity).is_some_and(|r| {
+                    announced
+                        .iter()
+                        .chain(before.iter())
+                        .any(|c| r.hears(state, *c))
+                })
+            })
+            .map(|(p, _)| p)
+            .collect();
+        let message = ControlMessage::Path(
+            PathMessage::Talking {
+                channels: announced,
+            }
+            .encode(),
+        );
+        for peer in to {
+            self.send_now(peer, message.clone());
+        }
+    }
+
+    /// A newly linked member learns at once that we are on air.
+    pub(super) fn tell_on_air(&mut self, peer: PeerId) {
+        if self.path.announced().is_empty() {
+            return;
+        }
+        let channels = self.path.announced().to_vec();
+        self.send_now(
+            peer,
+            ControlMessage::Path(PathMessage::Talking { channels }.encode()),
+        );
+    }
+
+    /// A path message from member `from` on link `peer`.
+    pub(super) fn path_message(
+        &mut self,
+        peer: PeerId,
+        from: IdentityKey,
+        body: &[u8],
+        now: Instant,
+    ) {
+        let message = match PathMessage::decode(body) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::debug!(%peer, %e, "bad path message");
+                return;
+            }
+        };
+        let state = self.sync.charter().state();
+        match message {
+            PathMessage::Talking { channels } => {
+                // Only what the charter lets it say there and us hear there is owed to us.
+                let heard: Vec<ChannelId> = channels
+                    .into_iter()
+                    .filter(|c| {
+                        self.listening.binary_search(c).is_ok()
+                            && state.may(&from, *c, Permissions::SPEAK)
+                    })
+                    .collect();
+                let rtt = self.rtt_to(&peer);
+                self.path.talking(from, heard, rtt, now);
+            }
+            PathMessage::Repair { channels, rung } => {
+                // A listener may ask only for what it may hear of us.
+                if !channels
+                    .iter()
+                    .any(|c| state.may(&from, *c, Permissions::LISTEN))
+                {
+                    tracing::debug!(%peer, "path repair for channels it may not hear");
+                    return;
+                }
+                tracing::debug!(%peer, ?rung, "a listener hears none of our frames");
+                self.path.serve(from, rung, now);
+                if rung == Rung::Key {
+                    // Granted again on the next flush, over the pair session.
+                    self.schedule.session_restarted(&from);
+                    self.keys_dirty = true;
+                }
+            }
+        }
+    }
+
+    fn rtt_to(&self, peer: &PeerId) -> Duration {
+        self.links
+            .get(peer)
+            .and_then(|l| l.rtt)
+            .unwrap_or(UNMEASURED_RTT)
+    }
+
+    /// Climbs the ladder for every talker whose frames did not come in time.
+    pub(super) fn path_timeouts(&mut self, now: Instant) {
+        if self.role != Role::Member {
+            return;
+        }
+        let repairs = {
+            let links = &self.links;
+            self.path.handle_timeout(now, |talker| {
+                links
+                    .get(&talker.peer_id())
+                    .and_then(|l| l.rtt)
+                    .unwrap_or(UNMEASURED_RTT)
+            })
+        };
+        for repair in repairs {
+            self.repair(repair, now);
+        }
+    }
+
+    fn repair(&mut self, repair: Repair, now: Instant) {
+        let Repair {
+            talker,
+            channels,
+            rung,
+        } = repair;
+        tracing::debug!(%talker, ?channels, ?rung, "deaf to a talker on air: repairing");
+        self.emit(Event::PathRepair {
+            talker,
+            channels: channels.clone(),
+            rung,
+        });
+        match rung {
+            Rung::Resubscribe => {
+                // Whatever the relay holds of us, it gets our subscription again; a relay we
+                // lost is dialed again where it was last seen.
+                let relays: Vec<IdentityKey> = channels
+                    .iter()
+                    .filter_map(|c| match self.routes.get(c) {
+                        Some(Route::Relay(relay)) if *relay != self.local => Some(*relay),
+                        _ => None,
+                    })
+                    .collect();
+                for relay in relays {
+                    self.subscribed.remove(&relay);
+                }
+                self.dial_relays();
+                self.replan(now);
+            }
+            Rung::Key | Rung::DirectCopy => self.ask_talker(talker, channels, rung),
+            Rung::Mesh => {
+                // Off the relay: routes now leave these channels to the mesh, our presence
+                // says so (talkers then send us direct), and direct copies keep coming.
+                self.replan(now);
+                self.announce_presence(now);
+                self.ask_talker(talker, channels, Rung::DirectCopy);
+            }
+        }
+    }
+
+    fn ask_talker(&mut self, talker: IdentityKey, channels: Vec<ChannelId>, rung: Rung) {
+        let peer = talker.peer_id();
+        if self.peers.contains_key(&peer) {
+            let message = PathMessage::Repair { channels, rung };
+            self.send_now(peer, ControlMessage::Path(message.encode()));
+        }
+    }
+}
