@@ -5,7 +5,8 @@
 mod common;
 
 use callsign_mesh::charter::{ChannelPolicy, FloorMode, OpBody};
-use callsign_mesh::member::{Command, Input};
+use callsign_mesh::floor::FloorEvent;
+use callsign_mesh::member::{Command, Event, Input};
 use callsign_mesh::path::RepairCounts;
 use callsign_mesh::topology::Route;
 use common::net::{org, Net, ROOT};
@@ -140,6 +141,13 @@ fn a_member_that_granted_itself_away_from_the_arbiter_is_heard_by_those_followin
     );
     net.talk(cut, org.channel, 100);
     net.run_for(secs(1));
+    // One floor view: the talker on air held it everywhere, though the arbiter never heard it.
+    for i in 0..4 {
+        let held = net.events[i].iter().any(|e| {
+            matches!(e, Event::Floor(FloorEvent::Holder { holder: Some(h), .. }) if *h == net.keys[cut])
+        });
+        assert!(held, "member {i} never saw the talker hold the floor");
+    }
     for listener in [0, 1, 2] {
         let heard = net.heard(listener, cut);
         assert!(heard >= 90, "member {listener} heard {heard} of 100");

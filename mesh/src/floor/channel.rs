@@ -8,7 +8,7 @@ use super::shared::Shared;
 use super::{FloorEvent, LocalFloor};
 use crate::charter::ChannelId;
 use callsign_keys::IdentityKey;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 mod claims;
@@ -61,6 +61,10 @@ pub(crate) struct ChannelFloor {
     decision: Option<Decision>,
     /// Set while we are the arbiter.
     arbitration: Option<Arbitration>,
+    /// Members that told us they are on air here (`crate::path`): they hold the floor in
+    /// their own view. Where the arbiter's ruling names nobody, the best-ranked of them with a
+    /// live claim holds it in ours too (docs/protocol.md: one rule under faults).
+    on_air: BTreeSet<IdentityKey>,
     state: LocalFloor,
     leader: Option<IdentityKey>,
     /// The holder before `leader`: its closing frame may still be on the way.
@@ -99,6 +103,7 @@ impl ChannelFloor {
             next_ruling: None,
             decision: None,
             arbitration: None,
+            on_air: BTreeSet::new(),
             state: LocalFloor::Idle,
             leader: None,
             previous: None,
@@ -170,6 +175,7 @@ impl ChannelFloor {
     /// A lost link: the peer's request goes (its emergency stays).
     pub(crate) fn peer_down(&mut self, sh: &mut Shared, peer: &IdentityKey, now: Instant) {
         self.claims.remove(peer);
+        self.on_air.remove(peer);
         self.seen_by.remove(peer);
         self.vanished.remove(peer);
         self.refresh(sh, now);
@@ -369,6 +375,24 @@ impl ChannelFloor {
         }
     }
 
+    /// `peer` told us it is on air here (`on`), or off air.
+    pub(crate) fn set_on_air(
+        &mut self,
+        sh: &mut Shared,
+        peer: IdentityKey,
+        on: bool,
+        now: Instant,
+    ) {
+        let changed = if on {
+            self.on_air.insert(peer)
+        } else {
+            self.on_air.remove(&peer)
+        };
+        if changed {
+            self.refresh(sh, now);
+        }
+    }
+
     /// Audio from `peer` played.
     pub(crate) fn audio_from(&mut self, peer: &IdentityKey, now: Instant) {
         self.heard_from(peer, now);
@@ -510,11 +534,25 @@ impl ChannelFloor {
         });
         let leader = if self.ruling().is_some() {
             // Our own slot counts only for the request we hold now.
-            self.decision
+            let ruled = self
+                .decision
                 .as_ref()
                 .and_then(|d| d.holder)
                 .filter(|slot| slot.peer != sh.local || Some(*slot) == mine)
-                .map(|slot| slot.peer)
+                .map(|slot| slot.peer);
+            // A ruling that names nobody has not heard the claim of whoever is on air: one
+            // cut off from the arbiter that granted itself by the members' rule, or one the
+            // arbiter granted before it restarted (us, perhaps). The best-ranked of them holds
+            // the floor here as in their own views.
+            ruled.or_else(|| {
+                live.iter()
+                    .filter(|(peer, _)| {
+                        self.on_air.contains(peer)
+                            || (*peer == sh.local && self.state == LocalFloor::Granted)
+                    })
+                    .min_by_key(|(peer, request)| request.rank(peer))
+                    .map(|(peer, _)| *peer)
+            })
         } else {
             live.iter()
                 .min_by_key(|(peer, request)| request.rank(peer))

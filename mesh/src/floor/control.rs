@@ -374,6 +374,13 @@ impl FloorControl {
         })
     }
 
+    /// `peer` told us it is on air on `channel` (`on`), or off air (`crate::path`).
+    pub fn set_on_air(&mut self, channel: ChannelId, peer: IdentityKey, on: bool, now: Instant) {
+        if let Some(floor) = self.channels.get_mut(&channel) {
+            floor.set_on_air(&mut self.shared, peer, on, now);
+        }
+    }
+
     /// Whether the holder of `channel`'s floor, someone else, is on air to us: its audio
     /// played within [`HOLDER_AUDIBLE`].
     pub fn holder_heard(&self, channel: ChannelId, now: Instant) -> bool {

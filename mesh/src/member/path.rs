@@ -78,6 +78,18 @@ impl Member {
         let state = self.sync.charter().state();
         match message {
             PathMessage::Talking { channels } => {
+                // The floor's view first: where it holds the floor in its own view.
+                let half: Vec<ChannelId> = state
+                    .channels
+                    .keys()
+                    .copied()
+                    .filter(|c| self.floor.is_half_duplex(*c))
+                    .collect();
+                for channel in half {
+                    let on = channels.contains(&channel);
+                    self.floor.set_on_air(channel, from, on, now);
+                }
+                let state = self.sync.charter().state();
                 // Only what the charter lets it say there and us hear there is owed to us.
                 let heard: Vec<ChannelId> = channels
                     .into_iter()

@@ -128,6 +128,9 @@ pub struct SettledReport {
     pub streams: Vec<StreamReport>,
     /// Frames each node encoded in the window, whoever they went to.
     pub frames_encoded: BTreeMap<String, u64>,
+    /// Frames each node dropped in the window because their sender did not hold the floor
+    /// in its view.
+    pub floor_drops: BTreeMap<String, u64>,
 }
 
 /// How one node ended the run.
@@ -310,6 +313,16 @@ pub(crate) fn build(
                 (
                     scenario.nodes[*i].name.clone(),
                     s.frames_encoded.saturating_sub(before),
+                )
+            })
+            .collect(),
+        floor_drops: stats
+            .iter()
+            .map(|(i, s)| {
+                let before = baselines.get(i).map_or(0, |b| b.floor_drops);
+                (
+                    scenario.nodes[*i].name.clone(),
+                    s.floor_drops.saturating_sub(before),
                 )
             })
             .collect(),
