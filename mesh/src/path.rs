@@ -5,11 +5,13 @@
 //! on a channel it hears, yet opens none of its frames within [`PathConfig::bound`] plus the
 //! round trip to it, climbs a ladder of repairs, one rung per bound, until frames come:
 //!
-//! 1. [`Rung::Resubscribe`]: subscribe again at the channel's relay, re-plan routes.
+//! 1. [`Rung::Resubscribe`]: subscribe again at the channel's relay (starting the relay's
+//!    control over if it stopped answering), re-plan routes, and ask the talker for direct
+//!    copies ([`Rung::DirectCopy`], for [`DIRECT_COPY_FOR`]) beside whatever path it uses.
 //! 2. [`Rung::Key`]: ask the talker to grant its current key again.
-//! 3. [`Rung::DirectCopy`]: ask the talker for direct copies ([`DIRECT_COPY_FOR`]).
-//! 4. [`Rung::Mesh`]: take the channel off its relay ([`MESH_FALLBACK_FOR`]), so every talker
-//!    sends it direct; the talker is then reported unreachable until a frame comes.
+//! 3. [`Rung::Mesh`]: take the channel off its relay ([`MESH_FALLBACK_FOR`]), so every talker
+//!    sends it direct, and ask for direct copies again; the talker is reported unreachable
+//!    until a frame comes. Held while the frames do not come.
 //!
 //! The rungs need not know what broke the path — a subscription a restarted relay forgot, a
 //! grant lost with a session, routes two members plan differently, a relay that forwards
@@ -108,13 +110,14 @@ pub enum Rung {
 }
 
 impl Rung {
+    /// The listener's ladder: [`Rung::DirectCopy`] is asked for with the first and the last
+    /// rung, never climbed alone.
     fn after(rung: Option<Rung>) -> Rung {
         match rung {
             None => Rung::Resubscribe,
-            Some(Rung::Resubscribe) => Rung::Key,
-            Some(Rung::Key) => Rung::DirectCopy,
+            Some(Rung::Resubscribe | Rung::DirectCopy) => Rung::Key,
             // The top rung is held: direct copies expire, so keep asking while deaf.
-            Some(Rung::DirectCopy | Rung::Mesh) => Rung::Mesh,
+            Some(Rung::Key | Rung::Mesh) => Rung::Mesh,
         }
     }
 }
@@ -126,10 +129,13 @@ pub struct RepairCounts {
     pub resubscribe: u64,
     /// Key grants asked for ([`Rung::Key`]).
     pub key: u64,
-    /// Direct copies asked for ([`Rung::DirectCopy`], and again at every bound while deaf).
+    /// Direct copies asked for (with [`Rung::Resubscribe`] and [`Rung::Mesh`]).
     pub direct_copy: u64,
     /// Channels taken off their relay ([`Rung::Mesh`]).
     pub mesh: u64,
+    /// Links to a relay closed because it answered nothing while a path through it was deaf,
+    /// or its floor rulings stopped (it is dialed again where it is now).
+    pub closed_links: u64,
     /// Paths that came back after at least one rung (frames opened again).
     pub recovered: u64,
     /// As a talker: keys granted again because a listener asked.
@@ -146,6 +152,7 @@ impl RepairCounts {
         self.direct_copy += other.direct_copy;
         self.mesh += other.mesh;
         self.recovered += other.recovered;
+        self.closed_links += other.closed_links;
         self.served_key += other.served_key;
         self.served_direct_copy += other.served_direct_copy;
     }
@@ -214,6 +221,8 @@ pub struct PathCheck {
     /// starts the ladder at it (the fault that broke one talker's path, a relay forwarding
     /// nothing to us, say, breaks the next talker's too).
     learned: BTreeMap<ChannelId, (Rung, Instant)>,
+    /// Talkers we asked for direct copies, the channels, and until when they come.
+    asked_direct: BTreeMap<IdentityKey, (Vec<ChannelId>, Instant)>,
     /// As a talker: the channels we last announced, and when.
     announced: Vec<ChannelId>,
     announced_at: Option<Instant>,
@@ -306,12 +315,12 @@ impl PathCheck {
         if let Some(e) = self.expected.get_mut(talker) {
             if let Some(rung) = e.rung.take() {
                 self.counts.recovered += 1;
-                // The top rung's fallback is already held per channel in `mesh_until`.
-                let learned = rung.min(Rung::DirectCopy);
-                if learned > Rung::Resubscribe {
+                // The first rung is cheap to wait for; a deeper fault is met at once next time.
+                // (The top rung's fallback is held per channel in `mesh_until`.)
+                if rung >= Rung::Key {
                     for channel in &e.channels {
                         self.learned
-                            .insert(*channel, (learned, now + MESH_FALLBACK_FOR));
+                            .insert(*channel, (Rung::Key, now + MESH_FALLBACK_FOR));
                     }
                 }
             }
@@ -319,9 +328,24 @@ impl PathCheck {
         self.unreachable.remove(talker);
     }
 
+    /// Talkers we asked for direct copies that may still come, with the channels: a talker
+    /// we reach only through a circuit sends them through its relay, which forwards them to
+    /// us only where we subscribe there.
+    pub fn direct_asked(&self, now: Instant) -> impl Iterator<Item = (&IdentityKey, &[ChannelId])> {
+        self.asked_direct
+            .iter()
+            .filter(move |(_, (_, until))| *until > now)
+            .map(|(talker, (channels, _))| (talker, channels.as_slice()))
+    }
+
     /// Whether `channel` is taken off its relay now.
     pub fn mesh_fallback(&self, channel: ChannelId, now: Instant) -> bool {
         self.mesh_until.get(&channel).is_some_and(|t| *t > now)
+    }
+
+    /// A link to a relay was closed as gone (see [`RepairCounts::closed_links`]).
+    pub fn count_closed_link(&mut self) {
+        self.counts.closed_links += 1;
     }
 
     // ---- talker side ----
@@ -382,6 +406,7 @@ impl PathCheck {
         self.direct_to.retain(|_, t| *t > now);
         self.mesh_until.retain(|_, t| *t > now);
         self.learned.retain(|_, (_, t)| *t > now);
+        self.asked_direct.retain(|_, (_, t)| *t > now);
         let expired: Vec<IdentityKey> = self
             .expected
             .iter()
@@ -409,9 +434,11 @@ impl PathCheck {
             e.rung = Some(rung);
             e.due = now + wait;
             match rung {
-                Rung::Resubscribe => self.counts.resubscribe += 1,
+                Rung::Resubscribe | Rung::DirectCopy => {
+                    self.counts.resubscribe += 1;
+                    self.counts.direct_copy += 1;
+                }
                 Rung::Key => self.counts.key += 1,
-                Rung::DirectCopy => self.counts.direct_copy += 1,
                 Rung::Mesh => {
                     self.counts.mesh += 1;
                     self.counts.direct_copy += 1;
@@ -420,6 +447,10 @@ impl PathCheck {
                         self.mesh_until.insert(*channel, now + MESH_FALLBACK_FOR);
                     }
                 }
+            }
+            if rung != Rung::Key {
+                self.asked_direct
+                    .insert(*talker, (e.channels.clone(), now + DIRECT_COPY_FOR));
             }
             repairs.push(Repair {
                 talker: *talker,
@@ -469,7 +500,7 @@ mod tests {
             [
                 Rung::Resubscribe,
                 Rung::Key,
-                Rung::DirectCopy,
+                Rung::Mesh,
                 Rung::Mesh,
                 Rung::Mesh
             ]
@@ -484,7 +515,7 @@ mod tests {
         check.opened(&talker, next - Duration::from_millis(20));
         assert!(check.handle_timeout(next, |_| RTT).is_empty());
         let c = check.counts();
-        assert_eq!((c.resubscribe, c.key, c.direct_copy, c.mesh), (1, 1, 3, 2));
+        assert_eq!((c.resubscribe, c.key, c.direct_copy, c.mesh), (1, 1, 4, 3));
     }
 
     #[test]

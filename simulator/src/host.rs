@@ -95,6 +95,20 @@ fn merge(mut acc: NodeStats, next: NodeStats) -> NodeStats {
             None => acc.received.push(heard),
         }
     }
+    for (acc_once, next_once) in [
+        (&mut acc.sent_once, next.sent_once),
+        (&mut acc.heard_once, next.heard_once),
+    ] {
+        for once in next_once {
+            match acc_once.iter_mut().find(|o| o.peer == once.peer) {
+                Some(o) => {
+                    o.frames += once.frames;
+                    o.concealed += once.concealed;
+                }
+                None => acc_once.push(once),
+            }
+        }
+    }
     acc.drops.add(&next.drops);
     acc.ptt_denied += next.ptt_denied;
     acc.frames_encoded += next.frames_encoded;

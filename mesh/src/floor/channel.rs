@@ -488,6 +488,9 @@ impl ChannelFloor {
         {
             tracing::debug!(channel = %self.channel, "arbiter silent: the members' rule applies");
             self.arbiter_silent = true;
+            if let Some(arbiter) = self.arbiter {
+                sh.silent_arbiters.push_back(arbiter);
+            }
             self.decision = None;
         }
         if self.awaits_acks() && self.next_resend.is_some_and(|at| now >= at) {

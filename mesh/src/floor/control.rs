@@ -391,6 +391,12 @@ impl FloorControl {
         })
     }
 
+    /// An arbiter we are linked to that went silent: no ruling for the silence timeout
+    /// (it repeats its ruling every heartbeat), so it is most likely gone.
+    pub fn poll_silent_arbiter(&mut self) -> Option<IdentityKey> {
+        self.shared.silent_arbiters.pop_front()
+    }
+
     /// Members in emergency on `channel`.
     pub fn emergencies(&self, channel: ChannelId) -> Vec<IdentityKey> {
         let Some(floor) = self.channels.get(&channel) else {

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     hlc: u64,
     pub(crate) transmits: VecDeque<(IdentityKey, FloorMessage)>,
     pub(crate) events: VecDeque<FloorEvent>,
+    /// Arbiters that went silent on us (no ruling for the silence timeout).
+    pub(crate) silent_arbiters: VecDeque<IdentityKey>,
 }
 
 impl Shared {
@@ -44,6 +46,7 @@ impl Shared {
             hlc: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            silent_arbiters: VecDeque::new(),
         }
     }
 

@@ -177,6 +177,17 @@ impl Member {
                 self.send_now(peer, ControlMessage::Floor(message.encode()));
             }
         }
+        // An arbiter silent for two seconds while linked is gone, whatever the link layer
+        // believes (a relay whose heartbeat promise never reached us keeps its link until
+        // QUIC's idle timeout): the link is closed and the relay dialed where it is now.
+        while let Some(arbiter) = self.floor.poll_silent_arbiter() {
+            let peer = arbiter.peer_id();
+            if self.relays.contains_key(&peer) && self.links.contains_key(&peer) {
+                tracing::debug!(%peer, "arbiter silent: closing its link");
+                self.path.count_closed_link();
+                self.outputs.push_back(Output::CloseLink(peer));
+            }
+        }
         // Every change to where we may transmit comes with an event (granted, pre-empted,
         // revoked, released), so the transmitter follows only when there were some.
         let mut changed = false;

@@ -295,6 +295,10 @@ pub enum Output {
     },
     /// Who may use the relay circuits we serve (the org's members).
     CircuitMembers(Vec<PeerId>),
+    /// Close the link to this peer: it answers nothing while the voice path through it is
+    /// deaf (`crate::path`), a connection to a peer that is gone. [`Input::LinkDown`] follows,
+    /// and the peer is dialed again where it is now.
+    CloseLink(PeerId),
     /// Append these encoded ops to the charter log.
     Persist(Vec<Vec<u8>>),
     /// A frame that passed every check, to play.

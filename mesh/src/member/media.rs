@@ -198,6 +198,9 @@ impl Member {
                     .map(|c| Some(*c))
                     .collect(),
             };
+            if matches!(target, Target::Channels(_)) && !heard_on.is_empty() {
+                *self.sent_once.entry(delivery.peer).or_default() += 1;
+            }
             for channel in heard_on {
                 *self.sent.entry((delivery.peer, channel)).or_default() += 1;
             }

@@ -185,6 +185,9 @@ pub struct Member {
     send_loss: f64,
     loss_rng: ChaCha8Rng,
     sent: BTreeMap<(IdentityKey, Option<ChannelId>), u64>,
+    /// Channel frames sent each member, once per frame however many of its channels it
+    /// reached (a simulcast).
+    sent_once: BTreeMap<IdentityKey, u64>,
     ptt_denied: u64,
     /// Loss each listener last reported for our frames.
     listener_loss: BTreeMap<PeerId, u8>,
@@ -282,6 +285,7 @@ impl Member {
             send_loss: config.send_loss,
             loss_rng: rand::SeedableRng::seed_from_u64(config.seed ^ 0x6c6f_7373),
             sent: BTreeMap::new(),
+            sent_once: BTreeMap::new(),
             ptt_denied: 0,
             listener_loss: BTreeMap::new(),
             floor: FloorControl::new(local, config.floor, now, unix),
@@ -517,6 +521,12 @@ impl Member {
     /// Frames we sent each member, per channel (`None`: whispers).
     pub fn sent(&self) -> &BTreeMap<(IdentityKey, Option<ChannelId>), u64> {
         &self.sent
+    }
+
+    /// Channel frames we sent each member, once per frame (a simulcast reaching two of its
+    /// channels counts once).
+    pub fn sent_once(&self) -> &BTreeMap<IdentityKey, u64> {
+        &self.sent_once
     }
 
     /// Transmissions refused at the sender.

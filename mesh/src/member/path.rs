@@ -159,24 +159,30 @@ impl Member {
             channels: channels.clone(),
             rung,
         });
+        let relays: Vec<IdentityKey> = channels
+            .iter()
+            .filter_map(|c| match self.routes.get(c) {
+                Some(Route::Relay(relay)) if *relay != self.local => Some(*relay),
+                _ => None,
+            })
+            .collect();
+        for relay in &relays {
+            self.close_if_unanswered(relay.peer_id(), now);
+        }
         match rung {
-            Rung::Resubscribe => {
-                // Whatever the relay holds of us, it gets our subscription again; a relay we
-                // lost is dialed again where it was last seen.
-                let relays: Vec<IdentityKey> = channels
-                    .iter()
-                    .filter_map(|c| match self.routes.get(c) {
-                        Some(Route::Relay(relay)) if *relay != self.local => Some(*relay),
-                        _ => None,
-                    })
-                    .collect();
+            Rung::Resubscribe | Rung::DirectCopy => {
+                // Whatever the relay holds of us, it gets our subscription again (an answer
+                // is due within the next rung, or the link is closed); a relay we lost is
+                // dialed again where it was last seen; and the talker sends us copies of its
+                // own meanwhile.
                 for relay in relays {
                     self.subscribed.remove(&relay);
                 }
                 self.dial_relays();
                 self.replan(now);
+                self.ask_talker(talker, channels, Rung::DirectCopy);
             }
-            Rung::Key | Rung::DirectCopy => self.ask_talker(talker, channels, rung),
+            Rung::Key => self.ask_talker(talker, channels, rung),
             Rung::Mesh => {
                 // Off the relay: routes now leave these channels to the mesh, our presence
                 // says so (talkers then send us direct), and direct copies keep coming.
@@ -184,6 +190,24 @@ impl Member {
                 self.announce_presence(now);
                 self.ask_talker(talker, channels, Rung::DirectCopy);
             }
+        }
+    }
+
+    /// A relay that has not answered our last ordered request within the path's bound while
+    /// the path through it is deaf is gone, whatever the link layer still believes (a crash
+    /// whose heartbeat promise never reached us holds the link until QUIC's idle timeout,
+    /// 30 s: chaos seed 5022): the link is closed, and the relay dialed where it is now.
+    fn close_if_unanswered(&mut self, peer: PeerId, now: Instant) {
+        let bound = crate::path::PathConfig::default().bound;
+        let stuck = self
+            .peers
+            .get(&peer)
+            .and_then(|c| c.in_flight())
+            .is_some_and(|(_, sent)| now >= sent + bound);
+        if stuck {
+            tracing::debug!(%peer, "relay unanswering while its path is deaf: closing the link");
+            self.path.count_closed_link();
+            self.outputs.push_back(super::Output::CloseLink(peer));
         }
     }
 

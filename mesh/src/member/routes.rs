@@ -148,6 +148,19 @@ impl Member {
                 }
             }
         }
+        // Direct copies we asked a talker for come through the relay of its circuit to us,
+        // which forwards them only where we subscribe (`crate::path`).
+        let now = self.replanned;
+        let asked: Vec<(IdentityKey, Vec<ChannelId>)> = self
+            .path
+            .direct_asked(now)
+            .map(|(t, c)| (*t, c.to_vec()))
+            .collect();
+        for (talker, channels) in asked {
+            if let Some(relay) = self.circuit_forwarder(&talker.peer_id()) {
+                desired.entry(relay).or_default().extend(channels);
+            }
+        }
         for channels in desired.values_mut() {
             channels.sort();
             channels.dedup();

@@ -389,6 +389,11 @@ impl Net {
                         self.link(i, to);
                     }
                 }
+                Output::CloseLink(peer) => {
+                    if let Some(to) = self.index(&peer) {
+                        self.unlink(i, to);
+                    }
+                }
                 Output::Play(frame) => self.played[i].push(frame),
                 Output::Transmit(target) => self.transmit[i] = target,
                 Output::Event(event) => self.events[i].push(event),

@@ -381,6 +381,13 @@ impl Watchdog {
             self.next = None;
         }
         let Some(every) = every else {
+            // Until the peer's announcement is in, look once per announcement interval: its
+            // plane datagrams may start without it (they reach the socket, not this loop), and
+            // then this end asks for it again (`missed_announcement`).
+            let announced = self.plane.as_ref().is_none_or(|p| p.peer_announced());
+            if !announced {
+                return tokio::time::sleep(ANNOUNCE_EVERY).await;
+            }
             return std::future::pending().await;
         };
         let next = *self
@@ -388,6 +395,16 @@ impl Watchdog {
             .get_or_insert_with(|| tokio::time::Instant::now() + every);
         tokio::time::sleep_until(next).await;
         self.next = Some(next + every);
+    }
+
+    /// The peer uses the plane, so it set it up, but its announcement never reached us: we do
+    /// not know what heartbeat it promised and cannot tell when it goes silent (a relay that
+    /// crashed would then hold the link until QUIC's idle timeout, and members routed through
+    /// it heard nothing for 30 s: chaos seed 5022). A heartbeat in QUIC makes it announce again.
+    pub(super) fn missed_announcement(&self) -> bool {
+        self.plane
+            .as_ref()
+            .is_some_and(|p| p.is_ready() && !p.peer_announced())
     }
 
     /// Whether the peer has now been silent too long (on a parked link, `connection` is

@@ -201,6 +201,20 @@ pub enum StreamChannel {
     Whisper,
 }
 
+/// One talker's channel frames to or from one member, each counted once however many of the
+/// listener's channels it reached: a simulcast frame plays once, so per-channel counts read as
+/// loss on its second channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TalkerFrames {
+    /// The listener (sent) or the talker (heard).
+    #[serde(skip)]
+    pub peer: IdentityKey,
+    /// Frames sent, or played.
+    pub frames: u64,
+    /// Heard: frames concealed (0 when sent).
+    pub concealed: u64,
+}
+
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct LatencyMs {
@@ -302,6 +316,10 @@ pub struct FloorStats {
 pub struct NodeStats {
     pub received: Vec<ReceivedStream>,
     pub sent: Vec<SentStream>,
+    /// Channel frames per talker heard, each once (`TalkerFrames`).
+    pub heard_once: Vec<TalkerFrames>,
+    /// Channel frames per listener sent to, each once.
+    pub sent_once: Vec<TalkerFrames>,
     /// Receive-side drops by reason.
     pub drops: DropCounts,
     /// Transmissions refused at the sender by the charter.

@@ -686,6 +686,7 @@ impl Driver {
                     self.addresses_changed(now);
                 }
                 Output::CircuitMembers(peers) => self.relay_allow.set(peers),
+                Output::CloseLink(peer) => self.network.links.close(&peer),
                 Output::Persist(ops) => {
                     if let Some(log) = &mut self.log {
                         if let Err(e) = log.append(ops.iter().map(Vec::as_slice)) {

@@ -29,6 +29,7 @@ pub mod voice;
 pub use api::{
     AudioSettings, AudioStats, FloorStats, ForwardingStats, LatencyMs, LinkKind, NodeCommand,
     NodeEvent, NodeStats, PeerStats, PortMapping, ReceivedStream, SentStream, StreamChannel,
+    TalkerFrames,
 };
 pub use config::{AudioInput, NodeConfig, RELAY_IDLE_TIMEOUT, RELAY_PARK_AFTER};
 pub use stats::describe_floor;

@@ -2,7 +2,9 @@
 //! mixes them, and writes the mix to a WAV file and/or a sound card, with the per-stream
 //! counters and latency histograms the stats report.
 
-use super::api::{AudioSettings, LatencyMs, PlacedRange, ReceivedStream, StreamChannel};
+use super::api::{
+    AudioSettings, LatencyMs, PlacedRange, ReceivedStream, StreamChannel, TalkerFrames,
+};
 use crate::audio::codec::DecodeKind;
 use crate::audio::feed::{FeedCounters, PlaybackFeed, StreamGuard};
 use crate::audio::jitter::{IncomingFrame, JitterConfig};
@@ -82,6 +84,9 @@ struct RemoteStream {
     active: bool,
     pcm: Vec<f32>,
     counters: BTreeMap<StreamChannel, Counters>,
+    /// Channel frames played and concealed, each once however many of our channels it
+    /// reached (a simulcast frame plays once).
+    channel_frames: (u64, u64),
     /// (lost, played) at the last loss report.
     reported: (u64, u64),
     /// Gains and pan it was placed at (positional channels).
@@ -169,6 +174,7 @@ impl Playout {
                 active: false,
                 pcm: vec![0.0; self.frame_len],
                 counters: BTreeMap::new(),
+                channel_frames: (0, 0),
                 reported: (0, 0),
                 placed: None,
             };
@@ -240,6 +246,14 @@ impl Playout {
                                 + Duration::from_secs_f64(f64::from(ts) / f64::from(SAMPLE_RATE));
                             now.checked_duration_since(captured)
                         });
+                    if !remote.whisper {
+                        match kind {
+                            DecodeKind::Concealed | DecodeKind::Silence => {
+                                remote.channel_frames.1 += 1
+                            }
+                            _ => remote.channel_frames.0 += 1,
+                        }
+                    }
                     for channel in heard_on {
                         let counters = remote.counters.entry(channel).or_insert(Counters {
                             played: 0,
@@ -330,6 +344,19 @@ impl Playout {
             .playback_underruns
             .load(std::sync::atomic::Ordering::Relaxed);
         (underruns, self.device.as_ref().map(|(f, _)| f.counters()))
+    }
+
+    /// Per talker: channel frames played and concealed, each once (see `RemoteStream`).
+    pub fn channel_frames(&self) -> Vec<TalkerFrames> {
+        self.streams
+            .iter()
+            .filter(|(_, r)| r.channel_frames != (0, 0))
+            .map(|(sender, r)| TalkerFrames {
+                peer: *sender,
+                frames: r.channel_frames.0,
+                concealed: r.channel_frames.1,
+            })
+            .collect()
     }
 
     /// Per-stream counters.

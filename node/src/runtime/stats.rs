@@ -3,6 +3,7 @@
 
 use super::api::{
     AudioStats, FloorStats, ForwardingStats, NodeStats, PeerStats, SentStream, StreamChannel,
+    TalkerFrames,
 };
 use super::driver::Driver;
 use callsign_keys::IdentityKey;
@@ -42,6 +43,16 @@ impl Driver {
         NodeStats {
             received: self.playout.report(),
             sent,
+            heard_once: self.playout.channel_frames(),
+            sent_once: member
+                .sent_once()
+                .iter()
+                .map(|(peer, frames)| TalkerFrames {
+                    peer: *peer,
+                    frames: *frames,
+                    concealed: 0,
+                })
+                .collect(),
             drops: member.receiver().drops().clone(),
             ptt_denied: member.ptt_denied(),
             key_rotations: member.schedule().rotations(),

@@ -203,11 +203,15 @@ fn delivery(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation>
                 live.iter().copied().filter(|n| n == to).collect(),
             ),
         };
+        // Channel frames count once per (talker, listener): a simulcast frame plays once.
+        let (rows, row_channel) = match &probe.target {
+            ProbeTarget::Channel(_) => (&settled.talkers, crate::report::ANY_CHANNEL),
+            ProbeTarget::Whisper(_) => (&settled.streams, "whisper"),
+        };
         for listener in listeners.into_iter().filter(|l| *l != probe.talker) {
-            let played = settled
-                .streams
+            let played = rows
                 .iter()
-                .find(|s| s.from == probe.talker && s.to == listener && s.channel == channel)
+                .find(|s| s.from == probe.talker && s.to == listener && s.channel == row_channel)
                 .map_or(0, |s| s.frames_played);
             if (played as f64) < min_delivery(scenario, encoded) * encoded as f64 {
                 out.push(violation(

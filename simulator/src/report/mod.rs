@@ -126,6 +126,8 @@ pub struct SettledReport {
     pub from_ms: u64,
     /// Frames sent and played in the window (no latency: see the whole-run streams).
     pub streams: Vec<StreamReport>,
+    /// Per (talker, listener), channel frames each counted once (see [`Report::talkers`]).
+    pub talkers: Vec<StreamReport>,
     /// Frames each node encoded in the window, whoever they went to.
     pub frames_encoded: BTreeMap<String, u64>,
     /// Frames each node dropped in the window because their sender did not hold the floor
@@ -153,6 +155,10 @@ pub struct Report {
     /// SHA-256 of the event trace (virtual times, nodes, events) and the stream counters.
     pub trace_hash: String,
     pub streams: Vec<StreamReport>,
+    /// Per (talker, listener): every channel frame counted once however many of the
+    /// listener's channels it reached (`channel` is `*`). A simulcast frame plays once, so
+    /// `streams` shows it on the second channel as lost; read delivery here.
+    pub talkers: Vec<StreamReport>,
     pub channels: Vec<ChannelStats>,
     pub paths: Vec<PathReport>,
     pub charter: CharterReport,
@@ -258,6 +264,37 @@ fn stream_reports(namer: &Namer, stats: &BTreeMap<usize, NodeStats>) -> Vec<Stre
     streams
 }
 
+/// Channel: what [`Report::talkers`] rows name as their channel.
+pub const ANY_CHANNEL: &str = "*";
+
+/// Per (talker, listener), channel frames sent and played, each once.
+fn talker_reports(namer: &Namer, stats: &BTreeMap<usize, NodeStats>) -> Vec<StreamReport> {
+    let mut out = Vec::new();
+    for (index, sender) in stats {
+        let from = namer.keys[*index];
+        for sent in &sender.sent_once {
+            let heard = namer
+                .keys
+                .iter()
+                .position(|k| *k == sent.peer)
+                .and_then(|i| stats.get(&i))
+                .and_then(|s| s.heard_once.iter().find(|h| h.peer == from));
+            out.push(StreamReport {
+                from: namer.name(&from),
+                to: namer.name(&sent.peer),
+                channel: ANY_CHANNEL.into(),
+                frames_sent: sent.frames,
+                frames_played: heard.map_or(0, |h| h.frames),
+                frames_concealed: heard.map_or(0, |h| h.concealed),
+                frames_lost: 0,
+                mouth_to_ear_ms: None,
+                placed: None,
+            });
+        }
+    }
+    out
+}
+
 /// The streams' counts minus what they had counted at the window's start. A listener that
 /// first heard a stream inside the window has no earlier counts.
 fn settled_streams(end: &[StreamReport], before: &[StreamReport]) -> Vec<StreamReport> {
@@ -303,9 +340,11 @@ pub(crate) fn build(
         keys: org.keys.iter().map(|k| k.identity.public()).collect(),
     };
     let streams = stream_reports(&namer, stats);
+    let talkers = talker_reports(&namer, stats);
     let settled = scenario.measure_from_s.map(|from| SettledReport {
         from_ms: (from * 1e3) as u64,
         streams: settled_streams(&streams, &stream_reports(&namer, &baselines)),
+        talkers: settled_streams(&talkers, &talker_reports(&namer, &baselines)),
         frames_encoded: stats
             .iter()
             .map(|(i, s)| {
@@ -436,6 +475,7 @@ pub(crate) fn build(
         seed,
         trace_hash: hex::encode(hasher.finalize()),
         streams,
+        talkers,
         channels: per_channel,
         paths,
         charter: CharterReport {

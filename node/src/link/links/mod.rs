@@ -477,6 +477,9 @@ impl Links {
                 () = watchdog.tick() => {
                     if watchdog.silent(Some(&connection)) {
                         connection.close(VARINT_SILENT, b"no heartbeat");
+                    } else if watchdog.missed_announcement() {
+                        // A heartbeat in QUIC makes the peer announce its plane again.
+                        let _ = connection.send_datagram(super::heartbeat::beat());
                     }
                     continue;
                 }
@@ -554,6 +557,7 @@ impl Links {
                 Ok(promise) => {
                     if let Some(plane) = self.plane_of(&peer, id) {
                         plane.set_ready();
+                        plane.set_peer_announced();
                         if let Some(promise) = promise {
                             plane.set_peer_heartbeat(promise);
                         }

@@ -153,6 +153,8 @@ pub struct PlaneLink {
     send: PlaneSender,
     /// The heartbeat the peer promised, if any.
     peer_heartbeat: Mutex<Option<Heartbeat>>,
+    /// The peer's announcement arrived (with a promise or without).
+    peer_announced: AtomicBool,
     /// When this end last announced the plane to the peer (tokio time).
     announced: Mutex<Option<tokio::time::Instant>>,
     /// Woken when an authenticated datagram comes from a new address.
@@ -182,6 +184,7 @@ impl PlaneLink {
             address_changes: AtomicU32::new(0),
             heard: AtomicBool::new(false),
             peer_heartbeat: Mutex::new(None),
+            peer_announced: AtomicBool::new(false),
         });
         let receive = PlaneKeysReceive {
             key: keys.receive_key,
@@ -197,6 +200,17 @@ impl PlaneLink {
 
     pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The peer's announcement arrived.
+    pub(crate) fn set_peer_announced(&self) {
+        self.peer_announced.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the peer's announcement has arrived (its datagrams may come before it: a lost
+    /// announcement leaves this end using the plane without knowing the peer's promise).
+    pub(crate) fn peer_announced(&self) -> bool {
+        self.peer_announced.load(Ordering::Relaxed)
     }
 
     /// What the peer promised (its announcement).
