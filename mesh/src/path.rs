@@ -52,7 +52,8 @@ pub enum PathMessage {
         /// The channels the talker's frames carry, sorted.
         channels: Vec<ChannelId>,
     },
-    /// Listener → talker: "I hear none of your frames on these channels; do this."
+    /// Listener → talker: "I hear none of your frames on these channels; do this." The talker
+    /// answers with [`PathMessage::Talking`] (where it is on air now).
     Repair {
         /// The channels the listener expects the talker on.
         channels: Vec<ChannelId>,
@@ -201,8 +202,11 @@ struct Expectation {
     first: Rung,
     /// When to look again.
     due: Instant,
-    /// When the talker last announced it.
+    /// When the talker last announced it (it answers every repair request with its
+    /// announcement, so a live talker has always answered the last rung).
     refreshed: Instant,
+    /// When the last rung was climbed.
+    climbed_at: Option<Instant>,
 }
 
 /// Both ends of the check: as a listener, what each talker on air owes us; as a talker, the
@@ -290,6 +294,7 @@ impl PathCheck {
                         rung: None,
                         first: first.unwrap_or(Rung::Resubscribe),
                         refreshed: now,
+                        climbed_at: None,
                     },
                 );
             }
@@ -431,6 +436,14 @@ impl PathCheck {
                 None => e.first,
                 climbed => Rung::after(climbed),
             };
+            // A talker that did not answer the last rung's request (with its announcement) is
+            // likely gone, not unreachable: crashed while on air, its link not yet timed out.
+            // Its announcement expires; nothing more is climbed for it meanwhile.
+            if rung > Rung::Resubscribe && e.climbed_at.is_some_and(|at| e.refreshed <= at) {
+                e.due = now + wait;
+                continue;
+            }
+            e.climbed_at = Some(now);
             e.rung = Some(rung);
             e.due = now + wait;
             match rung {
@@ -494,6 +507,8 @@ mod tests {
                     .into_iter()
                     .map(|r| r.rung),
             );
+            // The talker answers each request with its announcement.
+            check.talking(talker, vec![c], RTT, at + RTT);
         }
         assert_eq!(
             rungs,

@@ -663,3 +663,46 @@ fn members_use_their_nearest_relay_and_the_relays_cascade() {
         assert!(heard >= 50, "member {listener} heard {heard} of 50 from 3");
     }
 }
+
+#[test]
+fn a_member_whose_role_is_taken_and_given_back_hears_its_channels_again() {
+    use callsign_mesh::charter::{Permissions, Priority, Role};
+    let org = org(3, false, 6);
+    let mut net = Net::new(&org, 0);
+    net.mesh(&[0, 1, 2]);
+    net.run_for(secs(1));
+    let edit = |net: &mut Net, body: OpBody| {
+        net.input(ROOT, Input::Command(Command::EditCharter(body)));
+        net.run_for(secs(1));
+    };
+    let role = Role {
+        perms: Permissions::default(),
+        priority: Priority::NORMAL,
+    };
+    edit(
+        &mut net,
+        OpBody::PutRole {
+            name: "benched".into(),
+            role,
+        },
+    );
+    let member = |roles: &str| OpBody::PutMember {
+        peer: org.ids[2].public(),
+        name: "m2".into(),
+        roles: vec![roles.into()],
+    };
+    edit(&mut net, member("benched"));
+    net.talk(1, org.channel, 25);
+    net.run_for(secs(1));
+    assert_eq!(net.heard(2, 1), 0, "no listen right, nothing heard");
+    edit(&mut net, member("member"));
+    net.run_for(secs(2));
+    net.played[2].clear();
+    net.talk(1, org.channel, 25);
+    net.run_for(secs(1));
+    assert!(
+        net.heard(2, 1) >= 24,
+        "heard {} of 25 once the role is back",
+        net.heard(2, 1)
+    );
+}

@@ -249,6 +249,14 @@ fn script(
                     peer: names[member],
                 }),
             )),
+            Action::SetRole { node, member, role } if node == me => out.push((
+                at(event.at_s),
+                NodeCommand::EditCharter(OpBody::PutMember {
+                    peer: names[member],
+                    name: member.clone(),
+                    roles: vec![role.clone()],
+                }),
+            )),
             Action::Emergency {
                 node,
                 channel,

@@ -339,6 +339,12 @@ pub enum Action {
         node: String,
         member: String,
     },
+    /// An admin node gives a member another role (one that some node of the scenario has).
+    SetRole {
+        node: String,
+        member: String,
+        role: String,
+    },
     /// `node` raises an emergency on a half-duplex `channel` and transmits for `duration_s`.
     Emergency {
         node: String,
@@ -641,6 +647,17 @@ impl Scenario {
                 Action::RemoveMember { node: n, member } => {
                     node(n)?;
                     node(member)?;
+                }
+                Action::SetRole {
+                    node: n,
+                    member,
+                    role,
+                } => {
+                    node(n)?;
+                    node(member)?;
+                    if !self.nodes.iter().any(|s| s.role == *role) {
+                        return invalid(format!("set-role: no node has role {role}"));
+                    }
                 }
                 Action::Emergency {
                     node: n,

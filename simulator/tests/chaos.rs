@@ -24,7 +24,7 @@ fn generated_scenarios_are_valid_files_and_the_same_for_a_seed() {
         for probe in &plan.probes {
             let whispered = match &probe.target {
                 ProbeTarget::Whisper(to) => Some(to),
-                ProbeTarget::Channel(_) => None,
+                ProbeTarget::Channel(_) | ProbeTarget::Simulcast(_) => None,
             };
             for name in std::iter::once(&probe.talker).chain(whispered) {
                 assert!(

@@ -14,6 +14,7 @@ impl Member {
                     // Listening where we monitored makes us seen there.
                     let was_monitoring = self.monitoring.contains(&channel);
                     self.monitoring.retain(|c| *c != channel);
+                    insert_sorted(&mut self.wanted, channel);
                     if self.listening.binary_search(&channel).is_err() || was_monitoring {
                         insert_sorted(&mut self.listening, channel);
                         self.replan(now);
@@ -30,6 +31,7 @@ impl Member {
                         self.ptt_up(now);
                     }
                     insert_sorted(&mut self.listening, channel);
+                    insert_sorted(&mut self.wanted, channel);
                     insert_sorted(&mut self.monitoring, channel);
                     self.replan(now);
                     self.announce_presence(now);
@@ -38,6 +40,7 @@ impl Member {
                 }
             }
             Command::Unlisten(channel) => {
+                self.wanted.retain(|c| *c != channel);
                 if let Ok(at) = self.listening.binary_search(&channel) {
                     self.listening.remove(at);
                     self.monitoring.retain(|c| *c != channel);

@@ -7,9 +7,17 @@ use std::time::Instant;
 
 impl Member {
     /// Drops channels the charter no longer lets us hear (listen, or monitor where we
-    /// monitor), and recordings it no longer allows.
+    /// monitor), and recordings it no longer allows; takes back the channels we asked for that
+    /// it lets us hear again (a role given back).
     pub(super) fn retain_hearing(&mut self, state: &CharterState) {
         let local = self.local;
+        for channel in self.wanted.clone() {
+            if state.may(&local, channel, Permissions::LISTEN) {
+                if let Err(at) = self.listening.binary_search(&channel) {
+                    self.listening.insert(at, channel);
+                }
+            }
+        }
         let monitoring = self.monitoring.clone();
         self.listening.retain(|c| {
             let needed = if monitoring.contains(c) {

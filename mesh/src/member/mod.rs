@@ -136,6 +136,9 @@ pub struct Member {
     next_presence: Instant,
     display_name: String,
     listening: Vec<ChannelId>,
+    /// The channels the user asked to hear, sorted: `listening` is those the charter lets us
+    /// hear now, so a role taken away and given back brings them back (chaos seed 90116).
+    wanted: Vec<ChannelId>,
     /// Of `listening`, the channels we monitor (silently, never transmitting).
     monitoring: Vec<ChannelId>,
     /// Of `listening`, the channels we record (announced in presence).
@@ -239,6 +242,9 @@ impl Member {
             .collect();
         listening.sort();
         listening.dedup();
+        let mut wanted = config.listening.clone();
+        wanted.sort();
+        wanted.dedup();
         let org = config.charter.org();
         let unix = config.unix_at_start_ms;
         let mut member = Self {
@@ -260,6 +266,7 @@ impl Member {
             circuit_dials: Default::default(),
             display_name: config.display_name,
             listening,
+            wanted,
             monitoring: Vec::new(),
             recording: Vec::new(),
             position: None,

@@ -112,6 +112,13 @@ impl Member {
                 }
                 tracing::debug!(%peer, ?rung, "a listener hears none of our frames");
                 self.path.serve(from, rung, now);
+                // The answer: where we are on air now (nowhere: the listener stops waiting).
+                // It also tells the listener we are alive, which its next rung requires.
+                let channels = self.path.announced().to_vec();
+                self.send_now(
+                    peer,
+                    ControlMessage::Path(PathMessage::Talking { channels }.encode()),
+                );
                 if rung == Rung::Key {
                     // Granted again on the next flush, over the pair session.
                     self.schedule.session_restarted(&from);

@@ -74,6 +74,7 @@ impl Member {
         if self.finish_join() {
             // Everything we had was learnt as a stranger: announce ourselves as a member.
             self.listening = self.state().channels.keys().copied().collect();
+            self.wanted = self.listening.clone();
         }
         let state = self.state().clone();
         self.retain_hearing(&state);

@@ -43,6 +43,7 @@ pub fn check(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation
     out.extend(relay_keys(scenario, report));
     out.extend(delivery(scenario, plan, report));
     out.extend(floor_agreement(scenario, report));
+    out.extend(floor_drops(scenario, plan, report));
     out.extend(
         report
             .heard_themselves
@@ -196,8 +197,19 @@ fn delivery(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation>
             ));
             continue;
         }
+        let joined;
         let (channel, listeners): (&str, Vec<&str>) = match &probe.target {
             ProbeTarget::Channel(c) => (c.as_str(), may_hear(scenario, c, &live)),
+            ProbeTarget::Simulcast(channels) => {
+                joined = channels.join("+");
+                let mut all: Vec<&str> = channels
+                    .iter()
+                    .flat_map(|c| may_hear(scenario, c, &live))
+                    .collect();
+                all.sort_unstable();
+                all.dedup();
+                (joined.as_str(), all)
+            }
             ProbeTarget::Whisper(to) => (
                 "whisper",
                 live.iter().copied().filter(|n| n == to).collect(),
@@ -205,7 +217,9 @@ fn delivery(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation>
         };
         // Channel frames count once per (talker, listener): a simulcast frame plays once.
         let (rows, row_channel) = match &probe.target {
-            ProbeTarget::Channel(_) => (&settled.talkers, crate::report::ANY_CHANNEL),
+            ProbeTarget::Channel(_) | ProbeTarget::Simulcast(_) => {
+                (&settled.talkers, crate::report::ANY_CHANNEL)
+            }
             ProbeTarget::Whisper(_) => (&settled.streams, "whisper"),
         };
         for listener in listeners.into_iter().filter(|l| *l != probe.talker) {
@@ -225,6 +239,42 @@ fn delivery(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation>
         }
     }
     out
+}
+
+/// Frames of a granted talker a listener may drop as "not the floor holder" per half-duplex
+/// press after the heal: a late frame of a pre-empted holder, a talker's first frames racing
+/// its claim. More means a floor view that stayed wrong.
+pub const FLOOR_DROPS_PER_PRESS: u64 = 5;
+
+/// After the heal (the settled window: no partitions), no member drops more than
+/// [`FLOOR_DROPS_PER_PRESS`] frames per half-duplex press as out of turn.
+fn floor_drops(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation> {
+    let Some(settled) = &report.settled else {
+        return Vec::new();
+    };
+    let half_duplex = |c: &String| {
+        scenario
+            .channels
+            .iter()
+            .any(|s| s.name == *c && s.floor == FloorSpec::HalfDuplex)
+    };
+    let presses = plan
+        .probes
+        .iter()
+        .filter(|p| matches!(&p.target, ProbeTarget::Channel(c) if half_duplex(c)))
+        .count() as u64;
+    let allowed = FLOOR_DROPS_PER_PRESS * presses;
+    settled
+        .floor_drops
+        .iter()
+        .filter(|(_, n)| **n > allowed)
+        .map(|(node, n)| {
+            violation(
+                "floor-drops",
+                format!("{node} dropped {n} frames as out of turn after the heal ({presses} half-duplex presses)"),
+            )
+        })
+        .collect()
 }
 
 /// Live members whose role may hear `channel` and who listen to it.

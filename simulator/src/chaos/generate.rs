@@ -41,6 +41,9 @@ pub struct Probe {
 #[derive(Clone, Debug)]
 pub enum ProbeTarget {
     Channel(String),
+    /// One press on several open channels (a relay-routed one and a mesh one where the org
+    /// has both): each listener must play each frame once.
+    Simulcast(Vec<String>),
     Whisper(String),
 }
 
@@ -65,6 +68,9 @@ struct Builder {
     /// Nodes that join late, at the time given.
     joins: BTreeMap<String, f64>,
     removed: BTreeSet<String>,
+    /// Members whose role an admin changes (and changes back): never removed, or the change
+    /// back would put them in the charter again.
+    role_changed: BTreeSet<String>,
 }
 
 impl Builder {
@@ -253,6 +259,7 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
         downs: Vec::new(),
         joins: BTreeMap::new(),
         removed: BTreeSet::new(),
+        role_changed: BTreeSet::new(),
     };
     let heal_s = b.rng.gen_range(8.0..20.0_f64).round();
     // Late joiners first: nothing may name them before they join.
@@ -296,11 +303,31 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
     for talker in talkers.into_iter().take(4) {
         let spoken = b.channels_spoken_by(&talker);
         let listeners: Vec<String> = b.present(at).into_iter().filter(|n| *n != talker).collect();
+        let open: Vec<String> = spoken
+            .iter()
+            .filter(|c| {
+                b.channels
+                    .iter()
+                    .any(|s| s.name == **c && s.floor == FloorSpec::Open)
+            })
+            .cloned()
+            .collect();
         let target = if b.rng.gen_bool(0.2) || spoken.is_empty() {
             match b.pick(&listeners) {
                 Some(to) => ProbeTarget::Whisper(to),
                 None => continue,
             }
+        } else if open.len() >= 2 && b.rng.gen_bool(0.4) {
+            // Relay-routed channels first, so a pair mixes routes where the org has both.
+            let mut pair = open;
+            pair.sort_by_key(|c| {
+                b.channels
+                    .iter()
+                    .find(|s| s.name == *c)
+                    .is_none_or(|s| s.relays.is_empty())
+            });
+            let mesh = pair.iter().rposition(|_| true).unwrap_or(0);
+            ProbeTarget::Simulcast(vec![pair[0].clone(), pair[mesh].clone()])
         } else {
             match b.pick(&spoken) {
                 Some(c) => ProbeTarget::Channel(c),
@@ -311,6 +338,11 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
             ProbeTarget::Channel(c) => Action::Ptt {
                 node: talker.clone(),
                 channels: vec![c.clone()],
+                duration_s: PROBE_S,
+            },
+            ProbeTarget::Simulcast(channels) => Action::Ptt {
+                node: talker.clone(),
+                channels: channels.clone(),
                 duration_s: PROBE_S,
             },
             ProbeTarget::Whisper(to) => Action::Whisper {
@@ -361,7 +393,7 @@ pub fn generate(seed: u64) -> (Scenario, Plan) {
 fn fault(b: &mut Builder, at: f64, heal_s: f64, base: &LinkModel) {
     let present = b.present(at);
     let until = |b: &mut Builder| b.rng.gen_range(at + 0.5..=heal_s);
-    match b.rng.gen_range(0..9) {
+    match b.rng.gen_range(0..14) {
         0 if present.len() >= 2 => {
             let mut all: Vec<String> = b.nodes.iter().map(|n| n.name.clone()).collect();
             all.shuffle(&mut b.rng);
@@ -447,6 +479,7 @@ fn fault(b: &mut Builder, at: f64, heal_s: f64, base: &LinkModel) {
                 .nodes
                 .iter()
                 .filter(|n| n.member && !n.admin && !n.relay && !b.removed.contains(&n.name))
+                .filter(|n| !b.role_changed.contains(&n.name))
                 .filter(|n| b.joins.get(&n.name).is_none_or(|j| *j < at))
                 .map(|n| n.name.clone())
                 .collect();
@@ -482,6 +515,160 @@ fn fault(b: &mut Builder, at: f64, heal_s: f64, base: &LinkModel) {
                         duration_s,
                     },
                 );
+            }
+        }
+        9 if present.len() >= 2 => {
+            // A partition that leaves one side without any relay (rented or volunteer).
+            let relays: Vec<String> = b
+                .nodes
+                .iter()
+                .filter(|n| n.rented_relay || n.relay)
+                .map(|n| n.name.clone())
+                .collect();
+            let mut members: Vec<String> = b
+                .nodes
+                .iter()
+                .filter(|n| !n.rented_relay && !n.relay)
+                .map(|n| n.name.clone())
+                .collect();
+            if relays.is_empty() || members.len() < 2 {
+                return;
+            }
+            members.shuffle(&mut b.rng);
+            let cut = b.rng.gen_range(1..members.len());
+            let with_relays: Vec<String> =
+                relays.into_iter().chain(members[cut..].to_vec()).collect();
+            let groups = vec![with_relays, members[..cut].to_vec()];
+            b.push(at, Action::Partition { groups });
+            let end = until(b);
+            b.push(end, Action::Heal);
+        }
+        10 => {
+            // The root admin (never crashed, removed or late) changes a member's role and
+            // back, both inside the fault phase (the probes speak as the scenario's roles say).
+            let admin = "m00".to_string();
+            let targets: Vec<String> = present
+                .iter()
+                .filter(|n| !b.is_admin(n) && !b.removed.contains(*n))
+                .cloned()
+                .collect();
+            if let Some(member) = b.pick(&targets) {
+                b.role_changed.insert(member.clone());
+                let Some(role) = b
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == member)
+                    .map(|n| n.role.clone())
+                else {
+                    return;
+                };
+                let other = if role == "officer" {
+                    "pilot"
+                } else {
+                    "officer"
+                };
+                let back = until(b);
+                b.push(
+                    at,
+                    Action::SetRole {
+                        node: admin.clone(),
+                        member: member.clone(),
+                        role: other.into(),
+                    },
+                );
+                b.push(
+                    back,
+                    Action::SetRole {
+                        node: admin,
+                        member,
+                        role,
+                    },
+                );
+            }
+        }
+        11 => {
+            // An emergency by a role that may not raise one: refused everywhere.
+            let half: Vec<String> = b
+                .channels
+                .iter()
+                .filter(|c| c.floor == FloorSpec::HalfDuplex)
+                .map(|c| c.name.clone())
+                .collect();
+            let pilots: Vec<String> = present
+                .iter()
+                .filter(|n| b.nodes.iter().any(|s| s.name == **n && s.role == "pilot"))
+                .cloned()
+                .collect();
+            if let (Some(channel), Some(node)) = (b.pick(&half), b.pick(&pilots)) {
+                let duration_s = b.rng.gen_range(0.5..2.0_f64).min(heal_s - at).max(0.1);
+                b.push(
+                    at,
+                    Action::Emergency {
+                        node,
+                        channel,
+                        duration_s,
+                    },
+                );
+            }
+        }
+        12 => {
+            // A rented relay crashes before the heal and comes back only after it (on a new
+            // port), while members re-plan without it.
+            let relays: Vec<String> = b
+                .nodes
+                .iter()
+                .filter(|n| n.rented_relay && !b.gone.contains_key(&n.name))
+                .map(|n| n.name.clone())
+                .collect();
+            if let Some(relay) = b.pick(&relays) {
+                b.push(
+                    at,
+                    Action::Crash {
+                        node: relay.clone(),
+                    },
+                );
+                b.push(
+                    heal_s + 2.0,
+                    Action::Restart {
+                        node: relay.clone(),
+                    },
+                );
+                // Not restarted at the heal, and not crashed again.
+                b.gone.insert(relay, (at, Gone::ForGood));
+            }
+        }
+        13 => {
+            // A member crashes while it holds a half-duplex floor, and restarts later.
+            let half: Vec<String> = b
+                .channels
+                .iter()
+                .filter(|c| c.floor == FloorSpec::HalfDuplex)
+                .map(|c| c.name.clone())
+                .collect();
+            let Some(channel) = b.pick(&half) else {
+                return;
+            };
+            let talkers: Vec<String> = present[1.min(present.len())..]
+                .iter()
+                .filter(|n| b.channels_spoken_by(n).contains(&channel))
+                .cloned()
+                .collect();
+            if let Some(node) = b.pick(&talkers) {
+                b.push(
+                    at,
+                    Action::Ptt {
+                        node: node.clone(),
+                        channels: vec![channel],
+                        duration_s: 2.0_f64.min(heal_s - at).max(0.1),
+                    },
+                );
+                let crash = at + 0.7;
+                if crash + 0.5 < heal_s {
+                    b.push(crash, Action::Crash { node: node.clone() });
+                    let back = b.rng.gen_range(crash + 0.5..=heal_s);
+                    b.push(back, Action::Restart { node: node.clone() });
+                    b.downs.push((node, crash, back));
+                }
             }
         }
         _ => {
