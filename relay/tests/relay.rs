@@ -214,6 +214,8 @@ async fn members_route_a_large_channel_through_the_relay_and_fall_back_when_it_s
         metric(&text, "callsign_relay_audio_keys_held{org=\"default\"}"),
         0.0
     );
+    // Members repairing their voice path subscribe again: counted (none needed here).
+    metric(&text, "callsign_relay_resubscribed_total{org=\"default\"}");
     assert_eq!(
         metric(
             &text,

@@ -627,7 +627,7 @@ async fn serve(
                             .members
                             .get(&talker)
                             .map_or_else(|| talker.to_string(), |m| m.name.clone());
-                        let on: Vec<String> = channels.iter().map(|c| path(c)).collect();
+                        let on: Vec<String> = channels.iter().map(&path).collect();
                         Some(match rung {
                             Rung::Mesh => format!(
                                 "unreachable {name} on {}: no frame after every repair; \
