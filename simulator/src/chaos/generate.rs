@@ -115,6 +115,32 @@ impl Builder {
             .collect()
     }
 
+    fn half_duplex(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter(|c| c.floor == FloorSpec::HalfDuplex)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// Of `among`, the nodes with `role`.
+    fn with_role(&self, among: &[String], role: &str) -> Vec<String> {
+        among
+            .iter()
+            .filter(|n| self.nodes.iter().any(|s| s.name == **n && s.role == role))
+            .cloned()
+            .collect()
+    }
+
+    /// Rented relays not crashed (or crashed for good) yet.
+    fn rented_relays_up(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.rented_relay && !self.gone.contains_key(&n.name))
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
     fn is_admin(&self, node: &str) -> bool {
         self.nodes.iter().any(|n| n.name == node && n.admin)
     }
@@ -437,12 +463,7 @@ fn fault(b: &mut Builder, at: f64, heal_s: f64, base: &LinkModel) {
         }
         3 => {
             // A rented relay crashes and restarts (on a new port).
-            let relays: Vec<String> = b
-                .nodes
-                .iter()
-                .filter(|n| n.rented_relay && !b.gone.contains_key(&n.name))
-                .map(|n| n.name.clone())
-                .collect();
+            let relays = b.rented_relays_up();
             if let Some(relay) = b.pick(&relays) {
                 b.push(
                     at,
@@ -588,17 +609,8 @@ fn fault(b: &mut Builder, at: f64, heal_s: f64, base: &LinkModel) {
         }
         11 => {
             // An emergency by a role that may not raise one: refused everywhere.
-            let half: Vec<String> = b
-                .channels
-                .iter()
-                .filter(|c| c.floor == FloorSpec::HalfDuplex)
-                .map(|c| c.name.clone())
-                .collect();
-            let pilots: Vec<String> = present
-                .iter()
-                .filter(|n| b.nodes.iter().any(|s| s.name == **n && s.role == "pilot"))
-                .cloned()
-                .collect();
+            let half = b.half_duplex();
+            let pilots = b.with_role(&present, "pilot");
             if let (Some(channel), Some(node)) = (b.pick(&half), b.pick(&pilots)) {
                 let duration_s = b.rng.gen_range(0.5..2.0_f64).min(heal_s - at).max(0.1);
                 b.push(
@@ -614,12 +626,7 @@ fn fault(b: &mut Builder, at: f64, heal_s: f64, base: &LinkModel) {
         12 => {
             // A rented relay crashes before the heal and comes back only after it (on a new
             // port), while members re-plan without it.
-            let relays: Vec<String> = b
-                .nodes
-                .iter()
-                .filter(|n| n.rented_relay && !b.gone.contains_key(&n.name))
-                .map(|n| n.name.clone())
-                .collect();
+            let relays = b.rented_relays_up();
             if let Some(relay) = b.pick(&relays) {
                 b.push(
                     at,
@@ -639,12 +646,7 @@ fn fault(b: &mut Builder, at: f64, heal_s: f64, base: &LinkModel) {
         }
         13 => {
             // A member crashes while it holds a half-duplex floor, and restarts later.
-            let half: Vec<String> = b
-                .channels
-                .iter()
-                .filter(|c| c.floor == FloorSpec::HalfDuplex)
-                .map(|c| c.name.clone())
-                .collect();
+            let half = b.half_duplex();
             let Some(channel) = b.pick(&half) else {
                 return;
             };
@@ -673,17 +675,8 @@ fn fault(b: &mut Builder, at: f64, heal_s: f64, base: &LinkModel) {
         }
         _ => {
             // An officer's emergency on a half-duplex channel, cleared by an admin.
-            let half: Vec<String> = b
-                .channels
-                .iter()
-                .filter(|c| c.floor == FloorSpec::HalfDuplex)
-                .map(|c| c.name.clone())
-                .collect();
-            let officers: Vec<String> = present
-                .iter()
-                .filter(|n| b.nodes.iter().any(|s| s.name == **n && s.role == "officer"))
-                .cloned()
-                .collect();
+            let half = b.half_duplex();
+            let officers = b.with_role(&present, "officer");
             if let (Some(channel), Some(node)) = (b.pick(&half), b.pick(&officers)) {
                 let duration_s = b.rng.gen_range(0.5..2.0_f64).min(heal_s - at).max(0.1);
                 b.push(
