@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 mod claims;
+mod timers;
 
 /// Why we give up our request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -418,108 +419,6 @@ impl ChannelFloor {
             .into_iter()
             .chain(theirs)
             .collect()
-    }
-
-    /// When the holder, unheard, loses the floor. Members apply it by rule; under an arbiter,
-    /// the arbiter alone does.
-    fn silence_deadline(&self, sh: &Shared) -> Option<Instant> {
-        let leader = self.leader?;
-        if leader == sh.local || self.ruling().is_some_and(|a| a != sh.local) {
-            return None;
-        }
-        let since = self
-            .last_heard
-            .unwrap_or(self.leader_since)
-            .max(self.leader_since);
-        Some(since + sh.config.silence_timeout)
-    }
-
-    /// Whether our claim is out and repeated to whoever has not acknowledged it: a request
-    /// the members' rule decides (an arbiter answers with rulings instead), or a release (one
-    /// lost in a burst left members following us as holder, and the next talker silenced, for
-    /// QUIC's doubling probe timeouts: chaos seed 817, 1 s).
-    fn awaits_acks(&self) -> bool {
-        match self.state {
-            LocalFloor::Pending => self.ruling().is_none(),
-            LocalFloor::Releasing => true,
-            _ => false,
-        }
-    }
-
-    /// When [`Self::handle_timeout`] has something to do.
-    pub(crate) fn poll_timeout(&self, sh: &Shared) -> Option<Instant> {
-        let ack = self.awaits_acks().then(|| {
-            let timeout = self.changed_at + sh.config.ack_timeout;
-            self.next_resend.map_or(timeout, |at| at.min(timeout))
-        });
-        let talk = match (self.state, self.granted_at, self.mine.request) {
-            (LocalFloor::Granted, Some(at), Some(request)) => {
-                sh.config.max_talk(request.priority).map(|max| at + max)
-            }
-            _ => None,
-        };
-        let heartbeat = self
-            .next_heartbeat
-            .filter(|_| self.state == LocalFloor::Granted);
-        let ruling = self.next_ruling.filter(|_| self.arbitration.is_some());
-        let arbiter_silence = self
-            .ruling()
-            .filter(|a| *a != sh.local)
-            .map(|_| self.arbiter_heard + sh.config.silence_timeout);
-        [
-            ack,
-            talk,
-            heartbeat,
-            ruling,
-            arbiter_silence,
-            self.silence_deadline(sh),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    pub(crate) fn handle_timeout(&mut self, sh: &mut Shared, now: Instant) {
-        if self.arbitration.is_some() && self.next_ruling.is_some_and(|at| now >= at) {
-            self.send_ruling(sh, now);
-        }
-        if self.ruling().is_some_and(|a| a != sh.local)
-            && now >= self.arbiter_heard + sh.config.silence_timeout
-        {
-            tracing::debug!(channel = %self.channel, "arbiter silent: the members' rule applies");
-            self.arbiter_silent = true;
-            if let Some(arbiter) = self.arbiter {
-                sh.silent_arbiters.push_back(arbiter);
-            }
-            self.decision = None;
-        }
-        if self.awaits_acks() && self.next_resend.is_some_and(|at| now >= at) {
-            self.resend_claim(sh, now);
-        }
-        if self.state == LocalFloor::Granted && self.next_heartbeat.is_some_and(|at| now >= at) {
-            self.next_heartbeat = Some(now + sh.config.heartbeat());
-            self.broadcast_claim(sh);
-        }
-        if let (LocalFloor::Granted, Some(at), Some(request)) =
-            (self.state, self.granted_at, self.mine.request)
-        {
-            if sh
-                .config
-                .max_talk(request.priority)
-                .is_some_and(|max| now >= at + max)
-            {
-                self.withdraw(sh, Withdrawal::TimeLimit, now);
-            }
-        }
-        if self.silence_deadline(sh).is_some_and(|at| now >= at) {
-            if let Some(leader) = self.leader {
-                if let Some(claim) = self.claims.get(&leader) {
-                    tracing::debug!(channel = %self.channel, "floor holder went silent");
-                    self.vanished.insert(leader, claim.rev);
-                }
-            }
-        }
-        self.refresh(sh, now);
     }
 
     /// Recomputes the ruling (as arbiter), the holder and our own state, emitting what changed.

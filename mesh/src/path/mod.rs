@@ -5,8 +5,8 @@
 //! on a channel it hears, yet opens none of its frames within [`PathConfig::bound`] plus the
 //! round trip to it, climbs a ladder of repairs, one rung per bound, until frames come:
 //!
-//! 1. [`Rung::Resubscribe`]: subscribe again at the channel's relay (starting the relay's
-//!    control over if it stopped answering), re-plan routes, and ask the talker for direct
+//! 1. [`Rung::Resubscribe`]: subscribe again at the channel's relay (closing the link to a
+//!    relay that stopped answering), re-plan routes, and ask the talker for direct
 //!    copies ([`Rung::DirectCopy`], for [`DIRECT_COPY_FOR`]) beside whatever path it uses.
 //! 2. [`Rung::Key`]: ask the talker to grant its current key again.
 //! 3. [`Rung::Mesh`]: take the channel off its relay ([`MESH_FALLBACK_FOR`]), so every talker
@@ -20,18 +20,18 @@
 //!
 //! Sans-IO and deterministic: every entry point takes `now`; state is in `BTreeMap`s.
 
+mod message;
+
+pub use message::{
+    PathDecodeError, PathMessage, Rung, MAX_PATH_BYTES, MAX_PATH_CHANNELS, PATH_VERSION,
+};
+
 use crate::charter::ChannelId;
 use callsign_keys::IdentityKey;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-/// Version byte of path messages.
-pub const PATH_VERSION: u8 = 1;
-/// Largest encoded path message accepted.
-pub const MAX_PATH_BYTES: usize = 4 * 1024;
-/// Most channels one path message names.
-pub const MAX_PATH_CHANNELS: usize = 64;
 /// How long a talker sends direct copies to a listener that asked for them (renewed while the
 /// listener keeps asking).
 pub const DIRECT_COPY_FOR: Duration = Duration::from_secs(10);
@@ -43,85 +43,6 @@ pub const TALKING_REPEAT: Duration = Duration::from_secs(2);
 /// A listener forgets a talker's announcement not repeated for this long (the talker stopped
 /// without a closing frame, or crashed while its link lingers).
 pub const TALKING_EXPIRES: Duration = Duration::from_secs(5);
-
-/// One path message, sent on the control link between two members.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PathMessage {
-    /// Talker → listener: "I am on air on these channels now" (empty: off air).
-    Talking {
-        /// The channels the talker's frames carry, sorted.
-        channels: Vec<ChannelId>,
-    },
-    /// Listener → talker: "I hear none of your frames on these channels; do this." The talker
-    /// answers with [`PathMessage::Talking`] (where it is on air now).
-    Repair {
-        /// The channels the listener expects the talker on.
-        channels: Vec<ChannelId>,
-        /// [`Rung::Key`] or [`Rung::DirectCopy`] (the others are the listener's own).
-        rung: Rung,
-    },
-}
-
-/// Why a path message was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PathDecodeError {
-    /// Empty, or over [`MAX_PATH_BYTES`].
-    #[error("path message of {0} bytes")]
-    Size(usize),
-    /// A version this build does not read.
-    #[error("unknown path message version {0}")]
-    Version(u8),
-    /// The body does not parse, or names too many channels.
-    #[error("malformed path message: {0}")]
-    Malformed(String),
-}
-
-crate::wire::wire_error_into!(PathDecodeError);
-
-impl PathMessage {
-    /// The wire form: `PATH_VERSION | postcard(self)`.
-    pub fn encode(&self) -> Vec<u8> {
-        crate::wire::encode(PATH_VERSION, self)
-    }
-
-    /// Parses the wire form. Never panics.
-    pub fn decode(bytes: &[u8]) -> Result<Self, PathDecodeError> {
-        let message: Self = crate::wire::decode(PATH_VERSION, MAX_PATH_BYTES, bytes)?;
-        let channels = match &message {
-            PathMessage::Talking { channels } | PathMessage::Repair { channels, .. } => channels,
-        };
-        if channels.len() > MAX_PATH_CHANNELS {
-            return Err(PathDecodeError::Malformed("too many channels".into()));
-        }
-        Ok(message)
-    }
-}
-
-/// One rung of the repair ladder, in the order a listener climbs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Rung {
-    /// Subscribe again at the channel's relay and re-plan routes (the listener alone).
-    Resubscribe,
-    /// The talker grants its current key again.
-    Key,
-    /// The talker sends this listener direct copies for [`DIRECT_COPY_FOR`].
-    DirectCopy,
-    /// The listener takes the channel off its relay for [`MESH_FALLBACK_FOR`].
-    Mesh,
-}
-
-impl Rung {
-    /// The listener's ladder: [`Rung::DirectCopy`] is asked for with the first and the last
-    /// rung, never climbed alone.
-    fn after(rung: Option<Rung>) -> Rung {
-        match rung {
-            None => Rung::Resubscribe,
-            Some(Rung::Resubscribe | Rung::DirectCopy) => Rung::Key,
-            // The top rung is held: direct copies expire, so keep asking while deaf.
-            Some(Rung::Key | Rung::Mesh) => Rung::Mesh,
-        }
-    }
-}
 
 /// Repairs counted by cause: climbed as a listener, and served as a talker.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -578,33 +499,5 @@ mod tests {
         check.serve(listener, Rung::DirectCopy, t0);
         assert!(check.direct_copy_to(&listener, t0 + DIRECT_COPY_FOR / 2));
         assert!(!check.direct_copy_to(&listener, t0 + DIRECT_COPY_FOR));
-    }
-
-    #[test]
-    fn path_messages_round_trip_and_refuse_bad_input() {
-        let m = PathMessage::Repair {
-            channels: vec![ChannelId(7)],
-            rung: Rung::DirectCopy,
-        };
-        assert_eq!(PathMessage::decode(&m.encode()), Ok(m));
-        assert!(matches!(
-            PathMessage::decode(&[]),
-            Err(PathDecodeError::Size(0))
-        ));
-        assert!(matches!(
-            PathMessage::decode(&[9, 0]),
-            Err(PathDecodeError::Version(9))
-        ));
-        let many = PathMessage::Talking {
-            channels: (0..100).map(ChannelId).collect(),
-        };
-        assert!(matches!(
-            PathMessage::decode(&many.encode()),
-            Err(PathDecodeError::Malformed(_))
-        ));
-        for len in 0..40 {
-            let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 1) as u8).collect();
-            let _ = PathMessage::decode(&junk);
-        }
     }
 }
