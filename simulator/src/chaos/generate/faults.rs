@@ -180,6 +180,10 @@ pub(super) fn fault(b: &mut Builder, at: f64, heal_s: f64, base: &LinkModel) {
                 } else {
                     "officer"
                 };
+                if !b.nodes.iter().any(|n| n.role == other) {
+                    // A scenario may name only roles some node has.
+                    return;
+                }
                 let back = until(b);
                 b.push(
                     at,
