@@ -18,10 +18,11 @@ impl Member {
     /// Our frame carries `channels` now (empty: we went off air). Tells every linked member
     /// that hears them, and those that heard the previous set, when it changed.
     pub(super) fn note_on_air(&mut self, channels: &[ChannelId], now: Instant) {
-        let before = self.path.announced().to_vec();
+        // Called for every frame: nothing is allocated unless the announcement is due.
         let Some(announced) = self.path.transmitting(channels, now) else {
             return;
         };
+        let before = self.path.announced_before();
         let state = self.sync.charter().state();
         let to: Vec<PeerId> = self
             .peers

@@ -151,6 +151,8 @@ pub struct PathCheck {
     /// As a talker: the channels we last announced, and when.
     announced: Vec<ChannelId>,
     announced_at: Option<Instant>,
+    /// As a talker: what we announced before that.
+    before: Vec<ChannelId>,
     /// As a talker: listeners asking for direct copies, until when.
     direct_to: BTreeMap<IdentityKey, Instant>,
     counts: RepairCounts,
@@ -285,9 +287,15 @@ impl PathCheck {
         if channels == self.announced.as_slice() && (channels.is_empty() || !due) {
             return None;
         }
-        self.announced = channels.to_vec();
+        self.before = std::mem::replace(&mut self.announced, channels.to_vec());
         self.announced_at = Some(now);
         Some(self.announced.clone())
+    }
+
+    /// What we announced before the last change [`Self::transmitting`] reported (its
+    /// listeners must hear that we left those channels).
+    pub fn announced_before(&self) -> &[ChannelId] {
+        &self.before
     }
 
     /// The channels we are on air on (what a newly linked member is told).
