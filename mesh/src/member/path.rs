@@ -206,7 +206,7 @@ impl Member {
     /// whose heartbeat promise never reached us holds the link until QUIC's idle timeout,
     /// 30 s: chaos seed 5022): the link is closed, and the relay dialed where it is now.
     fn close_if_unanswered(&mut self, peer: PeerId, now: Instant) {
-        let bound = crate::path::PathConfig::default().bound;
+        let bound = self.path.bound();
         let stuck = self
             .peers
             .get(&peer)

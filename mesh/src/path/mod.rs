@@ -167,6 +167,11 @@ impl PathCheck {
         }
     }
 
+    /// How long a listener waits beyond the round trip before each rung.
+    pub fn bound(&self) -> Duration {
+        self.config.bound
+    }
+
     /// Repairs so far, by cause.
     pub fn counts(&self) -> &RepairCounts {
         &self.counts
