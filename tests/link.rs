@@ -4,6 +4,8 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command as StdCommand, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
 use assert_cmd::Command;
@@ -21,6 +23,10 @@ impl Drop for Listener {
     }
 }
 
+/// How long the listener may take to print its addresses, and a ping to finish: far above
+/// what either takes, so that a broken listener fails the test instead of hanging the run.
+const PATIENCE: Duration = Duration::from_secs(60);
+
 /// Starts `callsign link listen --json` and collects its loopback addresses.
 fn listener() -> Listener {
     let mut child = StdCommand::cargo_bin("callsign")
@@ -32,20 +38,40 @@ fn listener() -> Listener {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    // A thread reads the lines so that this end can stop waiting. It ends after the second
+    // loopback address and drops the reader on purpose: the listener must keep serving when
+    // nobody reads its output any more (its later "connected" lines go to a closed pipe).
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut loopback = 0;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let value: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            let addr = value["addr"].as_str().unwrap_or_default().to_owned();
+            if addr.starts_with("/ip4/127.0.0.1/") {
+                loopback += 1;
+            }
+            if tx.send(line).is_err() || loopback == 2 {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    let mut lines = Vec::new();
     let mut addrs = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        assert_eq!(line["event"], "listening");
-        let addr = line["addr"].as_str().unwrap().to_owned();
+    while addrs.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            panic!("the listener printed no two loopback addresses within {PATIENCE:?}: {lines:?}");
+        };
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["event"], "listening", "{line}");
+        let addr = value["addr"].as_str().unwrap().to_owned();
         if addr.starts_with("/ip4/127.0.0.1/") {
             addrs.push(addr);
         }
-        if addrs.len() == 2 {
-            break;
-        }
+        lines.push(line);
     }
-    // The reader is dropped here on purpose: the listener must keep serving when nobody reads
-    // its output any more (its later "connected" lines go to a closed pipe).
     Listener { child, addrs }
 }
 
@@ -54,7 +80,8 @@ fn ping(addr: &str) -> Value {
         Command::cargo_bin("callsign")
             .unwrap()
             .args(["link", "ping", addr, "--count", "3", "--json"])
-            .env_remove("CALLSIGN_KEY"),
+            .env_remove("CALLSIGN_KEY")
+            .timeout(PATIENCE),
     );
     serde_json::from_slice(&stdout).unwrap()
 }

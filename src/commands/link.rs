@@ -130,11 +130,16 @@ async fn listen(args: ListenArgs) -> Result<()> {
     net.swarm
         .listen_on(format!("/ip4/0.0.0.0/udp/{bound}/quic-v1").parse()?)
         .context("cannot listen on QUIC")?;
-    if let Err(e) = net
+    // The TCP fallback takes the same port number when it is free. The kernel chose the UDP
+    // port alone, so a TCP socket may hold that number already; then any free port will do.
+    let same_port = net
         .swarm
-        .listen_on(format!("/ip4/0.0.0.0/tcp/{bound}").parse()?)
-    {
-        tracing::warn!(%e, "no TCP fallback listener");
+        .listen_on(format!("/ip4/0.0.0.0/tcp/{bound}").parse()?);
+    if let Err(e) = same_port {
+        tracing::info!(%e, port = bound, "TCP port taken; the TCP fallback takes another");
+        if let Err(e) = net.swarm.listen_on("/ip4/0.0.0.0/tcp/0".parse()?) {
+            tracing::warn!(%e, "no TCP fallback listener");
+        }
     }
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
