@@ -411,3 +411,65 @@ fn a_release_lost_on_the_way_is_repeated_until_everyone_has_it() {
     net.run_for(FloorConfig::default().claim_resend() + Duration::from_millis(100));
     net.assert_one_talker(B);
 }
+
+/// Samples every live node's holder every 10 ms for `span`: how long any of them named
+/// `holder`, and whether all of them named it throughout.
+fn named_for(net: &mut Net, holder: Option<usize>, span: Duration) -> (Duration, bool) {
+    let step = Duration::from_millis(10);
+    let want = holder.map(|h| net.keys[h]);
+    let (mut named, mut always) = (Duration::ZERO, true);
+    let end = net.now + span;
+    while net.now < end {
+        net.run_for(step);
+        let views: Vec<_> = (0..net.nodes.len())
+            .filter(|i| !net.cut.contains(i))
+            .map(|i| net.nodes[i].holder(net.channel))
+            .collect();
+        if views.contains(&want) {
+            named += step;
+        }
+        always &= views.iter().all(|v| *v == want);
+    }
+    (named, always)
+}
+
+#[test]
+fn a_queued_claim_whose_talker_hung_long_ago_leads_only_for_a_heartbeat() {
+    let mut net = Net::in_mode(20, false);
+    net.press(A).unwrap();
+    net.run_for(Duration::from_millis(100));
+    net.press(B).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.state(B), LocalFloor::Queued(1));
+    // B's process hangs (its links stay up) while A talks on for three seconds.
+    net.cut.insert(B);
+    net.run_for(Duration::from_secs(3));
+    net.assert_one_talker(A);
+    // A releases: B's claim comes to lead everywhere, but B was last heard 3 s ago.
+    net.release(A);
+    let heartbeat = FloorConfig::default().heartbeat();
+    let (named, _) = named_for(&mut net, Some(B), Duration::from_secs(3));
+    assert!(
+        named <= heartbeat + Duration::from_millis(100),
+        "B named holder for {named:?}"
+    );
+    for i in [A, C, D] {
+        assert_eq!(net.nodes[i].holder(net.channel), None, "node {i}");
+    }
+}
+
+#[test]
+fn a_talker_granted_after_a_long_queue_keeps_the_floor() {
+    let mut net = Net::in_mode(20, false);
+    net.press(A).unwrap();
+    net.run_for(Duration::from_millis(100));
+    net.press(B).unwrap();
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.state(B), LocalFloor::Queued(1));
+    net.release(A);
+    // B says it holds the floor at once: nobody takes it for silent, not for a moment.
+    net.run_for(Duration::from_millis(60));
+    let (_, always) = named_for(&mut net, Some(B), Duration::from_secs(3));
+    assert!(always, "every view names B throughout");
+    net.assert_one_talker(B);
+}

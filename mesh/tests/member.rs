@@ -168,6 +168,61 @@ fn a_lost_ordered_request_restarts_the_session_and_voice_resumes() {
 }
 
 #[test]
+fn requests_that_fail_as_they_are_sent_restart_control_at_a_bounded_rate() {
+    let org = org(2, false, 6);
+    let mut net = Net::new(&org, 0);
+    net.link(0, 1);
+    net.run_for(secs(1));
+    assert_eq!(net.sessions(0).len(), 1);
+    // From now on every ordered request 0 sends to 1 fails the moment it is sent (a parked
+    // link whose peer no longer answers a dial). The member must not loop in zero time.
+    let peer = net.peers[1];
+    let mut restarts = Vec::new();
+    let mut ordered = 0;
+    net.members[0].handle_input(net.now, Input::Command(Command::Unlisten(org.channel)));
+    let end = net.now + secs(3);
+    while net.now < end && ordered < 10_000 {
+        let mut failed = Vec::new();
+        while let Some(output) = net.members[0].poll_output() {
+            if let Output::Control {
+                peer: to,
+                ordered: Some(token),
+                ..
+            } = output
+            {
+                if to == peer {
+                    failed.push(token);
+                }
+            }
+        }
+        ordered += failed.len();
+        if failed.is_empty() {
+            net.now = net.members[0].poll_timeout().min(end);
+            net.members[0].handle_input(net.now, Input::Timeout);
+            continue;
+        }
+        restarts.push(net.now);
+        for token in failed {
+            net.members[0].handle_input(net.now, Input::ControlFailed(peer, token));
+        }
+    }
+    assert!(ordered < 10_000, "looped: {ordered} requests");
+    restarts.dedup();
+    // One start per gap at most: about six in three seconds, not thousands in one instant.
+    assert!(
+        (3..=8).contains(&restarts.len()),
+        "{} starts at {restarts:?}",
+        restarts.len()
+    );
+    for pair in restarts.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(500),
+            "{restarts:?}"
+        );
+    }
+}
+
+#[test]
 fn a_restarted_peer_gets_a_new_session_and_old_keys_are_dropped() {
     let org = org(2, false, 6);
     let mut net = Net::new(&org, 0);

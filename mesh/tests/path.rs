@@ -156,3 +156,50 @@ fn a_member_that_granted_itself_away_from_the_arbiter_is_heard_by_those_followin
     let drops: u64 = (0..3).map(|i| net.members[i].floor_drops()).sum();
     assert!(drops <= 5 * 3, "{drops} floor drops");
 }
+
+#[test]
+fn a_listener_stays_at_the_relay_a_channel_left_while_the_new_one_is_silent() {
+    use callsign_mesh::member::LEAVE_OVERLAP;
+    // Two regions, each near one of the channel's two preferred relays (they cascade).
+    let org = common::net::org_with_relays(4, 2, 2);
+    let (relay_a, relay_b, listener, talker) = (4, 5, 3, 0);
+    let mut net = Net::new(&org, 2);
+    net.mesh(&[0, 1, 2, 3]);
+    net.run_for(secs(1));
+    let (a, b) = (net.peers[relay_a], net.peers[relay_b]);
+    let ms = Duration::from_millis;
+    for i in 0..4 {
+        let (near, far) = if i == listener { (b, a) } else { (a, b) };
+        net.input(i, Input::Rtts(vec![(near, ms(10)), (far, ms(180))]));
+    }
+    net.run_for(secs(5));
+    let route = |net: &Net| net.members[listener].routes().get(&org.channel).copied();
+    assert_eq!(route(&net), Some(Route::Relay(net.keys[relay_b])));
+    // The listener moves next to relay A, which forwards it nothing; the channel moves there
+    // (at its next plan), and the talker talks at once.
+    net.blackholed.insert((relay_a, listener));
+    net.input(listener, Input::Rtts(vec![(a, ms(10)), (b, ms(180))]));
+    let patience = net.now + secs(15);
+    while route(&net) != Some(Route::Relay(net.keys[relay_a])) && net.now < patience {
+        net.run_for(ms(20));
+    }
+    // Two seconds of talk, all within the overlap.
+    let frames = 100;
+    assert!(LEAVE_OVERLAP >= Duration::from_millis(20 * u64::from(frames)));
+    net.talk(talker, org.channel, frames);
+    assert_eq!(route(&net), Some(Route::Relay(net.keys[relay_a])), "stayed");
+    // Relay B kept forwarding through the overlap: nothing was missed.
+    let heard = net.heard(listener, talker);
+    assert!(
+        heard + 2 >= usize::from(frames),
+        "heard {heard} of {frames}"
+    );
+    // The overlap over, the silent relay is found out and the path repaired (another
+    // talker: the test's frames count from 0 on every press, and a repeat is a replay).
+    net.run_for(secs(1));
+    let next = 1;
+    net.talk(next, org.channel, 100);
+    let heard = net.heard(listener, next);
+    assert!(heard >= 75, "heard {heard} of 100 after the overlap");
+    assert!(counts(&net, listener).recovered >= 1);
+}

@@ -75,6 +75,9 @@ pub(crate) struct ChannelFloor {
     /// [`FloorConfig::heartbeat`](super::FloorConfig::heartbeat) so that members who hear no
     /// audio, such as an arbiter, can tell it is alive).
     last_heard: Option<Instant>,
+    /// When each peer was last heard here (a claim, audio): a claim held for long unheard is
+    /// stale by the time it comes to lead, say when the ruling that outranked it goes.
+    heard: BTreeMap<IdentityKey, Instant>,
     /// When the holder's audio was last played (claims do not count).
     audio_at: Option<Instant>,
     next_heartbeat: Option<Instant>,
@@ -108,6 +111,7 @@ impl ChannelFloor {
             state: LocalFloor::Idle,
             leader: None,
             previous: None,
+            heard: BTreeMap::new(),
             leader_since: now,
             last_heard: None,
             audio_at: None,
@@ -179,6 +183,7 @@ impl ChannelFloor {
         self.on_air.remove(peer);
         self.seen_by.remove(peer);
         self.vanished.remove(peer);
+        self.heard.remove(peer);
         self.refresh(sh, now);
     }
 
@@ -293,6 +298,10 @@ impl ChannelFloor {
             *acked = (*acked).max(seen);
         }
         self.heard_from(&from, now);
+        // A holder we took for silent speaks again (its heartbeat claim, after a partition
+        // or a burst longer than the silence timeout): it holds the floor in its own view, so
+        // by the one rule it holds it in ours.
+        self.vanished.remove(&from);
         let newer = self.claims.get(&from).is_none_or(|c| claim.rev > c.rev);
         if newer {
             if let Some(request) = claim.request {
@@ -371,6 +380,7 @@ impl ChannelFloor {
 
     /// Audio or a claim from `peer`: a holder is alive.
     pub(crate) fn heard_from(&mut self, peer: &IdentityKey, now: Instant) {
+        self.heard.insert(*peer, now);
         if self.leader.as_ref() == Some(peer) {
             self.last_heard = Some(now);
         }
@@ -533,7 +543,15 @@ impl ChannelFloor {
                 LocalFloor::Granted => {
                     self.granted_at = Some(now);
                     self.granted_stamp = sh.clock(now);
-                    self.next_heartbeat = Some(now + sh.config.heartbeat());
+                    // Granted from the queue: members have not heard from us since our
+                    // claim and give a holder unheard for long only a heartbeat to speak
+                    // (`silence_deadline`), so say we hold it at once.
+                    let waited = now >= self.changed_at + sh.config.heartbeat();
+                    self.next_heartbeat = Some(if waited {
+                        now
+                    } else {
+                        now + sh.config.heartbeat()
+                    });
                     sh.events.push_back(FloorEvent::Granted {
                         channel: self.channel,
                     });

@@ -8,7 +8,10 @@ use crate::control::{ControlMessage, PeerControl};
 use crate::pairing::{Pairing, PairingConfig};
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A peer's control starts over after a lost request at most this often.
+pub(super) const CONTROL_RESTART_GAP: Duration = Duration::from_millis(500);
 
 impl Member {
     pub(super) fn link_up(&mut self, up: LinkUp, now: Instant) {
@@ -24,16 +27,19 @@ impl Member {
             rtt,
         } = up;
         let rtt = rtt.or_else(|| self.links.get(&peer).and_then(|l| l.rtt));
+        let remote = remote.filter(|_| kind != LinkKind::Relayed);
+        let announced = remote.is_some_and(|r| self.announces(&peer, r));
         self.circuit_retries.remove(&peer);
         self.circuit_dials.ended(&peer);
         self.links.insert(
             peer,
             Link {
                 kind,
-                remote: remote.filter(|_| kind != LinkKind::Relayed),
+                remote,
                 circuit: circuit.filter(|_| kind == LinkKind::Relayed),
                 dialed: dialed.is_some(),
                 rtt,
+                announced,
             },
         );
         // Said with the link's own event (the node reads our kind for it).
@@ -65,6 +71,15 @@ impl Member {
             self.session_down(&peer, now, resumed);
         }
         self.peer_up(peer, now, restarted);
+    }
+
+    /// Whether the presence we hold for `peer` names `addr` as one of its addresses.
+    fn announces(&self, peer: &PeerId, addr: std::net::SocketAddr) -> bool {
+        let addr = super::reach::quic_multiaddr(addr).to_vec();
+        self.members
+            .get(peer)
+            .and_then(|identity| self.presence.get(identity))
+            .is_some_and(|record| record.body.addrs.contains(&addr))
     }
 
     /// Whether our link to `peer` is a direct one we dialed to a port the peer's router
@@ -106,6 +121,7 @@ impl Member {
 
     pub(super) fn link_down(&mut self, peer: PeerId, now: Instant) {
         self.links.remove(&peer);
+        self.control_restarts.remove(&peer);
         self.punches.forget(&peer);
         self.waiting_joins.remove(&peer);
         self.peer_down(&peer, now);
@@ -230,19 +246,52 @@ impl Member {
         self.keys_dirty = true;
     }
 
-    /// The ordered channel to `peer` broke: start its control over if the link is still up.
+    /// The ordered channel to `peer` broke: start its control over if the link is still up,
+    /// at most once per [`CONTROL_RESTART_GAP`]. A request can fail the moment it is sent
+    /// (a parked link whose peer's address no longer answers a dial): started over at once,
+    /// each start's requests failed again in the same instant, and the member looped without
+    /// time passing (chaos seed 120156 hung the simulator).
     pub(super) fn control_failed(&mut self, peer: PeerId, request: u64, now: Instant) {
         let in_flight = self
             .peers
             .get(&peer)
             .is_some_and(|c| c.is_in_flight(request));
-        if in_flight {
-            tracing::debug!(%peer, "control message lost; restarting session");
-            self.peer_down(&peer, now);
-            if self.links.contains_key(&peer) {
+        if !in_flight {
+            return;
+        }
+        tracing::debug!(%peer, "control message lost; restarting session");
+        self.peer_down(&peer, now);
+        if !self.links.contains_key(&peer) {
+            return;
+        }
+        match self.control_restarts.get_mut(&peer) {
+            Some((last, due)) if now < *last + CONTROL_RESTART_GAP => {
+                due.get_or_insert(*last + CONTROL_RESTART_GAP);
+            }
+            _ => {
+                self.control_restarts.insert(peer, (now, None));
                 self.peer_up(peer, now, true);
             }
         }
+    }
+
+    /// Starts over the control that [`Self::control_failed`] held back, where it is due and
+    /// the link still up.
+    pub(super) fn control_restart_timeouts(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .control_restarts
+            .iter()
+            .filter(|(_, (_, due))| due.is_some_and(|at| at <= now))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            self.control_restarts.insert(peer, (now, None));
+            if self.links.contains_key(&peer) && !self.peers.contains_key(&peer) {
+                self.peer_up(peer, now, true);
+            }
+        }
+        self.control_restarts
+            .retain(|_, (last, due)| due.is_some() || now < *last + CONTROL_RESTART_GAP);
     }
 
     pub(super) fn control_message(&mut self, peer: PeerId, bytes: &[u8], now: Instant) {

@@ -52,7 +52,7 @@ mod upkeep;
 pub use event::{Event, LinkKind, PortMapping, Target};
 pub use io::{Command, DialCondition, Frame, Input, LinkUp, MemberConfig, Output};
 pub use reach::{quic_multiaddr, quic_socket_addr};
-pub use routes::{REPLAN_INTERVAL, SWITCH_OVERLAP};
+pub use routes::{LEAVE_OVERLAP, REPLAN_INTERVAL, SWITCH_OVERLAP};
 
 use crate::admission::JoinRequest;
 use crate::charter::sync::{CharterSync, SyncConfig};
@@ -119,6 +119,9 @@ struct Link {
     /// We dialed it (else the peer did).
     dialed: bool,
     rtt: Option<Duration>,
+    /// The peer's presence has named `remote` as its address while the link was up: if it
+    /// stops naming it, the peer moved and the link is to its previous run.
+    announced: bool,
 }
 
 /// How long an ordered control request may go unanswered before the member gives it up and
@@ -177,6 +180,9 @@ pub struct Member {
     relay_told: BTreeMap<IdentityKey, Multiaddr>,
     /// Members heard of but not linked, to dial at the given time unless they dial us first.
     dial_backs: BTreeMap<PeerId, (Instant, Vec<Multiaddr>)>,
+    /// When each peer's control last started over after a lost request, and when the next
+    /// start is due if a loss came sooner than [`links::CONTROL_RESTART_GAP`] after it.
+    control_restarts: BTreeMap<PeerId, (Instant, Option<Instant>)>,
     /// Circuit dials retried since the last link to each peer (`presence::dial_failed`).
     circuit_retries: BTreeMap<PeerId, u32>,
     circuit_dials: circuit_dials::CircuitDials,
@@ -210,6 +216,9 @@ pub struct Member {
     replan_due: Option<Instant>,
     replanned: Instant,
     route_switched: BTreeMap<ChannelId, Instant>,
+    /// The relay each channel just left, subscribed there until the instant (make before
+    /// break: [`routes::LEAVE_OVERLAP`]).
+    route_leaving: BTreeMap<ChannelId, (IdentityKey, Instant)>,
     subscribed: BTreeMap<IdentityKey, Vec<ChannelId>>,
     subscription_seq: u64,
     forwarder: Option<SharedForwarder>,
@@ -264,6 +273,7 @@ impl Member {
             relay_dialed_at: BTreeMap::new(),
             relay_told: BTreeMap::new(),
             dial_backs: BTreeMap::new(),
+            control_restarts: BTreeMap::new(),
             circuit_retries: BTreeMap::new(),
             circuit_dials: Default::default(),
             display_name: config.display_name,
@@ -308,6 +318,7 @@ impl Member {
             replan_due: None,
             replanned: now,
             route_switched: BTreeMap::new(),
+            route_leaving: BTreeMap::new(),
             subscribed: BTreeMap::new(),
             subscription_seq: unix,
             // A member serving circuits volunteers as a relay, so it forwards too.
@@ -432,8 +443,13 @@ impl Member {
             Some(self.next_presence),
             self.position_due,
             self.replan_due,
+            self.route_leaving.values().map(|(_, until)| *until).min(),
             self.relay_missing().then_some(self.next_relay_dial),
             self.dial_backs.values().map(|(at, _)| *at).min(),
+            self.control_restarts
+                .values()
+                .filter_map(|(_, due)| *due)
+                .min(),
             self.circuit_dials.poll_timeout(),
             self.peers
                 .values()

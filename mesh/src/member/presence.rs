@@ -106,27 +106,45 @@ impl Member {
         // the peer's NAT maps a port per destination, so its observed address was wrong).
         let held = self.links.get(&subject_peer);
         let link = held.map(|l| l.kind);
-        // Our direct link goes to an address the peer announced before and no longer does: it
-        // restarted elsewhere (a new port after a crash), and the link is to its previous run,
-        // not yet timed out. Dial where it is now; the newest link replaces the stale one (our
-        // dial also opens our NAT to it, which its own dial could not).
+        // Our direct link goes to an address the peer announced while we were linked and no
+        // longer does: it restarted elsewhere (a new port after a crash), and the link is to
+        // its previous run, not yet timed out. Any record since the restart tells, not only
+        // the first: a restarted peer's first record often names no public address yet (its
+        // probe is still out), and the next one is news only by the address it adds (chaos
+        // seed 120083: a member kept its link to the old run for 18 s and heard nothing).
         let remote = held
             .and_then(|l| l.remote)
             .map(|r| super::reach::quic_multiaddr(r).to_vec());
+        let announced = held.is_some_and(|l| l.announced)
+            || remote
+                .as_ref()
+                .is_some_and(|r| previous_addrs.as_ref().is_some_and(|p| p.contains(r)));
         // A peer that still says it is linked to us has not moved: it stopped announcing that
         // address (say its NAT turned out to filter strangers), and a fresh dial would only
         // replace a live link and restart the session.
-        let moved = remote.is_some_and(|r| {
-            previous_addrs.as_ref().is_some_and(|p| p.contains(&r))
-                && !record.body.addrs.contains(&r)
-        }) && !record.linked_to(&self.local_peer);
-        if moved && !direct.is_empty() {
-            tracing::debug!(peer = %subject_peer, "peer moved: dialing where it is now");
-            self.outputs.push_back(Output::Dial {
-                peer: Some(subject_peer),
-                addrs: direct.clone(),
-                condition: DialCondition::Always,
-            });
+        let moved = announced
+            && remote
+                .as_ref()
+                .is_some_and(|r| !record.body.addrs.contains(r))
+            && !record.linked_to(&self.local_peer);
+        if let (Some(link), Some(r)) = (self.links.get_mut(&subject_peer), &remote) {
+            link.announced |= record.body.addrs.contains(r);
+        }
+        if moved {
+            // The stale link goes first: kept, it would win over a circuit (the only way in
+            // while the peer's NAT knows nothing of us), and it would keep our circuit
+            // reservation at a relay that is gone. Then dial where the peer is now, which
+            // also opens our NAT to it, so its own dial back gets in.
+            tracing::debug!(peer = %subject_peer, "peer moved: closing the stale link, dialing where it is now");
+            self.outputs.push_back(Output::CloseLink(subject_peer));
+            let candidates: Vec<Multiaddr> = direct.iter().chain(&circuits).cloned().collect();
+            if !candidates.is_empty() {
+                self.outputs.push_back(Output::Dial {
+                    peer: Some(subject_peer),
+                    addrs: candidates,
+                    condition: DialCondition::Always,
+                });
+            }
             return;
         }
         if link == Some(LinkKind::Relayed) && addrs_changed && !direct.is_empty() {

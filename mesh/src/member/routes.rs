@@ -6,7 +6,10 @@
 //! relay forwards a packet to every subscriber of its channels) and sends it once, enveloped, to
 //! the relay. For [`SWITCH_OVERLAP`] after a channel moves to a relay the sender also keeps
 //! the direct copies going, so listeners whose subscription is still in flight miss nothing
-//! (receivers drop the duplicate by sequence number).
+//! (receivers drop the duplicate by sequence number). The listener does the same on its side:
+//! for [`LEAVE_OVERLAP`] after a channel leaves a relay it stays subscribed there, so a new
+//! route that does not deliver (a relay that lost our subscription, a link that went deaf)
+//! costs no audio while the path check (`crate::path`) notices and repairs it.
 
 use super::{Event, Member, Output, Role};
 use crate::charter::{ChannelId, Permissions};
@@ -23,6 +26,11 @@ use std::time::{Duration, Instant};
 
 /// How long a sender keeps sending direct copies after a channel moved to a relay.
 pub const SWITCH_OVERLAP: Duration = Duration::from_millis(500);
+
+/// How long a listener stays subscribed at the relay a channel just left: a subscription's
+/// round trip at the new one, and time for the path check to climb its first rung if that
+/// one stays silent.
+pub const LEAVE_OVERLAP: Duration = Duration::from_secs(2);
 
 /// Presence news is folded into the routes at most this often: in a large org records arrive
 /// by the hundred per second, and the answer rarely changes. Link changes re-plan at once.
@@ -103,6 +111,10 @@ impl Member {
                 if matches!(route, Route::Relay(_)) {
                     self.route_switched.insert(*channel, now + SWITCH_OVERLAP);
                 }
+                if let Some(Route::Relay(left)) = self.routes.get(channel) {
+                    self.route_leaving
+                        .insert(*channel, (*left, now + LEAVE_OVERLAP));
+                }
                 self.emit(Event::RouteChanged {
                     channel: *channel,
                     route: *route,
@@ -112,7 +124,16 @@ impl Member {
             self.announce_presence(now);
         }
         self.route_switched.retain(|_, until| *until > now);
-        self.update_subscriptions();
+        self.update_subscriptions(now);
+    }
+
+    /// A channel's overlap at the relay it left ended: unsubscribe there.
+    pub(super) fn leave_timeouts(&mut self, now: Instant) {
+        let before = self.route_leaving.len();
+        self.route_leaving.retain(|_, (_, until)| *until > now);
+        if self.route_leaving.len() != before {
+            self.update_subscriptions(now);
+        }
     }
 
     /// Presence changed: re-plan within [`REPLAN_INTERVAL`] of the last plan.
@@ -125,10 +146,16 @@ impl Member {
     /// Tells each relay the channels we listen to through it, when that changed: the channels
     /// routed through it, and the mesh channels on which a speaker reaches us only through a
     /// circuit on it (its voice then comes forwarded, as datagrams).
-    pub(super) fn update_subscriptions(&mut self) {
+    pub(super) fn update_subscriptions(&mut self, now: Instant) {
         let mut desired: BTreeMap<IdentityKey, Vec<ChannelId>> = BTreeMap::new();
         let state = self.sync.charter().state();
         for channel in &self.listening {
+            // Make before break: the relay the channel just left keeps sending a while.
+            if let Some((left, until)) = self.route_leaving.get(channel) {
+                if *until > now && *left != self.local {
+                    desired.entry(*left).or_default().push(*channel);
+                }
+            }
             match self.routes.get(channel) {
                 Some(Route::Relay(relay)) if *relay != self.local => {
                     desired.entry(*relay).or_default().push(*channel);
@@ -150,7 +177,6 @@ impl Member {
         }
         // Direct copies we asked a talker for come through the relay of its circuit to us,
         // which forwards them only where we subscribe (`crate::path`).
-        let now = self.replanned;
         let asked: Vec<(IdentityKey, Vec<ChannelId>)> = self
             .path
             .direct_asked(now)

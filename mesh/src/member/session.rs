@@ -78,7 +78,7 @@ impl Member {
             // 259: a volunteer relay restarted control after a partition and forwarded nothing
             // to a member that still counted itself subscribed). Subscribe again.
             if self.subscribed.remove(&identity).is_some() {
-                self.update_subscriptions();
+                self.update_subscriptions(now);
             }
             // Our presence may have reached the peer while it did not count us as a member
             // yet; once the session is up it surely does.

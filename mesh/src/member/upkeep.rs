@@ -25,9 +25,11 @@ impl Member {
             self.control_failed(peer, request, now);
         }
         self.dial_back(now);
+        self.control_restart_timeouts(now);
         self.sync.handle_timeout(now);
         self.floor.handle_timeout(now);
         self.path_timeouts(now);
+        self.leave_timeouts(now);
         self.reachability.handle_timeout(now);
         self.punch_timeouts(now);
         self.position_timer(now);

@@ -106,7 +106,8 @@ const DELIVERY_SIGMAS: f64 = 4.0;
 /// [`DELIVERY_SLACK`]. Per hop, the stationary loss is the uniform loss plus, for a
 /// Gilbert–Elliott burst model, the bad state's share `π = p / (p + r)` times its loss; bursts
 /// make losses of neighbouring frames move together, which widens the spread by
-/// `(1 + ρ) / (1 − ρ)` with `ρ = 1 − p − r`. A link that loses 13 % cannot carry 95 %, and over
+/// `(1 + ρ) / (1 − ρ)` with `ρ = 1 − p − r`; a reordered frame counts as lost (it is usually
+/// too late to play). A link that loses 13 % cannot carry 95 %, and over
 /// 125 frames a bursty 2 % link often loses 8; the invariant is there to catch a listener cut
 /// off, not the network's own loss.
 pub fn min_delivery(scenario: &Scenario, frames: u64) -> f64 {
@@ -121,7 +122,17 @@ pub fn min_delivery(scenario: &Scenario, frames: u64) -> f64 {
         bursts = share * b.bad_loss;
         variance += b.bad_loss.powi(2) * share * (1.0 - share) / frames * (1.0 + rho) / (1.0 - rho);
     }
+    // A frame held back by reordering arrives after frames sent later; the jitter buffer aims
+    // at the 95th percentile of transit, so such a frame is often too late to play: for the
+    // listener it is lost like a dropped one.
+    let late = if link.reorder_ms > 0.0 {
+        link.reorder.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    variance += late * (1.0 - late) / frames;
     let lost = uniform + (1.0 - uniform) * bursts;
+    let lost = lost + (1.0 - lost) * late;
     // Two independent hops: the mean compounds, the variances add.
     let spread = DELIVERY_SIGMAS * (2.0 * variance).sqrt();
     let through = (1.0 - lost).powi(2) - spread - DELIVERY_SLACK;

@@ -15,10 +15,20 @@ impl ChannelFloor {
         if leader == sh.local || self.ruling().is_some_and(|a| a != sh.local) {
             return None;
         }
-        let since = self
-            .last_heard
-            .unwrap_or(self.leader_since)
-            .max(self.leader_since);
+        // A new holder gets the whole timeout from when it came to lead, unless we have not
+        // heard it for long already: then only a heartbeat's worth (chaos seed 90059: a
+        // member whose arbiter's link dropped led by the claim of a talker that had crashed
+        // three seconds before, and named it holder for 1.5 s more). A live holder is heard
+        // within that, and if not, its next claim makes it holder again.
+        let heard = self.heard.get(&leader).copied();
+        let came_to_lead = match heard {
+            Some(heard) if heard < self.leader_since => self
+                .leader_since
+                .checked_sub(sh.config.silence_timeout - sh.config.heartbeat())
+                .map_or(self.leader_since, |at| at.max(heard)),
+            _ => self.leader_since,
+        };
+        let since = self.last_heard.unwrap_or(came_to_lead).max(came_to_lead);
         Some(since + sh.config.silence_timeout)
     }
 
