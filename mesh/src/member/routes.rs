@@ -8,8 +8,8 @@
 //! the direct copies going, so listeners whose subscription is still in flight miss nothing
 //! (receivers drop the duplicate by sequence number). The listener does the same on its side:
 //! for [`LEAVE_OVERLAP`] after a channel leaves a relay it stays subscribed there, so a new
-//! route that does not deliver (a relay that lost our subscription, a link that went deaf)
-//! costs no audio while the path check (`crate::path`) notices and repairs it.
+//! route that does not deliver at first (a subscription still in flight, a relay that lost
+//! it) costs no audio; one that stays silent is the path check's (`crate::path`) to repair.
 
 use super::{Event, Member, Output, Role};
 use crate::charter::{ChannelId, Permissions};
@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 pub const SWITCH_OVERLAP: Duration = Duration::from_millis(500);
 
 /// How long a listener stays subscribed at the relay a channel just left: a subscription's
-/// round trip at the new one, and time for the path check to climb its first rung if that
-/// one stays silent.
+/// round trip at the new one with room to spare. Should the new one stay silent, the path
+/// check finds it out once the old one stops.
 pub const LEAVE_OVERLAP: Duration = Duration::from_secs(2);
 
 /// Presence news is folded into the routes at most this often: in a large org records arrive
