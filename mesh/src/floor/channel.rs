@@ -71,11 +71,9 @@ pub(crate) struct ChannelFloor {
     /// The holder before `leader`: its closing frame may still be on the way.
     previous: Option<IdentityKey>,
     leader_since: Instant,
-    /// When the holder was last heard: audio, or a claim (a holder repeats its claim every
+    /// When each peer was last heard here: audio, or a claim (a holder repeats its claim every
     /// [`FloorConfig::heartbeat`](super::FloorConfig::heartbeat) so that members who hear no
-    /// audio, such as an arbiter, can tell it is alive).
-    last_heard: Option<Instant>,
-    /// When each peer was last heard here (a claim, audio): a claim held for long unheard is
+    /// audio, such as an arbiter, can tell it is alive). A claim held for long unheard is
     /// stale by the time it comes to lead, say when the ruling that outranked it goes.
     heard: BTreeMap<IdentityKey, Instant>,
     /// When the holder's audio was last played (claims do not count).
@@ -113,7 +111,6 @@ impl ChannelFloor {
             previous: None,
             heard: BTreeMap::new(),
             leader_since: now,
-            last_heard: None,
             audio_at: None,
             next_heartbeat: None,
             next_resend: None,
@@ -381,9 +378,6 @@ impl ChannelFloor {
     /// Audio or a claim from `peer`: a holder is alive.
     pub(crate) fn heard_from(&mut self, peer: &IdentityKey, now: Instant) {
         self.heard.insert(*peer, now);
-        if self.leader.as_ref() == Some(peer) {
-            self.last_heard = Some(now);
-        }
     }
 
     /// `peer` told us it is on air here (`on`), or off air.
@@ -474,7 +468,6 @@ impl ChannelFloor {
             self.previous = self.leader.or(self.previous);
             self.leader = leader;
             self.leader_since = now;
-            self.last_heard = None;
             self.audio_at = None;
             sh.events.push_back(FloorEvent::Holder {
                 channel: self.channel,

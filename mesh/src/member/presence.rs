@@ -115,10 +115,8 @@ impl Member {
         let remote = held
             .and_then(|l| l.remote)
             .map(|r| super::reach::quic_multiaddr(r).to_vec());
-        let announced = held.is_some_and(|l| l.announced)
-            || remote
-                .as_ref()
-                .is_some_and(|r| previous_addrs.as_ref().is_some_and(|p| p.contains(r)));
+        // Set from the record held when the link came up, and from each record since.
+        let announced = held.is_some_and(|l| l.announced);
         // A peer that still says it is linked to us has not moved: it stopped announcing that
         // address (say its NAT turned out to filter strangers), and a fresh dial would only
         // replace a live link and restart the session.

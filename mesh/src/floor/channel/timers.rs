@@ -20,15 +20,15 @@ impl ChannelFloor {
         // member whose arbiter's link dropped led by the claim of a talker that had crashed
         // three seconds before, and named it holder for 1.5 s more). A live holder is heard
         // within that, and if not, its next claim makes it holder again.
-        let heard = self.heard.get(&leader).copied();
-        let came_to_lead = match heard {
-            Some(heard) if heard < self.leader_since => self
-                .leader_since
-                .checked_sub(sh.config.silence_timeout - sh.config.heartbeat())
-                .map_or(self.leader_since, |at| at.max(heard)),
-            _ => self.leader_since,
+        let grace_from = self
+            .leader_since
+            .checked_sub(sh.config.silence_timeout - sh.config.heartbeat())
+            .unwrap_or(self.leader_since);
+        let since = match self.heard.get(&leader) {
+            Some(heard) if *heard >= self.leader_since => *heard,
+            Some(heard) => (*heard).max(grace_from),
+            None => self.leader_since,
         };
-        let since = self.last_heard.unwrap_or(came_to_lead).max(came_to_lead);
         Some(since + sh.config.silence_timeout)
     }
 
