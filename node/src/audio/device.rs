@@ -1,15 +1,20 @@
 //! Sound-card backend (cpal; cargo feature `device-audio`).
 //!
 //! The cpal callbacks only call [`CaptureCallback::process`] and [`PlaybackCallback::process`],
-//! which are allocation- and lock-free; everything else happens on the audio worker.
+//! which are allocation- and lock-free; everything else happens on the audio worker or on the
+//! stream's device thread, which also moves the stream to another device when the system's
+//! default changes or the chosen device is unplugged (see [`super::device_follow`]).
 
+use super::device_follow::{pick_device, DeviceStatus, Returning};
 use super::feed::{CaptureFeed, PlaybackFeed, StreamGuard};
 use super::realtime::{
     capture_ring, playback_ring, CallbackCounters, CaptureCallback, PlaybackCallback,
 };
 use super::{AudioError, Device, FrameDuration};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 /// One input or output device.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -83,13 +88,6 @@ fn find_device(input: bool, name: Option<&str>) -> Result<cpal::Device, AudioErr
     })
 }
 
-/// A running device stream; dropping it stops the device.
-pub struct DeviceStream {
-    _stream: cpal::Stream,
-    pub sample_rate: u32,
-    pub channels: u16,
-}
-
 /// The device's default configuration, which must be f32 (every desktop backend offers it).
 fn f32_config(
     device: &cpal::Device,
@@ -111,90 +109,280 @@ fn f32_config(
     Ok(config)
 }
 
-fn started(
+/// A stream built and not yet started, with the device's sample rate. `failed` is set by
+/// cpal's error callback (a device unplugged, the sound server gone).
+struct BuiltStream {
     stream: cpal::Stream,
-    config: &cpal::SupportedStreamConfig,
-) -> Result<DeviceStream, AudioError> {
-    stream
-        .play()
-        .map_err(|e| AudioError::Device(e.to_string()))?;
-    Ok(DeviceStream {
-        _stream: stream,
-        sample_rate: config.sample_rate().0,
-        channels: config.channels(),
-    })
+    rate: u32,
 }
 
-/// Opens an input device (default when `name` is `None`) feeding `callback`.
-pub fn open_input(
-    name: Option<&str>,
-    mut callback: CaptureCallback,
-) -> Result<DeviceStream, AudioError> {
-    let device = find_device(true, name)?;
-    let config = f32_config(&device, true)?;
+/// Builds a stream on `device` for one direction's callback.
+type Build<C> = fn(&cpal::Device, Returning<C>, Arc<AtomicBool>) -> Result<BuiltStream, AudioError>;
+
+fn stream_error(failed: Arc<AtomicBool>, kind: &'static str) -> impl FnMut(cpal::StreamError) {
+    move |err| {
+        failed.store(true, Ordering::Relaxed);
+        tracing::warn!(%err, "{kind} stream error");
+    }
+}
+
+fn build_input(
+    device: &cpal::Device,
+    mut callback: Returning<CaptureCallback>,
+    failed: Arc<AtomicBool>,
+) -> Result<BuiltStream, AudioError> {
+    let config = f32_config(device, true)?;
     let channels = usize::from(config.channels());
     let stream = device
         .build_input_stream(
             &config.config(),
-            move |data: &[f32], _| callback.process(data, channels),
-            |err| tracing::warn!(%err, "input stream error"),
+            move |data: &[f32], _| {
+                if let Some(c) = callback.get() {
+                    c.process(data, channels);
+                }
+            },
+            stream_error(failed, "input"),
             None,
         )
         .map_err(|e| AudioError::Device(e.to_string()))?;
-    started(stream, &config)
+    Ok(BuiltStream {
+        stream,
+        rate: config.sample_rate().0,
+    })
 }
 
-/// Opens an output device (default when `name` is `None`) played from `callback`.
-pub fn open_output(
-    name: Option<&str>,
-    mut callback: PlaybackCallback,
-) -> Result<DeviceStream, AudioError> {
-    let device = find_device(false, name)?;
-    let config = f32_config(&device, false)?;
+fn build_output(
+    device: &cpal::Device,
+    mut callback: Returning<PlaybackCallback>,
+    failed: Arc<AtomicBool>,
+) -> Result<BuiltStream, AudioError> {
+    let config = f32_config(device, false)?;
     let channels = usize::from(config.channels());
     let stream = device
         .build_output_stream(
             &config.config(),
-            move |data: &mut [f32], _| callback.process(data, channels),
-            |err| tracing::warn!(%err, "output stream error"),
+            move |data: &mut [f32], _| match callback.get() {
+                Some(c) => c.process(data, channels),
+                None => data.fill(0.0),
+            },
+            stream_error(failed, "output"),
             None,
         )
         .map_err(|e| AudioError::Device(e.to_string()))?;
-    started(stream, &config)
+    Ok(BuiltStream {
+        stream,
+        rate: config.sample_rate().0,
+    })
 }
 
 /// Ring capacity for both directions: half a second at 192 kHz. The feeds keep what is queued
 /// far below this; it only has to cover any device rate.
 const RING_CAPACITY: usize = 96_000;
 
-/// Runs `open` on a thread of its own that keeps the stream until the guard drops (cpal streams
-/// are not `Send` on every platform, and the node's worker is a tokio task). Returns the
-/// device's sample rate.
-fn on_device_thread(
-    open: impl FnOnce() -> Result<DeviceStream, AudioError> + Send + 'static,
-) -> Result<(u32, StreamGuard), AudioError> {
+/// How often the device thread asks the system which device the stream should be on. A user
+/// who unplugs a headset hears the speakers within this; the question is cheap.
+const DEVICE_POLL: Duration = Duration::from_secs(1);
+
+/// How long a closed stream may take to hand its callback back (cpal joins its audio thread
+/// when the stream drops, so this is only reached by a sound system that hangs).
+const CALLBACK_RETURN: Duration = Duration::from_secs(2);
+
+/// The device the stream should be on now (see [`pick_device`]), as a cpal device.
+fn wanted_device(input: bool, wanted: Option<&str>) -> Option<(String, cpal::Device)> {
+    let host = cpal::default_host();
+    let default = if input {
+        host.default_input_device()
+    } else {
+        host.default_output_device()
+    };
+    let default_name = default.as_ref().and_then(|d| d.name().ok());
+    let listed: Vec<(String, cpal::Device)> = match wanted {
+        // Listing every device is only needed to see whether the chosen one is still there.
+        Some(_) => if input {
+            host.input_devices()
+        } else {
+            host.output_devices()
+        }
+        .map(|devices| devices.filter_map(|d| Some((d.name().ok()?, d))).collect())
+        .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let names: Vec<String> = listed.iter().map(|(n, _)| n.clone()).collect();
+    let name = pick_device(wanted, &names, default_name.clone())?;
+    let device = match listed.into_iter().find(|(n, _)| *n == name) {
+        Some((_, d)) => d,
+        None => default?,
+    };
+    Some((name, device))
+}
+
+/// One direction's stream as the device thread keeps it.
+struct DeviceThread<C> {
+    kind: &'static str,
+    input: bool,
+    wanted: Option<String>,
+    build: Build<C>,
+    /// Made when the first stream opens.
+    status: Option<Arc<DeviceStatus>>,
+    back_tx: mpsc::SyncSender<C>,
+    back_rx: mpsc::Receiver<C>,
+    /// The open stream, its device's name and its failure flag.
+    open: Option<(cpal::Stream, String, Arc<AtomicBool>)>,
+    /// The callback while no stream holds it (the last open failed).
+    spare: Option<C>,
+    /// The last reopening failure logged, so a device that stays broken is logged once.
+    last_error: Option<String>,
+}
+
+impl<C: Send + 'static> DeviceThread<C> {
+    /// Builds and starts a stream on `device`; the callback comes back to `spare` on failure.
+    fn start(
+        &mut self,
+        name: String,
+        device: &cpal::Device,
+        callback: C,
+    ) -> Result<u32, AudioError> {
+        let failed = Arc::new(AtomicBool::new(false));
+        let wrapped = Returning::new(callback, self.back_tx.clone());
+        let started = (self.build)(device, wrapped, failed.clone()).and_then(|built| {
+            // The feed must see the new rate before the first block at that rate.
+            match &self.status {
+                Some(status) => status.moved_to(&name, built.rate),
+                None => self.status = Some(Arc::new(DeviceStatus::new(&name, built.rate))),
+            }
+            built
+                .stream
+                .play()
+                .map_err(|e| AudioError::Device(e.to_string()))?;
+            Ok((built.stream, built.rate))
+        });
+        match started {
+            Ok((stream, rate)) => {
+                self.open = Some((stream, name, failed));
+                Ok(rate)
+            }
+            Err(e) => {
+                // The stream (and the closure holding the callback) is gone by now.
+                self.spare = self.back_rx.recv_timeout(CALLBACK_RETURN).ok();
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves the stream to the device it should be on, if that changed or the stream failed.
+    /// Returns false when the callback is lost and the thread can only end.
+    fn follow(&mut self) -> bool {
+        let failed = match &self.open {
+            Some((_, _, failed)) => failed.load(Ordering::Relaxed),
+            None => true,
+        };
+        let Some((name, device)) = wanted_device(self.input, self.wanted.as_deref()) else {
+            return true;
+        };
+        let current = self.open.as_ref().map(|(_, n, _)| n.as_str());
+        if !failed && current == Some(name.as_str()) {
+            return true;
+        }
+        let callback = match self.open.take() {
+            Some((stream, old, _)) => {
+                tracing::info!(from = %old, to = %name, failed, "{}: moving to another device", self.kind);
+                drop(stream);
+                match self.back_rx.recv_timeout(CALLBACK_RETURN) {
+                    Ok(c) => c,
+                    Err(_) => {
+                        tracing::error!("{}: the sound system kept the stream's callback; the device stays closed", self.kind);
+                        return false;
+                    }
+                }
+            }
+            None => match self.spare.take() {
+                Some(c) => c,
+                None => return false,
+            },
+        };
+        match self.start(name.clone(), &device, callback) {
+            Ok(rate) => {
+                tracing::info!(device = %name, rate, "{}: device open", self.kind);
+                self.last_error = None;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.last_error.as_ref() != Some(&e) {
+                    tracing::warn!(device = %name, error = %e, "{}: cannot open the device; trying again", self.kind);
+                    self.last_error = Some(e);
+                }
+            }
+        }
+        self.spare.is_some() || self.open.is_some()
+    }
+}
+
+/// Opens `device` for one direction on a thread of its own that keeps the stream until the
+/// guard drops (cpal streams are not `Send` on every platform, and the node's worker is a tokio
+/// task), following the system's default device when `device` is the default, and standing in
+/// the default for a chosen device while it is unplugged. Returns what the feed shares with the
+/// thread.
+fn on_device_thread<C: Send + 'static>(
+    input: bool,
+    device: &Device,
+    callback: C,
+    build: Build<C>,
+) -> Result<(Arc<DeviceStatus>, StreamGuard), AudioError> {
+    let kind = if input { "audio input" } else { "audio output" };
+    let wanted = device.name().map(str::to_owned);
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("callsign-audio-device".into())
-        .spawn(move || match open() {
-            Ok(stream) => {
-                let _ = reply_tx.send(Ok(stream.sample_rate));
-                // Returns when the guard (the sender) drops; the stream stops with this thread.
-                let _ = stop_rx.recv();
-                drop(stream);
+        .spawn(move || {
+            // At start the chosen device must be there: a wrong name is an error the user sees.
+            let first = find_device(input, wanted.as_deref()).and_then(|d| {
+                let name = d.name().map_err(|e| AudioError::Device(e.to_string()))?;
+                Ok((name, d))
+            });
+            let (name, first) = match first {
+                Ok(found) => found,
+                Err(e) => {
+                    let _ = reply_tx.send(Err(e));
+                    return;
+                }
+            };
+            let (back_tx, back_rx) = mpsc::sync_channel(1);
+            let mut thread = DeviceThread {
+                kind,
+                input,
+                wanted,
+                build,
+                status: None,
+                back_tx,
+                back_rx,
+                open: None,
+                spare: None,
+                last_error: None,
+            };
+            match thread.start(name.clone(), &first, callback) {
+                Ok(rate) => {
+                    tracing::info!(device = %name, rate, following = thread.wanted.is_none(), "{kind}: device open");
+                    let _ = reply_tx.send(Ok(thread.status.clone()));
+                }
+                Err(e) => {
+                    let _ = reply_tx.send(Err(e));
+                    return;
+                }
             }
-            Err(e) => {
-                let _ = reply_tx.send(Err(e));
+            // Until the guard (the sender) drops, which ends the stream with this thread.
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(DEVICE_POLL) {
+                if !thread.follow() {
+                    break;
+                }
             }
         })
         .map_err(|e| AudioError::Device(format!("cannot start the device thread: {e}")))?;
-    let rate = reply_rx
-        .recv_timeout(std::time::Duration::from_secs(5))
-        .map_err(|_| {
-            AudioError::Device("the sound system did not open the device in 5 s".into())
-        })??;
-    Ok((rate, StreamGuard::new(stop_tx)))
+    let status = reply_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| AudioError::Device("the sound system did not open the device in 5 s".into()))??
+        .ok_or_else(|| AudioError::Device("the device thread opened no stream".into()))?;
+    Ok((status, StreamGuard::new(stop_tx)))
 }
 
 /// Opens an input device for the node: the device thread fills the capture ring, the returned
@@ -205,9 +393,8 @@ pub fn start_capture(
     counters: Arc<CallbackCounters>,
 ) -> Result<(CaptureFeed, StreamGuard), AudioError> {
     let (callback, reader) = capture_ring(RING_CAPACITY, counters);
-    let name = device.name().map(str::to_owned);
-    let (rate, guard) = on_device_thread(move || open_input(name.as_deref(), callback))?;
-    Ok((CaptureFeed::new(reader, rate, frame)?, guard))
+    let (status, guard) = on_device_thread(true, device, callback, build_input)?;
+    Ok((CaptureFeed::new(reader, status, frame)?, guard))
 }
 
 /// Opens an output device for the node: the returned feed fills the playback ring, the device
@@ -218,7 +405,6 @@ pub fn start_playback(
     counters: Arc<CallbackCounters>,
 ) -> Result<(PlaybackFeed, StreamGuard), AudioError> {
     let (writer, callback) = playback_ring(RING_CAPACITY, counters);
-    let name = device.name().map(str::to_owned);
-    let (rate, guard) = on_device_thread(move || open_output(name.as_deref(), callback))?;
-    Ok((PlaybackFeed::new(writer, rate, frame)?, guard))
+    let (status, guard) = on_device_thread(false, device, callback, build_output)?;
+    Ok((PlaybackFeed::new(writer, status, frame)?, guard))
 }

@@ -9,10 +9,11 @@
 //! These run on the worker, not in the device callback, so they may use their (preallocated)
 //! buffers freely.
 
+use super::device_follow::DeviceStatus;
 use super::realtime::{CaptureReader, PlaybackWriter};
 use super::resample::StreamResampler;
 use super::{AudioError, FrameDuration, SAMPLE_RATE};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 /// Keeps a device stream's thread alive; dropping it stops the device.
 pub struct StreamGuard {
@@ -41,11 +42,24 @@ pub struct FeedCounters {
     pub capture_dropped: u64,
     /// Playback frames (device rate) dropped because the ring was past its bound.
     pub playback_dropped: u64,
+    /// Times the stream moved to another device (the default changed, the chosen one was
+    /// unplugged or came back) or reopened a failed one.
+    pub reopened: u64,
+}
+
+/// A resampler between the device's rate and the engine's, `None` when they are equal.
+fn resampler(from: u32, to: u32) -> Result<Option<StreamResampler>, AudioError> {
+    (from != to)
+        .then(|| StreamResampler::new(from, to))
+        .transpose()
 }
 
 /// Reads from the capture ring on the worker. See the module documentation.
 pub struct CaptureFeed {
     reader: CaptureReader,
+    device: Arc<DeviceStatus>,
+    /// The device rate `resampler` converts from.
+    device_rate: u32,
     resampler: Option<StreamResampler>,
     raw: Vec<f32>,
     ready: Vec<f32>,
@@ -60,19 +74,20 @@ const PLAYBACK_CUSHION_FRAMES: usize = 2;
 const PLAYBACK_MAX_FRAMES: usize = 5;
 
 impl CaptureFeed {
-    /// `reader` holds mono samples at `device_rate`; blocks come out at 48 kHz, `frame` long.
+    /// `reader` holds mono samples at the rate of `device`; blocks come out at 48 kHz, `frame`
+    /// long.
     pub fn new(
         reader: CaptureReader,
-        device_rate: u32,
+        device: Arc<DeviceStatus>,
         frame: FrameDuration,
     ) -> Result<Self, AudioError> {
-        let resampler = (device_rate != SAMPLE_RATE)
-            .then(|| StreamResampler::new(device_rate, SAMPLE_RATE))
-            .transpose()?;
+        let device_rate = device.rate();
         let backlog = CAPTURE_BACKLOG_FRAMES * frame.samples();
         Ok(Self {
             reader,
-            resampler,
+            device,
+            device_rate,
+            resampler: resampler(device_rate, SAMPLE_RATE)?,
             raw: vec![0.0; 4096],
             ready: Vec::with_capacity(backlog + 2 * frame.samples()),
             backlog,
@@ -82,6 +97,13 @@ impl CaptureFeed {
 
     /// Fills `out` with the oldest captured audio, silence where there is none yet.
     pub fn fill(&mut self, out: &mut [f32]) -> Result<(), AudioError> {
+        let rate = self.device.rate();
+        if rate != self.device_rate {
+            // Another device: what the old one left in the ring plays at the new rate, a
+            // moment's wrong pitch, rather than a resampler that stays wrong.
+            self.resampler = resampler(rate, SAMPLE_RATE)?;
+            self.device_rate = rate;
+        }
         // What is queued now, not what arrives meanwhile: a device running far ahead (or one
         // not paced by a clock at all) must not keep the worker here.
         let mut budget = self.reader.available();
@@ -111,13 +133,22 @@ impl CaptureFeed {
     }
 
     pub fn counters(&self) -> FeedCounters {
-        self.counters
+        FeedCounters {
+            reopened: self.device.reopened(),
+            ..self.counters
+        }
+    }
+
+    /// The device this feed reads from now.
+    pub fn device_name(&self) -> String {
+        self.device.name()
     }
 }
 
 /// Writes to the playback ring on the worker. See the module documentation.
 pub struct PlaybackFeed {
     writer: PlaybackWriter,
+    device: Arc<DeviceStatus>,
     /// Left and right resamplers when the device does not run at 48 kHz.
     resamplers: Option<(StreamResampler, StreamResampler)>,
     mono: [Vec<f32>; 2],
@@ -128,6 +159,7 @@ pub struct PlaybackFeed {
     started: bool,
     counters: FeedCounters,
     device_rate: u32,
+    frame: FrameDuration,
 }
 
 impl PlaybackFeed {
@@ -136,38 +168,53 @@ impl PlaybackFeed {
         (self.writer.queued_frames() as u64 * 1000 / u64::from(self.device_rate.max(1))) as u32
     }
 
-    /// `writer` feeds a device at `device_rate`; blocks come in as 48 kHz stereo, `frame` long.
+    /// `writer` feeds the device `device`; blocks come in as 48 kHz stereo, `frame` long.
     /// The ring must hold at least five frames at the device rate.
     pub fn new(
         writer: PlaybackWriter,
-        device_rate: u32,
+        device: Arc<DeviceStatus>,
         frame: FrameDuration,
     ) -> Result<Self, AudioError> {
-        let resamplers = if device_rate == SAMPLE_RATE {
-            None
-        } else {
-            Some((
-                StreamResampler::new(SAMPLE_RATE, device_rate)?,
-                StreamResampler::new(SAMPLE_RATE, device_rate)?,
-            ))
-        };
-        let device_frame = frame.samples() * device_rate as usize / SAMPLE_RATE as usize;
-        Ok(Self {
+        let mut feed = Self {
             writer,
-            resamplers,
+            resamplers: None,
             mono: [Vec::new(), Vec::new()],
             converted: [Vec::new(), Vec::new()],
             interleaved: Vec::new(),
-            cushion: PLAYBACK_CUSHION_FRAMES * device_frame,
-            max_queued: PLAYBACK_MAX_FRAMES * device_frame,
+            cushion: 0,
+            max_queued: 0,
             started: false,
             counters: FeedCounters::default(),
-            device_rate,
-        })
+            device_rate: 0,
+            frame,
+            device,
+        };
+        feed.follow_device()?;
+        Ok(feed)
+    }
+
+    /// Sizes the resamplers and the queue for the device's rate when it changed (another
+    /// device). The new device starts with a fresh cushion.
+    fn follow_device(&mut self) -> Result<(), AudioError> {
+        let rate = self.device.rate();
+        if rate == self.device_rate {
+            return Ok(());
+        }
+        self.resamplers = match (resampler(SAMPLE_RATE, rate)?, resampler(SAMPLE_RATE, rate)?) {
+            (Some(left), Some(right)) => Some((left, right)),
+            _ => None,
+        };
+        let device_frame = self.frame.samples() * rate as usize / SAMPLE_RATE as usize;
+        self.cushion = PLAYBACK_CUSHION_FRAMES * device_frame;
+        self.max_queued = PLAYBACK_MAX_FRAMES * device_frame;
+        self.started = false;
+        self.device_rate = rate;
+        Ok(())
     }
 
     /// Queues one interleaved stereo block at 48 kHz.
     pub fn write(&mut self, stereo: &[f32]) -> Result<(), AudioError> {
+        self.follow_device()?;
         if !self.started {
             // A cushion of silence, so a late timer tick does not starve the device at once.
             self.started = true;
@@ -203,7 +250,15 @@ impl PlaybackFeed {
     }
 
     pub fn counters(&self) -> FeedCounters {
-        self.counters
+        FeedCounters {
+            reopened: self.device.reopened(),
+            ..self.counters
+        }
+    }
+
+    /// The device this feed plays to now.
+    pub fn device_name(&self) -> String {
+        self.device.name()
     }
 }
 
@@ -211,7 +266,10 @@ impl PlaybackFeed {
 mod tests {
     use super::*;
     use crate::audio::realtime::{capture_ring, playback_ring, CallbackCounters};
-    use std::sync::Arc;
+
+    fn card(rate: u32) -> Arc<DeviceStatus> {
+        Arc::new(DeviceStatus::new("card", rate))
+    }
 
     fn sine(rate: u32, hz: f32, len: usize) -> Vec<f32> {
         (0..len)
@@ -232,7 +290,7 @@ mod tests {
     fn capture_at_44k1_comes_out_as_48k_frames_of_the_same_pitch() {
         let counters = Arc::new(CallbackCounters::default());
         let (mut callback, reader) = capture_ring(44_100, counters);
-        let mut feed = CaptureFeed::new(reader, 44_100, FrameDuration::Ms20).unwrap();
+        let mut feed = CaptureFeed::new(reader, card(44_100), FrameDuration::Ms20).unwrap();
         let input = sine(44_100, 440.0, 44_100);
         let mut heard = Vec::new();
         let mut block = vec![0.0; FrameDuration::Ms20.samples()];
@@ -256,7 +314,7 @@ mod tests {
     fn capture_never_builds_up_more_than_the_backlog() {
         let counters = Arc::new(CallbackCounters::default());
         let (mut callback, reader) = capture_ring(48_000, counters);
-        let mut feed = CaptureFeed::new(reader, 48_000, FrameDuration::Ms20).unwrap();
+        let mut feed = CaptureFeed::new(reader, card(48_000), FrameDuration::Ms20).unwrap();
         // The device delivers 200 ms at once (the worker stalled), then the worker ticks.
         callback.process(&vec![0.25; 9600], 1);
         let mut block = vec![0.0; 960];
@@ -273,7 +331,7 @@ mod tests {
     fn playback_keeps_a_bounded_queue_at_the_device_rate() {
         let counters = Arc::new(CallbackCounters::default());
         let (writer, mut callback) = playback_ring(44_100, counters.clone());
-        let mut feed = PlaybackFeed::new(writer, 44_100, FrameDuration::Ms20).unwrap();
+        let mut feed = PlaybackFeed::new(writer, card(44_100), FrameDuration::Ms20).unwrap();
         let tone = sine(SAMPLE_RATE, 440.0, 70 * 960);
         let stereo: Vec<f32> = tone.iter().flat_map(|s| [*s, -*s]).collect();
         let mut blocks = stereo.chunks(2 * 960);
@@ -307,5 +365,30 @@ mod tests {
             drained <= PLAYBACK_MAX_FRAMES * 882 + 882,
             "{drained} frames queued"
         );
+    }
+
+    #[test]
+    fn capture_follows_the_device_to_another_rate() {
+        let counters = Arc::new(CallbackCounters::default());
+        let device = card(48_000);
+        let (mut callback, reader) = capture_ring(48_000, counters);
+        let mut feed = CaptureFeed::new(reader, device.clone(), FrameDuration::Ms20).unwrap();
+        let mut block = vec![0.0; FrameDuration::Ms20.samples()];
+        for chunk in sine(48_000, 440.0, 9600).chunks(960) {
+            callback.process(chunk, 1);
+            feed.fill(&mut block).unwrap();
+        }
+        // The headset is unplugged; the speakers' microphone runs at 44.1 kHz.
+        device.moved_to("speakers", 44_100);
+        let mut heard = Vec::new();
+        for chunk in sine(44_100, 440.0, 44_100).chunks(882) {
+            callback.process(chunk, 1);
+            feed.fill(&mut block).unwrap();
+            heard.extend_from_slice(&block);
+        }
+        let hz = crossings_hz(&heard[9600..], SAMPLE_RATE);
+        assert!((hz - 440.0).abs() < 5.0, "{hz} Hz");
+        assert_eq!(feed.counters().reopened, 1);
+        assert_eq!(feed.device_name(), "speakers");
     }
 }

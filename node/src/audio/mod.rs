@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod clock;
 pub mod codec;
+pub mod device_follow;
 pub mod dsp;
 pub mod echo;
 pub mod echo_filter;

@@ -190,6 +190,9 @@ pub struct AudioStats {
     /// What the device feeds padded or dropped (`None` without a sound card).
     pub capture_feed: Option<FeedCounters>,
     pub playback_feed: Option<FeedCounters>,
+    /// The sound cards open now, by name: the system's default moves them.
+    pub input_device: Option<String>,
+    pub output_device: Option<String>,
     /// The echo canceller's ERLE and delay, while it runs.
     pub echo: Option<crate::audio::echo::EchoStats>,
 }

@@ -346,6 +346,11 @@ impl Playout {
         (underruns, self.device.as_ref().map(|(f, _)| f.counters()))
     }
 
+    /// The sound card playing now (it changes when the default device does).
+    pub fn output_device(&self) -> Option<String> {
+        self.device.as_ref().map(|(f, _)| f.device_name())
+    }
+
     /// Per talker: channel frames played and concealed, each once (see `RemoteStream`).
     pub fn channel_frames(&self) -> Vec<TalkerFrames> {
         self.streams

@@ -134,6 +134,8 @@ impl Driver {
             playback_underruns,
             capture_feed,
             playback_feed,
+            input_device: self.transmitter.input_device(),
+            output_device: self.playout.output_device(),
             echo: self.transmitter.echo_stats(),
         }
     }

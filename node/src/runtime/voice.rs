@@ -232,6 +232,14 @@ impl Transmitter {
         (overruns, feed)
     }
 
+    /// The sound card capturing now (it changes when the default device does).
+    pub fn input_device(&self) -> Option<String> {
+        match &self.source {
+            Source::Device { feed, .. } => Some(feed.device_name()),
+            _ => None,
+        }
+    }
+
     /// Frames encoded so far.
     pub fn encoded(&self) -> u64 {
         self.encoded

@@ -110,9 +110,15 @@ impl Radio {
         if let Some(stats) = &self.stats {
             let a = &stats.audio;
             if a.capture_feed.is_some() || a.playback_feed.is_some() {
+                // The system's default moves these: the user sees where the sound goes now.
+                let name = |d: &Option<String>| d.as_deref().unwrap_or("none").to_owned();
                 ui.small(format!(
-                    "sound card: {} input samples lost, {} output samples of silence filled in",
-                    a.capture_overruns, a.playback_underruns
+                    "sound card: input {}, output {}; {} input samples lost, {} output samples \
+                     of silence filled in",
+                    name(&a.input_device),
+                    name(&a.output_device),
+                    a.capture_overruns,
+                    a.playback_underruns
                 ));
             }
         }
