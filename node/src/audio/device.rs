@@ -183,6 +183,9 @@ const RING_CAPACITY: usize = 96_000;
 /// who unplugs a headset hears the speakers within this; the question is cheap.
 const DEVICE_POLL: Duration = Duration::from_secs(1);
 
+/// While the chosen device is open and well, every this many polls whether it is still listed.
+const CHOSEN_LIST_EVERY: u32 = 5;
+
 /// How long a closed stream may take to hand its callback back (cpal joins its audio thread
 /// when the stream drops, so this is only reached by a sound system that hangs).
 const CALLBACK_RETURN: Duration = Duration::from_secs(2);
@@ -232,6 +235,8 @@ struct DeviceThread<C> {
     spare: Option<C>,
     /// The last reopening failure logged, so a device that stays broken is logged once.
     last_error: Option<String>,
+    /// Polls so far.
+    polls: u32,
 }
 
 impl<C: Send + 'static> DeviceThread<C> {
@@ -276,6 +281,14 @@ impl<C: Send + 'static> DeviceThread<C> {
             Some((_, _, failed)) => failed.load(Ordering::Relaxed),
             None => true,
         };
+        self.polls = self.polls.wrapping_add(1);
+        let on_chosen =
+            self.wanted.is_some() && self.open.as_ref().map(|(_, n, _)| n) == self.wanted.as_ref();
+        // Listing the devices opens each of them on some systems (ALSA): while the chosen one
+        // is open and well, its own error says it is gone, and the list is only a backstop.
+        if on_chosen && !failed && self.polls % CHOSEN_LIST_EVERY != 0 {
+            return true;
+        }
         let Some((name, device)) = wanted_device(self.input, self.wanted.as_deref()) else {
             return true;
         };
@@ -359,6 +372,7 @@ fn on_device_thread<C: Send + 'static>(
                 open: None,
                 spare: None,
                 last_error: None,
+                polls: 0,
             };
             match thread.start(name.clone(), &first, callback) {
                 Ok(rate) => {
