@@ -1,6 +1,6 @@
 //! Many datagrams to different destinations in one system call: what a relay does with every
 //! packet it forwards. On Linux this is `sendmmsg(2)`, each message marked like the socket's
-//! others ([`super::dscp`]); elsewhere one `send_to` per datagram.
+//! others ([`super::dscp`]); elsewhere one `send_to` per datagram (marked by qWAVE on Windows).
 
 use super::dscp::TosMarker;
 use std::io;
@@ -226,11 +226,14 @@ impl Scratch {
 fn send_many<'a>(
     socket: &UdpSocket,
     ipv6_socket: bool,
-    _marker: Option<&TosMarker>,
+    marker: Option<&TosMarker>,
     batch: impl Iterator<Item = (SocketAddr, &'a [u8])>,
 ) -> io::Result<usize> {
     let mut sent = 0;
     for (destination, datagram) in batch {
+        if let Some(marker) = marker {
+            marker.reach(destination);
+        }
         match socket.send_to(datagram, mapped(destination, ipv6_socket)) {
             Ok(_) => sent += 1,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -8,8 +8,9 @@
 //! kernel refuses the control message the marker turns itself off and quinn's path takes over
 //! (unmarked). The socket's own TOS is set to the mark as well, so the voice plane's datagrams,
 //! which carry no ECN bits, leave marked without a control message each (a relay's copies:
-//! one fewer thing for the kernel to parse per copy). Linux only; elsewhere sockets are not
-//! marked.
+//! one fewer thing for the kernel to parse per copy). That is Linux. Windows ignores `IP_TOS`
+//! from applications: there the marker puts each destination in a qWAVE voice flow
+//! ([`super::qwave`]) and Windows marks the datagrams. Elsewhere sockets are not marked.
 //!
 //! What routers do with the mark: home routers with WMM put EF in the voice queue on Wi-Fi,
 //! which is most of the gain on a busy home network; many ISPs bleach or ignore it at their
@@ -24,9 +25,9 @@ use std::sync::atomic::AtomicBool;
 #[cfg(target_os = "linux")]
 use std::sync::atomic::Ordering;
 
-/// Whether this platform marks datagrams; elsewhere [`TosMarker::new`] answers `None` and
-/// sockets asked to mark send unmarked (on Windows, marking takes a QoS policy:
-/// docs/windows.md).
+/// Whether this platform always marks datagrams itself; elsewhere [`TosMarker::new`] answers
+/// `None` and sockets asked to mark send unmarked, except on Windows where qWAVE runs
+/// (docs/windows.md).
 pub const MARKS: bool = cfg!(target_os = "linux");
 
 /// Expedited Forwarding: the DSCP for interactive voice.
@@ -43,15 +44,22 @@ pub struct TosMarker {
     /// The socket's own TOS / traffic class is the mark, so a datagram without ECN bits needs
     /// no control message: the kernel parses none per datagram.
     by_default: bool,
+    /// Windows marks what this flow's destinations are sent.
+    #[cfg(windows)]
+    flow: super::qwave::QosFlow,
 }
 
 impl TosMarker {
     /// A marker sending on a duplicate of `socket`'s descriptor (non-blocking as the original)
     /// with `dscp` (0–63). `None` where this platform cannot mark.
     pub fn new(socket: &UdpSocket, dscp: u8) -> io::Result<Option<Self>> {
-        if !MARKS || dscp > 63 {
+        if !(MARKS || cfg!(windows)) || dscp > 63 {
             return Ok(None);
         }
+        #[cfg(windows)]
+        let Some(flow) = super::qwave::QosFlow::new(socket, dscp) else {
+            return Ok(None);
+        };
         let ipv6_socket = socket.local_addr()?.is_ipv6();
         let by_default = mark_socket(socket, dscp << 2, ipv6_socket);
         Ok(Some(Self {
@@ -60,7 +68,20 @@ impl TosMarker {
             ipv6_socket,
             working: AtomicBool::new(true),
             by_default,
+            #[cfg(windows)]
+            flow,
         }))
+    }
+
+    /// Readies the mark for a datagram to `destination` (on Windows, adds it to the voice
+    /// flow the first time); the sender then sends it its own way. Linux marks each datagram
+    /// as it sends it instead.
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn reach(&self, destination: std::net::SocketAddr) {
+        #[cfg(windows)]
+        self.flow.reach(destination);
+        #[cfg(not(windows))]
+        let _ = destination;
     }
 
     /// Whether datagrams without ECN bits leave marked with no control message (the socket's
@@ -75,10 +96,11 @@ impl TosMarker {
         self.dscp
     }
 
-    /// Sends `transmit` marked. `Ok(false)`: the marker is off (the kernel refused it, or
-    /// this platform cannot mark); the caller sends the transmit its own way.
+    /// Readies the mark for `transmit` and answers `Ok(false)`: the caller sends it its own
+    /// way (on Windows, qWAVE marks it; elsewhere it leaves unmarked).
     #[cfg(not(target_os = "linux"))]
-    pub fn send(&self, _transmit: &Transmit) -> io::Result<bool> {
+    pub fn send(&self, transmit: &Transmit) -> io::Result<bool> {
+        self.reach(transmit.destination);
         Ok(false)
     }
 

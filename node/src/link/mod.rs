@@ -109,6 +109,8 @@ mod plain_udp;
 pub mod plane;
 pub mod portmap;
 pub mod priority;
+#[cfg(windows)]
+mod qwave;
 #[cfg(target_os = "linux")]
 mod read_thread;
 pub mod relay;
