@@ -498,11 +498,17 @@ impl Driver {
                 error: DialError::Transport(attempts),
             } => {
                 self.punch_dials.remove(&connection_id);
+                tracing::debug!(%peer, ?attempts, "dial failed");
                 let addrs = attempts.into_iter().map(|(addr, _)| addr).collect();
                 self.member
                     .handle_input(now, Input::DialFailed { peer, addrs });
             }
-            SwarmEvent::OutgoingConnectionError { connection_id, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                tracing::debug!(?peer_id, %error, "dial failed");
                 self.punch_dials.remove(&connection_id);
             }
             SwarmEvent::Behaviour(event) => {
