@@ -353,14 +353,12 @@ impl NetworkBehaviour for MemberRelay {
                 peer_id,
                 handler: NotifyHandler::One(connection),
                 ..
-            }) => {
-                if self
-                    .connections
-                    .get(connection)
-                    .is_some_and(|owner| owner != peer_id)
-                {
-                    self.admission.asked(peer_id, *connection);
-                }
+            }) if self
+                .connections
+                .get(connection)
+                .is_some_and(|owner| owner != peer_id) =>
+            {
+                self.admission.asked(peer_id, *connection);
             }
             _ => {}
         }
