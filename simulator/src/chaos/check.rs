@@ -2,8 +2,7 @@
 
 use super::generate::{Plan, ProbeTarget};
 use crate::report::Report;
-use crate::scenario::{Action, FloorSpec, Scenario};
-use crate::trace::{FloorTrace, TraceEvent};
+use crate::scenario::{FloorSpec, Scenario};
 use callsign_mesh::floor::FloorConfig;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,7 +31,7 @@ impl std::fmt::Display for Violation {
     }
 }
 
-fn violation(invariant: &'static str, detail: String) -> Violation {
+pub(super) fn violation(invariant: &'static str, detail: String) -> Violation {
     Violation { invariant, detail }
 }
 
@@ -42,7 +41,10 @@ pub fn check(scenario: &Scenario, plan: &Plan, report: &Report) -> Vec<Violation
     out.extend(charter(report));
     out.extend(relay_keys(scenario, report));
     out.extend(delivery(scenario, plan, report));
-    out.extend(floor_agreement(scenario, report));
+    out.extend(super::floor_agreement::floor_agreement(
+        scenario,
+        &report.events,
+    ));
     out.extend(floor_drops(scenario, plan, report));
     out.extend(
         report
@@ -301,139 +303,4 @@ fn may_hear<'a>(scenario: &'a Scenario, channel: &str, live: &BTreeSet<&str>) ->
         .filter(|n| n.listen.as_ref().is_none_or(|l| l.contains(&spec.name)))
         .map(|n| n.name.as_str())
         .collect()
-}
-
-/// How long members that can reach each other may disagree on who holds a floor: a round
-/// trip of the slowest path the scenario models, and a retransmission.
-fn agreement_bound_ms(scenario: &Scenario) -> u64 {
-    let worst = scenario
-        .events
-        .iter()
-        .filter_map(|e| match &e.action {
-            Action::Link { model, .. } => Some(model),
-            _ => None,
-        })
-        .chain(std::iter::once(&scenario.link))
-        .map(|m| m.latency_ms + 3.0 * m.jitter_ms)
-        .fold(0.0, f64::max);
-    (4.0 * worst) as u64 + 300
-}
-
-/// Milliseconds after a partition heals (and after the start) during which views may still
-/// differ (links form again, presence and floor state cross).
-const HEAL_GRACE_MS: u64 = 3000;
-
-/// What changes who is compared: a node coming or going, a partition starting or healing.
-enum Step<'a> {
-    Up(&'a str),
-    Down(&'a str),
-    Split,
-    Whole,
-    View(&'a str, Option<&'a str>),
-}
-
-/// Outside partitions (and [`HEAL_GRACE_MS`] after the start and each heal), no two running
-/// members believe different members hold one half-duplex floor for longer than
-/// [`agreement_bound_ms`].
-fn floor_agreement(scenario: &Scenario, report: &Report) -> Vec<Violation> {
-    let bound = agreement_bound_ms(scenario);
-    let ms = |s: f64| (s * 1e3).round() as u64;
-    let mut life: Vec<(u64, Step)> = Vec::new();
-    for n in &scenario.nodes {
-        let joins_late = scenario
-            .events
-            .iter()
-            .any(|e| matches!(&e.action, Action::Join { node } if *node == n.name));
-        if !joins_late {
-            life.push((0, Step::Up(&n.name)));
-        }
-    }
-    for e in &scenario.events {
-        let step = match &e.action {
-            Action::Join { node } | Action::Restart { node } => Step::Up(node),
-            Action::Crash { node } | Action::Leave { node } => Step::Down(node),
-            Action::RemoveMember { member, .. } => Step::Down(member),
-            Action::Partition { .. } => Step::Split,
-            Action::Heal => Step::Whole,
-            _ => continue,
-        };
-        life.push((ms(e.at_s), step));
-    }
-    let mut out = Vec::new();
-    let half = scenario
-        .channels
-        .iter()
-        .filter(|c| c.floor == FloorSpec::HalfDuplex);
-    for channel in half.map(|c| c.name.as_str()) {
-        let mut steps: Vec<(u64, &Step)> = life.iter().map(|(t, s)| (*t, s)).collect();
-        let views: Vec<(u64, Step)> = report
-            .events
-            .iter()
-            .filter_map(|r| match &r.event {
-                TraceEvent::Floor(FloorTrace::Holder { channel: c, holder }) if c == channel => {
-                    Some((r.at_ms, Step::View(&r.node, holder.as_deref())))
-                }
-                _ => None,
-            })
-            .collect();
-        steps.extend(views.iter().map(|(t, s)| (*t, s)));
-        // Life steps first at one instant: a restarted node's first view follows its start.
-        steps.sort_by_key(|(t, s)| (*t, matches!(s, Step::View(..))));
-        let mut up: BTreeMap<&str, Option<&str>> = BTreeMap::new();
-        let mut split = false;
-        // The run starts as a heal: every member comes up at once and links form over the
-        // first seconds (circuits first, then hole punches for members behind symmetric
-        // NATs), and a member cannot agree with one it has no path to yet (chaos seed 947: a
-        // press 2.4 s in, while three symmetric-NAT members were linked to one member each).
-        let mut quiet_from = HEAL_GRACE_MS;
-        let mut since: Option<(u64, BTreeSet<&str>)> = None;
-        let mut worst: Option<(u64, u64, BTreeSet<&str>)> = None;
-        let end = report.events.last().map_or(0, |r| r.at_ms);
-        for (at, step) in steps
-            .into_iter()
-            .chain(std::iter::once((end, &Step::Whole)))
-        {
-            match step {
-                Step::Up(n) => {
-                    up.insert(n, None);
-                }
-                Step::Down(n) => {
-                    up.remove(n);
-                }
-                Step::Split => split = true,
-                Step::Whole => {
-                    if split {
-                        quiet_from = at + HEAL_GRACE_MS;
-                    }
-                    split = false;
-                }
-                Step::View(n, holder) => {
-                    if let Some(view) = up.get_mut(n) {
-                        *view = *holder;
-                    }
-                }
-            }
-            let holders: BTreeSet<&str> = up.values().flatten().copied().collect();
-            let compared = !split && at >= quiet_from;
-            if compared && holders.len() > 1 {
-                if since.is_none() {
-                    since = Some((at, holders));
-                }
-            } else if let Some((from, holders)) = since.take() {
-                if worst.as_ref().is_none_or(|(w, _, _)| at - from > *w) {
-                    worst = Some((at - from, from, holders));
-                }
-            }
-        }
-        if let Some((ms, from, holders)) = worst.filter(|(ms, _, _)| *ms > bound) {
-            out.push(violation(
-                "one-floor-holder",
-                format!(
-                    "{channel}: views named {holders:?} as holder for {ms} ms from {from} ms \
-                     (bound {bound} ms)"
-                ),
-            ));
-        }
-    }
-    out
 }

@@ -5,6 +5,7 @@
 //! and run (`--emit FILE` writes it as a scenario file for `callsign sim run`).
 
 mod check;
+mod floor_agreement;
 mod generate;
 
 pub use check::{check, min_delivery, Violation, MIN_DELIVERY};
