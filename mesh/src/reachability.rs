@@ -206,6 +206,10 @@ enum State<P> {
         prober: P,
         deadline: Instant,
         confirmed: bool,
+        /// Anything came from the prober in the second half of the probe's window, well
+        /// after our request reached it: its link works, so a probe that does not arrive says
+        /// something about our NAT. (What it sent before may have crossed our request.)
+        heard: bool,
     },
     Confirmed {
         reprobe_at: Instant,
@@ -223,7 +227,14 @@ struct Candidate<P> {
     mapped: bool,
     last_seen: Instant,
     state: State<P>,
+    /// Probes in a row whose prober stayed silent until the deadline ([`MAX_UNANSWERED`]).
+    unanswered: u8,
 }
+
+/// Probes in a row whose prober said nothing at all (a partition cut it off, its link not yet
+/// timed out) that are taken as no answer about the address; the next silent one counts as a
+/// failure, so a candidate cannot be re-asked every few seconds forever of a quiet prober.
+pub const MAX_UNANSWERED: u8 = 3;
 
 /// Our candidate public addresses, their probes and the confirmed ones, for peers named by `P`.
 #[derive(Debug)]
@@ -363,6 +374,25 @@ impl<P: Ord + Clone> AddressBook<P> {
         }
     }
 
+    /// Something (any control message) came from `peer`: a probe it owes is answered, or its
+    /// address is filtered, not lost with the request on a link a partition cut.
+    pub fn heard_from(&mut self, peer: &P, now: Instant) {
+        let half = self.config.probe_timeout / 2;
+        for candidate in self.candidates.values_mut() {
+            if let State::Probing {
+                prober,
+                heard,
+                deadline,
+                ..
+            } = &mut candidate.state
+            {
+                if prober == peer && now + half >= *deadline {
+                    *heard = true;
+                }
+            }
+        }
+    }
+
     /// A probe datagram carrying `nonce` arrived at our socket.
     pub fn probe_received(&mut self, nonce: &[u8; NONCE_LEN], now: Instant) {
         let reprobe_at = now + self.config.reconfirm_after;
@@ -378,6 +408,7 @@ impl<P: Ord + Clone> AddressBook<P> {
                         self.events.push_back(ReachabilityEvent::Confirmed(*addr));
                     }
                     candidate.state = State::Confirmed { reprobe_at };
+                    candidate.unanswered = 0;
                     return;
                 }
             }
@@ -402,8 +433,17 @@ impl<P: Ord + Clone> AddressBook<P> {
                 State::Probing {
                     deadline,
                     confirmed,
+                    heard,
                     ..
                 } if deadline <= now => {
+                    if !heard && candidate.unanswered + 1 < MAX_UNANSWERED {
+                        // No answer about the address: the request or the probe may have
+                        // died with the prober's link. Asked again (of whom schedule picks).
+                        candidate.unanswered += 1;
+                        candidate.state = State::Due { confirmed };
+                        continue;
+                    }
+                    candidate.unanswered = 0;
                     self.events.push_back(if confirmed {
                         ReachabilityEvent::Lost(*addr)
                     } else {
@@ -511,6 +551,7 @@ impl<P: Ord + Clone> AddressBook<P> {
                 prober: prober.clone(),
                 deadline,
                 confirmed,
+                heard: false,
             };
             requests.push_back((prober, ProbeRequest { addr: *addr, nonce }));
         }
@@ -525,6 +566,7 @@ impl<P> Candidate<P> {
             mapped: false,
             last_seen: now,
             state: State::Due { confirmed: false },
+            unanswered: 0,
         }
     }
 

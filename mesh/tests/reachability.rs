@@ -80,9 +80,14 @@ fn a_probe_that_never_arrives_marks_the_address_unreachable_then_retries() {
     book.link_up(1, t0);
     book.link_up(2, t0);
     book.observed(1, addr("198.51.100.11:5000"), t0);
-    let (_, first) = book.poll_request().unwrap();
+    let (prober, first) = book.poll_request().unwrap();
     let deadline = book.poll_timeout().unwrap();
     assert_eq!(deadline, t0 + config.probe_timeout);
+    // Said at once, it may have crossed the request: no evidence the link works.
+    book.heard_from(&prober, t0);
+    // The prober's link works (it spoke well after the request): the probe's absence is an
+    // answer.
+    book.heard_from(&prober, deadline - config.probe_timeout / 2);
     book.handle_timeout(deadline);
     assert_eq!(
         book.poll_event(),
@@ -100,6 +105,48 @@ fn a_probe_that_never_arrives_marks_the_address_unreachable_then_retries() {
 }
 
 #[test]
+fn a_probe_whose_prober_stays_silent_is_asked_again_not_failed() {
+    // Chaos seed 130494: a partition cut the prober off before its link timed out; the probe
+    // never came, and a public member concluded it was unreachable for a minute, so it
+    // offered no circuits after the heal.
+    let t0 = Instant::now();
+    let config = ReachabilityConfig::default();
+    let mut book = book();
+    book.set_bound([addr("198.51.100.2:4433")], t0);
+    book.link_up(1, t0);
+    book.observed(1, addr("198.51.100.2:4433"), t0);
+    let (_, first) = book.poll_request().unwrap();
+    let mut deadline = t0 + config.probe_timeout;
+    // What it said right after the request may have crossed it.
+    book.heard_from(&1, t0 + Duration::from_millis(10));
+    book.handle_timeout(deadline);
+    assert_eq!(book.poll_event(), None, "no answer is not a failure");
+    let (prober, again) = book.poll_request().expect("asked again at once");
+    assert_eq!(prober, 1);
+    assert_ne!(again.nonce, first.nonce);
+    // The partition heals: the probe gets in.
+    book.probe_received(&again.nonce, deadline + Duration::from_millis(100));
+    assert!(book.is_reachable());
+    // A prober that never speaks: the third silent probe counts as a failure after all.
+    let mut book = AddressBook::new(config.clone(), 8);
+    book.link_up(1, t0);
+    book.link_up(2, t0);
+    book.observed(1, addr("198.51.100.11:5000"), t0);
+    deadline = t0;
+    for _ in 0..callsign_mesh::reachability::MAX_UNANSWERED {
+        assert!(book.poll_request().is_some());
+        assert_eq!(book.poll_event(), None);
+        deadline += config.probe_timeout;
+        book.handle_timeout(deadline);
+    }
+    assert_eq!(
+        book.poll_event(),
+        Some(ReachabilityEvent::Unreachable(addr("198.51.100.11:5000")))
+    );
+    assert_eq!(book.poll_request(), None);
+}
+
+#[test]
 fn a_confirmed_address_is_reprobed_and_lost_when_the_reprobe_fails() {
     let t0 = Instant::now();
     let config = ReachabilityConfig::default();
@@ -113,11 +160,12 @@ fn a_confirmed_address_is_reprobed_and_lost_when_the_reprobe_fails() {
     let reprobe = book.poll_timeout().unwrap();
     assert_eq!(reprobe, t0 + config.reconfirm_after);
     book.handle_timeout(reprobe);
-    assert!(book.poll_request().is_some());
+    let (prober, _) = book.poll_request().expect("a re-probe");
     assert!(
         book.is_reachable(),
         "still announced while the re-probe runs"
     );
+    book.heard_from(&prober, reprobe + config.probe_timeout);
     book.handle_timeout(reprobe + config.probe_timeout);
     assert_eq!(
         book.poll_event(),
@@ -227,8 +275,9 @@ fn a_mapping_retries_an_address_whose_probe_failed_and_survives_eviction() {
     book.link_up(2, t0);
     // Peer 1 sees us here, but the NAT filters strangers: the probe never arrives.
     book.observed(1, addr("198.51.100.13:5000"), t0);
-    assert!(book.poll_request().is_some());
+    let (prober, _) = book.poll_request().expect("a probe");
     let t1 = t0 + config.probe_timeout;
+    book.heard_from(&prober, t1);
     book.handle_timeout(t1);
     assert_eq!(
         book.poll_event(),

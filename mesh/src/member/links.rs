@@ -295,6 +295,7 @@ impl Member {
     }
 
     pub(super) fn control_message(&mut self, peer: PeerId, bytes: &[u8], now: Instant) {
+        self.reachability.heard_from(&peer, now);
         match ControlMessage::decode(bytes) {
             Ok(ControlMessage::Batch(messages)) => {
                 for message in messages {
