@@ -8,7 +8,9 @@ use callsign_mesh::admission::JoinRequest;
 use callsign_mesh::charter::sync::SyncMessage;
 use callsign_mesh::charter::{ChannelId, OpBody};
 use callsign_mesh::control::ControlMessage;
-use callsign_mesh::member::{Command, Event, Input, LinkKind, LinkUp, Output, Role as MemberRole};
+use callsign_mesh::member::{
+    Command, DialCondition, Event, Input, LinkKind, LinkUp, Output, Role as MemberRole,
+};
 use callsign_mesh::topology::Route;
 use common::net::{org, org_with_relays, Net, ROOT};
 use libp2p_identity::PeerId;
@@ -92,6 +94,43 @@ fn members_heard_of_through_presence_are_dialed_by_the_lower_peer_id() {
     net.run_for(secs(1));
     assert_eq!(net.sessions(0).len(), 2);
     assert_eq!(net.sessions(2).len(), 2);
+}
+
+/// A link that carried nothing for `LINK_QUIET` (QUIC backed off through an outage and may
+/// not try again before its idle timeout) gets a fresh connection dialed beside it, at both
+/// ends, where the member is now; and it is counted. A rented relay's link is left to its
+/// heartbeats.
+#[test]
+fn a_quiet_link_gets_a_fresh_connection_dialed_beside_it() {
+    let org = org(2, false, 6);
+    let mut net = Net::new(&org, 0);
+    announce_addresses(&mut net, 2);
+    net.link(0, 1);
+    net.run_for(secs(2));
+    let peer = net.peers[1];
+    net.members[0].handle_input(net.now, Input::LinkQuiet(peer));
+    let mut dialed = None;
+    while let Some(output) = net.members[0].poll_output() {
+        if let Output::Dial {
+            peer: Some(p),
+            addrs,
+            condition,
+        } = output
+        {
+            if p == peer {
+                dialed = Some((addrs, condition));
+            }
+        }
+    }
+    let (addrs, condition) = dialed.expect("a fresh dial");
+    assert_eq!(condition, DialCondition::Always, "beside the quiet link");
+    assert!(
+        addrs.iter().any(|a| a
+            .to_string()
+            .starts_with("/ip4/198.51.100.2/udp/4433/quic-v1")),
+        "{addrs:?}"
+    );
+    assert_eq!(net.members[0].path().counts().quiet_links, 1);
 }
 
 /// A link that drops while both members are still online (two crossing connections each

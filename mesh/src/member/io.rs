@@ -70,6 +70,10 @@ pub enum Input<'a> {
     },
     /// The link layer's round-trip estimates for linked peers.
     Rtts(Vec<(PeerId, Duration)>),
+    /// The link to this peer has received nothing for [`LINK_QUIET`](super::LINK_QUIET) (the
+    /// runtime says so again every [`LINK_QUIET_REPEAT`](super::LINK_QUIET_REPEAT) while it
+    /// stays quiet).
+    LinkQuiet(PeerId),
     /// A control message from `peer` (the runtime has already acknowledged it).
     Control(PeerId, Vec<u8>),
     /// The peer acknowledged our ordered control request `request`.

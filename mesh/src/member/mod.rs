@@ -128,6 +128,13 @@ struct Link {
 /// starts the peer's control over (the link layer's own timeout is only a backstop).
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A member link that has received nothing for this long has lost its path: more than two of
+/// QUIC's keep-alive periods (`LinkConfig::keep_alive`, 5 s), so one lost keep-alive on a
+/// lossy link does not count ([`Input::LinkQuiet`]).
+pub const LINK_QUIET: Duration = Duration::from_secs(11);
+/// While a link stays quiet, how often a fresh connection is dialed beside it.
+pub const LINK_QUIET_REPEAT: Duration = Duration::from_secs(3);
+
 /// One member's protocol. See the module docs.
 pub struct Member {
     keys: NodeKeys,
@@ -373,6 +380,7 @@ impl Member {
                     }
                 }
             }
+            Input::LinkQuiet(peer) => self.link_quiet(peer),
             Input::Control(peer, bytes) => self.control_message(peer, &bytes, now),
             Input::ControlAcked(peer, request) => {
                 if let Some(control) = self.peers.get_mut(&peer) {

@@ -211,6 +211,41 @@ impl Member {
         self.link_to_member(peer, direct, circuits, now);
     }
 
+    /// Our link to `peer` has carried nothing for [`LINK_QUIET`](super::LINK_QUIET), two of
+    /// QUIC's keep-alives: the path failed (a partition, a NAT that forgot us) and QUIC, after
+    /// backing its retransmissions off through the outage, may not try again before its idle
+    /// timeout kills the link, many seconds after the network came back (chaos seed 130975:
+    /// a member relay's link, silent through a 12 s partition, died 8 s after the heal, and a
+    /// talker behind it went unheard). A fresh connection, dialed where the member is now,
+    /// replaces it as soon as the network allows; the quiet one goes then. Not for rented
+    /// relays, whose links keep alive more slowly and carry heartbeats of their own.
+    pub(super) fn link_quiet(&mut self, peer: PeerId) {
+        if self.role != Role::Member
+            || self.is_charter_relay(&peer)
+            || !self.links.contains_key(&peer)
+        {
+            return;
+        }
+        let Some(identity) = self.members.get(&peer) else {
+            return;
+        };
+        let Some(record) = self.presence.get(identity) else {
+            return;
+        };
+        let (direct, circuits) = dial_candidates(record);
+        let addrs: Vec<Multiaddr> = direct.into_iter().chain(circuits).collect();
+        if addrs.is_empty() {
+            return;
+        }
+        tracing::debug!(%peer, "link quiet: dialing a fresh connection beside it");
+        self.path.count_quiet_link();
+        self.outputs.push_back(Output::Dial {
+            peer: Some(peer),
+            addrs,
+            condition: DialCondition::Always,
+        });
+    }
+
     /// A dial to `peer` failed; its circuit addresses are worth another try. Everyone who
     /// heard the same news dialed at the same moment, and a member relay refuses handshakes
     /// beyond its limit rather than queueing them, so try again after a pause spread per pair

@@ -58,6 +58,9 @@ pub struct RepairCounts {
     /// Links to a relay closed because it answered nothing while a path through it was deaf,
     /// or its floor rulings stopped (it is dialed again where it is now).
     pub closed_links: u64,
+    /// Member links that carried nothing for `member::LINK_QUIET`, beside which a fresh
+    /// connection was dialed (repeated while they stay quiet).
+    pub quiet_links: u64,
     /// Paths that came back after at least one rung (frames opened again).
     pub recovered: u64,
     /// As a talker: keys granted again because a listener asked.
@@ -75,6 +78,7 @@ impl RepairCounts {
         self.mesh += other.mesh;
         self.recovered += other.recovered;
         self.closed_links += other.closed_links;
+        self.quiet_links += other.quiet_links;
         self.served_key += other.served_key;
         self.served_direct_copy += other.served_direct_copy;
     }
@@ -279,6 +283,12 @@ impl PathCheck {
     /// A link to a relay was closed as gone (see [`RepairCounts::closed_links`]).
     pub fn count_closed_link(&mut self) {
         self.counts.closed_links += 1;
+    }
+
+    /// A quiet link got a fresh connection dialed beside it (see
+    /// [`RepairCounts::quiet_links`]).
+    pub fn count_quiet_link(&mut self) {
+        self.counts.quiet_links += 1;
     }
 
     // ---- talker side ----

@@ -72,6 +72,8 @@ pub(crate) struct Driver {
     pub recorder: super::recorder::Recorder,
     /// When the links' round-trip times were last handed to the member.
     pub rtts_given: Option<Instant>,
+    /// Links QUIC has received nothing on for a while (`super::quiet`).
+    pub quiet: super::quiet::QuietLinks,
     /// Each linked peer's id in text, kept between snapshots: base58 costs microseconds a
     /// peer, which a relay polled every second with a thousand links paid every time.
     pub peer_names: BTreeMap<PeerId, String>,
@@ -179,6 +181,13 @@ impl Driver {
                             .filter_map(|(peer, _)| Some((*peer, *all.get(peer)?)))
                             .collect();
                         self.member.handle_input(now, Input::Rtts(rtts));
+                        // A rented relay's links keep alive slowly and beat on their own.
+                        if self.member.role() == callsign_mesh::member::Role::Member {
+                            let counts = self.network.links.received_datagrams();
+                            for peer in self.quiet.look(&counts, now) {
+                                self.member.handle_input(now, Input::LinkQuiet(peer));
+                            }
+                        }
                     }
                     self.member.handle_input(now, Input::Timeout);
                 }

@@ -22,6 +22,7 @@ mod driver;
 mod os_timer;
 mod parking;
 mod playout;
+mod quiet;
 mod recorder;
 mod stats;
 pub mod voice;
@@ -268,6 +269,7 @@ impl Node {
             forward_latency,
             recorder: recorder::Recorder::new(config.recordings),
             rtts_given: None,
+            quiet: Default::default(),
             peer_names: BTreeMap::new(),
             parking: parking::Parking::new(config.park_idle_links),
         };

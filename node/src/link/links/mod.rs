@@ -384,6 +384,19 @@ impl Links {
             .collect()
     }
 
+    /// UDP datagrams QUIC has received on each peer's newest connection (parked links have
+    /// none): a count that stops moving is a link that lost its path.
+    pub fn received_datagrams(&self) -> BTreeMap<PeerId, u64> {
+        self.state()
+            .peers
+            .iter()
+            .filter_map(|(peer, connections)| {
+                let quic = connections.last()?.quic.as_ref()?;
+                Some((*peer, quic.stats().udp_rx.datagrams))
+            })
+            .collect()
+    }
+
     /// The transport refused a handshake at its connection limit.
     pub(crate) fn refused_connection(&self) {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
