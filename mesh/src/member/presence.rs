@@ -217,13 +217,19 @@ impl Member {
     /// timeout kills the link, many seconds after the network came back (chaos seed 130975:
     /// a member relay's link, silent through a 12 s partition, died 8 s after the heal, and a
     /// talker behind it went unheard). A fresh connection, dialed where the member is now,
-    /// replaces it as soon as the network allows; the quiet one goes then. Not for rented
-    /// relays, whose links keep alive more slowly and carry heartbeats of their own.
+    /// replaces it as soon as the network allows; the quiet one goes then. A rented relay's
+    /// link is quiet only when the relay never promised its heartbeats (which the link layer
+    /// watches otherwise): it crashed right after the link came up (seed 140119: a member kept
+    /// such a link for 14 s, routed a channel through it and heard nothing). That link is
+    /// closed, and the relay dialed again where it is now (`relay_dial`).
     pub(super) fn link_quiet(&mut self, peer: PeerId) {
-        if self.role != Role::Member
-            || self.is_charter_relay(&peer)
-            || !self.links.contains_key(&peer)
-        {
+        if self.role != Role::Member || !self.links.contains_key(&peer) {
+            return;
+        }
+        if self.is_charter_relay(&peer) {
+            tracing::debug!(%peer, "relay link quiet and never promised heartbeats: closing it");
+            self.path.count_quiet_link();
+            self.outputs.push_back(Output::CloseLink(peer));
             return;
         }
         let Some(identity) = self.members.get(&peer) else {

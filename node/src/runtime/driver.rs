@@ -181,7 +181,7 @@ impl Driver {
                             .filter_map(|(peer, _)| Some((*peer, *all.get(peer)?)))
                             .collect();
                         self.member.handle_input(now, Input::Rtts(rtts));
-                        // A rented relay's links keep alive slowly and beat on their own.
+                        // A rented relay's own links keep alive slowly; its members watch them.
                         if self.member.role() == callsign_mesh::member::Role::Member {
                             let counts = self.network.links.received_datagrams();
                             for peer in self.quiet.look(&counts, now) {

@@ -384,15 +384,23 @@ impl Links {
             .collect()
     }
 
-    /// UDP datagrams QUIC has received on each peer's newest connection (parked links have
-    /// none): a count that stops moving is a link that lost its path.
+    /// UDP datagrams QUIC has received on each peer's newest connection, where the peer
+    /// promised no heartbeats (those the heartbeat watchdog follows) and the link is not
+    /// parked: a count that stops moving is a link that lost its path.
     pub fn received_datagrams(&self) -> BTreeMap<PeerId, u64> {
         self.state()
             .peers
             .iter()
             .filter_map(|(peer, connections)| {
-                let quic = connections.last()?.quic.as_ref()?;
-                Some((*peer, quic.stats().udp_rx.datagrams))
+                let newest = connections.last()?;
+                if newest
+                    .plane
+                    .as_ref()
+                    .is_some_and(|p| p.peer_heartbeat().is_some())
+                {
+                    return None;
+                }
+                Some((*peer, newest.quic.as_ref()?.stats().udp_rx.datagrams))
             })
             .collect()
     }
