@@ -201,14 +201,17 @@ impl Member {
         if self.role == Role::Relay {
             return;
         }
-        let Some(identity) = self.members.get(&peer) else {
+        let Some((direct, circuits)) = self.dial_candidates_of(&peer) else {
             return;
         };
-        let Some(record) = self.presence.get(identity) else {
-            return;
-        };
-        let (direct, circuits) = dial_candidates(record);
         self.link_to_member(peer, direct, circuits, now);
+    }
+
+    /// Where a member's current presence record says it can be dialed: its direct addresses
+    /// and its circuits. `None` for a peer that is no member or has no record.
+    fn dial_candidates_of(&self, peer: &PeerId) -> Option<(Vec<Multiaddr>, Vec<Multiaddr>)> {
+        let identity = self.members.get(peer)?;
+        Some(dial_candidates(self.presence.get(identity)?))
     }
 
     /// Our link to `peer` has carried nothing for [`LINK_QUIET`](super::LINK_QUIET), two of
@@ -232,13 +235,9 @@ impl Member {
             self.outputs.push_back(Output::CloseLink(peer));
             return;
         }
-        let Some(identity) = self.members.get(&peer) else {
+        let Some((direct, circuits)) = self.dial_candidates_of(&peer) else {
             return;
         };
-        let Some(record) = self.presence.get(identity) else {
-            return;
-        };
-        let (direct, circuits) = dial_candidates(record);
         let addrs: Vec<Multiaddr> = direct.into_iter().chain(circuits).collect();
         if addrs.is_empty() {
             return;

@@ -8,35 +8,30 @@ use super::api::{NodeCommand, NodeEvent, NodeStats};
 use super::playout::Playout;
 use super::voice::{Encoded, Transmitter};
 use super::NodeError;
-use crate::audio::mixer::ChannelMix;
 use crate::audio::SAMPLE_RATE;
 use crate::link::control::ControlEvent;
 use crate::link::forwarding::ForwardLatency;
 use crate::link::portmap::PortMapper;
 use crate::link::relay::RelayAllowList;
 use crate::link::socket::ProbeNonces;
-use crate::link::swarm::{answer_echo, NodeBehaviourEvent, NodeNetwork};
+use crate::link::swarm::NodeNetwork;
 use crate::link::{LinkEvent, Links};
 use callsign_mesh::charter::log::OpLog;
 use callsign_mesh::charter::ChannelId;
-use callsign_mesh::member::{
-    Command, DialCondition, Frame, Input, LinkKind, LinkUp, Member, Output, PortMapping,
-};
+use callsign_mesh::member::{Command, DialCondition, Frame, Input, Member, Output, PortMapping};
 use callsign_mesh::punch::PunchRole;
 use callsign_mesh::spatial::Placement;
 use callsign_mesh::voice::VoiceFlags;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
-use libp2p::core::{ConnectedPoint, Endpoint};
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::swarm::ConnectionId;
 use libp2p::PeerId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::connections::{upgrades_circuit, HeldConnection};
+use super::connections::HeldConnection;
 use tokio::sync::mpsc;
 
 /// Everything the loop owns. Built by `Node::start`.
@@ -218,107 +213,6 @@ impl Driver {
 
     // ---- inputs ----
 
-    fn command(&mut self, command: NodeCommand, now: Instant) {
-        let to_member = match command {
-            NodeCommand::Dial(addr) => {
-                if let Err(e) = self.network.swarm.dial(addr.clone()) {
-                    self.emit(NodeEvent::Warning(format!("dial {addr}: {e}")));
-                }
-                return;
-            }
-            NodeCommand::Listen(channel) => Command::Listen(channel),
-            NodeCommand::Unlisten(channel) => Command::Unlisten(channel),
-            NodeCommand::Monitor(channel) => Command::Monitor(channel),
-            NodeCommand::Record { channel, on } => {
-                if on && !self.recorder.can_record() {
-                    return self.emit(NodeEvent::RecordingRefused {
-                        channel,
-                        reason: "this node has no recordings folder".into(),
-                    });
-                }
-                Command::Record { channel, on }
-            }
-            NodeCommand::PttDown(channels) => Command::PttDown(channels),
-            NodeCommand::Emergency(channel) => Command::Emergency(channel),
-            NodeCommand::ClearEmergency { channel, raiser } => {
-                Command::ClearEmergency { channel, raiser }
-            }
-            NodeCommand::PttUp => Command::PttUp,
-            NodeCommand::WhisperDown(peer) => Command::WhisperDown(peer),
-            NodeCommand::VoiceActivation(channels) => Command::VoiceActivation(channels),
-            NodeCommand::EditCharter(body) => Command::EditCharter(body),
-            NodeCommand::Subscribe { relay, channels } => Command::Subscribe { relay, channels },
-            NodeCommand::SetPosition(position) => Command::SetPosition(position),
-            NodeCommand::Mute(channel, muted) => {
-                return self.update_mix(channel, |m| m.muted = muted);
-            }
-            NodeCommand::SetVolume(channel, volume) => {
-                return self.update_mix(channel, |m| m.volume = volume.clamp(0.0, 2.0));
-            }
-            NodeCommand::SetPan(channel, pan) => {
-                return self.update_mix(channel, |m| m.pan = pan.clamp(-1.0, 1.0));
-            }
-            NodeCommand::InjectDatagram { peer, bytes } => {
-                if let Err(e) = self.network.links.send_datagram(&peer, &bytes) {
-                    self.emit(NodeEvent::Warning(format!("inject to {peer}: {e}")));
-                }
-                return;
-            }
-            NodeCommand::SetAudio(settings) => {
-                let applied = settings
-                    .validate()
-                    .and_then(|()| self.transmitter.apply(&settings));
-                match applied {
-                    Ok(()) => self.playout.apply(&settings),
-                    Err(e) => self.emit(NodeEvent::Warning(format!("audio settings refused: {e}"))),
-                }
-                return;
-            }
-            NodeCommand::SetInput(input) => {
-                if let Err(e) = self.transmitter.set_input(input) {
-                    self.emit(NodeEvent::Warning(format!("input unchanged: {e}")));
-                }
-                return;
-            }
-            NodeCommand::SetOutputDevice(device) => {
-                if let Err(e) = self.playout.set_output_device(device.as_ref()) {
-                    self.emit(NodeEvent::Warning(format!("output unchanged: {e}")));
-                }
-                self.transmitter
-                    .set_output_is_device(self.playout.has_device());
-                return;
-            }
-            NodeCommand::TryEditCharter(body, reply) => {
-                let result = self.member.edit_charter(now, body);
-                let _ = reply.send(result);
-                return;
-            }
-            NodeCommand::Charter(reply) => {
-                let _ = reply.send(self.member.state().clone());
-                return;
-            }
-            NodeCommand::InviteAddresses(reply) => {
-                let _ = reply.send(
-                    self.member
-                        .invite_addresses(callsign_keys::MAX_BOOTSTRAP_ADDRS / 2),
-                );
-                return;
-            }
-            NodeCommand::Stats(reply) => {
-                let _ = reply.send(self.stats());
-                return;
-            }
-            NodeCommand::Shutdown => return,
-        };
-        self.member.handle_input(now, Input::Command(to_member));
-    }
-
-    fn update_mix(&mut self, channel: ChannelId, change: impl FnOnce(&mut ChannelMix)) {
-        let mut mix = self.playout.mixer.channel(channel);
-        change(&mut mix);
-        self.playout.mixer.set_channel(channel, mix);
-    }
-
     fn audio_tick(&mut self, scheduled: Instant) -> Result<(), NodeError> {
         let timestamp = media_timestamp(self.epoch, scheduled);
         let was_transmitting = self.transmitter.is_transmitting();
@@ -369,168 +263,6 @@ impl Driver {
         Ok(())
     }
 
-    fn swarm_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>, now: Instant) {
-        match event {
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                num_established,
-                ..
-            } => {
-                let held = self.member.link(&peer_id);
-                let inbound = matches!(endpoint, ConnectedPoint::Listener { .. });
-                let transport_kind = link_kind(&endpoint);
-                let beside_circuit = upgrades_circuit(held, transport_kind, inbound);
-                // Only our punch's own dial is reported as one: a direct dial beside a circuit
-                // (a newly confirmed address) is a plain direct path.
-                let kind = if self.punch_dials.remove(&connection_id) {
-                    LinkKind::HolePunched
-                } else {
-                    transport_kind
-                };
-                // A relayed link never replaces a direct one, and TCP never replaces QUIC
-                // (both sides may have dialed, on every address the other announced): voice
-                // wants datagrams and no relay in the path. Unless the peer dialed us well
-                // after our link came up: nobody dials a peer it is linked to, so it restarted
-                // (a crash: our link to its previous run has not timed out yet) and our NAT
-                // lets only its circuit in.
-                let worse = held.is_some_and(|held| kind.worse_than(held));
-                // Who opened the QUIC connection: a hole punch's waiting side "dials" in the
-                // listener role and takes the peer's connection, which the peer counts as its
-                // own dial. Both ends must agree for the crossing-dials rule to keep the same
-                // connection (counted as ours here, a punch took the peer's dial for a second
-                // one of ours, and the two ends each closed the one the other kept).
-                let dialed_by_us = matches!(
-                    endpoint,
-                    ConnectedPoint::Dialer {
-                        role_override: Endpoint::Dialer,
-                        ..
-                    }
-                );
-                let previous = (num_established.get() > 1)
-                    .then(|| self.connections.get(&peer_id).copied())
-                    .flatten();
-                let redialed = !dialed_by_us && previous.is_some_and(|p| p.outlived_by(now));
-                if worse && previous.is_some() && !redialed {
-                    self.network.swarm.close_connection(connection_id);
-                    return;
-                }
-                // A parked link's peer (both ends parked it) dialed or was dialed for ordered
-                // control: the control session starts over on the new connection.
-                let unparked = self.parking.unpark(&peer_id);
-                if unparked {
-                    tracing::debug!(%peer_id, dialed_by_us, "parked link back on a new connection");
-                }
-                // One connection per peer: an older one is most likely to a previous run of it
-                // (restarted, its connection not yet timed out), and request-response would keep
-                // sending control messages into it; a better kind (a hole punch beside a
-                // circuit) replaces a worse one; or our dials crossed (`connections`).
-                let better = held.is_some_and(|held| held.worse_than(kind));
-                if let Some(previous) = previous {
-                    let local = *self.network.swarm.local_peer_id();
-                    let replace =
-                        better || previous.replaced_by(&local, &peer_id, dialed_by_us, now);
-                    tracing::debug!(%peer_id, ?previous, new = ?connection_id, dialed_by_us, replace,
-                        "a second connection to a peer");
-                    if !replace {
-                        self.network.swarm.close_connection(connection_id);
-                        return;
-                    }
-                    self.network.swarm.close_connection(previous.id);
-                }
-                self.connections.insert(
-                    peer_id,
-                    HeldConnection {
-                        id: connection_id,
-                        since: now,
-                        dialed_by_us,
-                    },
-                );
-                let remote = match &endpoint {
-                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
-                    ConnectedPoint::Dialer { address, .. } => address,
-                };
-                let up = LinkUp {
-                    peer: peer_id,
-                    kind,
-                    remote: callsign_mesh::member::quic_socket_addr(remote),
-                    circuit: circuit_relay(&endpoint),
-                    dialed: match &endpoint {
-                        ConnectedPoint::Dialer { address, .. } => Some(address.clone()),
-                        ConnectedPoint::Listener { .. } => None,
-                    },
-                    // A replaced connection may have taken control messages with it.
-                    restarted: (previous.is_some() || unparked) && !beside_circuit,
-                    resumed: unparked && !beside_circuit,
-                    beside_circuit,
-                    rtt: self.network.links.rtt(&peer_id),
-                };
-                self.member.handle_input(now, Input::LinkUp(up));
-                // The member's word on the kind: a dial to a port the peer's router forwards
-                // is `Mapped`.
-                self.emit(NodeEvent::LinkUp {
-                    peer: peer_id,
-                    kind: self.member.link(&peer_id).unwrap_or(kind),
-                    remote: endpoint.get_remote_address().clone(),
-                });
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established: 0,
-                ..
-            } => {
-                self.connections.remove(&peer_id);
-                let parked = self.network.links.is_parked(&peer_id);
-                self.parking.closed(peer_id, parked);
-                if parked {
-                    tracing::debug!(peer = %peer_id, "link parked");
-                } else {
-                    self.link_down(peer_id, now);
-                }
-            }
-            SwarmEvent::ListenerClosed { listener_id, .. } => {
-                if self.reservation == Some(listener_id) {
-                    // A refused or lost reservation: the next relay we hear of gets asked.
-                    self.reservation = None;
-                    self.member.handle_input(now, Input::ReservationClosed);
-                }
-                self.addresses_changed(now);
-            }
-            SwarmEvent::NewListenAddr { .. }
-            | SwarmEvent::ExpiredListenAddr { .. }
-            | SwarmEvent::ExternalAddrConfirmed { .. }
-            | SwarmEvent::ExternalAddrExpired { .. } => self.addresses_changed(now),
-            SwarmEvent::OutgoingConnectionError {
-                connection_id,
-                peer_id: Some(peer),
-                error: DialError::Transport(attempts),
-            } => {
-                self.punch_dials.remove(&connection_id);
-                tracing::debug!(%peer, ?attempts, "dial failed");
-                let addrs = attempts.into_iter().map(|(addr, _)| addr).collect();
-                self.member
-                    .handle_input(now, Input::DialFailed { peer, addrs });
-            }
-            SwarmEvent::OutgoingConnectionError {
-                connection_id,
-                peer_id,
-                error,
-            } => {
-                tracing::debug!(?peer_id, %error, "dial failed");
-                self.punch_dials.remove(&connection_id);
-            }
-            SwarmEvent::Behaviour(event) => {
-                let mut event = Some(event);
-                answer_echo(&mut self.network.swarm, &mut event);
-                if let Some(NodeBehaviourEvent::Control(event)) = event {
-                    self.control_event(event, now);
-                }
-            }
-            _ => {}
-        }
-    }
-
     /// Sends a control message (`ordered`: its token). To a parked link's peer it goes on
     /// the plane at once if it fits (a new connection takes a round trip or two more; every
     /// control message a relay and a member exchange may arrive twice) and as control over a
@@ -549,7 +281,7 @@ impl Driver {
         control.send_dialing(&peer, bytes, ordered, addresses.collect());
     }
 
-    fn link_down(&mut self, peer: PeerId, now: Instant) {
+    pub(super) fn link_down(&mut self, peer: PeerId, now: Instant) {
         self.member.handle_input(now, Input::LinkDown(peer));
         self.emit(NodeEvent::LinkDown { peer });
     }
@@ -573,7 +305,7 @@ impl Driver {
         }
     }
 
-    fn control_event(&mut self, event: ControlEvent, now: Instant) {
+    pub(super) fn control_event(&mut self, event: ControlEvent, now: Instant) {
         let peer = match &event {
             ControlEvent::Message { peer, .. }
             | ControlEvent::Acked { peer, .. }
@@ -592,7 +324,7 @@ impl Driver {
     }
 
     /// Tells the member where we listen and which external addresses the swarm holds.
-    fn addresses_changed(&mut self, now: Instant) {
+    pub(super) fn addresses_changed(&mut self, now: Instant) {
         let swarm = &self.network.swarm;
         let input = Input::Addresses {
             listening: swarm.listeners().cloned().collect(),
@@ -808,39 +540,6 @@ impl Driver {
         }
         self.forward_latency.record(received_at);
     }
-}
-
-fn link_kind(endpoint: &ConnectedPoint) -> LinkKind {
-    // An inbound circuit's remote address is just `/p2p/<peer>`; its local one names the relay.
-    if endpoint.is_relayed() {
-        LinkKind::Relayed
-    } else if endpoint
-        .get_remote_address()
-        .iter()
-        .any(|p| matches!(p, Protocol::Tcp(_)))
-    {
-        LinkKind::TcpFallback
-    } else {
-        LinkKind::Direct
-    }
-}
-
-/// The relay a circuit runs through: the peer named just before `/p2p-circuit` (an outbound
-/// circuit's remote address, an inbound one's local address).
-fn circuit_relay(endpoint: &ConnectedPoint) -> Option<PeerId> {
-    let addr = match endpoint {
-        ConnectedPoint::Dialer { address, .. } => address,
-        ConnectedPoint::Listener { local_addr, .. } => local_addr,
-    };
-    let mut last = None;
-    for protocol in addr.iter() {
-        match protocol {
-            Protocol::P2p(peer) => last = Some(peer),
-            Protocol::P2pCircuit => return last,
-            _ => {}
-        }
-    }
-    None
 }
 
 /// 48 kHz samples from `epoch` to `at` (wrapping, as the header field does).

@@ -15,6 +15,7 @@
 //! drives it exactly as it drives the links.
 
 pub mod api;
+mod command;
 pub mod config;
 mod connections;
 pub mod demo_org;
@@ -25,6 +26,7 @@ mod playout;
 mod quiet;
 mod recorder;
 mod stats;
+mod swarm_event;
 pub mod voice;
 
 pub use api::{
